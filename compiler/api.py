@@ -1,0 +1,35 @@
+"""The compiler as a library: source text in, generated module text out."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import ir
+from .build import compile_graph
+from .derive import derive_graph
+from .lower import Plan, needs_grad, plan
+from .numpy_backend import render
+
+
+@dataclass(frozen=True)
+class Compiled:
+    graph: ir.Graph
+    plan: Plan
+
+    def numpy_module(self) -> str:
+        return render(self.plan, self.graph.reduce)
+
+
+def compile_source(source: str, file: str = "<string>") -> Compiled:
+    """Parse, check, derive and plan a .nn program (raises NNError on a mistake)."""
+    g = compile_graph(source, file)
+    derivations = derive_graph(g, needs_grad(g))
+    return Compiled(g, plan(g, derivations))
+
+
+def load_module(source: str, file: str = "<string>", name: str | None = None):
+    """Compile and import the generated numpy module (handy in tests and notebooks)."""
+    import types
+    text = compile_source(source, file).numpy_module()
+    mod = types.ModuleType(name or "nncc_generated")
+    exec(compile(text, f"<nncc {file}>", "exec"), mod.__dict__)
+    return mod

@@ -1,0 +1,468 @@
+"""Syntax tree -> network graph (nncc.ir), with shape inference and located errors."""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import sympy as sp
+
+from . import ir
+from . import syntax as S
+from .errors import Loc, NNError, did_you_mean
+from .ops import PRIMITIVES, OpDef, Option, Registry, TensorArg, define_fn, define_layer
+from .parse import parse
+
+INITS = ("uniform", "normal", "zeros", "xavier", "he")
+
+
+@lru_cache(maxsize=1)
+def prelude() -> Registry:
+    """The built-in operators, defined in prelude.nn."""
+    text = resources.files("nncc").joinpath("prelude.nn").read_text(encoding="utf-8")
+    reg = Registry()
+    for name, fn in PRIMITIVES.items():
+        z = sp.Symbol("z", real=True)
+        reg.add(OpDef(name, "elementwise", (TensorArg("z", None, None),), (), (), (), {}, fn(z), None, True))
+    for stmt in parse(text, "<prelude>"):
+        reg.add(define_fn(stmt, reg, True) if isinstance(stmt, S.FnDef) else define_layer(stmt, reg, True))
+    return reg
+
+
+def compile_graph(source: str, file: str = "<string>") -> ir.Graph:
+    """Parse and check a .nn program; return its graph or raise NNError."""
+    return _Builder(parse(source, file), file).build()
+
+
+_BINARY = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
+           "/": lambda a, b: a / b, "^": lambda a, b: a ** b}
+_OP_NAMES = {"+": "add", "-": "sub", "*": "mul", "/": "div", "^": "pow"}
+
+
+class _Builder:
+    def __init__(self, stmts: list, file: str):
+        self.stmts = stmts
+        self.file = file
+        self.registry = prelude().copy()
+        self.tensors: dict[str, ir.Tensor] = {}
+        self.params: list[ir.Param] = []
+        self.nodes: list[ir.Node] = []
+        self.counters: dict[str, int] = {}
+        self.labels: set[str] = set()
+        self.defined_at: dict[str, Loc] = {}
+
+    # ---- top level
+    def build(self) -> ir.Graph:
+        name = Path(self.file).stem if self.file and not self.file.startswith("<") else "network"
+        name_loc = None
+        output = None
+        loss = None
+        reduce = "mean"
+        for st in self.stmts:
+            if isinstance(st, S.FnDef):
+                self.registry.add(define_fn(st, self.registry))
+            elif isinstance(st, S.LayerDef):
+                self.registry.add(define_layer(st, self.registry))
+        for st in self.stmts:
+            if isinstance(st, S.Network):
+                if name_loc is not None:
+                    raise NNError("the network is named twice", st.loc, f"first named at {name_loc}")
+                name, name_loc = st.name, st.loc
+            elif isinstance(st, S.Decl):
+                self._declare(st.name, st.loc)
+                shape = tuple(self._size(s, f"the shape of '{st.name}'") for s in st.shape)
+                self.tensors[st.name] = ir.Tensor(st.name, shape, st.kind, st.loc)
+            elif isinstance(st, S.Output):
+                if output is not None:
+                    raise NNError("'output' is given twice", st.loc)
+                output = st
+            elif isinstance(st, S.Assign):
+                if st.name == "loss":
+                    if loss is not None:
+                        raise NNError("'loss' is defined twice", st.loc, f"first defined at {loss[1]}")
+                    self._first_arg = None
+                    t = self._eval(st.expr, want="loss")
+                    if t.shape != ():
+                        raise NNError(f"the loss must be one number per sample, but this has shape "
+                                      f"{list(t.shape)}", st.expr.loc if hasattr(st.expr, "loc") else st.loc,
+                                      "use a loss function such as quadratic(a, y) or softmax_cross_entropy(z, y)")
+                    loss = (t, st.loc, self._first_arg)
+                    reduce = st.reduce or "mean"
+                else:
+                    if st.reduce is not None:
+                        raise NNError(f"'{st.reduce}' before an expression is only for the loss", st.loc)
+                    self._declare(st.name, st.loc)
+                    self._eval(st.expr, bind=st.name)
+        if not [t for t in self.tensors.values() if t.role == "input"]:
+            raise NNError("the network has no input; declare one such as 'input x: [784]'",
+                          Loc(self.file, 1, 1, self._line(1)))
+        if loss is None:
+            last = max((getattr(s, "loc").line for s in self.stmts), default=1)
+            raise NNError("the network has no loss; add a line such as 'loss = quadratic(a, y)'",
+                          Loc(self.file, last, 1, self._line(last)))
+        if output is not None:
+            if output.name not in self.tensors:
+                raise NNError(f"unknown tensor '{output.name}'" + did_you_mean(output.name, self.tensors),
+                              output.loc)
+            out_name = output.name
+        elif loss[2] is not None:
+            out_name = loss[2]
+        else:
+            raise NNError("cannot tell what 'forward' should return", loss[1], "add a line 'output NAME'")
+        if self.tensors[out_name].role == "target":
+            raise NNError(f"the output '{out_name}' is a target; forward cannot return it", loss[1])
+        g = ir.Graph(name, self.file,
+                     tuple(t for t in self.tensors.values() if t.role == "input"),
+                     tuple(t for t in self.tensors.values() if t.role == "target"),
+                     dict(self.tensors), tuple(self.params), tuple(self.nodes), out_name, loss[0].name, reduce)
+        ir.verify(g)
+        return g
+
+    def _line(self, n):
+        return ""
+
+    def _declare(self, name: str, loc: Loc):
+        if name in self.defined_at:
+            raise NNError(f"'{name}' is already defined", loc, f"first defined at {self.defined_at[name]}")
+        self.defined_at[name] = loc
+
+    def _size(self, e, what) -> int:
+        v = self._number(e, what)
+        if not (isinstance(v, (int, float)) and float(v).is_integer() and v > 0):
+            raise NNError(f"{what} must hold positive whole numbers; got {v}", e.loc)
+        return int(v)
+
+    def _number(self, e, what):
+        """A constant expression (numbers, + - * / ^, true/false, strings)."""
+        if isinstance(e, S.Num):
+            return e.value
+        if isinstance(e, (S.Bool, S.Str)):
+            return e.value
+        if isinstance(e, S.Neg):
+            return -self._number(e.operand, what)
+        if isinstance(e, S.Binary):
+            a, b = self._number(e.left, what), self._number(e.right, what)
+            if isinstance(a, (str, bool)) or isinstance(b, (str, bool)):
+                raise NNError(f"{what} must be a number", e.loc)
+            if e.op == "/" and b == 0:
+                raise NNError("division by zero", e.loc)
+            v = _BINARY[e.op](a, b)
+            return int(v) if isinstance(v, float) and v.is_integer() and e.op != "/" else v
+        if isinstance(e, S.Name) and e.id in self.tensors:
+            raise NNError(f"{what} must be a number, but '{e.id}' is a tensor", e.loc)
+        raise NNError(f"{what} must be a number", e.loc)
+
+    # ---- expressions -> nodes
+    def _eval(self, e, bind: str | None = None, want: str = "tensor"):
+        """Evaluate a network-level expression to a Tensor (or a number)."""
+        if isinstance(e, S.Name):
+            if e.id not in self.tensors:
+                raise NNError(f"unknown tensor '{e.id}'" + did_you_mean(e.id, self.tensors), e.loc)
+            t = self.tensors[e.id]
+            if bind is not None:
+                return self._node(self._elementwise("identity", "z", 1), [t], {}, e.loc, bind)
+            return t
+        if isinstance(e, (S.Num, S.Neg)) and not self._mentions_tensor(e):
+            v = self._number(e, "this")
+            if bind is not None:
+                raise NNError(f"'{bind}' would be a plain number; only tensors can be bound", e.loc)
+            return v
+        if isinstance(e, S.Neg):
+            t = self._eval(e.operand)
+            return self._node(self._arith("neg", lambda a: -a, 1), [t], {}, e.loc, bind)
+        if isinstance(e, S.Binary):
+            return self._binary(e, bind)
+        if isinstance(e, S.Call):
+            if e.bound is not None:
+                raise NNError(f"'{e.name}(...: ...)' reductions belong inside fn and layer formulas", e.loc)
+            return self._call(e, bind, want)
+        if isinstance(e, S.Index):
+            raise NNError("indexing is for fn and layer formulas; at network level use whole tensors", e.loc)
+        if isinstance(e, S.Compare):
+            raise NNError("a comparison is only allowed inside 'where' in a formula", e.loc)
+        raise NNError("a string or true/false is not a tensor", e.loc)
+
+    def _mentions_tensor(self, e) -> bool:
+        if isinstance(e, S.Name):
+            return True
+        if isinstance(e, S.Neg):
+            return self._mentions_tensor(e.operand)
+        if isinstance(e, S.Binary):
+            return self._mentions_tensor(e.left) or self._mentions_tensor(e.right)
+        return isinstance(e, (S.Call, S.Index))
+
+    def _binary(self, e: S.Binary, bind):
+        a = self._eval(e.left)
+        b = self._eval(e.right)
+        fn = _BINARY[e.op]
+        name = _OP_NAMES[e.op]
+        if isinstance(a, ir.Tensor) and isinstance(b, ir.Tensor):
+            if a.shape != b.shape:
+                raise NNError(f"shape mismatch: '{e.op}' needs equal shapes, but {a.name} has "
+                              f"{list(a.shape)} and {b.name} has {list(b.shape)}", e.loc)
+            return self._node(self._arith(name, fn, 2), [a, b], {}, e.loc, bind)
+        if isinstance(a, ir.Tensor):
+            c = self._const(b, e.right)
+            return self._node(self._arith(name, lambda z: fn(z, c), 1), [a], {}, e.loc, bind)
+        if isinstance(b, ir.Tensor):
+            c = self._const(a, e.left)
+            return self._node(self._arith(name, lambda z: fn(c, z), 1), [b], {}, e.loc, bind)
+        raise NNError(f"'{bind}' would be a plain number; only tensors can be bound", e.loc)
+
+    def _const(self, v, e):
+        if isinstance(v, (bool, str)):
+            raise NNError("only numbers combine with tensors", e.loc)
+        return sp.Rational(str(v)) if isinstance(v, float) else sp.Integer(v)
+
+    def _arith(self, name, fn, arity) -> OpDef:
+        names = ("a", "b")[:arity]
+        syms = [sp.Symbol(n, real=True) for n in names]
+        return OpDef(name, "elementwise", tuple(TensorArg(n, None, None) for n in names), (), (), (), {},
+                     fn(*syms), None, True)
+
+    def _elementwise(self, name, arg, arity) -> OpDef:
+        return self.registry.get(name, None)
+
+    def _call(self, e: S.Call, bind, want):
+        if e.name == "concat":
+            return self._concat(e, bind)
+        op = self.registry.get(e.name, e.loc)
+        n_t = len(op.tensors)
+        if want == "loss" and self._first_arg is None and e.args:
+            first = e.args[0]
+        else:
+            first = None
+        # bind positional and keyword arguments to the op's signature
+        values: dict[str, object] = {}
+        locs: dict[str, Loc] = {}
+        sig = [t.name for t in op.tensors] + [o.name for o in op.options]
+        if len(e.args) > len(sig):
+            raise NNError(f"'{op.name}' takes at most {len(sig)} argument{'s' * (len(sig) != 1)} "
+                          f"({', '.join(sig)}), got {len(e.args)}", e.loc)
+        for nm, a in zip(sig, e.args):
+            values[nm] = a
+            locs[nm] = a.loc
+        extra = {}
+        for kw in e.keywords:
+            if kw.name in ("name", "init") and op.params:
+                extra[kw.name] = kw
+                continue
+            if kw.name not in sig:
+                allowed = sig + (["name", "init"] if op.params else [])
+                raise NNError(f"'{op.name}' has no argument '{kw.name}'" + did_you_mean(kw.name, allowed),
+                              kw.loc, f"its arguments are {', '.join(allowed)}")
+            if kw.name in values:
+                raise NNError(f"'{kw.name}' is given twice", kw.loc)
+            values[kw.name] = kw.value
+            locs[kw.name] = kw.loc
+        tensors = []
+        for t in op.tensors:
+            if t.name not in values:
+                raise NNError(f"'{op.name}' needs the tensor argument '{t.name}'", e.loc)
+            v = self._eval(values[t.name])
+            if not isinstance(v, ir.Tensor):
+                raise NNError(f"argument '{t.name}' of '{op.name}' must be a tensor, not a number",
+                              locs[t.name])
+            tensors.append(v)
+        if first is not None and self._first_arg is None:
+            self._first_arg = tensors[0].name
+        options = {}
+        for o in op.options:
+            if o.name in values:
+                options[o.name] = self._number(values[o.name], f"'{o.name}' of '{op.name}'")
+            elif o.default is not None:
+                options[o.name] = o.default
+            else:
+                raise NNError(f"'{op.name}' needs a value for '{o.name}'", e.loc,
+                              f"e.g. {op.name}({', '.join(sig[:n_t])}, {o.name}=...)")
+        return self._node(op, tensors, options, e.loc, bind, extra)
+
+    def _concat(self, e: S.Call, bind):
+        if e.keywords:
+            raise NNError("'concat' takes only tensors", e.keywords[0].loc)
+        if len(e.args) < 2:
+            raise NNError(f"'concat' joins two or more tensors, got {len(e.args)}", e.loc)
+        ts = []
+        for a in e.args:
+            t = self._eval(a)
+            if not isinstance(t, ir.Tensor) or t.shape == ():
+                raise NNError("'concat' joins tensors with a feature axis", a.loc)
+            ts.append(t)
+        rest = ts[0].shape[1:]
+        for t, a in zip(ts, e.args):
+            if t.shape[1:] != rest:
+                raise NNError(f"shape mismatch: concat joins along the first axis, so the other axes must "
+                              f"agree, but {ts[0].name} has {list(ts[0].shape)} and {t.name} has "
+                              f"{list(t.shape)}", a.loc)
+        return self._node(_concat_op(len(ts), len(rest)), ts, {}, e.loc, bind)
+
+    # ---- nodes
+    def _label(self, op: OpDef, extra) -> str:
+        if "name" in extra:
+            kw = extra["name"]
+            if not isinstance(kw.value, S.Str) or not kw.value.value.isidentifier():
+                raise NNError("name= takes a string that is a valid identifier, e.g. name=\"hidden\"",
+                              kw.loc)
+            label = kw.value.value
+            if label in self.labels:
+                raise NNError(f"the layer name '{label}' is used twice", kw.loc)
+            self.labels.add(label)
+            return label
+        while True:
+            k = self.counters.get(op.name, 0) + 1
+            self.counters[op.name] = k
+            label = f"{op.name}_{k}"
+            if label not in self.labels:
+                self.labels.add(label)
+                return label
+
+    def _node(self, op: OpDef, args: list, options: dict, loc: Loc, bind, extra=None) -> ir.Tensor:
+        extra = extra or {}
+        label = self._label(op, extra)
+        if op.kind == "elementwise":
+            shape = args[0].shape
+            for a, t in zip(args[1:], op.tensors[1:]):
+                if a.shape != shape:
+                    raise NNError(f"shape mismatch: '{op.name}' needs equal shapes, but {args[0].name} has "
+                                  f"{list(shape)} and {a.name} has {list(a.shape)}", loc)
+            params = ()
+        else:
+            shape, params = self._shape_indexed(op, args, options, loc, label, extra)
+        out = bind or label
+        if out in self.tensors:  # an automatic label shadowing a user name
+            out = self._fresh(out)
+        t = ir.Tensor(out, shape, "value", loc)
+        self.tensors[out] = t
+        self.nodes.append(ir.Node(label, op, tuple(a.name for a in args), tuple(options.items()),
+                                  params, out, loc))
+        return t
+
+    def _fresh(self, base):
+        k = 1
+        while f"{base}_{k}" in self.tensors or f"{base}_{k}" in self.defined_at:
+            k += 1
+        return f"{base}_{k}"
+
+    def _shape_indexed(self, op: OpDef, args, options, loc, label, extra):
+        env: dict[sp.Symbol, int] = {}
+        for t, a in zip(op.tensors, args):
+            if len(t.shape) != len(a.shape):
+                raise NNError(f"shape mismatch: '{op.name}' expects '{t.name}' with {len(t.shape)} "
+                              f"ax{'is' if len(t.shape) == 1 else 'es'} {_pattern(t.shape)}, but {a.name} "
+                              f"has {list(a.shape)}", loc)
+            for pat, size in zip(t.shape, a.shape):
+                if isinstance(pat, sp.Symbol) and pat not in env:
+                    env[pat] = size
+                elif int(pat.xreplace(env)) != size:
+                    raise NNError(f"shape mismatch: {label} expects {_pattern(t.shape, env)} for "
+                                  f"'{t.name}' but {a.name} has {list(a.shape)}", loc)
+        for o in op.options:
+            env[sp.Symbol(o.name, integer=True)] = options[o.name]
+        params = []
+        init_kw = extra.get("init")
+        for spec in op.params:
+            if options.get(spec.name) is False:  # `bias=false` drops the param named bias
+                continue
+            shape = tuple(self._eval_size(s, env, loc, f"the shape of {label}.{spec.name}") for s in spec.shape)
+            full = f"{label}.{spec.name}"
+            init = self._init(spec, shape, init_kw, env, op, loc)
+            self.params.append(ir.Param(full, shape, init, loc))
+            params.append((spec.name, full))
+        shape = tuple(self._eval_size(op.extents[i], env, loc, f"the output extent of {label}")
+                      for i in op.out_indices)
+        return shape, tuple(params)
+
+    def _eval_size(self, expr, env, loc, what) -> int:
+        v = sp.sympify(expr).xreplace({k: sp.Integer(v) if not isinstance(v, bool) else sp.Integer(int(v))
+                                       for k, v in env.items()})
+        if isinstance(v, sp.Expr) and v.free_symbols:
+            raise NNError(f"{what} depends on unknown sizes {sorted(map(str, v.free_symbols))}", loc)
+        v = sp.floor(v) if v.is_rational else v
+        if not v.is_integer or int(v) <= 0:
+            raise NNError(f"{what} is {v}, but it must be a positive whole number", loc)
+        return int(v)
+
+    def _init(self, spec, shape, init_kw, env, op, loc):
+        """(kind, a, b): uniform(a, b) | normal(a, b) | zeros."""
+        fan_in = _fan_in(op, spec, shape)
+        fan_out = max(1, math.prod(shape) // max(fan_in, 1))
+        choice = None
+        if init_kw is not None and len(shape) >= 2:
+            v = init_kw.value
+            if not isinstance(v, (S.Name, S.Str)) or (v.id if isinstance(v, S.Name) else v.value) not in INITS:
+                raise NNError(f"init= takes one of {', '.join(INITS)}", init_kw.loc)
+            choice = v.id if isinstance(v, S.Name) else v.value
+        if choice is None and spec.init is not None:
+            e = spec.init
+            if isinstance(e, S.Name) and e.id in INITS:
+                choice = e.id
+            elif isinstance(e, S.Call) and e.name in ("uniform", "normal") and len(e.args) == 2:
+                a, b = (float(sp.sympify(self._formula_number(x, env, op))) for x in e.args)
+                return (e.name, a, b)
+            else:
+                raise NNError("init takes uniform(lo, hi), normal(mean, std) or one of "
+                              + ", ".join(INITS), e.loc)
+        bound = 1 / math.sqrt(fan_in)
+        if choice in (None, "uniform"):
+            return ("uniform", -bound, bound)
+        if choice == "normal":
+            return ("normal", 0.0, bound)
+        if choice == "zeros":
+            return ("zeros", 0.0, 0.0)
+        if choice == "xavier":
+            a = math.sqrt(6.0 / (fan_in + fan_out))
+            return ("uniform", -a, a)
+        return ("normal", 0.0, math.sqrt(2.0 / fan_in))  # he
+
+    def _formula_number(self, e, env, op):
+        from .ops import _Scope, to_sympy
+        scope = _Scope(self.registry, f"the init of a parameter of '{op.name}'")
+        for k, v in env.items():
+            scope.scalars[k.name] = sp.Integer(int(v)) if not isinstance(v, float) else sp.Float(v)
+        v = to_sympy(e, scope)
+        if v.free_symbols:
+            raise NNError("an init bound must be a number", e.loc)
+        return v
+
+
+def _fan_in(op: OpDef, spec, shape) -> int:
+    """Input elements one output element reads through this param: its summed axes."""
+    import sympy as sp
+    from .symbolic import real_base
+    base = real_base(spec.name)
+    out = set(op.out_indices)
+    fan = 1
+    for ind in op.body.atoms(sp.Indexed):
+        if ind.base == base:
+            for sub, size in zip(ind.indices, shape):
+                if not (sub.free_symbols & out):
+                    fan *= size
+            return max(fan, 1)
+    return 1
+
+
+def _pattern(shape, env=None) -> str:
+    env = env or {}
+    return "[" + ", ".join(str(s.xreplace({k: sp.Integer(v) for k, v in env.items()
+                                            if not isinstance(v, (bool, str))})) for s in shape) + "]"
+
+
+@lru_cache(maxsize=None)
+def _concat_op(n: int, rest_rank: int) -> OpDef:
+    """concat along the first axis: y[i, ...] = a[i, ...] + b[i - n_a, ...] (reads outside are zero)."""
+    from .symbolic import index_symbol, real_base
+    i = index_symbol("i")
+    rest = tuple(index_symbol(c) for c in "uvw"[:rest_rank])
+    names = [f"x{k + 1}" for k in range(n)]
+    sizes = [sp.Symbol(f"n{k + 1}", integer=True, positive=True) for k in range(n)]
+    rest_sizes = tuple(sp.Symbol(f"m{k + 1}", integer=True, positive=True) for k in range(rest_rank))
+    body = 0
+    offset = sp.Integer(0)
+    for name, size in zip(names, sizes):
+        body += real_base(name)[(i - offset,) + rest]
+        offset += size
+    tensors = tuple(TensorArg(nm, (sz,) + rest_sizes, None) for nm, sz in zip(names, sizes))
+    extents = {i: sum(sizes)}
+    extents.update(dict(zip(rest, rest_sizes)))
+    return OpDef("concat", "indexed", tensors, (), (), (i,) + rest, extents, body, None, True)

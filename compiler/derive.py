@@ -1,0 +1,343 @@
+"""Element formulas -> Jacobians -> backward index expressions, with sympy.
+
+For every node `y[I] = body` and every tensor or parameter X it reads, the one
+rule of back-propagation (a vector-Jacobian product) is
+
+    dX[J] = sum over I of  dy[I] * dy[I]/dX[J]
+
+sympy differentiates `body` with respect to X[J] (Kronecker deltas appear for
+index-level derivatives), and `eliminate` removes the deltas by solving each
+for a summed index: a plain contraction swaps subscripts (dW[i,j] =
+sum_b dy[b,i] x[b,j]), an offset read becomes a shifted read.  No operator has
+a gradient of its own anywhere in the compiler.
+
+The batch axis is an index like any other: `b` ranges over the symbolic batch
+size `B`, so a parameter's gradient sums over `b` by the same rule.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import sympy as sp
+
+from . import ir
+from .naming import grad_name
+from .symbolic import LogSumExp, MaxOver, index_symbol, real_base
+
+B = sp.Symbol("B", integer=True, positive=True)  # the batch size
+_ELEMENT_INDEX_NAMES = "ijklmn"
+
+
+@dataclass(frozen=True)
+class Formula:
+    """One node's element formula, in the names of this network."""
+    out: sp.IndexedBase
+    indices: tuple  # output index symbols, the batch index first when batched
+    body: sp.Expr
+    ranges: dict  # index symbol -> extent (int, or B)
+
+
+@dataclass(frozen=True)
+class Gradient:
+    """dX[J] for one tensor or parameter X read by a node."""
+    wrt: str  # tensor or parameter name
+    base: sp.IndexedBase  # X
+    indices: tuple  # J
+    jacobian: sp.Expr  # dy[I]/dX[J], with Kronecker deltas
+    backward: sp.Expr  # dX[J] after delta elimination, in terms of the output where possible
+    in_output_terms: bool  # whether the forward output replaced the input
+
+
+@dataclass(frozen=True)
+class Derivation:
+    node: ir.Node
+    formula: Formula
+    grads: tuple  # Gradient
+
+
+def batch_index(op_indices) -> sp.Symbol:
+    names = {s.name for s in op_indices}
+    for name in ("b", "s", "bb"):
+        if name not in names:
+            return index_symbol(name)
+    raise AssertionError("no free name for the batch index")
+
+
+def formula_for(node: ir.Node, g: ir.Graph) -> Formula:
+    """Instantiate the node's operator with its tensors, parameters, options and sizes."""
+    op = node.op
+    out_shape = g.tensors[node.output].shape
+    args = [g.tensors[a] for a in node.args]
+    if op.kind == "elementwise":
+        local = tuple(index_symbol(c) for c in _ELEMENT_INDEX_NAMES[:len(out_shape)])
+        b = batch_index(local)
+        idx = (b,) + local
+        mapping = {sp.Symbol(t.name, real=True): real_base(a.name)[idx] for t, a in zip(op.tensors, args)}
+        for o in op.options:
+            mapping[sp.Symbol(o.name, real=True)] = sp.sympify(node.option_dict[o.name])
+        body = op.body.xreplace(mapping)
+        ranges = {b: B, **{s: n for s, n in zip(local, out_shape)}}
+        return Formula(real_base(node.output), idx, body, ranges)
+    # indexed: sizes from the arguments' shapes, options by value
+    env = {}
+    for t, a in zip(op.tensors, args):
+        for pat, size in zip(t.shape, a.shape):
+            if isinstance(pat, sp.Symbol):
+                env[pat] = sp.Integer(size)
+    opts = node.option_dict
+    for o in op.options:
+        v = opts[o.name]
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            env[sp.Symbol(o.name, integer=True)] = sp.sympify(v)
+    all_indices = set(op.out_indices)
+    for ind in op.body.atoms(sp.Indexed):
+        all_indices |= {s for s in ind.free_symbols if isinstance(s, sp.Symbol) and s.is_integer}
+    b = batch_index(all_indices)
+    bases = {real_base(t.name): real_base(a.name) for t, a in zip(op.tensors, args)}
+    params = dict(node.params)
+    dropped = set()
+    for spec in op.params:
+        if spec.name in params:
+            bases[real_base(spec.name)] = real_base(params[spec.name])
+        else:
+            dropped.add(real_base(spec.name))
+    batched = {real_base(t.name) for t in op.tensors}
+
+    def rename(e):
+        if e.base in dropped:
+            return sp.Integer(0)
+        new = bases[e.base]
+        return new[((b,) if e.base in batched else ()) + e.indices]
+
+    body = op.body.replace(lambda e: isinstance(e, sp.Indexed), rename)
+    body = body.xreplace(env)
+    idx = (b,) + op.out_indices
+    ranges = {b: B, **{s: n for s, n in zip(op.out_indices, out_shape)}}
+    return Formula(real_base(node.output), idx, body, ranges)
+
+
+def derive_node(node: ir.Node, g: ir.Graph, wrt: list[str]) -> Derivation:
+    """The backward formulas of `node` with respect to the tensors/params named in `wrt`."""
+    f = formula_for(node, g)
+    grads = []
+    sources = [(a, True) for a in node.args] + [(p, False) for _, p in node.params]
+    seen = set()
+    for name, batched in sources:
+        if name not in wrt or name in seen:
+            continue
+        seen.add(name)
+        shape = g.tensors[name].shape if batched else g.param(name).shape
+        grads.append(_gradient(f, name, batched, shape))
+    return Derivation(node, f, tuple(grads))
+
+
+def _gradient(f: Formula, name: str, batched: bool, shape: tuple) -> Gradient:
+    X = real_base(name)
+    rank = len(shape) + (1 if batched else 0)
+    J = tuple(sp.Dummy(f"J{k}", integer=True) for k in range(rank))
+    ranges = dict(f.ranges)
+    extents = ((B,) if batched else ()) + tuple(shape)
+    ranges.update(dict(zip(J, extents)))
+    jac = sp.diff(f.body, X[J])
+    dy = real_base(grad_name(f.out.label.name))
+    vjp = sp.Sum(dy[f.indices] * jac, *[(s, 0, ranges[s] - 1) for s in f.indices])
+    back = eliminate(vjp, ranges)
+    back, rewritten = in_output_terms(back, f, X, J)
+    back, J, jac = _readable_indices(back, J, jac, f, X)
+    return Gradient(name, X, J, jac, back, rewritten)
+
+
+# ---- delta elimination ---------------------------------------------------------------
+
+def _terms(e, taken: set):
+    """e as a list of (factors, limits): a sum of products, each under its own sums."""
+    if isinstance(e, sp.Add):
+        out = []
+        for a in e.args:
+            out.extend(_terms(a, taken))
+        return out
+    if isinstance(e, sp.Mul):
+        out = [([], [])]
+        for a in e.args:
+            out = [(fa + fb, la + lb) for fa, la in out for fb, lb in _terms(a, taken)]
+        return out
+    if isinstance(e, sp.Sum):
+        fn = e.function
+        limits = []
+        for (v, lo, hi) in e.limits:
+            if v in taken:  # the same name bound twice in one product: rename one
+                fresh = sp.Dummy(v.name, integer=True)
+                fn = fn.xreplace({v: fresh})
+                v = fresh
+            taken.add(v)
+            limits.append((v, lo, hi))
+        return [(fs, limits + ls) for fs, ls in _terms(fn, taken)]
+    return [([e], [])]
+
+
+def _interval(e, ranges):
+    """Bounds [lo, hi] of an affine index expression, or None."""
+    e = sp.expand(e)
+    lo = hi = sp.Integer(0)
+    for term in sp.Add.make_args(e):
+        coeff, rest = term.as_coeff_Mul()
+        if rest == 1:
+            lo += coeff
+            hi += coeff
+        elif rest in ranges:
+            top = ranges[rest] - 1
+            lo += min(0, coeff * top, key=_num) if _is_num(top) else (0 if coeff > 0 else coeff * top)
+            hi += max(0, coeff * top, key=_num) if _is_num(top) else (coeff * top if coeff > 0 else 0)
+        else:
+            return None
+    return lo, hi
+
+
+def _is_num(x):
+    return sp.sympify(x).is_number
+
+
+def _num(x):
+    return float(x) if sp.sympify(x).is_number else 0.0
+
+
+def _within(inner, lo, hi) -> bool:
+    """Is [inner] certainly inside [lo, hi]?  Symbolic B compares as B."""
+    a, b = inner
+    return bool(sp.simplify(a - lo) >= 0) and bool(sp.simplify(hi - b) >= 0)
+
+
+def eliminate(e: sp.Expr, ranges: dict) -> sp.Expr:
+    """Remove Kronecker deltas by solving each for a summed index (one rule for all ops)."""
+    out = sp.Integer(0)
+    for factors, limits in _terms(e, set()):
+        bound = {v: (lo, hi) for v, lo, hi in limits}
+        order = [v for v, _, _ in limits]
+        keep = []
+        conds = []
+        deltas = [f for f in factors if isinstance(f, sp.KroneckerDelta)]
+        rest = [f for f in factors if not isinstance(f, sp.KroneckerDelta)]
+        zero = False
+        while deltas:
+            d = deltas.pop(0)
+            diff = sp.expand(d.args[0] - d.args[1])
+            if diff == 0:
+                continue
+            if diff.is_number:
+                zero = True
+                break
+            var = None
+            for v in order:
+                if v in bound and diff.has(v):
+                    c = diff.coeff(v)
+                    if c in (1, -1) and not (diff - c * v).has(v):
+                        var = v
+                        break
+            if var is None:
+                keep.append(d)
+                continue
+            sol = sp.solve(diff, var)[0]
+            lo, hi = bound.pop(var)
+            rest = [f.xreplace({var: sol}) for f in rest]
+            deltas = [x.xreplace({var: sol}) for x in deltas]
+            keep = [x.xreplace({var: sol}) for x in keep]
+            conds = [(c.xreplace({var: sol}), a, z) for c, a, z in conds]
+            known = {**ranges, **{v: r[1] + 1 for v, r in bound.items()}}
+            span = _interval(sol, known)
+            if span is None or not _within(span, lo, hi):
+                conds.append((sol, lo, hi))
+        if zero:
+            continue
+        term = sp.Mul(*rest, *keep)
+        for c, lo, hi in conds:
+            term = sp.Piecewise((term, sp.And(c >= lo, c <= hi)), (0, True))
+        live = [(v, *bound[v]) for v in order if v in bound]
+        out += sp.Sum(term, *live) if live else term
+    return out
+
+
+# ---- writing a derivative in terms of the forward output --------------------------------
+
+def in_output_terms(e: sp.Expr, f: Formula, X, J) -> tuple[sp.Expr, bool]:
+    """Replace the forward body by the output y wherever it reappears (tanh' = 1 - y^2)."""
+    wilds = {s: sp.Wild(f"w_{s.name}") for s in f.indices}
+    pattern = f.body.xreplace(wilds)
+    y = f.out
+    new = e
+    if not pattern.is_Atom and not isinstance(pattern, sp.Indexed):
+        new = e.replace(pattern, y[tuple(wilds[s] for s in f.indices)], exact=False)
+    if new != e:
+        return new, True
+    # a scalar function of one read: invert it (sigmoid: z = log(y / (1 - y)))
+    reads = f.body.atoms(sp.Indexed)
+    if len(reads) != 1:
+        return e, False
+    (read,) = reads
+    if tuple(read.indices) != tuple(f.indices) or read.base != X:
+        return e, False
+    z, yv = sp.Symbol("z", real=True), sp.Symbol("y", real=True)
+    target = X[J]
+    if not e.has(target):
+        return e, False
+    fz = f.body.xreplace({read: z})
+    ez = e.xreplace({target: z, y[J]: yv})
+    res = _rewrite_scalar(fz, ez.xreplace(_freeze(ez)), z, yv)
+    if res is None:
+        return e, False
+    res = res.xreplace({v: k for k, v in _freeze(ez).items()})
+    return res.xreplace({yv: y[J]}), True
+
+
+def _freeze(e):
+    """Stand-in symbols for indexed reads, so scalar algebra leaves them alone."""
+    return {r: sp.Symbol(f"_r{k}", real=True) for k, r in enumerate(sorted(e.atoms(sp.Indexed),
+                                                                          key=sp.default_sort_key))}
+
+
+@lru_cache(maxsize=None)
+def _rewrite_scalar(fz, ez, z, yv):
+    if fz.has(sp.Piecewise) or fz.has(sp.Abs) or ez.has(sp.Piecewise):
+        return None
+    try:
+        sols = sp.solve(sp.Eq(yv, fz), z)
+    except Exception:  # sympy cannot invert it: keep the input form
+        return None
+    for inv in sols:
+        cand = sp.simplify(ez.xreplace({z: inv}))
+        if cand.has(z) or cand.atoms(sp.Function):
+            continue
+        if any(not p.exp.is_integer for p in cand.atoms(sp.Pow)):
+            continue
+        return sp.factor(cand)
+    return None
+
+
+def _readable_indices(back, J, jac, f: Formula, X):
+    """Name the free gradient indices after X's subscripts in the formula where possible."""
+    read = next((r for r in sorted(f.body.atoms(sp.Indexed), key=sp.default_sort_key) if r.base == X), None)
+    taken = {s.name for s in back.free_symbols | _bound_symbols(back)}
+    names = []
+    for k, j in enumerate(J):
+        want = None
+        if read is not None and k < len(read.indices) and isinstance(read.indices[k], sp.Symbol):
+            want = read.indices[k].name
+        if want is None or want in taken or want in names:
+            want = next(n for n in ("b" if k == 0 else "") + "ijklmnpqrstuvuvw" + "abcdefgh"
+                        if n not in taken and n not in names)
+        names.append(want)
+    new = tuple(index_symbol(n) for n in names)
+    sub = dict(zip(J, new))
+    return back.xreplace(sub), new, jac.xreplace(sub)
+
+
+def _bound_symbols(e):
+    out = set()
+    for s in e.atoms(sp.Sum, LogSumExp, MaxOver):
+        out |= {lim[0] for lim in s.limits}
+    return out
+
+
+def derive_graph(g: ir.Graph, needs_grad: set) -> tuple:
+    """Derivations of every node, in graph order."""
+    return tuple(derive_node(n, g, sorted(needs_grad)) for n in g.nodes)

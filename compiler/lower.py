@@ -1,0 +1,450 @@
+"""Index expressions -> a kernel plan: numpy statements with their formulas.
+
+Three kernel families:
+  elementwise   a whole expression over one layout, fused into one numpy expression;
+  contraction   a sum over products: `@` where the indices form a matrix product,
+                tensordot or einsum otherwise, `.sum(axis=...)` for a single operand;
+  reduction     logsumexp (stable helper) and max over bound indices.
+A read `x[b, i + c]` whose index range differs from the axis is a slice (a view)
+or a zero-padded window.  The plan is plain data; templates only lay it out.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sympy as sp
+from sympy.printing.numpy import NumPyPrinter
+from sympy.printing.str import StrPrinter
+
+from . import ir
+from .derive import B, Derivation
+from .naming import grad_name, temp, var
+from .stabilize import stabilize
+from .symbolic import ClampedLog, FirstArgmax, LogSumExp, MaxOver, Sigmoid, Softplus, real_base
+
+
+@dataclass(frozen=True)
+class Line:
+    target: str
+    code: str
+    comment: str = ""
+    guarded: bool = False  # evaluates np.where: the branch not taken may divide by zero
+
+
+@dataclass
+class Kernels:
+    """Statements, and the helpers they call."""
+    lines: list = field(default_factory=list)
+    helpers: set = field(default_factory=set)
+
+
+class _Printer(NumPyPrinter):
+    """numpy code for an elementwise expression laid out over `layout` indices."""
+
+    def __init__(self, lowerer, layout):
+        super().__init__({"fully_qualified_modules": False, "allow_unknown_functions": False})
+        self.lowerer = lowerer
+        self.layout = layout
+
+    def _module_format(self, fqn, register=True):
+        return "np." + fqn.split(".")[-1] if fqn.startswith("numpy.") else fqn
+
+    def _print_Indexed(self, e):
+        return self.lowerer.view(e, self.layout)
+
+    def _print_Symbol(self, s):
+        if s == B:
+            return "batch"
+        raise NotImplementedError(f"free symbol {s} in a kernel")
+
+    def _print_Rational(self, r):
+        f = float(r)
+        return repr(f) if sp.Rational(f) == r and len(repr(f)) < 12 else f"{r.p}/{r.q}"
+
+    def _print_Half(self, r):
+        return "0.5"
+
+    def _print_Pow(self, e, rational=False):
+        base, ex = e.as_base_exp()
+        if ex == sp.S.Half:
+            return f"np.sqrt({self._print(base)})"
+        if ex == -sp.S.Half:
+            return f"1/np.sqrt({self._print(base)})"
+        if ex.is_Integer and ex < 0:
+            inner = self.parenthesize(base, sp.printing.precedence.PRECEDENCE["Pow"]) if ex != -1 else \
+                self.parenthesize(base, sp.printing.precedence.PRECEDENCE["Mul"] + 1)
+            return f"1/{inner}" if ex == -1 else f"1/{inner}**{-ex}"
+        if ex.is_Integer:
+            return f"{self.parenthesize(base, sp.printing.precedence.PRECEDENCE['Pow'])}**{ex}"
+        return super()._print_Pow(e, rational=rational)
+
+    def _print_Piecewise(self, e):
+        (v, c), *rest = e.args
+        other = sp.Piecewise(*rest) if rest and rest[0].cond != sp.true else rest[0].expr
+        self.lowerer.guarded = True
+        return f"np.where({self._print(c)}, {self._print(v)}, {self._print(other)})"
+
+    def _print_Relational(self, r):
+        op = {"==": "==", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}[r.rel_op]
+        return f"({self._print(r.lhs)} {op} {self._print(r.rhs)})"
+
+    def _print_And(self, e):
+        return " & ".join(self._print(a) for a in e.args)
+
+    def _print_Sigmoid(self, e):
+        self.lowerer.kernels.helpers.add("sigmoid")
+        return f"_sigmoid({self._print(e.args[0])})"
+
+    def _print_Softplus(self, e):
+        return f"np.logaddexp(0, {self._print(e.args[0])})"
+
+    def _print_ClampedLog(self, e):
+        self.lowerer.kernels.helpers.add("clamped_log")
+        return f"_clamped_log({self._print(e.args[0])}, {self._print(e.args[1])})"
+
+    def _print_sign(self, e):
+        return f"np.sign({self._print(e.args[0])})"
+
+
+class FormulaText(StrPrinter):
+    """A compact, readable formula for code comments."""
+
+    def _print_Indexed(self, e):
+        return f"{e.base.label}[{','.join(self._print(i) for i in e.indices)}]"
+
+    def _print_Sum(self, e):
+        vs = ",".join(self._print(lim[0]) for lim in e.limits)
+        return f"Σ_{vs} {self.parenthesize(e.function, 50)}"
+
+    def _print_LogSumExp(self, e):
+        vs = ",".join(self._print(lim[0]) for lim in e.limits)
+        return f"logsumexp_{vs}({self._print(e.function)})"
+
+    def _print_MaxOver(self, e):
+        vs = ",".join(self._print(lim[0]) for lim in e.limits)
+        return f"max_{vs}({self._print(e.function)})"
+
+    def _print_Piecewise(self, e):
+        (v, c), *rest = e.args
+        other = sp.Piecewise(*rest) if rest and rest[0].cond != sp.true else rest[0].expr
+        return f"where({self._print(c)}, {self._print(v)}, {self._print(other)})"
+
+    def _print_KroneckerDelta(self, e):
+        return f"δ({self._print(e.args[0])},{self._print(e.args[1])})"
+
+    def _print_Dummy(self, e):
+        return e.name
+
+    def _print_Symbol(self, e):
+        return "B" if e == B else e.name
+
+
+def formula_text(e) -> str:
+    return FormulaText({"order": "none"}).doprint(e)
+
+
+def _index_syms(e, ranges) -> set:
+    return {s for s in e.free_symbols if s in ranges}
+
+
+class Lowerer:
+    """Turns index expressions into numpy lines for one function body."""
+
+    def __init__(self, names: dict, shapes: dict, kernels: Kernels):
+        self.names = names  # base label -> python variable
+        self.shapes = shapes  # base label -> full shape (extents; B for the batch axis)
+        self.kernels = kernels
+        self.ranges: dict = {}
+        self.cse: dict = {}
+        self.guarded = False
+        self.count = 0
+
+    # ---- statements
+    def assign(self, target: str, indices: tuple, expr: sp.Expr, ranges: dict, comment: str,
+               accumulate: bool = False, shape=None):
+        self.ranges = dict(ranges)
+        self.guarded = False
+        expr = stabilize(expr)
+        expr = self._hoist(expr, list(indices))
+        code = self._elementwise(expr, list(indices))
+        labels = _index_syms(expr, self.ranges)
+        if labels != set(indices):  # a value that does not vary along some axis
+            shp = "(" + ", ".join(self._extent_code(self.ranges[s]) for s in indices) + ",)"
+            code = f"np.broadcast_to({code}, {shp}).astype(dtype)"
+        if accumulate:
+            code = f"{target} + {code}"
+        self.kernels.lines.append(Line(target, code, comment, self.guarded))
+
+    def _extent_code(self, n):
+        return "batch" if n == B else str(n)
+
+    # ---- reductions become temporaries
+    def _hoist(self, e, order):
+        if isinstance(e, (sp.Sum, LogSumExp, MaxOver)):
+            vs = [lim[0] for lim in e.limits]
+            for lim in e.limits:
+                self.ranges[lim[0]] = lim[2] + 1
+            body = self._hoist(e.function, order + vs)
+            free = [s for s in order if s in _index_syms(e, self.ranges)]
+            return self._reduce(type(e), body, vs, free, order + vs)
+        if e.is_Atom or isinstance(e, sp.Indexed):
+            return e
+        return e.func(*[self._hoist(a, order) for a in e.args])
+
+    def _reduce(self, kind, body, vs, free, order):
+        key = (kind, body, tuple(vs), tuple(free))
+        if key in self.cse:
+            name, labels = self.cse[key]
+            return real_base(name)[tuple(labels)] if labels else sp.Symbol(name)
+        if kind is sp.Sum:
+            code, labels = self._sum(body, vs, free, order)
+        else:
+            labels = [s for s in order if s in _index_syms(body, self.ranges)]
+            axes = tuple(labels.index(v) for v in vs if v in labels)
+            inner = self._elementwise(body, labels)
+            if kind is LogSumExp:
+                self.kernels.helpers.add("logsumexp")
+                code = f"_logsumexp({inner}, axis={_axes(axes)})"
+            else:
+                code = f"{_paren(inner)}.max(axis={_axes(axes)})"
+            labels = [s for s in labels if s not in vs]
+        name = temp(self.count)
+        self.count += 1
+        self.kernels.lines.append(Line(name, code))
+        self.names[name] = name
+        self.shapes[name] = tuple(self.ranges[s] for s in labels)
+        self.cse[key] = (name, labels)
+        return real_base(name)[tuple(labels)] if labels else sp.Symbol(name)
+
+    def _sum(self, body, vs, free, order):
+        coeff, groups = sp.Integer(1), {}
+        for f in sp.Mul.make_args(body):
+            labels = frozenset(_index_syms(f, self.ranges))
+            if not labels:
+                coeff *= f
+            else:
+                groups.setdefault(labels, []).append(f)
+        # a summed index that no factor reads multiplies by its extent
+        for v in vs:
+            if not any(v in g for g in groups):
+                coeff *= self.ranges[v]
+        ops = []
+        for labels, fs in groups.items():
+            lay = [s for s in order if s in labels]
+            ops.append((lay, self._elementwise(sp.Mul(*fs), lay)))
+        out = [s for s in free if any(s in lay for lay, _ in ops)]
+        if len(ops) == 1:
+            lay, code = ops[0]
+            axes = tuple(lay.index(v) for v in vs if v in lay)
+            code = f"{_paren(code)}.sum(axis={_axes(axes)})" if axes else code
+        elif len(ops) == 2:
+            code = self._contract2(ops[0], ops[1], out, vs)
+        else:
+            code = self._einsum(ops, out)
+        if coeff != 1:
+            code = f"{self._elementwise(coeff, [])} * {_paren(code)}"
+        return code, out
+
+    def _contract2(self, a, b, out, vs):
+        (la, ca), (lb, cb) = a, b
+        shared = [s for s in la if s in lb]
+        contracted = [s for s in shared if s not in out]
+        only = [s for s in la + lb if s not in out and s not in shared]
+        if not contracted or any(s in out for s in shared) or only:
+            return self._einsum([a, b], out)
+        if len(la) == 2 and len(lb) == 2 and len(contracted) == 1 and len(out) == 2:
+            c = contracted[0]
+            if out[0] not in la:
+                (la, ca), (lb, cb) = (lb, cb), (la, ca)
+            left = ca if la == [out[0], c] else f"{_paren(ca)}.T"
+            right = cb if lb == [c, out[1]] else f"{_paren(cb)}.T"
+            return f"{_paren(left)} @ {_paren(right)}"
+        if len(contracted) == 1 and len(la) + len(lb) - 2 == len(out) <= 2 and (len(la) == 1 or len(lb) == 1):
+            c = contracted[0]
+            if len(la) == 2 and la[1] == c:
+                return f"{_paren(ca)} @ {_paren(cb)}"
+            if len(lb) == 2 and lb[0] == c:
+                return f"{_paren(ca)} @ {_paren(cb)}"
+        pa = [la.index(c) for c in contracted]
+        pb = [lb.index(c) for c in contracted]
+        res = [s for s in la if s not in contracted] + [s for s in lb if s not in contracted]
+        code = f"np.tensordot({ca}, {cb}, axes=({pa}, {pb}))"
+        if res != out:
+            code = f"{code}.transpose({tuple(res.index(s) for s in out)})"
+        return code
+
+    def _einsum(self, ops, out):
+        letters = {}
+        for lay, _ in ops:
+            for s in lay:
+                letters.setdefault(s, "abcdefghijklmnopqrstuvwxyz"[len(letters)])
+        spec = ",".join("".join(letters[s] for s in lay) for lay, _ in ops)
+        spec += "->" + "".join(letters[s] for s in out)
+        args = ", ".join(code for _, code in ops)
+        return f"np.einsum(\"{spec}\", {args}, optimize=True)"
+
+    # ---- elementwise expressions and array views
+    def _elementwise(self, e, layout):
+        return _Printer(self, layout).doprint(e)
+
+    def view(self, e: sp.Indexed, layout) -> str:
+        name = e.base.label.name
+        code = self.names[name]
+        shape = self.shapes[name]
+        syms, slices = [], []
+        for axis, sub in enumerate(e.indices):
+            sym, offset = _split_affine(sub, self.ranges)
+            size = self.ranges[sym]
+            syms.append(sym)
+            if offset == 0 and size == shape[axis]:
+                slices.append(None)
+            elif 0 <= offset and sp.simplify(offset + size - shape[axis]) <= 0:
+                slices.append(f"{offset}:{offset + size}")
+            else:
+                self.kernels.helpers.add("window")
+                code = f"_window({code}, {axis}, {offset}, {size})"
+                slices.append(None)
+        if any(slices):
+            code = f"{code}[{', '.join(s or ':' for s in slices)}]"
+        pos = [layout.index(s) for s in syms]
+        perm = sorted(range(len(pos)), key=lambda k: pos[k])
+        if perm != list(range(len(pos))):
+            code = f"{code}.T" if len(pos) == 2 else f"{code}.transpose({tuple(perm)})"
+        pos = sorted(pos)
+        if pos:
+            tail = layout[pos[0]:]
+            present = {layout[p] for p in pos}
+            if any(s not in present for s in tail):
+                code = f"{code}[{', '.join(':' if s in present else 'None' for s in tail)}]"
+        return code
+
+
+def _split_affine(sub, ranges):
+    """i + c -> (i, c) for an index symbol i and an integer c."""
+    syms = [s for s in sub.free_symbols if s in ranges]
+    if len(syms) != 1:
+        raise NotImplementedError(f"subscript {sub} needs window lowering")
+    (s,) = syms
+    rest = sp.expand(sub - s)
+    if rest.free_symbols:
+        raise NotImplementedError(f"subscript {sub} needs window lowering")
+    return s, int(rest)
+
+
+def _axes(axes):
+    return str(axes[0]) if len(axes) == 1 else str(tuple(axes))
+
+
+def _paren(code: str) -> str:
+    """Parenthesize code unless it is a name, a call or an attribute chain."""
+    depth = 0
+    for ch in code:
+        if ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth -= 1
+        elif depth == 0 and ch in " +-*/@<>=&|":
+            return f"({code})"
+    return code
+
+
+# ---- the whole graph -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    source: str
+    inputs: tuple  # (name, var, shape)
+    targets: tuple
+    params: tuple  # (name, var, shape, init)
+    forward: tuple  # Line, computing the output
+    output: str  # its variable
+    loss_forward: tuple  # Line, computing everything the loss needs
+    loss_value: str  # code for the scalar loss
+    backward: tuple  # Line
+    grads: tuple  # (param name, variable)
+    helpers: tuple  # helper function names, sorted
+    derivations: tuple = ()
+
+
+def ancestors(g: ir.Graph, tensor: str) -> set:
+    need = {tensor}
+    for n in reversed(g.nodes):
+        if n.output in need:
+            need.update(n.args)
+    return need
+
+
+def needs_grad(g: ir.Graph) -> set:
+    """Tensors and params whose gradient reaches a parameter's."""
+    depends = {p.name for p in g.params}
+    for n in g.nodes:
+        if any(a in depends for a in n.args) or n.params:
+            depends.add(n.output)
+    feeds_loss = ancestors(g, g.loss)
+    return {t for t in depends if t in feeds_loss or t in {p.name for p in g.params}}
+
+
+def plan(g: ir.Graph, derivations: tuple) -> Plan:
+    shapes = {t.name: (B,) + t.shape for t in g.tensors.values()}
+    shapes.update({p.name: p.shape for p in g.params})
+    names = {t: var(t) for t in g.tensors}
+    names.update({p.name: var(p.name) for p in g.params})
+    for t in list(shapes):
+        shapes[grad_name(t)] = shapes[t]
+        names[grad_name(t)] = grad_name(t)
+    helpers = set()
+
+    def forward_lines(keep: set):
+        k = Kernels()
+        low = Lowerer(dict(names), dict(shapes), k)
+        for d in derivations:
+            if d.node.output in keep:
+                f = d.formula
+                low.assign(names[d.node.output], f.indices, f.body, f.ranges,
+                           f"{d.node.label}: {formula_text(f.out[f.indices])} = {formula_text(f.body)}")
+        helpers.update(k.helpers)
+        return k, low
+
+    fwd, _ = forward_lines(ancestors(g, g.output))
+    lk, low = forward_lines(ancestors(g, g.loss))
+    # backward: reverse order, gradients summed over every use
+    loss_seed = sp.Integer(1) / B if g.reduce == "mean" else sp.Integer(1)
+    dloss = real_base(grad_name(g.loss))
+    have = set()
+    back = Kernels()
+    low.kernels = back
+    for d in reversed(derivations):
+        for gr in d.grads:
+            expr = gr.backward.replace(lambda e: isinstance(e, sp.Indexed) and e.base == dloss,
+                                       lambda e: loss_seed)
+            target = grad_name(gr.wrt)
+            rng = dict(d.formula.ranges)
+            shp = shapes[gr.wrt]
+            rng.update(dict(zip(gr.indices, shp)))
+            comment = f"{formula_text(real_base(target)[gr.indices])} {'+=' if target in have else '='} " \
+                      f"{formula_text(gr.backward)}"
+            low.assign(target, gr.indices, expr, rng, comment, accumulate=target in have)
+            have.add(target)
+    helpers.update(back.helpers)
+    loss_var = names[g.loss]
+    loss_value = f"{loss_var}.sum() / batch" if g.reduce == "mean" else f"{loss_var}.sum()"
+    grads = []
+    zero_grads = []
+    for p in g.params:
+        if grad_name(p.name) in have:
+            grads.append((p.name, grad_name(p.name)))
+        else:
+            zero_grads.append(p.name)
+            back.lines.append(Line(grad_name(p.name), f"np.zeros_like({names[p.name]})",
+                                   f"{p.name} does not affect the loss"))
+            grads.append((p.name, grad_name(p.name)))
+    return Plan(
+        name=g.name, source=g.source,
+        inputs=tuple((t.name, names[t.name], t.shape) for t in g.inputs),
+        targets=tuple((t.name, names[t.name], t.shape) for t in g.targets),
+        params=tuple((p.name, names[p.name], p.shape, p.init) for p in g.params),
+        forward=tuple(fwd.lines), output=names[g.output],
+        loss_forward=tuple(lk.lines), loss_value=loss_value,
+        backward=tuple(back.lines), grads=tuple(grads), helpers=tuple(sorted(helpers)),
+        derivations=derivations)

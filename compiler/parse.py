@@ -1,0 +1,285 @@
+"""Source text -> syntax tree (nncc.syntax), with a Loc on every node.
+
+The grammar lives in grammar/nn.lark; lark's LALR parser and a Transformer
+build the tree.  Parse failures become located NNErrors in plain words.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import resources
+
+import lark
+from lark import Token, Transformer, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
+
+from . import syntax as S
+from .errors import Loc, NNError
+
+# A newline next to these is a line continuation, not the end of a statement.
+_CONTINUE_AFTER = {",", "|>", "+", "-", "*", "/", "^", "=", ":", "(", "[", "<", ">", "<=", ">=", "==", "!="}
+_CONTINUE_BEFORE = {"|>", "for", "+", "-", "*", "/", "^", ")", "]", ","}
+
+
+class _LineJoiner(lark.lark.PostLex):
+    """Drops newline tokens that do not end a statement."""
+
+    always_accept = ("_NL",)
+
+    def process(self, stream):
+        depth = 0
+        prev = None
+        pending = None  # a newline waiting to see the next token
+        for tok in stream:
+            if tok.type == "_NL":
+                if depth == 0 and prev is not None and prev.value not in _CONTINUE_AFTER:
+                    pending = pending or tok
+                continue
+            if pending is not None:
+                if tok.value not in _CONTINUE_BEFORE:
+                    yield pending
+                pending = None
+            if tok.value in ("(", "["):
+                depth += 1
+            elif tok.value in (")", "]"):
+                depth = max(depth - 1, 0)
+            prev = tok
+            yield tok
+        if pending is not None:
+            yield pending
+
+
+@lru_cache(maxsize=1)
+def _parser() -> lark.Lark:
+    grammar = resources.files("nncc.grammar").joinpath("nn.lark").read_text(encoding="utf-8")
+    return lark.Lark(grammar, parser="lalr", lexer="basic", postlex=_LineJoiner(), propagate_positions=True,
+                     maybe_placeholders=True)
+
+
+class _Builder(Transformer):
+    """Lark tree -> nncc.syntax nodes."""
+
+    def __init__(self, file: str, lines: list[str]):
+        super().__init__()
+        self.file = file
+        self.lines = lines
+
+    def loc(self, line: int, col: int) -> Loc:
+        text = self.lines[line - 1] if 0 < line <= len(self.lines) else ""
+        return Loc(self.file, line, col, text)
+
+    def tok(self, t: Token) -> Loc:
+        return self.loc(t.line, t.column)
+
+    # ---- expressions
+    def number(self, items):
+        (t,) = items
+        v = float(t)
+        return S.Num(int(v) if v.is_integer() and "." not in t and "e" not in t.lower() else v, self.tok(t))
+
+    @v_args(meta=True)
+    def true(self, meta, items):
+        return S.Bool(True, self.loc(meta.line, meta.column))
+
+    @v_args(meta=True)
+    def false(self, meta, items):
+        return S.Bool(False, self.loc(meta.line, meta.column))
+
+    def string(self, items):
+        (t,) = items
+        return S.Str(t[1:-1], self.tok(t))
+
+    def name(self, items):
+        (t,) = items
+        return S.Name(str(t), self.tok(t))
+
+    def index(self, items):
+        t, *subs = items
+        return S.Index(str(t), tuple(subs), self.tok(t))
+
+    def keyword_arg(self, items):
+        t, value = items
+        return S.Keyword(str(t), value, self.tok(t))
+
+    def arg(self, items):
+        return items[0]
+
+    def _call(self, t, args, body):
+        args = [a for a in args if a is not None]
+        positional = tuple(a for a in args if not isinstance(a, S.Keyword))
+        keywords = tuple(a for a in args if isinstance(a, S.Keyword))
+        if body is None:
+            return S.Call(str(t), positional, keywords, None, self.tok(t))
+        # `sum(i, j: body)`: every argument before the colon must be a bare index name
+        for a in args:
+            if not isinstance(a, S.Name):
+                where = a.loc
+                raise NNError(f"'{t}(...: ...)' takes index names before the ':'", where,
+                              "write e.g. sum(i, j: w[i, j] * x[j])")
+        return S.Call(str(t), (body,), (), tuple(a.id for a in args), self.tok(t))
+
+    def call(self, items):
+        t, *rest = items
+        body = rest[-1]
+        return self._call(t, rest[:-1], body)
+
+    def stage_name(self, items):
+        (t,) = items
+        return S.Call(str(t), (), (), None, self.tok(t))
+
+    def stage_call(self, items):
+        t, *args = items
+        return self._call(t, args, None)
+
+    def pipe(self, items):
+        lhs, stage = items
+        return S.Call(stage.name, (lhs,) + stage.args, stage.keywords, None, stage.loc)
+
+    def binary(self, items):
+        left, op, right = items
+        return S.Binary(str(op), left, right, self.tok(op))
+
+    def power(self, items):
+        left, right = items
+        return S.Binary("^", left, right, left.loc)
+
+    def neg(self, items):
+        op, operand = items
+        return S.Neg(operand, self.tok(op))
+
+    def compare(self, items):
+        left, op, right = items
+        return S.Compare(str(op), left, right, self.tok(op))
+
+    # ---- statements
+    def shape(self, items):
+        return tuple(i for i in items if i is not None)
+
+    def index_names(self, items):
+        return tuple(str(t) for t in items)
+
+    def network(self, items):
+        (t,) = items
+        return S.Network(str(t), self.tok(t))
+
+    def input_decl(self, items):
+        t, shape = items
+        return S.Decl("input", str(t), shape, self.tok(t))
+
+    def target_decl(self, items):
+        t, shape = items
+        return S.Decl("target", str(t), shape, self.tok(t))
+
+    def output_decl(self, items):
+        (t,) = items
+        return S.Output(str(t), self.tok(t))
+
+    def assign(self, items):
+        t, reduce, expr = items
+        return S.Assign(str(t), str(reduce) if reduce is not None else None, expr, self.tok(t))
+
+    def fn_param(self, items):
+        t, indices, default = items
+        return S.FnParam(str(t), indices, default, self.tok(t))
+
+    def fn_def(self, items):
+        t, *params, body = items
+        return S.FnDef(str(t), tuple(p for p in params if p is not None), body, self.tok(t))
+
+    def tensor_param(self, items):
+        t, shape = items
+        return S.TensorParam(str(t), shape, self.tok(t))
+
+    def option_param(self, items):
+        t, default = items
+        return S.OptionParam(str(t), default, self.tok(t))
+
+    def param_decl(self, items):
+        t, shape, init = items
+        return S.ParamDecl(str(t), shape, init, self.tok(t))
+
+    def extent(self, items):
+        t, op, bound = items
+        if op != "<":
+            raise NNError(f"an extent is written '{t} < size', not with '{op}'", self.tok(op))
+        return S.Extent(str(t), bound, self.tok(t))
+
+    def equation(self, items):
+        t, indices, body, *extents = items
+        return S.Equation(str(t), indices or (), body, tuple(e for e in extents if e is not None),
+                          self.tok(t))
+
+    def layer_def(self, items):
+        t, *rest = items
+        params = tuple(p for p in rest if isinstance(p, (S.TensorParam, S.OptionParam)))
+        decls = tuple(p for p in rest if isinstance(p, S.ParamDecl))
+        eqs = [p for p in rest if isinstance(p, S.Equation)]
+        loc = self.tok(t)
+        if len(eqs) != 1:
+            raise NNError(f"layer '{t}' needs exactly one output equation such as 'y[i] = ...'; "
+                          f"it has {len(eqs)}", eqs[1].loc if len(eqs) > 1 else loc)
+        return S.LayerDef(str(t), params, decls, eqs[0], loc)
+
+    def start(self, items):
+        return [i for i in items if i is not None]
+
+
+_TOKEN_WORDS = {
+    "_NL": "end of line", "NAME": "a name", "NUMBER": "a number", "STRING": "a string",
+    "LPAR": "'('", "RPAR": "')'", "LSQB": "'['", "RSQB": "']'", "LBRACE": "'{'", "RBRACE": "'}'",
+    "COMMA": "','", "COLON": "':'", "EQUAL": "'='", "PLUS": "'+'", "MINUS": "'-'",
+    "MUL_OP": "'*' or '/'", "COMPARE": "a comparison", "$END": "end of file",
+}
+
+
+def _describe(tok) -> str:
+    if tok.type == "_NL":
+        return "end of line"
+    if tok.type == "$END":
+        return "end of file"
+    return f"'{tok.value}'"
+
+
+def _expected(names) -> str:
+    words = sorted({_TOKEN_WORDS.get(n, f"'{n.lower()}'" if n.isalpha() else n) for n in names
+                    if not n.startswith("__ANON")})
+    if not words:
+        return ""
+    if len(words) > 6:
+        return ""
+    return "; expected " + (", ".join(words[:-1]) + " or " + words[-1] if len(words) > 1 else words[0])
+
+
+def parse(source: str, file: str = "<string>") -> list:
+    """Parse .nn source into a list of syntax.* statements, or raise NNError."""
+    lines = source.splitlines()
+    builder = _Builder(file, lines)
+    try:
+        tree = _parser().parse(source + "\n")
+        return builder.transform(tree)
+    except VisitError as exc:
+        if isinstance(exc.orig_exc, NNError):
+            raise exc.orig_exc from None
+        raise
+    except UnexpectedCharacters as exc:
+        ch = source.splitlines()[exc.line - 1][exc.column - 1] if exc.line <= len(lines) else "?"
+        raise NNError(f"unexpected character '{ch}'", builder.loc(exc.line, exc.column)) from None
+    except UnexpectedEOF as exc:
+        last = max(len(lines), 1)
+        raise NNError("unexpected end of file" + _expected(exc.expected), builder.loc(last, 1)) from None
+    except UnexpectedToken as exc:
+        tok = exc.token
+        if tok.type == "$END" or tok.line is None:
+            line = max(len(lines), 1)
+            col = len(lines[line - 1]) + 1 if lines else 1
+            raise NNError("unexpected end of file" + _expected(exc.expected), builder.loc(line, col)) from None
+        line, col = tok.line, tok.column
+        if tok.type == "_NL":  # point at the end of the unfinished line, not the next one
+            line = tok.line
+            col = len(lines[line - 1]) + 1 if line <= len(lines) else 1
+        hint = None
+        if tok.type == "_NL" and ("RPAR" in exc.expected or "RSQB" in exc.expected):
+            hint = "a bracket is not closed"
+        raise NNError(f"unexpected {_describe(tok)}" + _expected(exc.expected),
+                      builder.loc(line, col), hint) from None
+    except UnexpectedInput as exc:  # pragma: no cover - other lark failures
+        raise NNError("cannot parse this", builder.loc(getattr(exc, "line", 1), getattr(exc, "column", 1))) from None

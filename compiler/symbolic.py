@@ -1,0 +1,90 @@
+"""The few sympy objects nncc adds to sympy's own: reductions and stable forms.
+
+`LogSumExp` and `MaxOver` are reductions over bound indices, like `sum`.
+Their derivatives are the definitions of the primitives themselves
+(d logsumexp = softmax weights, d max = indicator of the first maximum), the
+same role sympy's exp and log play for scalars.  `Sigmoid`, `Softplus` and
+`ClampedLog` are evaluation forms only: the stabilize pass introduces them
+after differentiation so the generated code never overflows.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import sympy as sp
+from sympy.concrete.expr_with_limits import ExprWithLimits
+
+
+@lru_cache(maxsize=None)
+def index_symbol(name: str) -> sp.Symbol:
+    return sp.Symbol(name, integer=True)
+
+
+@lru_cache(maxsize=None)
+def real_base(name: str) -> sp.IndexedBase:
+    return sp.IndexedBase(name, real=True)
+
+
+class LogSumExp(ExprWithLimits):
+    """log sum_K exp(f): a reduction evaluated as m + log(sum exp(f - m))."""
+
+    __slots__ = ()
+
+    def _eval_derivative(self, s):
+        f = self.function
+        return sp.Sum(sp.exp(f - self) * f.diff(s), *self.limits)
+
+    def _eval_is_real(self):
+        return True
+
+    def _latex(self, printer):
+        idx = ",".join(printer._print(lim[0]) for lim in self.limits)
+        return r"\log \sum_{%s} e^{%s}" % (idx, printer._print(self.function))
+
+
+class FirstArgmax(ExprWithLimits):
+    """1 where the bound indices pick the first maximum of f (row-major), else 0."""
+
+    __slots__ = ()
+
+    def _eval_derivative(self, s):
+        return sp.Integer(0)
+
+    def _eval_is_real(self):
+        return True
+
+
+class MaxOver(ExprWithLimits):
+    """max over the bound indices of f; its gradient goes to the first maximum."""
+
+    __slots__ = ()
+
+    def _eval_derivative(self, s):
+        f = self.function
+        return sp.Sum(FirstArgmax(f, *self.limits) * f.diff(s), *self.limits)
+
+    def _eval_is_real(self):
+        return True
+
+
+class Sigmoid(sp.Function):
+    """1 / (1 + exp(-x)), evaluated without overflow."""
+
+    def _latex(self, printer, exp=None):
+        tex = r"\sigma\left(%s\right)" % printer._print(self.args[0])
+        return tex if exp is None else r"%s^{%s}" % (tex, exp)
+
+
+class Softplus(sp.Function):
+    """log(1 + exp(x)), evaluated as logaddexp(0, x)."""
+
+    def _latex(self, printer, exp=None):
+        tex = r"\log\left(1 + e^{%s}\right)" % printer._print(self.args[0])
+        return tex if exp is None else r"\left(%s\right)^{%s}" % (tex, exp)
+
+
+class ClampedLog(sp.Function):
+    """max(log(x), floor), with log(0) = -inf clamped silently (as PyTorch's BCE)."""
+
+    def _latex(self, printer, exp=None):
+        return r"\max\left(\log %s, %s\right)" % (printer._print(self.args[0]), printer._print(self.args[1]))

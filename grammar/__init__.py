@@ -1,0 +1,1 @@
+"""The .nn grammar, shipped as package data (nncc.grammar)."""

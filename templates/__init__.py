@@ -1,0 +1,1 @@
+"""The jinja2 templates, shipped as package data (nncc.templates)."""
