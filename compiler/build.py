@@ -51,6 +51,8 @@ class _Builder:
         self.counters: dict[str, int] = {}
         self.labels: set[str] = set()
         self.defined_at: dict[str, Loc] = {}
+        self._in_loss = False
+        self._first_arg = None
 
     # ---- top level
     def build(self) -> ir.Graph:
@@ -81,8 +83,9 @@ class _Builder:
                 if st.name == "loss":
                     if loss is not None:
                         raise NNError("'loss' is defined twice", st.loc, f"first defined at {loss[1]}")
-                    self._first_arg = None
-                    t = self._eval(st.expr, want="loss")
+                    self._first_arg, self._in_loss = None, True
+                    t = self._eval(st.expr)
+                    self._in_loss = False
                     if t.shape != ():
                         raise NNError(f"the loss must be one number per sample, but this has shape "
                                       f"{list(t.shape)}", st.expr.loc if hasattr(st.expr, "loc") else st.loc,
@@ -154,7 +157,7 @@ class _Builder:
         raise NNError(f"{what} must be a number", e.loc)
 
     # ---- expressions -> nodes
-    def _eval(self, e, bind: str | None = None, want: str = "tensor"):
+    def _eval(self, e, bind: str | None = None):
         """Evaluate a network-level expression to a Tensor (or a number)."""
         if isinstance(e, S.Name):
             if e.id not in self.tensors:
@@ -176,7 +179,7 @@ class _Builder:
         if isinstance(e, S.Call):
             if e.bound is not None:
                 raise NNError(f"'{e.name}(...: ...)' reductions belong inside fn and layer formulas", e.loc)
-            return self._call(e, bind, want)
+            return self._call(e, bind)
         if isinstance(e, S.Index):
             raise NNError("indexing is for fn and layer formulas; at network level use whole tensors", e.loc)
         if isinstance(e, S.Compare):
@@ -224,15 +227,11 @@ class _Builder:
     def _elementwise(self, name, arg, arity) -> OpDef:
         return self.registry.get(name, None)
 
-    def _call(self, e: S.Call, bind, want):
+    def _call(self, e: S.Call, bind):
         if e.name == "concat":
             return self._concat(e, bind)
         op = self.registry.get(e.name, e.loc)
         n_t = len(op.tensors)
-        if want == "loss" and self._first_arg is None and e.args:
-            first = e.args[0]
-        else:
-            first = None
         # bind positional and keyword arguments to the op's signature
         values: dict[str, object] = {}
         locs: dict[str, Loc] = {}
@@ -265,8 +264,8 @@ class _Builder:
                 raise NNError(f"argument '{t.name}' of '{op.name}' must be a tensor, not a number",
                               locs[t.name])
             tensors.append(v)
-        if first is not None and self._first_arg is None:
-            self._first_arg = tensors[0].name
+        if self._in_loss and self._first_arg is None and op.kind == "indexed" and not op.out_indices:
+            self._first_arg = tensors[0].name  # forward returns the first argument of the loss
         options = {}
         for o in op.options:
             if o.name in values:

@@ -141,8 +141,9 @@ def _gradient(f: Formula, name: str, batched: bool, shape: tuple) -> Gradient:
     ranges.update(dict(zip(J, extents)))
     jac = sp.diff(f.body, X[J])
     dy = real_base(grad_name(f.out.label.name))
-    vjp = sp.Sum(dy[f.indices] * jac, *[(s, 0, ranges[s] - 1) for s in f.indices])
-    back = eliminate(vjp, ranges)
+    # sum over the output indices of dy[I] * jac (not a sympy Sum: its constructor
+    # folds where() out of inner sums, moving bound indices out of scope)
+    back = eliminate(dy[f.indices] * jac, ranges, [(s, 0, ranges[s] - 1) for s in f.indices])
     back, rewritten = in_output_terms(back, f, X, J)
     back, J, jac = _readable_indices(back, J, jac, f, X)
     return Gradient(name, X, J, jac, back, rewritten)
@@ -160,7 +161,8 @@ def _terms(e, taken: set):
     if isinstance(e, sp.Mul):
         out = [([], [])]
         for a in e.args:
-            out = [(fa + fb, la + lb) for fa, la in out for fb, lb in _terms(a, taken)]
+            parts = _terms(a, taken)
+            out = [(fa + fb, la + lb) for fa, la in out for fb, lb in parts]
         return out
     if isinstance(e, sp.Sum):
         fn = e.function
@@ -173,7 +175,22 @@ def _terms(e, taken: set):
             taken.add(v)
             limits.append((v, lo, hi))
         return [(fs, limits + ls) for fs, ls in _terms(fn, taken)]
+    if isinstance(e, sp.Piecewise) and e.has(sp.KroneckerDelta):
+        # where(c, A, B) = A [c] + B [not c]: the deltas inside reach the product
+        out, before = [], []
+        for value, cond in e.args:
+            here = sp.And(cond, *[sp.Not(c) for c in before])
+            before.append(cond)
+            if value == 0 or here == sp.false:
+                continue
+            ind = [] if here == sp.true else [_Indicator(here)]
+            out.extend((fs + ind, ls) for fs, ls in _terms(value, taken))
+        return out
     return [([e], [])]
+
+
+class _Indicator(sp.Function):
+    """[cond] as a factor while deltas are eliminated; folded back into where() after."""
 
 
 def _interval(e, ranges):
@@ -208,10 +225,14 @@ def _within(inner, lo, hi) -> bool:
     return bool(sp.simplify(a - lo) >= 0) and bool(sp.simplify(hi - b) >= 0)
 
 
-def eliminate(e: sp.Expr, ranges: dict) -> sp.Expr:
-    """Remove Kronecker deltas by solving each for a summed index (one rule for all ops)."""
-    out = sp.Integer(0)
-    for factors, limits in _terms(e, set()):
+def eliminate(e: sp.Expr, ranges: dict, outer=()) -> sp.Expr:
+    """Sum e over `outer`, removing Kronecker deltas by solving each for a summed index.
+
+    This is the one rule of the compiler for every operator."""
+    groups: dict = {}
+    taken = {v for v, _, _ in outer}
+    for factors, limits in _terms(e, taken):
+        limits = list(outer) + limits
         bound = {v: (lo, hi) for v, lo, hi in limits}
         order = [v for v, _, _ in limits]
         keep = []
@@ -249,11 +270,35 @@ def eliminate(e: sp.Expr, ranges: dict) -> sp.Expr:
                 conds.append((sol, lo, hi))
         if zero:
             continue
+        guards = [sp.And(c >= lo, c <= hi) for c, lo, hi in conds]
+        guards += [f.args[0] for f in rest if isinstance(f, _Indicator)]
+        rest = [f for f in rest if not isinstance(f, _Indicator)]
         term = sp.Mul(*rest, *keep)
-        for c, lo, hi in conds:
-            term = sp.Piecewise((term, sp.And(c >= lo, c <= hi)), (0, True))
         live = [(v, *bound[v]) for v in order if v in bound]
-        out += sp.Sum(term, *live) if live else term
+        term = sp.Sum(term, *live) if live else term
+        key = sp.And(*guards)
+        groups[key] = groups.get(key, sp.Integer(0)) + term
+    return _fold(groups)
+
+
+def _fold(groups: dict) -> sp.Expr:
+    """sum of [cond] * value -> where(cond, value, other) with complementary conditions merged."""
+    out = sp.Integer(0)
+    done = set()
+    for cond, value in groups.items():
+        if cond in done:
+            continue
+        done.add(cond)
+        value = sp.factor_terms(value)
+        if cond == sp.true:
+            out += value
+            continue
+        other = sp.Not(cond)
+        if other in groups and other not in done:
+            done.add(other)
+            out += sp.Piecewise((value, cond), (sp.factor_terms(groups[other]), True))
+        else:
+            out += sp.Piecewise((value, cond), (0, True))
     return out
 
 
