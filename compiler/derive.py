@@ -23,7 +23,7 @@ import sympy as sp
 
 from . import ir
 from .naming import grad_name
-from .symbolic import LogSumExp, MaxOver, index_symbol, real_base
+from .symbolic import LogSumExp, MaxOver, Where, index_symbol, real_base
 
 B = sp.Symbol("B", integer=True, positive=True)  # the batch size
 _ELEMENT_INDEX_NAMES = "ijklmn"
@@ -175,16 +175,13 @@ def _terms(e, taken: set):
             taken.add(v)
             limits.append((v, lo, hi))
         return [(fs, limits + ls) for fs, ls in _terms(fn, taken)]
-    if isinstance(e, sp.Piecewise) and e.has(sp.KroneckerDelta):
+    if isinstance(e, Where) and e.has(sp.KroneckerDelta):
         # where(c, A, B) = A [c] + B [not c]: the deltas inside reach the product
-        out, before = [], []
-        for value, cond in e.args:
-            here = sp.And(cond, *[sp.Not(c) for c in before])
-            before.append(cond)
-            if value == 0 or here == sp.false:
-                continue
-            ind = [] if here == sp.true else [_Indicator(here)]
-            out.extend((fs + ind, ls) for fs, ls in _terms(value, taken))
+        c, a, b = e.args
+        out = []
+        for value, cond in ((a, c), (b, sp.Not(c))):
+            if value != 0:
+                out.extend((fs + [_Indicator(cond)], ls) for fs, ls in _terms(value, taken))
         return out
     return [([e], [])]
 
@@ -296,9 +293,9 @@ def _fold(groups: dict) -> sp.Expr:
         other = sp.Not(cond)
         if other in groups and other not in done:
             done.add(other)
-            out += sp.Piecewise((value, cond), (sp.factor_terms(groups[other]), True))
+            out += Where(cond, value, sp.factor_terms(groups[other]))
         else:
-            out += sp.Piecewise((value, cond), (0, True))
+            out += Where(cond, value, 0)
     return out
 
 
@@ -342,7 +339,7 @@ def _freeze(e):
 
 @lru_cache(maxsize=None)
 def _rewrite_scalar(fz, ez, z, yv):
-    if fz.has(sp.Piecewise) or fz.has(sp.Abs) or ez.has(sp.Piecewise):
+    if fz.has(Where) or fz.has(sp.Abs) or ez.has(Where):
         return None
     try:
         sols = sp.solve(sp.Eq(yv, fz), z)

@@ -10,6 +10,7 @@ or a zero-padded window.  The plan is plain data; templates only lay it out.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import sympy as sp
@@ -29,6 +30,7 @@ class Line:
     code: str
     comment: str = ""
     guarded: bool = False  # evaluates np.where: the branch not taken may divide by zero
+    phase: str = "forward"  # "forward" | "backward"
 
 
 @dataclass
@@ -58,11 +60,17 @@ class _Printer(NumPyPrinter):
         raise NotImplementedError(f"free symbol {s} in a kernel")
 
     def _print_Rational(self, r):
-        f = float(r)
-        return repr(f) if sp.Rational(f) == r and len(repr(f)) < 12 else f"{r.p}/{r.q}"
+        return _decimal(r) or f"{r.p}/{r.q}"
 
     def _print_Half(self, r):
         return "0.5"
+
+    def _print_Mul(self, e):
+        c, rest = e.as_coeff_Mul()
+        if isinstance(c, sp.Rational) and not c.is_Integer and _decimal(c) and rest != 1:
+            sign = "-" if c < 0 else ""
+            return f"{sign}{_decimal(abs(c))}*{self.parenthesize(rest, sp.printing.precedence.PRECEDENCE['Mul'])}"
+        return super()._print_Mul(e)
 
     def _print_Pow(self, e, rational=False):
         base, ex = e.as_base_exp()
@@ -78,11 +86,13 @@ class _Printer(NumPyPrinter):
             return f"{self.parenthesize(base, sp.printing.precedence.PRECEDENCE['Pow'])}**{ex}"
         return super()._print_Pow(e, rational=rational)
 
-    def _print_Piecewise(self, e):
-        (v, c), *rest = e.args
-        other = sp.Piecewise(*rest) if rest and rest[0].cond != sp.true else rest[0].expr
+    def _print_Where(self, e):
+        c, a, b = e.args
         self.lowerer.guarded = True
-        return f"np.where({self._print(c)}, {self._print(v)}, {self._print(other)})"
+        return f"np.where({self._print(c)}, {self._print(a)}, {self._print(b)})"
+
+    def _print_Not(self, e):
+        return f"~{self._print(e.args[0])}"
 
     def _print_Relational(self, r):
         op = {"==": "==", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}[r.rel_op]
@@ -101,6 +111,11 @@ class _Printer(NumPyPrinter):
     def _print_ClampedLog(self, e):
         self.lowerer.kernels.helpers.add("clamped_log")
         return f"_clamped_log({self._print(e.args[0])}, {self._print(e.args[1])})"
+
+    def _print_exp(self, e):
+        if e.args[0].is_number:
+            return repr(float(e))
+        return f"np.exp({self._print(e.args[0])})"
 
     def _print_sign(self, e):
         return f"np.sign({self._print(e.args[0])})"
@@ -124,10 +139,9 @@ class FormulaText(StrPrinter):
         vs = ",".join(self._print(lim[0]) for lim in e.limits)
         return f"max_{vs}({self._print(e.function)})"
 
-    def _print_Piecewise(self, e):
-        (v, c), *rest = e.args
-        other = sp.Piecewise(*rest) if rest and rest[0].cond != sp.true else rest[0].expr
-        return f"where({self._print(c)}, {self._print(v)}, {self._print(other)})"
+    def _print_Where(self, e):
+        c, a, b = e.args
+        return f"where({self._print(c)}, {self._print(a)}, {self._print(b)})"
 
     def _print_KroneckerDelta(self, e):
         return f"δ({self._print(e.args[0])},{self._print(e.args[1])})"
@@ -231,6 +245,9 @@ class Lowerer:
         ops = []
         for labels, fs in groups.items():
             lay = [s for s in order if s in labels]
+            if len(fs) == 1 and isinstance(fs[0], sp.Indexed) and list(fs[0].indices) == \
+                    [s for s in fs[0].indices if s in labels] and len(set(fs[0].indices)) == len(labels):
+                lay = list(fs[0].indices)  # a plain read keeps its own axis order: no transpose
             ops.append((lay, self._elementwise(sp.Mul(*fs), lay)))
         out = [s for s in free if any(s in lay for lay, _ in ops)]
         if len(ops) == 1:
@@ -317,6 +334,45 @@ class Lowerer:
             if any(s not in present for s in tail):
                 code = f"{code}[{', '.join(':' if s in present else 'None' for s in tail)}]"
         return code
+
+
+def _decimal(r) -> str | None:
+    """A short exact decimal for r (0.5, 0.01), or None."""
+    f = float(r)
+    return repr(f) if sp.Rational(repr(f)) == r and len(repr(f)) < 12 else None
+
+
+def inline_single_use(lines: list, keep=()) -> list:
+    """Fold each value read exactly once into the line that reads it (fusing elementwise chains).
+
+    Values named in `keep` (returned, or needed by name) stay."""
+    import re
+    lines = list(lines)
+    k = 0
+    while k < len(lines):
+        line = lines[k]
+        if line.target in keep:
+            k += 1
+            continue
+        word = re.compile(rf"\b{line.target}\b")
+        users = [j for j in range(k + 1, len(lines)) if word.search(lines[j].code)]
+        if len(users) == 1 and len(word.findall(lines[users[0]].code)) == 1:
+            u = lines[users[0]]
+            code = word.sub(lambda m: _paren_in(line.code, u.code, m.start(), m.end()), u.code)
+            comment = "\n".join(c for c in (line.comment, u.comment) if c)
+            lines[users[0]] = Line(u.target, code, comment, u.guarded or line.guarded, u.phase)
+            del lines[k]
+            continue
+        k += 1
+    return lines
+
+
+def _paren_in(code: str, host: str, start: int, end: int) -> str:
+    """code, parenthesized unless it stands alone or as a whole call argument in host."""
+    before, after = host[:start].rstrip()[-1:], host[end:].lstrip()[:1]
+    if (before in ("", "(", ",", "=") and after in ("", ")", ",")):
+        return code
+    return _paren(code)
 
 
 def _split_affine(sub, ranges):
@@ -439,12 +495,16 @@ def plan(g: ir.Graph, derivations: tuple) -> Plan:
             back.lines.append(Line(grad_name(p.name), f"np.zeros_like({names[p.name]})",
                                    f"{p.name} does not affect the loss"))
             grads.append((p.name, grad_name(p.name)))
+    both = inline_single_use(lk.lines + [dataclasses.replace(x, phase="backward") for x in back.lines],
+                             {names[g.loss]} | {grad_name(p.name) for p in g.params})
+    lf = [x for x in both if x.phase == "forward"]
+    bw = [x for x in both if x.phase == "backward"]
     return Plan(
         name=g.name, source=g.source,
         inputs=tuple((t.name, names[t.name], t.shape) for t in g.inputs),
         targets=tuple((t.name, names[t.name], t.shape) for t in g.targets),
         params=tuple((p.name, names[p.name], p.shape, p.init) for p in g.params),
-        forward=tuple(fwd.lines), output=names[g.output],
-        loss_forward=tuple(lk.lines), loss_value=loss_value,
-        backward=tuple(back.lines), grads=tuple(grads), helpers=tuple(sorted(helpers)),
+        forward=tuple(inline_single_use(fwd.lines, {names[g.output]})), output=names[g.output],
+        loss_forward=tuple(lf), loss_value=loss_value,
+        backward=tuple(bw), grads=tuple(grads), helpers=tuple(sorted(helpers)),
         derivations=derivations)

@@ -21,7 +21,7 @@ import sympy as sp
 
 from . import syntax as S
 from .errors import Loc, NNError, did_you_mean
-from .symbolic import LogSumExp, MaxOver, index_symbol, real_base
+from .symbolic import LogSumExp, MaxOver, Where, index_symbol, real_base
 
 # Scalar functions every formula may call; everything else comes from `fn`s.
 PRIMITIVES = {
@@ -217,14 +217,14 @@ def _call_to_sympy(e: S.Call, scope: _Scope):
             raise NNError(f"'where' takes 3 arguments (condition, then, else), got {len(args)}", e.loc)
         if not isinstance(args[0], sp.logic.boolalg.Boolean) or args[0] in (sp.true, sp.false):
             raise NNError("the first argument of 'where' must be a comparison such as z > 0", e.args[0].loc)
-        return sp.Piecewise((args[1], args[0]), (args[2], True))
+        return Where(args[0], args[1], args[2])
     if e.name in ("max", "min"):
         if len(args) != 2:
             raise NNError(f"'{e.name}(a, b)' takes 2 arguments; to reduce over indices write "
                           f"{e.name}(i: ...)", e.loc)
         a, b = args
         # strict comparison: at a tie the gradient goes to the second argument (relu'(0) = 0)
-        return sp.Piecewise((a, a > b if e.name == "max" else a < b), (b, True))
+        return Where(a > b if e.name == "max" else a < b, a, b)
     if e.name in scope.registry:
         op = scope.registry.get(e.name, e.loc)
         if op.kind != "elementwise":

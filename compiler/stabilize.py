@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from .symbolic import ClampedLog, LogSumExp, MaxOver, Sigmoid, Softplus
+from .symbolic import ClampedLog, LogSumExp, MaxOver, Sigmoid, Softplus, Where
 
 
 def stabilize(e: sp.Expr) -> sp.Expr:
@@ -60,7 +60,7 @@ def _cancel_outside_reductions(e):
     """cancel() each largest piece that holds sigmoids but no reduction or branch."""
     if not e.has(Sigmoid):
         return e
-    if not e.has(sp.Sum, LogSumExp, MaxOver, sp.Piecewise):
+    if not e.has(sp.Sum, LogSumExp, MaxOver, Where):
         return sp.factor_terms(sp.cancel(e))
     if e.is_Atom or isinstance(e, sp.Indexed):
         return e
@@ -69,13 +69,13 @@ def _cancel_outside_reductions(e):
 
 def _clamped_logs(e):
     def is_clamp(p):
-        if not isinstance(p, sp.Piecewise) or len(p.args) != 2:
+        if not isinstance(p, Where):
             return False
-        (v, c), (floor, t) = p.args
-        return (isinstance(v, sp.log) and t == sp.true and floor.is_number
+        c, v, floor = p.args
+        return (isinstance(v, sp.log) and floor.is_number
                 and isinstance(c, (sp.StrictGreaterThan, sp.GreaterThan)) and c.lhs == v and c.rhs == floor)
 
-    e = e.replace(is_clamp, lambda p: ClampedLog(p.args[0][0].args[0], p.args[1][0]))
+    e = e.replace(is_clamp, lambda p: ClampedLog(p.args[1].args[0], p.args[2]))
 
     def is_log_cond(r):
         return (isinstance(r, (sp.StrictGreaterThan, sp.GreaterThan)) and isinstance(r.lhs, sp.log)

@@ -88,3 +88,36 @@ class ClampedLog(sp.Function):
 
     def _latex(self, printer, exp=None):
         return r"\max\left(\log %s, %s\right)" % (printer._print(self.args[0]), printer._print(self.args[1]))
+
+
+class Where(sp.Function):
+    """where(c, a, b): a where c holds, else b.
+
+    Its own class rather than sympy's Piecewise, which sympy folds out of sums
+    (moving bound indices out of scope) and differentiates into Heaviside
+    (1/2 at a kink).  The derivative selects the branches' derivatives.
+    """
+
+    nargs = 3
+
+    @classmethod
+    def eval(cls, c, a, b):
+        if c == sp.true:
+            return a
+        if c == sp.false:
+            return b
+        if a == b:
+            return a
+        return None
+
+    def _eval_derivative(self, s):
+        c, a, b = self.args
+        return Where(c, a.diff(s), b.diff(s))
+
+    def _eval_is_real(self):
+        return self.args[1].is_real and self.args[2].is_real
+
+    def _latex(self, printer, exp=None):
+        c, a, b = (printer._print(x) for x in self.args)
+        tex = r"\begin{cases} %s & \text{if } %s \\ %s & \text{otherwise} \end{cases}" % (a, c, b)
+        return tex if exp is None else r"\left(%s\right)^{%s}" % (tex, exp)
