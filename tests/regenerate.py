@@ -1,0 +1,39 @@
+"""Regenerate generated/ from examples/: `python tests/regenerate.py`.
+
+generated/ holds the compiler's output for every example, committed as golden
+files; tests/test_generated.py fails when they are stale.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+GENERATED = ROOT / "generated"
+
+
+def expected() -> dict[Path, str]:
+    """Each golden file and the text the compiler gives for it now."""
+    from nncc.api import compile_source
+
+    out = {}
+    for src in sorted(EXAMPLES.glob("*.nn")):
+        rel = src.relative_to(ROOT).as_posix()
+        compiled = compile_source(src.read_text(encoding="utf-8"), rel)
+        out[GENERATED / f"{src.stem}.py"] = compiled.numpy_module()
+    return out
+
+
+def main() -> int:
+    GENERATED.mkdir(exist_ok=True)
+    for path, text in expected().items():
+        old = path.read_text(encoding="utf-8") if path.exists() else None
+        if old != text:
+            path.write_text(text, encoding="utf-8", newline="\n")
+            print(f"wrote {path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
