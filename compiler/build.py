@@ -32,7 +32,7 @@ def prelude() -> Registry:
 
 def compile_graph(source: str, file: str = "<string>") -> ir.Graph:
     """Parse and check a .nn program; return its graph or raise NNError."""
-    return _Builder(parse(source, file), file).build()
+    return _Builder(parse(source, file), file, source.splitlines()).build()
 
 
 _BINARY = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
@@ -41,8 +41,9 @@ _OP_NAMES = {"+": "add", "-": "sub", "*": "mul", "/": "div", "^": "pow"}
 
 
 class _Builder:
-    def __init__(self, stmts: list, file: str):
+    def __init__(self, stmts: list, file: str, lines: list[str]):
         self.stmts = stmts
+        self.lines = lines
         self.file = file
         self.registry = prelude().copy()
         self.tensors: dict[str, ir.Tensor] = {}
@@ -123,7 +124,7 @@ class _Builder:
         return g
 
     def _line(self, n):
-        return ""
+        return self.lines[n - 1] if 0 < n <= len(self.lines) else ""
 
     def _declare(self, name: str, loc: Loc):
         if name in self.defined_at:

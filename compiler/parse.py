@@ -249,6 +249,25 @@ def _expected(names) -> str:
     return "; expected " + (", ".join(words[:-1]) + " or " + words[-1] if len(words) > 1 else words[0])
 
 
+def _unclosed_bracket(lines: list[str], before_line: int):
+    """(line, col, char) of a bracket opened before `before_line` and not closed by then."""
+    stack = []
+    for n, text in enumerate(lines[:before_line - 1], start=1):
+        in_string = False
+        for c, ch in enumerate(text, start=1):
+            if ch == '"':
+                in_string = not in_string
+            elif in_string:
+                continue
+            elif ch == "#":
+                break
+            elif ch in "([":
+                stack.append((n, c, ch))
+            elif ch in ")]" and stack:
+                stack.pop()
+    return stack[0] if stack else None
+
+
 def parse(source: str, file: str = "<string>") -> list:
     """Parse .nn source into a list of syntax.* statements, or raise NNError."""
     lines = source.splitlines()
@@ -264,10 +283,19 @@ def parse(source: str, file: str = "<string>") -> list:
         ch = source.splitlines()[exc.line - 1][exc.column - 1] if exc.line <= len(lines) else "?"
         raise NNError(f"unexpected character '{ch}'", builder.loc(exc.line, exc.column)) from None
     except UnexpectedEOF as exc:
+        opened = _unclosed_bracket(lines, len(lines) + 1)
+        if opened is not None:
+            raise NNError(f"'{opened[2]}' is never closed", builder.loc(opened[0], opened[1])) from None
         last = max(len(lines), 1)
         raise NNError("unexpected end of file" + _expected(exc.expected), builder.loc(last, 1)) from None
     except UnexpectedToken as exc:
         tok = exc.token
+        at_end = tok.type == "$END" or tok.line is None
+        opened = _unclosed_bracket(lines, len(lines) + 1 if at_end else tok.line)
+        if opened is not None:
+            line, col, ch = opened
+            raise NNError(f"'{ch}' is never closed", builder.loc(line, col),
+                          "close it before the end of the statement") from None
         if tok.type == "$END" or tok.line is None:
             line = max(len(lines), 1)
             col = len(lines[line - 1]) + 1 if lines else 1
