@@ -370,6 +370,13 @@ def _readable_indices(back, J, jac, f: Formula, X):
         names.append(want)
     new = tuple(index_symbol(n) for n in names)
     sub = dict(zip(J, new))
+    # bound indices renamed apart during elimination: plain names, so output never
+    # depends on how many dummies this process made before
+    for d in sorted((s for s in _bound_symbols(back) if isinstance(s, sp.Dummy)), key=lambda s: s.name):
+        name = next(f"{d.name}{k}" for k in range(1, 100) if f"{d.name}{k}" not in taken and
+                    f"{d.name}{k}" not in names)
+        taken.add(name)
+        sub[d] = index_symbol(name)
     return back.xreplace(sub), new, jac.xreplace(sub)
 
 

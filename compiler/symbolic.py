@@ -25,14 +25,22 @@ def real_base(name: str) -> sp.IndexedBase:
     return sp.IndexedBase(name, real=True)
 
 
+def _rebind(red):
+    """The body and limits of a reduction with fresh bound indices, so the sum its
+    derivative introduces cannot capture the reduction's own bound names."""
+    fresh = {lim[0]: sp.Dummy(lim[0].name, integer=True) for lim in red.limits}
+    limits = [(fresh[lim[0]], *lim[1:]) for lim in red.limits]
+    return red.function.xreplace(fresh), limits
+
+
 class LogSumExp(ExprWithLimits):
     """log sum_K exp(f): a reduction evaluated as m + log(sum exp(f - m))."""
 
     __slots__ = ()
 
     def _eval_derivative(self, s):
-        f = self.function
-        return sp.Sum(sp.exp(f - self) * f.diff(s), *self.limits)
+        f, limits = _rebind(self)
+        return sp.Sum(sp.exp(f - self) * f.diff(s), *limits)
 
     def _eval_is_real(self):
         return True
@@ -60,8 +68,9 @@ class MaxOver(ExprWithLimits):
     __slots__ = ()
 
     def _eval_derivative(self, s):
-        f = self.function
-        return sp.Sum(FirstArgmax(f, *self.limits) * f.diff(s), *self.limits)
+        f, limits = _rebind(self)
+        return sp.Sum(FirstArgmax(self.function, *self.limits).xreplace(
+            {a[0]: b[0] for a, b in zip(self.limits, limits)}) * f.diff(s), *limits)
 
     def _eval_is_real(self):
         return True

@@ -131,7 +131,7 @@ def loss_and_grad(params, x, y):
     softmax_cross_entropy_1 = -((-t2[:, None] + z)*y).sum(axis=1)
     value = float(softmax_cross_entropy_1.sum() / batch)
 
-    # d_z[b, j] = (-y[b, j] + Σ_i y[b, i]*exp(-logsumexp_j(z[b, j]) + z[b, j]))*d_softmax_cross_entropy_1[b]
+    # d_z[b, k] = (-y[b, k] + Σ_i y[b, i]*exp(-logsumexp_j(z[b, j]) + z[b, k]))*d_softmax_cross_entropy_1[b]
     d_z = (np.exp(-t2[:, None] + z)*y.sum(axis=1)[:, None] - y)/batch
     # d_dense_2_weight[i, j] = Σ_b (d_z[b, i]*h[b, j])
     d_dense_2_weight = d_z.T @ h
