@@ -271,6 +271,10 @@ class _Builder:
         for o in op.options:
             if o.name in values:
                 options[o.name] = self._number(values[o.name], f"'{o.name}' of '{op.name}'")
+            elif isinstance(o.default, sp.Basic):  # a default computed from other options
+                v = o.default.xreplace({sp.Symbol(k, integer=True): sp.sympify(x) for k, x in options.items()
+                                        if not isinstance(x, str)})
+                options[o.name] = int(v) if v.is_integer else float(v)
             elif o.default is not None:
                 options[o.name] = o.default
             else:
@@ -369,8 +373,7 @@ class _Builder:
             init = self._init(spec, shape, init_kw, env, op, loc)
             self.params.append(ir.Param(full, shape, init, loc))
             params.append((spec.name, full))
-        shape = tuple(self._eval_size(op.extents[i], env, loc, f"the output extent of {label}")
-                      for i in op.out_indices)
+        shape = tuple(self._eval_size(n, env, loc, f"the output extent of {label}") for n in op.out_shape())
         return shape, tuple(params)
 
     def _eval_size(self, expr, env, loc, what) -> int:

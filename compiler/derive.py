@@ -33,9 +33,14 @@ _ELEMENT_INDEX_NAMES = "ijklmn"
 class Formula:
     """One node's element formula, in the names of this network."""
     out: sp.IndexedBase
-    indices: tuple  # output index symbols, the batch index first when batched
+    indices: tuple  # the output's subscripts, the batch index first
     body: sp.Expr
     ranges: dict  # index symbol -> extent (int, or B)
+    vars: tuple = ()  # the output's index symbols (== indices unless a subscript is affine)
+
+    def __post_init__(self):
+        if not self.vars:
+            object.__setattr__(self, "vars", self.indices)
 
 
 @dataclass(frozen=True)
@@ -112,9 +117,12 @@ def formula_for(node: ir.Node, g: ir.Graph) -> Formula:
 
     body = op.body.replace(lambda e: isinstance(e, sp.Indexed), rename)
     body = body.xreplace(env)
-    idx = (b,) + op.out_indices
-    ranges = {b: B, **{s: n for s, n in zip(op.out_indices, out_shape)}}
-    return Formula(real_base(node.output), idx, body, ranges)
+    ranges = {b: B}
+    for s in op.out_indices:
+        n = sp.sympify(op.extents[s]).xreplace(env)
+        ranges[s] = int(sp.floor(n))
+    return Formula(real_base(node.output), (b,) + (op.out_subs or op.out_indices), body, ranges,
+                   (b,) + op.out_indices)
 
 
 def derive_node(node: ir.Node, g: ir.Graph, wrt: list[str]) -> Derivation:
@@ -143,7 +151,7 @@ def _gradient(f: Formula, name: str, batched: bool, shape: tuple) -> Gradient:
     dy = real_base(grad_name(f.out.label.name))
     # sum over the output indices of dy[I] * jac (not a sympy Sum: its constructor
     # folds where() out of inner sums, moving bound indices out of scope)
-    back = eliminate(dy[f.indices] * jac, ranges, [(s, 0, ranges[s] - 1) for s in f.indices])
+    back = eliminate(dy[f.indices] * jac, ranges, [(s, 0, ranges[s] - 1) for s in f.vars])
     back, rewritten = in_output_terms(back, f, X, J)
     back, J, jac = _readable_indices(back, J, jac, f, X)
     return Gradient(name, X, J, jac, back, rewritten)
@@ -303,6 +311,8 @@ def _fold(groups: dict) -> sp.Expr:
 
 def in_output_terms(e: sp.Expr, f: Formula, X, J) -> tuple[sp.Expr, bool]:
     """Replace the forward body by the output y wherever it reappears (tanh' = 1 - y^2)."""
+    if f.vars != f.indices:
+        return e, False
     wilds = {s: sp.Wild(f"w_{s.name}") for s in f.indices}
     pattern = f.body.xreplace(wilds)
     y = f.out

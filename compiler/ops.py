@@ -64,6 +64,19 @@ class OpDef:
     body: sp.Expr = None
     loc: Loc = None
     builtin: bool = False
+    out_subs: tuple = ()  # the output's subscripts: out_indices, or affine in them (flatten)
+
+    def out_shape(self) -> tuple:
+        """The output extent of each output axis, in sizes and options."""
+        subs = self.out_subs or self.out_indices
+        shape = []
+        for s in subs:
+            if s in self.extents:
+                shape.append(self.extents[s])
+            else:  # affine: its largest value + 1
+                top = sum(s.coeff(v) * (self.extents[v] - 1) for v in self.out_indices if s.has(v))
+                shape.append(top + s.as_independent(*self.out_indices)[0] + 1)
+        return tuple(shape)
 
     @property
     def arg_names(self):
@@ -339,7 +352,11 @@ def define_layer(d: S.LayerDef, registry: Registry, builtin=False) -> OpDef:
             tensors.append(TensorArg(p.name, tuple(shape), p.loc))
             scope.tensors[p.name] = (real_base(p.name), tuple(shape))
         else:
-            options.append(Option(p.name, _literal(p.default, f"'{p.name}'"), p.loc))
+            try:
+                default = _literal(p.default, f"'{p.name}'")
+            except NNError:  # an expression of earlier options, e.g. stride = kernel
+                default = to_sympy(p.default, scope)
+            options.append(Option(p.name, default, p.loc))
             scope.scalars.setdefault(p.name, sp.Symbol(p.name, integer=True))
     if not tensors:
         raise NNError(f"layer '{d.name}' needs a tensor argument such as x: [k]", d.loc)
@@ -351,19 +368,48 @@ def define_layer(d: S.LayerDef, registry: Registry, builtin=False) -> OpDef:
     eq = d.equation
     if eq.name in scope.tensors:
         raise NNError(f"the output '{eq.name}' has the name of an argument or parameter", eq.loc)
-    _check_duplicates([(i, eq.loc) for i in eq.indices], f"the output indices of '{eq.name}'")
-    out = tuple(index_symbol(i) for i in eq.indices)
-    scope.indices = dict(zip(eq.indices, out))
+    names = []
+    for sub_ in eq.indices:
+        for n in _names_in(sub_):
+            if n in scope.scalars or n in scope.tensors:
+                continue
+            if n not in names:
+                names.append(n)
+    out = tuple(index_symbol(i) for i in names)
+    scope.indices = dict(zip(names, out))
+    out_subs = tuple(to_sympy(s, scope, True) for s in eq.indices)
+    for s, node in zip(out_subs, eq.indices):
+        if not isinstance(s, sp.Symbol) and (not s.is_polynomial(*out) or sp.Poly(s, *out).total_degree() > 1):
+            raise NNError("an output subscript is an index or affine in indices, e.g. y[c*h*w + i*w + j]",
+                          node.loc)
+    if len(set(out_subs)) != len(out_subs):
+        raise NNError(f"an output index of '{eq.name}' is repeated", eq.loc)
     body = to_sympy(eq.body, scope)
     declared = {}
+    bound = {idx.name: idx for idx in scope.placeholders}
     for ext in eq.extents:
-        if ext.index not in eq.indices:
-            raise NNError(f"'{ext.index}' is not an output index of '{eq.name}'", ext.loc)
-        declared[index_symbol(ext.index)] = to_sympy(ext.bound, scope)
+        if ext.index in names:
+            declared[index_symbol(ext.index)] = to_sympy(ext.bound, scope)
+        elif ext.index in bound:
+            declared[bound[ext.index]] = to_sympy(ext.bound, scope)
+        else:
+            raise NNError(f"'{ext.index}' is not an index of '{eq.name}'", ext.loc)
     extents = {sym: declared.get(sym) or _axis_extent(sym, body, scope, eq.loc) for sym in out}
-    body = body.xreplace({ph: _axis_extent(idx, body, scope, eq.loc) for idx, ph in scope.placeholders.items()})
+    body = body.xreplace({ph: declared.get(idx) or _axis_extent(idx, body, scope, eq.loc)
+                          for idx, ph in scope.placeholders.items()})
     return OpDef(d.name, "indexed", tuple(tensors), tuple(options), tuple(params), out, extents,
-                 body, d.loc, builtin)
+                 body, d.loc, builtin, out_subs if out_subs != out else ())
+
+
+def _names_in(e):
+    """Names used in a syntax expression, in order."""
+    if isinstance(e, S.Name):
+        yield e.id
+    elif isinstance(e, S.Binary):
+        yield from _names_in(e.left)
+        yield from _names_in(e.right)
+    elif isinstance(e, S.Neg):
+        yield from _names_in(e.operand)
 
 
 def _axis_extent(sym, body, scope: _Scope, loc: Loc):

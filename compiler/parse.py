@@ -157,6 +157,9 @@ class _Builder(Transformer):
     def index_names(self, items):
         return tuple(str(t) for t in items)
 
+    def out_subscripts(self, items):
+        return tuple(items)
+
     def network(self, items):
         (t,) = items
         return S.Network(str(t), self.tok(t))

@@ -162,7 +162,7 @@ class Extent:
 @dataclass(frozen=True)
 class Equation:
     name: str
-    indices: tuple
+    indices: tuple  # subscript expressions: index names, or affine in them (flatten)
     body: object
     extents: tuple
     loc: Loc
