@@ -121,7 +121,8 @@ def formula_for(node: ir.Node, g: ir.Graph) -> Formula:
     for s in op.out_indices:
         n = sp.sympify(op.extents[s]).xreplace(env)
         ranges[s] = int(sp.floor(n))
-    return Formula(real_base(node.output), (b,) + (op.out_subs or op.out_indices), body, ranges,
+    subs = tuple(sp.sympify(x).xreplace(env) for x in (op.out_subs or op.out_indices))
+    return Formula(real_base(node.output), (b,) + subs, body, ranges,
                    (b,) + op.out_indices)
 
 
@@ -254,6 +255,12 @@ def eliminate(e: sp.Expr, ranges: dict, outer=()) -> sp.Expr:
                 zero = True
                 break
             var = None
+            in_diff = [v for v in order if v in bound and diff.has(v)]
+            if len(in_diff) > 1 and diff.free_symbols - set(in_diff) - {B}:
+                # a window read: x[i*s + p] = X[J] has many solutions; keep the delta,
+                # which the lowering turns into one strided add per kernel offset
+                keep.append(d)
+                continue
             for v in order:
                 if v in bound and diff.has(v):
                     c = diff.coeff(v)

@@ -158,7 +158,10 @@ def formula_text(e) -> str:
 
 
 def _index_syms(e, ranges) -> set:
-    return {s for s in e.free_symbols if s in ranges}
+    out = {s for s in e.free_symbols if s in ranges}
+    for a in e.atoms(FirstArgmax):  # its bound indices are axes of its value too
+        out |= {lim[0] for lim in a.limits}
+    return out
 
 
 class Lowerer:
@@ -175,16 +178,28 @@ class Lowerer:
 
     # ---- statements
     def assign(self, target: str, indices: tuple, expr: sp.Expr, ranges: dict, comment: str,
-               accumulate: bool = False, shape=None):
+               accumulate: bool = False, shape=None, variables=None):
+        """target[indices] = expr; `variables` are the index symbols when a subscript is
+        affine in them (flatten): the value is computed over them, then reshaped."""
+        flat = None
+        if variables is not None and tuple(variables) != tuple(indices):
+            flat = [self._extent_code(sum(sp.sympify(s).coeff(v) * (ranges[v] - 1) for v in variables) + 1)
+                    if not isinstance(s, sp.Symbol) else self._extent_code(ranges[s]) for s in indices]
+            indices = tuple(variables)
         self.ranges = dict(ranges)
         self.guarded = False
         expr = stabilize(expr)
+        if expr.has(sp.KroneckerDelta):
+            expr = sp.Add(*[self._scatter(t, indices, shape) if t.has(sp.KroneckerDelta) else t
+                            for t in sp.Add.make_args(expr)])
         expr = self._hoist(expr, list(indices))
         code = self._elementwise(expr, list(indices))
         labels = _index_syms(expr, self.ranges)
         if labels != set(indices):  # a value that does not vary along some axis
             shp = "(" + ", ".join(self._extent_code(self.ranges[s]) for s in indices) + ",)"
             code = f"np.broadcast_to({code}, {shp}).astype(dtype)"
+        if flat is not None:
+            code = f"{_paren(code)}.reshape({', '.join(flat)})"
         if accumulate:
             code = f"{target} + {code}"
         self.kernels.lines.append(Line(target, code, comment, self.guarded))
@@ -194,6 +209,17 @@ class Lowerer:
 
     # ---- reductions become temporaries
     def _hoist(self, e, order):
+        if isinstance(e, FirstArgmax):
+            vs = [lim[0] for lim in e.limits]
+            for lim in e.limits:
+                self.ranges[lim[0]] = lim[2] + 1
+            body = self._hoist(e.function, order)
+            labels = [s for s in order if s in _index_syms(body, self.ranges)]
+            labels += [v for v in vs if v not in labels]
+            axes = tuple(labels.index(v) for v in vs)
+            self.kernels.helpers.add("first_argmax")
+            code = f"_first_argmax({self._elementwise(body, labels)}, {axes})"
+            return self._temp(code, labels)
         if isinstance(e, (sp.Sum, LogSumExp, MaxOver)):
             vs = [lim[0] for lim in e.limits]
             for lim in e.limits:
@@ -222,13 +248,54 @@ class Lowerer:
             else:
                 code = f"{_paren(inner)}.max(axis={_axes(axes)})"
             labels = [s for s in labels if s not in vs]
+        ref = self._temp(code, labels)
+        self.cse[key] = (ref.base.label.name if labels else ref.name, labels)
+        return ref
+
+    def _temp(self, code, labels):
         name = temp(self.count)
         self.count += 1
         self.kernels.lines.append(Line(name, code))
         self.names[name] = name
         self.shapes[name] = tuple(self.ranges[s] for s in labels)
-        self.cse[key] = (name, labels)
         return real_base(name)[tuple(labels)] if labels else sp.Symbol(name)
+
+    def _scatter(self, term, indices, shape):
+        """sum_V G * delta(s*i + p + c, J): G summed into place, one strided add per offset p."""
+        limits = list(term.limits) if isinstance(term, sp.Sum) else []
+        body = term.function if isinstance(term, sp.Sum) else term
+        for v, lo, hi in limits:
+            self.ranges[v] = hi + 1
+        deltas = [f for f in sp.Mul.make_args(body) if isinstance(f, sp.KroneckerDelta)]
+        rest = sp.Mul(*[f for f in sp.Mul.make_args(body) if not isinstance(f, sp.KroneckerDelta)])
+        where = {}
+        for d in deltas:
+            a, b = d.args
+            target, read = (a, b) if a in indices else (b, a)
+            if target not in indices or target in where:
+                raise NotImplementedError(f"a scatter through {d}")
+            where[target] = read
+        layout, windows, kernel, used = [], [], [], set()
+        for axis, j in enumerate(indices):
+            if j not in where:
+                layout.append(j)
+                continue
+            syms = sorted((x for x in where[j].free_symbols if x in self.ranges), key=lambda x: x.name)
+            outer, inner, stride, start = _window_parts(where[j], syms, self.ranges)
+            layout.append(outer)
+            kernel.append(inner)
+            used |= {outer, inner}
+            windows.append((axis, start, stride, self.ranges[outer], self.ranges[inner]))
+        layout += kernel
+        other = [(v, lo, hi) for v, lo, hi in limits if v not in used]
+        g = self._hoist(sp.Sum(rest, *other) if other else rest, layout)
+        code = self._elementwise(g, layout)
+        if _index_syms(g, self.ranges) != set(layout):
+            dims = ", ".join(self._extent_code(self.ranges[x]) for x in layout)
+            code = f"np.broadcast_to({code}, ({dims},))"
+        out = ", ".join(self._extent_code(self.ranges[j]) for j in indices)
+        self.kernels.helpers.add("unpatches")
+        return self._temp(f"_unpatches({code}, ({out},), {tuple(windows)})", list(indices))
 
     def _sum(self, body, vs, free, order):
         coeff, groups = sp.Integer(1), {}
@@ -244,10 +311,12 @@ class Lowerer:
                 coeff *= self.ranges[v]
         ops = []
         for labels, fs in groups.items():
+            if len(fs) == 1 and isinstance(fs[0], sp.Indexed):
+                code, lay = self.natural(fs[0])  # a read keeps its own axis order: no transpose
+                if len(set(lay)) == len(lay):
+                    ops.append((lay, code))
+                    continue
             lay = [s for s in order if s in labels]
-            if len(fs) == 1 and isinstance(fs[0], sp.Indexed) and list(fs[0].indices) == \
-                    [s for s in fs[0].indices if s in labels] and len(set(fs[0].indices)) == len(labels):
-                lay = list(fs[0].indices)  # a plain read keeps its own axis order: no transpose
             ops.append((lay, self._elementwise(sp.Mul(*fs), lay)))
         out = [s for s in free if any(s in lay for lay, _ in ops)]
         if len(ops) == 1:
@@ -305,35 +374,108 @@ class Lowerer:
         return _Printer(self, layout).doprint(e)
 
     def view(self, e: sp.Indexed, layout) -> str:
+        code, labels = self.natural(e)
+        return _align(code, labels, layout)
+
+    def natural(self, e: sp.Indexed):
+        """Code for a read and the index of each of its axes, in the array's own order.
+
+        Each subscript is one of
+          i                 the axis itself;
+          i + c             a slice (a view), or a zero-padded window where it leaves the axis;
+          c*h*w + i*w + j   a row-major flattening: a reshape;
+          s*i + p + c       a sliding window (im2col): the kernel index p becomes a trailing axis.
+        """
         name = e.base.label.name
         code = self.names[name]
         shape = self.shapes[name]
-        syms, slices = [], []
+        labels, slices, reshape, windows, kernel = [], [], [], [], []
         for axis, sub in enumerate(e.indices):
-            sym, offset = _split_affine(sub, self.ranges)
-            size = self.ranges[sym]
-            syms.append(sym)
-            if offset == 0 and size == shape[axis]:
+            syms = sorted((x for x in sub.free_symbols if x in self.ranges), key=lambda x: x.name)
+            if len(syms) == 1:
+                sym, offset = _split_affine(sub, self.ranges)
+                size = self.ranges[sym]
+                labels.append(sym)
+                reshape.append((sym,))
+                if offset == 0 and size == shape[axis]:
+                    slices.append(None)
+                elif 0 <= offset and sp.simplify(offset + size - shape[axis]) <= 0:
+                    slices.append(f"{offset}:{offset + size}")
+                else:
+                    self.kernels.helpers.add("window")
+                    code = f"_window({code}, {axis}, {offset}, {size})"
+                    slices.append(None)
+                continue
+            flat = _row_major(sub, syms, self.ranges, shape[axis])
+            if flat is not None:
+                labels.extend(flat)
+                reshape.append(tuple(flat))
                 slices.append(None)
-            elif 0 <= offset and sp.simplify(offset + size - shape[axis]) <= 0:
-                slices.append(f"{offset}:{offset + size}")
-            else:
-                self.kernels.helpers.add("window")
-                code = f"_window({code}, {axis}, {offset}, {size})"
-                slices.append(None)
+                continue
+            outer, inner, stride, start = _window_parts(sub, syms, self.ranges)
+            labels.append(outer)
+            reshape.append((outer,))
+            slices.append(None)
+            windows.append((axis, start, stride, self.ranges[outer], self.ranges[inner]))
+            kernel.append(inner)
         if any(slices):
             code = f"{code}[{', '.join(s or ':' for s in slices)}]"
-        pos = [layout.index(s) for s in syms]
-        perm = sorted(range(len(pos)), key=lambda k: pos[k])
-        if perm != list(range(len(pos))):
-            code = f"{code}.T" if len(pos) == 2 else f"{code}.transpose({tuple(perm)})"
-        pos = sorted(pos)
-        if pos:
-            tail = layout[pos[0]:]
-            present = {layout[p] for p in pos}
-            if any(s not in present for s in tail):
-                code = f"{code}[{', '.join(':' if s in present else 'None' for s in tail)}]"
-        return code
+        if any(len(r) > 1 for r in reshape):
+            dims = ", ".join(self._extent_code(self.ranges[x]) for r in reshape for x in r)
+            code = f"{code}.reshape({dims})"
+        if windows:
+            self.kernels.helpers.add("patches")
+            code = f"_patches({code}, {tuple(windows)})"
+            labels.extend(kernel)
+        return code, labels
+
+
+def _align(code, labels, layout) -> str:
+    """Transpose and add unit axes so an array with `labels` broadcasts over `layout`."""
+    pos = [layout.index(s) for s in labels]
+    perm = sorted(range(len(pos)), key=lambda k: pos[k])
+    if perm != list(range(len(pos))):
+        code = f"{_paren(code)}.T" if len(pos) == 2 else f"{_paren(code)}.transpose({tuple(perm)})"
+    pos = sorted(pos)
+    if pos:
+        tail = layout[pos[0]:]
+        present = {layout[p] for p in pos}
+        if any(s not in present for s in tail):
+            code = f"{_paren(code)}[{', '.join(':' if s in present else 'None' for s in tail)}]"
+    return code
+
+
+def _row_major(sub, syms, ranges, extent):
+    """[c, i, j] if sub == c*h*w + i*w + j over their ranges (a flattened axis), else None."""
+    coeffs = {x: sub.coeff(x) for x in syms}
+    if sp.expand(sub - sum(c * x for x, c in coeffs.items())) != 0:
+        return None
+    order = sorted(syms, key=lambda x: -int(coeffs[x]) if coeffs[x].is_number else 0)
+    stride = 1
+    for x in reversed(order):
+        if coeffs[x] != stride:
+            return None
+        stride *= ranges[x]
+    return order if stride == extent else None
+
+
+def _window_parts(sub, syms, ranges):
+    """(outer, kernel, stride, start) for sub == stride*outer + kernel + start."""
+    if len(syms) != 2:
+        raise NotImplementedError(f"subscript {sub} reads more than a window")
+    ones = [x for x in syms if sub.coeff(x) == 1]
+    if not ones:
+        raise NotImplementedError(f"subscript {sub}: a dilated window")
+    inner = min(ones, key=lambda x: (_num(ranges[x]), x.name))
+    outer = next(x for x in syms if x != inner)
+    start = sp.expand(sub - sub.coeff(outer) * outer - inner)
+    if start.free_symbols:
+        raise NotImplementedError(f"subscript {sub}")
+    return outer, inner, int(sub.coeff(outer)), int(start)
+
+
+def _num(x):
+    return float(x) if sp.sympify(x).is_number else float("inf")
 
 
 def _decimal(r) -> str | None:
@@ -458,7 +600,8 @@ def plan(g: ir.Graph, derivations: tuple) -> Plan:
             if d.node.output in keep:
                 f = d.formula
                 low.assign(names[d.node.output], f.indices, f.body, f.ranges,
-                           f"{d.node.label}: {formula_text(f.out[f.indices])} = {formula_text(f.body)}")
+                           f"{d.node.label}: {formula_text(f.out[f.indices])} = {formula_text(f.body)}",
+                           variables=f.vars)
         helpers.update(k.helpers)
         return k, low
 
