@@ -262,8 +262,9 @@ class Lowerer:
 
     def _scatter(self, term, indices, shape):
         """sum_V G * delta(s*i + p + c, J): G summed into place, one strided add per offset p."""
+        coeff, term = term.as_independent(sp.KroneckerDelta, as_Add=False)
         limits = list(term.limits) if isinstance(term, sp.Sum) else []
-        body = term.function if isinstance(term, sp.Sum) else term
+        body = coeff * (term.function if isinstance(term, sp.Sum) else term)
         for v, lo, hi in limits:
             self.ranges[v] = hi + 1
         deltas = [f for f in sp.Mul.make_args(body) if isinstance(f, sp.KroneckerDelta)]
@@ -466,7 +467,9 @@ def _window_parts(sub, syms, ranges):
     ones = [x for x in syms if sub.coeff(x) == 1]
     if not ones:
         raise NotImplementedError(f"subscript {sub}: a dilated window")
-    inner = min(ones, key=lambda x: (_num(ranges[x]), x.name))
+    # the kernel index: the shorter range; on a tie the index bound last (a summed one)
+    order = list(ranges)
+    inner = min(ones, key=lambda x: (_num(ranges[x]), -order.index(x)))
     outer = next(x for x in syms if x != inner)
     start = sp.expand(sub - sub.coeff(outer) * outer - inner)
     if start.free_symbols:
