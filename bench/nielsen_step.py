@@ -55,19 +55,15 @@ def load_generated(source_path: Path):
 # ---------------------------------------------------------------------------
 # (b) the hand-written step: Nielsen's backprop in matrix form, batch-first
 
-def _sigmoid_(z):
-    """z <- σ(z) in place, without overflow: only exp of non-positive numbers.
+def _sigmoid(z):
+    """σ(z) without overflow: only exp of non-positive numbers.
 
-    σ(|z|) = 1 / (1 + e) with e = exp(-|z|), and σ(z) = e σ(|z|) where z < 0.
+    s = σ(|z|) = 1 / (1 + e) with e = exp(-|z|); σ(z) = s where z ≥ 0, e·s where z < 0.
+    (One division; ufunc `where=`/`out=` masking measured slower than np.where here.)
     """
-    negative = z < 0
-    e = np.abs(z)
-    np.negative(e, out=e)
-    np.exp(e, out=e)
-    np.add(e, 1, out=z)
-    np.reciprocal(z, out=z)
-    np.multiply(z, e, out=z, where=negative)
-    return z
+    e = np.exp(-np.abs(z))
+    s = 1 / (1 + e)
+    return np.where(z >= 0, s, e * s)
 
 
 def _hand_backprop(p, x, y, scale):
@@ -76,12 +72,12 @@ def _hand_backprop(p, x, y, scale):
     instead of multiplying the 30 x 784 weight gradient."""
     W1, b1, W2, b2 = (p[k] for k in NAMES)
     n = x.shape[0]
-    a1 = x @ W1.T                      # z1 = x W1ᵀ + b1
-    a1 += b1
-    _sigmoid_(a1)                      # a1 = σ(z1)
-    a2 = a1 @ W2.T                     # z2 = a1 W2ᵀ + b2
-    a2 += b2
-    _sigmoid_(a2)                      # a2 = σ(z2)
+    z1 = x @ W1.T                      # z1 = x W1ᵀ + b1
+    z1 += b1
+    a1 = _sigmoid(z1)                  # a1 = σ(z1)
+    z2 = a1 @ W2.T                     # z2 = a1 W2ᵀ + b2
+    z2 += b2
+    a2 = _sigmoid(z2)                  # a2 = σ(z2)
     r = a2 - y                         # a2 − y
     loss = 0.5 * float(np.vdot(r, r)) / n   # C = ½ Σ‖a2 − y‖² / n
     d2 = 1 - a2                        # δ2 = (a2 − y) ⊙ a2(1 − a2) / n

@@ -373,8 +373,45 @@ class _Builder:
             init = self._init(spec, shape, init_kw, env, op, loc)
             self.params.append(ir.Param(full, shape, init, loc))
             params.append((spec.name, full))
-        shape = tuple(self._eval_size(n, env, loc, f"the output extent of {label}") for n in op.out_shape())
-        return shape, tuple(params)
+        self._check_index_ranges(op, args, params, env, loc, label)
+        shape = []
+        for n in op.out_shape():
+            v = sp.sympify(n).xreplace({k: sp.Integer(int(x)) for k, x in env.items() if not isinstance(x, str)})
+            if not v.is_finite or sp.floor(v) <= 0:
+                used = sorted((s.name for s in sp.sympify(n).free_symbols), key=str)
+                values = ", ".join(f"{s}={int(env[sp.Symbol(s, integer=True)]) if sp.Symbol(s, integer=True) in env else env.get(sp.Symbol(s, integer=True, positive=True))}"
+                                   for s in used)
+                why = "it divides by zero" if not v.is_finite else f"it is {sp.floor(v)}"
+                raise NNError(f"{label} has no valid output: its extent {n} with {values} is not a positive "
+                              f"whole number ({why})", loc,
+                              "the window must fit inside the (padded) input: use a smaller kernel, more "
+                              "padding or a positive stride")
+            shape.append(int(sp.floor(v)))
+        return tuple(shape), tuple(params)
+
+    def _check_index_ranges(self, op, args, params, env, loc, label):
+        """Every plain read of an index must run over axes of one size (e.g. channels)."""
+        shapes = {t.name: a.shape for t, a in zip(op.tensors, args)}
+        pshapes = {local: self._param_shape(full) for local, full in params}
+        seen = {}
+        for ind in sorted(op.body.atoms(sp.Indexed), key=sp.default_sort_key):
+            name = ind.base.label.name
+            shape = shapes.get(name) or pshapes.get(name)
+            if shape is None:
+                continue
+            for axis, sub_ in enumerate(ind.indices):
+                if isinstance(sub_, sp.Symbol):
+                    if sub_ in seen and seen[sub_][0] != shape[axis]:
+                        size, other, other_axis = seen[sub_]
+                        a_name = dict(zip([t.name for t in op.tensors], [a.name for a in args])).get(name, name)
+                        raise NNError(f"shape mismatch in {label}: index '{sub_}' runs over {size} "
+                                      f"(axis {other_axis} of '{other}') but over {shape[axis]} (axis {axis} "
+                                      f"of '{a_name}')", loc)
+                    seen.setdefault(sub_, (shape[axis], dict(zip([t.name for t in op.tensors],
+                                                                  [a.name for a in args])).get(name, name), axis))
+
+    def _param_shape(self, full):
+        return next(p.shape for p in self.params if p.name == full)
 
     def _eval_size(self, expr, env, loc, what) -> int:
         v = sp.sympify(expr).xreplace({k: sp.Integer(v) if not isinstance(v, bool) else sp.Integer(int(v))

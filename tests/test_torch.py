@@ -3,7 +3,7 @@
 Each zoo model (tests/nn_zoo.py) with a `twin` is the same network written in PyTorch
 with torch's own layers and losses (F.linear with weight (out, in), F.cross_entropy,
 F.binary_cross_entropy, nn.MSELoss, ...).  The parameters are copied by name from nncc's
-`params` dict.  float64 must agree to ~1e-10; float32 (nncc float32 vs torch float32) to
+`params` dict.  Input gradients (batch-summed) come from the lifted program.  float64 must agree to ~1e-10; float32 (nncc float32 vs torch float32) to
 ~1e-4.  The worst errors are printed (pytest -s) and summarised at the end of the run.
 """
 from __future__ import annotations
@@ -14,7 +14,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import nn_zoo  # noqa: E402
-from conftest import compile_nn, model_params, random_data, record_worst  # noqa: E402
+from conftest import (LIFT_PREFIX, compile_nn, lift_inputs, model_params, random_data,  # noqa: E402
+                      record_worst)
 
 TOL = {np.float64: 1e-10, np.float32: 2e-4}
 TORCH_DTYPE = {np.float64: torch.float64, np.float32: torch.float32}
@@ -33,12 +34,16 @@ def rel_err(ours, theirs, floor=1e-12) -> float:
 def run_twin(model, params, inputs, targets, module, dtype):
     tdt = TORCH_DTYPE[dtype]
     P = {k: torch.tensor(v, dtype=tdt, requires_grad=True) for k, v in params.items()}
-    X = {k: torch.tensor(v, dtype=tdt) for k, v in zip(module.INPUT_SHAPES, inputs)}
+    X = {k: torch.tensor(v, dtype=tdt, requires_grad=True) for k, v in zip(module.INPUT_SHAPES, inputs)}
     Y = {k: torch.tensor(v, dtype=tdt) for k, v in zip(module.TARGET_SHAPES, targets)}
     out, loss = model.twin(P, X, Y)
     assert loss.dim() == 0
-    loss.backward()
+    if loss.requires_grad:  # a model straight on its inputs has no parameters
+        loss.backward()
     grads = {k: (p.grad.numpy() if p.grad is not None else np.zeros(p.shape)) for k, p in P.items()}
+    # dL/dx summed over the batch: what the lifted program reports as `input_x.shift`
+    for k, x in X.items():
+        grads[f"{LIFT_PREFIX}{k}.shift"] = x.grad.sum(0).numpy() if x.grad is not None else np.zeros(x.shape[1:])
     return out.detach().numpy(), float(loss), grads
 
 
@@ -68,12 +73,19 @@ def test_matches_torch(model, dtype):
 
     value, grads = module.loss_and_grad(params, *inputs, *targets)
     out = module.forward(params, *inputs)
-    assert set(grads) == set(t_grads) == set(module.PARAM_SHAPES)
+    assert set(grads) == set(module.PARAM_SHAPES)
+    # input gradients, through the lifted program (conftest.lift_inputs)
+    lifted = compile_nn(lift_inputs(model.source), model.file_name)
+    shifts = {k: np.zeros(s, dtype) for k, s in lifted.PARAM_SHAPES.items() if k.startswith(LIFT_PREFIX)}
+    _, lifted_grads = lifted.loss_and_grad({**params, **shifts}, *inputs, *targets)
+    grads.update({k: lifted_grads[k] for k in shifts})
+    assert set(grads) == set(t_grads)
 
     name = np.dtype(dtype).name
     errors = {"loss": rel_err(value, t_loss), "forward": rel_err(out, t_out)}
     for k in grads:
-        errors[f"grad {k}"] = rel_err(grads[k], t_grads[k])
+        kind = "input-grad" if k.startswith(LIFT_PREFIX) else "grad"
+        errors[f"{kind} {k}"] = rel_err(grads[k], t_grads[k])
     print(f"\n{model.id} [{name}]: " + ", ".join(f"{k} {v:.1e}" for k, v in errors.items()))
     for k, v in errors.items():
         record_worst(f"torch {name} {k.split(' ')[0]}", v, f"{model.id}: {k}")
@@ -81,3 +93,4 @@ def test_matches_torch(model, dtype):
     bad = {k: v for k, v in errors.items() if not v <= tol}
     assert not bad, f"nncc and PyTorch disagree beyond {tol:g}: {bad}"
     assert out.dtype == dtype and all(g.dtype == dtype for g in grads.values())
+    assert isinstance(value, float)
