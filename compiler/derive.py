@@ -52,6 +52,7 @@ class Gradient:
     jacobian: sp.Expr  # dy[I]/dX[J], with Kronecker deltas
     backward: sp.Expr  # dX[J] after delta elimination, in terms of the output where possible
     in_output_terms: bool  # whether the forward output replaced the input
+    input_form: sp.Expr = None  # dX[J] before the output replaced the input
 
 
 @dataclass(frozen=True)
@@ -153,9 +154,11 @@ def _gradient(f: Formula, name: str, batched: bool, shape: tuple) -> Gradient:
     # sum over the output indices of dy[I] * jac (not a sympy Sum: its constructor
     # folds where() out of inner sums, moving bound indices out of scope)
     back = eliminate(dy[f.indices] * jac, ranges, [(s, 0, ranges[s] - 1) for s in f.vars])
+    before = back
     back, rewritten = in_output_terms(back, f, X, J)
-    back, J, jac = _readable_indices(back, J, jac, f, X)
-    return Gradient(name, X, J, jac, back, rewritten)
+    back, J2, jac = _readable_indices(back, J, jac, f, X)
+    before = before.xreplace(dict(zip(J, J2)))
+    return Gradient(name, X, J2, jac, back, rewritten, before)
 
 
 # ---- delta elimination ---------------------------------------------------------------

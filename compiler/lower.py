@@ -19,7 +19,7 @@ from sympy.printing.str import StrPrinter
 
 from . import ir
 from .derive import B, Derivation
-from .naming import grad_name, temp, var
+from .naming import backward_anchor, forward_anchor, grad_name, temp, var
 from .stabilize import stabilize
 from .symbolic import ClampedLog, FirstArgmax, LogSumExp, MaxOver, Sigmoid, Softplus, real_base
 
@@ -31,6 +31,7 @@ class Line:
     comment: str = ""
     guarded: bool = False  # evaluates np.where: the branch not taken may divide by zero
     phase: str = "forward"  # "forward" | "backward"
+    anchors: tuple = ()  # the derivation steps this line computes
 
 
 @dataclass
@@ -178,7 +179,7 @@ class Lowerer:
 
     # ---- statements
     def assign(self, target: str, indices: tuple, expr: sp.Expr, ranges: dict, comment: str,
-               accumulate: bool = False, shape=None, variables=None):
+               accumulate: bool = False, shape=None, variables=None, anchor=None):
         """target[indices] = expr; `variables` are the index symbols when a subscript is
         affine in them (flatten): the value is computed over them, then reshaped."""
         flat = None
@@ -202,7 +203,7 @@ class Lowerer:
             code = f"{_paren(code)}.reshape({', '.join(flat)})"
         if accumulate:
             code = f"{target} + {code}"
-        self.kernels.lines.append(Line(target, code, comment, self.guarded))
+        self.kernels.lines.append(Line(target, code, comment, self.guarded, anchors=(anchor,) if anchor else ()))
 
     def _extent_code(self, n):
         return "batch" if n == B else str(n)
@@ -505,7 +506,8 @@ def inline_single_use(lines: list, keep=()) -> list:
             u = lines[users[0]]
             code = word.sub(lambda m: _paren_in(line.code, u.code, m.start(), m.end()), u.code)
             comment = "\n".join(c for c in (line.comment, u.comment) if c)
-            lines[users[0]] = Line(u.target, code, comment, u.guarded or line.guarded, u.phase)
+            lines[users[0]] = Line(u.target, code, comment, u.guarded or line.guarded, u.phase,
+                                   line.anchors + u.anchors)
             del lines[k]
             continue
         k += 1
@@ -602,9 +604,10 @@ def plan(g: ir.Graph, derivations: tuple) -> Plan:
         for d in derivations:
             if d.node.output in keep:
                 f = d.formula
+                anchor = forward_anchor(d.node.label)
                 low.assign(names[d.node.output], f.indices, f.body, f.ranges,
-                           f"{d.node.label}: {formula_text(f.out[f.indices])} = {formula_text(f.body)}",
-                           variables=f.vars)
+                           f"{d.node.label}: {formula_text(f.out[f.indices])} = {formula_text(f.body)}"
+                           f"  [#{anchor}]", variables=f.vars, anchor=anchor)
         helpers.update(k.helpers)
         return k, low
 
@@ -624,9 +627,10 @@ def plan(g: ir.Graph, derivations: tuple) -> Plan:
             rng = dict(d.formula.ranges)
             shp = shapes[gr.wrt]
             rng.update(dict(zip(gr.indices, shp)))
+            anchor = backward_anchor(d.node.label, gr.wrt)
             comment = f"{formula_text(real_base(target)[gr.indices])} {'+=' if target in have else '='} " \
-                      f"{formula_text(gr.backward)}"
-            low.assign(target, gr.indices, expr, rng, comment, accumulate=target in have)
+                      f"{formula_text(gr.backward)}  [#{anchor}]"
+            low.assign(target, gr.indices, expr, rng, comment, accumulate=target in have, anchor=anchor)
             have.add(target)
     helpers.update(back.helpers)
     loss_var = names[g.loss]

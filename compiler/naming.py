@@ -5,6 +5,7 @@
     gradient of X       -> d_X          dL/dX, same shape as X
     temporaries         -> t0, t1, ...  numbered in emission order
     batch size          -> batch
+    document anchors    -> fwd-<node>, bwd-<node>-<input or parameter>   (derivations)
 """
 from __future__ import annotations
 
@@ -24,6 +25,18 @@ def var(name: str) -> str:
 
 def grad_name(name: str) -> str:
     return "d_" + name.replace(".", "_")
+
+
+def forward_anchor(label: str) -> str:
+    """The id of a node's forward formula in the derivation document."""
+    return f"fwd-{label}"
+
+
+def backward_anchor(label: str, wrt: str) -> str:
+    """The id of the backward formula of node `label` for the tensor or parameter `wrt`."""
+    if wrt.startswith(label + "."):
+        wrt = wrt[len(label) + 1:]
+    return f"bwd-{label}-{wrt.replace('.', '-')}"
 
 
 def temp(k: int) -> str:

@@ -69,7 +69,7 @@ def forward(params, x):
     dense_1_weight = params["dense_1.weight"]
     dense_1_bias = params["dense_1.bias"]
 
-    # dense_1: y[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])
+    # dense_1: y[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
     y = dense_1_bias + (x @ dense_1_weight.T)
     return y
 
@@ -80,9 +80,9 @@ def loss(params, x):
     dense_1_weight = params["dense_1.weight"]
     dense_1_bias = params["dense_1.bias"]
 
-    # dense_1: y[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])
+    # dense_1: y[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
     y = dense_1_bias + (x @ dense_1_weight.T)
-    # squares_1: squares_1[b] = Σ_i y[b, i]**2
+    # squares_1: squares_1[b] = Σ_i y[b, i]**2  [#fwd-squares_1]
     squares_1 = (y**2).sum(axis=1)
     return float(squares_1.sum())
 
@@ -93,17 +93,17 @@ def loss_and_grad(params, x):
     dense_1_weight = params["dense_1.weight"]
     dense_1_bias = params["dense_1.bias"]
 
-    # dense_1: y[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])
+    # dense_1: y[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
     y = dense_1_bias + (x @ dense_1_weight.T)
-    # squares_1: squares_1[b] = Σ_i y[b, i]**2
+    # squares_1: squares_1[b] = Σ_i y[b, i]**2  [#fwd-squares_1]
     squares_1 = (y**2).sum(axis=1)
     value = float(squares_1.sum())
 
-    # d_y[b, i] = 2*d_squares_1[b]*y[b, i]
+    # d_y[b, i] = 2*d_squares_1[b]*y[b, i]  [#bwd-squares_1-y]
     d_y = 2*y
-    # d_dense_1_weight[i, j] = Σ_b (d_y[b, i]*x[b, j])
+    # d_dense_1_weight[i, j] = Σ_b (d_y[b, i]*x[b, j])  [#bwd-dense_1-weight]
     d_dense_1_weight = d_y.T @ x
-    # d_dense_1_bias[i] = Σ_b d_y[b, i]
+    # d_dense_1_bias[i] = Σ_b d_y[b, i]  [#bwd-dense_1-bias]
     d_dense_1_bias = d_y.sum(axis=0)
     return value, {
         "dense_1.weight": d_dense_1_weight,

@@ -88,10 +88,10 @@ def forward(params, x):
     dense_2_weight = params["dense_2.weight"]
     dense_2_bias = params["dense_2.bias"]
 
-    # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])
-    # tanh_1: h[b, i] = tanh(dense_1[b, i])
-    # dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])
-    # sigmoid_1: p[b, i] = 1/(1 + exp(-dense_2[b, i]))
+    # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
+    # tanh_1: h[b, i] = tanh(dense_1[b, i])  [#fwd-tanh_1]
+    # dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2]
+    # sigmoid_1: p[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_1]
     p = _sigmoid(dense_2_bias + (np.tanh(dense_1_bias + (x @ dense_1_weight.T)) @ dense_2_weight.T))
     return p
 
@@ -104,13 +104,13 @@ def loss(params, x, y):
     dense_2_weight = params["dense_2.weight"]
     dense_2_bias = params["dense_2.bias"]
 
-    # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])
-    # tanh_1: h[b, i] = tanh(dense_1[b, i])
+    # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
+    # tanh_1: h[b, i] = tanh(dense_1[b, i])  [#fwd-tanh_1]
     h = np.tanh(dense_1_bias + (x @ dense_1_weight.T))
-    # dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])
-    # sigmoid_1: p[b, i] = 1/(1 + exp(-dense_2[b, i]))
+    # dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2]
+    # sigmoid_1: p[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_1]
     p = _sigmoid(dense_2_bias + (h @ dense_2_weight.T))
-    # binary_cross_entropy_1: binary_cross_entropy_1[b] = -Σ_i ((1 - y[b, i])*where(log(1 - p[b, i]) > -100, log(1 - p[b, i]), -100) + y[b, i]*where(log(p[b, i]) > -100, log(p[b, i]), -100))
+    # binary_cross_entropy_1: binary_cross_entropy_1[b] = -Σ_i ((1 - y[b, i])*where(log(1 - p[b, i]) > -100, log(1 - p[b, i]), -100) + y[b, i]*where(log(p[b, i]) > -100, log(p[b, i]), -100))  [#fwd-binary_cross_entropy_1]
     binary_cross_entropy_1 = -((1 - y)*_clamped_log(1 - p, -100) + _clamped_log(p, -100)*y).sum(axis=1)
     return float(binary_cross_entropy_1.sum() / batch)
 
@@ -123,30 +123,30 @@ def loss_and_grad(params, x, y):
     dense_2_weight = params["dense_2.weight"]
     dense_2_bias = params["dense_2.bias"]
 
-    # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])
-    # tanh_1: h[b, i] = tanh(dense_1[b, i])
+    # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
+    # tanh_1: h[b, i] = tanh(dense_1[b, i])  [#fwd-tanh_1]
     h = np.tanh(dense_1_bias + (x @ dense_1_weight.T))
-    # dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])
-    # sigmoid_1: p[b, i] = 1/(1 + exp(-dense_2[b, i]))
+    # dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2]
+    # sigmoid_1: p[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_1]
     p = _sigmoid(dense_2_bias + (h @ dense_2_weight.T))
-    # binary_cross_entropy_1: binary_cross_entropy_1[b] = -Σ_i ((1 - y[b, i])*where(log(1 - p[b, i]) > -100, log(1 - p[b, i]), -100) + y[b, i]*where(log(p[b, i]) > -100, log(p[b, i]), -100))
+    # binary_cross_entropy_1: binary_cross_entropy_1[b] = -Σ_i ((1 - y[b, i])*where(log(1 - p[b, i]) > -100, log(1 - p[b, i]), -100) + y[b, i]*where(log(p[b, i]) > -100, log(p[b, i]), -100))  [#fwd-binary_cross_entropy_1]
     binary_cross_entropy_1 = -((1 - y)*_clamped_log(1 - p, -100) + _clamped_log(p, -100)*y).sum(axis=1)
     value = float(binary_cross_entropy_1.sum() / batch)
 
-    # d_p[b, i] = where(log(1 - p[b, i]) > -100, (1 - y[b, i])*d_binary_cross_entropy_1[b]/(1 - p[b, i]), 0) + where(log(p[b, i]) > -100, -d_binary_cross_entropy_1[b]*y[b, i]/p[b, i], 0)
-    # d_dense_2[b, i] = -(-1 + p[b, i])*d_p[b, i]*p[b, i]
+    # d_p[b, i] = where(log(1 - p[b, i]) > -100, (1 - y[b, i])*d_binary_cross_entropy_1[b]/(1 - p[b, i]), 0) + where(log(p[b, i]) > -100, -d_binary_cross_entropy_1[b]*y[b, i]/p[b, i], 0)  [#bwd-binary_cross_entropy_1-p]
+    # d_dense_2[b, i] = -(-1 + p[b, i])*d_p[b, i]*p[b, i]  [#bwd-sigmoid_1-dense_2]
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         d_dense_2 = -(p - 1)*(np.where((1 - p > 3.720075976020836e-44), (1 - y)/(batch*(1 - p)), 0) + np.where((p > 3.720075976020836e-44), -y/(batch*p), 0))*p
-    # d_dense_2_weight[i, j] = Σ_b (d_dense_2[b, i]*h[b, j])
+    # d_dense_2_weight[i, j] = Σ_b (d_dense_2[b, i]*h[b, j])  [#bwd-dense_2-weight]
     d_dense_2_weight = d_dense_2.T @ h
-    # d_dense_2_bias[i] = Σ_b d_dense_2[b, i]
+    # d_dense_2_bias[i] = Σ_b d_dense_2[b, i]  [#bwd-dense_2-bias]
     d_dense_2_bias = d_dense_2.sum(axis=0)
-    # d_h[b, j] = Σ_i (d_dense_2[b, i]*dense_2.weight[i, j])
-    # d_dense_1[b, i] = (1 - h[b, i]**2)*d_h[b, i]
+    # d_h[b, j] = Σ_i (d_dense_2[b, i]*dense_2.weight[i, j])  [#bwd-dense_2-h]
+    # d_dense_1[b, i] = (1 - h[b, i]**2)*d_h[b, i]  [#bwd-tanh_1-dense_1]
     d_dense_1 = (1 - h**2)*(d_dense_2 @ dense_2_weight)
-    # d_dense_1_weight[i, j] = Σ_b (d_dense_1[b, i]*x[b, j])
+    # d_dense_1_weight[i, j] = Σ_b (d_dense_1[b, i]*x[b, j])  [#bwd-dense_1-weight]
     d_dense_1_weight = d_dense_1.T @ x
-    # d_dense_1_bias[i] = Σ_b d_dense_1[b, i]
+    # d_dense_1_bias[i] = Σ_b d_dense_1[b, i]  [#bwd-dense_1-bias]
     d_dense_1_bias = d_dense_1.sum(axis=0)
     return value, {
         "dense_1.weight": d_dense_1_weight,
