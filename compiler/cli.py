@@ -16,7 +16,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="nncc",
         description="Compile a .nn network description into a standalone numpy module that computes "
                     "the forward pass, the loss, every gradient (derived symbolically) and an SGD step.")
-    p.add_argument("model", help="the .nn file to compile")
+    p.add_argument("model", help="the .nn file to compile (or: nncc explain MODEL.nn -o OUT.html)")
     p.add_argument("-o", "--output", help="where to write the module (default: MODEL with .py)")
     p.add_argument("--version", action="version", version=f"nncc {__version__}")
     return p
@@ -35,16 +35,72 @@ def write_atomically(path: Path, text: str) -> None:
         raise
 
 
+FORMATS = {".tex": "tex", ".md": "md", ".markdown": "md", ".html": "html", ".htm": "html"}
+
+
+def _explain_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="nncc explain",
+        description="Write the derivation of a network's gradients as LaTeX, Markdown or HTML: each "
+                    "operator's element formula, Jacobian, backward formula and matrix form, then the "
+                    "chain from the loss back to the first layer.")
+    p.add_argument("model", help="the .nn file")
+    p.add_argument("-o", "--output", help="the document to write (.tex, .md or .html); stdout if omitted")
+    p.add_argument("--format", choices=["tex", "md", "html"], help="override the format the suffix implies")
+    return p
+
+
+def _read(path: str):
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        print(f"nncc: error: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
+    except UnicodeDecodeError:
+        print(f"nncc: error: {path} is not UTF-8 text", file=sys.stderr)
+    return None
+
+
+def explain_main(argv) -> int:
+    args = _explain_parser().parse_args(argv)
+    fmt = args.format
+    if fmt is None:
+        if args.output is None:
+            fmt = "md"
+        else:
+            fmt = FORMATS.get(Path(args.output).suffix.lower())
+            if fmt is None:
+                print(f"nncc explain: error: cannot tell the format of {args.output}; name it .tex, .md "
+                      f"or .html, or pass --format", file=sys.stderr)
+                return 1
+    source = _read(args.model)
+    if source is None:
+        return 1
+    from .explain import build
+    from .api import compile_source
+    try:
+        text = build(compile_source(source, str(args.model))).render(fmt)
+    except NNError as exc:
+        print(exc.render(), file=sys.stderr)
+        return 1
+    if args.output is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        write_atomically(Path(args.output), text)
+    except OSError as exc:
+        print(f"nncc: error: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "explain" and not Path("explain").is_file():
+        return explain_main(argv[1:])
     args = _parser().parse_args(argv)
     src_path = Path(args.model)
-    try:
-        source = src_path.read_text(encoding="utf-8")
-    except OSError as exc:
-        print(f"nncc: error: cannot read {args.model}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    except UnicodeDecodeError:
-        print(f"nncc: error: {args.model} is not UTF-8 text", file=sys.stderr)
+    source = _read(args.model)
+    if source is None:
         return 1
     out = Path(args.output) if args.output else src_path.with_suffix(".py")
     if out.resolve() == src_path.resolve():

@@ -53,6 +53,7 @@ class Gradient:
     backward: sp.Expr  # dX[J] after delta elimination, in terms of the output where possible
     in_output_terms: bool  # whether the forward output replaced the input
     input_form: sp.Expr = None  # dX[J] before the output replaced the input
+    jacobian_indices: tuple = ()  # J as written in `jacobian` (primed where the output's clash)
 
 
 @dataclass(frozen=True)
@@ -156,9 +157,9 @@ def _gradient(f: Formula, name: str, batched: bool, shape: tuple) -> Gradient:
     back = eliminate(dy[f.indices] * jac, ranges, [(s, 0, ranges[s] - 1) for s in f.vars])
     before = back
     back, rewritten = in_output_terms(back, f, X, J)
-    back, J2, jac = _readable_indices(back, J, jac, f, X)
+    back, J2, jac, jac_indices = _readable_indices(back, J, jac, f, X)
     before = before.xreplace(dict(zip(J, J2)))
-    return Gradient(name, X, J2, jac, back, rewritten, before)
+    return Gradient(name, X, J2, jac, back, rewritten, before, jac_indices)
 
 
 # ---- delta elimination ---------------------------------------------------------------
@@ -390,6 +391,10 @@ def _readable_indices(back, J, jac, f: Formula, X):
         names.append(want)
     new = tuple(index_symbol(n) for n in names)
     sub = dict(zip(J, new))
+    # in the Jacobian the output's own indices are in scope too: prime clashing names
+    in_jac = {s.name for s in jac.free_symbols | _bound_symbols(jac) if s not in J}
+    jac_indices = tuple(index_symbol(n + "'" if n in in_jac else n) for n in names)
+    jac = jac.xreplace(dict(zip(J, jac_indices)))
     # bound indices renamed apart during elimination: plain names, so output never
     # depends on how many dummies this process made before
     for d in sorted((s for s in _bound_symbols(back) if isinstance(s, sp.Dummy)), key=lambda s: s.name):
@@ -397,7 +402,7 @@ def _readable_indices(back, J, jac, f: Formula, X):
                     f"{d.name}{k}" not in names)
         taken.add(name)
         sub[d] = index_symbol(name)
-    return back.xreplace(sub), new, jac.xreplace(sub)
+    return back.xreplace(sub), new, jac, jac_indices
 
 
 def _bound_symbols(e):
