@@ -1,7 +1,7 @@
 """Regenerate generated/ from examples/: `python tests/regenerate.py`.
 
-generated/ holds the compiler's output for every example, committed as golden
-files; tests/test_generated.py fails when they are stale.
+generated/ holds the compiler's output for every example (the numpy module and
+the derivation in Markdown), committed as golden files; tests/test_generated.py fails when they are stale.
 """
 from __future__ import annotations
 
@@ -16,12 +16,14 @@ GENERATED = ROOT / "generated"
 def expected() -> dict[Path, str]:
     """Each golden file and the text the compiler gives for it now."""
     from nncc.api import compile_source
+    from nncc.explain import build
 
     out = {}
     for src in sorted(EXAMPLES.glob("*.nn")):
         rel = src.relative_to(ROOT).as_posix()
         compiled = compile_source(src.read_text(encoding="utf-8"), rel)
         out[GENERATED / f"{src.stem}.py"] = compiled.numpy_module()
+        out[GENERATED / f"{src.stem}.md"] = build(compiled).markdown()
     return out
 
 
