@@ -100,7 +100,7 @@ class _MatrixForm(ast.NodeVisitor):
         if isinstance(n.op, ast.Sub):
             return f"{self.visit(n.left)} - {b}"
         if isinstance(n.op, ast.MatMult):
-            return f"{a} {b}"
+            return rf"{a} \, {b}"
         if isinstance(n.op, ast.Mult):
             scalar = isinstance(n.left, ast.Constant) or isinstance(n.right, ast.Constant)
             return f"{a} {b}" if scalar else rf"{a} \odot {b}"
@@ -152,7 +152,7 @@ class Step:
 class Section:
     title: str
     anchor: str
-    text: str
+    text: list  # ("text" | "math", content) pieces of the introduction
     steps: list = field(default_factory=list)
 
 
@@ -173,7 +173,8 @@ class Explanation:
 
     def html(self) -> str:
         from latex2mathml.converter import convert
-        return _render("explain.html.j2", self, mathml=lambda tex: convert(tex, display="block"))
+        return _render("explain.html.j2", self, mathml=lambda tex: convert(tex, display="block"),
+                       inline_mathml=lambda tex: convert(tex))
 
     def render(self, fmt: str) -> str:
         return {"tex": self.latex, "md": self.markdown, "html": self.html}[fmt]()
@@ -235,8 +236,9 @@ def build(c: Compiled) -> Explanation:
     derivs = {d.node.label: d for d in plan.derivations}
 
     forward = Section("Forward pass", "forward",
-                      "Each operator as used in this network: its element formula, with this "
-                      "network's tensor names and sizes (the batch index b runs over the B samples).")
+                      [("text", "Each operator as used in this network: its element formula, with this "
+                                "network's tensor names and sizes (the batch index "),
+                       ("math", "b"), ("text", " runs over the "), ("math", "B"), ("text", " samples).")])
     for d in plan.derivations:
         f = d.formula
         a = forward_anchor(d.node.label)
@@ -249,12 +251,19 @@ def build(c: Compiled) -> Explanation:
 
     backward = Section(
         "Backward pass", "backward",
-        "From the loss back to the first layer. For every operator y = f(x, θ) one rule gives "
-        "the gradient reaching each input: the upstream gradient contracted with the Jacobian, "
-        r"x̄[J] = Σ_I ȳ[I] ∂y[I]/∂x[J], where X̄ = ∂L/∂X. The Kronecker deltas of the Jacobian "
-        "are then eliminated by solving them for a summed index. The loss is "
-        f"L = {'(1/B) ' if g.reduce == 'mean' else ''}Σ_b {g.loss}[b], so its seed is "
-        f"L̄ = {'1/B' if g.reduce == 'mean' else '1'} for every sample.")
+        [("text", "From the loss back to the first layer. For every operator "),
+         ("math", r"y = f(x, \theta)"),
+         ("text", " one rule gives the gradient reaching each input: the upstream gradient "
+                  "contracted with the Jacobian, "),
+         ("math", r"\overline{x}_{J} = \sum_{I} \overline{y}_{I} \frac{\partial y_{I}}{\partial x_{J}}"),
+         ("text", ", where "), ("math", r"\overline{X} = \partial L / \partial X"),
+         ("text", ". The Kronecker deltas of the Jacobian are then eliminated by solving each for a "
+                  "summed index. The loss is "),
+         ("math", (r"L = \frac{1}{B} \sum_{b} " if g.reduce == "mean" else r"L = \sum_{b} ")
+          + r"%s_{b}" % _name_tex(g.loss)),
+         ("text", ", so its seed is "),
+         ("math", r"\overline{%s}_{b} = %s" % (_name_tex(g.loss), r"\frac{1}{B}" if g.reduce == "mean" else "1")),
+         ("text", " for every sample.")])
     last_activation = _last_activation(g)
     fused = _fused(plan.derivations, g)
     for d in reversed(plan.derivations):
