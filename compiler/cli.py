@@ -75,7 +75,7 @@ def explain_main(argv) -> int:
     source = _read(args.model)
     if source is None:
         return 1
-    from .explain import build
+    from .document import build
     from .api import compile_source
     try:
         text = build(compile_source(source, str(args.model))).render(fmt)

@@ -16,7 +16,7 @@ GENERATED = ROOT / "generated"
 def expected() -> dict[Path, str]:
     """Each golden file and the text the compiler gives for it now."""
     from nncc.api import compile_source
-    from nncc.explain import build
+    from nncc.document import build
 
     out = {}
     for src in sorted(EXAMPLES.glob("*.nn")):
