@@ -17,7 +17,13 @@ def _parser() -> argparse.ArgumentParser:
         description="Compile a .nn network description into a standalone numpy module that computes "
                     "the forward pass, the loss, every gradient (derived symbolically) and an SGD step.")
     p.add_argument("model", help="the .nn file to compile (or: nncc explain MODEL.nn -o OUT.html)")
-    p.add_argument("-o", "--output", help="where to write the module (default: MODEL with .py)")
+    p.add_argument("-o", "--output", help="where to write the module (default: MODEL with .py); with "
+                                           "--backend c, a folder (ending in /) for NAME.h and NAME.c, or a "
+                                           ".py file for a Python module that builds the C with cffi")
+    p.add_argument("--backend", choices=["numpy", "c"], default="numpy",
+                   help="numpy (default): a module importing only numpy; c: C99 sources or a cffi module")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                   help="the C sources' real type (float or double); default float32")
     p.add_argument("--version", action="version", version=f"nncc {__version__}")
     return p
 
@@ -107,8 +113,18 @@ def main(argv=None) -> int:
         print(f"nncc: error: the output would overwrite the source {args.model}", file=sys.stderr)
         return 1
     from .api import compile_source
+    c_files = args.backend == "c" and (args.output is not None and (args.output.endswith(("/", os.sep))
+                                                                    or Path(args.output).is_dir()))
     try:
-        text = compile_source(source, str(args.model)).numpy_module()
+        compiled = compile_source(source, str(args.model))
+        if args.backend == "numpy":
+            files = {out: compiled.numpy_module()}
+        elif c_files:
+            from .c_backend import render_c_files
+            files = {out / name: text for name, text in render_c_files(compiled, args.dtype).items()}
+        else:
+            from .c_backend import render_c_module
+            files = {out: render_c_module(compiled)}
     except NNError as exc:
         print(exc.render(), file=sys.stderr)
         return 1
@@ -116,9 +132,10 @@ def main(argv=None) -> int:
         print(f"{args.model}: error: the expression is nested too deeply", file=sys.stderr)
         return 1
     try:
-        write_atomically(out, text)
+        for path, text in files.items():
+            write_atomically(path, text)
     except OSError as exc:
-        print(f"nncc: error: cannot write {out}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"nncc: error: cannot write {exc.filename or out}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     return 0
 

@@ -24,6 +24,17 @@ def _shape(shape) -> str:
 
 
 def render(plan: Plan, reduce: str) -> str:
+    values = module_values(plan)
+    return environment().get_template("numpy_module.py.j2").render(
+        name=plan.name, version=__version__,
+        forward=plan.forward, output=plan.output, output_name=plan.output,
+        loss_forward=plan.loss_forward, loss_value=plan.loss_value, loss_var=None,
+        backward=plan.backward, grads=[dict(name=n, var=v) for n, v in plan.grads],
+        helpers=plan.helpers, reduce=reduce, **values)
+
+
+def module_values(plan: Plan) -> dict:
+    """The values both module templates (numpy and C) share: shapes, inits, signatures."""
     inputs = [dict(name=n, var=v, shape=_shape(s)) for n, v, s in plan.inputs]
     targets = [dict(name=n, var=v, shape=_shape(s)) for n, v, s in plan.targets]
     params = [dict(name=n, var=v, shape=_shape(s), init=_init(i)) for n, v, s, i in plan.params]
@@ -33,16 +44,10 @@ def render(plan: Plan, reduce: str) -> str:
 
     input_checks = checks(inputs, "INPUT_SHAPES")
     all_checks = ", ".join(c for c in (input_checks, checks(targets, "TARGET_SHAPES")) if c)
-    return environment().get_template("numpy_module.py.j2").render(
-        name=plan.name, version=__version__, source=plan.source,
-        params=params, inputs=inputs, targets=targets,
-        input_args=", ".join(t["var"] for t in inputs),
-        all_args=", ".join(t["var"] for t in inputs + targets),
-        input_checks=input_checks, all_checks=all_checks,
-        forward=plan.forward, output=plan.output, output_name=plan.output,
-        loss_forward=plan.loss_forward, loss_value=plan.loss_value, loss_var=None,
-        backward=plan.backward, grads=[dict(name=n, var=v) for n, v in plan.grads],
-        helpers=plan.helpers, reduce=reduce)
+    return dict(source=plan.source, params=params, inputs=inputs, targets=targets,
+                input_args=", ".join(t["var"] for t in inputs),
+                all_args=", ".join(t["var"] for t in inputs + targets),
+                input_checks=input_checks, all_checks=all_checks)
 
 
 def _init(init) -> str:

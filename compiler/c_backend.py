@@ -1,0 +1,469 @@
+"""Index expressions -> C99 loop nests: the embeddable training code.
+
+The same derived formulas as the numpy backend, lowered differently: every
+statement is a loop nest over its target's indices; each reduction (sum,
+logsumexp, max, first-argmax) and each scatter (the adjoint of a window read)
+is computed first into a temporary array of the caller's workspace.  Reads
+outside an array's extent are zero (padding, windows).  No allocation, no
+globals, no printing; `real` is float or double, math through <tgmath.h>.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sympy as sp
+from sympy.printing.c import C99CodePrinter
+
+from . import ir
+from .derive import B
+from .lower import ancestors, formula_text
+from .naming import backward_anchor, forward_anchor, grad_name
+from .stabilize import stabilize
+from .symbolic import ClampedLog, FirstArgmax, LogSumExp, MaxOver, Sigmoid, Softplus, Where, real_base
+
+
+def cname(name: str) -> str:
+    """A C identifier for a tensor, parameter or gradient name."""
+    return "v_" + name.replace(".", "_")
+
+
+@dataclass
+class Buffer:
+    name: str  # C variable
+    shape: tuple  # extents; B for the batch axis
+    kind: str  # "input" | "param" | "grad" | "work" | "output"
+    offset: object = 0  # in the params / grad / work array (sympy, in B)
+
+
+class _CPrinter(C99CodePrinter):
+    def __init__(self, low):
+        super().__init__({"math_macros": {}})
+        self.low = low
+
+    def _print_Indexed(self, e):
+        return self.low.read(e)
+
+    def _print_Symbol(self, s):
+        if s == B:
+            return "batch"
+        return self.low.loop_var(s)
+
+    _print_Dummy = _print_Symbol
+
+    def _print_Integer(self, n):
+        return str(int(n))
+
+    def _print_Rational(self, r):
+        return f"((real){r.p}/(real){r.q})"
+
+    def _print_Float(self, f):
+        return f"((real){float(f)!r})"
+
+    def _print_Pow(self, e):
+        base, ex = e.as_base_exp()
+        b = self.parenthesize(base, 1000)
+        if ex == -1:
+            return f"((real)1/{b})"
+        if ex.is_Integer and 0 < ex <= 3:
+            return "(" + "*".join([b] * int(ex)) + ")"
+        if ex.is_Integer and -3 <= ex < 0:
+            return "((real)1/(" + "*".join([b] * int(-ex)) + "))"
+        if ex == sp.S.Half:
+            return f"sqrt({self._print(base)})"
+        return f"pow({self._print(base)}, {self._print(ex)})"
+
+    def _print_exp(self, e):
+        if e.args[0].is_number:
+            return f"((real){float(e)!r})"
+        return f"exp({self._print(e.args[0])})"
+
+    def _print_Where(self, e):
+        c, a, b = e.args
+        return f"(({self._print(c)}) ? ({self._print(a)}) : ({self._print(b)}))"
+
+    def _print_Sigmoid(self, e):
+        return f"nncc_sigmoid({self._print(e.args[0])})"
+
+    def _print_Softplus(self, e):
+        return f"nncc_softplus({self._print(e.args[0])})"
+
+    def _print_ClampedLog(self, e):
+        return f"nncc_clamped_log({self._print(e.args[0])}, {self._print(e.args[1])})"
+
+    def _print_sign(self, e):
+        a = self._print(e.args[0])
+        return f"((real)(({a}) > 0) - (real)(({a}) < 0))"
+
+    def _print_Abs(self, e):
+        return f"fabs({self._print(e.args[0])})"
+
+
+class CLowerer:
+    """Writes C statements for one function body into `lines`."""
+
+    def __init__(self, buffers: dict, work: list):
+        self.buffers = buffers  # tensor/param/grad name -> Buffer
+        self.work = work  # shared list of work Buffers (temporaries get appended)
+        self.lines: list[str] = []
+        self.ranges: dict = {}
+        self.vars: dict = {}  # index symbol -> C loop variable
+        self.count = 0
+
+    # ---- names
+    def loop_var(self, s):
+        if s not in self.vars:
+            self.vars[s] = f"{s.name.replace(chr(39), 'p')}_{len(self.vars)}"
+        return self.vars[s]
+
+    def _extent(self, n):
+        return "batch" if n == B else _c_int(n)
+
+    def read(self, e: sp.Indexed) -> str:
+        buf = self.buffers[e.base.label.name]
+        linear, guards = self._linear(buf, e.indices)
+        access = f"{buf.name}[{linear}]"
+        if guards:
+            return f"(({' && '.join(guards)}) ? {access} : (real)0)"
+        return access
+
+    def _linear(self, buf, subs):
+        guards = []
+        terms = []
+        stride = sp.Integer(1)
+        strides = []
+        for n in reversed(buf.shape):
+            strides.append(stride)
+            stride = stride * n
+        strides.reverse()
+        p = _CPrinter(self)
+        for sub, n, st in zip(subs, buf.shape, strides):
+            code = p.doprint(sub)
+            lo, hi = self._interval(sub)
+            if lo is None or lo < 0:
+                guards.append(f"({code}) >= 0")
+            if hi is None or (n != B and hi > int(n) - 1):
+                guards.append(f"({code}) < {self._extent(n)}")
+            terms.append(code if st == 1 else f"({code})*{p.doprint(st)}")
+        return " + ".join(terms) if terms else "0", guards
+
+    def _interval(self, sub):
+        lo = hi = 0
+        for term in sp.Add.make_args(sp.expand(sub)):
+            c, rest = term.as_coeff_Mul()
+            if rest == 1:
+                lo += c
+                hi += c
+            elif rest in self.ranges and self.ranges[rest] != B:
+                top = c * (int(self.ranges[rest]) - 1)
+                lo += min(0, top)
+                hi += max(0, top)
+            elif rest in self.ranges:  # the batch index reads its own axis
+                if c != 1:
+                    return None, None
+            else:
+                return None, None
+        return int(lo), int(hi)
+
+    # ---- loops
+    def _open(self, syms):
+        for s in syms:
+            v = self.loop_var(s)
+            self.lines.append(f"{'    ' * self._depth}for (int {v} = 0; {v} < {self._extent(self.ranges[s])}; {v}++) {{")
+            self._depth += 1
+
+    def _close(self, n):
+        for _ in range(n):
+            self._depth -= 1
+            self.lines.append(f"{'    ' * self._depth}}}")
+
+    def _emit(self, text):
+        self.lines.append("    " * self._depth + text)
+
+    _depth = 1
+
+    def _temp(self, labels):
+        name = f"tmp{len([w for w in self.work if w.name.startswith('tmp')])}"
+        buf = Buffer(name, tuple(self.ranges[s] for s in labels), "work")
+        self.work.append(buf)
+        self.buffers[name] = buf
+        return name
+
+    # ---- statements
+    def assign(self, target: str, indices, expr, ranges, comment, accumulate=False, variables=None):
+        self.ranges = dict(ranges)
+        expr = stabilize(expr)
+        loops = tuple(variables) if variables is not None else tuple(indices)
+        self._emit(f"/* {comment} */")
+        if expr.has(sp.KroneckerDelta):
+            expr = sp.Add(*[self._scatter(t, loops) if t.has(sp.KroneckerDelta) else t
+                            for t in sp.Add.make_args(expr)])
+        expr = self._hoist(expr, list(loops))
+        buf = self.buffers[target]
+        self._open(loops)
+        linear, _ = self._linear(buf, indices)
+        op = "+=" if accumulate else "="
+        self._emit(f"{buf.name}[{linear}] {op} {_CPrinter(self).doprint(expr)};")
+        self._close(len(loops))
+
+    def _hoist(self, e, order):
+        if isinstance(e, (sp.Sum, LogSumExp, MaxOver, FirstArgmax)):
+            vs = [lim[0] for lim in e.limits]
+            for lim in e.limits:
+                self.ranges[lim[0]] = lim[2] + 1
+            body = self._hoist(e.function, order + vs)
+            free = [s for s in order if s in _syms(e, self.ranges) and s not in vs]
+            return self._reduce(type(e), body, vs, free)
+        if e.is_Atom or isinstance(e, sp.Indexed):
+            return e
+        return e.func(*[self._hoist(a, order) for a in e.args])
+
+    def _reduce(self, kind, body, vs, free):
+        labels = free + (vs if kind is FirstArgmax else [])
+        name = self._temp(labels)
+        p = _CPrinter(self)
+        self._open(free)
+        out = f"{name}[{self._linear(self.buffers[name], [*free, *([] if kind is not FirstArgmax else vs)])[0]}]"
+        if kind is sp.Sum:
+            self._emit("real acc = 0;")
+            self._open(vs)
+            self._emit(f"acc += {p.doprint(body)};")
+            self._close(len(vs))
+            self._emit(f"{out} = acc;")
+        elif kind is MaxOver:
+            self._emit("real m = -INFINITY;")
+            self._open(vs)
+            self._emit(f"{{ real v = {p.doprint(body)}; if (v > m) m = v; }}")
+            self._close(len(vs))
+            self._emit(f"{out} = m;")
+        elif kind is LogSumExp:
+            self._emit("real m = -INFINITY, s = 0;")
+            self._open(vs)
+            self._emit(f"{{ real v = {p.doprint(body)}; if (v > m) m = v; }}")
+            self._close(len(vs))
+            self._open(vs)
+            self._emit(f"s += exp({p.doprint(body)} - m);")
+            self._close(len(vs))
+            self._emit(f"{out} = m + log(s);")
+        else:  # FirstArgmax: 1 at the first maximum in row-major order
+            self._emit("real m = -INFINITY; long best = -1, k = 0;")
+            self._open(vs)
+            self._emit(f"{{ real v = {p.doprint(body)}; if (best < 0 || v > m) {{ m = v; best = k; }} k++; }}")
+            self._close(len(vs))
+            self._emit("k = 0;")
+            self._open(vs)
+            self._emit(f"{out} = (real)(k++ == best);")
+            self._close(len(vs))
+        self._close(len(free))
+        return real_base(name)[tuple(labels)] if labels else real_base(name)[()]
+
+    def _scatter(self, term, indices):
+        """sum_V G * delta(A, J): a zeroed temporary, then T[A] += G over V."""
+        coeff, term = term.as_independent(sp.KroneckerDelta, as_Add=False)
+        limits = list(term.limits) if isinstance(term, sp.Sum) else []
+        body = coeff * (term.function if isinstance(term, sp.Sum) else term)
+        for v, lo, hi in limits:
+            self.ranges[v] = hi + 1
+        factors = sp.Mul.make_args(body)
+        where = {}
+        for d in (f for f in factors if isinstance(f, sp.KroneckerDelta)):
+            a, b = d.args
+            target, pos = (a, b) if a in indices else (b, a)
+            where[target] = pos
+        rest = sp.Mul(*[f for f in factors if not isinstance(f, sp.KroneckerDelta)])
+        name = self._temp(list(indices))
+        buf = self.buffers[name]
+        self._emit(f"for (long n = 0; n < {_size_code(buf.shape)}; n++) {name}[n] = 0;")
+        loops = [j for j in indices if j not in where] + [v for v, _, _ in limits
+                                                           if any(where[j].has(v) for j in where)]
+        other = [(v, lo, hi) for v, lo, hi in limits if v not in loops]
+        g = self._hoist(sp.Sum(rest, *other) if other else rest, loops)
+        self._open(loops)
+        subs = [where.get(j, j) for j in indices]
+        linear, guards = self._linear(buf, subs)
+        cond = f"if ({' && '.join(guards)}) " if guards else ""
+        self._emit(f"{cond}{name}[{linear}] += {_CPrinter(self).doprint(g)};")
+        self._close(len(loops))
+        return real_base(name)[tuple(indices)]
+
+
+def _syms(e, ranges):
+    out = {s for s in e.free_symbols if s in ranges}
+    for a in e.atoms(FirstArgmax):
+        out |= {lim[0] for lim in a.limits}
+    return out
+
+
+def _c_int(n):
+    return str(int(n))
+
+
+def _size_code(shape):
+    return "*".join("(long)batch" if n == B else str(int(n)) for n in shape) or "1"
+
+
+# ---- the whole network -----------------------------------------------------------------
+
+@dataclass
+class CFunction:
+    lines: list = field(default_factory=list)
+
+
+@dataclass
+class CPlan:
+    name: str
+    source: str
+    real: str
+    inputs: list
+    targets: list
+    params: list  # (name, cname, shape, offset, size, init)
+    param_count: int
+    work: list  # Buffer
+    work_size: str  # C expression in batch
+    work_linear: tuple  # (per-sample, constant) element counts
+    forward: list
+    loss: list
+    backward: list
+    grads: list
+    output: Buffer
+    output_size: int
+    loss_name: str
+    reduce: str
+
+
+def plan_c(g: ir.Graph, derivations, real="float") -> CPlan:
+    from .lower import needs_grad  # noqa: F401  (same selection as numpy)
+    buffers = {}
+    params, offset = [], 0
+    for p in g.params:
+        size = int(sp.Mul(*p.shape)) if p.shape else 1
+        buffers[p.name] = Buffer(cname(p.name), p.shape, "param", offset)
+        buffers[grad_name(p.name)] = Buffer("d" + cname(p.name), p.shape, "grad", offset)
+        params.append((p.name, cname(p.name), p.shape, offset, size, p.init))
+        offset += size
+    work: list[Buffer] = []
+    for t in g.tensors.values():
+        shape = (B,) + t.shape
+        kind = "input" if t.role in ("input", "target") else "work"
+        buffers[t.name] = Buffer(cname(t.name), shape, kind)
+        if kind == "work":
+            work.append(buffers[t.name])
+        buffers[grad_name(t.name)] = Buffer("d" + cname(t.name), shape, "work")
+        if kind == "work":
+            work.append(buffers[grad_name(t.name)])
+
+    def forward_body(keep):
+        low = CLowerer(buffers, work)
+        for d in derivations:
+            if d.node.output in keep:
+                f = d.formula
+                low.assign(d.node.output, f.indices, f.body, f.ranges,
+                           _comment(f"{formula_text(f.out[f.indices])} = {formula_text(f.body)}",
+                                    forward_anchor(d.node.label)), variables=f.vars)
+        return low.lines
+
+    forward = forward_body(ancestors(g, g.output))
+    loss = forward_body(ancestors(g, g.loss))
+    low = CLowerer(buffers, work)
+    seed = sp.Integer(1) / B if g.reduce == "mean" else sp.Integer(1)
+    dloss = real_base(grad_name(g.loss))
+    have = set()
+    for d in reversed(derivations):
+        for gr in d.grads:
+            expr = gr.backward.replace(lambda e: isinstance(e, sp.Indexed) and e.base == dloss, lambda e: seed)
+            target = grad_name(gr.wrt)
+            rng = dict(d.formula.ranges)
+            shp = buffers[target].shape
+            rng.update(dict(zip(gr.indices, shp)))
+            comment = _comment(f"{formula_text(real_base(target)[gr.indices])} "
+                               f"{'+=' if target in have else '='} {formula_text(gr.backward)}",
+                               backward_anchor(d.node.label, gr.wrt))
+            low.assign(target, gr.indices, expr, rng, comment, accumulate=target in have)
+            have.add(target)
+    zero = [p.name for p in g.params if grad_name(p.name) not in have]
+    backward = [f"    for (long n = 0; n < {buffers[grad_name(p)].offset + 0}; n++) (void)0;" for p in []]
+    backward = low.lines
+    per_sample, constant = sp.Integer(0), sp.Integer(0)
+    for w in work:
+        w.offset = per_sample * B + constant
+        size = sp.Mul(*w.shape)
+        per_sample += size.coeff(B) if size.has(B) else 0
+        constant += 0 if size.has(B) else size
+    out = buffers[g.output]
+    return CPlan(g.name, g.source, real,
+                 [(t.name, cname(t.name), t.shape) for t in g.inputs],
+                 [(t.name, cname(t.name), t.shape) for t in g.targets],
+                 params, offset, work, f"((size_t)(batch) * {int(per_sample)} + {int(constant)})",
+                 (int(per_sample), int(constant)), forward, loss, backward,
+                 [(p.name, "d" + cname(p.name), p.name in zero) for p in g.params],
+                 out, int(sp.Mul(*g.tensors[g.output].shape)) if g.tensors[g.output].shape else 1,
+                 cname(g.loss), g.reduce)
+
+
+def _comment(text: str, anchor: str) -> str:
+    return (text + f"  [#{anchor}]").replace("*/", "* /")
+
+
+def offset_code(off) -> str:
+    off = sp.expand(off)
+    per, const = (off.coeff(B), off.subs(B, 0)) if off.has(B) else (0, off)
+    if per == 0:
+        return str(int(const))
+    return f"(size_t)batch * {int(per)} + {int(const)}"
+
+
+# ---- rendering -------------------------------------------------------------------------
+
+def render_c(plan: CPlan, standalone: bool = True) -> tuple[str, str]:
+    """(header, source) text for a C plan."""
+    from . import __version__
+    from .numpy_backend import environment
+    P = plan.name.upper()
+    arrays = [dict(name=n, upper=c[2:].upper(), size=int(sp.Mul(*s)) if s else 1, shape=list(s))
+              for n, c, s in plan.inputs + plan.targets]
+    params = []
+    for name, c, shape, offset, size, init in plan.params:
+        kind, a, b = init
+        params.append(dict(name=name, cname=c, upper=c[2:].upper(), shape=list(shape), offset=offset,
+                           size=size, a=repr(float(a)), b=repr(float(b)), normal=int(kind == "normal")))
+    inputs = [f"const {plan.name}_real *{c}" for _, c, _ in plan.inputs]
+    targets = [f"const {plan.name}_real *{c}" for _, c, _ in plan.targets]
+    work = [dict(name=w.name, offset=offset_code(w.offset)) for w in plan.work]
+    values = dict(standalone=standalone, name=plan.name, P=P, version=__version__, source=plan.source, real=plan.real,
+                  param_count=plan.param_count, per_sample=plan.work_linear[0], constant=plan.work_linear[1],
+                  arrays=arrays, params=params, output_size=plan.output_size, output_name=plan.output.name,
+                  input_params=", ".join(inputs), all_params=", ".join(inputs + targets),
+                  all_args=", ".join(c for _, c, _ in plan.inputs + plan.targets),
+                  reduce=plan.reduce, work=work, forward=plan.forward, loss_lines=plan.loss,
+                  backward=plan.backward, output=plan.output.name, loss=plan.loss_name,
+                  zero_grads=[dict(name=n, cname=c, size=next(p["size"] for p in params if p["name"] == n))
+                              for n, c, z in plan.grads if z for c in [c[1:]]])
+    env = environment()
+    return (env.get_template("c_header.h.j2").render(**values),
+            env.get_template("c_source.c.j2").render(**values))
+
+
+def render_c_files(c, dtype: str = "float32") -> dict:
+    """{file name: text} of the C sources for a compiled network."""
+    plan = plan_c(c.graph, c.plan.derivations, "float" if dtype == "float32" else "double")
+    header, source = render_c(plan, standalone=True)
+    return {f"{plan.name}.h": header, f"{plan.name}.c": source}
+
+
+def render_c_module(c) -> str:
+    """A Python module with the numpy module's API that builds and runs the C code (cffi)."""
+    from . import __version__
+    from .numpy_backend import environment, module_values
+    parts, cdef, work = [], [], {}
+    for suffix, real, dtype in (("f32", "float", "float32"), ("f64", "double", "float64")):
+        plan = plan_c(c.graph, c.plan.derivations, real)
+        plan.name = f"{c.graph.name}_{suffix}"
+        header, source = render_c(plan, standalone=False)
+        parts += [header, source]
+        cdef.append("\n".join(line for line in header.splitlines() if not line.startswith("#")))
+        work[dtype] = plan.work_linear
+    values = module_values(c.plan)
+    values.update(name=c.graph.name, version=__version__, cdef="\n".join(cdef), c_source="\n".join(parts),
+                  work_f32=work["float32"], work_f64=work["float64"],
+                  output_shape=repr(tuple(c.graph.tensors[c.graph.output].shape)),
+                  output_name=c.graph.output, reduce="mean" if c.graph.reduce == "mean" else "sum")
+    return environment().get_template("c_module.py.j2").render(**values)
