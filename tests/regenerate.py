@@ -1,7 +1,7 @@
 """Regenerate generated/ from examples/: `python tests/regenerate.py`.
 
-generated/ holds the compiler's output for every example (the numpy module and
-the derivation in Markdown), committed as golden files; tests/test_generated.py fails when they are stale.
+generated/ holds the compiler's output for every example (the numpy module,
+the derivation in Markdown and the C sources in generated/c/), committed as golden files; tests/test_generated.py fails when they are stale.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ GENERATED = ROOT / "generated"
 def expected() -> dict[Path, str]:
     """Each golden file and the text the compiler gives for it now."""
     from nncc.api import compile_source
+    from nncc.c_backend import render_c_files
     from nncc.document import build
 
     out = {}
@@ -24,6 +25,8 @@ def expected() -> dict[Path, str]:
         compiled = compile_source(src.read_text(encoding="utf-8"), rel)
         out[GENERATED / f"{src.stem}.py"] = compiled.numpy_module()
         out[GENERATED / f"{src.stem}.md"] = build(compiled).markdown()
+        for name, text in render_c_files(compiled).items():
+            out[GENERATED / "c" / name] = text
     return out
 
 
@@ -32,6 +35,7 @@ def main() -> int:
     for path, text in expected().items():
         old = path.read_text(encoding="utf-8") if path.exists() else None
         if old != text:
+            path.parent.mkdir(exist_ok=True)
             path.write_text(text, encoding="utf-8", newline="\n")
             print(f"wrote {path.relative_to(ROOT)}")
     return 0

@@ -32,3 +32,4 @@ def test_every_example_has_a_golden_file():
     stems = {p.stem for p in (ROOT / "examples").glob("*.nn")}
     assert stems and stems == {p.stem for p in MODULES}
     assert stems == {p.stem for p in GOLDEN if p.suffix == ".md"}
+    assert stems == {p.stem for p in GOLDEN if p.suffix == ".c"}
