@@ -107,6 +107,7 @@ class CLowerer:
         self.lines: list[str] = []
         self.ranges: dict = {}
         self.vars: dict = {}  # index symbol -> C loop variable
+        self.pending: dict = {}  # placeholder symbol -> reduction computed inside the loop nest
         self.count = 0
 
     # ---- names
@@ -200,18 +201,71 @@ class CLowerer:
         expr = self._hoist(expr, list(loops))
         buf = self.buffers[target]
         self._open(loops)
+        expr = self._inline(expr)
         linear, _ = self._linear(buf, indices)
         op = "+=" if accumulate else "="
         self._emit(f"{buf.name}[{linear}] {op} {_CPrinter(self).doprint(expr)};")
         self._close(len(loops))
+
+    def _inline(self, e):
+        """Emit, inside the open loops, the reductions left in e; return e reading their results."""
+        if e in self.pending:
+            return self._emit_reduction(*self.pending[e])
+        if e.is_Atom or isinstance(e, sp.Indexed):
+            return e
+        return e.func(*[self._inline(a) for a in e.args])
+
+    def _emit_reduction(self, kind, body, vs):
+        result = sp.Symbol(f"r{self.count}")
+        self.count += 1
+        self.vars[result] = result.name
+        p = _CPrinter(self)
+        if kind is FirstArgmax:  # search with fresh loop indices, compare with the open ones
+            fresh = {v: sp.Dummy(v.name + "s", integer=True) for v in vs}
+            for v, f in fresh.items():
+                self.ranges[f] = self.ranges[v]
+            self._emit(f"real {result}_m = -INFINITY; long {result}_best = -1, {result}_k = 0;")
+            self._open(list(fresh.values()))
+            inner = self._inline(body.xreplace(fresh))
+            self._emit(f"{{ real v = {p.doprint(inner)}; if ({result}_best < 0 || v > {result}_m) "
+                       f"{{ {result}_m = v; {result}_best = {result}_k; }} {result}_k++; }}")
+            self._close(len(vs))
+            here, stride = [], 1
+            for v in reversed(vs):
+                here.append(f"{self.loop_var(v)}*{stride}")
+                stride *= int(self.ranges[v])
+            self._emit(f"real {result} = (real)(({' + '.join(here)}) == {result}_best);")
+            return result
+        self._emit(f"real {result} = {'0' if kind is sp.Sum else '-INFINITY'};")
+        if kind is LogSumExp:
+            self._emit(f"real {result}_s = 0;")
+        self._open(vs)
+        inner = p.doprint(self._inline(body))
+        if kind is sp.Sum:
+            self._emit(f"{result} += {inner};")
+        else:
+            self._emit(f"{{ real v = {inner}; if (v > {result}) {result} = v; }}")
+        self._close(len(vs))
+        if kind is LogSumExp:
+            self._open(vs)
+            self._emit(f"{result}_s += exp({p.doprint(self._inline(body))} - {result});")
+            self._close(len(vs))
+            self._emit(f"{result} = {result} + log({result}_s);")
+        return result
 
     def _hoist(self, e, order):
         if isinstance(e, (sp.Sum, LogSumExp, MaxOver, FirstArgmax)):
             vs = [lim[0] for lim in e.limits]
             for lim in e.limits:
                 self.ranges[lim[0]] = lim[2] + 1
-            body = self._hoist(e.function, order + vs)
             free = [s for s in order if s in _syms(e, self.ranges) and s not in vs]
+            inline_ok = set(free) | (set(vs) if isinstance(e, FirstArgmax) else set()) == set(order)
+            body = self._hoist(e.function, order + (vs if not isinstance(e, FirstArgmax) else []))
+            if inline_ok:  # computed in the statement's own loops: no temporary array
+                mark = sp.Symbol(f"_inline{len(self.pending)}")
+                self.pending[mark] = (type(e), body, vs)
+                return mark
+            body = self._hoist(e.function, order + vs)
             return self._reduce(type(e), body, vs, free)
         if e.is_Atom or isinstance(e, sp.Indexed):
             return e
@@ -226,28 +280,28 @@ class CLowerer:
         if kind is sp.Sum:
             self._emit("real acc = 0;")
             self._open(vs)
-            self._emit(f"acc += {p.doprint(body)};")
+            self._emit(f"acc += {p.doprint(self._inline(body))};")
             self._close(len(vs))
             self._emit(f"{out} = acc;")
         elif kind is MaxOver:
             self._emit("real m = -INFINITY;")
             self._open(vs)
-            self._emit(f"{{ real v = {p.doprint(body)}; if (v > m) m = v; }}")
+            self._emit(f"{{ real v = {p.doprint(self._inline(body))}; if (v > m) m = v; }}")
             self._close(len(vs))
             self._emit(f"{out} = m;")
         elif kind is LogSumExp:
             self._emit("real m = -INFINITY, s = 0;")
             self._open(vs)
-            self._emit(f"{{ real v = {p.doprint(body)}; if (v > m) m = v; }}")
+            self._emit(f"{{ real v = {p.doprint(self._inline(body))}; if (v > m) m = v; }}")
             self._close(len(vs))
             self._open(vs)
-            self._emit(f"s += exp({p.doprint(body)} - m);")
+            self._emit(f"s += exp({p.doprint(self._inline(body))} - m);")
             self._close(len(vs))
             self._emit(f"{out} = m + log(s);")
         else:  # FirstArgmax: 1 at the first maximum in row-major order
             self._emit("real m = -INFINITY; long best = -1, k = 0;")
             self._open(vs)
-            self._emit(f"{{ real v = {p.doprint(body)}; if (best < 0 || v > m) {{ m = v; best = k; }} k++; }}")
+            self._emit(f"{{ real v = {p.doprint(self._inline(body))}; if (best < 0 || v > m) {{ m = v; best = k; }} k++; }}")
             self._close(len(vs))
             self._emit("k = 0;")
             self._open(vs)
@@ -278,6 +332,7 @@ class CLowerer:
         other = [(v, lo, hi) for v, lo, hi in limits if v not in loops]
         g = self._hoist(sp.Sum(rest, *other) if other else rest, loops)
         self._open(loops)
+        g = self._inline(g)
         subs = [where.get(j, j) for j in indices]
         linear, guards = self._linear(buf, subs)
         cond = f"if ({' && '.join(guards)}) " if guards else ""

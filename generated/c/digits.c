@@ -86,18 +86,8 @@ void digits_forward(const real *params, const digits_real *v_x, real *output, in
     real *v_softmax_cross_entropy_1 = work + (size_t)batch * 276 + 0;
     real *dv_softmax_cross_entropy_1 = work + (size_t)batch * 277 + 0;
     real *tmp0 = work + (size_t)batch * 278 + 0;
-    real *tmp1 = work + (size_t)batch * 342 + 0;
-    real *tmp2 = work + (size_t)batch * 352 + 0;
-    real *tmp3 = work + (size_t)batch * 416 + 0;
-    real *tmp4 = work + (size_t)batch * 426 + 0;
-    real *tmp5 = work + (size_t)batch * 427 + 0;
-    real *tmp6 = work + (size_t)batch * 428 + 0;
-    real *tmp7 = work + (size_t)batch * 429 + 0;
-    real *tmp8 = work + (size_t)batch * 430 + 0;
-    real *tmp9 = work + (size_t)batch * 494 + 0;
-    real *tmp10 = work + (size_t)batch * 494 + 640;
-    real *tmp11 = work + (size_t)batch * 494 + 650;
-    real *tmp12 = work + (size_t)batch * 494 + 4746;
+    real *tmp1 = work + (size_t)batch * 279 + 0;
+    real *tmp2 = work + (size_t)batch * 280 + 0;
     (void)batch;
     nncc_use_helpers();
     (void)v_dense_1_weight;
@@ -115,29 +105,14 @@ void digits_forward(const real *params, const digits_real *v_x, real *output, in
     (void)tmp0;
     (void)tmp1;
     (void)tmp2;
-    (void)tmp3;
-    (void)tmp4;
-    (void)tmp5;
-    (void)tmp6;
-    (void)tmp7;
-    (void)tmp8;
-    (void)tmp9;
-    (void)tmp10;
-    (void)tmp11;
-    (void)tmp12;
     /* dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 64; i_1++) {
-            real acc = 0;
-            for (int j_2 = 0; j_2 < 64; j_2++) {
-                acc += v_dense_1_weight[(i_1)*64 + j_2]*v_x[(b_0)*64 + j_2];
+            real r0 = 0;
+            for (int j_3 = 0; j_3 < 64; j_3++) {
+                r0 += v_dense_1_weight[(i_1)*64 + j_3]*v_x[(b_0)*64 + j_3];
             }
-            tmp0[(b_0)*64 + i_1] = acc;
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_1 = 0; i_1 < 64; i_1++) {
-            v_dense_1[(b_0)*64 + i_1] = v_dense_1_bias[i_1] + tmp0[(b_0)*64 + i_1];
+            v_dense_1[(b_0)*64 + i_1] = r0 + v_dense_1_bias[i_1];
         }
     }
     /* h[b, i] = where(dense_1[b, i] > 0, dense_1[b, i], 0)  [#fwd-relu_1] */
@@ -149,16 +124,11 @@ void digits_forward(const real *params, const digits_real *v_x, real *output, in
     /* z[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 10; i_1++) {
-            real acc = 0;
-            for (int j_2 = 0; j_2 < 64; j_2++) {
-                acc += v_dense_2_weight[(i_1)*64 + j_2]*v_h[(b_0)*64 + j_2];
+            real r1 = 0;
+            for (int j_3 = 0; j_3 < 64; j_3++) {
+                r1 += v_dense_2_weight[(i_1)*64 + j_3]*v_h[(b_0)*64 + j_3];
             }
-            tmp1[(b_0)*10 + i_1] = acc;
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_1 = 0; i_1 < 10; i_1++) {
-            v_z[(b_0)*10 + i_1] = v_dense_2_bias[i_1] + tmp1[(b_0)*10 + i_1];
+            v_z[(b_0)*10 + i_1] = r1 + v_dense_2_bias[i_1];
         }
     }
     for (long n = 0; n < (long)batch * DIGITS_OUTPUT_SIZE; n++)
@@ -188,18 +158,8 @@ real digits_loss(const real *params, const digits_real *v_x, const digits_real *
     real *v_softmax_cross_entropy_1 = work + (size_t)batch * 276 + 0;
     real *dv_softmax_cross_entropy_1 = work + (size_t)batch * 277 + 0;
     real *tmp0 = work + (size_t)batch * 278 + 0;
-    real *tmp1 = work + (size_t)batch * 342 + 0;
-    real *tmp2 = work + (size_t)batch * 352 + 0;
-    real *tmp3 = work + (size_t)batch * 416 + 0;
-    real *tmp4 = work + (size_t)batch * 426 + 0;
-    real *tmp5 = work + (size_t)batch * 427 + 0;
-    real *tmp6 = work + (size_t)batch * 428 + 0;
-    real *tmp7 = work + (size_t)batch * 429 + 0;
-    real *tmp8 = work + (size_t)batch * 430 + 0;
-    real *tmp9 = work + (size_t)batch * 494 + 0;
-    real *tmp10 = work + (size_t)batch * 494 + 640;
-    real *tmp11 = work + (size_t)batch * 494 + 650;
-    real *tmp12 = work + (size_t)batch * 494 + 4746;
+    real *tmp1 = work + (size_t)batch * 279 + 0;
+    real *tmp2 = work + (size_t)batch * 280 + 0;
     (void)batch;
     nncc_use_helpers();
     (void)v_dense_1_weight;
@@ -217,29 +177,14 @@ real digits_loss(const real *params, const digits_real *v_x, const digits_real *
     (void)tmp0;
     (void)tmp1;
     (void)tmp2;
-    (void)tmp3;
-    (void)tmp4;
-    (void)tmp5;
-    (void)tmp6;
-    (void)tmp7;
-    (void)tmp8;
-    (void)tmp9;
-    (void)tmp10;
-    (void)tmp11;
-    (void)tmp12;
     /* dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 64; i_1++) {
-            real acc = 0;
-            for (int j_2 = 0; j_2 < 64; j_2++) {
-                acc += v_dense_1_weight[(i_1)*64 + j_2]*v_x[(b_0)*64 + j_2];
+            real r0 = 0;
+            for (int j_3 = 0; j_3 < 64; j_3++) {
+                r0 += v_dense_1_weight[(i_1)*64 + j_3]*v_x[(b_0)*64 + j_3];
             }
-            tmp2[(b_0)*64 + i_1] = acc;
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_1 = 0; i_1 < 64; i_1++) {
-            v_dense_1[(b_0)*64 + i_1] = v_dense_1_bias[i_1] + tmp2[(b_0)*64 + i_1];
+            v_dense_1[(b_0)*64 + i_1] = r0 + v_dense_1_bias[i_1];
         }
     }
     /* h[b, i] = where(dense_1[b, i] > 0, dense_1[b, i], 0)  [#fwd-relu_1] */
@@ -251,38 +196,30 @@ real digits_loss(const real *params, const digits_real *v_x, const digits_real *
     /* z[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 10; i_1++) {
-            real acc = 0;
-            for (int j_2 = 0; j_2 < 64; j_2++) {
-                acc += v_dense_2_weight[(i_1)*64 + j_2]*v_h[(b_0)*64 + j_2];
+            real r1 = 0;
+            for (int j_3 = 0; j_3 < 64; j_3++) {
+                r1 += v_dense_2_weight[(i_1)*64 + j_3]*v_h[(b_0)*64 + j_3];
             }
-            tmp3[(b_0)*10 + i_1] = acc;
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_1 = 0; i_1 < 10; i_1++) {
-            v_z[(b_0)*10 + i_1] = v_dense_2_bias[i_1] + tmp3[(b_0)*10 + i_1];
+            v_z[(b_0)*10 + i_1] = r1 + v_dense_2_bias[i_1];
         }
     }
     /* softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         real m = -INFINITY, s = 0;
-        for (int j_2 = 0; j_2 < 10; j_2++) {
-            { real v = v_z[(b_0)*10 + j_2]; if (v > m) m = v; }
+        for (int j_3 = 0; j_3 < 10; j_3++) {
+            { real v = v_z[(b_0)*10 + j_3]; if (v > m) m = v; }
         }
-        for (int j_2 = 0; j_2 < 10; j_2++) {
-            s += exp(v_z[(b_0)*10 + j_2] - m);
+        for (int j_3 = 0; j_3 < 10; j_3++) {
+            s += exp(v_z[(b_0)*10 + j_3] - m);
         }
-        tmp4[b_0] = m + log(s);
+        tmp0[b_0] = m + log(s);
     }
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        real acc = 0;
+        real r2 = 0;
         for (int i_1 = 0; i_1 < 10; i_1++) {
-            acc += (-tmp4[b_0] + v_z[(b_0)*10 + i_1])*v_y[(b_0)*10 + i_1];
+            r2 += (-tmp0[b_0] + v_z[(b_0)*10 + i_1])*v_y[(b_0)*10 + i_1];
         }
-        tmp5[b_0] = acc;
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        v_softmax_cross_entropy_1[b_0] = -tmp5[b_0];
+        v_softmax_cross_entropy_1[b_0] = -r2;
     }
     return digits_loss_value(v_softmax_cross_entropy_1, batch);
 }
@@ -306,18 +243,8 @@ real digits_loss_and_grad(const real *params, const digits_real *v_x, const digi
     real *v_softmax_cross_entropy_1 = work + (size_t)batch * 276 + 0;
     real *dv_softmax_cross_entropy_1 = work + (size_t)batch * 277 + 0;
     real *tmp0 = work + (size_t)batch * 278 + 0;
-    real *tmp1 = work + (size_t)batch * 342 + 0;
-    real *tmp2 = work + (size_t)batch * 352 + 0;
-    real *tmp3 = work + (size_t)batch * 416 + 0;
-    real *tmp4 = work + (size_t)batch * 426 + 0;
-    real *tmp5 = work + (size_t)batch * 427 + 0;
-    real *tmp6 = work + (size_t)batch * 428 + 0;
-    real *tmp7 = work + (size_t)batch * 429 + 0;
-    real *tmp8 = work + (size_t)batch * 430 + 0;
-    real *tmp9 = work + (size_t)batch * 494 + 0;
-    real *tmp10 = work + (size_t)batch * 494 + 640;
-    real *tmp11 = work + (size_t)batch * 494 + 650;
-    real *tmp12 = work + (size_t)batch * 494 + 4746;
+    real *tmp1 = work + (size_t)batch * 279 + 0;
+    real *tmp2 = work + (size_t)batch * 280 + 0;
     (void)batch;
     nncc_use_helpers();
     (void)v_dense_1_weight;
@@ -335,29 +262,14 @@ real digits_loss_and_grad(const real *params, const digits_real *v_x, const digi
     (void)tmp0;
     (void)tmp1;
     (void)tmp2;
-    (void)tmp3;
-    (void)tmp4;
-    (void)tmp5;
-    (void)tmp6;
-    (void)tmp7;
-    (void)tmp8;
-    (void)tmp9;
-    (void)tmp10;
-    (void)tmp11;
-    (void)tmp12;
     /* dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 64; i_1++) {
-            real acc = 0;
-            for (int j_2 = 0; j_2 < 64; j_2++) {
-                acc += v_dense_1_weight[(i_1)*64 + j_2]*v_x[(b_0)*64 + j_2];
+            real r0 = 0;
+            for (int j_3 = 0; j_3 < 64; j_3++) {
+                r0 += v_dense_1_weight[(i_1)*64 + j_3]*v_x[(b_0)*64 + j_3];
             }
-            tmp2[(b_0)*64 + i_1] = acc;
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_1 = 0; i_1 < 64; i_1++) {
-            v_dense_1[(b_0)*64 + i_1] = v_dense_1_bias[i_1] + tmp2[(b_0)*64 + i_1];
+            v_dense_1[(b_0)*64 + i_1] = r0 + v_dense_1_bias[i_1];
         }
     }
     /* h[b, i] = where(dense_1[b, i] > 0, dense_1[b, i], 0)  [#fwd-relu_1] */
@@ -369,38 +281,30 @@ real digits_loss_and_grad(const real *params, const digits_real *v_x, const digi
     /* z[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 10; i_1++) {
-            real acc = 0;
-            for (int j_2 = 0; j_2 < 64; j_2++) {
-                acc += v_dense_2_weight[(i_1)*64 + j_2]*v_h[(b_0)*64 + j_2];
+            real r1 = 0;
+            for (int j_3 = 0; j_3 < 64; j_3++) {
+                r1 += v_dense_2_weight[(i_1)*64 + j_3]*v_h[(b_0)*64 + j_3];
             }
-            tmp3[(b_0)*10 + i_1] = acc;
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_1 = 0; i_1 < 10; i_1++) {
-            v_z[(b_0)*10 + i_1] = v_dense_2_bias[i_1] + tmp3[(b_0)*10 + i_1];
+            v_z[(b_0)*10 + i_1] = r1 + v_dense_2_bias[i_1];
         }
     }
     /* softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         real m = -INFINITY, s = 0;
-        for (int j_2 = 0; j_2 < 10; j_2++) {
-            { real v = v_z[(b_0)*10 + j_2]; if (v > m) m = v; }
+        for (int j_3 = 0; j_3 < 10; j_3++) {
+            { real v = v_z[(b_0)*10 + j_3]; if (v > m) m = v; }
         }
-        for (int j_2 = 0; j_2 < 10; j_2++) {
-            s += exp(v_z[(b_0)*10 + j_2] - m);
+        for (int j_3 = 0; j_3 < 10; j_3++) {
+            s += exp(v_z[(b_0)*10 + j_3] - m);
         }
-        tmp4[b_0] = m + log(s);
+        tmp0[b_0] = m + log(s);
     }
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        real acc = 0;
+        real r2 = 0;
         for (int i_1 = 0; i_1 < 10; i_1++) {
-            acc += (-tmp4[b_0] + v_z[(b_0)*10 + i_1])*v_y[(b_0)*10 + i_1];
+            r2 += (-tmp0[b_0] + v_z[(b_0)*10 + i_1])*v_y[(b_0)*10 + i_1];
         }
-        tmp5[b_0] = acc;
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        v_softmax_cross_entropy_1[b_0] = -tmp5[b_0];
+        v_softmax_cross_entropy_1[b_0] = -r2;
     }
     /* d_z[b, k] = (-y[b, k] + Σ_i y[b, i]*exp(-logsumexp_j(z[b, j]) + z[b, k]))*d_softmax_cross_entropy_1[b]  [#bwd-softmax_cross_entropy_1-z] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
@@ -408,7 +312,7 @@ real digits_loss_and_grad(const real *params, const digits_real *v_x, const digi
         for (int i_1 = 0; i_1 < 10; i_1++) {
             acc += v_y[(b_0)*10 + i_1];
         }
-        tmp6[b_0] = acc;
+        tmp1[b_0] = acc;
     }
     for (int b_0 = 0; b_0 < batch; b_0++) {
         real m = -INFINITY, s = 0;
@@ -418,53 +322,40 @@ real digits_loss_and_grad(const real *params, const digits_real *v_x, const digi
         for (int j_2 = 0; j_2 < 10; j_2++) {
             s += exp(v_z[(b_0)*10 + j_2] - m);
         }
-        tmp7[b_0] = m + log(s);
+        tmp2[b_0] = m + log(s);
     }
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int k_3 = 0; k_3 < 10; k_3++) {
-            dv_z[(b_0)*10 + k_3] = (exp(-tmp7[b_0] + v_z[(b_0)*10 + k_3])*tmp6[b_0] - v_y[(b_0)*10 + k_3])/batch;
+            dv_z[(b_0)*10 + k_3] = (exp(-tmp2[b_0] + v_z[(b_0)*10 + k_3])*tmp1[b_0] - v_y[(b_0)*10 + k_3])/batch;
         }
     }
     /* d_h[b, j] = Σ_i (d_z[b, i]*dense_2.weight[i, j])  [#bwd-dense_2-h] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int j_2 = 0; j_2 < 64; j_2++) {
-            real acc = 0;
+            real r0 = 0;
             for (int i_1 = 0; i_1 < 10; i_1++) {
-                acc += dv_z[(b_0)*10 + i_1]*v_dense_2_weight[(i_1)*64 + j_2];
+                r0 += dv_z[(b_0)*10 + i_1]*v_dense_2_weight[(i_1)*64 + j_2];
             }
-            tmp8[(b_0)*64 + j_2] = acc;
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int j_2 = 0; j_2 < 64; j_2++) {
-            dv_h[(b_0)*64 + j_2] = tmp8[(b_0)*64 + j_2];
+            dv_h[(b_0)*64 + j_2] = r0;
         }
     }
     /* d_dense_2_weight[i, j] = Σ_b (d_z[b, i]*h[b, j])  [#bwd-dense_2-weight] */
     for (int i_1 = 0; i_1 < 10; i_1++) {
         for (int j_2 = 0; j_2 < 64; j_2++) {
-            real acc = 0;
+            real r1 = 0;
             for (int b_0 = 0; b_0 < batch; b_0++) {
-                acc += dv_z[(b_0)*10 + i_1]*v_h[(b_0)*64 + j_2];
+                r1 += dv_z[(b_0)*10 + i_1]*v_h[(b_0)*64 + j_2];
             }
-            tmp9[(i_1)*64 + j_2] = acc;
-        }
-    }
-    for (int i_1 = 0; i_1 < 10; i_1++) {
-        for (int j_2 = 0; j_2 < 64; j_2++) {
-            dv_dense_2_weight[(i_1)*64 + j_2] = tmp9[(i_1)*64 + j_2];
+            dv_dense_2_weight[(i_1)*64 + j_2] = r1;
         }
     }
     /* d_dense_2_bias[i] = Σ_b d_z[b, i]  [#bwd-dense_2-bias] */
     for (int i_1 = 0; i_1 < 10; i_1++) {
-        real acc = 0;
+        real r2 = 0;
         for (int b_0 = 0; b_0 < batch; b_0++) {
-            acc += dv_z[(b_0)*10 + i_1];
+            r2 += dv_z[(b_0)*10 + i_1];
         }
-        tmp10[i_1] = acc;
-    }
-    for (int i_1 = 0; i_1 < 10; i_1++) {
-        dv_dense_2_bias[i_1] = tmp10[i_1];
+        dv_dense_2_bias[i_1] = r2;
     }
     /* d_dense_1[b, i] = where(dense_1[b, i] > 0, d_h[b, i], 0)  [#bwd-relu_1-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
@@ -475,28 +366,20 @@ real digits_loss_and_grad(const real *params, const digits_real *v_x, const digi
     /* d_dense_1_weight[i, j] = Σ_b (d_dense_1[b, i]*x[b, j])  [#bwd-dense_1-weight] */
     for (int i_1 = 0; i_1 < 64; i_1++) {
         for (int j_2 = 0; j_2 < 64; j_2++) {
-            real acc = 0;
+            real r3 = 0;
             for (int b_0 = 0; b_0 < batch; b_0++) {
-                acc += dv_dense_1[(b_0)*64 + i_1]*v_x[(b_0)*64 + j_2];
+                r3 += dv_dense_1[(b_0)*64 + i_1]*v_x[(b_0)*64 + j_2];
             }
-            tmp11[(i_1)*64 + j_2] = acc;
-        }
-    }
-    for (int i_1 = 0; i_1 < 64; i_1++) {
-        for (int j_2 = 0; j_2 < 64; j_2++) {
-            dv_dense_1_weight[(i_1)*64 + j_2] = tmp11[(i_1)*64 + j_2];
+            dv_dense_1_weight[(i_1)*64 + j_2] = r3;
         }
     }
     /* d_dense_1_bias[i] = Σ_b d_dense_1[b, i]  [#bwd-dense_1-bias] */
     for (int i_1 = 0; i_1 < 64; i_1++) {
-        real acc = 0;
+        real r4 = 0;
         for (int b_0 = 0; b_0 < batch; b_0++) {
-            acc += dv_dense_1[(b_0)*64 + i_1];
+            r4 += dv_dense_1[(b_0)*64 + i_1];
         }
-        tmp12[i_1] = acc;
-    }
-    for (int i_1 = 0; i_1 < 64; i_1++) {
-        dv_dense_1_bias[i_1] = tmp12[i_1];
+        dv_dense_1_bias[i_1] = r4;
     }
     return digits_loss_value(v_softmax_cross_entropy_1, batch);
 }

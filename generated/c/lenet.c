@@ -98,28 +98,10 @@ void lenet_forward(const real *params, const lenet_real *v_x, real *output, int 
     real *v_softmax_cross_entropy_1 = work + (size_t)batch * 3860 + 0;
     real *dv_softmax_cross_entropy_1 = work + (size_t)batch * 3861 + 0;
     real *tmp0 = work + (size_t)batch * 3862 + 0;
-    real *tmp1 = work + (size_t)batch * 4374 + 0;
-    real *tmp2 = work + (size_t)batch * 4502 + 0;
-    real *tmp3 = work + (size_t)batch * 4758 + 0;
-    real *tmp4 = work + (size_t)batch * 4768 + 0;
-    real *tmp5 = work + (size_t)batch * 5280 + 0;
-    real *tmp6 = work + (size_t)batch * 5408 + 0;
-    real *tmp7 = work + (size_t)batch * 5664 + 0;
-    real *tmp8 = work + (size_t)batch * 5674 + 0;
-    real *tmp9 = work + (size_t)batch * 5675 + 0;
-    real *tmp10 = work + (size_t)batch * 5676 + 0;
-    real *tmp11 = work + (size_t)batch * 5677 + 0;
-    real *tmp12 = work + (size_t)batch * 5678 + 0;
-    real *tmp13 = work + (size_t)batch * 5934 + 0;
-    real *tmp14 = work + (size_t)batch * 5934 + 2560;
-    real *tmp15 = work + (size_t)batch * 5934 + 2570;
-    real *tmp16 = work + (size_t)batch * 6062 + 2570;
-    real *tmp17 = work + (size_t)batch * 7214 + 2570;
-    real *tmp18 = work + (size_t)batch * 7214 + 3722;
-    real *tmp19 = work + (size_t)batch * 7214 + 3738;
-    real *tmp20 = work + (size_t)batch * 7726 + 3738;
-    real *tmp21 = work + (size_t)batch * 8238 + 3738;
-    real *tmp22 = work + (size_t)batch * 8238 + 3810;
+    real *tmp1 = work + (size_t)batch * 3863 + 0;
+    real *tmp2 = work + (size_t)batch * 3864 + 0;
+    real *tmp3 = work + (size_t)batch * 3865 + 0;
+    real *tmp4 = work + (size_t)batch * 3993 + 0;
     (void)batch;
     nncc_use_helpers();
     (void)v_conv2d_1_weight;
@@ -149,47 +131,20 @@ void lenet_forward(const real *params, const lenet_real *v_x, real *output, int 
     (void)tmp2;
     (void)tmp3;
     (void)tmp4;
-    (void)tmp5;
-    (void)tmp6;
-    (void)tmp7;
-    (void)tmp8;
-    (void)tmp9;
-    (void)tmp10;
-    (void)tmp11;
-    (void)tmp12;
-    (void)tmp13;
-    (void)tmp14;
-    (void)tmp15;
-    (void)tmp16;
-    (void)tmp17;
-    (void)tmp18;
-    (void)tmp19;
-    (void)tmp20;
-    (void)tmp21;
-    (void)tmp22;
     /* conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int o_1 = 0; o_1 < 8; o_1++) {
             for (int i_2 = 0; i_2 < 8; i_2++) {
                 for (int j_3 = 0; j_3 < 8; j_3++) {
-                    real acc = 0;
-                    for (int ci_4 = 0; ci_4 < 1; ci_4++) {
-                        for (int p_5 = 0; p_5 < 3; p_5++) {
-                            for (int q_6 = 0; q_6 < 3; q_6++) {
-                                acc += v_conv2d_1_weight[(o_1)*9 + (ci_4)*9 + (p_5)*3 + q_6]*(((i_2 + p_5 - 1) >= 0 && (i_2 + p_5 - 1) < 8 && (j_3 + q_6 - 1) >= 0 && (j_3 + q_6 - 1) < 8) ? v_x[(b_0)*64 + (ci_4)*64 + (i_2 + p_5 - 1)*8 + j_3 + q_6 - 1] : (real)0);
+                    real r0 = 0;
+                    for (int ci_5 = 0; ci_5 < 1; ci_5++) {
+                        for (int p_6 = 0; p_6 < 3; p_6++) {
+                            for (int q_7 = 0; q_7 < 3; q_7++) {
+                                r0 += v_conv2d_1_weight[(o_1)*9 + (ci_5)*9 + (p_6)*3 + q_7]*(((i_2 + p_6 - 1) >= 0 && (i_2 + p_6 - 1) < 8 && (j_3 + q_7 - 1) >= 0 && (j_3 + q_7 - 1) < 8) ? v_x[(b_0)*64 + (ci_5)*64 + (i_2 + p_6 - 1)*8 + j_3 + q_7 - 1] : (real)0);
                             }
                         }
                     }
-                    tmp0[(b_0)*512 + (o_1)*64 + (i_2)*8 + j_3] = acc;
-                }
-            }
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int o_1 = 0; o_1 < 8; o_1++) {
-            for (int i_2 = 0; i_2 < 8; i_2++) {
-                for (int j_3 = 0; j_3 < 8; j_3++) {
-                    v_conv2d_1[(b_0)*512 + (o_1)*64 + (i_2)*8 + j_3] = v_conv2d_1_bias[o_1] + tmp0[(b_0)*512 + (o_1)*64 + (i_2)*8 + j_3];
+                    v_conv2d_1[(b_0)*512 + (o_1)*64 + (i_2)*8 + j_3] = r0 + v_conv2d_1_bias[o_1];
                 }
             }
         }
@@ -198,33 +153,24 @@ void lenet_forward(const real *params, const lenet_real *v_x, real *output, int 
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 8; i_2++) {
             for (int j_3 = 0; j_3 < 8; j_3++) {
-                for (int k_7 = 0; k_7 < 8; k_7++) {
-                    v_relu_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_7] = ((v_conv2d_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_7] > 0) ? (v_conv2d_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_7]) : (0));
+                for (int k_8 = 0; k_8 < 8; k_8++) {
+                    v_relu_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] = ((v_conv2d_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] > 0) ? (v_conv2d_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8]) : (0));
                 }
             }
         }
     }
     /* h[b, ch, i, j] = max_p,q(relu_1[b, ch, p + 2*i, q + 2*j])  [#fwd-maxpool2d_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ch_8 = 0; ch_8 < 8; ch_8++) {
+        for (int ch_9 = 0; ch_9 < 8; ch_9++) {
             for (int i_2 = 0; i_2 < 4; i_2++) {
                 for (int j_3 = 0; j_3 < 4; j_3++) {
-                    real m = -INFINITY;
-                    for (int p_5 = 0; p_5 < 2; p_5++) {
-                        for (int q_6 = 0; q_6 < 2; q_6++) {
-                            { real v = v_relu_1[(b_0)*512 + (ch_8)*64 + (2*i_2 + p_5)*8 + 2*j_3 + q_6]; if (v > m) m = v; }
+                    real r1 = -INFINITY;
+                    for (int p_6 = 0; p_6 < 2; p_6++) {
+                        for (int q_7 = 0; q_7 < 2; q_7++) {
+                            { real v = v_relu_1[(b_0)*512 + (ch_9)*64 + (2*i_2 + p_6)*8 + 2*j_3 + q_7]; if (v > r1) r1 = v; }
                         }
                     }
-                    tmp1[(b_0)*128 + (ch_8)*16 + (i_2)*4 + j_3] = m;
-                }
-            }
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ch_8 = 0; ch_8 < 8; ch_8++) {
-            for (int i_2 = 0; i_2 < 4; i_2++) {
-                for (int j_3 = 0; j_3 < 4; j_3++) {
-                    v_h[(b_0)*128 + (ch_8)*16 + (i_2)*4 + j_3] = tmp1[(b_0)*128 + (ch_8)*16 + (i_2)*4 + j_3];
+                    v_h[(b_0)*128 + (ch_9)*16 + (i_2)*4 + j_3] = r1;
                 }
             }
         }
@@ -234,24 +180,15 @@ void lenet_forward(const real *params, const lenet_real *v_x, real *output, int 
         for (int o_1 = 0; o_1 < 16; o_1++) {
             for (int i_2 = 0; i_2 < 4; i_2++) {
                 for (int j_3 = 0; j_3 < 4; j_3++) {
-                    real acc = 0;
-                    for (int ci_4 = 0; ci_4 < 8; ci_4++) {
-                        for (int p_5 = 0; p_5 < 3; p_5++) {
-                            for (int q_6 = 0; q_6 < 3; q_6++) {
-                                acc += v_conv2d_2_weight[(o_1)*72 + (ci_4)*9 + (p_5)*3 + q_6]*(((i_2 + p_5 - 1) >= 0 && (i_2 + p_5 - 1) < 4 && (j_3 + q_6 - 1) >= 0 && (j_3 + q_6 - 1) < 4) ? v_h[(b_0)*128 + (ci_4)*16 + (i_2 + p_5 - 1)*4 + j_3 + q_6 - 1] : (real)0);
+                    real r2 = 0;
+                    for (int ci_5 = 0; ci_5 < 8; ci_5++) {
+                        for (int p_6 = 0; p_6 < 3; p_6++) {
+                            for (int q_7 = 0; q_7 < 3; q_7++) {
+                                r2 += v_conv2d_2_weight[(o_1)*72 + (ci_5)*9 + (p_6)*3 + q_7]*(((i_2 + p_6 - 1) >= 0 && (i_2 + p_6 - 1) < 4 && (j_3 + q_7 - 1) >= 0 && (j_3 + q_7 - 1) < 4) ? v_h[(b_0)*128 + (ci_5)*16 + (i_2 + p_6 - 1)*4 + j_3 + q_7 - 1] : (real)0);
                             }
                         }
                     }
-                    tmp2[(b_0)*256 + (o_1)*16 + (i_2)*4 + j_3] = acc;
-                }
-            }
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int o_1 = 0; o_1 < 16; o_1++) {
-            for (int i_2 = 0; i_2 < 4; i_2++) {
-                for (int j_3 = 0; j_3 < 4; j_3++) {
-                    v_conv2d_2[(b_0)*256 + (o_1)*16 + (i_2)*4 + j_3] = v_conv2d_2_bias[o_1] + tmp2[(b_0)*256 + (o_1)*16 + (i_2)*4 + j_3];
+                    v_conv2d_2[(b_0)*256 + (o_1)*16 + (i_2)*4 + j_3] = r2 + v_conv2d_2_bias[o_1];
                 }
             }
         }
@@ -260,18 +197,18 @@ void lenet_forward(const real *params, const lenet_real *v_x, real *output, int 
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 16; i_2++) {
             for (int j_3 = 0; j_3 < 4; j_3++) {
-                for (int k_7 = 0; k_7 < 4; k_7++) {
-                    v_g[(b_0)*256 + (i_2)*16 + (j_3)*4 + k_7] = ((v_conv2d_2[(b_0)*256 + (i_2)*16 + (j_3)*4 + k_7] > 0) ? (v_conv2d_2[(b_0)*256 + (i_2)*16 + (j_3)*4 + k_7]) : (0));
+                for (int k_8 = 0; k_8 < 4; k_8++) {
+                    v_g[(b_0)*256 + (i_2)*16 + (j_3)*4 + k_8] = ((v_conv2d_2[(b_0)*256 + (i_2)*16 + (j_3)*4 + k_8] > 0) ? (v_conv2d_2[(b_0)*256 + (i_2)*16 + (j_3)*4 + k_8]) : (0));
                 }
             }
         }
     }
     /* flatten_1[b, j + 4*i + 16*ch] = g[b, ch, i, j]  [#fwd-flatten_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ch_8 = 0; ch_8 < 16; ch_8++) {
+        for (int ch_9 = 0; ch_9 < 16; ch_9++) {
             for (int i_2 = 0; i_2 < 4; i_2++) {
                 for (int j_3 = 0; j_3 < 4; j_3++) {
-                    v_flatten_1[(b_0)*256 + 16*ch_8 + 4*i_2 + j_3] = v_g[(b_0)*256 + (ch_8)*16 + (i_2)*4 + j_3];
+                    v_flatten_1[(b_0)*256 + 16*ch_9 + 4*i_2 + j_3] = v_g[(b_0)*256 + (ch_9)*16 + (i_2)*4 + j_3];
                 }
             }
         }
@@ -279,16 +216,11 @@ void lenet_forward(const real *params, const lenet_real *v_x, real *output, int 
     /* z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 10; i_2++) {
-            real acc = 0;
+            real r3 = 0;
             for (int j_3 = 0; j_3 < 256; j_3++) {
-                acc += v_dense_1_weight[(i_2)*256 + j_3]*v_flatten_1[(b_0)*256 + j_3];
+                r3 += v_dense_1_weight[(i_2)*256 + j_3]*v_flatten_1[(b_0)*256 + j_3];
             }
-            tmp3[(b_0)*10 + i_2] = acc;
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_2 = 0; i_2 < 10; i_2++) {
-            v_z[(b_0)*10 + i_2] = v_dense_1_bias[i_2] + tmp3[(b_0)*10 + i_2];
+            v_z[(b_0)*10 + i_2] = r3 + v_dense_1_bias[i_2];
         }
     }
     for (long n = 0; n < (long)batch * LENET_OUTPUT_SIZE; n++)
@@ -328,28 +260,10 @@ real lenet_loss(const real *params, const lenet_real *v_x, const lenet_real *v_y
     real *v_softmax_cross_entropy_1 = work + (size_t)batch * 3860 + 0;
     real *dv_softmax_cross_entropy_1 = work + (size_t)batch * 3861 + 0;
     real *tmp0 = work + (size_t)batch * 3862 + 0;
-    real *tmp1 = work + (size_t)batch * 4374 + 0;
-    real *tmp2 = work + (size_t)batch * 4502 + 0;
-    real *tmp3 = work + (size_t)batch * 4758 + 0;
-    real *tmp4 = work + (size_t)batch * 4768 + 0;
-    real *tmp5 = work + (size_t)batch * 5280 + 0;
-    real *tmp6 = work + (size_t)batch * 5408 + 0;
-    real *tmp7 = work + (size_t)batch * 5664 + 0;
-    real *tmp8 = work + (size_t)batch * 5674 + 0;
-    real *tmp9 = work + (size_t)batch * 5675 + 0;
-    real *tmp10 = work + (size_t)batch * 5676 + 0;
-    real *tmp11 = work + (size_t)batch * 5677 + 0;
-    real *tmp12 = work + (size_t)batch * 5678 + 0;
-    real *tmp13 = work + (size_t)batch * 5934 + 0;
-    real *tmp14 = work + (size_t)batch * 5934 + 2560;
-    real *tmp15 = work + (size_t)batch * 5934 + 2570;
-    real *tmp16 = work + (size_t)batch * 6062 + 2570;
-    real *tmp17 = work + (size_t)batch * 7214 + 2570;
-    real *tmp18 = work + (size_t)batch * 7214 + 3722;
-    real *tmp19 = work + (size_t)batch * 7214 + 3738;
-    real *tmp20 = work + (size_t)batch * 7726 + 3738;
-    real *tmp21 = work + (size_t)batch * 8238 + 3738;
-    real *tmp22 = work + (size_t)batch * 8238 + 3810;
+    real *tmp1 = work + (size_t)batch * 3863 + 0;
+    real *tmp2 = work + (size_t)batch * 3864 + 0;
+    real *tmp3 = work + (size_t)batch * 3865 + 0;
+    real *tmp4 = work + (size_t)batch * 3993 + 0;
     (void)batch;
     nncc_use_helpers();
     (void)v_conv2d_1_weight;
@@ -379,47 +293,20 @@ real lenet_loss(const real *params, const lenet_real *v_x, const lenet_real *v_y
     (void)tmp2;
     (void)tmp3;
     (void)tmp4;
-    (void)tmp5;
-    (void)tmp6;
-    (void)tmp7;
-    (void)tmp8;
-    (void)tmp9;
-    (void)tmp10;
-    (void)tmp11;
-    (void)tmp12;
-    (void)tmp13;
-    (void)tmp14;
-    (void)tmp15;
-    (void)tmp16;
-    (void)tmp17;
-    (void)tmp18;
-    (void)tmp19;
-    (void)tmp20;
-    (void)tmp21;
-    (void)tmp22;
     /* conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int o_1 = 0; o_1 < 8; o_1++) {
             for (int i_2 = 0; i_2 < 8; i_2++) {
                 for (int j_3 = 0; j_3 < 8; j_3++) {
-                    real acc = 0;
-                    for (int ci_4 = 0; ci_4 < 1; ci_4++) {
-                        for (int p_5 = 0; p_5 < 3; p_5++) {
-                            for (int q_6 = 0; q_6 < 3; q_6++) {
-                                acc += v_conv2d_1_weight[(o_1)*9 + (ci_4)*9 + (p_5)*3 + q_6]*(((i_2 + p_5 - 1) >= 0 && (i_2 + p_5 - 1) < 8 && (j_3 + q_6 - 1) >= 0 && (j_3 + q_6 - 1) < 8) ? v_x[(b_0)*64 + (ci_4)*64 + (i_2 + p_5 - 1)*8 + j_3 + q_6 - 1] : (real)0);
+                    real r0 = 0;
+                    for (int ci_5 = 0; ci_5 < 1; ci_5++) {
+                        for (int p_6 = 0; p_6 < 3; p_6++) {
+                            for (int q_7 = 0; q_7 < 3; q_7++) {
+                                r0 += v_conv2d_1_weight[(o_1)*9 + (ci_5)*9 + (p_6)*3 + q_7]*(((i_2 + p_6 - 1) >= 0 && (i_2 + p_6 - 1) < 8 && (j_3 + q_7 - 1) >= 0 && (j_3 + q_7 - 1) < 8) ? v_x[(b_0)*64 + (ci_5)*64 + (i_2 + p_6 - 1)*8 + j_3 + q_7 - 1] : (real)0);
                             }
                         }
                     }
-                    tmp4[(b_0)*512 + (o_1)*64 + (i_2)*8 + j_3] = acc;
-                }
-            }
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int o_1 = 0; o_1 < 8; o_1++) {
-            for (int i_2 = 0; i_2 < 8; i_2++) {
-                for (int j_3 = 0; j_3 < 8; j_3++) {
-                    v_conv2d_1[(b_0)*512 + (o_1)*64 + (i_2)*8 + j_3] = v_conv2d_1_bias[o_1] + tmp4[(b_0)*512 + (o_1)*64 + (i_2)*8 + j_3];
+                    v_conv2d_1[(b_0)*512 + (o_1)*64 + (i_2)*8 + j_3] = r0 + v_conv2d_1_bias[o_1];
                 }
             }
         }
@@ -428,33 +315,24 @@ real lenet_loss(const real *params, const lenet_real *v_x, const lenet_real *v_y
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 8; i_2++) {
             for (int j_3 = 0; j_3 < 8; j_3++) {
-                for (int k_7 = 0; k_7 < 8; k_7++) {
-                    v_relu_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_7] = ((v_conv2d_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_7] > 0) ? (v_conv2d_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_7]) : (0));
+                for (int k_8 = 0; k_8 < 8; k_8++) {
+                    v_relu_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] = ((v_conv2d_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] > 0) ? (v_conv2d_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8]) : (0));
                 }
             }
         }
     }
     /* h[b, ch, i, j] = max_p,q(relu_1[b, ch, p + 2*i, q + 2*j])  [#fwd-maxpool2d_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ch_8 = 0; ch_8 < 8; ch_8++) {
+        for (int ch_9 = 0; ch_9 < 8; ch_9++) {
             for (int i_2 = 0; i_2 < 4; i_2++) {
                 for (int j_3 = 0; j_3 < 4; j_3++) {
-                    real m = -INFINITY;
-                    for (int p_5 = 0; p_5 < 2; p_5++) {
-                        for (int q_6 = 0; q_6 < 2; q_6++) {
-                            { real v = v_relu_1[(b_0)*512 + (ch_8)*64 + (2*i_2 + p_5)*8 + 2*j_3 + q_6]; if (v > m) m = v; }
+                    real r1 = -INFINITY;
+                    for (int p_6 = 0; p_6 < 2; p_6++) {
+                        for (int q_7 = 0; q_7 < 2; q_7++) {
+                            { real v = v_relu_1[(b_0)*512 + (ch_9)*64 + (2*i_2 + p_6)*8 + 2*j_3 + q_7]; if (v > r1) r1 = v; }
                         }
                     }
-                    tmp5[(b_0)*128 + (ch_8)*16 + (i_2)*4 + j_3] = m;
-                }
-            }
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ch_8 = 0; ch_8 < 8; ch_8++) {
-            for (int i_2 = 0; i_2 < 4; i_2++) {
-                for (int j_3 = 0; j_3 < 4; j_3++) {
-                    v_h[(b_0)*128 + (ch_8)*16 + (i_2)*4 + j_3] = tmp5[(b_0)*128 + (ch_8)*16 + (i_2)*4 + j_3];
+                    v_h[(b_0)*128 + (ch_9)*16 + (i_2)*4 + j_3] = r1;
                 }
             }
         }
@@ -464,24 +342,15 @@ real lenet_loss(const real *params, const lenet_real *v_x, const lenet_real *v_y
         for (int o_1 = 0; o_1 < 16; o_1++) {
             for (int i_2 = 0; i_2 < 4; i_2++) {
                 for (int j_3 = 0; j_3 < 4; j_3++) {
-                    real acc = 0;
-                    for (int ci_4 = 0; ci_4 < 8; ci_4++) {
-                        for (int p_5 = 0; p_5 < 3; p_5++) {
-                            for (int q_6 = 0; q_6 < 3; q_6++) {
-                                acc += v_conv2d_2_weight[(o_1)*72 + (ci_4)*9 + (p_5)*3 + q_6]*(((i_2 + p_5 - 1) >= 0 && (i_2 + p_5 - 1) < 4 && (j_3 + q_6 - 1) >= 0 && (j_3 + q_6 - 1) < 4) ? v_h[(b_0)*128 + (ci_4)*16 + (i_2 + p_5 - 1)*4 + j_3 + q_6 - 1] : (real)0);
+                    real r2 = 0;
+                    for (int ci_5 = 0; ci_5 < 8; ci_5++) {
+                        for (int p_6 = 0; p_6 < 3; p_6++) {
+                            for (int q_7 = 0; q_7 < 3; q_7++) {
+                                r2 += v_conv2d_2_weight[(o_1)*72 + (ci_5)*9 + (p_6)*3 + q_7]*(((i_2 + p_6 - 1) >= 0 && (i_2 + p_6 - 1) < 4 && (j_3 + q_7 - 1) >= 0 && (j_3 + q_7 - 1) < 4) ? v_h[(b_0)*128 + (ci_5)*16 + (i_2 + p_6 - 1)*4 + j_3 + q_7 - 1] : (real)0);
                             }
                         }
                     }
-                    tmp6[(b_0)*256 + (o_1)*16 + (i_2)*4 + j_3] = acc;
-                }
-            }
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int o_1 = 0; o_1 < 16; o_1++) {
-            for (int i_2 = 0; i_2 < 4; i_2++) {
-                for (int j_3 = 0; j_3 < 4; j_3++) {
-                    v_conv2d_2[(b_0)*256 + (o_1)*16 + (i_2)*4 + j_3] = v_conv2d_2_bias[o_1] + tmp6[(b_0)*256 + (o_1)*16 + (i_2)*4 + j_3];
+                    v_conv2d_2[(b_0)*256 + (o_1)*16 + (i_2)*4 + j_3] = r2 + v_conv2d_2_bias[o_1];
                 }
             }
         }
@@ -490,18 +359,18 @@ real lenet_loss(const real *params, const lenet_real *v_x, const lenet_real *v_y
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 16; i_2++) {
             for (int j_3 = 0; j_3 < 4; j_3++) {
-                for (int k_7 = 0; k_7 < 4; k_7++) {
-                    v_g[(b_0)*256 + (i_2)*16 + (j_3)*4 + k_7] = ((v_conv2d_2[(b_0)*256 + (i_2)*16 + (j_3)*4 + k_7] > 0) ? (v_conv2d_2[(b_0)*256 + (i_2)*16 + (j_3)*4 + k_7]) : (0));
+                for (int k_8 = 0; k_8 < 4; k_8++) {
+                    v_g[(b_0)*256 + (i_2)*16 + (j_3)*4 + k_8] = ((v_conv2d_2[(b_0)*256 + (i_2)*16 + (j_3)*4 + k_8] > 0) ? (v_conv2d_2[(b_0)*256 + (i_2)*16 + (j_3)*4 + k_8]) : (0));
                 }
             }
         }
     }
     /* flatten_1[b, j + 4*i + 16*ch] = g[b, ch, i, j]  [#fwd-flatten_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ch_8 = 0; ch_8 < 16; ch_8++) {
+        for (int ch_9 = 0; ch_9 < 16; ch_9++) {
             for (int i_2 = 0; i_2 < 4; i_2++) {
                 for (int j_3 = 0; j_3 < 4; j_3++) {
-                    v_flatten_1[(b_0)*256 + 16*ch_8 + 4*i_2 + j_3] = v_g[(b_0)*256 + (ch_8)*16 + (i_2)*4 + j_3];
+                    v_flatten_1[(b_0)*256 + 16*ch_9 + 4*i_2 + j_3] = v_g[(b_0)*256 + (ch_9)*16 + (i_2)*4 + j_3];
                 }
             }
         }
@@ -509,16 +378,11 @@ real lenet_loss(const real *params, const lenet_real *v_x, const lenet_real *v_y
     /* z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 10; i_2++) {
-            real acc = 0;
+            real r3 = 0;
             for (int j_3 = 0; j_3 < 256; j_3++) {
-                acc += v_dense_1_weight[(i_2)*256 + j_3]*v_flatten_1[(b_0)*256 + j_3];
+                r3 += v_dense_1_weight[(i_2)*256 + j_3]*v_flatten_1[(b_0)*256 + j_3];
             }
-            tmp7[(b_0)*10 + i_2] = acc;
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_2 = 0; i_2 < 10; i_2++) {
-            v_z[(b_0)*10 + i_2] = v_dense_1_bias[i_2] + tmp7[(b_0)*10 + i_2];
+            v_z[(b_0)*10 + i_2] = r3 + v_dense_1_bias[i_2];
         }
     }
     /* softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1] */
@@ -530,17 +394,14 @@ real lenet_loss(const real *params, const lenet_real *v_x, const lenet_real *v_y
         for (int j_3 = 0; j_3 < 10; j_3++) {
             s += exp(v_z[(b_0)*10 + j_3] - m);
         }
-        tmp8[b_0] = m + log(s);
+        tmp0[b_0] = m + log(s);
     }
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        real acc = 0;
+        real r4 = 0;
         for (int i_2 = 0; i_2 < 10; i_2++) {
-            acc += (-tmp8[b_0] + v_z[(b_0)*10 + i_2])*v_y[(b_0)*10 + i_2];
+            r4 += (-tmp0[b_0] + v_z[(b_0)*10 + i_2])*v_y[(b_0)*10 + i_2];
         }
-        tmp9[b_0] = acc;
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        v_softmax_cross_entropy_1[b_0] = -tmp9[b_0];
+        v_softmax_cross_entropy_1[b_0] = -r4;
     }
     return lenet_loss_value(v_softmax_cross_entropy_1, batch);
 }
@@ -576,28 +437,10 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
     real *v_softmax_cross_entropy_1 = work + (size_t)batch * 3860 + 0;
     real *dv_softmax_cross_entropy_1 = work + (size_t)batch * 3861 + 0;
     real *tmp0 = work + (size_t)batch * 3862 + 0;
-    real *tmp1 = work + (size_t)batch * 4374 + 0;
-    real *tmp2 = work + (size_t)batch * 4502 + 0;
-    real *tmp3 = work + (size_t)batch * 4758 + 0;
-    real *tmp4 = work + (size_t)batch * 4768 + 0;
-    real *tmp5 = work + (size_t)batch * 5280 + 0;
-    real *tmp6 = work + (size_t)batch * 5408 + 0;
-    real *tmp7 = work + (size_t)batch * 5664 + 0;
-    real *tmp8 = work + (size_t)batch * 5674 + 0;
-    real *tmp9 = work + (size_t)batch * 5675 + 0;
-    real *tmp10 = work + (size_t)batch * 5676 + 0;
-    real *tmp11 = work + (size_t)batch * 5677 + 0;
-    real *tmp12 = work + (size_t)batch * 5678 + 0;
-    real *tmp13 = work + (size_t)batch * 5934 + 0;
-    real *tmp14 = work + (size_t)batch * 5934 + 2560;
-    real *tmp15 = work + (size_t)batch * 5934 + 2570;
-    real *tmp16 = work + (size_t)batch * 6062 + 2570;
-    real *tmp17 = work + (size_t)batch * 7214 + 2570;
-    real *tmp18 = work + (size_t)batch * 7214 + 3722;
-    real *tmp19 = work + (size_t)batch * 7214 + 3738;
-    real *tmp20 = work + (size_t)batch * 7726 + 3738;
-    real *tmp21 = work + (size_t)batch * 8238 + 3738;
-    real *tmp22 = work + (size_t)batch * 8238 + 3810;
+    real *tmp1 = work + (size_t)batch * 3863 + 0;
+    real *tmp2 = work + (size_t)batch * 3864 + 0;
+    real *tmp3 = work + (size_t)batch * 3865 + 0;
+    real *tmp4 = work + (size_t)batch * 3993 + 0;
     (void)batch;
     nncc_use_helpers();
     (void)v_conv2d_1_weight;
@@ -627,47 +470,20 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
     (void)tmp2;
     (void)tmp3;
     (void)tmp4;
-    (void)tmp5;
-    (void)tmp6;
-    (void)tmp7;
-    (void)tmp8;
-    (void)tmp9;
-    (void)tmp10;
-    (void)tmp11;
-    (void)tmp12;
-    (void)tmp13;
-    (void)tmp14;
-    (void)tmp15;
-    (void)tmp16;
-    (void)tmp17;
-    (void)tmp18;
-    (void)tmp19;
-    (void)tmp20;
-    (void)tmp21;
-    (void)tmp22;
     /* conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int o_1 = 0; o_1 < 8; o_1++) {
             for (int i_2 = 0; i_2 < 8; i_2++) {
                 for (int j_3 = 0; j_3 < 8; j_3++) {
-                    real acc = 0;
-                    for (int ci_4 = 0; ci_4 < 1; ci_4++) {
-                        for (int p_5 = 0; p_5 < 3; p_5++) {
-                            for (int q_6 = 0; q_6 < 3; q_6++) {
-                                acc += v_conv2d_1_weight[(o_1)*9 + (ci_4)*9 + (p_5)*3 + q_6]*(((i_2 + p_5 - 1) >= 0 && (i_2 + p_5 - 1) < 8 && (j_3 + q_6 - 1) >= 0 && (j_3 + q_6 - 1) < 8) ? v_x[(b_0)*64 + (ci_4)*64 + (i_2 + p_5 - 1)*8 + j_3 + q_6 - 1] : (real)0);
+                    real r0 = 0;
+                    for (int ci_5 = 0; ci_5 < 1; ci_5++) {
+                        for (int p_6 = 0; p_6 < 3; p_6++) {
+                            for (int q_7 = 0; q_7 < 3; q_7++) {
+                                r0 += v_conv2d_1_weight[(o_1)*9 + (ci_5)*9 + (p_6)*3 + q_7]*(((i_2 + p_6 - 1) >= 0 && (i_2 + p_6 - 1) < 8 && (j_3 + q_7 - 1) >= 0 && (j_3 + q_7 - 1) < 8) ? v_x[(b_0)*64 + (ci_5)*64 + (i_2 + p_6 - 1)*8 + j_3 + q_7 - 1] : (real)0);
                             }
                         }
                     }
-                    tmp4[(b_0)*512 + (o_1)*64 + (i_2)*8 + j_3] = acc;
-                }
-            }
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int o_1 = 0; o_1 < 8; o_1++) {
-            for (int i_2 = 0; i_2 < 8; i_2++) {
-                for (int j_3 = 0; j_3 < 8; j_3++) {
-                    v_conv2d_1[(b_0)*512 + (o_1)*64 + (i_2)*8 + j_3] = v_conv2d_1_bias[o_1] + tmp4[(b_0)*512 + (o_1)*64 + (i_2)*8 + j_3];
+                    v_conv2d_1[(b_0)*512 + (o_1)*64 + (i_2)*8 + j_3] = r0 + v_conv2d_1_bias[o_1];
                 }
             }
         }
@@ -676,33 +492,24 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 8; i_2++) {
             for (int j_3 = 0; j_3 < 8; j_3++) {
-                for (int k_7 = 0; k_7 < 8; k_7++) {
-                    v_relu_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_7] = ((v_conv2d_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_7] > 0) ? (v_conv2d_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_7]) : (0));
+                for (int k_8 = 0; k_8 < 8; k_8++) {
+                    v_relu_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] = ((v_conv2d_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] > 0) ? (v_conv2d_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8]) : (0));
                 }
             }
         }
     }
     /* h[b, ch, i, j] = max_p,q(relu_1[b, ch, p + 2*i, q + 2*j])  [#fwd-maxpool2d_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ch_8 = 0; ch_8 < 8; ch_8++) {
+        for (int ch_9 = 0; ch_9 < 8; ch_9++) {
             for (int i_2 = 0; i_2 < 4; i_2++) {
                 for (int j_3 = 0; j_3 < 4; j_3++) {
-                    real m = -INFINITY;
-                    for (int p_5 = 0; p_5 < 2; p_5++) {
-                        for (int q_6 = 0; q_6 < 2; q_6++) {
-                            { real v = v_relu_1[(b_0)*512 + (ch_8)*64 + (2*i_2 + p_5)*8 + 2*j_3 + q_6]; if (v > m) m = v; }
+                    real r1 = -INFINITY;
+                    for (int p_6 = 0; p_6 < 2; p_6++) {
+                        for (int q_7 = 0; q_7 < 2; q_7++) {
+                            { real v = v_relu_1[(b_0)*512 + (ch_9)*64 + (2*i_2 + p_6)*8 + 2*j_3 + q_7]; if (v > r1) r1 = v; }
                         }
                     }
-                    tmp5[(b_0)*128 + (ch_8)*16 + (i_2)*4 + j_3] = m;
-                }
-            }
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ch_8 = 0; ch_8 < 8; ch_8++) {
-            for (int i_2 = 0; i_2 < 4; i_2++) {
-                for (int j_3 = 0; j_3 < 4; j_3++) {
-                    v_h[(b_0)*128 + (ch_8)*16 + (i_2)*4 + j_3] = tmp5[(b_0)*128 + (ch_8)*16 + (i_2)*4 + j_3];
+                    v_h[(b_0)*128 + (ch_9)*16 + (i_2)*4 + j_3] = r1;
                 }
             }
         }
@@ -712,24 +519,15 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
         for (int o_1 = 0; o_1 < 16; o_1++) {
             for (int i_2 = 0; i_2 < 4; i_2++) {
                 for (int j_3 = 0; j_3 < 4; j_3++) {
-                    real acc = 0;
-                    for (int ci_4 = 0; ci_4 < 8; ci_4++) {
-                        for (int p_5 = 0; p_5 < 3; p_5++) {
-                            for (int q_6 = 0; q_6 < 3; q_6++) {
-                                acc += v_conv2d_2_weight[(o_1)*72 + (ci_4)*9 + (p_5)*3 + q_6]*(((i_2 + p_5 - 1) >= 0 && (i_2 + p_5 - 1) < 4 && (j_3 + q_6 - 1) >= 0 && (j_3 + q_6 - 1) < 4) ? v_h[(b_0)*128 + (ci_4)*16 + (i_2 + p_5 - 1)*4 + j_3 + q_6 - 1] : (real)0);
+                    real r2 = 0;
+                    for (int ci_5 = 0; ci_5 < 8; ci_5++) {
+                        for (int p_6 = 0; p_6 < 3; p_6++) {
+                            for (int q_7 = 0; q_7 < 3; q_7++) {
+                                r2 += v_conv2d_2_weight[(o_1)*72 + (ci_5)*9 + (p_6)*3 + q_7]*(((i_2 + p_6 - 1) >= 0 && (i_2 + p_6 - 1) < 4 && (j_3 + q_7 - 1) >= 0 && (j_3 + q_7 - 1) < 4) ? v_h[(b_0)*128 + (ci_5)*16 + (i_2 + p_6 - 1)*4 + j_3 + q_7 - 1] : (real)0);
                             }
                         }
                     }
-                    tmp6[(b_0)*256 + (o_1)*16 + (i_2)*4 + j_3] = acc;
-                }
-            }
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int o_1 = 0; o_1 < 16; o_1++) {
-            for (int i_2 = 0; i_2 < 4; i_2++) {
-                for (int j_3 = 0; j_3 < 4; j_3++) {
-                    v_conv2d_2[(b_0)*256 + (o_1)*16 + (i_2)*4 + j_3] = v_conv2d_2_bias[o_1] + tmp6[(b_0)*256 + (o_1)*16 + (i_2)*4 + j_3];
+                    v_conv2d_2[(b_0)*256 + (o_1)*16 + (i_2)*4 + j_3] = r2 + v_conv2d_2_bias[o_1];
                 }
             }
         }
@@ -738,18 +536,18 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 16; i_2++) {
             for (int j_3 = 0; j_3 < 4; j_3++) {
-                for (int k_7 = 0; k_7 < 4; k_7++) {
-                    v_g[(b_0)*256 + (i_2)*16 + (j_3)*4 + k_7] = ((v_conv2d_2[(b_0)*256 + (i_2)*16 + (j_3)*4 + k_7] > 0) ? (v_conv2d_2[(b_0)*256 + (i_2)*16 + (j_3)*4 + k_7]) : (0));
+                for (int k_8 = 0; k_8 < 4; k_8++) {
+                    v_g[(b_0)*256 + (i_2)*16 + (j_3)*4 + k_8] = ((v_conv2d_2[(b_0)*256 + (i_2)*16 + (j_3)*4 + k_8] > 0) ? (v_conv2d_2[(b_0)*256 + (i_2)*16 + (j_3)*4 + k_8]) : (0));
                 }
             }
         }
     }
     /* flatten_1[b, j + 4*i + 16*ch] = g[b, ch, i, j]  [#fwd-flatten_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ch_8 = 0; ch_8 < 16; ch_8++) {
+        for (int ch_9 = 0; ch_9 < 16; ch_9++) {
             for (int i_2 = 0; i_2 < 4; i_2++) {
                 for (int j_3 = 0; j_3 < 4; j_3++) {
-                    v_flatten_1[(b_0)*256 + 16*ch_8 + 4*i_2 + j_3] = v_g[(b_0)*256 + (ch_8)*16 + (i_2)*4 + j_3];
+                    v_flatten_1[(b_0)*256 + 16*ch_9 + 4*i_2 + j_3] = v_g[(b_0)*256 + (ch_9)*16 + (i_2)*4 + j_3];
                 }
             }
         }
@@ -757,16 +555,11 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
     /* z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 10; i_2++) {
-            real acc = 0;
+            real r3 = 0;
             for (int j_3 = 0; j_3 < 256; j_3++) {
-                acc += v_dense_1_weight[(i_2)*256 + j_3]*v_flatten_1[(b_0)*256 + j_3];
+                r3 += v_dense_1_weight[(i_2)*256 + j_3]*v_flatten_1[(b_0)*256 + j_3];
             }
-            tmp7[(b_0)*10 + i_2] = acc;
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_2 = 0; i_2 < 10; i_2++) {
-            v_z[(b_0)*10 + i_2] = v_dense_1_bias[i_2] + tmp7[(b_0)*10 + i_2];
+            v_z[(b_0)*10 + i_2] = r3 + v_dense_1_bias[i_2];
         }
     }
     /* softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1] */
@@ -778,17 +571,14 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
         for (int j_3 = 0; j_3 < 10; j_3++) {
             s += exp(v_z[(b_0)*10 + j_3] - m);
         }
-        tmp8[b_0] = m + log(s);
+        tmp0[b_0] = m + log(s);
     }
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        real acc = 0;
+        real r4 = 0;
         for (int i_2 = 0; i_2 < 10; i_2++) {
-            acc += (-tmp8[b_0] + v_z[(b_0)*10 + i_2])*v_y[(b_0)*10 + i_2];
+            r4 += (-tmp0[b_0] + v_z[(b_0)*10 + i_2])*v_y[(b_0)*10 + i_2];
         }
-        tmp9[b_0] = acc;
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        v_softmax_cross_entropy_1[b_0] = -tmp9[b_0];
+        v_softmax_cross_entropy_1[b_0] = -r4;
     }
     /* d_z[b, k] = (-y[b, k] + Σ_i y[b, i]*exp(-logsumexp_j(z[b, j]) + z[b, k]))*d_softmax_cross_entropy_1[b]  [#bwd-softmax_cross_entropy_1-z] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
@@ -796,7 +586,7 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
         for (int i_1 = 0; i_1 < 10; i_1++) {
             acc += v_y[(b_0)*10 + i_1];
         }
-        tmp10[b_0] = acc;
+        tmp1[b_0] = acc;
     }
     for (int b_0 = 0; b_0 < batch; b_0++) {
         real m = -INFINITY, s = 0;
@@ -806,60 +596,47 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
         for (int j_2 = 0; j_2 < 10; j_2++) {
             s += exp(v_z[(b_0)*10 + j_2] - m);
         }
-        tmp11[b_0] = m + log(s);
+        tmp2[b_0] = m + log(s);
     }
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int k_3 = 0; k_3 < 10; k_3++) {
-            dv_z[(b_0)*10 + k_3] = (exp(-tmp11[b_0] + v_z[(b_0)*10 + k_3])*tmp10[b_0] - v_y[(b_0)*10 + k_3])/batch;
+            dv_z[(b_0)*10 + k_3] = (exp(-tmp2[b_0] + v_z[(b_0)*10 + k_3])*tmp1[b_0] - v_y[(b_0)*10 + k_3])/batch;
         }
     }
     /* d_flatten_1[b, j] = Σ_i (d_z[b, i]*dense_1.weight[i, j])  [#bwd-dense_1-flatten_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int j_2 = 0; j_2 < 256; j_2++) {
-            real acc = 0;
+            real r0 = 0;
             for (int i_1 = 0; i_1 < 10; i_1++) {
-                acc += dv_z[(b_0)*10 + i_1]*v_dense_1_weight[(i_1)*256 + j_2];
+                r0 += dv_z[(b_0)*10 + i_1]*v_dense_1_weight[(i_1)*256 + j_2];
             }
-            tmp12[(b_0)*256 + j_2] = acc;
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int j_2 = 0; j_2 < 256; j_2++) {
-            dv_flatten_1[(b_0)*256 + j_2] = tmp12[(b_0)*256 + j_2];
+            dv_flatten_1[(b_0)*256 + j_2] = r0;
         }
     }
     /* d_dense_1_weight[i, j] = Σ_b (d_z[b, i]*flatten_1[b, j])  [#bwd-dense_1-weight] */
     for (int i_1 = 0; i_1 < 10; i_1++) {
         for (int j_2 = 0; j_2 < 256; j_2++) {
-            real acc = 0;
+            real r1 = 0;
             for (int b_0 = 0; b_0 < batch; b_0++) {
-                acc += dv_z[(b_0)*10 + i_1]*v_flatten_1[(b_0)*256 + j_2];
+                r1 += dv_z[(b_0)*10 + i_1]*v_flatten_1[(b_0)*256 + j_2];
             }
-            tmp13[(i_1)*256 + j_2] = acc;
-        }
-    }
-    for (int i_1 = 0; i_1 < 10; i_1++) {
-        for (int j_2 = 0; j_2 < 256; j_2++) {
-            dv_dense_1_weight[(i_1)*256 + j_2] = tmp13[(i_1)*256 + j_2];
+            dv_dense_1_weight[(i_1)*256 + j_2] = r1;
         }
     }
     /* d_dense_1_bias[i] = Σ_b d_z[b, i]  [#bwd-dense_1-bias] */
     for (int i_1 = 0; i_1 < 10; i_1++) {
-        real acc = 0;
+        real r2 = 0;
         for (int b_0 = 0; b_0 < batch; b_0++) {
-            acc += dv_z[(b_0)*10 + i_1];
+            r2 += dv_z[(b_0)*10 + i_1];
         }
-        tmp14[i_1] = acc;
-    }
-    for (int i_1 = 0; i_1 < 10; i_1++) {
-        dv_dense_1_bias[i_1] = tmp14[i_1];
+        dv_dense_1_bias[i_1] = r2;
     }
     /* d_g[b, ch, i, j] = d_flatten_1[b, j + 4*i + 16*ch]  [#bwd-flatten_1-g] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ch_4 = 0; ch_4 < 16; ch_4++) {
+        for (int ch_7 = 0; ch_7 < 16; ch_7++) {
             for (int i_1 = 0; i_1 < 4; i_1++) {
                 for (int j_2 = 0; j_2 < 4; j_2++) {
-                    dv_g[(b_0)*256 + (ch_4)*16 + (i_1)*4 + j_2] = dv_flatten_1[(b_0)*256 + 16*ch_4 + 4*i_1 + j_2];
+                    dv_g[(b_0)*256 + (ch_7)*16 + (i_1)*4 + j_2] = dv_flatten_1[(b_0)*256 + 16*ch_7 + 4*i_1 + j_2];
                 }
             }
         }
@@ -875,18 +652,18 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
         }
     }
     /* d_h[b, ci, k, l] = Σ_o,i,j,p,q (conv2d_2.weight[o, ci, p, q]*d_conv2d_2[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_2-h] */
-    for (long n = 0; n < (long)batch*8*4*4; n++) tmp15[n] = 0;
+    for (long n = 0; n < (long)batch*8*4*4; n++) tmp3[n] = 0;
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ci_5 = 0; ci_5 < 8; ci_5++) {
+        for (int ci_8 = 0; ci_8 < 8; ci_8++) {
             for (int i_1 = 0; i_1 < 4; i_1++) {
                 for (int j_2 = 0; j_2 < 4; j_2++) {
-                    for (int p_6 = 0; p_6 < 3; p_6++) {
-                        for (int q_7 = 0; q_7 < 3; q_7++) {
-                            real acc = 0;
-                            for (int o_8 = 0; o_8 < 16; o_8++) {
-                                acc += v_conv2d_2_weight[(o_8)*72 + (ci_5)*9 + (p_6)*3 + q_7]*dv_conv2d_2[(b_0)*256 + (o_8)*16 + (i_1)*4 + j_2];
+                    for (int p_9 = 0; p_9 < 3; p_9++) {
+                        for (int q_10 = 0; q_10 < 3; q_10++) {
+                            real r3 = 0;
+                            for (int o_12 = 0; o_12 < 16; o_12++) {
+                                r3 += v_conv2d_2_weight[(o_12)*72 + (ci_8)*9 + (p_9)*3 + q_10]*dv_conv2d_2[(b_0)*256 + (o_12)*16 + (i_1)*4 + j_2];
                             }
-                            tmp16[(b_0)*1152 + (ci_5)*144 + (i_1)*36 + (j_2)*9 + (p_6)*3 + q_7] = acc;
+                            if ((i_1 + p_9 - 1) >= 0 && (i_1 + p_9 - 1) < 4 && (j_2 + q_10 - 1) >= 0 && (j_2 + q_10 - 1) < 4) tmp3[(b_0)*128 + (ci_8)*16 + (i_1 + p_9 - 1)*4 + j_2 + q_10 - 1] += r3;
                         }
                     }
                 }
@@ -894,85 +671,60 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
         }
     }
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ci_5 = 0; ci_5 < 8; ci_5++) {
-            for (int i_1 = 0; i_1 < 4; i_1++) {
-                for (int j_2 = 0; j_2 < 4; j_2++) {
-                    for (int p_6 = 0; p_6 < 3; p_6++) {
-                        for (int q_7 = 0; q_7 < 3; q_7++) {
-                            if ((i_1 + p_6 - 1) >= 0 && (i_1 + p_6 - 1) < 4 && (j_2 + q_7 - 1) >= 0 && (j_2 + q_7 - 1) < 4) tmp15[(b_0)*128 + (ci_5)*16 + (i_1 + p_6 - 1)*4 + j_2 + q_7 - 1] += tmp16[(b_0)*1152 + (ci_5)*144 + (i_1)*36 + (j_2)*9 + (p_6)*3 + q_7];
-                        }
-                    }
-                }
-            }
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ci_5 = 0; ci_5 < 8; ci_5++) {
+        for (int ci_8 = 0; ci_8 < 8; ci_8++) {
             for (int k_3 = 0; k_3 < 4; k_3++) {
-                for (int l_9 = 0; l_9 < 4; l_9++) {
-                    dv_h[(b_0)*128 + (ci_5)*16 + (k_3)*4 + l_9] = tmp15[(b_0)*128 + (ci_5)*16 + (k_3)*4 + l_9];
+                for (int l_13 = 0; l_13 < 4; l_13++) {
+                    dv_h[(b_0)*128 + (ci_8)*16 + (k_3)*4 + l_13] = tmp3[(b_0)*128 + (ci_8)*16 + (k_3)*4 + l_13];
                 }
             }
         }
     }
     /* d_conv2d_2_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_2[b, o, i, j]*h[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_2-weight] */
-    for (int o_8 = 0; o_8 < 16; o_8++) {
-        for (int ci_5 = 0; ci_5 < 8; ci_5++) {
-            for (int p_6 = 0; p_6 < 3; p_6++) {
-                for (int q_7 = 0; q_7 < 3; q_7++) {
-                    real acc = 0;
+    for (int o_12 = 0; o_12 < 16; o_12++) {
+        for (int ci_8 = 0; ci_8 < 8; ci_8++) {
+            for (int p_9 = 0; p_9 < 3; p_9++) {
+                for (int q_10 = 0; q_10 < 3; q_10++) {
+                    real r4 = 0;
                     for (int b_0 = 0; b_0 < batch; b_0++) {
                         for (int i_1 = 0; i_1 < 4; i_1++) {
                             for (int j_2 = 0; j_2 < 4; j_2++) {
-                                acc += dv_conv2d_2[(b_0)*256 + (o_8)*16 + (i_1)*4 + j_2]*(((i_1 + p_6 - 1) >= 0 && (i_1 + p_6 - 1) < 4 && (j_2 + q_7 - 1) >= 0 && (j_2 + q_7 - 1) < 4) ? v_h[(b_0)*128 + (ci_5)*16 + (i_1 + p_6 - 1)*4 + j_2 + q_7 - 1] : (real)0);
+                                r4 += dv_conv2d_2[(b_0)*256 + (o_12)*16 + (i_1)*4 + j_2]*(((i_1 + p_9 - 1) >= 0 && (i_1 + p_9 - 1) < 4 && (j_2 + q_10 - 1) >= 0 && (j_2 + q_10 - 1) < 4) ? v_h[(b_0)*128 + (ci_8)*16 + (i_1 + p_9 - 1)*4 + j_2 + q_10 - 1] : (real)0);
                             }
                         }
                     }
-                    tmp17[(o_8)*72 + (ci_5)*9 + (p_6)*3 + q_7] = acc;
-                }
-            }
-        }
-    }
-    for (int o_8 = 0; o_8 < 16; o_8++) {
-        for (int ci_5 = 0; ci_5 < 8; ci_5++) {
-            for (int p_6 = 0; p_6 < 3; p_6++) {
-                for (int q_7 = 0; q_7 < 3; q_7++) {
-                    dv_conv2d_2_weight[(o_8)*72 + (ci_5)*9 + (p_6)*3 + q_7] = tmp17[(o_8)*72 + (ci_5)*9 + (p_6)*3 + q_7];
+                    dv_conv2d_2_weight[(o_12)*72 + (ci_8)*9 + (p_9)*3 + q_10] = r4;
                 }
             }
         }
     }
     /* d_conv2d_2_bias[o] = Σ_b,i,j d_conv2d_2[b, o, i, j]  [#bwd-conv2d_2-bias] */
-    for (int o_8 = 0; o_8 < 16; o_8++) {
-        real acc = 0;
+    for (int o_12 = 0; o_12 < 16; o_12++) {
+        real r5 = 0;
         for (int b_0 = 0; b_0 < batch; b_0++) {
             for (int i_1 = 0; i_1 < 4; i_1++) {
                 for (int j_2 = 0; j_2 < 4; j_2++) {
-                    acc += dv_conv2d_2[(b_0)*256 + (o_8)*16 + (i_1)*4 + j_2];
+                    r5 += dv_conv2d_2[(b_0)*256 + (o_12)*16 + (i_1)*4 + j_2];
                 }
             }
         }
-        tmp18[o_8] = acc;
-    }
-    for (int o_8 = 0; o_8 < 16; o_8++) {
-        dv_conv2d_2_bias[o_8] = tmp18[o_8];
+        dv_conv2d_2_bias[o_12] = r5;
     }
     /* d_relu_1[b, ch, k, l] = Σ_i,j,p1,q1 (FirstArgmax(relu_1[b, ch, p1 + 2*i, q1 + 2*j], (p1, 0, 1), (q1, 0, 1))*d_h[b, ch, i, j]*δ(k,p1 + 2*i)*δ(l,q1 + 2*j))  [#bwd-maxpool2d_1-relu_1] */
-    for (long n = 0; n < (long)batch*8*8*8; n++) tmp19[n] = 0;
+    for (long n = 0; n < (long)batch*8*8*8; n++) tmp4[n] = 0;
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ch_4 = 0; ch_4 < 8; ch_4++) {
+        for (int ch_7 = 0; ch_7 < 8; ch_7++) {
             for (int i_1 = 0; i_1 < 4; i_1++) {
                 for (int j_2 = 0; j_2 < 4; j_2++) {
-                    real m = -INFINITY; long best = -1, k = 0;
-                    for (int p1_10 = 0; p1_10 < 2; p1_10++) {
-                        for (int q1_11 = 0; q1_11 < 2; q1_11++) {
-                            { real v = v_relu_1[(b_0)*512 + (ch_4)*64 + (2*i_1 + p1_10)*8 + 2*j_2 + q1_11]; if (best < 0 || v > m) { m = v; best = k; } k++; }
-                        }
-                    }
-                    k = 0;
-                    for (int p1_10 = 0; p1_10 < 2; p1_10++) {
-                        for (int q1_11 = 0; q1_11 < 2; q1_11++) {
-                            tmp20[(b_0)*512 + (ch_4)*64 + (i_1)*16 + (j_2)*4 + (p1_10)*2 + q1_11] = (real)(k++ == best);
+                    for (int p1_16 = 0; p1_16 < 2; p1_16++) {
+                        for (int q1_17 = 0; q1_17 < 2; q1_17++) {
+                            real r6_m = -INFINITY; long r6_best = -1, r6_k = 0;
+                            for (int p1s_19 = 0; p1s_19 < 2; p1s_19++) {
+                                for (int q1s_20 = 0; q1s_20 < 2; q1s_20++) {
+                                    { real v = v_relu_1[(b_0)*512 + (ch_7)*64 + (p1s_19 + 2*i_1)*8 + q1s_20 + 2*j_2]; if (r6_best < 0 || v > r6_m) { r6_m = v; r6_best = r6_k; } r6_k++; }
+                                }
+                            }
+                            real r6 = (real)((q1_17*1 + p1_16*2) == r6_best);
+                            tmp4[(b_0)*512 + (ch_7)*64 + (2*i_1 + p1_16)*8 + 2*j_2 + q1_17] += r6*dv_h[(b_0)*128 + (ch_7)*16 + (i_1)*4 + j_2];
                         }
                     }
                 }
@@ -980,23 +732,10 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
         }
     }
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ch_4 = 0; ch_4 < 8; ch_4++) {
-            for (int i_1 = 0; i_1 < 4; i_1++) {
-                for (int j_2 = 0; j_2 < 4; j_2++) {
-                    for (int p1_10 = 0; p1_10 < 2; p1_10++) {
-                        for (int q1_11 = 0; q1_11 < 2; q1_11++) {
-                            tmp19[(b_0)*512 + (ch_4)*64 + (2*i_1 + p1_10)*8 + 2*j_2 + q1_11] += dv_h[(b_0)*128 + (ch_4)*16 + (i_1)*4 + j_2]*tmp20[(b_0)*512 + (ch_4)*64 + (i_1)*16 + (j_2)*4 + (p1_10)*2 + q1_11];
-                        }
-                    }
-                }
-            }
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ch_4 = 0; ch_4 < 8; ch_4++) {
+        for (int ch_7 = 0; ch_7 < 8; ch_7++) {
             for (int k_3 = 0; k_3 < 8; k_3++) {
-                for (int l_9 = 0; l_9 < 8; l_9++) {
-                    dv_relu_1[(b_0)*512 + (ch_4)*64 + (k_3)*8 + l_9] = tmp19[(b_0)*512 + (ch_4)*64 + (k_3)*8 + l_9];
+                for (int l_13 = 0; l_13 < 8; l_13++) {
+                    dv_relu_1[(b_0)*512 + (ch_7)*64 + (k_3)*8 + l_13] = tmp4[(b_0)*512 + (ch_7)*64 + (k_3)*8 + l_13];
                 }
             }
         }
@@ -1012,46 +751,34 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
         }
     }
     /* d_conv2d_1_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_1[b, o, i, j]*x[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_1-weight] */
-    for (int o_8 = 0; o_8 < 8; o_8++) {
-        for (int ci_5 = 0; ci_5 < 1; ci_5++) {
-            for (int p_6 = 0; p_6 < 3; p_6++) {
-                for (int q_7 = 0; q_7 < 3; q_7++) {
-                    real acc = 0;
+    for (int o_12 = 0; o_12 < 8; o_12++) {
+        for (int ci_8 = 0; ci_8 < 1; ci_8++) {
+            for (int p_9 = 0; p_9 < 3; p_9++) {
+                for (int q_10 = 0; q_10 < 3; q_10++) {
+                    real r7 = 0;
                     for (int b_0 = 0; b_0 < batch; b_0++) {
                         for (int i_1 = 0; i_1 < 8; i_1++) {
                             for (int j_2 = 0; j_2 < 8; j_2++) {
-                                acc += dv_conv2d_1[(b_0)*512 + (o_8)*64 + (i_1)*8 + j_2]*(((i_1 + p_6 - 1) >= 0 && (i_1 + p_6 - 1) < 8 && (j_2 + q_7 - 1) >= 0 && (j_2 + q_7 - 1) < 8) ? v_x[(b_0)*64 + (ci_5)*64 + (i_1 + p_6 - 1)*8 + j_2 + q_7 - 1] : (real)0);
+                                r7 += dv_conv2d_1[(b_0)*512 + (o_12)*64 + (i_1)*8 + j_2]*(((i_1 + p_9 - 1) >= 0 && (i_1 + p_9 - 1) < 8 && (j_2 + q_10 - 1) >= 0 && (j_2 + q_10 - 1) < 8) ? v_x[(b_0)*64 + (ci_8)*64 + (i_1 + p_9 - 1)*8 + j_2 + q_10 - 1] : (real)0);
                             }
                         }
                     }
-                    tmp21[(o_8)*9 + (ci_5)*9 + (p_6)*3 + q_7] = acc;
-                }
-            }
-        }
-    }
-    for (int o_8 = 0; o_8 < 8; o_8++) {
-        for (int ci_5 = 0; ci_5 < 1; ci_5++) {
-            for (int p_6 = 0; p_6 < 3; p_6++) {
-                for (int q_7 = 0; q_7 < 3; q_7++) {
-                    dv_conv2d_1_weight[(o_8)*9 + (ci_5)*9 + (p_6)*3 + q_7] = tmp21[(o_8)*9 + (ci_5)*9 + (p_6)*3 + q_7];
+                    dv_conv2d_1_weight[(o_12)*9 + (ci_8)*9 + (p_9)*3 + q_10] = r7;
                 }
             }
         }
     }
     /* d_conv2d_1_bias[o] = Σ_b,i,j d_conv2d_1[b, o, i, j]  [#bwd-conv2d_1-bias] */
-    for (int o_8 = 0; o_8 < 8; o_8++) {
-        real acc = 0;
+    for (int o_12 = 0; o_12 < 8; o_12++) {
+        real r8 = 0;
         for (int b_0 = 0; b_0 < batch; b_0++) {
             for (int i_1 = 0; i_1 < 8; i_1++) {
                 for (int j_2 = 0; j_2 < 8; j_2++) {
-                    acc += dv_conv2d_1[(b_0)*512 + (o_8)*64 + (i_1)*8 + j_2];
+                    r8 += dv_conv2d_1[(b_0)*512 + (o_12)*64 + (i_1)*8 + j_2];
                 }
             }
         }
-        tmp22[o_8] = acc;
-    }
-    for (int o_8 = 0; o_8 < 8; o_8++) {
-        dv_conv2d_1_bias[o_8] = tmp22[o_8];
+        dv_conv2d_1_bias[o_12] = r8;
     }
     return lenet_loss_value(v_softmax_cross_entropy_1, batch);
 }

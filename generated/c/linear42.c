@@ -77,11 +77,6 @@ void linear42_forward(const real *params, const linear42_real *v_x, real *output
     real *dv_y = work + (size_t)batch * 2 + 0;
     real *v_squares_1 = work + (size_t)batch * 4 + 0;
     real *dv_squares_1 = work + (size_t)batch * 5 + 0;
-    real *tmp0 = work + (size_t)batch * 6 + 0;
-    real *tmp1 = work + (size_t)batch * 8 + 0;
-    real *tmp2 = work + (size_t)batch * 10 + 0;
-    real *tmp3 = work + (size_t)batch * 11 + 0;
-    real *tmp4 = work + (size_t)batch * 11 + 8;
     (void)batch;
     nncc_use_helpers();
     (void)v_dense_1_weight;
@@ -90,24 +85,14 @@ void linear42_forward(const real *params, const linear42_real *v_x, real *output
     (void)dv_y;
     (void)v_squares_1;
     (void)dv_squares_1;
-    (void)tmp0;
-    (void)tmp1;
-    (void)tmp2;
-    (void)tmp3;
-    (void)tmp4;
     /* y[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 2; i_1++) {
-            real acc = 0;
-            for (int j_2 = 0; j_2 < 4; j_2++) {
-                acc += v_dense_1_weight[(i_1)*4 + j_2]*v_x[(b_0)*4 + j_2];
+            real r0 = 0;
+            for (int j_3 = 0; j_3 < 4; j_3++) {
+                r0 += v_dense_1_weight[(i_1)*4 + j_3]*v_x[(b_0)*4 + j_3];
             }
-            tmp0[(b_0)*2 + i_1] = acc;
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_1 = 0; i_1 < 2; i_1++) {
-            v_y[(b_0)*2 + i_1] = v_dense_1_bias[i_1] + tmp0[(b_0)*2 + i_1];
+            v_y[(b_0)*2 + i_1] = r0 + v_dense_1_bias[i_1];
         }
     }
     for (long n = 0; n < (long)batch * LINEAR42_OUTPUT_SIZE; n++)
@@ -130,11 +115,6 @@ real linear42_loss(const real *params, const linear42_real *v_x, int batch, real
     real *dv_y = work + (size_t)batch * 2 + 0;
     real *v_squares_1 = work + (size_t)batch * 4 + 0;
     real *dv_squares_1 = work + (size_t)batch * 5 + 0;
-    real *tmp0 = work + (size_t)batch * 6 + 0;
-    real *tmp1 = work + (size_t)batch * 8 + 0;
-    real *tmp2 = work + (size_t)batch * 10 + 0;
-    real *tmp3 = work + (size_t)batch * 11 + 0;
-    real *tmp4 = work + (size_t)batch * 11 + 8;
     (void)batch;
     nncc_use_helpers();
     (void)v_dense_1_weight;
@@ -143,36 +123,23 @@ real linear42_loss(const real *params, const linear42_real *v_x, int batch, real
     (void)dv_y;
     (void)v_squares_1;
     (void)dv_squares_1;
-    (void)tmp0;
-    (void)tmp1;
-    (void)tmp2;
-    (void)tmp3;
-    (void)tmp4;
     /* y[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 2; i_1++) {
-            real acc = 0;
-            for (int j_2 = 0; j_2 < 4; j_2++) {
-                acc += v_dense_1_weight[(i_1)*4 + j_2]*v_x[(b_0)*4 + j_2];
+            real r0 = 0;
+            for (int j_3 = 0; j_3 < 4; j_3++) {
+                r0 += v_dense_1_weight[(i_1)*4 + j_3]*v_x[(b_0)*4 + j_3];
             }
-            tmp1[(b_0)*2 + i_1] = acc;
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_1 = 0; i_1 < 2; i_1++) {
-            v_y[(b_0)*2 + i_1] = v_dense_1_bias[i_1] + tmp1[(b_0)*2 + i_1];
+            v_y[(b_0)*2 + i_1] = r0 + v_dense_1_bias[i_1];
         }
     }
     /* squares_1[b] = Σ_i y[b, i]**2  [#fwd-squares_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        real acc = 0;
+        real r1 = 0;
         for (int i_1 = 0; i_1 < 2; i_1++) {
-            acc += ((v_y[(b_0)*2 + i_1])*(v_y[(b_0)*2 + i_1]));
+            r1 += ((v_y[(b_0)*2 + i_1])*(v_y[(b_0)*2 + i_1]));
         }
-        tmp2[b_0] = acc;
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        v_squares_1[b_0] = tmp2[b_0];
+        v_squares_1[b_0] = r1;
     }
     return linear42_loss_value(v_squares_1, batch);
 }
@@ -187,11 +154,6 @@ real linear42_loss_and_grad(const real *params, const linear42_real *v_x, int ba
     real *dv_y = work + (size_t)batch * 2 + 0;
     real *v_squares_1 = work + (size_t)batch * 4 + 0;
     real *dv_squares_1 = work + (size_t)batch * 5 + 0;
-    real *tmp0 = work + (size_t)batch * 6 + 0;
-    real *tmp1 = work + (size_t)batch * 8 + 0;
-    real *tmp2 = work + (size_t)batch * 10 + 0;
-    real *tmp3 = work + (size_t)batch * 11 + 0;
-    real *tmp4 = work + (size_t)batch * 11 + 8;
     (void)batch;
     nncc_use_helpers();
     (void)v_dense_1_weight;
@@ -200,36 +162,23 @@ real linear42_loss_and_grad(const real *params, const linear42_real *v_x, int ba
     (void)dv_y;
     (void)v_squares_1;
     (void)dv_squares_1;
-    (void)tmp0;
-    (void)tmp1;
-    (void)tmp2;
-    (void)tmp3;
-    (void)tmp4;
     /* y[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 2; i_1++) {
-            real acc = 0;
-            for (int j_2 = 0; j_2 < 4; j_2++) {
-                acc += v_dense_1_weight[(i_1)*4 + j_2]*v_x[(b_0)*4 + j_2];
+            real r0 = 0;
+            for (int j_3 = 0; j_3 < 4; j_3++) {
+                r0 += v_dense_1_weight[(i_1)*4 + j_3]*v_x[(b_0)*4 + j_3];
             }
-            tmp1[(b_0)*2 + i_1] = acc;
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_1 = 0; i_1 < 2; i_1++) {
-            v_y[(b_0)*2 + i_1] = v_dense_1_bias[i_1] + tmp1[(b_0)*2 + i_1];
+            v_y[(b_0)*2 + i_1] = r0 + v_dense_1_bias[i_1];
         }
     }
     /* squares_1[b] = Σ_i y[b, i]**2  [#fwd-squares_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        real acc = 0;
+        real r1 = 0;
         for (int i_1 = 0; i_1 < 2; i_1++) {
-            acc += ((v_y[(b_0)*2 + i_1])*(v_y[(b_0)*2 + i_1]));
+            r1 += ((v_y[(b_0)*2 + i_1])*(v_y[(b_0)*2 + i_1]));
         }
-        tmp2[b_0] = acc;
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        v_squares_1[b_0] = tmp2[b_0];
+        v_squares_1[b_0] = r1;
     }
     /* d_y[b, i] = 2*d_squares_1[b]*y[b, i]  [#bwd-squares_1-y] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
@@ -240,28 +189,20 @@ real linear42_loss_and_grad(const real *params, const linear42_real *v_x, int ba
     /* d_dense_1_weight[i, j] = Σ_b (d_y[b, i]*x[b, j])  [#bwd-dense_1-weight] */
     for (int i_1 = 0; i_1 < 2; i_1++) {
         for (int j_2 = 0; j_2 < 4; j_2++) {
-            real acc = 0;
+            real r0 = 0;
             for (int b_0 = 0; b_0 < batch; b_0++) {
-                acc += dv_y[(b_0)*2 + i_1]*v_x[(b_0)*4 + j_2];
+                r0 += dv_y[(b_0)*2 + i_1]*v_x[(b_0)*4 + j_2];
             }
-            tmp3[(i_1)*4 + j_2] = acc;
-        }
-    }
-    for (int i_1 = 0; i_1 < 2; i_1++) {
-        for (int j_2 = 0; j_2 < 4; j_2++) {
-            dv_dense_1_weight[(i_1)*4 + j_2] = tmp3[(i_1)*4 + j_2];
+            dv_dense_1_weight[(i_1)*4 + j_2] = r0;
         }
     }
     /* d_dense_1_bias[i] = Σ_b d_y[b, i]  [#bwd-dense_1-bias] */
     for (int i_1 = 0; i_1 < 2; i_1++) {
-        real acc = 0;
+        real r1 = 0;
         for (int b_0 = 0; b_0 < batch; b_0++) {
-            acc += dv_y[(b_0)*2 + i_1];
+            r1 += dv_y[(b_0)*2 + i_1];
         }
-        tmp4[i_1] = acc;
-    }
-    for (int i_1 = 0; i_1 < 2; i_1++) {
-        dv_dense_1_bias[i_1] = tmp4[i_1];
+        dv_dense_1_bias[i_1] = r1;
     }
     return linear42_loss_value(v_squares_1, batch);
 }

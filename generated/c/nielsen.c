@@ -87,16 +87,6 @@ void nielsen_forward(const real *params, const nielsen_real *v_x, real *output, 
     real *dv_a = work + (size_t)batch * 150 + 0;
     real *v_quadratic_1 = work + (size_t)batch * 160 + 0;
     real *dv_quadratic_1 = work + (size_t)batch * 161 + 0;
-    real *tmp0 = work + (size_t)batch * 162 + 0;
-    real *tmp1 = work + (size_t)batch * 192 + 0;
-    real *tmp2 = work + (size_t)batch * 202 + 0;
-    real *tmp3 = work + (size_t)batch * 232 + 0;
-    real *tmp4 = work + (size_t)batch * 242 + 0;
-    real *tmp5 = work + (size_t)batch * 243 + 0;
-    real *tmp6 = work + (size_t)batch * 273 + 0;
-    real *tmp7 = work + (size_t)batch * 273 + 300;
-    real *tmp8 = work + (size_t)batch * 273 + 310;
-    real *tmp9 = work + (size_t)batch * 273 + 23830;
     (void)batch;
     nncc_use_helpers();
     (void)v_dense_1_weight;
@@ -113,29 +103,14 @@ void nielsen_forward(const real *params, const nielsen_real *v_x, real *output, 
     (void)dv_a;
     (void)v_quadratic_1;
     (void)dv_quadratic_1;
-    (void)tmp0;
-    (void)tmp1;
-    (void)tmp2;
-    (void)tmp3;
-    (void)tmp4;
-    (void)tmp5;
-    (void)tmp6;
-    (void)tmp7;
-    (void)tmp8;
-    (void)tmp9;
     /* dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 30; i_1++) {
-            real acc = 0;
-            for (int j_2 = 0; j_2 < 784; j_2++) {
-                acc += v_dense_1_weight[(i_1)*784 + j_2]*v_x[(b_0)*784 + j_2];
+            real r0 = 0;
+            for (int j_3 = 0; j_3 < 784; j_3++) {
+                r0 += v_dense_1_weight[(i_1)*784 + j_3]*v_x[(b_0)*784 + j_3];
             }
-            tmp0[(b_0)*30 + i_1] = acc;
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_1 = 0; i_1 < 30; i_1++) {
-            v_dense_1[(b_0)*30 + i_1] = v_dense_1_bias[i_1] + tmp0[(b_0)*30 + i_1];
+            v_dense_1[(b_0)*30 + i_1] = r0 + v_dense_1_bias[i_1];
         }
     }
     /* sigmoid_1[b, i] = 1/(1 + exp(-dense_1[b, i]))  [#fwd-sigmoid_1] */
@@ -147,16 +122,11 @@ void nielsen_forward(const real *params, const nielsen_real *v_x, real *output, 
     /* dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*sigmoid_1[b, j])  [#fwd-dense_2] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 10; i_1++) {
-            real acc = 0;
-            for (int j_2 = 0; j_2 < 30; j_2++) {
-                acc += v_dense_2_weight[(i_1)*30 + j_2]*v_sigmoid_1[(b_0)*30 + j_2];
+            real r1 = 0;
+            for (int j_3 = 0; j_3 < 30; j_3++) {
+                r1 += v_dense_2_weight[(i_1)*30 + j_3]*v_sigmoid_1[(b_0)*30 + j_3];
             }
-            tmp1[(b_0)*10 + i_1] = acc;
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_1 = 0; i_1 < 10; i_1++) {
-            v_dense_2[(b_0)*10 + i_1] = v_dense_2_bias[i_1] + tmp1[(b_0)*10 + i_1];
+            v_dense_2[(b_0)*10 + i_1] = r1 + v_dense_2_bias[i_1];
         }
     }
     /* a[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_2] */
@@ -193,16 +163,6 @@ real nielsen_loss(const real *params, const nielsen_real *v_x, const nielsen_rea
     real *dv_a = work + (size_t)batch * 150 + 0;
     real *v_quadratic_1 = work + (size_t)batch * 160 + 0;
     real *dv_quadratic_1 = work + (size_t)batch * 161 + 0;
-    real *tmp0 = work + (size_t)batch * 162 + 0;
-    real *tmp1 = work + (size_t)batch * 192 + 0;
-    real *tmp2 = work + (size_t)batch * 202 + 0;
-    real *tmp3 = work + (size_t)batch * 232 + 0;
-    real *tmp4 = work + (size_t)batch * 242 + 0;
-    real *tmp5 = work + (size_t)batch * 243 + 0;
-    real *tmp6 = work + (size_t)batch * 273 + 0;
-    real *tmp7 = work + (size_t)batch * 273 + 300;
-    real *tmp8 = work + (size_t)batch * 273 + 310;
-    real *tmp9 = work + (size_t)batch * 273 + 23830;
     (void)batch;
     nncc_use_helpers();
     (void)v_dense_1_weight;
@@ -219,29 +179,14 @@ real nielsen_loss(const real *params, const nielsen_real *v_x, const nielsen_rea
     (void)dv_a;
     (void)v_quadratic_1;
     (void)dv_quadratic_1;
-    (void)tmp0;
-    (void)tmp1;
-    (void)tmp2;
-    (void)tmp3;
-    (void)tmp4;
-    (void)tmp5;
-    (void)tmp6;
-    (void)tmp7;
-    (void)tmp8;
-    (void)tmp9;
     /* dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 30; i_1++) {
-            real acc = 0;
-            for (int j_2 = 0; j_2 < 784; j_2++) {
-                acc += v_dense_1_weight[(i_1)*784 + j_2]*v_x[(b_0)*784 + j_2];
+            real r0 = 0;
+            for (int j_3 = 0; j_3 < 784; j_3++) {
+                r0 += v_dense_1_weight[(i_1)*784 + j_3]*v_x[(b_0)*784 + j_3];
             }
-            tmp2[(b_0)*30 + i_1] = acc;
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_1 = 0; i_1 < 30; i_1++) {
-            v_dense_1[(b_0)*30 + i_1] = v_dense_1_bias[i_1] + tmp2[(b_0)*30 + i_1];
+            v_dense_1[(b_0)*30 + i_1] = r0 + v_dense_1_bias[i_1];
         }
     }
     /* sigmoid_1[b, i] = 1/(1 + exp(-dense_1[b, i]))  [#fwd-sigmoid_1] */
@@ -253,16 +198,11 @@ real nielsen_loss(const real *params, const nielsen_real *v_x, const nielsen_rea
     /* dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*sigmoid_1[b, j])  [#fwd-dense_2] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 10; i_1++) {
-            real acc = 0;
-            for (int j_2 = 0; j_2 < 30; j_2++) {
-                acc += v_dense_2_weight[(i_1)*30 + j_2]*v_sigmoid_1[(b_0)*30 + j_2];
+            real r1 = 0;
+            for (int j_3 = 0; j_3 < 30; j_3++) {
+                r1 += v_dense_2_weight[(i_1)*30 + j_3]*v_sigmoid_1[(b_0)*30 + j_3];
             }
-            tmp3[(b_0)*10 + i_1] = acc;
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_1 = 0; i_1 < 10; i_1++) {
-            v_dense_2[(b_0)*10 + i_1] = v_dense_2_bias[i_1] + tmp3[(b_0)*10 + i_1];
+            v_dense_2[(b_0)*10 + i_1] = r1 + v_dense_2_bias[i_1];
         }
     }
     /* a[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_2] */
@@ -273,14 +213,11 @@ real nielsen_loss(const real *params, const nielsen_real *v_x, const nielsen_rea
     }
     /* quadratic_1[b] = Σ_i (-y[b, i] + a[b, i])**2/2  [#fwd-quadratic_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        real acc = 0;
+        real r2 = 0;
         for (int i_1 = 0; i_1 < 10; i_1++) {
-            acc += ((v_a[(b_0)*10 + i_1] - v_y[(b_0)*10 + i_1])*(v_a[(b_0)*10 + i_1] - v_y[(b_0)*10 + i_1]));
+            r2 += ((v_a[(b_0)*10 + i_1] - v_y[(b_0)*10 + i_1])*(v_a[(b_0)*10 + i_1] - v_y[(b_0)*10 + i_1]));
         }
-        tmp4[b_0] = acc;
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        v_quadratic_1[b_0] = (((real)1/(real)2))*tmp4[b_0];
+        v_quadratic_1[b_0] = (((real)1/(real)2))*r2;
     }
     return nielsen_loss_value(v_quadratic_1, batch);
 }
@@ -305,16 +242,6 @@ real nielsen_loss_and_grad(const real *params, const nielsen_real *v_x, const ni
     real *dv_a = work + (size_t)batch * 150 + 0;
     real *v_quadratic_1 = work + (size_t)batch * 160 + 0;
     real *dv_quadratic_1 = work + (size_t)batch * 161 + 0;
-    real *tmp0 = work + (size_t)batch * 162 + 0;
-    real *tmp1 = work + (size_t)batch * 192 + 0;
-    real *tmp2 = work + (size_t)batch * 202 + 0;
-    real *tmp3 = work + (size_t)batch * 232 + 0;
-    real *tmp4 = work + (size_t)batch * 242 + 0;
-    real *tmp5 = work + (size_t)batch * 243 + 0;
-    real *tmp6 = work + (size_t)batch * 273 + 0;
-    real *tmp7 = work + (size_t)batch * 273 + 300;
-    real *tmp8 = work + (size_t)batch * 273 + 310;
-    real *tmp9 = work + (size_t)batch * 273 + 23830;
     (void)batch;
     nncc_use_helpers();
     (void)v_dense_1_weight;
@@ -331,29 +258,14 @@ real nielsen_loss_and_grad(const real *params, const nielsen_real *v_x, const ni
     (void)dv_a;
     (void)v_quadratic_1;
     (void)dv_quadratic_1;
-    (void)tmp0;
-    (void)tmp1;
-    (void)tmp2;
-    (void)tmp3;
-    (void)tmp4;
-    (void)tmp5;
-    (void)tmp6;
-    (void)tmp7;
-    (void)tmp8;
-    (void)tmp9;
     /* dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 30; i_1++) {
-            real acc = 0;
-            for (int j_2 = 0; j_2 < 784; j_2++) {
-                acc += v_dense_1_weight[(i_1)*784 + j_2]*v_x[(b_0)*784 + j_2];
+            real r0 = 0;
+            for (int j_3 = 0; j_3 < 784; j_3++) {
+                r0 += v_dense_1_weight[(i_1)*784 + j_3]*v_x[(b_0)*784 + j_3];
             }
-            tmp2[(b_0)*30 + i_1] = acc;
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_1 = 0; i_1 < 30; i_1++) {
-            v_dense_1[(b_0)*30 + i_1] = v_dense_1_bias[i_1] + tmp2[(b_0)*30 + i_1];
+            v_dense_1[(b_0)*30 + i_1] = r0 + v_dense_1_bias[i_1];
         }
     }
     /* sigmoid_1[b, i] = 1/(1 + exp(-dense_1[b, i]))  [#fwd-sigmoid_1] */
@@ -365,16 +277,11 @@ real nielsen_loss_and_grad(const real *params, const nielsen_real *v_x, const ni
     /* dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*sigmoid_1[b, j])  [#fwd-dense_2] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 10; i_1++) {
-            real acc = 0;
-            for (int j_2 = 0; j_2 < 30; j_2++) {
-                acc += v_dense_2_weight[(i_1)*30 + j_2]*v_sigmoid_1[(b_0)*30 + j_2];
+            real r1 = 0;
+            for (int j_3 = 0; j_3 < 30; j_3++) {
+                r1 += v_dense_2_weight[(i_1)*30 + j_3]*v_sigmoid_1[(b_0)*30 + j_3];
             }
-            tmp3[(b_0)*10 + i_1] = acc;
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_1 = 0; i_1 < 10; i_1++) {
-            v_dense_2[(b_0)*10 + i_1] = v_dense_2_bias[i_1] + tmp3[(b_0)*10 + i_1];
+            v_dense_2[(b_0)*10 + i_1] = r1 + v_dense_2_bias[i_1];
         }
     }
     /* a[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_2] */
@@ -385,14 +292,11 @@ real nielsen_loss_and_grad(const real *params, const nielsen_real *v_x, const ni
     }
     /* quadratic_1[b] = Σ_i (-y[b, i] + a[b, i])**2/2  [#fwd-quadratic_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        real acc = 0;
+        real r2 = 0;
         for (int i_1 = 0; i_1 < 10; i_1++) {
-            acc += ((v_a[(b_0)*10 + i_1] - v_y[(b_0)*10 + i_1])*(v_a[(b_0)*10 + i_1] - v_y[(b_0)*10 + i_1]));
+            r2 += ((v_a[(b_0)*10 + i_1] - v_y[(b_0)*10 + i_1])*(v_a[(b_0)*10 + i_1] - v_y[(b_0)*10 + i_1]));
         }
-        tmp4[b_0] = acc;
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        v_quadratic_1[b_0] = (((real)1/(real)2))*tmp4[b_0];
+        v_quadratic_1[b_0] = (((real)1/(real)2))*r2;
     }
     /* d_a[b, i] = (-y[b, i] + a[b, i])*d_quadratic_1[b]  [#bwd-quadratic_1-a] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
@@ -409,43 +313,30 @@ real nielsen_loss_and_grad(const real *params, const nielsen_real *v_x, const ni
     /* d_sigmoid_1[b, j] = Σ_i (d_dense_2[b, i]*dense_2.weight[i, j])  [#bwd-dense_2-sigmoid_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int j_2 = 0; j_2 < 30; j_2++) {
-            real acc = 0;
+            real r0 = 0;
             for (int i_1 = 0; i_1 < 10; i_1++) {
-                acc += dv_dense_2[(b_0)*10 + i_1]*v_dense_2_weight[(i_1)*30 + j_2];
+                r0 += dv_dense_2[(b_0)*10 + i_1]*v_dense_2_weight[(i_1)*30 + j_2];
             }
-            tmp5[(b_0)*30 + j_2] = acc;
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int j_2 = 0; j_2 < 30; j_2++) {
-            dv_sigmoid_1[(b_0)*30 + j_2] = tmp5[(b_0)*30 + j_2];
+            dv_sigmoid_1[(b_0)*30 + j_2] = r0;
         }
     }
     /* d_dense_2_weight[i, j] = Σ_b (d_dense_2[b, i]*sigmoid_1[b, j])  [#bwd-dense_2-weight] */
     for (int i_1 = 0; i_1 < 10; i_1++) {
         for (int j_2 = 0; j_2 < 30; j_2++) {
-            real acc = 0;
+            real r1 = 0;
             for (int b_0 = 0; b_0 < batch; b_0++) {
-                acc += dv_dense_2[(b_0)*10 + i_1]*v_sigmoid_1[(b_0)*30 + j_2];
+                r1 += dv_dense_2[(b_0)*10 + i_1]*v_sigmoid_1[(b_0)*30 + j_2];
             }
-            tmp6[(i_1)*30 + j_2] = acc;
-        }
-    }
-    for (int i_1 = 0; i_1 < 10; i_1++) {
-        for (int j_2 = 0; j_2 < 30; j_2++) {
-            dv_dense_2_weight[(i_1)*30 + j_2] = tmp6[(i_1)*30 + j_2];
+            dv_dense_2_weight[(i_1)*30 + j_2] = r1;
         }
     }
     /* d_dense_2_bias[i] = Σ_b d_dense_2[b, i]  [#bwd-dense_2-bias] */
     for (int i_1 = 0; i_1 < 10; i_1++) {
-        real acc = 0;
+        real r2 = 0;
         for (int b_0 = 0; b_0 < batch; b_0++) {
-            acc += dv_dense_2[(b_0)*10 + i_1];
+            r2 += dv_dense_2[(b_0)*10 + i_1];
         }
-        tmp7[i_1] = acc;
-    }
-    for (int i_1 = 0; i_1 < 10; i_1++) {
-        dv_dense_2_bias[i_1] = tmp7[i_1];
+        dv_dense_2_bias[i_1] = r2;
     }
     /* d_dense_1[b, i] = -(-1 + sigmoid_1[b, i])*d_sigmoid_1[b, i]*sigmoid_1[b, i]  [#bwd-sigmoid_1-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
@@ -456,28 +347,20 @@ real nielsen_loss_and_grad(const real *params, const nielsen_real *v_x, const ni
     /* d_dense_1_weight[i, j] = Σ_b (d_dense_1[b, i]*x[b, j])  [#bwd-dense_1-weight] */
     for (int i_1 = 0; i_1 < 30; i_1++) {
         for (int j_2 = 0; j_2 < 784; j_2++) {
-            real acc = 0;
+            real r3 = 0;
             for (int b_0 = 0; b_0 < batch; b_0++) {
-                acc += dv_dense_1[(b_0)*30 + i_1]*v_x[(b_0)*784 + j_2];
+                r3 += dv_dense_1[(b_0)*30 + i_1]*v_x[(b_0)*784 + j_2];
             }
-            tmp8[(i_1)*784 + j_2] = acc;
-        }
-    }
-    for (int i_1 = 0; i_1 < 30; i_1++) {
-        for (int j_2 = 0; j_2 < 784; j_2++) {
-            dv_dense_1_weight[(i_1)*784 + j_2] = tmp8[(i_1)*784 + j_2];
+            dv_dense_1_weight[(i_1)*784 + j_2] = r3;
         }
     }
     /* d_dense_1_bias[i] = Σ_b d_dense_1[b, i]  [#bwd-dense_1-bias] */
     for (int i_1 = 0; i_1 < 30; i_1++) {
-        real acc = 0;
+        real r4 = 0;
         for (int b_0 = 0; b_0 < batch; b_0++) {
-            acc += dv_dense_1[(b_0)*30 + i_1];
+            r4 += dv_dense_1[(b_0)*30 + i_1];
         }
-        tmp9[i_1] = acc;
-    }
-    for (int i_1 = 0; i_1 < 30; i_1++) {
-        dv_dense_1_bias[i_1] = tmp9[i_1];
+        dv_dense_1_bias[i_1] = r4;
     }
     return nielsen_loss_value(v_quadratic_1, batch);
 }

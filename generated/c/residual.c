@@ -108,33 +108,11 @@ void residual_forward(const real *params, const residual_real *v_x, real *output
     real *v_softmax_cross_entropy_1 = work + (size_t)batch * 7700 + 0;
     real *dv_softmax_cross_entropy_1 = work + (size_t)batch * 7701 + 0;
     real *tmp0 = work + (size_t)batch * 7702 + 0;
-    real *tmp1 = work + (size_t)batch * 8214 + 0;
-    real *tmp2 = work + (size_t)batch * 8726 + 0;
-    real *tmp3 = work + (size_t)batch * 9238 + 0;
-    real *tmp4 = work + (size_t)batch * 9366 + 0;
-    real *tmp5 = work + (size_t)batch * 9376 + 0;
-    real *tmp6 = work + (size_t)batch * 9888 + 0;
-    real *tmp7 = work + (size_t)batch * 10400 + 0;
-    real *tmp8 = work + (size_t)batch * 10912 + 0;
-    real *tmp9 = work + (size_t)batch * 11040 + 0;
-    real *tmp10 = work + (size_t)batch * 11050 + 0;
-    real *tmp11 = work + (size_t)batch * 11051 + 0;
-    real *tmp12 = work + (size_t)batch * 11052 + 0;
-    real *tmp13 = work + (size_t)batch * 11053 + 0;
-    real *tmp14 = work + (size_t)batch * 11054 + 0;
-    real *tmp15 = work + (size_t)batch * 11182 + 0;
-    real *tmp16 = work + (size_t)batch * 11182 + 1280;
-    real *tmp17 = work + (size_t)batch * 11182 + 1290;
-    real *tmp18 = work + (size_t)batch * 11694 + 1290;
-    real *tmp19 = work + (size_t)batch * 12206 + 1290;
-    real *tmp20 = work + (size_t)batch * 16814 + 1290;
-    real *tmp21 = work + (size_t)batch * 16814 + 1866;
-    real *tmp22 = work + (size_t)batch * 16814 + 1874;
-    real *tmp23 = work + (size_t)batch * 17326 + 1874;
-    real *tmp24 = work + (size_t)batch * 21934 + 1874;
-    real *tmp25 = work + (size_t)batch * 21934 + 2450;
-    real *tmp26 = work + (size_t)batch * 21934 + 2458;
-    real *tmp27 = work + (size_t)batch * 21934 + 2530;
+    real *tmp1 = work + (size_t)batch * 7703 + 0;
+    real *tmp2 = work + (size_t)batch * 7704 + 0;
+    real *tmp3 = work + (size_t)batch * 7705 + 0;
+    real *tmp4 = work + (size_t)batch * 8217 + 0;
+    real *tmp5 = work + (size_t)batch * 8729 + 0;
     (void)batch;
     nncc_use_helpers();
     (void)v_conv2d_1_weight;
@@ -173,51 +151,20 @@ void residual_forward(const real *params, const residual_real *v_x, real *output
     (void)tmp3;
     (void)tmp4;
     (void)tmp5;
-    (void)tmp6;
-    (void)tmp7;
-    (void)tmp8;
-    (void)tmp9;
-    (void)tmp10;
-    (void)tmp11;
-    (void)tmp12;
-    (void)tmp13;
-    (void)tmp14;
-    (void)tmp15;
-    (void)tmp16;
-    (void)tmp17;
-    (void)tmp18;
-    (void)tmp19;
-    (void)tmp20;
-    (void)tmp21;
-    (void)tmp22;
-    (void)tmp23;
-    (void)tmp24;
-    (void)tmp25;
-    (void)tmp26;
-    (void)tmp27;
     /* conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int o_1 = 0; o_1 < 8; o_1++) {
             for (int i_2 = 0; i_2 < 8; i_2++) {
                 for (int j_3 = 0; j_3 < 8; j_3++) {
-                    real acc = 0;
-                    for (int ci_4 = 0; ci_4 < 1; ci_4++) {
-                        for (int p_5 = 0; p_5 < 3; p_5++) {
-                            for (int q_6 = 0; q_6 < 3; q_6++) {
-                                acc += v_conv2d_1_weight[(o_1)*9 + (ci_4)*9 + (p_5)*3 + q_6]*(((i_2 + p_5 - 1) >= 0 && (i_2 + p_5 - 1) < 8 && (j_3 + q_6 - 1) >= 0 && (j_3 + q_6 - 1) < 8) ? v_x[(b_0)*64 + (ci_4)*64 + (i_2 + p_5 - 1)*8 + j_3 + q_6 - 1] : (real)0);
+                    real r0 = 0;
+                    for (int ci_5 = 0; ci_5 < 1; ci_5++) {
+                        for (int p_6 = 0; p_6 < 3; p_6++) {
+                            for (int q_7 = 0; q_7 < 3; q_7++) {
+                                r0 += v_conv2d_1_weight[(o_1)*9 + (ci_5)*9 + (p_6)*3 + q_7]*(((i_2 + p_6 - 1) >= 0 && (i_2 + p_6 - 1) < 8 && (j_3 + q_7 - 1) >= 0 && (j_3 + q_7 - 1) < 8) ? v_x[(b_0)*64 + (ci_5)*64 + (i_2 + p_6 - 1)*8 + j_3 + q_7 - 1] : (real)0);
                             }
                         }
                     }
-                    tmp0[(b_0)*512 + (o_1)*64 + (i_2)*8 + j_3] = acc;
-                }
-            }
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int o_1 = 0; o_1 < 8; o_1++) {
-            for (int i_2 = 0; i_2 < 8; i_2++) {
-                for (int j_3 = 0; j_3 < 8; j_3++) {
-                    v_conv2d_1[(b_0)*512 + (o_1)*64 + (i_2)*8 + j_3] = v_conv2d_1_bias[o_1] + tmp0[(b_0)*512 + (o_1)*64 + (i_2)*8 + j_3];
+                    v_conv2d_1[(b_0)*512 + (o_1)*64 + (i_2)*8 + j_3] = r0 + v_conv2d_1_bias[o_1];
                 }
             }
         }
@@ -226,8 +173,8 @@ void residual_forward(const real *params, const residual_real *v_x, real *output
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 8; i_2++) {
             for (int j_3 = 0; j_3 < 8; j_3++) {
-                for (int k_7 = 0; k_7 < 8; k_7++) {
-                    v_stem[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_7] = ((v_conv2d_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_7] > 0) ? (v_conv2d_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_7]) : (0));
+                for (int k_8 = 0; k_8 < 8; k_8++) {
+                    v_stem[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] = ((v_conv2d_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] > 0) ? (v_conv2d_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8]) : (0));
                 }
             }
         }
@@ -237,24 +184,15 @@ void residual_forward(const real *params, const residual_real *v_x, real *output
         for (int o_1 = 0; o_1 < 8; o_1++) {
             for (int i_2 = 0; i_2 < 8; i_2++) {
                 for (int j_3 = 0; j_3 < 8; j_3++) {
-                    real acc = 0;
-                    for (int ci_4 = 0; ci_4 < 8; ci_4++) {
-                        for (int p_5 = 0; p_5 < 3; p_5++) {
-                            for (int q_6 = 0; q_6 < 3; q_6++) {
-                                acc += v_conv2d_2_weight[(o_1)*72 + (ci_4)*9 + (p_5)*3 + q_6]*(((i_2 + p_5 - 1) >= 0 && (i_2 + p_5 - 1) < 8 && (j_3 + q_6 - 1) >= 0 && (j_3 + q_6 - 1) < 8) ? v_stem[(b_0)*512 + (ci_4)*64 + (i_2 + p_5 - 1)*8 + j_3 + q_6 - 1] : (real)0);
+                    real r1 = 0;
+                    for (int ci_5 = 0; ci_5 < 8; ci_5++) {
+                        for (int p_6 = 0; p_6 < 3; p_6++) {
+                            for (int q_7 = 0; q_7 < 3; q_7++) {
+                                r1 += v_conv2d_2_weight[(o_1)*72 + (ci_5)*9 + (p_6)*3 + q_7]*(((i_2 + p_6 - 1) >= 0 && (i_2 + p_6 - 1) < 8 && (j_3 + q_7 - 1) >= 0 && (j_3 + q_7 - 1) < 8) ? v_stem[(b_0)*512 + (ci_5)*64 + (i_2 + p_6 - 1)*8 + j_3 + q_7 - 1] : (real)0);
                             }
                         }
                     }
-                    tmp1[(b_0)*512 + (o_1)*64 + (i_2)*8 + j_3] = acc;
-                }
-            }
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int o_1 = 0; o_1 < 8; o_1++) {
-            for (int i_2 = 0; i_2 < 8; i_2++) {
-                for (int j_3 = 0; j_3 < 8; j_3++) {
-                    v_conv2d_2[(b_0)*512 + (o_1)*64 + (i_2)*8 + j_3] = v_conv2d_2_bias[o_1] + tmp1[(b_0)*512 + (o_1)*64 + (i_2)*8 + j_3];
+                    v_conv2d_2[(b_0)*512 + (o_1)*64 + (i_2)*8 + j_3] = r1 + v_conv2d_2_bias[o_1];
                 }
             }
         }
@@ -263,8 +201,8 @@ void residual_forward(const real *params, const residual_real *v_x, real *output
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 8; i_2++) {
             for (int j_3 = 0; j_3 < 8; j_3++) {
-                for (int k_7 = 0; k_7 < 8; k_7++) {
-                    v_relu_2[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_7] = ((v_conv2d_2[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_7] > 0) ? (v_conv2d_2[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_7]) : (0));
+                for (int k_8 = 0; k_8 < 8; k_8++) {
+                    v_relu_2[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] = ((v_conv2d_2[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] > 0) ? (v_conv2d_2[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8]) : (0));
                 }
             }
         }
@@ -274,24 +212,15 @@ void residual_forward(const real *params, const residual_real *v_x, real *output
         for (int o_1 = 0; o_1 < 8; o_1++) {
             for (int i_2 = 0; i_2 < 8; i_2++) {
                 for (int j_3 = 0; j_3 < 8; j_3++) {
-                    real acc = 0;
-                    for (int ci_4 = 0; ci_4 < 8; ci_4++) {
-                        for (int p_5 = 0; p_5 < 3; p_5++) {
-                            for (int q_6 = 0; q_6 < 3; q_6++) {
-                                acc += v_conv2d_3_weight[(o_1)*72 + (ci_4)*9 + (p_5)*3 + q_6]*(((i_2 + p_5 - 1) >= 0 && (i_2 + p_5 - 1) < 8 && (j_3 + q_6 - 1) >= 0 && (j_3 + q_6 - 1) < 8) ? v_relu_2[(b_0)*512 + (ci_4)*64 + (i_2 + p_5 - 1)*8 + j_3 + q_6 - 1] : (real)0);
+                    real r2 = 0;
+                    for (int ci_5 = 0; ci_5 < 8; ci_5++) {
+                        for (int p_6 = 0; p_6 < 3; p_6++) {
+                            for (int q_7 = 0; q_7 < 3; q_7++) {
+                                r2 += v_conv2d_3_weight[(o_1)*72 + (ci_5)*9 + (p_6)*3 + q_7]*(((i_2 + p_6 - 1) >= 0 && (i_2 + p_6 - 1) < 8 && (j_3 + q_7 - 1) >= 0 && (j_3 + q_7 - 1) < 8) ? v_relu_2[(b_0)*512 + (ci_5)*64 + (i_2 + p_6 - 1)*8 + j_3 + q_7 - 1] : (real)0);
                             }
                         }
                     }
-                    tmp2[(b_0)*512 + (o_1)*64 + (i_2)*8 + j_3] = acc;
-                }
-            }
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int o_1 = 0; o_1 < 8; o_1++) {
-            for (int i_2 = 0; i_2 < 8; i_2++) {
-                for (int j_3 = 0; j_3 < 8; j_3++) {
-                    v_body[(b_0)*512 + (o_1)*64 + (i_2)*8 + j_3] = v_conv2d_3_bias[o_1] + tmp2[(b_0)*512 + (o_1)*64 + (i_2)*8 + j_3];
+                    v_body[(b_0)*512 + (o_1)*64 + (i_2)*8 + j_3] = r2 + v_conv2d_3_bias[o_1];
                 }
             }
         }
@@ -300,8 +229,8 @@ void residual_forward(const real *params, const residual_real *v_x, real *output
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 8; i_2++) {
             for (int j_3 = 0; j_3 < 8; j_3++) {
-                for (int k_7 = 0; k_7 < 8; k_7++) {
-                    v_add_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_7] = v_body[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_7] + v_stem[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_7];
+                for (int k_8 = 0; k_8 < 8; k_8++) {
+                    v_add_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] = v_body[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] + v_stem[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8];
                 }
             }
         }
@@ -310,43 +239,34 @@ void residual_forward(const real *params, const residual_real *v_x, real *output
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 8; i_2++) {
             for (int j_3 = 0; j_3 < 8; j_3++) {
-                for (int k_7 = 0; k_7 < 8; k_7++) {
-                    v_block[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_7] = ((v_add_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_7] > 0) ? (v_add_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_7]) : (0));
+                for (int k_8 = 0; k_8 < 8; k_8++) {
+                    v_block[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] = ((v_add_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] > 0) ? (v_add_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8]) : (0));
                 }
             }
         }
     }
     /* avgpool2d_1[b, ch, i, j] = Σ_p,q block[b, ch, p + 2*i, q + 2*j]/4  [#fwd-avgpool2d_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ch_8 = 0; ch_8 < 8; ch_8++) {
+        for (int ch_11 = 0; ch_11 < 8; ch_11++) {
             for (int i_2 = 0; i_2 < 4; i_2++) {
                 for (int j_3 = 0; j_3 < 4; j_3++) {
-                    real acc = 0;
-                    for (int p_5 = 0; p_5 < 2; p_5++) {
-                        for (int q_6 = 0; q_6 < 2; q_6++) {
-                            acc += v_block[(b_0)*512 + (ch_8)*64 + (2*i_2 + p_5)*8 + 2*j_3 + q_6];
+                    real r3 = 0;
+                    for (int p_6 = 0; p_6 < 2; p_6++) {
+                        for (int q_7 = 0; q_7 < 2; q_7++) {
+                            r3 += v_block[(b_0)*512 + (ch_11)*64 + (2*i_2 + p_6)*8 + 2*j_3 + q_7];
                         }
                     }
-                    tmp3[(b_0)*128 + (ch_8)*16 + (i_2)*4 + j_3] = acc;
-                }
-            }
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ch_8 = 0; ch_8 < 8; ch_8++) {
-            for (int i_2 = 0; i_2 < 4; i_2++) {
-                for (int j_3 = 0; j_3 < 4; j_3++) {
-                    v_avgpool2d_1[(b_0)*128 + (ch_8)*16 + (i_2)*4 + j_3] = (((real)1/(real)4))*tmp3[(b_0)*128 + (ch_8)*16 + (i_2)*4 + j_3];
+                    v_avgpool2d_1[(b_0)*128 + (ch_11)*16 + (i_2)*4 + j_3] = (((real)1/(real)4))*r3;
                 }
             }
         }
     }
     /* flatten_1[b, j + 4*i + 16*ch] = avgpool2d_1[b, ch, i, j]  [#fwd-flatten_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ch_8 = 0; ch_8 < 8; ch_8++) {
+        for (int ch_11 = 0; ch_11 < 8; ch_11++) {
             for (int i_2 = 0; i_2 < 4; i_2++) {
                 for (int j_3 = 0; j_3 < 4; j_3++) {
-                    v_flatten_1[(b_0)*128 + 16*ch_8 + 4*i_2 + j_3] = v_avgpool2d_1[(b_0)*128 + (ch_8)*16 + (i_2)*4 + j_3];
+                    v_flatten_1[(b_0)*128 + 16*ch_11 + 4*i_2 + j_3] = v_avgpool2d_1[(b_0)*128 + (ch_11)*16 + (i_2)*4 + j_3];
                 }
             }
         }
@@ -354,16 +274,11 @@ void residual_forward(const real *params, const residual_real *v_x, real *output
     /* z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 10; i_2++) {
-            real acc = 0;
+            real r4 = 0;
             for (int j_3 = 0; j_3 < 128; j_3++) {
-                acc += v_dense_1_weight[(i_2)*128 + j_3]*v_flatten_1[(b_0)*128 + j_3];
+                r4 += v_dense_1_weight[(i_2)*128 + j_3]*v_flatten_1[(b_0)*128 + j_3];
             }
-            tmp4[(b_0)*10 + i_2] = acc;
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_2 = 0; i_2 < 10; i_2++) {
-            v_z[(b_0)*10 + i_2] = v_dense_1_bias[i_2] + tmp4[(b_0)*10 + i_2];
+            v_z[(b_0)*10 + i_2] = r4 + v_dense_1_bias[i_2];
         }
     }
     for (long n = 0; n < (long)batch * RESIDUAL_OUTPUT_SIZE; n++)
@@ -411,33 +326,11 @@ real residual_loss(const real *params, const residual_real *v_x, const residual_
     real *v_softmax_cross_entropy_1 = work + (size_t)batch * 7700 + 0;
     real *dv_softmax_cross_entropy_1 = work + (size_t)batch * 7701 + 0;
     real *tmp0 = work + (size_t)batch * 7702 + 0;
-    real *tmp1 = work + (size_t)batch * 8214 + 0;
-    real *tmp2 = work + (size_t)batch * 8726 + 0;
-    real *tmp3 = work + (size_t)batch * 9238 + 0;
-    real *tmp4 = work + (size_t)batch * 9366 + 0;
-    real *tmp5 = work + (size_t)batch * 9376 + 0;
-    real *tmp6 = work + (size_t)batch * 9888 + 0;
-    real *tmp7 = work + (size_t)batch * 10400 + 0;
-    real *tmp8 = work + (size_t)batch * 10912 + 0;
-    real *tmp9 = work + (size_t)batch * 11040 + 0;
-    real *tmp10 = work + (size_t)batch * 11050 + 0;
-    real *tmp11 = work + (size_t)batch * 11051 + 0;
-    real *tmp12 = work + (size_t)batch * 11052 + 0;
-    real *tmp13 = work + (size_t)batch * 11053 + 0;
-    real *tmp14 = work + (size_t)batch * 11054 + 0;
-    real *tmp15 = work + (size_t)batch * 11182 + 0;
-    real *tmp16 = work + (size_t)batch * 11182 + 1280;
-    real *tmp17 = work + (size_t)batch * 11182 + 1290;
-    real *tmp18 = work + (size_t)batch * 11694 + 1290;
-    real *tmp19 = work + (size_t)batch * 12206 + 1290;
-    real *tmp20 = work + (size_t)batch * 16814 + 1290;
-    real *tmp21 = work + (size_t)batch * 16814 + 1866;
-    real *tmp22 = work + (size_t)batch * 16814 + 1874;
-    real *tmp23 = work + (size_t)batch * 17326 + 1874;
-    real *tmp24 = work + (size_t)batch * 21934 + 1874;
-    real *tmp25 = work + (size_t)batch * 21934 + 2450;
-    real *tmp26 = work + (size_t)batch * 21934 + 2458;
-    real *tmp27 = work + (size_t)batch * 21934 + 2530;
+    real *tmp1 = work + (size_t)batch * 7703 + 0;
+    real *tmp2 = work + (size_t)batch * 7704 + 0;
+    real *tmp3 = work + (size_t)batch * 7705 + 0;
+    real *tmp4 = work + (size_t)batch * 8217 + 0;
+    real *tmp5 = work + (size_t)batch * 8729 + 0;
     (void)batch;
     nncc_use_helpers();
     (void)v_conv2d_1_weight;
@@ -476,51 +369,20 @@ real residual_loss(const real *params, const residual_real *v_x, const residual_
     (void)tmp3;
     (void)tmp4;
     (void)tmp5;
-    (void)tmp6;
-    (void)tmp7;
-    (void)tmp8;
-    (void)tmp9;
-    (void)tmp10;
-    (void)tmp11;
-    (void)tmp12;
-    (void)tmp13;
-    (void)tmp14;
-    (void)tmp15;
-    (void)tmp16;
-    (void)tmp17;
-    (void)tmp18;
-    (void)tmp19;
-    (void)tmp20;
-    (void)tmp21;
-    (void)tmp22;
-    (void)tmp23;
-    (void)tmp24;
-    (void)tmp25;
-    (void)tmp26;
-    (void)tmp27;
     /* conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int o_1 = 0; o_1 < 8; o_1++) {
             for (int i_2 = 0; i_2 < 8; i_2++) {
                 for (int j_3 = 0; j_3 < 8; j_3++) {
-                    real acc = 0;
-                    for (int ci_4 = 0; ci_4 < 1; ci_4++) {
-                        for (int p_5 = 0; p_5 < 3; p_5++) {
-                            for (int q_6 = 0; q_6 < 3; q_6++) {
-                                acc += v_conv2d_1_weight[(o_1)*9 + (ci_4)*9 + (p_5)*3 + q_6]*(((i_2 + p_5 - 1) >= 0 && (i_2 + p_5 - 1) < 8 && (j_3 + q_6 - 1) >= 0 && (j_3 + q_6 - 1) < 8) ? v_x[(b_0)*64 + (ci_4)*64 + (i_2 + p_5 - 1)*8 + j_3 + q_6 - 1] : (real)0);
+                    real r0 = 0;
+                    for (int ci_5 = 0; ci_5 < 1; ci_5++) {
+                        for (int p_6 = 0; p_6 < 3; p_6++) {
+                            for (int q_7 = 0; q_7 < 3; q_7++) {
+                                r0 += v_conv2d_1_weight[(o_1)*9 + (ci_5)*9 + (p_6)*3 + q_7]*(((i_2 + p_6 - 1) >= 0 && (i_2 + p_6 - 1) < 8 && (j_3 + q_7 - 1) >= 0 && (j_3 + q_7 - 1) < 8) ? v_x[(b_0)*64 + (ci_5)*64 + (i_2 + p_6 - 1)*8 + j_3 + q_7 - 1] : (real)0);
                             }
                         }
                     }
-                    tmp5[(b_0)*512 + (o_1)*64 + (i_2)*8 + j_3] = acc;
-                }
-            }
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int o_1 = 0; o_1 < 8; o_1++) {
-            for (int i_2 = 0; i_2 < 8; i_2++) {
-                for (int j_3 = 0; j_3 < 8; j_3++) {
-                    v_conv2d_1[(b_0)*512 + (o_1)*64 + (i_2)*8 + j_3] = v_conv2d_1_bias[o_1] + tmp5[(b_0)*512 + (o_1)*64 + (i_2)*8 + j_3];
+                    v_conv2d_1[(b_0)*512 + (o_1)*64 + (i_2)*8 + j_3] = r0 + v_conv2d_1_bias[o_1];
                 }
             }
         }
@@ -529,8 +391,8 @@ real residual_loss(const real *params, const residual_real *v_x, const residual_
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 8; i_2++) {
             for (int j_3 = 0; j_3 < 8; j_3++) {
-                for (int k_7 = 0; k_7 < 8; k_7++) {
-                    v_stem[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_7] = ((v_conv2d_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_7] > 0) ? (v_conv2d_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_7]) : (0));
+                for (int k_8 = 0; k_8 < 8; k_8++) {
+                    v_stem[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] = ((v_conv2d_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] > 0) ? (v_conv2d_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8]) : (0));
                 }
             }
         }
@@ -540,24 +402,15 @@ real residual_loss(const real *params, const residual_real *v_x, const residual_
         for (int o_1 = 0; o_1 < 8; o_1++) {
             for (int i_2 = 0; i_2 < 8; i_2++) {
                 for (int j_3 = 0; j_3 < 8; j_3++) {
-                    real acc = 0;
-                    for (int ci_4 = 0; ci_4 < 8; ci_4++) {
-                        for (int p_5 = 0; p_5 < 3; p_5++) {
-                            for (int q_6 = 0; q_6 < 3; q_6++) {
-                                acc += v_conv2d_2_weight[(o_1)*72 + (ci_4)*9 + (p_5)*3 + q_6]*(((i_2 + p_5 - 1) >= 0 && (i_2 + p_5 - 1) < 8 && (j_3 + q_6 - 1) >= 0 && (j_3 + q_6 - 1) < 8) ? v_stem[(b_0)*512 + (ci_4)*64 + (i_2 + p_5 - 1)*8 + j_3 + q_6 - 1] : (real)0);
+                    real r1 = 0;
+                    for (int ci_5 = 0; ci_5 < 8; ci_5++) {
+                        for (int p_6 = 0; p_6 < 3; p_6++) {
+                            for (int q_7 = 0; q_7 < 3; q_7++) {
+                                r1 += v_conv2d_2_weight[(o_1)*72 + (ci_5)*9 + (p_6)*3 + q_7]*(((i_2 + p_6 - 1) >= 0 && (i_2 + p_6 - 1) < 8 && (j_3 + q_7 - 1) >= 0 && (j_3 + q_7 - 1) < 8) ? v_stem[(b_0)*512 + (ci_5)*64 + (i_2 + p_6 - 1)*8 + j_3 + q_7 - 1] : (real)0);
                             }
                         }
                     }
-                    tmp6[(b_0)*512 + (o_1)*64 + (i_2)*8 + j_3] = acc;
-                }
-            }
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int o_1 = 0; o_1 < 8; o_1++) {
-            for (int i_2 = 0; i_2 < 8; i_2++) {
-                for (int j_3 = 0; j_3 < 8; j_3++) {
-                    v_conv2d_2[(b_0)*512 + (o_1)*64 + (i_2)*8 + j_3] = v_conv2d_2_bias[o_1] + tmp6[(b_0)*512 + (o_1)*64 + (i_2)*8 + j_3];
+                    v_conv2d_2[(b_0)*512 + (o_1)*64 + (i_2)*8 + j_3] = r1 + v_conv2d_2_bias[o_1];
                 }
             }
         }
@@ -566,8 +419,8 @@ real residual_loss(const real *params, const residual_real *v_x, const residual_
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 8; i_2++) {
             for (int j_3 = 0; j_3 < 8; j_3++) {
-                for (int k_7 = 0; k_7 < 8; k_7++) {
-                    v_relu_2[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_7] = ((v_conv2d_2[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_7] > 0) ? (v_conv2d_2[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_7]) : (0));
+                for (int k_8 = 0; k_8 < 8; k_8++) {
+                    v_relu_2[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] = ((v_conv2d_2[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] > 0) ? (v_conv2d_2[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8]) : (0));
                 }
             }
         }
@@ -577,24 +430,15 @@ real residual_loss(const real *params, const residual_real *v_x, const residual_
         for (int o_1 = 0; o_1 < 8; o_1++) {
             for (int i_2 = 0; i_2 < 8; i_2++) {
                 for (int j_3 = 0; j_3 < 8; j_3++) {
-                    real acc = 0;
-                    for (int ci_4 = 0; ci_4 < 8; ci_4++) {
-                        for (int p_5 = 0; p_5 < 3; p_5++) {
-                            for (int q_6 = 0; q_6 < 3; q_6++) {
-                                acc += v_conv2d_3_weight[(o_1)*72 + (ci_4)*9 + (p_5)*3 + q_6]*(((i_2 + p_5 - 1) >= 0 && (i_2 + p_5 - 1) < 8 && (j_3 + q_6 - 1) >= 0 && (j_3 + q_6 - 1) < 8) ? v_relu_2[(b_0)*512 + (ci_4)*64 + (i_2 + p_5 - 1)*8 + j_3 + q_6 - 1] : (real)0);
+                    real r2 = 0;
+                    for (int ci_5 = 0; ci_5 < 8; ci_5++) {
+                        for (int p_6 = 0; p_6 < 3; p_6++) {
+                            for (int q_7 = 0; q_7 < 3; q_7++) {
+                                r2 += v_conv2d_3_weight[(o_1)*72 + (ci_5)*9 + (p_6)*3 + q_7]*(((i_2 + p_6 - 1) >= 0 && (i_2 + p_6 - 1) < 8 && (j_3 + q_7 - 1) >= 0 && (j_3 + q_7 - 1) < 8) ? v_relu_2[(b_0)*512 + (ci_5)*64 + (i_2 + p_6 - 1)*8 + j_3 + q_7 - 1] : (real)0);
                             }
                         }
                     }
-                    tmp7[(b_0)*512 + (o_1)*64 + (i_2)*8 + j_3] = acc;
-                }
-            }
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int o_1 = 0; o_1 < 8; o_1++) {
-            for (int i_2 = 0; i_2 < 8; i_2++) {
-                for (int j_3 = 0; j_3 < 8; j_3++) {
-                    v_body[(b_0)*512 + (o_1)*64 + (i_2)*8 + j_3] = v_conv2d_3_bias[o_1] + tmp7[(b_0)*512 + (o_1)*64 + (i_2)*8 + j_3];
+                    v_body[(b_0)*512 + (o_1)*64 + (i_2)*8 + j_3] = r2 + v_conv2d_3_bias[o_1];
                 }
             }
         }
@@ -603,8 +447,8 @@ real residual_loss(const real *params, const residual_real *v_x, const residual_
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 8; i_2++) {
             for (int j_3 = 0; j_3 < 8; j_3++) {
-                for (int k_7 = 0; k_7 < 8; k_7++) {
-                    v_add_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_7] = v_body[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_7] + v_stem[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_7];
+                for (int k_8 = 0; k_8 < 8; k_8++) {
+                    v_add_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] = v_body[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] + v_stem[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8];
                 }
             }
         }
@@ -613,43 +457,34 @@ real residual_loss(const real *params, const residual_real *v_x, const residual_
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 8; i_2++) {
             for (int j_3 = 0; j_3 < 8; j_3++) {
-                for (int k_7 = 0; k_7 < 8; k_7++) {
-                    v_block[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_7] = ((v_add_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_7] > 0) ? (v_add_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_7]) : (0));
+                for (int k_8 = 0; k_8 < 8; k_8++) {
+                    v_block[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] = ((v_add_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] > 0) ? (v_add_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8]) : (0));
                 }
             }
         }
     }
     /* avgpool2d_1[b, ch, i, j] = Σ_p,q block[b, ch, p + 2*i, q + 2*j]/4  [#fwd-avgpool2d_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ch_8 = 0; ch_8 < 8; ch_8++) {
+        for (int ch_11 = 0; ch_11 < 8; ch_11++) {
             for (int i_2 = 0; i_2 < 4; i_2++) {
                 for (int j_3 = 0; j_3 < 4; j_3++) {
-                    real acc = 0;
-                    for (int p_5 = 0; p_5 < 2; p_5++) {
-                        for (int q_6 = 0; q_6 < 2; q_6++) {
-                            acc += v_block[(b_0)*512 + (ch_8)*64 + (2*i_2 + p_5)*8 + 2*j_3 + q_6];
+                    real r3 = 0;
+                    for (int p_6 = 0; p_6 < 2; p_6++) {
+                        for (int q_7 = 0; q_7 < 2; q_7++) {
+                            r3 += v_block[(b_0)*512 + (ch_11)*64 + (2*i_2 + p_6)*8 + 2*j_3 + q_7];
                         }
                     }
-                    tmp8[(b_0)*128 + (ch_8)*16 + (i_2)*4 + j_3] = acc;
-                }
-            }
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ch_8 = 0; ch_8 < 8; ch_8++) {
-            for (int i_2 = 0; i_2 < 4; i_2++) {
-                for (int j_3 = 0; j_3 < 4; j_3++) {
-                    v_avgpool2d_1[(b_0)*128 + (ch_8)*16 + (i_2)*4 + j_3] = (((real)1/(real)4))*tmp8[(b_0)*128 + (ch_8)*16 + (i_2)*4 + j_3];
+                    v_avgpool2d_1[(b_0)*128 + (ch_11)*16 + (i_2)*4 + j_3] = (((real)1/(real)4))*r3;
                 }
             }
         }
     }
     /* flatten_1[b, j + 4*i + 16*ch] = avgpool2d_1[b, ch, i, j]  [#fwd-flatten_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ch_8 = 0; ch_8 < 8; ch_8++) {
+        for (int ch_11 = 0; ch_11 < 8; ch_11++) {
             for (int i_2 = 0; i_2 < 4; i_2++) {
                 for (int j_3 = 0; j_3 < 4; j_3++) {
-                    v_flatten_1[(b_0)*128 + 16*ch_8 + 4*i_2 + j_3] = v_avgpool2d_1[(b_0)*128 + (ch_8)*16 + (i_2)*4 + j_3];
+                    v_flatten_1[(b_0)*128 + 16*ch_11 + 4*i_2 + j_3] = v_avgpool2d_1[(b_0)*128 + (ch_11)*16 + (i_2)*4 + j_3];
                 }
             }
         }
@@ -657,16 +492,11 @@ real residual_loss(const real *params, const residual_real *v_x, const residual_
     /* z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 10; i_2++) {
-            real acc = 0;
+            real r4 = 0;
             for (int j_3 = 0; j_3 < 128; j_3++) {
-                acc += v_dense_1_weight[(i_2)*128 + j_3]*v_flatten_1[(b_0)*128 + j_3];
+                r4 += v_dense_1_weight[(i_2)*128 + j_3]*v_flatten_1[(b_0)*128 + j_3];
             }
-            tmp9[(b_0)*10 + i_2] = acc;
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_2 = 0; i_2 < 10; i_2++) {
-            v_z[(b_0)*10 + i_2] = v_dense_1_bias[i_2] + tmp9[(b_0)*10 + i_2];
+            v_z[(b_0)*10 + i_2] = r4 + v_dense_1_bias[i_2];
         }
     }
     /* softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1] */
@@ -678,17 +508,14 @@ real residual_loss(const real *params, const residual_real *v_x, const residual_
         for (int j_3 = 0; j_3 < 10; j_3++) {
             s += exp(v_z[(b_0)*10 + j_3] - m);
         }
-        tmp10[b_0] = m + log(s);
+        tmp0[b_0] = m + log(s);
     }
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        real acc = 0;
+        real r5 = 0;
         for (int i_2 = 0; i_2 < 10; i_2++) {
-            acc += (-tmp10[b_0] + v_z[(b_0)*10 + i_2])*v_y[(b_0)*10 + i_2];
+            r5 += (-tmp0[b_0] + v_z[(b_0)*10 + i_2])*v_y[(b_0)*10 + i_2];
         }
-        tmp11[b_0] = acc;
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        v_softmax_cross_entropy_1[b_0] = -tmp11[b_0];
+        v_softmax_cross_entropy_1[b_0] = -r5;
     }
     return residual_loss_value(v_softmax_cross_entropy_1, batch);
 }
@@ -734,33 +561,11 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
     real *v_softmax_cross_entropy_1 = work + (size_t)batch * 7700 + 0;
     real *dv_softmax_cross_entropy_1 = work + (size_t)batch * 7701 + 0;
     real *tmp0 = work + (size_t)batch * 7702 + 0;
-    real *tmp1 = work + (size_t)batch * 8214 + 0;
-    real *tmp2 = work + (size_t)batch * 8726 + 0;
-    real *tmp3 = work + (size_t)batch * 9238 + 0;
-    real *tmp4 = work + (size_t)batch * 9366 + 0;
-    real *tmp5 = work + (size_t)batch * 9376 + 0;
-    real *tmp6 = work + (size_t)batch * 9888 + 0;
-    real *tmp7 = work + (size_t)batch * 10400 + 0;
-    real *tmp8 = work + (size_t)batch * 10912 + 0;
-    real *tmp9 = work + (size_t)batch * 11040 + 0;
-    real *tmp10 = work + (size_t)batch * 11050 + 0;
-    real *tmp11 = work + (size_t)batch * 11051 + 0;
-    real *tmp12 = work + (size_t)batch * 11052 + 0;
-    real *tmp13 = work + (size_t)batch * 11053 + 0;
-    real *tmp14 = work + (size_t)batch * 11054 + 0;
-    real *tmp15 = work + (size_t)batch * 11182 + 0;
-    real *tmp16 = work + (size_t)batch * 11182 + 1280;
-    real *tmp17 = work + (size_t)batch * 11182 + 1290;
-    real *tmp18 = work + (size_t)batch * 11694 + 1290;
-    real *tmp19 = work + (size_t)batch * 12206 + 1290;
-    real *tmp20 = work + (size_t)batch * 16814 + 1290;
-    real *tmp21 = work + (size_t)batch * 16814 + 1866;
-    real *tmp22 = work + (size_t)batch * 16814 + 1874;
-    real *tmp23 = work + (size_t)batch * 17326 + 1874;
-    real *tmp24 = work + (size_t)batch * 21934 + 1874;
-    real *tmp25 = work + (size_t)batch * 21934 + 2450;
-    real *tmp26 = work + (size_t)batch * 21934 + 2458;
-    real *tmp27 = work + (size_t)batch * 21934 + 2530;
+    real *tmp1 = work + (size_t)batch * 7703 + 0;
+    real *tmp2 = work + (size_t)batch * 7704 + 0;
+    real *tmp3 = work + (size_t)batch * 7705 + 0;
+    real *tmp4 = work + (size_t)batch * 8217 + 0;
+    real *tmp5 = work + (size_t)batch * 8729 + 0;
     (void)batch;
     nncc_use_helpers();
     (void)v_conv2d_1_weight;
@@ -799,51 +604,20 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
     (void)tmp3;
     (void)tmp4;
     (void)tmp5;
-    (void)tmp6;
-    (void)tmp7;
-    (void)tmp8;
-    (void)tmp9;
-    (void)tmp10;
-    (void)tmp11;
-    (void)tmp12;
-    (void)tmp13;
-    (void)tmp14;
-    (void)tmp15;
-    (void)tmp16;
-    (void)tmp17;
-    (void)tmp18;
-    (void)tmp19;
-    (void)tmp20;
-    (void)tmp21;
-    (void)tmp22;
-    (void)tmp23;
-    (void)tmp24;
-    (void)tmp25;
-    (void)tmp26;
-    (void)tmp27;
     /* conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int o_1 = 0; o_1 < 8; o_1++) {
             for (int i_2 = 0; i_2 < 8; i_2++) {
                 for (int j_3 = 0; j_3 < 8; j_3++) {
-                    real acc = 0;
-                    for (int ci_4 = 0; ci_4 < 1; ci_4++) {
-                        for (int p_5 = 0; p_5 < 3; p_5++) {
-                            for (int q_6 = 0; q_6 < 3; q_6++) {
-                                acc += v_conv2d_1_weight[(o_1)*9 + (ci_4)*9 + (p_5)*3 + q_6]*(((i_2 + p_5 - 1) >= 0 && (i_2 + p_5 - 1) < 8 && (j_3 + q_6 - 1) >= 0 && (j_3 + q_6 - 1) < 8) ? v_x[(b_0)*64 + (ci_4)*64 + (i_2 + p_5 - 1)*8 + j_3 + q_6 - 1] : (real)0);
+                    real r0 = 0;
+                    for (int ci_5 = 0; ci_5 < 1; ci_5++) {
+                        for (int p_6 = 0; p_6 < 3; p_6++) {
+                            for (int q_7 = 0; q_7 < 3; q_7++) {
+                                r0 += v_conv2d_1_weight[(o_1)*9 + (ci_5)*9 + (p_6)*3 + q_7]*(((i_2 + p_6 - 1) >= 0 && (i_2 + p_6 - 1) < 8 && (j_3 + q_7 - 1) >= 0 && (j_3 + q_7 - 1) < 8) ? v_x[(b_0)*64 + (ci_5)*64 + (i_2 + p_6 - 1)*8 + j_3 + q_7 - 1] : (real)0);
                             }
                         }
                     }
-                    tmp5[(b_0)*512 + (o_1)*64 + (i_2)*8 + j_3] = acc;
-                }
-            }
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int o_1 = 0; o_1 < 8; o_1++) {
-            for (int i_2 = 0; i_2 < 8; i_2++) {
-                for (int j_3 = 0; j_3 < 8; j_3++) {
-                    v_conv2d_1[(b_0)*512 + (o_1)*64 + (i_2)*8 + j_3] = v_conv2d_1_bias[o_1] + tmp5[(b_0)*512 + (o_1)*64 + (i_2)*8 + j_3];
+                    v_conv2d_1[(b_0)*512 + (o_1)*64 + (i_2)*8 + j_3] = r0 + v_conv2d_1_bias[o_1];
                 }
             }
         }
@@ -852,8 +626,8 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 8; i_2++) {
             for (int j_3 = 0; j_3 < 8; j_3++) {
-                for (int k_7 = 0; k_7 < 8; k_7++) {
-                    v_stem[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_7] = ((v_conv2d_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_7] > 0) ? (v_conv2d_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_7]) : (0));
+                for (int k_8 = 0; k_8 < 8; k_8++) {
+                    v_stem[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] = ((v_conv2d_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] > 0) ? (v_conv2d_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8]) : (0));
                 }
             }
         }
@@ -863,24 +637,15 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
         for (int o_1 = 0; o_1 < 8; o_1++) {
             for (int i_2 = 0; i_2 < 8; i_2++) {
                 for (int j_3 = 0; j_3 < 8; j_3++) {
-                    real acc = 0;
-                    for (int ci_4 = 0; ci_4 < 8; ci_4++) {
-                        for (int p_5 = 0; p_5 < 3; p_5++) {
-                            for (int q_6 = 0; q_6 < 3; q_6++) {
-                                acc += v_conv2d_2_weight[(o_1)*72 + (ci_4)*9 + (p_5)*3 + q_6]*(((i_2 + p_5 - 1) >= 0 && (i_2 + p_5 - 1) < 8 && (j_3 + q_6 - 1) >= 0 && (j_3 + q_6 - 1) < 8) ? v_stem[(b_0)*512 + (ci_4)*64 + (i_2 + p_5 - 1)*8 + j_3 + q_6 - 1] : (real)0);
+                    real r1 = 0;
+                    for (int ci_5 = 0; ci_5 < 8; ci_5++) {
+                        for (int p_6 = 0; p_6 < 3; p_6++) {
+                            for (int q_7 = 0; q_7 < 3; q_7++) {
+                                r1 += v_conv2d_2_weight[(o_1)*72 + (ci_5)*9 + (p_6)*3 + q_7]*(((i_2 + p_6 - 1) >= 0 && (i_2 + p_6 - 1) < 8 && (j_3 + q_7 - 1) >= 0 && (j_3 + q_7 - 1) < 8) ? v_stem[(b_0)*512 + (ci_5)*64 + (i_2 + p_6 - 1)*8 + j_3 + q_7 - 1] : (real)0);
                             }
                         }
                     }
-                    tmp6[(b_0)*512 + (o_1)*64 + (i_2)*8 + j_3] = acc;
-                }
-            }
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int o_1 = 0; o_1 < 8; o_1++) {
-            for (int i_2 = 0; i_2 < 8; i_2++) {
-                for (int j_3 = 0; j_3 < 8; j_3++) {
-                    v_conv2d_2[(b_0)*512 + (o_1)*64 + (i_2)*8 + j_3] = v_conv2d_2_bias[o_1] + tmp6[(b_0)*512 + (o_1)*64 + (i_2)*8 + j_3];
+                    v_conv2d_2[(b_0)*512 + (o_1)*64 + (i_2)*8 + j_3] = r1 + v_conv2d_2_bias[o_1];
                 }
             }
         }
@@ -889,8 +654,8 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 8; i_2++) {
             for (int j_3 = 0; j_3 < 8; j_3++) {
-                for (int k_7 = 0; k_7 < 8; k_7++) {
-                    v_relu_2[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_7] = ((v_conv2d_2[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_7] > 0) ? (v_conv2d_2[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_7]) : (0));
+                for (int k_8 = 0; k_8 < 8; k_8++) {
+                    v_relu_2[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] = ((v_conv2d_2[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] > 0) ? (v_conv2d_2[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8]) : (0));
                 }
             }
         }
@@ -900,24 +665,15 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
         for (int o_1 = 0; o_1 < 8; o_1++) {
             for (int i_2 = 0; i_2 < 8; i_2++) {
                 for (int j_3 = 0; j_3 < 8; j_3++) {
-                    real acc = 0;
-                    for (int ci_4 = 0; ci_4 < 8; ci_4++) {
-                        for (int p_5 = 0; p_5 < 3; p_5++) {
-                            for (int q_6 = 0; q_6 < 3; q_6++) {
-                                acc += v_conv2d_3_weight[(o_1)*72 + (ci_4)*9 + (p_5)*3 + q_6]*(((i_2 + p_5 - 1) >= 0 && (i_2 + p_5 - 1) < 8 && (j_3 + q_6 - 1) >= 0 && (j_3 + q_6 - 1) < 8) ? v_relu_2[(b_0)*512 + (ci_4)*64 + (i_2 + p_5 - 1)*8 + j_3 + q_6 - 1] : (real)0);
+                    real r2 = 0;
+                    for (int ci_5 = 0; ci_5 < 8; ci_5++) {
+                        for (int p_6 = 0; p_6 < 3; p_6++) {
+                            for (int q_7 = 0; q_7 < 3; q_7++) {
+                                r2 += v_conv2d_3_weight[(o_1)*72 + (ci_5)*9 + (p_6)*3 + q_7]*(((i_2 + p_6 - 1) >= 0 && (i_2 + p_6 - 1) < 8 && (j_3 + q_7 - 1) >= 0 && (j_3 + q_7 - 1) < 8) ? v_relu_2[(b_0)*512 + (ci_5)*64 + (i_2 + p_6 - 1)*8 + j_3 + q_7 - 1] : (real)0);
                             }
                         }
                     }
-                    tmp7[(b_0)*512 + (o_1)*64 + (i_2)*8 + j_3] = acc;
-                }
-            }
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int o_1 = 0; o_1 < 8; o_1++) {
-            for (int i_2 = 0; i_2 < 8; i_2++) {
-                for (int j_3 = 0; j_3 < 8; j_3++) {
-                    v_body[(b_0)*512 + (o_1)*64 + (i_2)*8 + j_3] = v_conv2d_3_bias[o_1] + tmp7[(b_0)*512 + (o_1)*64 + (i_2)*8 + j_3];
+                    v_body[(b_0)*512 + (o_1)*64 + (i_2)*8 + j_3] = r2 + v_conv2d_3_bias[o_1];
                 }
             }
         }
@@ -926,8 +682,8 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 8; i_2++) {
             for (int j_3 = 0; j_3 < 8; j_3++) {
-                for (int k_7 = 0; k_7 < 8; k_7++) {
-                    v_add_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_7] = v_body[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_7] + v_stem[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_7];
+                for (int k_8 = 0; k_8 < 8; k_8++) {
+                    v_add_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] = v_body[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] + v_stem[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8];
                 }
             }
         }
@@ -936,43 +692,34 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 8; i_2++) {
             for (int j_3 = 0; j_3 < 8; j_3++) {
-                for (int k_7 = 0; k_7 < 8; k_7++) {
-                    v_block[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_7] = ((v_add_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_7] > 0) ? (v_add_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_7]) : (0));
+                for (int k_8 = 0; k_8 < 8; k_8++) {
+                    v_block[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] = ((v_add_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] > 0) ? (v_add_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8]) : (0));
                 }
             }
         }
     }
     /* avgpool2d_1[b, ch, i, j] = Σ_p,q block[b, ch, p + 2*i, q + 2*j]/4  [#fwd-avgpool2d_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ch_8 = 0; ch_8 < 8; ch_8++) {
+        for (int ch_11 = 0; ch_11 < 8; ch_11++) {
             for (int i_2 = 0; i_2 < 4; i_2++) {
                 for (int j_3 = 0; j_3 < 4; j_3++) {
-                    real acc = 0;
-                    for (int p_5 = 0; p_5 < 2; p_5++) {
-                        for (int q_6 = 0; q_6 < 2; q_6++) {
-                            acc += v_block[(b_0)*512 + (ch_8)*64 + (2*i_2 + p_5)*8 + 2*j_3 + q_6];
+                    real r3 = 0;
+                    for (int p_6 = 0; p_6 < 2; p_6++) {
+                        for (int q_7 = 0; q_7 < 2; q_7++) {
+                            r3 += v_block[(b_0)*512 + (ch_11)*64 + (2*i_2 + p_6)*8 + 2*j_3 + q_7];
                         }
                     }
-                    tmp8[(b_0)*128 + (ch_8)*16 + (i_2)*4 + j_3] = acc;
-                }
-            }
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ch_8 = 0; ch_8 < 8; ch_8++) {
-            for (int i_2 = 0; i_2 < 4; i_2++) {
-                for (int j_3 = 0; j_3 < 4; j_3++) {
-                    v_avgpool2d_1[(b_0)*128 + (ch_8)*16 + (i_2)*4 + j_3] = (((real)1/(real)4))*tmp8[(b_0)*128 + (ch_8)*16 + (i_2)*4 + j_3];
+                    v_avgpool2d_1[(b_0)*128 + (ch_11)*16 + (i_2)*4 + j_3] = (((real)1/(real)4))*r3;
                 }
             }
         }
     }
     /* flatten_1[b, j + 4*i + 16*ch] = avgpool2d_1[b, ch, i, j]  [#fwd-flatten_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ch_8 = 0; ch_8 < 8; ch_8++) {
+        for (int ch_11 = 0; ch_11 < 8; ch_11++) {
             for (int i_2 = 0; i_2 < 4; i_2++) {
                 for (int j_3 = 0; j_3 < 4; j_3++) {
-                    v_flatten_1[(b_0)*128 + 16*ch_8 + 4*i_2 + j_3] = v_avgpool2d_1[(b_0)*128 + (ch_8)*16 + (i_2)*4 + j_3];
+                    v_flatten_1[(b_0)*128 + 16*ch_11 + 4*i_2 + j_3] = v_avgpool2d_1[(b_0)*128 + (ch_11)*16 + (i_2)*4 + j_3];
                 }
             }
         }
@@ -980,16 +727,11 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
     /* z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 10; i_2++) {
-            real acc = 0;
+            real r4 = 0;
             for (int j_3 = 0; j_3 < 128; j_3++) {
-                acc += v_dense_1_weight[(i_2)*128 + j_3]*v_flatten_1[(b_0)*128 + j_3];
+                r4 += v_dense_1_weight[(i_2)*128 + j_3]*v_flatten_1[(b_0)*128 + j_3];
             }
-            tmp9[(b_0)*10 + i_2] = acc;
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_2 = 0; i_2 < 10; i_2++) {
-            v_z[(b_0)*10 + i_2] = v_dense_1_bias[i_2] + tmp9[(b_0)*10 + i_2];
+            v_z[(b_0)*10 + i_2] = r4 + v_dense_1_bias[i_2];
         }
     }
     /* softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1] */
@@ -1001,17 +743,14 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
         for (int j_3 = 0; j_3 < 10; j_3++) {
             s += exp(v_z[(b_0)*10 + j_3] - m);
         }
-        tmp10[b_0] = m + log(s);
+        tmp0[b_0] = m + log(s);
     }
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        real acc = 0;
+        real r5 = 0;
         for (int i_2 = 0; i_2 < 10; i_2++) {
-            acc += (-tmp10[b_0] + v_z[(b_0)*10 + i_2])*v_y[(b_0)*10 + i_2];
+            r5 += (-tmp0[b_0] + v_z[(b_0)*10 + i_2])*v_y[(b_0)*10 + i_2];
         }
-        tmp11[b_0] = acc;
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        v_softmax_cross_entropy_1[b_0] = -tmp11[b_0];
+        v_softmax_cross_entropy_1[b_0] = -r5;
     }
     /* d_z[b, k] = (-y[b, k] + Σ_i y[b, i]*exp(-logsumexp_j(z[b, j]) + z[b, k]))*d_softmax_cross_entropy_1[b]  [#bwd-softmax_cross_entropy_1-z] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
@@ -1019,7 +758,7 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
         for (int i_1 = 0; i_1 < 10; i_1++) {
             acc += v_y[(b_0)*10 + i_1];
         }
-        tmp12[b_0] = acc;
+        tmp1[b_0] = acc;
     }
     for (int b_0 = 0; b_0 < batch; b_0++) {
         real m = -INFINITY, s = 0;
@@ -1029,73 +768,60 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
         for (int j_2 = 0; j_2 < 10; j_2++) {
             s += exp(v_z[(b_0)*10 + j_2] - m);
         }
-        tmp13[b_0] = m + log(s);
+        tmp2[b_0] = m + log(s);
     }
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int k_3 = 0; k_3 < 10; k_3++) {
-            dv_z[(b_0)*10 + k_3] = (exp(-tmp13[b_0] + v_z[(b_0)*10 + k_3])*tmp12[b_0] - v_y[(b_0)*10 + k_3])/batch;
+            dv_z[(b_0)*10 + k_3] = (exp(-tmp2[b_0] + v_z[(b_0)*10 + k_3])*tmp1[b_0] - v_y[(b_0)*10 + k_3])/batch;
         }
     }
     /* d_flatten_1[b, j] = Σ_i (d_z[b, i]*dense_1.weight[i, j])  [#bwd-dense_1-flatten_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int j_2 = 0; j_2 < 128; j_2++) {
-            real acc = 0;
+            real r0 = 0;
             for (int i_1 = 0; i_1 < 10; i_1++) {
-                acc += dv_z[(b_0)*10 + i_1]*v_dense_1_weight[(i_1)*128 + j_2];
+                r0 += dv_z[(b_0)*10 + i_1]*v_dense_1_weight[(i_1)*128 + j_2];
             }
-            tmp14[(b_0)*128 + j_2] = acc;
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int j_2 = 0; j_2 < 128; j_2++) {
-            dv_flatten_1[(b_0)*128 + j_2] = tmp14[(b_0)*128 + j_2];
+            dv_flatten_1[(b_0)*128 + j_2] = r0;
         }
     }
     /* d_dense_1_weight[i, j] = Σ_b (d_z[b, i]*flatten_1[b, j])  [#bwd-dense_1-weight] */
     for (int i_1 = 0; i_1 < 10; i_1++) {
         for (int j_2 = 0; j_2 < 128; j_2++) {
-            real acc = 0;
+            real r1 = 0;
             for (int b_0 = 0; b_0 < batch; b_0++) {
-                acc += dv_z[(b_0)*10 + i_1]*v_flatten_1[(b_0)*128 + j_2];
+                r1 += dv_z[(b_0)*10 + i_1]*v_flatten_1[(b_0)*128 + j_2];
             }
-            tmp15[(i_1)*128 + j_2] = acc;
-        }
-    }
-    for (int i_1 = 0; i_1 < 10; i_1++) {
-        for (int j_2 = 0; j_2 < 128; j_2++) {
-            dv_dense_1_weight[(i_1)*128 + j_2] = tmp15[(i_1)*128 + j_2];
+            dv_dense_1_weight[(i_1)*128 + j_2] = r1;
         }
     }
     /* d_dense_1_bias[i] = Σ_b d_z[b, i]  [#bwd-dense_1-bias] */
     for (int i_1 = 0; i_1 < 10; i_1++) {
-        real acc = 0;
+        real r2 = 0;
         for (int b_0 = 0; b_0 < batch; b_0++) {
-            acc += dv_z[(b_0)*10 + i_1];
+            r2 += dv_z[(b_0)*10 + i_1];
         }
-        tmp16[i_1] = acc;
-    }
-    for (int i_1 = 0; i_1 < 10; i_1++) {
-        dv_dense_1_bias[i_1] = tmp16[i_1];
+        dv_dense_1_bias[i_1] = r2;
     }
     /* d_avgpool2d_1[b, ch, i, j] = d_flatten_1[b, j + 4*i + 16*ch]  [#bwd-flatten_1-avgpool2d_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ch_4 = 0; ch_4 < 8; ch_4++) {
+        for (int ch_7 = 0; ch_7 < 8; ch_7++) {
             for (int i_1 = 0; i_1 < 4; i_1++) {
                 for (int j_2 = 0; j_2 < 4; j_2++) {
-                    dv_avgpool2d_1[(b_0)*128 + (ch_4)*16 + (i_1)*4 + j_2] = dv_flatten_1[(b_0)*128 + 16*ch_4 + 4*i_1 + j_2];
+                    dv_avgpool2d_1[(b_0)*128 + (ch_7)*16 + (i_1)*4 + j_2] = dv_flatten_1[(b_0)*128 + 16*ch_7 + 4*i_1 + j_2];
                 }
             }
         }
     }
     /* d_block[b, ch, k, l] = Σ_i,j,p,q (d_avgpool2d_1[b, ch, i, j]*δ(k,p + 2*i)*δ(l,q + 2*j))/4  [#bwd-avgpool2d_1-block] */
-    for (long n = 0; n < (long)batch*8*8*8; n++) tmp17[n] = 0;
+    for (long n = 0; n < (long)batch*8*8*8; n++) tmp3[n] = 0;
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ch_4 = 0; ch_4 < 8; ch_4++) {
+        for (int ch_7 = 0; ch_7 < 8; ch_7++) {
             for (int i_1 = 0; i_1 < 4; i_1++) {
                 for (int j_2 = 0; j_2 < 4; j_2++) {
-                    for (int p_5 = 0; p_5 < 2; p_5++) {
-                        for (int q_6 = 0; q_6 < 2; q_6++) {
-                            tmp17[(b_0)*512 + (ch_4)*64 + (2*i_1 + p_5)*8 + 2*j_2 + q_6] += (((real)1/(real)4))*dv_avgpool2d_1[(b_0)*128 + (ch_4)*16 + (i_1)*4 + j_2];
+                    for (int p_8 = 0; p_8 < 2; p_8++) {
+                        for (int q_9 = 0; q_9 < 2; q_9++) {
+                            tmp3[(b_0)*512 + (ch_7)*64 + (2*i_1 + p_8)*8 + 2*j_2 + q_9] += (((real)1/(real)4))*dv_avgpool2d_1[(b_0)*128 + (ch_7)*16 + (i_1)*4 + j_2];
                         }
                     }
                 }
@@ -1103,10 +829,10 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
         }
     }
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ch_4 = 0; ch_4 < 8; ch_4++) {
+        for (int ch_7 = 0; ch_7 < 8; ch_7++) {
             for (int k_3 = 0; k_3 < 8; k_3++) {
-                for (int l_7 = 0; l_7 < 8; l_7++) {
-                    dv_block[(b_0)*512 + (ch_4)*64 + (k_3)*8 + l_7] = tmp17[(b_0)*512 + (ch_4)*64 + (k_3)*8 + l_7];
+                for (int l_10 = 0; l_10 < 8; l_10++) {
+                    dv_block[(b_0)*512 + (ch_7)*64 + (k_3)*8 + l_10] = tmp3[(b_0)*512 + (ch_7)*64 + (k_3)*8 + l_10];
                 }
             }
         }
@@ -1142,18 +868,18 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
         }
     }
     /* d_relu_2[b, ci, k, l] = Σ_o,i,j,p,q (conv2d_3.weight[o, ci, p, q]*d_body[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_3-relu_2] */
-    for (long n = 0; n < (long)batch*8*8*8; n++) tmp18[n] = 0;
+    for (long n = 0; n < (long)batch*8*8*8; n++) tmp4[n] = 0;
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ci_8 = 0; ci_8 < 8; ci_8++) {
+        for (int ci_11 = 0; ci_11 < 8; ci_11++) {
             for (int i_1 = 0; i_1 < 8; i_1++) {
                 for (int j_2 = 0; j_2 < 8; j_2++) {
-                    for (int p_5 = 0; p_5 < 3; p_5++) {
-                        for (int q_6 = 0; q_6 < 3; q_6++) {
-                            real acc = 0;
-                            for (int o_9 = 0; o_9 < 8; o_9++) {
-                                acc += v_conv2d_3_weight[(o_9)*72 + (ci_8)*9 + (p_5)*3 + q_6]*dv_body[(b_0)*512 + (o_9)*64 + (i_1)*8 + j_2];
+                    for (int p_8 = 0; p_8 < 3; p_8++) {
+                        for (int q_9 = 0; q_9 < 3; q_9++) {
+                            real r3 = 0;
+                            for (int o_13 = 0; o_13 < 8; o_13++) {
+                                r3 += v_conv2d_3_weight[(o_13)*72 + (ci_11)*9 + (p_8)*3 + q_9]*dv_body[(b_0)*512 + (o_13)*64 + (i_1)*8 + j_2];
                             }
-                            tmp19[(b_0)*4608 + (ci_8)*576 + (i_1)*72 + (j_2)*9 + (p_5)*3 + q_6] = acc;
+                            if ((i_1 + p_8 - 1) >= 0 && (i_1 + p_8 - 1) < 8 && (j_2 + q_9 - 1) >= 0 && (j_2 + q_9 - 1) < 8) tmp4[(b_0)*512 + (ci_11)*64 + (i_1 + p_8 - 1)*8 + j_2 + q_9 - 1] += r3;
                         }
                     }
                 }
@@ -1161,68 +887,43 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
         }
     }
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ci_8 = 0; ci_8 < 8; ci_8++) {
-            for (int i_1 = 0; i_1 < 8; i_1++) {
-                for (int j_2 = 0; j_2 < 8; j_2++) {
-                    for (int p_5 = 0; p_5 < 3; p_5++) {
-                        for (int q_6 = 0; q_6 < 3; q_6++) {
-                            if ((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 8 && (j_2 + q_6 - 1) >= 0 && (j_2 + q_6 - 1) < 8) tmp18[(b_0)*512 + (ci_8)*64 + (i_1 + p_5 - 1)*8 + j_2 + q_6 - 1] += tmp19[(b_0)*4608 + (ci_8)*576 + (i_1)*72 + (j_2)*9 + (p_5)*3 + q_6];
-                        }
-                    }
-                }
-            }
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ci_8 = 0; ci_8 < 8; ci_8++) {
+        for (int ci_11 = 0; ci_11 < 8; ci_11++) {
             for (int k_3 = 0; k_3 < 8; k_3++) {
-                for (int l_7 = 0; l_7 < 8; l_7++) {
-                    dv_relu_2[(b_0)*512 + (ci_8)*64 + (k_3)*8 + l_7] = tmp18[(b_0)*512 + (ci_8)*64 + (k_3)*8 + l_7];
+                for (int l_10 = 0; l_10 < 8; l_10++) {
+                    dv_relu_2[(b_0)*512 + (ci_11)*64 + (k_3)*8 + l_10] = tmp4[(b_0)*512 + (ci_11)*64 + (k_3)*8 + l_10];
                 }
             }
         }
     }
     /* d_conv2d_3_weight[o, ci, p, q] = Σ_b,i,j (d_body[b, o, i, j]*relu_2[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_3-weight] */
-    for (int o_9 = 0; o_9 < 8; o_9++) {
-        for (int ci_8 = 0; ci_8 < 8; ci_8++) {
-            for (int p_5 = 0; p_5 < 3; p_5++) {
-                for (int q_6 = 0; q_6 < 3; q_6++) {
-                    real acc = 0;
+    for (int o_13 = 0; o_13 < 8; o_13++) {
+        for (int ci_11 = 0; ci_11 < 8; ci_11++) {
+            for (int p_8 = 0; p_8 < 3; p_8++) {
+                for (int q_9 = 0; q_9 < 3; q_9++) {
+                    real r4 = 0;
                     for (int b_0 = 0; b_0 < batch; b_0++) {
                         for (int i_1 = 0; i_1 < 8; i_1++) {
                             for (int j_2 = 0; j_2 < 8; j_2++) {
-                                acc += dv_body[(b_0)*512 + (o_9)*64 + (i_1)*8 + j_2]*(((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 8 && (j_2 + q_6 - 1) >= 0 && (j_2 + q_6 - 1) < 8) ? v_relu_2[(b_0)*512 + (ci_8)*64 + (i_1 + p_5 - 1)*8 + j_2 + q_6 - 1] : (real)0);
+                                r4 += dv_body[(b_0)*512 + (o_13)*64 + (i_1)*8 + j_2]*(((i_1 + p_8 - 1) >= 0 && (i_1 + p_8 - 1) < 8 && (j_2 + q_9 - 1) >= 0 && (j_2 + q_9 - 1) < 8) ? v_relu_2[(b_0)*512 + (ci_11)*64 + (i_1 + p_8 - 1)*8 + j_2 + q_9 - 1] : (real)0);
                             }
                         }
                     }
-                    tmp20[(o_9)*72 + (ci_8)*9 + (p_5)*3 + q_6] = acc;
-                }
-            }
-        }
-    }
-    for (int o_9 = 0; o_9 < 8; o_9++) {
-        for (int ci_8 = 0; ci_8 < 8; ci_8++) {
-            for (int p_5 = 0; p_5 < 3; p_5++) {
-                for (int q_6 = 0; q_6 < 3; q_6++) {
-                    dv_conv2d_3_weight[(o_9)*72 + (ci_8)*9 + (p_5)*3 + q_6] = tmp20[(o_9)*72 + (ci_8)*9 + (p_5)*3 + q_6];
+                    dv_conv2d_3_weight[(o_13)*72 + (ci_11)*9 + (p_8)*3 + q_9] = r4;
                 }
             }
         }
     }
     /* d_conv2d_3_bias[o] = Σ_b,i,j d_body[b, o, i, j]  [#bwd-conv2d_3-bias] */
-    for (int o_9 = 0; o_9 < 8; o_9++) {
-        real acc = 0;
+    for (int o_13 = 0; o_13 < 8; o_13++) {
+        real r5 = 0;
         for (int b_0 = 0; b_0 < batch; b_0++) {
             for (int i_1 = 0; i_1 < 8; i_1++) {
                 for (int j_2 = 0; j_2 < 8; j_2++) {
-                    acc += dv_body[(b_0)*512 + (o_9)*64 + (i_1)*8 + j_2];
+                    r5 += dv_body[(b_0)*512 + (o_13)*64 + (i_1)*8 + j_2];
                 }
             }
         }
-        tmp21[o_9] = acc;
-    }
-    for (int o_9 = 0; o_9 < 8; o_9++) {
-        dv_conv2d_3_bias[o_9] = tmp21[o_9];
+        dv_conv2d_3_bias[o_13] = r5;
     }
     /* d_conv2d_2[b, i, j, k] = where(conv2d_2[b, i, j, k] > 0, d_relu_2[b, i, j, k], 0)  [#bwd-relu_2-conv2d_2] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
@@ -1235,18 +936,18 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
         }
     }
     /* d_stem[b, ci, k, l] += Σ_o,i,j,p,q (conv2d_2.weight[o, ci, p, q]*d_conv2d_2[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_2-stem] */
-    for (long n = 0; n < (long)batch*8*8*8; n++) tmp22[n] = 0;
+    for (long n = 0; n < (long)batch*8*8*8; n++) tmp5[n] = 0;
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ci_8 = 0; ci_8 < 8; ci_8++) {
+        for (int ci_11 = 0; ci_11 < 8; ci_11++) {
             for (int i_1 = 0; i_1 < 8; i_1++) {
                 for (int j_2 = 0; j_2 < 8; j_2++) {
-                    for (int p_5 = 0; p_5 < 3; p_5++) {
-                        for (int q_6 = 0; q_6 < 3; q_6++) {
-                            real acc = 0;
-                            for (int o_9 = 0; o_9 < 8; o_9++) {
-                                acc += v_conv2d_2_weight[(o_9)*72 + (ci_8)*9 + (p_5)*3 + q_6]*dv_conv2d_2[(b_0)*512 + (o_9)*64 + (i_1)*8 + j_2];
+                    for (int p_8 = 0; p_8 < 3; p_8++) {
+                        for (int q_9 = 0; q_9 < 3; q_9++) {
+                            real r6 = 0;
+                            for (int o_13 = 0; o_13 < 8; o_13++) {
+                                r6 += v_conv2d_2_weight[(o_13)*72 + (ci_11)*9 + (p_8)*3 + q_9]*dv_conv2d_2[(b_0)*512 + (o_13)*64 + (i_1)*8 + j_2];
                             }
-                            tmp23[(b_0)*4608 + (ci_8)*576 + (i_1)*72 + (j_2)*9 + (p_5)*3 + q_6] = acc;
+                            if ((i_1 + p_8 - 1) >= 0 && (i_1 + p_8 - 1) < 8 && (j_2 + q_9 - 1) >= 0 && (j_2 + q_9 - 1) < 8) tmp5[(b_0)*512 + (ci_11)*64 + (i_1 + p_8 - 1)*8 + j_2 + q_9 - 1] += r6;
                         }
                     }
                 }
@@ -1254,68 +955,43 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
         }
     }
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ci_8 = 0; ci_8 < 8; ci_8++) {
-            for (int i_1 = 0; i_1 < 8; i_1++) {
-                for (int j_2 = 0; j_2 < 8; j_2++) {
-                    for (int p_5 = 0; p_5 < 3; p_5++) {
-                        for (int q_6 = 0; q_6 < 3; q_6++) {
-                            if ((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 8 && (j_2 + q_6 - 1) >= 0 && (j_2 + q_6 - 1) < 8) tmp22[(b_0)*512 + (ci_8)*64 + (i_1 + p_5 - 1)*8 + j_2 + q_6 - 1] += tmp23[(b_0)*4608 + (ci_8)*576 + (i_1)*72 + (j_2)*9 + (p_5)*3 + q_6];
-                        }
-                    }
-                }
-            }
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ci_8 = 0; ci_8 < 8; ci_8++) {
+        for (int ci_11 = 0; ci_11 < 8; ci_11++) {
             for (int k_3 = 0; k_3 < 8; k_3++) {
-                for (int l_7 = 0; l_7 < 8; l_7++) {
-                    dv_stem[(b_0)*512 + (ci_8)*64 + (k_3)*8 + l_7] += tmp22[(b_0)*512 + (ci_8)*64 + (k_3)*8 + l_7];
+                for (int l_10 = 0; l_10 < 8; l_10++) {
+                    dv_stem[(b_0)*512 + (ci_11)*64 + (k_3)*8 + l_10] += tmp5[(b_0)*512 + (ci_11)*64 + (k_3)*8 + l_10];
                 }
             }
         }
     }
     /* d_conv2d_2_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_2[b, o, i, j]*stem[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_2-weight] */
-    for (int o_9 = 0; o_9 < 8; o_9++) {
-        for (int ci_8 = 0; ci_8 < 8; ci_8++) {
-            for (int p_5 = 0; p_5 < 3; p_5++) {
-                for (int q_6 = 0; q_6 < 3; q_6++) {
-                    real acc = 0;
+    for (int o_13 = 0; o_13 < 8; o_13++) {
+        for (int ci_11 = 0; ci_11 < 8; ci_11++) {
+            for (int p_8 = 0; p_8 < 3; p_8++) {
+                for (int q_9 = 0; q_9 < 3; q_9++) {
+                    real r7 = 0;
                     for (int b_0 = 0; b_0 < batch; b_0++) {
                         for (int i_1 = 0; i_1 < 8; i_1++) {
                             for (int j_2 = 0; j_2 < 8; j_2++) {
-                                acc += dv_conv2d_2[(b_0)*512 + (o_9)*64 + (i_1)*8 + j_2]*(((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 8 && (j_2 + q_6 - 1) >= 0 && (j_2 + q_6 - 1) < 8) ? v_stem[(b_0)*512 + (ci_8)*64 + (i_1 + p_5 - 1)*8 + j_2 + q_6 - 1] : (real)0);
+                                r7 += dv_conv2d_2[(b_0)*512 + (o_13)*64 + (i_1)*8 + j_2]*(((i_1 + p_8 - 1) >= 0 && (i_1 + p_8 - 1) < 8 && (j_2 + q_9 - 1) >= 0 && (j_2 + q_9 - 1) < 8) ? v_stem[(b_0)*512 + (ci_11)*64 + (i_1 + p_8 - 1)*8 + j_2 + q_9 - 1] : (real)0);
                             }
                         }
                     }
-                    tmp24[(o_9)*72 + (ci_8)*9 + (p_5)*3 + q_6] = acc;
-                }
-            }
-        }
-    }
-    for (int o_9 = 0; o_9 < 8; o_9++) {
-        for (int ci_8 = 0; ci_8 < 8; ci_8++) {
-            for (int p_5 = 0; p_5 < 3; p_5++) {
-                for (int q_6 = 0; q_6 < 3; q_6++) {
-                    dv_conv2d_2_weight[(o_9)*72 + (ci_8)*9 + (p_5)*3 + q_6] = tmp24[(o_9)*72 + (ci_8)*9 + (p_5)*3 + q_6];
+                    dv_conv2d_2_weight[(o_13)*72 + (ci_11)*9 + (p_8)*3 + q_9] = r7;
                 }
             }
         }
     }
     /* d_conv2d_2_bias[o] = Σ_b,i,j d_conv2d_2[b, o, i, j]  [#bwd-conv2d_2-bias] */
-    for (int o_9 = 0; o_9 < 8; o_9++) {
-        real acc = 0;
+    for (int o_13 = 0; o_13 < 8; o_13++) {
+        real r8 = 0;
         for (int b_0 = 0; b_0 < batch; b_0++) {
             for (int i_1 = 0; i_1 < 8; i_1++) {
                 for (int j_2 = 0; j_2 < 8; j_2++) {
-                    acc += dv_conv2d_2[(b_0)*512 + (o_9)*64 + (i_1)*8 + j_2];
+                    r8 += dv_conv2d_2[(b_0)*512 + (o_13)*64 + (i_1)*8 + j_2];
                 }
             }
         }
-        tmp25[o_9] = acc;
-    }
-    for (int o_9 = 0; o_9 < 8; o_9++) {
-        dv_conv2d_2_bias[o_9] = tmp25[o_9];
+        dv_conv2d_2_bias[o_13] = r8;
     }
     /* d_conv2d_1[b, i, j, k] = where(conv2d_1[b, i, j, k] > 0, d_stem[b, i, j, k], 0)  [#bwd-relu_1-conv2d_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
@@ -1328,46 +1004,34 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
         }
     }
     /* d_conv2d_1_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_1[b, o, i, j]*x[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_1-weight] */
-    for (int o_9 = 0; o_9 < 8; o_9++) {
-        for (int ci_8 = 0; ci_8 < 1; ci_8++) {
-            for (int p_5 = 0; p_5 < 3; p_5++) {
-                for (int q_6 = 0; q_6 < 3; q_6++) {
-                    real acc = 0;
+    for (int o_13 = 0; o_13 < 8; o_13++) {
+        for (int ci_11 = 0; ci_11 < 1; ci_11++) {
+            for (int p_8 = 0; p_8 < 3; p_8++) {
+                for (int q_9 = 0; q_9 < 3; q_9++) {
+                    real r9 = 0;
                     for (int b_0 = 0; b_0 < batch; b_0++) {
                         for (int i_1 = 0; i_1 < 8; i_1++) {
                             for (int j_2 = 0; j_2 < 8; j_2++) {
-                                acc += dv_conv2d_1[(b_0)*512 + (o_9)*64 + (i_1)*8 + j_2]*(((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 8 && (j_2 + q_6 - 1) >= 0 && (j_2 + q_6 - 1) < 8) ? v_x[(b_0)*64 + (ci_8)*64 + (i_1 + p_5 - 1)*8 + j_2 + q_6 - 1] : (real)0);
+                                r9 += dv_conv2d_1[(b_0)*512 + (o_13)*64 + (i_1)*8 + j_2]*(((i_1 + p_8 - 1) >= 0 && (i_1 + p_8 - 1) < 8 && (j_2 + q_9 - 1) >= 0 && (j_2 + q_9 - 1) < 8) ? v_x[(b_0)*64 + (ci_11)*64 + (i_1 + p_8 - 1)*8 + j_2 + q_9 - 1] : (real)0);
                             }
                         }
                     }
-                    tmp26[(o_9)*9 + (ci_8)*9 + (p_5)*3 + q_6] = acc;
-                }
-            }
-        }
-    }
-    for (int o_9 = 0; o_9 < 8; o_9++) {
-        for (int ci_8 = 0; ci_8 < 1; ci_8++) {
-            for (int p_5 = 0; p_5 < 3; p_5++) {
-                for (int q_6 = 0; q_6 < 3; q_6++) {
-                    dv_conv2d_1_weight[(o_9)*9 + (ci_8)*9 + (p_5)*3 + q_6] = tmp26[(o_9)*9 + (ci_8)*9 + (p_5)*3 + q_6];
+                    dv_conv2d_1_weight[(o_13)*9 + (ci_11)*9 + (p_8)*3 + q_9] = r9;
                 }
             }
         }
     }
     /* d_conv2d_1_bias[o] = Σ_b,i,j d_conv2d_1[b, o, i, j]  [#bwd-conv2d_1-bias] */
-    for (int o_9 = 0; o_9 < 8; o_9++) {
-        real acc = 0;
+    for (int o_13 = 0; o_13 < 8; o_13++) {
+        real r10 = 0;
         for (int b_0 = 0; b_0 < batch; b_0++) {
             for (int i_1 = 0; i_1 < 8; i_1++) {
                 for (int j_2 = 0; j_2 < 8; j_2++) {
-                    acc += dv_conv2d_1[(b_0)*512 + (o_9)*64 + (i_1)*8 + j_2];
+                    r10 += dv_conv2d_1[(b_0)*512 + (o_13)*64 + (i_1)*8 + j_2];
                 }
             }
         }
-        tmp27[o_9] = acc;
-    }
-    for (int o_9 = 0; o_9 < 8; o_9++) {
-        dv_conv2d_1_bias[o_9] = tmp27[o_9];
+        dv_conv2d_1_bias[o_13] = r10;
     }
     return residual_loss_value(v_softmax_cross_entropy_1, batch);
 }

@@ -87,16 +87,6 @@ void xor_forward(const real *params, const xor_real *v_x, real *output, int batc
     real *dv_p = work + (size_t)batch * 19 + 0;
     real *v_binary_cross_entropy_1 = work + (size_t)batch * 20 + 0;
     real *dv_binary_cross_entropy_1 = work + (size_t)batch * 21 + 0;
-    real *tmp0 = work + (size_t)batch * 22 + 0;
-    real *tmp1 = work + (size_t)batch * 26 + 0;
-    real *tmp2 = work + (size_t)batch * 27 + 0;
-    real *tmp3 = work + (size_t)batch * 31 + 0;
-    real *tmp4 = work + (size_t)batch * 32 + 0;
-    real *tmp5 = work + (size_t)batch * 33 + 0;
-    real *tmp6 = work + (size_t)batch * 37 + 0;
-    real *tmp7 = work + (size_t)batch * 37 + 4;
-    real *tmp8 = work + (size_t)batch * 37 + 5;
-    real *tmp9 = work + (size_t)batch * 37 + 13;
     (void)batch;
     nncc_use_helpers();
     (void)v_dense_1_weight;
@@ -113,29 +103,14 @@ void xor_forward(const real *params, const xor_real *v_x, real *output, int batc
     (void)dv_p;
     (void)v_binary_cross_entropy_1;
     (void)dv_binary_cross_entropy_1;
-    (void)tmp0;
-    (void)tmp1;
-    (void)tmp2;
-    (void)tmp3;
-    (void)tmp4;
-    (void)tmp5;
-    (void)tmp6;
-    (void)tmp7;
-    (void)tmp8;
-    (void)tmp9;
     /* dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 4; i_1++) {
-            real acc = 0;
-            for (int j_2 = 0; j_2 < 2; j_2++) {
-                acc += v_dense_1_weight[(i_1)*2 + j_2]*v_x[(b_0)*2 + j_2];
+            real r0 = 0;
+            for (int j_3 = 0; j_3 < 2; j_3++) {
+                r0 += v_dense_1_weight[(i_1)*2 + j_3]*v_x[(b_0)*2 + j_3];
             }
-            tmp0[(b_0)*4 + i_1] = acc;
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_1 = 0; i_1 < 4; i_1++) {
-            v_dense_1[(b_0)*4 + i_1] = v_dense_1_bias[i_1] + tmp0[(b_0)*4 + i_1];
+            v_dense_1[(b_0)*4 + i_1] = r0 + v_dense_1_bias[i_1];
         }
     }
     /* h[b, i] = tanh(dense_1[b, i])  [#fwd-tanh_1] */
@@ -147,16 +122,11 @@ void xor_forward(const real *params, const xor_real *v_x, real *output, int batc
     /* dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 1; i_1++) {
-            real acc = 0;
-            for (int j_2 = 0; j_2 < 4; j_2++) {
-                acc += v_dense_2_weight[(i_1)*4 + j_2]*v_h[(b_0)*4 + j_2];
+            real r1 = 0;
+            for (int j_3 = 0; j_3 < 4; j_3++) {
+                r1 += v_dense_2_weight[(i_1)*4 + j_3]*v_h[(b_0)*4 + j_3];
             }
-            tmp1[b_0 + i_1] = acc;
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_1 = 0; i_1 < 1; i_1++) {
-            v_dense_2[b_0 + i_1] = v_dense_2_bias[i_1] + tmp1[b_0 + i_1];
+            v_dense_2[b_0 + i_1] = r1 + v_dense_2_bias[i_1];
         }
     }
     /* p[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_1] */
@@ -193,16 +163,6 @@ real xor_loss(const real *params, const xor_real *v_x, const xor_real *v_y, int 
     real *dv_p = work + (size_t)batch * 19 + 0;
     real *v_binary_cross_entropy_1 = work + (size_t)batch * 20 + 0;
     real *dv_binary_cross_entropy_1 = work + (size_t)batch * 21 + 0;
-    real *tmp0 = work + (size_t)batch * 22 + 0;
-    real *tmp1 = work + (size_t)batch * 26 + 0;
-    real *tmp2 = work + (size_t)batch * 27 + 0;
-    real *tmp3 = work + (size_t)batch * 31 + 0;
-    real *tmp4 = work + (size_t)batch * 32 + 0;
-    real *tmp5 = work + (size_t)batch * 33 + 0;
-    real *tmp6 = work + (size_t)batch * 37 + 0;
-    real *tmp7 = work + (size_t)batch * 37 + 4;
-    real *tmp8 = work + (size_t)batch * 37 + 5;
-    real *tmp9 = work + (size_t)batch * 37 + 13;
     (void)batch;
     nncc_use_helpers();
     (void)v_dense_1_weight;
@@ -219,29 +179,14 @@ real xor_loss(const real *params, const xor_real *v_x, const xor_real *v_y, int 
     (void)dv_p;
     (void)v_binary_cross_entropy_1;
     (void)dv_binary_cross_entropy_1;
-    (void)tmp0;
-    (void)tmp1;
-    (void)tmp2;
-    (void)tmp3;
-    (void)tmp4;
-    (void)tmp5;
-    (void)tmp6;
-    (void)tmp7;
-    (void)tmp8;
-    (void)tmp9;
     /* dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 4; i_1++) {
-            real acc = 0;
-            for (int j_2 = 0; j_2 < 2; j_2++) {
-                acc += v_dense_1_weight[(i_1)*2 + j_2]*v_x[(b_0)*2 + j_2];
+            real r0 = 0;
+            for (int j_3 = 0; j_3 < 2; j_3++) {
+                r0 += v_dense_1_weight[(i_1)*2 + j_3]*v_x[(b_0)*2 + j_3];
             }
-            tmp2[(b_0)*4 + i_1] = acc;
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_1 = 0; i_1 < 4; i_1++) {
-            v_dense_1[(b_0)*4 + i_1] = v_dense_1_bias[i_1] + tmp2[(b_0)*4 + i_1];
+            v_dense_1[(b_0)*4 + i_1] = r0 + v_dense_1_bias[i_1];
         }
     }
     /* h[b, i] = tanh(dense_1[b, i])  [#fwd-tanh_1] */
@@ -253,16 +198,11 @@ real xor_loss(const real *params, const xor_real *v_x, const xor_real *v_y, int 
     /* dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 1; i_1++) {
-            real acc = 0;
-            for (int j_2 = 0; j_2 < 4; j_2++) {
-                acc += v_dense_2_weight[(i_1)*4 + j_2]*v_h[(b_0)*4 + j_2];
+            real r1 = 0;
+            for (int j_3 = 0; j_3 < 4; j_3++) {
+                r1 += v_dense_2_weight[(i_1)*4 + j_3]*v_h[(b_0)*4 + j_3];
             }
-            tmp3[b_0 + i_1] = acc;
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_1 = 0; i_1 < 1; i_1++) {
-            v_dense_2[b_0 + i_1] = v_dense_2_bias[i_1] + tmp3[b_0 + i_1];
+            v_dense_2[b_0 + i_1] = r1 + v_dense_2_bias[i_1];
         }
     }
     /* p[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_1] */
@@ -273,14 +213,11 @@ real xor_loss(const real *params, const xor_real *v_x, const xor_real *v_y, int 
     }
     /* binary_cross_entropy_1[b] = -Σ_i ((1 - y[b, i])*where(log(1 - p[b, i]) > -100, log(1 - p[b, i]), -100) + y[b, i]*where(log(p[b, i]) > -100, log(p[b, i]), -100))  [#fwd-binary_cross_entropy_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        real acc = 0;
+        real r2 = 0;
         for (int i_1 = 0; i_1 < 1; i_1++) {
-            acc += (1 - v_y[b_0 + i_1])*nncc_clamped_log(1 - v_p[b_0 + i_1], -100) + nncc_clamped_log(v_p[b_0 + i_1], -100)*v_y[b_0 + i_1];
+            r2 += (1 - v_y[b_0 + i_1])*nncc_clamped_log(1 - v_p[b_0 + i_1], -100) + nncc_clamped_log(v_p[b_0 + i_1], -100)*v_y[b_0 + i_1];
         }
-        tmp4[b_0] = acc;
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        v_binary_cross_entropy_1[b_0] = -tmp4[b_0];
+        v_binary_cross_entropy_1[b_0] = -r2;
     }
     return xor_loss_value(v_binary_cross_entropy_1, batch);
 }
@@ -305,16 +242,6 @@ real xor_loss_and_grad(const real *params, const xor_real *v_x, const xor_real *
     real *dv_p = work + (size_t)batch * 19 + 0;
     real *v_binary_cross_entropy_1 = work + (size_t)batch * 20 + 0;
     real *dv_binary_cross_entropy_1 = work + (size_t)batch * 21 + 0;
-    real *tmp0 = work + (size_t)batch * 22 + 0;
-    real *tmp1 = work + (size_t)batch * 26 + 0;
-    real *tmp2 = work + (size_t)batch * 27 + 0;
-    real *tmp3 = work + (size_t)batch * 31 + 0;
-    real *tmp4 = work + (size_t)batch * 32 + 0;
-    real *tmp5 = work + (size_t)batch * 33 + 0;
-    real *tmp6 = work + (size_t)batch * 37 + 0;
-    real *tmp7 = work + (size_t)batch * 37 + 4;
-    real *tmp8 = work + (size_t)batch * 37 + 5;
-    real *tmp9 = work + (size_t)batch * 37 + 13;
     (void)batch;
     nncc_use_helpers();
     (void)v_dense_1_weight;
@@ -331,29 +258,14 @@ real xor_loss_and_grad(const real *params, const xor_real *v_x, const xor_real *
     (void)dv_p;
     (void)v_binary_cross_entropy_1;
     (void)dv_binary_cross_entropy_1;
-    (void)tmp0;
-    (void)tmp1;
-    (void)tmp2;
-    (void)tmp3;
-    (void)tmp4;
-    (void)tmp5;
-    (void)tmp6;
-    (void)tmp7;
-    (void)tmp8;
-    (void)tmp9;
     /* dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 4; i_1++) {
-            real acc = 0;
-            for (int j_2 = 0; j_2 < 2; j_2++) {
-                acc += v_dense_1_weight[(i_1)*2 + j_2]*v_x[(b_0)*2 + j_2];
+            real r0 = 0;
+            for (int j_3 = 0; j_3 < 2; j_3++) {
+                r0 += v_dense_1_weight[(i_1)*2 + j_3]*v_x[(b_0)*2 + j_3];
             }
-            tmp2[(b_0)*4 + i_1] = acc;
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_1 = 0; i_1 < 4; i_1++) {
-            v_dense_1[(b_0)*4 + i_1] = v_dense_1_bias[i_1] + tmp2[(b_0)*4 + i_1];
+            v_dense_1[(b_0)*4 + i_1] = r0 + v_dense_1_bias[i_1];
         }
     }
     /* h[b, i] = tanh(dense_1[b, i])  [#fwd-tanh_1] */
@@ -365,16 +277,11 @@ real xor_loss_and_grad(const real *params, const xor_real *v_x, const xor_real *
     /* dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 1; i_1++) {
-            real acc = 0;
-            for (int j_2 = 0; j_2 < 4; j_2++) {
-                acc += v_dense_2_weight[(i_1)*4 + j_2]*v_h[(b_0)*4 + j_2];
+            real r1 = 0;
+            for (int j_3 = 0; j_3 < 4; j_3++) {
+                r1 += v_dense_2_weight[(i_1)*4 + j_3]*v_h[(b_0)*4 + j_3];
             }
-            tmp3[b_0 + i_1] = acc;
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_1 = 0; i_1 < 1; i_1++) {
-            v_dense_2[b_0 + i_1] = v_dense_2_bias[i_1] + tmp3[b_0 + i_1];
+            v_dense_2[b_0 + i_1] = r1 + v_dense_2_bias[i_1];
         }
     }
     /* p[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_1] */
@@ -385,14 +292,11 @@ real xor_loss_and_grad(const real *params, const xor_real *v_x, const xor_real *
     }
     /* binary_cross_entropy_1[b] = -Σ_i ((1 - y[b, i])*where(log(1 - p[b, i]) > -100, log(1 - p[b, i]), -100) + y[b, i]*where(log(p[b, i]) > -100, log(p[b, i]), -100))  [#fwd-binary_cross_entropy_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        real acc = 0;
+        real r2 = 0;
         for (int i_1 = 0; i_1 < 1; i_1++) {
-            acc += (1 - v_y[b_0 + i_1])*nncc_clamped_log(1 - v_p[b_0 + i_1], -100) + nncc_clamped_log(v_p[b_0 + i_1], -100)*v_y[b_0 + i_1];
+            r2 += (1 - v_y[b_0 + i_1])*nncc_clamped_log(1 - v_p[b_0 + i_1], -100) + nncc_clamped_log(v_p[b_0 + i_1], -100)*v_y[b_0 + i_1];
         }
-        tmp4[b_0] = acc;
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        v_binary_cross_entropy_1[b_0] = -tmp4[b_0];
+        v_binary_cross_entropy_1[b_0] = -r2;
     }
     /* d_p[b, i] = where(log(1 - p[b, i]) > -100, (1 - y[b, i])*d_binary_cross_entropy_1[b]/(1 - p[b, i]), 0) + where(log(p[b, i]) > -100, -d_binary_cross_entropy_1[b]*y[b, i]/p[b, i], 0)  [#bwd-binary_cross_entropy_1-p] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
@@ -409,43 +313,30 @@ real xor_loss_and_grad(const real *params, const xor_real *v_x, const xor_real *
     /* d_h[b, j] = Σ_i (d_dense_2[b, i]*dense_2.weight[i, j])  [#bwd-dense_2-h] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int j_2 = 0; j_2 < 4; j_2++) {
-            real acc = 0;
+            real r0 = 0;
             for (int i_1 = 0; i_1 < 1; i_1++) {
-                acc += dv_dense_2[b_0 + i_1]*v_dense_2_weight[(i_1)*4 + j_2];
+                r0 += dv_dense_2[b_0 + i_1]*v_dense_2_weight[(i_1)*4 + j_2];
             }
-            tmp5[(b_0)*4 + j_2] = acc;
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int j_2 = 0; j_2 < 4; j_2++) {
-            dv_h[(b_0)*4 + j_2] = tmp5[(b_0)*4 + j_2];
+            dv_h[(b_0)*4 + j_2] = r0;
         }
     }
     /* d_dense_2_weight[i, j] = Σ_b (d_dense_2[b, i]*h[b, j])  [#bwd-dense_2-weight] */
     for (int i_1 = 0; i_1 < 1; i_1++) {
         for (int j_2 = 0; j_2 < 4; j_2++) {
-            real acc = 0;
+            real r1 = 0;
             for (int b_0 = 0; b_0 < batch; b_0++) {
-                acc += dv_dense_2[b_0 + i_1]*v_h[(b_0)*4 + j_2];
+                r1 += dv_dense_2[b_0 + i_1]*v_h[(b_0)*4 + j_2];
             }
-            tmp6[(i_1)*4 + j_2] = acc;
-        }
-    }
-    for (int i_1 = 0; i_1 < 1; i_1++) {
-        for (int j_2 = 0; j_2 < 4; j_2++) {
-            dv_dense_2_weight[(i_1)*4 + j_2] = tmp6[(i_1)*4 + j_2];
+            dv_dense_2_weight[(i_1)*4 + j_2] = r1;
         }
     }
     /* d_dense_2_bias[i] = Σ_b d_dense_2[b, i]  [#bwd-dense_2-bias] */
     for (int i_1 = 0; i_1 < 1; i_1++) {
-        real acc = 0;
+        real r2 = 0;
         for (int b_0 = 0; b_0 < batch; b_0++) {
-            acc += dv_dense_2[b_0 + i_1];
+            r2 += dv_dense_2[b_0 + i_1];
         }
-        tmp7[i_1] = acc;
-    }
-    for (int i_1 = 0; i_1 < 1; i_1++) {
-        dv_dense_2_bias[i_1] = tmp7[i_1];
+        dv_dense_2_bias[i_1] = r2;
     }
     /* d_dense_1[b, i] = (1 - h[b, i]**2)*d_h[b, i]  [#bwd-tanh_1-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
@@ -456,28 +347,20 @@ real xor_loss_and_grad(const real *params, const xor_real *v_x, const xor_real *
     /* d_dense_1_weight[i, j] = Σ_b (d_dense_1[b, i]*x[b, j])  [#bwd-dense_1-weight] */
     for (int i_1 = 0; i_1 < 4; i_1++) {
         for (int j_2 = 0; j_2 < 2; j_2++) {
-            real acc = 0;
+            real r3 = 0;
             for (int b_0 = 0; b_0 < batch; b_0++) {
-                acc += dv_dense_1[(b_0)*4 + i_1]*v_x[(b_0)*2 + j_2];
+                r3 += dv_dense_1[(b_0)*4 + i_1]*v_x[(b_0)*2 + j_2];
             }
-            tmp8[(i_1)*2 + j_2] = acc;
-        }
-    }
-    for (int i_1 = 0; i_1 < 4; i_1++) {
-        for (int j_2 = 0; j_2 < 2; j_2++) {
-            dv_dense_1_weight[(i_1)*2 + j_2] = tmp8[(i_1)*2 + j_2];
+            dv_dense_1_weight[(i_1)*2 + j_2] = r3;
         }
     }
     /* d_dense_1_bias[i] = Σ_b d_dense_1[b, i]  [#bwd-dense_1-bias] */
     for (int i_1 = 0; i_1 < 4; i_1++) {
-        real acc = 0;
+        real r4 = 0;
         for (int b_0 = 0; b_0 < batch; b_0++) {
-            acc += dv_dense_1[(b_0)*4 + i_1];
+            r4 += dv_dense_1[(b_0)*4 + i_1];
         }
-        tmp9[i_1] = acc;
-    }
-    for (int i_1 = 0; i_1 < 4; i_1++) {
-        dv_dense_1_bias[i_1] = tmp9[i_1];
+        dv_dense_1_bias[i_1] = r4;
     }
     return xor_loss_value(v_binary_cross_entropy_1, batch);
 }

@@ -87,16 +87,6 @@ void zhou_forward(const real *params, const zhou_real *v_x, real *output, int ba
     real *dv_yhat = work + (size_t)batch * 29 + 0;
     real *v_quadratic_1 = work + (size_t)batch * 32 + 0;
     real *dv_quadratic_1 = work + (size_t)batch * 33 + 0;
-    real *tmp0 = work + (size_t)batch * 34 + 0;
-    real *tmp1 = work + (size_t)batch * 39 + 0;
-    real *tmp2 = work + (size_t)batch * 42 + 0;
-    real *tmp3 = work + (size_t)batch * 47 + 0;
-    real *tmp4 = work + (size_t)batch * 50 + 0;
-    real *tmp5 = work + (size_t)batch * 51 + 0;
-    real *tmp6 = work + (size_t)batch * 56 + 0;
-    real *tmp7 = work + (size_t)batch * 56 + 15;
-    real *tmp8 = work + (size_t)batch * 56 + 18;
-    real *tmp9 = work + (size_t)batch * 56 + 38;
     (void)batch;
     nncc_use_helpers();
     (void)v_hidden_weight;
@@ -113,29 +103,14 @@ void zhou_forward(const real *params, const zhou_real *v_x, real *output, int ba
     (void)dv_yhat;
     (void)v_quadratic_1;
     (void)dv_quadratic_1;
-    (void)tmp0;
-    (void)tmp1;
-    (void)tmp2;
-    (void)tmp3;
-    (void)tmp4;
-    (void)tmp5;
-    (void)tmp6;
-    (void)tmp7;
-    (void)tmp8;
-    (void)tmp9;
     /* hidden[b, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[b, j])  [#fwd-hidden] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 5; i_1++) {
-            real acc = 0;
-            for (int j_2 = 0; j_2 < 4; j_2++) {
-                acc += v_hidden_weight[(i_1)*4 + j_2]*v_x[(b_0)*4 + j_2];
+            real r0 = 0;
+            for (int j_3 = 0; j_3 < 4; j_3++) {
+                r0 += v_hidden_weight[(i_1)*4 + j_3]*v_x[(b_0)*4 + j_3];
             }
-            tmp0[(b_0)*5 + i_1] = acc;
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_1 = 0; i_1 < 5; i_1++) {
-            v_hidden[(b_0)*5 + i_1] = v_hidden_bias[i_1] + tmp0[(b_0)*5 + i_1];
+            v_hidden[(b_0)*5 + i_1] = r0 + v_hidden_bias[i_1];
         }
     }
     /* b[b, i] = 1/(1 + exp(-hidden[b, i]))  [#fwd-sigmoid_1] */
@@ -147,16 +122,11 @@ void zhou_forward(const real *params, const zhou_real *v_x, real *output, int ba
     /* out[b, i] = out.bias[i] + Σ_j (b[b, j]*out.weight[i, j])  [#fwd-out] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 3; i_1++) {
-            real acc = 0;
-            for (int j_2 = 0; j_2 < 5; j_2++) {
-                acc += v_b[(b_0)*5 + j_2]*v_out_weight[(i_1)*5 + j_2];
+            real r1 = 0;
+            for (int j_3 = 0; j_3 < 5; j_3++) {
+                r1 += v_b[(b_0)*5 + j_3]*v_out_weight[(i_1)*5 + j_3];
             }
-            tmp1[(b_0)*3 + i_1] = acc;
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_1 = 0; i_1 < 3; i_1++) {
-            v_out[(b_0)*3 + i_1] = v_out_bias[i_1] + tmp1[(b_0)*3 + i_1];
+            v_out[(b_0)*3 + i_1] = r1 + v_out_bias[i_1];
         }
     }
     /* yhat[b, i] = 1/(1 + exp(-out[b, i]))  [#fwd-sigmoid_2] */
@@ -193,16 +163,6 @@ real zhou_loss(const real *params, const zhou_real *v_x, const zhou_real *v_y, i
     real *dv_yhat = work + (size_t)batch * 29 + 0;
     real *v_quadratic_1 = work + (size_t)batch * 32 + 0;
     real *dv_quadratic_1 = work + (size_t)batch * 33 + 0;
-    real *tmp0 = work + (size_t)batch * 34 + 0;
-    real *tmp1 = work + (size_t)batch * 39 + 0;
-    real *tmp2 = work + (size_t)batch * 42 + 0;
-    real *tmp3 = work + (size_t)batch * 47 + 0;
-    real *tmp4 = work + (size_t)batch * 50 + 0;
-    real *tmp5 = work + (size_t)batch * 51 + 0;
-    real *tmp6 = work + (size_t)batch * 56 + 0;
-    real *tmp7 = work + (size_t)batch * 56 + 15;
-    real *tmp8 = work + (size_t)batch * 56 + 18;
-    real *tmp9 = work + (size_t)batch * 56 + 38;
     (void)batch;
     nncc_use_helpers();
     (void)v_hidden_weight;
@@ -219,29 +179,14 @@ real zhou_loss(const real *params, const zhou_real *v_x, const zhou_real *v_y, i
     (void)dv_yhat;
     (void)v_quadratic_1;
     (void)dv_quadratic_1;
-    (void)tmp0;
-    (void)tmp1;
-    (void)tmp2;
-    (void)tmp3;
-    (void)tmp4;
-    (void)tmp5;
-    (void)tmp6;
-    (void)tmp7;
-    (void)tmp8;
-    (void)tmp9;
     /* hidden[b, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[b, j])  [#fwd-hidden] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 5; i_1++) {
-            real acc = 0;
-            for (int j_2 = 0; j_2 < 4; j_2++) {
-                acc += v_hidden_weight[(i_1)*4 + j_2]*v_x[(b_0)*4 + j_2];
+            real r0 = 0;
+            for (int j_3 = 0; j_3 < 4; j_3++) {
+                r0 += v_hidden_weight[(i_1)*4 + j_3]*v_x[(b_0)*4 + j_3];
             }
-            tmp2[(b_0)*5 + i_1] = acc;
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_1 = 0; i_1 < 5; i_1++) {
-            v_hidden[(b_0)*5 + i_1] = v_hidden_bias[i_1] + tmp2[(b_0)*5 + i_1];
+            v_hidden[(b_0)*5 + i_1] = r0 + v_hidden_bias[i_1];
         }
     }
     /* b[b, i] = 1/(1 + exp(-hidden[b, i]))  [#fwd-sigmoid_1] */
@@ -253,16 +198,11 @@ real zhou_loss(const real *params, const zhou_real *v_x, const zhou_real *v_y, i
     /* out[b, i] = out.bias[i] + Σ_j (b[b, j]*out.weight[i, j])  [#fwd-out] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 3; i_1++) {
-            real acc = 0;
-            for (int j_2 = 0; j_2 < 5; j_2++) {
-                acc += v_b[(b_0)*5 + j_2]*v_out_weight[(i_1)*5 + j_2];
+            real r1 = 0;
+            for (int j_3 = 0; j_3 < 5; j_3++) {
+                r1 += v_b[(b_0)*5 + j_3]*v_out_weight[(i_1)*5 + j_3];
             }
-            tmp3[(b_0)*3 + i_1] = acc;
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_1 = 0; i_1 < 3; i_1++) {
-            v_out[(b_0)*3 + i_1] = v_out_bias[i_1] + tmp3[(b_0)*3 + i_1];
+            v_out[(b_0)*3 + i_1] = r1 + v_out_bias[i_1];
         }
     }
     /* yhat[b, i] = 1/(1 + exp(-out[b, i]))  [#fwd-sigmoid_2] */
@@ -273,14 +213,11 @@ real zhou_loss(const real *params, const zhou_real *v_x, const zhou_real *v_y, i
     }
     /* quadratic_1[b] = Σ_i (-y[b, i] + yhat[b, i])**2/2  [#fwd-quadratic_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        real acc = 0;
+        real r2 = 0;
         for (int i_1 = 0; i_1 < 3; i_1++) {
-            acc += ((-v_y[(b_0)*3 + i_1] + v_yhat[(b_0)*3 + i_1])*(-v_y[(b_0)*3 + i_1] + v_yhat[(b_0)*3 + i_1]));
+            r2 += ((-v_y[(b_0)*3 + i_1] + v_yhat[(b_0)*3 + i_1])*(-v_y[(b_0)*3 + i_1] + v_yhat[(b_0)*3 + i_1]));
         }
-        tmp4[b_0] = acc;
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        v_quadratic_1[b_0] = (((real)1/(real)2))*tmp4[b_0];
+        v_quadratic_1[b_0] = (((real)1/(real)2))*r2;
     }
     return zhou_loss_value(v_quadratic_1, batch);
 }
@@ -305,16 +242,6 @@ real zhou_loss_and_grad(const real *params, const zhou_real *v_x, const zhou_rea
     real *dv_yhat = work + (size_t)batch * 29 + 0;
     real *v_quadratic_1 = work + (size_t)batch * 32 + 0;
     real *dv_quadratic_1 = work + (size_t)batch * 33 + 0;
-    real *tmp0 = work + (size_t)batch * 34 + 0;
-    real *tmp1 = work + (size_t)batch * 39 + 0;
-    real *tmp2 = work + (size_t)batch * 42 + 0;
-    real *tmp3 = work + (size_t)batch * 47 + 0;
-    real *tmp4 = work + (size_t)batch * 50 + 0;
-    real *tmp5 = work + (size_t)batch * 51 + 0;
-    real *tmp6 = work + (size_t)batch * 56 + 0;
-    real *tmp7 = work + (size_t)batch * 56 + 15;
-    real *tmp8 = work + (size_t)batch * 56 + 18;
-    real *tmp9 = work + (size_t)batch * 56 + 38;
     (void)batch;
     nncc_use_helpers();
     (void)v_hidden_weight;
@@ -331,29 +258,14 @@ real zhou_loss_and_grad(const real *params, const zhou_real *v_x, const zhou_rea
     (void)dv_yhat;
     (void)v_quadratic_1;
     (void)dv_quadratic_1;
-    (void)tmp0;
-    (void)tmp1;
-    (void)tmp2;
-    (void)tmp3;
-    (void)tmp4;
-    (void)tmp5;
-    (void)tmp6;
-    (void)tmp7;
-    (void)tmp8;
-    (void)tmp9;
     /* hidden[b, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[b, j])  [#fwd-hidden] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 5; i_1++) {
-            real acc = 0;
-            for (int j_2 = 0; j_2 < 4; j_2++) {
-                acc += v_hidden_weight[(i_1)*4 + j_2]*v_x[(b_0)*4 + j_2];
+            real r0 = 0;
+            for (int j_3 = 0; j_3 < 4; j_3++) {
+                r0 += v_hidden_weight[(i_1)*4 + j_3]*v_x[(b_0)*4 + j_3];
             }
-            tmp2[(b_0)*5 + i_1] = acc;
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_1 = 0; i_1 < 5; i_1++) {
-            v_hidden[(b_0)*5 + i_1] = v_hidden_bias[i_1] + tmp2[(b_0)*5 + i_1];
+            v_hidden[(b_0)*5 + i_1] = r0 + v_hidden_bias[i_1];
         }
     }
     /* b[b, i] = 1/(1 + exp(-hidden[b, i]))  [#fwd-sigmoid_1] */
@@ -365,16 +277,11 @@ real zhou_loss_and_grad(const real *params, const zhou_real *v_x, const zhou_rea
     /* out[b, i] = out.bias[i] + Σ_j (b[b, j]*out.weight[i, j])  [#fwd-out] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 3; i_1++) {
-            real acc = 0;
-            for (int j_2 = 0; j_2 < 5; j_2++) {
-                acc += v_b[(b_0)*5 + j_2]*v_out_weight[(i_1)*5 + j_2];
+            real r1 = 0;
+            for (int j_3 = 0; j_3 < 5; j_3++) {
+                r1 += v_b[(b_0)*5 + j_3]*v_out_weight[(i_1)*5 + j_3];
             }
-            tmp3[(b_0)*3 + i_1] = acc;
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_1 = 0; i_1 < 3; i_1++) {
-            v_out[(b_0)*3 + i_1] = v_out_bias[i_1] + tmp3[(b_0)*3 + i_1];
+            v_out[(b_0)*3 + i_1] = r1 + v_out_bias[i_1];
         }
     }
     /* yhat[b, i] = 1/(1 + exp(-out[b, i]))  [#fwd-sigmoid_2] */
@@ -385,14 +292,11 @@ real zhou_loss_and_grad(const real *params, const zhou_real *v_x, const zhou_rea
     }
     /* quadratic_1[b] = Σ_i (-y[b, i] + yhat[b, i])**2/2  [#fwd-quadratic_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        real acc = 0;
+        real r2 = 0;
         for (int i_1 = 0; i_1 < 3; i_1++) {
-            acc += ((-v_y[(b_0)*3 + i_1] + v_yhat[(b_0)*3 + i_1])*(-v_y[(b_0)*3 + i_1] + v_yhat[(b_0)*3 + i_1]));
+            r2 += ((-v_y[(b_0)*3 + i_1] + v_yhat[(b_0)*3 + i_1])*(-v_y[(b_0)*3 + i_1] + v_yhat[(b_0)*3 + i_1]));
         }
-        tmp4[b_0] = acc;
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        v_quadratic_1[b_0] = (((real)1/(real)2))*tmp4[b_0];
+        v_quadratic_1[b_0] = (((real)1/(real)2))*r2;
     }
     /* d_yhat[b, i] = (-y[b, i] + yhat[b, i])*d_quadratic_1[b]  [#bwd-quadratic_1-yhat] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
@@ -409,43 +313,30 @@ real zhou_loss_and_grad(const real *params, const zhou_real *v_x, const zhou_rea
     /* d_b[b, j] = Σ_i (d_out[b, i]*out.weight[i, j])  [#bwd-out-b] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int j_2 = 0; j_2 < 5; j_2++) {
-            real acc = 0;
+            real r0 = 0;
             for (int i_1 = 0; i_1 < 3; i_1++) {
-                acc += dv_out[(b_0)*3 + i_1]*v_out_weight[(i_1)*5 + j_2];
+                r0 += dv_out[(b_0)*3 + i_1]*v_out_weight[(i_1)*5 + j_2];
             }
-            tmp5[(b_0)*5 + j_2] = acc;
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int j_2 = 0; j_2 < 5; j_2++) {
-            dv_b[(b_0)*5 + j_2] = tmp5[(b_0)*5 + j_2];
+            dv_b[(b_0)*5 + j_2] = r0;
         }
     }
     /* d_out_weight[i, j] = Σ_b (b[b, j]*d_out[b, i])  [#bwd-out-weight] */
     for (int i_1 = 0; i_1 < 3; i_1++) {
         for (int j_2 = 0; j_2 < 5; j_2++) {
-            real acc = 0;
+            real r1 = 0;
             for (int b_0 = 0; b_0 < batch; b_0++) {
-                acc += v_b[(b_0)*5 + j_2]*dv_out[(b_0)*3 + i_1];
+                r1 += v_b[(b_0)*5 + j_2]*dv_out[(b_0)*3 + i_1];
             }
-            tmp6[(i_1)*5 + j_2] = acc;
-        }
-    }
-    for (int i_1 = 0; i_1 < 3; i_1++) {
-        for (int j_2 = 0; j_2 < 5; j_2++) {
-            dv_out_weight[(i_1)*5 + j_2] = tmp6[(i_1)*5 + j_2];
+            dv_out_weight[(i_1)*5 + j_2] = r1;
         }
     }
     /* d_out_bias[i] = Σ_b d_out[b, i]  [#bwd-out-bias] */
     for (int i_1 = 0; i_1 < 3; i_1++) {
-        real acc = 0;
+        real r2 = 0;
         for (int b_0 = 0; b_0 < batch; b_0++) {
-            acc += dv_out[(b_0)*3 + i_1];
+            r2 += dv_out[(b_0)*3 + i_1];
         }
-        tmp7[i_1] = acc;
-    }
-    for (int i_1 = 0; i_1 < 3; i_1++) {
-        dv_out_bias[i_1] = tmp7[i_1];
+        dv_out_bias[i_1] = r2;
     }
     /* d_hidden[i, j] = -(-1 + b[i, j])*b[i, j]*d_b[i, j]  [#bwd-sigmoid_1-hidden] */
     for (int i_1 = 0; i_1 < batch; i_1++) {
@@ -456,28 +347,20 @@ real zhou_loss_and_grad(const real *params, const zhou_real *v_x, const zhou_rea
     /* d_hidden_weight[i, j] = Σ_b (d_hidden[b, i]*x[b, j])  [#bwd-hidden-weight] */
     for (int i_1 = 0; i_1 < 5; i_1++) {
         for (int j_2 = 0; j_2 < 4; j_2++) {
-            real acc = 0;
+            real r3 = 0;
             for (int b_0 = 0; b_0 < batch; b_0++) {
-                acc += dv_hidden[(b_0)*5 + i_1]*v_x[(b_0)*4 + j_2];
+                r3 += dv_hidden[(b_0)*5 + i_1]*v_x[(b_0)*4 + j_2];
             }
-            tmp8[(i_1)*4 + j_2] = acc;
-        }
-    }
-    for (int i_1 = 0; i_1 < 5; i_1++) {
-        for (int j_2 = 0; j_2 < 4; j_2++) {
-            dv_hidden_weight[(i_1)*4 + j_2] = tmp8[(i_1)*4 + j_2];
+            dv_hidden_weight[(i_1)*4 + j_2] = r3;
         }
     }
     /* d_hidden_bias[i] = Σ_b d_hidden[b, i]  [#bwd-hidden-bias] */
     for (int i_1 = 0; i_1 < 5; i_1++) {
-        real acc = 0;
+        real r4 = 0;
         for (int b_0 = 0; b_0 < batch; b_0++) {
-            acc += dv_hidden[(b_0)*5 + i_1];
+            r4 += dv_hidden[(b_0)*5 + i_1];
         }
-        tmp9[i_1] = acc;
-    }
-    for (int i_1 = 0; i_1 < 5; i_1++) {
-        dv_hidden_bias[i_1] = tmp9[i_1];
+        dv_hidden_bias[i_1] = r4;
     }
     return zhou_loss_value(v_quadratic_1, batch);
 }
