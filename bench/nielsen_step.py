@@ -285,8 +285,21 @@ def describe_environment(torch):
     if torch is not None:
         blas = "mkl" if "BLAS_INFO=mkl" in torch.__config__.show() else "see torch.__config__.show()"
         lines.append(f"torch: BLAS {blas} (linked into torch, not listed by threadpoolctl), "
-                     f"intra-op threads {torch.get_num_threads()} (default, left alone)")
+                     f"intra-op threads {torch.get_num_threads()}")
     return lines
+
+
+def load_note():
+    """The 1-minute load average against the core count: other work skews the timings."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return "load average: unavailable"
+    note = f"load average (1 min): {load:.2f} on {os.cpu_count()} cores"
+    if load > 0.5:
+        note += ("  -- WARNING: the machine is busy; multithreaded BLAS/OpenMP timings will be erratic "
+                 "(--threads 1 is steadier)")
+    return note
 
 
 def main(argv=None):
@@ -298,6 +311,9 @@ def main(argv=None):
                     help="target length of one timed block of calls, in ms (default 2)")
     ap.add_argument("--lr", type=float, default=0.1, help="SGD learning rate (default 0.1)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None, metavar="N",
+                    help="cap numpy's BLAS (threadpoolctl) and torch.set_num_threads at N; "
+                         "default: leave both libraries at their own defaults")
     ap.add_argument("--no-torch", action="store_true", help="leave PyTorch out even if it is importable")
     ap.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="the .nn file (default examples/nielsen.nn)")
     args = ap.parse_args(argv)
@@ -310,9 +326,15 @@ def main(argv=None):
             torch = None
 
     gen = load_generated(args.source)
+    limiter = None
+    if args.threads is not None:
+        import threadpoolctl
+        limiter = threadpoolctl.threadpool_limits(limits=args.threads, user_api="blas")
+        if torch is not None:
+            torch.set_num_threads(args.threads)
     print("nncc bench: one SGD step (forward + backward + update), float32, "
           f"{args.source.name}: 784-30-10 sigmoid, quadratic loss")
-    for line in describe_environment(torch):
+    for line in describe_environment(torch) + [load_note()]:
         print("  " + line)
 
     worst, problems = check(gen, torch, args.batch_sizes, args.seed, args.lr)
@@ -354,7 +376,8 @@ def main(argv=None):
         rows.append((batch, stats))
 
     names = ["generated", "hand"] + (["torch"] if torch is not None else [])
-    print(f"\nmedian µs per step over {args.rounds} interleaved rounds (± half the IQR, % of median)")
+    print(f"\nafter timing: {load_note()}")
+    print(f"median µs per step over {args.rounds} interleaved rounds (± half the IQR, % of median)")
     head = f"{'batch':>6} " + " ".join(f"{n:>16}" for n in names) + f" {'gen/hand':>9}"
     head += f" {'gen/torch':>10}" if torch is not None else ""
     print(head)
@@ -368,7 +391,10 @@ def main(argv=None):
     print("\ncalls per timed block: " + "; ".join(
         f"batch {b}: " + ", ".join(f"{n} {s[n][2]}" for n in names) for b, s in rows))
     print("ratios > 1 mean the generated module is slower.  Shared machine: expect run-to-run noise of "
-          "several percent; compare ratios, not absolute times.")
+          "several percent when it is quiet, far more when it is busy; compare medians and ratios, "
+          "not single timings.")
+    if limiter is not None:
+        limiter.restore_original_limits()
     return 0
 
 

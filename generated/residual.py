@@ -52,6 +52,27 @@ def init_params(seed=0, dtype=np.float32):
 
 def _check(params, arrays):
     """Batch size and dtype of the arrays; ValueError naming anything malformed."""
+    dtype = batch = None
+    try:  # the fast path: plain comparisons
+        for name, shape in PARAM_SHAPES.items():
+            p = params[name]
+            if p.shape != shape or (dtype is not None and p.dtype != dtype):
+                return _complain(params, arrays)
+            dtype = p.dtype
+        for name, (value, shape) in arrays.items():
+            if value.shape[1:] != shape or value.ndim != len(shape) + 1 or \
+                    (dtype is not None and value.dtype != dtype) or (batch is not None and len(value) != batch):
+                return _complain(params, arrays)
+            dtype, batch = value.dtype, len(value)
+    except (KeyError, AttributeError):
+        return _complain(params, arrays)
+    if dtype.kind != "f":
+        return _complain(params, arrays)
+    return batch, dtype
+
+
+def _complain(params, arrays):
+    """Raise a ValueError that names what is malformed."""
     for name, shape in PARAM_SHAPES.items():
         if name not in params:
             raise ValueError(f"missing parameter {name!r} (expected shape {shape})")
@@ -68,12 +89,14 @@ def _check(params, arrays):
             raise ValueError(f"{name!r} has batch size {value.shape[0]}, but the first array has {batch}")
     dtypes = {name: value.dtype for name, (value, _) in arrays.items()}
     dtypes.update({name: np.asarray(value).dtype for name, value in params.items() if name in PARAM_SHAPES})
-    dtype = next(iter(dtypes.values()))
+    first = next(iter(dtypes))
     for name, d in dtypes.items():
-        if d != dtype or not np.issubdtype(d, np.floating):
-            raise ValueError(f"{name!r} is {d}, but {next(iter(dtypes))!r} is {dtype}: pass float32 or float64 "
+        if d.kind != "f":
+            raise ValueError(f"{name!r} is {d}; pass float32 or float64 arrays (e.g. x.astype(np.float32))")
+        if d != dtypes[first]:
+            raise ValueError(f"{name!r} is {d}, but {first!r} is {dtypes[first]}: pass float32 or float64 "
                              f"throughout (e.g. x.astype(np.float32)); nothing is converted silently")
-    return batch, dtype
+    raise ValueError("malformed arguments")
 
 
 def _logsumexp(a, axis):
