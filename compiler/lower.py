@@ -391,40 +391,43 @@ class Lowerer:
         name = e.base.label.name
         code = self.names[name]
         shape = self.shapes[name]
-        labels, slices, reshape, windows, kernel = [], [], [], [], []
+        labels, slices, dims, windows, kernel = [], [], [], [], []
+        extra = 0  # axes added before this one by flattened subscripts being unflattened
         for axis, sub in enumerate(e.indices):
             syms = sorted((x for x in sub.free_symbols if x in self.ranges), key=lambda x: x.name)
             if len(syms) == 1:
                 sym, offset = _split_affine(sub, self.ranges)
                 size = self.ranges[sym]
                 labels.append(sym)
-                reshape.append((sym,))
                 if offset == 0 and size == shape[axis]:
                     slices.append(None)
+                    dims.append(shape[axis])
                 elif 0 <= offset and sp.simplify(offset + size - shape[axis]) <= 0:
                     slices.append(f"{offset}:{offset + size}")
+                    dims.append(size)
                 else:
                     self.kernels.helpers.add("window")
                     code = f"_window({code}, {axis}, {offset}, {size})"
                     slices.append(None)
+                    dims.append(size)
                 continue
             flat = _row_major(sub, syms, self.ranges, shape[axis])
             if flat is not None:
                 labels.extend(flat)
-                reshape.append(tuple(flat))
+                dims.extend(self.ranges[x] for x in flat)
                 slices.append(None)
+                extra += len(flat) - 1
                 continue
             outer, inner, stride, start = _window_parts(sub, syms, self.ranges)
             labels.append(outer)
-            reshape.append((outer,))
+            dims.append(shape[axis])
             slices.append(None)
-            windows.append((axis, start, stride, self.ranges[outer], self.ranges[inner]))
+            windows.append((axis + extra, start, stride, self.ranges[outer], self.ranges[inner]))
             kernel.append(inner)
         if any(slices):
             code = f"{code}[{', '.join(s or ':' for s in slices)}]"
-        if any(len(r) > 1 for r in reshape):
-            dims = ", ".join(self._extent_code(self.ranges[x]) for r in reshape for x in r)
-            code = f"{code}.reshape({dims})"
+        if extra:
+            code = f"{code}.reshape({', '.join(self._extent_code(n) for n in dims)})"
         if windows:
             self.kernels.helpers.add("patches")
             code = f"_patches({code}, {tuple(windows)})"

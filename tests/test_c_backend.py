@@ -1,0 +1,237 @@
+"""The C backend: same API and numbers as the numpy module, strict C99, clean under sanitizers."""
+import os
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nncc.api import compile_source, load_module
+from nncc.c_backend import render_c_files, render_c_module
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted((ROOT / "examples").glob("*.nn"))
+CC = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+needs_cc = pytest.mark.skipif(CC is None, reason="no C compiler")
+
+# networks beyond the examples: every prelude operator family and user definitions
+EXTRA = {
+    "activations": """
+input x: [5]
+target y: [3]
+h = x |> dense(6) |> softplus |> dense(6) |> silu |> dense(6) |> elu(alpha=0.5)
+g = h |> leaky_relu(slope=0.1) |> dense(6) |> abs
+k = sqrt(g + 1) + log(g + 2) - exp(-g) + identity(g) / 3
+loss = mse(k |> dense(3), y) + quadratic(softmax(k |> dense(3)), y)
+""",
+    "losses": """
+input x: [4]
+target y: [3]
+z = x |> dense(3)
+loss = binary_cross_entropy(sigmoid(z), y) + softmax_cross_entropy(z, y) + quadratic(log_softmax(z), y)
+""",
+    "windows": """
+input x: [2, 7, 6]
+target y: [3]
+h = x |> conv2d(3, 3, stride=2, padding=1) |> relu |> maxpool2d(2, stride=1)
+g = h |> conv2d(2, 2, padding=2) |> tanh |> avgpool2d(2)
+z = g |> flatten |> dense(3)
+loss = softmax_cross_entropy(z, y)
+""",
+    "user": """
+fn swish(z) = z * sigmoid(z)
+fn cubic(a[i], y[i]) = sum(i: abs(a[i] - y[i])^3) / 3
+layer bilinear(u: [m], v: [p], n) {
+    param weight: [n, m, p]
+    param bias:   [n]
+    y[i] = sum(j, k: u[j] * weight[i, j, k] * v[k]) + bias[i]
+}
+layer conv1d(x: [c, n], out, kernel, stride = 1) {
+    param weight: [out, c, kernel]
+    y[o, i] = sum(ci, p: weight[o, ci, p] * x[ci, i*stride + p]) for i < (n - kernel) / stride + 1
+}
+layer flat2(x: [c, n]) {
+    y[ch*n + i] = x[ch, i]
+}
+input u: [3]
+input v: [2, 9]
+target y: [2]
+w = v |> conv1d(2, 3, stride=2)
+z = bilinear(u, flat2(concat(w, w)), 4) |> swish |> dense(2)
+loss = cubic(z, y)
+""",
+}
+
+
+def _programs():
+    out = [(p.stem, p.read_text(), f"examples/{p.name}") for p in EXAMPLES]
+    out += [(name, src, f"<{name}>") for name, src in EXTRA.items()]
+    return out
+
+
+PROGRAMS = _programs()
+
+
+def _c_module(source, file):
+    text = render_c_module(compile_source(source, file))
+    module = types.ModuleType("nncc_c_test")
+    exec(compile(text, f"<c module {file}>", "exec"), module.__dict__)
+    return module
+
+
+def _data(module, dtype, batch=5, seed=0):
+    rng = np.random.default_rng(seed)
+    shapes = list(module.INPUT_SHAPES.values()) + list(module.TARGET_SHAPES.values())
+    return [rng.uniform(0.05, 0.95, (batch,) + s).astype(dtype) for s in shapes]
+
+
+def _worst(a, b):
+    scale = max(np.max(np.abs(b)), 1e-30)
+    return float(np.max(np.abs(a - b)) / scale)
+
+
+@needs_cc
+@pytest.mark.parametrize("name,source,file", PROGRAMS, ids=[p[0] for p in PROGRAMS])
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 1e-5)], ids=["float64", "float32"])
+def test_c_agrees_with_numpy(name, source, file, dtype, tol):
+    c = _c_module(source, file)
+    n = load_module(source, file)
+    params = n.init_params(0, dtype)
+    assert all(np.array_equal(params[k], v) for k, v in c.init_params(0, dtype).items())
+    arrays = _data(n, dtype)
+    inputs = arrays[:len(n.INPUT_SHAPES)]
+    vc, gc = c.loss_and_grad(params, *arrays)
+    vn, gn = n.loss_and_grad(params, *arrays)
+    assert abs(vc - vn) <= tol * abs(vn)
+    assert set(gc) == set(gn)
+    for k in gn:
+        assert gc[k].dtype == dtype and gc[k].shape == gn[k].shape
+        assert _worst(gc[k], gn[k]) <= tol, k
+    out_c, out_n = c.forward(params, *inputs), n.forward(params, *inputs)
+    assert out_c.dtype == dtype and _worst(out_c, out_n) <= tol
+    assert abs(c.loss(params, *arrays) - vn) <= tol * abs(vn)
+    before = {k: v.copy() for k, v in params.items()}
+    assert abs(c.sgd_step(params, *arrays, lr=0.1) - vn) <= tol * abs(vn)
+    for k in params:
+        assert _worst(params[k], before[k] - np.asarray(0.1, dtype) * gn[k]) <= 10 * tol
+
+
+@needs_cc
+@pytest.mark.parametrize("name,source,file", PROGRAMS, ids=[p[0] for p in PROGRAMS])
+def test_c_gradients_match_finite_differences(name, source, file):
+    c = _c_module(source, file)
+    params = c.init_params(1, np.float64)
+    arrays = _data(c, np.float64, batch=3, seed=1)
+    _, grads = c.loss_and_grad(params, *arrays)
+    rng = np.random.default_rng(2)
+    direction = {k: rng.normal(size=v.shape) for k, v in params.items()}
+    h = 1e-6
+
+    def at(t):
+        return c.loss({k: params[k] + t * direction[k] for k in params}, *arrays)
+
+    fd = (at(h) - at(-h)) / (2 * h)
+    analytic = sum(float((grads[k] * direction[k]).sum()) for k in params)
+    assert abs(fd - analytic) <= 1e-5 * max(1.0, abs(fd))
+
+
+@needs_cc
+def test_c_module_rejects_bad_arguments():
+    c = _c_module((ROOT / "examples" / "xor.nn").read_text(), "examples/xor.nn")
+    p = c.init_params(0)
+    with pytest.raises(ValueError, match="'x' must have shape"):
+        c.loss(p, np.ones((3, 3), np.float32), np.ones((3, 1), np.float32))
+    with pytest.raises(ValueError, match="float32 or float64"):
+        c.loss(p, np.ones((3, 2)), np.ones((3, 1), np.float32))
+
+
+def _compilers():
+    return [cc for cc in ("gcc", "clang") if shutil.which(cc)]
+
+
+@pytest.mark.parametrize("cc", _compilers() or [pytest.param("none", marks=pytest.mark.skip("no gcc or clang"))])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_generated_c_is_strict_c99(tmp_path, cc, dtype):
+    for name, source, file in PROGRAMS:
+        for fname, text in render_c_files(compile_source(source, file), dtype).items():
+            (tmp_path / fname).write_text(text)
+        c_file = tmp_path / f"{compile_source(source, file).graph.name}.c"
+        subprocess.run([cc, "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O1", "-c", str(c_file),
+                        "-o", str(tmp_path / "out.o")], check=True)
+
+
+SANITIZED_MAIN = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include "NAME.h"
+int main(void) {
+    int batch = 3;
+    NAME_real *params = malloc(UPPER_PARAM_BYTES + 1), *grad = malloc(UPPER_PARAM_BYTES + 1);
+    NAME_real *work = malloc(UPPER_WORKSPACE_BYTES(batch));
+    NAME_real *x = malloc(sizeof(NAME_real) * batch * SIZE_IN);
+    NAME_real *y = malloc(sizeof(NAME_real) * batch * SIZE_TARGET + 1);
+    NAME_real *out = malloc(sizeof(NAME_real) * batch * UPPER_OUTPUT_SIZE);
+    for (int k = 0; k < batch * SIZE_IN; k++) x[k] = (NAME_real)((k % 7) / 7.0);
+    for (int k = 0; k < batch * SIZE_TARGET; k++) y[k] = (NAME_real)((k % 3) == 0);
+    NAME_init_params(params, 3);
+    NAME_real first = NAME_sgd_step(params, ARGS, batch, (NAME_real)0.1, grad, work);
+    NAME_real second = NAME_loss_and_grad(params, ARGS, batch, grad, work);
+    NAME_forward(params, x, out, batch, work);
+    printf("%g %g %g\n", (double)first, (double)second, (double)out[0]);
+    free(params); free(grad); free(work); free(x); free(y); free(out);
+    return 0;
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None and shutil.which("clang") is None, reason="no gcc or clang")
+@pytest.mark.parametrize("example,inp,target", [("lenet", "X", "Y"), ("residual", "X", "Y"), ("xor", "X", "Y")])
+def test_c_runs_clean_under_address_and_undefined_behaviour_sanitizers(tmp_path, example, inp, target):
+    cc = shutil.which("gcc") or shutil.which("clang")
+    compiled = compile_source((ROOT / "examples" / f"{example}.nn").read_text(), f"examples/{example}.nn")
+    for fname, text in render_c_files(compiled, "float32").items():
+        (tmp_path / fname).write_text(text)
+    upper = example.upper()
+    main = (SANITIZED_MAIN.replace("SIZE_IN", f"{upper}_{inp}_SIZE").replace("SIZE_TARGET", f"{upper}_{target}_SIZE")
+            .replace("UPPER", upper).replace("ARGS", "x, y").replace("NAME", example))
+    (tmp_path / "main.c").write_text(main)
+    exe = tmp_path / "main"
+    build = subprocess.run([cc, "-std=c99", "-g", "-O1", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
+                            "-fno-omit-frame-pointer", "-o", str(exe), str(tmp_path / "main.c"),
+                            str(tmp_path / f"{example}.c"), "-lm"], capture_output=True, text=True)
+    if build.returncode != 0 and "sanitize" in build.stderr:
+        pytest.skip(f"this compiler cannot build with sanitizers: {build.stderr[-200:]}")
+    assert build.returncode == 0, build.stderr
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=1", UBSAN_OPTIONS="print_stacktrace=1")
+    run = subprocess.run([str(exe)], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    assert "runtime error" not in run.stderr and "AddressSanitizer" not in run.stderr
+    first, second, _ = map(float, run.stdout.split())
+    assert np.isfinite(first) and np.isfinite(second)
+
+
+@pytest.mark.skipif(shutil.which("make") is None or CC is None, reason="needs make and a C compiler")
+def test_embedding_example_trains_xor_without_python(tmp_path):
+    work = tmp_path / "c"
+    shutil.copytree(ROOT / "examples" / "c", work)
+    run = subprocess.run(["make", "-s", "run", f"GENERATED={ROOT / 'generated' / 'c'}"], cwd=work,
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    last_loss = [line for line in run.stdout.splitlines() if line.startswith("step")][-1]
+    assert float(last_loss.split()[-1]) < 0.05
+    assert "xor(0,1)=0.99" in run.stdout or "xor(0,1)=1.00" in run.stdout
+
+
+def test_cli_writes_c_sources_and_module(tmp_path):
+    model = ROOT / "examples" / "xor.nn"
+    out_dir = tmp_path / "out"
+    subprocess.run([sys.executable, "-m", "nncc", str(model), "--backend", "c", "-o", f"{out_dir}/",
+                    "--dtype", "float64"], check=True)
+    assert "typedef double xor_real;" in (out_dir / "xor.h").read_text()
+    assert (out_dir / "xor.c").exists()
+    subprocess.run([sys.executable, "-m", "nncc", str(model), "--backend", "c", "-o", str(tmp_path / "m.py")],
+                   check=True)
+    assert "cffi" in (tmp_path / "m.py").read_text()
