@@ -11,7 +11,7 @@ import sympy as sp
 from . import ir
 from . import syntax as S
 from .errors import Loc, NNError, did_you_mean
-from .ops import PRIMITIVES, OpDef, Option, Registry, TensorArg, define_fn, define_layer
+from .ops import PRIMITIVES, OpDef, Registry, TensorArg, define_fn, define_layer
 from .parse import parse
 
 INITS = ("uniform", "normal", "zeros", "xavier", "he")

@@ -9,7 +9,7 @@ globals, no printing; `real` is float or double, math through <tgmath.h>.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import sympy as sp
 from sympy.printing.c import C99CodePrinter
@@ -19,7 +19,7 @@ from .derive import B
 from .lower import ancestors, formula_text
 from .naming import backward_anchor, forward_anchor, grad_name
 from .stabilize import stabilize
-from .symbolic import ClampedLog, FirstArgmax, LogSumExp, MaxOver, Sigmoid, Softplus, Where, real_base
+from .symbolic import FirstArgmax, LogSumExp, MaxOver, real_base
 
 
 def cname(name: str) -> str:
@@ -359,11 +359,6 @@ def _size_code(shape):
 # ---- the whole network -----------------------------------------------------------------
 
 @dataclass
-class CFunction:
-    lines: list = field(default_factory=list)
-
-
-@dataclass
 class CPlan:
     name: str
     source: str
@@ -386,7 +381,6 @@ class CPlan:
 
 
 def plan_c(g: ir.Graph, derivations, real="float") -> CPlan:
-    from .lower import needs_grad  # noqa: F401  (same selection as numpy)
     buffers = {}
     params, offset = [], 0
     for p in g.params:
@@ -435,7 +429,6 @@ def plan_c(g: ir.Graph, derivations, real="float") -> CPlan:
             low.assign(target, gr.indices, expr, rng, comment, accumulate=target in have)
             have.add(target)
     zero = [p.name for p in g.params if grad_name(p.name) not in have]
-    backward = [f"    for (long n = 0; n < {buffers[grad_name(p)].offset + 0}; n++) (void)0;" for p in []]
     backward = low.lines
     per_sample, constant = sp.Integer(0), sp.Integer(0)
     for w in work:
@@ -471,7 +464,7 @@ def offset_code(off) -> str:
 def render_c(plan: CPlan, standalone: bool = True) -> tuple[str, str]:
     """(header, source) text for a C plan."""
     from . import __version__
-    from .numpy_backend import environment
+    from .templating import environment
     P = plan.name.upper()
     arrays = [dict(name=n, upper=c[2:].upper(), size=int(sp.Mul(*s)) if s else 1, shape=list(s))
               for n, c, s in plan.inputs + plan.targets]
@@ -507,7 +500,8 @@ def render_c_files(c, dtype: str = "float32") -> dict:
 def render_c_module(c) -> str:
     """A Python module with the numpy module's API that builds and runs the C code (cffi)."""
     from . import __version__
-    from .numpy_backend import environment, module_values
+    from .numpy_backend import module_values
+    from .templating import environment
     parts, cdef, work = [], [], {}
     for suffix, real, dtype in (("f32", "float", "float32"), ("f64", "double", "float64")):
         plan = plan_c(c.graph, c.plan.derivations, real)

@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import ast
 from dataclasses import dataclass, field
-from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 
-import jinja2
 import sympy as sp
 from sympy.printing.latex import LatexPrinter
 
@@ -20,7 +17,8 @@ from . import __version__
 from .api import Compiled, compile_source
 from .derive import B
 from .naming import backward_anchor, forward_anchor, grad_name, var
-from .symbolic import FirstArgmax, Where
+from .symbolic import Where
+from .templating import environment
 
 
 # ---- formulas ------------------------------------------------------------------------
@@ -189,16 +187,8 @@ class Explanation:
         return self.html()
 
 
-@lru_cache(maxsize=None)
-def _environment() -> jinja2.Environment:
-    def load(name):
-        return resources.files("nncc.templates").joinpath(name).read_text(encoding="utf-8")
-    return jinja2.Environment(loader=jinja2.FunctionLoader(load), keep_trailing_newline=True,
-                              undefined=jinja2.StrictUndefined, autoescape=False)
-
-
 def _render(template: str, doc: Explanation, **filters) -> str:
-    env = _environment()
+    env = environment()
     import html
     return env.get_template(template).render(doc=doc, version=__version__, escape=html.escape, **filters)
 
@@ -233,7 +223,6 @@ def build(c: Compiled) -> Explanation:
         for a in line.anchors:
             lines[a] = line
     matrix = _MatrixForm(display)
-    derivs = {d.node.label: d for d in plan.derivations}
 
     forward = Section("Forward pass", "forward",
                       [("text", "Each operator as used in this network: its element formula, with this "
@@ -270,7 +259,6 @@ def build(c: Compiled) -> Explanation:
         for gr in d.grads:
             a = backward_anchor(d.node.label, gr.wrt)
             target = r"\overline{%s}_{%s}" % (_name_tex(gr.wrt), ",".join(tex.doprint(i) for i in gr.indices))
-            dy = r"\overline{%s}" % _name_tex(d.node.output)
             wrt = _name_tex(gr.wrt)
             formulas = [
                 ("Jacobian entry", r"\frac{\partial %s_{%s}}{\partial %s_{%s}} = %s" % (

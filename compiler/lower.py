@@ -18,10 +18,10 @@ from sympy.printing.numpy import NumPyPrinter
 from sympy.printing.str import StrPrinter
 
 from . import ir
-from .derive import B, Derivation
+from .derive import B
 from .naming import backward_anchor, forward_anchor, grad_name, temp, var
 from .stabilize import stabilize
-from .symbolic import ClampedLog, FirstArgmax, LogSumExp, MaxOver, Sigmoid, Softplus, real_base
+from .symbolic import FirstArgmax, LogSumExp, MaxOver, real_base
 
 
 @dataclass(frozen=True)

@@ -1,22 +1,9 @@
 """Kernel plan -> the values the numpy module template lays out."""
 from __future__ import annotations
 
-from functools import lru_cache
-from importlib import resources
-
-import jinja2
-
 from . import __version__
 from .lower import Plan
-
-
-@lru_cache(maxsize=None)
-def environment() -> jinja2.Environment:
-    def load(name):
-        return resources.files("nncc.templates").joinpath(name).read_text(encoding="utf-8")
-
-    return jinja2.Environment(loader=jinja2.FunctionLoader(load), keep_trailing_newline=True,
-                              undefined=jinja2.StrictUndefined, autoescape=False)
+from .templating import environment
 
 
 def _shape(shape) -> str:
