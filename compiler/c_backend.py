@@ -50,6 +50,21 @@ class _CPrinter(C99CodePrinter):
 
     _print_Dummy = _print_Symbol
 
+    def _print_Add(self, e, order=None):
+        low = self.low
+        parts = {_name(x) for x in e.atoms(sp.Indexed, sp.Symbol)}
+        if not parts & (low.lse_max | low.lse_log):
+            return super()._print_Add(e, order)
+        # x - max - logsum, in that order: no rounding to the spacing of the max
+        terms = sorted(e.as_ordered_terms(), key=lambda t: (
+            bool({_name(x) for x in t.atoms(sp.Indexed, sp.Symbol)} & low.lse_log),
+            bool({_name(x) for x in t.atoms(sp.Indexed, sp.Symbol)} & low.lse_max)))
+        out = []
+        for k, t in enumerate(terms):
+            s = self._print(t)
+            out.append(s if k == 0 else f" - {s[1:]}" if s.startswith("-") else f" + {s}")
+        return "(" + "".join(out) + ")"
+
     def _print_Integer(self, n):
         return str(int(n))
 
@@ -108,6 +123,8 @@ class CLowerer:
         self.ranges: dict = {}
         self.vars: dict = {}  # index symbol -> C loop variable
         self.pending: dict = {}  # placeholder symbol -> reduction computed inside the loop nest
+        self.lse_max: set = set()  # names holding the max part of a logsumexp
+        self.lse_log: set = set()  # ... and its log-sum part
         self.count = 0
 
     # ---- names
@@ -237,8 +254,6 @@ class CLowerer:
             self._emit(f"real {result} = (real)(({' + '.join(here)}) == {result}_best);")
             return result
         self._emit(f"real {result} = {'0' if kind is sp.Sum else '-INFINITY'};")
-        if kind is LogSumExp:
-            self._emit(f"real {result}_s = 0;")
         self._open(vs)
         inner = p.doprint(self._inline(body))
         if kind is sp.Sum:
@@ -246,11 +261,17 @@ class CLowerer:
         else:
             self._emit(f"{{ real v = {inner}; if (v > {result}) {result} = v; }}")
         self._close(len(vs))
-        if kind is LogSumExp:
+        if kind is LogSumExp:  # max + log(sum exp(f - max)), the parts apart (see _print_Add)
+            log_sum = sp.Symbol(f"{result}_ls")
+            self.vars[log_sum] = log_sum.name
+            self._emit(f"real {log_sum} = 0;")
             self._open(vs)
-            self._emit(f"{result}_s += exp({p.doprint(self._inline(body))} - {result});")
+            self._emit(f"{log_sum} += exp({p.doprint(self._inline(body))} - {result});")
             self._close(len(vs))
-            self._emit(f"{result} = {result} + log({result}_s);")
+            self._emit(f"{log_sum} = log({log_sum});")
+            self.lse_max.add(result.name)
+            self.lse_log.add(log_sum.name)
+            return result + log_sum
         return result
 
     def _hoist(self, e, order):
@@ -289,7 +310,9 @@ class CLowerer:
             self._emit(f"{{ real v = {p.doprint(self._inline(body))}; if (v > m) m = v; }}")
             self._close(len(vs))
             self._emit(f"{out} = m;")
-        elif kind is LogSumExp:
+        elif kind is LogSumExp:  # two temporaries: the max, and log(sum exp(f - max))
+            log_sum = self._temp(labels)
+            out_ls = f"{log_sum}[{self._linear(self.buffers[log_sum], free)[0]}]"
             self._emit("real m = -INFINITY, s = 0;")
             self._open(vs)
             self._emit(f"{{ real v = {p.doprint(self._inline(body))}; if (v > m) m = v; }}")
@@ -297,7 +320,13 @@ class CLowerer:
             self._open(vs)
             self._emit(f"s += exp({p.doprint(self._inline(body))} - m);")
             self._close(len(vs))
-            self._emit(f"{out} = m + log(s);")
+            self._emit(f"{out} = m;")
+            self._emit(f"{out_ls} = log(s);")
+            self._close(len(free))
+            self.lse_max.add(name)
+            self.lse_log.add(log_sum)
+            return (real_base(name)[tuple(labels)] if labels else real_base(name)[()]) + \
+                (real_base(log_sum)[tuple(labels)] if labels else real_base(log_sum)[()])
         else:  # FirstArgmax: 1 at the first maximum in row-major order
             self._emit("real m = -INFINITY; long best = -1, k = 0;")
             self._open(vs)
@@ -339,6 +368,10 @@ class CLowerer:
         self._emit(f"{cond}{name}[{linear}] += {_CPrinter(self).doprint(g)};")
         self._close(len(loops))
         return real_base(name)[tuple(indices)]
+
+
+def _name(x) -> str:
+    return x.base.label.name if isinstance(x, sp.Indexed) else x.name
 
 
 def _syms(e, ranges):

@@ -34,7 +34,8 @@ class NNError(Exception):
         lines = [head]
         if self.loc and self.loc.text:
             lines.append("    " + self.loc.text.rstrip("\n").expandtabs(4))
-            lines.append("    " + " " * (self.loc.col - 1) + "^")
+            before = self.loc.text[:self.loc.col - 1].expandtabs(4)
+            lines.append("    " + " " * len(before) + "^")
         if self.hint:
             lines.append(f"hint: {self.hint}")
         return "\n".join(lines)

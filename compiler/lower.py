@@ -21,7 +21,7 @@ from . import ir
 from .derive import B
 from .naming import backward_anchor, forward_anchor, grad_name, temp, var
 from .stabilize import stabilize
-from .symbolic import FirstArgmax, LogSumExp, MaxOver, real_base
+from .symbolic import ClampedLog, FirstArgmax, LogSumExp, MaxOver, real_base
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,24 @@ class _Printer(NumPyPrinter):
     def _print_Symbol(self, s):
         if s == B:
             return "batch"
+        if s.name in self.lowerer.names:  # a scalar temporary
+            return self.lowerer.names[s.name]
         raise NotImplementedError(f"free symbol {s} in a kernel")
+
+    def _print_Add(self, e, order=None):
+        low = self.lowerer
+        parts = {_label(x) for x in e.atoms(sp.Indexed, sp.Symbol)}
+        if not parts & (low.lse_max | low.lse_log):
+            return super()._print_Add(e, order)
+        # the max and log-sum parts of a logsumexp last, in that order (see Lowerer._reduce)
+        terms = sorted(e.as_ordered_terms(), key=lambda t: (
+            bool({_label(x) for x in t.atoms(sp.Indexed, sp.Symbol)} & low.lse_log),
+            bool({_label(x) for x in t.atoms(sp.Indexed, sp.Symbol)} & low.lse_max)))
+        out = []
+        for k, t in enumerate(terms):
+            s = self._print(t)
+            out.append(s if k == 0 else f" - {s[1:]}" if s.startswith("-") else f" + {s}")
+        return "".join(out)
 
     def _print_Rational(self, r):
         return _decimal(r) or f"{r.p}/{r.q}"
@@ -89,7 +106,8 @@ class _Printer(NumPyPrinter):
 
     def _print_Where(self, e):
         c, a, b = e.args
-        self.lowerer.guarded = True
+        if _may_fault(a) or _may_fault(b):  # np.where evaluates the branch not taken too
+            self.lowerer.guarded = True
         return f"np.where({self._print(c)}, {self._print(a)}, {self._print(b)})"
 
     def _print_Not(self, e):
@@ -176,6 +194,8 @@ class Lowerer:
         self.cse: dict = {}
         self.guarded = False
         self.count = 0
+        self.lse_max: set = set()  # temporaries holding the max part of a logsumexp
+        self.lse_log: set = set()  # ... and its log-sum part
 
     # ---- statements
     def assign(self, target: str, indices: tuple, expr: sp.Expr, ranges: dict, comment: str,
@@ -235,25 +255,28 @@ class Lowerer:
     def _reduce(self, kind, body, vs, free, order):
         key = (kind, body, tuple(vs), tuple(free))
         if key in self.cse:
-            name, labels = self.cse[key]
-            return real_base(name)[tuple(labels)] if labels else sp.Symbol(name)
+            return self.cse[key]
         if kind is sp.Sum:
             code, labels = self._sum(body, vs, free, order)
+            ref = self._temp(code, labels)
         else:
             labels = [s for s in order if s in _index_syms(body, self.ranges)]
-            axes = tuple(labels.index(v) for v in vs if v in labels)
-            inner = self._elementwise(body, labels)
+            axes = _axes(tuple(labels.index(v) for v in vs if v in labels))
+            out = [s for s in labels if s not in vs]
+            ref = self._temp(f"{_paren(self._elementwise(body, labels))}.max(axis={axes})", out)
             if kind is LogSumExp:
-                self.kernels.helpers.add("logsumexp")
-                code = f"_logsumexp({inner}, axis={_axes(axes)})"
-            else:
-                code = f"{_paren(inner)}.max(axis={_axes(axes)})"
-            labels = [s for s in labels if s not in vs]
-        ref = self._temp(code, labels)
-        self.cse[key] = (ref.base.label.name if labels else ref.name, labels)
+                # kept as max + log(sum exp(f - max)), the two parts apart, so x - logsumexp
+                # is evaluated as (x - max) - log(...): no rounding to the spacing of max
+                shifted = self._elementwise(body - ref, labels)
+                log_sum = self._temp(f"np.log(np.exp({shifted}).sum(axis={axes}))", out)
+                self.lse_max.add(_label(ref))
+                self.lse_log.add(_label(log_sum))
+                ref = ref + log_sum
+        self.cse[key] = ref
         return ref
 
     def _temp(self, code, labels):
+        """A new temporary holding code, read back as temp[labels] (a Symbol when it is a scalar)."""
         name = temp(self.count)
         self.count += 1
         self.kernels.lines.append(Line(name, code))
@@ -485,6 +508,17 @@ def _num(x):
     return float(x) if sp.sympify(x).is_number else float("inf")
 
 
+def _may_fault(e) -> bool:
+    """Can evaluating e divide by zero, overflow or take the log of a non-positive number?"""
+    return bool(e.atoms(sp.log, sp.exp, ClampedLog)) or any(
+        p.exp.is_negative or not p.exp.is_integer for p in e.atoms(sp.Pow))
+
+
+def _label(x) -> str:
+    """The name of an array read or a symbol."""
+    return x.base.label.name if isinstance(x, sp.Indexed) else x.name
+
+
 def _decimal(r) -> str | None:
     """A short exact decimal for r (0.5, 0.01), or None."""
     f = float(r)
@@ -582,12 +616,14 @@ def ancestors(g: ir.Graph, tensor: str) -> set:
 
 
 def needs_grad(g: ir.Graph) -> set:
-    """Tensors and params whose gradient reaches a parameter's."""
-    depends = {p.name for p in g.params}
+    """Tensors and params on a path from a parameter to the loss."""
+    feeds_loss = ancestors(g, g.loss)
+    depends = set()
     for n in g.nodes:
+        if n.output in feeds_loss and n.params:
+            depends.update(p for _, p in n.params)
         if any(a in depends for a in n.args) or n.params:
             depends.add(n.output)
-    feeds_loss = ancestors(g, g.loss)
     return {t for t in depends if t in feeds_loss or t in {p.name for p in g.params}}
 
 

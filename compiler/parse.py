@@ -197,7 +197,7 @@ class _Builder(Transformer):
         return S.OptionParam(str(t), default, self.tok(t))
 
     def param_decl(self, items):
-        t, shape, init = items
+        t, shape, _init_keyword, init = items
         return S.ParamDecl(str(t), shape, init, self.tok(t))
 
     def extent(self, items):

@@ -91,11 +91,6 @@ def _complain(params, arrays):
     raise ValueError("malformed arguments")
 
 
-def _logsumexp(a, axis):
-    m = a.max(axis=axis, keepdims=True)
-    return np.squeeze(m, axis=axis) + np.log(np.exp(a - m).sum(axis=axis))
-
-
 def forward(params, x):
     """The network's output `z` for a batch of inputs."""
     batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"])})
@@ -108,8 +103,7 @@ def forward(params, x):
     dense_1 = dense_1_bias + (x @ dense_1_weight.T)
     # relu_1: h[b, i] = where(dense_1[b, i] > 0, dense_1[b, i], 0)  [#fwd-relu_1]
     # dense_2: z[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2]
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        z = dense_2_bias + (np.where((dense_1 > 0), dense_1, 0) @ dense_2_weight.T)
+    z = dense_2_bias + (np.where((dense_1 > 0), dense_1, 0) @ dense_2_weight.T)
     return z
 
 
@@ -124,13 +118,13 @@ def loss(params, x, y):
     # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
     dense_1 = dense_1_bias + (x @ dense_1_weight.T)
     # relu_1: h[b, i] = where(dense_1[b, i] > 0, dense_1[b, i], 0)  [#fwd-relu_1]
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        h = np.where((dense_1 > 0), dense_1, 0)
+    h = np.where((dense_1 > 0), dense_1, 0)
     # dense_2: z[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2]
     z = dense_2_bias + (h @ dense_2_weight.T)
-    t2 = _logsumexp(z, axis=1)
+    t2 = z.max(axis=1)
+    t3 = np.log(np.exp(-t2[:, None] + z).sum(axis=1))
     # softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1]
-    softmax_cross_entropy_1 = -((-t2[:, None] + z)*y).sum(axis=1)
+    softmax_cross_entropy_1 = -((z - t2[:, None] - t3[:, None])*y).sum(axis=1)
     return float(softmax_cross_entropy_1.sum() / batch)
 
 
@@ -145,25 +139,24 @@ def loss_and_grad(params, x, y):
     # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
     dense_1 = dense_1_bias + (x @ dense_1_weight.T)
     # relu_1: h[b, i] = where(dense_1[b, i] > 0, dense_1[b, i], 0)  [#fwd-relu_1]
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        h = np.where((dense_1 > 0), dense_1, 0)
+    h = np.where((dense_1 > 0), dense_1, 0)
     # dense_2: z[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2]
     z = dense_2_bias + (h @ dense_2_weight.T)
-    t2 = _logsumexp(z, axis=1)
+    t2 = z.max(axis=1)
+    t3 = np.log(np.exp(-t2[:, None] + z).sum(axis=1))
     # softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1]
-    softmax_cross_entropy_1 = -((-t2[:, None] + z)*y).sum(axis=1)
+    softmax_cross_entropy_1 = -((z - t2[:, None] - t3[:, None])*y).sum(axis=1)
     value = float(softmax_cross_entropy_1.sum() / batch)
 
     # d_z[b, k] = (-y[b, k] + Σ_i y[b, i]*exp(-logsumexp_j(z[b, j]) + z[b, k]))*d_softmax_cross_entropy_1[b]  [#bwd-softmax_cross_entropy_1-z]
-    d_z = (np.exp(-t2[:, None] + z)*y.sum(axis=1)[:, None] - y)/batch
+    d_z = (-y + np.exp(z - t2[:, None] - t3[:, None])*y.sum(axis=1)[:, None])/batch
     # d_dense_2_weight[i, j] = Σ_b (d_z[b, i]*h[b, j])  [#bwd-dense_2-weight]
     d_dense_2_weight = d_z.T @ h
     # d_dense_2_bias[i] = Σ_b d_z[b, i]  [#bwd-dense_2-bias]
     d_dense_2_bias = d_z.sum(axis=0)
     # d_h[b, j] = Σ_i (d_z[b, i]*dense_2.weight[i, j])  [#bwd-dense_2-h]
     # d_dense_1[b, i] = where(dense_1[b, i] > 0, d_h[b, i], 0)  [#bwd-relu_1-dense_1]
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        d_dense_1 = np.where((dense_1 > 0), d_z @ dense_2_weight, 0)
+    d_dense_1 = np.where((dense_1 > 0), d_z @ dense_2_weight, 0)
     # d_dense_1_weight[i, j] = Σ_b (d_dense_1[b, i]*x[b, j])  [#bwd-dense_1-weight]
     d_dense_1_weight = d_dense_1.T @ x
     # d_dense_1_bias[i] = Σ_b d_dense_1[b, i]  [#bwd-dense_1-bias]

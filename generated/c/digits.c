@@ -88,6 +88,8 @@ void digits_forward(const real *params, const digits_real *v_x, real *output, in
     real *tmp0 = work + (size_t)batch * 278 + 0;
     real *tmp1 = work + (size_t)batch * 279 + 0;
     real *tmp2 = work + (size_t)batch * 280 + 0;
+    real *tmp3 = work + (size_t)batch * 281 + 0;
+    real *tmp4 = work + (size_t)batch * 282 + 0;
     (void)batch;
     nncc_use_helpers();
     (void)v_dense_1_weight;
@@ -105,6 +107,8 @@ void digits_forward(const real *params, const digits_real *v_x, real *output, in
     (void)tmp0;
     (void)tmp1;
     (void)tmp2;
+    (void)tmp3;
+    (void)tmp4;
     /* dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 64; i_1++) {
@@ -160,6 +164,8 @@ real digits_loss(const real *params, const digits_real *v_x, const digits_real *
     real *tmp0 = work + (size_t)batch * 278 + 0;
     real *tmp1 = work + (size_t)batch * 279 + 0;
     real *tmp2 = work + (size_t)batch * 280 + 0;
+    real *tmp3 = work + (size_t)batch * 281 + 0;
+    real *tmp4 = work + (size_t)batch * 282 + 0;
     (void)batch;
     nncc_use_helpers();
     (void)v_dense_1_weight;
@@ -177,6 +183,8 @@ real digits_loss(const real *params, const digits_real *v_x, const digits_real *
     (void)tmp0;
     (void)tmp1;
     (void)tmp2;
+    (void)tmp3;
+    (void)tmp4;
     /* dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 64; i_1++) {
@@ -212,12 +220,13 @@ real digits_loss(const real *params, const digits_real *v_x, const digits_real *
         for (int j_3 = 0; j_3 < 10; j_3++) {
             s += exp(v_z[(b_0)*10 + j_3] - m);
         }
-        tmp0[b_0] = m + log(s);
+        tmp0[b_0] = m;
+        tmp1[b_0] = log(s);
     }
     for (int b_0 = 0; b_0 < batch; b_0++) {
         real r2 = 0;
         for (int i_1 = 0; i_1 < 10; i_1++) {
-            r2 += (-tmp0[b_0] + v_z[(b_0)*10 + i_1])*v_y[(b_0)*10 + i_1];
+            r2 += ((v_z[(b_0)*10 + i_1] - tmp0[b_0] - tmp1[b_0]))*v_y[(b_0)*10 + i_1];
         }
         v_softmax_cross_entropy_1[b_0] = -r2;
     }
@@ -245,6 +254,8 @@ real digits_loss_and_grad(const real *params, const digits_real *v_x, const digi
     real *tmp0 = work + (size_t)batch * 278 + 0;
     real *tmp1 = work + (size_t)batch * 279 + 0;
     real *tmp2 = work + (size_t)batch * 280 + 0;
+    real *tmp3 = work + (size_t)batch * 281 + 0;
+    real *tmp4 = work + (size_t)batch * 282 + 0;
     (void)batch;
     nncc_use_helpers();
     (void)v_dense_1_weight;
@@ -262,6 +273,8 @@ real digits_loss_and_grad(const real *params, const digits_real *v_x, const digi
     (void)tmp0;
     (void)tmp1;
     (void)tmp2;
+    (void)tmp3;
+    (void)tmp4;
     /* dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 64; i_1++) {
@@ -297,12 +310,13 @@ real digits_loss_and_grad(const real *params, const digits_real *v_x, const digi
         for (int j_3 = 0; j_3 < 10; j_3++) {
             s += exp(v_z[(b_0)*10 + j_3] - m);
         }
-        tmp0[b_0] = m + log(s);
+        tmp0[b_0] = m;
+        tmp1[b_0] = log(s);
     }
     for (int b_0 = 0; b_0 < batch; b_0++) {
         real r2 = 0;
         for (int i_1 = 0; i_1 < 10; i_1++) {
-            r2 += (-tmp0[b_0] + v_z[(b_0)*10 + i_1])*v_y[(b_0)*10 + i_1];
+            r2 += ((v_z[(b_0)*10 + i_1] - tmp0[b_0] - tmp1[b_0]))*v_y[(b_0)*10 + i_1];
         }
         v_softmax_cross_entropy_1[b_0] = -r2;
     }
@@ -312,7 +326,7 @@ real digits_loss_and_grad(const real *params, const digits_real *v_x, const digi
         for (int i_1 = 0; i_1 < 10; i_1++) {
             acc += v_y[(b_0)*10 + i_1];
         }
-        tmp1[b_0] = acc;
+        tmp2[b_0] = acc;
     }
     for (int b_0 = 0; b_0 < batch; b_0++) {
         real m = -INFINITY, s = 0;
@@ -322,11 +336,12 @@ real digits_loss_and_grad(const real *params, const digits_real *v_x, const digi
         for (int j_2 = 0; j_2 < 10; j_2++) {
             s += exp(v_z[(b_0)*10 + j_2] - m);
         }
-        tmp2[b_0] = m + log(s);
+        tmp3[b_0] = m;
+        tmp4[b_0] = log(s);
     }
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int k_3 = 0; k_3 < 10; k_3++) {
-            dv_z[(b_0)*10 + k_3] = (exp(-tmp2[b_0] + v_z[(b_0)*10 + k_3])*tmp1[b_0] - v_y[(b_0)*10 + k_3])/batch;
+            dv_z[(b_0)*10 + k_3] = ((-v_y[(b_0)*10 + k_3] + exp((v_z[(b_0)*10 + k_3] - tmp3[b_0] - tmp4[b_0]))*tmp2[b_0]))/batch;
         }
     }
     /* d_h[b, j] = Σ_i (d_z[b, i]*dense_2.weight[i, j])  [#bwd-dense_2-h] */

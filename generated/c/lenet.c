@@ -101,7 +101,9 @@ void lenet_forward(const real *params, const lenet_real *v_x, real *output, int 
     real *tmp1 = work + (size_t)batch * 3863 + 0;
     real *tmp2 = work + (size_t)batch * 3864 + 0;
     real *tmp3 = work + (size_t)batch * 3865 + 0;
-    real *tmp4 = work + (size_t)batch * 3993 + 0;
+    real *tmp4 = work + (size_t)batch * 3866 + 0;
+    real *tmp5 = work + (size_t)batch * 3867 + 0;
+    real *tmp6 = work + (size_t)batch * 3995 + 0;
     (void)batch;
     nncc_use_helpers();
     (void)v_conv2d_1_weight;
@@ -131,6 +133,8 @@ void lenet_forward(const real *params, const lenet_real *v_x, real *output, int 
     (void)tmp2;
     (void)tmp3;
     (void)tmp4;
+    (void)tmp5;
+    (void)tmp6;
     /* conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int o_1 = 0; o_1 < 8; o_1++) {
@@ -263,7 +267,9 @@ real lenet_loss(const real *params, const lenet_real *v_x, const lenet_real *v_y
     real *tmp1 = work + (size_t)batch * 3863 + 0;
     real *tmp2 = work + (size_t)batch * 3864 + 0;
     real *tmp3 = work + (size_t)batch * 3865 + 0;
-    real *tmp4 = work + (size_t)batch * 3993 + 0;
+    real *tmp4 = work + (size_t)batch * 3866 + 0;
+    real *tmp5 = work + (size_t)batch * 3867 + 0;
+    real *tmp6 = work + (size_t)batch * 3995 + 0;
     (void)batch;
     nncc_use_helpers();
     (void)v_conv2d_1_weight;
@@ -293,6 +299,8 @@ real lenet_loss(const real *params, const lenet_real *v_x, const lenet_real *v_y
     (void)tmp2;
     (void)tmp3;
     (void)tmp4;
+    (void)tmp5;
+    (void)tmp6;
     /* conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int o_1 = 0; o_1 < 8; o_1++) {
@@ -394,12 +402,13 @@ real lenet_loss(const real *params, const lenet_real *v_x, const lenet_real *v_y
         for (int j_3 = 0; j_3 < 10; j_3++) {
             s += exp(v_z[(b_0)*10 + j_3] - m);
         }
-        tmp0[b_0] = m + log(s);
+        tmp0[b_0] = m;
+        tmp1[b_0] = log(s);
     }
     for (int b_0 = 0; b_0 < batch; b_0++) {
         real r4 = 0;
         for (int i_2 = 0; i_2 < 10; i_2++) {
-            r4 += (-tmp0[b_0] + v_z[(b_0)*10 + i_2])*v_y[(b_0)*10 + i_2];
+            r4 += ((v_z[(b_0)*10 + i_2] - tmp0[b_0] - tmp1[b_0]))*v_y[(b_0)*10 + i_2];
         }
         v_softmax_cross_entropy_1[b_0] = -r4;
     }
@@ -440,7 +449,9 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
     real *tmp1 = work + (size_t)batch * 3863 + 0;
     real *tmp2 = work + (size_t)batch * 3864 + 0;
     real *tmp3 = work + (size_t)batch * 3865 + 0;
-    real *tmp4 = work + (size_t)batch * 3993 + 0;
+    real *tmp4 = work + (size_t)batch * 3866 + 0;
+    real *tmp5 = work + (size_t)batch * 3867 + 0;
+    real *tmp6 = work + (size_t)batch * 3995 + 0;
     (void)batch;
     nncc_use_helpers();
     (void)v_conv2d_1_weight;
@@ -470,6 +481,8 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
     (void)tmp2;
     (void)tmp3;
     (void)tmp4;
+    (void)tmp5;
+    (void)tmp6;
     /* conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int o_1 = 0; o_1 < 8; o_1++) {
@@ -571,12 +584,13 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
         for (int j_3 = 0; j_3 < 10; j_3++) {
             s += exp(v_z[(b_0)*10 + j_3] - m);
         }
-        tmp0[b_0] = m + log(s);
+        tmp0[b_0] = m;
+        tmp1[b_0] = log(s);
     }
     for (int b_0 = 0; b_0 < batch; b_0++) {
         real r4 = 0;
         for (int i_2 = 0; i_2 < 10; i_2++) {
-            r4 += (-tmp0[b_0] + v_z[(b_0)*10 + i_2])*v_y[(b_0)*10 + i_2];
+            r4 += ((v_z[(b_0)*10 + i_2] - tmp0[b_0] - tmp1[b_0]))*v_y[(b_0)*10 + i_2];
         }
         v_softmax_cross_entropy_1[b_0] = -r4;
     }
@@ -586,7 +600,7 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
         for (int i_1 = 0; i_1 < 10; i_1++) {
             acc += v_y[(b_0)*10 + i_1];
         }
-        tmp1[b_0] = acc;
+        tmp2[b_0] = acc;
     }
     for (int b_0 = 0; b_0 < batch; b_0++) {
         real m = -INFINITY, s = 0;
@@ -596,11 +610,12 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
         for (int j_2 = 0; j_2 < 10; j_2++) {
             s += exp(v_z[(b_0)*10 + j_2] - m);
         }
-        tmp2[b_0] = m + log(s);
+        tmp3[b_0] = m;
+        tmp4[b_0] = log(s);
     }
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int k_3 = 0; k_3 < 10; k_3++) {
-            dv_z[(b_0)*10 + k_3] = (exp(-tmp2[b_0] + v_z[(b_0)*10 + k_3])*tmp1[b_0] - v_y[(b_0)*10 + k_3])/batch;
+            dv_z[(b_0)*10 + k_3] = ((-v_y[(b_0)*10 + k_3] + exp((v_z[(b_0)*10 + k_3] - tmp3[b_0] - tmp4[b_0]))*tmp2[b_0]))/batch;
         }
     }
     /* d_flatten_1[b, j] = Σ_i (d_z[b, i]*dense_1.weight[i, j])  [#bwd-dense_1-flatten_1] */
@@ -652,7 +667,7 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
         }
     }
     /* d_h[b, ci, k, l] = Σ_o,i,j,p,q (conv2d_2.weight[o, ci, p, q]*d_conv2d_2[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_2-h] */
-    for (long n = 0; n < (long)batch*8*4*4; n++) tmp3[n] = 0;
+    for (long n = 0; n < (long)batch*8*4*4; n++) tmp5[n] = 0;
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int ci_8 = 0; ci_8 < 8; ci_8++) {
             for (int i_1 = 0; i_1 < 4; i_1++) {
@@ -663,7 +678,7 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
                             for (int o_12 = 0; o_12 < 16; o_12++) {
                                 r3 += v_conv2d_2_weight[(o_12)*72 + (ci_8)*9 + (p_9)*3 + q_10]*dv_conv2d_2[(b_0)*256 + (o_12)*16 + (i_1)*4 + j_2];
                             }
-                            if ((i_1 + p_9 - 1) >= 0 && (i_1 + p_9 - 1) < 4 && (j_2 + q_10 - 1) >= 0 && (j_2 + q_10 - 1) < 4) tmp3[(b_0)*128 + (ci_8)*16 + (i_1 + p_9 - 1)*4 + j_2 + q_10 - 1] += r3;
+                            if ((i_1 + p_9 - 1) >= 0 && (i_1 + p_9 - 1) < 4 && (j_2 + q_10 - 1) >= 0 && (j_2 + q_10 - 1) < 4) tmp5[(b_0)*128 + (ci_8)*16 + (i_1 + p_9 - 1)*4 + j_2 + q_10 - 1] += r3;
                         }
                     }
                 }
@@ -674,7 +689,7 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
         for (int ci_8 = 0; ci_8 < 8; ci_8++) {
             for (int k_3 = 0; k_3 < 4; k_3++) {
                 for (int l_13 = 0; l_13 < 4; l_13++) {
-                    dv_h[(b_0)*128 + (ci_8)*16 + (k_3)*4 + l_13] = tmp3[(b_0)*128 + (ci_8)*16 + (k_3)*4 + l_13];
+                    dv_h[(b_0)*128 + (ci_8)*16 + (k_3)*4 + l_13] = tmp5[(b_0)*128 + (ci_8)*16 + (k_3)*4 + l_13];
                 }
             }
         }
@@ -710,7 +725,7 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
         dv_conv2d_2_bias[o_12] = r5;
     }
     /* d_relu_1[b, ch, k, l] = Σ_i,j,p1,q1 (FirstArgmax(relu_1[b, ch, p1 + 2*i, q1 + 2*j], (p1, 0, 1), (q1, 0, 1))*d_h[b, ch, i, j]*δ(k,p1 + 2*i)*δ(l,q1 + 2*j))  [#bwd-maxpool2d_1-relu_1] */
-    for (long n = 0; n < (long)batch*8*8*8; n++) tmp4[n] = 0;
+    for (long n = 0; n < (long)batch*8*8*8; n++) tmp6[n] = 0;
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int ch_7 = 0; ch_7 < 8; ch_7++) {
             for (int i_1 = 0; i_1 < 4; i_1++) {
@@ -724,7 +739,7 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
                                 }
                             }
                             real r6 = (real)((q1_17*1 + p1_16*2) == r6_best);
-                            tmp4[(b_0)*512 + (ch_7)*64 + (2*i_1 + p1_16)*8 + 2*j_2 + q1_17] += r6*dv_h[(b_0)*128 + (ch_7)*16 + (i_1)*4 + j_2];
+                            tmp6[(b_0)*512 + (ch_7)*64 + (2*i_1 + p1_16)*8 + 2*j_2 + q1_17] += r6*dv_h[(b_0)*128 + (ch_7)*16 + (i_1)*4 + j_2];
                         }
                     }
                 }
@@ -735,7 +750,7 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
         for (int ch_7 = 0; ch_7 < 8; ch_7++) {
             for (int k_3 = 0; k_3 < 8; k_3++) {
                 for (int l_13 = 0; l_13 < 8; l_13++) {
-                    dv_relu_1[(b_0)*512 + (ch_7)*64 + (k_3)*8 + l_13] = tmp4[(b_0)*512 + (ch_7)*64 + (k_3)*8 + l_13];
+                    dv_relu_1[(b_0)*512 + (ch_7)*64 + (k_3)*8 + l_13] = tmp6[(b_0)*512 + (ch_7)*64 + (k_3)*8 + l_13];
                 }
             }
         }

@@ -111,8 +111,10 @@ void residual_forward(const real *params, const residual_real *v_x, real *output
     real *tmp1 = work + (size_t)batch * 7703 + 0;
     real *tmp2 = work + (size_t)batch * 7704 + 0;
     real *tmp3 = work + (size_t)batch * 7705 + 0;
-    real *tmp4 = work + (size_t)batch * 8217 + 0;
-    real *tmp5 = work + (size_t)batch * 8729 + 0;
+    real *tmp4 = work + (size_t)batch * 7706 + 0;
+    real *tmp5 = work + (size_t)batch * 7707 + 0;
+    real *tmp6 = work + (size_t)batch * 8219 + 0;
+    real *tmp7 = work + (size_t)batch * 8731 + 0;
     (void)batch;
     nncc_use_helpers();
     (void)v_conv2d_1_weight;
@@ -151,6 +153,8 @@ void residual_forward(const real *params, const residual_real *v_x, real *output
     (void)tmp3;
     (void)tmp4;
     (void)tmp5;
+    (void)tmp6;
+    (void)tmp7;
     /* conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int o_1 = 0; o_1 < 8; o_1++) {
@@ -329,8 +333,10 @@ real residual_loss(const real *params, const residual_real *v_x, const residual_
     real *tmp1 = work + (size_t)batch * 7703 + 0;
     real *tmp2 = work + (size_t)batch * 7704 + 0;
     real *tmp3 = work + (size_t)batch * 7705 + 0;
-    real *tmp4 = work + (size_t)batch * 8217 + 0;
-    real *tmp5 = work + (size_t)batch * 8729 + 0;
+    real *tmp4 = work + (size_t)batch * 7706 + 0;
+    real *tmp5 = work + (size_t)batch * 7707 + 0;
+    real *tmp6 = work + (size_t)batch * 8219 + 0;
+    real *tmp7 = work + (size_t)batch * 8731 + 0;
     (void)batch;
     nncc_use_helpers();
     (void)v_conv2d_1_weight;
@@ -369,6 +375,8 @@ real residual_loss(const real *params, const residual_real *v_x, const residual_
     (void)tmp3;
     (void)tmp4;
     (void)tmp5;
+    (void)tmp6;
+    (void)tmp7;
     /* conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int o_1 = 0; o_1 < 8; o_1++) {
@@ -508,12 +516,13 @@ real residual_loss(const real *params, const residual_real *v_x, const residual_
         for (int j_3 = 0; j_3 < 10; j_3++) {
             s += exp(v_z[(b_0)*10 + j_3] - m);
         }
-        tmp0[b_0] = m + log(s);
+        tmp0[b_0] = m;
+        tmp1[b_0] = log(s);
     }
     for (int b_0 = 0; b_0 < batch; b_0++) {
         real r5 = 0;
         for (int i_2 = 0; i_2 < 10; i_2++) {
-            r5 += (-tmp0[b_0] + v_z[(b_0)*10 + i_2])*v_y[(b_0)*10 + i_2];
+            r5 += ((v_z[(b_0)*10 + i_2] - tmp0[b_0] - tmp1[b_0]))*v_y[(b_0)*10 + i_2];
         }
         v_softmax_cross_entropy_1[b_0] = -r5;
     }
@@ -564,8 +573,10 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
     real *tmp1 = work + (size_t)batch * 7703 + 0;
     real *tmp2 = work + (size_t)batch * 7704 + 0;
     real *tmp3 = work + (size_t)batch * 7705 + 0;
-    real *tmp4 = work + (size_t)batch * 8217 + 0;
-    real *tmp5 = work + (size_t)batch * 8729 + 0;
+    real *tmp4 = work + (size_t)batch * 7706 + 0;
+    real *tmp5 = work + (size_t)batch * 7707 + 0;
+    real *tmp6 = work + (size_t)batch * 8219 + 0;
+    real *tmp7 = work + (size_t)batch * 8731 + 0;
     (void)batch;
     nncc_use_helpers();
     (void)v_conv2d_1_weight;
@@ -604,6 +615,8 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
     (void)tmp3;
     (void)tmp4;
     (void)tmp5;
+    (void)tmp6;
+    (void)tmp7;
     /* conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int o_1 = 0; o_1 < 8; o_1++) {
@@ -743,12 +756,13 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
         for (int j_3 = 0; j_3 < 10; j_3++) {
             s += exp(v_z[(b_0)*10 + j_3] - m);
         }
-        tmp0[b_0] = m + log(s);
+        tmp0[b_0] = m;
+        tmp1[b_0] = log(s);
     }
     for (int b_0 = 0; b_0 < batch; b_0++) {
         real r5 = 0;
         for (int i_2 = 0; i_2 < 10; i_2++) {
-            r5 += (-tmp0[b_0] + v_z[(b_0)*10 + i_2])*v_y[(b_0)*10 + i_2];
+            r5 += ((v_z[(b_0)*10 + i_2] - tmp0[b_0] - tmp1[b_0]))*v_y[(b_0)*10 + i_2];
         }
         v_softmax_cross_entropy_1[b_0] = -r5;
     }
@@ -758,7 +772,7 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
         for (int i_1 = 0; i_1 < 10; i_1++) {
             acc += v_y[(b_0)*10 + i_1];
         }
-        tmp1[b_0] = acc;
+        tmp2[b_0] = acc;
     }
     for (int b_0 = 0; b_0 < batch; b_0++) {
         real m = -INFINITY, s = 0;
@@ -768,11 +782,12 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
         for (int j_2 = 0; j_2 < 10; j_2++) {
             s += exp(v_z[(b_0)*10 + j_2] - m);
         }
-        tmp2[b_0] = m + log(s);
+        tmp3[b_0] = m;
+        tmp4[b_0] = log(s);
     }
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int k_3 = 0; k_3 < 10; k_3++) {
-            dv_z[(b_0)*10 + k_3] = (exp(-tmp2[b_0] + v_z[(b_0)*10 + k_3])*tmp1[b_0] - v_y[(b_0)*10 + k_3])/batch;
+            dv_z[(b_0)*10 + k_3] = ((-v_y[(b_0)*10 + k_3] + exp((v_z[(b_0)*10 + k_3] - tmp3[b_0] - tmp4[b_0]))*tmp2[b_0]))/batch;
         }
     }
     /* d_flatten_1[b, j] = Σ_i (d_z[b, i]*dense_1.weight[i, j])  [#bwd-dense_1-flatten_1] */
@@ -814,14 +829,14 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
         }
     }
     /* d_block[b, ch, k, l] = Σ_i,j,p,q (d_avgpool2d_1[b, ch, i, j]*δ(k,p + 2*i)*δ(l,q + 2*j))/4  [#bwd-avgpool2d_1-block] */
-    for (long n = 0; n < (long)batch*8*8*8; n++) tmp3[n] = 0;
+    for (long n = 0; n < (long)batch*8*8*8; n++) tmp5[n] = 0;
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int ch_7 = 0; ch_7 < 8; ch_7++) {
             for (int i_1 = 0; i_1 < 4; i_1++) {
                 for (int j_2 = 0; j_2 < 4; j_2++) {
                     for (int p_8 = 0; p_8 < 2; p_8++) {
                         for (int q_9 = 0; q_9 < 2; q_9++) {
-                            tmp3[(b_0)*512 + (ch_7)*64 + (2*i_1 + p_8)*8 + 2*j_2 + q_9] += (((real)1/(real)4))*dv_avgpool2d_1[(b_0)*128 + (ch_7)*16 + (i_1)*4 + j_2];
+                            tmp5[(b_0)*512 + (ch_7)*64 + (2*i_1 + p_8)*8 + 2*j_2 + q_9] += (((real)1/(real)4))*dv_avgpool2d_1[(b_0)*128 + (ch_7)*16 + (i_1)*4 + j_2];
                         }
                     }
                 }
@@ -832,7 +847,7 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
         for (int ch_7 = 0; ch_7 < 8; ch_7++) {
             for (int k_3 = 0; k_3 < 8; k_3++) {
                 for (int l_10 = 0; l_10 < 8; l_10++) {
-                    dv_block[(b_0)*512 + (ch_7)*64 + (k_3)*8 + l_10] = tmp3[(b_0)*512 + (ch_7)*64 + (k_3)*8 + l_10];
+                    dv_block[(b_0)*512 + (ch_7)*64 + (k_3)*8 + l_10] = tmp5[(b_0)*512 + (ch_7)*64 + (k_3)*8 + l_10];
                 }
             }
         }
@@ -868,7 +883,7 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
         }
     }
     /* d_relu_2[b, ci, k, l] = Σ_o,i,j,p,q (conv2d_3.weight[o, ci, p, q]*d_body[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_3-relu_2] */
-    for (long n = 0; n < (long)batch*8*8*8; n++) tmp4[n] = 0;
+    for (long n = 0; n < (long)batch*8*8*8; n++) tmp6[n] = 0;
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int ci_11 = 0; ci_11 < 8; ci_11++) {
             for (int i_1 = 0; i_1 < 8; i_1++) {
@@ -879,7 +894,7 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
                             for (int o_13 = 0; o_13 < 8; o_13++) {
                                 r3 += v_conv2d_3_weight[(o_13)*72 + (ci_11)*9 + (p_8)*3 + q_9]*dv_body[(b_0)*512 + (o_13)*64 + (i_1)*8 + j_2];
                             }
-                            if ((i_1 + p_8 - 1) >= 0 && (i_1 + p_8 - 1) < 8 && (j_2 + q_9 - 1) >= 0 && (j_2 + q_9 - 1) < 8) tmp4[(b_0)*512 + (ci_11)*64 + (i_1 + p_8 - 1)*8 + j_2 + q_9 - 1] += r3;
+                            if ((i_1 + p_8 - 1) >= 0 && (i_1 + p_8 - 1) < 8 && (j_2 + q_9 - 1) >= 0 && (j_2 + q_9 - 1) < 8) tmp6[(b_0)*512 + (ci_11)*64 + (i_1 + p_8 - 1)*8 + j_2 + q_9 - 1] += r3;
                         }
                     }
                 }
@@ -890,7 +905,7 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
         for (int ci_11 = 0; ci_11 < 8; ci_11++) {
             for (int k_3 = 0; k_3 < 8; k_3++) {
                 for (int l_10 = 0; l_10 < 8; l_10++) {
-                    dv_relu_2[(b_0)*512 + (ci_11)*64 + (k_3)*8 + l_10] = tmp4[(b_0)*512 + (ci_11)*64 + (k_3)*8 + l_10];
+                    dv_relu_2[(b_0)*512 + (ci_11)*64 + (k_3)*8 + l_10] = tmp6[(b_0)*512 + (ci_11)*64 + (k_3)*8 + l_10];
                 }
             }
         }
@@ -936,7 +951,7 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
         }
     }
     /* d_stem[b, ci, k, l] += Σ_o,i,j,p,q (conv2d_2.weight[o, ci, p, q]*d_conv2d_2[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_2-stem] */
-    for (long n = 0; n < (long)batch*8*8*8; n++) tmp5[n] = 0;
+    for (long n = 0; n < (long)batch*8*8*8; n++) tmp7[n] = 0;
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int ci_11 = 0; ci_11 < 8; ci_11++) {
             for (int i_1 = 0; i_1 < 8; i_1++) {
@@ -947,7 +962,7 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
                             for (int o_13 = 0; o_13 < 8; o_13++) {
                                 r6 += v_conv2d_2_weight[(o_13)*72 + (ci_11)*9 + (p_8)*3 + q_9]*dv_conv2d_2[(b_0)*512 + (o_13)*64 + (i_1)*8 + j_2];
                             }
-                            if ((i_1 + p_8 - 1) >= 0 && (i_1 + p_8 - 1) < 8 && (j_2 + q_9 - 1) >= 0 && (j_2 + q_9 - 1) < 8) tmp5[(b_0)*512 + (ci_11)*64 + (i_1 + p_8 - 1)*8 + j_2 + q_9 - 1] += r6;
+                            if ((i_1 + p_8 - 1) >= 0 && (i_1 + p_8 - 1) < 8 && (j_2 + q_9 - 1) >= 0 && (j_2 + q_9 - 1) < 8) tmp7[(b_0)*512 + (ci_11)*64 + (i_1 + p_8 - 1)*8 + j_2 + q_9 - 1] += r6;
                         }
                     }
                 }
@@ -958,7 +973,7 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
         for (int ci_11 = 0; ci_11 < 8; ci_11++) {
             for (int k_3 = 0; k_3 < 8; k_3++) {
                 for (int l_10 = 0; l_10 < 8; l_10++) {
-                    dv_stem[(b_0)*512 + (ci_11)*64 + (k_3)*8 + l_10] += tmp5[(b_0)*512 + (ci_11)*64 + (k_3)*8 + l_10];
+                    dv_stem[(b_0)*512 + (ci_11)*64 + (k_3)*8 + l_10] += tmp7[(b_0)*512 + (ci_11)*64 + (k_3)*8 + l_10];
                 }
             }
         }
