@@ -19,37 +19,16 @@ median), and the ratios generated/hand and generated/torch of the medians.
 from __future__ import annotations
 
 import argparse
-import gc
-import importlib.util
-import os
-import platform
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_SOURCE = ROOT / "examples" / "nielsen.nn"
+from harness import (EXAMPLES, copy_params, import_torch, limit_threads, load_generated, print_header,
+                     print_problems, print_table, rel_err, summarize, time_interleaved)
+
+DEFAULT_SOURCE = EXAMPLES / "nielsen.nn"
 NAMES = ("dense_1.weight", "dense_1.bias", "dense_2.weight", "dense_2.bias")
-
-
-# ---------------------------------------------------------------------------
-# (a) the generated module
-
-def load_generated(source_path: Path):
-    """Compile the .nn file with the nncc Python API and import the module text."""
-    from nncc.api import compile_source
-
-    text = compile_source(source_path.read_text(), str(source_path)).numpy_module()
-    with tempfile.TemporaryDirectory(prefix="nncc_bench_") as tmp:
-        path = Path(tmp) / "nielsen_generated.py"
-        path.write_text(text)
-        spec = importlib.util.spec_from_file_location("nielsen_generated", path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-    return mod
 
 
 # ---------------------------------------------------------------------------
@@ -172,12 +151,6 @@ def make_data(batch, dtype, seed):
     return x, y
 
 
-def rel_err(a, b):
-    """max |a − b| / max |b| (max |b| floored at tiny): one number per tensor."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(b))), 1e-300))
-
-
 def check(gen, torch, batch_sizes, seed, lr):
     """Same loss, gradients and updated params in float64; float32 stays float32."""
     worst = {}
@@ -226,82 +199,6 @@ def check(gen, torch, batch_sizes, seed, lr):
     return worst, problems
 
 
-# ---------------------------------------------------------------------------
-# timing
-
-def calibrate(fn, block_s):
-    """Calls per timed block so that one block takes about block_s seconds."""
-    for _ in range(3):
-        fn()
-    n, t = 1, 0.0
-    while True:
-        t0 = time.perf_counter()
-        for _ in range(n):
-            fn()
-        t = time.perf_counter() - t0
-        if t >= block_s / 4 or n >= 1 << 16:
-            break
-        n *= 2
-    return max(1, round(n * block_s / max(t, 1e-9)))
-
-
-def time_interleaved(contenders, rounds, block_s):
-    """{name: per-step seconds of each round}, rounds interleaved, order rotating."""
-    numbers = {name: calibrate(fn, block_s) for name, fn in contenders.items()}
-    names = list(contenders)
-    samples = {name: [] for name in names}
-    perf = time.perf_counter
-    for r in range(rounds):
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
-            fn, n = contenders[name], numbers[name]
-            t0 = perf()
-            for _ in range(n):
-                fn()
-            samples[name].append((perf() - t0) / n)
-    return samples, numbers
-
-
-# ---------------------------------------------------------------------------
-
-def describe_environment(torch):
-    import threadpoolctl
-
-    lines = [f"python {platform.python_version()}  {platform.machine()}  cores: {os.cpu_count()}",
-             f"numpy {np.__version__}" + (f"  torch {torch.__version__}" if torch is not None else "  torch: not importable")]
-    try:
-        import nncc
-        lines.append(f"nncc {getattr(nncc, '__version__', '?')} from {Path(nncc.__file__).parent}")
-    except Exception:  # noqa: BLE001 - informational only
-        pass
-    env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS",
-                                       "OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ}
-    lines.append("environment: " + (", ".join(f"{k}={v}" for k, v in env.items()) if env else
-                                    "no OPENBLAS_*/OMP_*/MKL_* thread or core-type variables set"))
-    for info in threadpoolctl.threadpool_info():
-        lines.append(f"threadpool: {info.get('user_api')}/{info.get('internal_api')} {info.get('version') or ''}"
-                     f"  kernel: {info.get('architecture', '-')}  threads: {info.get('num_threads')}"
-                     f"  ({Path(info.get('filepath', '')).name})")
-    if torch is not None:
-        blas = "mkl" if "BLAS_INFO=mkl" in torch.__config__.show() else "see torch.__config__.show()"
-        lines.append(f"torch: BLAS {blas} (linked into torch, not listed by threadpoolctl), "
-                     f"intra-op threads {torch.get_num_threads()}")
-    return lines
-
-
-def load_note():
-    """The 1-minute load average against the core count: other work skews the timings."""
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        return "load average: unavailable"
-    note = f"load average (1 min): {load:.2f} on {os.cpu_count()} cores"
-    if load > 0.5:
-        note += ("  -- WARNING: the machine is busy; multithreaded BLAS/OpenMP timings will be erratic "
-                 "(--threads 1 is steadier)")
-    return note
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -318,30 +215,15 @@ def main(argv=None):
     ap.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="the .nn file (default examples/nielsen.nn)")
     args = ap.parse_args(argv)
 
-    torch = None
-    if not args.no_torch:
-        try:
-            import torch  # noqa: F811
-        except ImportError:
-            torch = None
-
+    torch = import_torch(not args.no_torch)
     gen = load_generated(args.source)
-    limiter = None
-    if args.threads is not None:
-        import threadpoolctl
-        limiter = threadpoolctl.threadpool_limits(limits=args.threads, user_api="blas")
-        if torch is not None:
-            torch.set_num_threads(args.threads)
-    print("nncc bench: one SGD step (forward + backward + update), float32, "
-          f"{args.source.name}: 784-30-10 sigmoid, quadratic loss")
-    for line in describe_environment(torch) + [load_note()]:
-        print("  " + line)
+    limiter = limit_threads(args.threads, torch)
+    print_header("nncc bench: one SGD step (forward + backward + update), float32, "
+                 f"{args.source.name}: 784-30-10 sigmoid, quadratic loss", torch)
 
     worst, problems = check(gen, torch, args.batch_sizes, args.seed, args.lr)
     if problems:
-        print("\nCHECK FAILED: the contenders do not compute the same thing; not timing.")
-        for p in problems:
-            print("  " + p)
+        print_problems(problems)
         return 1
     print("\ncheck passed: same loss, gradients and SGD increments at batch sizes "
           f"{', '.join(map(str, sorted(set(args.batch_sizes) | {1, 7})))}; "
@@ -352,8 +234,7 @@ def main(argv=None):
     for batch in args.batch_sizes:
         x, y = make_data(batch, np.float32, args.seed + 1000 + batch)
         p0 = gen.init_params(args.seed, np.float32)
-        gp = {k: v.copy() for k, v in p0.items()}
-        hp = {k: v.copy() for k, v in p0.items()}
+        gp, hp = copy_params(p0), copy_params(p0)
         lr = args.lr
         contenders = {
             "generated": lambda: gen.sgd_step(gp, x, y, lr),
@@ -363,36 +244,13 @@ def main(argv=None):
             tstep = make_torch_step(torch, make_torch(torch, p0))
             tx, ty = torch.from_numpy(x), torch.from_numpy(y)
             contenders["torch"] = lambda: tstep(tx, ty, lr)
-        gc.collect()
-        gc.disable()
-        try:
-            samples, numbers = time_interleaved(contenders, args.rounds, args.block_ms / 1e3)
-        finally:
-            gc.enable()
-        stats = {}
-        for name, s in samples.items():
-            q1, med, q3 = np.percentile(np.array(s) * 1e6, [25, 50, 75])
-            stats[name] = (med, 50 * (q3 - q1) / med, numbers[name])
-        rows.append((batch, stats))
+        samples, numbers = time_interleaved(contenders, args.rounds, args.block_ms / 1e3)
+        rows.append((batch, summarize(samples), numbers))
 
     names = ["generated", "hand"] + (["torch"] if torch is not None else [])
-    print(f"\nafter timing: {load_note()}")
-    print(f"median µs per step over {args.rounds} interleaved rounds (± half the IQR, % of median)")
-    head = f"{'batch':>6} " + " ".join(f"{n:>16}" for n in names) + f" {'gen/hand':>9}"
-    head += f" {'gen/torch':>10}" if torch is not None else ""
-    print(head)
-    print("-" * len(head))
-    for batch, stats in rows:
-        line = f"{batch:>6} " + " ".join(f"{stats[n][0]:>9.1f} ±{stats[n][1]:>4.1f}%" for n in names)
-        line += f" {stats['generated'][0] / stats['hand'][0]:>9.2f}"
-        if torch is not None:
-            line += f" {stats['generated'][0] / stats['torch'][0]:>10.2f}"
-        print(line)
-    print("\ncalls per timed block: " + "; ".join(
-        f"batch {b}: " + ", ".join(f"{n} {s[n][2]}" for n in names) for b, s in rows))
-    print("ratios > 1 mean the generated module is slower.  Shared machine: expect run-to-run noise of "
-          "several percent when it is quiet, far more when it is busy; compare medians and ratios, "
-          "not single timings.")
+    print_table(rows, names, [("gen/hand", "generated", "hand"), ("gen/torch", "generated", "torch")],
+                args.rounds)
+    print("ratios > 1 mean the generated module is slower.")
     if limiter is not None:
         limiter.restore_original_limits()
     return 0

@@ -9,6 +9,7 @@ globals, no printing; `real` is float or double, math through <tgmath.h>.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import sympy as sp
@@ -533,7 +534,7 @@ def render_c_files(c, dtype: str = "float32") -> dict:
 def render_c_module(c) -> str:
     """A Python module with the numpy module's API that builds and runs the C code (cffi)."""
     from . import __version__
-    from .numpy_backend import module_values
+    from .numpy_backend import module_values, shape_text
     from .templating import environment
     parts, cdef, work = [], [], {}
     for suffix, real, dtype in (("f32", "float", "float32"), ("f64", "double", "float64")):
@@ -544,7 +545,13 @@ def render_c_module(c) -> str:
         cdef.append("\n".join(line for line in header.splitlines() if not line.startswith("#")))
         work[dtype] = plan.work_linear
     values = module_values(c.plan)
-    values.update(name=c.graph.name, version=__version__, cdef="\n".join(cdef), c_source="\n".join(parts),
+    layout, start = [], 0
+    for n, _, shape, _ in c.plan.params:
+        size = math.prod(int(d) for d in shape)
+        layout.append(dict(name=n, start=start, stop=start + size, shape=shape_text(shape)))
+        start += size
+    values.update(layout=layout, param_count=start, flat_params=True,
+                  name=c.graph.name, version=__version__, cdef="\n".join(cdef), c_source="\n".join(parts),
                   work_f32=work["float32"], work_f64=work["float64"],
                   output_shape=repr(tuple(c.graph.tensors[c.graph.output].shape)),
                   output_name=c.graph.output, reduce="mean" if c.graph.reduce == "mean" else "sum")

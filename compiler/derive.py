@@ -413,5 +413,10 @@ def _bound_symbols(e):
 
 
 def derive_graph(g: ir.Graph, needs_grad: set) -> tuple:
-    """Derivations of every node, in graph order."""
-    return tuple(derive_node(n, g, sorted(needs_grad)) for n in g.nodes)
+    """Derivations of every node, in graph order.
+
+    A node whose output does not need a gradient receives none, so it passes none
+    on: a branch off the path to the loss contributes nothing to its inputs.
+    """
+    wrt = sorted(needs_grad)
+    return tuple(derive_node(n, g, wrt if n.output in needs_grad else []) for n in g.nodes)

@@ -6,7 +6,7 @@ from .lower import Plan
 from .templating import environment
 
 
-def _shape(shape) -> str:
+def shape_text(shape) -> str:
     return "(" + "".join(f"{n}, " for n in shape).rstrip(" ") + ")" if len(shape) != 1 else f"({shape[0]},)"
 
 
@@ -17,14 +17,14 @@ def render(plan: Plan, reduce: str) -> str:
         forward=plan.forward, output=plan.output, output_name=plan.output,
         loss_forward=plan.loss_forward, loss_value=plan.loss_value, loss_var=None,
         backward=plan.backward, grads=[dict(name=n, var=v) for n, v in plan.grads],
-        helpers=plan.helpers, reduce=reduce, **values)
+        helpers=plan.helpers, reduce=reduce, flat_params=False, **values)
 
 
 def module_values(plan: Plan) -> dict:
     """The values both module templates (numpy and C) share: shapes, inits, signatures."""
-    inputs = [dict(name=n, var=v, shape=_shape(s)) for n, v, s in plan.inputs]
-    targets = [dict(name=n, var=v, shape=_shape(s)) for n, v, s in plan.targets]
-    params = [dict(name=n, var=v, shape=_shape(s), init=_init(i)) for n, v, s, i in plan.params]
+    inputs = [dict(name=n, var=v, shape=shape_text(s)) for n, v, s in plan.inputs]
+    targets = [dict(name=n, var=v, shape=shape_text(s)) for n, v, s in plan.targets]
+    params = [dict(name=n, var=v, shape=shape_text(s), init=_init(i)) for n, v, s, i in plan.params]
 
     def checks(ts, table):
         return ", ".join(f'"{t["name"]}": ({t["var"]}, {table}["{t["name"]}"])' for t in ts)

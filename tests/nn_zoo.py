@@ -32,23 +32,6 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 
 
-# ---- compiler bugs known when these tests were written (strict xfail: an XPASS means
-# ---- the bug is fixed and the mark should go) ------------------------------------------
-
-INIT_KEYWORD_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="compiler bug: `dense(x, 5, init=\"he\")` is a syntax error (\"unexpected 'init'\"): "
-           "the grammar makes `init` a keyword token, so LANGUAGE.md's `init=` on a layer call "
-           "cannot be written")
-
-PARAM_OFF_LOSS_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="compiler bug: a layer with parameters whose output does not reach the loss "
-           "(`side = x |> dense(2)` unused) makes loss_and_grad raise NameError: "
-           "name 'd_dense_2' is not defined (its parameter gradient reads an upstream "
-           "gradient that is never computed)")
-
-
 # ---- input domains ---------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -311,6 +294,55 @@ def loss_models():
     return out
 
 
+def window_models():
+    """conv2d, the pools and flatten, straight on inputs and inside a small network."""
+    out = []
+    convs = (  # (id, call, input shape, torch keywords, output shape)
+        ("conv2d", "conv2d(3, 3)", [2, 6, 6], dict(), [3, 4, 4]),
+        ("conv2d-padding", "conv2d(3, 3, padding=1)", [2, 5, 5], dict(padding=1), [3, 5, 5]),
+        ("conv2d-stride-padding", "conv2d(3, 3, stride=2, padding=1)", [2, 6, 6], dict(stride=2, padding=1),
+         [3, 3, 3]),
+        ("conv2d-kernel2-stride2", "conv2d(4, 2, stride=2)", [1, 7, 7], dict(stride=2), [4, 3, 3]),
+        ("conv2d-no-bias", "conv2d(3, 3, bias=false)", [2, 5, 5], dict(), [3, 3, 3]),
+    )
+    for cid, call, shape, kw, oshape in convs:
+        def conv_twin(P, X, Y, kw=kw):
+            a = F.conv2d(X["x"], P["conv2d_1.weight"], P.get("conv2d_1.bias"), **kw).flatten(1)
+            return a, reduce(quadratic(a, Y["y"]))
+
+        out.append(Model(f"op-{cid}", program("conv", f"a = x |> {call} |> flatten\nloss = quadratic(a, y)",
+                                                {"x": shape}, {"y": [int(np.prod(oshape))]}),
+                         {}, conv_twin))
+    pools = (
+        ("maxpool2d", "maxpool2d(2)", [2, 6, 6], lambda x: F.max_pool2d(x, 2), [2, 3, 3]),
+        ("maxpool2d-stride", "maxpool2d(3, stride=2)", [2, 7, 7], lambda x: F.max_pool2d(x, 3, 2), [2, 3, 3]),
+        ("avgpool2d", "avgpool2d(2)", [2, 6, 6], lambda x: F.avg_pool2d(x, 2), [2, 3, 3]),
+        ("avgpool2d-stride", "avgpool2d(3, stride=2)", [2, 7, 7], lambda x: F.avg_pool2d(x, 3, 2), [2, 3, 3]),
+        ("avgpool2d-odd-size", "avgpool2d(2)", [1, 5, 5], lambda x: F.avg_pool2d(x, 2), [1, 2, 2]),
+        ("flatten", "identity", [2, 3, 4], lambda x: x, [2, 3, 4]),
+    )
+    for pid, call, shape, f, oshape in pools:
+        def pool_twin(P, X, Y, f=f):
+            a = f(X["x"]).flatten(1)
+            return a, reduce(quadratic(a, Y["y"]))
+
+        out.append(Model(f"op-{pid}", program("pool", f"a = x |> {call} |> flatten\nloss = quadratic(a, y)",
+                                                {"x": shape}, {"y": [int(np.prod(oshape))]}),
+                         {}, pool_twin))
+
+    def convnet(P, X, Y):
+        h = F.max_pool2d(torch.tanh(F.conv2d(X["x"], P["conv2d_1.weight"], P["conv2d_1.bias"], padding=1)), 2)
+        z = lin(P, "dense_1", h.flatten(1))
+        return z, F.cross_entropy(z, Y["y"].argmax(dim=1))
+
+    out.append(Model("op-conv-pool-flatten-dense", program("convnet", """
+        h = x |> conv2d(3, 3, padding=1) |> tanh |> maxpool2d(2)
+        z = h |> flatten |> dense(4)
+        loss = softmax_cross_entropy(z, y)
+    """, {"x": [2, 6, 6]}, {"y": [4]}), {"y": OneHot()}, convnet, batch=3))
+    return out
+
+
 # ---- (c) DAG features ---------------------------------------------------------------------
 
 def dag_models():
@@ -427,7 +459,7 @@ def dag_models():
         a = x |> dense(3)
         side = x |> dense(2) |> tanh
         loss = quadratic(a, y)
-    """), {}, unused_branch, marks=(PARAM_OFF_LOSS_BUG,)))
+    """), {}, unused_branch))
 
     for choice in ("normal", "xavier", "he", "zeros", "uniform"):
         def init_twin(P, X, Y):
@@ -437,7 +469,7 @@ def dag_models():
         out.append(Model(f"dag-init-{choice}", program("inits", f"""
             a = x |> dense(5, init="{choice}") |> tanh |> dense(3)
             loss = quadratic(a, y)
-        """), {}, init_twin, marks=(INIT_KEYWORD_BUG,)))
+        """), {}, init_twin))
     return out
 
 
@@ -560,12 +592,32 @@ def _linear42(P, X, Y):
     return y, (y ** 2).sum()
 
 
+def _lenet(P, X, Y):
+    h = F.max_pool2d(F.relu(F.conv2d(X["x"], P["conv2d_1.weight"], P["conv2d_1.bias"], padding=1)), 2)
+    g = F.relu(F.conv2d(h, P["conv2d_2.weight"], P["conv2d_2.bias"], padding=1))
+    z = lin(P, "dense_1", g.flatten(1))
+    return z, F.cross_entropy(z, Y["y"].argmax(dim=1))
+
+
+def _residual(P, X, Y):
+    def conv(k, h):
+        return F.conv2d(h, P[f"conv2d_{k}.weight"], P[f"conv2d_{k}.bias"], padding=1)
+
+    stem = F.relu(conv(1, X["x"]))
+    body = conv(3, F.relu(conv(2, stem)))
+    block = F.relu(body + stem)
+    z = lin(P, "dense_1", F.avg_pool2d(block, 2).flatten(1))
+    return z, F.cross_entropy(z, Y["y"].argmax(dim=1))
+
+
 EXAMPLE_EXTRAS = {  # domains and PyTorch twins of the examples that have one
     "nielsen": dict(domains={"x": Uniform(0, 1)}, twin=_nielsen, batch=3),
     "xor": dict(domains={"x": Binary(), "y": Binary()}, twin=_xor, batch=4),
     "zhou": dict(twin=_zhou),
     "digits": dict(domains={"x": Uniform(0, 1), "y": OneHot()}, twin=_digits),
     "linear42": dict(twin=_linear42),
+    "lenet": dict(domains={"x": Uniform(0, 1), "y": OneHot()}, twin=_lenet, batch=3),
+    "residual": dict(domains={"x": Uniform(0, 1), "y": OneHot()}, twin=_residual, batch=3),
 }
 
 
@@ -584,7 +636,7 @@ def examples():
 
 
 def operator_models():
-    return elementwise_models() + softmax_models() + loss_models()
+    return elementwise_models() + softmax_models() + loss_models() + window_models()
 
 
 def zoo():

@@ -139,6 +139,32 @@ def test_c_gradients_match_finite_differences(name, source, file):
 
 
 @needs_cc
+@pytest.mark.parametrize("how", ["own-views", "plain-dict", "swapped-views", "replaced-entry"])
+def test_sgd_step_updates_whatever_params_it_is_given(how):
+    # init_params of the C module hands out views of one flat array that the C code
+    # updates in place; any other dict of arrays must work exactly the same
+    source = "input x: [3]\ntarget y: [3]\nz = x |> dense(3) |> tanh |> dense(3)\nloss = quadratic(z, y)\n"
+    c, n = _c_module(source, "<swap>"), load_module(source, "<swap>")
+    params = c.init_params(1, np.float64)
+    if how == "plain-dict":
+        params = {k: v.copy() for k, v in params.items()}
+    elif how == "swapped-views":
+        params["dense_1.weight"], params["dense_2.weight"] = params["dense_2.weight"], params["dense_1.weight"]
+    elif how == "replaced-entry":
+        params["dense_2.bias"] = np.full(3, 0.25)
+    expected = {k: v.copy() for k, v in params.items()}
+    arrays = _data(n, np.float64)
+    value = n.sgd_step(expected, *arrays, lr=0.5)
+    assert c.sgd_step(params, *arrays, lr=0.5) == pytest.approx(value, rel=1e-13)
+    for k in expected:
+        assert _worst(params[k], expected[k]) <= 1e-13, k
+    _, grads = c.loss_and_grad(params, *arrays)
+    _, reference = n.loss_and_grad(expected, *arrays)
+    for k in reference:
+        assert _worst(grads[k], reference[k]) <= 1e-13, k
+
+
+@needs_cc
 def test_c_module_rejects_bad_arguments():
     c = _c_module((ROOT / "examples" / "xor.nn").read_text(), "examples/xor.nn")
     p = c.init_params(0)

@@ -101,7 +101,6 @@ def test_parameters_are_numbered_per_operator_in_source_order():
     }
 
 
-@nn_zoo.PARAM_OFF_LOSS_BUG
 def test_a_parameter_that_does_not_reach_the_loss_gets_a_zero_gradient():
     module = compile_nn(nn_zoo.program("unused", """
         a = x |> dense(3)
@@ -141,7 +140,6 @@ def test_forward_returns_the_first_argument_of_the_loss_by_default():
                                rtol=1e-13)
 
 
-@nn_zoo.INIT_KEYWORD_BUG
 def test_init_keyword_chooses_the_distribution():
     source = nn_zoo.program("inits", """
         a = x |> dense(40, init="zeros") |> dense(30, init="he") |> dense(20, init="xavier") |> dense(3, init="normal")

@@ -44,7 +44,7 @@ def run_twin(model, params, inputs, targets, module, dtype):
     # dL/dx summed over the batch: what the lifted program reports as `input_x.shift`
     for k, x in X.items():
         grads[f"{LIFT_PREFIX}{k}.shift"] = x.grad.sum(0).numpy() if x.grad is not None else np.zeros(x.shape[1:])
-    return out.detach().numpy(), float(loss), grads
+    return out.detach().numpy(), float(loss.detach()), grads
 
 
 def _torch_models():
