@@ -216,14 +216,48 @@ class CLowerer:
         if expr.has(sp.KroneckerDelta):
             expr = sp.Add(*[self._scatter(t, loops) if t.has(sp.KroneckerDelta) else t
                             for t in sp.Add.make_args(expr)])
-        expr = self._hoist(expr, list(loops))
         buf = self.buffers[target]
+        if tuple(indices) == loops and self._axpy(buf, loops, expr, accumulate):
+            return
+        expr = self._hoist(expr, list(loops))
         self._open(loops)
         expr = self._inline(expr)
         linear, _ = self._linear(buf, indices)
         op = "+=" if accumulate else "="
         self._emit(f"{buf.name}[{linear}] {op} {_CPrinter(self).doprint(expr)};")
         self._close(len(loops))
+
+    def _axpy(self, buf, loops, expr, accumulate):
+        """out[..., k] (+)= c * Σ_v f as a zeroed output and `out[..., k] += c*f` over v and
+        then k, when every read indexed by the output's last index k reads it contiguously.
+
+        The reduction then sits outside a unit-stride loop that compilers vectorise without
+        reassociating sums (dW = δᵀX, dX = δW), where a scalar accumulator would not be.
+        """
+        coeff, total = expr.as_independent(sp.Sum, as_Add=False)
+        if not isinstance(total, sp.Sum) or not loops:
+            return False
+        vs = [lim[0] for lim in total.limits]
+        body = coeff * total.function
+        if any(lim[1] != 0 for lim in total.limits) or body.has(sp.Sum, LogSumExp, MaxOver, FirstArgmax) \
+                or body.has(sp.KroneckerDelta) or any(loops[-1] in lim[2].free_symbols for lim in total.limits):
+            return False
+        k = loops[-1]
+        reads = [r for r in body.atoms(sp.Indexed) if r.has(k)]
+        if not reads or any(r.indices[-1] != k or any(i.has(k) for i in r.indices[:-1]) for r in reads):
+            return False
+        for v, _, hi in total.limits:
+            self.ranges[v] = hi + 1
+        linear, _ = self._linear(buf, loops)
+        if not accumulate:
+            self._open(loops)
+            self._emit(f"{buf.name}[{linear}] = 0;")
+            self._close(len(loops))
+        order = [*loops[:-1], *vs, k]
+        self._open(order)
+        self._emit(f"{buf.name}[{linear}] += {_CPrinter(self).doprint(body)};")
+        self._close(len(order))
+        return True
 
     def _inline(self, e):
         """Emit, inside the open loops, the reductions left in e; return e reading their results."""

@@ -621,37 +621,44 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
     /* d_flatten_1[b, j] = Σ_i (d_z[b, i]*dense_1.weight[i, j])  [#bwd-dense_1-flatten_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int j_2 = 0; j_2 < 256; j_2++) {
-            real r0 = 0;
-            for (int i_1 = 0; i_1 < 10; i_1++) {
-                r0 += dv_z[(b_0)*10 + i_1]*v_dense_1_weight[(i_1)*256 + j_2];
+            dv_flatten_1[(b_0)*256 + j_2] = 0;
+        }
+    }
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_1 = 0; i_1 < 10; i_1++) {
+            for (int j_2 = 0; j_2 < 256; j_2++) {
+                dv_flatten_1[(b_0)*256 + j_2] += dv_z[(b_0)*10 + i_1]*v_dense_1_weight[(i_1)*256 + j_2];
             }
-            dv_flatten_1[(b_0)*256 + j_2] = r0;
         }
     }
     /* d_dense_1_weight[i, j] = Σ_b (d_z[b, i]*flatten_1[b, j])  [#bwd-dense_1-weight] */
     for (int i_1 = 0; i_1 < 10; i_1++) {
         for (int j_2 = 0; j_2 < 256; j_2++) {
-            real r1 = 0;
-            for (int b_0 = 0; b_0 < batch; b_0++) {
-                r1 += dv_z[(b_0)*10 + i_1]*v_flatten_1[(b_0)*256 + j_2];
+            dv_dense_1_weight[(i_1)*256 + j_2] = 0;
+        }
+    }
+    for (int i_1 = 0; i_1 < 10; i_1++) {
+        for (int b_0 = 0; b_0 < batch; b_0++) {
+            for (int j_2 = 0; j_2 < 256; j_2++) {
+                dv_dense_1_weight[(i_1)*256 + j_2] += dv_z[(b_0)*10 + i_1]*v_flatten_1[(b_0)*256 + j_2];
             }
-            dv_dense_1_weight[(i_1)*256 + j_2] = r1;
         }
     }
     /* d_dense_1_bias[i] = Σ_b d_z[b, i]  [#bwd-dense_1-bias] */
     for (int i_1 = 0; i_1 < 10; i_1++) {
-        real r2 = 0;
-        for (int b_0 = 0; b_0 < batch; b_0++) {
-            r2 += dv_z[(b_0)*10 + i_1];
+        dv_dense_1_bias[i_1] = 0;
+    }
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_1 = 0; i_1 < 10; i_1++) {
+            dv_dense_1_bias[i_1] += dv_z[(b_0)*10 + i_1];
         }
-        dv_dense_1_bias[i_1] = r2;
     }
     /* d_g[b, ch, i, j] = d_flatten_1[b, j + 4*i + 16*ch]  [#bwd-flatten_1-g] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ch_7 = 0; ch_7 < 16; ch_7++) {
+        for (int ch_4 = 0; ch_4 < 16; ch_4++) {
             for (int i_1 = 0; i_1 < 4; i_1++) {
                 for (int j_2 = 0; j_2 < 4; j_2++) {
-                    dv_g[(b_0)*256 + (ch_7)*16 + (i_1)*4 + j_2] = dv_flatten_1[(b_0)*256 + 16*ch_7 + 4*i_1 + j_2];
+                    dv_g[(b_0)*256 + (ch_4)*16 + (i_1)*4 + j_2] = dv_flatten_1[(b_0)*256 + 16*ch_4 + 4*i_1 + j_2];
                 }
             }
         }
@@ -669,16 +676,16 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
     /* d_h[b, ci, k, l] = Σ_o,i,j,p,q (conv2d_2.weight[o, ci, p, q]*d_conv2d_2[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_2-h] */
     for (long n = 0; n < (long)batch*8*4*4; n++) tmp5[n] = 0;
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ci_8 = 0; ci_8 < 8; ci_8++) {
+        for (int ci_5 = 0; ci_5 < 8; ci_5++) {
             for (int i_1 = 0; i_1 < 4; i_1++) {
                 for (int j_2 = 0; j_2 < 4; j_2++) {
-                    for (int p_9 = 0; p_9 < 3; p_9++) {
-                        for (int q_10 = 0; q_10 < 3; q_10++) {
-                            real r3 = 0;
-                            for (int o_12 = 0; o_12 < 16; o_12++) {
-                                r3 += v_conv2d_2_weight[(o_12)*72 + (ci_8)*9 + (p_9)*3 + q_10]*dv_conv2d_2[(b_0)*256 + (o_12)*16 + (i_1)*4 + j_2];
+                    for (int p_6 = 0; p_6 < 3; p_6++) {
+                        for (int q_7 = 0; q_7 < 3; q_7++) {
+                            real r0 = 0;
+                            for (int o_9 = 0; o_9 < 16; o_9++) {
+                                r0 += v_conv2d_2_weight[(o_9)*72 + (ci_5)*9 + (p_6)*3 + q_7]*dv_conv2d_2[(b_0)*256 + (o_9)*16 + (i_1)*4 + j_2];
                             }
-                            if ((i_1 + p_9 - 1) >= 0 && (i_1 + p_9 - 1) < 4 && (j_2 + q_10 - 1) >= 0 && (j_2 + q_10 - 1) < 4) tmp5[(b_0)*128 + (ci_8)*16 + (i_1 + p_9 - 1)*4 + j_2 + q_10 - 1] += r3;
+                            if ((i_1 + p_6 - 1) >= 0 && (i_1 + p_6 - 1) < 4 && (j_2 + q_7 - 1) >= 0 && (j_2 + q_7 - 1) < 4) tmp5[(b_0)*128 + (ci_5)*16 + (i_1 + p_6 - 1)*4 + j_2 + q_7 - 1] += r0;
                         }
                     }
                 }
@@ -686,60 +693,60 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
         }
     }
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ci_8 = 0; ci_8 < 8; ci_8++) {
+        for (int ci_5 = 0; ci_5 < 8; ci_5++) {
             for (int k_3 = 0; k_3 < 4; k_3++) {
-                for (int l_13 = 0; l_13 < 4; l_13++) {
-                    dv_h[(b_0)*128 + (ci_8)*16 + (k_3)*4 + l_13] = tmp5[(b_0)*128 + (ci_8)*16 + (k_3)*4 + l_13];
+                for (int l_10 = 0; l_10 < 4; l_10++) {
+                    dv_h[(b_0)*128 + (ci_5)*16 + (k_3)*4 + l_10] = tmp5[(b_0)*128 + (ci_5)*16 + (k_3)*4 + l_10];
                 }
             }
         }
     }
     /* d_conv2d_2_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_2[b, o, i, j]*h[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_2-weight] */
-    for (int o_12 = 0; o_12 < 16; o_12++) {
-        for (int ci_8 = 0; ci_8 < 8; ci_8++) {
-            for (int p_9 = 0; p_9 < 3; p_9++) {
-                for (int q_10 = 0; q_10 < 3; q_10++) {
-                    real r4 = 0;
+    for (int o_9 = 0; o_9 < 16; o_9++) {
+        for (int ci_5 = 0; ci_5 < 8; ci_5++) {
+            for (int p_6 = 0; p_6 < 3; p_6++) {
+                for (int q_7 = 0; q_7 < 3; q_7++) {
+                    real r1 = 0;
                     for (int b_0 = 0; b_0 < batch; b_0++) {
                         for (int i_1 = 0; i_1 < 4; i_1++) {
                             for (int j_2 = 0; j_2 < 4; j_2++) {
-                                r4 += dv_conv2d_2[(b_0)*256 + (o_12)*16 + (i_1)*4 + j_2]*(((i_1 + p_9 - 1) >= 0 && (i_1 + p_9 - 1) < 4 && (j_2 + q_10 - 1) >= 0 && (j_2 + q_10 - 1) < 4) ? v_h[(b_0)*128 + (ci_8)*16 + (i_1 + p_9 - 1)*4 + j_2 + q_10 - 1] : (real)0);
+                                r1 += dv_conv2d_2[(b_0)*256 + (o_9)*16 + (i_1)*4 + j_2]*(((i_1 + p_6 - 1) >= 0 && (i_1 + p_6 - 1) < 4 && (j_2 + q_7 - 1) >= 0 && (j_2 + q_7 - 1) < 4) ? v_h[(b_0)*128 + (ci_5)*16 + (i_1 + p_6 - 1)*4 + j_2 + q_7 - 1] : (real)0);
                             }
                         }
                     }
-                    dv_conv2d_2_weight[(o_12)*72 + (ci_8)*9 + (p_9)*3 + q_10] = r4;
+                    dv_conv2d_2_weight[(o_9)*72 + (ci_5)*9 + (p_6)*3 + q_7] = r1;
                 }
             }
         }
     }
     /* d_conv2d_2_bias[o] = Σ_b,i,j d_conv2d_2[b, o, i, j]  [#bwd-conv2d_2-bias] */
-    for (int o_12 = 0; o_12 < 16; o_12++) {
-        real r5 = 0;
+    for (int o_9 = 0; o_9 < 16; o_9++) {
+        real r2 = 0;
         for (int b_0 = 0; b_0 < batch; b_0++) {
             for (int i_1 = 0; i_1 < 4; i_1++) {
                 for (int j_2 = 0; j_2 < 4; j_2++) {
-                    r5 += dv_conv2d_2[(b_0)*256 + (o_12)*16 + (i_1)*4 + j_2];
+                    r2 += dv_conv2d_2[(b_0)*256 + (o_9)*16 + (i_1)*4 + j_2];
                 }
             }
         }
-        dv_conv2d_2_bias[o_12] = r5;
+        dv_conv2d_2_bias[o_9] = r2;
     }
     /* d_relu_1[b, ch, k, l] = Σ_i,j,p1,q1 (FirstArgmax(relu_1[b, ch, p1 + 2*i, q1 + 2*j], (p1, 0, 1), (q1, 0, 1))*d_h[b, ch, i, j]*δ(k,p1 + 2*i)*δ(l,q1 + 2*j))  [#bwd-maxpool2d_1-relu_1] */
     for (long n = 0; n < (long)batch*8*8*8; n++) tmp6[n] = 0;
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ch_7 = 0; ch_7 < 8; ch_7++) {
+        for (int ch_4 = 0; ch_4 < 8; ch_4++) {
             for (int i_1 = 0; i_1 < 4; i_1++) {
                 for (int j_2 = 0; j_2 < 4; j_2++) {
-                    for (int p1_16 = 0; p1_16 < 2; p1_16++) {
-                        for (int q1_17 = 0; q1_17 < 2; q1_17++) {
-                            real r6_m = -INFINITY; long r6_best = -1, r6_k = 0;
-                            for (int p1s_19 = 0; p1s_19 < 2; p1s_19++) {
-                                for (int q1s_20 = 0; q1s_20 < 2; q1s_20++) {
-                                    { real v = v_relu_1[(b_0)*512 + (ch_7)*64 + (p1s_19 + 2*i_1)*8 + q1s_20 + 2*j_2]; if (r6_best < 0 || v > r6_m) { r6_m = v; r6_best = r6_k; } r6_k++; }
+                    for (int p1_13 = 0; p1_13 < 2; p1_13++) {
+                        for (int q1_14 = 0; q1_14 < 2; q1_14++) {
+                            real r3_m = -INFINITY; long r3_best = -1, r3_k = 0;
+                            for (int p1s_16 = 0; p1s_16 < 2; p1s_16++) {
+                                for (int q1s_17 = 0; q1s_17 < 2; q1s_17++) {
+                                    { real v = v_relu_1[(b_0)*512 + (ch_4)*64 + (p1s_16 + 2*i_1)*8 + q1s_17 + 2*j_2]; if (r3_best < 0 || v > r3_m) { r3_m = v; r3_best = r3_k; } r3_k++; }
                                 }
                             }
-                            real r6 = (real)((q1_17*1 + p1_16*2) == r6_best);
-                            tmp6[(b_0)*512 + (ch_7)*64 + (2*i_1 + p1_16)*8 + 2*j_2 + q1_17] += r6*dv_h[(b_0)*128 + (ch_7)*16 + (i_1)*4 + j_2];
+                            real r3 = (real)((q1_14*1 + p1_13*2) == r3_best);
+                            tmp6[(b_0)*512 + (ch_4)*64 + (2*i_1 + p1_13)*8 + 2*j_2 + q1_14] += r3*dv_h[(b_0)*128 + (ch_4)*16 + (i_1)*4 + j_2];
                         }
                     }
                 }
@@ -747,10 +754,10 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
         }
     }
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ch_7 = 0; ch_7 < 8; ch_7++) {
+        for (int ch_4 = 0; ch_4 < 8; ch_4++) {
             for (int k_3 = 0; k_3 < 8; k_3++) {
-                for (int l_13 = 0; l_13 < 8; l_13++) {
-                    dv_relu_1[(b_0)*512 + (ch_7)*64 + (k_3)*8 + l_13] = tmp6[(b_0)*512 + (ch_7)*64 + (k_3)*8 + l_13];
+                for (int l_10 = 0; l_10 < 8; l_10++) {
+                    dv_relu_1[(b_0)*512 + (ch_4)*64 + (k_3)*8 + l_10] = tmp6[(b_0)*512 + (ch_4)*64 + (k_3)*8 + l_10];
                 }
             }
         }
@@ -766,34 +773,34 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
         }
     }
     /* d_conv2d_1_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_1[b, o, i, j]*x[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_1-weight] */
-    for (int o_12 = 0; o_12 < 8; o_12++) {
-        for (int ci_8 = 0; ci_8 < 1; ci_8++) {
-            for (int p_9 = 0; p_9 < 3; p_9++) {
-                for (int q_10 = 0; q_10 < 3; q_10++) {
-                    real r7 = 0;
+    for (int o_9 = 0; o_9 < 8; o_9++) {
+        for (int ci_5 = 0; ci_5 < 1; ci_5++) {
+            for (int p_6 = 0; p_6 < 3; p_6++) {
+                for (int q_7 = 0; q_7 < 3; q_7++) {
+                    real r4 = 0;
                     for (int b_0 = 0; b_0 < batch; b_0++) {
                         for (int i_1 = 0; i_1 < 8; i_1++) {
                             for (int j_2 = 0; j_2 < 8; j_2++) {
-                                r7 += dv_conv2d_1[(b_0)*512 + (o_12)*64 + (i_1)*8 + j_2]*(((i_1 + p_9 - 1) >= 0 && (i_1 + p_9 - 1) < 8 && (j_2 + q_10 - 1) >= 0 && (j_2 + q_10 - 1) < 8) ? v_x[(b_0)*64 + (ci_8)*64 + (i_1 + p_9 - 1)*8 + j_2 + q_10 - 1] : (real)0);
+                                r4 += dv_conv2d_1[(b_0)*512 + (o_9)*64 + (i_1)*8 + j_2]*(((i_1 + p_6 - 1) >= 0 && (i_1 + p_6 - 1) < 8 && (j_2 + q_7 - 1) >= 0 && (j_2 + q_7 - 1) < 8) ? v_x[(b_0)*64 + (ci_5)*64 + (i_1 + p_6 - 1)*8 + j_2 + q_7 - 1] : (real)0);
                             }
                         }
                     }
-                    dv_conv2d_1_weight[(o_12)*9 + (ci_8)*9 + (p_9)*3 + q_10] = r7;
+                    dv_conv2d_1_weight[(o_9)*9 + (ci_5)*9 + (p_6)*3 + q_7] = r4;
                 }
             }
         }
     }
     /* d_conv2d_1_bias[o] = Σ_b,i,j d_conv2d_1[b, o, i, j]  [#bwd-conv2d_1-bias] */
-    for (int o_12 = 0; o_12 < 8; o_12++) {
-        real r8 = 0;
+    for (int o_9 = 0; o_9 < 8; o_9++) {
+        real r5 = 0;
         for (int b_0 = 0; b_0 < batch; b_0++) {
             for (int i_1 = 0; i_1 < 8; i_1++) {
                 for (int j_2 = 0; j_2 < 8; j_2++) {
-                    r8 += dv_conv2d_1[(b_0)*512 + (o_12)*64 + (i_1)*8 + j_2];
+                    r5 += dv_conv2d_1[(b_0)*512 + (o_9)*64 + (i_1)*8 + j_2];
                 }
             }
         }
-        dv_conv2d_1_bias[o_12] = r8;
+        dv_conv2d_1_bias[o_9] = r5;
     }
     return lenet_loss_value(v_softmax_cross_entropy_1, batch);
 }

@@ -189,20 +189,24 @@ real linear42_loss_and_grad(const real *params, const linear42_real *v_x, int ba
     /* d_dense_1_weight[i, j] = Σ_b (d_y[b, i]*x[b, j])  [#bwd-dense_1-weight] */
     for (int i_1 = 0; i_1 < 2; i_1++) {
         for (int j_2 = 0; j_2 < 4; j_2++) {
-            real r0 = 0;
-            for (int b_0 = 0; b_0 < batch; b_0++) {
-                r0 += dv_y[(b_0)*2 + i_1]*v_x[(b_0)*4 + j_2];
+            dv_dense_1_weight[(i_1)*4 + j_2] = 0;
+        }
+    }
+    for (int i_1 = 0; i_1 < 2; i_1++) {
+        for (int b_0 = 0; b_0 < batch; b_0++) {
+            for (int j_2 = 0; j_2 < 4; j_2++) {
+                dv_dense_1_weight[(i_1)*4 + j_2] += dv_y[(b_0)*2 + i_1]*v_x[(b_0)*4 + j_2];
             }
-            dv_dense_1_weight[(i_1)*4 + j_2] = r0;
         }
     }
     /* d_dense_1_bias[i] = Σ_b d_y[b, i]  [#bwd-dense_1-bias] */
     for (int i_1 = 0; i_1 < 2; i_1++) {
-        real r1 = 0;
-        for (int b_0 = 0; b_0 < batch; b_0++) {
-            r1 += dv_y[(b_0)*2 + i_1];
+        dv_dense_1_bias[i_1] = 0;
+    }
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_1 = 0; i_1 < 2; i_1++) {
+            dv_dense_1_bias[i_1] += dv_y[(b_0)*2 + i_1];
         }
-        dv_dense_1_bias[i_1] = r1;
     }
     return linear42_loss_value(v_squares_1, batch);
 }

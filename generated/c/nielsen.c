@@ -313,30 +313,37 @@ real nielsen_loss_and_grad(const real *params, const nielsen_real *v_x, const ni
     /* d_sigmoid_1[b, j] = Σ_i (d_dense_2[b, i]*dense_2.weight[i, j])  [#bwd-dense_2-sigmoid_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int j_2 = 0; j_2 < 30; j_2++) {
-            real r0 = 0;
-            for (int i_1 = 0; i_1 < 10; i_1++) {
-                r0 += dv_dense_2[(b_0)*10 + i_1]*v_dense_2_weight[(i_1)*30 + j_2];
+            dv_sigmoid_1[(b_0)*30 + j_2] = 0;
+        }
+    }
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_1 = 0; i_1 < 10; i_1++) {
+            for (int j_2 = 0; j_2 < 30; j_2++) {
+                dv_sigmoid_1[(b_0)*30 + j_2] += dv_dense_2[(b_0)*10 + i_1]*v_dense_2_weight[(i_1)*30 + j_2];
             }
-            dv_sigmoid_1[(b_0)*30 + j_2] = r0;
         }
     }
     /* d_dense_2_weight[i, j] = Σ_b (d_dense_2[b, i]*sigmoid_1[b, j])  [#bwd-dense_2-weight] */
     for (int i_1 = 0; i_1 < 10; i_1++) {
         for (int j_2 = 0; j_2 < 30; j_2++) {
-            real r1 = 0;
-            for (int b_0 = 0; b_0 < batch; b_0++) {
-                r1 += dv_dense_2[(b_0)*10 + i_1]*v_sigmoid_1[(b_0)*30 + j_2];
+            dv_dense_2_weight[(i_1)*30 + j_2] = 0;
+        }
+    }
+    for (int i_1 = 0; i_1 < 10; i_1++) {
+        for (int b_0 = 0; b_0 < batch; b_0++) {
+            for (int j_2 = 0; j_2 < 30; j_2++) {
+                dv_dense_2_weight[(i_1)*30 + j_2] += dv_dense_2[(b_0)*10 + i_1]*v_sigmoid_1[(b_0)*30 + j_2];
             }
-            dv_dense_2_weight[(i_1)*30 + j_2] = r1;
         }
     }
     /* d_dense_2_bias[i] = Σ_b d_dense_2[b, i]  [#bwd-dense_2-bias] */
     for (int i_1 = 0; i_1 < 10; i_1++) {
-        real r2 = 0;
-        for (int b_0 = 0; b_0 < batch; b_0++) {
-            r2 += dv_dense_2[(b_0)*10 + i_1];
+        dv_dense_2_bias[i_1] = 0;
+    }
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_1 = 0; i_1 < 10; i_1++) {
+            dv_dense_2_bias[i_1] += dv_dense_2[(b_0)*10 + i_1];
         }
-        dv_dense_2_bias[i_1] = r2;
     }
     /* d_dense_1[b, i] = -(-1 + sigmoid_1[b, i])*d_sigmoid_1[b, i]*sigmoid_1[b, i]  [#bwd-sigmoid_1-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
@@ -347,20 +354,24 @@ real nielsen_loss_and_grad(const real *params, const nielsen_real *v_x, const ni
     /* d_dense_1_weight[i, j] = Σ_b (d_dense_1[b, i]*x[b, j])  [#bwd-dense_1-weight] */
     for (int i_1 = 0; i_1 < 30; i_1++) {
         for (int j_2 = 0; j_2 < 784; j_2++) {
-            real r3 = 0;
-            for (int b_0 = 0; b_0 < batch; b_0++) {
-                r3 += dv_dense_1[(b_0)*30 + i_1]*v_x[(b_0)*784 + j_2];
+            dv_dense_1_weight[(i_1)*784 + j_2] = 0;
+        }
+    }
+    for (int i_1 = 0; i_1 < 30; i_1++) {
+        for (int b_0 = 0; b_0 < batch; b_0++) {
+            for (int j_2 = 0; j_2 < 784; j_2++) {
+                dv_dense_1_weight[(i_1)*784 + j_2] += dv_dense_1[(b_0)*30 + i_1]*v_x[(b_0)*784 + j_2];
             }
-            dv_dense_1_weight[(i_1)*784 + j_2] = r3;
         }
     }
     /* d_dense_1_bias[i] = Σ_b d_dense_1[b, i]  [#bwd-dense_1-bias] */
     for (int i_1 = 0; i_1 < 30; i_1++) {
-        real r4 = 0;
-        for (int b_0 = 0; b_0 < batch; b_0++) {
-            r4 += dv_dense_1[(b_0)*30 + i_1];
+        dv_dense_1_bias[i_1] = 0;
+    }
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_1 = 0; i_1 < 30; i_1++) {
+            dv_dense_1_bias[i_1] += dv_dense_1[(b_0)*30 + i_1];
         }
-        dv_dense_1_bias[i_1] = r4;
     }
     return nielsen_loss_value(v_quadratic_1, batch);
 }

@@ -793,37 +793,44 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
     /* d_flatten_1[b, j] = Σ_i (d_z[b, i]*dense_1.weight[i, j])  [#bwd-dense_1-flatten_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int j_2 = 0; j_2 < 128; j_2++) {
-            real r0 = 0;
-            for (int i_1 = 0; i_1 < 10; i_1++) {
-                r0 += dv_z[(b_0)*10 + i_1]*v_dense_1_weight[(i_1)*128 + j_2];
+            dv_flatten_1[(b_0)*128 + j_2] = 0;
+        }
+    }
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_1 = 0; i_1 < 10; i_1++) {
+            for (int j_2 = 0; j_2 < 128; j_2++) {
+                dv_flatten_1[(b_0)*128 + j_2] += dv_z[(b_0)*10 + i_1]*v_dense_1_weight[(i_1)*128 + j_2];
             }
-            dv_flatten_1[(b_0)*128 + j_2] = r0;
         }
     }
     /* d_dense_1_weight[i, j] = Σ_b (d_z[b, i]*flatten_1[b, j])  [#bwd-dense_1-weight] */
     for (int i_1 = 0; i_1 < 10; i_1++) {
         for (int j_2 = 0; j_2 < 128; j_2++) {
-            real r1 = 0;
-            for (int b_0 = 0; b_0 < batch; b_0++) {
-                r1 += dv_z[(b_0)*10 + i_1]*v_flatten_1[(b_0)*128 + j_2];
+            dv_dense_1_weight[(i_1)*128 + j_2] = 0;
+        }
+    }
+    for (int i_1 = 0; i_1 < 10; i_1++) {
+        for (int b_0 = 0; b_0 < batch; b_0++) {
+            for (int j_2 = 0; j_2 < 128; j_2++) {
+                dv_dense_1_weight[(i_1)*128 + j_2] += dv_z[(b_0)*10 + i_1]*v_flatten_1[(b_0)*128 + j_2];
             }
-            dv_dense_1_weight[(i_1)*128 + j_2] = r1;
         }
     }
     /* d_dense_1_bias[i] = Σ_b d_z[b, i]  [#bwd-dense_1-bias] */
     for (int i_1 = 0; i_1 < 10; i_1++) {
-        real r2 = 0;
-        for (int b_0 = 0; b_0 < batch; b_0++) {
-            r2 += dv_z[(b_0)*10 + i_1];
+        dv_dense_1_bias[i_1] = 0;
+    }
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_1 = 0; i_1 < 10; i_1++) {
+            dv_dense_1_bias[i_1] += dv_z[(b_0)*10 + i_1];
         }
-        dv_dense_1_bias[i_1] = r2;
     }
     /* d_avgpool2d_1[b, ch, i, j] = d_flatten_1[b, j + 4*i + 16*ch]  [#bwd-flatten_1-avgpool2d_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ch_7 = 0; ch_7 < 8; ch_7++) {
+        for (int ch_4 = 0; ch_4 < 8; ch_4++) {
             for (int i_1 = 0; i_1 < 4; i_1++) {
                 for (int j_2 = 0; j_2 < 4; j_2++) {
-                    dv_avgpool2d_1[(b_0)*128 + (ch_7)*16 + (i_1)*4 + j_2] = dv_flatten_1[(b_0)*128 + 16*ch_7 + 4*i_1 + j_2];
+                    dv_avgpool2d_1[(b_0)*128 + (ch_4)*16 + (i_1)*4 + j_2] = dv_flatten_1[(b_0)*128 + 16*ch_4 + 4*i_1 + j_2];
                 }
             }
         }
@@ -831,12 +838,12 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
     /* d_block[b, ch, k, l] = Σ_i,j,p,q (d_avgpool2d_1[b, ch, i, j]*δ(k,p + 2*i)*δ(l,q + 2*j))/4  [#bwd-avgpool2d_1-block] */
     for (long n = 0; n < (long)batch*8*8*8; n++) tmp5[n] = 0;
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ch_7 = 0; ch_7 < 8; ch_7++) {
+        for (int ch_4 = 0; ch_4 < 8; ch_4++) {
             for (int i_1 = 0; i_1 < 4; i_1++) {
                 for (int j_2 = 0; j_2 < 4; j_2++) {
-                    for (int p_8 = 0; p_8 < 2; p_8++) {
-                        for (int q_9 = 0; q_9 < 2; q_9++) {
-                            tmp5[(b_0)*512 + (ch_7)*64 + (2*i_1 + p_8)*8 + 2*j_2 + q_9] += (((real)1/(real)4))*dv_avgpool2d_1[(b_0)*128 + (ch_7)*16 + (i_1)*4 + j_2];
+                    for (int p_5 = 0; p_5 < 2; p_5++) {
+                        for (int q_6 = 0; q_6 < 2; q_6++) {
+                            tmp5[(b_0)*512 + (ch_4)*64 + (2*i_1 + p_5)*8 + 2*j_2 + q_6] += (((real)1/(real)4))*dv_avgpool2d_1[(b_0)*128 + (ch_4)*16 + (i_1)*4 + j_2];
                         }
                     }
                 }
@@ -844,10 +851,10 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
         }
     }
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ch_7 = 0; ch_7 < 8; ch_7++) {
+        for (int ch_4 = 0; ch_4 < 8; ch_4++) {
             for (int k_3 = 0; k_3 < 8; k_3++) {
-                for (int l_10 = 0; l_10 < 8; l_10++) {
-                    dv_block[(b_0)*512 + (ch_7)*64 + (k_3)*8 + l_10] = tmp5[(b_0)*512 + (ch_7)*64 + (k_3)*8 + l_10];
+                for (int l_7 = 0; l_7 < 8; l_7++) {
+                    dv_block[(b_0)*512 + (ch_4)*64 + (k_3)*8 + l_7] = tmp5[(b_0)*512 + (ch_4)*64 + (k_3)*8 + l_7];
                 }
             }
         }
@@ -885,16 +892,16 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
     /* d_relu_2[b, ci, k, l] = Σ_o,i,j,p,q (conv2d_3.weight[o, ci, p, q]*d_body[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_3-relu_2] */
     for (long n = 0; n < (long)batch*8*8*8; n++) tmp6[n] = 0;
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ci_11 = 0; ci_11 < 8; ci_11++) {
+        for (int ci_8 = 0; ci_8 < 8; ci_8++) {
             for (int i_1 = 0; i_1 < 8; i_1++) {
                 for (int j_2 = 0; j_2 < 8; j_2++) {
-                    for (int p_8 = 0; p_8 < 3; p_8++) {
-                        for (int q_9 = 0; q_9 < 3; q_9++) {
-                            real r3 = 0;
-                            for (int o_13 = 0; o_13 < 8; o_13++) {
-                                r3 += v_conv2d_3_weight[(o_13)*72 + (ci_11)*9 + (p_8)*3 + q_9]*dv_body[(b_0)*512 + (o_13)*64 + (i_1)*8 + j_2];
+                    for (int p_5 = 0; p_5 < 3; p_5++) {
+                        for (int q_6 = 0; q_6 < 3; q_6++) {
+                            real r0 = 0;
+                            for (int o_10 = 0; o_10 < 8; o_10++) {
+                                r0 += v_conv2d_3_weight[(o_10)*72 + (ci_8)*9 + (p_5)*3 + q_6]*dv_body[(b_0)*512 + (o_10)*64 + (i_1)*8 + j_2];
                             }
-                            if ((i_1 + p_8 - 1) >= 0 && (i_1 + p_8 - 1) < 8 && (j_2 + q_9 - 1) >= 0 && (j_2 + q_9 - 1) < 8) tmp6[(b_0)*512 + (ci_11)*64 + (i_1 + p_8 - 1)*8 + j_2 + q_9 - 1] += r3;
+                            if ((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 8 && (j_2 + q_6 - 1) >= 0 && (j_2 + q_6 - 1) < 8) tmp6[(b_0)*512 + (ci_8)*64 + (i_1 + p_5 - 1)*8 + j_2 + q_6 - 1] += r0;
                         }
                     }
                 }
@@ -902,43 +909,43 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
         }
     }
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ci_11 = 0; ci_11 < 8; ci_11++) {
+        for (int ci_8 = 0; ci_8 < 8; ci_8++) {
             for (int k_3 = 0; k_3 < 8; k_3++) {
-                for (int l_10 = 0; l_10 < 8; l_10++) {
-                    dv_relu_2[(b_0)*512 + (ci_11)*64 + (k_3)*8 + l_10] = tmp6[(b_0)*512 + (ci_11)*64 + (k_3)*8 + l_10];
+                for (int l_7 = 0; l_7 < 8; l_7++) {
+                    dv_relu_2[(b_0)*512 + (ci_8)*64 + (k_3)*8 + l_7] = tmp6[(b_0)*512 + (ci_8)*64 + (k_3)*8 + l_7];
                 }
             }
         }
     }
     /* d_conv2d_3_weight[o, ci, p, q] = Σ_b,i,j (d_body[b, o, i, j]*relu_2[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_3-weight] */
-    for (int o_13 = 0; o_13 < 8; o_13++) {
-        for (int ci_11 = 0; ci_11 < 8; ci_11++) {
-            for (int p_8 = 0; p_8 < 3; p_8++) {
-                for (int q_9 = 0; q_9 < 3; q_9++) {
-                    real r4 = 0;
+    for (int o_10 = 0; o_10 < 8; o_10++) {
+        for (int ci_8 = 0; ci_8 < 8; ci_8++) {
+            for (int p_5 = 0; p_5 < 3; p_5++) {
+                for (int q_6 = 0; q_6 < 3; q_6++) {
+                    real r1 = 0;
                     for (int b_0 = 0; b_0 < batch; b_0++) {
                         for (int i_1 = 0; i_1 < 8; i_1++) {
                             for (int j_2 = 0; j_2 < 8; j_2++) {
-                                r4 += dv_body[(b_0)*512 + (o_13)*64 + (i_1)*8 + j_2]*(((i_1 + p_8 - 1) >= 0 && (i_1 + p_8 - 1) < 8 && (j_2 + q_9 - 1) >= 0 && (j_2 + q_9 - 1) < 8) ? v_relu_2[(b_0)*512 + (ci_11)*64 + (i_1 + p_8 - 1)*8 + j_2 + q_9 - 1] : (real)0);
+                                r1 += dv_body[(b_0)*512 + (o_10)*64 + (i_1)*8 + j_2]*(((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 8 && (j_2 + q_6 - 1) >= 0 && (j_2 + q_6 - 1) < 8) ? v_relu_2[(b_0)*512 + (ci_8)*64 + (i_1 + p_5 - 1)*8 + j_2 + q_6 - 1] : (real)0);
                             }
                         }
                     }
-                    dv_conv2d_3_weight[(o_13)*72 + (ci_11)*9 + (p_8)*3 + q_9] = r4;
+                    dv_conv2d_3_weight[(o_10)*72 + (ci_8)*9 + (p_5)*3 + q_6] = r1;
                 }
             }
         }
     }
     /* d_conv2d_3_bias[o] = Σ_b,i,j d_body[b, o, i, j]  [#bwd-conv2d_3-bias] */
-    for (int o_13 = 0; o_13 < 8; o_13++) {
-        real r5 = 0;
+    for (int o_10 = 0; o_10 < 8; o_10++) {
+        real r2 = 0;
         for (int b_0 = 0; b_0 < batch; b_0++) {
             for (int i_1 = 0; i_1 < 8; i_1++) {
                 for (int j_2 = 0; j_2 < 8; j_2++) {
-                    r5 += dv_body[(b_0)*512 + (o_13)*64 + (i_1)*8 + j_2];
+                    r2 += dv_body[(b_0)*512 + (o_10)*64 + (i_1)*8 + j_2];
                 }
             }
         }
-        dv_conv2d_3_bias[o_13] = r5;
+        dv_conv2d_3_bias[o_10] = r2;
     }
     /* d_conv2d_2[b, i, j, k] = where(conv2d_2[b, i, j, k] > 0, d_relu_2[b, i, j, k], 0)  [#bwd-relu_2-conv2d_2] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
@@ -953,16 +960,16 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
     /* d_stem[b, ci, k, l] += Σ_o,i,j,p,q (conv2d_2.weight[o, ci, p, q]*d_conv2d_2[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_2-stem] */
     for (long n = 0; n < (long)batch*8*8*8; n++) tmp7[n] = 0;
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ci_11 = 0; ci_11 < 8; ci_11++) {
+        for (int ci_8 = 0; ci_8 < 8; ci_8++) {
             for (int i_1 = 0; i_1 < 8; i_1++) {
                 for (int j_2 = 0; j_2 < 8; j_2++) {
-                    for (int p_8 = 0; p_8 < 3; p_8++) {
-                        for (int q_9 = 0; q_9 < 3; q_9++) {
-                            real r6 = 0;
-                            for (int o_13 = 0; o_13 < 8; o_13++) {
-                                r6 += v_conv2d_2_weight[(o_13)*72 + (ci_11)*9 + (p_8)*3 + q_9]*dv_conv2d_2[(b_0)*512 + (o_13)*64 + (i_1)*8 + j_2];
+                    for (int p_5 = 0; p_5 < 3; p_5++) {
+                        for (int q_6 = 0; q_6 < 3; q_6++) {
+                            real r3 = 0;
+                            for (int o_10 = 0; o_10 < 8; o_10++) {
+                                r3 += v_conv2d_2_weight[(o_10)*72 + (ci_8)*9 + (p_5)*3 + q_6]*dv_conv2d_2[(b_0)*512 + (o_10)*64 + (i_1)*8 + j_2];
                             }
-                            if ((i_1 + p_8 - 1) >= 0 && (i_1 + p_8 - 1) < 8 && (j_2 + q_9 - 1) >= 0 && (j_2 + q_9 - 1) < 8) tmp7[(b_0)*512 + (ci_11)*64 + (i_1 + p_8 - 1)*8 + j_2 + q_9 - 1] += r6;
+                            if ((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 8 && (j_2 + q_6 - 1) >= 0 && (j_2 + q_6 - 1) < 8) tmp7[(b_0)*512 + (ci_8)*64 + (i_1 + p_5 - 1)*8 + j_2 + q_6 - 1] += r3;
                         }
                     }
                 }
@@ -970,43 +977,43 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
         }
     }
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ci_11 = 0; ci_11 < 8; ci_11++) {
+        for (int ci_8 = 0; ci_8 < 8; ci_8++) {
             for (int k_3 = 0; k_3 < 8; k_3++) {
-                for (int l_10 = 0; l_10 < 8; l_10++) {
-                    dv_stem[(b_0)*512 + (ci_11)*64 + (k_3)*8 + l_10] += tmp7[(b_0)*512 + (ci_11)*64 + (k_3)*8 + l_10];
+                for (int l_7 = 0; l_7 < 8; l_7++) {
+                    dv_stem[(b_0)*512 + (ci_8)*64 + (k_3)*8 + l_7] += tmp7[(b_0)*512 + (ci_8)*64 + (k_3)*8 + l_7];
                 }
             }
         }
     }
     /* d_conv2d_2_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_2[b, o, i, j]*stem[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_2-weight] */
-    for (int o_13 = 0; o_13 < 8; o_13++) {
-        for (int ci_11 = 0; ci_11 < 8; ci_11++) {
-            for (int p_8 = 0; p_8 < 3; p_8++) {
-                for (int q_9 = 0; q_9 < 3; q_9++) {
-                    real r7 = 0;
+    for (int o_10 = 0; o_10 < 8; o_10++) {
+        for (int ci_8 = 0; ci_8 < 8; ci_8++) {
+            for (int p_5 = 0; p_5 < 3; p_5++) {
+                for (int q_6 = 0; q_6 < 3; q_6++) {
+                    real r4 = 0;
                     for (int b_0 = 0; b_0 < batch; b_0++) {
                         for (int i_1 = 0; i_1 < 8; i_1++) {
                             for (int j_2 = 0; j_2 < 8; j_2++) {
-                                r7 += dv_conv2d_2[(b_0)*512 + (o_13)*64 + (i_1)*8 + j_2]*(((i_1 + p_8 - 1) >= 0 && (i_1 + p_8 - 1) < 8 && (j_2 + q_9 - 1) >= 0 && (j_2 + q_9 - 1) < 8) ? v_stem[(b_0)*512 + (ci_11)*64 + (i_1 + p_8 - 1)*8 + j_2 + q_9 - 1] : (real)0);
+                                r4 += dv_conv2d_2[(b_0)*512 + (o_10)*64 + (i_1)*8 + j_2]*(((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 8 && (j_2 + q_6 - 1) >= 0 && (j_2 + q_6 - 1) < 8) ? v_stem[(b_0)*512 + (ci_8)*64 + (i_1 + p_5 - 1)*8 + j_2 + q_6 - 1] : (real)0);
                             }
                         }
                     }
-                    dv_conv2d_2_weight[(o_13)*72 + (ci_11)*9 + (p_8)*3 + q_9] = r7;
+                    dv_conv2d_2_weight[(o_10)*72 + (ci_8)*9 + (p_5)*3 + q_6] = r4;
                 }
             }
         }
     }
     /* d_conv2d_2_bias[o] = Σ_b,i,j d_conv2d_2[b, o, i, j]  [#bwd-conv2d_2-bias] */
-    for (int o_13 = 0; o_13 < 8; o_13++) {
-        real r8 = 0;
+    for (int o_10 = 0; o_10 < 8; o_10++) {
+        real r5 = 0;
         for (int b_0 = 0; b_0 < batch; b_0++) {
             for (int i_1 = 0; i_1 < 8; i_1++) {
                 for (int j_2 = 0; j_2 < 8; j_2++) {
-                    r8 += dv_conv2d_2[(b_0)*512 + (o_13)*64 + (i_1)*8 + j_2];
+                    r5 += dv_conv2d_2[(b_0)*512 + (o_10)*64 + (i_1)*8 + j_2];
                 }
             }
         }
-        dv_conv2d_2_bias[o_13] = r8;
+        dv_conv2d_2_bias[o_10] = r5;
     }
     /* d_conv2d_1[b, i, j, k] = where(conv2d_1[b, i, j, k] > 0, d_stem[b, i, j, k], 0)  [#bwd-relu_1-conv2d_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
@@ -1019,34 +1026,34 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
         }
     }
     /* d_conv2d_1_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_1[b, o, i, j]*x[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_1-weight] */
-    for (int o_13 = 0; o_13 < 8; o_13++) {
-        for (int ci_11 = 0; ci_11 < 1; ci_11++) {
-            for (int p_8 = 0; p_8 < 3; p_8++) {
-                for (int q_9 = 0; q_9 < 3; q_9++) {
-                    real r9 = 0;
+    for (int o_10 = 0; o_10 < 8; o_10++) {
+        for (int ci_8 = 0; ci_8 < 1; ci_8++) {
+            for (int p_5 = 0; p_5 < 3; p_5++) {
+                for (int q_6 = 0; q_6 < 3; q_6++) {
+                    real r6 = 0;
                     for (int b_0 = 0; b_0 < batch; b_0++) {
                         for (int i_1 = 0; i_1 < 8; i_1++) {
                             for (int j_2 = 0; j_2 < 8; j_2++) {
-                                r9 += dv_conv2d_1[(b_0)*512 + (o_13)*64 + (i_1)*8 + j_2]*(((i_1 + p_8 - 1) >= 0 && (i_1 + p_8 - 1) < 8 && (j_2 + q_9 - 1) >= 0 && (j_2 + q_9 - 1) < 8) ? v_x[(b_0)*64 + (ci_11)*64 + (i_1 + p_8 - 1)*8 + j_2 + q_9 - 1] : (real)0);
+                                r6 += dv_conv2d_1[(b_0)*512 + (o_10)*64 + (i_1)*8 + j_2]*(((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 8 && (j_2 + q_6 - 1) >= 0 && (j_2 + q_6 - 1) < 8) ? v_x[(b_0)*64 + (ci_8)*64 + (i_1 + p_5 - 1)*8 + j_2 + q_6 - 1] : (real)0);
                             }
                         }
                     }
-                    dv_conv2d_1_weight[(o_13)*9 + (ci_11)*9 + (p_8)*3 + q_9] = r9;
+                    dv_conv2d_1_weight[(o_10)*9 + (ci_8)*9 + (p_5)*3 + q_6] = r6;
                 }
             }
         }
     }
     /* d_conv2d_1_bias[o] = Σ_b,i,j d_conv2d_1[b, o, i, j]  [#bwd-conv2d_1-bias] */
-    for (int o_13 = 0; o_13 < 8; o_13++) {
-        real r10 = 0;
+    for (int o_10 = 0; o_10 < 8; o_10++) {
+        real r7 = 0;
         for (int b_0 = 0; b_0 < batch; b_0++) {
             for (int i_1 = 0; i_1 < 8; i_1++) {
                 for (int j_2 = 0; j_2 < 8; j_2++) {
-                    r10 += dv_conv2d_1[(b_0)*512 + (o_13)*64 + (i_1)*8 + j_2];
+                    r7 += dv_conv2d_1[(b_0)*512 + (o_10)*64 + (i_1)*8 + j_2];
                 }
             }
         }
-        dv_conv2d_1_bias[o_13] = r10;
+        dv_conv2d_1_bias[o_10] = r7;
     }
     return residual_loss_value(v_softmax_cross_entropy_1, batch);
 }

@@ -313,30 +313,37 @@ real xor_loss_and_grad(const real *params, const xor_real *v_x, const xor_real *
     /* d_h[b, j] = Σ_i (d_dense_2[b, i]*dense_2.weight[i, j])  [#bwd-dense_2-h] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int j_2 = 0; j_2 < 4; j_2++) {
-            real r0 = 0;
-            for (int i_1 = 0; i_1 < 1; i_1++) {
-                r0 += dv_dense_2[b_0 + i_1]*v_dense_2_weight[(i_1)*4 + j_2];
+            dv_h[(b_0)*4 + j_2] = 0;
+        }
+    }
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_1 = 0; i_1 < 1; i_1++) {
+            for (int j_2 = 0; j_2 < 4; j_2++) {
+                dv_h[(b_0)*4 + j_2] += dv_dense_2[b_0 + i_1]*v_dense_2_weight[(i_1)*4 + j_2];
             }
-            dv_h[(b_0)*4 + j_2] = r0;
         }
     }
     /* d_dense_2_weight[i, j] = Σ_b (d_dense_2[b, i]*h[b, j])  [#bwd-dense_2-weight] */
     for (int i_1 = 0; i_1 < 1; i_1++) {
         for (int j_2 = 0; j_2 < 4; j_2++) {
-            real r1 = 0;
-            for (int b_0 = 0; b_0 < batch; b_0++) {
-                r1 += dv_dense_2[b_0 + i_1]*v_h[(b_0)*4 + j_2];
+            dv_dense_2_weight[(i_1)*4 + j_2] = 0;
+        }
+    }
+    for (int i_1 = 0; i_1 < 1; i_1++) {
+        for (int b_0 = 0; b_0 < batch; b_0++) {
+            for (int j_2 = 0; j_2 < 4; j_2++) {
+                dv_dense_2_weight[(i_1)*4 + j_2] += dv_dense_2[b_0 + i_1]*v_h[(b_0)*4 + j_2];
             }
-            dv_dense_2_weight[(i_1)*4 + j_2] = r1;
         }
     }
     /* d_dense_2_bias[i] = Σ_b d_dense_2[b, i]  [#bwd-dense_2-bias] */
     for (int i_1 = 0; i_1 < 1; i_1++) {
-        real r2 = 0;
-        for (int b_0 = 0; b_0 < batch; b_0++) {
-            r2 += dv_dense_2[b_0 + i_1];
+        dv_dense_2_bias[i_1] = 0;
+    }
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_1 = 0; i_1 < 1; i_1++) {
+            dv_dense_2_bias[i_1] += dv_dense_2[b_0 + i_1];
         }
-        dv_dense_2_bias[i_1] = r2;
     }
     /* d_dense_1[b, i] = (1 - h[b, i]**2)*d_h[b, i]  [#bwd-tanh_1-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
@@ -347,20 +354,24 @@ real xor_loss_and_grad(const real *params, const xor_real *v_x, const xor_real *
     /* d_dense_1_weight[i, j] = Σ_b (d_dense_1[b, i]*x[b, j])  [#bwd-dense_1-weight] */
     for (int i_1 = 0; i_1 < 4; i_1++) {
         for (int j_2 = 0; j_2 < 2; j_2++) {
-            real r3 = 0;
-            for (int b_0 = 0; b_0 < batch; b_0++) {
-                r3 += dv_dense_1[(b_0)*4 + i_1]*v_x[(b_0)*2 + j_2];
+            dv_dense_1_weight[(i_1)*2 + j_2] = 0;
+        }
+    }
+    for (int i_1 = 0; i_1 < 4; i_1++) {
+        for (int b_0 = 0; b_0 < batch; b_0++) {
+            for (int j_2 = 0; j_2 < 2; j_2++) {
+                dv_dense_1_weight[(i_1)*2 + j_2] += dv_dense_1[(b_0)*4 + i_1]*v_x[(b_0)*2 + j_2];
             }
-            dv_dense_1_weight[(i_1)*2 + j_2] = r3;
         }
     }
     /* d_dense_1_bias[i] = Σ_b d_dense_1[b, i]  [#bwd-dense_1-bias] */
     for (int i_1 = 0; i_1 < 4; i_1++) {
-        real r4 = 0;
-        for (int b_0 = 0; b_0 < batch; b_0++) {
-            r4 += dv_dense_1[(b_0)*4 + i_1];
+        dv_dense_1_bias[i_1] = 0;
+    }
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_1 = 0; i_1 < 4; i_1++) {
+            dv_dense_1_bias[i_1] += dv_dense_1[(b_0)*4 + i_1];
         }
-        dv_dense_1_bias[i_1] = r4;
     }
     return xor_loss_value(v_binary_cross_entropy_1, batch);
 }

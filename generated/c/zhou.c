@@ -313,30 +313,37 @@ real zhou_loss_and_grad(const real *params, const zhou_real *v_x, const zhou_rea
     /* d_b[b, j] = Σ_i (d_out[b, i]*out.weight[i, j])  [#bwd-out-b] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int j_2 = 0; j_2 < 5; j_2++) {
-            real r0 = 0;
-            for (int i_1 = 0; i_1 < 3; i_1++) {
-                r0 += dv_out[(b_0)*3 + i_1]*v_out_weight[(i_1)*5 + j_2];
+            dv_b[(b_0)*5 + j_2] = 0;
+        }
+    }
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_1 = 0; i_1 < 3; i_1++) {
+            for (int j_2 = 0; j_2 < 5; j_2++) {
+                dv_b[(b_0)*5 + j_2] += dv_out[(b_0)*3 + i_1]*v_out_weight[(i_1)*5 + j_2];
             }
-            dv_b[(b_0)*5 + j_2] = r0;
         }
     }
     /* d_out_weight[i, j] = Σ_b (b[b, j]*d_out[b, i])  [#bwd-out-weight] */
     for (int i_1 = 0; i_1 < 3; i_1++) {
         for (int j_2 = 0; j_2 < 5; j_2++) {
-            real r1 = 0;
-            for (int b_0 = 0; b_0 < batch; b_0++) {
-                r1 += v_b[(b_0)*5 + j_2]*dv_out[(b_0)*3 + i_1];
+            dv_out_weight[(i_1)*5 + j_2] = 0;
+        }
+    }
+    for (int i_1 = 0; i_1 < 3; i_1++) {
+        for (int b_0 = 0; b_0 < batch; b_0++) {
+            for (int j_2 = 0; j_2 < 5; j_2++) {
+                dv_out_weight[(i_1)*5 + j_2] += v_b[(b_0)*5 + j_2]*dv_out[(b_0)*3 + i_1];
             }
-            dv_out_weight[(i_1)*5 + j_2] = r1;
         }
     }
     /* d_out_bias[i] = Σ_b d_out[b, i]  [#bwd-out-bias] */
     for (int i_1 = 0; i_1 < 3; i_1++) {
-        real r2 = 0;
-        for (int b_0 = 0; b_0 < batch; b_0++) {
-            r2 += dv_out[(b_0)*3 + i_1];
+        dv_out_bias[i_1] = 0;
+    }
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_1 = 0; i_1 < 3; i_1++) {
+            dv_out_bias[i_1] += dv_out[(b_0)*3 + i_1];
         }
-        dv_out_bias[i_1] = r2;
     }
     /* d_hidden[i, j] = -(-1 + b[i, j])*b[i, j]*d_b[i, j]  [#bwd-sigmoid_1-hidden] */
     for (int i_1 = 0; i_1 < batch; i_1++) {
@@ -347,20 +354,24 @@ real zhou_loss_and_grad(const real *params, const zhou_real *v_x, const zhou_rea
     /* d_hidden_weight[i, j] = Σ_b (d_hidden[b, i]*x[b, j])  [#bwd-hidden-weight] */
     for (int i_1 = 0; i_1 < 5; i_1++) {
         for (int j_2 = 0; j_2 < 4; j_2++) {
-            real r3 = 0;
-            for (int b_0 = 0; b_0 < batch; b_0++) {
-                r3 += dv_hidden[(b_0)*5 + i_1]*v_x[(b_0)*4 + j_2];
+            dv_hidden_weight[(i_1)*4 + j_2] = 0;
+        }
+    }
+    for (int i_1 = 0; i_1 < 5; i_1++) {
+        for (int b_0 = 0; b_0 < batch; b_0++) {
+            for (int j_2 = 0; j_2 < 4; j_2++) {
+                dv_hidden_weight[(i_1)*4 + j_2] += dv_hidden[(b_0)*5 + i_1]*v_x[(b_0)*4 + j_2];
             }
-            dv_hidden_weight[(i_1)*4 + j_2] = r3;
         }
     }
     /* d_hidden_bias[i] = Σ_b d_hidden[b, i]  [#bwd-hidden-bias] */
     for (int i_1 = 0; i_1 < 5; i_1++) {
-        real r4 = 0;
-        for (int b_0 = 0; b_0 < batch; b_0++) {
-            r4 += dv_hidden[(b_0)*5 + i_1];
+        dv_hidden_bias[i_1] = 0;
+    }
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_1 = 0; i_1 < 5; i_1++) {
+            dv_hidden_bias[i_1] += dv_hidden[(b_0)*5 + i_1];
         }
-        dv_hidden_bias[i_1] = r4;
     }
     return zhou_loss_value(v_quadratic_1, batch);
 }
