@@ -46,7 +46,8 @@ def check(numpy_mod, c_mod, batch_sizes, seed, lr):
             p = numpy_mod.init_params(seed, dtype)
             ref_loss, ref = numpy_mod.loss_and_grad(p, x, y)
             loss, got = c_mod.loss_and_grad(p, x, y)
-            pn, pc = copy_params(p), copy_params(p)
+            # the C module's own init_params: views of one flat array, updated in place
+            pn, pc = copy_params(p), c_mod.init_params(seed, dtype)
             step_n, step_c = numpy_mod.sgd_step(pn, x, y, lr), c_mod.sgd_step(pc, x, y, lr)
             pairs = [("loss", loss, ref_loss), ("step loss", step_c, step_n)]
             pairs += [(f"grad {k}", got[k], ref[k]) for k in ref]
@@ -71,7 +72,7 @@ def kernel_step(c_mod, params, x, y, lr):
     ctype, *fns = c_mod._C["float32"]
     per, const = c_mod._WORKSPACE["float32"]
     batch = x.shape[0]
-    keep = {"flat": c_mod._flat(params, np.float32), "x": np.ascontiguousarray(x),
+    keep = {"flat": c_mod._flat(params, np.float32)[0], "x": np.ascontiguousarray(x),
             "y": np.ascontiguousarray(y)}
     keep["grad"] = np.empty_like(keep["flat"])
     keep["work"] = np.empty(max(1, per * batch + const), np.float32)
@@ -133,7 +134,7 @@ def main(argv=None):
         for batch in args.batch_sizes:
             x, y = make_data(numpy_mod, batch, np.float32, args.seed + 1000 + batch)
             p0 = numpy_mod.init_params(args.seed, np.float32)
-            pn, pc, pk = copy_params(p0), copy_params(p0), copy_params(p0)
+            pn, pc, pk = copy_params(p0), c_mod.init_params(args.seed, np.float32), copy_params(p0)
             lr = args.lr
             contenders = {
                 "numpy": lambda: numpy_mod.sgd_step(pn, x, y, lr),

@@ -288,6 +288,8 @@ class CLowerer:
                 stride *= int(self.ranges[v])
             self._emit(f"real {result} = (real)(({' + '.join(here)}) == {result}_best);")
             return result
+        if kind is sp.Sum and self._split_sum(str(result), body, vs, declare=True):
+            return result
         self._emit(f"real {result} = {'0' if kind is sp.Sum else '-INFINITY'};")
         self._open(vs)
         inner = p.doprint(self._inline(body))
@@ -308,6 +310,40 @@ class CLowerer:
             self.lse_log.add(log_sum.name)
             return result + log_sum
         return result
+
+    LANES = 8
+
+    def _split_sum(self, acc, body, vs, declare):
+        """Σ_v body over LANES partial sums, added pairwise at the end.
+
+        One running sum makes every addition wait for the one before it, and C
+        compilers may not reorder float additions themselves; LANES independent sums
+        (v = LANES*vo + u) run in parallel and vectorise.  Only for one reduction
+        index with a known extent and a body free of nested reductions.
+        """
+        if len(vs) != 1 or self.ranges[vs[0]] == B or int(self.ranges[vs[0]]) < 2 * self.LANES \
+                or any(s in self.pending for s in body.free_symbols):
+            return False
+        v, n, lanes = vs[0], int(self.ranges[vs[0]]), self.LANES
+        vo, u = sp.Dummy(v.name + "o", integer=True), sp.Dummy("u", integer=True)
+        self.ranges[vo], self.ranges[u] = n // lanes, lanes
+        p = _CPrinter(self)
+        parts = f"{acc}_p"
+        self._emit(f"real {parts}[{lanes}] = {{{', '.join(['0'] * lanes)}}};")
+        self._open([vo, u])
+        self._emit(f"{parts}[{self.loop_var(u)}] += {p.doprint(body.xreplace({v: lanes * vo + u}))};")
+        self._close(2)
+        if n % lanes:
+            var = self.loop_var(v)
+            self._emit(f"for (int {var} = {n - n % lanes}; {var} < {n}; {var}++) {{")
+            self._depth += 1
+            self._emit(f"{parts}[0] += {p.doprint(body)};")
+            self._close(1)
+        terms = [f"{parts}[{k}]" for k in range(lanes)]
+        while len(terms) > 1:
+            terms = [f"({a} + {b})" for a, b in zip(terms[::2], terms[1::2])]
+        self._emit(f"{'real ' if declare else ''}{acc} = {terms[0]};")
+        return True
 
     def _hoist(self, e, order):
         if isinstance(e, (sp.Sum, LogSumExp, MaxOver, FirstArgmax)):
@@ -334,10 +370,11 @@ class CLowerer:
         self._open(free)
         out = f"{name}[{self._linear(self.buffers[name], [*free, *([] if kind is not FirstArgmax else vs)])[0]}]"
         if kind is sp.Sum:
-            self._emit("real acc = 0;")
-            self._open(vs)
-            self._emit(f"acc += {p.doprint(self._inline(body))};")
-            self._close(len(vs))
+            if not self._split_sum("acc", body, vs, declare=True):
+                self._emit("real acc = 0;")
+                self._open(vs)
+                self._emit(f"acc += {p.doprint(self._inline(body))};")
+                self._close(len(vs))
             self._emit(f"{out} = acc;")
         elif kind is MaxOver:
             self._emit("real m = -INFINITY;")

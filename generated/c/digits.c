@@ -112,10 +112,13 @@ void digits_forward(const real *params, const digits_real *v_x, real *output, in
     /* dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 64; i_1++) {
-            real r0 = 0;
-            for (int j_3 = 0; j_3 < 64; j_3++) {
-                r0 += v_dense_1_weight[(i_1)*64 + j_3]*v_x[(b_0)*64 + j_3];
+            real r0_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (int jo_3 = 0; jo_3 < 8; jo_3++) {
+                for (int u_4 = 0; u_4 < 8; u_4++) {
+                    r0_p[u_4] += v_dense_1_weight[(i_1)*64 + 8*jo_3 + u_4]*v_x[(b_0)*64 + 8*jo_3 + u_4];
+                }
             }
+            real r0 = (((r0_p[0] + r0_p[1]) + (r0_p[2] + r0_p[3])) + ((r0_p[4] + r0_p[5]) + (r0_p[6] + r0_p[7])));
             v_dense_1[(b_0)*64 + i_1] = r0 + v_dense_1_bias[i_1];
         }
     }
@@ -128,10 +131,13 @@ void digits_forward(const real *params, const digits_real *v_x, real *output, in
     /* z[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 10; i_1++) {
-            real r1 = 0;
-            for (int j_3 = 0; j_3 < 64; j_3++) {
-                r1 += v_dense_2_weight[(i_1)*64 + j_3]*v_h[(b_0)*64 + j_3];
+            real r1_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (int jo_6 = 0; jo_6 < 8; jo_6++) {
+                for (int u_7 = 0; u_7 < 8; u_7++) {
+                    r1_p[u_7] += v_dense_2_weight[(i_1)*64 + 8*jo_6 + u_7]*v_h[(b_0)*64 + 8*jo_6 + u_7];
+                }
             }
+            real r1 = (((r1_p[0] + r1_p[1]) + (r1_p[2] + r1_p[3])) + ((r1_p[4] + r1_p[5]) + (r1_p[6] + r1_p[7])));
             v_z[(b_0)*10 + i_1] = r1 + v_dense_2_bias[i_1];
         }
     }
@@ -188,10 +194,13 @@ real digits_loss(const real *params, const digits_real *v_x, const digits_real *
     /* dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 64; i_1++) {
-            real r0 = 0;
-            for (int j_3 = 0; j_3 < 64; j_3++) {
-                r0 += v_dense_1_weight[(i_1)*64 + j_3]*v_x[(b_0)*64 + j_3];
+            real r0_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (int jo_3 = 0; jo_3 < 8; jo_3++) {
+                for (int u_4 = 0; u_4 < 8; u_4++) {
+                    r0_p[u_4] += v_dense_1_weight[(i_1)*64 + 8*jo_3 + u_4]*v_x[(b_0)*64 + 8*jo_3 + u_4];
+                }
             }
+            real r0 = (((r0_p[0] + r0_p[1]) + (r0_p[2] + r0_p[3])) + ((r0_p[4] + r0_p[5]) + (r0_p[6] + r0_p[7])));
             v_dense_1[(b_0)*64 + i_1] = r0 + v_dense_1_bias[i_1];
         }
     }
@@ -204,21 +213,24 @@ real digits_loss(const real *params, const digits_real *v_x, const digits_real *
     /* z[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 10; i_1++) {
-            real r1 = 0;
-            for (int j_3 = 0; j_3 < 64; j_3++) {
-                r1 += v_dense_2_weight[(i_1)*64 + j_3]*v_h[(b_0)*64 + j_3];
+            real r1_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (int jo_6 = 0; jo_6 < 8; jo_6++) {
+                for (int u_7 = 0; u_7 < 8; u_7++) {
+                    r1_p[u_7] += v_dense_2_weight[(i_1)*64 + 8*jo_6 + u_7]*v_h[(b_0)*64 + 8*jo_6 + u_7];
+                }
             }
+            real r1 = (((r1_p[0] + r1_p[1]) + (r1_p[2] + r1_p[3])) + ((r1_p[4] + r1_p[5]) + (r1_p[6] + r1_p[7])));
             v_z[(b_0)*10 + i_1] = r1 + v_dense_2_bias[i_1];
         }
     }
     /* softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         real m = -INFINITY, s = 0;
-        for (int j_3 = 0; j_3 < 10; j_3++) {
-            { real v = v_z[(b_0)*10 + j_3]; if (v > m) m = v; }
+        for (int j_8 = 0; j_8 < 10; j_8++) {
+            { real v = v_z[(b_0)*10 + j_8]; if (v > m) m = v; }
         }
-        for (int j_3 = 0; j_3 < 10; j_3++) {
-            s += exp(v_z[(b_0)*10 + j_3] - m);
+        for (int j_8 = 0; j_8 < 10; j_8++) {
+            s += exp(v_z[(b_0)*10 + j_8] - m);
         }
         tmp0[b_0] = m;
         tmp1[b_0] = log(s);
@@ -278,10 +290,13 @@ real digits_loss_and_grad(const real *params, const digits_real *v_x, const digi
     /* dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 64; i_1++) {
-            real r0 = 0;
-            for (int j_3 = 0; j_3 < 64; j_3++) {
-                r0 += v_dense_1_weight[(i_1)*64 + j_3]*v_x[(b_0)*64 + j_3];
+            real r0_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (int jo_3 = 0; jo_3 < 8; jo_3++) {
+                for (int u_4 = 0; u_4 < 8; u_4++) {
+                    r0_p[u_4] += v_dense_1_weight[(i_1)*64 + 8*jo_3 + u_4]*v_x[(b_0)*64 + 8*jo_3 + u_4];
+                }
             }
+            real r0 = (((r0_p[0] + r0_p[1]) + (r0_p[2] + r0_p[3])) + ((r0_p[4] + r0_p[5]) + (r0_p[6] + r0_p[7])));
             v_dense_1[(b_0)*64 + i_1] = r0 + v_dense_1_bias[i_1];
         }
     }
@@ -294,21 +309,24 @@ real digits_loss_and_grad(const real *params, const digits_real *v_x, const digi
     /* z[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 10; i_1++) {
-            real r1 = 0;
-            for (int j_3 = 0; j_3 < 64; j_3++) {
-                r1 += v_dense_2_weight[(i_1)*64 + j_3]*v_h[(b_0)*64 + j_3];
+            real r1_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (int jo_6 = 0; jo_6 < 8; jo_6++) {
+                for (int u_7 = 0; u_7 < 8; u_7++) {
+                    r1_p[u_7] += v_dense_2_weight[(i_1)*64 + 8*jo_6 + u_7]*v_h[(b_0)*64 + 8*jo_6 + u_7];
+                }
             }
+            real r1 = (((r1_p[0] + r1_p[1]) + (r1_p[2] + r1_p[3])) + ((r1_p[4] + r1_p[5]) + (r1_p[6] + r1_p[7])));
             v_z[(b_0)*10 + i_1] = r1 + v_dense_2_bias[i_1];
         }
     }
     /* softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         real m = -INFINITY, s = 0;
-        for (int j_3 = 0; j_3 < 10; j_3++) {
-            { real v = v_z[(b_0)*10 + j_3]; if (v > m) m = v; }
+        for (int j_8 = 0; j_8 < 10; j_8++) {
+            { real v = v_z[(b_0)*10 + j_8]; if (v > m) m = v; }
         }
-        for (int j_3 = 0; j_3 < 10; j_3++) {
-            s += exp(v_z[(b_0)*10 + j_3] - m);
+        for (int j_8 = 0; j_8 < 10; j_8++) {
+            s += exp(v_z[(b_0)*10 + j_8] - m);
         }
         tmp0[b_0] = m;
         tmp1[b_0] = log(s);

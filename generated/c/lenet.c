@@ -220,10 +220,13 @@ void lenet_forward(const real *params, const lenet_real *v_x, real *output, int 
     /* z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 10; i_2++) {
-            real r3 = 0;
-            for (int j_3 = 0; j_3 < 256; j_3++) {
-                r3 += v_dense_1_weight[(i_2)*256 + j_3]*v_flatten_1[(b_0)*256 + j_3];
+            real r3_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (int jo_13 = 0; jo_13 < 32; jo_13++) {
+                for (int u_14 = 0; u_14 < 8; u_14++) {
+                    r3_p[u_14] += v_dense_1_weight[(i_2)*256 + 8*jo_13 + u_14]*v_flatten_1[(b_0)*256 + 8*jo_13 + u_14];
+                }
             }
+            real r3 = (((r3_p[0] + r3_p[1]) + (r3_p[2] + r3_p[3])) + ((r3_p[4] + r3_p[5]) + (r3_p[6] + r3_p[7])));
             v_z[(b_0)*10 + i_2] = r3 + v_dense_1_bias[i_2];
         }
     }
@@ -386,10 +389,13 @@ real lenet_loss(const real *params, const lenet_real *v_x, const lenet_real *v_y
     /* z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 10; i_2++) {
-            real r3 = 0;
-            for (int j_3 = 0; j_3 < 256; j_3++) {
-                r3 += v_dense_1_weight[(i_2)*256 + j_3]*v_flatten_1[(b_0)*256 + j_3];
+            real r3_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (int jo_13 = 0; jo_13 < 32; jo_13++) {
+                for (int u_14 = 0; u_14 < 8; u_14++) {
+                    r3_p[u_14] += v_dense_1_weight[(i_2)*256 + 8*jo_13 + u_14]*v_flatten_1[(b_0)*256 + 8*jo_13 + u_14];
+                }
             }
+            real r3 = (((r3_p[0] + r3_p[1]) + (r3_p[2] + r3_p[3])) + ((r3_p[4] + r3_p[5]) + (r3_p[6] + r3_p[7])));
             v_z[(b_0)*10 + i_2] = r3 + v_dense_1_bias[i_2];
         }
     }
@@ -568,10 +574,13 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
     /* z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 10; i_2++) {
-            real r3 = 0;
-            for (int j_3 = 0; j_3 < 256; j_3++) {
-                r3 += v_dense_1_weight[(i_2)*256 + j_3]*v_flatten_1[(b_0)*256 + j_3];
+            real r3_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (int jo_13 = 0; jo_13 < 32; jo_13++) {
+                for (int u_14 = 0; u_14 < 8; u_14++) {
+                    r3_p[u_14] += v_dense_1_weight[(i_2)*256 + 8*jo_13 + u_14]*v_flatten_1[(b_0)*256 + 8*jo_13 + u_14];
+                }
             }
+            real r3 = (((r3_p[0] + r3_p[1]) + (r3_p[2] + r3_p[3])) + ((r3_p[4] + r3_p[5]) + (r3_p[6] + r3_p[7])));
             v_z[(b_0)*10 + i_2] = r3 + v_dense_1_bias[i_2];
         }
     }
@@ -681,10 +690,13 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
                 for (int j_2 = 0; j_2 < 4; j_2++) {
                     for (int p_6 = 0; p_6 < 3; p_6++) {
                         for (int q_7 = 0; q_7 < 3; q_7++) {
-                            real r0 = 0;
-                            for (int o_9 = 0; o_9 < 16; o_9++) {
-                                r0 += v_conv2d_2_weight[(o_9)*72 + (ci_5)*9 + (p_6)*3 + q_7]*dv_conv2d_2[(b_0)*256 + (o_9)*16 + (i_1)*4 + j_2];
+                            real r0_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+                            for (int oo_9 = 0; oo_9 < 2; oo_9++) {
+                                for (int u_10 = 0; u_10 < 8; u_10++) {
+                                    r0_p[u_10] += v_conv2d_2_weight[(8*oo_9 + u_10)*72 + (ci_5)*9 + (p_6)*3 + q_7]*dv_conv2d_2[(b_0)*256 + (8*oo_9 + u_10)*16 + (i_1)*4 + j_2];
+                                }
                             }
+                            real r0 = (((r0_p[0] + r0_p[1]) + (r0_p[2] + r0_p[3])) + ((r0_p[4] + r0_p[5]) + (r0_p[6] + r0_p[7])));
                             if ((i_1 + p_6 - 1) >= 0 && (i_1 + p_6 - 1) < 4 && (j_2 + q_7 - 1) >= 0 && (j_2 + q_7 - 1) < 4) tmp5[(b_0)*128 + (ci_5)*16 + (i_1 + p_6 - 1)*4 + j_2 + q_7 - 1] += r0;
                         }
                     }
@@ -695,14 +707,14 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int ci_5 = 0; ci_5 < 8; ci_5++) {
             for (int k_3 = 0; k_3 < 4; k_3++) {
-                for (int l_10 = 0; l_10 < 4; l_10++) {
-                    dv_h[(b_0)*128 + (ci_5)*16 + (k_3)*4 + l_10] = tmp5[(b_0)*128 + (ci_5)*16 + (k_3)*4 + l_10];
+                for (int l_11 = 0; l_11 < 4; l_11++) {
+                    dv_h[(b_0)*128 + (ci_5)*16 + (k_3)*4 + l_11] = tmp5[(b_0)*128 + (ci_5)*16 + (k_3)*4 + l_11];
                 }
             }
         }
     }
     /* d_conv2d_2_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_2[b, o, i, j]*h[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_2-weight] */
-    for (int o_9 = 0; o_9 < 16; o_9++) {
+    for (int o_12 = 0; o_12 < 16; o_12++) {
         for (int ci_5 = 0; ci_5 < 8; ci_5++) {
             for (int p_6 = 0; p_6 < 3; p_6++) {
                 for (int q_7 = 0; q_7 < 3; q_7++) {
@@ -710,26 +722,26 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
                     for (int b_0 = 0; b_0 < batch; b_0++) {
                         for (int i_1 = 0; i_1 < 4; i_1++) {
                             for (int j_2 = 0; j_2 < 4; j_2++) {
-                                r1 += dv_conv2d_2[(b_0)*256 + (o_9)*16 + (i_1)*4 + j_2]*(((i_1 + p_6 - 1) >= 0 && (i_1 + p_6 - 1) < 4 && (j_2 + q_7 - 1) >= 0 && (j_2 + q_7 - 1) < 4) ? v_h[(b_0)*128 + (ci_5)*16 + (i_1 + p_6 - 1)*4 + j_2 + q_7 - 1] : (real)0);
+                                r1 += dv_conv2d_2[(b_0)*256 + (o_12)*16 + (i_1)*4 + j_2]*(((i_1 + p_6 - 1) >= 0 && (i_1 + p_6 - 1) < 4 && (j_2 + q_7 - 1) >= 0 && (j_2 + q_7 - 1) < 4) ? v_h[(b_0)*128 + (ci_5)*16 + (i_1 + p_6 - 1)*4 + j_2 + q_7 - 1] : (real)0);
                             }
                         }
                     }
-                    dv_conv2d_2_weight[(o_9)*72 + (ci_5)*9 + (p_6)*3 + q_7] = r1;
+                    dv_conv2d_2_weight[(o_12)*72 + (ci_5)*9 + (p_6)*3 + q_7] = r1;
                 }
             }
         }
     }
     /* d_conv2d_2_bias[o] = Σ_b,i,j d_conv2d_2[b, o, i, j]  [#bwd-conv2d_2-bias] */
-    for (int o_9 = 0; o_9 < 16; o_9++) {
+    for (int o_12 = 0; o_12 < 16; o_12++) {
         real r2 = 0;
         for (int b_0 = 0; b_0 < batch; b_0++) {
             for (int i_1 = 0; i_1 < 4; i_1++) {
                 for (int j_2 = 0; j_2 < 4; j_2++) {
-                    r2 += dv_conv2d_2[(b_0)*256 + (o_9)*16 + (i_1)*4 + j_2];
+                    r2 += dv_conv2d_2[(b_0)*256 + (o_12)*16 + (i_1)*4 + j_2];
                 }
             }
         }
-        dv_conv2d_2_bias[o_9] = r2;
+        dv_conv2d_2_bias[o_12] = r2;
     }
     /* d_relu_1[b, ch, k, l] = Σ_i,j,p1,q1 (FirstArgmax(relu_1[b, ch, p1 + 2*i, q1 + 2*j], (p1, 0, 1), (q1, 0, 1))*d_h[b, ch, i, j]*δ(k,p1 + 2*i)*δ(l,q1 + 2*j))  [#bwd-maxpool2d_1-relu_1] */
     for (long n = 0; n < (long)batch*8*8*8; n++) tmp6[n] = 0;
@@ -737,16 +749,16 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
         for (int ch_4 = 0; ch_4 < 8; ch_4++) {
             for (int i_1 = 0; i_1 < 4; i_1++) {
                 for (int j_2 = 0; j_2 < 4; j_2++) {
-                    for (int p1_13 = 0; p1_13 < 2; p1_13++) {
-                        for (int q1_14 = 0; q1_14 < 2; q1_14++) {
+                    for (int p1_15 = 0; p1_15 < 2; p1_15++) {
+                        for (int q1_16 = 0; q1_16 < 2; q1_16++) {
                             real r3_m = -INFINITY; long r3_best = -1, r3_k = 0;
-                            for (int p1s_16 = 0; p1s_16 < 2; p1s_16++) {
-                                for (int q1s_17 = 0; q1s_17 < 2; q1s_17++) {
-                                    { real v = v_relu_1[(b_0)*512 + (ch_4)*64 + (p1s_16 + 2*i_1)*8 + q1s_17 + 2*j_2]; if (r3_best < 0 || v > r3_m) { r3_m = v; r3_best = r3_k; } r3_k++; }
+                            for (int p1s_18 = 0; p1s_18 < 2; p1s_18++) {
+                                for (int q1s_19 = 0; q1s_19 < 2; q1s_19++) {
+                                    { real v = v_relu_1[(b_0)*512 + (ch_4)*64 + (p1s_18 + 2*i_1)*8 + q1s_19 + 2*j_2]; if (r3_best < 0 || v > r3_m) { r3_m = v; r3_best = r3_k; } r3_k++; }
                                 }
                             }
-                            real r3 = (real)((q1_14*1 + p1_13*2) == r3_best);
-                            tmp6[(b_0)*512 + (ch_4)*64 + (2*i_1 + p1_13)*8 + 2*j_2 + q1_14] += r3*dv_h[(b_0)*128 + (ch_4)*16 + (i_1)*4 + j_2];
+                            real r3 = (real)((q1_16*1 + p1_15*2) == r3_best);
+                            tmp6[(b_0)*512 + (ch_4)*64 + (2*i_1 + p1_15)*8 + 2*j_2 + q1_16] += r3*dv_h[(b_0)*128 + (ch_4)*16 + (i_1)*4 + j_2];
                         }
                     }
                 }
@@ -756,8 +768,8 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int ch_4 = 0; ch_4 < 8; ch_4++) {
             for (int k_3 = 0; k_3 < 8; k_3++) {
-                for (int l_10 = 0; l_10 < 8; l_10++) {
-                    dv_relu_1[(b_0)*512 + (ch_4)*64 + (k_3)*8 + l_10] = tmp6[(b_0)*512 + (ch_4)*64 + (k_3)*8 + l_10];
+                for (int l_11 = 0; l_11 < 8; l_11++) {
+                    dv_relu_1[(b_0)*512 + (ch_4)*64 + (k_3)*8 + l_11] = tmp6[(b_0)*512 + (ch_4)*64 + (k_3)*8 + l_11];
                 }
             }
         }
@@ -773,7 +785,7 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
         }
     }
     /* d_conv2d_1_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_1[b, o, i, j]*x[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_1-weight] */
-    for (int o_9 = 0; o_9 < 8; o_9++) {
+    for (int o_12 = 0; o_12 < 8; o_12++) {
         for (int ci_5 = 0; ci_5 < 1; ci_5++) {
             for (int p_6 = 0; p_6 < 3; p_6++) {
                 for (int q_7 = 0; q_7 < 3; q_7++) {
@@ -781,26 +793,26 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
                     for (int b_0 = 0; b_0 < batch; b_0++) {
                         for (int i_1 = 0; i_1 < 8; i_1++) {
                             for (int j_2 = 0; j_2 < 8; j_2++) {
-                                r4 += dv_conv2d_1[(b_0)*512 + (o_9)*64 + (i_1)*8 + j_2]*(((i_1 + p_6 - 1) >= 0 && (i_1 + p_6 - 1) < 8 && (j_2 + q_7 - 1) >= 0 && (j_2 + q_7 - 1) < 8) ? v_x[(b_0)*64 + (ci_5)*64 + (i_1 + p_6 - 1)*8 + j_2 + q_7 - 1] : (real)0);
+                                r4 += dv_conv2d_1[(b_0)*512 + (o_12)*64 + (i_1)*8 + j_2]*(((i_1 + p_6 - 1) >= 0 && (i_1 + p_6 - 1) < 8 && (j_2 + q_7 - 1) >= 0 && (j_2 + q_7 - 1) < 8) ? v_x[(b_0)*64 + (ci_5)*64 + (i_1 + p_6 - 1)*8 + j_2 + q_7 - 1] : (real)0);
                             }
                         }
                     }
-                    dv_conv2d_1_weight[(o_9)*9 + (ci_5)*9 + (p_6)*3 + q_7] = r4;
+                    dv_conv2d_1_weight[(o_12)*9 + (ci_5)*9 + (p_6)*3 + q_7] = r4;
                 }
             }
         }
     }
     /* d_conv2d_1_bias[o] = Σ_b,i,j d_conv2d_1[b, o, i, j]  [#bwd-conv2d_1-bias] */
-    for (int o_9 = 0; o_9 < 8; o_9++) {
+    for (int o_12 = 0; o_12 < 8; o_12++) {
         real r5 = 0;
         for (int b_0 = 0; b_0 < batch; b_0++) {
             for (int i_1 = 0; i_1 < 8; i_1++) {
                 for (int j_2 = 0; j_2 < 8; j_2++) {
-                    r5 += dv_conv2d_1[(b_0)*512 + (o_9)*64 + (i_1)*8 + j_2];
+                    r5 += dv_conv2d_1[(b_0)*512 + (o_12)*64 + (i_1)*8 + j_2];
                 }
             }
         }
-        dv_conv2d_1_bias[o_9] = r5;
+        dv_conv2d_1_bias[o_12] = r5;
     }
     return lenet_loss_value(v_softmax_cross_entropy_1, batch);
 }

@@ -106,10 +106,13 @@ void nielsen_forward(const real *params, const nielsen_real *v_x, real *output, 
     /* dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 30; i_1++) {
-            real r0 = 0;
-            for (int j_3 = 0; j_3 < 784; j_3++) {
-                r0 += v_dense_1_weight[(i_1)*784 + j_3]*v_x[(b_0)*784 + j_3];
+            real r0_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (int jo_3 = 0; jo_3 < 98; jo_3++) {
+                for (int u_4 = 0; u_4 < 8; u_4++) {
+                    r0_p[u_4] += v_dense_1_weight[(i_1)*784 + 8*jo_3 + u_4]*v_x[(b_0)*784 + 8*jo_3 + u_4];
+                }
             }
+            real r0 = (((r0_p[0] + r0_p[1]) + (r0_p[2] + r0_p[3])) + ((r0_p[4] + r0_p[5]) + (r0_p[6] + r0_p[7])));
             v_dense_1[(b_0)*30 + i_1] = r0 + v_dense_1_bias[i_1];
         }
     }
@@ -122,10 +125,16 @@ void nielsen_forward(const real *params, const nielsen_real *v_x, real *output, 
     /* dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*sigmoid_1[b, j])  [#fwd-dense_2] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 10; i_1++) {
-            real r1 = 0;
-            for (int j_3 = 0; j_3 < 30; j_3++) {
-                r1 += v_dense_2_weight[(i_1)*30 + j_3]*v_sigmoid_1[(b_0)*30 + j_3];
+            real r1_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (int jo_6 = 0; jo_6 < 3; jo_6++) {
+                for (int u_7 = 0; u_7 < 8; u_7++) {
+                    r1_p[u_7] += v_dense_2_weight[(i_1)*30 + 8*jo_6 + u_7]*v_sigmoid_1[(b_0)*30 + 8*jo_6 + u_7];
+                }
             }
+            for (int j_8 = 24; j_8 < 30; j_8++) {
+                r1_p[0] += v_dense_2_weight[(i_1)*30 + j_8]*v_sigmoid_1[(b_0)*30 + j_8];
+            }
+            real r1 = (((r1_p[0] + r1_p[1]) + (r1_p[2] + r1_p[3])) + ((r1_p[4] + r1_p[5]) + (r1_p[6] + r1_p[7])));
             v_dense_2[(b_0)*10 + i_1] = r1 + v_dense_2_bias[i_1];
         }
     }
@@ -182,10 +191,13 @@ real nielsen_loss(const real *params, const nielsen_real *v_x, const nielsen_rea
     /* dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 30; i_1++) {
-            real r0 = 0;
-            for (int j_3 = 0; j_3 < 784; j_3++) {
-                r0 += v_dense_1_weight[(i_1)*784 + j_3]*v_x[(b_0)*784 + j_3];
+            real r0_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (int jo_3 = 0; jo_3 < 98; jo_3++) {
+                for (int u_4 = 0; u_4 < 8; u_4++) {
+                    r0_p[u_4] += v_dense_1_weight[(i_1)*784 + 8*jo_3 + u_4]*v_x[(b_0)*784 + 8*jo_3 + u_4];
+                }
             }
+            real r0 = (((r0_p[0] + r0_p[1]) + (r0_p[2] + r0_p[3])) + ((r0_p[4] + r0_p[5]) + (r0_p[6] + r0_p[7])));
             v_dense_1[(b_0)*30 + i_1] = r0 + v_dense_1_bias[i_1];
         }
     }
@@ -198,10 +210,16 @@ real nielsen_loss(const real *params, const nielsen_real *v_x, const nielsen_rea
     /* dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*sigmoid_1[b, j])  [#fwd-dense_2] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 10; i_1++) {
-            real r1 = 0;
-            for (int j_3 = 0; j_3 < 30; j_3++) {
-                r1 += v_dense_2_weight[(i_1)*30 + j_3]*v_sigmoid_1[(b_0)*30 + j_3];
+            real r1_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (int jo_6 = 0; jo_6 < 3; jo_6++) {
+                for (int u_7 = 0; u_7 < 8; u_7++) {
+                    r1_p[u_7] += v_dense_2_weight[(i_1)*30 + 8*jo_6 + u_7]*v_sigmoid_1[(b_0)*30 + 8*jo_6 + u_7];
+                }
             }
+            for (int j_8 = 24; j_8 < 30; j_8++) {
+                r1_p[0] += v_dense_2_weight[(i_1)*30 + j_8]*v_sigmoid_1[(b_0)*30 + j_8];
+            }
+            real r1 = (((r1_p[0] + r1_p[1]) + (r1_p[2] + r1_p[3])) + ((r1_p[4] + r1_p[5]) + (r1_p[6] + r1_p[7])));
             v_dense_2[(b_0)*10 + i_1] = r1 + v_dense_2_bias[i_1];
         }
     }
@@ -261,10 +279,13 @@ real nielsen_loss_and_grad(const real *params, const nielsen_real *v_x, const ni
     /* dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 30; i_1++) {
-            real r0 = 0;
-            for (int j_3 = 0; j_3 < 784; j_3++) {
-                r0 += v_dense_1_weight[(i_1)*784 + j_3]*v_x[(b_0)*784 + j_3];
+            real r0_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (int jo_3 = 0; jo_3 < 98; jo_3++) {
+                for (int u_4 = 0; u_4 < 8; u_4++) {
+                    r0_p[u_4] += v_dense_1_weight[(i_1)*784 + 8*jo_3 + u_4]*v_x[(b_0)*784 + 8*jo_3 + u_4];
+                }
             }
+            real r0 = (((r0_p[0] + r0_p[1]) + (r0_p[2] + r0_p[3])) + ((r0_p[4] + r0_p[5]) + (r0_p[6] + r0_p[7])));
             v_dense_1[(b_0)*30 + i_1] = r0 + v_dense_1_bias[i_1];
         }
     }
@@ -277,10 +298,16 @@ real nielsen_loss_and_grad(const real *params, const nielsen_real *v_x, const ni
     /* dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*sigmoid_1[b, j])  [#fwd-dense_2] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 10; i_1++) {
-            real r1 = 0;
-            for (int j_3 = 0; j_3 < 30; j_3++) {
-                r1 += v_dense_2_weight[(i_1)*30 + j_3]*v_sigmoid_1[(b_0)*30 + j_3];
+            real r1_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (int jo_6 = 0; jo_6 < 3; jo_6++) {
+                for (int u_7 = 0; u_7 < 8; u_7++) {
+                    r1_p[u_7] += v_dense_2_weight[(i_1)*30 + 8*jo_6 + u_7]*v_sigmoid_1[(b_0)*30 + 8*jo_6 + u_7];
+                }
             }
+            for (int j_8 = 24; j_8 < 30; j_8++) {
+                r1_p[0] += v_dense_2_weight[(i_1)*30 + j_8]*v_sigmoid_1[(b_0)*30 + j_8];
+            }
+            real r1 = (((r1_p[0] + r1_p[1]) + (r1_p[2] + r1_p[3])) + ((r1_p[4] + r1_p[5]) + (r1_p[6] + r1_p[7])));
             v_dense_2[(b_0)*10 + i_1] = r1 + v_dense_2_bias[i_1];
         }
     }

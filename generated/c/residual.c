@@ -278,10 +278,13 @@ void residual_forward(const real *params, const residual_real *v_x, real *output
     /* z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 10; i_2++) {
-            real r4 = 0;
-            for (int j_3 = 0; j_3 < 128; j_3++) {
-                r4 += v_dense_1_weight[(i_2)*128 + j_3]*v_flatten_1[(b_0)*128 + j_3];
+            real r4_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (int jo_14 = 0; jo_14 < 16; jo_14++) {
+                for (int u_15 = 0; u_15 < 8; u_15++) {
+                    r4_p[u_15] += v_dense_1_weight[(i_2)*128 + 8*jo_14 + u_15]*v_flatten_1[(b_0)*128 + 8*jo_14 + u_15];
+                }
             }
+            real r4 = (((r4_p[0] + r4_p[1]) + (r4_p[2] + r4_p[3])) + ((r4_p[4] + r4_p[5]) + (r4_p[6] + r4_p[7])));
             v_z[(b_0)*10 + i_2] = r4 + v_dense_1_bias[i_2];
         }
     }
@@ -500,10 +503,13 @@ real residual_loss(const real *params, const residual_real *v_x, const residual_
     /* z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 10; i_2++) {
-            real r4 = 0;
-            for (int j_3 = 0; j_3 < 128; j_3++) {
-                r4 += v_dense_1_weight[(i_2)*128 + j_3]*v_flatten_1[(b_0)*128 + j_3];
+            real r4_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (int jo_14 = 0; jo_14 < 16; jo_14++) {
+                for (int u_15 = 0; u_15 < 8; u_15++) {
+                    r4_p[u_15] += v_dense_1_weight[(i_2)*128 + 8*jo_14 + u_15]*v_flatten_1[(b_0)*128 + 8*jo_14 + u_15];
+                }
             }
+            real r4 = (((r4_p[0] + r4_p[1]) + (r4_p[2] + r4_p[3])) + ((r4_p[4] + r4_p[5]) + (r4_p[6] + r4_p[7])));
             v_z[(b_0)*10 + i_2] = r4 + v_dense_1_bias[i_2];
         }
     }
@@ -740,10 +746,13 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
     /* z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 10; i_2++) {
-            real r4 = 0;
-            for (int j_3 = 0; j_3 < 128; j_3++) {
-                r4 += v_dense_1_weight[(i_2)*128 + j_3]*v_flatten_1[(b_0)*128 + j_3];
+            real r4_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (int jo_14 = 0; jo_14 < 16; jo_14++) {
+                for (int u_15 = 0; u_15 < 8; u_15++) {
+                    r4_p[u_15] += v_dense_1_weight[(i_2)*128 + 8*jo_14 + u_15]*v_flatten_1[(b_0)*128 + 8*jo_14 + u_15];
+                }
             }
+            real r4 = (((r4_p[0] + r4_p[1]) + (r4_p[2] + r4_p[3])) + ((r4_p[4] + r4_p[5]) + (r4_p[6] + r4_p[7])));
             v_z[(b_0)*10 + i_2] = r4 + v_dense_1_bias[i_2];
         }
     }
