@@ -279,7 +279,7 @@ class CLowerer:
             self._emit(f"real {result}_m = -INFINITY; long {result}_best = -1, {result}_k = 0;")
             self._open(list(fresh.values()))
             inner = self._inline(body.xreplace(fresh))
-            self._emit(f"{{ real v = {p.doprint(inner)}; if ({result}_best < 0 || v > {result}_m) "
+            self._emit(f"{{ real v = {p.doprint(inner)}; if ({result}_best < 0 || v > {result}_m || isnan(v)) "
                        f"{{ {result}_m = v; {result}_best = {result}_k; }} {result}_k++; }}")
             self._close(len(vs))
             here, stride = [], 1
@@ -296,7 +296,7 @@ class CLowerer:
         if kind is sp.Sum:
             self._emit(f"{result} += {inner};")
         else:
-            self._emit(f"{{ real v = {inner}; if (v > {result}) {result} = v; }}")
+            self._emit(f"{{ real v = {inner}; if (v > {result} || isnan(v)) {result} = v; }}")
         self._close(len(vs))
         if kind is LogSumExp:  # max + log(sum exp(f - max)), the parts apart (see _print_Add)
             log_sum = sp.Symbol(f"{result}_ls")
@@ -379,7 +379,7 @@ class CLowerer:
         elif kind is MaxOver:
             self._emit("real m = -INFINITY;")
             self._open(vs)
-            self._emit(f"{{ real v = {p.doprint(self._inline(body))}; if (v > m) m = v; }}")
+            self._emit(f"{{ real v = {p.doprint(self._inline(body))}; if (v > m || isnan(v)) m = v; }}")
             self._close(len(vs))
             self._emit(f"{out} = m;")
         elif kind is LogSumExp:  # two temporaries: the max, and log(sum exp(f - max))
@@ -387,7 +387,7 @@ class CLowerer:
             out_ls = f"{log_sum}[{self._linear(self.buffers[log_sum], free)[0]}]"
             self._emit("real m = -INFINITY, s = 0;")
             self._open(vs)
-            self._emit(f"{{ real v = {p.doprint(self._inline(body))}; if (v > m) m = v; }}")
+            self._emit(f"{{ real v = {p.doprint(self._inline(body))}; if (v > m || isnan(v)) m = v; }}")
             self._close(len(vs))
             self._open(vs)
             self._emit(f"s += exp({p.doprint(self._inline(body))} - m);")
@@ -399,10 +399,10 @@ class CLowerer:
             self.lse_log.add(log_sum)
             return (real_base(name)[tuple(labels)] if labels else real_base(name)[()]) + \
                 (real_base(log_sum)[tuple(labels)] if labels else real_base(log_sum)[()])
-        else:  # FirstArgmax: 1 at the first maximum in row-major order
+        else:  # FirstArgmax: 1 at the first maximum in row-major order (a NaN wins, the last one, as PyTorch)
             self._emit("real m = -INFINITY; long best = -1, k = 0;")
             self._open(vs)
-            self._emit(f"{{ real v = {p.doprint(self._inline(body))}; if (best < 0 || v > m) {{ m = v; best = k; }} k++; }}")
+            self._emit(f"{{ real v = {p.doprint(self._inline(body))}; if (best < 0 || v > m || isnan(v)) {{ m = v; best = k; }} k++; }}")
             self._close(len(vs))
             self._emit("k = 0;")
             self._open(vs)

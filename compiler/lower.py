@@ -263,7 +263,12 @@ class Lowerer:
             labels = [s for s in order if s in _index_syms(body, self.ranges)]
             axes = _axes(tuple(labels.index(v) for v in vs if v in labels))
             out = [s for s in labels if s not in vs]
-            ref = self._temp(f"{_paren(self._elementwise(body, labels))}.max(axis={axes})", out)
+            if kind is MaxOver:
+                self.kernels.helpers.add("max_over")
+                where = tuple(labels.index(v) for v in vs if v in labels)
+                ref = self._temp(f"_max_over({self._elementwise(body, labels)}, {where})", out)
+            else:
+                ref = self._temp(f"{_paren(self._elementwise(body, labels))}.max(axis={axes})", out)
             if kind is LogSumExp:
                 # kept as max + log(sum exp(f - max)), the two parts apart, so x - logsumexp
                 # is evaluated as (x - max) - log(...): no rounding to the spacing of max

@@ -103,7 +103,9 @@ def _patches(a, windows):
     for axis, start, stride, n, k in windows:
         pad[axis] = (max(0, -start), max(0, start + stride * (n - 1) + k - a.shape[axis]))
     if any(p != (0, 0) for p in pad):
-        a = np.pad(a, pad)
+        padded = np.zeros([s + lo + hi for s, (lo, hi) in zip(a.shape, pad)], dtype=a.dtype)
+        padded[tuple(slice(lo, lo + s) for s, (lo, _) in zip(a.shape, pad))] = a
+        a = padded
     view = sliding_window_view(a, tuple(w[4] for w in windows), axis=tuple(w[0] for w in windows))
     index = [slice(None)] * view.ndim
     for axis, start, stride, n, k in windows:
@@ -113,29 +115,65 @@ def _patches(a, windows):
 
 
 def _unpatches(g, shape, windows):
-    # the adjoint of _patches: add each kernel offset's slice of g back into place,
-    # one strided add per offset (no np.add.at)
-    pad = [(0, 0)] * len(shape)
+    # the adjoint of _patches: add each kernel offset's slice of g back into place, one
+    # strided add per offset (no np.add.at), with the batch axis innermost when it is
+    # longer than the last axis: numpy is slow on short inner loops
+    rank, nk = len(shape), len(windows)
+    pad = [(0, 0)] * rank
     for axis, start, stride, n, k in windows:
         pad[axis] = (max(0, -start), max(0, start + stride * (n - 1) + k - shape[axis]))
-    out = np.zeros([s + lo + hi for s, (lo, hi) in zip(shape, pad)], dtype=g.dtype)
-    nk = len(windows)
+    order = list(range(1, rank)) + [0] if nk and shape[0] > shape[-1] else list(range(rank))
+    out = np.zeros([shape[a] + sum(pad[a]) for a in order], dtype=g.dtype)
+    if nk:  # kernel axes first, each offset's slice one contiguous block
+        g = np.ascontiguousarray(g.transpose(list(range(rank, rank + nk)) + order))
     for offsets in np.ndindex(*(w[4] for w in windows)):
-        index = [slice(None)] * len(shape)
+        index = [slice(None)] * rank
         for (axis, start, stride, n, k), p in zip(windows, offsets):
             first = start + pad[axis][0] + p
             index[axis] = slice(first, first + stride * (n - 1) + 1, stride)
-        out[tuple(index)] += g[(Ellipsis,) + offsets] if nk else g
-    return out[tuple(slice(lo, lo + s) for s, (lo, hi) in zip(shape, pad))]
+        out[tuple(index[a] for a in order)] += g[offsets] if nk else g
+    crop = [slice(lo, lo + s) for s, (lo, hi) in zip(shape, pad)]
+    return out[tuple(crop[a] for a in order)].transpose(np.argsort(order))
+
+
+def _max_over(a, axes):
+    # max over a few window axes as elementwise maxima of whole slices, the window axes
+    # moved first in one copy: numpy is many times slower reducing short strided axes
+    if np.prod([a.shape[d] for d in axes]) > 16:
+        return a.max(axis=axes)
+    k = len(axes)
+    moved = np.ascontiguousarray(np.moveaxis(a, axes, range(k)))
+    out = None
+    for offsets in np.ndindex(*moved.shape[:k]):
+        out = moved[offsets].copy() if out is None else np.maximum(out, moved[offsets], out=out)
+    return out
 
 
 def _first_argmax(a, axes):
-    # 1 at the first maximum over `axes` (row-major, as PyTorch's CPU max-pool), else 0
-    rest = [d for d in range(a.ndim) if d not in axes]
-    moved = np.moveaxis(a, axes, range(a.ndim - len(axes), a.ndim))
-    flat = moved.reshape(moved.shape[:len(rest)] + (-1,))
-    hot = np.arange(flat.shape[-1]) == flat.argmax(axis=-1)[..., None]
-    return np.moveaxis(hot.reshape(moved.shape), range(a.ndim - len(axes), a.ndim), axes).astype(a.dtype)
+    # 1 at the first maximum over `axes` in row-major order, else 0; a NaN wins, the
+    # last one if several, as in PyTorch's CPU max-pool.  A small window is walked
+    # offset by offset over whole slices, its axes moved first in one copy
+    k = len(axes)
+    if np.prod([a.shape[d] for d in axes]) > 16:
+        moved = np.moveaxis(a, axes, range(a.ndim - k, a.ndim))
+        flat = moved.reshape(moved.shape[:a.ndim - k] + (-1,))
+        at, nan = flat.argmax(axis=-1), np.isnan(flat)
+        if nan.any():  # argmax picks the first NaN
+            at = np.where(nan.any(axis=-1), flat.shape[-1] - 1 - nan[..., ::-1].argmax(axis=-1), at)
+        hot = np.arange(flat.shape[-1]) == at[..., None]
+        return np.moveaxis(hot.reshape(moved.shape), range(a.ndim - k, a.ndim), axes).astype(a.dtype)
+    moved = np.ascontiguousarray(np.moveaxis(a, axes, range(k)))
+    offsets = list(np.ndindex(*moved.shape[:k]))
+    best = moved[offsets[0]]
+    which = np.zeros(best.shape, dtype=np.int8 if len(offsets) < 128 else np.intp)
+    for n, o in enumerate(offsets[1:], 1):
+        v = moved[o]
+        np.copyto(which, n, where=(v > best) | (v != v))
+        best = np.maximum(best, v)  # NaN-propagating, so the same as taking v where newer
+    hot = np.empty(moved.shape, dtype=a.dtype)
+    for n, o in enumerate(offsets):
+        hot[o] = which == n
+    return np.moveaxis(hot, range(k), axes)
 
 
 def forward(params, x):
@@ -153,7 +191,7 @@ def forward(params, x):
     # relu_1: relu_1[b, i, j, k] = where(conv2d_1[b, i, j, k] > 0, conv2d_1[b, i, j, k], 0)  [#fwd-relu_1]
     # maxpool2d_1: h[b, ch, i, j] = max_p,q(relu_1[b, ch, p + 2*i, q + 2*j])  [#fwd-maxpool2d_1]
     # conv2d_2: conv2d_2[b, o, i, j] = conv2d_2.bias[o] + Σ_ci,p,q (conv2d_2.weight[o, ci, p, q]*h[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_2]
-    conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, _patches(np.where((conv2d_1 > 0), conv2d_1, 0).reshape(batch, 8, 4, 2, 4, 2).transpose((0, 1, 2, 4, 3, 5)).max(axis=(4, 5)), ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3))), axes=([1, 2, 3], [1, 4, 5])).transpose((1, 0, 2, 3))
+    conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, _patches(_max_over(np.where((conv2d_1 > 0), conv2d_1, 0).reshape(batch, 8, 4, 2, 4, 2).transpose((0, 1, 2, 4, 3, 5)), (4, 5)), ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3))), axes=([1, 2, 3], [1, 4, 5])).transpose((1, 0, 2, 3))
     # relu_2: g[b, i, j, k] = where(conv2d_2[b, i, j, k] > 0, conv2d_2[b, i, j, k], 0)  [#fwd-relu_2]
     # flatten_1: flatten_1[b, j + 4*i + 16*ch] = g[b, ch, i, j]  [#fwd-flatten_1]
     # dense_1: z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1]
@@ -176,7 +214,7 @@ def loss(params, x, y):
     # relu_1: relu_1[b, i, j, k] = where(conv2d_1[b, i, j, k] > 0, conv2d_1[b, i, j, k], 0)  [#fwd-relu_1]
     relu_1 = np.where((conv2d_1 > 0), conv2d_1, 0)
     # maxpool2d_1: h[b, ch, i, j] = max_p,q(relu_1[b, ch, p + 2*i, q + 2*j])  [#fwd-maxpool2d_1]
-    h = relu_1.reshape(batch, 8, 4, 2, 4, 2).transpose((0, 1, 2, 4, 3, 5)).max(axis=(4, 5))
+    h = _max_over(relu_1.reshape(batch, 8, 4, 2, 4, 2).transpose((0, 1, 2, 4, 3, 5)), (4, 5))
     # conv2d_2: conv2d_2[b, o, i, j] = conv2d_2.bias[o] + Σ_ci,p,q (conv2d_2.weight[o, ci, p, q]*h[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_2]
     conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, _patches(h, ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3))), axes=([1, 2, 3], [1, 4, 5])).transpose((1, 0, 2, 3))
     # relu_2: g[b, i, j, k] = where(conv2d_2[b, i, j, k] > 0, conv2d_2[b, i, j, k], 0)  [#fwd-relu_2]
@@ -206,7 +244,7 @@ def loss_and_grad(params, x, y):
     # relu_1: relu_1[b, i, j, k] = where(conv2d_1[b, i, j, k] > 0, conv2d_1[b, i, j, k], 0)  [#fwd-relu_1]
     relu_1 = np.where((conv2d_1 > 0), conv2d_1, 0)
     # maxpool2d_1: h[b, ch, i, j] = max_p,q(relu_1[b, ch, p + 2*i, q + 2*j])  [#fwd-maxpool2d_1]
-    h = relu_1.reshape(batch, 8, 4, 2, 4, 2).transpose((0, 1, 2, 4, 3, 5)).max(axis=(4, 5))
+    h = _max_over(relu_1.reshape(batch, 8, 4, 2, 4, 2).transpose((0, 1, 2, 4, 3, 5)), (4, 5))
     # conv2d_2: conv2d_2[b, o, i, j] = conv2d_2.bias[o] + Σ_ci,p,q (conv2d_2.weight[o, ci, p, q]*h[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_2]
     conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, _patches(h, ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3))), axes=([1, 2, 3], [1, 4, 5])).transpose((1, 0, 2, 3))
     # relu_2: g[b, i, j, k] = where(conv2d_2[b, i, j, k] > 0, conv2d_2[b, i, j, k], 0)  [#fwd-relu_2]

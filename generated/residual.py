@@ -107,7 +107,9 @@ def _patches(a, windows):
     for axis, start, stride, n, k in windows:
         pad[axis] = (max(0, -start), max(0, start + stride * (n - 1) + k - a.shape[axis]))
     if any(p != (0, 0) for p in pad):
-        a = np.pad(a, pad)
+        padded = np.zeros([s + lo + hi for s, (lo, hi) in zip(a.shape, pad)], dtype=a.dtype)
+        padded[tuple(slice(lo, lo + s) for s, (lo, _) in zip(a.shape, pad))] = a
+        a = padded
     view = sliding_window_view(a, tuple(w[4] for w in windows), axis=tuple(w[0] for w in windows))
     index = [slice(None)] * view.ndim
     for axis, start, stride, n, k in windows:
@@ -117,20 +119,25 @@ def _patches(a, windows):
 
 
 def _unpatches(g, shape, windows):
-    # the adjoint of _patches: add each kernel offset's slice of g back into place,
-    # one strided add per offset (no np.add.at)
-    pad = [(0, 0)] * len(shape)
+    # the adjoint of _patches: add each kernel offset's slice of g back into place, one
+    # strided add per offset (no np.add.at), with the batch axis innermost when it is
+    # longer than the last axis: numpy is slow on short inner loops
+    rank, nk = len(shape), len(windows)
+    pad = [(0, 0)] * rank
     for axis, start, stride, n, k in windows:
         pad[axis] = (max(0, -start), max(0, start + stride * (n - 1) + k - shape[axis]))
-    out = np.zeros([s + lo + hi for s, (lo, hi) in zip(shape, pad)], dtype=g.dtype)
-    nk = len(windows)
+    order = list(range(1, rank)) + [0] if nk and shape[0] > shape[-1] else list(range(rank))
+    out = np.zeros([shape[a] + sum(pad[a]) for a in order], dtype=g.dtype)
+    if nk:  # kernel axes first, each offset's slice one contiguous block
+        g = np.ascontiguousarray(g.transpose(list(range(rank, rank + nk)) + order))
     for offsets in np.ndindex(*(w[4] for w in windows)):
-        index = [slice(None)] * len(shape)
+        index = [slice(None)] * rank
         for (axis, start, stride, n, k), p in zip(windows, offsets):
             first = start + pad[axis][0] + p
             index[axis] = slice(first, first + stride * (n - 1) + 1, stride)
-        out[tuple(index)] += g[(Ellipsis,) + offsets] if nk else g
-    return out[tuple(slice(lo, lo + s) for s, (lo, hi) in zip(shape, pad))]
+        out[tuple(index[a] for a in order)] += g[offsets] if nk else g
+    crop = [slice(lo, lo + s) for s, (lo, hi) in zip(shape, pad)]
+    return out[tuple(crop[a] for a in order)].transpose(np.argsort(order))
 
 
 def forward(params, x):

@@ -165,6 +165,22 @@ def test_sgd_step_updates_whatever_params_it_is_given(how):
 
 
 @needs_cc
+def test_c_max_pool_treats_nan_as_numpy_and_torch_do():
+    source = "input x: [1, 4, 4]\ntarget y: [4]\nz = x |> maxpool2d(2) |> flatten\nloss = sum mse(z, y)\n"
+    c, n = _c_module(source, "<nan>"), load_module(source, "<nan>")
+    x = np.arange(32, dtype=float).reshape(2, 1, 4, 4) % 3
+    x[0, 0, 0, 1] = x[0, 0, 1, 0] = x[1, 0, 3, 3] = np.nan
+    np.testing.assert_array_equal(c.forward({}, x), n.forward({}, x))
+    lifted = "layer lift(x: [c, h, w]) {\n    param shift: [c, h, w] init zeros\n" \
+             "    y[ch, i, j] = x[ch, i, j] + shift[ch, i, j]\n}\n" + \
+        source.replace("z = x |>", "z = x |> lift |>")
+    c, n = _c_module(lifted, "<nan>"), load_module(lifted, "<nan>")
+    params, y = n.init_params(0, np.float64), np.zeros((2, 4))
+    np.testing.assert_array_equal(c.loss_and_grad(params, x, y)[1]["lift_1.shift"],
+                                  n.loss_and_grad(params, x, y)[1]["lift_1.shift"])
+
+
+@needs_cc
 def test_c_module_rejects_bad_arguments():
     c = _c_module((ROOT / "examples" / "xor.nn").read_text(), "examples/xor.nn")
     p = c.init_params(0)

@@ -18,7 +18,8 @@ fn weighted(a[i], y[i]) = sum(i: a[i] * y[i])
 """
 SIZES = [(7, 6), (6, 7)]  # odd and even heights and widths
 CONV_GRID = [(s, p, k, hw) for s, p, k, hw in itertools.product((1, 2), (0, 1, 2), (1, 2, 3), SIZES)]
-POOL_GRID = [(kind, k, s, hw) for kind, k, s, hw in itertools.product(("max", "avg"), (1, 2, 3), (1, 2), SIZES)]
+# kernel 5: a window of more than 16 elements, which the generated helpers reduce differently
+POOL_GRID = [(kind, k, s, hw) for kind, k, s, hw in itertools.product(("max", "avg"), (1, 2, 3, 5), (1, 2), SIZES)]
 
 
 def _out(n, k, s, p=0):
@@ -123,6 +124,22 @@ def test_pools_agree_with_torch_including_ties(kind, k, s, hw):
     x, y = _data(m, seed=4, integers=True)  # small integers: many windows hold tied maxima
     fn = F.max_pool2d if kind == "max" else F.avg_pool2d
     _against_torch(m, params, x, y, lambda tx, tw: fn(tx, k, s))
+
+
+@needs_torch
+@pytest.mark.parametrize("k", [2, 5])
+def test_maxpool_gradient_goes_where_torch_sends_it_past_nans(k):
+    # PyTorch's CPU kernel takes a NaN as the maximum, the last one when there are several
+    m = load_module(_pool_program("max", k, k, (k, k)))
+    params = m.init_params(0, np.float64)
+    x = np.arange(k * k * 2 * 3, dtype=float).reshape(3, 2, k, k) % 4
+    x[0, 0, 0, 1] = np.nan
+    x[1, 1, 1, 0] = x[1, 1, 0, 1] = np.nan
+    y = np.ones((3, 2))
+    _, grads = m.loss_and_grad(params, x, y)
+    tx = torch.tensor(x, requires_grad=True)
+    F.max_pool2d(tx, k, k).sum().backward()
+    np.testing.assert_array_equal(grads["input.shift"], tx.grad.sum(0).numpy())
 
 
 def test_maxpool_tie_goes_to_the_first_maximum():

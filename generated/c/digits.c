@@ -227,7 +227,7 @@ real digits_loss(const real *params, const digits_real *v_x, const digits_real *
     for (int b_0 = 0; b_0 < batch; b_0++) {
         real m = -INFINITY, s = 0;
         for (int j_8 = 0; j_8 < 10; j_8++) {
-            { real v = v_z[(b_0)*10 + j_8]; if (v > m) m = v; }
+            { real v = v_z[(b_0)*10 + j_8]; if (v > m || isnan(v)) m = v; }
         }
         for (int j_8 = 0; j_8 < 10; j_8++) {
             s += exp(v_z[(b_0)*10 + j_8] - m);
@@ -323,7 +323,7 @@ real digits_loss_and_grad(const real *params, const digits_real *v_x, const digi
     for (int b_0 = 0; b_0 < batch; b_0++) {
         real m = -INFINITY, s = 0;
         for (int j_8 = 0; j_8 < 10; j_8++) {
-            { real v = v_z[(b_0)*10 + j_8]; if (v > m) m = v; }
+            { real v = v_z[(b_0)*10 + j_8]; if (v > m || isnan(v)) m = v; }
         }
         for (int j_8 = 0; j_8 < 10; j_8++) {
             s += exp(v_z[(b_0)*10 + j_8] - m);
@@ -349,7 +349,7 @@ real digits_loss_and_grad(const real *params, const digits_real *v_x, const digi
     for (int b_0 = 0; b_0 < batch; b_0++) {
         real m = -INFINITY, s = 0;
         for (int j_2 = 0; j_2 < 10; j_2++) {
-            { real v = v_z[(b_0)*10 + j_2]; if (v > m) m = v; }
+            { real v = v_z[(b_0)*10 + j_2]; if (v > m || isnan(v)) m = v; }
         }
         for (int j_2 = 0; j_2 < 10; j_2++) {
             s += exp(v_z[(b_0)*10 + j_2] - m);

@@ -171,7 +171,7 @@ void lenet_forward(const real *params, const lenet_real *v_x, real *output, int 
                     real r1 = -INFINITY;
                     for (int p_6 = 0; p_6 < 2; p_6++) {
                         for (int q_7 = 0; q_7 < 2; q_7++) {
-                            { real v = v_relu_1[(b_0)*512 + (ch_9)*64 + (2*i_2 + p_6)*8 + 2*j_3 + q_7]; if (v > r1) r1 = v; }
+                            { real v = v_relu_1[(b_0)*512 + (ch_9)*64 + (2*i_2 + p_6)*8 + 2*j_3 + q_7]; if (v > r1 || isnan(v)) r1 = v; }
                         }
                     }
                     v_h[(b_0)*128 + (ch_9)*16 + (i_2)*4 + j_3] = r1;
@@ -340,7 +340,7 @@ real lenet_loss(const real *params, const lenet_real *v_x, const lenet_real *v_y
                     real r1 = -INFINITY;
                     for (int p_6 = 0; p_6 < 2; p_6++) {
                         for (int q_7 = 0; q_7 < 2; q_7++) {
-                            { real v = v_relu_1[(b_0)*512 + (ch_9)*64 + (2*i_2 + p_6)*8 + 2*j_3 + q_7]; if (v > r1) r1 = v; }
+                            { real v = v_relu_1[(b_0)*512 + (ch_9)*64 + (2*i_2 + p_6)*8 + 2*j_3 + q_7]; if (v > r1 || isnan(v)) r1 = v; }
                         }
                     }
                     v_h[(b_0)*128 + (ch_9)*16 + (i_2)*4 + j_3] = r1;
@@ -403,7 +403,7 @@ real lenet_loss(const real *params, const lenet_real *v_x, const lenet_real *v_y
     for (int b_0 = 0; b_0 < batch; b_0++) {
         real m = -INFINITY, s = 0;
         for (int j_3 = 0; j_3 < 10; j_3++) {
-            { real v = v_z[(b_0)*10 + j_3]; if (v > m) m = v; }
+            { real v = v_z[(b_0)*10 + j_3]; if (v > m || isnan(v)) m = v; }
         }
         for (int j_3 = 0; j_3 < 10; j_3++) {
             s += exp(v_z[(b_0)*10 + j_3] - m);
@@ -525,7 +525,7 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
                     real r1 = -INFINITY;
                     for (int p_6 = 0; p_6 < 2; p_6++) {
                         for (int q_7 = 0; q_7 < 2; q_7++) {
-                            { real v = v_relu_1[(b_0)*512 + (ch_9)*64 + (2*i_2 + p_6)*8 + 2*j_3 + q_7]; if (v > r1) r1 = v; }
+                            { real v = v_relu_1[(b_0)*512 + (ch_9)*64 + (2*i_2 + p_6)*8 + 2*j_3 + q_7]; if (v > r1 || isnan(v)) r1 = v; }
                         }
                     }
                     v_h[(b_0)*128 + (ch_9)*16 + (i_2)*4 + j_3] = r1;
@@ -588,7 +588,7 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
     for (int b_0 = 0; b_0 < batch; b_0++) {
         real m = -INFINITY, s = 0;
         for (int j_3 = 0; j_3 < 10; j_3++) {
-            { real v = v_z[(b_0)*10 + j_3]; if (v > m) m = v; }
+            { real v = v_z[(b_0)*10 + j_3]; if (v > m || isnan(v)) m = v; }
         }
         for (int j_3 = 0; j_3 < 10; j_3++) {
             s += exp(v_z[(b_0)*10 + j_3] - m);
@@ -614,7 +614,7 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
     for (int b_0 = 0; b_0 < batch; b_0++) {
         real m = -INFINITY, s = 0;
         for (int j_2 = 0; j_2 < 10; j_2++) {
-            { real v = v_z[(b_0)*10 + j_2]; if (v > m) m = v; }
+            { real v = v_z[(b_0)*10 + j_2]; if (v > m || isnan(v)) m = v; }
         }
         for (int j_2 = 0; j_2 < 10; j_2++) {
             s += exp(v_z[(b_0)*10 + j_2] - m);
@@ -754,7 +754,7 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
                             real r3_m = -INFINITY; long r3_best = -1, r3_k = 0;
                             for (int p1s_18 = 0; p1s_18 < 2; p1s_18++) {
                                 for (int q1s_19 = 0; q1s_19 < 2; q1s_19++) {
-                                    { real v = v_relu_1[(b_0)*512 + (ch_4)*64 + (p1s_18 + 2*i_1)*8 + q1s_19 + 2*j_2]; if (r3_best < 0 || v > r3_m) { r3_m = v; r3_best = r3_k; } r3_k++; }
+                                    { real v = v_relu_1[(b_0)*512 + (ch_4)*64 + (p1s_18 + 2*i_1)*8 + q1s_19 + 2*j_2]; if (r3_best < 0 || v > r3_m || isnan(v)) { r3_m = v; r3_best = r3_k; } r3_k++; }
                                 }
                             }
                             real r3 = (real)((q1_16*1 + p1_15*2) == r3_best);

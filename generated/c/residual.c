@@ -517,7 +517,7 @@ real residual_loss(const real *params, const residual_real *v_x, const residual_
     for (int b_0 = 0; b_0 < batch; b_0++) {
         real m = -INFINITY, s = 0;
         for (int j_3 = 0; j_3 < 10; j_3++) {
-            { real v = v_z[(b_0)*10 + j_3]; if (v > m) m = v; }
+            { real v = v_z[(b_0)*10 + j_3]; if (v > m || isnan(v)) m = v; }
         }
         for (int j_3 = 0; j_3 < 10; j_3++) {
             s += exp(v_z[(b_0)*10 + j_3] - m);
@@ -760,7 +760,7 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
     for (int b_0 = 0; b_0 < batch; b_0++) {
         real m = -INFINITY, s = 0;
         for (int j_3 = 0; j_3 < 10; j_3++) {
-            { real v = v_z[(b_0)*10 + j_3]; if (v > m) m = v; }
+            { real v = v_z[(b_0)*10 + j_3]; if (v > m || isnan(v)) m = v; }
         }
         for (int j_3 = 0; j_3 < 10; j_3++) {
             s += exp(v_z[(b_0)*10 + j_3] - m);
@@ -786,7 +786,7 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
     for (int b_0 = 0; b_0 < batch; b_0++) {
         real m = -INFINITY, s = 0;
         for (int j_2 = 0; j_2 < 10; j_2++) {
-            { real v = v_z[(b_0)*10 + j_2]; if (v > m) m = v; }
+            { real v = v_z[(b_0)*10 + j_2]; if (v > m || isnan(v)) m = v; }
         }
         for (int j_2 = 0; j_2 < 10; j_2++) {
             s += exp(v_z[(b_0)*10 + j_2] - m);
