@@ -20,14 +20,12 @@ median), and the ratios generated/hand and generated/torch of the medians.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from harness import (EXAMPLES, copy_params, import_torch, limit_threads, load_generated, print_header,
-                     print_problems, print_table, rel_err, summarize, time_interleaved)
+from harness import EXAMPLES, Peers, peer_parser, run_peers
 
 SOURCE = EXAMPLES / "lenet.nn"
 NAMES = ("conv2d_1.weight", "conv2d_1.bias", "conv2d_2.weight", "conv2d_2.bias",
@@ -190,145 +188,19 @@ def make_data(batch, dtype, seed):
     return x, y
 
 
-def increment_err(new, ref_new, p):
-    """max |Δ − Δref| / max |Δref| for the increments Δ = new − p, less one unit in
-    the last place of the parameter per element.
-
-    Every contender rounds p − lr·g to the parameters' dtype, so each new parameter
-    carries up to half an ulp of p of its own: two of them can differ by an ulp of p
-    even when their lr·g agree exactly.  In float32 that ulp is not small next to the
-    increment: conv2d_1.weight is ~0.3 (ulp 3e-8) and its increments at lr 0.1 are
-    ~1e-3, so the plain relative difference of two correctly rounded steps reaches
-    ~3e-5 (measured up to 5e-5 over 8 seeds and batch sizes 1-1024, while the
-    gradients themselves agreed within 4e-6).  With the ulp allowed for, the
-    increments agree within 3e-6 there, so the 1e-5 tolerance applies unchanged.  In
-    float64 the allowance is ~6e-17, far inside the 1e-12 tolerance.
-    """
-    new, ref_new, p = np.asarray(new), np.asarray(ref_new), np.asarray(p)
-    ulp = np.spacing(np.maximum(np.maximum(np.abs(p), np.abs(ref_new)), np.abs(new)))
-    d = np.abs(new.astype(np.float64) - ref_new) - ulp
-    return float(max(np.max(d), 0.0) / max(float(np.max(np.abs(ref_new.astype(np.float64) - p))), 1e-300))
-
-
-def check(gen, torch, batch_sizes, seed, lr):
-    """Same loss, gradients and SGD increments in float64 and float32; float32 stays float32.
-
-    Gradients at float32: the longest sums are the weight gradients of conv2d_1
-    (batch x 64 terms, with cancellation); measured within 4e-6 of each other up to
-    batch 1024, so 1e-5 holds.  The data are continuous random numbers, so no
-    max-pool window has a tie among positive values (a window that relu zeroed
-    passes no gradient whichever element wins), nor, in practice, a near-tie that
-    float32 rounding could flip between contenders.
-    """
-    worst = {}
-    tol64, tol32 = 1e-12, 1e-5
-    problems = []
-
-    def compare(tag, got, ref, tol, err=None):
-        e = rel_err(got, ref) if err is None else err
-        key = tuple(tag.split(", ")[:2])     # (contender vs hand, dtype)
-        worst[key] = max(worst.get(key, 0.0), e)
-        if not e <= tol:
-            problems.append(f"{tag}: relative error {e:.3g} > {tol:g}")
-
-    for batch in sorted(set(batch_sizes) | {1, 7}):
-        for dtype, tol in ((np.float64, tol64), (np.float32, tol32)):
-            dname = np.dtype(dtype).name
-            x, y = make_data(batch, dtype, seed + batch)
-            p = gen.init_params(seed, dtype)
-            ref_loss, ref_g = hand_loss_and_grad(copy_params(p), x, y)
-            others = {"generated": gen.loss_and_grad(copy_params(p), x, y)}
-            if torch is not None:
-                others["torch"] = torch_loss_and_grad(torch, make_torch(torch, p),
-                                                      torch.from_numpy(x), torch.from_numpy(y))
-            for k in NAMES:
-                if ref_g[k].dtype != dtype:
-                    problems.append(f"hand {dname}: gradient {k} came back as {ref_g[k].dtype}")
-            for who, (loss, g) in others.items():
-                compare(f"{who} vs hand, {dname}, loss", loss, ref_loss, tol)
-                for k in NAMES:
-                    compare(f"{who} vs hand, {dname}, grad {k}", g[k], ref_g[k], tol)
-                    if g[k].dtype != dtype:
-                        problems.append(f"{who} {dname}: gradient {k} came back as {g[k].dtype}")
-            # one SGD step from the same params: same returned loss, same increments
-            hp = copy_params(p)
-            gp = copy_params(p)
-            steps = {"generated": (gen.sgd_step(gp, x, y, lr), gp)}
-            if torch is not None:
-                tp = make_torch(torch, p)
-                tl = make_torch_step(torch, tp)(torch.from_numpy(x), torch.from_numpy(y), lr)
-                steps["torch"] = (tl, torch_params(tp))
-            hl = hand_sgd_step(hp, x, y, lr)
-            for k in NAMES:
-                if hp[k].dtype != dtype:
-                    problems.append(f"hand {dname}: parameter {k} became {hp[k].dtype}")
-            for who, (loss, newp) in steps.items():
-                compare(f"{who} vs hand, {dname}, step loss", loss, hl, tol)
-                for k in NAMES:
-                    # compare the increments, not the params (whose size hides errors)
-                    compare(f"{who} vs hand, {dname}, step {k}", None, None, tol,
-                            increment_err(newp[k], hp[k], p[k]))
-                    if newp[k].dtype != dtype:
-                        problems.append(f"{who} {dname}: parameter {k} became {newp[k].dtype}")
-    return worst, problems
+# The 1e-5 float32 tolerance of the check holds here: the longest sums are the weight
+# gradients of conv2d_1 (batch x 64 terms, with cancellation), measured within 4e-6 of
+# each other up to batch 1024.  The data are continuous random numbers, so no max-pool
+# window has a tie among positive values (a window that relu zeroed passes no gradient
+# whichever element wins), nor, in practice, a near-tie that float32 rounding could flip.
+PEERS = Peers(NAMES, make_data, hand_loss_and_grad, hand_sgd_step, make_torch, torch_loss_and_grad,
+              make_torch_step, torch_params)
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64, 256], metavar="N")
-    ap.add_argument("--rounds", type=int, default=200, help="interleaved rounds per batch size (default 200)")
-    ap.add_argument("--block-ms", type=float, default=2.0,
-                    help="target length of one timed block of calls, in ms (default 2)")
-    ap.add_argument("--lr", type=float, default=0.1, help="SGD learning rate (default 0.1)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=None, metavar="N",
-                    help="cap numpy's BLAS (threadpoolctl) and torch.set_num_threads at N; "
-                         "default: leave both libraries at their own defaults")
-    ap.add_argument("--no-torch", action="store_true", help="leave PyTorch out even if it is importable")
-    args = ap.parse_args(argv)
-
-    torch = import_torch(not args.no_torch)
-    gen = load_generated(SOURCE)
-    limiter = limit_threads(args.threads, torch)
-    print_header("nncc bench: one SGD step (forward + backward + update), float32, "
-                 f"{SOURCE.name}: conv 8 - relu - maxpool - conv 16 - relu - dense 10, "
-                 "softmax cross-entropy", torch)
-
-    worst, problems = check(gen, torch, args.batch_sizes, args.seed, args.lr)
-    if problems:
-        print_problems(problems)
-        return 1
-    print("\ncheck passed: same loss, gradients and SGD increments at batch sizes "
-          f"{', '.join(map(str, sorted(set(args.batch_sizes) | {1, 7})))}; "
-          "worst max|diff|/max|hand| (tolerance 1e-12 float64, 1e-5 float32; "
-          "increments less one ulp of the parameter):")
-    print("  " + "  ".join(f"{who}, {dname}: {e:.1e}" for (who, dname), e in worst.items()))
-
-    rows = []
-    for batch in args.batch_sizes:
-        x, y = make_data(batch, np.float32, args.seed + 1000 + batch)
-        p0 = gen.init_params(args.seed, np.float32)
-        gp, hp = copy_params(p0), copy_params(p0)
-        lr = args.lr
-        contenders = {
-            "generated": lambda: gen.sgd_step(gp, x, y, lr),
-            "hand": lambda: hand_sgd_step(hp, x, y, lr),
-        }
-        if torch is not None:
-            tstep = make_torch_step(torch, make_torch(torch, p0))
-            tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-            contenders["torch"] = lambda: tstep(tx, ty, lr)
-        samples, numbers = time_interleaved(contenders, args.rounds, args.block_ms / 1e3)
-        rows.append((batch, summarize(samples), numbers))
-
-    names = ["generated", "hand"] + (["torch"] if torch is not None else [])
-    print_table(rows, names, [("gen/hand", "generated", "hand"), ("gen/torch", "generated", "torch")],
-                args.rounds)
-    print("ratios > 1 mean the generated module is slower.")
-    if limiter is not None:
-        limiter.restore_original_limits()
-    return 0
+    args = peer_parser(__doc__, [1, 64, 256]).parse_args(argv)
+    return run_peers(args, SOURCE, "conv 8 - relu - maxpool - conv 16 - relu - dense 10, softmax cross-entropy",
+                     PEERS)
 
 
 if __name__ == "__main__":

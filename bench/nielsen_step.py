@@ -18,14 +18,12 @@ median), and the ratios generated/hand and generated/torch of the medians.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from harness import (EXAMPLES, copy_params, import_torch, limit_threads, load_generated, print_header,
-                     print_problems, print_table, rel_err, summarize, time_interleaved)
+from harness import EXAMPLES, Peers, peer_parser, run_peers
 
 DEFAULT_SOURCE = EXAMPLES / "nielsen.nn"
 NAMES = ("dense_1.weight", "dense_1.bias", "dense_2.weight", "dense_2.bias")
@@ -151,109 +149,15 @@ def make_data(batch, dtype, seed):
     return x, y
 
 
-def check(gen, torch, batch_sizes, seed, lr):
-    """Same loss, gradients and updated params in float64; float32 stays float32."""
-    worst = {}
-    tol64, tol32 = 1e-12, 1e-5
-    problems = []
-
-    def compare(tag, got, ref, tol):
-        e = rel_err(got, ref)
-        key = tag.split(", ")[:2]            # (contender vs hand, dtype)
-        worst[tuple(key)] = max(worst.get(tuple(key), 0.0), e)
-        if not e <= tol:
-            problems.append(f"{tag}: relative error {e:.3g} > {tol:g}")
-
-    for batch in sorted(set(batch_sizes) | {1, 7}):
-        for dtype, tol in ((np.float64, tol64), (np.float32, tol32)):
-            dname = np.dtype(dtype).name
-            x, y = make_data(batch, dtype, seed + batch)
-            p = gen.init_params(seed, dtype)
-            ref_loss, ref_g = hand_loss_and_grad({k: v.copy() for k, v in p.items()}, x, y)
-            others = {"generated": gen.loss_and_grad({k: v.copy() for k, v in p.items()}, x, y)}
-            if torch is not None:
-                model = make_torch(torch, p)
-                others["torch"] = torch_loss_and_grad(torch, model, torch.from_numpy(x), torch.from_numpy(y))
-            for who, (loss, g) in others.items():
-                compare(f"{who} vs hand, {dname}, loss", loss, ref_loss, tol)
-                for k in NAMES:
-                    compare(f"{who} vs hand, {dname}, grad {k}", g[k], ref_g[k], tol)
-                    if g[k].dtype != dtype:
-                        problems.append(f"{who} {dname}: gradient {k} came back as {g[k].dtype}")
-            # one SGD step from the same params: same returned loss, same new params
-            hp = {k: v.copy() for k, v in p.items()}
-            gp = {k: v.copy() for k, v in p.items()}
-            steps = {"generated": (gen.sgd_step(gp, x, y, lr), gp)}
-            if torch is not None:
-                model = make_torch(torch, p)
-                tl = make_torch_step(torch, model)(torch.from_numpy(x), torch.from_numpy(y), lr)
-                steps["torch"] = (tl, torch_params(model))
-            hl = hand_sgd_step(hp, x, y, lr)
-            for who, (loss, newp) in steps.items():
-                compare(f"{who} vs hand, {dname}, step loss", loss, hl, tol)
-                for k in NAMES:
-                    # compare the increments, not the params (whose size hides errors)
-                    compare(f"{who} vs hand, {dname}, step {k}", newp[k] - p[k], hp[k] - p[k], tol)
-                    if newp[k].dtype != dtype:
-                        problems.append(f"{who} {dname}: parameter {k} became {newp[k].dtype}")
-    return worst, problems
+PEERS = Peers(NAMES, make_data, hand_loss_and_grad, hand_sgd_step, make_torch, torch_loss_and_grad,
+              make_torch_step, torch_params)
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[10, 64, 256], metavar="N")
-    ap.add_argument("--rounds", type=int, default=200, help="interleaved rounds per batch size (default 200)")
-    ap.add_argument("--block-ms", type=float, default=2.0,
-                    help="target length of one timed block of calls, in ms (default 2)")
-    ap.add_argument("--lr", type=float, default=0.1, help="SGD learning rate (default 0.1)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=None, metavar="N",
-                    help="cap numpy's BLAS (threadpoolctl) and torch.set_num_threads at N; "
-                         "default: leave both libraries at their own defaults")
-    ap.add_argument("--no-torch", action="store_true", help="leave PyTorch out even if it is importable")
+    ap = peer_parser(__doc__, [10, 64, 256])
     ap.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="the .nn file (default examples/nielsen.nn)")
     args = ap.parse_args(argv)
-
-    torch = import_torch(not args.no_torch)
-    gen = load_generated(args.source)
-    limiter = limit_threads(args.threads, torch)
-    print_header("nncc bench: one SGD step (forward + backward + update), float32, "
-                 f"{args.source.name}: 784-30-10 sigmoid, quadratic loss", torch)
-
-    worst, problems = check(gen, torch, args.batch_sizes, args.seed, args.lr)
-    if problems:
-        print_problems(problems)
-        return 1
-    print("\ncheck passed: same loss, gradients and SGD increments at batch sizes "
-          f"{', '.join(map(str, sorted(set(args.batch_sizes) | {1, 7})))}; "
-          "worst max|diff|/max|hand| (tolerance 1e-12 float64, 1e-5 float32):")
-    print("  " + "  ".join(f"{who}, {dname}: {e:.1e}" for (who, dname), e in worst.items()))
-
-    rows = []
-    for batch in args.batch_sizes:
-        x, y = make_data(batch, np.float32, args.seed + 1000 + batch)
-        p0 = gen.init_params(args.seed, np.float32)
-        gp, hp = copy_params(p0), copy_params(p0)
-        lr = args.lr
-        contenders = {
-            "generated": lambda: gen.sgd_step(gp, x, y, lr),
-            "hand": lambda: hand_sgd_step(hp, x, y, lr),
-        }
-        if torch is not None:
-            tstep = make_torch_step(torch, make_torch(torch, p0))
-            tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-            contenders["torch"] = lambda: tstep(tx, ty, lr)
-        samples, numbers = time_interleaved(contenders, args.rounds, args.block_ms / 1e3)
-        rows.append((batch, summarize(samples), numbers))
-
-    names = ["generated", "hand"] + (["torch"] if torch is not None else [])
-    print_table(rows, names, [("gen/hand", "generated", "hand"), ("gen/torch", "generated", "torch")],
-                args.rounds)
-    print("ratios > 1 mean the generated module is slower.")
-    if limiter is not None:
-        limiter.restore_original_limits()
-    return 0
+    return run_peers(args, args.source, "784-30-10 sigmoid, quadratic loss", PEERS)
 
 
 if __name__ == "__main__":

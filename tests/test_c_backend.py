@@ -180,6 +180,17 @@ def test_c_max_pool_treats_nan_as_numpy_and_torch_do():
                                   n.loss_and_grad(params, x, y)[1]["lift_1.shift"])
 
 
+def test_c_module_says_what_is_missing_without_a_c_compiler(tmp_path):
+    module = tmp_path / "xor_c.py"
+    module.write_text(render_c_module(compile_source((ROOT / "examples" / "xor.nn").read_text(), "xor.nn")))
+    env = dict(os.environ, CC=str(tmp_path / "no-such-cc"), NNCC_CACHE=str(tmp_path / "cache"))
+    run = subprocess.run([sys.executable, "-c", "import xor_c"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True)
+    assert run.returncode != 0
+    assert "ImportError: could not build the C code of xor" in run.stderr
+    assert "it needs a C compiler" in run.stderr
+
+
 @needs_cc
 def test_c_module_rejects_bad_arguments():
     c = _c_module((ROOT / "examples" / "xor.nn").read_text(), "examples/xor.nn")
