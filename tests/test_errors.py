@@ -322,6 +322,11 @@ def test_successful_compile_writes_an_importable_module(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == "" and "Traceback" not in proc.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["xor.nn", "xor.py"]
+    # readable by others as any file the user writes (the atomic write must not keep
+    # its temporary file's private mode)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "xor.py").stat().st_mode & 0o777 == 0o666 & ~mask
     check = subprocess.run([sys.executable, "-c", "import xor, numpy as np; p = xor.init_params(0); "
                             "print(xor.forward(p, np.zeros((3, 2), np.float32)).shape)"],
                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
