@@ -145,7 +145,8 @@ def _max_over(a, axes):
     moved = np.ascontiguousarray(np.moveaxis(a, axes, range(k)))
     out = None
     for offsets in np.ndindex(*moved.shape[:k]):
-        out = moved[offsets].copy() if out is None else np.maximum(out, moved[offsets], out=out)
+        v = moved[offsets + (Ellipsis,)]  # an array even when every axis is a window axis
+        out = v.copy() if out is None else np.maximum(out, v, out=out)
     return out
 
 

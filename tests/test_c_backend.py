@@ -192,6 +192,20 @@ def test_c_module_says_what_is_missing_without_a_c_compiler(tmp_path):
 
 
 @needs_cc
+def test_sgd_step_respects_read_only_parameters():
+    source = "input x: [3]\ntarget y: [3]\nz = x |> dense(3)\nloss = quadratic(z, y)\n"
+    c, n = _c_module(source, "<ro>"), load_module(source, "<ro>")
+    arrays = _data(n, np.float64)
+    for module in (n, c):
+        params = c.init_params(1, np.float64)
+        params["dense_1.weight"].flags.writeable = False
+        before = params["dense_1.weight"].copy()
+        with pytest.raises(ValueError, match="read-only"):
+            module.sgd_step(params, *arrays, lr=0.5)
+        np.testing.assert_array_equal(params["dense_1.weight"], before)
+
+
+@needs_cc
 def test_c_module_rejects_bad_arguments():
     c = _c_module((ROOT / "examples" / "xor.nn").read_text(), "examples/xor.nn")
     p = c.init_params(0)

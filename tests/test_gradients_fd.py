@@ -153,3 +153,17 @@ def test_init_keyword_chooses_the_distribution():
     assert np.abs(p["dense_3.weight"]).max() <= bound
     assert np.abs(p["dense_3.weight"]).max() > 0.9 * bound
     assert np.std(p["dense_4.weight"]) == pytest.approx(1 / np.sqrt(20), rel=0.3)
+
+
+def test_a_max_over_parameters_alone():
+    # max(j: ...) reads no batch axis: the window helper reduces every axis of its operand
+    module = compile_nn(nn_zoo.program("maxnorm", "loss = quadratic(scaled(x), y)", targets={"y": [4]}, defs="""
+        layer scaled(x: [n]) {
+            param w: [n]
+            y[i] = x[i] * w[i] / max(j: abs(w[j]))
+        }
+    """))
+    params = init_params(module, seed=1)
+    inputs, targets = random_data(module)
+    errors = fd_check(module, params, *inputs, *targets, seed=3)
+    assert max(errors.values()) < 1e-6, errors
