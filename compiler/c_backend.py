@@ -10,6 +10,7 @@ globals, no printing; `real` is float or double, math through <tgmath.h>.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import sympy as sp
@@ -364,6 +365,16 @@ class CLowerer:
         return e.func(*[self._hoist(a, order) for a in e.args])
 
     def _reduce(self, kind, body, vs, free):
+        if free:
+            return self._reduce_into_temp(kind, body, vs, free)
+        # no loop around it: a block of its own keeps its accumulators' names local
+        self._emit("{")
+        self._depth += 1
+        ref = self._reduce_into_temp(kind, body, vs, free)
+        self._close(1)
+        return ref
+
+    def _reduce_into_temp(self, kind, body, vs, free):
         labels = free + (vs if kind is FirstArgmax else [])
         name = self._temp(labels)
         p = _CPrinter(self)
@@ -397,8 +408,7 @@ class CLowerer:
             self._close(len(free))
             self.lse_max.add(name)
             self.lse_log.add(log_sum)
-            return (real_base(name)[tuple(labels)] if labels else real_base(name)[()]) + \
-                (real_base(log_sum)[tuple(labels)] if labels else real_base(log_sum)[()])
+            return self._read_temp(name, labels) + self._read_temp(log_sum, labels)
         else:  # FirstArgmax: 1 at the first maximum in row-major order (a NaN wins, the last one, as PyTorch)
             self._emit("real m = -INFINITY; long best = -1, k = 0;")
             self._open(vs)
@@ -409,7 +419,15 @@ class CLowerer:
             self._emit(f"{out} = (real)(k++ == best);")
             self._close(len(vs))
         self._close(len(free))
-        return real_base(name)[tuple(labels)] if labels else real_base(name)[()]
+        return self._read_temp(name, labels)
+
+    def _read_temp(self, name, labels):
+        """temp[labels]; a one-value temporary is read through a symbol printed as temp[0]."""
+        if labels:
+            return real_base(name)[tuple(labels)]
+        value = sp.Symbol(f"{name}_value")
+        self.vars[value] = f"{name}[0]"
+        return value
 
     def _scatter(self, term, indices):
         """sum_V G * delta(A, J): a zeroed temporary, then T[A] += G over V."""
@@ -566,6 +584,20 @@ def offset_code(off) -> str:
 
 # ---- rendering -------------------------------------------------------------------------
 
+def _pointers_used(lines: list[str], params: list[dict], work: list[dict], arrays: list[str],
+                   grads: bool = False) -> dict:
+    """The parameter, gradient and workspace pointers a function body reads, and the
+    arguments it never reads (cast to void so -Wextra stays quiet)."""
+    named = set(re.findall(r"[A-Za-z_]\w*", "\n".join(lines)))
+    used = dict(params=[p for p in params if p["cname"] in named],
+                grads=[p for p in params if grads and "d" + p["cname"] in named],
+                work=[w for w in work if w["name"] in named])
+    pointed = dict(params=bool(used["params"]), grad=bool(used["grads"]), work=bool(used["work"]))
+    used["unused"] = [a for a in arrays if a not in named] + [
+        a for a in ["params", "work"] + (["grad"] if grads else []) if not pointed[a]]
+    return used
+
+
 def render_c(plan: CPlan, standalone: bool = True) -> tuple[str, str]:
     """(header, source) text for a C plan."""
     from . import __version__
@@ -590,6 +622,15 @@ def render_c(plan: CPlan, standalone: bool = True) -> tuple[str, str]:
                   backward=plan.backward, output=plan.output.name, loss=plan.loss_name,
                   zero_grads=[dict(name=n, cname=c, size=next(p["size"] for p in params if p["name"] == n))
                               for n, c, z in plan.grads if z for c in [c[1:]]])
+    # what each function's template adds to its lines: the output copy, the loss total
+    output_copy, loss_total = f"output[n] = {plan.output.name}[n]", plan.loss_name
+    zeroing = [f"d{g['cname']}" for g in values["zero_grads"]]
+    arrays = [c for _, c, _ in plan.inputs + plan.targets]
+    values["uses"] = dict(
+        forward=_pointers_used(plan.forward + [output_copy], params, work, [c for _, c, _ in plan.inputs]),
+        loss=_pointers_used(plan.loss + [loss_total], params, work, arrays),
+        loss_and_grad=_pointers_used(plan.loss + plan.backward + zeroing + [loss_total], params, work, arrays,
+                                     grads=True))
     env = environment()
     return (env.get_template("c_header.h.j2").render(**values),
             env.get_template("c_source.c.j2").render(**values))

@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import sympy as sp
+from sympy.concrete.expr_with_limits import ExprWithLimits
 
 from . import ir
 from .naming import grad_name
-from .symbolic import LogSumExp, MaxOver, Where, index_symbol, real_base
+from .symbolic import FirstArgmax, LogSumExp, MaxOver, Where, index_symbol, real_base
 
 B = sp.Symbol("B", integer=True, positive=True)  # the batch size
 _ELEMENT_INDEX_NAMES = "ijklmn"
@@ -199,6 +200,20 @@ def _terms(e, taken: set):
     return [([e], [])]
 
 
+def _rebind(e, names: set):
+    """e with each reduction inside it that binds one of `names` given a fresh index, so
+    that solving a delta for a summed index of that name cannot reach inside it.
+    FirstArgmax is left alone: its index is by design the open one it is compared with."""
+    if e.is_Atom or isinstance(e, sp.Indexed):
+        return e
+    if isinstance(e, ExprWithLimits) and not isinstance(e, FirstArgmax):
+        clash = {lim[0] for lim in e.limits} & names
+        if clash:
+            e = e.xreplace({v: sp.Dummy(v.name, integer=True) for v in clash})
+    args = tuple(_rebind(a, names) for a in e.args)
+    return e.func(*args) if args != e.args else e
+
+
 class _Indicator(sp.Function):
     """[cond] as a factor while deltas are eliminated; folded back into where() after."""
 
@@ -243,6 +258,7 @@ def eliminate(e: sp.Expr, ranges: dict, outer=()) -> sp.Expr:
     taken = {v for v, _, _ in outer}
     for factors, limits in _terms(e, taken):
         limits = list(outer) + limits
+        factors = [_rebind(f, {v for v, _, _ in limits}) for f in factors]
         bound = {v: (lo, hi) for v, lo, hi in limits}
         order = [v for v, _, _ in limits]
         keep = []
@@ -291,8 +307,12 @@ def eliminate(e: sp.Expr, ranges: dict, outer=()) -> sp.Expr:
         rest = [f for f in rest if not isinstance(f, _Indicator)]
         term = sp.Mul(*rest, *keep)
         live = [(v, *bound[v]) for v in order if v in bound]
+        # a condition on a summed index belongs inside the sum
+        inner = [g for g in guards if g.free_symbols & {v for v, _, _ in live}]
+        if inner:
+            term = Where(sp.And(*inner), term, 0)
         term = sp.Sum(term, *live) if live else term
-        key = sp.And(*guards)
+        key = sp.And(*[g for g in guards if g not in inner])
         groups[key] = groups.get(key, sp.Integer(0)) + term
     return _fold(groups)
 

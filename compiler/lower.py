@@ -353,6 +353,7 @@ class Lowerer:
             lay, code = ops[0]
             axes = tuple(lay.index(v) for v in vs if v in lay)
             code = f"{_paren(code)}.sum(axis={_axes(axes)})" if axes else code
+            out = [s for s in lay if s not in vs]  # a read keeps its own axis order
         elif len(ops) == 2:
             code = self._contract2(ops[0], ops[1], out, vs)
         else:

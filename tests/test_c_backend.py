@@ -63,6 +63,45 @@ w = v |> conv1d(2, 3, stride=2)
 z = bilinear(u, flat2(concat(w, w)), 4) |> swish |> dense(2)
 loss = cubic(z, y)
 """,
+    # a max over a sum: the gradient's index must not reach the inner sum's own
+    "max-of-sums": """
+layer mn(x: [n], m) {
+    param w: [m, n]
+    y[k] = max(j: sum(l: w[j, l] * x[l]) + x[k]) for k < n
+}
+input x: [5]
+target y: [5]
+loss = quadratic(x |> mn(3), y)
+""",
+    # a where() whose branches are sums: its condition depends on the batch index, so
+    # in the weight gradient it stays inside the sum over the batch
+    "where-of-sums": """
+layer ws(x: [n]) {
+    param w: [n, n]
+    y[i] = where(x[i] > 0, sum(j: w[i, j] * x[j]), sum(j: w[i, j] * x[j] * x[j]))
+}
+input x: [4]
+target y: [4]
+loss = quadratic(x |> ws |> tanh |> ws, y)
+""",
+    # a reduction with no free index, and a sum whose terms read different axes
+    "scalar-sums": """
+layer sc(x: [n], m) {
+    param w: [m]
+    param v: [m]
+    y[i] = x[i] * sum(j: w[j]) + sum(j: v[j] * v[j])
+}
+layer mixed(x: [a, c]) {
+    param w: [a, c, 6]
+    y[i, k] = sum(j: w[j, k, i] * x[j, k] + w[j, k, i]) for i < 6, k < 2
+}
+fn squares(a[i, k], t[i, k]) = sum(i, k: (a[i, k] - t[i, k])^2)
+input x: [5]
+input u: [7, 2]
+target y: [5]
+target t: [6, 2]
+loss = quadratic(sc(x, 20), y) + squares(mixed(u), t)
+""",
 }
 
 

@@ -78,37 +78,9 @@ void digits_forward(const real *params, const digits_real *v_x, real *output, in
     const real *v_dense_2_weight = params + 4160;
     const real *v_dense_2_bias = params + 4800;
     real *v_dense_1 = work + 0;
-    real *dv_dense_1 = work + (size_t)batch * 64 + 0;
     real *v_h = work + (size_t)batch * 128 + 0;
-    real *dv_h = work + (size_t)batch * 192 + 0;
     real *v_z = work + (size_t)batch * 256 + 0;
-    real *dv_z = work + (size_t)batch * 266 + 0;
-    real *v_softmax_cross_entropy_1 = work + (size_t)batch * 276 + 0;
-    real *dv_softmax_cross_entropy_1 = work + (size_t)batch * 277 + 0;
-    real *tmp0 = work + (size_t)batch * 278 + 0;
-    real *tmp1 = work + (size_t)batch * 279 + 0;
-    real *tmp2 = work + (size_t)batch * 280 + 0;
-    real *tmp3 = work + (size_t)batch * 281 + 0;
-    real *tmp4 = work + (size_t)batch * 282 + 0;
-    (void)batch;
     nncc_use_helpers();
-    (void)v_dense_1_weight;
-    (void)v_dense_1_bias;
-    (void)v_dense_2_weight;
-    (void)v_dense_2_bias;
-    (void)v_dense_1;
-    (void)dv_dense_1;
-    (void)v_h;
-    (void)dv_h;
-    (void)v_z;
-    (void)dv_z;
-    (void)v_softmax_cross_entropy_1;
-    (void)dv_softmax_cross_entropy_1;
-    (void)tmp0;
-    (void)tmp1;
-    (void)tmp2;
-    (void)tmp3;
-    (void)tmp4;
     /* dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 64; i_1++) {
@@ -160,37 +132,12 @@ real digits_loss(const real *params, const digits_real *v_x, const digits_real *
     const real *v_dense_2_weight = params + 4160;
     const real *v_dense_2_bias = params + 4800;
     real *v_dense_1 = work + 0;
-    real *dv_dense_1 = work + (size_t)batch * 64 + 0;
     real *v_h = work + (size_t)batch * 128 + 0;
-    real *dv_h = work + (size_t)batch * 192 + 0;
     real *v_z = work + (size_t)batch * 256 + 0;
-    real *dv_z = work + (size_t)batch * 266 + 0;
     real *v_softmax_cross_entropy_1 = work + (size_t)batch * 276 + 0;
-    real *dv_softmax_cross_entropy_1 = work + (size_t)batch * 277 + 0;
     real *tmp0 = work + (size_t)batch * 278 + 0;
     real *tmp1 = work + (size_t)batch * 279 + 0;
-    real *tmp2 = work + (size_t)batch * 280 + 0;
-    real *tmp3 = work + (size_t)batch * 281 + 0;
-    real *tmp4 = work + (size_t)batch * 282 + 0;
-    (void)batch;
     nncc_use_helpers();
-    (void)v_dense_1_weight;
-    (void)v_dense_1_bias;
-    (void)v_dense_2_weight;
-    (void)v_dense_2_bias;
-    (void)v_dense_1;
-    (void)dv_dense_1;
-    (void)v_h;
-    (void)dv_h;
-    (void)v_z;
-    (void)dv_z;
-    (void)v_softmax_cross_entropy_1;
-    (void)dv_softmax_cross_entropy_1;
-    (void)tmp0;
-    (void)tmp1;
-    (void)tmp2;
-    (void)tmp3;
-    (void)tmp4;
     /* dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 64; i_1++) {
@@ -262,31 +209,12 @@ real digits_loss_and_grad(const real *params, const digits_real *v_x, const digi
     real *v_z = work + (size_t)batch * 256 + 0;
     real *dv_z = work + (size_t)batch * 266 + 0;
     real *v_softmax_cross_entropy_1 = work + (size_t)batch * 276 + 0;
-    real *dv_softmax_cross_entropy_1 = work + (size_t)batch * 277 + 0;
     real *tmp0 = work + (size_t)batch * 278 + 0;
     real *tmp1 = work + (size_t)batch * 279 + 0;
     real *tmp2 = work + (size_t)batch * 280 + 0;
     real *tmp3 = work + (size_t)batch * 281 + 0;
     real *tmp4 = work + (size_t)batch * 282 + 0;
-    (void)batch;
     nncc_use_helpers();
-    (void)v_dense_1_weight;
-    (void)v_dense_1_bias;
-    (void)v_dense_2_weight;
-    (void)v_dense_2_bias;
-    (void)v_dense_1;
-    (void)dv_dense_1;
-    (void)v_h;
-    (void)dv_h;
-    (void)v_z;
-    (void)dv_z;
-    (void)v_softmax_cross_entropy_1;
-    (void)dv_softmax_cross_entropy_1;
-    (void)tmp0;
-    (void)tmp1;
-    (void)tmp2;
-    (void)tmp3;
-    (void)tmp4;
     /* dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 64; i_1++) {

@@ -74,17 +74,7 @@ void linear42_forward(const real *params, const linear42_real *v_x, real *output
     const real *v_dense_1_weight = params + 0;
     const real *v_dense_1_bias = params + 8;
     real *v_y = work + 0;
-    real *dv_y = work + (size_t)batch * 2 + 0;
-    real *v_squares_1 = work + (size_t)batch * 4 + 0;
-    real *dv_squares_1 = work + (size_t)batch * 5 + 0;
-    (void)batch;
     nncc_use_helpers();
-    (void)v_dense_1_weight;
-    (void)v_dense_1_bias;
-    (void)v_y;
-    (void)dv_y;
-    (void)v_squares_1;
-    (void)dv_squares_1;
     /* y[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 2; i_1++) {
@@ -112,17 +102,8 @@ real linear42_loss(const real *params, const linear42_real *v_x, int batch, real
     const real *v_dense_1_weight = params + 0;
     const real *v_dense_1_bias = params + 8;
     real *v_y = work + 0;
-    real *dv_y = work + (size_t)batch * 2 + 0;
     real *v_squares_1 = work + (size_t)batch * 4 + 0;
-    real *dv_squares_1 = work + (size_t)batch * 5 + 0;
-    (void)batch;
     nncc_use_helpers();
-    (void)v_dense_1_weight;
-    (void)v_dense_1_bias;
-    (void)v_y;
-    (void)dv_y;
-    (void)v_squares_1;
-    (void)dv_squares_1;
     /* y[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 2; i_1++) {
@@ -153,15 +134,7 @@ real linear42_loss_and_grad(const real *params, const linear42_real *v_x, int ba
     real *v_y = work + 0;
     real *dv_y = work + (size_t)batch * 2 + 0;
     real *v_squares_1 = work + (size_t)batch * 4 + 0;
-    real *dv_squares_1 = work + (size_t)batch * 5 + 0;
-    (void)batch;
     nncc_use_helpers();
-    (void)v_dense_1_weight;
-    (void)v_dense_1_bias;
-    (void)v_y;
-    (void)dv_y;
-    (void)v_squares_1;
-    (void)dv_squares_1;
     /* y[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 2; i_1++) {

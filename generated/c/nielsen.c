@@ -78,31 +78,10 @@ void nielsen_forward(const real *params, const nielsen_real *v_x, real *output, 
     const real *v_dense_2_weight = params + 23550;
     const real *v_dense_2_bias = params + 23850;
     real *v_dense_1 = work + 0;
-    real *dv_dense_1 = work + (size_t)batch * 30 + 0;
     real *v_sigmoid_1 = work + (size_t)batch * 60 + 0;
-    real *dv_sigmoid_1 = work + (size_t)batch * 90 + 0;
     real *v_dense_2 = work + (size_t)batch * 120 + 0;
-    real *dv_dense_2 = work + (size_t)batch * 130 + 0;
     real *v_a = work + (size_t)batch * 140 + 0;
-    real *dv_a = work + (size_t)batch * 150 + 0;
-    real *v_quadratic_1 = work + (size_t)batch * 160 + 0;
-    real *dv_quadratic_1 = work + (size_t)batch * 161 + 0;
-    (void)batch;
     nncc_use_helpers();
-    (void)v_dense_1_weight;
-    (void)v_dense_1_bias;
-    (void)v_dense_2_weight;
-    (void)v_dense_2_bias;
-    (void)v_dense_1;
-    (void)dv_dense_1;
-    (void)v_sigmoid_1;
-    (void)dv_sigmoid_1;
-    (void)v_dense_2;
-    (void)dv_dense_2;
-    (void)v_a;
-    (void)dv_a;
-    (void)v_quadratic_1;
-    (void)dv_quadratic_1;
     /* dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 30; i_1++) {
@@ -163,31 +142,11 @@ real nielsen_loss(const real *params, const nielsen_real *v_x, const nielsen_rea
     const real *v_dense_2_weight = params + 23550;
     const real *v_dense_2_bias = params + 23850;
     real *v_dense_1 = work + 0;
-    real *dv_dense_1 = work + (size_t)batch * 30 + 0;
     real *v_sigmoid_1 = work + (size_t)batch * 60 + 0;
-    real *dv_sigmoid_1 = work + (size_t)batch * 90 + 0;
     real *v_dense_2 = work + (size_t)batch * 120 + 0;
-    real *dv_dense_2 = work + (size_t)batch * 130 + 0;
     real *v_a = work + (size_t)batch * 140 + 0;
-    real *dv_a = work + (size_t)batch * 150 + 0;
     real *v_quadratic_1 = work + (size_t)batch * 160 + 0;
-    real *dv_quadratic_1 = work + (size_t)batch * 161 + 0;
-    (void)batch;
     nncc_use_helpers();
-    (void)v_dense_1_weight;
-    (void)v_dense_1_bias;
-    (void)v_dense_2_weight;
-    (void)v_dense_2_bias;
-    (void)v_dense_1;
-    (void)dv_dense_1;
-    (void)v_sigmoid_1;
-    (void)dv_sigmoid_1;
-    (void)v_dense_2;
-    (void)dv_dense_2;
-    (void)v_a;
-    (void)dv_a;
-    (void)v_quadratic_1;
-    (void)dv_quadratic_1;
     /* dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 30; i_1++) {
@@ -259,23 +218,7 @@ real nielsen_loss_and_grad(const real *params, const nielsen_real *v_x, const ni
     real *v_a = work + (size_t)batch * 140 + 0;
     real *dv_a = work + (size_t)batch * 150 + 0;
     real *v_quadratic_1 = work + (size_t)batch * 160 + 0;
-    real *dv_quadratic_1 = work + (size_t)batch * 161 + 0;
-    (void)batch;
     nncc_use_helpers();
-    (void)v_dense_1_weight;
-    (void)v_dense_1_bias;
-    (void)v_dense_2_weight;
-    (void)v_dense_2_bias;
-    (void)v_dense_1;
-    (void)dv_dense_1;
-    (void)v_sigmoid_1;
-    (void)dv_sigmoid_1;
-    (void)v_dense_2;
-    (void)dv_dense_2;
-    (void)v_a;
-    (void)dv_a;
-    (void)v_quadratic_1;
-    (void)dv_quadratic_1;
     /* dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 30; i_1++) {

@@ -78,31 +78,10 @@ void xor_forward(const real *params, const xor_real *v_x, real *output, int batc
     const real *v_dense_2_weight = params + 12;
     const real *v_dense_2_bias = params + 16;
     real *v_dense_1 = work + 0;
-    real *dv_dense_1 = work + (size_t)batch * 4 + 0;
     real *v_h = work + (size_t)batch * 8 + 0;
-    real *dv_h = work + (size_t)batch * 12 + 0;
     real *v_dense_2 = work + (size_t)batch * 16 + 0;
-    real *dv_dense_2 = work + (size_t)batch * 17 + 0;
     real *v_p = work + (size_t)batch * 18 + 0;
-    real *dv_p = work + (size_t)batch * 19 + 0;
-    real *v_binary_cross_entropy_1 = work + (size_t)batch * 20 + 0;
-    real *dv_binary_cross_entropy_1 = work + (size_t)batch * 21 + 0;
-    (void)batch;
     nncc_use_helpers();
-    (void)v_dense_1_weight;
-    (void)v_dense_1_bias;
-    (void)v_dense_2_weight;
-    (void)v_dense_2_bias;
-    (void)v_dense_1;
-    (void)dv_dense_1;
-    (void)v_h;
-    (void)dv_h;
-    (void)v_dense_2;
-    (void)dv_dense_2;
-    (void)v_p;
-    (void)dv_p;
-    (void)v_binary_cross_entropy_1;
-    (void)dv_binary_cross_entropy_1;
     /* dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 4; i_1++) {
@@ -154,31 +133,11 @@ real xor_loss(const real *params, const xor_real *v_x, const xor_real *v_y, int 
     const real *v_dense_2_weight = params + 12;
     const real *v_dense_2_bias = params + 16;
     real *v_dense_1 = work + 0;
-    real *dv_dense_1 = work + (size_t)batch * 4 + 0;
     real *v_h = work + (size_t)batch * 8 + 0;
-    real *dv_h = work + (size_t)batch * 12 + 0;
     real *v_dense_2 = work + (size_t)batch * 16 + 0;
-    real *dv_dense_2 = work + (size_t)batch * 17 + 0;
     real *v_p = work + (size_t)batch * 18 + 0;
-    real *dv_p = work + (size_t)batch * 19 + 0;
     real *v_binary_cross_entropy_1 = work + (size_t)batch * 20 + 0;
-    real *dv_binary_cross_entropy_1 = work + (size_t)batch * 21 + 0;
-    (void)batch;
     nncc_use_helpers();
-    (void)v_dense_1_weight;
-    (void)v_dense_1_bias;
-    (void)v_dense_2_weight;
-    (void)v_dense_2_bias;
-    (void)v_dense_1;
-    (void)dv_dense_1;
-    (void)v_h;
-    (void)dv_h;
-    (void)v_dense_2;
-    (void)dv_dense_2;
-    (void)v_p;
-    (void)dv_p;
-    (void)v_binary_cross_entropy_1;
-    (void)dv_binary_cross_entropy_1;
     /* dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 4; i_1++) {
@@ -241,23 +200,7 @@ real xor_loss_and_grad(const real *params, const xor_real *v_x, const xor_real *
     real *v_p = work + (size_t)batch * 18 + 0;
     real *dv_p = work + (size_t)batch * 19 + 0;
     real *v_binary_cross_entropy_1 = work + (size_t)batch * 20 + 0;
-    real *dv_binary_cross_entropy_1 = work + (size_t)batch * 21 + 0;
-    (void)batch;
     nncc_use_helpers();
-    (void)v_dense_1_weight;
-    (void)v_dense_1_bias;
-    (void)v_dense_2_weight;
-    (void)v_dense_2_bias;
-    (void)v_dense_1;
-    (void)dv_dense_1;
-    (void)v_h;
-    (void)dv_h;
-    (void)v_dense_2;
-    (void)dv_dense_2;
-    (void)v_p;
-    (void)dv_p;
-    (void)v_binary_cross_entropy_1;
-    (void)dv_binary_cross_entropy_1;
     /* dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 4; i_1++) {

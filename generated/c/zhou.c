@@ -78,31 +78,10 @@ void zhou_forward(const real *params, const zhou_real *v_x, real *output, int ba
     const real *v_out_weight = params + 25;
     const real *v_out_bias = params + 40;
     real *v_hidden = work + 0;
-    real *dv_hidden = work + (size_t)batch * 5 + 0;
     real *v_b = work + (size_t)batch * 10 + 0;
-    real *dv_b = work + (size_t)batch * 15 + 0;
     real *v_out = work + (size_t)batch * 20 + 0;
-    real *dv_out = work + (size_t)batch * 23 + 0;
     real *v_yhat = work + (size_t)batch * 26 + 0;
-    real *dv_yhat = work + (size_t)batch * 29 + 0;
-    real *v_quadratic_1 = work + (size_t)batch * 32 + 0;
-    real *dv_quadratic_1 = work + (size_t)batch * 33 + 0;
-    (void)batch;
     nncc_use_helpers();
-    (void)v_hidden_weight;
-    (void)v_hidden_bias;
-    (void)v_out_weight;
-    (void)v_out_bias;
-    (void)v_hidden;
-    (void)dv_hidden;
-    (void)v_b;
-    (void)dv_b;
-    (void)v_out;
-    (void)dv_out;
-    (void)v_yhat;
-    (void)dv_yhat;
-    (void)v_quadratic_1;
-    (void)dv_quadratic_1;
     /* hidden[b, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[b, j])  [#fwd-hidden] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 5; i_1++) {
@@ -154,31 +133,11 @@ real zhou_loss(const real *params, const zhou_real *v_x, const zhou_real *v_y, i
     const real *v_out_weight = params + 25;
     const real *v_out_bias = params + 40;
     real *v_hidden = work + 0;
-    real *dv_hidden = work + (size_t)batch * 5 + 0;
     real *v_b = work + (size_t)batch * 10 + 0;
-    real *dv_b = work + (size_t)batch * 15 + 0;
     real *v_out = work + (size_t)batch * 20 + 0;
-    real *dv_out = work + (size_t)batch * 23 + 0;
     real *v_yhat = work + (size_t)batch * 26 + 0;
-    real *dv_yhat = work + (size_t)batch * 29 + 0;
     real *v_quadratic_1 = work + (size_t)batch * 32 + 0;
-    real *dv_quadratic_1 = work + (size_t)batch * 33 + 0;
-    (void)batch;
     nncc_use_helpers();
-    (void)v_hidden_weight;
-    (void)v_hidden_bias;
-    (void)v_out_weight;
-    (void)v_out_bias;
-    (void)v_hidden;
-    (void)dv_hidden;
-    (void)v_b;
-    (void)dv_b;
-    (void)v_out;
-    (void)dv_out;
-    (void)v_yhat;
-    (void)dv_yhat;
-    (void)v_quadratic_1;
-    (void)dv_quadratic_1;
     /* hidden[b, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[b, j])  [#fwd-hidden] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 5; i_1++) {
@@ -241,23 +200,7 @@ real zhou_loss_and_grad(const real *params, const zhou_real *v_x, const zhou_rea
     real *v_yhat = work + (size_t)batch * 26 + 0;
     real *dv_yhat = work + (size_t)batch * 29 + 0;
     real *v_quadratic_1 = work + (size_t)batch * 32 + 0;
-    real *dv_quadratic_1 = work + (size_t)batch * 33 + 0;
-    (void)batch;
     nncc_use_helpers();
-    (void)v_hidden_weight;
-    (void)v_hidden_bias;
-    (void)v_out_weight;
-    (void)v_out_bias;
-    (void)v_hidden;
-    (void)dv_hidden;
-    (void)v_b;
-    (void)dv_b;
-    (void)v_out;
-    (void)dv_out;
-    (void)v_yhat;
-    (void)dv_yhat;
-    (void)v_quadratic_1;
-    (void)dv_quadratic_1;
     /* hidden[b, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[b, j])  [#fwd-hidden] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 5; i_1++) {
