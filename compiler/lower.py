@@ -305,6 +305,11 @@ class Lowerer:
             if target not in indices or target in where:
                 raise NotImplementedError(f"a scatter through {d}")
             where[target] = read
+        tiles = {j: _row_major(read, sorted((x for x in read.free_symbols if x in self.ranges),
+                                            key=lambda x: x.name), self.ranges, self.ranges[j])
+                 for j, read in where.items()}
+        if all(t is not None and len(t) > 1 for t in tiles.values()):
+            return self._untile(rest, limits, indices, tiles)
         layout, windows, kernel, used = [], [], [], set()
         for axis, j in enumerate(indices):
             if j not in where:
@@ -326,6 +331,21 @@ class Lowerer:
         out = ", ".join(self._extent_code(self.ranges[j]) for j in indices)
         self.kernels.helpers.add("unpatches")
         return self._temp(f"_unpatches({code}, ({out},), {tuple(windows)})", list(indices))
+
+    def _untile(self, rest, limits, indices, tiles):
+        """A scatter whose every target index is a row-major pair (s*i + p, p < s: windows
+        that tile the axis, as a pool with stride = kernel): each element lands in exactly
+        one place, so the scatter is a reshape of G laid out [.., i, p, ..]."""
+        layout = [x for j in indices for x in (tiles[j] if j in tiles else [j])]
+        used = {x for t in tiles.values() for x in t}
+        other = [(v, lo, hi) for v, lo, hi in limits if v not in used]
+        g = self._hoist(sp.Sum(rest, *other) if other else rest, layout)
+        code = self._elementwise(g, layout)
+        dims = ", ".join(self._extent_code(self.ranges[x]) for x in layout)
+        if _index_syms(g, self.ranges) != set(layout):
+            code = f"np.broadcast_to({code}, ({dims},))"
+        out = ", ".join(self._extent_code(self.ranges[j]) for j in indices)
+        return self._temp(f"{_paren(code)}.reshape({out})", list(indices))
 
     def _sum(self, body, vs, free, order):
         coeff, groups = sp.Integer(1), {}

@@ -98,7 +98,6 @@ def _complain(params, arrays):
 def _patches(a, windows):
     # im2col as a view: for each (axis, start, stride, n, k) in windows, axis i of the
     # result reads a[start + stride*i + p] with p a new trailing axis (zeros outside a)
-    from numpy.lib.stride_tricks import sliding_window_view
     pad = [(0, 0)] * a.ndim
     for axis, start, stride, n, k in windows:
         pad[axis] = (max(0, -start), max(0, start + stride * (n - 1) + k - a.shape[axis]))
@@ -106,12 +105,15 @@ def _patches(a, windows):
         padded = np.zeros([s + lo + hi for s, (lo, hi) in zip(a.shape, pad)], dtype=a.dtype)
         padded[tuple(slice(lo, lo + s) for s, (lo, _) in zip(a.shape, pad))] = a
         a = padded
-    view = sliding_window_view(a, tuple(w[4] for w in windows), axis=tuple(w[0] for w in windows))
-    index = [slice(None)] * view.ndim
+    # the view by hand (sliding_window_view's checks cost more than a small layer's copy)
+    shape, strides, kernel = list(a.shape), list(a.strides), []
+    corner = [slice(None)] * a.ndim
     for axis, start, stride, n, k in windows:
-        first = start + pad[axis][0]
-        index[axis] = slice(first, first + stride * (n - 1) + 1, stride)
-    return view[tuple(index)]
+        corner[axis] = slice(start + pad[axis][0], None)
+        shape[axis], strides[axis] = n, a.strides[axis] * stride
+        kernel.append((k, a.strides[axis]))
+    return np.lib.stride_tricks.as_strided(a[tuple(corner)], shape + [k for k, _ in kernel],
+                                           strides + [s for _, s in kernel], writeable=False)
 
 
 def _unpatches(g, shape, windows):
@@ -164,16 +166,22 @@ def _first_argmax(a, axes):
         hot = np.arange(flat.shape[-1]) == at[..., None]
         return np.moveaxis(hot.reshape(moved.shape), range(a.ndim - k, a.ndim), axes).astype(a.dtype)
     moved = np.ascontiguousarray(np.moveaxis(a, axes, range(k)))
-    offsets = list(np.ndindex(*moved.shape[:k]))
-    best = moved[offsets[0]]
-    which = np.zeros(best.shape, dtype=np.int8 if len(offsets) < 128 else np.intp)
-    for n, o in enumerate(offsets[1:], 1):
-        v = moved[o]
-        np.copyto(which, n, where=(v > best) | (v != v))
-        best = np.maximum(best, v)  # NaN-propagating, so the same as taking v where newer
+    slices = [moved[o + (Ellipsis,)] for o in np.ndindex(*moved.shape[:k])]
+    top = slices[0].copy()
+    for v in slices[1:]:
+        np.maximum(top, v, out=top)  # NaN wherever the window holds one
     hot = np.empty(moved.shape, dtype=a.dtype)
-    for n, o in enumerate(offsets):
-        hot[o] = which == n
+    hots = hot.reshape((len(slices),) + top.shape)
+    taken = np.zeros(top.shape, dtype=bool)
+    for n, v in enumerate(slices):  # the first element equal to the maximum
+        first = (v == top) & ~taken
+        taken |= first
+        hots[n] = first
+    if not taken.all():  # windows holding a NaN (no element equals NaN): the last NaN
+        for n in reversed(range(len(slices))):
+            last = (slices[n] != slices[n]) & ~taken
+            taken |= last
+            hots[n] += last
     return np.moveaxis(hot, range(k), axes)
 
 
@@ -276,7 +284,7 @@ def loss_and_grad(params, x, y):
     # d_h[b, ci, k, l] = Σ_o,i,j,p,q (conv2d_2.weight[o, ci, p, q]*d_conv2d_2[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_2-h]
     # d_relu_1[b, ch, k, l] = Σ_i,j,p1,q1 (FirstArgmax(relu_1[b, ch, p1 + 2*i, q1 + 2*j], (p1, 0, 1), (q1, 0, 1))*d_h[b, ch, i, j]*δ(k,p1 + 2*i)*δ(l,q1 + 2*j))  [#bwd-maxpool2d_1-relu_1]
     # d_conv2d_1[b, i, j, k] = where(conv2d_1[b, i, j, k] > 0, d_relu_1[b, i, j, k], 0)  [#bwd-relu_1-conv2d_1]
-    d_conv2d_1 = np.where((conv2d_1 > 0), _unpatches(_unpatches(np.tensordot(conv2d_2_weight, d_conv2d_2, axes=([0], [1])).transpose((3, 0, 4, 5, 1, 2)), (batch, 8, 4, 4,), ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3)))[:, :, :, :, None, None]*_first_argmax(relu_1.reshape(batch, 8, 4, 2, 4, 2).transpose((0, 1, 2, 4, 3, 5)), (4, 5)), (batch, 8, 8, 8,), ((2, 0, 2, 4, 2), (3, 0, 2, 4, 2))), 0)
+    d_conv2d_1 = np.where((conv2d_1 > 0), (_unpatches(np.tensordot(conv2d_2_weight, d_conv2d_2, axes=([0], [1])).transpose((3, 0, 4, 5, 1, 2)), (batch, 8, 4, 4,), ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3)))[:, :, :, None, :, None]*_first_argmax(relu_1.reshape(batch, 8, 4, 2, 4, 2), (3, 5))).reshape(batch, 8, 8, 8), 0)
     # d_conv2d_1_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_1[b, o, i, j]*x[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_1-weight]
     d_conv2d_1_weight = np.tensordot(d_conv2d_1, _patches(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3))), axes=([0, 2, 3], [0, 2, 3]))
     # d_conv2d_1_bias[o] = Σ_b,i,j d_conv2d_1[b, o, i, j]  [#bwd-conv2d_1-bias]

@@ -102,7 +102,6 @@ def _complain(params, arrays):
 def _patches(a, windows):
     # im2col as a view: for each (axis, start, stride, n, k) in windows, axis i of the
     # result reads a[start + stride*i + p] with p a new trailing axis (zeros outside a)
-    from numpy.lib.stride_tricks import sliding_window_view
     pad = [(0, 0)] * a.ndim
     for axis, start, stride, n, k in windows:
         pad[axis] = (max(0, -start), max(0, start + stride * (n - 1) + k - a.shape[axis]))
@@ -110,12 +109,15 @@ def _patches(a, windows):
         padded = np.zeros([s + lo + hi for s, (lo, hi) in zip(a.shape, pad)], dtype=a.dtype)
         padded[tuple(slice(lo, lo + s) for s, (lo, _) in zip(a.shape, pad))] = a
         a = padded
-    view = sliding_window_view(a, tuple(w[4] for w in windows), axis=tuple(w[0] for w in windows))
-    index = [slice(None)] * view.ndim
+    # the view by hand (sliding_window_view's checks cost more than a small layer's copy)
+    shape, strides, kernel = list(a.shape), list(a.strides), []
+    corner = [slice(None)] * a.ndim
     for axis, start, stride, n, k in windows:
-        first = start + pad[axis][0]
-        index[axis] = slice(first, first + stride * (n - 1) + 1, stride)
-    return view[tuple(index)]
+        corner[axis] = slice(start + pad[axis][0], None)
+        shape[axis], strides[axis] = n, a.strides[axis] * stride
+        kernel.append((k, a.strides[axis]))
+    return np.lib.stride_tricks.as_strided(a[tuple(corner)], shape + [k for k, _ in kernel],
+                                           strides + [s for _, s in kernel], writeable=False)
 
 
 def _unpatches(g, shape, windows):
@@ -251,7 +253,7 @@ def loss_and_grad(params, x, y):
     # d_avgpool2d_1[b, ch, i, j] = d_flatten_1[b, j + 4*i + 16*ch]  [#bwd-flatten_1-avgpool2d_1]
     # d_block[b, ch, k, l] = Σ_i,j,p,q (d_avgpool2d_1[b, ch, i, j]*δ(k,p + 2*i)*δ(l,q + 2*j))/4  [#bwd-avgpool2d_1-block]
     # d_add_1[b, i, j, k] = where(add_1[b, i, j, k] > 0, d_block[b, i, j, k], 0)  [#bwd-relu_3-add_1]
-    d_add_1 = np.where((add_1 > 0), _unpatches(np.broadcast_to(0.25*(d_z @ dense_1_weight).reshape(batch, 8, 4, 4)[:, :, :, :, None, None], (batch, 8, 4, 4, 2, 2,)), (batch, 8, 8, 8,), ((2, 0, 2, 4, 2), (3, 0, 2, 4, 2))), 0)
+    d_add_1 = np.where((add_1 > 0), np.broadcast_to(0.25*(d_z @ dense_1_weight).reshape(batch, 8, 4, 4)[:, :, :, None, :, None], (batch, 8, 4, 2, 4, 2,)).reshape(batch, 8, 8, 8), 0)
     # d_body[b, i, j, k] = d_add_1[b, i, j, k]  [#bwd-add_1-body]
     d_body = d_add_1
     # d_stem[b, i, j, k] = d_add_1[b, i, j, k]  [#bwd-add_1-stem]
