@@ -11,8 +11,10 @@ import sympy as sp
 from . import ir
 from . import syntax as S
 from .errors import Loc, NNError, did_you_mean
+from .naming import grad_name, var
 from .ops import PRIMITIVES, OpDef, Registry, TensorArg, define_fn, define_layer
 from .parse import parse
+from .symbolic import LogSumExp, MaxOver
 
 INITS = ("uniform", "normal", "zeros", "xavier", "he")
 
@@ -67,6 +69,8 @@ class _Builder:
                 self.registry.add(define_fn(st, self.registry))
             elif isinstance(st, S.LayerDef):
                 self.registry.add(define_layer(st, self.registry))
+        # names the user binds, so that no automatic name takes one before its line
+        self.user_names = {st.name for st in self.stmts if isinstance(st, (S.Decl, S.Assign))}
         for st in self.stmts:
             if isinstance(st, S.Network):
                 if name_loc is not None:
@@ -87,6 +91,9 @@ class _Builder:
                     self._first_arg, self._in_loss = None, True
                     t = self._eval(st.expr)
                     self._in_loss = False
+                    if not isinstance(t, ir.Tensor):
+                        raise NNError("the loss must depend on the network, but this is a plain number",
+                                      st.expr.loc, "e.g. loss = quadratic(a, y)")
                     if t.shape != ():
                         raise NNError(f"the loss must be one number per sample, but this has shape "
                                       f"{list(t.shape)}", st.expr.loc if hasattr(st.expr, "loc") else st.loc,
@@ -116,12 +123,28 @@ class _Builder:
             raise NNError("cannot tell what 'forward' should return", loss[1], "add a line 'output NAME'")
         if self.tensors[out_name].role == "target":
             raise NNError(f"the output '{out_name}' is a target; forward cannot return it", loss[1])
+        self._check_generated_names()
         g = ir.Graph(name, self.file,
                      tuple(t for t in self.tensors.values() if t.role == "input"),
                      tuple(t for t in self.tensors.values() if t.role == "target"),
                      dict(self.tensors), tuple(self.params), tuple(self.nodes), out_name, loss[0].name, reduce)
         ir.verify(g)
         return g
+
+    def _check_generated_names(self):
+        """The generated code names a parameter a.b as a_b and the gradient of x as d_x: a
+        user's tensor must not take a name one of those already has."""
+        for t in self.tensors.values():
+            if t.name not in self.user_names:
+                continue
+            for other, what in ((p.name, f"parameter '{p.name}'") for p in self.params):
+                if var(other) == var(t.name):
+                    raise NNError(f"the name '{t.name}' is taken: the generated code calls the {what} "
+                                  f"{var(other)}", t.loc, "choose another name")
+            for n in [u for u in self.tensors if u != t.name] + [p.name for p in self.params]:
+                if grad_name(n) == var(t.name):
+                    raise NNError(f"the name '{t.name}' is taken: the generated code calls the gradient "
+                                  f"of '{n}' {grad_name(n)}", t.loc, "choose another name")
 
     def _line(self, n):
         return self.lines[n - 1] if 0 < n <= len(self.lines) else ""
@@ -140,6 +163,8 @@ class _Builder:
     def _number(self, e, what):
         """A constant expression (numbers, + - * / ^, true/false, strings)."""
         if isinstance(e, S.Num):
+            if not math.isfinite(e.value):
+                raise NNError("this number is too large for a float", e.loc)
             return e.value
         if isinstance(e, (S.Bool, S.Str)):
             return e.value
@@ -167,7 +192,7 @@ class _Builder:
             if bind is not None:
                 return self._node(self._elementwise("identity", "z", 1), [t], {}, e.loc, bind)
             return t
-        if isinstance(e, (S.Num, S.Neg)) and not self._mentions_tensor(e):
+        if isinstance(e, (S.Num, S.Neg, S.Binary)) and not self._mentions_tensor(e):
             v = self._number(e, "this")
             if bind is not None:
                 raise NNError(f"'{bind}' would be a plain number; only tensors can be bound", e.loc)
@@ -208,6 +233,8 @@ class _Builder:
             return self._node(self._arith(name, fn, 2), [a, b], {}, e.loc, bind)
         if isinstance(a, ir.Tensor):
             c = self._const(b, e.right)
+            if e.op == "/" and c == 0:
+                raise NNError("division by zero", e.right.loc)
             return self._node(self._arith(name, lambda z: fn(z, c), 1), [a], {}, e.loc, bind)
         if isinstance(b, ir.Tensor):
             c = self._const(a, e.left)
@@ -267,10 +294,11 @@ class _Builder:
             tensors.append(v)
         if self._in_loss and self._first_arg is None and op.kind == "indexed" and not op.out_indices:
             self._first_arg = tensors[0].name  # forward returns the first argument of the loss
-        options = {}
+        options, kinds = {}, option_kinds(op)
         for o in op.options:
             if o.name in values:
-                options[o.name] = self._number(values[o.name], f"'{o.name}' of '{op.name}'")
+                value = self._number(values[o.name], f"'{o.name}' of '{op.name}'")
+                options[o.name] = _check_option(op, o, value, kinds[o.name], locs[o.name])
             elif isinstance(o.default, sp.Basic):  # a default computed from other options
                 v = o.default.xreplace({sp.Symbol(k, integer=True): sp.sympify(x) for k, x in options.items()
                                         if not isinstance(x, str)})
@@ -334,7 +362,7 @@ class _Builder:
         else:
             shape, params = self._shape_indexed(op, args, options, loc, label, extra)
         out = bind or label
-        if out in self.tensors:  # an automatic label shadowing a user name
+        if bind is None and (out in self.tensors or out in self.user_names):  # a user's name
             out = self._fresh(out)
         t = ir.Tensor(out, shape, "value", loc)
         self.tensors[out] = t
@@ -344,7 +372,7 @@ class _Builder:
 
     def _fresh(self, base):
         k = 1
-        while f"{base}_{k}" in self.tensors or f"{base}_{k}" in self.defined_at:
+        while f"{base}_{k}" in self.tensors or f"{base}_{k}" in self.defined_at or f"{base}_{k}" in self.user_names:
             k += 1
         return f"{base}_{k}"
 
@@ -506,3 +534,63 @@ def _concat_op(n: int, rest_rank: int) -> OpDef:
     extents = {i: sum(sizes)}
     extents.update(dict(zip(rest, rest_sizes)))
     return OpDef("concat", "indexed", tensors, (), (), (i,) + rest, extents, body, None, True)
+
+
+def option_kinds(op: OpDef) -> dict:
+    """What each option of an op is: "switch" (true/false), "count" (a size that must be
+    positive: a param's extent, a stride, a kernel), "size" (a whole number, 0 allowed: a
+    padding) or "number" (a value in the formula, e.g. a slope)."""
+    subs = [sub for ind in op.body.atoms(sp.Indexed) for sub in ind.indices] if op.body is not None else []
+    indices = set(op.out_indices) | {lim[0] for x in (op.body.atoms(sp.Sum, MaxOver, LogSumExp) if op.body is not None
+                                                      else ()) for lim in x.limits}
+    structural, positive = set(), set()
+    for spec in op.params:
+        for n in spec.shape:
+            positive |= sp.sympify(n).free_symbols
+    for n in list(op.extents.values()) + subs:
+        n = sp.sympify(n)
+        structural |= n.free_symbols
+        for x in n.free_symbols & indices:  # a stride: the coefficient of an index
+            positive |= sp.sympify(n.coeff(x)).free_symbols
+        for d in n.atoms(sp.Pow):
+            if d.exp.is_negative:  # a divisor
+                positive |= d.base.free_symbols
+    for x in op.body.atoms(sp.Sum, MaxOver, LogSumExp) if op.body is not None else ():
+        for _, lo, hi in x.limits:  # a reduction over nothing is no window
+            positive |= sp.sympify(hi).free_symbols
+    kinds = {}
+    for o in op.options:
+        sym = {x.name for x in structural | positive}
+        if isinstance(o.default, bool):
+            kinds[o.name] = "switch"
+        elif o.name in {x.name for x in positive}:
+            kinds[o.name] = "count"
+        elif o.name in sym:
+            kinds[o.name] = "size"
+        else:
+            kinds[o.name] = "number"
+    return kinds
+
+
+def _check_option(op: OpDef, o, value, kind: str, loc: Loc) -> None:
+    what = f"'{o.name}' of '{op.name}'"
+    if kind == "switch":
+        if not isinstance(value, bool):
+            raise NNError(f"{what} is true or false, not {_show(value)}", loc)
+        return value
+    if isinstance(value, (bool, str)):
+        raise NNError(f"{what} must be a number, not {_show(value)}", loc)
+    if not math.isfinite(value):
+        raise NNError(f"{what} must be a finite number", loc)
+    if kind in ("count", "size"):
+        if value != int(value) or value < (1 if kind == "count" else 0):
+            least = "positive" if kind == "count" else "non-negative"
+            raise NNError(f"{what} must be a {least} whole number, not {_show(value)}", loc)
+        return int(value)
+    return value
+
+
+def _show(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return f'"{value}"' if isinstance(value, str) else repr(value)

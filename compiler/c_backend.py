@@ -202,7 +202,10 @@ class CLowerer:
     _depth = 1
 
     def _temp(self, labels):
-        name = f"tmp{len([w for w in self.work if w.name.startswith('tmp')])}"
+        k = len([w for w in self.work if w.name.startswith('tmp')])
+        while f"tmp{k}" in self.buffers:  # a user's tensor tmp0, say
+            k += 1
+        name = f"tmp{k}"
         buf = Buffer(name, tuple(self.ranges[s] for s in labels), "work")
         self.work.append(buf)
         self.buffers[name] = buf

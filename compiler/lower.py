@@ -60,6 +60,10 @@ class _Printer(NumPyPrinter):
             return "batch"
         if s.name in self.lowerer.names:  # a scalar temporary
             return self.lowerer.names[s.name]
+        if s in self.layout:  # an index read as a number (a bounds guard): its positions
+            tail = len(self.layout) - 1 - self.layout.index(s)
+            n = self.lowerer._extent_code(self.lowerer.ranges[s])
+            return f"np.arange({n}, dtype=dtype)" + (f"[:{', None' * tail}]" if tail else "")
         raise NotImplementedError(f"free symbol {s} in a kernel")
 
     def _print_Add(self, e, order=None):
@@ -106,9 +110,24 @@ class _Printer(NumPyPrinter):
 
     def _print_Where(self, e):
         c, a, b = e.args
+        if b == 0 and self._inside_extent(c, a):
+            return self._print(a)
         if _may_fault(a) or _may_fault(b):  # np.where evaluates the branch not taken too
             self.lowerer.guarded = True
         return f"np.where({self._print(c)}, {self._print(a)}, {self._print(b)})"
+
+    def _inside_extent(self, cond, value) -> bool:
+        """Does cond only say that value's one read is inside its array?  Reads outside
+        are zeros (the language's padding rule), so the guard of a shifted read (from a
+        delta eliminated, d[i - 1] where 0 <= i - 1 <= n - 1) can go."""
+        coeff, read = value.as_coeff_Mul()
+        if not isinstance(read, sp.Indexed) or read.base.label.name not in self.lowerer.shapes:
+            return False
+        shape = self.lowerer.shapes[read.base.label.name]
+        bounds = set()
+        for sub, n in zip(read.indices, shape):
+            bounds |= {sub >= 0, sub <= n - 1, 0 <= sub, n - 1 >= sub}
+        return all(r in bounds for r in (cond.args if isinstance(cond, sp.And) else (cond,)))
 
     def _print_Not(self, e):
         return f"~{self._print(e.args[0])}"
@@ -284,6 +303,9 @@ class Lowerer:
         """A new temporary holding code, read back as temp[labels] (a Symbol when it is a scalar)."""
         name = temp(self.count)
         self.count += 1
+        while name in self.names or name in self.names.values():  # a user's tensor t3, say
+            name = temp(self.count)
+            self.count += 1
         self.kernels.lines.append(Line(name, code))
         self.names[name] = name
         self.shapes[name] = tuple(self.ranges[s] for s in labels)
@@ -316,7 +338,12 @@ class Lowerer:
                 layout.append(j)
                 continue
             syms = sorted((x for x in where[j].free_symbols if x in self.ranges), key=lambda x: x.name)
-            outer, inner, stride, start = _window_parts(where[j], syms, self.ranges)
+            if len(syms) == 1:  # s*i + c: a window of one element
+                outer, stride, start = _split_affine(where[j], self.ranges)
+                inner = sp.Dummy("unit")
+                self.ranges[inner] = 1
+            else:
+                outer, inner, stride, start = _window_parts(where[j], syms, self.ranges)
             layout.append(outer)
             kernel.append(inner)
             used |= {outer, inner}
@@ -359,6 +386,8 @@ class Lowerer:
         for v in vs:
             if not any(v in g for g in groups):
                 coeff *= self.ranges[v]
+        if not groups:  # nothing varies with the summed indices (0, or a constant)
+            return self._elementwise(coeff, []), []
         ops = []
         for labels, fs in groups.items():
             if len(fs) == 1 and isinstance(fs[0], sp.Indexed):
@@ -445,20 +474,19 @@ class Lowerer:
         for axis, sub in enumerate(e.indices):
             syms = sorted((x for x in sub.free_symbols if x in self.ranges), key=lambda x: x.name)
             if len(syms) == 1:
-                sym, offset = _split_affine(sub, self.ranges)
+                sym, stride, offset = _split_affine(sub, self.ranges)
                 size = self.ranges[sym]
                 labels.append(sym)
-                if offset == 0 and size == shape[axis]:
+                dims.append(size)
+                last = offset + stride * (size - 1)
+                if offset == 0 and stride == 1 and size == shape[axis]:
                     slices.append(None)
-                    dims.append(shape[axis])
-                elif 0 <= offset and sp.simplify(offset + size - shape[axis]) <= 0:
-                    slices.append(f"{offset}:{offset + size}")
-                    dims.append(size)
+                elif 0 <= offset and sp.simplify(last - shape[axis]) < 0:
+                    slices.append(f"{offset}:{last + 1}" + (f":{stride}" if stride != 1 else ""))
                 else:
                     self.kernels.helpers.add("window")
-                    code = f"_window({code}, {axis}, {offset}, {size})"
+                    code = f"_window({code}, {axis}, {offset}, {size}" + (f", {stride})" if stride != 1 else ")")
                     slices.append(None)
-                    dims.append(size)
                 continue
             flat = _row_major(sub, syms, self.ranges, shape[axis])
             if flat is not None:
@@ -586,15 +614,16 @@ def _paren_in(code: str, host: str, start: int, end: int) -> str:
 
 
 def _split_affine(sub, ranges):
-    """i + c -> (i, c) for an index symbol i and an integer c."""
+    """s*i + c -> (i, s, c) for an index symbol i and integers s > 0, c."""
     syms = [s for s in sub.free_symbols if s in ranges]
     if len(syms) != 1:
         raise NotImplementedError(f"subscript {sub} needs window lowering")
     (s,) = syms
-    rest = sp.expand(sub - s)
-    if rest.free_symbols:
+    stride = sp.expand(sub).coeff(s)
+    rest = sp.expand(sub - stride * s)
+    if rest.free_symbols or not stride.is_Integer or stride <= 0:
         raise NotImplementedError(f"subscript {sub} needs window lowering")
-    return s, int(rest)
+    return s, int(stride), int(rest)
 
 
 def _axes(axes):

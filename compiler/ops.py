@@ -84,15 +84,18 @@ class OpDef:
 
 
 class Registry:
-    """Operators by name; a second definition of a name is an error."""
+    """Operators by name.  A user's definition may replace one of the prelude's (the
+    language reference itself shows `layer dense` and `fn quadratic`); a second user
+    definition of a name, or one of a primitive, is an error."""
 
     def __init__(self):
         self._ops: dict[str, OpDef] = {}
 
     def add(self, op: OpDef) -> None:
         clash = op.name in PRIMITIVES or op.name in REDUCTIONS or op.name in _RESERVED
-        if op.name in self._ops or (clash and not op.builtin):
-            old = self._ops.get(op.name)
+        old = self._ops.get(op.name)
+        replaces_prelude = old is not None and old.builtin and not op.builtin and not clash
+        if (op.name in self._ops and not replaces_prelude) or (clash and not op.builtin):
             where = "a built-in" if (old is None or old.builtin) else f"defined at {old.loc}"
             raise NNError(f"'{op.name}' is already defined ({where})", op.loc,
                           "choose another name for your definition")
@@ -418,5 +421,11 @@ def _axis_extent(sym, body, scope: _Scope, loc: Loc):
         for axis, sub in enumerate(ind.indices):
             if sub == sym:
                 return scope.tensors[ind.base.label.name][1][axis]
+    # a window's offset, as p in x[i*stride + p], reads as far as the layer's `kernel`
+    # option, the convention of conv2d and the pools (PyTorch's kernel_size)
+    if "kernel" in scope.scalars and any(
+            sub != sym and sub.has(sym) and sub.is_polynomial(sym) and sub.coeff(sym) == 1
+            for ind in body.atoms(sp.Indexed) for sub in ind.indices):
+        return scope.scalars["kernel"]
     raise NNError(f"the range of index '{sym.name}' is unknown: it is never a plain subscript of an "
                   f"argument or parameter", loc, f"state it with 'for {sym.name} < size'")

@@ -58,7 +58,7 @@ def _check(params, arrays):
             dtype, batch = value.dtype, len(value)
     except (KeyError, AttributeError):
         return _complain(params, arrays)
-    if dtype.kind != "f":
+    if dtype.name not in ("float32", "float64"):
         return _complain(params, arrays)
     return batch, dtype
 
@@ -72,7 +72,10 @@ def _complain(params, arrays):
             raise ValueError(f"parameter {name!r} has shape {np.shape(params[name])}, expected {shape}")
     batch = None
     for name, (value, shape) in arrays.items():
-        if not isinstance(value, np.ndarray) or value.ndim != len(shape) + 1 or value.shape[1:] != shape:
+        if not isinstance(value, np.ndarray):
+            raise ValueError(f"{name!r} must be a numpy array, got a {type(value).__name__} "
+                             f"(e.g. np.asarray({name}, dtype=np.float32))")
+        if value.ndim != len(shape) + 1 or value.shape[1:] != shape:
             raise ValueError(f"{name!r} must have shape (batch, {', '.join(map(str, shape))}), "
                              f"got {np.shape(value)}")
         if batch is None:
@@ -83,7 +86,7 @@ def _complain(params, arrays):
     dtypes.update({name: np.asarray(value).dtype for name, value in params.items() if name in PARAM_SHAPES})
     first = next(iter(dtypes))
     for name, d in dtypes.items():
-        if d.kind != "f":
+        if d.name not in ("float32", "float64"):
             raise ValueError(f"{name!r} is {d}; pass float32 or float64 arrays (e.g. x.astype(np.float32))")
         if d != dtypes[first]:
             raise ValueError(f"{name!r} is {d}, but {first!r} is {dtypes[first]}: pass float32 or float64 "

@@ -554,7 +554,91 @@ def user_models():
         b = bilinear(x, u, 3, name="bl")
         loss = quadratic(b, y)
     """, {"x": [4], "u": [2]}, {"y": [3]}, defs=USER_DEFS), {}, bilinear_torch))
+
+    # reads that are not windows of a sum: a shift, a finite difference, a crop, a strided
+    # subsample (past the end: zeros), and the max-pool of the language reference as written
+    shifts = """
+        layer diff(x: [n]) {
+            y[i] = x[i + 1] - x[i] for i < n - 1
+        }
+        layer crop(x: [n]) {
+            y[i] = x[i] for i < n - 2
+        }
+        layer pairs(x: [n]) {
+            y[i] = x[2*i] * x[2*i + 1] - x[i + 3] for i < n / 2 + 1
+        }
+        layer pool(x: [c, h, w], kernel, stride = kernel) {
+            y[ch, i, j] = max(p, q: x[ch, i*stride + p, j*stride + q])
+                for i < (h - kernel) / stride + 1, j < (w - kernel) / stride + 1
+        }
+    """
+
+    def shifted(P, X, Y):
+        h = lin(P, "dense_1", X["x"])
+        padded = F.pad(h, (0, 1))  # h[9] reads zero
+        d = h[:, 1:] - h[:, :-1]
+        pr = padded[:, 0:9:2] * padded[:, 1:10:2] - h[:, 3:8]
+        a = torch.cat([lin(P, "dense_2", d)[:, :4], pr], 1)
+        q = F.max_pool2d(X["u"], 3, 2).flatten(1)
+        return torch.cat([a, q], 1), reduce(quadratic(a, Y["y"]) + quadratic(q, Y["t"]))
+
+    out.append(Model("user-layer-shift-crop-subsample", program("shifts", """
+        h = x |> dense(9)
+        a = concat(h |> diff |> dense(6) |> crop, pairs(h))
+        q = u |> pool(3, stride=2) |> flatten
+        o = concat(a, q)
+        output o
+        loss = quadratic(a, y) + quadratic(q, t)
+    """, {"x": [4], "u": [2, 7, 7]}, {"y": [9], "t": [18]}, defs=shifts), {}, shifted))
+
+    def shared_names(P, X, Y):
+        a = torch.tanh(lin(P, "dense_1", torch.sigmoid(lin(P, "h", X["x"]))))
+        return a, reduce(quadratic(a, Y["y"]))
+
+    # a layer named like the tensor it feeds, and a tensor named like an automatic label
+    out.append(Model("user-names-shared-by-layer-and-tensor", program("names", """
+        h = x |> dense(4, name="h") |> sigmoid
+        dense_2 = h |> dense(3)
+        a = dense_2 |> tanh
+        loss = quadratic(a, y)
+    """), {}, shared_names))
+
+    def reference(P, X, Y):
+        h = F.max_pool2d(F.relu(F.conv2d(X["x"], P["conv2d_1.weight"], P["conv2d_1.bias"], padding=1)), 2)
+        a = lin(P, "dense_1", h.flatten(1))
+        return a, reduce(quadratic(a, Y["y"]))
+
+    # the definitions of the language reference, word for word, replacing the prelude's
+    out.append(Model("user-language-reference-definitions", program("reference", """
+        a = x |> conv2d(3, 3, padding=1) |> relu |> maxpool2d(2) |> flatten |> dense(3)
+        loss = quadratic(a, y)
+    """, {"x": [2, 6, 6]}, defs=REFERENCE_DEFS), {}, reference, batch=3))
     return out
+
+
+REFERENCE_DEFS = """
+    fn quadratic(a[i], y[i]) = 0.5 * sum(i: (a[i] - y[i])^2)
+
+    layer dense(x: [k], n, bias = true) {
+        param weight: [n, k]  init uniform(-1/sqrt(k), 1/sqrt(k))
+        param bias:   [n]     init uniform(-1/sqrt(k), 1/sqrt(k))
+        y[i] = sum(j: weight[i, j] * x[j]) + bias[i]
+    }
+
+    layer conv2d(x: [c, h, w], out, kernel, stride = 1, padding = 0) {
+        param weight: [out, c, kernel, kernel]
+        param bias:   [out]
+        y[o, i, j] = sum(ci, p, q: weight[o, ci, p, q]
+                     * x[ci, i*stride + p - padding, j*stride + q - padding]) + bias[o]
+            for i < (h + 2*padding - kernel) / stride + 1,
+                j < (w + 2*padding - kernel) / stride + 1
+    }
+
+    layer maxpool2d(x: [c, h, w], kernel, stride = kernel) {
+        y[ch, i, j] = max(p, q: x[ch, i*stride + p, j*stride + q])
+            for i < (h - kernel) / stride + 1, j < (w - kernel) / stride + 1
+    }
+"""
 
 
 def _weighted(P, X, Y):

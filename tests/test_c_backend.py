@@ -102,6 +102,27 @@ target y: [5]
 target t: [6, 2]
 loss = quadratic(sc(x, 20), y) + squares(mixed(u), t)
 """,
+    # shifted, cropped and strided reads (zeros past the end) and a pool with its
+    # offsets' range left to the layer's kernel
+    "shifts": """
+layer diff(x: [n]) {
+    y[i] = x[i + 1] - x[i] for i < n - 1
+}
+layer pairs(x: [n]) {
+    y[i] = x[2*i] * x[2*i + 1] - x[i + 3] for i < n / 2 + 1
+}
+layer pool(x: [c, h, w], kernel, stride = kernel) {
+    y[ch, i, j] = max(p, q: x[ch, i*stride + p, j*stride + q])
+        for i < (h - kernel) / stride + 1, j < (w - kernel) / stride + 1
+}
+input x: [4]
+input u: [2, 7, 7]
+target y: [13]
+target t: [18]
+h = x |> dense(9)
+a = concat(h |> diff, pairs(h))
+loss = quadratic(a, y) + mse(u |> pool(3, stride=2) |> flatten, t)
+""",
 }
 
 

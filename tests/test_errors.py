@@ -101,11 +101,42 @@ CASES = [
          r"'x' is already defined"),
     Case("fn-defined-twice", "fn f(z) = z\nfn f(z) = 2 * z\na = x |> dense(3) |> f\nloss = quadratic(a, y)\n", 5,
          r"'f' is already defined"),
-    Case("fn-shadows-builtin", "fn sigmoid(z) = z\na = x |> dense(3) |> sigmoid\nloss = quadratic(a, y)\n", 4,
-         r"'sigmoid' is already defined.*built-in"),
-    Case("layer-shadows-builtin", "layer dense(x: [k], n) {\n    param weight: [n, k]\n"
-         "    y[i] = sum(j: weight[i, j] * x[j])\n}\na = x |> dense(3)\nloss = quadratic(a, y)\n", 4,
-         r"'dense' is already defined"),
+    Case("fn-shadows-primitive", "fn exp(z) = z\na = x |> dense(3) |> exp\nloss = quadratic(a, y)\n", 4,
+         r"'exp' is already defined.*built-in"),
+    Case("layer-redefined-by-user-twice", "layer dense(x: [k], n) {\n    param weight: [n, k]\n"
+         "    y[i] = sum(j: weight[i, j] * x[j])\n}\nlayer dense(x: [k], n) {\n    param weight: [n, k]\n"
+         "    y[i] = sum(j: weight[i, j] * x[j])\n}\na = x |> dense(3)\nloss = quadratic(a, y)\n", 8,
+         r"'dense' is already defined \(defined at"),
+    # option values
+    Case("option-true-as-size", "a = x |> dense(true)\nloss = quadratic(a, y)\n", 4,
+         r"'n' of 'dense' must be a number, not true", col=16),
+    Case("option-fraction-as-size", "a = x |> dense(2.5)\nloss = quadratic(a, y)\n", 4,
+         r"'n' of 'dense' must be a positive whole number, not 2.5"),
+    Case("option-negative-stride", "network bad\ninput x: [2, 5, 5]\ntarget y: [3]\n"
+         "a = x |> conv2d(2, 3, stride=-2) |> flatten |> dense(3)\nloss = quadratic(a, y)\n", 4,
+         r"'stride' of 'conv2d' must be a positive whole number, not -2", whole=True),
+    Case("option-fraction-as-padding", "network bad\ninput x: [2, 5, 5]\ntarget y: [3]\n"
+         "a = x |> conv2d(2, 3, padding=1.5) |> flatten |> dense(3)\nloss = quadratic(a, y)\n", 4,
+         r"'padding' of 'conv2d' must be a non-negative whole number", whole=True),
+    Case("option-bool-as-kernel", "network bad\ninput x: [2, 4, 4]\ntarget y: [8]\n"
+         "a = x |> maxpool2d(true) |> flatten\nloss = quadratic(a, y)\n", 4,
+         r"'kernel' of 'maxpool2d' must be a number, not true", whole=True),
+    Case("option-string-as-number", "a = x |> dense(3) |> leaky_relu(slope=\"x\")\nloss = quadratic(a, y)\n", 4,
+         r"'slope' of 'leaky_relu' must be a number, not \"x\""),
+    Case("option-number-as-switch", "a = x |> dense(3, bias=3)\nloss = quadratic(a, y)\n", 4,
+         r"'bias' of 'dense' is true or false, not 3"),
+    # numbers
+    Case("number-too-large", "a = x |> dense(3)\nb = a * 1e400\nloss = quadratic(b, y)\n", 5,
+         r"too large", col=9),
+    Case("division-by-zero", "a = x |> dense(3)\nb = a / 0\nloss = quadratic(b, y)\n", 5,
+         r"division by zero", col=9),
+    Case("division-by-zero-expression", "a = x |> dense(3)\nb = a / (2 - 2)\nloss = quadratic(b, y)\n", 5,
+         r"division by zero"),
+    # names the generated code already gives to something else
+    Case("name-of-a-gradient", "z = x |> dense(3)\nd_z = 2 * z\nloss = quadratic(d_z, y) + quadratic(z, y)\n", 5,
+         r"'d_z' is taken.*gradient of 'z'"),
+    Case("name-of-a-parameter", "dense_1_weight = x |> dense(3)\nloss = quadratic(dense_1_weight, y)\n", 4,
+         r"'dense_1_weight' is taken.*parameter 'dense_1.weight'"),
     Case("loss-defined-twice", "a = x |> dense(3)\nloss = quadratic(a, y)\nloss = mse(a, y)\n", 6,
          r"'loss' is defined twice"),
     # formulas
@@ -121,6 +152,7 @@ CASES = [
     Case("missing-loss", "a = x |> dense(3)\n", 4, r"no loss"),
     Case("loss-not-a-scalar", "a = x |> dense(3)\nloss = sigmoid(a)\n", 5, r"loss must be one number per sample",
          col=8),
+    Case("loss-a-plain-number", "a = x |> dense(3)\nloss = 3\n", 5, r"plain number", col=8),
     Case("no-input", "network bad\ntarget y: [3]\nloss = quadratic(y, y)\n", 1, r"no input", whole=True),
 ]
 CASES_BY_ID = {c.id: c for c in CASES}

@@ -73,6 +73,19 @@ def test_integer_inputs_are_refused(xor):
         xor.forward(params, np.zeros((2, 2), np.int64))
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.longdouble])
+def test_only_float32_and_float64_are_accepted(xor, dtype):
+    params = {k: v.astype(dtype) for k, v in xor.init_params(0).items()}
+    with pytest.raises(ValueError, match="float32 or float64"):
+        xor.loss(params, np.zeros((2, 2), dtype), np.zeros((2, 1), dtype))
+
+
+def test_a_list_is_refused_as_a_list(xor):
+    params = xor.init_params(0, np.float64)
+    with pytest.raises(ValueError, match="'x' must be a numpy array, got a list"):
+        xor.forward(params, [[0.0, 1.0]])
+
+
 @pytest.mark.parametrize("shape", [(5, 783), (5, 784, 1), (784,)])
 def test_wrong_input_shape_names_input_and_expected_shape(nielsen, shape):
     params = nielsen.init_params(0)
