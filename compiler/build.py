@@ -122,7 +122,10 @@ class _Builder:
         else:
             raise NNError("cannot tell what 'forward' should return", loss[1], "add a line 'output NAME'")
         if self.tensors[out_name].role == "target":
-            raise NNError(f"the output '{out_name}' is a target; forward cannot return it", loss[1])
+            if output is not None:
+                raise NNError(f"the output '{out_name}' is a target; forward cannot return it", output.loc)
+            raise NNError(f"forward returns the loss's first argument, but '{out_name}' is a target", loss[1],
+                          "put the network's prediction first, as in quadratic(a, y), or add 'output NAME'")
         self._check_generated_names()
         g = ir.Graph(name, self.file,
                      tuple(t for t in self.tensors.values() if t.role == "input"),

@@ -526,18 +526,31 @@ def plan_c(g: ir.Graph, derivations, real="float") -> CPlan:
         if kind == "work":
             work.append(buffers[grad_name(t.name)])
 
-    def forward_body(keep):
+    def forward_body(keep, kept_whole):
         low = CLowerer(buffers, work)
+        fused = _fusable(derivations, keep, kept_whole)
+        expanded, pending = {}, []
         for d in derivations:
-            if d.node.output in keep:
-                f = d.formula
-                low.assign(d.node.output, f.indices, f.body, f.ranges,
-                           _comment(f"{formula_text(f.out[f.indices])} = {formula_text(f.body)}",
-                                    forward_anchor(d.node.label)), variables=f.vars)
+            if d.node.output not in keep:
+                continue
+            f = d.formula
+            comment = _comment(f"{formula_text(f.out[f.indices])} = {formula_text(f.body)}",
+                               forward_anchor(d.node.label))
+            body = _substitute(f.body, expanded, fused)
+            if d.node.output in fused:  # computed inside the loop of its one reader
+                expanded[d.node.output] = body
+                pending.append(comment)
+                continue
+            for c in pending:
+                low._emit(f"/* {c} */")
+            pending = []
+            low.assign(d.node.output, f.indices, body, f.ranges, comment, variables=f.vars)
         return low.lines
 
-    forward = forward_body(ancestors(g, g.output))
-    loss = forward_body(ancestors(g, g.loss))
+    read_back = {r.base.label.name for d in derivations for gr in d.grads
+                 for r in gr.backward.atoms(sp.Indexed)}
+    forward = forward_body(ancestors(g, g.output), {g.output})
+    loss = forward_body(ancestors(g, g.loss), {g.output, g.loss} | read_back)
     low = CLowerer(buffers, work)
     seed = sp.Integer(1) / B if g.reduce == "mean" else sp.Integer(1)
     dloss = real_base(grad_name(g.loss))
@@ -571,6 +584,46 @@ def plan_c(g: ir.Graph, derivations, real="float") -> CPlan:
                  [(p.name, "d" + cname(p.name), p.name in zero) for p in g.params],
                  out, int(sp.Mul(*g.tensors[g.output].shape)) if g.tensors[g.output].shape else 1,
                  cname(g.loss), g.reduce)
+
+
+_REDUCTIONS = (sp.Sum, MaxOver, LogSumExp, FirstArgmax)
+
+
+def _fusable(derivations, keep, kept_whole) -> dict:
+    """The values to compute inside the loop of their one reader instead of into a buffer
+    of their own: elementwise (no reduction, plain output subscripts), read exactly once,
+    at the reader's own positions (plain subscripts) and outside any reduction, where the
+    value would be computed again for every term."""
+    formulas = {d.node.output: d.formula for d in derivations if d.node.output in keep}
+    reads, nested, plain = {}, set(), {}
+    for f in formulas.values():
+        for r in sp.preorder_traversal(f.body):
+            if isinstance(r, sp.Indexed):
+                name = r.base.label.name
+                reads[name] = reads.get(name, 0) + 1
+                # at positions inside the value's extent: a read past it is a zero (padding,
+                # a concat), which the value's formula would not give
+                own = formulas.get(name)
+                plain[name] = plain.get(name, True) and own is not None and all(
+                    isinstance(i, sp.Symbol) and i in f.ranges and
+                    sp.simplify(f.ranges[i] - own.ranges[j]) == 0 for i, j in zip(r.indices, own.indices))
+        for red in f.body.atoms(*_REDUCTIONS):
+            nested |= {r.base.label.name for r in red.atoms(sp.Indexed)}
+    return {t: f for t, f in formulas.items()
+            if t not in kept_whole and reads.get(t) == 1 and plain[t] and t not in nested
+            and tuple(f.vars) == tuple(f.indices) and not f.body.has(sp.KroneckerDelta)}
+
+
+def _substitute(body, expanded: dict, fused: dict):
+    """body with each read of a fused value replaced by that value's own formula."""
+    def inline(r):
+        name = r.base.label.name
+        value = expanded[name]
+        # fresh bound indices, so that none can capture a reader's index of the same name
+        fresh = {lim[0]: sp.Dummy(lim[0].name, integer=True) for red in value.atoms(*_REDUCTIONS)
+                 for lim in red.limits}
+        return value.xreplace(fresh).xreplace(dict(zip(fused[name].indices, r.indices)))
+    return body.replace(lambda e: isinstance(e, sp.Indexed) and e.base.label.name in expanded, inline)
 
 
 def _comment(text: str, anchor: str) -> str:

@@ -22,7 +22,8 @@ def _parser() -> argparse.ArgumentParser:
                                            ".py file for a Python module that builds the C with cffi")
     p.add_argument("--backend", choices=["numpy", "c"], default="numpy",
                    help="numpy (default): a module importing only numpy; c: C99 sources or a cffi module")
-    p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+    # no default here, so that a --dtype the chosen output cannot honour is reported
+    p.add_argument("--dtype", choices=["float32", "float64"],
                    help="the C sources' real type (float or double); default float32")
     p.add_argument("--version", action="version", version=f"nncc {__version__}")
     return p
@@ -122,13 +123,26 @@ def main(argv=None) -> int:
     from .api import compile_source
     c_files = args.backend == "c" and (args.output is not None and (args.output.endswith(("/", os.sep))
                                                                     or Path(args.output).is_dir()))
+    if args.backend == "c" and not c_files and out.suffix != ".py":
+        print(f"nncc: error: cannot write {args.output}: --backend c writes C sources to a directory "
+              f"(-o DIR/) or the cffi Python module to -o OUT.py", file=sys.stderr)
+        return 1
+    if args.dtype is not None and not c_files:
+        if args.backend == "numpy":
+            print("nncc: error: --dtype applies to --backend c; the numpy module follows its inputs' dtype "
+                  "(float32 in, float32 out; float64 in, float64 out)", file=sys.stderr)
+        else:
+            print("nncc: error: --dtype applies to the C sources written with -o DIR/; the cffi module "
+                  "runs float32 and float64 arrays alike", file=sys.stderr)
+        return 1
     try:
         compiled = compile_source(source, str(args.model))
         if args.backend == "numpy":
             files = {out: compiled.numpy_module()}
         elif c_files:
             from .c_backend import render_c_files
-            files = {out / name: text for name, text in render_c_files(compiled, args.dtype).items()}
+            dtype = args.dtype or "float32"
+            files = {out / name: text for name, text in render_c_files(compiled, dtype).items()}
         else:
             from .c_backend import render_c_module
             files = {out: render_c_module(compiled)}

@@ -247,6 +247,8 @@ def _call_to_sympy(e: S.Call, scope: _Scope):
             raise NNError(f"'{e.name}' is a layer or reduction; only elementwise functions can be "
                           f"called inside a formula", e.loc)
         return inline(op, args, e.loc)
+    if scope.what.endswith(f" '{e.name}'"):
+        raise NNError(f"'{e.name}' calls itself; a definition may use only the ones before it", e.loc)
     known = list(PRIMITIVES) + ["where", "max", "min"] + list(REDUCTIONS) + scope.registry.names()
     raise NNError(f"unknown function '{e.name}'" + did_you_mean(e.name, known), e.loc)
 

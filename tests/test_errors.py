@@ -152,6 +152,10 @@ CASES = [
     Case("missing-loss", "a = x |> dense(3)\n", 4, r"no loss"),
     Case("loss-not-a-scalar", "a = x |> dense(3)\nloss = sigmoid(a)\n", 5, r"loss must be one number per sample",
          col=8),
+    Case("fn-calls-itself", "fn f(z) = 1 + f(z)\na = x |> dense(3) |> f\nloss = quadratic(a, y)\n", 4,
+         r"'f' calls itself", col=15),
+    Case("loss-target-first", "a = x |> dense(3)\nloss = quadratic(y, a)\n", 5,
+         r"'y' is a target"),
     Case("loss-a-plain-number", "a = x |> dense(3)\nloss = 3\n", 5, r"plain number", col=8),
     Case("no-input", "network bad\ntarget y: [3]\nloss = quadratic(y, y)\n", 1, r"no input", whole=True),
 ]

@@ -11,6 +11,11 @@
 
 #include <stddef.h>
 
+/* C linkage, so that C++ can call this file compiled as C */
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef float digits_real;
 
 #define DIGITS_PARAM_COUNT 4810
@@ -52,5 +57,9 @@ digits_real digits_loss_and_grad(const digits_real *params, const digits_real *v
  * grad[DIGITS_PARAM_COUNT] is scratch space for the gradient. */
 digits_real digits_sgd_step(digits_real *params, const digits_real *v_x, const digits_real *v_y,
                         int batch, digits_real lr, digits_real *grad, digits_real *work);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -85,7 +85,6 @@ void lenet_forward(const real *params, const lenet_real *v_x, real *output, int 
     real *v_relu_1 = work + (size_t)batch * 1024 + 0;
     real *v_h = work + (size_t)batch * 2048 + 0;
     real *v_conv2d_2 = work + (size_t)batch * 2304 + 0;
-    real *v_g = work + (size_t)batch * 2816 + 0;
     real *v_flatten_1 = work + (size_t)batch * 3328 + 0;
     real *v_z = work + (size_t)batch * 3840 + 0;
     nncc_use_helpers();
@@ -152,21 +151,12 @@ void lenet_forward(const real *params, const lenet_real *v_x, real *output, int 
         }
     }
     /* g[b, i, j, k] = where(conv2d_2[b, i, j, k] > 0, conv2d_2[b, i, j, k], 0)  [#fwd-relu_2] */
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_2 = 0; i_2 < 16; i_2++) {
-            for (int j_3 = 0; j_3 < 4; j_3++) {
-                for (int k_8 = 0; k_8 < 4; k_8++) {
-                    v_g[(b_0)*256 + (i_2)*16 + (j_3)*4 + k_8] = ((v_conv2d_2[(b_0)*256 + (i_2)*16 + (j_3)*4 + k_8] > 0) ? (v_conv2d_2[(b_0)*256 + (i_2)*16 + (j_3)*4 + k_8]) : (0));
-                }
-            }
-        }
-    }
     /* flatten_1[b, j + 4*i + 16*ch] = g[b, ch, i, j]  [#fwd-flatten_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int ch_9 = 0; ch_9 < 16; ch_9++) {
             for (int i_2 = 0; i_2 < 4; i_2++) {
                 for (int j_3 = 0; j_3 < 4; j_3++) {
-                    v_flatten_1[(b_0)*256 + 16*ch_9 + 4*i_2 + j_3] = v_g[(b_0)*256 + (ch_9)*16 + (i_2)*4 + j_3];
+                    v_flatten_1[(b_0)*256 + 16*ch_9 + 4*i_2 + j_3] = ((v_conv2d_2[(b_0)*256 + (ch_9)*16 + (i_2)*4 + j_3] > 0) ? (v_conv2d_2[(b_0)*256 + (ch_9)*16 + (i_2)*4 + j_3]) : (0));
                 }
             }
         }
@@ -208,7 +198,6 @@ real lenet_loss(const real *params, const lenet_real *v_x, const lenet_real *v_y
     real *v_relu_1 = work + (size_t)batch * 1024 + 0;
     real *v_h = work + (size_t)batch * 2048 + 0;
     real *v_conv2d_2 = work + (size_t)batch * 2304 + 0;
-    real *v_g = work + (size_t)batch * 2816 + 0;
     real *v_flatten_1 = work + (size_t)batch * 3328 + 0;
     real *v_z = work + (size_t)batch * 3840 + 0;
     real *v_softmax_cross_entropy_1 = work + (size_t)batch * 3860 + 0;
@@ -278,21 +267,12 @@ real lenet_loss(const real *params, const lenet_real *v_x, const lenet_real *v_y
         }
     }
     /* g[b, i, j, k] = where(conv2d_2[b, i, j, k] > 0, conv2d_2[b, i, j, k], 0)  [#fwd-relu_2] */
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_2 = 0; i_2 < 16; i_2++) {
-            for (int j_3 = 0; j_3 < 4; j_3++) {
-                for (int k_8 = 0; k_8 < 4; k_8++) {
-                    v_g[(b_0)*256 + (i_2)*16 + (j_3)*4 + k_8] = ((v_conv2d_2[(b_0)*256 + (i_2)*16 + (j_3)*4 + k_8] > 0) ? (v_conv2d_2[(b_0)*256 + (i_2)*16 + (j_3)*4 + k_8]) : (0));
-                }
-            }
-        }
-    }
     /* flatten_1[b, j + 4*i + 16*ch] = g[b, ch, i, j]  [#fwd-flatten_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int ch_9 = 0; ch_9 < 16; ch_9++) {
             for (int i_2 = 0; i_2 < 4; i_2++) {
                 for (int j_3 = 0; j_3 < 4; j_3++) {
-                    v_flatten_1[(b_0)*256 + 16*ch_9 + 4*i_2 + j_3] = v_g[(b_0)*256 + (ch_9)*16 + (i_2)*4 + j_3];
+                    v_flatten_1[(b_0)*256 + 16*ch_9 + 4*i_2 + j_3] = ((v_conv2d_2[(b_0)*256 + (ch_9)*16 + (i_2)*4 + j_3] > 0) ? (v_conv2d_2[(b_0)*256 + (ch_9)*16 + (i_2)*4 + j_3]) : (0));
                 }
             }
         }
@@ -354,7 +334,6 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
     real *dv_h = work + (size_t)batch * 2176 + 0;
     real *v_conv2d_2 = work + (size_t)batch * 2304 + 0;
     real *dv_conv2d_2 = work + (size_t)batch * 2560 + 0;
-    real *v_g = work + (size_t)batch * 2816 + 0;
     real *dv_g = work + (size_t)batch * 3072 + 0;
     real *v_flatten_1 = work + (size_t)batch * 3328 + 0;
     real *dv_flatten_1 = work + (size_t)batch * 3584 + 0;
@@ -432,21 +411,12 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
         }
     }
     /* g[b, i, j, k] = where(conv2d_2[b, i, j, k] > 0, conv2d_2[b, i, j, k], 0)  [#fwd-relu_2] */
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_2 = 0; i_2 < 16; i_2++) {
-            for (int j_3 = 0; j_3 < 4; j_3++) {
-                for (int k_8 = 0; k_8 < 4; k_8++) {
-                    v_g[(b_0)*256 + (i_2)*16 + (j_3)*4 + k_8] = ((v_conv2d_2[(b_0)*256 + (i_2)*16 + (j_3)*4 + k_8] > 0) ? (v_conv2d_2[(b_0)*256 + (i_2)*16 + (j_3)*4 + k_8]) : (0));
-                }
-            }
-        }
-    }
     /* flatten_1[b, j + 4*i + 16*ch] = g[b, ch, i, j]  [#fwd-flatten_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int ch_9 = 0; ch_9 < 16; ch_9++) {
             for (int i_2 = 0; i_2 < 4; i_2++) {
                 for (int j_3 = 0; j_3 < 4; j_3++) {
-                    v_flatten_1[(b_0)*256 + 16*ch_9 + 4*i_2 + j_3] = v_g[(b_0)*256 + (ch_9)*16 + (i_2)*4 + j_3];
+                    v_flatten_1[(b_0)*256 + 16*ch_9 + 4*i_2 + j_3] = ((v_conv2d_2[(b_0)*256 + (ch_9)*16 + (i_2)*4 + j_3] > 0) ? (v_conv2d_2[(b_0)*256 + (ch_9)*16 + (i_2)*4 + j_3]) : (0));
                 }
             }
         }

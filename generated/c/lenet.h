@@ -11,6 +11,11 @@
 
 #include <stddef.h>
 
+/* C linkage, so that C++ can call this file compiled as C */
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef float lenet_real;
 
 #define LENET_PARAM_COUNT 3818
@@ -56,5 +61,9 @@ lenet_real lenet_loss_and_grad(const lenet_real *params, const lenet_real *v_x, 
  * grad[LENET_PARAM_COUNT] is scratch space for the gradient. */
 lenet_real lenet_sgd_step(lenet_real *params, const lenet_real *v_x, const lenet_real *v_y,
                         int batch, lenet_real lr, lenet_real *grad, lenet_real *work);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -11,6 +11,11 @@
 
 #include <stddef.h>
 
+/* C linkage, so that C++ can call this file compiled as C */
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef float linear42_real;
 
 #define LINEAR42_PARAM_COUNT 10
@@ -47,5 +52,9 @@ linear42_real linear42_loss_and_grad(const linear42_real *params, const linear42
  * grad[LINEAR42_PARAM_COUNT] is scratch space for the gradient. */
 linear42_real linear42_sgd_step(linear42_real *params, const linear42_real *v_x,
                         int batch, linear42_real lr, linear42_real *grad, linear42_real *work);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

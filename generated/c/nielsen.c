@@ -77,12 +77,11 @@ void nielsen_forward(const real *params, const nielsen_real *v_x, real *output, 
     const real *v_dense_1_bias = params + 23520;
     const real *v_dense_2_weight = params + 23550;
     const real *v_dense_2_bias = params + 23850;
-    real *v_dense_1 = work + 0;
     real *v_sigmoid_1 = work + (size_t)batch * 60 + 0;
-    real *v_dense_2 = work + (size_t)batch * 120 + 0;
     real *v_a = work + (size_t)batch * 140 + 0;
     nncc_use_helpers();
     /* dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
+    /* sigmoid_1[b, i] = 1/(1 + exp(-dense_1[b, i]))  [#fwd-sigmoid_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 30; i_1++) {
             real r0_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -92,16 +91,11 @@ void nielsen_forward(const real *params, const nielsen_real *v_x, real *output, 
                 }
             }
             real r0 = (((r0_p[0] + r0_p[1]) + (r0_p[2] + r0_p[3])) + ((r0_p[4] + r0_p[5]) + (r0_p[6] + r0_p[7])));
-            v_dense_1[(b_0)*30 + i_1] = r0 + v_dense_1_bias[i_1];
-        }
-    }
-    /* sigmoid_1[b, i] = 1/(1 + exp(-dense_1[b, i]))  [#fwd-sigmoid_1] */
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_1 = 0; i_1 < 30; i_1++) {
-            v_sigmoid_1[(b_0)*30 + i_1] = nncc_sigmoid(v_dense_1[(b_0)*30 + i_1]);
+            v_sigmoid_1[(b_0)*30 + i_1] = nncc_sigmoid(r0 + v_dense_1_bias[i_1]);
         }
     }
     /* dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*sigmoid_1[b, j])  [#fwd-dense_2] */
+    /* a[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_2] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 10; i_1++) {
             real r1_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -114,13 +108,7 @@ void nielsen_forward(const real *params, const nielsen_real *v_x, real *output, 
                 r1_p[0] += v_dense_2_weight[(i_1)*30 + j_8]*v_sigmoid_1[(b_0)*30 + j_8];
             }
             real r1 = (((r1_p[0] + r1_p[1]) + (r1_p[2] + r1_p[3])) + ((r1_p[4] + r1_p[5]) + (r1_p[6] + r1_p[7])));
-            v_dense_2[(b_0)*10 + i_1] = r1 + v_dense_2_bias[i_1];
-        }
-    }
-    /* a[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_2] */
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_1 = 0; i_1 < 10; i_1++) {
-            v_a[(b_0)*10 + i_1] = nncc_sigmoid(v_dense_2[(b_0)*10 + i_1]);
+            v_a[(b_0)*10 + i_1] = nncc_sigmoid(r1 + v_dense_2_bias[i_1]);
         }
     }
     for (long n = 0; n < (long)batch * NIELSEN_OUTPUT_SIZE; n++)
@@ -141,13 +129,12 @@ real nielsen_loss(const real *params, const nielsen_real *v_x, const nielsen_rea
     const real *v_dense_1_bias = params + 23520;
     const real *v_dense_2_weight = params + 23550;
     const real *v_dense_2_bias = params + 23850;
-    real *v_dense_1 = work + 0;
     real *v_sigmoid_1 = work + (size_t)batch * 60 + 0;
-    real *v_dense_2 = work + (size_t)batch * 120 + 0;
     real *v_a = work + (size_t)batch * 140 + 0;
     real *v_quadratic_1 = work + (size_t)batch * 160 + 0;
     nncc_use_helpers();
     /* dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
+    /* sigmoid_1[b, i] = 1/(1 + exp(-dense_1[b, i]))  [#fwd-sigmoid_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 30; i_1++) {
             real r0_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -157,16 +144,11 @@ real nielsen_loss(const real *params, const nielsen_real *v_x, const nielsen_rea
                 }
             }
             real r0 = (((r0_p[0] + r0_p[1]) + (r0_p[2] + r0_p[3])) + ((r0_p[4] + r0_p[5]) + (r0_p[6] + r0_p[7])));
-            v_dense_1[(b_0)*30 + i_1] = r0 + v_dense_1_bias[i_1];
-        }
-    }
-    /* sigmoid_1[b, i] = 1/(1 + exp(-dense_1[b, i]))  [#fwd-sigmoid_1] */
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_1 = 0; i_1 < 30; i_1++) {
-            v_sigmoid_1[(b_0)*30 + i_1] = nncc_sigmoid(v_dense_1[(b_0)*30 + i_1]);
+            v_sigmoid_1[(b_0)*30 + i_1] = nncc_sigmoid(r0 + v_dense_1_bias[i_1]);
         }
     }
     /* dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*sigmoid_1[b, j])  [#fwd-dense_2] */
+    /* a[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_2] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 10; i_1++) {
             real r1_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -179,13 +161,7 @@ real nielsen_loss(const real *params, const nielsen_real *v_x, const nielsen_rea
                 r1_p[0] += v_dense_2_weight[(i_1)*30 + j_8]*v_sigmoid_1[(b_0)*30 + j_8];
             }
             real r1 = (((r1_p[0] + r1_p[1]) + (r1_p[2] + r1_p[3])) + ((r1_p[4] + r1_p[5]) + (r1_p[6] + r1_p[7])));
-            v_dense_2[(b_0)*10 + i_1] = r1 + v_dense_2_bias[i_1];
-        }
-    }
-    /* a[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_2] */
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_1 = 0; i_1 < 10; i_1++) {
-            v_a[(b_0)*10 + i_1] = nncc_sigmoid(v_dense_2[(b_0)*10 + i_1]);
+            v_a[(b_0)*10 + i_1] = nncc_sigmoid(r1 + v_dense_2_bias[i_1]);
         }
     }
     /* quadratic_1[b] = Σ_i (-y[b, i] + a[b, i])**2/2  [#fwd-quadratic_1] */
@@ -209,17 +185,16 @@ real nielsen_loss_and_grad(const real *params, const nielsen_real *v_x, const ni
     real *dv_dense_1_bias = grad + 23520;
     real *dv_dense_2_weight = grad + 23550;
     real *dv_dense_2_bias = grad + 23850;
-    real *v_dense_1 = work + 0;
     real *dv_dense_1 = work + (size_t)batch * 30 + 0;
     real *v_sigmoid_1 = work + (size_t)batch * 60 + 0;
     real *dv_sigmoid_1 = work + (size_t)batch * 90 + 0;
-    real *v_dense_2 = work + (size_t)batch * 120 + 0;
     real *dv_dense_2 = work + (size_t)batch * 130 + 0;
     real *v_a = work + (size_t)batch * 140 + 0;
     real *dv_a = work + (size_t)batch * 150 + 0;
     real *v_quadratic_1 = work + (size_t)batch * 160 + 0;
     nncc_use_helpers();
     /* dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
+    /* sigmoid_1[b, i] = 1/(1 + exp(-dense_1[b, i]))  [#fwd-sigmoid_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 30; i_1++) {
             real r0_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -229,16 +204,11 @@ real nielsen_loss_and_grad(const real *params, const nielsen_real *v_x, const ni
                 }
             }
             real r0 = (((r0_p[0] + r0_p[1]) + (r0_p[2] + r0_p[3])) + ((r0_p[4] + r0_p[5]) + (r0_p[6] + r0_p[7])));
-            v_dense_1[(b_0)*30 + i_1] = r0 + v_dense_1_bias[i_1];
-        }
-    }
-    /* sigmoid_1[b, i] = 1/(1 + exp(-dense_1[b, i]))  [#fwd-sigmoid_1] */
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_1 = 0; i_1 < 30; i_1++) {
-            v_sigmoid_1[(b_0)*30 + i_1] = nncc_sigmoid(v_dense_1[(b_0)*30 + i_1]);
+            v_sigmoid_1[(b_0)*30 + i_1] = nncc_sigmoid(r0 + v_dense_1_bias[i_1]);
         }
     }
     /* dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*sigmoid_1[b, j])  [#fwd-dense_2] */
+    /* a[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_2] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 10; i_1++) {
             real r1_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -251,13 +221,7 @@ real nielsen_loss_and_grad(const real *params, const nielsen_real *v_x, const ni
                 r1_p[0] += v_dense_2_weight[(i_1)*30 + j_8]*v_sigmoid_1[(b_0)*30 + j_8];
             }
             real r1 = (((r1_p[0] + r1_p[1]) + (r1_p[2] + r1_p[3])) + ((r1_p[4] + r1_p[5]) + (r1_p[6] + r1_p[7])));
-            v_dense_2[(b_0)*10 + i_1] = r1 + v_dense_2_bias[i_1];
-        }
-    }
-    /* a[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_2] */
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_1 = 0; i_1 < 10; i_1++) {
-            v_a[(b_0)*10 + i_1] = nncc_sigmoid(v_dense_2[(b_0)*10 + i_1]);
+            v_a[(b_0)*10 + i_1] = nncc_sigmoid(r1 + v_dense_2_bias[i_1]);
         }
     }
     /* quadratic_1[b] = Σ_i (-y[b, i] + a[b, i])**2/2  [#fwd-quadratic_1] */

@@ -11,6 +11,11 @@
 
 #include <stddef.h>
 
+/* C linkage, so that C++ can call this file compiled as C */
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef float nielsen_real;
 
 #define NIELSEN_PARAM_COUNT 23860
@@ -52,5 +57,9 @@ nielsen_real nielsen_loss_and_grad(const nielsen_real *params, const nielsen_rea
  * grad[NIELSEN_PARAM_COUNT] is scratch space for the gradient. */
 nielsen_real nielsen_sgd_step(nielsen_real *params, const nielsen_real *v_x, const nielsen_real *v_y,
                         int batch, nielsen_real lr, nielsen_real *grad, nielsen_real *work);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

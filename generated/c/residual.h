@@ -11,6 +11,11 @@
 
 #include <stddef.h>
 
+/* C linkage, so that C++ can call this file compiled as C */
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef float residual_real;
 
 #define RESIDUAL_PARAM_COUNT 2538
@@ -60,5 +65,9 @@ residual_real residual_loss_and_grad(const residual_real *params, const residual
  * grad[RESIDUAL_PARAM_COUNT] is scratch space for the gradient. */
 residual_real residual_sgd_step(residual_real *params, const residual_real *v_x, const residual_real *v_y,
                         int batch, residual_real lr, residual_real *grad, residual_real *work);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

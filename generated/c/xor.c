@@ -77,41 +77,29 @@ void xor_forward(const real *params, const xor_real *v_x, real *output, int batc
     const real *v_dense_1_bias = params + 8;
     const real *v_dense_2_weight = params + 12;
     const real *v_dense_2_bias = params + 16;
-    real *v_dense_1 = work + 0;
     real *v_h = work + (size_t)batch * 8 + 0;
-    real *v_dense_2 = work + (size_t)batch * 16 + 0;
     real *v_p = work + (size_t)batch * 18 + 0;
     nncc_use_helpers();
     /* dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
+    /* h[b, i] = tanh(dense_1[b, i])  [#fwd-tanh_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 4; i_1++) {
             real r0 = 0;
             for (int j_3 = 0; j_3 < 2; j_3++) {
                 r0 += v_dense_1_weight[(i_1)*2 + j_3]*v_x[(b_0)*2 + j_3];
             }
-            v_dense_1[(b_0)*4 + i_1] = r0 + v_dense_1_bias[i_1];
-        }
-    }
-    /* h[b, i] = tanh(dense_1[b, i])  [#fwd-tanh_1] */
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_1 = 0; i_1 < 4; i_1++) {
-            v_h[(b_0)*4 + i_1] = tanh(v_dense_1[(b_0)*4 + i_1]);
+            v_h[(b_0)*4 + i_1] = tanh(r0 + v_dense_1_bias[i_1]);
         }
     }
     /* dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2] */
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_1 = 0; i_1 < 1; i_1++) {
-            real r1 = 0;
-            for (int j_3 = 0; j_3 < 4; j_3++) {
-                r1 += v_dense_2_weight[(i_1)*4 + j_3]*v_h[(b_0)*4 + j_3];
-            }
-            v_dense_2[b_0 + i_1] = r1 + v_dense_2_bias[i_1];
-        }
-    }
     /* p[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 1; i_1++) {
-            v_p[b_0 + i_1] = nncc_sigmoid(v_dense_2[b_0 + i_1]);
+            real r1 = 0;
+            for (int j_5 = 0; j_5 < 4; j_5++) {
+                r1 += v_dense_2_weight[(i_1)*4 + j_5]*v_h[(b_0)*4 + j_5];
+            }
+            v_p[b_0 + i_1] = nncc_sigmoid(r1 + v_dense_2_bias[i_1]);
         }
     }
     for (long n = 0; n < (long)batch * XOR_OUTPUT_SIZE; n++)
@@ -132,42 +120,30 @@ real xor_loss(const real *params, const xor_real *v_x, const xor_real *v_y, int 
     const real *v_dense_1_bias = params + 8;
     const real *v_dense_2_weight = params + 12;
     const real *v_dense_2_bias = params + 16;
-    real *v_dense_1 = work + 0;
     real *v_h = work + (size_t)batch * 8 + 0;
-    real *v_dense_2 = work + (size_t)batch * 16 + 0;
     real *v_p = work + (size_t)batch * 18 + 0;
     real *v_binary_cross_entropy_1 = work + (size_t)batch * 20 + 0;
     nncc_use_helpers();
     /* dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
+    /* h[b, i] = tanh(dense_1[b, i])  [#fwd-tanh_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 4; i_1++) {
             real r0 = 0;
             for (int j_3 = 0; j_3 < 2; j_3++) {
                 r0 += v_dense_1_weight[(i_1)*2 + j_3]*v_x[(b_0)*2 + j_3];
             }
-            v_dense_1[(b_0)*4 + i_1] = r0 + v_dense_1_bias[i_1];
-        }
-    }
-    /* h[b, i] = tanh(dense_1[b, i])  [#fwd-tanh_1] */
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_1 = 0; i_1 < 4; i_1++) {
-            v_h[(b_0)*4 + i_1] = tanh(v_dense_1[(b_0)*4 + i_1]);
+            v_h[(b_0)*4 + i_1] = tanh(r0 + v_dense_1_bias[i_1]);
         }
     }
     /* dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2] */
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_1 = 0; i_1 < 1; i_1++) {
-            real r1 = 0;
-            for (int j_3 = 0; j_3 < 4; j_3++) {
-                r1 += v_dense_2_weight[(i_1)*4 + j_3]*v_h[(b_0)*4 + j_3];
-            }
-            v_dense_2[b_0 + i_1] = r1 + v_dense_2_bias[i_1];
-        }
-    }
     /* p[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 1; i_1++) {
-            v_p[b_0 + i_1] = nncc_sigmoid(v_dense_2[b_0 + i_1]);
+            real r1 = 0;
+            for (int j_5 = 0; j_5 < 4; j_5++) {
+                r1 += v_dense_2_weight[(i_1)*4 + j_5]*v_h[(b_0)*4 + j_5];
+            }
+            v_p[b_0 + i_1] = nncc_sigmoid(r1 + v_dense_2_bias[i_1]);
         }
     }
     /* binary_cross_entropy_1[b] = -Σ_i ((1 - y[b, i])*where(log(1 - p[b, i]) > -100, log(1 - p[b, i]), -100) + y[b, i]*where(log(p[b, i]) > -100, log(p[b, i]), -100))  [#fwd-binary_cross_entropy_1] */
@@ -191,46 +167,34 @@ real xor_loss_and_grad(const real *params, const xor_real *v_x, const xor_real *
     real *dv_dense_1_bias = grad + 8;
     real *dv_dense_2_weight = grad + 12;
     real *dv_dense_2_bias = grad + 16;
-    real *v_dense_1 = work + 0;
     real *dv_dense_1 = work + (size_t)batch * 4 + 0;
     real *v_h = work + (size_t)batch * 8 + 0;
     real *dv_h = work + (size_t)batch * 12 + 0;
-    real *v_dense_2 = work + (size_t)batch * 16 + 0;
     real *dv_dense_2 = work + (size_t)batch * 17 + 0;
     real *v_p = work + (size_t)batch * 18 + 0;
     real *dv_p = work + (size_t)batch * 19 + 0;
     real *v_binary_cross_entropy_1 = work + (size_t)batch * 20 + 0;
     nncc_use_helpers();
     /* dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
+    /* h[b, i] = tanh(dense_1[b, i])  [#fwd-tanh_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 4; i_1++) {
             real r0 = 0;
             for (int j_3 = 0; j_3 < 2; j_3++) {
                 r0 += v_dense_1_weight[(i_1)*2 + j_3]*v_x[(b_0)*2 + j_3];
             }
-            v_dense_1[(b_0)*4 + i_1] = r0 + v_dense_1_bias[i_1];
-        }
-    }
-    /* h[b, i] = tanh(dense_1[b, i])  [#fwd-tanh_1] */
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_1 = 0; i_1 < 4; i_1++) {
-            v_h[(b_0)*4 + i_1] = tanh(v_dense_1[(b_0)*4 + i_1]);
+            v_h[(b_0)*4 + i_1] = tanh(r0 + v_dense_1_bias[i_1]);
         }
     }
     /* dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2] */
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_1 = 0; i_1 < 1; i_1++) {
-            real r1 = 0;
-            for (int j_3 = 0; j_3 < 4; j_3++) {
-                r1 += v_dense_2_weight[(i_1)*4 + j_3]*v_h[(b_0)*4 + j_3];
-            }
-            v_dense_2[b_0 + i_1] = r1 + v_dense_2_bias[i_1];
-        }
-    }
     /* p[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 1; i_1++) {
-            v_p[b_0 + i_1] = nncc_sigmoid(v_dense_2[b_0 + i_1]);
+            real r1 = 0;
+            for (int j_5 = 0; j_5 < 4; j_5++) {
+                r1 += v_dense_2_weight[(i_1)*4 + j_5]*v_h[(b_0)*4 + j_5];
+            }
+            v_p[b_0 + i_1] = nncc_sigmoid(r1 + v_dense_2_bias[i_1]);
         }
     }
     /* binary_cross_entropy_1[b] = -Σ_i ((1 - y[b, i])*where(log(1 - p[b, i]) > -100, log(1 - p[b, i]), -100) + y[b, i]*where(log(p[b, i]) > -100, log(p[b, i]), -100))  [#fwd-binary_cross_entropy_1] */

@@ -11,6 +11,11 @@
 
 #include <stddef.h>
 
+/* C linkage, so that C++ can call this file compiled as C */
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef float xor_real;
 
 #define XOR_PARAM_COUNT 17
@@ -52,5 +57,9 @@ xor_real xor_loss_and_grad(const xor_real *params, const xor_real *v_x, const xo
  * grad[XOR_PARAM_COUNT] is scratch space for the gradient. */
 xor_real xor_sgd_step(xor_real *params, const xor_real *v_x, const xor_real *v_y,
                         int batch, xor_real lr, xor_real *grad, xor_real *work);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -77,41 +77,29 @@ void zhou_forward(const real *params, const zhou_real *v_x, real *output, int ba
     const real *v_hidden_bias = params + 20;
     const real *v_out_weight = params + 25;
     const real *v_out_bias = params + 40;
-    real *v_hidden = work + 0;
     real *v_b = work + (size_t)batch * 10 + 0;
-    real *v_out = work + (size_t)batch * 20 + 0;
     real *v_yhat = work + (size_t)batch * 26 + 0;
     nncc_use_helpers();
     /* hidden[b, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[b, j])  [#fwd-hidden] */
+    /* b[b, i] = 1/(1 + exp(-hidden[b, i]))  [#fwd-sigmoid_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 5; i_1++) {
             real r0 = 0;
             for (int j_3 = 0; j_3 < 4; j_3++) {
                 r0 += v_hidden_weight[(i_1)*4 + j_3]*v_x[(b_0)*4 + j_3];
             }
-            v_hidden[(b_0)*5 + i_1] = r0 + v_hidden_bias[i_1];
-        }
-    }
-    /* b[b, i] = 1/(1 + exp(-hidden[b, i]))  [#fwd-sigmoid_1] */
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_1 = 0; i_1 < 5; i_1++) {
-            v_b[(b_0)*5 + i_1] = nncc_sigmoid(v_hidden[(b_0)*5 + i_1]);
+            v_b[(b_0)*5 + i_1] = nncc_sigmoid(r0 + v_hidden_bias[i_1]);
         }
     }
     /* out[b, i] = out.bias[i] + Σ_j (b[b, j]*out.weight[i, j])  [#fwd-out] */
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_1 = 0; i_1 < 3; i_1++) {
-            real r1 = 0;
-            for (int j_3 = 0; j_3 < 5; j_3++) {
-                r1 += v_b[(b_0)*5 + j_3]*v_out_weight[(i_1)*5 + j_3];
-            }
-            v_out[(b_0)*3 + i_1] = r1 + v_out_bias[i_1];
-        }
-    }
     /* yhat[b, i] = 1/(1 + exp(-out[b, i]))  [#fwd-sigmoid_2] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 3; i_1++) {
-            v_yhat[(b_0)*3 + i_1] = nncc_sigmoid(v_out[(b_0)*3 + i_1]);
+            real r1 = 0;
+            for (int j_5 = 0; j_5 < 5; j_5++) {
+                r1 += v_b[(b_0)*5 + j_5]*v_out_weight[(i_1)*5 + j_5];
+            }
+            v_yhat[(b_0)*3 + i_1] = nncc_sigmoid(r1 + v_out_bias[i_1]);
         }
     }
     for (long n = 0; n < (long)batch * ZHOU_OUTPUT_SIZE; n++)
@@ -132,42 +120,30 @@ real zhou_loss(const real *params, const zhou_real *v_x, const zhou_real *v_y, i
     const real *v_hidden_bias = params + 20;
     const real *v_out_weight = params + 25;
     const real *v_out_bias = params + 40;
-    real *v_hidden = work + 0;
     real *v_b = work + (size_t)batch * 10 + 0;
-    real *v_out = work + (size_t)batch * 20 + 0;
     real *v_yhat = work + (size_t)batch * 26 + 0;
     real *v_quadratic_1 = work + (size_t)batch * 32 + 0;
     nncc_use_helpers();
     /* hidden[b, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[b, j])  [#fwd-hidden] */
+    /* b[b, i] = 1/(1 + exp(-hidden[b, i]))  [#fwd-sigmoid_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 5; i_1++) {
             real r0 = 0;
             for (int j_3 = 0; j_3 < 4; j_3++) {
                 r0 += v_hidden_weight[(i_1)*4 + j_3]*v_x[(b_0)*4 + j_3];
             }
-            v_hidden[(b_0)*5 + i_1] = r0 + v_hidden_bias[i_1];
-        }
-    }
-    /* b[b, i] = 1/(1 + exp(-hidden[b, i]))  [#fwd-sigmoid_1] */
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_1 = 0; i_1 < 5; i_1++) {
-            v_b[(b_0)*5 + i_1] = nncc_sigmoid(v_hidden[(b_0)*5 + i_1]);
+            v_b[(b_0)*5 + i_1] = nncc_sigmoid(r0 + v_hidden_bias[i_1]);
         }
     }
     /* out[b, i] = out.bias[i] + Σ_j (b[b, j]*out.weight[i, j])  [#fwd-out] */
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_1 = 0; i_1 < 3; i_1++) {
-            real r1 = 0;
-            for (int j_3 = 0; j_3 < 5; j_3++) {
-                r1 += v_b[(b_0)*5 + j_3]*v_out_weight[(i_1)*5 + j_3];
-            }
-            v_out[(b_0)*3 + i_1] = r1 + v_out_bias[i_1];
-        }
-    }
     /* yhat[b, i] = 1/(1 + exp(-out[b, i]))  [#fwd-sigmoid_2] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 3; i_1++) {
-            v_yhat[(b_0)*3 + i_1] = nncc_sigmoid(v_out[(b_0)*3 + i_1]);
+            real r1 = 0;
+            for (int j_5 = 0; j_5 < 5; j_5++) {
+                r1 += v_b[(b_0)*5 + j_5]*v_out_weight[(i_1)*5 + j_5];
+            }
+            v_yhat[(b_0)*3 + i_1] = nncc_sigmoid(r1 + v_out_bias[i_1]);
         }
     }
     /* quadratic_1[b] = Σ_i (-y[b, i] + yhat[b, i])**2/2  [#fwd-quadratic_1] */
@@ -191,46 +167,34 @@ real zhou_loss_and_grad(const real *params, const zhou_real *v_x, const zhou_rea
     real *dv_hidden_bias = grad + 20;
     real *dv_out_weight = grad + 25;
     real *dv_out_bias = grad + 40;
-    real *v_hidden = work + 0;
     real *dv_hidden = work + (size_t)batch * 5 + 0;
     real *v_b = work + (size_t)batch * 10 + 0;
     real *dv_b = work + (size_t)batch * 15 + 0;
-    real *v_out = work + (size_t)batch * 20 + 0;
     real *dv_out = work + (size_t)batch * 23 + 0;
     real *v_yhat = work + (size_t)batch * 26 + 0;
     real *dv_yhat = work + (size_t)batch * 29 + 0;
     real *v_quadratic_1 = work + (size_t)batch * 32 + 0;
     nncc_use_helpers();
     /* hidden[b, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[b, j])  [#fwd-hidden] */
+    /* b[b, i] = 1/(1 + exp(-hidden[b, i]))  [#fwd-sigmoid_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 5; i_1++) {
             real r0 = 0;
             for (int j_3 = 0; j_3 < 4; j_3++) {
                 r0 += v_hidden_weight[(i_1)*4 + j_3]*v_x[(b_0)*4 + j_3];
             }
-            v_hidden[(b_0)*5 + i_1] = r0 + v_hidden_bias[i_1];
-        }
-    }
-    /* b[b, i] = 1/(1 + exp(-hidden[b, i]))  [#fwd-sigmoid_1] */
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_1 = 0; i_1 < 5; i_1++) {
-            v_b[(b_0)*5 + i_1] = nncc_sigmoid(v_hidden[(b_0)*5 + i_1]);
+            v_b[(b_0)*5 + i_1] = nncc_sigmoid(r0 + v_hidden_bias[i_1]);
         }
     }
     /* out[b, i] = out.bias[i] + Σ_j (b[b, j]*out.weight[i, j])  [#fwd-out] */
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_1 = 0; i_1 < 3; i_1++) {
-            real r1 = 0;
-            for (int j_3 = 0; j_3 < 5; j_3++) {
-                r1 += v_b[(b_0)*5 + j_3]*v_out_weight[(i_1)*5 + j_3];
-            }
-            v_out[(b_0)*3 + i_1] = r1 + v_out_bias[i_1];
-        }
-    }
     /* yhat[b, i] = 1/(1 + exp(-out[b, i]))  [#fwd-sigmoid_2] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 3; i_1++) {
-            v_yhat[(b_0)*3 + i_1] = nncc_sigmoid(v_out[(b_0)*3 + i_1]);
+            real r1 = 0;
+            for (int j_5 = 0; j_5 < 5; j_5++) {
+                r1 += v_b[(b_0)*5 + j_5]*v_out_weight[(i_1)*5 + j_5];
+            }
+            v_yhat[(b_0)*3 + i_1] = nncc_sigmoid(r1 + v_out_bias[i_1]);
         }
     }
     /* quadratic_1[b] = Σ_i (-y[b, i] + yhat[b, i])**2/2  [#fwd-quadratic_1] */

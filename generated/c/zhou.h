@@ -11,6 +11,11 @@
 
 #include <stddef.h>
 
+/* C linkage, so that C++ can call this file compiled as C */
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef float zhou_real;
 
 #define ZHOU_PARAM_COUNT 43
@@ -52,5 +57,9 @@ zhou_real zhou_loss_and_grad(const zhou_real *params, const zhou_real *v_x, cons
  * grad[ZHOU_PARAM_COUNT] is scratch space for the gradient. */
 zhou_real zhou_sgd_step(zhou_real *params, const zhou_real *v_x, const zhou_real *v_y,
                         int batch, zhou_real lr, zhou_real *grad, zhou_real *work);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif
