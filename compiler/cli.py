@@ -93,9 +93,8 @@ def explain_main(argv) -> int:
     from .api import compile_source
     try:
         text = build(compile_source(source, str(args.model))).render(fmt)
-    except NNError as exc:
-        print(exc.render(), file=sys.stderr)
-        return 1
+    except Exception as exc:  # noqa: BLE001 - a user sees a message, never a traceback
+        return _compile_failed(exc, args.model)
     if args.output is None:
         sys.stdout.write(text)
         return 0
@@ -105,6 +104,20 @@ def explain_main(argv) -> int:
         print(f"nncc: error: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _compile_failed(exc: Exception, model: str) -> int:
+    """Report a failed compile in plain words; 1."""
+    if isinstance(exc, NNError):
+        print(exc.render(), file=sys.stderr)
+    elif isinstance(exc, RecursionError):
+        print(f"{model}: error: the expression is nested too deeply", file=sys.stderr)
+    elif isinstance(exc, NotImplementedError):  # a form the code generators do not handle
+        print(f"{model}: error: nncc cannot generate code for this network yet ({exc})", file=sys.stderr)
+    else:
+        print(f"{model}: internal error: {type(exc).__name__}: {exc}\n"
+              f"nncc failed on this file; please report it with the file attached", file=sys.stderr)
+    return 1
 
 
 def main(argv=None) -> int:
@@ -146,12 +159,8 @@ def main(argv=None) -> int:
         else:
             from .c_backend import render_c_module
             files = {out: render_c_module(compiled)}
-    except NNError as exc:
-        print(exc.render(), file=sys.stderr)
-        return 1
-    except RecursionError:
-        print(f"{args.model}: error: the expression is nested too deeply", file=sys.stderr)
-        return 1
+    except Exception as exc:  # noqa: BLE001 - a user sees a message, never a traceback
+        return _compile_failed(exc, args.model)
     try:
         for path, text in files.items():
             write_atomically(path, text)

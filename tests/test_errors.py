@@ -384,3 +384,22 @@ def test_compile_errors_raise_nnerror_in_the_api():
     assert (err.loc.line, err.loc.col) == (4, 10)
     assert err.render().splitlines()[0] == (
         "model.nn:4:10: error: unknown layer or function 'dens'; did you mean 'dense'?")
+
+
+@pytest.mark.parametrize("failure", [NotImplementedError("a subscript it cannot read"), KeyError("oops")])
+@pytest.mark.parametrize("command", [[], ["explain"]])
+def test_an_unexpected_failure_is_reported_without_a_traceback(tmp_path, monkeypatch, capsys, failure, command):
+    from nncc import api, cli
+
+    def fail(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(api, "compile_source", fail)
+    src = tmp_path / "m.nn"
+    src.write_text(nn_zoo.program("m", "a = x |> dense(3)\nloss = quadratic(a, y)"))
+    out = tmp_path / ("m.md" if command else "m.py")
+    out.write_text("earlier output\n")
+    assert cli.main(command + [str(src), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and str(src) in err and "error" in err
+    assert out.read_text() == "earlier output\n"
