@@ -201,6 +201,15 @@ class Section:
     anchor: str
     text: list  # ("text" | "math", content) pieces of the introduction
     steps: list = field(default_factory=list)
+    rows: list = field(default_factory=list)  # Row: a summary line pointing at a step
+
+
+@dataclass
+class Row:
+    tag: str
+    title: str
+    anchor: str  # of the step it sums up
+    formula: Formula
 
 
 @dataclass
@@ -400,7 +409,9 @@ class _Rows:
 def explain(path_or_source, file: str | None = None) -> Explanation:
     """The derivation of a network, from a .nn path or its source text."""
     text = str(path_or_source)
-    if file is None and "\n" not in text and Path(text).suffix == ".nn" and Path(text).exists():
+    if file is None and "\n" not in text and Path(text).suffix == ".nn":
+        if not Path(text).exists():  # a path, not a one-line program
+            raise FileNotFoundError(f"no such .nn file: {text}")
         file = text
         text = Path(text).read_text(encoding="utf-8")
     return build(compile_source(text, file or "<string>"))
@@ -490,10 +501,20 @@ def build(c: Compiled) -> Explanation:
     for sec in (forward, backward):
         for st in sec.steps:
             st.fused_title = titles.get(st.fused_into, st.fused_into)
+    chain = Section(
+        "The chain at a glance", "chain",
+        [("text", "The backward pass again, one formula a step, from the loss back to the first layer: "
+                  "the matrix form where there is one. Where a step is one of the four equations of "
+                  "back-propagation it is tagged: BP1 the error at the output layer, BP2 the error one "
+                  "layer back, BP3 and BP4 the gradients of a layer's biases and weights.")])
+    for st in backward.steps:
+        forms = [f for f in st.formulas if f.caption == "matrix form"] or \
+                [f for f in st.formulas if f.kind == "composed"] or st.formulas[-1:]
+        chain.rows.append(Row(st.tag, st.title, st.anchor, forms[0]))
     intro = (f"The derivation nncc {__version__} used to generate the code for the network '{g.name}' "
              f"({g.source}). Each step's anchor is named in the comment of the generated line that "
              f"computes it; a line that fuses several steps appears under the last of them.")
-    return Explanation(g.name, g.source, intro, [forward, backward])
+    return Explanation(g.name, g.source, intro, [forward, backward, chain])
 
 
 def _attach_code(step: Step, line, matrix, display, code_lines):

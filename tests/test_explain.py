@@ -65,6 +65,24 @@ def test_nielsen_shows_the_chapter_two_equations():
     assert r"\delta_{i i'}" in md  # Jacobian entries keep their Kronecker deltas
 
 
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_the_chain_at_a_glance_sums_up_every_backward_step_in_order(path):
+    doc = _doc(str(path))
+    backward, chain = doc.sections[1], doc.sections[2]
+    assert [r.anchor for r in chain.rows] == [st.anchor for st in backward.steps]
+    for row, st in zip(chain.rows, backward.steps):
+        assert row.tag == st.tag and row.formula in st.formulas
+    md = doc.markdown()
+    assert all(f"(#{r.anchor})" in md for r in chain.rows)
+
+
+def test_the_chain_of_nielsens_network_runs_bp1_to_bp4_from_the_output_back():
+    chain = _doc(str(ROOT / "examples" / "nielsen.nn")).sections[2]
+    tags = [r.tag for r in chain.rows if r.tag]
+    assert tags == ["BP1", "BP4", "BP3", "BP2", "BP4", "BP3"]
+    assert all(r.formula.caption == "matrix form" for r in chain.rows if r.tag)
+
+
 def test_sigmoid_then_cross_entropy_fuses_to_a_minus_y_as_an_identity_apart_from_the_code():
     doc = _doc(str(ROOT / "examples" / "xor.nn"))
     step = _step(doc, backward_anchor("sigmoid_1", "dense_2"))
@@ -360,3 +378,8 @@ def test_chromium_renders_the_math(tmp_path):
     frac = float(re.search(r'data-frac="([0-9.]+)"', dom).group(1))
     line = float(re.search(r'data-line="([0-9.]+)"', dom).group(1))
     assert frac > 1.5 * line, f"a displayed fraction is {frac}px tall, a line {line}px: math not laid out"
+
+
+def test_explain_of_a_missing_file_says_so():
+    with pytest.raises(FileNotFoundError, match="missing.nn"):
+        nncc.explain("missing.nn")
