@@ -211,6 +211,7 @@ class Lowerer:
         self.kernels = kernels
         self.ranges: dict = {}
         self.cse: dict = {}
+        self.im2col: dict = {}  # the code of a copied patches array -> its temporary
         self.guarded = False
         self.count = 0
         self.lse_max: set = set()  # temporaries holding the max part of a logsumexp
@@ -391,7 +392,7 @@ class Lowerer:
         ops = []
         for labels, fs in groups.items():
             if len(fs) == 1 and isinstance(fs[0], sp.Indexed):
-                code, lay = self.natural(fs[0])  # a read keeps its own axis order: no transpose
+                code, lay = self.natural(fs[0], contract=True)  # its own axis order: no transpose
                 if len(set(lay)) == len(lay):
                     ops.append((lay, code))
                     continue
@@ -457,7 +458,7 @@ class Lowerer:
         code, labels = self.natural(e)
         return _align(code, labels, layout)
 
-    def natural(self, e: sp.Indexed):
+    def natural(self, e: sp.Indexed, contract: bool = False):
         """Code for a read and the index of each of its axes, in the array's own order.
 
         Each subscript is one of
@@ -469,7 +470,7 @@ class Lowerer:
         name = e.base.label.name
         code = self.names[name]
         shape = self.shapes[name]
-        labels, slices, dims, windows, kernel = [], [], [], [], []
+        labels, slices, dims, windows, kernel, outers = [], [], [], [], [], []
         extra = 0  # axes added before this one by flattened subscripts being unflattened
         for axis, sub in enumerate(e.indices):
             syms = sorted((x for x in sub.free_symbols if x in self.ranges), key=lambda x: x.name)
@@ -497,6 +498,7 @@ class Lowerer:
                 continue
             outer, inner, stride, start = _window_parts(sub, syms, self.ranges)
             labels.append(outer)
+            outers.append(outer)
             dims.append(shape[axis])
             slices.append(None)
             windows.append((axis + extra, start, stride, self.ranges[outer], self.ranges[inner]))
@@ -509,7 +511,32 @@ class Lowerer:
             self.kernels.helpers.add("patches")
             code = f"_patches({code}, {tuple(windows)})"
             labels.extend(kernel)
+            if contract:
+                code, labels = self._im2col(code, labels, outers, kernel)
         return code, labels
+
+    def _im2col(self, code, labels, outers, kernel):
+        """Patches read by a contraction, copied once into [batch, window positions, other
+        axes, kernel offsets]: the conv's sum over (channels, offsets) and its weight
+        gradient's sum over (batch, positions) then both read contiguous blocks as matrices,
+        where each would copy the strided view itself; a second read of the same patches
+        (forward and weight gradient) reuses the copy."""
+        first = [x for x in labels if self.ranges.get(x) == B] + list(outers)
+        order = first + [x for x in labels if x not in first and x not in kernel] + list(kernel)
+        perm = tuple(labels.index(x) for x in order)
+        if perm != tuple(range(len(labels))):
+            code = f"{code}.transpose({perm})"
+        code = f"np.ascontiguousarray({code})"
+        if code not in self.im2col:
+            name = temp(self.count)
+            self.count += 1
+            while name in self.names or name in self.names.values():
+                name = temp(self.count)
+                self.count += 1
+            self.kernels.lines.append(Line(name, code))
+            self.names[name] = name
+            self.im2col[code] = name
+        return self.im2col[code], order
 
 
 def _align(code, labels, layout) -> str:

@@ -199,11 +199,11 @@ def forward(params, x):
     dense_1_bias = params["dense_1.bias"]
 
     # conv2d_1: conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1]
-    conv2d_1 = conv2d_1_bias[:, None, None] + np.tensordot(conv2d_1_weight, _patches(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3))), axes=([1, 2, 3], [1, 4, 5])).transpose((1, 0, 2, 3))
+    conv2d_1 = conv2d_1_bias[:, None, None] + np.tensordot(conv2d_1_weight, np.ascontiguousarray(_patches(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3))).transpose((0, 2, 3, 1, 4, 5))), axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
     # relu_1: relu_1[b, i, j, k] = where(conv2d_1[b, i, j, k] > 0, conv2d_1[b, i, j, k], 0)  [#fwd-relu_1]
     # maxpool2d_1: h[b, ch, i, j] = max_p,q(relu_1[b, ch, p + 2*i, q + 2*j])  [#fwd-maxpool2d_1]
     # conv2d_2: conv2d_2[b, o, i, j] = conv2d_2.bias[o] + Σ_ci,p,q (conv2d_2.weight[o, ci, p, q]*h[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_2]
-    conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, _patches(_max_over(np.where((conv2d_1 > 0), conv2d_1, 0).reshape(batch, 8, 4, 2, 4, 2).transpose((0, 1, 2, 4, 3, 5)), (4, 5)), ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3))), axes=([1, 2, 3], [1, 4, 5])).transpose((1, 0, 2, 3))
+    conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, np.ascontiguousarray(_patches(_max_over(np.where((conv2d_1 > 0), conv2d_1, 0).reshape(batch, 8, 4, 2, 4, 2).transpose((0, 1, 2, 4, 3, 5)), (4, 5)), ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3))).transpose((0, 2, 3, 1, 4, 5))), axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
     # relu_2: g[b, i, j, k] = where(conv2d_2[b, i, j, k] > 0, conv2d_2[b, i, j, k], 0)  [#fwd-relu_2]
     # flatten_1: flatten_1[b, j + 4*i + 16*ch] = g[b, ch, i, j]  [#fwd-flatten_1]
     # dense_1: z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1]
@@ -221,23 +221,24 @@ def loss(params, x, y):
     dense_1_weight = params["dense_1.weight"]
     dense_1_bias = params["dense_1.bias"]
 
+    t0 = np.ascontiguousarray(_patches(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3))).transpose((0, 2, 3, 1, 4, 5)))
     # conv2d_1: conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1]
-    conv2d_1 = conv2d_1_bias[:, None, None] + np.tensordot(conv2d_1_weight, _patches(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3))), axes=([1, 2, 3], [1, 4, 5])).transpose((1, 0, 2, 3))
+    conv2d_1 = conv2d_1_bias[:, None, None] + np.tensordot(conv2d_1_weight, t0, axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
     # relu_1: relu_1[b, i, j, k] = where(conv2d_1[b, i, j, k] > 0, conv2d_1[b, i, j, k], 0)  [#fwd-relu_1]
     relu_1 = np.where((conv2d_1 > 0), conv2d_1, 0)
     # maxpool2d_1: h[b, ch, i, j] = max_p,q(relu_1[b, ch, p + 2*i, q + 2*j])  [#fwd-maxpool2d_1]
-    h = _max_over(relu_1.reshape(batch, 8, 4, 2, 4, 2).transpose((0, 1, 2, 4, 3, 5)), (4, 5))
+    t3 = np.ascontiguousarray(_patches(_max_over(relu_1.reshape(batch, 8, 4, 2, 4, 2).transpose((0, 1, 2, 4, 3, 5)), (4, 5)), ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3))).transpose((0, 2, 3, 1, 4, 5)))
     # conv2d_2: conv2d_2[b, o, i, j] = conv2d_2.bias[o] + Σ_ci,p,q (conv2d_2.weight[o, ci, p, q]*h[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_2]
-    conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, _patches(h, ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3))), axes=([1, 2, 3], [1, 4, 5])).transpose((1, 0, 2, 3))
+    conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, t3, axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
     # relu_2: g[b, i, j, k] = where(conv2d_2[b, i, j, k] > 0, conv2d_2[b, i, j, k], 0)  [#fwd-relu_2]
     # flatten_1: flatten_1[b, j + 4*i + 16*ch] = g[b, ch, i, j]  [#fwd-flatten_1]
     flatten_1 = np.where((conv2d_2 > 0), conv2d_2, 0).reshape(batch, 256)
     # dense_1: z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1]
     z = dense_1_bias + (flatten_1 @ dense_1_weight.T)
-    t4 = z.max(axis=1)
-    t5 = np.log(np.exp(-t4[:, None] + z).sum(axis=1))
+    t6 = z.max(axis=1)
+    t7 = np.log(np.exp(-t6[:, None] + z).sum(axis=1))
     # softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1]
-    softmax_cross_entropy_1 = -((z - t4[:, None] - t5[:, None])*y).sum(axis=1)
+    softmax_cross_entropy_1 = -((z - t6[:, None] - t7[:, None])*y).sum(axis=1)
     return float(softmax_cross_entropy_1.sum() / batch)
 
 
@@ -251,27 +252,28 @@ def loss_and_grad(params, x, y):
     dense_1_weight = params["dense_1.weight"]
     dense_1_bias = params["dense_1.bias"]
 
+    t0 = np.ascontiguousarray(_patches(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3))).transpose((0, 2, 3, 1, 4, 5)))
     # conv2d_1: conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1]
-    conv2d_1 = conv2d_1_bias[:, None, None] + np.tensordot(conv2d_1_weight, _patches(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3))), axes=([1, 2, 3], [1, 4, 5])).transpose((1, 0, 2, 3))
+    conv2d_1 = conv2d_1_bias[:, None, None] + np.tensordot(conv2d_1_weight, t0, axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
     # relu_1: relu_1[b, i, j, k] = where(conv2d_1[b, i, j, k] > 0, conv2d_1[b, i, j, k], 0)  [#fwd-relu_1]
     relu_1 = np.where((conv2d_1 > 0), conv2d_1, 0)
     # maxpool2d_1: h[b, ch, i, j] = max_p,q(relu_1[b, ch, p + 2*i, q + 2*j])  [#fwd-maxpool2d_1]
-    h = _max_over(relu_1.reshape(batch, 8, 4, 2, 4, 2).transpose((0, 1, 2, 4, 3, 5)), (4, 5))
+    t3 = np.ascontiguousarray(_patches(_max_over(relu_1.reshape(batch, 8, 4, 2, 4, 2).transpose((0, 1, 2, 4, 3, 5)), (4, 5)), ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3))).transpose((0, 2, 3, 1, 4, 5)))
     # conv2d_2: conv2d_2[b, o, i, j] = conv2d_2.bias[o] + Σ_ci,p,q (conv2d_2.weight[o, ci, p, q]*h[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_2]
-    conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, _patches(h, ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3))), axes=([1, 2, 3], [1, 4, 5])).transpose((1, 0, 2, 3))
+    conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, t3, axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
     # relu_2: g[b, i, j, k] = where(conv2d_2[b, i, j, k] > 0, conv2d_2[b, i, j, k], 0)  [#fwd-relu_2]
     # flatten_1: flatten_1[b, j + 4*i + 16*ch] = g[b, ch, i, j]  [#fwd-flatten_1]
     flatten_1 = np.where((conv2d_2 > 0), conv2d_2, 0).reshape(batch, 256)
     # dense_1: z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1]
     z = dense_1_bias + (flatten_1 @ dense_1_weight.T)
-    t4 = z.max(axis=1)
-    t5 = np.log(np.exp(-t4[:, None] + z).sum(axis=1))
+    t6 = z.max(axis=1)
+    t7 = np.log(np.exp(-t6[:, None] + z).sum(axis=1))
     # softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1]
-    softmax_cross_entropy_1 = -((z - t4[:, None] - t5[:, None])*y).sum(axis=1)
+    softmax_cross_entropy_1 = -((z - t6[:, None] - t7[:, None])*y).sum(axis=1)
     value = float(softmax_cross_entropy_1.sum() / batch)
 
     # d_z[b, k] = (-y[b, k] + Σ_i y[b, i]*exp(-logsumexp_j(z[b, j]) + z[b, k]))*d_softmax_cross_entropy_1[b]  [#bwd-softmax_cross_entropy_1-z]
-    d_z = (-y + np.exp(z - t4[:, None] - t5[:, None])*y.sum(axis=1)[:, None])/batch
+    d_z = (-y + np.exp(z - t6[:, None] - t7[:, None])*y.sum(axis=1)[:, None])/batch
     # d_dense_1_weight[i, j] = Σ_b (d_z[b, i]*flatten_1[b, j])  [#bwd-dense_1-weight]
     d_dense_1_weight = d_z.T @ flatten_1
     # d_dense_1_bias[i] = Σ_b d_z[b, i]  [#bwd-dense_1-bias]
@@ -281,7 +283,7 @@ def loss_and_grad(params, x, y):
     # d_conv2d_2[b, i, j, k] = where(conv2d_2[b, i, j, k] > 0, d_g[b, i, j, k], 0)  [#bwd-relu_2-conv2d_2]
     d_conv2d_2 = np.where((conv2d_2 > 0), (d_z @ dense_1_weight).reshape(batch, 16, 4, 4), 0)
     # d_conv2d_2_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_2[b, o, i, j]*h[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_2-weight]
-    d_conv2d_2_weight = np.tensordot(d_conv2d_2, _patches(h, ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3))), axes=([0, 2, 3], [0, 2, 3]))
+    d_conv2d_2_weight = np.tensordot(d_conv2d_2, t3, axes=([0, 2, 3], [0, 1, 2]))
     # d_conv2d_2_bias[o] = Σ_b,i,j d_conv2d_2[b, o, i, j]  [#bwd-conv2d_2-bias]
     d_conv2d_2_bias = d_conv2d_2.sum(axis=(0, 2, 3))
     # d_h[b, ci, k, l] = Σ_o,i,j,p,q (conv2d_2.weight[o, ci, p, q]*d_conv2d_2[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_2-h]
@@ -289,7 +291,7 @@ def loss_and_grad(params, x, y):
     # d_conv2d_1[b, i, j, k] = where(conv2d_1[b, i, j, k] > 0, d_relu_1[b, i, j, k], 0)  [#bwd-relu_1-conv2d_1]
     d_conv2d_1 = np.where((conv2d_1 > 0), (_unpatches(np.tensordot(conv2d_2_weight, d_conv2d_2, axes=([0], [1])).transpose((3, 0, 4, 5, 1, 2)), (batch, 8, 4, 4,), ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3)))[:, :, :, None, :, None]*_first_argmax(relu_1.reshape(batch, 8, 4, 2, 4, 2), (3, 5))).reshape(batch, 8, 8, 8), 0)
     # d_conv2d_1_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_1[b, o, i, j]*x[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_1-weight]
-    d_conv2d_1_weight = np.tensordot(d_conv2d_1, _patches(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3))), axes=([0, 2, 3], [0, 2, 3]))
+    d_conv2d_1_weight = np.tensordot(d_conv2d_1, t0, axes=([0, 2, 3], [0, 1, 2]))
     # d_conv2d_1_bias[o] = Σ_b,i,j d_conv2d_1[b, o, i, j]  [#bwd-conv2d_1-bias]
     d_conv2d_1_bias = d_conv2d_1.sum(axis=(0, 2, 3))
     return value, {
