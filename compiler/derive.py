@@ -64,9 +64,11 @@ class Derivation:
     grads: tuple  # Gradient
 
 
-def batch_index(op_indices) -> sp.Symbol:
-    names = {s.name for s in op_indices}
-    for name in ("b", "s", "bb"):
+def batch_index(op_indices, tensors=()) -> sp.Symbol:
+    """The batch index's name: b, unless an index or a tensor (which formulas print beside
+    it) already has that name."""
+    names = {s.name for s in op_indices} | set(tensors)
+    for name in ("b", "s", "bb", "batch_", "n_b"):
         if name not in names:
             return index_symbol(name)
     raise AssertionError("no free name for the batch index")
@@ -79,7 +81,7 @@ def formula_for(node: ir.Node, g: ir.Graph) -> Formula:
     args = [g.tensors[a] for a in node.args]
     if op.kind == "elementwise":
         local = tuple(index_symbol(c) for c in _ELEMENT_INDEX_NAMES[:len(out_shape)])
-        b = batch_index(local)
+        b = batch_index(local, g.tensors)
         idx = (b,) + local
         mapping = {sp.Symbol(t.name, real=True): real_base(a.name)[idx] for t, a in zip(op.tensors, args)}
         for o in op.options:
@@ -101,7 +103,7 @@ def formula_for(node: ir.Node, g: ir.Graph) -> Formula:
     all_indices = set(op.out_indices)
     for ind in op.body.atoms(sp.Indexed):
         all_indices |= {s for s in ind.free_symbols if isinstance(s, sp.Symbol) and s.is_integer}
-    b = batch_index(all_indices)
+    b = batch_index(all_indices, g.tensors)
     bases = {real_base(t.name): real_base(a.name) for t, a in zip(op.tensors, args)}
     params = dict(node.params)
     dropped = set()

@@ -17,7 +17,7 @@ from sympy.printing.latex import LatexPrinter
 
 from . import __version__
 from .api import Compiled, compile_source
-from .derive import B
+from .derive import B, batch_index
 from .naming import backward_anchor, forward_anchor, grad_name, var
 from .symbolic import Where, real_base
 from .templating import environment
@@ -433,7 +433,7 @@ def build(c: Compiled) -> Explanation:
     forward = Section("Forward pass", "forward",
                       [("text", "Each operator as used in this network: its element formula, with this "
                                 "network's tensor names and sizes (the batch index "),
-                       ("math", "b"), ("text", " runs over the "), ("math", "B"), ("text", " samples).")])
+                       ("math", batch_index((), g.tensors).name), ("text", " runs over the "), ("math", "B"), ("text", " samples).")])
     for d in plan.derivations:
         f = d.formula
         a = forward_anchor(d.node.label)

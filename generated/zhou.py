@@ -108,10 +108,10 @@ def forward(params, x):
     out_weight = params["out.weight"]
     out_bias = params["out.bias"]
 
-    # hidden: hidden[b, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[b, j])  [#fwd-hidden]
-    # sigmoid_1: b[b, i] = 1/(1 + exp(-hidden[b, i]))  [#fwd-sigmoid_1]
-    # out: out[b, i] = out.bias[i] + Σ_j (b[b, j]*out.weight[i, j])  [#fwd-out]
-    # sigmoid_2: yhat[b, i] = 1/(1 + exp(-out[b, i]))  [#fwd-sigmoid_2]
+    # hidden: hidden[s, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[s, j])  [#fwd-hidden]
+    # sigmoid_1: b[s, i] = 1/(1 + exp(-hidden[s, i]))  [#fwd-sigmoid_1]
+    # out: out[s, i] = out.bias[i] + Σ_j (b[s, j]*out.weight[i, j])  [#fwd-out]
+    # sigmoid_2: yhat[s, i] = 1/(1 + exp(-out[s, i]))  [#fwd-sigmoid_2]
     yhat = _sigmoid(out_bias + (_sigmoid(hidden_bias + (x @ hidden_weight.T)) @ out_weight.T))
     return yhat
 
@@ -124,13 +124,13 @@ def loss(params, x, y):
     out_weight = params["out.weight"]
     out_bias = params["out.bias"]
 
-    # hidden: hidden[b, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[b, j])  [#fwd-hidden]
-    # sigmoid_1: b[b, i] = 1/(1 + exp(-hidden[b, i]))  [#fwd-sigmoid_1]
+    # hidden: hidden[s, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[s, j])  [#fwd-hidden]
+    # sigmoid_1: b[s, i] = 1/(1 + exp(-hidden[s, i]))  [#fwd-sigmoid_1]
     b = _sigmoid(hidden_bias + (x @ hidden_weight.T))
-    # out: out[b, i] = out.bias[i] + Σ_j (b[b, j]*out.weight[i, j])  [#fwd-out]
-    # sigmoid_2: yhat[b, i] = 1/(1 + exp(-out[b, i]))  [#fwd-sigmoid_2]
+    # out: out[s, i] = out.bias[i] + Σ_j (b[s, j]*out.weight[i, j])  [#fwd-out]
+    # sigmoid_2: yhat[s, i] = 1/(1 + exp(-out[s, i]))  [#fwd-sigmoid_2]
     yhat = _sigmoid(out_bias + (b @ out_weight.T))
-    # quadratic_1: quadratic_1[b] = Σ_i (-y[b, i] + yhat[b, i])**2/2  [#fwd-quadratic_1]
+    # quadratic_1: quadratic_1[s] = Σ_i (-y[s, i] + yhat[s, i])**2/2  [#fwd-quadratic_1]
     quadratic_1 = 0.5*((-y + yhat)**2).sum(axis=1)
     return float(quadratic_1.sum() / batch)
 
@@ -143,29 +143,29 @@ def loss_and_grad(params, x, y):
     out_weight = params["out.weight"]
     out_bias = params["out.bias"]
 
-    # hidden: hidden[b, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[b, j])  [#fwd-hidden]
-    # sigmoid_1: b[b, i] = 1/(1 + exp(-hidden[b, i]))  [#fwd-sigmoid_1]
+    # hidden: hidden[s, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[s, j])  [#fwd-hidden]
+    # sigmoid_1: b[s, i] = 1/(1 + exp(-hidden[s, i]))  [#fwd-sigmoid_1]
     b = _sigmoid(hidden_bias + (x @ hidden_weight.T))
-    # out: out[b, i] = out.bias[i] + Σ_j (b[b, j]*out.weight[i, j])  [#fwd-out]
-    # sigmoid_2: yhat[b, i] = 1/(1 + exp(-out[b, i]))  [#fwd-sigmoid_2]
+    # out: out[s, i] = out.bias[i] + Σ_j (b[s, j]*out.weight[i, j])  [#fwd-out]
+    # sigmoid_2: yhat[s, i] = 1/(1 + exp(-out[s, i]))  [#fwd-sigmoid_2]
     yhat = _sigmoid(out_bias + (b @ out_weight.T))
-    # quadratic_1: quadratic_1[b] = Σ_i (-y[b, i] + yhat[b, i])**2/2  [#fwd-quadratic_1]
+    # quadratic_1: quadratic_1[s] = Σ_i (-y[s, i] + yhat[s, i])**2/2  [#fwd-quadratic_1]
     quadratic_1 = 0.5*((-y + yhat)**2).sum(axis=1)
     value = float(quadratic_1.sum() / batch)
 
-    # d_yhat[b, i] = (-y[b, i] + yhat[b, i])*d_quadratic_1[b]  [#bwd-quadratic_1-yhat]
-    # d_out[b, i] = -(-1 + yhat[b, i])*d_yhat[b, i]*yhat[b, i]  [#bwd-sigmoid_2-out]
+    # d_yhat[s, i] = (-y[s, i] + yhat[s, i])*d_quadratic_1[s]  [#bwd-quadratic_1-yhat]
+    # d_out[s, i] = -(-1 + yhat[s, i])*d_yhat[s, i]*yhat[s, i]  [#bwd-sigmoid_2-out]
     d_out = -(yhat - 1)*((-y + yhat)/batch)*yhat
-    # d_out_weight[i, j] = Σ_b (b[b, j]*d_out[b, i])  [#bwd-out-weight]
+    # d_out_weight[i, j] = Σ_s (b[s, j]*d_out[s, i])  [#bwd-out-weight]
     d_out_weight = d_out.T @ b
-    # d_out_bias[i] = Σ_b d_out[b, i]  [#bwd-out-bias]
+    # d_out_bias[i] = Σ_s d_out[s, i]  [#bwd-out-bias]
     d_out_bias = d_out.sum(axis=0)
-    # d_b[b, j] = Σ_i (d_out[b, i]*out.weight[i, j])  [#bwd-out-b]
-    # d_hidden[i, j] = -(-1 + b[i, j])*b[i, j]*d_b[i, j]  [#bwd-sigmoid_1-hidden]
+    # d_b[s, j] = Σ_i (d_out[s, i]*out.weight[i, j])  [#bwd-out-b]
+    # d_hidden[s, i] = -(-1 + b[s, i])*b[s, i]*d_b[s, i]  [#bwd-sigmoid_1-hidden]
     d_hidden = -(b - 1)*b*(d_out @ out_weight)
-    # d_hidden_weight[i, j] = Σ_b (d_hidden[b, i]*x[b, j])  [#bwd-hidden-weight]
+    # d_hidden_weight[i, j] = Σ_s (d_hidden[s, i]*x[s, j])  [#bwd-hidden-weight]
     d_hidden_weight = d_hidden.T @ x
-    # d_hidden_bias[i] = Σ_b d_hidden[b, i]  [#bwd-hidden-bias]
+    # d_hidden_bias[i] = Σ_s d_hidden[s, i]  [#bwd-hidden-bias]
     d_hidden_bias = d_hidden.sum(axis=0)
     return value, {
         "hidden.weight": d_hidden_weight,

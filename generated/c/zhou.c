@@ -80,26 +80,26 @@ void zhou_forward(const real *params, const zhou_real *v_x, real *output, int ba
     real *v_b = work + (size_t)batch * 10 + 0;
     real *v_yhat = work + (size_t)batch * 26 + 0;
     nncc_use_helpers();
-    /* hidden[b, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[b, j])  [#fwd-hidden] */
-    /* b[b, i] = 1/(1 + exp(-hidden[b, i]))  [#fwd-sigmoid_1] */
-    for (int b_0 = 0; b_0 < batch; b_0++) {
+    /* hidden[s, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[s, j])  [#fwd-hidden] */
+    /* b[s, i] = 1/(1 + exp(-hidden[s, i]))  [#fwd-sigmoid_1] */
+    for (int s_0 = 0; s_0 < batch; s_0++) {
         for (int i_1 = 0; i_1 < 5; i_1++) {
             real r0 = 0;
             for (int j_3 = 0; j_3 < 4; j_3++) {
-                r0 += v_hidden_weight[(i_1)*4 + j_3]*v_x[(b_0)*4 + j_3];
+                r0 += v_hidden_weight[(i_1)*4 + j_3]*v_x[(s_0)*4 + j_3];
             }
-            v_b[(b_0)*5 + i_1] = nncc_sigmoid(r0 + v_hidden_bias[i_1]);
+            v_b[(s_0)*5 + i_1] = nncc_sigmoid(r0 + v_hidden_bias[i_1]);
         }
     }
-    /* out[b, i] = out.bias[i] + Σ_j (b[b, j]*out.weight[i, j])  [#fwd-out] */
-    /* yhat[b, i] = 1/(1 + exp(-out[b, i]))  [#fwd-sigmoid_2] */
-    for (int b_0 = 0; b_0 < batch; b_0++) {
+    /* out[s, i] = out.bias[i] + Σ_j (b[s, j]*out.weight[i, j])  [#fwd-out] */
+    /* yhat[s, i] = 1/(1 + exp(-out[s, i]))  [#fwd-sigmoid_2] */
+    for (int s_0 = 0; s_0 < batch; s_0++) {
         for (int i_1 = 0; i_1 < 3; i_1++) {
             real r1 = 0;
             for (int j_5 = 0; j_5 < 5; j_5++) {
-                r1 += v_b[(b_0)*5 + j_5]*v_out_weight[(i_1)*5 + j_5];
+                r1 += v_b[(s_0)*5 + j_5]*v_out_weight[(i_1)*5 + j_5];
             }
-            v_yhat[(b_0)*3 + i_1] = nncc_sigmoid(r1 + v_out_bias[i_1]);
+            v_yhat[(s_0)*3 + i_1] = nncc_sigmoid(r1 + v_out_bias[i_1]);
         }
     }
     for (long n = 0; n < (long)batch * ZHOU_OUTPUT_SIZE; n++)
@@ -124,35 +124,35 @@ real zhou_loss(const real *params, const zhou_real *v_x, const zhou_real *v_y, i
     real *v_yhat = work + (size_t)batch * 26 + 0;
     real *v_quadratic_1 = work + (size_t)batch * 32 + 0;
     nncc_use_helpers();
-    /* hidden[b, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[b, j])  [#fwd-hidden] */
-    /* b[b, i] = 1/(1 + exp(-hidden[b, i]))  [#fwd-sigmoid_1] */
-    for (int b_0 = 0; b_0 < batch; b_0++) {
+    /* hidden[s, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[s, j])  [#fwd-hidden] */
+    /* b[s, i] = 1/(1 + exp(-hidden[s, i]))  [#fwd-sigmoid_1] */
+    for (int s_0 = 0; s_0 < batch; s_0++) {
         for (int i_1 = 0; i_1 < 5; i_1++) {
             real r0 = 0;
             for (int j_3 = 0; j_3 < 4; j_3++) {
-                r0 += v_hidden_weight[(i_1)*4 + j_3]*v_x[(b_0)*4 + j_3];
+                r0 += v_hidden_weight[(i_1)*4 + j_3]*v_x[(s_0)*4 + j_3];
             }
-            v_b[(b_0)*5 + i_1] = nncc_sigmoid(r0 + v_hidden_bias[i_1]);
+            v_b[(s_0)*5 + i_1] = nncc_sigmoid(r0 + v_hidden_bias[i_1]);
         }
     }
-    /* out[b, i] = out.bias[i] + Σ_j (b[b, j]*out.weight[i, j])  [#fwd-out] */
-    /* yhat[b, i] = 1/(1 + exp(-out[b, i]))  [#fwd-sigmoid_2] */
-    for (int b_0 = 0; b_0 < batch; b_0++) {
+    /* out[s, i] = out.bias[i] + Σ_j (b[s, j]*out.weight[i, j])  [#fwd-out] */
+    /* yhat[s, i] = 1/(1 + exp(-out[s, i]))  [#fwd-sigmoid_2] */
+    for (int s_0 = 0; s_0 < batch; s_0++) {
         for (int i_1 = 0; i_1 < 3; i_1++) {
             real r1 = 0;
             for (int j_5 = 0; j_5 < 5; j_5++) {
-                r1 += v_b[(b_0)*5 + j_5]*v_out_weight[(i_1)*5 + j_5];
+                r1 += v_b[(s_0)*5 + j_5]*v_out_weight[(i_1)*5 + j_5];
             }
-            v_yhat[(b_0)*3 + i_1] = nncc_sigmoid(r1 + v_out_bias[i_1]);
+            v_yhat[(s_0)*3 + i_1] = nncc_sigmoid(r1 + v_out_bias[i_1]);
         }
     }
-    /* quadratic_1[b] = Σ_i (-y[b, i] + yhat[b, i])**2/2  [#fwd-quadratic_1] */
-    for (int b_0 = 0; b_0 < batch; b_0++) {
+    /* quadratic_1[s] = Σ_i (-y[s, i] + yhat[s, i])**2/2  [#fwd-quadratic_1] */
+    for (int s_0 = 0; s_0 < batch; s_0++) {
         real r2 = 0;
         for (int i_1 = 0; i_1 < 3; i_1++) {
-            r2 += ((-v_y[(b_0)*3 + i_1] + v_yhat[(b_0)*3 + i_1])*(-v_y[(b_0)*3 + i_1] + v_yhat[(b_0)*3 + i_1]));
+            r2 += ((-v_y[(s_0)*3 + i_1] + v_yhat[(s_0)*3 + i_1])*(-v_y[(s_0)*3 + i_1] + v_yhat[(s_0)*3 + i_1]));
         }
-        v_quadratic_1[b_0] = (((real)1/(real)2))*r2;
+        v_quadratic_1[s_0] = (((real)1/(real)2))*r2;
     }
     return zhou_loss_value(v_quadratic_1, batch);
 }
@@ -175,109 +175,109 @@ real zhou_loss_and_grad(const real *params, const zhou_real *v_x, const zhou_rea
     real *dv_yhat = work + (size_t)batch * 29 + 0;
     real *v_quadratic_1 = work + (size_t)batch * 32 + 0;
     nncc_use_helpers();
-    /* hidden[b, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[b, j])  [#fwd-hidden] */
-    /* b[b, i] = 1/(1 + exp(-hidden[b, i]))  [#fwd-sigmoid_1] */
-    for (int b_0 = 0; b_0 < batch; b_0++) {
+    /* hidden[s, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[s, j])  [#fwd-hidden] */
+    /* b[s, i] = 1/(1 + exp(-hidden[s, i]))  [#fwd-sigmoid_1] */
+    for (int s_0 = 0; s_0 < batch; s_0++) {
         for (int i_1 = 0; i_1 < 5; i_1++) {
             real r0 = 0;
             for (int j_3 = 0; j_3 < 4; j_3++) {
-                r0 += v_hidden_weight[(i_1)*4 + j_3]*v_x[(b_0)*4 + j_3];
+                r0 += v_hidden_weight[(i_1)*4 + j_3]*v_x[(s_0)*4 + j_3];
             }
-            v_b[(b_0)*5 + i_1] = nncc_sigmoid(r0 + v_hidden_bias[i_1]);
+            v_b[(s_0)*5 + i_1] = nncc_sigmoid(r0 + v_hidden_bias[i_1]);
         }
     }
-    /* out[b, i] = out.bias[i] + Σ_j (b[b, j]*out.weight[i, j])  [#fwd-out] */
-    /* yhat[b, i] = 1/(1 + exp(-out[b, i]))  [#fwd-sigmoid_2] */
-    for (int b_0 = 0; b_0 < batch; b_0++) {
+    /* out[s, i] = out.bias[i] + Σ_j (b[s, j]*out.weight[i, j])  [#fwd-out] */
+    /* yhat[s, i] = 1/(1 + exp(-out[s, i]))  [#fwd-sigmoid_2] */
+    for (int s_0 = 0; s_0 < batch; s_0++) {
         for (int i_1 = 0; i_1 < 3; i_1++) {
             real r1 = 0;
             for (int j_5 = 0; j_5 < 5; j_5++) {
-                r1 += v_b[(b_0)*5 + j_5]*v_out_weight[(i_1)*5 + j_5];
+                r1 += v_b[(s_0)*5 + j_5]*v_out_weight[(i_1)*5 + j_5];
             }
-            v_yhat[(b_0)*3 + i_1] = nncc_sigmoid(r1 + v_out_bias[i_1]);
+            v_yhat[(s_0)*3 + i_1] = nncc_sigmoid(r1 + v_out_bias[i_1]);
         }
     }
-    /* quadratic_1[b] = Σ_i (-y[b, i] + yhat[b, i])**2/2  [#fwd-quadratic_1] */
-    for (int b_0 = 0; b_0 < batch; b_0++) {
+    /* quadratic_1[s] = Σ_i (-y[s, i] + yhat[s, i])**2/2  [#fwd-quadratic_1] */
+    for (int s_0 = 0; s_0 < batch; s_0++) {
         real r2 = 0;
         for (int i_1 = 0; i_1 < 3; i_1++) {
-            r2 += ((-v_y[(b_0)*3 + i_1] + v_yhat[(b_0)*3 + i_1])*(-v_y[(b_0)*3 + i_1] + v_yhat[(b_0)*3 + i_1]));
+            r2 += ((-v_y[(s_0)*3 + i_1] + v_yhat[(s_0)*3 + i_1])*(-v_y[(s_0)*3 + i_1] + v_yhat[(s_0)*3 + i_1]));
         }
-        v_quadratic_1[b_0] = (((real)1/(real)2))*r2;
+        v_quadratic_1[s_0] = (((real)1/(real)2))*r2;
     }
-    /* d_yhat[b, i] = (-y[b, i] + yhat[b, i])*d_quadratic_1[b]  [#bwd-quadratic_1-yhat] */
-    for (int b_0 = 0; b_0 < batch; b_0++) {
+    /* d_yhat[s, i] = (-y[s, i] + yhat[s, i])*d_quadratic_1[s]  [#bwd-quadratic_1-yhat] */
+    for (int s_0 = 0; s_0 < batch; s_0++) {
         for (int i_1 = 0; i_1 < 3; i_1++) {
-            dv_yhat[(b_0)*3 + i_1] = (-v_y[(b_0)*3 + i_1] + v_yhat[(b_0)*3 + i_1])/batch;
+            dv_yhat[(s_0)*3 + i_1] = (-v_y[(s_0)*3 + i_1] + v_yhat[(s_0)*3 + i_1])/batch;
         }
     }
-    /* d_out[b, i] = -(-1 + yhat[b, i])*d_yhat[b, i]*yhat[b, i]  [#bwd-sigmoid_2-out] */
-    for (int b_0 = 0; b_0 < batch; b_0++) {
+    /* d_out[s, i] = -(-1 + yhat[s, i])*d_yhat[s, i]*yhat[s, i]  [#bwd-sigmoid_2-out] */
+    for (int s_0 = 0; s_0 < batch; s_0++) {
         for (int i_1 = 0; i_1 < 3; i_1++) {
-            dv_out[(b_0)*3 + i_1] = -(v_yhat[(b_0)*3 + i_1] - 1)*dv_yhat[(b_0)*3 + i_1]*v_yhat[(b_0)*3 + i_1];
+            dv_out[(s_0)*3 + i_1] = -(v_yhat[(s_0)*3 + i_1] - 1)*dv_yhat[(s_0)*3 + i_1]*v_yhat[(s_0)*3 + i_1];
         }
     }
-    /* d_b[b, j] = Σ_i (d_out[b, i]*out.weight[i, j])  [#bwd-out-b] */
-    for (int b_0 = 0; b_0 < batch; b_0++) {
+    /* d_b[s, j] = Σ_i (d_out[s, i]*out.weight[i, j])  [#bwd-out-b] */
+    for (int s_0 = 0; s_0 < batch; s_0++) {
         for (int j_2 = 0; j_2 < 5; j_2++) {
-            dv_b[(b_0)*5 + j_2] = 0;
+            dv_b[(s_0)*5 + j_2] = 0;
         }
     }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
+    for (int s_0 = 0; s_0 < batch; s_0++) {
         for (int i_1 = 0; i_1 < 3; i_1++) {
             for (int j_2 = 0; j_2 < 5; j_2++) {
-                dv_b[(b_0)*5 + j_2] += dv_out[(b_0)*3 + i_1]*v_out_weight[(i_1)*5 + j_2];
+                dv_b[(s_0)*5 + j_2] += dv_out[(s_0)*3 + i_1]*v_out_weight[(i_1)*5 + j_2];
             }
         }
     }
-    /* d_out_weight[i, j] = Σ_b (b[b, j]*d_out[b, i])  [#bwd-out-weight] */
+    /* d_out_weight[i, j] = Σ_s (b[s, j]*d_out[s, i])  [#bwd-out-weight] */
     for (int i_1 = 0; i_1 < 3; i_1++) {
         for (int j_2 = 0; j_2 < 5; j_2++) {
             dv_out_weight[(i_1)*5 + j_2] = 0;
         }
     }
     for (int i_1 = 0; i_1 < 3; i_1++) {
-        for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int s_0 = 0; s_0 < batch; s_0++) {
             for (int j_2 = 0; j_2 < 5; j_2++) {
-                dv_out_weight[(i_1)*5 + j_2] += v_b[(b_0)*5 + j_2]*dv_out[(b_0)*3 + i_1];
+                dv_out_weight[(i_1)*5 + j_2] += v_b[(s_0)*5 + j_2]*dv_out[(s_0)*3 + i_1];
             }
         }
     }
-    /* d_out_bias[i] = Σ_b d_out[b, i]  [#bwd-out-bias] */
+    /* d_out_bias[i] = Σ_s d_out[s, i]  [#bwd-out-bias] */
     for (int i_1 = 0; i_1 < 3; i_1++) {
         dv_out_bias[i_1] = 0;
     }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
+    for (int s_0 = 0; s_0 < batch; s_0++) {
         for (int i_1 = 0; i_1 < 3; i_1++) {
-            dv_out_bias[i_1] += dv_out[(b_0)*3 + i_1];
+            dv_out_bias[i_1] += dv_out[(s_0)*3 + i_1];
         }
     }
-    /* d_hidden[i, j] = -(-1 + b[i, j])*b[i, j]*d_b[i, j]  [#bwd-sigmoid_1-hidden] */
-    for (int i_1 = 0; i_1 < batch; i_1++) {
-        for (int j_2 = 0; j_2 < 5; j_2++) {
-            dv_hidden[(i_1)*5 + j_2] = -(v_b[(i_1)*5 + j_2] - 1)*v_b[(i_1)*5 + j_2]*dv_b[(i_1)*5 + j_2];
+    /* d_hidden[s, i] = -(-1 + b[s, i])*b[s, i]*d_b[s, i]  [#bwd-sigmoid_1-hidden] */
+    for (int s_0 = 0; s_0 < batch; s_0++) {
+        for (int i_1 = 0; i_1 < 5; i_1++) {
+            dv_hidden[(s_0)*5 + i_1] = -(v_b[(s_0)*5 + i_1] - 1)*v_b[(s_0)*5 + i_1]*dv_b[(s_0)*5 + i_1];
         }
     }
-    /* d_hidden_weight[i, j] = Σ_b (d_hidden[b, i]*x[b, j])  [#bwd-hidden-weight] */
+    /* d_hidden_weight[i, j] = Σ_s (d_hidden[s, i]*x[s, j])  [#bwd-hidden-weight] */
     for (int i_1 = 0; i_1 < 5; i_1++) {
         for (int j_2 = 0; j_2 < 4; j_2++) {
             dv_hidden_weight[(i_1)*4 + j_2] = 0;
         }
     }
     for (int i_1 = 0; i_1 < 5; i_1++) {
-        for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int s_0 = 0; s_0 < batch; s_0++) {
             for (int j_2 = 0; j_2 < 4; j_2++) {
-                dv_hidden_weight[(i_1)*4 + j_2] += dv_hidden[(b_0)*5 + i_1]*v_x[(b_0)*4 + j_2];
+                dv_hidden_weight[(i_1)*4 + j_2] += dv_hidden[(s_0)*5 + i_1]*v_x[(s_0)*4 + j_2];
             }
         }
     }
-    /* d_hidden_bias[i] = Σ_b d_hidden[b, i]  [#bwd-hidden-bias] */
+    /* d_hidden_bias[i] = Σ_s d_hidden[s, i]  [#bwd-hidden-bias] */
     for (int i_1 = 0; i_1 < 5; i_1++) {
         dv_hidden_bias[i_1] = 0;
     }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
+    for (int s_0 = 0; s_0 < batch; s_0++) {
         for (int i_1 = 0; i_1 < 5; i_1++) {
-            dv_hidden_bias[i_1] += dv_hidden[(b_0)*5 + i_1];
+            dv_hidden_bias[i_1] += dv_hidden[(s_0)*5 + i_1];
         }
     }
     return zhou_loss_value(v_quadratic_1, batch);
