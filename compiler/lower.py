@@ -349,13 +349,19 @@ class Lowerer:
             kernel.append(inner)
             used |= {outer, inner}
             windows.append((axis, start, stride, self.ranges[outer], self.ranges[inner]))
+        # _unpatches adds kernel offset by offset with the batch innermost: G computed in that
+        # order ([offsets, other axes, batch]) is then read as it lies, not copied first
+        batch = [x for x in layout if self.ranges.get(x) == B]
+        memory = kernel + [x for x in layout if x not in batch] + batch
         layout += kernel
         other = [(v, lo, hi) for v, lo, hi in limits if v not in used]
-        g = self._hoist(sp.Sum(rest, *other) if other else rest, layout)
-        code = self._elementwise(g, layout)
+        g = self._hoist(sp.Sum(rest, *other) if other else rest, memory)
+        code = self._elementwise(g, memory)
         if _index_syms(g, self.ranges) != set(layout):
-            dims = ", ".join(self._extent_code(self.ranges[x]) for x in layout)
+            dims = ", ".join(self._extent_code(self.ranges[x]) for x in memory)
             code = f"np.broadcast_to({code}, ({dims},))"
+        if memory != layout:
+            code = _permuted(code, memory, layout)[0]
         out = ", ".join(self._extent_code(self.ranges[j]) for j in indices)
         self.kernels.helpers.add("unpatches")
         return self._temp(f"_unpatches({code}, ({out},), {tuple(windows)})", list(indices))
@@ -432,6 +438,20 @@ class Lowerer:
                 return f"{_paren(ca)} @ {_paren(cb)}"
             if len(lb) == 2 and lb[0] == c:
                 return f"{_paren(ca)} @ {_paren(cb)}"
+        def splits(first):  # does the output list first's free axes, then the other's?
+            free = [s for s in first if s not in contracted]
+            return set(out[:len(free)]) == set(free)
+
+        if not splits(la) and splits(lb):
+            (la, ca), (lb, cb) = (lb, cb), (la, ca)
+        fa = [s for s in la if s not in contracted]
+        if splits(la):
+            # free axes ordered as the output wants them: tensordot lays its result out so,
+            # where a transposed result would be a strided view (copied by its reader)
+            if fa != out[:len(fa)]:
+                ca, la = _permuted(ca, la, out[:len(fa)] + contracted)
+            if [s for s in lb if s not in contracted] != out[len(fa):]:
+                cb, lb = _permuted(cb, lb, contracted + out[len(fa):])
         pa = [la.index(c) for c in contracted]
         pb = [lb.index(c) for c in contracted]
         res = [s for s in la if s not in contracted] + [s for s in lb if s not in contracted]
@@ -537,6 +557,11 @@ class Lowerer:
             self.names[name] = name
             self.im2col[code] = name
         return self.im2col[code], order
+
+
+def _permuted(code, labels, order):
+    """(code, labels) of an array transposed into `order`."""
+    return f"{_paren(code)}.transpose({tuple(labels.index(s) for s in order)})", list(order)
 
 
 def _align(code, labels, layout) -> str:
