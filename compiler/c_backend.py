@@ -95,8 +95,11 @@ class _CPrinter(C99CodePrinter):
         return f"exp({self._print(e.args[0])})"
 
     def _print_Where(self, e):
+        # both branches evaluated, then one chosen: every read guards its own bounds, and a
+        # load made conditional by `?:` is vectorised as a masked load, which gcc 12 at -O3
+        # with AVX2 gets wrong (`c ? g[k] : 0` over a loop gave wrong values)
         c, a, b = e.args
-        return f"(({self._print(c)}) ? ({self._print(a)}) : ({self._print(b)}))"
+        return f"nncc_where({self._print(c)}, {self._print(a)}, {self._print(b)})"
 
     def _print_Sigmoid(self, e):
         return f"nncc_sigmoid({self._print(e.args[0])})"

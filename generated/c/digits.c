@@ -9,6 +9,7 @@
 #define nncc_sigmoid digits_sigmoid_
 #define nncc_softplus digits_softplus_
 #define nncc_clamped_log digits_clamped_log_
+#define nncc_where digits_where_
 #define nncc_use_helpers digits_use_helpers_
 
 static real nncc_sigmoid(real z)
@@ -23,6 +24,11 @@ static real nncc_softplus(real z)
     return (z > 0 ? z : 0) + log1p(exp(-fabs(z)));
 }
 
+static real nncc_where(int condition, real a, real b)
+{
+    return condition ? a : b;
+}
+
 static real nncc_clamped_log(real a, real floor_)
 {
     real v = log(a);
@@ -35,6 +41,7 @@ static void nncc_use_helpers(void)
     (void)nncc_sigmoid;
     (void)nncc_softplus;
     (void)nncc_clamped_log;
+    (void)nncc_where;
 }
 
 
@@ -97,7 +104,7 @@ void digits_forward(const real *params, const digits_real *v_x, real *output, in
     /* h[b, i] = where(dense_1[b, i] > 0, dense_1[b, i], 0)  [#fwd-relu_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 64; i_1++) {
-            v_h[(b_0)*64 + i_1] = ((v_dense_1[(b_0)*64 + i_1] > 0) ? (v_dense_1[(b_0)*64 + i_1]) : (0));
+            v_h[(b_0)*64 + i_1] = nncc_where(v_dense_1[(b_0)*64 + i_1] > 0, v_dense_1[(b_0)*64 + i_1], 0);
         }
     }
     /* z[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2] */
@@ -154,7 +161,7 @@ real digits_loss(const real *params, const digits_real *v_x, const digits_real *
     /* h[b, i] = where(dense_1[b, i] > 0, dense_1[b, i], 0)  [#fwd-relu_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 64; i_1++) {
-            v_h[(b_0)*64 + i_1] = ((v_dense_1[(b_0)*64 + i_1] > 0) ? (v_dense_1[(b_0)*64 + i_1]) : (0));
+            v_h[(b_0)*64 + i_1] = nncc_where(v_dense_1[(b_0)*64 + i_1] > 0, v_dense_1[(b_0)*64 + i_1], 0);
         }
     }
     /* z[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2] */
@@ -231,7 +238,7 @@ real digits_loss_and_grad(const real *params, const digits_real *v_x, const digi
     /* h[b, i] = where(dense_1[b, i] > 0, dense_1[b, i], 0)  [#fwd-relu_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 64; i_1++) {
-            v_h[(b_0)*64 + i_1] = ((v_dense_1[(b_0)*64 + i_1] > 0) ? (v_dense_1[(b_0)*64 + i_1]) : (0));
+            v_h[(b_0)*64 + i_1] = nncc_where(v_dense_1[(b_0)*64 + i_1] > 0, v_dense_1[(b_0)*64 + i_1], 0);
         }
     }
     /* z[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2] */
@@ -328,7 +335,7 @@ real digits_loss_and_grad(const real *params, const digits_real *v_x, const digi
     /* d_dense_1[b, i] = where(dense_1[b, i] > 0, d_h[b, i], 0)  [#bwd-relu_1-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 64; i_1++) {
-            dv_dense_1[(b_0)*64 + i_1] = ((v_dense_1[(b_0)*64 + i_1] > 0) ? (dv_h[(b_0)*64 + i_1]) : (0));
+            dv_dense_1[(b_0)*64 + i_1] = nncc_where(v_dense_1[(b_0)*64 + i_1] > 0, dv_h[(b_0)*64 + i_1], 0);
         }
     }
     /* d_dense_1_weight[i, j] = Σ_b (d_dense_1[b, i]*x[b, j])  [#bwd-dense_1-weight] */
@@ -368,4 +375,5 @@ real digits_sgd_step(real *params, const digits_real *v_x, const digits_real *v_
 #undef nncc_sigmoid
 #undef nncc_softplus
 #undef nncc_clamped_log
+#undef nncc_where
 #undef nncc_use_helpers

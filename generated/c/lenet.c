@@ -9,6 +9,7 @@
 #define nncc_sigmoid lenet_sigmoid_
 #define nncc_softplus lenet_softplus_
 #define nncc_clamped_log lenet_clamped_log_
+#define nncc_where lenet_where_
 #define nncc_use_helpers lenet_use_helpers_
 
 static real nncc_sigmoid(real z)
@@ -23,6 +24,11 @@ static real nncc_softplus(real z)
     return (z > 0 ? z : 0) + log1p(exp(-fabs(z)));
 }
 
+static real nncc_where(int condition, real a, real b)
+{
+    return condition ? a : b;
+}
+
 static real nncc_clamped_log(real a, real floor_)
 {
     real v = log(a);
@@ -35,6 +41,7 @@ static void nncc_use_helpers(void)
     (void)nncc_sigmoid;
     (void)nncc_softplus;
     (void)nncc_clamped_log;
+    (void)nncc_where;
 }
 
 
@@ -111,7 +118,7 @@ void lenet_forward(const real *params, const lenet_real *v_x, real *output, int 
         for (int i_2 = 0; i_2 < 8; i_2++) {
             for (int j_3 = 0; j_3 < 8; j_3++) {
                 for (int k_8 = 0; k_8 < 8; k_8++) {
-                    v_relu_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] = ((v_conv2d_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] > 0) ? (v_conv2d_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8]) : (0));
+                    v_relu_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] = nncc_where(v_conv2d_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] > 0, v_conv2d_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8], 0);
                 }
             }
         }
@@ -156,7 +163,7 @@ void lenet_forward(const real *params, const lenet_real *v_x, real *output, int 
         for (int ch_9 = 0; ch_9 < 16; ch_9++) {
             for (int i_2 = 0; i_2 < 4; i_2++) {
                 for (int j_3 = 0; j_3 < 4; j_3++) {
-                    v_flatten_1[(b_0)*256 + 16*ch_9 + 4*i_2 + j_3] = ((v_conv2d_2[(b_0)*256 + (ch_9)*16 + (i_2)*4 + j_3] > 0) ? (v_conv2d_2[(b_0)*256 + (ch_9)*16 + (i_2)*4 + j_3]) : (0));
+                    v_flatten_1[(b_0)*256 + 16*ch_9 + 4*i_2 + j_3] = nncc_where(v_conv2d_2[(b_0)*256 + (ch_9)*16 + (i_2)*4 + j_3] > 0, v_conv2d_2[(b_0)*256 + (ch_9)*16 + (i_2)*4 + j_3], 0);
                 }
             }
         }
@@ -227,7 +234,7 @@ real lenet_loss(const real *params, const lenet_real *v_x, const lenet_real *v_y
         for (int i_2 = 0; i_2 < 8; i_2++) {
             for (int j_3 = 0; j_3 < 8; j_3++) {
                 for (int k_8 = 0; k_8 < 8; k_8++) {
-                    v_relu_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] = ((v_conv2d_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] > 0) ? (v_conv2d_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8]) : (0));
+                    v_relu_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] = nncc_where(v_conv2d_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] > 0, v_conv2d_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8], 0);
                 }
             }
         }
@@ -272,7 +279,7 @@ real lenet_loss(const real *params, const lenet_real *v_x, const lenet_real *v_y
         for (int ch_9 = 0; ch_9 < 16; ch_9++) {
             for (int i_2 = 0; i_2 < 4; i_2++) {
                 for (int j_3 = 0; j_3 < 4; j_3++) {
-                    v_flatten_1[(b_0)*256 + 16*ch_9 + 4*i_2 + j_3] = ((v_conv2d_2[(b_0)*256 + (ch_9)*16 + (i_2)*4 + j_3] > 0) ? (v_conv2d_2[(b_0)*256 + (ch_9)*16 + (i_2)*4 + j_3]) : (0));
+                    v_flatten_1[(b_0)*256 + 16*ch_9 + 4*i_2 + j_3] = nncc_where(v_conv2d_2[(b_0)*256 + (ch_9)*16 + (i_2)*4 + j_3] > 0, v_conv2d_2[(b_0)*256 + (ch_9)*16 + (i_2)*4 + j_3], 0);
                 }
             }
         }
@@ -371,7 +378,7 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
         for (int i_2 = 0; i_2 < 8; i_2++) {
             for (int j_3 = 0; j_3 < 8; j_3++) {
                 for (int k_8 = 0; k_8 < 8; k_8++) {
-                    v_relu_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] = ((v_conv2d_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] > 0) ? (v_conv2d_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8]) : (0));
+                    v_relu_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] = nncc_where(v_conv2d_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] > 0, v_conv2d_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8], 0);
                 }
             }
         }
@@ -416,7 +423,7 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
         for (int ch_9 = 0; ch_9 < 16; ch_9++) {
             for (int i_2 = 0; i_2 < 4; i_2++) {
                 for (int j_3 = 0; j_3 < 4; j_3++) {
-                    v_flatten_1[(b_0)*256 + 16*ch_9 + 4*i_2 + j_3] = ((v_conv2d_2[(b_0)*256 + (ch_9)*16 + (i_2)*4 + j_3] > 0) ? (v_conv2d_2[(b_0)*256 + (ch_9)*16 + (i_2)*4 + j_3]) : (0));
+                    v_flatten_1[(b_0)*256 + 16*ch_9 + 4*i_2 + j_3] = nncc_where(v_conv2d_2[(b_0)*256 + (ch_9)*16 + (i_2)*4 + j_3] > 0, v_conv2d_2[(b_0)*256 + (ch_9)*16 + (i_2)*4 + j_3], 0);
                 }
             }
         }
@@ -527,7 +534,7 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
         for (int i_1 = 0; i_1 < 16; i_1++) {
             for (int j_2 = 0; j_2 < 4; j_2++) {
                 for (int k_3 = 0; k_3 < 4; k_3++) {
-                    dv_conv2d_2[(b_0)*256 + (i_1)*16 + (j_2)*4 + k_3] = ((v_conv2d_2[(b_0)*256 + (i_1)*16 + (j_2)*4 + k_3] > 0) ? (dv_g[(b_0)*256 + (i_1)*16 + (j_2)*4 + k_3]) : (0));
+                    dv_conv2d_2[(b_0)*256 + (i_1)*16 + (j_2)*4 + k_3] = nncc_where(v_conv2d_2[(b_0)*256 + (i_1)*16 + (j_2)*4 + k_3] > 0, dv_g[(b_0)*256 + (i_1)*16 + (j_2)*4 + k_3], 0);
                 }
             }
         }
@@ -629,7 +636,7 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
         for (int i_1 = 0; i_1 < 8; i_1++) {
             for (int j_2 = 0; j_2 < 8; j_2++) {
                 for (int k_3 = 0; k_3 < 8; k_3++) {
-                    dv_conv2d_1[(b_0)*512 + (i_1)*64 + (j_2)*8 + k_3] = ((v_conv2d_1[(b_0)*512 + (i_1)*64 + (j_2)*8 + k_3] > 0) ? (dv_relu_1[(b_0)*512 + (i_1)*64 + (j_2)*8 + k_3]) : (0));
+                    dv_conv2d_1[(b_0)*512 + (i_1)*64 + (j_2)*8 + k_3] = nncc_where(v_conv2d_1[(b_0)*512 + (i_1)*64 + (j_2)*8 + k_3] > 0, dv_relu_1[(b_0)*512 + (i_1)*64 + (j_2)*8 + k_3], 0);
                 }
             }
         }
@@ -679,4 +686,5 @@ real lenet_sgd_step(real *params, const lenet_real *v_x, const lenet_real *v_y, 
 #undef nncc_sigmoid
 #undef nncc_softplus
 #undef nncc_clamped_log
+#undef nncc_where
 #undef nncc_use_helpers

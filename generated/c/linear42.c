@@ -9,6 +9,7 @@
 #define nncc_sigmoid linear42_sigmoid_
 #define nncc_softplus linear42_softplus_
 #define nncc_clamped_log linear42_clamped_log_
+#define nncc_where linear42_where_
 #define nncc_use_helpers linear42_use_helpers_
 
 static real nncc_sigmoid(real z)
@@ -23,6 +24,11 @@ static real nncc_softplus(real z)
     return (z > 0 ? z : 0) + log1p(exp(-fabs(z)));
 }
 
+static real nncc_where(int condition, real a, real b)
+{
+    return condition ? a : b;
+}
+
 static real nncc_clamped_log(real a, real floor_)
 {
     real v = log(a);
@@ -35,6 +41,7 @@ static void nncc_use_helpers(void)
     (void)nncc_sigmoid;
     (void)nncc_softplus;
     (void)nncc_clamped_log;
+    (void)nncc_where;
 }
 
 
@@ -196,4 +203,5 @@ real linear42_sgd_step(real *params, const linear42_real *v_x, int batch, real l
 #undef nncc_sigmoid
 #undef nncc_softplus
 #undef nncc_clamped_log
+#undef nncc_where
 #undef nncc_use_helpers

@@ -9,6 +9,7 @@
 #define nncc_sigmoid residual_sigmoid_
 #define nncc_softplus residual_softplus_
 #define nncc_clamped_log residual_clamped_log_
+#define nncc_where residual_where_
 #define nncc_use_helpers residual_use_helpers_
 
 static real nncc_sigmoid(real z)
@@ -23,6 +24,11 @@ static real nncc_softplus(real z)
     return (z > 0 ? z : 0) + log1p(exp(-fabs(z)));
 }
 
+static real nncc_where(int condition, real a, real b)
+{
+    return condition ? a : b;
+}
+
 static real nncc_clamped_log(real a, real floor_)
 {
     real v = log(a);
@@ -35,6 +41,7 @@ static void nncc_use_helpers(void)
     (void)nncc_sigmoid;
     (void)nncc_softplus;
     (void)nncc_clamped_log;
+    (void)nncc_where;
 }
 
 
@@ -117,7 +124,7 @@ void residual_forward(const real *params, const residual_real *v_x, real *output
         for (int i_2 = 0; i_2 < 8; i_2++) {
             for (int j_3 = 0; j_3 < 8; j_3++) {
                 for (int k_8 = 0; k_8 < 8; k_8++) {
-                    v_stem[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] = ((v_conv2d_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] > 0) ? (v_conv2d_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8]) : (0));
+                    v_stem[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] = nncc_where(v_conv2d_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] > 0, v_conv2d_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8], 0);
                 }
             }
         }
@@ -145,7 +152,7 @@ void residual_forward(const real *params, const residual_real *v_x, real *output
         for (int i_2 = 0; i_2 < 8; i_2++) {
             for (int j_3 = 0; j_3 < 8; j_3++) {
                 for (int k_8 = 0; k_8 < 8; k_8++) {
-                    v_relu_2[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] = ((v_conv2d_2[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] > 0) ? (v_conv2d_2[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8]) : (0));
+                    v_relu_2[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] = nncc_where(v_conv2d_2[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] > 0, v_conv2d_2[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8], 0);
                 }
             }
         }
@@ -174,7 +181,7 @@ void residual_forward(const real *params, const residual_real *v_x, real *output
         for (int i_2 = 0; i_2 < 8; i_2++) {
             for (int j_3 = 0; j_3 < 8; j_3++) {
                 for (int k_8 = 0; k_8 < 8; k_8++) {
-                    v_block[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] = ((v_add_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] > 0) ? (v_add_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8]) : (0));
+                    v_block[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] = nncc_where(v_add_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] > 0, v_add_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8], 0);
                 }
             }
         }
@@ -266,7 +273,7 @@ real residual_loss(const real *params, const residual_real *v_x, const residual_
         for (int i_2 = 0; i_2 < 8; i_2++) {
             for (int j_3 = 0; j_3 < 8; j_3++) {
                 for (int k_8 = 0; k_8 < 8; k_8++) {
-                    v_stem[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] = ((v_conv2d_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] > 0) ? (v_conv2d_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8]) : (0));
+                    v_stem[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] = nncc_where(v_conv2d_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] > 0, v_conv2d_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8], 0);
                 }
             }
         }
@@ -294,7 +301,7 @@ real residual_loss(const real *params, const residual_real *v_x, const residual_
         for (int i_2 = 0; i_2 < 8; i_2++) {
             for (int j_3 = 0; j_3 < 8; j_3++) {
                 for (int k_8 = 0; k_8 < 8; k_8++) {
-                    v_relu_2[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] = ((v_conv2d_2[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] > 0) ? (v_conv2d_2[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8]) : (0));
+                    v_relu_2[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] = nncc_where(v_conv2d_2[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] > 0, v_conv2d_2[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8], 0);
                 }
             }
         }
@@ -323,7 +330,7 @@ real residual_loss(const real *params, const residual_real *v_x, const residual_
         for (int i_2 = 0; i_2 < 8; i_2++) {
             for (int j_3 = 0; j_3 < 8; j_3++) {
                 for (int k_8 = 0; k_8 < 8; k_8++) {
-                    v_block[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] = ((v_add_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] > 0) ? (v_add_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8]) : (0));
+                    v_block[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] = nncc_where(v_add_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] > 0, v_add_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8], 0);
                 }
             }
         }
@@ -449,7 +456,7 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
         for (int i_2 = 0; i_2 < 8; i_2++) {
             for (int j_3 = 0; j_3 < 8; j_3++) {
                 for (int k_8 = 0; k_8 < 8; k_8++) {
-                    v_stem[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] = ((v_conv2d_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] > 0) ? (v_conv2d_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8]) : (0));
+                    v_stem[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] = nncc_where(v_conv2d_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] > 0, v_conv2d_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8], 0);
                 }
             }
         }
@@ -477,7 +484,7 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
         for (int i_2 = 0; i_2 < 8; i_2++) {
             for (int j_3 = 0; j_3 < 8; j_3++) {
                 for (int k_8 = 0; k_8 < 8; k_8++) {
-                    v_relu_2[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] = ((v_conv2d_2[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] > 0) ? (v_conv2d_2[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8]) : (0));
+                    v_relu_2[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] = nncc_where(v_conv2d_2[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] > 0, v_conv2d_2[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8], 0);
                 }
             }
         }
@@ -506,7 +513,7 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
         for (int i_2 = 0; i_2 < 8; i_2++) {
             for (int j_3 = 0; j_3 < 8; j_3++) {
                 for (int k_8 = 0; k_8 < 8; k_8++) {
-                    v_block[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] = ((v_add_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] > 0) ? (v_add_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8]) : (0));
+                    v_block[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] = nncc_where(v_add_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] > 0, v_add_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8], 0);
                 }
             }
         }
@@ -658,7 +665,7 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
         for (int i_1 = 0; i_1 < 8; i_1++) {
             for (int j_2 = 0; j_2 < 8; j_2++) {
                 for (int k_3 = 0; k_3 < 8; k_3++) {
-                    dv_add_1[(b_0)*512 + (i_1)*64 + (j_2)*8 + k_3] = ((v_add_1[(b_0)*512 + (i_1)*64 + (j_2)*8 + k_3] > 0) ? (dv_block[(b_0)*512 + (i_1)*64 + (j_2)*8 + k_3]) : (0));
+                    dv_add_1[(b_0)*512 + (i_1)*64 + (j_2)*8 + k_3] = nncc_where(v_add_1[(b_0)*512 + (i_1)*64 + (j_2)*8 + k_3] > 0, dv_block[(b_0)*512 + (i_1)*64 + (j_2)*8 + k_3], 0);
                 }
             }
         }
@@ -746,7 +753,7 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
         for (int i_1 = 0; i_1 < 8; i_1++) {
             for (int j_2 = 0; j_2 < 8; j_2++) {
                 for (int k_3 = 0; k_3 < 8; k_3++) {
-                    dv_conv2d_2[(b_0)*512 + (i_1)*64 + (j_2)*8 + k_3] = ((v_conv2d_2[(b_0)*512 + (i_1)*64 + (j_2)*8 + k_3] > 0) ? (dv_relu_2[(b_0)*512 + (i_1)*64 + (j_2)*8 + k_3]) : (0));
+                    dv_conv2d_2[(b_0)*512 + (i_1)*64 + (j_2)*8 + k_3] = nncc_where(v_conv2d_2[(b_0)*512 + (i_1)*64 + (j_2)*8 + k_3] > 0, dv_relu_2[(b_0)*512 + (i_1)*64 + (j_2)*8 + k_3], 0);
                 }
             }
         }
@@ -814,7 +821,7 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
         for (int i_1 = 0; i_1 < 8; i_1++) {
             for (int j_2 = 0; j_2 < 8; j_2++) {
                 for (int k_3 = 0; k_3 < 8; k_3++) {
-                    dv_conv2d_1[(b_0)*512 + (i_1)*64 + (j_2)*8 + k_3] = ((v_conv2d_1[(b_0)*512 + (i_1)*64 + (j_2)*8 + k_3] > 0) ? (dv_stem[(b_0)*512 + (i_1)*64 + (j_2)*8 + k_3]) : (0));
+                    dv_conv2d_1[(b_0)*512 + (i_1)*64 + (j_2)*8 + k_3] = nncc_where(v_conv2d_1[(b_0)*512 + (i_1)*64 + (j_2)*8 + k_3] > 0, dv_stem[(b_0)*512 + (i_1)*64 + (j_2)*8 + k_3], 0);
                 }
             }
         }
@@ -864,4 +871,5 @@ real residual_sgd_step(real *params, const residual_real *v_x, const residual_re
 #undef nncc_sigmoid
 #undef nncc_softplus
 #undef nncc_clamped_log
+#undef nncc_where
 #undef nncc_use_helpers

@@ -9,6 +9,7 @@
 #define nncc_sigmoid xor_sigmoid_
 #define nncc_softplus xor_softplus_
 #define nncc_clamped_log xor_clamped_log_
+#define nncc_where xor_where_
 #define nncc_use_helpers xor_use_helpers_
 
 static real nncc_sigmoid(real z)
@@ -23,6 +24,11 @@ static real nncc_softplus(real z)
     return (z > 0 ? z : 0) + log1p(exp(-fabs(z)));
 }
 
+static real nncc_where(int condition, real a, real b)
+{
+    return condition ? a : b;
+}
+
 static real nncc_clamped_log(real a, real floor_)
 {
     real v = log(a);
@@ -35,6 +41,7 @@ static void nncc_use_helpers(void)
     (void)nncc_sigmoid;
     (void)nncc_softplus;
     (void)nncc_clamped_log;
+    (void)nncc_where;
 }
 
 
@@ -208,7 +215,7 @@ real xor_loss_and_grad(const real *params, const xor_real *v_x, const xor_real *
     /* d_p[b, i] = where(log(1 - p[b, i]) > -100, (1 - y[b, i])*d_binary_cross_entropy_1[b]/(1 - p[b, i]), 0) + where(log(p[b, i]) > -100, -d_binary_cross_entropy_1[b]*y[b, i]/p[b, i], 0)  [#bwd-binary_cross_entropy_1-p] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 1; i_1++) {
-            dv_p[b_0 + i_1] = ((1 - v_p[b_0 + i_1] > ((real)3.720075976020836e-44)) ? ((1 - v_y[b_0 + i_1])/(batch*(1 - v_p[b_0 + i_1]))) : (0)) + ((v_p[b_0 + i_1] > ((real)3.720075976020836e-44)) ? (-v_y[b_0 + i_1]/(batch*v_p[b_0 + i_1])) : (0));
+            dv_p[b_0 + i_1] = nncc_where(1 - v_p[b_0 + i_1] > ((real)3.720075976020836e-44), (1 - v_y[b_0 + i_1])/(batch*(1 - v_p[b_0 + i_1])), 0) + nncc_where(v_p[b_0 + i_1] > ((real)3.720075976020836e-44), -v_y[b_0 + i_1]/(batch*v_p[b_0 + i_1]), 0);
         }
     }
     /* d_dense_2[b, i] = -(-1 + p[b, i])*d_p[b, i]*p[b, i]  [#bwd-sigmoid_1-dense_2] */
@@ -295,4 +302,5 @@ real xor_sgd_step(real *params, const xor_real *v_x, const xor_real *v_y, int ba
 #undef nncc_sigmoid
 #undef nncc_softplus
 #undef nncc_clamped_log
+#undef nncc_where
 #undef nncc_use_helpers
