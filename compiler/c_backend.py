@@ -101,6 +101,10 @@ class _CPrinter(C99CodePrinter):
         c, a, b = e.args
         return f"nncc_where({self._print(c)}, {self._print(a)}, {self._print(b)})"
 
+    def _print_KroneckerDelta(self, e):  # left by a constant subscript (a[0]): 1 where equal
+        a, b = e.args
+        return f"((real)(({self._print(a)}) == ({self._print(b)})))"
+
     def _print_Sigmoid(self, e):
         return f"nncc_sigmoid({self._print(e.args[0])})"
 

@@ -120,8 +120,14 @@ def formula_for(node: ir.Node, g: ir.Graph) -> Formula:
         new = bases[e.base]
         return new[((b,) if e.base in batched else ()) + e.indices]
 
-    body = op.body.replace(lambda e: isinstance(e, sp.Indexed), rename)
-    body = body.xreplace(env)
+    # all reads at once: with replace(), a read renamed to a tensor that is also another
+    # argument (f(h, h)) would be met again and renamed twice
+    body = op.body.xreplace({e: rename(e) for e in op.body.atoms(sp.Indexed)})
+    # options by name, whatever assumptions their symbol carries (a fn's are real, a layer's integer)
+    values = {o.name: opts[o.name] for o in op.options
+              if isinstance(opts[o.name], (int, float)) and not isinstance(opts[o.name], bool)}
+    body = body.xreplace(env).xreplace({x: sp.sympify(values[x.name]) for x in body.free_symbols
+                                        if isinstance(x, sp.Symbol) and x.name in values})
     ranges = {b: B}
     for s in op.out_indices:
         n = sp.sympify(op.extents[s]).xreplace(env)

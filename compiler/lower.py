@@ -81,6 +81,13 @@ class _Printer(NumPyPrinter):
             out.append(s if k == 0 else f" - {s[1:]}" if s.startswith("-") else f" + {s}")
         return "".join(out)
 
+    def _print(self, e, **kwargs):
+        # a constant such as sqrt(5) or log(2) as a Python float: numpy's np.sqrt(5) is a
+        # float64 scalar, which would turn float32 arrays into float64 ones
+        if isinstance(e, sp.Expr) and e.is_number and not e.is_Rational and e.is_finite and e.is_real:
+            return repr(float(e))
+        return super()._print(e, **kwargs)
+
     def _print_Rational(self, r):
         return _decimal(r) or f"{r.p}/{r.q}"
 
@@ -114,7 +121,10 @@ class _Printer(NumPyPrinter):
             return self._print(a)
         if _may_fault(a) or _may_fault(b):  # np.where evaluates the branch not taken too
             self.lowerer.guarded = True
-        return f"np.where({self._print(c)}, {self._print(a)}, {self._print(b)})"
+        code = f"np.where({self._print(c)}, {self._print(a)}, {self._print(b)})"
+        if not _index_syms(a, self.lowerer.ranges) and not _index_syms(b, self.lowerer.ranges):
+            code += ".astype(dtype)"  # between two numbers np.where gives float64
+        return code
 
     def _inside_extent(self, cond, value) -> bool:
         """Does cond only say that value's one read is inside its array?  Reads outside
@@ -128,6 +138,10 @@ class _Printer(NumPyPrinter):
         for sub, n in zip(read.indices, shape):
             bounds |= {sub >= 0, sub <= n - 1, 0 <= sub, n - 1 >= sub}
         return all(r in bounds for r in (cond.args if isinstance(cond, sp.And) else (cond,)))
+
+    def _print_KroneckerDelta(self, e):  # left by a constant subscript (a[0]): 1 where equal
+        a, b = e.args
+        return f"({self._print(a)} == {self._print(b)})"
 
     def _print_Not(self, e):
         return f"~{self._print(e.args[0])}"
@@ -492,8 +506,13 @@ class Lowerer:
         shape = self.shapes[name]
         labels, slices, dims, windows, kernel, outers = [], [], [], [], [], []
         extra = 0  # axes added before this one by flattened subscripts being unflattened
+        gone = 0  # ... and taken away by constant subscripts
         for axis, sub in enumerate(e.indices):
             syms = sorted((x for x in sub.free_symbols if x in self.ranges), key=lambda x: x.name)
+            if not syms and sub.is_Integer and 0 <= int(sub) < shape[axis]:  # a[0]: the axis goes
+                slices.append(str(int(sub)))
+                gone += 1
+                continue
             if len(syms) == 1:
                 sym, stride, offset = _split_affine(sub, self.ranges)
                 size = self.ranges[sym]
@@ -521,7 +540,7 @@ class Lowerer:
             outers.append(outer)
             dims.append(shape[axis])
             slices.append(None)
-            windows.append((axis + extra, start, stride, self.ranges[outer], self.ranges[inner]))
+            windows.append((axis + extra - gone, start, stride, self.ranges[outer], self.ranges[inner]))
             kernel.append(inner)
         if any(slices):
             code = f"{code}[{', '.join(s or ':' for s in slices)}]"

@@ -613,6 +613,58 @@ def user_models():
         a = x |> conv2d(3, 3, padding=1) |> relu |> maxpool2d(2) |> flatten |> dense(3)
         loss = quadratic(a, y)
     """, {"x": [2, 6, 6]}, defs=REFERENCE_DEFS), {}, reference, batch=3))
+
+    def constants(P, X, Y):
+        a = torch.tanh(lin(P, "dense_1", X["x"]))
+        r = a / torch.sqrt((a ** 2).mean(1, keepdim=True)) * P["rms_1.g"]
+        b = 2 ** r
+        d = Y["y"] - b
+        pinball = torch.where(d > 0, 0.9 * d, -0.1 * d).sum(1)
+        return b, reduce(pinball)
+
+    # constants that numpy would make float64 scalars (sqrt(3), log 2) and a where()
+    # between two numbers (the pinball loss's derivative): float32 must stay float32
+    out.append(Model("user-constants-keep-the-dtype", program("constants", """
+        b = x |> dense(3) |> tanh |> rms
+        loss = pinball(2 ^ b, y)
+    """, defs="""
+        fn pinball(a[i], y[i]) = sum(i: where(y[i] > a[i], 0.9 * (y[i] - a[i]), 0.1 * (a[i] - y[i])))
+
+        layer rms(x: [k]) {
+            param g: [k] init uniform(0.5, 1.5)
+            y[i] = x[i] / sqrt(mean(j: x[j]^2)) * g[i]
+        }
+    """), {}, constants))
+
+    def huber_twice(P, X, Y):
+        h = lin(P, "dense_1", X["x"])
+        per = F.huber_loss(h, Y["y"], delta=0.5, reduction="none").sum(1)
+        return h, reduce(per + h.sum(1))
+
+    # a fn's option used inside its reduction, and one tensor given for two arguments
+    out.append(Model("user-fn-option-in-a-sum-and-one-tensor-twice", program("huber", """
+        h = x |> dense(3)
+        loss = huber(h, y, d=0.5) + smaller(h, h)
+    """, defs="""
+        fn huber(a[i], y[i], d = 1) = sum(i: where(abs(a[i] - y[i]) < d, 0.5 * (a[i] - y[i])^2,
+                                                   d * (abs(a[i] - y[i]) - 0.5 * d)))
+        fn smaller(a[i], b[i]) = sum(i: min(a[i], b[i]))
+    """), {"y": Uniform(-3, 3)}, huber_twice))
+
+    def prelu(P, X, Y):
+        a = F.prelu(lin(P, "dense_1", X["x"]), P["prelu_1.a"])
+        return a, reduce(quadratic(a, Y["y"]))
+
+    # a constant subscript: one parameter shared by every element
+    out.append(Model("user-layer-constant-subscript", program("prelu", """
+        a = x |> dense(3) |> prelu
+        loss = quadratic(a, y)
+    """, defs="""
+        layer prelu(x: [k]) {
+            param a: [1] init uniform(0.1, 0.3)
+            y[i] = where(x[i] > 0, x[i], a[0] * x[i])
+        }
+    """), {}, prelu))
     return out
 
 

@@ -310,3 +310,17 @@ def test_training_xor_converges(xor):
         last = xor.sgd_step(params, x, y, lr=1.0)
     assert last < 0.1 < first
     assert np.array_equal(xor.forward(params, x) > 0.5, y > 0.5)
+
+
+@pytest.mark.parametrize("reduce", ["sum", "mean"])
+def test_a_batch_reduction_takes_any_loss_expression(reduce):
+    from nncc.api import load_module
+    head = "network r\ninput x: [3]\ntarget y: [2]\na = x |> dense(2)\n"
+    plain = load_module(head + f"loss = {reduce} quadratic(a, y)\n")
+    scaled = load_module(head + f"loss = {reduce} 0.5 * quadratic(a, y)\n")
+    negated = load_module(head + f"loss = {reduce} -quadratic(a, y)\n")
+    params = plain.init_params(0, np.float64)
+    x, y = np.ones((4, 3)), np.zeros((4, 2))
+    base = plain.loss(params, x, y)
+    assert scaled.loss(params, x, y) == pytest.approx(0.5 * base)
+    assert negated.loss(params, x, y) == pytest.approx(-base)
