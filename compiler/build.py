@@ -126,6 +126,7 @@ class _Builder:
                 raise NNError(f"the output '{out_name}' is a target; forward cannot return it", output.loc)
             raise NNError(f"forward returns the loss's first argument, but '{out_name}' is a target", loss[1],
                           "put the network's prediction first, as in quadratic(a, y), or add 'output NAME'")
+        self._check_output_reads_no_target(out_name, output.loc if output is not None else loss[1])
         self._check_generated_names()
         g = ir.Graph(name, self.file,
                      tuple(t for t in self.tensors.values() if t.role == "input"),
@@ -133,6 +134,22 @@ class _Builder:
                      dict(self.tensors), tuple(self.params), tuple(self.nodes), out_name, loss[0].name, reduce)
         ir.verify(g)
         return g
+
+    def _check_output_reads_no_target(self, out_name: str, loc: Loc):
+        """forward takes the inputs only, so what it returns must not be computed from a target."""
+        producer = {n.output: n for n in self.nodes}
+        need, seen = [out_name], set()
+        while need:
+            t = need.pop()
+            if t in seen:
+                continue
+            seen.add(t)
+            if self.tensors[t].role == "target" and t != out_name:
+                raise NNError(f"forward returns '{out_name}', which is computed from the target '{t}', but "
+                              f"forward takes only the inputs", loc,
+                              "add 'output NAME' naming a tensor computed from inputs alone")
+            if t in producer:
+                need.extend(producer[t].args)
 
     def _check_generated_names(self):
         """The generated code names a parameter a.b as a_b and the gradient of x as d_x: a

@@ -390,6 +390,12 @@ def _freeze(e):
 def _rewrite_scalar(fz, ez, z, yv):
     if fz.has(Where) or fz.has(sp.Abs) or ez.has(Where):
         return None
+    # only a chain of simple invertible steps (sigmoid, tanh, exp, softplus, ...): z read
+    # once, no powers but reciprocals.  sympy's solve can take minutes on the rest (gelu,
+    # tanh(z)^3), and a time limit would make the output depend on the machine's speed
+    if sum(1 for x in sp.preorder_traversal(fz) if x == z) != 1 or any(
+            p.exp not in (-1, 1) for p in fz.atoms(sp.Pow)):
+        return None
     try:
         sols = sp.solve(sp.Eq(yv, fz), z)
     except Exception:  # sympy cannot invert it: keep the input form

@@ -102,12 +102,18 @@ def _complain(params, arrays):
     raise ValueError("malformed arguments")
 
 
+def _reach(start, stride, n, k):
+    # the lowest and highest index a[start + stride*i + p] reads, i < n and p < k
+    return start + min(0, stride * (n - 1)), start + max(0, stride * (n - 1)) + k - 1
+
+
 def _patches(a, windows):
     # im2col as a view: for each (axis, start, stride, n, k) in windows, axis i of the
     # result reads a[start + stride*i + p] with p a new trailing axis (zeros outside a)
     pad = [(0, 0)] * a.ndim
     for axis, start, stride, n, k in windows:
-        pad[axis] = (max(0, -start), max(0, start + stride * (n - 1) + k - a.shape[axis]))
+        lo, hi = _reach(start, stride, n, k)
+        pad[axis] = (max(0, -lo), max(0, hi + 1 - a.shape[axis]))
     if any(p != (0, 0) for p in pad):
         padded = np.zeros([s + lo + hi for s, (lo, hi) in zip(a.shape, pad)], dtype=a.dtype)
         padded[tuple(slice(lo, lo + s) for s, (lo, _) in zip(a.shape, pad))] = a
@@ -130,7 +136,8 @@ def _unpatches(g, shape, windows):
     rank, nk = len(shape), len(windows)
     pad = [(0, 0)] * rank
     for axis, start, stride, n, k in windows:
-        pad[axis] = (max(0, -start), max(0, start + stride * (n - 1) + k - shape[axis]))
+        lo, hi = _reach(start, stride, n, k)
+        pad[axis] = (max(0, -lo), max(0, hi + 1 - shape[axis]))
     order = list(range(1, rank)) + [0] if nk and shape[0] > shape[-1] else list(range(rank))
     out = np.zeros([shape[a] + sum(pad[a]) for a in order], dtype=g.dtype)
     if nk:  # kernel axes first, each offset's slice one contiguous block
@@ -139,7 +146,9 @@ def _unpatches(g, shape, windows):
         index = [slice(None)] * rank
         for (axis, start, stride, n, k), p in zip(windows, offsets):
             first = start + pad[axis][0] + p
-            index[axis] = slice(first, first + stride * (n - 1) + 1, stride)
+            last = first + stride * (n - 1)
+            index[axis] = slice(first, last + 1, stride) if stride > 0 else \
+                slice(first, last - 1 if last > 0 else None, stride)
         out[tuple(index[a] for a in order)] += g[offsets] if nk else g
     crop = [slice(lo, lo + s) for s, (lo, hi) in zip(shape, pad)]
     return out[tuple(crop[a] for a in order)].transpose(np.argsort(order))

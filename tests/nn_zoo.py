@@ -665,6 +665,37 @@ def user_models():
             y[i] = where(x[i] > 0, x[i], a[0] * x[i])
         }
     """), {}, prelu))
+
+    def gelu_powers(P, X, Y):
+        h = lin(P, "dense_1", X["x"])
+        g = 0.5 * h * (1 + torch.tanh(0.7978845608 * (h + 0.044715 * h ** 3)))
+        a = torch.tanh(lin(P, "dense_2", g)) ** 3
+        return a, reduce(quadratic(a, Y["y"]))
+
+    # activations no output form exists for (the derivative stays in the input's terms)
+    out.append(Model("user-fn-gelu-and-a-cube", program("gelu", """
+        a = x |> dense(4) |> gelu |> dense(3) |> cube_tanh
+        loss = quadratic(a, y)
+    """, defs="""
+        fn gelu(z) = 0.5 * z * (1 + tanh(0.7978845608 * (z + 0.044715 * z^3)))
+        fn cube_tanh(z) = tanh(z)^3
+    """), {}, gelu_powers))
+
+    def causal(P, X, Y):
+        w = P["causal_1.weight"]
+        a = F.conv1d(F.pad(X["u"], (2, 0)), w.flip(-1)[None]).flatten(1)
+        return a, reduce(quadratic(a, Y["y"]))
+
+    # a window read backwards (x[i - p]): a causal convolution, zeros before the start
+    out.append(Model("user-layer-causal-convolution", program("causal", """
+        a = u |> causal(3)
+        loss = quadratic(a, y)
+    """, {"u": [2, 6]}, {"y": [6]}, defs="""
+        layer causal(x: [c, w], kernel) {
+            param weight: [c, kernel]
+            y[i] = sum(ci, p: weight[ci, p] * x[ci, i - p]) for i < w
+        }
+    """), {}, causal))
     return out
 
 

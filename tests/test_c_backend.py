@@ -136,6 +136,15 @@ target y: [3]
 h = x |> dense(3) |> prelu
 loss = sum 0.5 * huber(h, y, d=0.5) + smaller(h, h) + quadratic(2 ^ h, y)
 """,
+    "causal": """
+layer causal(x: [c, w], kernel) {
+    param weight: [c, kernel]
+    y[i] = sum(ci, p: weight[ci, p] * x[ci, i - p]) for i < w
+}
+input u: [2, 6]
+target y: [6]
+loss = quadratic(u |> causal(3) |> tanh, y)
+""",
 }
 
 

@@ -156,6 +156,8 @@ CASES = [
          r"'f' calls itself", col=15),
     Case("loss-target-first", "a = x |> dense(3)\nloss = quadratic(y, a)\n", 5,
          r"'y' is a target"),
+    Case("output-computed-from-a-target", "a = x |> dense(3)\nr = a - y\nloss = mse(r, 0 * y)\n", 6,
+         r"computed from the target 'y'"),
     Case("loss-a-plain-number", "a = x |> dense(3)\nloss = 3\n", 5, r"plain number", col=8),
     Case("no-input", "network bad\ntarget y: [3]\nloss = quadratic(y, y)\n", 1, r"no input", whole=True),
 ]
