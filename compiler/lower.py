@@ -546,6 +546,8 @@ class Lowerer:
             code = f"{code}[{', '.join(s or ':' for s in slices)}]"
         if extra:
             code = f"{code}.reshape({', '.join(self._extent_code(n) for n in dims)})"
+        if len(set(labels)) != len(labels):
+            raise NotImplementedError(f"{e}: an index read twice in one subscript (a diagonal)")
         if windows:
             self.kernels.helpers.add("patches")
             code = f"_patches({code}, {tuple(windows)})"

@@ -153,6 +153,10 @@ def to_sympy(e, scope: _Scope, in_subscript=False):
             return scope.scalars[e.id]
         if e.id in scope.tensors:
             rank = len(scope.tensors[e.id][1])
+            if rank == 0:
+                raise NNError(f"'{e.id}' has no axes to index; for one number shared by every element, "
+                              f"declare it with one axis and read its only element", e.loc,
+                              f"param {e.id}: [1], then {e.id}[0]")
             raise NNError(f"'{e.id}' is a tensor of rank {rank}; write it with indices, "
                           f"e.g. {e.id}[{', '.join('ijkl'[:rank])}]", e.loc)
         known = list(scope.indices) + list(scope.scalars) + list(scope.tensors)
