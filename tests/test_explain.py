@@ -344,7 +344,12 @@ def test_cli_formats_and_stdout(tmp_path):
 @pytest.mark.parametrize("example", ["nielsen", "lenet", "xor", "residual"])
 def test_latex_compiles_with_pdflatex_within_the_margins(tmp_path, example):
     tex = tmp_path / f"{example}.tex"
-    tex.write_text(_doc(str(ROOT / "examples" / f"{example}.nn")).latex())
+    # from a long path, as in a clone somewhere deep: the path is in the text
+    deep = tmp_path / "a_clone_of_the_project_somewhere" / "deep_in_a_home_folder" / "examples"
+    deep.mkdir(parents=True)
+    model = deep / f"{example}.nn"
+    model.write_text((ROOT / "examples" / f"{example}.nn").read_text())
+    tex.write_text(_doc(str(model)).latex())
     run = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", tex.name], cwd=tmp_path,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-2000:]
