@@ -521,8 +521,12 @@ class Lowerer:
                 last = offset + stride * (size - 1)
                 if offset == 0 and stride == 1 and size == shape[axis]:
                     slices.append(None)
-                elif 0 <= offset and sp.simplify(last - shape[axis]) < 0:
+                elif 0 <= offset and sp.simplify(last - shape[axis]) < 0 and stride > 0:
                     slices.append(f"{offset}:{last + 1}" + (f":{stride}" if stride != 1 else ""))
+                elif stride < 0 and 0 <= last and sp.simplify(offset - shape[axis]) < 0:  # read backwards
+                    slices.append(f"{offset}:{last - 1 if last > 0 else ''}:{stride}")
+                elif stride < 0:
+                    raise NotImplementedError(f"subscript {sub}: a backward read past the array's ends")
                 else:
                     self.kernels.helpers.add("window")
                     code = f"_window({code}, {axis}, {offset}, {size}" + (f", {stride})" if stride != 1 else ")")
@@ -694,7 +698,7 @@ def _split_affine(sub, ranges):
     (s,) = syms
     stride = sp.expand(sub).coeff(s)
     rest = sp.expand(sub - stride * s)
-    if rest.free_symbols or not stride.is_Integer or stride <= 0:
+    if rest.free_symbols or not stride.is_Integer or stride == 0:
         raise NotImplementedError(f"subscript {sub} needs window lowering")
     return s, int(stride), int(rest)
 

@@ -696,6 +696,22 @@ def user_models():
             y[i] = sum(ci, p: weight[ci, p] * x[ci, i - p]) for i < w
         }
     """), {}, causal))
+
+    def reversed_(P, X, Y):
+        h = lin(P, "dense_1", X["x"])
+        a = h.flip(1) * h
+        return a, reduce(quadratic(a, Y["y"]))
+
+    # a read backwards: the reversal x[k - 1 - i]
+    out.append(Model("user-layer-reversal", program("reverse", """
+        h = x |> dense(4)
+        a = reverse(h) * h
+        loss = quadratic(a, y)
+    """, targets={"y": [4]}, defs="""
+        layer reverse(x: [k]) {
+            y[i] = x[k - 1 - i] for i < k
+        }
+    """), {}, reversed_))
     return out
 
 

@@ -145,6 +145,15 @@ input u: [2, 6]
 target y: [6]
 loss = quadratic(u |> causal(3) |> tanh, y)
 """,
+    "reversal": """
+layer reverse(x: [k]) {
+    y[i] = x[k - 1 - i] for i < k
+}
+input x: [3]
+target y: [4]
+h = x |> dense(4)
+loss = quadratic(reverse(h) * h, y)
+""",
 }
 
 
