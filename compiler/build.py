@@ -154,17 +154,13 @@ class _Builder:
     def _check_generated_names(self):
         """The generated code names a parameter a.b as a_b and the gradient of x as d_x: a
         user's tensor must not take a name one of those already has."""
+        taken = {var(p.name): f"the parameter '{p.name}'" for p in self.params}
+        for n in [*self.tensors, *(p.name for p in self.params)]:
+            taken.setdefault(grad_name(n), f"the gradient of '{n}'")
         for t in self.tensors.values():
-            if t.name not in self.user_names:
-                continue
-            for other, what in ((p.name, f"parameter '{p.name}'") for p in self.params):
-                if var(other) == var(t.name):
-                    raise NNError(f"the name '{t.name}' is taken: the generated code calls the {what} "
-                                  f"{var(other)}", t.loc, "choose another name")
-            for n in [u for u in self.tensors if u != t.name] + [p.name for p in self.params]:
-                if grad_name(n) == var(t.name):
-                    raise NNError(f"the name '{t.name}' is taken: the generated code calls the gradient "
-                                  f"of '{n}' {grad_name(n)}", t.loc, "choose another name")
+            if t.name in self.user_names and var(t.name) in taken:
+                raise NNError(f"the name '{t.name}' is taken: the generated code calls {taken[var(t.name)]} "
+                              f"{var(t.name)}", t.loc, "choose another name")
 
     def _line(self, n):
         return self.lines[n - 1] if 0 < n <= len(self.lines) else ""
@@ -560,14 +556,14 @@ def option_kinds(op: OpDef) -> dict:
     """What each option of an op is: "switch" (true/false), "count" (a size that must be
     positive: a param's extent, a stride, a kernel), "size" (a whole number, 0 allowed: a
     padding) or "number" (a value in the formula, e.g. a slope)."""
-    subs = [sub for ind in op.body.atoms(sp.Indexed) for sub in ind.indices] if op.body is not None else []
-    indices = set(op.out_indices) | {lim[0] for x in (op.body.atoms(sp.Sum, MaxOver, LogSumExp) if op.body is not None
-                                                      else ()) for lim in x.limits}
+    body = op.body if op.body is not None else sp.Integer(0)
+    reductions = body.atoms(sp.Sum, MaxOver, LogSumExp)
+    indices = set(op.out_indices) | {lim[0] for x in reductions for lim in x.limits}
     structural, positive = set(), set()
     for spec in op.params:
         for n in spec.shape:
             positive |= sp.sympify(n).free_symbols
-    for n in list(op.extents.values()) + subs:
+    for n in list(op.extents.values()) + [sub for ind in body.atoms(sp.Indexed) for sub in ind.indices]:
         n = sp.sympify(n)
         structural |= n.free_symbols
         for x in n.free_symbols & indices:  # a stride: the coefficient of an index
@@ -575,24 +571,26 @@ def option_kinds(op: OpDef) -> dict:
         for d in n.atoms(sp.Pow):
             if d.exp.is_negative:  # a divisor
                 positive |= d.base.free_symbols
-    for x in op.body.atoms(sp.Sum, MaxOver, LogSumExp) if op.body is not None else ():
+    for x in reductions:
         for _, lo, hi in x.limits:  # a reduction over nothing is no window
             positive |= sp.sympify(hi).free_symbols
+    positive_names = {x.name for x in positive}
+    structural_names = {x.name for x in structural} | positive_names
     kinds = {}
     for o in op.options:
-        sym = {x.name for x in structural | positive}
         if isinstance(o.default, bool):
             kinds[o.name] = "switch"
-        elif o.name in {x.name for x in positive}:
+        elif o.name in positive_names:
             kinds[o.name] = "count"
-        elif o.name in sym:
+        elif o.name in structural_names:
             kinds[o.name] = "size"
         else:
             kinds[o.name] = "number"
     return kinds
 
 
-def _check_option(op: OpDef, o, value, kind: str, loc: Loc) -> None:
+def _check_option(op: OpDef, o, value, kind: str, loc: Loc):
+    """The option's value, checked against its kind (whole sizes as int)."""
     what = f"'{o.name}' of '{op.name}'"
     if kind == "switch":
         if not isinstance(value, bool):

@@ -314,15 +314,20 @@ class Lowerer:
         self.cse[key] = ref
         return ref
 
-    def _temp(self, code, labels):
-        """A new temporary holding code, read back as temp[labels] (a Symbol when it is a scalar)."""
+    def _temp_name(self, code) -> str:
+        """A fresh temporary t<k> (none a user's tensor t3, say), assigned code in a line of its own."""
         name = temp(self.count)
         self.count += 1
-        while name in self.names or name in self.names.values():  # a user's tensor t3, say
+        while name in self.names or name in self.names.values():
             name = temp(self.count)
             self.count += 1
         self.kernels.lines.append(Line(name, code))
         self.names[name] = name
+        return name
+
+    def _temp(self, code, labels):
+        """A new temporary holding code, read back as temp[labels] (a Symbol when it is a scalar)."""
+        name = self._temp_name(code)
         self.shapes[name] = tuple(self.ranges[s] for s in labels)
         return real_base(name)[tuple(labels)] if labels else sp.Symbol(name)
 
@@ -368,12 +373,7 @@ class Lowerer:
         batch = [x for x in layout if self.ranges.get(x) == B]
         memory = kernel + [x for x in layout if x not in batch] + batch
         layout += kernel
-        other = [(v, lo, hi) for v, lo, hi in limits if v not in used]
-        g = self._hoist(sp.Sum(rest, *other) if other else rest, memory)
-        code = self._elementwise(g, memory)
-        if _index_syms(g, self.ranges) != set(layout):
-            dims = ", ".join(self._extent_code(self.ranges[x]) for x in memory)
-            code = f"np.broadcast_to({code}, ({dims},))"
+        code = self._scattered(rest, limits, used, memory)
         if memory != layout:
             code = _permuted(code, memory, layout)[0]
         out = ", ".join(self._extent_code(self.ranges[j]) for j in indices)
@@ -385,15 +385,20 @@ class Lowerer:
         that tile the axis, as a pool with stride = kernel): each element lands in exactly
         one place, so the scatter is a reshape of G laid out [.., i, p, ..]."""
         layout = [x for j in indices for x in (tiles[j] if j in tiles else [j])]
-        used = {x for t in tiles.values() for x in t}
+        code = self._scattered(rest, limits, {x for t in tiles.values() for x in t}, layout)
+        out = ", ".join(self._extent_code(self.ranges[j]) for j in indices)
+        return self._temp(f"{_paren(code)}.reshape({out})", list(indices))
+
+    def _scattered(self, rest, limits, used, layout) -> str:
+        """Code for G, the values a scatter sends, over `layout`: the factors left once the
+        deltas are gone, summed over the bound indices no delta uses, at full extent."""
         other = [(v, lo, hi) for v, lo, hi in limits if v not in used]
         g = self._hoist(sp.Sum(rest, *other) if other else rest, layout)
         code = self._elementwise(g, layout)
-        dims = ", ".join(self._extent_code(self.ranges[x]) for x in layout)
         if _index_syms(g, self.ranges) != set(layout):
+            dims = ", ".join(self._extent_code(self.ranges[x]) for x in layout)
             code = f"np.broadcast_to({code}, ({dims},))"
-        out = ", ".join(self._extent_code(self.ranges[j]) for j in indices)
-        return self._temp(f"{_paren(code)}.reshape({out})", list(indices))
+        return code
 
     def _sum(self, body, vs, free, order):
         coeff, groups = sp.Integer(1), {}
@@ -573,14 +578,7 @@ class Lowerer:
             code = f"{code}.transpose({perm})"
         code = f"np.ascontiguousarray({code})"
         if code not in self.im2col:
-            name = temp(self.count)
-            self.count += 1
-            while name in self.names or name in self.names.values():
-                name = temp(self.count)
-                self.count += 1
-            self.kernels.lines.append(Line(name, code))
-            self.names[name] = name
-            self.im2col[code] = name
+            self.im2col[code] = self._temp_name(code)
         return self.im2col[code], order
 
 
@@ -691,7 +689,7 @@ def _paren_in(code: str, host: str, start: int, end: int) -> str:
 
 
 def _split_affine(sub, ranges):
-    """s*i + c -> (i, s, c) for an index symbol i and integers s > 0, c."""
+    """s*i + c -> (i, s, c) for an index symbol i and integers s != 0 and c."""
     syms = [s for s in sub.free_symbols if s in ranges]
     if len(syms) != 1:
         raise NotImplementedError(f"subscript {sub} needs window lowering")
