@@ -375,7 +375,7 @@ class Lowerer:
         layout += kernel
         code = self._scattered(rest, limits, used, memory)
         if memory != layout:
-            code = _permuted(code, memory, layout)[0]
+            code = _align(code, memory, layout)
         out = ", ".join(self._extent_code(self.ranges[j]) for j in indices)
         self.kernels.helpers.add("unpatches")
         return self._temp(f"_unpatches({code}, ({out},), {tuple(windows)})", list(indices))
@@ -468,9 +468,9 @@ class Lowerer:
             # free axes ordered as the output wants them: tensordot lays its result out so,
             # where a transposed result would be a strided view (copied by its reader)
             if fa != out[:len(fa)]:
-                ca, la = _permuted(ca, la, out[:len(fa)] + contracted)
+                ca, la = _align(ca, la, out[:len(fa)] + contracted), out[:len(fa)] + contracted
             if [s for s in lb if s not in contracted] != out[len(fa):]:
-                cb, lb = _permuted(cb, lb, contracted + out[len(fa):])
+                cb, lb = _align(cb, lb, contracted + out[len(fa):]), contracted + out[len(fa):]
         pa = [la.index(c) for c in contracted]
         pb = [lb.index(c) for c in contracted]
         res = [s for s in la if s not in contracted] + [s for s in lb if s not in contracted]
@@ -580,11 +580,6 @@ class Lowerer:
         if code not in self.im2col:
             self.im2col[code] = self._temp_name(code)
         return self.im2col[code], order
-
-
-def _permuted(code, labels, order):
-    """(code, labels) of an array transposed into `order`."""
-    return f"{_paren(code)}.transpose({tuple(labels.index(s) for s in order)})", list(order)
 
 
 def _align(code, labels, layout) -> str:
