@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+import re
+from contextlib import contextmanager
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -10,13 +12,16 @@ import sympy as sp
 
 from . import ir
 from . import syntax as S
-from .errors import Loc, NNError, did_you_mean
-from .naming import grad_name, var
-from .ops import PRIMITIVES, OpDef, Registry, TensorArg, define_fn, define_layer
-from .parse import parse
+from .errors import Loc, NNError, did_you_mean, escape, source_lines
+from .naming import C_MACRO_WORDS, c_macro, grad_name, plain, var
+from .ops import FLOAT_MAX, PRIMITIVES, check_power, OpDef, Registry, TensorArg, define_fn, define_layer
+from .parse import parse, without_bom
 from .symbolic import LogSumExp, MaxOver
 
 INITS = ("uniform", "normal", "zeros", "xavier", "he")
+# The most elements one tensor or parameter may have (per sample): C indexes with int and
+# numpy's work buffers must fit in memory; 2^31 - 1 is also PyTorch's bound for most kernels.
+MAX_ELEMENTS = 2**31 - 1
 
 
 @lru_cache(maxsize=1)
@@ -34,7 +39,7 @@ def prelude() -> Registry:
 
 def compile_graph(source: str, file: str = "<string>") -> ir.Graph:
     """Parse and check a .nn program; return its graph or raise NNError."""
-    return _Builder(parse(source, file), file, source.splitlines()).build()
+    return _Builder(parse(source, file), file, source_lines(without_bom(source))).build()
 
 
 _BINARY = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
@@ -59,55 +64,60 @@ class _Builder:
 
     # ---- top level
     def build(self) -> ir.Graph:
-        name = Path(self.file).stem if self.file and not self.file.startswith("<") else "network"
+        name = _name_from_file(self.file)
         name_loc = None
         output = None
         loss = None
         reduce = "mean"
         for st in self.stmts:
-            if isinstance(st, S.FnDef):
-                self.registry.add(define_fn(st, self.registry))
-            elif isinstance(st, S.LayerDef):
-                self.registry.add(define_layer(st, self.registry))
+            with _nesting_checked(st):
+                if isinstance(st, S.FnDef):
+                    self.registry.add(define_fn(st, self.registry))
+                elif isinstance(st, S.LayerDef):
+                    self.registry.add(define_layer(st, self.registry))
         # names the user binds, so that no automatic name takes one before its line
         self.user_names = {st.name for st in self.stmts if isinstance(st, (S.Decl, S.Assign))}
         for st in self.stmts:
-            if isinstance(st, S.Network):
-                if name_loc is not None:
-                    raise NNError("the network is named twice", st.loc, f"first named at {name_loc}")
-                name, name_loc = st.name, st.loc
-            elif isinstance(st, S.Decl):
-                self._declare(st.name, st.loc)
-                shape = tuple(self._size(s, f"the shape of '{st.name}'") for s in st.shape)
-                self.tensors[st.name] = ir.Tensor(st.name, shape, st.kind, st.loc)
-            elif isinstance(st, S.Output):
-                if output is not None:
-                    raise NNError("'output' is given twice", st.loc)
-                output = st
-            elif isinstance(st, S.Assign):
-                if st.name == "loss":
-                    if loss is not None:
-                        raise NNError("'loss' is defined twice", st.loc, f"first defined at {loss[1]}")
-                    self._first_arg, self._in_loss = None, True
-                    t = self._eval(st.expr)
-                    self._in_loss = False
-                    if not isinstance(t, ir.Tensor):
-                        raise NNError("the loss must depend on the network, but this is a plain number",
-                                      st.expr.loc, "e.g. loss = quadratic(a, y)")
-                    if t.shape != ():
-                        raise NNError(f"the loss must be one number per sample, but this has shape "
-                                      f"{list(t.shape)}", st.expr.loc if hasattr(st.expr, "loc") else st.loc,
-                                      "use a loss function such as quadratic(a, y) or softmax_cross_entropy(z, y)")
-                    loss = (t, st.loc, self._first_arg)
-                    reduce = st.reduce or "mean"
-                else:
-                    if st.reduce is not None:
-                        raise NNError(f"'{st.reduce}' before an expression is only for the loss", st.loc)
+            with _nesting_checked(st):
+                if isinstance(st, S.Network):
+                    if name_loc is not None:
+                        raise NNError("the network is named twice", st.loc, f"first named at {name_loc}")
+                    name, name_loc = st.name, st.loc
+                elif isinstance(st, S.Decl):
                     self._declare(st.name, st.loc)
-                    self._eval(st.expr, bind=st.name)
+                    shape = tuple(self._size(s, f"the shape of '{st.name}'") for s in st.shape)
+                    _check_elements(shape, f"'{st.name}'", st.loc)
+                    self.tensors[st.name] = ir.Tensor(st.name, shape, st.kind, st.loc)
+                elif isinstance(st, S.Output):
+                    if output is not None:
+                        raise NNError("'output' is given twice", st.loc)
+                    output = st
+                elif isinstance(st, S.Assign):
+                    if st.name == "loss":
+                        if loss is not None:
+                            raise NNError("'loss' is defined twice", st.loc, f"first defined at {loss[1]}")
+                        self._first_arg, self._in_loss = None, True
+                        t = self._eval(st.expr)
+                        self._in_loss = False
+                        if not isinstance(t, ir.Tensor):
+                            raise NNError("the loss must depend on the network, but this is a plain number",
+                                          st.expr.loc, "e.g. loss = quadratic(a, y)")
+                        if t.shape != ():
+                            raise NNError(f"the loss must be one number per sample, but this has shape "
+                                          f"{list(t.shape)}", st.expr.loc if hasattr(st.expr, "loc") else st.loc,
+                                          "use a loss function such as quadratic(a, y) or softmax_cross_entropy(z, y)")
+                        loss = (t, st.loc, self._first_arg)
+                        reduce = st.reduce or "mean"
+                    else:
+                        if st.reduce is not None:
+                            raise NNError(f"'{st.reduce}' before an expression is only for the loss", st.loc)
+                        self._declare(st.name, st.loc)
+                        self._eval(st.expr, bind=st.name)
         if not [t for t in self.tensors.values() if t.role == "input"]:
+            # at the first statement (the network line, say): line 1 may be blank or a comment
+            first = self.stmts[0].loc.line if self.stmts else 1
             raise NNError("the network has no input; declare one such as 'input x: [784]'",
-                          Loc(self.file, 1, 1, self._line(1)))
+                          Loc(self.file, first, 1, self._line(first)))
         if loss is None:
             last = max((getattr(s, "loc").line for s in self.stmts), default=1)
             raise NNError("the network has no loss; add a line such as 'loss = quadratic(a, y)'",
@@ -127,7 +137,7 @@ class _Builder:
             raise NNError(f"forward returns the loss's first argument, but '{out_name}' is a target", loss[1],
                           "put the network's prediction first, as in quadratic(a, y), or add 'output NAME'")
         self._check_output_reads_no_target(out_name, output.loc if output is not None else loss[1])
-        self._check_generated_names()
+        self._check_generated_names(name)
         g = ir.Graph(name, self.file,
                      tuple(t for t in self.tensors.values() if t.role == "input"),
                      tuple(t for t in self.tensors.values() if t.role == "target"),
@@ -151,16 +161,61 @@ class _Builder:
             if t in producer:
                 need.extend(producer[t].args)
 
-    def _check_generated_names(self):
-        """The generated code names a parameter a.b as a_b and the gradient of x as d_x: a
-        user's tensor must not take a name one of those already has."""
-        taken = {var(p.name): f"the parameter '{p.name}'" for p in self.params}
-        for n in [*self.tensors, *(p.name for p in self.params)]:
-            taken.setdefault(grad_name(n), f"the gradient of '{n}'")
-        for t in self.tensors.values():
-            if t.name in self.user_names and var(t.name) in taken:
-                raise NNError(f"the name '{t.name}' is taken: the generated code calls {taken[var(t.name)]} "
-                              f"{var(t.name)}", t.loc, "choose another name")
+    def _check_generated_names(self, net: str):
+        """One table of the names the generated code gives tensors, parameters and gradients,
+        and a located error where two would share one, rather than code that silently reads
+        the wrong array.
+
+        Python: a tensor or parameter a.b is the variable var(a.b) = a_b (a trailing _ when
+        it is a name of naming.RESERVED), the gradient of X is d_X.  C: v_<a_b>, dv_<a_b>,
+        the same plain names with a prefix, so unique when the Python ones are; and header
+        macros <NET>_<A_B>_SIZE / _OFFSET for inputs, targets and parameters, in upper case.
+        """
+        owners: dict[str, tuple] = {}  # generated name -> (kind, user name, loc)
+        entries = [("param", p.name, var(p.name), p.loc) for p in self.params]
+        entries += [("tensor", t.name, var(t.name), t.loc) for t in self.tensors.values()]
+        entries += [("gradient", n, grad_name(n), loc) for n, loc in
+                    [*((t.name, t.loc) for t in self.tensors.values()), *((p.name, p.loc) for p in self.params)]]
+        for entry in entries:
+            kind, name, gen, loc = entry
+            if gen not in owners:
+                owners[gen] = entry
+                continue
+            other = owners[gen]
+            # blame the name a user chose: a tensor or parameter, not a gradient
+            culprit, owner = (other, entry) if kind == "gradient" else (entry, other)
+            self._name_clash(culprit, owner, gen)
+        macros: dict[str, tuple] = {}
+        arrays = [("tensor", t.name, c_macro(t.name), t.loc) for t in self.tensors.values()
+                  if t.role in ("input", "target")]
+        for entry in arrays + [("param", p.name, c_macro(p.name), p.loc) for p in self.params]:
+            kind, name, word, loc = entry
+            what = self._what(kind, name)
+            if word in C_MACRO_WORDS:
+                raise NNError(f"the name '{name}' is taken in the C header: {net.upper()}_{word}_SIZE is "
+                              f"{'the size of the output' if word == 'OUTPUT' else 'the workspace size'}",
+                              loc, "choose another name")
+            if word in macros:
+                other = macros[word]
+                raise NNError(f"{what} and {self._what(*other[:2])} would share the C header name "
+                              f"{net.upper()}_{word}_SIZE (C macro names are upper case)", loc,
+                              "choose names that differ in more than upper and lower case")
+            macros[word] = entry
+
+    @staticmethod
+    def _what(kind: str, name: str) -> str:
+        return {"param": "the parameter", "tensor": "the tensor", "gradient": "the gradient of"}[kind] + f" '{name}'"
+
+    def _name_clash(self, culprit, owner, gen):
+        kind, name, _, loc = culprit
+        owner_what = self._what(owner[0], owner[1])
+        if kind == "tensor" and name not in self.user_names:  # a name the builder chose
+            raise NNError(f"the output of this would be called {gen} in the generated code, but that is "
+                          f"{owner_what}", loc, "bind it to a name of your own: name = ...")
+        hint = "choose another name"
+        if gen != plain(name) and kind != "gradient":
+            hint = f"'{plain(name)}' is a name the generated module uses itself, so it becomes {gen}; " + hint
+        raise NNError(f"the name '{name}' is taken: the generated code calls {owner_what} {gen}", loc, hint)
 
     def _line(self, n):
         return self.lines[n - 1] if 0 < n <= len(self.lines) else ""
@@ -173,7 +228,10 @@ class _Builder:
     def _size(self, e, what) -> int:
         v = self._number(e, what)
         if not (isinstance(v, (int, float)) and float(v).is_integer() and v > 0):
-            raise NNError(f"{what} must hold positive whole numbers; got {v}", e.loc)
+            raise NNError(f"{what} must hold positive whole numbers; got {_show(v)}", e.loc)
+        if v > MAX_ELEMENTS:
+            raise NNError(f"{what} holds {int(v)}, more than the {MAX_ELEMENTS} elements a tensor may have",
+                          e.loc)
         return int(v)
 
     def _number(self, e, what):
@@ -192,7 +250,16 @@ class _Builder:
                 raise NNError(f"{what} must be a number", e.loc)
             if e.op == "/" and b == 0:
                 raise NNError("division by zero", e.loc)
-            v = _BINARY[e.op](a, b)
+            if e.op == "^":
+                check_power(*(sp.Integer(int(x)) if float(x).is_integer() else sp.Float(x) for x in (a, b)), e.loc)
+            try:
+                v = _BINARY[e.op](a, b)
+            except OverflowError:
+                v = math.inf
+            if isinstance(v, complex):
+                raise NNError("a negative number to a fractional power is not a real number", e.loc)
+            if abs(v) > FLOAT_MAX:
+                raise NNError("this number is too large for a float (the largest is about 1.8e308)", e.loc)
             return int(v) if isinstance(v, float) and v.is_integer() and e.op != "/" else v
         if isinstance(e, S.Name) and e.id in self.tensors:
             raise NNError(f"{what} must be a number, but '{e.id}' is a tensor", e.loc)
@@ -343,15 +410,22 @@ class _Builder:
                 raise NNError(f"shape mismatch: concat joins along the first axis, so the other axes must "
                               f"agree, but {ts[0].name} has {list(ts[0].shape)} and {t.name} has "
                               f"{list(t.shape)}", a.loc)
-        return self._node(_concat_op(len(ts), len(rest)), ts, {}, e.loc, bind)
+        t = self._node(_concat_op(len(ts), len(rest)), ts, {}, e.loc, bind)
+        expected = (sum(p.shape[0] for p in ts),) + rest
+        if t.shape != expected:  # the generated code would fail to broadcast the parts
+            raise NNError(f"cannot concat these: the result would have shape {list(t.shape)}, not "
+                          f"{list(expected)}", e.loc)
+        return t
 
     # ---- nodes
     def _label(self, op: OpDef, extra) -> str:
         if "name" in extra:
             kw = extra["name"]
-            if not isinstance(kw.value, S.Str) or not kw.value.value.isidentifier():
-                raise NNError("name= takes a string that is a valid identifier, e.g. name=\"hidden\"",
-                              kw.loc)
+            # ASCII only, as the names of the grammar: Python folds identifiers by NFKC, so
+            # name="ｗ" would be the same variable as name="w"
+            if not isinstance(kw.value, S.Str) or not (kw.value.value.isascii() and kw.value.value.isidentifier()):
+                raise NNError("name= takes a string that is a valid identifier in ASCII letters, digits and "
+                              "'_', e.g. name=\"hidden\"", kw.loc)
             label = kw.value.value
             if label in self.labels:
                 raise NNError(f"the layer name '{label}' is used twice", kw.loc)
@@ -377,6 +451,7 @@ class _Builder:
             params = ()
         else:
             shape, params = self._shape_indexed(op, args, options, loc, label, extra)
+        _check_elements(shape, f"the output of {label}", loc)
         out = bind or label
         if bind is None and (out in self.tensors or out in self.user_names):  # a user's name
             out = self._fresh(out)
@@ -414,6 +489,7 @@ class _Builder:
                 continue
             shape = tuple(self._eval_size(s, env, loc, f"the shape of {label}.{spec.name}") for s in spec.shape)
             full = f"{label}.{spec.name}"
+            _check_elements(shape, f"the parameter {full}", loc)
             init = self._init(spec, shape, init_kw, env, op, loc)
             self.params.append(ir.Param(full, shape, init, loc))
             params.append((spec.name, full))
@@ -482,7 +558,13 @@ class _Builder:
             if isinstance(e, S.Name) and e.id in INITS:
                 choice = e.id
             elif isinstance(e, S.Call) and e.name in ("uniform", "normal") and len(e.args) == 2:
-                a, b = (float(sp.sympify(self._formula_number(x, env, op))) for x in e.args)
+                a, b = (self._formula_number(x, env, op) for x in e.args)
+                if e.name == "normal" and b < 0:
+                    raise NNError(f"normal(mean, std) needs a standard deviation of 0 or more, not {b:g}",
+                                  e.args[1].loc)
+                if e.name == "uniform" and a > b:
+                    raise NNError(f"uniform(lo, hi) needs lo <= hi, but {a:g} > {b:g}", e.loc,
+                                  f"write uniform({b:g}, {a:g})")
                 return (e.name, a, b)
             else:
                 raise NNError("init takes uniform(lo, hi), normal(mean, std) or one of "
@@ -507,7 +589,41 @@ class _Builder:
         v = to_sympy(e, scope)
         if v.free_symbols:
             raise NNError("an init bound must be a number", e.loc)
-        return v
+        try:
+            x = float(v)
+        except TypeError:  # a form with no value (a where)
+            raise NNError("an init bound must be a number", e.loc) from None
+        if not math.isfinite(x):
+            raise NNError("this number is too large for a float (the largest is about 1.8e308)", e.loc)
+        return x
+
+
+def _check_elements(shape, what: str, loc: Loc) -> None:
+    n = math.prod(shape)
+    if n > MAX_ELEMENTS:
+        raise NNError(f"{what} would have {n} elements ({' x '.join(map(str, shape))}), more than the "
+                      f"{MAX_ELEMENTS} a tensor may have", loc)
+
+
+@contextmanager
+def _nesting_checked(st):
+    """A statement nested too deeply for a recursive pass (sympy's included) is a located
+    error rather than a RecursionError."""
+    try:
+        yield
+    except RecursionError:
+        raise NNError("this statement is nested too deeply to compile", st.loc,
+                      "split it into several statements, naming the parts") from None
+
+
+def _name_from_file(file: str) -> str:
+    """The network's name when no `network` line gives one: the file's stem made an ASCII
+    identifier (my-model.nn -> my_model), since it names C functions and a header guard."""
+    stem = Path(file).stem if file and not file.startswith("<") else ""
+    name = re.sub(r"[^A-Za-z0-9_]", "_", stem.encode("ascii", "replace").decode())[:64].strip("_")
+    if not name:
+        return "network"
+    return "n" + name if name[0].isdigit() else name
 
 
 def _fan_in(op: OpDef, spec, shape) -> int:
@@ -537,7 +653,7 @@ def _concat_op(n: int, rest_rank: int) -> OpDef:
     """concat along the first axis: y[i, ...] = a[i, ...] + b[i - n_a, ...] (reads outside are zero)."""
     from .symbolic import index_symbol, real_base
     i = index_symbol("i")
-    rest = tuple(index_symbol(c) for c in "uvw"[:rest_rank])
+    rest = tuple(index_symbol(f"u{k + 1}") for k in range(rest_rank))  # one per axis, of any rank
     names = [f"x{k + 1}" for k in range(n)]
     sizes = [sp.Symbol(f"n{k + 1}", integer=True, positive=True) for k in range(n)]
     rest_sizes = tuple(sp.Symbol(f"m{k + 1}", integer=True, positive=True) for k in range(rest_rank))
@@ -604,6 +720,9 @@ def _check_option(op: OpDef, o, value, kind: str, loc: Loc):
         if value != int(value) or value < (1 if kind == "count" else 0):
             least = "positive" if kind == "count" else "non-negative"
             raise NNError(f"{what} must be a {least} whole number, not {_show(value)}", loc)
+        if value > MAX_ELEMENTS:
+            raise NNError(f"{what} is {int(value)}, more than the {MAX_ELEMENTS} elements a tensor may have",
+                          loc)
         return int(value)
     return value
 
@@ -611,4 +730,4 @@ def _check_option(op: OpDef, o, value, kind: str, loc: Loc):
 def _show(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    return f'"{value}"' if isinstance(value, str) else repr(value)
+    return f'"{escape(value)}"' if isinstance(value, str) else repr(value)

@@ -17,10 +17,12 @@ import sympy as sp
 from sympy.printing.c import C99CodePrinter
 
 from . import ir
-from .derive import B
+from .derive import B, Formula, as_scatter
+from .errors import generating
 from .lower import ancestors, formula_text
 from .naming import backward_anchor, forward_anchor, grad_name
 from .stabilize import stabilize
+from .literals import real_literal
 from .symbolic import FirstArgmax, LogSumExp, MaxOver, real_base
 
 
@@ -38,16 +40,33 @@ class Buffer:
 
 
 class _CPrinter(C99CodePrinter):
-    def __init__(self, low):
+    """C for a real-valued expression; `index=True` for a subscript (integer arithmetic).
+
+    No integer arithmetic happens in a real expression: the batch size reads as
+    `((real)batch)`, so 2/batch divides reals; a fraction or a decimal is one literal of
+    the real type, `((real)0.7978845608028654)` (the double nearest the exact value,
+    printed as Python prints it), never the exact fraction's digits; an integer is
+    written as itself only while every float holds it exactly.
+    """
+
+    def __init__(self, low, index=False):
         super().__init__({"math_macros": {}})
         self.low = low
+        self.index = index
+
+    def _print(self, e, **kwargs):
+        # a constant call (sqrt(5), sigmoid(1e-30)) folded into one literal, as numpy's printer does
+        if not self.index and isinstance(e, sp.Expr) and e.is_number and not e.is_Rational \
+                and e.is_finite and e.is_real:
+            return f"((real){real_literal(e)})"
+        return super()._print(e, **kwargs)
 
     def _print_Indexed(self, e):
         return self.low.read(e)
 
     def _print_Symbol(self, s):
         if s == B:
-            return "batch"
+            return "batch" if self.index else "((real)batch)"
         return self.low.loop_var(s)
 
     _print_Dummy = _print_Symbol
@@ -68,13 +87,22 @@ class _CPrinter(C99CodePrinter):
         return "(" + "".join(out) + ")"
 
     def _print_Integer(self, n):
-        return str(int(n))
+        if self.index or abs(int(n)) <= 2 ** 24:
+            return str(int(n))
+        return f"((real){real_literal(n)})"
 
     def _print_Rational(self, r):
-        return f"((real){r.p}/(real){r.q})"
+        return f"((real){real_literal(r)})"
 
-    def _print_Float(self, f):
-        return f"((real){float(f)!r})"
+    _print_Float = _print_Rational
+
+    def _print_Zero(self, n):
+        return self._print_Integer(n)
+
+    _print_One = _print_NegativeOne = _print_Zero
+
+    def _print_Half(self, r):
+        return self._print_Rational(r)
 
     def _print_Pow(self, e):
         base, ex = e.as_base_exp()
@@ -87,11 +115,12 @@ class _CPrinter(C99CodePrinter):
             return "((real)1/(" + "*".join([b] * int(-ex)) + "))"
         if ex == sp.S.Half:
             return f"sqrt({self._print(base)})"
-        return f"pow({self._print(base)}, {self._print(ex)})"
+        # both real: with an integer argument <tgmath.h> would pick the double pow
+        return f"pow((real)({self._print(base)}), (real)({self._print(ex)}))"
 
     def _print_exp(self, e):
         if e.args[0].is_number:
-            return f"((real){float(e)!r})"
+            return f"((real){real_literal(e)})"
         return f"exp({self._print(e.args[0])})"
 
     def _print_Where(self, e):
@@ -162,7 +191,7 @@ class CLowerer:
             strides.append(stride)
             stride = stride * n
         strides.reverse()
-        p = _CPrinter(self)
+        p = _CPrinter(self, index=True)
         for sub, n, st in zip(subs, buf.shape, strides):
             code = p.doprint(sub)
             lo, hi = self._interval(sub)
@@ -220,6 +249,11 @@ class CLowerer:
 
     # ---- statements
     def assign(self, target: str, indices, expr, ranges, comment, accumulate=False, variables=None):
+        scatter = as_scatter(Formula(None, tuple(indices), expr, ranges, tuple(variables))) \
+            if variables is not None else None
+        if scatter is not None:  # overlapping or gapped affine writes: a scatter-add
+            indices, expr, ranges = scatter
+            variables = None
         self.ranges = dict(ranges)
         expr = stabilize(expr)
         loops = tuple(variables) if variables is not None else tuple(indices)
@@ -279,7 +313,7 @@ class CLowerer:
         return e.func(*[self._inline(a) for a in e.args])
 
     def _emit_reduction(self, kind, body, vs):
-        result = sp.Symbol(f"r{self.count}")
+        result = sp.Symbol(f"r{self.count}", real=True)
         self.count += 1
         self.vars[result] = result.name
         p = _CPrinter(self)
@@ -310,7 +344,7 @@ class CLowerer:
             self._emit(f"{{ real v = {inner}; if (v > {result} || isnan(v)) {result} = v; }}")
         self._close(len(vs))
         if kind is LogSumExp:  # max + log(sum exp(f - max)), the parts apart (see _print_Add)
-            log_sum = sp.Symbol(f"{result}_ls")
+            log_sum = sp.Symbol(f"{result}_ls", real=True)
             self.vars[log_sum] = log_sum.name
             self._emit(f"real {log_sum} = 0;")
             self._open(vs)
@@ -365,7 +399,7 @@ class CLowerer:
             inline_ok = set(free) | (set(vs) if isinstance(e, FirstArgmax) else set()) == set(order)
             body = self._hoist(e.function, order + (vs if not isinstance(e, FirstArgmax) else []))
             if inline_ok:  # computed in the statement's own loops: no temporary array
-                mark = sp.Symbol(f"_inline{len(self.pending)}")
+                mark = sp.Symbol(f"_inline{len(self.pending)}", real=True)  # real: spares sympy proving it
                 self.pending[mark] = (type(e), body, vs)
                 return mark
             body = self._hoist(e.function, order + vs)
@@ -435,7 +469,7 @@ class CLowerer:
         """temp[labels]; a one-value temporary is read through a symbol printed as temp[0]."""
         if labels:
             return real_base(name)[tuple(labels)]
-        value = sp.Symbol(f"{name}_value")
+        value = sp.Symbol(f"{name}_value", real=True)
         self.vars[value] = f"{name}[0]"
         return value
 
@@ -551,7 +585,8 @@ def plan_c(g: ir.Graph, derivations, real="float") -> CPlan:
             for c in pending:
                 low._emit(f"/* {c} */")
             pending = []
-            low.assign(d.node.output, f.indices, body, f.ranges, comment, variables=f.vars)
+            with generating(d.node):
+                low.assign(d.node.output, f.indices, body, f.ranges, comment, variables=f.vars)
         return low.lines
 
     read_back = {r.base.label.name for d in derivations for gr in d.grads
@@ -572,7 +607,8 @@ def plan_c(g: ir.Graph, derivations, real="float") -> CPlan:
             comment = _comment(f"{formula_text(real_base(target)[gr.indices])} "
                                f"{'+=' if target in have else '='} {formula_text(gr.backward)}",
                                backward_anchor(d.node.label, gr.wrt))
-            low.assign(target, gr.indices, expr, rng, comment, accumulate=target in have)
+            with generating(d.node):
+                low.assign(target, gr.indices, expr, rng, comment, accumulate=target in have)
             have.add(target)
     zero = [p.name for p in g.params if grad_name(p.name) not in have]
     backward = low.lines
@@ -611,7 +647,7 @@ def _fusable(derivations, keep, kept_whole) -> dict:
                 # at positions inside the value's extent: a read past it is a zero (padding,
                 # a concat), which the value's formula would not give
                 own = formulas.get(name)
-                plain[name] = plain.get(name, True) and own is not None and all(
+                plain[name] = plain.get(name, True) and own is not None and own.vars == own.indices and all(
                     isinstance(i, sp.Symbol) and i in f.ranges and
                     sp.simplify(f.ranges[i] - own.ranges[j]) == 0 for i, j in zip(r.indices, own.indices))
         for red in f.body.atoms(*_REDUCTIONS):

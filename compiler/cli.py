@@ -4,11 +4,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 from . import __version__
-from .errors import NNError
+from .errors import NNError, escape
+from .output import (InputError, Interrupted, OutputError, read_model, report_stdout_failure, signals_raise,
+                     stamp_c_pair, write_atomically, write_files)
+
+__all__ = ["main", "explain_main", "write_atomically"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -29,26 +32,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write text to path so that a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; an output is not
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 FORMATS = {".tex": "tex", ".md": "md", ".markdown": "md", ".html": "html", ".htm": "html"}
 
 
@@ -64,13 +47,16 @@ def _explain_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _error(message: str) -> None:
+    """A one-line message on stderr; a path's newlines or escape sequences shown escaped."""
+    print(escape(message), file=sys.stderr)
+
+
 def _read(path: str):
     try:
-        return Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        print(f"nncc: error: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
-    except UnicodeDecodeError:
-        print(f"nncc: error: {path} is not UTF-8 text", file=sys.stderr)
+        return read_model(path)
+    except InputError as exc:
+        _error(f"nncc: error: {exc}")
     return None
 
 
@@ -83,8 +69,8 @@ def explain_main(argv) -> int:
         else:
             fmt = FORMATS.get(Path(args.output).suffix.lower())
             if fmt is None:
-                print(f"nncc explain: error: cannot tell the format of {args.output}; name it .tex, .md "
-                      f"or .html, or pass --format", file=sys.stderr)
+                _error(f"nncc explain: error: cannot tell the format of {args.output}; name it .tex, .md "
+                       f"or .html, or pass --format")
                 return 1
     source = _read(args.model)
     if source is None:
@@ -96,12 +82,19 @@ def explain_main(argv) -> int:
     except Exception as exc:  # noqa: BLE001 - a user sees a message, never a traceback
         return _compile_failed(exc, args.model)
     if args.output is None:
-        sys.stdout.write(text)
+        try:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        except OSError as exc:
+            message = report_stdout_failure(exc)
+            if message:
+                _error(f"nncc: error: {message}")
+            return 1
         return 0
     try:
         write_atomically(Path(args.output), text)
-    except OSError as exc:
-        print(f"nncc: error: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
+    except OutputError as exc:
+        _error(f"nncc: error: {exc}")
         return 1
     return 0
 
@@ -111,34 +104,46 @@ def _compile_failed(exc: Exception, model: str) -> int:
     if isinstance(exc, NNError):
         print(exc.render(), file=sys.stderr)
     elif isinstance(exc, RecursionError):
-        print(f"{model}: error: the expression is nested too deeply", file=sys.stderr)
+        _error(f"{model}: error: the expression is nested too deeply")
     elif isinstance(exc, NotImplementedError):  # a form the code generators do not handle
-        print(f"{model}: error: nncc cannot generate code for this network yet ({exc})", file=sys.stderr)
+        _error(f"{model}: error: nncc cannot generate code for this network yet ({exc})")
     else:
-        print(f"{model}: internal error: {type(exc).__name__}: {exc}\n"
-              f"nncc failed on this file; please report it with the file attached", file=sys.stderr)
+        _error(f"{model}: internal error: {type(exc).__name__}: {exc}")
+        print("nncc failed on this file; please report it with the file attached", file=sys.stderr)
     return 1
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] == "explain" and not Path("explain").is_file():
-        return explain_main(argv[1:])
+    # a termination signal or Ctrl-C ends the run through the temporary files' cleanup,
+    # then quietly, with the shell's status for that signal
+    try:
+        with signals_raise():
+            if argv and argv[0] == "explain":  # a model file named explain: ./explain
+                return explain_main(argv[1:])
+            return _compile_main(argv)
+    except Interrupted as exc:
+        return 128 + exc.signum
+    except KeyboardInterrupt:
+        return 130
+
+
+def _compile_main(argv) -> int:
     args = _parser().parse_args(argv)
     src_path = Path(args.model)
     source = _read(args.model)
     if source is None:
         return 1
     out = Path(args.output) if args.output else src_path.with_suffix(".py")
-    if out.resolve() == src_path.resolve():
-        print(f"nncc: error: the output would overwrite the source {args.model}", file=sys.stderr)
+    if os.path.realpath(out) == os.path.realpath(src_path):  # realpath: no error on a link loop
+        _error(f"nncc: error: the output would overwrite the source {args.model}")
         return 1
     from .api import compile_source
     c_files = args.backend == "c" and (args.output is not None and (args.output.endswith(("/", os.sep))
                                                                     or Path(args.output).is_dir()))
     if args.backend == "c" and not c_files and out.suffix != ".py":
-        print(f"nncc: error: cannot write {args.output}: --backend c writes C sources to a directory "
-              f"(-o DIR/) or the cffi Python module to -o OUT.py", file=sys.stderr)
+        _error(f"nncc: error: cannot write {args.output}: --backend c writes C sources to a directory "
+               f"(-o DIR/) or the cffi Python module to -o OUT.py")
         return 1
     if args.dtype is not None and not c_files:
         if args.backend == "numpy":
@@ -155,17 +160,16 @@ def main(argv=None) -> int:
         elif c_files:
             from .c_backend import render_c_files
             dtype = args.dtype or "float32"
-            files = {out / name: text for name, text in render_c_files(compiled, dtype).items()}
+            files = stamp_c_pair({out / name: text for name, text in render_c_files(compiled, dtype).items()})
         else:
             from .c_backend import render_c_module
             files = {out: render_c_module(compiled)}
     except Exception as exc:  # noqa: BLE001 - a user sees a message, never a traceback
         return _compile_failed(exc, args.model)
     try:
-        for path, text in files.items():
-            write_atomically(path, text)
-    except OSError as exc:
-        print(f"nncc: error: cannot write {exc.filename or out}: {exc.strerror or exc}", file=sys.stderr)
+        write_files(files)
+    except OutputError as exc:
+        _error(f"nncc: error: {exc}")
         return 1
     return 0
 

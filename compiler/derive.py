@@ -122,12 +122,15 @@ def formula_for(node: ir.Node, g: ir.Graph) -> Formula:
 
     # all reads at once: with replace(), a read renamed to a tensor that is also another
     # argument (f(h, h)) would be met again and renamed twice
-    body = op.body.xreplace({e: rename(e) for e in op.body.atoms(sp.Indexed)})
-    # options by name, whatever assumptions their symbol carries (a fn's are real, a layer's integer)
+    # options by name, whatever assumptions their symbol carries (a fn's are real, a layer's
+    # integer) -- in the definition's own body, before any read is renamed to a tensor of the
+    # network, which may well be called `n` or `stride` too (two scopes)
     values = {o.name: opts[o.name] for o in op.options
               if isinstance(opts[o.name], (int, float)) and not isinstance(opts[o.name], bool)}
-    body = body.xreplace(env).xreplace({x: sp.sympify(values[x.name]) for x in body.free_symbols
-                                        if isinstance(x, sp.Symbol) and x.name in values})
+    body = op.body.xreplace(env)
+    body = body.xreplace({x: sp.sympify(values[x.name]) for x in body.free_symbols
+                          if isinstance(x, sp.Symbol) and x.name in values})
+    body = body.xreplace({e: rename(e) for e in body.atoms(sp.Indexed)})
     ranges = {b: B}
     for s in op.out_indices:
         n = sp.sympify(op.extents[s]).xreplace(env)
@@ -137,19 +140,106 @@ def formula_for(node: ir.Node, g: ir.Graph) -> Formula:
                    (b,) + op.out_indices)
 
 
+def row_major(sub, syms, ranges, extent):
+    """[c, i, j] if sub == c*h*w + i*w + j over their ranges (a flattened axis), else None."""
+    coeffs = {x: sub.coeff(x) for x in syms}
+    if sp.expand(sub - sum(c * x for x, c in coeffs.items())) != 0:
+        return None
+    order = sorted(syms, key=lambda x: -int(coeffs[x]) if coeffs[x].is_number else 0)
+    stride = 1
+    for x in reversed(order):
+        if coeffs[x] != stride:
+            return None
+        stride *= ranges[x]
+    return order if stride == extent else None
+
+
+def output_extents(f: Formula) -> tuple:
+    """The extent of each output axis: an index's range, or an affine subscript's largest
+    value + 1."""
+    out = []
+    for s in f.indices:
+        if s in f.ranges:
+            out.append(f.ranges[s])
+        else:
+            _, hi = _interval(s, f.ranges)
+            out.append(int(hi) + 1)
+    return tuple(out)
+
+
+def as_scatter(f: Formula):
+    """A formula whose output subscripts are affine in its indices (y[2*i + p] = w[p]*x[i],
+    a transposed convolution) as what it means, a scatter-add:
+
+        y[o] = sum over i, p of  w[p]*x[i] * delta(o, 2*i + p)
+
+    so that overlapping contributions add up and positions nothing writes are zero, as
+    PyTorch's conv_transpose does.  Returns (indices, body, ranges) over fresh output
+    indices, or None when every subscript is a plain index or the subscripts tile their
+    axes row-major (flatten): each element then has exactly one term, written in place.
+    """
+    if tuple(f.vars) == tuple(f.indices):
+        return None
+    extents = output_extents(f)
+    plain = [s for s in f.indices if isinstance(s, sp.Symbol)]
+    affine = [(s, n) for s, n in zip(f.indices, extents) if not isinstance(s, sp.Symbol)]
+    seen, tiled = set(plain), True
+    for s, n in affine:
+        syms = sorted((x for x in s.free_symbols if x in f.ranges), key=lambda x: x.name)
+        if seen & set(syms) or row_major(s, syms, f.ranges, n) is None:
+            tiled = False
+        seen |= set(syms)
+    if tiled and seen == set(f.vars):
+        return None
+    ranges = dict(f.ranges)
+    indices, deltas = [], []
+    for k, (s, n) in enumerate(zip(f.indices, extents)):
+        if isinstance(s, sp.Symbol):
+            indices.append(s)
+            continue
+        o = sp.Dummy(f"o{k}", integer=True)
+        ranges[o] = n
+        indices.append(o)
+        deltas.append(sp.KroneckerDelta(o, s))
+    summed = [v for v in f.vars if v not in plain]
+    body = sp.Sum(sp.Mul(f.body, *deltas), *[(v, 0, f.ranges[v] - 1) for v in summed])
+    return tuple(indices), body, ranges
+
+
 def derive_node(node: ir.Node, g: ir.Graph, wrt: list[str]) -> Derivation:
-    """The backward formulas of `node` with respect to the tensors/params named in `wrt`."""
+    """The backward formulas of `node` with respect to the tensors/params named in `wrt`.
+
+    Each gradient is derived once per distinct formula: the node's tensors and parameters
+    are given positional stand-in names (the output `_y`, its reads `_r0`, `_r1`, ...), so
+    the twenty identical dense(8) layers of a deep network share one derivation, renamed.
+    """
     f = formula_for(node, g)
-    grads = []
     sources = [(a, True) for a in node.args] + [(p, False) for _, p in node.params]
+    names = [f.out.label.name] + list(dict.fromkeys(n for n, _ in sources))
+    stand_in = dict(zip(names, ["_y"] + [f"_r{k}" for k in range(len(names) - 1)]))
+    to_stand_in = {real_base(n): real_base(c) for n, c in stand_in.items()}
+    to_stand_in[real_base(grad_name(names[0]))] = real_base(grad_name("_y"))
+    back = {v: k for k, v in to_stand_in.items()}
+    key = (f.indices, f.body.xreplace(to_stand_in), tuple(f.ranges.items()), f.vars)
+    grads = []
     seen = set()
     for name, batched in sources:
         if name not in wrt or name in seen:
             continue
         seen.add(name)
         shape = g.tensors[name].shape if batched else g.param(name).shape
-        grads.append(_gradient(f, name, batched, shape))
+        gr = _gradient_of(key, stand_in[name], batched, tuple(shape))
+        grads.append(Gradient(name, real_base(name), gr.indices, gr.jacobian.xreplace(back),
+                              gr.backward.xreplace(back), gr.in_output_terms,
+                              gr.input_form.xreplace(back), gr.jacobian_indices))
     return Derivation(node, f, tuple(grads))
+
+
+@lru_cache(maxsize=4096)
+def _gradient_of(key, name: str, batched: bool, shape: tuple) -> Gradient:
+    indices, body, ranges, variables = key
+    f = Formula(real_base("_y"), indices, body, dict(ranges), variables)
+    return _gradient(f, name, batched, shape)
 
 
 def _gradient(f: Formula, name: str, batched: bool, shape: tuple) -> Gradient:
@@ -174,7 +264,12 @@ def _gradient(f: Formula, name: str, batched: bool, shape: tuple) -> Gradient:
 # ---- delta elimination ---------------------------------------------------------------
 
 def _terms(e, taken: set):
-    """e as a list of (factors, limits): a sum of products, each under its own sums."""
+    """e as a list of (factors, limits): a sum of products, each under its own sums.
+
+    Only what holds a Kronecker delta is distributed: the derivative of tanh(tanh(...z))
+    is a product of n factors (1 - tanh(...)^2), 2^n terms once multiplied out."""
+    if not e.has(sp.KroneckerDelta):
+        return [([e], [])]
     if isinstance(e, sp.Add):
         out = []
         for a in e.args:
@@ -350,8 +445,8 @@ def _fold(groups: dict) -> sp.Expr:
 
 def in_output_terms(e: sp.Expr, f: Formula, X, J) -> tuple[sp.Expr, bool]:
     """Replace the forward body by the output y wherever it reappears (tanh' = 1 - y^2)."""
-    if f.vars != f.indices:
-        return e, False
+    if f.vars != f.indices or not set(f.indices) <= f.body.free_symbols:
+        return e, False  # (a body constant along an output axis would leave its wild unbound)
     wilds = {s: sp.Wild(f"w_{s.name}") for s in f.indices}
     pattern = f.body.xreplace(wilds)
     y = f.out

@@ -129,20 +129,21 @@ class _MatrixForm(ast.NodeVisitor):
         return s if isinstance(n, ast.Name) and not s.startswith(r"\frac") else r"\left(%s\right)" % s
 
     def visit_BinOp(self, n):
-        a, b = self._wrap(n.left), self._wrap(n.right)
+        # each operand rendered once: a long sum is a deep tree, and twice per level is 2^depth
         if isinstance(n.op, ast.Add):
             return f"{self.visit(n.left)} + {self.visit(n.right)}"
         if isinstance(n.op, ast.Sub):
-            return f"{self.visit(n.left)} - {b}"
+            return f"{self.visit(n.left)} - {self._wrap(n.right)}"
+        if isinstance(n.op, ast.Div):
+            return r"\frac{%s}{%s}" % (self.visit(n.left), self.visit(n.right))
+        if isinstance(n.op, ast.Pow):
+            return "%s^{%s}" % (self._base(n.left), self.visit(n.right))
+        a, b = self._wrap(n.left), self._wrap(n.right)
         if isinstance(n.op, ast.MatMult):
             return rf"{a} \, {b}"
         if isinstance(n.op, ast.Mult):
             scalar = isinstance(n.left, ast.Constant) or isinstance(n.right, ast.Constant)
             return f"{a} {b}" if scalar else rf"{a} \odot {b}"
-        if isinstance(n.op, ast.Div):
-            return r"\frac{%s}{%s}" % (self.visit(n.left), self.visit(n.right))
-        if isinstance(n.op, ast.Pow):
-            return "%s^{%s}" % (self._base(n.left), self.visit(n.right))
         raise _NoForm
 
     def visit_Attribute(self, n):
@@ -643,6 +644,10 @@ def _identity(expr):
     if expr.has(ExprWithLimits, sp.KroneckerDelta):  # elementwise formulas only: simplify is slow on sums
         return None
     plain = expr.replace(lambda e: isinstance(e, Where), first)
+    # simplify's time has no bound: long formulas, or numbers with many digits (1e18 as a
+    # rational inside exp) can keep it for minutes; such a formula is shown as it is
+    if sp.count_ops(plain) > 40 or any(max(abs(r.p), r.q) > 10 ** 6 for r in plain.atoms(sp.Rational)):
+        return None
     simpler = sp.factor(sp.simplify(plain))
 
     def size(e):  # a sign moved in or out is no simplification

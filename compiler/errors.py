@@ -5,7 +5,10 @@ Every user mistake becomes an `NNError` carrying a `Loc`; the CLI prints it as
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import difflib
+import unicodedata
 from dataclasses import dataclass
 
 
@@ -20,6 +23,37 @@ class Loc:
         return f"{self.file}:{self.line}:{self.col}"
 
 
+def source_lines(source: str) -> list[str]:
+    """The lines of a source as the lexer counts them: only \\n (or \\r\\n) ends a line.
+
+    str.splitlines also splits at \\f, \\v, \\x1c-\\x1e, \\x85 and \\u2028, so a message
+    would show another line than the one the lexer's line number means."""
+    lines = source.split("\n")
+    if len(lines) > 1 and lines[-1] == "":  # the newline ending the last line starts none
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def escape(text: str) -> str:
+    """text with control and line-separator characters (not tabs) written as escapes,
+    so that a NUL or an escape sequence in a source never reaches a terminal raw."""
+    return "".join(ch if ch == "\t" or not _invisible(ch) else _escape_char(ch) for ch in text)
+
+
+def _invisible(ch: str) -> bool:
+    return unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn")
+
+
+def _escape_char(ch: str) -> str:
+    n = ord(ch)
+    return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
+
+
+def show_char(ch: str) -> str:
+    """A character quoted for a message: 'x', or its escape when it is invisible."""
+    return f"'{escape(ch)}'"
+
+
 class NNError(Exception):
     """A mistake in a .nn program, reported at a source location."""
 
@@ -31,13 +65,15 @@ class NNError(Exception):
 
     def render(self) -> str:
         head = f"{self.loc}: error: {self.message}" if self.loc else f"error: {self.message}"
-        lines = [head]
-        if self.loc and self.loc.text:
-            lines.append("    " + self.loc.text.rstrip("\n").expandtabs(4))
-            before = self.loc.text[:self.loc.col - 1].expandtabs(4)
+        lines = [escape(head)]
+        if self.loc:
+            text = self.loc.text.rstrip("\n")
+            lines.append("    " + escape(text).expandtabs(4))
+            # the caret under column col of the line as displayed (escapes and tabs widen it)
+            before = escape(text[:self.loc.col - 1]).expandtabs(4)
             lines.append("    " + " " * len(before) + "^")
         if self.hint:
-            lines.append(f"hint: {self.hint}")
+            lines.append(escape(f"hint: {self.hint}"))
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -48,3 +84,17 @@ def did_you_mean(name: str, candidates) -> str:
     """` ; did you mean 'x'?` when a close candidate exists, else ``."""
     close = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=0.6)
     return f"; did you mean '{close[0]}'?" if close else ""
+
+
+@contextmanager
+def generating(node):
+    """A form the code generators cannot lower (a dilated strided window, say) reported
+    at the node that uses it, in plain words, rather than as an unlocated failure."""
+    try:
+        yield
+    except NNError:
+        raise
+    except NotImplementedError as exc:
+        raise NNError(f"nncc cannot generate code for {node.label} yet: {exc}", node.loc,
+                      "write this step another way (smaller steps, or another form of the same read)") \
+            from None

@@ -11,6 +11,8 @@ or a zero-padded window.  The plan is plain data; templates only lay it out.
 from __future__ import annotations
 
 import dataclasses
+import re
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 import sympy as sp
@@ -18,7 +20,9 @@ from sympy.printing.numpy import NumPyPrinter
 from sympy.printing.str import StrPrinter
 
 from . import ir
-from .derive import B
+from .derive import B, Formula, as_scatter, row_major
+from .errors import generating
+from .literals import real_literal
 from .naming import backward_anchor, forward_anchor, grad_name, temp, var
 from .stabilize import stabilize
 from .symbolic import ClampedLog, FirstArgmax, LogSumExp, MaxOver, real_base
@@ -85,11 +89,17 @@ class _Printer(NumPyPrinter):
         # a constant such as sqrt(5) or log(2) as a Python float: numpy's np.sqrt(5) is a
         # float64 scalar, which would turn float32 arrays into float64 ones
         if isinstance(e, sp.Expr) and e.is_number and not e.is_Rational and e.is_finite and e.is_real:
-            return repr(float(e))
+            return real_literal(e)
         return super()._print(e, **kwargs)
 
+    def _print_Integer(self, n):
+        # beyond 2**53 an int is not what the float arithmetic sees: print the double
+        return str(int(n)) if abs(int(n)) <= 2 ** 53 else real_literal(n)
+
     def _print_Rational(self, r):
-        return _decimal(r) or f"{r.p}/{r.q}"
+        if _decimal(r):
+            return _decimal(r)
+        return f"{r.p}/{r.q}" if max(abs(r.p), r.q) <= 2 ** 53 else real_literal(r)
 
     def _print_Half(self, r):
         return "0.5"
@@ -237,7 +247,11 @@ class Lowerer:
         """target[indices] = expr; `variables` are the index symbols when a subscript is
         affine in them (flatten): the value is computed over them, then reshaped."""
         flat = None
-        if variables is not None and tuple(variables) != tuple(indices):
+        scatter = as_scatter(Formula(None, tuple(indices), expr, ranges, tuple(variables))) \
+            if variables is not None else None
+        if scatter is not None:
+            indices, expr, ranges = scatter
+        elif variables is not None and tuple(variables) != tuple(indices):
             flat = [self._extent_code(sum(sp.sympify(s).coeff(v) * (ranges[v] - 1) for v in variables) + 1)
                     if not isinstance(s, sp.Symbol) else self._extent_code(ranges[s]) for s in indices]
             indices = tuple(variables)
@@ -347,7 +361,7 @@ class Lowerer:
             if target not in indices or target in where:
                 raise NotImplementedError(f"a scatter through {d}")
             where[target] = read
-        tiles = {j: _row_major(read, sorted((x for x in read.free_symbols if x in self.ranges),
+        tiles = {j: row_major(read, sorted((x for x in read.free_symbols if x in self.ranges),
                                             key=lambda x: x.name), self.ranges, self.ranges[j])
                  for j, read in where.items()}
         if all(t is not None and len(t) > 1 for t in tiles.values()):
@@ -358,7 +372,11 @@ class Lowerer:
                 layout.append(j)
                 continue
             syms = sorted((x for x in where[j].free_symbols if x in self.ranges), key=lambda x: x.name)
-            if len(syms) == 1:  # s*i + c: a window of one element
+            if not syms:  # a constant position (a[0]): a window of one element, once
+                outer, inner = sp.Dummy("once"), sp.Dummy("unit")
+                self.ranges[outer] = self.ranges[inner] = 1
+                stride, start = 1, int(where[j])
+            elif len(syms) == 1:  # s*i + c: a window of one element
                 outer, stride, start = _split_affine(where[j], self.ranges)
                 inner = sp.Dummy("unit")
                 self.ranges[inner] = 1
@@ -537,7 +555,7 @@ class Lowerer:
                     code = f"_window({code}, {axis}, {offset}, {size}" + (f", {stride})" if stride != 1 else ")")
                     slices.append(None)
                 continue
-            flat = _row_major(sub, syms, self.ranges, shape[axis])
+            flat = row_major(sub, syms, self.ranges, shape[axis])
             if flat is not None:
                 labels.extend(flat)
                 dims.extend(self.ranges[x] for x in flat)
@@ -597,20 +615,6 @@ def _align(code, labels, layout) -> str:
     return code
 
 
-def _row_major(sub, syms, ranges, extent):
-    """[c, i, j] if sub == c*h*w + i*w + j over their ranges (a flattened axis), else None."""
-    coeffs = {x: sub.coeff(x) for x in syms}
-    if sp.expand(sub - sum(c * x for x, c in coeffs.items())) != 0:
-        return None
-    order = sorted(syms, key=lambda x: -int(coeffs[x]) if coeffs[x].is_number else 0)
-    stride = 1
-    for x in reversed(order):
-        if coeffs[x] != stride:
-            return None
-        stride *= ranges[x]
-    return order if stride == extent else None
-
-
 def _window_parts(sub, syms, ranges):
     """(outer, kernel, stride, start) for sub == stride*outer + kernel + start."""
     if len(syms) != 2:
@@ -645,34 +649,59 @@ def _label(x) -> str:
 
 def _decimal(r) -> str | None:
     """A short exact decimal for r (0.5, 0.01), or None."""
-    f = float(r)
-    return repr(f) if sp.Rational(repr(f)) == r and len(repr(f)) < 12 else None
+    f = real_literal(r)
+    return f if sp.Rational(f) == r and len(f) < 12 else None
 
 
 def inline_single_use(lines: list, keep=()) -> list:
     """Fold each value read exactly once into the line that reads it (fusing elementwise chains).
 
-    Values named in `keep` (returned, or needed by name) stay."""
-    import re
+    Values named in `keep` (returned, or needed by name) stay.  The names each line reads
+    are counted once, so a deep network's thousands of lines fold in linear time."""
     lines = list(lines)
-    k = 0
-    while k < len(lines):
-        line = lines[k]
+    alive = [True] * len(lines)
+    counts = [Counter(_WORD.findall(x.code)) for x in lines]
+    readers = defaultdict(set)  # name -> the lines whose code reads it
+    for j, c in enumerate(counts):
+        for w in c:
+            readers[w].add(j)
+    for k, line in enumerate(lines):
         if line.target in keep:
-            k += 1
             continue
-        word = re.compile(rf"\b{line.target}\b")
-        users = [j for j in range(k + 1, len(lines)) if word.search(lines[j].code)]
-        if len(users) == 1 and len(word.findall(lines[users[0]].code)) == 1:
-            u = lines[users[0]]
-            code = word.sub(lambda m: _paren_in(line.code, u.code, m.start(), m.end()), u.code)
-            comment = "\n".join(c for c in (line.comment, u.comment) if c)
-            lines[users[0]] = Line(u.target, code, comment, u.guarded or line.guarded, u.phase,
-                                   line.anchors + u.anchors)
-            del lines[k]
+        users = [j for j in readers[line.target] if j > k and alive[j]]
+        if len(users) != 1 or counts[users[0]][line.target] != 1:
             continue
-        k += 1
-    return lines
+        j = users[0]
+        u = lines[j]
+        word = re.compile(rf"\b{re.escape(line.target)}\b")
+        code = word.sub(lambda m: _paren_in(line.code, u.code, m.start(), m.end()), u.code)
+        if _nesting(code) > MAX_NESTING:  # a long chain: Python's parser has a limit
+            continue
+        comment = "\n".join(c for c in (line.comment, u.comment) if c)
+        lines[j] = Line(u.target, code, comment, u.guarded or line.guarded, u.phase, line.anchors + u.anchors)
+        del counts[j][line.target]
+        counts[j].update(counts[k])
+        for w in counts[k]:
+            readers[w].add(j)
+        alive[k] = False
+    return [x for x, a in zip(lines, alive) if a]
+
+
+_WORD = re.compile(r"\b[A-Za-z_]\w*\b")
+
+
+MAX_NESTING = 40  # brackets in one generated line; CPython refuses more than 200
+
+
+def _nesting(code: str) -> int:
+    depth = top = 0
+    for ch in code:
+        if ch in "([{":
+            depth += 1
+            top = max(top, depth)
+        elif ch in ")]}":
+            depth -= 1
+    return top
 
 
 def _paren_in(code: str, host: str, start: int, end: int) -> str:
@@ -769,9 +798,10 @@ def plan(g: ir.Graph, derivations: tuple) -> Plan:
             if d.node.output in keep:
                 f = d.formula
                 anchor = forward_anchor(d.node.label)
-                low.assign(names[d.node.output], f.indices, f.body, f.ranges,
-                           f"{d.node.label}: {formula_text(f.out[f.indices])} = {formula_text(f.body)}"
-                           f"  [#{anchor}]", variables=f.vars, anchor=anchor)
+                with generating(d.node):
+                    low.assign(names[d.node.output], f.indices, f.body, f.ranges,
+                               f"{d.node.label}: {formula_text(f.out[f.indices])} = {formula_text(f.body)}"
+                               f"  [#{anchor}]", variables=f.vars, anchor=anchor)
         helpers.update(k.helpers)
         return k, low
 
@@ -794,7 +824,8 @@ def plan(g: ir.Graph, derivations: tuple) -> Plan:
             anchor = backward_anchor(d.node.label, gr.wrt)
             comment = f"{formula_text(real_base(target)[gr.indices])} {'+=' if target in have else '='} " \
                       f"{formula_text(gr.backward)}  [#{anchor}]"
-            low.assign(target, gr.indices, expr, rng, comment, accumulate=target in have, anchor=anchor)
+            with generating(d.node):
+                low.assign(target, gr.indices, expr, rng, comment, accumulate=target in have, anchor=anchor)
             have.add(target)
     helpers.update(back.helpers)
     loss_var = names[g.loss]

@@ -15,6 +15,8 @@ The registry refuses duplicates and lists close names on a miss.
 """
 from __future__ import annotations
 
+import math
+import sys
 from dataclasses import dataclass, field
 
 import sympy as sp
@@ -28,6 +30,13 @@ PRIMITIVES = {
     "exp": sp.exp, "log": sp.log, "sqrt": sp.sqrt, "abs": sp.Abs, "tanh": sp.tanh,
 }
 REDUCTIONS = ("sum", "mean", "max", "logsumexp")
+
+# A constant of a formula must be a float64 in the generated code.  Each one is checked
+# as it is built, so that nothing huge (9^9^9) is ever computed exactly.
+FLOAT_MAX = sys.float_info.max
+_FLOAT_MAX_INT = int(FLOAT_MAX)
+_LOG10_MAX = math.log10(FLOAT_MAX)
+_LOG10_MIN = math.log10(sys.float_info.min * sys.float_info.epsilon)  # the least subnormal
 
 
 @dataclass(frozen=True)
@@ -75,7 +84,7 @@ class OpDef:
                 shape.append(self.extents[s])
             else:  # affine: its largest value + 1
                 top = sum(s.coeff(v) * (self.extents[v] - 1) for v in self.out_indices if s.has(v))
-                shape.append(top + s.as_independent(*self.out_indices)[0] + 1)
+                shape.append(top + s.as_independent(*self.out_indices, as_Add=True)[0] + 1)
         return tuple(shape)
 
     @property
@@ -177,19 +186,22 @@ def to_sympy(e, scope: _Scope, in_subscript=False):
     if isinstance(e, S.Binary):
         a, b = to_sympy(e.left, scope), to_sympy(e.right, scope)
         if e.op == "+":
-            return a + b
+            return checked_constant(a + b, e.loc)
         if e.op == "-":
-            return a - b
+            return checked_constant(a - b, e.loc)
         if e.op == "*":
-            return a * b
+            return checked_constant(a * b, e.loc)
         if e.op == "/":
-            return a / b
-        return a ** b
+            if b.is_zero:
+                raise NNError("division by zero", e.loc)
+            return checked_constant(a / b, e.loc)
+        check_power(a, b, e.loc)
+        return checked_constant(a ** b, e.loc)
     if isinstance(e, S.Neg):
         return -to_sympy(e.operand, scope)
     if isinstance(e, S.Compare):
-        a, b = to_sympy(e.left, scope), to_sympy(e.right, scope)
-        return {"<": sp.Lt, "<=": sp.Le, ">": sp.Gt, ">=": sp.Ge, "==": sp.Eq, "!=": sp.Ne}[e.op](a, b)
+        raise NNError("a comparison is only allowed as the first argument of 'where'", e.loc,
+                      "e.g. where(z > 0, z, 0)")
     if isinstance(e, S.Call):
         return _call_to_sympy(e, scope)
     raise NNError("this is not allowed in a formula", getattr(e, "loc", None))
@@ -227,11 +239,15 @@ def _call_to_sympy(e: S.Call, scope: _Scope):
         return LogSumExp(body, *limits)
     if e.keywords:
         raise NNError(f"keyword arguments are not allowed in a formula call to '{e.name}'", e.keywords[0].loc)
-    args = [to_sympy(a, scope) for a in e.args]
+    if e.name == "where" and e.args and isinstance(e.args[0], S.Compare):
+        args = [_comparison(e.args[0], scope)] + [to_sympy(a, scope) for a in e.args[1:]]
+    else:
+        args = [to_sympy(a, scope) for a in e.args]
     if e.name in PRIMITIVES:
         if len(args) != 1:
             raise NNError(f"'{e.name}' takes 1 argument, got {len(args)}", e.loc)
-        return PRIMITIVES[e.name](args[0])
+        _check_primitive_domain(e.name, args[0], e.loc)
+        return checked_constant(PRIMITIVES[e.name](args[0]), e.loc)
     if e.name == "where":
         if len(args) != 3:
             raise NNError(f"'where' takes 3 arguments (condition, then, else), got {len(args)}", e.loc)
@@ -250,11 +266,104 @@ def _call_to_sympy(e: S.Call, scope: _Scope):
         if op.kind != "elementwise":
             raise NNError(f"'{e.name}' is a layer or reduction; only elementwise functions can be "
                           f"called inside a formula", e.loc)
-        return inline(op, args, e.loc)
+        return checked_constant(inline(op, args, e.loc), e.loc)
     if scope.what.endswith(f" '{e.name}'"):
         raise NNError(f"'{e.name}' calls itself; a definition may use only the ones before it", e.loc)
     known = list(PRIMITIVES) + ["where", "max", "min"] + list(REDUCTIONS) + scope.registry.names()
     raise NNError(f"unknown function '{e.name}'" + did_you_mean(e.name, known), e.loc)
+
+
+def _comparison(e: S.Compare, scope: _Scope):
+    a, b = to_sympy(e.left, scope), to_sympy(e.right, scope)
+    return {"<": sp.Lt, "<=": sp.Le, ">": sp.Gt, ">=": sp.Ge, "==": sp.Eq, "!=": sp.Ne}[e.op](a, b)
+
+
+def _float(v):
+    """A constant (already known to be within float64's range) as a Python float, or None."""
+    try:
+        return float(v)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def check_power(a, b, loc: Loc) -> None:
+    """Refuses a constant power beyond float64's range before it is computed exactly:
+    9^9^9 would take the compiler hours, and 2^2000 has no float64."""
+    if not (getattr(a, "is_number", False) and getattr(b, "is_number", False)):
+        return
+    fa, fb = _float(a), _float(b)
+    if fa is None or fb is None:
+        return
+    if fa == 0:
+        if fb < 0:
+            raise NNError("division by zero: 0 to a negative power", loc)
+        return
+    if fa < 0 and not sp.sympify(b).is_integer:
+        raise NNError("a negative number to a fractional power is not a real number", loc)
+    magnitude = fb * math.log10(abs(fa))
+    if magnitude > _LOG10_MAX:
+        raise NNError(f"this power is too large for a float (about 1e{magnitude:.0f}; the largest is "
+                      f"about 1.8e308)", loc)
+    if magnitude < _LOG10_MIN - 1:
+        raise NNError(f"this power is too small for a float (about 1e{magnitude:.0f}; it would be 0)", loc)
+
+
+def checked_constant(v, loc: Loc):
+    """v, refused with a located error when it is a constant that no float64 holds: a
+    division by zero (zoo), an infinity, a complex number (sqrt(-1)), or a huge value."""
+    if not isinstance(v, sp.Expr):
+        return v
+    if not v.is_number:
+        # sympy combines the numbers of its operands into the result's coefficients and
+        # exponents (z*1e308*10 is z*1e309): those are the new constants to check
+        for part in _new_constants(v):
+            checked_constant(part, loc)
+        return v
+    if v.has(sp.zoo, sp.nan):
+        raise NNError("this divides by zero", loc)
+    if v.has(sp.oo, sp.S.NegativeInfinity):
+        raise NNError("this is infinite", loc)
+    if v.is_Rational:
+        if abs(v.p) > _FLOAT_MAX_INT * v.q:
+            raise NNError("this number is too large for a float (the largest is about 1.8e308)", loc)
+        return v
+    try:
+        x = sp.N(v, 20)
+        re, im = x.as_real_imag()
+        if im != 0:
+            raise NNError("this is not a real number (a square root or logarithm of a negative number?)",
+                          loc)
+        big = abs(re) > FLOAT_MAX
+    except (TypeError, ValueError, AttributeError):  # a form sympy cannot evaluate (a Where)
+        return v
+    if big:
+        raise NNError("this number is too large for a float (the largest is about 1.8e308)", loc)
+    return v
+
+
+def _new_constants(v):
+    terms = sp.Add.make_args(v) if v.is_Add else (v,)
+    for t in terms:
+        if t.is_number:
+            yield t
+        elif t.is_Mul:
+            yield t.as_coeff_Mul()[0]
+        elif t.is_Pow and t.exp.is_number:
+            yield t.exp
+
+
+def _check_primitive_domain(name: str, arg, loc: Loc) -> None:
+    """exp, log and sqrt of a constant outside their domain, in plain words."""
+    x = _float(arg) if getattr(arg, "is_number", False) else None
+    if x is None:
+        return
+    if name == "sqrt" and x < 0:
+        raise NNError(f"the square root of a negative number ({x:g}) is not a real number", loc)
+    if name == "log" and x <= 0:
+        raise NNError(f"the logarithm of {'zero' if x == 0 else f'a negative number ({x:g})'} is not a "
+                      f"real number", loc)
+    if name == "exp" and x > math.log(FLOAT_MAX):
+        raise NNError(f"exp({x:g}) is too large for a float (the largest is about 1.8e308)", loc)
 
 
 def inline(op: OpDef, args: list, loc: Loc) -> sp.Expr:
@@ -388,6 +497,8 @@ def define_layer(d: S.LayerDef, registry: Registry, builtin=False) -> OpDef:
     scope.indices = dict(zip(names, out))
     out_subs = tuple(to_sympy(s, scope, True) for s in eq.indices)
     for s, node in zip(out_subs, eq.indices):
+        if not out and not isinstance(s, sp.Symbol):  # y[1] = ...: a constant has no element to range over
+            raise NNError(f"an output subscript of '{eq.name}' needs an index, e.g. {eq.name}[i] = ...", node.loc)
         if not isinstance(s, sp.Symbol) and (not s.is_polynomial(*out) or sp.Poly(s, *out).total_degree() > 1):
             raise NNError("an output subscript is an index or affine in indices, e.g. y[c*h*w + i*w + j]",
                           node.loc)

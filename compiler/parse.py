@@ -5,6 +5,7 @@ build the tree.  Parse failures become located NNErrors in plain words.
 """
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from importlib import resources
 
@@ -13,7 +14,7 @@ from lark import Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
 from . import syntax as S
-from .errors import Loc, NNError
+from .errors import Loc, NNError, show_char, source_lines
 
 # A newline next to these is a line continuation, not the end of a statement.
 _CONTINUE_AFTER = {",", "|>", "+", "-", "*", "/", "^", "=", ":", "(", "[", "<", ">", "<=", ">=", "==", "!="}
@@ -74,6 +75,8 @@ class _Builder(Transformer):
     def number(self, items):
         (t,) = items
         v = float(t)
+        if not math.isfinite(v):  # 1e309, or an integer of more than 308 digits
+            raise NNError("this number is too large for a float (the largest is about 1.8e308)", self.tok(t))
         return S.Num(int(v) if v.is_integer() and "." not in t and "e" not in t.lower() else v, self.tok(t))
 
     @v_args(meta=True)
@@ -271,20 +274,70 @@ def _unclosed_bracket(lines: list[str], before_line: int):
     return stack[0] if stack else None
 
 
+# Deeper nesting than this (a thousand pipes in one line, a formula of thousands of
+# unary minuses) is refused where it starts, before any recursive pass can overflow
+# Python's stack; real programs nest a few tens of levels at most.
+MAX_DEPTH = 200
+
+
+def without_bom(source: str) -> str:
+    """The source without the byte order mark some editors put at the start of a UTF-8 file."""
+    return source[1:] if source.startswith("\ufeff") else source
+
+
+def _check_depth(tree, builder) -> None:
+    """A located error where the syntax tree nests deeper than MAX_DEPTH (an iterative
+    walk), at the first place in the source that is too deep."""
+    stack = [(tree, 0)]
+    deepest = None
+    while stack:
+        node, depth = stack.pop()
+        if not isinstance(node, lark.Tree):
+            continue
+        if depth > MAX_DEPTH:
+            at = _first_position(node)
+            deepest = at if deepest is None else min(deepest, at)
+            continue
+        stack.extend((child, depth + 1) for child in node.children)
+    if deepest is not None:
+        raise NNError(f"this is nested too deeply (more than {MAX_DEPTH} levels of operators, calls or "
+                      f"pipes)", builder.loc(*deepest), "split it into several statements, naming the parts")
+
+
+def _first_position(node):
+    while isinstance(node, lark.Tree):
+        meta = node.meta
+        if not meta.empty:
+            return meta.line, meta.column
+        node = next((c for c in node.children if c is not None), None)
+    if isinstance(node, Token) and node.line is not None:
+        return node.line, node.column
+    return 1, 1
+
+
 def parse(source: str, file: str = "<string>") -> list:
     """Parse .nn source into a list of syntax.* statements, or raise NNError."""
-    lines = source.splitlines()
+    source = without_bom(source)
+    lines = source_lines(source)
     builder = _Builder(file, lines)
     try:
         tree = _parser().parse(source + "\n")
-        return builder.transform(tree)
+        _check_depth(tree, builder)
+        try:
+            return builder.transform(tree)
+        except RecursionError:
+            line, col = _first_position(tree)
+            raise NNError("this program is nested too deeply to compile", builder.loc(line, col)) from None
     except VisitError as exc:
         if isinstance(exc.orig_exc, NNError):
             raise exc.orig_exc from None
+        if isinstance(exc.orig_exc, RecursionError):
+            raise NNError("this program is nested too deeply to compile", builder.loc(1, 1)) from None
         raise
     except UnexpectedCharacters as exc:
-        ch = source.splitlines()[exc.line - 1][exc.column - 1] if exc.line <= len(lines) else "?"
-        raise NNError(f"unexpected character '{ch}'", builder.loc(exc.line, exc.column)) from None
+        text = lines[exc.line - 1] if 0 < exc.line <= len(lines) else ""
+        ch = text[exc.column - 1] if 0 < exc.column <= len(text) else getattr(exc, "char", "?")
+        raise NNError(f"unexpected character {show_char(ch)}", builder.loc(exc.line, exc.column)) from None
     except UnexpectedEOF as exc:
         opened = _unclosed_bracket(lines, len(lines) + 1)
         if opened is not None:

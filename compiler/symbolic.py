@@ -51,9 +51,16 @@ class LogSumExp(ExprWithLimits):
 
 
 class FirstArgmax(ExprWithLimits):
-    """1 where the bound indices pick the first maximum of f (row-major), else 0."""
+    """1 where the bound indices pick the first maximum of f (row-major), else 0.
+
+    Its indices are open: FirstArgmax(f, j) is compared with the j of the sum around it,
+    so they count as free symbols (sympy would otherwise move it out of that sum)."""
 
     __slots__ = ()
+
+    @property
+    def free_symbols(self):
+        return super().free_symbols | {lim[0] for lim in self.limits}
 
     def _eval_derivative(self, s):
         return sp.Integer(0)
@@ -76,24 +83,49 @@ class MaxOver(ExprWithLimits):
         return True
 
 
-class Sigmoid(sp.Function):
+class _RealFunction(sp.Function):
+    """A real function of a real argument whose value at a number sympy can compute
+    (so that a constant such as sigmoid(1e-30) is folded into one literal)."""
+
+    def _eval_is_real(self):
+        return all(a.is_real for a in self.args) or None
+
+    def _eval_evalf(self, prec):
+        if all(a.is_number for a in self.args):
+            return self.plain()._eval_evalf(prec)
+        return None
+
+
+class Sigmoid(_RealFunction):
     """1 / (1 + exp(-x)), evaluated without overflow."""
+
+    def plain(self):
+        return 1 / (1 + sp.exp(-self.args[0]))
 
     def _latex(self, printer, exp=None):
         tex = r"\sigma\left(%s\right)" % printer._print(self.args[0])
         return tex if exp is None else r"%s^{%s}" % (tex, exp)
 
 
-class Softplus(sp.Function):
+class Softplus(_RealFunction):
     """log(1 + exp(x)), evaluated as logaddexp(0, x)."""
+
+    def plain(self):
+        return sp.log(1 + sp.exp(self.args[0]))
 
     def _latex(self, printer, exp=None):
         tex = r"\log\left(1 + e^{%s}\right)" % printer._print(self.args[0])
         return tex if exp is None else r"\left(%s\right)^{%s}" % (tex, exp)
 
 
-class ClampedLog(sp.Function):
+class ClampedLog(_RealFunction):
     """max(log(x), floor), with log(0) = -inf clamped silently (as PyTorch's BCE)."""
+
+    def _eval_is_real(self):
+        return None  # log of a negative number is not
+
+    def plain(self):
+        return sp.Max(sp.log(self.args[0]), self.args[1])
 
     def _latex(self, printer, exp=None):
         return r"\max\left(\log %s, %s\right)" % (printer._print(self.args[0]), printer._print(self.args[1]))

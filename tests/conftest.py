@@ -15,8 +15,11 @@
 from __future__ import annotations
 
 import functools
+import os
 import re
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -149,6 +152,23 @@ def fd_check(module, params, *arrays, seed=0, step=1e-5, floor=1e-4):
     for name in sorted(params):
         errors[name] = directional([name])
     return errors
+
+
+# ---- the C module's build cache: a temporary folder for the whole run ------------------
+
+_CACHE_DIR = None
+
+
+def pytest_configure(config):
+    """Every C module a test builds goes to a private temporary cache, never the user's."""
+    global _CACHE_DIR
+    _CACHE_DIR = tempfile.mkdtemp(prefix="nncc-test-cache-")
+    os.environ["NNCC_CACHE"] = _CACHE_DIR
+
+
+def pytest_unconfigure(config):
+    if _CACHE_DIR:
+        shutil.rmtree(_CACHE_DIR, ignore_errors=True)
 
 
 # ---- worst errors, printed at the end --------------------------------------------------
