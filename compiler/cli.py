@@ -119,7 +119,8 @@ def main(argv=None) -> int:
     # then quietly, with the shell's status for that signal
     try:
         with signals_raise():
-            if argv and argv[0] == "explain":  # a model file named explain: ./explain
+            # `nncc explain` alone compiles a model file called explain, if there is one
+            if argv and argv[0] == "explain" and (len(argv) > 1 or not Path("explain").is_file()):
                 return explain_main(argv[1:])
             return _compile_main(argv)
     except Interrupted as exc:

@@ -5,6 +5,8 @@ build the tree.  Parse failures become located NNErrors in plain words.
 """
 from __future__ import annotations
 
+import re
+
 import math
 from functools import lru_cache
 from importlib import resources
@@ -280,6 +282,9 @@ def _unclosed_bracket(lines: list[str], before_line: int):
 MAX_DEPTH = 200
 
 
+_TRAILING_CR = re.compile(r"\r(?=[\t ]*(\n|$))")
+
+
 def without_bom(source: str) -> str:
     """The source without the byte order mark some editors put at the start of a UTF-8 file."""
     return source[1:] if source.startswith("\ufeff") else source
@@ -321,7 +326,9 @@ def parse(source: str, file: str = "<string>") -> list:
     lines = source_lines(source)
     builder = _Builder(file, lines)
     try:
-        tree = _parser().parse(source + "\n")
+        # a carriage return with only blanks after it on its line ends the line, however the
+        # blanks and the \r\n came to be mixed; one character for one, so columns hold
+        tree = _parser().parse(_TRAILING_CR.sub(" ", source) + "\n")
         _check_depth(tree, builder)
         try:
             return builder.transform(tree)

@@ -9,6 +9,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import types
 
 import numpy as np
@@ -222,3 +223,33 @@ def test_a_long_sum_is_explained_in_linear_work():
           "\nloss = quadratic(a, y)\n"
     text = build(compile_source(src, "<sum>")).render("md")
     assert "d_dense_1" in text or "dense_1" in text
+
+
+def _run_cli(args, cwd):
+    return subprocess.run([sys.executable, "-m", "nncc", *args], cwd=cwd, capture_output=True, text=True)
+
+
+def test_an_unsupported_form_is_refused_at_the_layer_that_uses_it(tmp_path):
+    (tmp_path / "dil.nn").write_text(
+        "layer dil(x: [n], k) {\n    param w: [k]\n    y[i] = sum(p: w[p] * x[2*i + 2*p]) for i < (n - 2*k) / 2 + 1\n}\n"
+        "input x: [8]\ntarget y: [3]\nloss = quadratic(x |> dil(2), y)\n")
+    r = _run_cli(["dil.nn", "-o", "dil.py"], tmp_path)
+    assert r.returncode == 1 and r.stderr.startswith("dil.nn:7:23: error: nncc cannot generate code for dil_1")
+    assert "hint:" in r.stderr and not (tmp_path / "dil.py").exists()
+
+
+def test_carriage_returns_before_the_end_of_a_line_end_it(tmp_path):
+    (tmp_path / "cr.nn").write_bytes(b"input x: [3]\r  \ntarget y: [2]\r\na = x |> dense(2)\t\r\nloss = quadratic(a, y)\r")
+    assert _run_cli(["cr.nn", "-o", "cr.py"], tmp_path).returncode == 0
+
+
+def test_paths_in_messages_are_escaped(tmp_path):
+    r = _run_cli(["missing\x1b[31m\nname.nn"], tmp_path)
+    assert r.returncode == 1 and "\x1b" not in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_explain_is_the_subcommand_even_beside_a_file_called_explain(tmp_path):
+    (tmp_path / "explain").write_text("")
+    (tmp_path / "m.nn").write_text(DENSE_3_2 + "loss = quadratic(a, y)\n")
+    r = _run_cli(["explain", "m.nn", "-o", "m.md"], tmp_path)
+    assert r.returncode == 0 and (tmp_path / "m.md").exists()
