@@ -61,6 +61,7 @@ class _Builder:
         self.defined_at: dict[str, Loc] = {}
         self._in_loss = False
         self._first_arg = None
+        self._chain_values = {}  # id of a stage of a pipe -> its tensor, computed ahead
 
     # ---- top level
     def build(self) -> ir.Graph:
@@ -268,6 +269,19 @@ class _Builder:
     # ---- expressions -> nodes
     def _eval(self, e, bind: str | None = None):
         """Evaluate a network-level expression to a Tensor (or a number)."""
+        if isinstance(e, S.Call) and bind is None and id(e) in self._chain_values:
+            return self._chain_values[id(e)][1]
+        if isinstance(e, S.Call):
+            # a pipe's stages are calls nested through their first argument: evaluate them
+            # innermost first, as recursion would, without recursing once per stage
+            chain, inner = [], e
+            while inner.args and isinstance(inner.args[0], S.Call) and inner.args[0].bound is None \
+                    and id(inner.args[0]) not in self._chain_values:
+                inner = inner.args[0]
+                chain.append(inner)
+            for c in reversed(chain):
+                # the node is kept with its value so that its id stays its own
+                self._chain_values[id(c)] = (c, self._eval(c))
         if isinstance(e, S.Name):
             if e.id not in self.tensors:
                 raise NNError(f"unknown tensor '{e.id}'" + did_you_mean(e.id, self.tensors), e.loc)

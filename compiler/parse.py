@@ -136,8 +136,12 @@ class _Builder(Transformer):
         return self._call(t, args, None)
 
     def pipe(self, items):
-        lhs, stage = items
-        return S.Call(stage.name, (lhs,) + stage.args, stage.keywords, None, stage.loc)
+        # a chain is one flat node of the tree, folded here without recursion: a network
+        # hundreds of layers deep is one long pipe
+        lhs = items[0]
+        for stage in items[1:]:
+            lhs = S.Call(stage.name, (lhs,) + stage.args, stage.keywords, None, stage.loc)
+        return lhs
 
     def binary(self, items):
         left, op, right = items
