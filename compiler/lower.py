@@ -240,6 +240,7 @@ class Lowerer:
         self.count = 0
         self.lse_max: set = set()  # temporaries holding the max part of a logsumexp
         self.lse_log: set = set()  # ... and its log-sum part
+        self._taken = None  # every name a temporary must not take, made on first use
 
     # ---- statements
     def assign(self, target: str, indices: tuple, expr: sp.Expr, ranges: dict, comment: str,
@@ -330,13 +331,16 @@ class Lowerer:
 
     def _temp_name(self, code) -> str:
         """A fresh temporary t<k> (none a user's tensor t3, say), assigned code in a line of its own."""
+        if self._taken is None:  # a set: a deep network has thousands of names to avoid
+            self._taken = set(self.names) | set(self.names.values())
         name = temp(self.count)
         self.count += 1
-        while name in self.names or name in self.names.values():
+        while name in self._taken or name in self.names:
             name = temp(self.count)
             self.count += 1
         self.kernels.lines.append(Line(name, code))
         self.names[name] = name
+        self._taken.add(name)
         return name
 
     def _temp(self, code, labels):
