@@ -67,7 +67,7 @@ def explain_main(argv) -> int:
         if args.output is None:
             fmt = "md"
         else:
-            fmt = FORMATS.get(Path(args.output).suffix.lower())
+            fmt = None if args.output.endswith(("/", os.sep)) else FORMATS.get(Path(args.output).suffix.lower())
             if fmt is None:
                 _error(f"nncc explain: error: cannot tell the format of {args.output}; name it .tex, .md "
                        f"or .html, or pass --format")
@@ -134,6 +134,10 @@ def _compile_main(argv) -> int:
     src_path = Path(args.model)
     source = _read(args.model)
     if source is None:
+        return 1
+    if args.output and args.output.endswith(("/", os.sep)) and args.backend != "c":
+        _error(f"nncc: error: cannot write {args.output}: it names a directory; the module is one file, "
+               f"e.g. -o {args.output}{src_path.stem}.py")
         return 1
     out = Path(args.output) if args.output else src_path.with_suffix(".py")
     if os.path.realpath(out) == os.path.realpath(src_path):  # realpath: no error on a link loop

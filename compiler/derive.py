@@ -202,7 +202,9 @@ def as_scatter(f: Formula):
         indices.append(o)
         deltas.append(sp.KroneckerDelta(o, s))
     summed = [v for v in f.vars if v not in plain]
-    body = sp.Sum(sp.Mul(f.body, *deltas), *[(v, 0, f.ranges[v] - 1) for v in summed])
+    body = sp.Mul(f.body, *deltas)  # only constant subscripts (y[0, i]): nothing to sum
+    if summed:
+        body = sp.Sum(body, *[(v, 0, f.ranges[v] - 1) for v in summed])
     return tuple(indices), body, ranges
 
 

@@ -63,14 +63,28 @@ def signals_raise():
         return
 
     def handler(signum, frame):
+        # remembered too: raised inside a callback that Python ignores errors of (an
+        # import lock's, a weakref's), the exception alone would be lost
+        _pending.append(signum)
         raise Interrupted(signum)
 
     old = {s: signal.signal(s, handler) for s in _TERMINATING}
     try:
         yield
+        check_interrupted()
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+_pending: list = []  # termination signals received while signals_raise is in force
+
+
+def check_interrupted() -> None:
+    """Raise Interrupted for a termination signal that arrived, even one whose exception
+    was swallowed where it was raised; called before anything is committed."""
+    if _pending:
+        raise Interrupted(_pending[0])
 
 
 @contextlib.contextmanager
@@ -152,6 +166,7 @@ def _fsync_dir(folder: Path) -> None:
 def write_files(files: dict) -> None:
     """Write {path: text}, all or nothing (see the module's docstring); OutputError names
     the user's path."""
+    check_interrupted()
     replace, stream = [], []
     for path, text in files.items():
         path = Path(path)
@@ -180,6 +195,7 @@ def write_files(files: dict) -> None:
             except OSError as exc:
                 raise OutputError(path, _reason(exc)) from None
         # 2. the renames, not to be split by a signal; a failure puts back what was replaced
+        check_interrupted()
         with _signals_held():
             try:
                 for path, where, _ in replace:

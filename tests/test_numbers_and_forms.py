@@ -50,6 +50,10 @@ PROGRAMS = {
                                         "input x: [3]\ntarget y: [3]\nloss = quadratic(x |> dense(3) |> maxmix(3), y)\n",
     "output constant along an axis": "layer lse(x: [n]) {\n    y[i] = logsumexp(j: x[j]) for i < 2\n}\n"
                                      "input x: [3]\ntarget y: [2]\nloss = quadratic(x |> dense(3) |> lse, y)\n",
+    "constant output subscript": "layer as_rows(x: [n]) {\n    y[2, i] = x[i] for i < n\n}\n"
+                                 "layer sq(x: [r, n]) {\n    y[i] = sum(j: x[j, i] * x[j, i]) + x[2, i]\n}\n"
+                                 "input x: [3]\ntarget t: [3]\na = x |> dense(3) |> as_rows |> tanh |> sq\n"
+                                 "loss = quadratic(a, t)\n",
     "constant call in a max": "fn l(a[i], y[i]) = max(i: a[i] - y[i] - sigmoid(1e-30))\n"
                               "input x: [3]\ntarget y: [3]\nloss = l(x |> dense(3), y)\n",
 }
@@ -239,13 +243,19 @@ def test_an_unsupported_form_is_refused_at_the_layer_that_uses_it(tmp_path):
 
 
 def test_carriage_returns_before_the_end_of_a_line_end_it(tmp_path):
-    (tmp_path / "cr.nn").write_bytes(b"input x: [3]\r  \ntarget y: [2]\r\na = x |> dense(2)\t\r\nloss = quadratic(a, y)\r")
+    (tmp_path / "cr.nn").write_bytes(b"input x: [3]\r  \ntarget y: [2]\r\r\na = x |> dense(2)\t\r\nloss = quadratic(a, y)\r")
     assert _run_cli(["cr.nn", "-o", "cr.py"], tmp_path).returncode == 0
 
 
 def test_paths_in_messages_are_escaped(tmp_path):
     r = _run_cli(["missing\x1b[31m\nname.nn"], tmp_path)
     assert r.returncode == 1 and "\x1b" not in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_a_folder_is_no_module_file(tmp_path):
+    (tmp_path / "m.nn").write_text(DENSE_3_2 + "loss = quadratic(a, y)\n")
+    r = _run_cli(["m.nn", "-o", "newdir/"], tmp_path)
+    assert r.returncode == 1 and "directory" in r.stderr and not (tmp_path / "newdir").exists()
 
 
 def test_explain_is_the_subcommand_even_beside_a_file_called_explain(tmp_path):
