@@ -493,6 +493,10 @@ def _rewrite_scalar(fz, ez, z, yv):
     if sum(1 for x in sp.preorder_traversal(fz) if x == z) != 1 or any(
             p.exp not in (-1, 1) for p in fz.atoms(sp.Pow)):
         return None
+    # nor with numbers of many digits (0.7978845608028654 is a fraction of 16-digit
+    # integers): solve factors them, and took gigabytes and minutes on exp(tanh(0.1 z + that))
+    if any(max(abs(r.p), r.q) > 10 ** 6 for r in (fz.atoms(sp.Rational) | ez.atoms(sp.Rational))):
+        return None
     try:
         sols = sp.solve(sp.Eq(yv, fz), z)
     except Exception:  # sympy cannot invert it: keep the input form

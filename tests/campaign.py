@@ -26,6 +26,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 GROUP_TIMEOUT = 900  # seconds: a group this slow has a program that hangs
+WORKER_MEMORY = 4 << 30  # bytes of address space for one group's process
 
 
 def program(seed: int) -> tuple[str, str]:
@@ -35,6 +36,11 @@ def program(seed: int) -> tuple[str, str]:
 
 def _worker(seeds: list[int], folder: str, group: int) -> None:
     """Run in a subprocess: check the programs of `seeds`, print one JSON line each."""
+    try:  # a program whose compile runs away fails alone, not the machine
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (WORKER_MEMORY, WORKER_MEMORY))
+    except (ImportError, ValueError, OSError):
+        pass
     from differential import check_many
     reports = check_many([program(s) for s in seeds], folder, group=group)
     for s, r in zip(seeds, reports):
