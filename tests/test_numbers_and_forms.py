@@ -54,6 +54,8 @@ PROGRAMS = {
                                  "layer sq(x: [r, n]) {\n    y[i] = sum(j: x[j, i] * x[j, i]) + x[2, i]\n}\n"
                                  "input x: [3]\ntarget t: [3]\na = x |> dense(3) |> as_rows |> tanh |> sq\n"
                                  "loss = quadratic(a, t)\n",
+    "long decimal in an invertible chain": "fn f(z) = exp(tanh(0.1 * z + 0.7978845608028654))\n"
+                                           + DENSE_3_2 + "loss = quadratic(a |> f, y)\n",
     "constant call in a max": "fn l(a[i], y[i]) = max(i: a[i] - y[i] - sigmoid(1e-30))\n"
                               "input x: [3]\ntarget y: [3]\nloss = l(x |> dense(3), y)\n",
 }
