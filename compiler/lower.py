@@ -302,7 +302,8 @@ class Lowerer:
         return e.func(*[self._hoist(a, order) for a in e.args])
 
     def _reduce(self, kind, body, vs, free, order):
-        key = (kind, body, tuple(vs), tuple(free))
+        # the extents too: avgpool2d(1) and avgpool2d(2) sum the same body over p, q < 1 and < 2
+        key = (kind, body, tuple(vs), tuple(free), tuple(self.ranges[v] for v in (*vs, *free)))
         if key in self.cse:
             return self.cse[key]
         if kind is sp.Sum:

@@ -286,7 +286,7 @@ def _unclosed_bracket(lines: list[str], before_line: int):
 MAX_DEPTH = 200
 
 
-_TRAILING_CR = re.compile(r"\r(?=[\t \r]*(\n|$))")
+_TRAILING_CR = re.compile(r"\r(?=[\t \r]*(#[^\n]*)?(\n|$))")
 
 
 def without_bom(source: str) -> str:

@@ -56,6 +56,9 @@ PROGRAMS = {
                                  "loss = quadratic(a, t)\n",
     "long decimal in an invertible chain": "fn f(z) = exp(tanh(0.1 * z + 0.7978845608028654))\n"
                                            + DENSE_3_2 + "loss = quadratic(a |> f, y)\n",
+    "two pools of one tensor": "input x: [2, 6, 5]\ntarget y0: [3]\ntarget y1: [6]\nh1 = x |> conv2d(3, 4)\n"
+                               "h6 = h1 |> avgpool2d(2, stride=2) |> flatten\nh7 = h1 |> avgpool2d(1, stride=2) |> flatten\n"
+                               "loss = binary_cross_entropy(sigmoid(h6), y0) + binary_cross_entropy(sigmoid(h7), y1)\n",
     "constant call in a max": "fn l(a[i], y[i]) = max(i: a[i] - y[i] - sigmoid(1e-30))\n"
                               "input x: [3]\ntarget y: [3]\nloss = l(x |> dense(3), y)\n",
 }
