@@ -17,7 +17,7 @@ import sympy as sp
 from sympy.printing.c import C99CodePrinter
 
 from . import ir
-from .derive import B, Formula, as_scatter
+from .derive import B, as_scatter
 from .errors import generating
 from .lower import ancestors, formula_text
 from .naming import backward_anchor, forward_anchor, grad_name
@@ -96,13 +96,8 @@ class _CPrinter(C99CodePrinter):
 
     _print_Float = _print_Rational
 
-    def _print_Zero(self, n):
+    def _print_Zero(self, n):  # StrPrinter has its own, which would skip _print_Integer
         return self._print_Integer(n)
-
-    _print_One = _print_NegativeOne = _print_Zero
-
-    def _print_Half(self, r):
-        return self._print_Rational(r)
 
     def _print_Pow(self, e):
         base, ex = e.as_base_exp()
@@ -249,8 +244,7 @@ class CLowerer:
 
     # ---- statements
     def assign(self, target: str, indices, expr, ranges, comment, accumulate=False, variables=None):
-        scatter = as_scatter(Formula(None, tuple(indices), expr, ranges, tuple(variables))) \
-            if variables is not None else None
+        scatter = as_scatter(indices, expr, ranges, variables)
         if scatter is not None:  # overlapping or gapped affine writes: a scatter-add
             indices, expr, ranges = scatter
             variables = None

@@ -154,20 +154,13 @@ def row_major(sub, syms, ranges, extent):
     return order if stride == extent else None
 
 
-def output_extents(f: Formula) -> tuple:
+def output_extents(indices, ranges) -> tuple:
     """The extent of each output axis: an index's range, or an affine subscript's largest
     value + 1."""
-    out = []
-    for s in f.indices:
-        if s in f.ranges:
-            out.append(f.ranges[s])
-        else:
-            _, hi = _interval(s, f.ranges)
-            out.append(int(hi) + 1)
-    return tuple(out)
+    return tuple(ranges[s] if s in ranges else int(_interval(s, ranges)[1]) + 1 for s in indices)
 
 
-def as_scatter(f: Formula):
+def as_scatter(indices, body, ranges, variables):
     """A formula whose output subscripts are affine in its indices (y[2*i + p] = w[p]*x[i],
     a transposed convolution) as what it means, a scatter-add:
 
@@ -177,35 +170,37 @@ def as_scatter(f: Formula):
     PyTorch's conv_transpose does.  Returns (indices, body, ranges) over fresh output
     indices, or None when every subscript is a plain index or the subscripts tile their
     axes row-major (flatten): each element then has exactly one term, written in place.
+    `variables` are the formula's index symbols (Formula.vars), None for plain subscripts.
     """
-    if tuple(f.vars) == tuple(f.indices):
+    if variables is None or tuple(variables) == tuple(indices):
         return None
-    extents = output_extents(f)
-    plain = [s for s in f.indices if isinstance(s, sp.Symbol)]
-    affine = [(s, n) for s, n in zip(f.indices, extents) if not isinstance(s, sp.Symbol)]
+    extents = output_extents(indices, ranges)
+    plain = [s for s in indices if isinstance(s, sp.Symbol)]
     seen, tiled = set(plain), True
-    for s, n in affine:
-        syms = sorted((x for x in s.free_symbols if x in f.ranges), key=lambda x: x.name)
-        if seen & set(syms) or row_major(s, syms, f.ranges, n) is None:
+    for s, n in zip(indices, extents):
+        if isinstance(s, sp.Symbol):
+            continue
+        syms = sorted((x for x in s.free_symbols if x in ranges), key=lambda x: x.name)
+        if seen & set(syms) or row_major(s, syms, ranges, n) is None:
             tiled = False
         seen |= set(syms)
-    if tiled and seen == set(f.vars):
+    if tiled and seen == set(variables):
         return None
-    ranges = dict(f.ranges)
-    indices, deltas = [], []
-    for k, (s, n) in enumerate(zip(f.indices, extents)):
+    out_ranges = dict(ranges)
+    out, deltas = [], []
+    for k, (s, n) in enumerate(zip(indices, extents)):
         if isinstance(s, sp.Symbol):
-            indices.append(s)
+            out.append(s)
             continue
         o = sp.Dummy(f"o{k}", integer=True)
-        ranges[o] = n
-        indices.append(o)
+        out_ranges[o] = n
+        out.append(o)
         deltas.append(sp.KroneckerDelta(o, s))
-    summed = [v for v in f.vars if v not in plain]
-    body = sp.Mul(f.body, *deltas)  # only constant subscripts (y[0, i]): nothing to sum
+    summed = [v for v in variables if v not in plain]
+    body = sp.Mul(body, *deltas)  # only constant subscripts (y[0, i]): nothing to sum
     if summed:
-        body = sp.Sum(body, *[(v, 0, f.ranges[v] - 1) for v in summed])
-    return tuple(indices), body, ranges
+        body = sp.Sum(body, *[(v, 0, ranges[v] - 1) for v in summed])
+    return tuple(out), body, out_ranges
 
 
 def derive_node(node: ir.Node, g: ir.Graph, wrt: list[str]) -> Derivation:

@@ -20,7 +20,7 @@ from sympy.printing.numpy import NumPyPrinter
 from sympy.printing.str import StrPrinter
 
 from . import ir
-from .derive import B, Formula, as_scatter, row_major
+from .derive import B, as_scatter, row_major
 from .errors import generating
 from .literals import real_literal
 from .naming import backward_anchor, forward_anchor, grad_name, temp, var
@@ -97,8 +97,9 @@ class _Printer(NumPyPrinter):
         return str(int(n)) if abs(int(n)) <= 2 ** 53 else real_literal(n)
 
     def _print_Rational(self, r):
-        if _decimal(r):
-            return _decimal(r)
+        short = _decimal(r)
+        if short:
+            return short
         return f"{r.p}/{r.q}" if max(abs(r.p), r.q) <= 2 ** 53 else real_literal(r)
 
     def _print_Half(self, r):
@@ -248,8 +249,7 @@ class Lowerer:
         """target[indices] = expr; `variables` are the index symbols when a subscript is
         affine in them (flatten): the value is computed over them, then reshaped."""
         flat = None
-        scatter = as_scatter(Formula(None, tuple(indices), expr, ranges, tuple(variables))) \
-            if variables is not None else None
+        scatter = as_scatter(indices, expr, ranges, variables)
         if scatter is not None:
             indices, expr, ranges = scatter
         elif variables is not None and tuple(variables) != tuple(indices):
