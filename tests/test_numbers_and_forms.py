@@ -216,10 +216,10 @@ def test_deep_chains_compile_to_modules_that_import_and_differentiate():
 
 
 def test_a_long_pipe_of_elementwise_steps_stays_within_pythons_nesting_limit():
-    n = load_module("input x: [2]\ntarget y: [2]\nh = x" + " |> tanh" * 150 + "\nloss = quadratic(h, y)\n", "<pipe>")
+    n = load_module("input x: [2]\ntarget y: [2]\nh = x" + " |> tanh" * 300 + "\nloss = quadratic(h, y)\n", "<pipe>")
     x = np.full((1, 2), 0.5)
     want = x.copy()
-    for _ in range(150):
+    for _ in range(300):
         want = np.tanh(want)
     assert _rel(n.forward({}, x), want) <= 1e-15
 
