@@ -23,7 +23,7 @@ from .lower import ancestors, formula_text
 from .naming import backward_anchor, forward_anchor, grad_name
 from .stabilize import stabilize
 from .literals import real_literal
-from .symbolic import FirstArgmax, LogSumExp, MaxOver, real_base
+from .symbolic import FirstArgmax, LogSumExp, MaxOver, factored_sum, real_base
 
 
 def cname(name: str) -> str:
@@ -75,7 +75,7 @@ class _CPrinter(C99CodePrinter):
         low = self.low
         parts = {_name(x) for x in e.atoms(sp.Indexed, sp.Symbol)}
         if not parts & (low.lse_max | low.lse_log):
-            return super()._print_Add(e, order)
+            return super()._print_Add(factored_sum(e), order)
         # x - max - logsum, in that order: no rounding to the spacing of the max
         terms = sorted(e.as_ordered_terms(), key=lambda t: (
             bool({_name(x) for x in t.atoms(sp.Indexed, sp.Symbol)} & low.lse_log),

@@ -25,7 +25,7 @@ from .errors import generating
 from .literals import real_literal
 from .naming import backward_anchor, forward_anchor, grad_name, temp, var
 from .stabilize import stabilize
-from .symbolic import ClampedLog, FirstArgmax, LogSumExp, MaxOver, real_base
+from .symbolic import ClampedLog, FirstArgmax, LogSumExp, MaxOver, factored_sum, real_base
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ class _Printer(NumPyPrinter):
         low = self.lowerer
         parts = {_label(x) for x in e.atoms(sp.Indexed, sp.Symbol)}
         if not parts & (low.lse_max | low.lse_log):
-            return super()._print_Add(e, order)
+            return super()._print_Add(factored_sum(e), order)
         # the max and log-sum parts of a logsumexp last, in that order (see Lowerer._reduce)
         terms = sorted(e.as_ordered_terms(), key=lambda t: (
             bool({_label(x) for x in t.atoms(sp.Indexed, sp.Symbol)} & low.lse_log),

@@ -162,3 +162,28 @@ class Where(sp.Function):
         c, a, b = (printer._print(x) for x in self.args)
         tex = r"\begin{cases} %s & \text{if } %s \\ %s & \text{otherwise} \end{cases}" % (a, c, b)
         return tex if exp is None else r"\left(%s\right)^{%s}" % (tex, exp)
+
+
+def factored_sum(e: sp.Add) -> sp.Expr:
+    """e with the terms that share a numeric coefficient other than ±1 written as one
+    product, unevaluated: c - c*tanh(z)**2 + h prints as c*(1 - tanh(z)**2) + h.
+
+    sympy multiplies a number into a sum (2-argument Mul), so a derivative such as
+    1e14*(1 - tanh(z)**2) reaches the printer as 1e14 - 1e14*tanh(z)**2, and the float
+    sum of its terms with small ones around loses the small ones to the spacing of
+    1e14.  Only for printing: sympy would distribute the product again on any rebuild."""
+    groups: dict = {}
+    for t in e.args:
+        c, rest = t.as_coeff_Mul()
+        key = ("c", abs(c)) if c.is_Rational and abs(c) != 1 else ("t", t)
+        groups.setdefault(key, []).append(t)
+    if len(groups) == len(e.args):
+        return e
+    terms = []
+    for key, ts in groups.items():
+        if len(ts) == 1:
+            terms.append(ts[0])
+            continue
+        c = key[1] if any(t.as_coeff_Mul()[0] > 0 for t in ts) else -key[1]
+        terms.append(sp.Mul(c, sp.Add(*[t / c for t in ts]), evaluate=False))
+    return sp.Add(*terms, evaluate=False)

@@ -59,6 +59,8 @@ PROGRAMS = {
     "two pools of one tensor": "input x: [2, 6, 5]\ntarget y0: [3]\ntarget y1: [6]\nh1 = x |> conv2d(3, 4)\n"
                                "h6 = h1 |> avgpool2d(2, stride=2) |> flatten\nh7 = h1 |> avgpool2d(1, stride=2) |> flatten\n"
                                "loss = binary_cross_entropy(sigmoid(h6), y0) + binary_cross_entropy(sigmoid(h7), y1)\n",
+    "steep constant beside a small term": "fn l(a[i], y[i]) = sum(i: (a[i] - y[i])^2) / 2 + mean(i: tanh(1E+15 * (a[i] - y[i])))\n"
+                                          "input x: [8]\ntarget y: [8]\nloss = l(x |> dense(8), y)\n",
     "constant call in a max": "fn l(a[i], y[i]) = max(i: a[i] - y[i] - sigmoid(1e-30))\n"
                               "input x: [3]\ntarget y: [3]\nloss = l(x |> dense(3), y)\n",
 }
