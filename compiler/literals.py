@@ -26,10 +26,19 @@ def real_literal(value) -> str:
         except OverflowError:
             f = math.inf
     else:
-        f = float(v)
+        f = float(_digits(v))
     if not math.isfinite(f):
         raise ConstantOutOfRange(f"the constant {_short(v)} is beyond the range of float64")
     return repr(f)
+
+
+def _digits(v):
+    """v to 25 correct digits, enough to round to the nearest double.  A plain
+    float(v) evaluates at 15 digits in absolute terms: log(1 + 1e-24) came out 0."""
+    try:
+        return v.evalf(25, strict=True)
+    except (sp.core.evalf.PrecisionExhausted, ValueError):  # an exact zero such as sin(pi)
+        return v.evalf(25)
 
 
 def _short(v) -> str:

@@ -177,7 +177,7 @@ class _Printer(NumPyPrinter):
 
     def _print_exp(self, e):
         if e.args[0].is_number:
-            return repr(float(e))
+            return real_literal(e)
         return f"np.exp({self._print(e.args[0])})"
 
     def _print_sign(self, e):

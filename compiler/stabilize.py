@@ -61,10 +61,25 @@ def _cancel_outside_reductions(e):
     if not e.has(Sigmoid):
         return e
     if not e.has(sp.Sum, LogSumExp, MaxOver, Where):
-        return sp.factor_terms(sp.cancel(e))
+        # constants such as log(1 + 1e-24) stay whole: cancel would expand it to
+        # log(10**24 + 1) - 24*log(10), two terms of 55 whose difference is lost
+        named = {c: sp.Dummy("c", real=True) for c in _constants(e)}
+        return sp.factor_terms(sp.cancel(e.xreplace(named))).xreplace({d: c for c, d in named.items()})
     if e.is_Atom or isinstance(e, sp.Indexed):
         return e
     return e.func(*[_cancel_outside_reductions(a) for a in e.args])
+
+
+def _constants(e) -> set:
+    """The largest subexpressions of e that are numbers but not fractions: log(3/2), sqrt(5)."""
+    if e.is_Rational:
+        return set()
+    if e.is_number:
+        return {e}
+    out = set()
+    for a in e.args:
+        out |= _constants(a)
+    return out
 
 
 def _clamped_logs(e):

@@ -61,6 +61,8 @@ PROGRAMS = {
                                "loss = binary_cross_entropy(sigmoid(h6), y0) + binary_cross_entropy(sigmoid(h7), y1)\n",
     "steep constant beside a small term": "fn l(a[i], y[i]) = sum(i: (a[i] - y[i])^2) / 2 + mean(i: tanh(1E+15 * (a[i] - y[i])))\n"
                                           "input x: [8]\ntarget y: [8]\nloss = l(x |> dense(8), y)\n",
+    "constant that cancels once expanded": "fn l(a[i], y[i]) = sum(i: 1e24 * log(1 + 1e-24) / (1 + exp(tanh(a[i] - y[i]))))\n"
+                                           "input x: [3]\ntarget y: [3]\nloss = l(x |> dense(3), y)\n",
     "constant call in a max": "fn l(a[i], y[i]) = max(i: a[i] - y[i] - sigmoid(1e-30))\n"
                               "input x: [3]\ntarget y: [3]\nloss = l(x |> dense(3), y)\n",
 }
