@@ -308,7 +308,8 @@ def comment_noise(rng, text):
 
 
 def bom(rng, text):
-    return "\ufeff" + text
+    """A byte-order mark opens the file: meaning unchanged (a second one is a stray character)."""
+    return text if text.startswith("\ufeff") else "\ufeff" + text
 
 
 def bom_inside(rng, text):
@@ -332,8 +333,9 @@ def whitespace(rng, text):
     k = rng.randrange(3)
     if k == 0:
         return "\n".join(line + rng.choice(["", " ", "\t", "   "]) for line in text.split("\n"))
-    if k == 1:
-        return "\n\n\n" + text.replace("\n", "\n\n") + "\n\n"
+    if k == 1:  # blank lines first, but after a byte-order mark, which only opens a file
+        mark = "\ufeff" if text.startswith("\ufeff") else ""
+        return mark + "\n\n\n" + text[len(mark):].replace("\n", "\n\n") + "\n\n"
     return text.rstrip("\n")
 
 

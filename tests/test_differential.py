@@ -55,3 +55,72 @@ def test_generated_programs_are_valid_and_varied():
                     "pool2d(", "flatten", "softmax", "binary_cross_entropy", "1e30", "0.7978845608028654",
                     "loss = sum ", "[2*i", "[k - 1 - i]", "y[stride*i + p]", "dilation*p - padding"]:
         assert feature in text, feature
+
+
+# ---- the checker catches what it is there to catch -------------------------------------
+
+class _Skewed:
+    """A module whose results are the real module's with one changed: a planted bug."""
+
+    def __init__(self, module, change):
+        self._module, self._change = module, change
+
+    def __getattr__(self, name):
+        return getattr(self._module, name)
+
+    def loss_and_grad(self, params, *arrays):
+        value, grads = self._module.loss_and_grad(params, *arrays)
+        return value, self._change(dict(grads))
+
+
+def _prepared(source):
+    prep = differential.prepare(source, "<planted>.nn")
+    assert prep.report.status == "ok", prep.report.text()
+    return prep
+
+
+PLANTED = "input x: [3]\ntarget y: [2]\na = x |> dense(4) |> tanh |> dense(2)\nloss = quadratic(a, y)\n"
+
+
+@pytest.mark.parametrize("size", [1e-6, 1e-8])
+def test_a_slightly_wrong_gradient_is_caught_by_finite_differences(size):
+    prep = _prepared(PLANTED)
+
+    def skew(grads):
+        grads["dense_1.bias"] = grads["dense_1.bias"] * (1 + size)
+        return grads
+    prep.numpy_module = _Skewed(prep.numpy_module, skew)
+    report = differential.check_prepared(prep)
+    assert report.status == "disagree" and "dense_1.bias" in report.text(), report.text()
+
+
+def test_a_gradient_that_should_be_zero_is_judged_at_what_finite_differences_resolve():
+    # the first layer reaches the loss through a factor 1e-14: its true gradient is
+    # ~1e-14, below what a relative 1e-9 can be asked of; one that is 1e-9 is still wrong
+    source = "input x: [3]\ntarget y: [2]\na = x |> dense(2)\nb = 1e-14 * (a |> dense(2))\nloss = quadratic(a + b, y)\n"
+    honest = differential.check_prepared(_prepared(source))
+    assert honest.status == "ok", honest.text()
+    prep = _prepared(source)
+
+    def skew(grads):
+        grads["dense_2.weight"] = grads["dense_2.weight"] + 1e-9
+        return grads
+    prep.numpy_module = _Skewed(prep.numpy_module, skew)
+    report = differential.check_prepared(prep)
+    assert report.status == "disagree" and "dense_2.weight" in report.text(), report.text()
+
+
+@needs_cc
+def test_c_that_differs_beyond_round_off_is_caught(tmp_path):
+    pytest.importorskip("cffi")
+    honest = _prepared(PLANTED)
+    differential.build_c([honest], str(tmp_path), group=1)
+    assert differential.check_prepared(honest).status == "ok", honest.report.text()
+
+    def skew(grads):
+        grads["dense_2.weight"] = grads["dense_2.weight"] * (1 + 1e-11)
+        return grads
+    prep = _prepared(PLANTED)
+    prep.c_module = _Skewed(honest.c_module, skew)
+    report = differential.check_prepared(prep)
+    assert report.status == "disagree" and "C vs numpy" in report.text(), report.text()
