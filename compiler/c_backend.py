@@ -657,8 +657,9 @@ def _substitute(body, expanded: dict, fused: dict):
         name = r.base.label.name
         value = expanded[name]
         # fresh bound indices, so that none can capture a reader's index of the same name
-        fresh = {lim[0]: sp.Dummy(lim[0].name, integer=True) for red in value.atoms(*_REDUCTIONS)
-                 for lim in red.limits}
+        # in a fixed order: a Dummy's place in sympy's ordering of terms is its creation
+        fresh = {lim[0]: sp.Dummy(lim[0].name, integer=True)
+                 for red in sorted(value.atoms(*_REDUCTIONS), key=sp.default_sort_key) for lim in red.limits}
         return value.xreplace(fresh).xreplace(dict(zip(fused[name].indices, r.indices)))
     return body.replace(lambda e: isinstance(e, sp.Indexed) and e.base.label.name in expanded, inline)
 

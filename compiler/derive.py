@@ -309,7 +309,7 @@ def _rebind(e, names: set):
     if isinstance(e, ExprWithLimits) and not isinstance(e, FirstArgmax):
         clash = {lim[0] for lim in e.limits} & names
         if clash:
-            e = e.xreplace({v: sp.Dummy(v.name, integer=True) for v in clash})
+            e = e.xreplace({v: sp.Dummy(v.name, integer=True) for v in sorted(clash, key=sp.default_sort_key)})
     args = tuple(_rebind(a, names) for a in e.args)
     return e.func(*args) if args != e.args else e
 

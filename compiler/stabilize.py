@@ -63,7 +63,7 @@ def _cancel_outside_reductions(e):
     if not e.has(sp.Sum, LogSumExp, MaxOver, Where):
         # constants such as log(1 + 1e-24) stay whole: cancel would expand it to
         # log(10**24 + 1) - 24*log(10), two terms of 55 whose difference is lost
-        named = {c: sp.Dummy("c", real=True) for c in _constants(e)}
+        named = {c: sp.Dummy("c", real=True) for c in sorted(_constants(e), key=sp.default_sort_key)}
         return sp.factor_terms(sp.cancel(e.xreplace(named))).xreplace({d: c for c, d in named.items()})
     if e.is_Atom or isinstance(e, sp.Indexed):
         return e
