@@ -8,6 +8,10 @@ made again from its number.  Each group of programs runs in a subprocess of its 
 at a time to find the culprit).  Prints the counts and writes every failing program,
 with its report as a comment, to DIR (default: a new temporary folder).  All build
 files go to temporary folders.
+
+Each program's result is appended to DIR/results.jsonl as it arrives: a campaign that
+is stopped resumes where it was when run again with the same DIR (programs already
+there are counted, not run again), so a long one can be run in pieces.
 """
 from __future__ import annotations
 
@@ -88,15 +92,35 @@ def main(argv=None) -> int:
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="nncc-campaign-failures-"))
     out.mkdir(parents=True, exist_ok=True)
     seeds = list(range(args.seed, args.seed + args.programs))
-    chunks = [seeds[k:k + args.group] for k in range(0, len(seeds), args.group)]
+    log = out / "results.jsonl"
+    earlier = {}
+    if log.exists():  # a campaign run before into this folder: its results count
+        for line in log.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except ValueError:  # the last line of a run that was stopped while writing it
+                continue
+            if r.get("seed") in range(args.seed, args.seed + args.programs):
+                earlier[r["seed"]] = r
+        if log.read_bytes()[-1:] not in (b"", b"\n"):
+            with open(log, "a") as f:
+                f.write("\n")
+    todo = [s for s in seeds if s not in earlier]
+    chunks = [todo[k:k + args.group] for k in range(0, len(todo), args.group)]
     counts = dict(programs=0, compiled=0, refused=0, ok=0, inconclusive=0, disagreements=0, internal_errors=0)
     slowest, worst, refusals = (0.0, None), {}, {}
     start = time.time()
+    if earlier:
+        print(f"{len(earlier)} programs already in {log}", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="nncc-campaign-build-") as work, \
-            ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            ThreadPoolExecutor(max_workers=args.jobs) as pool, open(log, "a") as record:
         futures = [pool.submit(_run_group, chunk, work, args.group, args.timeout) for chunk in chunks]
-        for future in futures:
-            for r in future.result():
+        for future in [None] + futures:
+            results = list(earlier.values()) if future is None else future.result()
+            for r in results:
+                if future is not None:
+                    record.write(json.dumps(r) + "\n")
+                    record.flush()
                 counts["programs"] += 1
                 status = r["status"]
                 if status != "refused" and not any("compile_source raised" in p for p in r["problems"]):
@@ -116,8 +140,8 @@ def main(argv=None) -> int:
                     src, _ = program(r["seed"])
                     note = "\n".join("# " + line for p in r["problems"] for line in p.splitlines())
                     (out / f"g{r['seed']}.nn").write_text(f"# {status}\n{note}\n{src}")
-            done = counts["programs"]
-            print(f"\r{done}/{len(seeds)} programs, {time.time() - start:.0f} s", end="", file=sys.stderr, flush=True)
+            print(f"\r{counts['programs']}/{len(seeds)} programs, {time.time() - start:.0f} s", end="",
+                  file=sys.stderr, flush=True)
     print(file=sys.stderr)
     for k, v in counts.items():
         print(f"{k:<16} {v}")

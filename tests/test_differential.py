@@ -4,6 +4,7 @@ against finite differences (tests/differential.py; the long run is tests/campaig
 Program k is program_generator.generate(random.Random(SEED + k)); a failure names its
 seed, and `python tests/program_generator.py SEED` prints the program.
 """
+import json
 import os
 import random
 import shutil
@@ -124,3 +125,25 @@ def test_c_that_differs_beyond_round_off_is_caught(tmp_path):
     prep.c_module = _Skewed(honest.c_module, skew)
     report = differential.check_prepared(prep)
     assert report.status == "disagree" and "C vs numpy" in report.text(), report.text()
+
+
+@needs_cc
+def test_a_stopped_campaign_resumes_where_it_was(tmp_path):
+    pytest.importorskip("cffi")
+    import subprocess
+    env = dict(os.environ, NNCC_DIFF_OPT="-O0", TMPDIR=str(tmp_path))
+    cmd = [sys.executable, str(Path(__file__).resolve().parent / "campaign.py"), "--seed", str(SEED),
+           "--jobs", "1", "--group", "2", "--out", str(tmp_path / "out")]
+    first = subprocess.run(cmd + ["--programs", "2"], capture_output=True, text=True, env=env, timeout=600)
+    assert first.returncode == 0, first.stdout + first.stderr
+    log = tmp_path / "out" / "results.jsonl"
+    assert len(log.read_text().splitlines()) == 2
+    with open(log, "a") as f:  # as a run stopped in the middle of a line leaves it
+        f.write('{"seed": 1')
+    second = subprocess.run(cmd + ["--programs", "3"], capture_output=True, text=True, env=env, timeout=600)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "2 programs already in" in second.stderr
+    assert "programs         3" in second.stdout
+    lines = log.read_text().splitlines()
+    assert lines[2] == '{"seed": 1'  # the broken line stays alone, the new results after it
+    assert sorted(json.loads(line)["seed"] for line in lines[:2] + lines[3:]) == [SEED, SEED + 1, SEED + 2]
