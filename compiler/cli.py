@@ -8,8 +8,8 @@ from pathlib import Path
 
 from . import __version__
 from .errors import NNError, escape
-from .output import (InputError, Interrupted, OutputError, read_model, report_stdout_failure, signals_raise,
-                     stamp_c_pair, write_atomically, write_files)
+from .output import (InputError, Interrupted, OutputError, check_interrupted, read_model, report_stdout_failure,
+                     signals_raise, stamp_c_pair, write_atomically, write_files)
 
 __all__ = ["main", "explain_main", "write_atomically"]
 
@@ -101,6 +101,7 @@ def explain_main(argv) -> int:
 
 def _compile_failed(exc: Exception, model: str) -> int:
     """Report a failed compile in plain words; 1."""
+    check_interrupted()  # a signal whose exception a callback swallowed: end quietly, not with an error
     if isinstance(exc, NNError):
         print(exc.render(), file=sys.stderr)
     elif isinstance(exc, RecursionError):

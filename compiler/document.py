@@ -41,6 +41,16 @@ class FormulaLatex(LatexPrinter):
     def __init__(self, grads: dict):
         super().__init__({"mul_symbol": "dot", "fold_short_frac": False})
         self.grads = grads  # gradient base label -> tensor or parameter name
+        # each subformula printed once: a formula is printed whole and then again piece by
+        # piece when it is broken into rows, which on nested where()s went as the square
+        self._printed: dict = {}
+
+    def _print(self, e, **kwargs):
+        if kwargs:
+            return super()._print(e, **kwargs)
+        if e not in self._printed:
+            self._printed[e] = super()._print(e)
+        return self._printed[e]
 
     def _print_Indexed(self, e):
         label = e.base.label.name
@@ -578,6 +588,7 @@ def _composed(derivations, g, lines) -> dict:
             a = backward_anchor(d.node.label, gr.wrt)
             steps[a] = gr
             contributions.setdefault(gr.wrt, []).append(a)
+    bases = {real_base(grad_name(t)): t for t in contributions}
     full, out = {}, {}
     for d in reversed(derivations):
         for gr in d.grads:
@@ -585,17 +596,38 @@ def _composed(derivations, g, lines) -> dict:
             line = lines.get(a)
             before = set(line.anchors[:line.anchors.index(a)]) if line is not None else set()
             expr, fused = gr.backward, False
-            for tensor, anchors in contributions.items():
-                base = real_base(grad_name(tensor))
-                if tensor == gr.wrt or not expr.has(base) or not set(anchors) <= before:
+            read = sorted({r.base for r in expr.atoms(sp.Indexed) if r.base in bases}, key=sp.default_sort_key)
+            for base in read:
+                anchors = contributions[bases[base]]
+                if bases[base] == gr.wrt or not set(anchors) <= before:
                     continue
-                expr = _substitute_reads(expr, base, [(full[x], steps[x].indices) for x in anchors])
+                parts = [full[x] for x in anchors]
+                if any(p is None for p in parts):  # a part too long to show: so is this
+                    expr = None
+                    break
+                expr = _substitute_reads(expr, base, [(p, steps[x].indices) for p, x in zip(parts, anchors)])
                 fused = True
-            expr = expr.replace(lambda e: isinstance(e, sp.Indexed) and e.base == dloss, lambda e: seed)
+            if expr is not None:
+                expr = expr.replace(lambda e: isinstance(e, sp.Indexed) and e.base == dloss, lambda e: seed)
+                if _longer_than(expr, COMPOSED_LIMIT):
+                    expr = None
             full[a] = expr
-            if fused:
+            if fused and expr is not None:
                 out[a] = expr
     return out
+
+
+# a composed formula longer than this (in sympy nodes; lenet's longest is 115) is not
+# shown: no one reads it as one equation, and a line fusing 32 steps of a pipe of 300
+# made each of its steps a where() nested 32 deep (megabytes of LaTeX)
+COMPOSED_LIMIT = 300
+
+
+def _longer_than(e, n: int) -> bool:
+    for k, _ in enumerate(sp.preorder_traversal(e)):
+        if k >= n:
+            return True
+    return False
 
 
 def _substitute_reads(expr, base, parts):

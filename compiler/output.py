@@ -22,6 +22,7 @@ import hashlib
 import os
 import secrets
 import signal
+import sys
 import stat
 import tempfile
 import threading
@@ -68,11 +69,19 @@ def signals_raise():
         _pending.append(signum)
         raise Interrupted(signum)
 
+    def unraisable(info):
+        # ... and not printed there as "Exception ignored in ...": check_interrupted acts on it
+        if not isinstance(info.exc_value, Interrupted):
+            before(info)
+
+    before = sys.unraisablehook
     old = {s: signal.signal(s, handler) for s in _TERMINATING}
+    sys.unraisablehook = unraisable
     try:
         yield
         check_interrupted()
     finally:
+        sys.unraisablehook = before
         for s, h in old.items():
             signal.signal(s, h)
 

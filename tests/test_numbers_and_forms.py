@@ -238,6 +238,19 @@ def test_a_long_sum_is_explained_in_linear_work():
     assert "d_dense_1" in text or "dense_1" in text
 
 
+def test_a_long_pipe_is_explained_with_formulas_of_bounded_size():
+    """A generated line fuses up to 32 steps of a pipe; the formula it evaluates for a step,
+    composed of the steps before it, was a where() nested that deep for each of 300 steps
+    (megabytes of LaTeX, half a minute of latex2mathml): beyond a size it is left out."""
+    import sympy as sp
+    from nncc.document import COMPOSED_LIMIT, build
+    doc = build(compile_source("input x: [2]\ntarget y: [2]\nh = x |> dense(2)" + " |> relu" * 300 + "\nloss = quadratic(h, y)\n",
+                               "<pipe>"))
+    composed = [f.rhs for sec in doc.sections for st in getattr(sec, "steps", []) for f in st.formulas
+                if f.kind == "composed"]
+    assert composed and all(sum(1 for _ in sp.preorder_traversal(e)) <= COMPOSED_LIMIT for e in composed)
+
+
 def _run_cli(args, cwd):
     return subprocess.run([sys.executable, "-m", "nncc", *args], cwd=cwd, capture_output=True, text=True)
 
