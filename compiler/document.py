@@ -619,8 +619,8 @@ def _composed(derivations, g, lines) -> dict:
 
 # a composed formula longer than this (in sympy nodes; lenet's longest is 115) is not
 # shown: no one reads it as one equation, and a line fusing 32 steps of a pipe of 300
-# made each of its steps a where() nested 32 deep (megabytes of LaTeX)
-COMPOSED_LIMIT = 300
+# made each of its steps a where() nested up to 32 deep (megabytes of LaTeX)
+COMPOSED_LIMIT = 150
 
 
 def _longer_than(e, n: int) -> bool:
