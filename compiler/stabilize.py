@@ -61,24 +61,26 @@ def _cancel_outside_reductions(e):
     if not e.has(Sigmoid):
         return e
     if not e.has(sp.Sum, LogSumExp, MaxOver, Where):
-        # constants such as log(1 + 1e-24) stay whole: cancel would expand it to
-        # log(10**24 + 1) - 24*log(10), two terms of 55 whose difference is lost
-        named = {c: sp.Dummy("c", real=True) for c in sorted(_constants(e), key=sp.default_sort_key)}
+        # what cancel must not take apart stays whole: a constant such as log(1 + 1e-24)
+        # (log(10**24 + 1) - 24*log(10), two terms of 55 whose difference is lost), and an
+        # exp of a sum (exp(a + h - lse) as exp(a)*exp(h)*exp(-lse): inf * 0 for large h)
+        named = {c: sp.Dummy("c", real=True) for c in sorted(_opaque(e), key=sp.default_sort_key)}
         return sp.factor_terms(sp.cancel(e.xreplace(named))).xreplace({d: c for c, d in named.items()})
     if e.is_Atom or isinstance(e, sp.Indexed):
         return e
     return e.func(*[_cancel_outside_reductions(a) for a in e.args])
 
 
-def _constants(e) -> set:
-    """The largest subexpressions of e that are numbers but not fractions: log(3/2), sqrt(5)."""
+def _opaque(e) -> set:
+    """The largest subexpressions of e that are numbers but not fractions (log(3/2),
+    sqrt(5)) or exps (the sigmoids' own are gone by now; one of a sigmoid stays as it is)."""
     if e.is_Rational:
         return set()
-    if e.is_number:
+    if e.is_number or isinstance(e, sp.exp):
         return {e}
     out = set()
     for a in e.args:
-        out |= _constants(a)
+        out |= _opaque(a)
     return out
 
 

@@ -175,15 +175,19 @@ def factored_sum(e: sp.Add) -> sp.Expr:
     groups: dict = {}
     for t in e.args:
         c, rest = t.as_coeff_Mul()
-        key = ("c", abs(c)) if c.is_Rational and abs(c) != 1 else ("t", t)
-        groups.setdefault(key, []).append(t)
+        # a Float too (an option's value): its 1.0 is not sympy's 1, so compare as floats
+        key = ("c", abs(c)) if c.is_Number and abs(float(c)) != 1.0 else ("t", t)
+        groups.setdefault(key, []).append((c, rest))
     if len(groups) == len(e.args):
         return e
     terms = []
-    for key, ts in groups.items():
-        if len(ts) == 1:
-            terms.append(ts[0])
+    for key, parts in groups.items():
+        if len(parts) == 1:
+            terms.append(parts[0][0] * parts[0][1])
             continue
-        c = key[1] if any(t.as_coeff_Mul()[0] > 0 for t in ts) else -key[1]
-        terms.append(sp.Mul(c, sp.Add(*[t / c for t in ts]), evaluate=False))
+        # the factor is the shared magnitude, positive unless every term is negative: inside,
+        # each term keeps only its sign (no division, which would leave a Float 1.0 behind)
+        sign = 1 if any(c > 0 for c, _ in parts) else -1
+        inner = sp.Add(*[rest if (c > 0) == (sign > 0) else -rest for c, rest in parts])
+        terms.append(sp.Mul(sign * key[1], inner, evaluate=False))
     return sp.Add(*terms, evaluate=False)

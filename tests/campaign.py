@@ -49,7 +49,7 @@ def _worker(seeds: list[int], folder: str, group: int) -> None:
     reports = check_many([program(s) for s in seeds], folder, group=group)
     for s, r in zip(seeds, reports):
         print(json.dumps(dict(seed=s, status=r.status, problems=r.problems, refusal=r.refusal,
-                              compile_seconds=r.compile_seconds, worst=r.worst)), flush=True)
+                              compile_seconds=r.compile_seconds, worst=r.worst), default=float), flush=True)
 
 
 def _run_group(seeds: list[int], folder: str, group: int, timeout: float) -> list[dict]:

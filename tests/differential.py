@@ -309,7 +309,7 @@ def relative(a, b, floor: float = 0.0) -> float:
                 not np.array_equal(np.where(np.isinf(a), a, 0), np.where(np.isinf(b), b, 0)):
             return float("inf")
         a, b = np.where(same_nonfinite, 0, a), np.where(same_nonfinite, 0, b)
-    scale = max(float(np.max(np.abs(b), initial=0.0)), floor)
+    scale = max(float(np.max(np.abs(b), initial=0.0)), float(floor))
     diff = float(np.max(np.abs(a - b), initial=0.0))
     if diff == 0:
         return 0.0
@@ -393,11 +393,11 @@ def _compare_backends(report: Report, n, c, dtype, tol: float, seed: int) -> Non
         got = got_c[what]
         if np.asarray(got).dtype != np.asarray(want).dtype or (np.ndim(want) and np.asarray(want).dtype != dtype):
             report.fail("disagree", f"{label} {what}: dtype C {np.asarray(got).dtype} numpy {np.asarray(want).dtype}")
-        floor = ROUNDOFF_FLOOR * np.finfo(dtype).eps
+        floor = ROUNDOFF_FLOOR * float(np.finfo(dtype).eps)
         err = relative(got, want, floor)
         noise = max(relative(other[what], want, floor) for other in nudged)
         _record(report, f"C vs numpy {label}", err)
-        if not err <= max(tol, ROUNDOFF_MARGIN * noise):
+        if not err <= max(tol, ROUNDOFF_MARGIN * noise) or err == float("inf"):  # nan or inf against a number
             report.fail("disagree", f"{label} {what}: C vs numpy relative {err:.3g} > {tol:g}"
                                     f" (numpy's own round-off {noise:.2g}; C {_brief(got)}, numpy {_brief(want)})")
         elif err > tol:

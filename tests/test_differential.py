@@ -45,6 +45,7 @@ def reports(tmp_path_factory):
 def test_random_program_agrees(reports, seed):
     report = reports[seed]
     assert report.status in ("ok", "refused", "inconclusive"), report.text() + "\n" + report.source
+    json.dumps(report.worst, allow_nan=False)  # plain numbers: the campaign's workers send them as JSON
 
 
 def test_generated_programs_are_valid_and_varied():

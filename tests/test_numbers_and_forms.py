@@ -63,6 +63,12 @@ PROGRAMS = {
                                           "input x: [8]\ntarget y: [8]\nloss = l(x |> dense(8), y)\n",
     "constant that cancels once expanded": "fn l(a[i], y[i]) = sum(i: 1e24 * log(1 + 1e-24) / (1 + exp(tanh(a[i] - y[i]))))\n"
                                            "input x: [3]\ntarget y: [3]\nloss = l(x |> dense(3), y)\n",
+    "option's coefficient beside a small term": "fn l(a[i], y[i], d = 1.4142135623730951) = "
+                                                "d * sum(i: exp(-(a[i])^2) * tanh(1e30 * a[i]))\n"
+                                                "input x: [3]\ntarget y: [3]\nloss = l(x |> dense(3), y)\n",
+    "softmax weight of a large logit": "fn l(a[i], y[i]) = logsumexp(i: exp(tanh(sigmoid(y[i]))) + a[i])\n"
+                                       "input x: [2]\ntarget y: [3]\nh = x |> dense(3)\n"
+                                       "loss = l(h / 0.000001, y)\n",
     "constant call in a max": "fn l(a[i], y[i]) = max(i: a[i] - y[i] - sigmoid(1e-30))\n"
                               "input x: [3]\ntarget y: [3]\nloss = l(x |> dense(3), y)\n",
 }
