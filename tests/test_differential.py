@@ -62,17 +62,17 @@ def test_generated_programs_are_valid_and_varied():
 # ---- the checker catches what it is there to catch -------------------------------------
 
 class _Skewed:
-    """A module whose results are the real module's with one changed: a planted bug."""
+    """A module whose gradient of one parameter is changed: a planted bug."""
 
-    def __init__(self, module, change):
-        self._module, self._change = module, change
+    def __init__(self, module, param, change):
+        self._module, self._param, self._change = module, param, change
 
     def __getattr__(self, name):
         return getattr(self._module, name)
 
     def loss_and_grad(self, params, *arrays):
         value, grads = self._module.loss_and_grad(params, *arrays)
-        return value, self._change(dict(grads))
+        return value, {**grads, self._param: self._change(grads[self._param])}
 
 
 def _prepared(source):
@@ -87,11 +87,7 @@ PLANTED = "input x: [3]\ntarget y: [2]\na = x |> dense(4) |> tanh |> dense(2)\nl
 @pytest.mark.parametrize("size", [1e-6, 1e-8])
 def test_a_slightly_wrong_gradient_is_caught_by_finite_differences(size):
     prep = _prepared(PLANTED)
-
-    def skew(grads):
-        grads["dense_1.bias"] = grads["dense_1.bias"] * (1 + size)
-        return grads
-    prep.numpy_module = _Skewed(prep.numpy_module, skew)
+    prep.numpy_module = _Skewed(prep.numpy_module, "dense_1.bias", lambda g: g * (1 + size))
     report = differential.check_prepared(prep)
     assert report.status == "disagree" and "dense_1.bias" in report.text(), report.text()
 
@@ -103,11 +99,7 @@ def test_a_gradient_that_should_be_zero_is_judged_at_what_finite_differences_res
     honest = differential.check_prepared(_prepared(source))
     assert honest.status == "ok", honest.text()
     prep = _prepared(source)
-
-    def skew(grads):
-        grads["dense_2.weight"] = grads["dense_2.weight"] + 1e-9
-        return grads
-    prep.numpy_module = _Skewed(prep.numpy_module, skew)
+    prep.numpy_module = _Skewed(prep.numpy_module, "dense_2.weight", lambda g: g + 1e-9)
     report = differential.check_prepared(prep)
     assert report.status == "disagree" and "dense_2.weight" in report.text(), report.text()
 
@@ -118,12 +110,8 @@ def test_c_that_differs_beyond_round_off_is_caught(tmp_path):
     honest = _prepared(PLANTED)
     differential.build_c([honest], str(tmp_path), group=1)
     assert differential.check_prepared(honest).status == "ok", honest.report.text()
-
-    def skew(grads):
-        grads["dense_2.weight"] = grads["dense_2.weight"] * (1 + 1e-11)
-        return grads
     prep = _prepared(PLANTED)
-    prep.c_module = _Skewed(honest.c_module, skew)
+    prep.c_module = _Skewed(honest.c_module, "dense_2.weight", lambda g: g * (1 + 1e-11))
     report = differential.check_prepared(prep)
     assert report.status == "disagree" and "C vs numpy" in report.text(), report.text()
 
