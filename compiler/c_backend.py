@@ -77,7 +77,8 @@ class _CPrinter(C99CodePrinter):
         if not parts & (low.lse_max | low.lse_log):
             return super()._print_Add(factored_sum(e), order)
         # x - max - logsum, in that order: no rounding to the spacing of the max
-        terms = sorted(e.as_ordered_terms(), key=lambda t: (
+        grouped = factored_sum(e)  # 2.5e19*(h - y) - max: h - y first, or the max is missed
+        terms = sorted(e.as_ordered_terms() if grouped is e else list(grouped.args), key=lambda t: (
             bool({_name(x) for x in t.atoms(sp.Indexed, sp.Symbol)} & low.lse_log),
             bool({_name(x) for x in t.atoms(sp.Indexed, sp.Symbol)} & low.lse_max)))
         out = []

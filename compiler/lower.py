@@ -76,7 +76,8 @@ class _Printer(NumPyPrinter):
         if not parts & (low.lse_max | low.lse_log):
             return super()._print_Add(factored_sum(e), order)
         # the max and log-sum parts of a logsumexp last, in that order (see Lowerer._reduce)
-        terms = sorted(e.as_ordered_terms(), key=lambda t: (
+        grouped = factored_sum(e)  # 2.5e19*(h - y) - max: h - y first, or the max is missed
+        terms = sorted(e.as_ordered_terms() if grouped is e else list(grouped.args), key=lambda t: (
             bool({_label(x) for x in t.atoms(sp.Indexed, sp.Symbol)} & low.lse_log),
             bool({_label(x) for x in t.atoms(sp.Indexed, sp.Symbol)} & low.lse_max)))
         out = []

@@ -178,7 +178,8 @@ def factored_sum(e: sp.Add) -> sp.Expr:
         # a Float too (an option's value): its 1.0 is not sympy's 1, so compare as floats
         key = ("c", abs(c)) if c.is_Number and abs(float(c)) != 1.0 else ("t", t)
         groups.setdefault(key, []).append((c, rest))
-    if len(groups) == len(e.args):
+    _split_folded_constant(groups)
+    if all(len(parts) == 1 for parts in groups.values()):
         return e
     terms = []
     for key, parts in groups.items():
@@ -191,3 +192,24 @@ def factored_sum(e: sp.Add) -> sp.Expr:
         inner = sp.Add(*[rest if (c > 0) == (sign > 0) else -rest for c, rest in parts])
         terms.append(sp.Mul(sign * key[1], inner, evaluate=False))
     return sp.Add(*terms, evaluate=False)
+
+
+def _split_folded_constant(groups: dict) -> None:
+    """The number term of a sum, when it is a group's coefficient plus a much smaller rest,
+    taken apart again: 1 + 2e30*(1 - tanh(z)**2) reaches the printer as
+    (2e30 + 1) - 2e30*tanh(z)**2, the 1 folded into the 2e30 where no float keeps it."""
+    numbers = [key for key, parts in groups.items() if len(parts) == 1 and parts[0][1] == 1]
+    if len(numbers) != 1:
+        return
+    k = groups[numbers[0]][0][0]
+    for key, parts in groups.items():
+        if key[0] != "c" or key == numbers[0] or all(rest == 1 for _, rest in parts):
+            continue
+        c = key[1]
+        for sign in (1, -1):
+            rest = k - sign * c
+            if rest != 0 and abs(float(rest)) <= abs(float(c)) * 2.0 ** -20:
+                del groups[numbers[0]]
+                parts.append((sign * c, sp.S.One))
+                groups[("t", rest)] = [(rest, sp.S.One)]
+                return

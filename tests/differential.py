@@ -57,6 +57,7 @@ TOL_C64 = 1e-12
 TOL_FD = 1e-9
 TOL_C32 = 1e-3
 FD_STEP = 1e-3
+MICRO_STEP = 1e-9  # for measuring the loss's rounding: the curve is straight at this scale
 FD_FLOOR = 1e-6
 FD_POINTS = 4
 # where no point resolves TOL_FD: a direction whose estimate resolves RESOLVED_LIMIT is
@@ -72,8 +73,9 @@ OPTIMIZE = os.environ.get("NNCC_DIFF_OPT") or None
 ROUNDOFF_ULPS = 2
 ROUNDOFF_POINTS = 2
 ROUNDOFF_MARGIN = 10
-# the data are of size 1, so a value below ROUNDOFF_FLOOR units of round-off is round-off
-# of terms that cancelled (Q - 1e-30 x - Q is 0 in one evaluation order, -1e-30 x in another)
+# the data are of size 1, so a difference below ROUNDOFF_FLOOR units of round-off is
+# round-off of terms that cancelled (Q - 1e-30 x - Q is 0 in one evaluation order,
+# -1e-30 x in another; l - l + 1e-6 m is 1e-6 m, or that plus 1e-17)
 ROUNDOFF_FLOOR = 16
 # float32 values beyond this are overflow territory, where the two backends may
 # legitimately round to inf at different steps: compared only for agreeing on it
@@ -368,6 +370,7 @@ def _compare_backends(report: Report, n, c, dtype, tol: float, seed: int) -> Non
     label = np.dtype(dtype).name
     params = draw_params(n, seed, dtype)
     inputs, targets = draw_data(n, seed, dtype)
+    ref = None
     if dtype == np.float32:
         # overflow in float32 is the program's, not a disagreement: compare only where
         # the float64 values stay well inside float32's range
@@ -393,9 +396,12 @@ def _compare_backends(report: Report, n, c, dtype, tol: float, seed: int) -> Non
         got = got_c[what]
         if np.asarray(got).dtype != np.asarray(want).dtype or (np.ndim(want) and np.asarray(want).dtype != dtype):
             report.fail("disagree", f"{label} {what}: dtype C {np.asarray(got).dtype} numpy {np.asarray(want).dtype}")
-        floor = ROUNDOFF_FLOOR * float(np.finfo(dtype).eps)
+        # a difference of ROUNDOFF_FLOOR units of round-off is allowed whatever the size
+        floor = ROUNDOFF_FLOOR * float(np.finfo(dtype).eps) / tol
         err = relative(got, want, floor)
         noise = max(relative(other[what], want, floor) for other in nudged)
+        if ref is not None:  # float32: numpy's own distance from the float64 answer counts too
+            noise = max(noise, relative(want, ref[what], floor))
         _record(report, f"C vs numpy {label}", err)
         if not err <= max(tol, ROUNDOFF_MARGIN * noise) or err == float("inf"):  # nan or inf against a number
             report.fail("disagree", f"{label} {what}: C vs numpy relative {err:.3g} > {tol:g}"
@@ -452,9 +458,17 @@ def _fd_at_point(n, seed: int):
         # what the estimate cannot resolve: its truncation (fd1 against fd2) and the rounding
         # of the loss values it differences (a loss of 1e13 moves in steps of 2e-3)
         rounding = max(4 * np.finfo(np.float64).eps * max(abs(value), abs(f(2 * FD_STEP)), abs(f(-2 * FD_STEP))),
-                       4 * wobble) / FD_STEP
+                       4 * wobble, 4 * _staircase(f)) / FD_STEP
         out[label] = (abs(fd - an) / scale, (abs(fd1 - fd2) / 15 + rounding) / scale, fd, an)
     return out
+
+
+def _staircase(f) -> float:
+    """How far f strays from a straight line over steps of MICRO_STEP, where the function
+    itself is straight: the loss's rounding as finite differences meet it (a loss through
+    log(1 - sigmoid(z)) near sigmoid 1 moves in steps of eps / (1 - sigmoid))."""
+    y = np.array([f(MICRO_STEP * k) for k in range(-2, 3)])
+    return float(np.max(np.abs(y[2:] - 2 * y[1:-1] + y[:-2]))) / 2  # zero on a straight line
 
 
 def _check_fd(report: Report, n, seed: int) -> None:

@@ -69,6 +69,11 @@ PROGRAMS = {
     "softmax weight of a large logit": "fn l(a[i], y[i]) = logsumexp(i: exp(tanh(sigmoid(y[i]))) + a[i])\n"
                                        "input x: [2]\ntarget y: [3]\nh = x |> dense(3)\n"
                                        "loss = l(h / 0.000001, y)\n",
+    "constant folded into a coefficient": "fn l(a[i], y[i]) = sum(i: (a[i] - y[i])^2) / 2 "
+                                          "+ sum(i: tanh(1e30 * ((a[i] - y[i]) * (a[i] - y[i]))))\n"
+                                          "input x: [3]\ntarget y: [3]\nloss = l(x |> dense(3), y)\n",
+    "logsumexp of a scaled difference": "fn l(a[i], y[i]) = logsumexp(i: (a[i] - y[i]) * 1e20 * 0.25)\n"
+                                        "input x: [2]\ntarget y: [4]\nloss = l(x |> dense(4), y)\n",
     "constant call in a max": "fn l(a[i], y[i]) = max(i: a[i] - y[i] - sigmoid(1e-30))\n"
                               "input x: [3]\ntarget y: [3]\nloss = l(x |> dense(3), y)\n",
 }
