@@ -74,10 +74,12 @@ class _CPrinter(C99CodePrinter):
     def _print_Add(self, e, order=None):
         low = self.low
         parts = {_name(x) for x in e.atoms(sp.Indexed, sp.Symbol)}
-        if not parts & (low.lse_max | low.lse_log):
-            return super()._print_Add(factored_sum(e), order)
-        # x - max - logsum, in that order: no rounding to the spacing of the max
         grouped = factored_sum(e)  # 2.5e19*(h - y) - max: h - y first, or the max is missed
+        if not grouped.is_Add:  # one product: 1.5*t1 + 1.5*t2 is 1.5*(t1 + t2)
+            return self._print(grouped)
+        if not parts & (low.lse_max | low.lse_log):
+            return super()._print_Add(grouped, order)
+        # x - max - logsum, in that order: no rounding to the spacing of the max
         terms = sorted(e.as_ordered_terms() if grouped is e else list(grouped.args), key=lambda t: (
             bool({_name(x) for x in t.atoms(sp.Indexed, sp.Symbol)} & low.lse_log),
             bool({_name(x) for x in t.atoms(sp.Indexed, sp.Symbol)} & low.lse_max)))

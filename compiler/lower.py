@@ -73,10 +73,12 @@ class _Printer(NumPyPrinter):
     def _print_Add(self, e, order=None):
         low = self.lowerer
         parts = {_label(x) for x in e.atoms(sp.Indexed, sp.Symbol)}
-        if not parts & (low.lse_max | low.lse_log):
-            return super()._print_Add(factored_sum(e), order)
-        # the max and log-sum parts of a logsumexp last, in that order (see Lowerer._reduce)
         grouped = factored_sum(e)  # 2.5e19*(h - y) - max: h - y first, or the max is missed
+        if not grouped.is_Add:  # one product: 1.5*t1 + 1.5*t2 is 1.5*(t1 + t2)
+            return self._print(grouped)
+        if not parts & (low.lse_max | low.lse_log):
+            return super()._print_Add(grouped, order)
+        # the max and log-sum parts of a logsumexp last, in that order (see Lowerer._reduce)
         terms = sorted(e.as_ordered_terms() if grouped is e else list(grouped.args), key=lambda t: (
             bool({_label(x) for x in t.atoms(sp.Indexed, sp.Symbol)} & low.lse_log),
             bool({_label(x) for x in t.atoms(sp.Indexed, sp.Symbol)} & low.lse_max)))

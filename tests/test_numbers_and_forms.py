@@ -74,6 +74,8 @@ PROGRAMS = {
                                           "input x: [3]\ntarget y: [3]\nloss = l(x |> dense(3), y)\n",
     "logsumexp of a scaled difference": "fn l(a[i], y[i]) = logsumexp(i: (a[i] - y[i]) * 1e20 * 0.25)\n"
                                         "input x: [2]\ntarget y: [4]\nloss = l(x |> dense(4), y)\n",
+    "a logsumexp times a number": "fn l(a[i], y[i], d = 1.5) = d * logsumexp(i: 0.1 * (a[i] - y[i]))\n"
+                                  "input x: [3]\ntarget y: [3]\nloss = l(x |> dense(3), y)\n",
     "constant call in a max": "fn l(a[i], y[i]) = max(i: a[i] - y[i] - sigmoid(1e-30))\n"
                               "input x: [3]\ntarget y: [3]\nloss = l(x |> dense(3), y)\n",
 }
