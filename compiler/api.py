@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from . import ir
 from .build import compile_graph
 from .derive import derive_graph
-from .lower import Plan, needs_grad, plan
+from .lower import Plan, plan
 from .numpy_backend import render
 
 
@@ -22,7 +22,7 @@ class Compiled:
 def compile_source(source: str, file: str = "<string>") -> Compiled:
     """Parse, check, derive and plan a .nn program (raises NNError on a mistake)."""
     g = compile_graph(source, file)
-    derivations = derive_graph(g, needs_grad(g))
+    derivations = derive_graph(g, g.needs_grad())
     return Compiled(g, plan(g, derivations))
 
 

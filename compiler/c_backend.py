@@ -17,12 +17,13 @@ import sympy as sp
 from sympy.printing.c import C99CodePrinter
 
 from . import ir
+from .comments import formula_text
 from .derive import B, as_scatter
 from .errors import generating
-from .lower import ancestors, formula_text
-from .naming import backward_anchor, forward_anchor, grad_name
-from .stabilize import stabilize
 from .literals import real_literal
+from .naming import backward_anchor, forward_anchor, grad_name
+from .primitives import lookup
+from .stabilize import stabilize
 from .symbolic import FirstArgmax, LogSumExp, MaxOver, factored_sum, real_base
 
 
@@ -59,6 +60,9 @@ class _CPrinter(C99CodePrinter):
         if not self.index and isinstance(e, sp.Expr) and e.is_number and not e.is_Rational \
                 and e.is_finite and e.is_real:
             return f"((real){real_literal(e)})"
+        primitive = None if self.index else lookup(e)
+        if primitive is not None:
+            return primitive.c.format(*[self._print(a) for a in e.args])
         return super()._print(e, **kwargs)
 
     def _print_Indexed(self, e):
@@ -116,11 +120,6 @@ class _CPrinter(C99CodePrinter):
         # both real: with an integer argument <tgmath.h> would pick the double pow
         return f"pow((real)({self._print(base)}), (real)({self._print(ex)}))"
 
-    def _print_exp(self, e):
-        if e.args[0].is_number:
-            return f"((real){real_literal(e)})"
-        return f"exp({self._print(e.args[0])})"
-
     def _print_Where(self, e):
         # both branches evaluated, then one chosen: every read guards its own bounds, and a
         # load made conditional by `?:` is vectorised as a masked load, which gcc 12 at -O3
@@ -132,21 +131,6 @@ class _CPrinter(C99CodePrinter):
         a, b = e.args
         return f"((real)(({self._print(a)}) == ({self._print(b)})))"
 
-    def _print_Sigmoid(self, e):
-        return f"nncc_sigmoid({self._print(e.args[0])})"
-
-    def _print_Softplus(self, e):
-        return f"nncc_softplus({self._print(e.args[0])})"
-
-    def _print_ClampedLog(self, e):
-        return f"nncc_clamped_log({self._print(e.args[0])}, {self._print(e.args[1])})"
-
-    def _print_sign(self, e):
-        a = self._print(e.args[0])
-        return f"((real)(({a}) > 0) - (real)(({a}) < 0))"
-
-    def _print_Abs(self, e):
-        return f"fabs({self._print(e.args[0])})"
 
 
 class CLowerer:
@@ -588,8 +572,8 @@ def plan_c(g: ir.Graph, derivations, real="float") -> CPlan:
 
     read_back = {r.base.label.name for d in derivations for gr in d.grads
                  for r in gr.backward.atoms(sp.Indexed)}
-    forward = forward_body(ancestors(g, g.output), {g.output})
-    loss = forward_body(ancestors(g, g.loss), {g.output, g.loss} | read_back)
+    forward = forward_body(g.ancestors(g.output), {g.output})
+    loss = forward_body(g.ancestors(g.loss), {g.output, g.loss} | read_back)
     low = CLowerer(buffers, work)
     seed = sp.Integer(1) / B if g.reduce == "mean" else sp.Integer(1)
     dloss = real_base(grad_name(g.loss))

@@ -19,6 +19,7 @@ from . import __version__
 from .api import Compiled, compile_source
 from .derive import B, batch_index
 from .naming import backward_anchor, forward_anchor, grad_name, var
+from .primitives import lookup
 from .symbolic import Where, real_base
 from .templating import environment
 
@@ -51,6 +52,12 @@ class FormulaLatex(LatexPrinter):
         if e not in self._printed:
             self._printed[e] = super()._print(e)
         return self._printed[e]
+
+    def _print(self, e, **kwargs):
+        primitive = lookup(e)
+        if primitive is not None and primitive.latex:
+            return primitive.latex.format(*[self._print(a) for a in e.args])
+        return super()._print(e, **kwargs)
 
     def _print_Indexed(self, e):
         label = e.base.label.name

@@ -68,6 +68,25 @@ class Graph:
     def param(self, name: str) -> Param:
         return next(p for p in self.params if p.name == name)
 
+    def ancestors(self, tensor: str) -> set:
+        """The tensors `tensor` is computed from, itself included."""
+        need = {tensor}
+        for n in reversed(self.nodes):
+            if n.output in need:
+                need.update(n.args)
+        return need
+
+    def needs_grad(self) -> set:
+        """Tensors and params on a path from a parameter to the loss."""
+        feeds_loss = self.ancestors(self.loss)
+        depends = set()
+        for n in self.nodes:
+            if n.output in feeds_loss and n.params:
+                depends.update(p for _, p in n.params)
+            if any(a in depends for a in n.args) or n.params:
+                depends.add(n.output)
+        return {t for t in depends if t in feeds_loss or t in {p.name for p in self.params}}
+
 
 def verify(g: Graph) -> None:
     """Invariants later stages rely on; a failure here is a compiler bug."""

@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 from sympy.printing.numpy import NumPyPrinter
-from sympy.printing.str import StrPrinter
 
 from . import ir
+from .comments import formula_text
 from .derive import B, as_scatter, row_major
 from .errors import generating
 from .literals import real_literal
 from .naming import backward_anchor, forward_anchor, grad_name, temp, var
+from .primitives import lookup
 from .stabilize import stabilize
 from .symbolic import ClampedLog, FirstArgmax, LogSumExp, MaxOver, factored_sum, real_base
 
@@ -93,6 +94,11 @@ class _Printer(NumPyPrinter):
         # float64 scalar, which would turn float32 arrays into float64 ones
         if isinstance(e, sp.Expr) and e.is_number and not e.is_Rational and e.is_finite and e.is_real:
             return real_literal(e)
+        primitive = lookup(e)
+        if primitive is not None:
+            if primitive.helper:
+                self.lowerer.kernels.helpers.add(primitive.helper)
+            return primitive.numpy.format(*[self._print(a) for a in e.args])
         return super()._print(e, **kwargs)
 
     def _print_Integer(self, n):
@@ -167,60 +173,6 @@ class _Printer(NumPyPrinter):
     def _print_And(self, e):
         return " & ".join(self._print(a) for a in e.args)
 
-    def _print_Sigmoid(self, e):
-        self.lowerer.kernels.helpers.add("sigmoid")
-        return f"_sigmoid({self._print(e.args[0])})"
-
-    def _print_Softplus(self, e):
-        return f"np.logaddexp(0, {self._print(e.args[0])})"
-
-    def _print_ClampedLog(self, e):
-        self.lowerer.kernels.helpers.add("clamped_log")
-        return f"_clamped_log({self._print(e.args[0])}, {self._print(e.args[1])})"
-
-    def _print_exp(self, e):
-        if e.args[0].is_number:
-            return real_literal(e)
-        return f"np.exp({self._print(e.args[0])})"
-
-    def _print_sign(self, e):
-        return f"np.sign({self._print(e.args[0])})"
-
-
-class FormulaText(StrPrinter):
-    """A compact, readable formula for code comments."""
-
-    def _print_Indexed(self, e):
-        return f"{e.base.label}[{','.join(self._print(i) for i in e.indices)}]"
-
-    def _print_Sum(self, e):
-        vs = ",".join(self._print(lim[0]) for lim in e.limits)
-        return f"Σ_{vs} {self.parenthesize(e.function, 50)}"
-
-    def _print_LogSumExp(self, e):
-        vs = ",".join(self._print(lim[0]) for lim in e.limits)
-        return f"logsumexp_{vs}({self._print(e.function)})"
-
-    def _print_MaxOver(self, e):
-        vs = ",".join(self._print(lim[0]) for lim in e.limits)
-        return f"max_{vs}({self._print(e.function)})"
-
-    def _print_Where(self, e):
-        c, a, b = e.args
-        return f"where({self._print(c)}, {self._print(a)}, {self._print(b)})"
-
-    def _print_KroneckerDelta(self, e):
-        return f"δ({self._print(e.args[0])},{self._print(e.args[1])})"
-
-    def _print_Dummy(self, e):
-        return e.name
-
-    def _print_Symbol(self, e):
-        return "B" if e == B else e.name
-
-
-def formula_text(e) -> str:
-    return FormulaText({"order": "none"}).doprint(e)
 
 
 def _index_syms(e, ranges) -> set:
@@ -769,26 +721,6 @@ class Plan:
     derivations: tuple = ()
 
 
-def ancestors(g: ir.Graph, tensor: str) -> set:
-    need = {tensor}
-    for n in reversed(g.nodes):
-        if n.output in need:
-            need.update(n.args)
-    return need
-
-
-def needs_grad(g: ir.Graph) -> set:
-    """Tensors and params on a path from a parameter to the loss."""
-    feeds_loss = ancestors(g, g.loss)
-    depends = set()
-    for n in g.nodes:
-        if n.output in feeds_loss and n.params:
-            depends.update(p for _, p in n.params)
-        if any(a in depends for a in n.args) or n.params:
-            depends.add(n.output)
-    return {t for t in depends if t in feeds_loss or t in {p.name for p in g.params}}
-
-
 def plan(g: ir.Graph, derivations: tuple) -> Plan:
     shapes = {t.name: (B,) + t.shape for t in g.tensors.values()}
     shapes.update({p.name: p.shape for p in g.params})
@@ -813,8 +745,8 @@ def plan(g: ir.Graph, derivations: tuple) -> Plan:
         helpers.update(k.helpers)
         return k, low
 
-    fwd, _ = forward_lines(ancestors(g, g.output))
-    lk, low = forward_lines(ancestors(g, g.loss))
+    fwd, _ = forward_lines(g.ancestors(g.output))
+    lk, low = forward_lines(g.ancestors(g.loss))
     # backward: reverse order, gradients summed over every use
     loss_seed = sp.Integer(1) / B if g.reduce == "mean" else sp.Integer(1)
     dloss = real_base(grad_name(g.loss))

@@ -23,12 +23,11 @@ import sympy as sp
 
 from . import syntax as S
 from .errors import Loc, NNError, did_you_mean
+from .primitives import CALLABLE, DOMAINS
 from .symbolic import LogSumExp, MaxOver, Where, index_symbol, real_base
 
-# Scalar functions every formula may call; everything else comes from `fn`s.
-PRIMITIVES = {
-    "exp": sp.exp, "log": sp.log, "sqrt": sp.sqrt, "abs": sp.Abs, "tanh": sp.tanh,
-}
+# Scalar functions every formula may call (compiler/primitives.py); everything else comes from `fn`s.
+PRIMITIVES = CALLABLE
 REDUCTIONS = ("sum", "mean", "max", "logsumexp")
 
 # A constant of a formula must be a float64 in the generated code.  Each one is checked
@@ -355,15 +354,9 @@ def _new_constants(v):
 def _check_primitive_domain(name: str, arg, loc: Loc) -> None:
     """exp, log and sqrt of a constant outside their domain, in plain words."""
     x = _float(arg) if getattr(arg, "is_number", False) else None
-    if x is None:
-        return
-    if name == "sqrt" and x < 0:
-        raise NNError(f"the square root of a negative number ({x:g}) is not a real number", loc)
-    if name == "log" and x <= 0:
-        raise NNError(f"the logarithm of {'zero' if x == 0 else f'a negative number ({x:g})'} is not a "
-                      f"real number", loc)
-    if name == "exp" and x > math.log(FLOAT_MAX):
-        raise NNError(f"exp({x:g}) is too large for a float (the largest is about 1.8e308)", loc)
+    message = DOMAINS[name](x) if x is not None and name in DOMAINS else None
+    if message:
+        raise NNError(message, loc)
 
 
 def inline(op: OpDef, args: list, loc: Loc) -> sp.Expr:

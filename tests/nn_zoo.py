@@ -156,6 +156,9 @@ ELEMENTWISE = (
     Elementwise("elu", "", AwayFromZero(), lambda z: F.elu(z)),
     Elementwise("elu", "alpha=0.5", AwayFromZero(), lambda z: F.elu(z, 0.5)),
     Elementwise("silu", "", Uniform(-4, 4), lambda z: F.silu(z)),
+    Elementwise("gelu", "", Uniform(-4, 4), lambda z: F.gelu(z)),
+    # wide enough to reach both of its evaluation ranges (below 1.5, 1.5 to 6) and beyond
+    Elementwise("erf", "", Uniform(-7, 7), lambda z: torch.erf(z)),
     Elementwise("exp", "", Uniform(-2, 2), lambda z: torch.exp(z)),
     Elementwise("log", "", Uniform(0.2, 3), lambda z: torch.log(z), positive=True),
     Elementwise("identity", "", Uniform(-2, 2), lambda z: z),
