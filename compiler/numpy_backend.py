@@ -1,9 +1,15 @@
 """Kernel plan -> the values the numpy module template lays out."""
 from __future__ import annotations
 
+import inspect
+
 from . import __version__
 from .lower import Plan
+from .runtime import numpy_helpers
 from .templating import environment
+
+# a runtime helper, and the helpers it calls
+_CALLS = {"patches": ("reach",), "unpatches": ("reach",)}
 
 
 def shape_text(shape) -> str:
@@ -17,7 +23,18 @@ def render(plan: Plan, reduce: str) -> str:
         forward=plan.forward, output=plan.output, output_name=plan.output,
         loss_forward=plan.loss_forward, loss_value=plan.loss_value, loss_var=None,
         backward=plan.backward, grads=[dict(name=n, var=v) for n, v in plan.grads],
-        helpers=plan.helpers, reduce=reduce, flat_params=False, **values)
+        helper_source=helper_source(plan.helpers), reduce=reduce, flat_params=False, **values)
+
+
+def helper_source(used) -> str:
+    """The source of the runtime helpers `used` and of those they call, in the order of
+    compiler/runtime/numpy_helpers.py, copied verbatim."""
+    needed = set(used) | {c for u in used for c in _CALLS.get(u, ())}
+    functions = {name[1:]: f for name, f in vars(numpy_helpers).items()
+                 if inspect.isfunction(f) and f.__module__ == numpy_helpers.__name__}
+    unknown = needed - set(functions)
+    assert not unknown, f"no runtime helper for {sorted(unknown)}"
+    return "".join("\n\n\n" + inspect.getsource(f).rstrip("\n") for name, f in functions.items() if name in needed)
 
 
 def module_values(plan: Plan) -> dict:

@@ -1,0 +1,1 @@
+"""Code that generated modules carry with them, kept here as source to test."""

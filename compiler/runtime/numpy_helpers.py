@@ -1,0 +1,157 @@
+"""The runtime helpers of generated numpy modules, as real source: each function is
+copied verbatim into a module that calls it (compiler/numpy_backend.py), so that the
+module stays standalone and imports only numpy.  Here they are linted and unit-tested.
+"""
+import numpy as np
+
+
+def _sigmoid(z):
+    # 1/(1+exp(-z)) without overflow: exp of a non-positive number only
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def _erf(z):
+    # numpy has no erf.  Below 1.5: erf(x) = 2/sqrt(pi) x exp(-x^2) (1 + r1 (1 + r2 (...))),
+    # r_n = 2x^2/(2n+1), a series of positive terms; from 1.5 to 6: 1 - erfc(x), erfc(x) =
+    # exp(-x^2)/sqrt(pi) / (x + (1/2)/(x + 1/(x + (3/2)/(x + ...)))); beyond 6 erf is 1 in
+    # float64.  Within 5 units in the last place of the correctly rounded value.
+    a = np.abs(z)
+    x = np.minimum(a, 1.5)
+    x2 = x * x
+    s = np.ones_like(x)
+    for n in range(30, 0, -1):
+        s = 1 + (2 * x2 / (2 * n + 1)) * s
+    near = 1.1283791670955126 * x * np.exp(-x2) * s
+    b = np.clip(a, 1.5, 6.0)
+    k = np.zeros_like(b)
+    for n in range(70, 0, -1):
+        k = (n / 2) / (b + k)
+    far = 1 - 0.5641895835477563 * np.exp(-b * b) / (b + k)
+    out = np.where(a < 1.5, near, np.where(a < 6.0, far, 1.0).astype(z.dtype))
+    return np.where(np.isnan(z), z, np.copysign(out, z))
+
+
+def _logsumexp(a, axis):
+    m = a.max(axis=axis, keepdims=True)
+    return np.squeeze(m, axis=axis) + np.log(np.exp(a - m).sum(axis=axis))
+
+
+def _clamped_log(a, floor):
+    # log(0) = -inf is expected here and clamped, as PyTorch's binary cross-entropy
+    with np.errstate(divide="ignore"):
+        return np.maximum(np.log(a), floor)
+
+
+def _reach(start, stride, n, k):
+    # the lowest and highest index a[start + stride*i + p] reads, i < n and p < k
+    return start + min(0, stride * (n - 1)), start + max(0, stride * (n - 1)) + k - 1
+
+
+def _patches(a, windows):
+    # im2col as a view: for each (axis, start, stride, n, k) in windows, axis i of the
+    # result reads a[start + stride*i + p] with p a new trailing axis (zeros outside a)
+    pad = [(0, 0)] * a.ndim
+    for axis, start, stride, n, k in windows:
+        lo, hi = _reach(start, stride, n, k)
+        pad[axis] = (max(0, -lo), max(0, hi + 1 - a.shape[axis]))
+    if any(p != (0, 0) for p in pad):
+        padded = np.zeros([s + lo + hi for s, (lo, hi) in zip(a.shape, pad)], dtype=a.dtype)
+        padded[tuple(slice(lo, lo + s) for s, (lo, _) in zip(a.shape, pad))] = a
+        a = padded
+    # the view by hand (sliding_window_view's checks cost more than a small layer's copy)
+    shape, strides, kernel = list(a.shape), list(a.strides), []
+    corner = [slice(None)] * a.ndim
+    for axis, start, stride, n, k in windows:
+        corner[axis] = slice(start + pad[axis][0], None)
+        shape[axis], strides[axis] = n, a.strides[axis] * stride
+        kernel.append((k, a.strides[axis]))
+    return np.lib.stride_tricks.as_strided(a[tuple(corner)], shape + [k for k, _ in kernel],
+                                           strides + [s for _, s in kernel], writeable=False)
+
+
+def _unpatches(g, shape, windows):
+    # the adjoint of _patches: add each kernel offset's slice of g back into place, one
+    # strided add per offset (no np.add.at), with the batch axis innermost when it is
+    # longer than the last axis: numpy is slow on short inner loops
+    rank, nk = len(shape), len(windows)
+    pad = [(0, 0)] * rank
+    for axis, start, stride, n, k in windows:
+        lo, hi = _reach(start, stride, n, k)
+        pad[axis] = (max(0, -lo), max(0, hi + 1 - shape[axis]))
+    order = list(range(1, rank)) + [0] if nk and shape[0] > shape[-1] else list(range(rank))
+    out = np.zeros([shape[a] + sum(pad[a]) for a in order], dtype=g.dtype)
+    if nk:  # kernel axes first, each offset's slice one contiguous block
+        g = np.ascontiguousarray(g.transpose(list(range(rank, rank + nk)) + order))
+    for offsets in np.ndindex(*(w[4] for w in windows)):
+        index = [slice(None)] * rank
+        for (axis, start, stride, n, k), p in zip(windows, offsets):
+            first = start + pad[axis][0] + p
+            last = first + stride * (n - 1)
+            index[axis] = slice(first, last + 1, stride) if stride > 0 else \
+                slice(first, last - 1 if last > 0 else None, stride)
+        out[tuple(index[a] for a in order)] += g[offsets] if nk else g
+    crop = [slice(lo, lo + s) for s, (lo, hi) in zip(shape, pad)]
+    return out[tuple(crop[a] for a in order)].transpose(np.argsort(order))
+
+
+def _max_over(a, axes):
+    # max over a few window axes as elementwise maxima of whole slices, the window axes
+    # moved first in one copy: numpy is many times slower reducing short strided axes
+    if np.prod([a.shape[d] for d in axes]) > 16:
+        return a.max(axis=axes)
+    k = len(axes)
+    moved = np.ascontiguousarray(np.moveaxis(a, axes, range(k)))
+    out = None
+    for offsets in np.ndindex(*moved.shape[:k]):
+        v = moved[offsets + (Ellipsis,)]  # an array even when every axis is a window axis
+        out = v.copy() if out is None else np.maximum(out, v, out=out)
+    return out
+
+
+def _first_argmax(a, axes):
+    # 1 at the first maximum over `axes` in row-major order, else 0; a NaN wins, the
+    # last one if several, as in PyTorch's CPU max-pool.  A small window is walked
+    # offset by offset over whole slices, its axes moved first in one copy
+    k = len(axes)
+    if np.prod([a.shape[d] for d in axes]) > 16:
+        moved = np.moveaxis(a, axes, range(a.ndim - k, a.ndim))
+        flat = moved.reshape(moved.shape[:a.ndim - k] + (-1,))
+        at, nan = flat.argmax(axis=-1), np.isnan(flat)
+        if nan.any():  # argmax picks the first NaN
+            at = np.where(nan.any(axis=-1), flat.shape[-1] - 1 - nan[..., ::-1].argmax(axis=-1), at)
+        hot = np.arange(flat.shape[-1]) == at[..., None]
+        return np.moveaxis(hot.reshape(moved.shape), range(a.ndim - k, a.ndim), axes).astype(a.dtype)
+    moved = np.ascontiguousarray(np.moveaxis(a, axes, range(k)))
+    slices = [moved[o + (Ellipsis,)] for o in np.ndindex(*moved.shape[:k])]
+    top = slices[0].copy()
+    for v in slices[1:]:
+        np.maximum(top, v, out=top)  # NaN wherever the window holds one
+    hot = np.empty(moved.shape, dtype=a.dtype)
+    hots = hot.reshape((len(slices),) + top.shape)
+    taken = np.zeros(top.shape, dtype=bool)
+    for n, v in enumerate(slices):  # the first element equal to the maximum
+        first = (v == top) & ~taken
+        taken |= first
+        hots[n] = first
+    if not taken.all():  # windows holding a NaN (no element equals NaN): the last NaN
+        for n in reversed(range(len(slices))):
+            last = (slices[n] != slices[n]) & ~taken
+            taken |= last
+            hots[n] += last
+    return np.moveaxis(hot, range(k), axes)
+
+
+def _window(a, axis, start, size, stride=1):
+    # a[start + stride*i] for i < size along axis, reading zeros outside a's extent
+    lo = max(0, -(start // stride))  # the first i with start + stride*i >= 0
+    hi = min(size, (a.shape[axis] - 1 - start) // stride + 1)  # ... and past the last inside
+    shape = list(a.shape)
+    shape[axis] = size
+    out = np.zeros(shape, dtype=a.dtype)
+    if hi > lo:
+        into, read = [slice(None)] * a.ndim, [slice(None)] * a.ndim
+        into[axis] = slice(lo, hi)
+        read[axis] = slice(start + stride * lo, start + stride * (hi - 1) + 1, stride)
+        out[tuple(into)] = a[tuple(read)]
+    return out

@@ -1,0 +1,94 @@
+"""The numpy modules' runtime helpers (compiler/runtime/numpy_helpers.py), tested as the
+functions they are, and copied verbatim into the modules that call them."""
+from __future__ import annotations
+
+import inspect
+import math
+
+import numpy as np
+import pytest
+
+from nncc.api import compile_source
+from nncc.numpy_backend import helper_source
+from nncc.runtime import numpy_helpers as h
+
+RNG = np.random.default_rng(7)
+
+
+def test_erf_is_within_five_units_in_the_last_place():
+    x = np.concatenate([np.linspace(-8, 8, 160_001), np.logspace(-300, 1, 3000), -np.logspace(-300, 1, 3000)])
+    want = np.array([math.erf(v) for v in x])
+    ulps = np.abs(h._erf(x) - want) / np.spacing(np.maximum(np.abs(want), np.finfo(np.float64).tiny))
+    assert ulps.max() <= 5, x[ulps.argmax()]
+    special = h._erf(np.array([np.nan, np.inf, -np.inf, 0.0, -0.0]))
+    assert np.isnan(special[0]) and list(special[1:3]) == [1.0, -1.0]
+    assert list(np.signbit(special[3:])) == [False, True]
+    small = h._erf(x.astype(np.float32))
+    assert small.dtype == np.float32 and np.abs(small - want).max() <= 1e-6
+
+
+def test_sigmoid_and_logsumexp_stay_finite_and_accurate_far_out():
+    z = np.array([-1000.0, -40.0, 0.0, 40.0, 1000.0])
+    assert np.allclose(h._sigmoid(z), [0.0, 1 / (1 + math.exp(40)), 0.5, 1 / (1 + math.exp(-40)), 1.0], rtol=1e-15)
+    a = np.array([[1000.0, 999.0], [-1000.0, -1001.0]])
+    assert np.allclose(h._logsumexp(a, 1), [1000 + math.log1p(math.exp(-1)), -1000 + math.log1p(math.exp(-1))],
+                       rtol=1e-15)
+    with np.errstate(all="raise"):  # log(0) is clamped without a warning
+        assert list(h._clamped_log(np.array([0.0, 1.0]), -100)) == [-100.0, 0.0]
+
+
+WINDOWS = [  # (axis, start, stride, n, k), in the forms the lowering writes
+    [(1, 0, 1, 4, 3)],
+    [(1, -1, 2, 3, 3)],  # padding and a stride
+    [(1, 0, 1, 3, 2), (2, -1, 1, 4, 3)],  # two axes, one padded
+    [(2, 3, -1, 4, 1)],  # read backwards
+]
+
+
+@pytest.mark.parametrize("windows", WINDOWS)
+def test_patches_reads_zeros_outside_and_unpatches_is_its_adjoint(windows):
+    a = RNG.standard_normal((2, 6, 5))
+    p = h._patches(a, windows)
+    # entry by entry: a[start + stride*i + q], zero outside
+    for index in np.ndindex(*p.shape):
+        src = list(index[:a.ndim])
+        for (axis, start, stride, n, k), q in zip(windows, index[a.ndim:]):
+            src[axis] = start + stride * index[axis] + q
+        inside = all(0 <= s < n for s, n in zip(src, a.shape))
+        assert p[index] == (a[tuple(src)] if inside else 0.0)
+    g = RNG.standard_normal(p.shape)
+    assert np.isclose((p * g).sum(), (a * h._unpatches(g, a.shape, windows)).sum(), rtol=1e-13)
+
+
+@pytest.mark.parametrize("shape,axes", [((3, 4, 2, 2), (2, 3)), ((3, 5, 5), (1, 2)), ((2, 3), (1,))])
+def test_max_over_and_first_argmax_on_small_and_large_windows(shape, axes):
+    a = RNG.integers(0, 3, shape).astype(np.float64)  # ties: the first maximum is the one
+    assert np.array_equal(h._max_over(a, axes), a.max(axis=axes))
+    # one 1 a window, at its first maximum in row-major order
+    k, size = len(axes), int(np.prod([a.shape[d] for d in axes]))
+    flat = [np.moveaxis(v, axes, range(a.ndim - k, a.ndim)).reshape(-1, size) for v in (a, h._first_argmax(a, axes))]
+    assert np.array_equal(flat[1].sum(axis=-1), np.ones(len(flat[1])))
+    assert np.array_equal(flat[1].argmax(axis=-1), flat[0].argmax(axis=-1))
+
+
+def test_first_argmax_takes_the_last_nan_as_pytorch_does():
+    a = np.array([[1.0, np.nan, 3.0, np.nan]])
+    assert list(h._first_argmax(a, (1,))[0]) == [0, 0, 0, 1]
+    big = np.concatenate([a, np.zeros((1, 16))], axis=1)
+    assert list(np.flatnonzero(h._first_argmax(big, (1,))[0])) == [3]
+
+
+def test_window_reads_zeros_outside():
+    a = np.arange(6.0).reshape(1, 6)
+    assert list(h._window(a, 1, -2, 5, 2)[0]) == [0.0, 0.0, 2.0, 4.0, 0.0]
+    assert list(h._window(a, 1, 4, 3)[0]) == [4.0, 5.0, 0.0]
+
+
+def test_a_module_carries_the_helpers_it_calls_verbatim_and_no_others():
+    text = compile_source("input x: [1, 6, 6]\ntarget y: [4]\n"
+                          "loss = quadratic(x |> conv2d(1, 3) |> maxpool2d(2) |> flatten |> sigmoid, y)\n",
+                          "<helpers>").numpy_module()
+    for used in (h._patches, h._reach, h._sigmoid):
+        assert inspect.getsource(used).rstrip("\n") in text
+    assert "def _erf(" not in text and "def _window(" not in text
+    assert helper_source(set()) == ""
