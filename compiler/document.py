@@ -50,14 +50,10 @@ class FormulaLatex(LatexPrinter):
         if kwargs:
             return super()._print(e, **kwargs)
         if e not in self._printed:
-            self._printed[e] = super()._print(e)
+            primitive = lookup(e)
+            self._printed[e] = primitive.latex.format(*[self._print(a) for a in e.args]) \
+                if primitive is not None and primitive.latex else super()._print(e)
         return self._printed[e]
-
-    def _print(self, e, **kwargs):
-        primitive = lookup(e)
-        if primitive is not None and primitive.latex:
-            return primitive.latex.format(*[self._print(a) for a in e.args])
-        return super()._print(e, **kwargs)
 
     def _print_Indexed(self, e):
         label = e.base.label.name
