@@ -76,14 +76,10 @@ TABLE = (
 BY_CLASS = {p.function: p for p in TABLE}
 
 
-def _sqrt(x):
-    return sp.sqrt(x)
-
-
 # what a formula may call: the table's callable entries, and sqrt, which sympy keeps as
 # the power x^(1/2) (printed by each printer's power rule)
 CALLABLE: dict[str, Callable] = {p.name: p.function for p in TABLE if p.callable}
-CALLABLE["sqrt"] = _sqrt
+CALLABLE["sqrt"] = sp.sqrt
 DOMAINS: dict[str, Callable] = {p.name: p.domain for p in TABLE if p.callable and p.domain}
 DOMAINS["sqrt"] = _sqrt_domain
 
