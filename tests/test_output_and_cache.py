@@ -208,8 +208,11 @@ def test_a_header_and_source_from_two_runs_do_not_compile(tmp_path):
 
 # runs the CLI, stopping once a temporary output file is complete, to be signalled there
 STOP_IN_WRITE = """
-import os, sys, time
+import os, signal, sys, time
 import nncc.cli
+# Ctrl-C as a terminal delivers it, even where the suite runs in the background (a shell
+# starts background jobs with SIGINT ignored, and the child would inherit that)
+signal.signal(signal.SIGINT, signal.default_int_handler)
 ready, args = sys.argv[1], sys.argv[2:]
 real_chmod = os.chmod
 def chmod(path, mode, *a, **k):
