@@ -26,7 +26,7 @@ from .literals import real_literal
 from .naming import backward_anchor, forward_anchor, grad_name, temp, var
 from .primitives import lookup
 from .stabilize import stabilize
-from .symbolic import ClampedLog, FirstArgmax, LogSumExp, MaxOver, factored_sum, real_base
+from .symbolic import ClampedLog, FirstArgmax, LogSumExp, MaxOver, real_base, sum_terms
 
 
 @dataclass(frozen=True)
@@ -73,16 +73,10 @@ class _Printer(NumPyPrinter):
 
     def _print_Add(self, e, order=None):
         low = self.lowerer
-        parts = {_label(x) for x in e.atoms(sp.Indexed, sp.Symbol)}
-        grouped = factored_sum(e)  # 2.5e19*(h - y) - max: h - y first, or the max is missed
-        if not grouped.is_Add:  # one product: 1.5*t1 + 1.5*t2 is 1.5*(t1 + t2)
-            return self._print(grouped)
-        if not parts & (low.lse_max | low.lse_log):
-            return super()._print_Add(grouped, order)
-        # the max and log-sum parts of a logsumexp last, in that order (see Lowerer._reduce)
-        terms = sorted(e.as_ordered_terms() if grouped is e else list(grouped.args), key=lambda t: (
-            bool({_label(x) for x in t.atoms(sp.Indexed, sp.Symbol)} & low.lse_log),
-            bool({_label(x) for x in t.atoms(sp.Indexed, sp.Symbol)} & low.lse_max)))
+        terms = sum_terms(e, lambda t: {_label(x) for x in t.atoms(sp.Indexed, sp.Symbol)}, low.lse_max, low.lse_log)
+        if not isinstance(terms, list):
+            # 1.5*t1 + 1.5*t2 is the product 1.5*(t1 + t2), not a sum
+            return super()._print_Add(terms, order) if terms.is_Add else self._print(terms)
         out = []
         for k, t in enumerate(terms):
             s = self._print(t)

@@ -23,7 +23,7 @@ import sympy as sp
 
 from . import syntax as S
 from .errors import Loc, NNError, did_you_mean
-from .primitives import CALLABLE, DOMAINS
+from .primitives import CALLABLE, DOMAINS, FLOAT_MAX
 from .symbolic import LogSumExp, MaxOver, Where, index_symbol, real_base
 
 # Scalar functions every formula may call (compiler/primitives.py); everything else comes from `fn`s.
@@ -32,7 +32,6 @@ REDUCTIONS = ("sum", "mean", "max", "logsumexp")
 
 # A constant of a formula must be a float64 in the generated code.  Each one is checked
 # as it is built, so that nothing huge (9^9^9) is ever computed exactly.
-FLOAT_MAX = sys.float_info.max
 _FLOAT_MAX_INT = int(FLOAT_MAX)
 _LOG10_MAX = math.log10(FLOAT_MAX)
 _LOG10_MIN = math.log10(sys.float_info.min * sys.float_info.epsilon)  # the least subnormal

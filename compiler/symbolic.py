@@ -213,3 +213,15 @@ def _split_folded_constant(groups: dict) -> None:
                 parts.append((sign * c, sp.S.One))
                 groups[("t", rest)] = [(rest, sp.S.One)]
                 return
+
+
+def sum_terms(e: sp.Add, reads, late_max: set, late_log: set):
+    """How to print the sum e: e with the terms that share a coefficient as one product
+    (factored_sum), a sympy expression to print as usual; or, where e reads (`reads(term)`,
+    a set of names) a logsumexp's max or log-sum, its terms in the order to print them,
+    those two last, so that x - max - logsum does not round x to the spacing of the max."""
+    grouped = factored_sum(e)
+    if not grouped.is_Add or not reads(e) & (late_max | late_log):
+        return grouped
+    terms = e.as_ordered_terms() if grouped is e else list(grouped.args)
+    return sorted(terms, key=lambda t: (bool(reads(t) & late_log), bool(reads(t) & late_max)))
