@@ -128,6 +128,14 @@ def main(argv=None) -> int:
         return 128 + exc.signum
     except KeyboardInterrupt:
         return 130
+    except Exception:  # noqa: BLE001
+        # one a signal caused where Python could not raise it (an import of numpy's C
+        # code cut short turns into an ImportError): end as signalled, not with a traceback
+        try:
+            check_interrupted()
+        except Interrupted as exc:
+            return 128 + exc.signum
+        raise
 
 
 def _compile_main(argv) -> int:

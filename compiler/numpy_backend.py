@@ -1,11 +1,12 @@
 """Kernel plan -> the values the numpy module template lays out."""
 from __future__ import annotations
 
-import inspect
+import ast
+from functools import lru_cache
+from importlib import resources
 
 from . import __version__
 from .lower import Plan
-from .runtime import numpy_helpers
 from .templating import environment
 
 # a runtime helper, and the helpers it calls
@@ -30,11 +31,19 @@ def helper_source(used) -> str:
     """The source of the runtime helpers `used` and of those they call, in the order of
     compiler/runtime/numpy_helpers.py, copied verbatim."""
     needed = set(used) | {c for u in used for c in _CALLS.get(u, ())}
-    functions = {name[1:]: f for name, f in vars(numpy_helpers).items()
-                 if inspect.isfunction(f) and f.__module__ == numpy_helpers.__name__}
-    unknown = needed - set(functions)
+    helpers = _helpers()
+    unknown = needed - set(helpers)
     assert not unknown, f"no runtime helper for {sorted(unknown)}"
-    return "".join("\n\n\n" + inspect.getsource(f).rstrip("\n") for name, f in functions.items() if name in needed)
+    return "".join("\n\n\n" + text for name, text in helpers.items() if name in needed)
+
+
+@lru_cache(maxsize=None)
+def _helpers() -> dict:
+    """{name without its underscore: source} of the helpers, read as text: importing the
+    file would import numpy into the compiler, which does not need it."""
+    text = resources.files("nncc.runtime").joinpath("numpy_helpers.py").read_text(encoding="utf-8")
+    return {f.name[1:]: ast.get_source_segment(text, f) for f in ast.parse(text).body
+            if isinstance(f, ast.FunctionDef)}
 
 
 def module_values(plan: Plan) -> dict:

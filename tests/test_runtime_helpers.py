@@ -92,3 +92,14 @@ def test_a_module_carries_the_helpers_it_calls_verbatim_and_no_others():
         assert inspect.getsource(used).rstrip("\n") in text
     assert "def _erf(" not in text and "def _window(" not in text
     assert helper_source(set()) == ""
+
+
+def test_the_compiler_reads_the_helpers_without_importing_numpy():
+    # numpy's import is slow, and a signal that cuts it short surfaces as an ImportError
+    import subprocess
+    import sys
+    code = ("import sys; from nncc.api import compile_source; "
+            "compile_source('input x: [2]\\ntarget y: [2]\\nloss = quadratic(x |> erf, y)\\n').numpy_module(); "
+            "assert 'numpy' not in sys.modules, 'numpy imported'")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
