@@ -13,6 +13,7 @@ import sympy as sp
 from . import ir
 from . import syntax as S
 from .errors import Loc, NNError, did_you_mean, escape, source_lines
+from .literals import exact
 from .naming import C_MACRO_WORDS, c_macro, grad_name, plain, var
 from .ops import FLOAT_MAX, PRIMITIVES, check_power, OpDef, Registry, TensorArg, define_fn, define_layer
 from .parse import parse, without_bom
@@ -397,7 +398,7 @@ class _Builder:
                 value = self._number(values[o.name], f"'{o.name}' of '{op.name}'")
                 options[o.name] = _check_option(op, o, value, kinds[o.name], locs[o.name])
             elif isinstance(o.default, sp.Basic):  # a default computed from other options
-                v = o.default.xreplace({sp.Symbol(k, integer=True): sp.sympify(x) for k, x in options.items()
+                v = o.default.xreplace({sp.Symbol(k, integer=True): exact(x) for k, x in options.items()
                                         if not isinstance(x, str)})
                 options[o.name] = int(v) if v.is_integer else float(v)
             elif o.default is not None:
@@ -599,7 +600,7 @@ class _Builder:
         from .ops import _Scope, to_sympy
         scope = _Scope(self.registry, f"the init of a parameter of '{op.name}'")
         for k, v in env.items():
-            scope.scalars[k.name] = sp.Integer(int(v)) if not isinstance(v, float) else sp.Float(v)
+            scope.scalars[k.name] = exact(v)
         v = to_sympy(e, scope)
         if v.free_symbols:
             raise NNError("an init bound must be a number", e.loc)

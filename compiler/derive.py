@@ -23,6 +23,7 @@ import sympy as sp
 from sympy.concrete.expr_with_limits import ExprWithLimits
 
 from . import ir
+from .literals import exact
 from .naming import grad_name
 from .symbolic import FirstArgmax, LogSumExp, MaxOver, Where, index_symbol, real_base
 
@@ -85,7 +86,7 @@ def formula_for(node: ir.Node, g: ir.Graph) -> Formula:
         idx = (b,) + local
         mapping = {sp.Symbol(t.name, real=True): real_base(a.name)[idx] for t, a in zip(op.tensors, args)}
         for o in op.options:
-            mapping[sp.Symbol(o.name, real=True)] = sp.sympify(node.option_dict[o.name])
+            mapping[sp.Symbol(o.name, real=True)] = exact(node.option_dict[o.name])
         body = op.body.xreplace(mapping)
         ranges = {b: B, **{s: n for s, n in zip(local, out_shape)}}
         return Formula(real_base(node.output), idx, body, ranges)
@@ -99,7 +100,7 @@ def formula_for(node: ir.Node, g: ir.Graph) -> Formula:
     for o in op.options:
         v = opts[o.name]
         if isinstance(v, (int, float)) and not isinstance(v, bool):
-            env[sp.Symbol(o.name, integer=True)] = sp.sympify(v)
+            env[sp.Symbol(o.name, integer=True)] = exact(v)
     all_indices = set(op.out_indices)
     for ind in op.body.atoms(sp.Indexed):
         all_indices |= {s for s in ind.free_symbols if isinstance(s, sp.Symbol) and s.is_integer}
@@ -128,7 +129,7 @@ def formula_for(node: ir.Node, g: ir.Graph) -> Formula:
     values = {o.name: opts[o.name] for o in op.options
               if isinstance(opts[o.name], (int, float)) and not isinstance(opts[o.name], bool)}
     body = op.body.xreplace(env)
-    body = body.xreplace({x: sp.sympify(values[x.name]) for x in body.free_symbols
+    body = body.xreplace({x: exact(values[x.name]) for x in body.free_symbols
                           if isinstance(x, sp.Symbol) and x.name in values})
     body = body.xreplace({e: rename(e) for e in body.atoms(sp.Indexed)})
     ranges = {b: B}

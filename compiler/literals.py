@@ -44,3 +44,17 @@ def _digits(v):
 def _short(v) -> str:
     text = str(v)
     return text if len(text) <= 24 else f"{text[:10]}...({len(text)} characters)"
+
+
+def exact(value):
+    """A number a user wrote, as the exact sympy number formula constants are: a float
+    becomes the fraction of its shortest decimal (0.1 is 1/10), never a sympy Float,
+    whose fixed precision absorbs small terms in sums (d*(1e20*u - 2) lost the 2).
+    A sympy expression is returned as it is."""
+    if isinstance(value, sp.Basic):
+        return value
+    if isinstance(value, bool):
+        return sp.Integer(int(value))
+    if isinstance(value, float):
+        return sp.Rational(repr(value))
+    return sp.Integer(value)

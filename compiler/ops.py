@@ -23,6 +23,7 @@ import sympy as sp
 
 from . import syntax as S
 from .errors import Loc, NNError, did_you_mean
+from .literals import exact
 from .primitives import CALLABLE, DOMAINS, FLOAT_MAX
 from .symbolic import LogSumExp, MaxOver, Where, index_symbol, real_base
 
@@ -148,7 +149,7 @@ class _Scope:
 def to_sympy(e, scope: _Scope, in_subscript=False):
     """Convert a syntax expression to sympy inside `scope`."""
     if isinstance(e, S.Num):
-        return sp.Rational(str(e.value)) if isinstance(e.value, float) else sp.Integer(e.value)
+        return exact(e.value)
     if isinstance(e, S.Bool):
         return sp.Integer(1 if e.value else 0)
     if isinstance(e, S.Str):
@@ -371,7 +372,7 @@ def inline(op: OpDef, args: list, loc: Loc) -> sp.Expr:
         value = a if a is not None else o.default
         if value is None:
             raise NNError(f"'{op.name}' needs a value for '{o.name}'", loc)
-        mapping[sp.Symbol(o.name, real=True)] = sp.sympify(value)
+        mapping[sp.Symbol(o.name, real=True)] = exact(value)
     return op.body.xreplace(mapping)
 
 

@@ -22,9 +22,10 @@ parameters, then of each parameter alone, by the 5-point stencil
 (f(-2h) - 8 f(-h) + 8 f(h) - f(2h)) / 12h, whose truncation error is O(h^4), at h = 1e-3
 and h / 2, combined by Richardson extrapolation ((16 fd(h/2) - fd(h)) / 15).  What the
 estimate cannot resolve is the two stencils' disagreement plus the rounding of the loss
-(measured: how far the loss moves when its inputs move by round-off, over h).  The
-gradient is judged at the first of up to `FD_POINTS` random points where every direction
-resolves the tolerance; where none does (kinks, overflow, a slope that is truly ~0), each
+(measured: how far the loss moves when its inputs move by round-off, how far it strays
+from a straight line over steps of 1e-9, and what its sixth differences over steps of
+h / 2 leave, each over h).  The gradient is judged at the first of up to `FD_POINTS`
+random points where every direction resolves the tolerance; where none does (kinks, overflow, a slope that is truly ~0), each
 direction is judged at the best point against ten times what it resolves, and the
 program is inconclusive only if that is coarser than 1e-4.  Errors are relative to
 max(|fd|, |analytic|, FD_FLOOR * (1 + |L|)).
@@ -458,9 +459,18 @@ def _fd_at_point(n, seed: int):
         # what the estimate cannot resolve: its truncation (fd1 against fd2) and the rounding
         # of the loss values it differences (a loss of 1e13 moves in steps of 2e-3)
         rounding = max(4 * np.finfo(np.float64).eps * max(abs(value), abs(f(2 * FD_STEP)), abs(f(-2 * FD_STEP))),
-                       4 * wobble, 4 * _staircase(f)) / FD_STEP
+                       4 * wobble, 4 * _staircase(f), 4 * _jitter(f)) / FD_STEP
         out[label] = (abs(fd - an) / scale, (abs(fd1 - fd2) / 15 + rounding) / scale, fd, an)
     return out
+
+
+def _jitter(f) -> float:
+    """The loss's rounding at the stencil's own scale: its sixth differences over steps of
+    FD_STEP / 2, where a smooth curve leaves ~h^6 f^(6) and roundings of size a leave
+    ~17a.  It sees plateaus wider than MICRO_STEP: log(1 - sigmoid(z)) near z = 20 keeps
+    one value over steps of 1e-7 in z, as 1 + exp(-z) moves in steps of eps."""
+    y = np.array([f(FD_STEP / 2 * k) for k in range(-4, 5)])
+    return float(np.max(np.abs(np.diff(y, 6)))) / 17
 
 
 def _staircase(f) -> float:

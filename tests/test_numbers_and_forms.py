@@ -76,6 +76,8 @@ PROGRAMS = {
                                         "input x: [2]\ntarget y: [4]\nloss = l(x |> dense(4), y)\n",
     "a logsumexp times a number": "fn l(a[i], y[i], d = 1.5) = d * logsumexp(i: 0.1 * (a[i] - y[i]))\n"
                                   "input x: [3]\ntarget y: [3]\nloss = l(x |> dense(3), y)\n",
+    "option's default times a steep difference": "fn l(a[i], y[i], d = 0.1) = d * max(i: tanh(1e12 * a[i]) - (a[i] + y[i]))\n"
+                                                 "input x: [3]\ntarget y: [3]\nloss = l(x |> dense(3), y)\n",
     "constant call in a max": "fn l(a[i], y[i]) = max(i: a[i] - y[i] - sigmoid(1e-30))\n"
                               "input x: [3]\ntarget y: [3]\nloss = l(x |> dense(3), y)\n",
 }
