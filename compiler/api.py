@@ -2,28 +2,35 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from . import ir
 from .build import compile_graph
 from .derive import derive_graph
 from .lower import Plan, plan
 from .numpy_backend import render
+from .program import Program, build
 
 
 @dataclass(frozen=True)
 class Compiled:
     graph: ir.Graph
-    plan: Plan
+    program: Program
+
+    @cached_property
+    def plan(self) -> Plan:
+        """The numpy rendering of the program (made when first asked for)."""
+        return plan(self.program)
 
     def numpy_module(self) -> str:
-        return render(self.plan, self.graph.reduce)
+        return render(self.plan, self.graph)
 
 
 def compile_source(source: str, file: str = "<string>") -> Compiled:
-    """Parse, check, derive and plan a .nn program (raises NNError on a mistake)."""
+    """Parse, check, derive and lower a .nn program (raises NNError on a mistake)."""
     g = compile_graph(source, file)
     derivations = derive_graph(g, g.needs_grad())
-    return Compiled(g, plan(g, derivations))
+    return Compiled(g, build(g, derivations))
 
 
 def load_module(source: str, file: str = "<string>", name: str | None = None):

@@ -1,6 +1,6 @@
-"""Index expressions -> C99 loop nests: the embeddable training code.
+"""Program -> C99 loop nests: the embeddable training code.
 
-The same derived formulas as the numpy backend, lowered differently: every
+The Program's statements, rendered as loops rather than whole arrays: every
 statement is a loop nest over its target's indices; each reduction (sum,
 logsumexp, max, first-argmax) and each scatter (the adjoint of a window read)
 is computed first into a temporary array of the caller's workspace.  Reads
@@ -10,20 +10,17 @@ globals, no printing; `real` is float or double, math through <tgmath.h>.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 import sympy as sp
 from sympy.printing.c import C99CodePrinter
 
-from . import ir
-from .comments import formula_text
-from .derive import B, as_scatter
+from .derive import B
 from .errors import generating
 from .literals import real_literal
-from .naming import backward_anchor, forward_anchor, grad_name
+from .naming import grad_name
 from .primitives import lookup
-from .stabilize import stabilize
+from .program import Program
 from .symbolic import FirstArgmax, LogSumExp, MaxOver, real_base, sum_terms
 
 
@@ -140,6 +137,7 @@ class CLowerer:
         self.lse_max: set = set()  # names holding the max part of a logsumexp
         self.lse_log: set = set()  # ... and its log-sum part
         self.count = 0
+        self.used: set = set()  # the C arrays the lines read or write
 
     # ---- names
     def loop_var(self, s):
@@ -152,6 +150,7 @@ class CLowerer:
 
     def read(self, e: sp.Indexed) -> str:
         buf = self.buffers[e.base.label.name]
+        self.used.add(buf.name)
         linear, guards = self._linear(buf, e.indices)
         access = f"{buf.name}[{linear}]"
         if guards:
@@ -221,29 +220,28 @@ class CLowerer:
         buf = Buffer(name, tuple(self.ranges[s] for s in labels), "work")
         self.work.append(buf)
         self.buffers[name] = buf
+        self.used.add(name)
         return name
 
     # ---- statements
-    def assign(self, target: str, indices, expr, ranges, comment, accumulate=False, variables=None):
-        scatter = as_scatter(indices, expr, ranges, variables)
-        if scatter is not None:  # overlapping or gapped affine writes: a scatter-add
-            indices, expr, ranges = scatter
-            variables = None
-        self.ranges = dict(ranges)
-        expr = stabilize(expr)
-        loops = tuple(variables) if variables is not None else tuple(indices)
+    def assign(self, st, comment: str):
+        """One Program statement as a loop nest over its target's indices."""
+        self.ranges = dict(st.ranges)
+        expr = st.expr
+        loops = tuple(st.variables) if st.variables is not None else tuple(st.indices)
         self._emit(f"/* {comment} */")
         if expr.has(sp.KroneckerDelta):
             expr = sp.Add(*[self._scatter(t, loops) if t.has(sp.KroneckerDelta) else t
                             for t in sp.Add.make_args(expr)])
-        buf = self.buffers[target]
-        if tuple(indices) == loops and self._axpy(buf, loops, expr, accumulate):
+        buf = self.buffers[st.target]
+        self.used.add(buf.name)
+        if tuple(st.indices) == loops and self._axpy(buf, loops, expr, st.accumulate):
             return
         expr = self._hoist(expr, list(loops))
         self._open(loops)
         expr = self._inline(expr)
-        linear, _ = self._linear(buf, indices)
-        op = "+=" if accumulate else "="
+        linear, _ = self._linear(buf, st.indices)
+        op = "+=" if st.accumulate else "="
         self._emit(f"{buf.name}[{linear}] {op} {_CPrinter(self).doprint(expr)};")
         self._close(len(loops))
 
@@ -515,6 +513,7 @@ class CPlan:
     forward: list
     loss: list
     backward: list
+    uses: dict  # function body -> the C arrays its lines read or write
     grads: list
     output: Buffer
     output_size: int
@@ -522,7 +521,8 @@ class CPlan:
     reduce: str
 
 
-def plan_c(g: ir.Graph, derivations, real="float") -> CPlan:
+def plan_c(program: Program, real="float") -> CPlan:
+    g = program.graph
     buffers = {}
     params, offset = [], 0
     for p in g.params:
@@ -542,51 +542,17 @@ def plan_c(g: ir.Graph, derivations, real="float") -> CPlan:
         if kind == "work":
             work.append(buffers[grad_name(t.name)])
 
-    def forward_body(keep, kept_whole):
+    def body(statements):
         low = CLowerer(buffers, work)
-        fused = _fusable(derivations, keep, kept_whole)
-        expanded, pending = {}, []
-        for d in derivations:
-            if d.node.output not in keep:
-                continue
-            f = d.formula
-            comment = _comment(f"{formula_text(f.out[f.indices])} = {formula_text(f.body)}",
-                               forward_anchor(d.node.label))
-            body = _substitute(f.body, expanded, fused)
-            if d.node.output in fused:  # computed inside the loop of its one reader
-                expanded[d.node.output] = body
-                pending.append(comment)
-                continue
-            for c in pending:
-                low._emit(f"/* {c} */")
-            pending = []
-            with generating(d.node):
-                low.assign(d.node.output, f.indices, body, f.ranges, comment, variables=f.vars)
-        return low.lines
+        for st in statements:
+            for note in st.notes[:-1]:  # the steps fused into this one
+                low._emit(f"/* {_comment(note)} */")
+            with generating(st.node):
+                low.assign(st, _comment(st.notes[-1]))
+        return low.lines, low.used
 
-    read_back = {r.base.label.name for d in derivations for gr in d.grads
-                 for r in gr.backward.atoms(sp.Indexed)}
-    forward = forward_body(g.ancestors(g.output), {g.output})
-    loss = forward_body(g.ancestors(g.loss), {g.output, g.loss} | read_back)
-    low = CLowerer(buffers, work)
-    seed = sp.Integer(1) / B if g.reduce == "mean" else sp.Integer(1)
-    dloss = real_base(grad_name(g.loss))
-    have = set()
-    for d in reversed(derivations):
-        for gr in d.grads:
-            expr = gr.backward.replace(lambda e: isinstance(e, sp.Indexed) and e.base == dloss, lambda e: seed)
-            target = grad_name(gr.wrt)
-            rng = dict(d.formula.ranges)
-            shp = buffers[target].shape
-            rng.update(dict(zip(gr.indices, shp)))
-            comment = _comment(f"{formula_text(real_base(target)[gr.indices])} "
-                               f"{'+=' if target in have else '='} {formula_text(gr.backward)}",
-                               backward_anchor(d.node.label, gr.wrt))
-            with generating(d.node):
-                low.assign(target, gr.indices, expr, rng, comment, accumulate=target in have)
-            have.add(target)
-    zero = [p.name for p in g.params if grad_name(p.name) not in have]
-    backward = low.lines
+    (forward, forward_uses), (loss, loss_uses) = body(program.forward), body(program.loss)
+    backward, backward_uses = body(program.backward)
     per_sample, constant = sp.Integer(0), sp.Integer(0)
     for w in work:
         w.offset = per_sample * B + constant
@@ -599,54 +565,16 @@ def plan_c(g: ir.Graph, derivations, real="float") -> CPlan:
                  [(t.name, cname(t.name), t.shape) for t in g.targets],
                  params, offset, work, f"((size_t)(batch) * {int(per_sample)} + {int(constant)})",
                  (int(per_sample), int(constant)), forward, loss, backward,
-                 [(p.name, "d" + cname(p.name), p.name in zero) for p in g.params],
+                 dict(forward=forward_uses, loss=loss_uses, backward=backward_uses),
+                 [(p.name, "d" + cname(p.name), p.name in program.zero_grads) for p in g.params],
                  out, int(sp.Mul(*g.tensors[g.output].shape)) if g.tensors[g.output].shape else 1,
                  cname(g.loss), g.reduce)
 
 
-_REDUCTIONS = (sp.Sum, MaxOver, LogSumExp, FirstArgmax)
-
-
-def _fusable(derivations, keep, kept_whole) -> dict:
-    """The values to compute inside the loop of their one reader instead of into a buffer
-    of their own: elementwise (no reduction, plain output subscripts), read exactly once,
-    at the reader's own positions (plain subscripts) and outside any reduction, where the
-    value would be computed again for every term."""
-    formulas = {d.node.output: d.formula for d in derivations if d.node.output in keep}
-    reads, nested, plain = {}, set(), {}
-    for f in formulas.values():
-        for r in sp.preorder_traversal(f.body):
-            if isinstance(r, sp.Indexed):
-                name = r.base.label.name
-                reads[name] = reads.get(name, 0) + 1
-                # at positions inside the value's extent: a read past it is a zero (padding,
-                # a concat), which the value's formula would not give
-                own = formulas.get(name)
-                plain[name] = plain.get(name, True) and own is not None and own.vars == own.indices and all(
-                    isinstance(i, sp.Symbol) and i in f.ranges and
-                    sp.simplify(f.ranges[i] - own.ranges[j]) == 0 for i, j in zip(r.indices, own.indices))
-        for red in f.body.atoms(*_REDUCTIONS):
-            nested |= {r.base.label.name for r in red.atoms(sp.Indexed)}
-    return {t: f for t, f in formulas.items()
-            if t not in kept_whole and reads.get(t) == 1 and plain[t] and t not in nested
-            and tuple(f.vars) == tuple(f.indices) and not f.body.has(sp.KroneckerDelta)}
-
-
-def _substitute(body, expanded: dict, fused: dict):
-    """body with each read of a fused value replaced by that value's own formula."""
-    def inline(r):
-        name = r.base.label.name
-        value = expanded[name]
-        # fresh bound indices, so that none can capture a reader's index of the same name
-        # in a fixed order: a Dummy's place in sympy's ordering of terms is its creation
-        fresh = {lim[0]: sp.Dummy(lim[0].name, integer=True)
-                 for red in sorted(value.atoms(*_REDUCTIONS), key=sp.default_sort_key) for lim in red.limits}
-        return value.xreplace(fresh).xreplace(dict(zip(fused[name].indices, r.indices)))
-    return body.replace(lambda e: isinstance(e, sp.Indexed) and e.base.label.name in expanded, inline)
-
-
-def _comment(text: str, anchor: str) -> str:
-    return (text + f"  [#{anchor}]").replace("*/", "* /")
+def _comment(note) -> str:
+    """A Program note as the text of a C comment."""
+    text = (f"{note.label}: " if note.label else "") + f"{note.text}  [#{note.anchor}]"
+    return text.replace("*/", "* /")
 
 
 def offset_code(off) -> str:
@@ -659,11 +587,10 @@ def offset_code(off) -> str:
 
 # ---- rendering -------------------------------------------------------------------------
 
-def _pointers_used(lines: list[str], params: list[dict], work: list[dict], arrays: list[str],
+def _pointers_used(named: set, params: list[dict], work: list[dict], arrays: list[str],
                    grads: bool = False) -> dict:
-    """The parameter, gradient and workspace pointers a function body reads, and the
-    arguments it never reads (cast to void so -Wextra stays quiet)."""
-    named = set(re.findall(r"[A-Za-z_]\w*", "\n".join(lines)))
+    """The parameter, gradient and workspace pointers a function body uses (`named`), and
+    the arguments it never reads (cast to void so -Wextra stays quiet)."""
     used = dict(params=[p for p in params if p["cname"] in named],
                 grads=[p for p in params if grads and "d" + p["cname"] in named],
                 work=[w for w in work if w["name"] in named])
@@ -697,15 +624,16 @@ def render_c(plan: CPlan, standalone: bool = True) -> tuple[str, str]:
                   backward=plan.backward, output=plan.output.name, loss=plan.loss_name,
                   zero_grads=[dict(name=n, cname=c, size=next(p["size"] for p in params if p["name"] == n))
                               for n, c, z in plan.grads if z for c in [c[1:]]])
-    # what each function's template adds to its lines: the output copy, the loss total
-    output_copy, loss_total = f"output[n] = {plan.output.name}[n]", plan.loss_name
-    zeroing = [f"d{g['cname']}" for g in values["zero_grads"]]
+    # what each function's template adds to its lines: the output copy, the loss total, the
+    # zeroed gradients of parameters the loss does not reach
+    zeroing = {f"d{g['cname']}" for g in values["zero_grads"]}
     arrays = [c for _, c, _ in plan.inputs + plan.targets]
     values["uses"] = dict(
-        forward=_pointers_used(plan.forward + [output_copy], params, work, [c for _, c, _ in plan.inputs]),
-        loss=_pointers_used(plan.loss + [loss_total], params, work, arrays),
-        loss_and_grad=_pointers_used(plan.loss + plan.backward + zeroing + [loss_total], params, work, arrays,
-                                     grads=True))
+        forward=_pointers_used(plan.uses["forward"] | {plan.output.name}, params, work,
+                               [c for _, c, _ in plan.inputs]),
+        loss=_pointers_used(plan.uses["loss"] | {plan.loss_name}, params, work, arrays),
+        loss_and_grad=_pointers_used(plan.uses["loss"] | plan.uses["backward"] | zeroing | {plan.loss_name},
+                                     params, work, arrays, grads=True))
     env = environment()
     return (env.get_template("c_header.h.j2").render(**values),
             env.get_template("c_source.c.j2").render(**values))
@@ -713,7 +641,7 @@ def render_c(plan: CPlan, standalone: bool = True) -> tuple[str, str]:
 
 def render_c_files(c, dtype: str = "float32") -> dict:
     """{file name: text} of the C sources for a compiled network."""
-    plan = plan_c(c.graph, c.plan.derivations, "float" if dtype == "float32" else "double")
+    plan = plan_c(c.program, "float" if dtype == "float32" else "double")
     header, source = render_c(plan, standalone=True)
     return {f"{plan.name}.h": header, f"{plan.name}.c": source}
 
@@ -725,17 +653,17 @@ def render_c_module(c) -> str:
     from .templating import environment
     parts, cdef, work = [], [], {}
     for suffix, real, dtype in (("f32", "float", "float32"), ("f64", "double", "float64")):
-        plan = plan_c(c.graph, c.plan.derivations, real)
+        plan = plan_c(c.program, real)
         plan.name = f"{c.graph.name}_{suffix}"
         header, source = render_c(plan, standalone=False)
         parts += [header, source]
         cdef.append("\n".join(line for line in header.splitlines() if not line.startswith("#")))
         work[dtype] = plan.work_linear
-    values = module_values(c.plan)
+    values = module_values(c.graph)
     layout, start = [], 0
-    for n, _, shape, _ in c.plan.params:
-        size = math.prod(int(d) for d in shape)
-        layout.append(dict(name=n, start=start, stop=start + size, shape=shape_text(shape)))
+    for p in c.graph.params:
+        size = math.prod(int(d) for d in p.shape)
+        layout.append(dict(name=p.name, start=start, stop=start + size, shape=shape_text(p.shape)))
         start += size
     values.update(layout=layout, param_count=start, flat_params=True,
                   name=c.graph.name, version=__version__, cdef="\n".join(cdef), c_source="\n".join(parts),

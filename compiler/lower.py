@@ -1,4 +1,7 @@
-"""Index expressions -> a kernel plan: numpy statements with their formulas.
+"""Program -> a kernel plan: numpy statements with their formulas.
+
+Each Program statement becomes one line over whole arrays (and a line for each
+temporary it needs that is read more than once); nothing is fused or reordered here.
 
 Three kernel families:
   elementwise   a whole expression over one layout, fused into one numpy expression;
@@ -11,21 +14,18 @@ or a zero-padded window.  The plan is plain data; templates only lay it out.
 from __future__ import annotations
 
 import dataclasses
-import re
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 
 import sympy as sp
 from sympy.printing.numpy import NumPyPrinter
 
-from . import ir
-from .comments import formula_text
-from .derive import B, as_scatter, row_major
+from .derive import B, row_major
 from .errors import generating
 from .literals import real_literal
-from .naming import backward_anchor, forward_anchor, grad_name, temp, var
+from .naming import grad_name, temp, var
 from .primitives import lookup
-from .stabilize import stabilize
+from .program import Program
 from .symbolic import ClampedLog, FirstArgmax, LogSumExp, MaxOver, real_base, sum_terms
 
 
@@ -64,7 +64,7 @@ class _Printer(NumPyPrinter):
         if s == B:
             return "batch"
         if s.name in self.lowerer.names:  # a scalar temporary
-            return self.lowerer.names[s.name]
+            return self.lowerer.ref(s.name)
         if s in self.layout:  # an index read as a number (a bounds guard): its positions
             tail = len(self.layout) - 1 - self.layout.index(s)
             n = self.lowerer._extent_code(self.lowerer.ranges[s])
@@ -177,12 +177,23 @@ def _index_syms(e, ranges) -> set:
 
 
 class Lowerer:
-    """Turns index expressions into numpy lines for one function body."""
+    """Turns Program statements into numpy lines for one function body.
 
-    def __init__(self, names: dict, shapes: dict, kernels: Kernels):
+    A reduction, scatter or copied patch array becomes a temporary of its own line; one
+    that is read exactly once is written where it is read instead, when it is in
+    `inline` -- the temporaries a first lowering of the same body found read once
+    (`reads`); lowering is deterministic, so the second one makes the same temporaries."""
+
+    def __init__(self, names: dict, shapes: dict, kernels: Kernels, inline=frozenset()):
         self.names = names  # base label -> python variable
         self.shapes = shapes  # base label -> full shape (extents; B for the batch axis)
         self.kernels = kernels
+        self.inline = inline
+        self.inline_code: dict = {}  # an inlined temporary -> (its code, whether it is guarded)
+        self.temps: list = []  # the temporaries made, in order
+        self.reads: Counter = Counter()  # name -> how often the code written so far reads it
+        self.too_deep: set = set()  # inlined temporaries that made a line nest too deeply
+        self._inlined: set = set()  # ... those read by the current statement
         self.ranges: dict = {}
         self.cse: dict = {}
         self.im2col: dict = {}  # the code of a copied patches array -> its temporary
@@ -193,35 +204,51 @@ class Lowerer:
         self._taken = None  # every name a temporary must not take, made on first use
 
     # ---- statements
-    def assign(self, target: str, indices: tuple, expr: sp.Expr, ranges: dict, comment: str,
-               accumulate: bool = False, shape=None, variables=None, anchor=None):
-        """target[indices] = expr; `variables` are the index symbols when a subscript is
-        affine in them (flatten): the value is computed over them, then reshaped."""
+    def assign(self, st, comment: str):
+        """One Program statement: target[indices] (+)= expr as one numpy line (and the
+        lines of its temporaries); a flattening subscript (affine in `variables`) is
+        computed over the variables, then reshaped."""
+        target, indices, ranges, expr = self.names[st.target], st.indices, st.ranges, st.expr
         flat = None
-        scatter = as_scatter(indices, expr, ranges, variables)
-        if scatter is not None:
-            indices, expr, ranges = scatter
-        elif variables is not None and tuple(variables) != tuple(indices):
-            flat = [self._extent_code(sum(sp.sympify(s).coeff(v) * (ranges[v] - 1) for v in variables) + 1)
+        if st.variables is not None:
+            flat = [self._extent_code(sum(sp.sympify(s).coeff(v) * (ranges[v] - 1) for v in st.variables) + 1)
                     if not isinstance(s, sp.Symbol) else self._extent_code(ranges[s]) for s in indices]
-            indices = tuple(variables)
+            indices = tuple(st.variables)
         self.ranges = dict(ranges)
         self.guarded = False
-        expr = stabilize(expr)
+        self._inlined = set()
         if expr.has(sp.KroneckerDelta):
-            expr = sp.Add(*[self._scatter(t, indices, shape) if t.has(sp.KroneckerDelta) else t
+            expr = sp.Add(*[self._scatter(t, indices, None) if t.has(sp.KroneckerDelta) else t
                             for t in sp.Add.make_args(expr)])
         expr = self._hoist(expr, list(indices))
         code = self._elementwise(expr, list(indices))
+        whole = _label(expr) if isinstance(expr, (sp.Indexed, sp.Symbol)) else None
+        if whole in self.inline_code and code == _paren(self.inline_code[whole][0]):
+            code = self.inline_code[whole][0]  # the line is that one temporary: no brackets
         labels = _index_syms(expr, self.ranges)
         if labels != set(indices):  # a value that does not vary along some axis
             shp = "(" + ", ".join(self._extent_code(self.ranges[s]) for s in indices) + ",)"
             code = f"np.broadcast_to({code}, {shp}).astype(dtype)"
         if flat is not None:
             code = f"{_paren(code)}.reshape({', '.join(flat)})"
-        if accumulate:
+        if st.accumulate:
             code = f"{target} + {code}"
-        self.kernels.lines.append(Line(target, code, comment, self.guarded, anchors=(anchor,) if anchor else ()))
+        self._line(Line(target, code, comment, self.guarded, anchors=st.anchors))
+
+    def _line(self, line: Line):
+        if _nesting(line.code) > MAX_NESTING:  # Python's parser has a limit
+            self.too_deep |= self._inlined
+        self.kernels.lines.append(line)
+
+    def ref(self, name: str) -> str:
+        """The code that reads a named value: its variable, or an inlined temporary's code."""
+        self.reads[name] += 1
+        if name in self.inline_code:
+            code, guarded = self.inline_code[name]
+            self.guarded |= guarded
+            self._inlined.add(name)
+            return _paren(code)
+        return self.names[name]
 
     def _extent_code(self, n):
         return "batch" if n == B else str(n)
@@ -280,7 +307,8 @@ class Lowerer:
         return ref
 
     def _temp_name(self, code) -> str:
-        """A fresh temporary t<k> (none a user's tensor t3, say), assigned code in a line of its own."""
+        """A fresh temporary t<k> (none a user's tensor t3, say), assigned code in a line of its
+        own unless it is to be inlined."""
         if self._taken is None:  # a set: a deep network has thousands of names to avoid
             self._taken = set(self.names) | set(self.names.values())
         name = temp(self.count)
@@ -288,9 +316,14 @@ class Lowerer:
         while name in self._taken or name in self.names:
             name = temp(self.count)
             self.count += 1
-        self.kernels.lines.append(Line(name, code))
+        if name in self.inline:
+            self.inline_code[name] = (code, self.guarded)
+            self._inlined.add(name)
+        else:
+            self._line(Line(name, code, guarded=self.guarded))
         self.names[name] = name
         self._taken.add(name)
+        self.temps.append(name)
         return name
 
     def _temp(self, code, labels):
@@ -479,7 +512,7 @@ class Lowerer:
           s*i + p + c       a sliding window (im2col): the kernel index p becomes a trailing axis.
         """
         name = e.base.label.name
-        code = self.names[name]
+        code = self.ref(name)
         shape = self.shapes[name]
         labels, slices, dims, windows, kernel, outers = [], [], [], [], [], []
         extra = 0  # axes added before this one by flattened subscripts being unflattened
@@ -551,7 +584,7 @@ class Lowerer:
         code = f"np.ascontiguousarray({code})"
         if code not in self.im2col:
             self.im2col[code] = self._temp_name(code)
-        return self.im2col[code], order
+        return self.ref(self.im2col[code]), order
 
 
 def _align(code, labels, layout) -> str:
@@ -607,43 +640,6 @@ def _decimal(r) -> str | None:
     return f if sp.Rational(f) == r and len(f) < 12 else None
 
 
-def inline_single_use(lines: list, keep=()) -> list:
-    """Fold each value read exactly once into the line that reads it (fusing elementwise chains).
-
-    Values named in `keep` (returned, or needed by name) stay.  The names each line reads
-    are counted once, so a deep network's thousands of lines fold in linear time."""
-    lines = list(lines)
-    alive = [True] * len(lines)
-    counts = [Counter(_WORD.findall(x.code)) for x in lines]
-    readers = defaultdict(set)  # name -> the lines whose code reads it
-    for j, c in enumerate(counts):
-        for w in c:
-            readers[w].add(j)
-    for k, line in enumerate(lines):
-        if line.target in keep:
-            continue
-        users = [j for j in readers[line.target] if j > k and alive[j]]
-        if len(users) != 1 or counts[users[0]][line.target] != 1:
-            continue
-        j = users[0]
-        u = lines[j]
-        word = re.compile(rf"\b{re.escape(line.target)}\b")
-        code = word.sub(lambda m: _paren_in(line.code, u.code, m.start(), m.end()), u.code)
-        if _nesting(code) > MAX_NESTING:  # a long chain: Python's parser has a limit
-            continue
-        comment = "\n".join(c for c in (line.comment, u.comment) if c)
-        lines[j] = Line(u.target, code, comment, u.guarded or line.guarded, u.phase, line.anchors + u.anchors)
-        del counts[j][line.target]
-        counts[j].update(counts[k])
-        for w in counts[k]:
-            readers[w].add(j)
-        alive[k] = False
-    return [x for x, a in zip(lines, alive) if a]
-
-
-_WORD = re.compile(r"\b[A-Za-z_]\w*\b")
-
-
 MAX_NESTING = 40  # brackets in one generated line; CPython refuses more than 200
 
 
@@ -656,14 +652,6 @@ def _nesting(code: str) -> int:
         elif ch in ")]}":
             depth -= 1
     return top
-
-
-def _paren_in(code: str, host: str, start: int, end: int) -> str:
-    """code, parenthesized unless it stands alone or as a whole call argument in host."""
-    before, after = host[:start].rstrip()[-1:], host[end:].lstrip()[:1]
-    if (before in ("", "(", ",", "=") and after in ("", ")", ",")):
-        return code
-    return _paren(code)
 
 
 def _split_affine(sub, ranges):
@@ -715,75 +703,56 @@ class Plan:
     derivations: tuple = ()
 
 
-def plan(g: ir.Graph, derivations: tuple) -> Plan:
-    shapes = {t.name: (B,) + t.shape for t in g.tensors.values()}
-    shapes.update({p.name: p.shape for p in g.params})
+def plan(program: Program) -> Plan:
+    """The numpy rendering of a Program: one line per statement and per temporary."""
+    g = program.graph
+    shapes = program.shapes
     names = {t: var(t) for t in g.tensors}
     names.update({p.name: var(p.name) for p in g.params})
     for t in list(shapes):
-        shapes[grad_name(t)] = shapes[t]
         names[grad_name(t)] = grad_name(t)
     helpers = set()
 
-    def forward_lines(keep: set):
-        k = Kernels()
-        low = Lowerer(dict(names), dict(shapes), k)
-        for d in derivations:
-            if d.node.output in keep:
-                f = d.formula
-                anchor = forward_anchor(d.node.label)
-                with generating(d.node):
-                    low.assign(names[d.node.output], f.indices, f.body, f.ranges,
-                               f"{d.node.label}: {formula_text(f.out[f.indices])} = {formula_text(f.body)}"
-                               f"  [#{anchor}]", variables=f.vars, anchor=anchor)
-        helpers.update(k.helpers)
-        return k, low
+    def lower(*bodies) -> list:
+        """The lines of consecutive statement lists, lowered as one function body."""
+        inline = None
+        while True:
+            kernels = Kernels()
+            low = Lowerer(dict(names), dict(shapes), kernels, inline or frozenset())
+            out = []
+            for statements in bodies:
+                start = len(kernels.lines)
+                for st in statements:
+                    with generating(st.node):
+                        low.assign(st, "\n".join(_comment(n) for n in st.notes))
+                out.append(kernels.lines[start:])
+            if inline is None:  # the first lowering counts the reads of each temporary
+                inline = frozenset(t for t in low.temps if low.reads[t] == 1)
+                if inline:
+                    continue
+            elif low.too_deep:
+                inline -= low.too_deep
+                continue
+            helpers.update(kernels.helpers)
+            return out
 
-    fwd, _ = forward_lines(g.ancestors(g.output))
-    lk, low = forward_lines(g.ancestors(g.loss))
-    # backward: reverse order, gradients summed over every use
-    loss_seed = sp.Integer(1) / B if g.reduce == "mean" else sp.Integer(1)
-    dloss = real_base(grad_name(g.loss))
-    have = set()
-    back = Kernels()
-    low.kernels = back
-    for d in reversed(derivations):
-        for gr in d.grads:
-            expr = gr.backward.replace(lambda e: isinstance(e, sp.Indexed) and e.base == dloss,
-                                       lambda e: loss_seed)
-            target = grad_name(gr.wrt)
-            rng = dict(d.formula.ranges)
-            shp = shapes[gr.wrt]
-            rng.update(dict(zip(gr.indices, shp)))
-            anchor = backward_anchor(d.node.label, gr.wrt)
-            comment = f"{formula_text(real_base(target)[gr.indices])} {'+=' if target in have else '='} " \
-                      f"{formula_text(gr.backward)}  [#{anchor}]"
-            with generating(d.node):
-                low.assign(target, gr.indices, expr, rng, comment, accumulate=target in have, anchor=anchor)
-            have.add(target)
-    helpers.update(back.helpers)
+    (forward,) = lower(program.forward)
+    loss_forward, backward = lower(program.loss, program.backward)
+    for p in program.zero_grads:
+        backward.append(Line(grad_name(p), f"np.zeros_like({names[p]})", f"{p} does not affect the loss"))
     loss_var = names[g.loss]
-    loss_value = f"{loss_var}.sum() / batch" if g.reduce == "mean" else f"{loss_var}.sum()"
-    grads = []
-    zero_grads = []
-    for p in g.params:
-        if grad_name(p.name) in have:
-            grads.append((p.name, grad_name(p.name)))
-        else:
-            zero_grads.append(p.name)
-            back.lines.append(Line(grad_name(p.name), f"np.zeros_like({names[p.name]})",
-                                   f"{p.name} does not affect the loss"))
-            grads.append((p.name, grad_name(p.name)))
-    both = inline_single_use(lk.lines + [dataclasses.replace(x, phase="backward") for x in back.lines],
-                             {names[g.loss]} | {grad_name(p.name) for p in g.params})
-    lf = [x for x in both if x.phase == "forward"]
-    bw = [x for x in both if x.phase == "backward"]
     return Plan(
         name=g.name, source=g.source,
         inputs=tuple((t.name, names[t.name], t.shape) for t in g.inputs),
         targets=tuple((t.name, names[t.name], t.shape) for t in g.targets),
         params=tuple((p.name, names[p.name], p.shape, p.init) for p in g.params),
-        forward=tuple(inline_single_use(fwd.lines, {names[g.output]})), output=names[g.output],
-        loss_forward=tuple(lf), loss_value=loss_value,
-        backward=tuple(bw), grads=tuple(grads), helpers=tuple(sorted(helpers)),
-        derivations=derivations)
+        forward=tuple(forward), output=names[g.output],
+        loss_forward=tuple(loss_forward),
+        loss_value=f"{loss_var}.sum() / batch" if g.reduce == "mean" else f"{loss_var}.sum()",
+        backward=tuple(dataclasses.replace(x, phase="backward") for x in backward),
+        grads=tuple((p.name, grad_name(p.name)) for p in g.params),
+        helpers=tuple(sorted(helpers)), derivations=program.derivations)
+
+
+def _comment(note) -> str:
+    return (f"{note.label}: " if note.label else "") + f"{note.text}  [#{note.anchor}]"

@@ -7,6 +7,7 @@ from importlib import resources
 
 from . import __version__
 from .lower import Plan
+from .naming import var
 from .templating import environment
 
 # a runtime helper, and the helpers it calls
@@ -17,14 +18,14 @@ def shape_text(shape) -> str:
     return "(" + "".join(f"{n}, " for n in shape).rstrip(" ") + ")" if len(shape) != 1 else f"({shape[0]},)"
 
 
-def render(plan: Plan, reduce: str) -> str:
-    values = module_values(plan)
+def render(plan: Plan, graph) -> str:
+    values = module_values(graph)
     return environment().get_template("numpy_module.py.j2").render(
         name=plan.name, version=__version__,
         forward=plan.forward, output=plan.output, output_name=plan.output,
         loss_forward=plan.loss_forward, loss_value=plan.loss_value, loss_var=None,
         backward=plan.backward, grads=[dict(name=n, var=v) for n, v in plan.grads],
-        helper_source=helper_source(plan.helpers), reduce=reduce, flat_params=False, **values)
+        helper_source=helper_source(plan.helpers), reduce=graph.reduce, flat_params=False, **values)
 
 
 def helper_source(used) -> str:
@@ -46,18 +47,18 @@ def _helpers() -> dict:
             if isinstance(f, ast.FunctionDef)}
 
 
-def module_values(plan: Plan) -> dict:
+def module_values(graph) -> dict:
     """The values both module templates (numpy and C) share: shapes, inits, signatures."""
-    inputs = [dict(name=n, var=v, shape=shape_text(s)) for n, v, s in plan.inputs]
-    targets = [dict(name=n, var=v, shape=shape_text(s)) for n, v, s in plan.targets]
-    params = [dict(name=n, var=v, shape=shape_text(s), init=_init(i)) for n, v, s, i in plan.params]
+    inputs = [dict(name=t.name, var=var(t.name), shape=shape_text(t.shape)) for t in graph.inputs]
+    targets = [dict(name=t.name, var=var(t.name), shape=shape_text(t.shape)) for t in graph.targets]
+    params = [dict(name=p.name, var=var(p.name), shape=shape_text(p.shape), init=_init(p.init)) for p in graph.params]
 
     def checks(ts, table):
         return ", ".join(f'"{t["name"]}": ({t["var"]}, {table}["{t["name"]}"])' for t in ts)
 
     input_checks = checks(inputs, "INPUT_SHAPES")
     all_checks = ", ".join(c for c in (input_checks, checks(targets, "TARGET_SHAPES")) if c)
-    return dict(source=plan.source, params=params, inputs=inputs, targets=targets,
+    return dict(source=graph.source, params=params, inputs=inputs, targets=targets,
                 input_args=", ".join(t["var"] for t in inputs),
                 all_args=", ".join(t["var"] for t in inputs + targets),
                 input_checks=input_checks, all_checks=all_checks)

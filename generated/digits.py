@@ -131,8 +131,9 @@ def forward(params, x):
     # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
     dense_1 = dense_1_bias + (x @ dense_1_weight.T)
     # relu_1: h[b, i] = where(dense_1[b, i] <= 0, 0, dense_1[b, i])  [#fwd-relu_1]
+    h = np.where((dense_1 <= 0), 0, dense_1)
     # dense_2: z[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2]
-    z = dense_2_bias + (np.where((dense_1 <= 0), 0, dense_1) @ dense_2_weight.T)
+    z = dense_2_bias + (h @ dense_2_weight.T)
     return z
 
 
@@ -185,7 +186,7 @@ def loss_and_grad(params, x, y):
     d_dense_2_bias = d_z.sum(axis=0)
     # d_h[b, j] = Σ_i (d_z[b, i]*dense_2.weight[i, j])  [#bwd-dense_2-h]
     # d_dense_1[b, i] = where(dense_1[b, i] > 0, d_h[b, i], 0)  [#bwd-relu_1-dense_1]
-    d_dense_1 = np.where((dense_1 > 0), d_z @ dense_2_weight, 0)
+    d_dense_1 = np.where((dense_1 > 0), (d_z @ dense_2_weight), 0)
     # d_dense_1_weight[i, j] = Σ_b (d_dense_1[b, i]*x[b, j])  [#bwd-dense_1-weight]
     d_dense_1_weight = d_dense_1.T @ x
     # d_dense_1_bias[i] = Σ_b d_dense_1[b, i]  [#bwd-dense_1-bias]

@@ -236,13 +236,16 @@ def forward(params, x):
     # conv2d_1: conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1]
     conv2d_1 = conv2d_1_bias[:, None, None] + np.tensordot(conv2d_1_weight, np.ascontiguousarray(_patches(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3))).transpose((0, 2, 3, 1, 4, 5))), axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
     # relu_1: relu_1[b, i, j, k] = where(conv2d_1[b, i, j, k] <= 0, 0, conv2d_1[b, i, j, k])  [#fwd-relu_1]
+    relu_1 = np.where((conv2d_1 <= 0), 0, conv2d_1)
     # maxpool2d_1: h[b, ch, i, j] = max_p,q(relu_1[b, ch, p + 2*i, q + 2*j])  [#fwd-maxpool2d_1]
+    h = _max_over(relu_1.reshape(batch, 8, 4, 2, 4, 2).transpose((0, 1, 2, 4, 3, 5)), (4, 5))
     # conv2d_2: conv2d_2[b, o, i, j] = conv2d_2.bias[o] + Σ_ci,p,q (conv2d_2.weight[o, ci, p, q]*h[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_2]
-    conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, np.ascontiguousarray(_patches(_max_over(np.where((conv2d_1 <= 0), 0, conv2d_1).reshape(batch, 8, 4, 2, 4, 2).transpose((0, 1, 2, 4, 3, 5)), (4, 5)), ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3))).transpose((0, 2, 3, 1, 4, 5))), axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
+    conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, np.ascontiguousarray(_patches(h, ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3))).transpose((0, 2, 3, 1, 4, 5))), axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
     # relu_2: g[b, i, j, k] = where(conv2d_2[b, i, j, k] <= 0, 0, conv2d_2[b, i, j, k])  [#fwd-relu_2]
     # flatten_1: flatten_1[b, j + 4*i + 16*ch] = g[b, ch, i, j]  [#fwd-flatten_1]
+    flatten_1 = np.where((conv2d_2 <= 0), 0, conv2d_2).reshape(batch, 256)
     # dense_1: z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1]
-    z = dense_1_bias + (np.where((conv2d_2 <= 0), 0, conv2d_2).reshape(batch, 256) @ dense_1_weight.T)
+    z = dense_1_bias + (flatten_1 @ dense_1_weight.T)
     return z
 
 
@@ -262,7 +265,8 @@ def loss(params, x, y):
     # relu_1: relu_1[b, i, j, k] = where(conv2d_1[b, i, j, k] <= 0, 0, conv2d_1[b, i, j, k])  [#fwd-relu_1]
     relu_1 = np.where((conv2d_1 <= 0), 0, conv2d_1)
     # maxpool2d_1: h[b, ch, i, j] = max_p,q(relu_1[b, ch, p + 2*i, q + 2*j])  [#fwd-maxpool2d_1]
-    t3 = np.ascontiguousarray(_patches(_max_over(relu_1.reshape(batch, 8, 4, 2, 4, 2).transpose((0, 1, 2, 4, 3, 5)), (4, 5)), ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3))).transpose((0, 2, 3, 1, 4, 5)))
+    h = _max_over(relu_1.reshape(batch, 8, 4, 2, 4, 2).transpose((0, 1, 2, 4, 3, 5)), (4, 5))
+    t3 = np.ascontiguousarray(_patches(h, ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3))).transpose((0, 2, 3, 1, 4, 5)))
     # conv2d_2: conv2d_2[b, o, i, j] = conv2d_2.bias[o] + Σ_ci,p,q (conv2d_2.weight[o, ci, p, q]*h[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_2]
     conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, t3, axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
     # relu_2: g[b, i, j, k] = where(conv2d_2[b, i, j, k] <= 0, 0, conv2d_2[b, i, j, k])  [#fwd-relu_2]
@@ -293,7 +297,8 @@ def loss_and_grad(params, x, y):
     # relu_1: relu_1[b, i, j, k] = where(conv2d_1[b, i, j, k] <= 0, 0, conv2d_1[b, i, j, k])  [#fwd-relu_1]
     relu_1 = np.where((conv2d_1 <= 0), 0, conv2d_1)
     # maxpool2d_1: h[b, ch, i, j] = max_p,q(relu_1[b, ch, p + 2*i, q + 2*j])  [#fwd-maxpool2d_1]
-    t3 = np.ascontiguousarray(_patches(_max_over(relu_1.reshape(batch, 8, 4, 2, 4, 2).transpose((0, 1, 2, 4, 3, 5)), (4, 5)), ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3))).transpose((0, 2, 3, 1, 4, 5)))
+    h = _max_over(relu_1.reshape(batch, 8, 4, 2, 4, 2).transpose((0, 1, 2, 4, 3, 5)), (4, 5))
+    t3 = np.ascontiguousarray(_patches(h, ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3))).transpose((0, 2, 3, 1, 4, 5)))
     # conv2d_2: conv2d_2[b, o, i, j] = conv2d_2.bias[o] + Σ_ci,p,q (conv2d_2.weight[o, ci, p, q]*h[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_2]
     conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, t3, axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
     # relu_2: g[b, i, j, k] = where(conv2d_2[b, i, j, k] <= 0, 0, conv2d_2[b, i, j, k])  [#fwd-relu_2]
@@ -309,22 +314,25 @@ def loss_and_grad(params, x, y):
 
     # d_z[b, k] = (-y[b, k] + Σ_i y[b, i]*exp(-logsumexp_j(z[b, j]) + z[b, k]))*d_softmax_cross_entropy_1[b]  [#bwd-softmax_cross_entropy_1-z]
     d_z = (-y + np.exp(z - t6[:, None] - t7[:, None])*y.sum(axis=1)[:, None])/batch
+    # d_flatten_1[b, j] = Σ_i (d_z[b, i]*dense_1.weight[i, j])  [#bwd-dense_1-flatten_1]
+    d_flatten_1 = d_z @ dense_1_weight
     # d_dense_1_weight[i, j] = Σ_b (d_z[b, i]*flatten_1[b, j])  [#bwd-dense_1-weight]
     d_dense_1_weight = d_z.T @ flatten_1
     # d_dense_1_bias[i] = Σ_b d_z[b, i]  [#bwd-dense_1-bias]
     d_dense_1_bias = d_z.sum(axis=0)
-    # d_flatten_1[b, j] = Σ_i (d_z[b, i]*dense_1.weight[i, j])  [#bwd-dense_1-flatten_1]
     # d_g[b, ch, i, j] = d_flatten_1[b, j + 4*i + 16*ch]  [#bwd-flatten_1-g]
     # d_conv2d_2[b, i, j, k] = where(conv2d_2[b, i, j, k] > 0, d_g[b, i, j, k], 0)  [#bwd-relu_2-conv2d_2]
-    d_conv2d_2 = np.where((conv2d_2 > 0), (d_z @ dense_1_weight).reshape(batch, 16, 4, 4), 0)
+    d_conv2d_2 = np.where((conv2d_2 > 0), d_flatten_1.reshape(batch, 16, 4, 4), 0)
+    # d_h[b, ci, k, l] = Σ_o,i,j,p,q (conv2d_2.weight[o, ci, p, q]*d_conv2d_2[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_2-h]
+    d_h = _unpatches(np.tensordot(conv2d_2_weight.transpose((2, 3, 1, 0)), d_conv2d_2.transpose((1, 2, 3, 0)), axes=([3], [0])).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 4, 4,), ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3)))
     # d_conv2d_2_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_2[b, o, i, j]*h[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_2-weight]
     d_conv2d_2_weight = np.tensordot(d_conv2d_2, t3, axes=([0, 2, 3], [0, 1, 2]))
     # d_conv2d_2_bias[o] = Σ_b,i,j d_conv2d_2[b, o, i, j]  [#bwd-conv2d_2-bias]
     d_conv2d_2_bias = d_conv2d_2.sum(axis=(0, 2, 3))
-    # d_h[b, ci, k, l] = Σ_o,i,j,p,q (conv2d_2.weight[o, ci, p, q]*d_conv2d_2[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_2-h]
     # d_relu_1[b, ch, k, l] = Σ_i,j,p1,q1 (FirstArgmax(relu_1[b, ch, p1 + 2*i, q1 + 2*j], (p1, 0, 1), (q1, 0, 1))*d_h[b, ch, i, j]*δ(k,p1 + 2*i)*δ(l,q1 + 2*j))  [#bwd-maxpool2d_1-relu_1]
+    d_relu_1 = (d_h[:, :, :, None, :, None]*_first_argmax(relu_1.reshape(batch, 8, 4, 2, 4, 2), (3, 5))).reshape(batch, 8, 8, 8)
     # d_conv2d_1[b, i, j, k] = where(conv2d_1[b, i, j, k] > 0, d_relu_1[b, i, j, k], 0)  [#bwd-relu_1-conv2d_1]
-    d_conv2d_1 = np.where((conv2d_1 > 0), (_unpatches(np.tensordot(conv2d_2_weight.transpose((2, 3, 1, 0)), d_conv2d_2.transpose((1, 2, 3, 0)), axes=([3], [0])).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 4, 4,), ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3)))[:, :, :, None, :, None]*_first_argmax(relu_1.reshape(batch, 8, 4, 2, 4, 2), (3, 5))).reshape(batch, 8, 8, 8), 0)
+    d_conv2d_1 = np.where((conv2d_1 > 0), d_relu_1, 0)
     # d_conv2d_1_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_1[b, o, i, j]*x[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_1-weight]
     d_conv2d_1_weight = np.tensordot(d_conv2d_1, t0, axes=([0, 2, 3], [0, 1, 2]))
     # d_conv2d_1_bias[o] = Σ_b,i,j d_conv2d_1[b, o, i, j]  [#bwd-conv2d_1-bias]

@@ -136,9 +136,10 @@ def forward(params, x):
 
     # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
     # sigmoid_1: sigmoid_1[b, i] = 1/(1 + exp(-dense_1[b, i]))  [#fwd-sigmoid_1]
+    sigmoid_1 = _sigmoid(dense_1_bias + (x @ dense_1_weight.T))
     # dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*sigmoid_1[b, j])  [#fwd-dense_2]
     # sigmoid_2: a[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_2]
-    a = _sigmoid(dense_2_bias + (_sigmoid(dense_1_bias + (x @ dense_1_weight.T)) @ dense_2_weight.T))
+    a = _sigmoid(dense_2_bias + (sigmoid_1 @ dense_2_weight.T))
     return a
 
 
@@ -181,14 +182,14 @@ def loss_and_grad(params, x, y):
 
     # d_a[b, i] = (-y[b, i] + a[b, i])*d_quadratic_1[b]  [#bwd-quadratic_1-a]
     # d_dense_2[b, i] = -(-1 + a[b, i])*a[b, i]*d_a[b, i]  [#bwd-sigmoid_2-dense_2]
-    d_dense_2 = -(a - 1)*a*((a - y)/batch)
+    d_dense_2 = -(a - 1)*(a - y)*a/batch
     # d_dense_2_weight[i, j] = Σ_b (d_dense_2[b, i]*sigmoid_1[b, j])  [#bwd-dense_2-weight]
     d_dense_2_weight = d_dense_2.T @ sigmoid_1
     # d_dense_2_bias[i] = Σ_b d_dense_2[b, i]  [#bwd-dense_2-bias]
     d_dense_2_bias = d_dense_2.sum(axis=0)
     # d_sigmoid_1[b, j] = Σ_i (d_dense_2[b, i]*dense_2.weight[i, j])  [#bwd-dense_2-sigmoid_1]
     # d_dense_1[b, i] = -(-1 + sigmoid_1[b, i])*d_sigmoid_1[b, i]*sigmoid_1[b, i]  [#bwd-sigmoid_1-dense_1]
-    d_dense_1 = -(sigmoid_1 - 1)*(d_dense_2 @ dense_2_weight)*sigmoid_1
+    d_dense_1 = -(sigmoid_1 - 1)*sigmoid_1*(d_dense_2 @ dense_2_weight)
     # d_dense_1_weight[i, j] = Σ_b (d_dense_1[b, i]*x[b, j])  [#bwd-dense_1-weight]
     d_dense_1_weight = d_dense_1.T @ x
     # d_dense_1_bias[i] = Σ_b d_dense_1[b, i]  [#bwd-dense_1-bias]

@@ -199,14 +199,17 @@ def forward(params, x):
     # conv2d_2: conv2d_2[b, o, i, j] = conv2d_2.bias[o] + Σ_ci,p,q (conv2d_2.weight[o, ci, p, q]*stem[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_2]
     conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, np.ascontiguousarray(_patches(stem, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3))).transpose((0, 2, 3, 1, 4, 5))), axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
     # relu_2: relu_2[b, i, j, k] = where(conv2d_2[b, i, j, k] <= 0, 0, conv2d_2[b, i, j, k])  [#fwd-relu_2]
+    relu_2 = np.where((conv2d_2 <= 0), 0, conv2d_2)
     # conv2d_3: body[b, o, i, j] = conv2d_3.bias[o] + Σ_ci,p,q (conv2d_3.weight[o, ci, p, q]*relu_2[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_3]
     # add_1: add_1[b, i, j, k] = body[b, i, j, k] + stem[b, i, j, k]  [#fwd-add_1]
-    add_1 = (conv2d_3_bias[:, None, None] + np.tensordot(conv2d_3_weight, np.ascontiguousarray(_patches(np.where((conv2d_2 <= 0), 0, conv2d_2), ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3))).transpose((0, 2, 3, 1, 4, 5))), axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))) + stem
+    add_1 = conv2d_3_bias[:, None, None] + stem + np.tensordot(conv2d_3_weight, np.ascontiguousarray(_patches(relu_2, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3))).transpose((0, 2, 3, 1, 4, 5))), axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
     # relu_3: block[b, i, j, k] = where(add_1[b, i, j, k] <= 0, 0, add_1[b, i, j, k])  [#fwd-relu_3]
+    block = np.where((add_1 <= 0), 0, add_1)
     # avgpool2d_1: avgpool2d_1[b, ch, i, j] = Σ_p,q block[b, ch, p + 2*i, q + 2*j]/4  [#fwd-avgpool2d_1]
     # flatten_1: flatten_1[b, j + 4*i + 16*ch] = avgpool2d_1[b, ch, i, j]  [#fwd-flatten_1]
+    flatten_1 = (0.25*block.reshape(batch, 8, 4, 2, 4, 2).sum(axis=(3, 5))).reshape(batch, 128)
     # dense_1: z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1]
-    z = dense_1_bias + ((0.25*np.where((add_1 <= 0), 0, add_1).reshape(batch, 8, 4, 2, 4, 2).sum(axis=(3, 5))).reshape(batch, 128) @ dense_1_weight.T)
+    z = dense_1_bias + (flatten_1 @ dense_1_weight.T)
     return z
 
 
@@ -231,14 +234,16 @@ def loss(params, x, y):
     # conv2d_2: conv2d_2[b, o, i, j] = conv2d_2.bias[o] + Σ_ci,p,q (conv2d_2.weight[o, ci, p, q]*stem[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_2]
     conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, t2, axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
     # relu_2: relu_2[b, i, j, k] = where(conv2d_2[b, i, j, k] <= 0, 0, conv2d_2[b, i, j, k])  [#fwd-relu_2]
-    t4 = np.ascontiguousarray(_patches(np.where((conv2d_2 <= 0), 0, conv2d_2), ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3))).transpose((0, 2, 3, 1, 4, 5)))
+    relu_2 = np.where((conv2d_2 <= 0), 0, conv2d_2)
+    t4 = np.ascontiguousarray(_patches(relu_2, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3))).transpose((0, 2, 3, 1, 4, 5)))
     # conv2d_3: body[b, o, i, j] = conv2d_3.bias[o] + Σ_ci,p,q (conv2d_3.weight[o, ci, p, q]*relu_2[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_3]
     # add_1: add_1[b, i, j, k] = body[b, i, j, k] + stem[b, i, j, k]  [#fwd-add_1]
-    add_1 = (conv2d_3_bias[:, None, None] + np.tensordot(conv2d_3_weight, t4, axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))) + stem
+    add_1 = conv2d_3_bias[:, None, None] + stem + np.tensordot(conv2d_3_weight, t4, axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
     # relu_3: block[b, i, j, k] = where(add_1[b, i, j, k] <= 0, 0, add_1[b, i, j, k])  [#fwd-relu_3]
+    block = np.where((add_1 <= 0), 0, add_1)
     # avgpool2d_1: avgpool2d_1[b, ch, i, j] = Σ_p,q block[b, ch, p + 2*i, q + 2*j]/4  [#fwd-avgpool2d_1]
     # flatten_1: flatten_1[b, j + 4*i + 16*ch] = avgpool2d_1[b, ch, i, j]  [#fwd-flatten_1]
-    flatten_1 = (0.25*np.where((add_1 <= 0), 0, add_1).reshape(batch, 8, 4, 2, 4, 2).sum(axis=(3, 5))).reshape(batch, 128)
+    flatten_1 = (0.25*block.reshape(batch, 8, 4, 2, 4, 2).sum(axis=(3, 5))).reshape(batch, 128)
     # dense_1: z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1]
     z = dense_1_bias + (flatten_1 @ dense_1_weight.T)
     t8 = z.max(axis=1)
@@ -269,14 +274,16 @@ def loss_and_grad(params, x, y):
     # conv2d_2: conv2d_2[b, o, i, j] = conv2d_2.bias[o] + Σ_ci,p,q (conv2d_2.weight[o, ci, p, q]*stem[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_2]
     conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, t2, axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
     # relu_2: relu_2[b, i, j, k] = where(conv2d_2[b, i, j, k] <= 0, 0, conv2d_2[b, i, j, k])  [#fwd-relu_2]
-    t4 = np.ascontiguousarray(_patches(np.where((conv2d_2 <= 0), 0, conv2d_2), ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3))).transpose((0, 2, 3, 1, 4, 5)))
+    relu_2 = np.where((conv2d_2 <= 0), 0, conv2d_2)
+    t4 = np.ascontiguousarray(_patches(relu_2, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3))).transpose((0, 2, 3, 1, 4, 5)))
     # conv2d_3: body[b, o, i, j] = conv2d_3.bias[o] + Σ_ci,p,q (conv2d_3.weight[o, ci, p, q]*relu_2[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_3]
     # add_1: add_1[b, i, j, k] = body[b, i, j, k] + stem[b, i, j, k]  [#fwd-add_1]
-    add_1 = (conv2d_3_bias[:, None, None] + np.tensordot(conv2d_3_weight, t4, axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))) + stem
+    add_1 = conv2d_3_bias[:, None, None] + stem + np.tensordot(conv2d_3_weight, t4, axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
     # relu_3: block[b, i, j, k] = where(add_1[b, i, j, k] <= 0, 0, add_1[b, i, j, k])  [#fwd-relu_3]
+    block = np.where((add_1 <= 0), 0, add_1)
     # avgpool2d_1: avgpool2d_1[b, ch, i, j] = Σ_p,q block[b, ch, p + 2*i, q + 2*j]/4  [#fwd-avgpool2d_1]
     # flatten_1: flatten_1[b, j + 4*i + 16*ch] = avgpool2d_1[b, ch, i, j]  [#fwd-flatten_1]
-    flatten_1 = (0.25*np.where((add_1 <= 0), 0, add_1).reshape(batch, 8, 4, 2, 4, 2).sum(axis=(3, 5))).reshape(batch, 128)
+    flatten_1 = (0.25*block.reshape(batch, 8, 4, 2, 4, 2).sum(axis=(3, 5))).reshape(batch, 128)
     # dense_1: z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1]
     z = dense_1_bias + (flatten_1 @ dense_1_weight.T)
     t8 = z.max(axis=1)
@@ -287,33 +294,38 @@ def loss_and_grad(params, x, y):
 
     # d_z[b, k] = (-y[b, k] + Σ_i y[b, i]*exp(-logsumexp_j(z[b, j]) + z[b, k]))*d_softmax_cross_entropy_1[b]  [#bwd-softmax_cross_entropy_1-z]
     d_z = (-y + np.exp(z - t8[:, None] - t9[:, None])*y.sum(axis=1)[:, None])/batch
+    # d_flatten_1[b, j] = Σ_i (d_z[b, i]*dense_1.weight[i, j])  [#bwd-dense_1-flatten_1]
+    d_flatten_1 = d_z @ dense_1_weight
     # d_dense_1_weight[i, j] = Σ_b (d_z[b, i]*flatten_1[b, j])  [#bwd-dense_1-weight]
     d_dense_1_weight = d_z.T @ flatten_1
     # d_dense_1_bias[i] = Σ_b d_z[b, i]  [#bwd-dense_1-bias]
     d_dense_1_bias = d_z.sum(axis=0)
-    # d_flatten_1[b, j] = Σ_i (d_z[b, i]*dense_1.weight[i, j])  [#bwd-dense_1-flatten_1]
     # d_avgpool2d_1[b, ch, i, j] = d_flatten_1[b, j + 4*i + 16*ch]  [#bwd-flatten_1-avgpool2d_1]
+    d_avgpool2d_1 = d_flatten_1.reshape(batch, 8, 4, 4)
     # d_block[b, ch, k, l] = Σ_i,j,p,q (d_avgpool2d_1[b, ch, i, j]*δ(k,p + 2*i)*δ(l,q + 2*j))/4  [#bwd-avgpool2d_1-block]
+    d_block = np.broadcast_to(0.25*d_avgpool2d_1[:, :, :, None, :, None], (batch, 8, 4, 2, 4, 2,)).reshape(batch, 8, 8, 8)
     # d_add_1[b, i, j, k] = where(add_1[b, i, j, k] > 0, d_block[b, i, j, k], 0)  [#bwd-relu_3-add_1]
-    d_add_1 = np.where((add_1 > 0), np.broadcast_to(0.25*(d_z @ dense_1_weight).reshape(batch, 8, 4, 4)[:, :, :, None, :, None], (batch, 8, 4, 2, 4, 2,)).reshape(batch, 8, 8, 8), 0)
+    d_add_1 = np.where((add_1 > 0), d_block, 0)
     # d_body[b, i, j, k] = d_add_1[b, i, j, k]  [#bwd-add_1-body]
     d_body = d_add_1
     # d_stem[b, i, j, k] = d_add_1[b, i, j, k]  [#bwd-add_1-stem]
     d_stem = d_add_1
+    # d_relu_2[b, ci, k, l] = Σ_o,i,j,p,q (conv2d_3.weight[o, ci, p, q]*d_body[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_3-relu_2]
+    d_relu_2 = _unpatches(np.tensordot(conv2d_3_weight.transpose((2, 3, 1, 0)), d_body.transpose((1, 2, 3, 0)), axes=([3], [0])).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 8, 8,), ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)))
     # d_conv2d_3_weight[o, ci, p, q] = Σ_b,i,j (d_body[b, o, i, j]*relu_2[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_3-weight]
     d_conv2d_3_weight = np.tensordot(d_body, t4, axes=([0, 2, 3], [0, 1, 2]))
     # d_conv2d_3_bias[o] = Σ_b,i,j d_body[b, o, i, j]  [#bwd-conv2d_3-bias]
     d_conv2d_3_bias = d_body.sum(axis=(0, 2, 3))
-    # d_relu_2[b, ci, k, l] = Σ_o,i,j,p,q (conv2d_3.weight[o, ci, p, q]*d_body[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_3-relu_2]
     # d_conv2d_2[b, i, j, k] = where(conv2d_2[b, i, j, k] > 0, d_relu_2[b, i, j, k], 0)  [#bwd-relu_2-conv2d_2]
-    d_conv2d_2 = np.where((conv2d_2 > 0), _unpatches(np.tensordot(conv2d_3_weight.transpose((2, 3, 1, 0)), d_body.transpose((1, 2, 3, 0)), axes=([3], [0])).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 8, 8,), ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3))), 0)
+    d_conv2d_2 = np.where((conv2d_2 > 0), d_relu_2, 0)
+    # d_stem[b, ci, k, l] += Σ_o,i,j,p,q (conv2d_2.weight[o, ci, p, q]*d_conv2d_2[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_2-stem]
+    d_stem = d_stem + _unpatches(np.tensordot(conv2d_2_weight.transpose((2, 3, 1, 0)), d_conv2d_2.transpose((1, 2, 3, 0)), axes=([3], [0])).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 8, 8,), ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)))
     # d_conv2d_2_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_2[b, o, i, j]*stem[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_2-weight]
     d_conv2d_2_weight = np.tensordot(d_conv2d_2, t2, axes=([0, 2, 3], [0, 1, 2]))
     # d_conv2d_2_bias[o] = Σ_b,i,j d_conv2d_2[b, o, i, j]  [#bwd-conv2d_2-bias]
     d_conv2d_2_bias = d_conv2d_2.sum(axis=(0, 2, 3))
-    # d_stem[b, ci, k, l] += Σ_o,i,j,p,q (conv2d_2.weight[o, ci, p, q]*d_conv2d_2[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_2-stem]
     # d_conv2d_1[b, i, j, k] = where(conv2d_1[b, i, j, k] > 0, d_stem[b, i, j, k], 0)  [#bwd-relu_1-conv2d_1]
-    d_conv2d_1 = np.where((conv2d_1 > 0), d_stem + _unpatches(np.tensordot(conv2d_2_weight.transpose((2, 3, 1, 0)), d_conv2d_2.transpose((1, 2, 3, 0)), axes=([3], [0])).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 8, 8,), ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3))), 0)
+    d_conv2d_1 = np.where((conv2d_1 > 0), d_stem, 0)
     # d_conv2d_1_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_1[b, o, i, j]*x[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_1-weight]
     d_conv2d_1_weight = np.tensordot(d_conv2d_1, t0, axes=([0, 2, 3], [0, 1, 2]))
     # d_conv2d_1_bias[o] = Σ_b,i,j d_conv2d_1[b, o, i, j]  [#bwd-conv2d_1-bias]

@@ -142,9 +142,10 @@ def forward(params, x):
 
     # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
     # tanh_1: h[b, i] = tanh(dense_1[b, i])  [#fwd-tanh_1]
+    h = np.tanh(dense_1_bias + (x @ dense_1_weight.T))
     # dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2]
     # sigmoid_1: p[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_1]
-    p = _sigmoid(dense_2_bias + (np.tanh(dense_1_bias + (x @ dense_1_weight.T)) @ dense_2_weight.T))
+    p = _sigmoid(dense_2_bias + (h @ dense_2_weight.T))
     return p
 
 
@@ -188,7 +189,7 @@ def loss_and_grad(params, x, y):
     # d_p[b, i] = where(log(1 - p[b, i]) > -100, (1 - y[b, i])*d_binary_cross_entropy_1[b]/(1 - p[b, i]), 0) + where(log(p[b, i]) > -100, -d_binary_cross_entropy_1[b]*y[b, i]/p[b, i], 0)  [#bwd-binary_cross_entropy_1-p]
     # d_dense_2[b, i] = -(-1 + p[b, i])*d_p[b, i]*p[b, i]  [#bwd-sigmoid_1-dense_2]
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        d_dense_2 = -(p - 1)*(np.where((1 - p > 3.720075976020836e-44), (1 - y)/(batch*(1 - p)), 0) + np.where((p > 3.720075976020836e-44), -y/(batch*p), 0))*p
+        d_dense_2 = -(p - 1)*p*(np.where((1 - p > 3.720075976020836e-44), (1 - y)/(batch*(1 - p)), 0) + np.where((p > 3.720075976020836e-44), -y/(batch*p), 0))
     # d_dense_2_weight[i, j] = Σ_b (d_dense_2[b, i]*h[b, j])  [#bwd-dense_2-weight]
     d_dense_2_weight = d_dense_2.T @ h
     # d_dense_2_bias[i] = Σ_b d_dense_2[b, i]  [#bwd-dense_2-bias]

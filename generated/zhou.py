@@ -136,9 +136,10 @@ def forward(params, x):
 
     # hidden: hidden[s, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[s, j])  [#fwd-hidden]
     # sigmoid_1: b[s, i] = 1/(1 + exp(-hidden[s, i]))  [#fwd-sigmoid_1]
+    b = _sigmoid(hidden_bias + (x @ hidden_weight.T))
     # out: out[s, i] = out.bias[i] + Σ_j (b[s, j]*out.weight[i, j])  [#fwd-out]
     # sigmoid_2: yhat[s, i] = 1/(1 + exp(-out[s, i]))  [#fwd-sigmoid_2]
-    yhat = _sigmoid(out_bias + (_sigmoid(hidden_bias + (x @ hidden_weight.T)) @ out_weight.T))
+    yhat = _sigmoid(out_bias + (b @ out_weight.T))
     return yhat
 
 
@@ -181,7 +182,7 @@ def loss_and_grad(params, x, y):
 
     # d_yhat[s, i] = (-y[s, i] + yhat[s, i])*d_quadratic_1[s]  [#bwd-quadratic_1-yhat]
     # d_out[s, i] = -(-1 + yhat[s, i])*d_yhat[s, i]*yhat[s, i]  [#bwd-sigmoid_2-out]
-    d_out = -(yhat - 1)*((-y + yhat)/batch)*yhat
+    d_out = -(-y + yhat)*(yhat - 1)*yhat/batch
     # d_out_weight[i, j] = Σ_s (b[s, j]*d_out[s, i])  [#bwd-out-weight]
     d_out_weight = d_out.T @ b
     # d_out_bias[i] = Σ_s d_out[s, i]  [#bwd-out-bias]

@@ -78,6 +78,14 @@ PROGRAMS = {
                                   "input x: [3]\ntarget y: [3]\nloss = l(x |> dense(3), y)\n",
     "option's default times a steep difference": "fn l(a[i], y[i], d = 0.1) = d * max(i: tanh(1e12 * a[i]) - (a[i] + y[i]))\n"
                                                  "input x: [3]\ntarget y: [3]\nloss = l(x |> dense(3), y)\n",
+    "a max's gradient computed inside its reader": "fn l(a[i], y[i]) = max(i: tanh(a[i]) - y[i])\n"
+                                                   "input x: [3]\ntarget y: [1]\nh = exp(abs(x |> dense(1)))\n"
+                                                   "loss = l(h, y)\n",
+    "a large difference of two copies of one value": "input x: [2, 5, 5]\ntarget y0: [8]\ntarget y1: [9]\n"
+                                                     "h1 = x |> conv2d(1, 5, padding=1)\nh3 = h1 |> conv2d(2, 1, stride=2) |> flatten\n"
+                                                     "h4 = h1 |> flatten\nh5 = h1 |> flatten\n"
+                                                     "loss = sum 0.044715 * quadratic(h3, y0) - 1e30 * quadratic(h4, y1) "
+                                                     "+ 1e30 * quadratic(h5, y1)\n",
     "constant call in a max": "fn l(a[i], y[i]) = max(i: a[i] - y[i] - sigmoid(1e-30))\n"
                               "input x: [3]\ntarget y: [3]\nloss = l(x |> dense(3), y)\n",
 }

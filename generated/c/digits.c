@@ -88,7 +88,7 @@ void digits_forward(const real *params, const digits_real *v_x, real *output, in
     real *v_h = work + (size_t)batch * 128 + 0;
     real *v_z = work + (size_t)batch * 256 + 0;
     nncc_use_helpers();
-    /* dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
+    /* dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 64; i_1++) {
             real r0_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -101,13 +101,13 @@ void digits_forward(const real *params, const digits_real *v_x, real *output, in
             v_dense_1[(b_0)*64 + i_1] = r0 + v_dense_1_bias[i_1];
         }
     }
-    /* h[b, i] = where(dense_1[b, i] <= 0, 0, dense_1[b, i])  [#fwd-relu_1] */
+    /* relu_1: h[b, i] = where(dense_1[b, i] <= 0, 0, dense_1[b, i])  [#fwd-relu_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 64; i_1++) {
             v_h[(b_0)*64 + i_1] = nncc_where(v_dense_1[(b_0)*64 + i_1] <= 0, 0, v_dense_1[(b_0)*64 + i_1]);
         }
     }
-    /* z[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2] */
+    /* dense_2: z[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 10; i_1++) {
             real r1_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -145,7 +145,7 @@ real digits_loss(const real *params, const digits_real *v_x, const digits_real *
     real *tmp0 = work + (size_t)batch * 278 + 0;
     real *tmp1 = work + (size_t)batch * 279 + 0;
     nncc_use_helpers();
-    /* dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
+    /* dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 64; i_1++) {
             real r0_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -158,13 +158,13 @@ real digits_loss(const real *params, const digits_real *v_x, const digits_real *
             v_dense_1[(b_0)*64 + i_1] = r0 + v_dense_1_bias[i_1];
         }
     }
-    /* h[b, i] = where(dense_1[b, i] <= 0, 0, dense_1[b, i])  [#fwd-relu_1] */
+    /* relu_1: h[b, i] = where(dense_1[b, i] <= 0, 0, dense_1[b, i])  [#fwd-relu_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 64; i_1++) {
             v_h[(b_0)*64 + i_1] = nncc_where(v_dense_1[(b_0)*64 + i_1] <= 0, 0, v_dense_1[(b_0)*64 + i_1]);
         }
     }
-    /* z[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2] */
+    /* dense_2: z[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 10; i_1++) {
             real r1_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -177,7 +177,7 @@ real digits_loss(const real *params, const digits_real *v_x, const digits_real *
             v_z[(b_0)*10 + i_1] = r1 + v_dense_2_bias[i_1];
         }
     }
-    /* softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1] */
+    /* softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         real m = -INFINITY, s = 0;
         for (int j_8 = 0; j_8 < 10; j_8++) {
@@ -212,7 +212,6 @@ real digits_loss_and_grad(const real *params, const digits_real *v_x, const digi
     real *v_dense_1 = work + 0;
     real *dv_dense_1 = work + (size_t)batch * 64 + 0;
     real *v_h = work + (size_t)batch * 128 + 0;
-    real *dv_h = work + (size_t)batch * 192 + 0;
     real *v_z = work + (size_t)batch * 256 + 0;
     real *dv_z = work + (size_t)batch * 266 + 0;
     real *v_softmax_cross_entropy_1 = work + (size_t)batch * 276 + 0;
@@ -222,7 +221,7 @@ real digits_loss_and_grad(const real *params, const digits_real *v_x, const digi
     real *tmp3 = work + (size_t)batch * 281 + 0;
     real *tmp4 = work + (size_t)batch * 282 + 0;
     nncc_use_helpers();
-    /* dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
+    /* dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 64; i_1++) {
             real r0_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -235,13 +234,13 @@ real digits_loss_and_grad(const real *params, const digits_real *v_x, const digi
             v_dense_1[(b_0)*64 + i_1] = r0 + v_dense_1_bias[i_1];
         }
     }
-    /* h[b, i] = where(dense_1[b, i] <= 0, 0, dense_1[b, i])  [#fwd-relu_1] */
+    /* relu_1: h[b, i] = where(dense_1[b, i] <= 0, 0, dense_1[b, i])  [#fwd-relu_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 64; i_1++) {
             v_h[(b_0)*64 + i_1] = nncc_where(v_dense_1[(b_0)*64 + i_1] <= 0, 0, v_dense_1[(b_0)*64 + i_1]);
         }
     }
-    /* z[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2] */
+    /* dense_2: z[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 10; i_1++) {
             real r1_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -254,7 +253,7 @@ real digits_loss_and_grad(const real *params, const digits_real *v_x, const digi
             v_z[(b_0)*10 + i_1] = r1 + v_dense_2_bias[i_1];
         }
     }
-    /* softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1] */
+    /* softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         real m = -INFINITY, s = 0;
         for (int j_8 = 0; j_8 < 10; j_8++) {
@@ -297,19 +296,6 @@ real digits_loss_and_grad(const real *params, const digits_real *v_x, const digi
             dv_z[(b_0)*10 + k_3] = ((-v_y[(b_0)*10 + k_3] + exp((v_z[(b_0)*10 + k_3] - tmp3[b_0] - tmp4[b_0]))*tmp2[b_0]))/((real)batch);
         }
     }
-    /* d_h[b, j] = Σ_i (d_z[b, i]*dense_2.weight[i, j])  [#bwd-dense_2-h] */
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int j_2 = 0; j_2 < 64; j_2++) {
-            dv_h[(b_0)*64 + j_2] = 0;
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_1 = 0; i_1 < 10; i_1++) {
-            for (int j_2 = 0; j_2 < 64; j_2++) {
-                dv_h[(b_0)*64 + j_2] += dv_z[(b_0)*10 + i_1]*v_dense_2_weight[(i_1)*64 + j_2];
-            }
-        }
-    }
     /* d_dense_2_weight[i, j] = Σ_b (d_z[b, i]*h[b, j])  [#bwd-dense_2-weight] */
     for (int i_1 = 0; i_1 < 10; i_1++) {
         for (int j_2 = 0; j_2 < 64; j_2++) {
@@ -332,10 +318,15 @@ real digits_loss_and_grad(const real *params, const digits_real *v_x, const digi
             dv_dense_2_bias[i_1] += dv_z[(b_0)*10 + i_1];
         }
     }
+    /* d_h[b, j] = Σ_i (d_z[b, i]*dense_2.weight[i, j])  [#bwd-dense_2-h] */
     /* d_dense_1[b, i] = where(dense_1[b, i] > 0, d_h[b, i], 0)  [#bwd-relu_1-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 64; i_1++) {
-            dv_dense_1[(b_0)*64 + i_1] = nncc_where(v_dense_1[(b_0)*64 + i_1] > 0, dv_h[(b_0)*64 + i_1], 0);
+            real r0 = 0;
+            for (int i_5 = 0; i_5 < 10; i_5++) {
+                r0 += dv_z[(b_0)*10 + i_5]*v_dense_2_weight[(i_5)*64 + i_1];
+            }
+            dv_dense_1[(b_0)*64 + i_1] = nncc_where(v_dense_1[(b_0)*64 + i_1] > 0, r0, 0);
         }
     }
     /* d_dense_1_weight[i, j] = Σ_b (d_dense_1[b, i]*x[b, j])  [#bwd-dense_1-weight] */

@@ -95,7 +95,7 @@ void lenet_forward(const real *params, const lenet_real *v_x, real *output, int 
     real *v_flatten_1 = work + (size_t)batch * 3328 + 0;
     real *v_z = work + (size_t)batch * 3840 + 0;
     nncc_use_helpers();
-    /* conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1] */
+    /* conv2d_1: conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int o_1 = 0; o_1 < 8; o_1++) {
             for (int i_2 = 0; i_2 < 8; i_2++) {
@@ -113,7 +113,7 @@ void lenet_forward(const real *params, const lenet_real *v_x, real *output, int 
             }
         }
     }
-    /* relu_1[b, i, j, k] = where(conv2d_1[b, i, j, k] <= 0, 0, conv2d_1[b, i, j, k])  [#fwd-relu_1] */
+    /* relu_1: relu_1[b, i, j, k] = where(conv2d_1[b, i, j, k] <= 0, 0, conv2d_1[b, i, j, k])  [#fwd-relu_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 8; i_2++) {
             for (int j_3 = 0; j_3 < 8; j_3++) {
@@ -123,7 +123,7 @@ void lenet_forward(const real *params, const lenet_real *v_x, real *output, int 
             }
         }
     }
-    /* h[b, ch, i, j] = max_p,q(relu_1[b, ch, p + 2*i, q + 2*j])  [#fwd-maxpool2d_1] */
+    /* maxpool2d_1: h[b, ch, i, j] = max_p,q(relu_1[b, ch, p + 2*i, q + 2*j])  [#fwd-maxpool2d_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int ch_9 = 0; ch_9 < 8; ch_9++) {
             for (int i_2 = 0; i_2 < 4; i_2++) {
@@ -139,7 +139,7 @@ void lenet_forward(const real *params, const lenet_real *v_x, real *output, int 
             }
         }
     }
-    /* conv2d_2[b, o, i, j] = conv2d_2.bias[o] + Σ_ci,p,q (conv2d_2.weight[o, ci, p, q]*h[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_2] */
+    /* conv2d_2: conv2d_2[b, o, i, j] = conv2d_2.bias[o] + Σ_ci,p,q (conv2d_2.weight[o, ci, p, q]*h[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_2] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int o_1 = 0; o_1 < 16; o_1++) {
             for (int i_2 = 0; i_2 < 4; i_2++) {
@@ -157,8 +157,8 @@ void lenet_forward(const real *params, const lenet_real *v_x, real *output, int 
             }
         }
     }
-    /* g[b, i, j, k] = where(conv2d_2[b, i, j, k] <= 0, 0, conv2d_2[b, i, j, k])  [#fwd-relu_2] */
-    /* flatten_1[b, j + 4*i + 16*ch] = g[b, ch, i, j]  [#fwd-flatten_1] */
+    /* relu_2: g[b, i, j, k] = where(conv2d_2[b, i, j, k] <= 0, 0, conv2d_2[b, i, j, k])  [#fwd-relu_2] */
+    /* flatten_1: flatten_1[b, j + 4*i + 16*ch] = g[b, ch, i, j]  [#fwd-flatten_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int ch_9 = 0; ch_9 < 16; ch_9++) {
             for (int i_2 = 0; i_2 < 4; i_2++) {
@@ -168,7 +168,7 @@ void lenet_forward(const real *params, const lenet_real *v_x, real *output, int 
             }
         }
     }
-    /* z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1] */
+    /* dense_1: z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 10; i_2++) {
             real r3_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -211,7 +211,7 @@ real lenet_loss(const real *params, const lenet_real *v_x, const lenet_real *v_y
     real *tmp0 = work + (size_t)batch * 3862 + 0;
     real *tmp1 = work + (size_t)batch * 3863 + 0;
     nncc_use_helpers();
-    /* conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1] */
+    /* conv2d_1: conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int o_1 = 0; o_1 < 8; o_1++) {
             for (int i_2 = 0; i_2 < 8; i_2++) {
@@ -229,7 +229,7 @@ real lenet_loss(const real *params, const lenet_real *v_x, const lenet_real *v_y
             }
         }
     }
-    /* relu_1[b, i, j, k] = where(conv2d_1[b, i, j, k] <= 0, 0, conv2d_1[b, i, j, k])  [#fwd-relu_1] */
+    /* relu_1: relu_1[b, i, j, k] = where(conv2d_1[b, i, j, k] <= 0, 0, conv2d_1[b, i, j, k])  [#fwd-relu_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 8; i_2++) {
             for (int j_3 = 0; j_3 < 8; j_3++) {
@@ -239,7 +239,7 @@ real lenet_loss(const real *params, const lenet_real *v_x, const lenet_real *v_y
             }
         }
     }
-    /* h[b, ch, i, j] = max_p,q(relu_1[b, ch, p + 2*i, q + 2*j])  [#fwd-maxpool2d_1] */
+    /* maxpool2d_1: h[b, ch, i, j] = max_p,q(relu_1[b, ch, p + 2*i, q + 2*j])  [#fwd-maxpool2d_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int ch_9 = 0; ch_9 < 8; ch_9++) {
             for (int i_2 = 0; i_2 < 4; i_2++) {
@@ -255,7 +255,7 @@ real lenet_loss(const real *params, const lenet_real *v_x, const lenet_real *v_y
             }
         }
     }
-    /* conv2d_2[b, o, i, j] = conv2d_2.bias[o] + Σ_ci,p,q (conv2d_2.weight[o, ci, p, q]*h[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_2] */
+    /* conv2d_2: conv2d_2[b, o, i, j] = conv2d_2.bias[o] + Σ_ci,p,q (conv2d_2.weight[o, ci, p, q]*h[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_2] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int o_1 = 0; o_1 < 16; o_1++) {
             for (int i_2 = 0; i_2 < 4; i_2++) {
@@ -273,8 +273,8 @@ real lenet_loss(const real *params, const lenet_real *v_x, const lenet_real *v_y
             }
         }
     }
-    /* g[b, i, j, k] = where(conv2d_2[b, i, j, k] <= 0, 0, conv2d_2[b, i, j, k])  [#fwd-relu_2] */
-    /* flatten_1[b, j + 4*i + 16*ch] = g[b, ch, i, j]  [#fwd-flatten_1] */
+    /* relu_2: g[b, i, j, k] = where(conv2d_2[b, i, j, k] <= 0, 0, conv2d_2[b, i, j, k])  [#fwd-relu_2] */
+    /* flatten_1: flatten_1[b, j + 4*i + 16*ch] = g[b, ch, i, j]  [#fwd-flatten_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int ch_9 = 0; ch_9 < 16; ch_9++) {
             for (int i_2 = 0; i_2 < 4; i_2++) {
@@ -284,7 +284,7 @@ real lenet_loss(const real *params, const lenet_real *v_x, const lenet_real *v_y
             }
         }
     }
-    /* z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1] */
+    /* dense_1: z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 10; i_2++) {
             real r3_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -297,7 +297,7 @@ real lenet_loss(const real *params, const lenet_real *v_x, const lenet_real *v_y
             v_z[(b_0)*10 + i_2] = r3 + v_dense_1_bias[i_2];
         }
     }
-    /* softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1] */
+    /* softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         real m = -INFINITY, s = 0;
         for (int j_3 = 0; j_3 < 10; j_3++) {
@@ -341,7 +341,6 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
     real *dv_h = work + (size_t)batch * 2176 + 0;
     real *v_conv2d_2 = work + (size_t)batch * 2304 + 0;
     real *dv_conv2d_2 = work + (size_t)batch * 2560 + 0;
-    real *dv_g = work + (size_t)batch * 3072 + 0;
     real *v_flatten_1 = work + (size_t)batch * 3328 + 0;
     real *dv_flatten_1 = work + (size_t)batch * 3584 + 0;
     real *v_z = work + (size_t)batch * 3840 + 0;
@@ -355,7 +354,7 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
     real *tmp5 = work + (size_t)batch * 3867 + 0;
     real *tmp6 = work + (size_t)batch * 3995 + 0;
     nncc_use_helpers();
-    /* conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1] */
+    /* conv2d_1: conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int o_1 = 0; o_1 < 8; o_1++) {
             for (int i_2 = 0; i_2 < 8; i_2++) {
@@ -373,7 +372,7 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
             }
         }
     }
-    /* relu_1[b, i, j, k] = where(conv2d_1[b, i, j, k] <= 0, 0, conv2d_1[b, i, j, k])  [#fwd-relu_1] */
+    /* relu_1: relu_1[b, i, j, k] = where(conv2d_1[b, i, j, k] <= 0, 0, conv2d_1[b, i, j, k])  [#fwd-relu_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 8; i_2++) {
             for (int j_3 = 0; j_3 < 8; j_3++) {
@@ -383,7 +382,7 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
             }
         }
     }
-    /* h[b, ch, i, j] = max_p,q(relu_1[b, ch, p + 2*i, q + 2*j])  [#fwd-maxpool2d_1] */
+    /* maxpool2d_1: h[b, ch, i, j] = max_p,q(relu_1[b, ch, p + 2*i, q + 2*j])  [#fwd-maxpool2d_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int ch_9 = 0; ch_9 < 8; ch_9++) {
             for (int i_2 = 0; i_2 < 4; i_2++) {
@@ -399,7 +398,7 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
             }
         }
     }
-    /* conv2d_2[b, o, i, j] = conv2d_2.bias[o] + Σ_ci,p,q (conv2d_2.weight[o, ci, p, q]*h[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_2] */
+    /* conv2d_2: conv2d_2[b, o, i, j] = conv2d_2.bias[o] + Σ_ci,p,q (conv2d_2.weight[o, ci, p, q]*h[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_2] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int o_1 = 0; o_1 < 16; o_1++) {
             for (int i_2 = 0; i_2 < 4; i_2++) {
@@ -417,8 +416,8 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
             }
         }
     }
-    /* g[b, i, j, k] = where(conv2d_2[b, i, j, k] <= 0, 0, conv2d_2[b, i, j, k])  [#fwd-relu_2] */
-    /* flatten_1[b, j + 4*i + 16*ch] = g[b, ch, i, j]  [#fwd-flatten_1] */
+    /* relu_2: g[b, i, j, k] = where(conv2d_2[b, i, j, k] <= 0, 0, conv2d_2[b, i, j, k])  [#fwd-relu_2] */
+    /* flatten_1: flatten_1[b, j + 4*i + 16*ch] = g[b, ch, i, j]  [#fwd-flatten_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int ch_9 = 0; ch_9 < 16; ch_9++) {
             for (int i_2 = 0; i_2 < 4; i_2++) {
@@ -428,7 +427,7 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
             }
         }
     }
-    /* z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1] */
+    /* dense_1: z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 10; i_2++) {
             real r3_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -441,7 +440,7 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
             v_z[(b_0)*10 + i_2] = r3 + v_dense_1_bias[i_2];
         }
     }
-    /* softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1] */
+    /* softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         real m = -INFINITY, s = 0;
         for (int j_3 = 0; j_3 < 10; j_3++) {
@@ -520,21 +519,12 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
         }
     }
     /* d_g[b, ch, i, j] = d_flatten_1[b, j + 4*i + 16*ch]  [#bwd-flatten_1-g] */
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ch_4 = 0; ch_4 < 16; ch_4++) {
-            for (int i_1 = 0; i_1 < 4; i_1++) {
-                for (int j_2 = 0; j_2 < 4; j_2++) {
-                    dv_g[(b_0)*256 + (ch_4)*16 + (i_1)*4 + j_2] = dv_flatten_1[(b_0)*256 + 16*ch_4 + 4*i_1 + j_2];
-                }
-            }
-        }
-    }
     /* d_conv2d_2[b, i, j, k] = where(conv2d_2[b, i, j, k] > 0, d_g[b, i, j, k], 0)  [#bwd-relu_2-conv2d_2] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 16; i_1++) {
             for (int j_2 = 0; j_2 < 4; j_2++) {
                 for (int k_3 = 0; k_3 < 4; k_3++) {
-                    dv_conv2d_2[(b_0)*256 + (i_1)*16 + (j_2)*4 + k_3] = nncc_where(v_conv2d_2[(b_0)*256 + (i_1)*16 + (j_2)*4 + k_3] > 0, dv_g[(b_0)*256 + (i_1)*16 + (j_2)*4 + k_3], 0);
+                    dv_conv2d_2[(b_0)*256 + (i_1)*16 + (j_2)*4 + k_3] = nncc_where(v_conv2d_2[(b_0)*256 + (i_1)*16 + (j_2)*4 + k_3] > 0, dv_flatten_1[(b_0)*256 + 16*i_1 + 4*j_2 + k_3], 0);
                 }
             }
         }
@@ -542,19 +532,19 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
     /* d_h[b, ci, k, l] = Σ_o,i,j,p,q (conv2d_2.weight[o, ci, p, q]*d_conv2d_2[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_2-h] */
     for (long n = 0; n < (long)batch*8*4*4; n++) tmp5[n] = 0;
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ci_5 = 0; ci_5 < 8; ci_5++) {
+        for (int ci_4 = 0; ci_4 < 8; ci_4++) {
             for (int i_1 = 0; i_1 < 4; i_1++) {
                 for (int j_2 = 0; j_2 < 4; j_2++) {
-                    for (int p_6 = 0; p_6 < 3; p_6++) {
-                        for (int q_7 = 0; q_7 < 3; q_7++) {
+                    for (int p_5 = 0; p_5 < 3; p_5++) {
+                        for (int q_6 = 0; q_6 < 3; q_6++) {
                             real r0_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-                            for (int oo_9 = 0; oo_9 < 2; oo_9++) {
-                                for (int u_10 = 0; u_10 < 8; u_10++) {
-                                    r0_p[u_10] += v_conv2d_2_weight[(8*oo_9 + u_10)*72 + (ci_5)*9 + (p_6)*3 + q_7]*dv_conv2d_2[(b_0)*256 + (8*oo_9 + u_10)*16 + (i_1)*4 + j_2];
+                            for (int oo_8 = 0; oo_8 < 2; oo_8++) {
+                                for (int u_9 = 0; u_9 < 8; u_9++) {
+                                    r0_p[u_9] += v_conv2d_2_weight[(8*oo_8 + u_9)*72 + (ci_4)*9 + (p_5)*3 + q_6]*dv_conv2d_2[(b_0)*256 + (8*oo_8 + u_9)*16 + (i_1)*4 + j_2];
                                 }
                             }
                             real r0 = (((r0_p[0] + r0_p[1]) + (r0_p[2] + r0_p[3])) + ((r0_p[4] + r0_p[5]) + (r0_p[6] + r0_p[7])));
-                            if ((i_1 + p_6 - 1) >= 0 && (i_1 + p_6 - 1) < 4 && (j_2 + q_7 - 1) >= 0 && (j_2 + q_7 - 1) < 4) tmp5[(b_0)*128 + (ci_5)*16 + (i_1 + p_6 - 1)*4 + j_2 + q_7 - 1] += r0;
+                            if ((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 4 && (j_2 + q_6 - 1) >= 0 && (j_2 + q_6 - 1) < 4) tmp5[(b_0)*128 + (ci_4)*16 + (i_1 + p_5 - 1)*4 + j_2 + q_6 - 1] += r0;
                         }
                     }
                 }
@@ -562,48 +552,48 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
         }
     }
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ci_5 = 0; ci_5 < 8; ci_5++) {
+        for (int ci_4 = 0; ci_4 < 8; ci_4++) {
             for (int k_3 = 0; k_3 < 4; k_3++) {
-                for (int l_11 = 0; l_11 < 4; l_11++) {
-                    dv_h[(b_0)*128 + (ci_5)*16 + (k_3)*4 + l_11] = tmp5[(b_0)*128 + (ci_5)*16 + (k_3)*4 + l_11];
+                for (int l_10 = 0; l_10 < 4; l_10++) {
+                    dv_h[(b_0)*128 + (ci_4)*16 + (k_3)*4 + l_10] = tmp5[(b_0)*128 + (ci_4)*16 + (k_3)*4 + l_10];
                 }
             }
         }
     }
     /* d_conv2d_2_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_2[b, o, i, j]*h[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_2-weight] */
-    for (int o_12 = 0; o_12 < 16; o_12++) {
-        for (int ci_5 = 0; ci_5 < 8; ci_5++) {
-            for (int p_6 = 0; p_6 < 3; p_6++) {
-                for (int q_7 = 0; q_7 < 3; q_7++) {
+    for (int o_11 = 0; o_11 < 16; o_11++) {
+        for (int ci_4 = 0; ci_4 < 8; ci_4++) {
+            for (int p_5 = 0; p_5 < 3; p_5++) {
+                for (int q_6 = 0; q_6 < 3; q_6++) {
                     real r1 = 0;
                     for (int b_0 = 0; b_0 < batch; b_0++) {
                         for (int i_1 = 0; i_1 < 4; i_1++) {
                             for (int j_2 = 0; j_2 < 4; j_2++) {
-                                r1 += dv_conv2d_2[(b_0)*256 + (o_12)*16 + (i_1)*4 + j_2]*(((i_1 + p_6 - 1) >= 0 && (i_1 + p_6 - 1) < 4 && (j_2 + q_7 - 1) >= 0 && (j_2 + q_7 - 1) < 4) ? v_h[(b_0)*128 + (ci_5)*16 + (i_1 + p_6 - 1)*4 + j_2 + q_7 - 1] : (real)0);
+                                r1 += dv_conv2d_2[(b_0)*256 + (o_11)*16 + (i_1)*4 + j_2]*(((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 4 && (j_2 + q_6 - 1) >= 0 && (j_2 + q_6 - 1) < 4) ? v_h[(b_0)*128 + (ci_4)*16 + (i_1 + p_5 - 1)*4 + j_2 + q_6 - 1] : (real)0);
                             }
                         }
                     }
-                    dv_conv2d_2_weight[(o_12)*72 + (ci_5)*9 + (p_6)*3 + q_7] = r1;
+                    dv_conv2d_2_weight[(o_11)*72 + (ci_4)*9 + (p_5)*3 + q_6] = r1;
                 }
             }
         }
     }
     /* d_conv2d_2_bias[o] = Σ_b,i,j d_conv2d_2[b, o, i, j]  [#bwd-conv2d_2-bias] */
-    for (int o_12 = 0; o_12 < 16; o_12++) {
+    for (int o_11 = 0; o_11 < 16; o_11++) {
         real r2 = 0;
         for (int b_0 = 0; b_0 < batch; b_0++) {
             for (int i_1 = 0; i_1 < 4; i_1++) {
                 for (int j_2 = 0; j_2 < 4; j_2++) {
-                    r2 += dv_conv2d_2[(b_0)*256 + (o_12)*16 + (i_1)*4 + j_2];
+                    r2 += dv_conv2d_2[(b_0)*256 + (o_11)*16 + (i_1)*4 + j_2];
                 }
             }
         }
-        dv_conv2d_2_bias[o_12] = r2;
+        dv_conv2d_2_bias[o_11] = r2;
     }
     /* d_relu_1[b, ch, k, l] = Σ_i,j,p1,q1 (FirstArgmax(relu_1[b, ch, p1 + 2*i, q1 + 2*j], (p1, 0, 1), (q1, 0, 1))*d_h[b, ch, i, j]*δ(k,p1 + 2*i)*δ(l,q1 + 2*j))  [#bwd-maxpool2d_1-relu_1] */
     for (long n = 0; n < (long)batch*8*8*8; n++) tmp6[n] = 0;
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ch_4 = 0; ch_4 < 8; ch_4++) {
+        for (int ch_14 = 0; ch_14 < 8; ch_14++) {
             for (int i_1 = 0; i_1 < 4; i_1++) {
                 for (int j_2 = 0; j_2 < 4; j_2++) {
                     for (int p1_15 = 0; p1_15 < 2; p1_15++) {
@@ -611,11 +601,11 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
                             real r3_m = -INFINITY; long r3_best = -1, r3_k = 0;
                             for (int p1s_18 = 0; p1s_18 < 2; p1s_18++) {
                                 for (int q1s_19 = 0; q1s_19 < 2; q1s_19++) {
-                                    { real v = v_relu_1[(b_0)*512 + (ch_4)*64 + (p1s_18 + 2*i_1)*8 + q1s_19 + 2*j_2]; if (r3_best < 0 || v > r3_m || isnan(v)) { r3_m = v; r3_best = r3_k; } r3_k++; }
+                                    { real v = v_relu_1[(b_0)*512 + (ch_14)*64 + (p1s_18 + 2*i_1)*8 + q1s_19 + 2*j_2]; if (r3_best < 0 || v > r3_m || isnan(v)) { r3_m = v; r3_best = r3_k; } r3_k++; }
                                 }
                             }
                             real r3 = (real)((q1_16*1 + p1_15*2) == r3_best);
-                            tmp6[(b_0)*512 + (ch_4)*64 + (2*i_1 + p1_15)*8 + 2*j_2 + q1_16] += r3*dv_h[(b_0)*128 + (ch_4)*16 + (i_1)*4 + j_2];
+                            tmp6[(b_0)*512 + (ch_14)*64 + (2*i_1 + p1_15)*8 + 2*j_2 + q1_16] += r3*dv_h[(b_0)*128 + (ch_14)*16 + (i_1)*4 + j_2];
                         }
                     }
                 }
@@ -623,10 +613,10 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
         }
     }
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ch_4 = 0; ch_4 < 8; ch_4++) {
+        for (int ch_14 = 0; ch_14 < 8; ch_14++) {
             for (int k_3 = 0; k_3 < 8; k_3++) {
-                for (int l_11 = 0; l_11 < 8; l_11++) {
-                    dv_relu_1[(b_0)*512 + (ch_4)*64 + (k_3)*8 + l_11] = tmp6[(b_0)*512 + (ch_4)*64 + (k_3)*8 + l_11];
+                for (int l_10 = 0; l_10 < 8; l_10++) {
+                    dv_relu_1[(b_0)*512 + (ch_14)*64 + (k_3)*8 + l_10] = tmp6[(b_0)*512 + (ch_14)*64 + (k_3)*8 + l_10];
                 }
             }
         }
@@ -642,34 +632,34 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
         }
     }
     /* d_conv2d_1_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_1[b, o, i, j]*x[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_1-weight] */
-    for (int o_12 = 0; o_12 < 8; o_12++) {
-        for (int ci_5 = 0; ci_5 < 1; ci_5++) {
-            for (int p_6 = 0; p_6 < 3; p_6++) {
-                for (int q_7 = 0; q_7 < 3; q_7++) {
+    for (int o_11 = 0; o_11 < 8; o_11++) {
+        for (int ci_4 = 0; ci_4 < 1; ci_4++) {
+            for (int p_5 = 0; p_5 < 3; p_5++) {
+                for (int q_6 = 0; q_6 < 3; q_6++) {
                     real r4 = 0;
                     for (int b_0 = 0; b_0 < batch; b_0++) {
                         for (int i_1 = 0; i_1 < 8; i_1++) {
                             for (int j_2 = 0; j_2 < 8; j_2++) {
-                                r4 += dv_conv2d_1[(b_0)*512 + (o_12)*64 + (i_1)*8 + j_2]*(((i_1 + p_6 - 1) >= 0 && (i_1 + p_6 - 1) < 8 && (j_2 + q_7 - 1) >= 0 && (j_2 + q_7 - 1) < 8) ? v_x[(b_0)*64 + (ci_5)*64 + (i_1 + p_6 - 1)*8 + j_2 + q_7 - 1] : (real)0);
+                                r4 += dv_conv2d_1[(b_0)*512 + (o_11)*64 + (i_1)*8 + j_2]*(((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 8 && (j_2 + q_6 - 1) >= 0 && (j_2 + q_6 - 1) < 8) ? v_x[(b_0)*64 + (ci_4)*64 + (i_1 + p_5 - 1)*8 + j_2 + q_6 - 1] : (real)0);
                             }
                         }
                     }
-                    dv_conv2d_1_weight[(o_12)*9 + (ci_5)*9 + (p_6)*3 + q_7] = r4;
+                    dv_conv2d_1_weight[(o_11)*9 + (ci_4)*9 + (p_5)*3 + q_6] = r4;
                 }
             }
         }
     }
     /* d_conv2d_1_bias[o] = Σ_b,i,j d_conv2d_1[b, o, i, j]  [#bwd-conv2d_1-bias] */
-    for (int o_12 = 0; o_12 < 8; o_12++) {
+    for (int o_11 = 0; o_11 < 8; o_11++) {
         real r5 = 0;
         for (int b_0 = 0; b_0 < batch; b_0++) {
             for (int i_1 = 0; i_1 < 8; i_1++) {
                 for (int j_2 = 0; j_2 < 8; j_2++) {
-                    r5 += dv_conv2d_1[(b_0)*512 + (o_12)*64 + (i_1)*8 + j_2];
+                    r5 += dv_conv2d_1[(b_0)*512 + (o_11)*64 + (i_1)*8 + j_2];
                 }
             }
         }
-        dv_conv2d_1_bias[o_12] = r5;
+        dv_conv2d_1_bias[o_11] = r5;
     }
     return lenet_loss_value(v_softmax_cross_entropy_1, batch);
 }

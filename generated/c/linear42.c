@@ -82,7 +82,7 @@ void linear42_forward(const real *params, const linear42_real *v_x, real *output
     const real *v_dense_1_bias = params + 8;
     real *v_y = work + 0;
     nncc_use_helpers();
-    /* y[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
+    /* dense_1: y[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 2; i_1++) {
             real r0 = 0;
@@ -111,7 +111,7 @@ real linear42_loss(const real *params, const linear42_real *v_x, int batch, real
     real *v_y = work + 0;
     real *v_squares_1 = work + (size_t)batch * 4 + 0;
     nncc_use_helpers();
-    /* y[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
+    /* dense_1: y[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 2; i_1++) {
             real r0 = 0;
@@ -121,7 +121,7 @@ real linear42_loss(const real *params, const linear42_real *v_x, int batch, real
             v_y[(b_0)*2 + i_1] = r0 + v_dense_1_bias[i_1];
         }
     }
-    /* squares_1[b] = Σ_i y[b, i]**2  [#fwd-squares_1] */
+    /* squares_1: squares_1[b] = Σ_i y[b, i]**2  [#fwd-squares_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         real r1 = 0;
         for (int i_1 = 0; i_1 < 2; i_1++) {
@@ -142,7 +142,7 @@ real linear42_loss_and_grad(const real *params, const linear42_real *v_x, int ba
     real *dv_y = work + (size_t)batch * 2 + 0;
     real *v_squares_1 = work + (size_t)batch * 4 + 0;
     nncc_use_helpers();
-    /* y[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
+    /* dense_1: y[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 2; i_1++) {
             real r0 = 0;
@@ -152,7 +152,7 @@ real linear42_loss_and_grad(const real *params, const linear42_real *v_x, int ba
             v_y[(b_0)*2 + i_1] = r0 + v_dense_1_bias[i_1];
         }
     }
-    /* squares_1[b] = Σ_i y[b, i]**2  [#fwd-squares_1] */
+    /* squares_1: squares_1[b] = Σ_i y[b, i]**2  [#fwd-squares_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         real r1 = 0;
         for (int i_1 = 0; i_1 < 2; i_1++) {

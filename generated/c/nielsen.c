@@ -87,8 +87,8 @@ void nielsen_forward(const real *params, const nielsen_real *v_x, real *output, 
     real *v_sigmoid_1 = work + (size_t)batch * 60 + 0;
     real *v_a = work + (size_t)batch * 140 + 0;
     nncc_use_helpers();
-    /* dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
-    /* sigmoid_1[b, i] = 1/(1 + exp(-dense_1[b, i]))  [#fwd-sigmoid_1] */
+    /* dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
+    /* sigmoid_1: sigmoid_1[b, i] = 1/(1 + exp(-dense_1[b, i]))  [#fwd-sigmoid_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 30; i_1++) {
             real r0_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -101,8 +101,8 @@ void nielsen_forward(const real *params, const nielsen_real *v_x, real *output, 
             v_sigmoid_1[(b_0)*30 + i_1] = nncc_sigmoid(r0 + v_dense_1_bias[i_1]);
         }
     }
-    /* dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*sigmoid_1[b, j])  [#fwd-dense_2] */
-    /* a[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_2] */
+    /* dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*sigmoid_1[b, j])  [#fwd-dense_2] */
+    /* sigmoid_2: a[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_2] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 10; i_1++) {
             real r1_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -140,8 +140,8 @@ real nielsen_loss(const real *params, const nielsen_real *v_x, const nielsen_rea
     real *v_a = work + (size_t)batch * 140 + 0;
     real *v_quadratic_1 = work + (size_t)batch * 160 + 0;
     nncc_use_helpers();
-    /* dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
-    /* sigmoid_1[b, i] = 1/(1 + exp(-dense_1[b, i]))  [#fwd-sigmoid_1] */
+    /* dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
+    /* sigmoid_1: sigmoid_1[b, i] = 1/(1 + exp(-dense_1[b, i]))  [#fwd-sigmoid_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 30; i_1++) {
             real r0_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -154,8 +154,8 @@ real nielsen_loss(const real *params, const nielsen_real *v_x, const nielsen_rea
             v_sigmoid_1[(b_0)*30 + i_1] = nncc_sigmoid(r0 + v_dense_1_bias[i_1]);
         }
     }
-    /* dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*sigmoid_1[b, j])  [#fwd-dense_2] */
-    /* a[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_2] */
+    /* dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*sigmoid_1[b, j])  [#fwd-dense_2] */
+    /* sigmoid_2: a[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_2] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 10; i_1++) {
             real r1_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -171,7 +171,7 @@ real nielsen_loss(const real *params, const nielsen_real *v_x, const nielsen_rea
             v_a[(b_0)*10 + i_1] = nncc_sigmoid(r1 + v_dense_2_bias[i_1]);
         }
     }
-    /* quadratic_1[b] = Σ_i (-y[b, i] + a[b, i])**2/2  [#fwd-quadratic_1] */
+    /* quadratic_1: quadratic_1[b] = Σ_i (-y[b, i] + a[b, i])**2/2  [#fwd-quadratic_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         real r2 = 0;
         for (int i_1 = 0; i_1 < 10; i_1++) {
@@ -194,14 +194,12 @@ real nielsen_loss_and_grad(const real *params, const nielsen_real *v_x, const ni
     real *dv_dense_2_bias = grad + 23850;
     real *dv_dense_1 = work + (size_t)batch * 30 + 0;
     real *v_sigmoid_1 = work + (size_t)batch * 60 + 0;
-    real *dv_sigmoid_1 = work + (size_t)batch * 90 + 0;
     real *dv_dense_2 = work + (size_t)batch * 130 + 0;
     real *v_a = work + (size_t)batch * 140 + 0;
-    real *dv_a = work + (size_t)batch * 150 + 0;
     real *v_quadratic_1 = work + (size_t)batch * 160 + 0;
     nncc_use_helpers();
-    /* dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
-    /* sigmoid_1[b, i] = 1/(1 + exp(-dense_1[b, i]))  [#fwd-sigmoid_1] */
+    /* dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
+    /* sigmoid_1: sigmoid_1[b, i] = 1/(1 + exp(-dense_1[b, i]))  [#fwd-sigmoid_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 30; i_1++) {
             real r0_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -214,8 +212,8 @@ real nielsen_loss_and_grad(const real *params, const nielsen_real *v_x, const ni
             v_sigmoid_1[(b_0)*30 + i_1] = nncc_sigmoid(r0 + v_dense_1_bias[i_1]);
         }
     }
-    /* dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*sigmoid_1[b, j])  [#fwd-dense_2] */
-    /* a[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_2] */
+    /* dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*sigmoid_1[b, j])  [#fwd-dense_2] */
+    /* sigmoid_2: a[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_2] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 10; i_1++) {
             real r1_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -231,7 +229,7 @@ real nielsen_loss_and_grad(const real *params, const nielsen_real *v_x, const ni
             v_a[(b_0)*10 + i_1] = nncc_sigmoid(r1 + v_dense_2_bias[i_1]);
         }
     }
-    /* quadratic_1[b] = Σ_i (-y[b, i] + a[b, i])**2/2  [#fwd-quadratic_1] */
+    /* quadratic_1: quadratic_1[b] = Σ_i (-y[b, i] + a[b, i])**2/2  [#fwd-quadratic_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         real r2 = 0;
         for (int i_1 = 0; i_1 < 10; i_1++) {
@@ -240,28 +238,10 @@ real nielsen_loss_and_grad(const real *params, const nielsen_real *v_x, const ni
         v_quadratic_1[b_0] = (((real)0.5))*r2;
     }
     /* d_a[b, i] = (-y[b, i] + a[b, i])*d_quadratic_1[b]  [#bwd-quadratic_1-a] */
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_1 = 0; i_1 < 10; i_1++) {
-            dv_a[(b_0)*10 + i_1] = (v_a[(b_0)*10 + i_1] - v_y[(b_0)*10 + i_1])/((real)batch);
-        }
-    }
     /* d_dense_2[b, i] = -(-1 + a[b, i])*a[b, i]*d_a[b, i]  [#bwd-sigmoid_2-dense_2] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 10; i_1++) {
-            dv_dense_2[(b_0)*10 + i_1] = -(v_a[(b_0)*10 + i_1] - 1)*v_a[(b_0)*10 + i_1]*dv_a[(b_0)*10 + i_1];
-        }
-    }
-    /* d_sigmoid_1[b, j] = Σ_i (d_dense_2[b, i]*dense_2.weight[i, j])  [#bwd-dense_2-sigmoid_1] */
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int j_2 = 0; j_2 < 30; j_2++) {
-            dv_sigmoid_1[(b_0)*30 + j_2] = 0;
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_1 = 0; i_1 < 10; i_1++) {
-            for (int j_2 = 0; j_2 < 30; j_2++) {
-                dv_sigmoid_1[(b_0)*30 + j_2] += dv_dense_2[(b_0)*10 + i_1]*v_dense_2_weight[(i_1)*30 + j_2];
-            }
+            dv_dense_2[(b_0)*10 + i_1] = -(v_a[(b_0)*10 + i_1] - 1)*(v_a[(b_0)*10 + i_1] - v_y[(b_0)*10 + i_1])*v_a[(b_0)*10 + i_1]/((real)batch);
         }
     }
     /* d_dense_2_weight[i, j] = Σ_b (d_dense_2[b, i]*sigmoid_1[b, j])  [#bwd-dense_2-weight] */
@@ -286,10 +266,18 @@ real nielsen_loss_and_grad(const real *params, const nielsen_real *v_x, const ni
             dv_dense_2_bias[i_1] += dv_dense_2[(b_0)*10 + i_1];
         }
     }
+    /* d_sigmoid_1[b, j] = Σ_i (d_dense_2[b, i]*dense_2.weight[i, j])  [#bwd-dense_2-sigmoid_1] */
     /* d_dense_1[b, i] = -(-1 + sigmoid_1[b, i])*d_sigmoid_1[b, i]*sigmoid_1[b, i]  [#bwd-sigmoid_1-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 30; i_1++) {
-            dv_dense_1[(b_0)*30 + i_1] = -(v_sigmoid_1[(b_0)*30 + i_1] - 1)*dv_sigmoid_1[(b_0)*30 + i_1]*v_sigmoid_1[(b_0)*30 + i_1];
+            dv_dense_1[(b_0)*30 + i_1] = 0;
+        }
+    }
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_3 = 0; i_3 < 10; i_3++) {
+            for (int i_1 = 0; i_1 < 30; i_1++) {
+                dv_dense_1[(b_0)*30 + i_1] += -(v_sigmoid_1[(b_0)*30 + i_1] - 1)*dv_dense_2[(b_0)*10 + i_3]*v_dense_2_weight[(i_3)*30 + i_1]*v_sigmoid_1[(b_0)*30 + i_1];
+            }
         }
     }
     /* d_dense_1_weight[i, j] = Σ_b (d_dense_1[b, i]*x[b, j])  [#bwd-dense_1-weight] */

@@ -101,7 +101,7 @@ void residual_forward(const real *params, const residual_real *v_x, real *output
     real *v_flatten_1 = work + (size_t)batch * 7424 + 0;
     real *v_z = work + (size_t)batch * 7680 + 0;
     nncc_use_helpers();
-    /* conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1] */
+    /* conv2d_1: conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int o_1 = 0; o_1 < 8; o_1++) {
             for (int i_2 = 0; i_2 < 8; i_2++) {
@@ -119,7 +119,7 @@ void residual_forward(const real *params, const residual_real *v_x, real *output
             }
         }
     }
-    /* stem[b, i, j, k] = where(conv2d_1[b, i, j, k] <= 0, 0, conv2d_1[b, i, j, k])  [#fwd-relu_1] */
+    /* relu_1: stem[b, i, j, k] = where(conv2d_1[b, i, j, k] <= 0, 0, conv2d_1[b, i, j, k])  [#fwd-relu_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 8; i_2++) {
             for (int j_3 = 0; j_3 < 8; j_3++) {
@@ -129,7 +129,7 @@ void residual_forward(const real *params, const residual_real *v_x, real *output
             }
         }
     }
-    /* conv2d_2[b, o, i, j] = conv2d_2.bias[o] + Σ_ci,p,q (conv2d_2.weight[o, ci, p, q]*stem[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_2] */
+    /* conv2d_2: conv2d_2[b, o, i, j] = conv2d_2.bias[o] + Σ_ci,p,q (conv2d_2.weight[o, ci, p, q]*stem[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_2] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int o_1 = 0; o_1 < 8; o_1++) {
             for (int i_2 = 0; i_2 < 8; i_2++) {
@@ -147,7 +147,7 @@ void residual_forward(const real *params, const residual_real *v_x, real *output
             }
         }
     }
-    /* relu_2[b, i, j, k] = where(conv2d_2[b, i, j, k] <= 0, 0, conv2d_2[b, i, j, k])  [#fwd-relu_2] */
+    /* relu_2: relu_2[b, i, j, k] = where(conv2d_2[b, i, j, k] <= 0, 0, conv2d_2[b, i, j, k])  [#fwd-relu_2] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 8; i_2++) {
             for (int j_3 = 0; j_3 < 8; j_3++) {
@@ -157,8 +157,8 @@ void residual_forward(const real *params, const residual_real *v_x, real *output
             }
         }
     }
-    /* body[b, o, i, j] = conv2d_3.bias[o] + Σ_ci,p,q (conv2d_3.weight[o, ci, p, q]*relu_2[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_3] */
-    /* add_1[b, i, j, k] = body[b, i, j, k] + stem[b, i, j, k]  [#fwd-add_1] */
+    /* conv2d_3: body[b, o, i, j] = conv2d_3.bias[o] + Σ_ci,p,q (conv2d_3.weight[o, ci, p, q]*relu_2[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_3] */
+    /* add_1: add_1[b, i, j, k] = body[b, i, j, k] + stem[b, i, j, k]  [#fwd-add_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 8; i_2++) {
             for (int j_3 = 0; j_3 < 8; j_3++) {
@@ -176,7 +176,7 @@ void residual_forward(const real *params, const residual_real *v_x, real *output
             }
         }
     }
-    /* block[b, i, j, k] = where(add_1[b, i, j, k] <= 0, 0, add_1[b, i, j, k])  [#fwd-relu_3] */
+    /* relu_3: block[b, i, j, k] = where(add_1[b, i, j, k] <= 0, 0, add_1[b, i, j, k])  [#fwd-relu_3] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 8; i_2++) {
             for (int j_3 = 0; j_3 < 8; j_3++) {
@@ -186,8 +186,8 @@ void residual_forward(const real *params, const residual_real *v_x, real *output
             }
         }
     }
-    /* avgpool2d_1[b, ch, i, j] = Σ_p,q block[b, ch, p + 2*i, q + 2*j]/4  [#fwd-avgpool2d_1] */
-    /* flatten_1[b, j + 4*i + 16*ch] = avgpool2d_1[b, ch, i, j]  [#fwd-flatten_1] */
+    /* avgpool2d_1: avgpool2d_1[b, ch, i, j] = Σ_p,q block[b, ch, p + 2*i, q + 2*j]/4  [#fwd-avgpool2d_1] */
+    /* flatten_1: flatten_1[b, j + 4*i + 16*ch] = avgpool2d_1[b, ch, i, j]  [#fwd-flatten_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int ch_14 = 0; ch_14 < 8; ch_14++) {
             for (int i_2 = 0; i_2 < 4; i_2++) {
@@ -203,7 +203,7 @@ void residual_forward(const real *params, const residual_real *v_x, real *output
             }
         }
     }
-    /* z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1] */
+    /* dense_1: z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 10; i_2++) {
             real r4_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -250,7 +250,7 @@ real residual_loss(const real *params, const residual_real *v_x, const residual_
     real *tmp0 = work + (size_t)batch * 7702 + 0;
     real *tmp1 = work + (size_t)batch * 7703 + 0;
     nncc_use_helpers();
-    /* conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1] */
+    /* conv2d_1: conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int o_1 = 0; o_1 < 8; o_1++) {
             for (int i_2 = 0; i_2 < 8; i_2++) {
@@ -268,7 +268,7 @@ real residual_loss(const real *params, const residual_real *v_x, const residual_
             }
         }
     }
-    /* stem[b, i, j, k] = where(conv2d_1[b, i, j, k] <= 0, 0, conv2d_1[b, i, j, k])  [#fwd-relu_1] */
+    /* relu_1: stem[b, i, j, k] = where(conv2d_1[b, i, j, k] <= 0, 0, conv2d_1[b, i, j, k])  [#fwd-relu_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 8; i_2++) {
             for (int j_3 = 0; j_3 < 8; j_3++) {
@@ -278,7 +278,7 @@ real residual_loss(const real *params, const residual_real *v_x, const residual_
             }
         }
     }
-    /* conv2d_2[b, o, i, j] = conv2d_2.bias[o] + Σ_ci,p,q (conv2d_2.weight[o, ci, p, q]*stem[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_2] */
+    /* conv2d_2: conv2d_2[b, o, i, j] = conv2d_2.bias[o] + Σ_ci,p,q (conv2d_2.weight[o, ci, p, q]*stem[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_2] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int o_1 = 0; o_1 < 8; o_1++) {
             for (int i_2 = 0; i_2 < 8; i_2++) {
@@ -296,7 +296,7 @@ real residual_loss(const real *params, const residual_real *v_x, const residual_
             }
         }
     }
-    /* relu_2[b, i, j, k] = where(conv2d_2[b, i, j, k] <= 0, 0, conv2d_2[b, i, j, k])  [#fwd-relu_2] */
+    /* relu_2: relu_2[b, i, j, k] = where(conv2d_2[b, i, j, k] <= 0, 0, conv2d_2[b, i, j, k])  [#fwd-relu_2] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 8; i_2++) {
             for (int j_3 = 0; j_3 < 8; j_3++) {
@@ -306,8 +306,8 @@ real residual_loss(const real *params, const residual_real *v_x, const residual_
             }
         }
     }
-    /* body[b, o, i, j] = conv2d_3.bias[o] + Σ_ci,p,q (conv2d_3.weight[o, ci, p, q]*relu_2[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_3] */
-    /* add_1[b, i, j, k] = body[b, i, j, k] + stem[b, i, j, k]  [#fwd-add_1] */
+    /* conv2d_3: body[b, o, i, j] = conv2d_3.bias[o] + Σ_ci,p,q (conv2d_3.weight[o, ci, p, q]*relu_2[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_3] */
+    /* add_1: add_1[b, i, j, k] = body[b, i, j, k] + stem[b, i, j, k]  [#fwd-add_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 8; i_2++) {
             for (int j_3 = 0; j_3 < 8; j_3++) {
@@ -325,7 +325,7 @@ real residual_loss(const real *params, const residual_real *v_x, const residual_
             }
         }
     }
-    /* block[b, i, j, k] = where(add_1[b, i, j, k] <= 0, 0, add_1[b, i, j, k])  [#fwd-relu_3] */
+    /* relu_3: block[b, i, j, k] = where(add_1[b, i, j, k] <= 0, 0, add_1[b, i, j, k])  [#fwd-relu_3] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 8; i_2++) {
             for (int j_3 = 0; j_3 < 8; j_3++) {
@@ -335,8 +335,8 @@ real residual_loss(const real *params, const residual_real *v_x, const residual_
             }
         }
     }
-    /* avgpool2d_1[b, ch, i, j] = Σ_p,q block[b, ch, p + 2*i, q + 2*j]/4  [#fwd-avgpool2d_1] */
-    /* flatten_1[b, j + 4*i + 16*ch] = avgpool2d_1[b, ch, i, j]  [#fwd-flatten_1] */
+    /* avgpool2d_1: avgpool2d_1[b, ch, i, j] = Σ_p,q block[b, ch, p + 2*i, q + 2*j]/4  [#fwd-avgpool2d_1] */
+    /* flatten_1: flatten_1[b, j + 4*i + 16*ch] = avgpool2d_1[b, ch, i, j]  [#fwd-flatten_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int ch_14 = 0; ch_14 < 8; ch_14++) {
             for (int i_2 = 0; i_2 < 4; i_2++) {
@@ -352,7 +352,7 @@ real residual_loss(const real *params, const residual_real *v_x, const residual_
             }
         }
     }
-    /* z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1] */
+    /* dense_1: z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 10; i_2++) {
             real r4_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -365,7 +365,7 @@ real residual_loss(const real *params, const residual_real *v_x, const residual_
             v_z[(b_0)*10 + i_2] = r4 + v_dense_1_bias[i_2];
         }
     }
-    /* softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1] */
+    /* softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         real m = -INFINITY, s = 0;
         for (int j_3 = 0; j_3 < 10; j_3++) {
@@ -433,7 +433,7 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
     real *tmp6 = work + (size_t)batch * 8219 + 0;
     real *tmp7 = work + (size_t)batch * 8731 + 0;
     nncc_use_helpers();
-    /* conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1] */
+    /* conv2d_1: conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int o_1 = 0; o_1 < 8; o_1++) {
             for (int i_2 = 0; i_2 < 8; i_2++) {
@@ -451,7 +451,7 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
             }
         }
     }
-    /* stem[b, i, j, k] = where(conv2d_1[b, i, j, k] <= 0, 0, conv2d_1[b, i, j, k])  [#fwd-relu_1] */
+    /* relu_1: stem[b, i, j, k] = where(conv2d_1[b, i, j, k] <= 0, 0, conv2d_1[b, i, j, k])  [#fwd-relu_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 8; i_2++) {
             for (int j_3 = 0; j_3 < 8; j_3++) {
@@ -461,7 +461,7 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
             }
         }
     }
-    /* conv2d_2[b, o, i, j] = conv2d_2.bias[o] + Σ_ci,p,q (conv2d_2.weight[o, ci, p, q]*stem[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_2] */
+    /* conv2d_2: conv2d_2[b, o, i, j] = conv2d_2.bias[o] + Σ_ci,p,q (conv2d_2.weight[o, ci, p, q]*stem[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_2] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int o_1 = 0; o_1 < 8; o_1++) {
             for (int i_2 = 0; i_2 < 8; i_2++) {
@@ -479,7 +479,7 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
             }
         }
     }
-    /* relu_2[b, i, j, k] = where(conv2d_2[b, i, j, k] <= 0, 0, conv2d_2[b, i, j, k])  [#fwd-relu_2] */
+    /* relu_2: relu_2[b, i, j, k] = where(conv2d_2[b, i, j, k] <= 0, 0, conv2d_2[b, i, j, k])  [#fwd-relu_2] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 8; i_2++) {
             for (int j_3 = 0; j_3 < 8; j_3++) {
@@ -489,8 +489,8 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
             }
         }
     }
-    /* body[b, o, i, j] = conv2d_3.bias[o] + Σ_ci,p,q (conv2d_3.weight[o, ci, p, q]*relu_2[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_3] */
-    /* add_1[b, i, j, k] = body[b, i, j, k] + stem[b, i, j, k]  [#fwd-add_1] */
+    /* conv2d_3: body[b, o, i, j] = conv2d_3.bias[o] + Σ_ci,p,q (conv2d_3.weight[o, ci, p, q]*relu_2[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_3] */
+    /* add_1: add_1[b, i, j, k] = body[b, i, j, k] + stem[b, i, j, k]  [#fwd-add_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 8; i_2++) {
             for (int j_3 = 0; j_3 < 8; j_3++) {
@@ -508,7 +508,7 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
             }
         }
     }
-    /* block[b, i, j, k] = where(add_1[b, i, j, k] <= 0, 0, add_1[b, i, j, k])  [#fwd-relu_3] */
+    /* relu_3: block[b, i, j, k] = where(add_1[b, i, j, k] <= 0, 0, add_1[b, i, j, k])  [#fwd-relu_3] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 8; i_2++) {
             for (int j_3 = 0; j_3 < 8; j_3++) {
@@ -518,8 +518,8 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
             }
         }
     }
-    /* avgpool2d_1[b, ch, i, j] = Σ_p,q block[b, ch, p + 2*i, q + 2*j]/4  [#fwd-avgpool2d_1] */
-    /* flatten_1[b, j + 4*i + 16*ch] = avgpool2d_1[b, ch, i, j]  [#fwd-flatten_1] */
+    /* avgpool2d_1: avgpool2d_1[b, ch, i, j] = Σ_p,q block[b, ch, p + 2*i, q + 2*j]/4  [#fwd-avgpool2d_1] */
+    /* flatten_1: flatten_1[b, j + 4*i + 16*ch] = avgpool2d_1[b, ch, i, j]  [#fwd-flatten_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int ch_14 = 0; ch_14 < 8; ch_14++) {
             for (int i_2 = 0; i_2 < 4; i_2++) {
@@ -535,7 +535,7 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
             }
         }
     }
-    /* z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1] */
+    /* dense_1: z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 10; i_2++) {
             real r4_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -548,7 +548,7 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
             v_z[(b_0)*10 + i_2] = r4 + v_dense_1_bias[i_2];
         }
     }
-    /* softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1] */
+    /* softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         real m = -INFINITY, s = 0;
         for (int j_3 = 0; j_3 < 10; j_3++) {

@@ -87,8 +87,8 @@ void xor_forward(const real *params, const xor_real *v_x, real *output, int batc
     real *v_h = work + (size_t)batch * 8 + 0;
     real *v_p = work + (size_t)batch * 18 + 0;
     nncc_use_helpers();
-    /* dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
-    /* h[b, i] = tanh(dense_1[b, i])  [#fwd-tanh_1] */
+    /* dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
+    /* tanh_1: h[b, i] = tanh(dense_1[b, i])  [#fwd-tanh_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 4; i_1++) {
             real r0 = 0;
@@ -98,8 +98,8 @@ void xor_forward(const real *params, const xor_real *v_x, real *output, int batc
             v_h[(b_0)*4 + i_1] = tanh(r0 + v_dense_1_bias[i_1]);
         }
     }
-    /* dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2] */
-    /* p[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_1] */
+    /* dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2] */
+    /* sigmoid_1: p[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 1; i_1++) {
             real r1 = 0;
@@ -131,8 +131,8 @@ real xor_loss(const real *params, const xor_real *v_x, const xor_real *v_y, int 
     real *v_p = work + (size_t)batch * 18 + 0;
     real *v_binary_cross_entropy_1 = work + (size_t)batch * 20 + 0;
     nncc_use_helpers();
-    /* dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
-    /* h[b, i] = tanh(dense_1[b, i])  [#fwd-tanh_1] */
+    /* dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
+    /* tanh_1: h[b, i] = tanh(dense_1[b, i])  [#fwd-tanh_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 4; i_1++) {
             real r0 = 0;
@@ -142,8 +142,8 @@ real xor_loss(const real *params, const xor_real *v_x, const xor_real *v_y, int 
             v_h[(b_0)*4 + i_1] = tanh(r0 + v_dense_1_bias[i_1]);
         }
     }
-    /* dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2] */
-    /* p[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_1] */
+    /* dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2] */
+    /* sigmoid_1: p[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 1; i_1++) {
             real r1 = 0;
@@ -153,7 +153,7 @@ real xor_loss(const real *params, const xor_real *v_x, const xor_real *v_y, int 
             v_p[b_0 + i_1] = nncc_sigmoid(r1 + v_dense_2_bias[i_1]);
         }
     }
-    /* binary_cross_entropy_1[b] = -Σ_i ((1 - y[b, i])*where(log(1 - p[b, i]) > -100, log(1 - p[b, i]), -100) + y[b, i]*where(log(p[b, i]) > -100, log(p[b, i]), -100))  [#fwd-binary_cross_entropy_1] */
+    /* binary_cross_entropy_1: binary_cross_entropy_1[b] = -Σ_i ((1 - y[b, i])*where(log(1 - p[b, i]) > -100, log(1 - p[b, i]), -100) + y[b, i]*where(log(p[b, i]) > -100, log(p[b, i]), -100))  [#fwd-binary_cross_entropy_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         real r2 = 0;
         for (int i_1 = 0; i_1 < 1; i_1++) {
@@ -176,14 +176,12 @@ real xor_loss_and_grad(const real *params, const xor_real *v_x, const xor_real *
     real *dv_dense_2_bias = grad + 16;
     real *dv_dense_1 = work + (size_t)batch * 4 + 0;
     real *v_h = work + (size_t)batch * 8 + 0;
-    real *dv_h = work + (size_t)batch * 12 + 0;
     real *dv_dense_2 = work + (size_t)batch * 17 + 0;
     real *v_p = work + (size_t)batch * 18 + 0;
-    real *dv_p = work + (size_t)batch * 19 + 0;
     real *v_binary_cross_entropy_1 = work + (size_t)batch * 20 + 0;
     nncc_use_helpers();
-    /* dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
-    /* h[b, i] = tanh(dense_1[b, i])  [#fwd-tanh_1] */
+    /* dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
+    /* tanh_1: h[b, i] = tanh(dense_1[b, i])  [#fwd-tanh_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 4; i_1++) {
             real r0 = 0;
@@ -193,8 +191,8 @@ real xor_loss_and_grad(const real *params, const xor_real *v_x, const xor_real *
             v_h[(b_0)*4 + i_1] = tanh(r0 + v_dense_1_bias[i_1]);
         }
     }
-    /* dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2] */
-    /* p[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_1] */
+    /* dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2] */
+    /* sigmoid_1: p[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 1; i_1++) {
             real r1 = 0;
@@ -204,7 +202,7 @@ real xor_loss_and_grad(const real *params, const xor_real *v_x, const xor_real *
             v_p[b_0 + i_1] = nncc_sigmoid(r1 + v_dense_2_bias[i_1]);
         }
     }
-    /* binary_cross_entropy_1[b] = -Σ_i ((1 - y[b, i])*where(log(1 - p[b, i]) > -100, log(1 - p[b, i]), -100) + y[b, i]*where(log(p[b, i]) > -100, log(p[b, i]), -100))  [#fwd-binary_cross_entropy_1] */
+    /* binary_cross_entropy_1: binary_cross_entropy_1[b] = -Σ_i ((1 - y[b, i])*where(log(1 - p[b, i]) > -100, log(1 - p[b, i]), -100) + y[b, i]*where(log(p[b, i]) > -100, log(p[b, i]), -100))  [#fwd-binary_cross_entropy_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         real r2 = 0;
         for (int i_1 = 0; i_1 < 1; i_1++) {
@@ -213,28 +211,10 @@ real xor_loss_and_grad(const real *params, const xor_real *v_x, const xor_real *
         v_binary_cross_entropy_1[b_0] = -r2;
     }
     /* d_p[b, i] = where(log(1 - p[b, i]) > -100, (1 - y[b, i])*d_binary_cross_entropy_1[b]/(1 - p[b, i]), 0) + where(log(p[b, i]) > -100, -d_binary_cross_entropy_1[b]*y[b, i]/p[b, i], 0)  [#bwd-binary_cross_entropy_1-p] */
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_1 = 0; i_1 < 1; i_1++) {
-            dv_p[b_0 + i_1] = nncc_where(1 - v_p[b_0 + i_1] > ((real)3.720075976020836e-44), (1 - v_y[b_0 + i_1])/(((real)batch)*(1 - v_p[b_0 + i_1])), 0) + nncc_where(v_p[b_0 + i_1] > ((real)3.720075976020836e-44), -v_y[b_0 + i_1]/(((real)batch)*v_p[b_0 + i_1]), 0);
-        }
-    }
     /* d_dense_2[b, i] = -(-1 + p[b, i])*d_p[b, i]*p[b, i]  [#bwd-sigmoid_1-dense_2] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 1; i_1++) {
-            dv_dense_2[b_0 + i_1] = -(v_p[b_0 + i_1] - 1)*dv_p[b_0 + i_1]*v_p[b_0 + i_1];
-        }
-    }
-    /* d_h[b, j] = Σ_i (d_dense_2[b, i]*dense_2.weight[i, j])  [#bwd-dense_2-h] */
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int j_2 = 0; j_2 < 4; j_2++) {
-            dv_h[(b_0)*4 + j_2] = 0;
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_1 = 0; i_1 < 1; i_1++) {
-            for (int j_2 = 0; j_2 < 4; j_2++) {
-                dv_h[(b_0)*4 + j_2] += dv_dense_2[b_0 + i_1]*v_dense_2_weight[(i_1)*4 + j_2];
-            }
+            dv_dense_2[b_0 + i_1] = -(v_p[b_0 + i_1] - 1)*v_p[b_0 + i_1]*(nncc_where(1 - v_p[b_0 + i_1] > ((real)3.720075976020836e-44), (1 - v_y[b_0 + i_1])/(((real)batch)*(1 - v_p[b_0 + i_1])), 0) + nncc_where(v_p[b_0 + i_1] > ((real)3.720075976020836e-44), -v_y[b_0 + i_1]/(((real)batch)*v_p[b_0 + i_1]), 0));
         }
     }
     /* d_dense_2_weight[i, j] = Σ_b (d_dense_2[b, i]*h[b, j])  [#bwd-dense_2-weight] */
@@ -259,10 +239,18 @@ real xor_loss_and_grad(const real *params, const xor_real *v_x, const xor_real *
             dv_dense_2_bias[i_1] += dv_dense_2[b_0 + i_1];
         }
     }
+    /* d_h[b, j] = Σ_i (d_dense_2[b, i]*dense_2.weight[i, j])  [#bwd-dense_2-h] */
     /* d_dense_1[b, i] = (1 - h[b, i]**2)*d_h[b, i]  [#bwd-tanh_1-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 4; i_1++) {
-            dv_dense_1[(b_0)*4 + i_1] = (1 - ((v_h[(b_0)*4 + i_1])*(v_h[(b_0)*4 + i_1])))*dv_h[(b_0)*4 + i_1];
+            dv_dense_1[(b_0)*4 + i_1] = 0;
+        }
+    }
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_3 = 0; i_3 < 1; i_3++) {
+            for (int i_1 = 0; i_1 < 4; i_1++) {
+                dv_dense_1[(b_0)*4 + i_1] += (1 - ((v_h[(b_0)*4 + i_1])*(v_h[(b_0)*4 + i_1])))*dv_dense_2[b_0 + i_3]*v_dense_2_weight[(i_3)*4 + i_1];
+            }
         }
     }
     /* d_dense_1_weight[i, j] = Σ_b (d_dense_1[b, i]*x[b, j])  [#bwd-dense_1-weight] */

@@ -87,8 +87,8 @@ void zhou_forward(const real *params, const zhou_real *v_x, real *output, int ba
     real *v_b = work + (size_t)batch * 10 + 0;
     real *v_yhat = work + (size_t)batch * 26 + 0;
     nncc_use_helpers();
-    /* hidden[s, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[s, j])  [#fwd-hidden] */
-    /* b[s, i] = 1/(1 + exp(-hidden[s, i]))  [#fwd-sigmoid_1] */
+    /* hidden: hidden[s, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[s, j])  [#fwd-hidden] */
+    /* sigmoid_1: b[s, i] = 1/(1 + exp(-hidden[s, i]))  [#fwd-sigmoid_1] */
     for (int s_0 = 0; s_0 < batch; s_0++) {
         for (int i_1 = 0; i_1 < 5; i_1++) {
             real r0 = 0;
@@ -98,8 +98,8 @@ void zhou_forward(const real *params, const zhou_real *v_x, real *output, int ba
             v_b[(s_0)*5 + i_1] = nncc_sigmoid(r0 + v_hidden_bias[i_1]);
         }
     }
-    /* out[s, i] = out.bias[i] + Σ_j (b[s, j]*out.weight[i, j])  [#fwd-out] */
-    /* yhat[s, i] = 1/(1 + exp(-out[s, i]))  [#fwd-sigmoid_2] */
+    /* out: out[s, i] = out.bias[i] + Σ_j (b[s, j]*out.weight[i, j])  [#fwd-out] */
+    /* sigmoid_2: yhat[s, i] = 1/(1 + exp(-out[s, i]))  [#fwd-sigmoid_2] */
     for (int s_0 = 0; s_0 < batch; s_0++) {
         for (int i_1 = 0; i_1 < 3; i_1++) {
             real r1 = 0;
@@ -131,8 +131,8 @@ real zhou_loss(const real *params, const zhou_real *v_x, const zhou_real *v_y, i
     real *v_yhat = work + (size_t)batch * 26 + 0;
     real *v_quadratic_1 = work + (size_t)batch * 32 + 0;
     nncc_use_helpers();
-    /* hidden[s, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[s, j])  [#fwd-hidden] */
-    /* b[s, i] = 1/(1 + exp(-hidden[s, i]))  [#fwd-sigmoid_1] */
+    /* hidden: hidden[s, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[s, j])  [#fwd-hidden] */
+    /* sigmoid_1: b[s, i] = 1/(1 + exp(-hidden[s, i]))  [#fwd-sigmoid_1] */
     for (int s_0 = 0; s_0 < batch; s_0++) {
         for (int i_1 = 0; i_1 < 5; i_1++) {
             real r0 = 0;
@@ -142,8 +142,8 @@ real zhou_loss(const real *params, const zhou_real *v_x, const zhou_real *v_y, i
             v_b[(s_0)*5 + i_1] = nncc_sigmoid(r0 + v_hidden_bias[i_1]);
         }
     }
-    /* out[s, i] = out.bias[i] + Σ_j (b[s, j]*out.weight[i, j])  [#fwd-out] */
-    /* yhat[s, i] = 1/(1 + exp(-out[s, i]))  [#fwd-sigmoid_2] */
+    /* out: out[s, i] = out.bias[i] + Σ_j (b[s, j]*out.weight[i, j])  [#fwd-out] */
+    /* sigmoid_2: yhat[s, i] = 1/(1 + exp(-out[s, i]))  [#fwd-sigmoid_2] */
     for (int s_0 = 0; s_0 < batch; s_0++) {
         for (int i_1 = 0; i_1 < 3; i_1++) {
             real r1 = 0;
@@ -153,7 +153,7 @@ real zhou_loss(const real *params, const zhou_real *v_x, const zhou_real *v_y, i
             v_yhat[(s_0)*3 + i_1] = nncc_sigmoid(r1 + v_out_bias[i_1]);
         }
     }
-    /* quadratic_1[s] = Σ_i (-y[s, i] + yhat[s, i])**2/2  [#fwd-quadratic_1] */
+    /* quadratic_1: quadratic_1[s] = Σ_i (-y[s, i] + yhat[s, i])**2/2  [#fwd-quadratic_1] */
     for (int s_0 = 0; s_0 < batch; s_0++) {
         real r2 = 0;
         for (int i_1 = 0; i_1 < 3; i_1++) {
@@ -176,14 +176,12 @@ real zhou_loss_and_grad(const real *params, const zhou_real *v_x, const zhou_rea
     real *dv_out_bias = grad + 40;
     real *dv_hidden = work + (size_t)batch * 5 + 0;
     real *v_b = work + (size_t)batch * 10 + 0;
-    real *dv_b = work + (size_t)batch * 15 + 0;
     real *dv_out = work + (size_t)batch * 23 + 0;
     real *v_yhat = work + (size_t)batch * 26 + 0;
-    real *dv_yhat = work + (size_t)batch * 29 + 0;
     real *v_quadratic_1 = work + (size_t)batch * 32 + 0;
     nncc_use_helpers();
-    /* hidden[s, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[s, j])  [#fwd-hidden] */
-    /* b[s, i] = 1/(1 + exp(-hidden[s, i]))  [#fwd-sigmoid_1] */
+    /* hidden: hidden[s, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[s, j])  [#fwd-hidden] */
+    /* sigmoid_1: b[s, i] = 1/(1 + exp(-hidden[s, i]))  [#fwd-sigmoid_1] */
     for (int s_0 = 0; s_0 < batch; s_0++) {
         for (int i_1 = 0; i_1 < 5; i_1++) {
             real r0 = 0;
@@ -193,8 +191,8 @@ real zhou_loss_and_grad(const real *params, const zhou_real *v_x, const zhou_rea
             v_b[(s_0)*5 + i_1] = nncc_sigmoid(r0 + v_hidden_bias[i_1]);
         }
     }
-    /* out[s, i] = out.bias[i] + Σ_j (b[s, j]*out.weight[i, j])  [#fwd-out] */
-    /* yhat[s, i] = 1/(1 + exp(-out[s, i]))  [#fwd-sigmoid_2] */
+    /* out: out[s, i] = out.bias[i] + Σ_j (b[s, j]*out.weight[i, j])  [#fwd-out] */
+    /* sigmoid_2: yhat[s, i] = 1/(1 + exp(-out[s, i]))  [#fwd-sigmoid_2] */
     for (int s_0 = 0; s_0 < batch; s_0++) {
         for (int i_1 = 0; i_1 < 3; i_1++) {
             real r1 = 0;
@@ -204,7 +202,7 @@ real zhou_loss_and_grad(const real *params, const zhou_real *v_x, const zhou_rea
             v_yhat[(s_0)*3 + i_1] = nncc_sigmoid(r1 + v_out_bias[i_1]);
         }
     }
-    /* quadratic_1[s] = Σ_i (-y[s, i] + yhat[s, i])**2/2  [#fwd-quadratic_1] */
+    /* quadratic_1: quadratic_1[s] = Σ_i (-y[s, i] + yhat[s, i])**2/2  [#fwd-quadratic_1] */
     for (int s_0 = 0; s_0 < batch; s_0++) {
         real r2 = 0;
         for (int i_1 = 0; i_1 < 3; i_1++) {
@@ -213,28 +211,10 @@ real zhou_loss_and_grad(const real *params, const zhou_real *v_x, const zhou_rea
         v_quadratic_1[s_0] = (((real)0.5))*r2;
     }
     /* d_yhat[s, i] = (-y[s, i] + yhat[s, i])*d_quadratic_1[s]  [#bwd-quadratic_1-yhat] */
-    for (int s_0 = 0; s_0 < batch; s_0++) {
-        for (int i_1 = 0; i_1 < 3; i_1++) {
-            dv_yhat[(s_0)*3 + i_1] = (-v_y[(s_0)*3 + i_1] + v_yhat[(s_0)*3 + i_1])/((real)batch);
-        }
-    }
     /* d_out[s, i] = -(-1 + yhat[s, i])*d_yhat[s, i]*yhat[s, i]  [#bwd-sigmoid_2-out] */
     for (int s_0 = 0; s_0 < batch; s_0++) {
         for (int i_1 = 0; i_1 < 3; i_1++) {
-            dv_out[(s_0)*3 + i_1] = -(v_yhat[(s_0)*3 + i_1] - 1)*dv_yhat[(s_0)*3 + i_1]*v_yhat[(s_0)*3 + i_1];
-        }
-    }
-    /* d_b[s, j] = Σ_i (d_out[s, i]*out.weight[i, j])  [#bwd-out-b] */
-    for (int s_0 = 0; s_0 < batch; s_0++) {
-        for (int j_2 = 0; j_2 < 5; j_2++) {
-            dv_b[(s_0)*5 + j_2] = 0;
-        }
-    }
-    for (int s_0 = 0; s_0 < batch; s_0++) {
-        for (int i_1 = 0; i_1 < 3; i_1++) {
-            for (int j_2 = 0; j_2 < 5; j_2++) {
-                dv_b[(s_0)*5 + j_2] += dv_out[(s_0)*3 + i_1]*v_out_weight[(i_1)*5 + j_2];
-            }
+            dv_out[(s_0)*3 + i_1] = -(-v_y[(s_0)*3 + i_1] + v_yhat[(s_0)*3 + i_1])*(v_yhat[(s_0)*3 + i_1] - 1)*v_yhat[(s_0)*3 + i_1]/((real)batch);
         }
     }
     /* d_out_weight[i, j] = Σ_s (b[s, j]*d_out[s, i])  [#bwd-out-weight] */
@@ -259,10 +239,18 @@ real zhou_loss_and_grad(const real *params, const zhou_real *v_x, const zhou_rea
             dv_out_bias[i_1] += dv_out[(s_0)*3 + i_1];
         }
     }
+    /* d_b[s, j] = Σ_i (d_out[s, i]*out.weight[i, j])  [#bwd-out-b] */
     /* d_hidden[s, i] = -(-1 + b[s, i])*b[s, i]*d_b[s, i]  [#bwd-sigmoid_1-hidden] */
     for (int s_0 = 0; s_0 < batch; s_0++) {
         for (int i_1 = 0; i_1 < 5; i_1++) {
-            dv_hidden[(s_0)*5 + i_1] = -(v_b[(s_0)*5 + i_1] - 1)*v_b[(s_0)*5 + i_1]*dv_b[(s_0)*5 + i_1];
+            dv_hidden[(s_0)*5 + i_1] = 0;
+        }
+    }
+    for (int s_0 = 0; s_0 < batch; s_0++) {
+        for (int i_3 = 0; i_3 < 3; i_3++) {
+            for (int i_1 = 0; i_1 < 5; i_1++) {
+                dv_hidden[(s_0)*5 + i_1] += -(v_b[(s_0)*5 + i_1] - 1)*v_b[(s_0)*5 + i_1]*dv_out[(s_0)*3 + i_3]*v_out_weight[(i_3)*5 + i_1];
+            }
         }
     }
     /* d_hidden_weight[i, j] = Σ_s (d_hidden[s, i]*x[s, j])  [#bwd-hidden-weight] */

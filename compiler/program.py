@@ -1,0 +1,249 @@
+"""Derivations -> the Program: the one lowered form that every backend renders.
+
+    Program   := forward, loss, backward (Statements), seed, zero_grads, buffers
+    Statement := target[indices] (=|+=) expr   over ranges
+    Buffer    := name, shape, role, first write, last read
+
+Everything a backend would otherwise decide for itself is decided here, once:
+
+  the seed      d loss / d loss per sample: 1/B for a batch mean, 1 for a sum;
+  the order     forward in source order, gradients in reverse, a gradient read by
+                several nodes summed (accumulate);
+  scatters      affine output subscripts that overlap or leave gaps, as a sum of
+                Kronecker deltas (derive.as_scatter);
+  stability     the rewrites of stabilize (softplus, stable sigmoid, clamped log);
+  fusion        a value read once, elementwise, at its reader's own positions and
+                outside any reduction, is substituted into its reader (as a sympy
+                expression, so every backend evaluates the same sum in the same order).
+
+Expressions stay in index notation -- reductions (Sum, LogSumExp, MaxOver, FirstArgmax),
+guards (Where) and scatters (KroneckerDelta) explicit -- since numpy renders whole-array
+contractions and C renders loop nests.  Buffers carry each value's lifetime within a
+function body, for a memory plan.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import sympy as sp
+
+from . import ir
+from .comments import formula_text
+from .derive import B, as_scatter
+from .errors import generating
+from .naming import backward_anchor, forward_anchor, grad_name
+from .stabilize import stabilize
+from .symbolic import FirstArgmax, LogSumExp, MaxOver, real_base
+
+REDUCTIONS = (sp.Sum, MaxOver, LogSumExp, FirstArgmax)
+
+# a fused expression deeper than this is computed in steps: Python's parser refuses a
+# line nested more than 200 brackets deep, and sympy recurses once per level
+MAX_FUSED_DEPTH = 24
+
+
+@dataclass(frozen=True)
+class Note:
+    """The derivation step a statement computes, for comments and explain's links."""
+    text: str  # "y[b,i] = ..." as plain text
+    anchor: str
+    label: str = ""  # the node's label, on a forward step
+
+
+@dataclass(frozen=True)
+class Statement:
+    target: str  # a tensor, or grad_name of a tensor or parameter
+    indices: tuple  # the subscripts written
+    expr: sp.Expr
+    ranges: dict  # index symbol -> extent (int, or B)
+    node: ir.Node  # for located errors
+    variables: tuple = None  # the index symbols, when a subscript is affine in them (flatten)
+    accumulate: bool = False  # target += expr
+    notes: tuple = ()  # Note: the steps fused into this one first, then its own
+
+    @property
+    def anchors(self) -> tuple:
+        return tuple(n.anchor for n in self.notes)
+
+
+@dataclass(frozen=True)
+class Buffer:
+    name: str
+    shape: tuple  # extents; B for the batch axis
+    role: str  # "input" | "target" | "param" | "value" | "grad"
+    first: int  # position of the first statement writing it (-1: an argument)
+    last: int  # position of the last statement reading it (-1: never read)
+
+
+@dataclass(frozen=True)
+class Program:
+    graph: ir.Graph
+    derivations: tuple
+    forward: tuple  # Statement: computes the output
+    loss: tuple  # Statement: computes the loss and what the backward pass reads
+    backward: tuple  # Statement
+    seed: sp.Expr  # d loss / d (per-sample loss)
+    zero_grads: tuple  # parameters the loss does not depend on: gradient 0
+
+    @property
+    def shapes(self) -> dict:
+        """Every array's full shape (B first for a per-sample value): tensors,
+        parameters and the gradients of both."""
+        g = self.graph
+        shapes = {t.name: (B,) + t.shape for t in g.tensors.values()}
+        shapes.update({p.name: p.shape for p in g.params})
+        shapes.update({grad_name(k): v for k, v in list(shapes.items())})
+        return shapes
+
+    def buffers(self, statements: tuple, keep=()) -> dict:
+        """{name: Buffer} over one function body: what each statement writes and reads,
+        with the positions of its first write and last read (`keep`: read at the end)."""
+        g, shapes = self.graph, self.shapes
+        roles = {t.name: t.role for t in g.tensors.values()}
+        roles.update({p.name: "param" for p in g.params})
+        out = {}
+        for k, st in enumerate(statements):
+            for r in sorted({r.base.label.name for r in st.expr.atoms(sp.Indexed)}):
+                if r not in out:
+                    out[r] = Buffer(r, shapes[r], roles.get(r, "grad"), -1, k)
+                else:
+                    out[r] = Buffer(r, out[r].shape, out[r].role, out[r].first, k)
+            if st.target not in out:
+                out[st.target] = Buffer(st.target, shapes[st.target], roles.get(st.target, "grad"), k, -1)
+            elif st.accumulate:
+                out[st.target] = Buffer(st.target, out[st.target].shape, out[st.target].role, out[st.target].first, k)
+        end = len(statements)
+        for name in keep:
+            if name in out:
+                out[name] = Buffer(name, out[name].shape, out[name].role, out[name].first, end)
+        return out
+
+
+def build(g: ir.Graph, derivations: tuple) -> Program:
+    read_back = {r.base.label.name for d in derivations for gr in d.grads for r in gr.backward.atoms(sp.Indexed)}
+    forward = _lowered(_forward_steps(derivations, g.ancestors(g.output)), {g.output})
+    loss = _lowered(_forward_steps(derivations, g.ancestors(g.loss)), {g.output, g.loss} | read_back)
+    seed = sp.Integer(1) / B if g.reduce == "mean" else sp.Integer(1)
+    steps = _backward_steps(g, derivations, seed)
+    backward = _lowered(steps, {grad_name(p.name) for p in g.params})
+    written = {st.target for st in steps}
+    zero = tuple(p.name for p in g.params if grad_name(p.name) not in written)
+    return Program(g, tuple(derivations), forward, loss, backward, seed, zero)
+
+
+def _forward_steps(derivations, keep) -> list:
+    """The statements computing the tensors in `keep`, as derived (fused and stabilized later)."""
+    out = []
+    for d in derivations:
+        if d.node.output in keep:
+            f = d.formula
+            note = Note(f"{formula_text(f.out[f.indices])} = {formula_text(f.body)}",
+                        forward_anchor(d.node.label), d.node.label)
+            out.append(Statement(d.node.output, f.indices, f.body, f.ranges, d.node, f.vars, notes=(note,)))
+    return out
+
+
+def _backward_steps(g, derivations, seed) -> list:
+    """Every gradient, nodes in reverse order, with the loss's own gradient the seed."""
+    shapes = {t.name: (B,) + t.shape for t in g.tensors.values()}
+    shapes.update({p.name: p.shape for p in g.params})
+    dloss = real_base(grad_name(g.loss))
+    written, out = set(), []
+    for d in reversed(derivations):
+        for gr in d.grads:
+            expr = gr.backward.replace(lambda e: isinstance(e, sp.Indexed) and e.base == dloss, lambda e: seed)
+            target = grad_name(gr.wrt)
+            ranges = dict(d.formula.ranges)
+            ranges.update(dict(zip(gr.indices, shapes[gr.wrt])))
+            op = "+=" if target in written else "="
+            note = Note(f"{formula_text(real_base(target)[gr.indices])} {op} {formula_text(gr.backward)}",
+                        backward_anchor(d.node.label, gr.wrt))
+            out.append(Statement(target, gr.indices, expr, ranges, d.node, accumulate=target in written,
+                                 notes=(note,)))
+            written.add(target)
+    return out
+
+
+def _lowered(steps: list, kept: set) -> tuple:
+    """The steps with fusable values substituted into their readers, scatters made
+    explicit and expressions stabilized."""
+    fusable = _fusable(steps, kept)
+    by_target = {st.target: st for st in steps}
+    expanded, notes, out = {}, {}, []
+    for st in steps:
+        body = _substitute(st.expr, expanded, by_target)
+        # the steps computed inside this one, in the order they were derived
+        inside = [n for r in sorted({r.base.label.name for r in st.expr.atoms(sp.Indexed)} & set(expanded),
+                                    key=list(expanded).index) for n in notes[r]]
+        if st.target in fusable and _depth(body) <= MAX_FUSED_DEPTH:
+            expanded[st.target] = body  # computed where its one reader reads it
+            notes[st.target] = (*inside, *st.notes)
+            continue
+        out.append(_final(st, body, (*inside, *st.notes)))
+    return tuple(out)
+
+
+def _final(st: Statement, expr, notes) -> Statement:
+    """A statement with its scatter made explicit and its expression stabilized."""
+    indices, ranges, variables = st.indices, st.ranges, st.variables
+    with generating(st.node):
+        scatter = as_scatter(indices, expr, ranges, variables)
+        if scatter is not None:  # overlapping or gapped affine writes: a scatter-add
+            indices, expr, ranges = scatter
+            variables = None
+        if variables is not None and tuple(variables) == tuple(indices):
+            variables = None
+        return Statement(st.target, tuple(indices), stabilize(expr), dict(ranges), st.node, variables,
+                         st.accumulate, notes)
+
+
+def _fusable(steps: list, kept: set) -> set:
+    """The values to compute inside the loop of their one reader instead of into a buffer
+    of their own: written once at plain subscripts (no scatter), read exactly once, at
+    the reader's own positions (plain subscripts) and outside any reduction, where the
+    value would be computed again for every term."""
+    writes = Counter(st.target for st in steps)
+    by_target = {st.target: st for st in steps}
+    reads, nested, plain = Counter(), set(), {}
+    for st in steps:
+        for r in sp.preorder_traversal(st.expr):
+            if isinstance(r, sp.Indexed):
+                name = r.base.label.name
+                reads[name] += 1
+                # at positions inside the value's extent: a read past it is a zero (padding,
+                # a concat), which the value's formula would not give
+                own = by_target.get(name)
+                plain[name] = plain.get(name, True) and own is not None and all(
+                    isinstance(i, sp.Symbol) and isinstance(j, sp.Symbol) and i in st.ranges and
+                    sp.simplify(st.ranges[i] - own.ranges[j]) == 0 for i, j in zip(r.indices, own.indices))
+        for red in st.expr.atoms(*REDUCTIONS):
+            nested |= {r.base.label.name for r in red.atoms(sp.Indexed)}
+    return {t for t, st in by_target.items()
+            if t not in kept and writes[t] == 1 and reads[t] == 1 and plain[t] and t not in nested
+            and (st.variables is None or tuple(st.variables) == tuple(st.indices))
+            and not st.expr.has(sp.KroneckerDelta)}
+
+
+def _substitute(body, expanded: dict, fused: dict):
+    """body with each read of a fused value replaced by that value's own formula."""
+    def inline(r):
+        name = r.base.label.name
+        value = expanded[name]
+        # fresh bound indices, so that none can capture a reader's index of the same name,
+        # made in a fixed order: a Dummy's place in sympy's ordering of terms is its creation.
+        # FirstArgmax binds nothing: its indices are axes of its value, the value's own.
+        fresh = {lim[0]: sp.Dummy(lim[0].name, integer=True)
+                 for red in sorted(value.atoms(sp.Sum, MaxOver, LogSumExp), key=sp.default_sort_key)
+                 for lim in red.limits}
+        return value.xreplace(fresh).xreplace(dict(zip(fused[name].indices, r.indices)))
+    return body.replace(lambda e: isinstance(e, sp.Indexed) and e.base.label.name in expanded, inline)
+
+
+def _depth(e, limit=MAX_FUSED_DEPTH + 1) -> int:
+    """The height of e's tree, counted up to limit (no deeper recursion than that)."""
+    if not e.args or isinstance(e, sp.Indexed):
+        return 0
+    if limit <= 0:
+        return 1
+    return 1 + max(_depth(a, limit - 1) for a in e.args)
