@@ -547,7 +547,7 @@ def plan_c(program: Program, real="float") -> CPlan:
         for st in statements:
             for note in st.notes[:-1]:  # the steps fused into this one
                 low._emit(f"/* {_comment(note)} */")
-            with generating(st.node):
+            with generating(st.node, st.fused):
                 low.assign(st, _comment(st.notes[-1]))
         return low.lines, low.used
 

@@ -87,14 +87,16 @@ def did_you_mean(name: str, candidates) -> str:
 
 
 @contextmanager
-def generating(node):
-    """A form the code generators cannot lower (a dilated strided window, say) reported
-    at the node that uses it, in plain words, rather than as an unlocated failure."""
+def generating(node, inside=()):
+    """A form the code generators cannot lower (a read through two windows, say) reported
+    at the node that uses it, in plain words, rather than as an unlocated failure.
+    `inside`: the labels of the steps computed within this node's (fused into it)."""
     try:
         yield
     except NNError:
         raise
     except NotImplementedError as exc:
-        raise NNError(f"nncc cannot generate code for {node.label} yet: {exc}", node.loc,
+        what = node.label + (f" (with {', '.join(inside)} computed inside it)" if inside else "")
+        raise NNError(f"nncc cannot generate code for {what} yet: {exc}", node.loc,
                       "write this step another way (smaller steps, or another form of the same read)") \
             from None

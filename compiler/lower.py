@@ -362,17 +362,17 @@ class Lowerer:
             if not syms:  # a constant position (a[0]): a window of one element, once
                 outer, inner = sp.Dummy("once"), sp.Dummy("unit")
                 self.ranges[outer] = self.ranges[inner] = 1
-                stride, start = 1, int(where[j])
+                stride, dilation, start = 1, 1, int(where[j])
             elif len(syms) == 1:  # s*i + c: a window of one element
                 outer, stride, start = _split_affine(where[j], self.ranges)
-                inner = sp.Dummy("unit")
+                inner, dilation = sp.Dummy("unit"), 1
                 self.ranges[inner] = 1
             else:
-                outer, inner, stride, start = _window_parts(where[j], syms, self.ranges)
+                outer, inner, stride, dilation, start = _window_parts(where[j], syms, self.ranges)
             layout.append(outer)
             kernel.append(inner)
             used |= {outer, inner}
-            windows.append((axis, start, stride, self.ranges[outer], self.ranges[inner]))
+            windows.append(_window_spec(axis, start, stride, self.ranges[outer], self.ranges[inner], dilation))
         # _unpatches adds kernel offset by offset with the batch innermost: G computed in that
         # order ([offsets, other axes, batch]) is then read as it lies, not copied first
         batch = [x for x in layout if self.ranges.get(x) == B]
@@ -549,12 +549,13 @@ class Lowerer:
                 slices.append(None)
                 extra += len(flat) - 1
                 continue
-            outer, inner, stride, start = _window_parts(sub, syms, self.ranges)
+            outer, inner, stride, dilation, start = _window_parts(sub, syms, self.ranges)
             labels.append(outer)
             outers.append(outer)
             dims.append(shape[axis])
             slices.append(None)
-            windows.append((axis + extra - gone, start, stride, self.ranges[outer], self.ranges[inner]))
+            windows.append(_window_spec(axis + extra - gone, start, stride, self.ranges[outer],
+                                        self.ranges[inner], dilation))
             kernel.append(inner)
         if any(slices):
             code = f"{code}[{', '.join(s or ':' for s in slices)}]"
@@ -603,20 +604,28 @@ def _align(code, labels, layout) -> str:
 
 
 def _window_parts(sub, syms, ranges):
-    """(outer, kernel, stride, start) for sub == stride*outer + kernel + start."""
+    """(outer, kernel, stride, dilation, start) for
+    sub == stride*outer + dilation*kernel + start."""
     if len(syms) != 2:
         raise NotImplementedError(f"subscript {sub} reads more than a window")
-    ones = [x for x in syms if sub.coeff(x) == 1]
-    if not ones:
-        raise NotImplementedError(f"subscript {sub}: a dilated window")
-    # the kernel index: the shorter range; on a tie the index bound last (a summed one)
+    sub = sp.expand(sub)
+    if any(not sub.coeff(x).is_Integer or sub.coeff(x) == 0 for x in syms):
+        raise NotImplementedError(f"subscript {sub}")
+    # the kernel index: one read at unit steps if there is one, then the shorter range,
+    # then the index bound last (a summed one)
+    ones = [x for x in syms if sub.coeff(x) == 1] or list(syms)
     order = list(ranges)
     inner = min(ones, key=lambda x: (_num(ranges[x]), -order.index(x)))
     outer = next(x for x in syms if x != inner)
-    start = sp.expand(sub - sub.coeff(outer) * outer - inner)
+    start = sp.expand(sub - sub.coeff(outer) * outer - sub.coeff(inner) * inner)
     if start.free_symbols:
         raise NotImplementedError(f"subscript {sub}")
-    return outer, inner, int(sub.coeff(outer)), int(start)
+    return outer, inner, int(sub.coeff(outer)), int(sub.coeff(inner)), int(start)
+
+
+def _window_spec(axis, start, stride, n, k, dilation) -> tuple:
+    """A window as the runtime helpers take it: dilation only when it is not 1."""
+    return (axis, start, stride, n, k) + ((dilation,) if dilation != 1 else ())
 
 
 def _num(x):
@@ -723,7 +732,7 @@ def plan(program: Program) -> Plan:
             for statements in bodies:
                 start = len(kernels.lines)
                 for st in statements:
-                    with generating(st.node):
+                    with generating(st.node, st.fused):
                         low.assign(st, "\n".join(_comment(n) for n in st.notes))
                 out.append(kernels.lines[start:])
             if inline is None:  # the first lowering counts the reads of each temporary

@@ -49,6 +49,7 @@ class Note:
     text: str  # "y[b,i] = ..." as plain text
     anchor: str
     label: str = ""  # the node's label, on a forward step
+    node: str = ""  # the label of the node whose step it is
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,11 @@ class Statement:
     @property
     def anchors(self) -> tuple:
         return tuple(n.anchor for n in self.notes)
+
+    @property
+    def fused(self) -> tuple:
+        """The labels of the steps computed inside this one (for messages)."""
+        return tuple(dict.fromkeys(n.node for n in self.notes[:-1] if n.node != self.node.label))
 
 
 @dataclass(frozen=True)
@@ -139,7 +145,7 @@ def _forward_steps(derivations, keep) -> list:
         if d.node.output in keep:
             f = d.formula
             note = Note(f"{formula_text(f.out[f.indices])} = {formula_text(f.body)}",
-                        forward_anchor(d.node.label), d.node.label)
+                        forward_anchor(d.node.label), d.node.label, d.node.label)
             out.append(Statement(d.node.output, f.indices, f.body, f.ranges, d.node, f.vars, notes=(note,)))
     return out
 
@@ -158,7 +164,7 @@ def _backward_steps(g, derivations, seed) -> list:
             ranges.update(dict(zip(gr.indices, shapes[gr.wrt])))
             op = "+=" if target in written else "="
             note = Note(f"{formula_text(real_base(target)[gr.indices])} {op} {formula_text(gr.backward)}",
-                        backward_anchor(d.node.label, gr.wrt))
+                        backward_anchor(d.node.label, gr.wrt), node=d.node.label)
             out.append(Statement(target, gr.indices, expr, ranges, d.node, accumulate=target in written,
                                  notes=(note,)))
             written.add(target)
@@ -187,7 +193,7 @@ def _lowered(steps: list, kept: set) -> tuple:
 def _final(st: Statement, expr, notes) -> Statement:
     """A statement with its scatter made explicit and its expression stabilized."""
     indices, ranges, variables = st.indices, st.ranges, st.variables
-    with generating(st.node):
+    with generating(st.node, st.fused):
         scatter = as_scatter(indices, expr, ranges, variables)
         if scatter is not None:  # overlapping or gapped affine writes: a scatter-add
             indices, expr, ranges = scatter

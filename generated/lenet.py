@@ -124,17 +124,19 @@ def _complain(params, arrays):
 
 
 
-def _reach(start, stride, n, k):
-    # the lowest and highest index a[start + stride*i + p] reads, i < n and p < k
-    return start + min(0, stride * (n - 1)), start + max(0, stride * (n - 1)) + k - 1
+def _reach(start, stride, n, k, dilation=1):
+    # the lowest and highest index a[start + stride*i + dilation*p] reads, i < n and p < k
+    return (start + min(0, stride * (n - 1)) + min(0, dilation * (k - 1)),
+            start + max(0, stride * (n - 1)) + max(0, dilation * (k - 1)))
 
 
 def _patches(a, windows):
-    # im2col as a view: for each (axis, start, stride, n, k) in windows, axis i of the
-    # result reads a[start + stride*i + p] with p a new trailing axis (zeros outside a)
+    # im2col as a view: for each (axis, start, stride, n, k[, dilation]) in windows, axis i
+    # of the result reads a[start + stride*i + dilation*p] with p a new trailing axis
+    # (zeros outside a)
     pad = [(0, 0)] * a.ndim
-    for axis, start, stride, n, k in windows:
-        lo, hi = _reach(start, stride, n, k)
+    for axis, start, stride, n, k, *dilation in windows:
+        lo, hi = _reach(start, stride, n, k, *dilation)
         pad[axis] = (max(0, -lo), max(0, hi + 1 - a.shape[axis]))
     if any(p != (0, 0) for p in pad):
         padded = np.zeros([s + lo + hi for s, (lo, hi) in zip(a.shape, pad)], dtype=a.dtype)
@@ -143,10 +145,10 @@ def _patches(a, windows):
     # the view by hand (sliding_window_view's checks cost more than a small layer's copy)
     shape, strides, kernel = list(a.shape), list(a.strides), []
     corner = [slice(None)] * a.ndim
-    for axis, start, stride, n, k in windows:
+    for axis, start, stride, n, k, *dilation in windows:
         corner[axis] = slice(start + pad[axis][0], None)
         shape[axis], strides[axis] = n, a.strides[axis] * stride
-        kernel.append((k, a.strides[axis]))
+        kernel.append((k, a.strides[axis] * (dilation[0] if dilation else 1)))
     return np.lib.stride_tricks.as_strided(a[tuple(corner)], shape + [k for k, _ in kernel],
                                            strides + [s for _, s in kernel], writeable=False)
 
@@ -157,8 +159,8 @@ def _unpatches(g, shape, windows):
     # longer than the last axis: numpy is slow on short inner loops
     rank, nk = len(shape), len(windows)
     pad = [(0, 0)] * rank
-    for axis, start, stride, n, k in windows:
-        lo, hi = _reach(start, stride, n, k)
+    for axis, start, stride, n, k, *dilation in windows:
+        lo, hi = _reach(start, stride, n, k, *dilation)
         pad[axis] = (max(0, -lo), max(0, hi + 1 - shape[axis]))
     order = list(range(1, rank)) + [0] if nk and shape[0] > shape[-1] else list(range(rank))
     out = np.zeros([shape[a] + sum(pad[a]) for a in order], dtype=g.dtype)
@@ -166,8 +168,8 @@ def _unpatches(g, shape, windows):
         g = np.ascontiguousarray(g.transpose(list(range(rank, rank + nk)) + order))
     for offsets in np.ndindex(*(w[4] for w in windows)):
         index = [slice(None)] * rank
-        for (axis, start, stride, n, k), p in zip(windows, offsets):
-            first = start + pad[axis][0] + p
+        for (axis, start, stride, n, k, *dilation), p in zip(windows, offsets):
+            first = start + pad[axis][0] + p * (dilation[0] if dilation else 1)
             last = first + stride * (n - 1)
             index[axis] = slice(first, last + 1, stride) if stride > 0 else \
                 slice(first, last - 1 if last > 0 else None, stride)

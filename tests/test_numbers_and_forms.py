@@ -279,12 +279,12 @@ def _run_cli(args, cwd):
 
 
 def test_an_unsupported_form_is_refused_at_the_layer_that_uses_it(tmp_path):
-    (tmp_path / "dil.nn").write_text(
-        "layer dil(x: [n], k) {\n    param w: [k]\n    y[i] = sum(p: w[p] * x[2*i + 2*p]) for i < (n - 2*k) / 2 + 1\n}\n"
-        "input x: [8]\ntarget y: [3]\nloss = quadratic(x |> dil(2), y)\n")
-    r = _run_cli(["dil.nn", "-o", "dil.py"], tmp_path)
-    assert r.returncode == 1 and r.stderr.startswith("dil.nn:7:23: error: nncc cannot generate code for dil_1")
-    assert "hint:" in r.stderr and not (tmp_path / "dil.py").exists()
+    (tmp_path / "three.nn").write_text(
+        "layer three(x: [n], k) {\n    param w: [k]\n    y[i] = sum(p, q: w[p] * w[q] * x[i + p + q]) for i < n - 2*k + 2\n}\n"
+        "input x: [8]\ntarget y: [6]\nloss = quadratic(x |> three(2), y)\n")
+    r = _run_cli(["three.nn", "-o", "three.py"], tmp_path)
+    assert r.returncode == 1 and r.stderr.startswith("three.nn:7:23: error: nncc cannot generate code for three_1")
+    assert "hint:" in r.stderr and not (tmp_path / "three.py").exists()
 
 
 def test_carriage_returns_before_the_end_of_a_line_end_it(tmp_path):

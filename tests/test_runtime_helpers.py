@@ -37,11 +37,13 @@ def test_sigmoid_and_logsumexp_stay_finite_and_accurate_far_out():
         assert list(h._clamped_log(np.array([0.0, 1.0]), -100)) == [-100.0, 0.0]
 
 
-WINDOWS = [  # (axis, start, stride, n, k), in the forms the lowering writes
+WINDOWS = [  # (axis, start, stride, n, k[, dilation]), in the forms the lowering writes
     [(1, 0, 1, 4, 3)],
     [(1, -1, 2, 3, 3)],  # padding and a stride
     [(1, 0, 1, 3, 2), (2, -1, 1, 4, 3)],  # two axes, one padded
     [(2, 3, -1, 4, 1)],  # read backwards
+    [(1, -2, 2, 3, 3, 2)],  # stride and dilation, padded
+    [(1, 0, 1, 2, 2, 3), (2, 4, -1, 3, 2, -2)],  # dilated forwards and backwards
 ]
 
 
@@ -52,8 +54,8 @@ def test_patches_reads_zeros_outside_and_unpatches_is_its_adjoint(windows):
     # entry by entry: a[start + stride*i + q], zero outside
     for index in np.ndindex(*p.shape):
         src = list(index[:a.ndim])
-        for (axis, start, stride, n, k), q in zip(windows, index[a.ndim:]):
-            src[axis] = start + stride * index[axis] + q
+        for (axis, start, stride, n, k, *dilation), q in zip(windows, index[a.ndim:]):
+            src[axis] = start + stride * index[axis] + (dilation[0] if dilation else 1) * q
         inside = all(0 <= s < n for s, n in zip(src, a.shape))
         assert p[index] == (a[tuple(src)] if inside else 0.0)
     g = RNG.standard_normal(p.shape)

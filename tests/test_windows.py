@@ -189,3 +189,38 @@ loss = quadratic(h |> flat |> dense(3), y)
     assert value == pytest.approx(t_loss.item(), rel=1e-12)
     for n in params:
         np.testing.assert_allclose(grads[n], tw[n].grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+CONV1D = """
+layer conv1d(x: [c, n], out, kernel, stride = 1, padding = 0, dilation = 1) {
+    param weight: [out, c, kernel]
+    param bias: [out]
+    y[o, i] = sum(ci, p: weight[o, ci, p] * x[ci, i*stride + dilation*p - padding]) + bias[o]
+        for i < (n + 2*padding - dilation*(kernel - 1) - 1) / stride + 1
+}
+layer lift(x: [c, n]) {
+    param shift: [c, n] init zeros
+    y[ch, i] = x[ch, i] + shift[ch, i]
+}
+layer flat(x: [c, n]) {
+    y[ch*n + i] = x[ch, i]
+}
+fn weighted(a[i], y[i]) = sum(i: a[i] * y[i])
+"""
+DILATED_GRID = [(s, d, p) for s, d, p in itertools.product((1, 2, 3), (2, 3), (0, 2))]
+
+
+@needs_torch
+@pytest.mark.parametrize("s,d,p", DILATED_GRID, ids=[f"s{s}-d{d}-p{p}" for s, d, p in DILATED_GRID])
+def test_dilated_strided_conv1d_agrees_with_torch(s, d, p):
+    n, k = 11, 3
+    n_out = 2 * ((n + 2 * p - d * (k - 1) - 1) // s + 1)
+    m = load_module(CONV1D + f"input x: [2, {n}]\ntarget y: [{n_out}]\n"
+                    f"a = x |> lift(name=\"input\") |> conv1d(2, {k}, stride={s}, padding={p}, dilation={d}) |> flat\n"
+                    f"loss = sum weighted(a, y)\n")
+    params = m.init_params(1, np.float64)
+    x, y = _data(m, seed=6)
+    _against_torch(m, params, x, y,
+                   lambda tx, tw: F.conv1d(tx, tw["conv1d_1.weight"], tw["conv1d_1.bias"], stride=s, padding=p,
+                                           dilation=d),
+                   ("conv1d_1.weight", "conv1d_1.bias"))
