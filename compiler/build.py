@@ -463,9 +463,9 @@ class _Builder:
                 if a.shape != shape:
                     raise NNError(f"shape mismatch: '{op.name}' needs equal shapes, but {args[0].name} has "
                                   f"{list(shape)} and {a.name} has {list(a.shape)}", loc)
-            params = ()
+            params, sizes = (), ()
         else:
-            shape, params = self._shape_indexed(op, args, options, loc, label, extra)
+            shape, params, sizes = self._shape_indexed(op, args, options, loc, label, extra)
         _check_elements(shape, f"the output of {label}", loc)
         out = bind or label
         if bind is None and (out in self.tensors or out in self.user_names):  # a user's name
@@ -473,7 +473,7 @@ class _Builder:
         t = ir.Tensor(out, shape, "value", loc)
         self.tensors[out] = t
         self.nodes.append(ir.Node(label, op, tuple(a.name for a in args), tuple(options.items()),
-                                  params, out, loc))
+                                  params, out, loc, sizes))
         return t
 
     def _fresh(self, base):
@@ -495,6 +495,7 @@ class _Builder:
                 elif int(pat.xreplace(env)) != size:
                     raise NNError(f"shape mismatch: {label} expects {_pattern(t.shape, env)} for "
                                   f"'{t.name}' but {a.name} has {list(a.shape)}", loc)
+        sizes = tuple(env.items())  # the operator's size patterns, for derive
         for o in op.options:
             env[sp.Symbol(o.name, integer=True)] = options[o.name]
         params = []
@@ -522,7 +523,7 @@ class _Builder:
                               "the window must fit inside the (padded) input: use a smaller kernel, more "
                               "padding or a positive stride")
             shape.append(int(sp.floor(v)))
-        return tuple(shape), tuple(params)
+        return tuple(shape), tuple(params), sizes
 
     def _check_index_ranges(self, op, args, params, env, loc, label):
         """Every plain read of an index must run over axes of one size (e.g. channels)."""

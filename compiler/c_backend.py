@@ -649,7 +649,7 @@ def render_c_files(c, dtype: str = "float32") -> dict:
 def render_c_module(c) -> str:
     """A Python module with the numpy module's API that builds and runs the C code (cffi)."""
     from . import __version__
-    from .numpy_backend import module_values, shape_text
+    from .pymodule import module_values, shape_text
     from .templating import environment
     parts, cdef, work = [], [], {}
     for suffix, real, dtype in (("f32", "float", "float32"), ("f64", "double", "float64")):

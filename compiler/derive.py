@@ -90,12 +90,8 @@ def formula_for(node: ir.Node, g: ir.Graph) -> Formula:
         body = op.body.xreplace(mapping)
         ranges = {b: B, **{s: n for s, n in zip(local, out_shape)}}
         return Formula(real_base(node.output), idx, body, ranges)
-    # indexed: sizes from the arguments' shapes, options by value
-    env = {}
-    for t, a in zip(op.tensors, args):
-        for pat, size in zip(t.shape, a.shape):
-            if isinstance(pat, sp.Symbol):
-                env[pat] = sp.Integer(size)
+    # indexed: sizes as the graph bound them, options by value
+    env = {pat: sp.Integer(size) for pat, size in node.sizes}
     opts = node.option_dict
     for o in op.options:
         v = opts[o.name]

@@ -6,7 +6,6 @@ matching comment in the generated module names, with that module's line.
 """
 from __future__ import annotations
 
-import ast
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ from sympy.printing.latex import LatexPrinter
 from . import __version__
 from .api import Compiled, compile_source
 from .derive import B, batch_index
-from .naming import backward_anchor, forward_anchor, grad_name, var
+from .naming import backward_anchor, forward_anchor, grad_name
 from .primitives import lookup
 from .symbolic import Where, real_base
 from .templating import environment
@@ -100,85 +99,113 @@ class FormulaLatex(LatexPrinter):
         return r"\max_{%s} %s" % (idx, self._print(e.function))
 
 
-# ---- matrix forms, read off the generated numpy statements -----------------------------
+# ---- matrix forms of the Program's statements ------------------------------------------
 
-class _MatrixForm(ast.NodeVisitor):
-    """A numpy statement of the generated module as vector/matrix algebra, or None."""
+class _MatrixForm:
+    """An index formula as vector/matrix algebra over its statement's layout (the target's
+    indices), or None: reads in the layout's order are the arrays themselves (a missing
+    axis broadcasts), a 2-D read in the reverse order is a transpose, a sum over one index
+    of two groups of factors is a matrix product, a sum over the batch index is a sum over
+    the batch, and everything else elementwise (⊙)."""
 
-    def __init__(self, display: dict):
-        self.display = display  # python variable -> LaTeX
+    FUNCTIONS = {"exp": r"\exp", "log": r"\log", "tanh": r"\tanh", "Sigmoid": r"\sigma"}
 
-    def render(self, code: str):
+    def __init__(self, tex: FormulaLatex):
+        self.tex = tex
+
+    def render(self, e, layout) -> str | None:
         try:
-            return self.visit(ast.parse(code, mode="eval").body)
+            return self._form(e, tuple(layout))
         except _NoForm:
             return None
 
-    def visit_Name(self, n):
-        if n.id == "batch":
+    def _form(self, e, layout):
+        if isinstance(e, sp.Indexed):
+            return self._read(e, layout)
+        if e == B:
             return "B"
-        if n.id not in self.display:
+        if e.is_Number:
+            return sp.latex(e)
+        if isinstance(e, sp.Add):
+            out = []
+            for k, t in enumerate(self.tex._as_ordered_terms(e)):
+                if k and t.could_extract_minus_sign():
+                    out.append(f"- {self._wrap(-t, layout)}")
+                else:
+                    out.append(("+ " if k else "") + self._form(t, layout))
+            return " ".join(out)
+        if isinstance(e, sp.Mul):
+            coeff, rest = e.as_coeff_Mul()
+            num, den = sp.fraction(rest)
+            factors = [f for f in sp.Mul.make_args(num) if f != 1]
+            body = r" \odot ".join(self._wrap(f, layout) for f in factors) if factors else "1"
+            if den != 1:
+                body = r"\frac{%s}{%s}" % (body, self._form(den, layout))
+            if coeff == -1:
+                return "-" + body
+            return body if coeff == 1 else f"{sp.latex(coeff)} {body}"
+        if isinstance(e, sp.Pow) and e.exp.is_Integer and e.exp > 0:
+            return "%s^{%s}" % (self._wrap(e.base, layout, atoms_only=True), e.exp)
+        if isinstance(e, sp.Function) and type(e).__name__ in self.FUNCTIONS and len(e.args) == 1:
+            return r"%s\left(%s\right)" % (self.FUNCTIONS[type(e).__name__], self._form(e.args[0], layout))
+        if isinstance(e, sp.Sum) and len(e.limits) == 1:
+            return self._sum(e, layout)
+        raise _NoForm
+
+    def _wrap(self, e, layout, atoms_only=False):
+        s = self._form(e, layout)
+        if isinstance(e, sp.Add) or (atoms_only and not isinstance(e, sp.Indexed)):
+            return r"\left(%s\right)" % s
+        return s
+
+    def _read(self, r, layout):
+        labels = tuple(r.indices)
+        if not all(isinstance(x, sp.Symbol) for x in labels) or len(set(labels)) != len(labels):
             raise _NoForm
-        return self.display[n.id]
-
-    def visit_Constant(self, n):
-        return sp.latex(sp.nsimplify(n.value))
-
-    def visit_UnaryOp(self, n):
-        if isinstance(n.op, ast.USub):
-            return "-" + self._wrap(n.operand)
-        raise _NoForm
-
-    def _wrap(self, n):
-        s = self.visit(n)
-        return r"\left(%s\right)" % s if isinstance(n, ast.BinOp) and \
-            isinstance(n.op, (ast.Add, ast.Sub)) else s
-
-    def _base(self, n):
-        """n as the base of a superscript: parenthesized unless a plain name."""
-        s = self.visit(n)
-        while isinstance(n, ast.Subscript):
-            n = n.value
-        return s if isinstance(n, ast.Name) and not s.startswith(r"\frac") else r"\left(%s\right)" % s
-
-    def visit_BinOp(self, n):
-        # each operand rendered once: a long sum is a deep tree, and twice per level is 2^depth
-        if isinstance(n.op, ast.Add):
-            return f"{self.visit(n.left)} + {self.visit(n.right)}"
-        if isinstance(n.op, ast.Sub):
-            return f"{self.visit(n.left)} - {self._wrap(n.right)}"
-        if isinstance(n.op, ast.Div):
-            return r"\frac{%s}{%s}" % (self.visit(n.left), self.visit(n.right))
-        if isinstance(n.op, ast.Pow):
-            return "%s^{%s}" % (self._base(n.left), self.visit(n.right))
-        a, b = self._wrap(n.left), self._wrap(n.right)
-        if isinstance(n.op, ast.MatMult):
-            return rf"{a} \, {b}"
-        if isinstance(n.op, ast.Mult):
-            scalar = isinstance(n.left, ast.Constant) or isinstance(n.right, ast.Constant)
-            return f"{a} {b}" if scalar else rf"{a} \odot {b}"
-        raise _NoForm
-
-    def visit_Attribute(self, n):
-        if n.attr == "T":
-            return r"%s^{\top}" % self._base(n.value)
-        raise _NoForm
-
-    def visit_Subscript(self, n):  # broadcasting views such as t[:, None]
-        return self.visit(n.value)
-
-    def visit_Call(self, n):
-        f = n.func
-        if isinstance(f, ast.Attribute) and f.attr == "sum" and not n.args:
-            axis = next((k.value for k in n.keywords if k.arg == "axis"), None)
-            if isinstance(axis, ast.Constant) and axis.value == 0:
-                return r"\sum_{\text{batch}} %s" % self._wrap(f.value)
+        name = self.name(r.base.label.name)
+        where = [layout.index(x) if x in layout else -1 for x in labels]
+        if -1 in where:
             raise _NoForm
-        name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
-        simple = {"_sigmoid": r"\sigma", "tanh": r"\tanh", "exp": r"\exp", "log": r"\log", "sqrt": r"\sqrt"}
-        if name in simple and len(n.args) == 1:
-            return r"%s\left(%s\right)" % (simple[name], self.visit(n.args[0]))
+        if where == sorted(where):
+            return name
+        if len(labels) == 2 and where == [1, 0] and len(layout) == 2:
+            return r"%s^{\top}" % (name if "\\frac" not in name else r"\left(%s\right)" % name)
         raise _NoForm
+
+    def name(self, label: str) -> str:
+        """A whole array: a tensor by its name, a gradient as dL/dX."""
+        return _grad_tex(self.tex.grads[label]) if label in self.tex.grads else _name_tex(label)
+
+    def _sum(self, e, layout):
+        (k, lo, hi), body = e.limits[0], e.function
+        if lo != 0:
+            raise _NoForm
+        if len(layout) == 2:
+            try:
+                return self._product(k, body, layout)
+            except _NoForm:
+                pass
+        if hi + 1 == B and not isinstance(body, sp.Add):  # over the batch
+            return r"\sum_{\text{batch}} %s" % self._wrap(body, (k,) + layout)
+        raise _NoForm
+
+    def _product(self, k, body, layout):
+        """Σ_k A[p, k] C[k, q] (each a group of factors) as the matrix product A C."""
+        p, q = layout
+        coeff, rest = body.as_coeff_Mul()
+        groups = {}
+        for f in sp.Mul.make_args(rest):
+            labels = frozenset(x for x in f.free_symbols if x in (p, q, k))
+            groups.setdefault(labels, []).append(f)
+        left, right = groups.pop(frozenset({p, k}), None), groups.pop(frozenset({k, q}), None)
+        if groups or left is None or right is None:
+            raise _NoForm
+        product = r"%s \, %s" % (self._group(left, (p, k)), self._group(right, (k, q)))
+        return product if coeff == 1 else f"{sp.latex(coeff)} {product}"
+
+    def _group(self, factors, layout):
+        s = self._form(sp.Mul(*factors), layout)
+        return s if len(factors) == 1 and isinstance(factors[0], sp.Indexed) else r"\left(%s\right)" % s
 
 
 class _NoForm(Exception):
@@ -432,33 +459,32 @@ def explain(path_or_source, file: str | None = None) -> Explanation:
 
 
 def build(c: Compiled) -> Explanation:
-    g, plan = c.graph, c.plan
+    g, plan, program = c.graph, c.plan, c.program
     names = [t for t in g.tensors] + [p.name for p in g.params]
     tex = FormulaLatex({grad_name(n): n for n in names})
-    display = {var(n): _name_tex(n) for n in names}
-    display.update({grad_name(n): _grad_tex(n) for n in names})
     code_lines = list(plan.loss_forward + plan.backward)
     lines = {}
     for line in code_lines:
         for a in line.anchors:
             lines[a] = line
-    matrix = _MatrixForm(display)
+    statements = {st.anchors[-1]: st for st in program.loss + program.backward}
+    matrix = _MatrixForm(tex)
 
     forward = Section("Forward pass", "forward",
                       [("text", "Each operator as used in this network: its element formula, with this "
                                 "network's tensor names and sizes (the batch index "),
                        ("math", batch_index((), g.tensors).name), ("text", " runs over the "), ("math", "B"), ("text", " samples).")])
-    for d in plan.derivations:
+    for d in program.derivations:
         f = d.formula
         a = forward_anchor(d.node.label)
         args = ", ".join(d.node.args + tuple(f"{k}={v}" for k, v in d.node.options))
         shape = list(g.tensors[d.node.output].shape)
         step = Step(a, f"{d.node.output} = {d.node.op.name}({args}) : {shape}",
                     [_equation("element formula", tex.doprint(f.out[f.indices]), f.body, tex)])
-        _attach_code(step, lines.get(a), matrix, display, code_lines)
+        _attach_code(step, lines.get(a), statements.get(a), matrix, code_lines)
         forward.steps.append(step)
 
-    seed = r"\frac{1}{B}" if g.reduce == "mean" else "1"
+    seed = tex.doprint(program.seed)
     backward = Section(
         "Backward pass", "backward",
         [("text", "From the loss back to the first layer. For every operator "),
@@ -475,42 +501,42 @@ def build(c: Compiled) -> Explanation:
          ("math", r"%s = %s" % (_grad_tex(g.loss, "b"), seed)),
          ("text", " for every sample.")])
     last_activation = _last_activation(g)
-    composed = _composed(plan.derivations, g, lines)
-    for d in reversed(plan.derivations):
-        for gr in d.grads:
-            a = backward_anchor(d.node.label, gr.wrt)
-            subs = ",".join(tex.doprint(i) for i in gr.indices)
-            target = _grad_tex(gr.wrt, subs)
-            wrt = _name_tex(gr.wrt)
-            formulas = [_equation("Jacobian entry", r"\frac{\partial %s_{%s}}{\partial %s_{%s}}" % (
-                _name_tex(d.node.output), ",".join(tex.doprint(i) for i in d.formula.indices), wrt,
-                ",".join(tex.doprint(i) for i in gr.jacobian_indices)), gr.jacobian, tex)]
-            vjp = "vector–Jacobian product, deltas eliminated"
-            if gr.in_output_terms:
-                formulas.append(_equation(vjp, target, gr.input_form, tex))
-                formulas.append(_equation("in terms of the forward output", target, gr.backward, tex))
-            else:
-                formulas.append(_equation(vjp, target, gr.backward, tex))
-            lhs = real_base(grad_name(gr.wrt))[gr.indices]
-            if a in composed:
-                expr = composed[a]
+    composed = _composed(program)
+    derived = {backward_anchor(d.node.label, gr.wrt): (d, gr) for d in program.derivations for gr in d.grads}
+    # in the order the Program computes them
+    for a, (d, gr) in ((n.anchor, derived[n.anchor]) for st in program.backward for n in st.notes):
+        subs = ",".join(tex.doprint(i) for i in gr.indices)
+        target = _grad_tex(gr.wrt, subs)
+        wrt = _name_tex(gr.wrt)
+        formulas = [_equation("Jacobian entry", r"\frac{\partial %s_{%s}}{\partial %s_{%s}}" % (
+            _name_tex(d.node.output), ",".join(tex.doprint(i) for i in d.formula.indices), wrt,
+            ",".join(tex.doprint(i) for i in gr.jacobian_indices)), gr.jacobian, tex)]
+        vjp = "vector–Jacobian product, deltas eliminated"
+        if gr.in_output_terms:
+            formulas.append(_equation(vjp, target, gr.input_form, tex))
+            formulas.append(_equation("in terms of the forward output", target, gr.backward, tex))
+        else:
+            formulas.append(_equation(vjp, target, gr.backward, tex))
+        lhs = real_base(grad_name(gr.wrt))[gr.indices]
+        if a in composed:
+            expr = composed[a]
+            formulas.append(_equation(
+                "composed with the steps before it that the same generated line computes: what that "
+                "line evaluates", target, expr, tex, "composed", lhs))
+            same = _identity(expr)
+            if same is not None:
+                simpler, conditions = same
+                tail = (r" \qquad \text{where } " + r" \text{ and } ".join(tex.doprint(c) for c in conditions)
+                        if conditions else "")
                 formulas.append(_equation(
-                    "composed with the steps before it that the same generated line computes: what that "
-                    "line evaluates", target, expr, tex, "composed", lhs))
-                same = _identity(expr)
-                if same is not None:
-                    simpler, conditions = same
-                    tail = (r" \qquad \text{where } " + r" \text{ and } ".join(tex.doprint(c) for c in conditions)
-                            if conditions else "")
-                    formulas.append(_equation(
-                        "equal to it" + (" where the conditions hold" if conditions else "")
-                        + " (an identity: the code evaluates the form above, not this one)",
-                        target, simpler, tex, "identity", lhs, tail))
-            out_args = ", ".join(d.node.args)
-            step = Step(a, f"{d.node.output} = {d.node.op.name}({out_args}): gradient for {gr.wrt}", formulas, "",
-                        _bp_tag(d, gr, g, last_activation))
-            _attach_code(step, lines.get(a), matrix, display, code_lines)
-            backward.steps.append(step)
+                    "equal to it" + (" where the conditions hold" if conditions else "")
+                    + " (an identity: the code evaluates the form above, not this one)",
+                    target, simpler, tex, "identity", lhs, tail))
+        out_args = ", ".join(d.node.args)
+        step = Step(a, f"{d.node.output} = {d.node.op.name}({out_args}): gradient for {gr.wrt}", formulas, "",
+                    _bp_tag(d, gr, g, last_activation))
+        _attach_code(step, lines.get(a), statements.get(a), matrix, code_lines)
+        backward.steps.append(step)
     titles = {st.anchor: st.title for sec in (forward, backward) for st in sec.steps}
     for sec in (forward, backward):
         for st in sec.steps:
@@ -531,8 +557,9 @@ def build(c: Compiled) -> Explanation:
     return Explanation(g.name, g.source, intro, [forward, backward, chain])
 
 
-def _attach_code(step: Step, line, matrix, display, code_lines):
-    """The generated line computing this step (and its matrix form), under the line's last step."""
+def _attach_code(step: Step, line, statement, matrix, code_lines):
+    """The generated line computing this step (and its statement's matrix form), under the
+    line's last step."""
     if line is None:
         return
     if line.anchors[-1] != step.anchor:
@@ -540,21 +567,24 @@ def _attach_code(step: Step, line, matrix, display, code_lines):
         return
     step.code = f"{line.target} = {line.code}"
     step.temporaries = _temporaries(line, code_lines)
-    form = matrix.render(line.code)
-    if form and line.target in display:
-        step.formulas.append(Formula("matrix form", f"{display[line.target]} = {form}"))
+    if statement is not None and statement.variables is None:
+        form = matrix.render(statement.expr, statement.indices)  # what the code computes
+        if form:
+            target = matrix.name(statement.target)
+            step.formulas.append(Formula("matrix form", f"{target} = {target + ' + ' if statement.accumulate else ''}"
+                                                        f"{form}"))
 
 
 def _temporaries(line, code_lines) -> list:
     """The lines defining the temporaries (t0, t1, ...) a line reads, and those they read, in
     the module's order."""
-    defs = {x.target: x for x in code_lines if not x.anchors and re.fullmatch(r"t\d+", x.target)}
-    need, todo = set(), [line.code]
+    defs = {x.target: x for x in code_lines if not x.anchors}
+    need, todo = set(), list(line.reads)
     while todo:
-        for name in re.findall(r"\bt\d+\b", todo.pop()):
-            if name in defs and name not in need:
-                need.add(name)
-                todo.append(defs[name].code)
+        name = todo.pop()
+        if name in defs and name not in need:
+            need.add(name)
+            todo.extend(defs[name].reads)
     return [f"{x.target} = {x.code}" for x in code_lines if x.target in need and x in defs.values()]
 
 
@@ -577,47 +607,13 @@ def _bp_tag(d, gr, g, last_activation) -> str:
     return ""
 
 
-def _composed(derivations, g, lines) -> dict:
-    """anchor -> what the generated line computing that step evaluates for it, where the line
-    fuses earlier steps: the step's backward formula with each gradient it reads replaced by the
-    formulas of the steps that compute that gradient in the same line, and the loss's seed by its
-    value, as the code is lowered (before the numeric rewrites of stabilize, which keep the value).
-    Only steps with such a substitution are listed."""
-    seed = sp.Integer(1) / B if g.reduce == "mean" else sp.Integer(1)
-    dloss = real_base(grad_name(g.loss))
-    contributions, steps = {}, {}
-    for d in derivations:
-        for gr in d.grads:
-            a = backward_anchor(d.node.label, gr.wrt)
-            steps[a] = gr
-            contributions.setdefault(gr.wrt, []).append(a)
-    bases = {real_base(grad_name(t)): t for t in contributions}
-    full, out = {}, {}
-    for d in reversed(derivations):
-        for gr in d.grads:
-            a = backward_anchor(d.node.label, gr.wrt)
-            line = lines.get(a)
-            before = set(line.anchors[:line.anchors.index(a)]) if line is not None else set()
-            expr, fused = gr.backward, False
-            read = sorted({r.base for r in expr.atoms(sp.Indexed) if r.base in bases}, key=sp.default_sort_key)
-            for base in read:
-                anchors = contributions[bases[base]]
-                if bases[base] == gr.wrt or not set(anchors) <= before:
-                    continue
-                parts = [full[x] for x in anchors]
-                if any(p is None for p in parts):  # a part too long to show: so is this
-                    expr = None
-                    break
-                expr = _substitute_reads(expr, base, [(p, steps[x].indices) for p, x in zip(parts, anchors)])
-                fused = True
-            if expr is not None:
-                expr = expr.replace(lambda e: isinstance(e, sp.Indexed) and e.base == dloss, lambda e: seed)
-                if _longer_than(expr, COMPOSED_LIMIT):
-                    expr = None
-            full[a] = expr
-            if fused and expr is not None:
-                out[a] = expr
-    return out
+def _composed(program) -> dict:
+    """anchor -> what the generated line computing that step evaluates, where the Program
+    computes earlier backward steps inside it: its statement as composed from the derived
+    steps, the loss's seed in place (before the numeric rewrites of stabilize, which keep
+    the value)."""
+    return {st.anchors[-1]: st.derived for st in program.backward
+            if len(st.notes) > 1 and not _longer_than(st.derived, COMPOSED_LIMIT)}
 
 
 # a composed formula longer than this (in sympy nodes; lenet's longest is 115) is not
@@ -631,40 +627,6 @@ def _longer_than(e, n: int) -> bool:
         if k >= n:
             return True
     return False
-
-
-def _substitute_reads(expr, base, parts):
-    """expr with each read base[J] replaced by the sum of the parts (formula, its indices) at J,
-    a part's summed indices primed where they would capture a symbol of expr."""
-    def value(read):
-        taken = {s.name for s in expr.atoms(sp.Symbol)}
-        out = []
-        for p, ix in parts:
-            names = taken | {s.name for i in ix for s in sp.sympify(i).free_symbols}
-            out.append(_rename_bound(p, names).xreplace(dict(zip(ix, read.indices))))
-        return sp.Add(*out)
-
-    return expr.replace(lambda e: isinstance(e, sp.Indexed) and e.base == base, value)
-
-
-def _rename_bound(e, taken: set):
-    """e with each summed index whose name is in `taken` primed until it is not (names are added
-    to `taken` as they are used)."""
-    def rebind(r):
-        m = {}
-        for lim in r.limits:
-            v = lim[0]
-            name = v.name
-            while name in taken:
-                name += "'"
-            taken.add(name)
-            if name != v.name:
-                m[v] = sp.Symbol(name, integer=True)
-        if not m:
-            return r
-        return r.func(r.function.xreplace(m), *[(m.get(lim[0], lim[0]), *lim[1:]) for lim in r.limits])
-
-    return e.replace(lambda x: isinstance(x, ExprWithLimits), rebind)
 
 
 def _identity(expr):

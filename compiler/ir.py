@@ -4,7 +4,7 @@
     Tensor  := name, shape (per sample, ints), role (input|target|value), loc
     Param   := name ("dense_1.weight"), shape, init (kind, a, b), loc
     Node    := label ("dense_1"), op (ops.OpDef), args (tensor names), options,
-               params ({local name: Param name}), output (tensor name), loc
+               params ({local name: Param name}), output (tensor name), loc, sizes
 
 Nodes are in topological (source) order.  `verify` checks the invariants.
 """
@@ -40,6 +40,7 @@ class Node:
     params: tuple  # ((local name, Param name), ...)
     output: str
     loc: Loc
+    sizes: tuple = ()  # ((size pattern symbol, int), ...): the sizes its arguments bind
 
     @property
     def option_dict(self) -> dict:

@@ -37,6 +37,7 @@ class Line:
     guarded: bool = False  # evaluates np.where: the branch not taken may divide by zero
     phase: str = "forward"  # "forward" | "backward"
     anchors: tuple = ()  # the derivation steps this line computes
+    reads: tuple = ()  # the temporaries (lines of their own) its code reads
 
 
 @dataclass
@@ -194,6 +195,8 @@ class Lowerer:
         self.reads: Counter = Counter()  # name -> how often the code written so far reads it
         self.too_deep: set = set()  # inlined temporaries that made a line nest too deeply
         self._inlined: set = set()  # ... those read by the current statement
+        self._temp_names: set = set()
+        self._temps_read: set = set()  # the temporaries read since the last line was written
         self.ranges: dict = {}
         self.cse: dict = {}
         self.im2col: dict = {}  # the code of a copied patches array -> its temporary
@@ -238,16 +241,22 @@ class Lowerer:
     def _line(self, line: Line):
         if _nesting(line.code) > MAX_NESTING:  # Python's parser has a limit
             self.too_deep |= self._inlined
-        self.kernels.lines.append(line)
+        self.kernels.lines.append(dataclasses.replace(line, reads=tuple(sorted(self._temps_read))))
+        self._temps_read = set()
 
     def ref(self, name: str) -> str:
-        """The code that reads a named value: its variable, or an inlined temporary's code."""
+        """The code that reads a named value: its variable, or an inlined temporary's code.
+        The temporaries read are noted for the line the code goes into (code is made just
+        before its line, so what was read since the last line is what that line reads)."""
         self.reads[name] += 1
         if name in self.inline_code:
-            code, guarded = self.inline_code[name]
+            code, guarded, reads = self.inline_code[name]
             self.guarded |= guarded
             self._inlined.add(name)
+            self._temps_read |= reads
             return _paren(code)
+        if name in self._temp_names:
+            self._temps_read.add(name)
         return self.names[name]
 
     def _extent_code(self, n):
@@ -316,8 +325,10 @@ class Lowerer:
         while name in self._taken or name in self.names:
             name = temp(self.count)
             self.count += 1
+        self._temp_names.add(name)
         if name in self.inline:
-            self.inline_code[name] = (code, self.guarded)
+            self.inline_code[name] = (code, self.guarded, frozenset(self._temps_read))
+            self._temps_read = set()
             self._inlined.add(name)
         else:
             self._line(Line(name, code, guarded=self.guarded))

@@ -7,15 +7,11 @@ from importlib import resources
 
 from . import __version__
 from .lower import Plan
-from .naming import var
+from .pymodule import module_values
 from .templating import environment
 
 # a runtime helper, and the helpers it calls
 _CALLS = {"patches": ("reach",), "unpatches": ("reach",)}
-
-
-def shape_text(shape) -> str:
-    return "(" + "".join(f"{n}, " for n in shape).rstrip(" ") + ")" if len(shape) != 1 else f"({shape[0]},)"
 
 
 def render(plan: Plan, graph) -> str:
@@ -45,25 +41,3 @@ def _helpers() -> dict:
     text = resources.files("nncc.runtime").joinpath("numpy_helpers.py").read_text(encoding="utf-8")
     return {f.name[1:]: ast.get_source_segment(text, f) for f in ast.parse(text).body
             if isinstance(f, ast.FunctionDef)}
-
-
-def module_values(graph) -> dict:
-    """The values both module templates (numpy and C) share: shapes, inits, signatures."""
-    inputs = [dict(name=t.name, var=var(t.name), shape=shape_text(t.shape)) for t in graph.inputs]
-    targets = [dict(name=t.name, var=var(t.name), shape=shape_text(t.shape)) for t in graph.targets]
-    params = [dict(name=p.name, var=var(p.name), shape=shape_text(p.shape), init=_init(p.init)) for p in graph.params]
-
-    def checks(ts, table):
-        return ", ".join(f'"{t["name"]}": ({t["var"]}, {table}["{t["name"]}"])' for t in ts)
-
-    input_checks = checks(inputs, "INPUT_SHAPES")
-    all_checks = ", ".join(c for c in (input_checks, checks(targets, "TARGET_SHAPES")) if c)
-    return dict(source=graph.source, params=params, inputs=inputs, targets=targets,
-                input_args=", ".join(t["var"] for t in inputs),
-                all_args=", ".join(t["var"] for t in inputs + targets),
-                input_checks=input_checks, all_checks=all_checks)
-
-
-def _init(init) -> str:
-    kind, a, b = init
-    return f'("{kind}", {float(a)!r}, {float(b)!r})'

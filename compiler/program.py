@@ -62,6 +62,7 @@ class Statement:
     variables: tuple = None  # the index symbols, when a subscript is affine in them (flatten)
     accumulate: bool = False  # target += expr
     notes: tuple = ()  # Note: the steps fused into this one first, then its own
+    derived: sp.Expr = None  # expr as composed from the derived steps, before stabilize
 
     @property
     def anchors(self) -> tuple:
@@ -192,7 +193,7 @@ def _lowered(steps: list, kept: set) -> tuple:
 
 def _final(st: Statement, expr, notes) -> Statement:
     """A statement with its scatter made explicit and its expression stabilized."""
-    indices, ranges, variables = st.indices, st.ranges, st.variables
+    indices, ranges, variables, derived = st.indices, st.ranges, st.variables, expr
     with generating(st.node, st.fused):
         scatter = as_scatter(indices, expr, ranges, variables)
         if scatter is not None:  # overlapping or gapped affine writes: a scatter-add
@@ -201,7 +202,7 @@ def _final(st: Statement, expr, notes) -> Statement:
         if variables is not None and tuple(variables) == tuple(indices):
             variables = None
         return Statement(st.target, tuple(indices), stabilize(expr), dict(ranges), st.node, variables,
-                         st.accumulate, notes)
+                         st.accumulate, notes, derived)
 
 
 def _fusable(steps: list, kept: set) -> set:
@@ -233,17 +234,38 @@ def _fusable(steps: list, kept: set) -> set:
 
 def _substitute(body, expanded: dict, fused: dict):
     """body with each read of a fused value replaced by that value's own formula."""
+    taken = {x.name for x in body.atoms(sp.Symbol)}  # shared: no two reductions bind one name
+
     def inline(r):
         name = r.base.label.name
-        value = expanded[name]
-        # fresh bound indices, so that none can capture a reader's index of the same name,
-        # made in a fixed order: a Dummy's place in sympy's ordering of terms is its creation.
-        # FirstArgmax binds nothing: its indices are axes of its value, the value's own.
-        fresh = {lim[0]: sp.Dummy(lim[0].name, integer=True)
-                 for red in sorted(value.atoms(sp.Sum, MaxOver, LogSumExp), key=sp.default_sort_key)
-                 for lim in red.limits}
-        return value.xreplace(fresh).xreplace(dict(zip(fused[name].indices, r.indices)))
+        value = _rename_bound(expanded[name], taken)
+        return value.xreplace(dict(zip(fused[name].indices, r.indices)))
     return body.replace(lambda e: isinstance(e, sp.Indexed) and e.base.label.name in expanded, inline)
+
+
+def _rename_bound(e, taken: set):
+    """e with each index bound by a reduction whose name is in `taken` primed until it is
+    not (and not a name of e), so that it can neither capture a reader's index nor share
+    its name with another reduction's index over another extent; the names used are added
+    to `taken`.  FirstArgmax binds nothing: its indices are axes of its value, its own."""
+    reductions = (sp.Sum, MaxOver, LogSumExp)
+    avoid = taken | {x.name for x in e.atoms(sp.Symbol)}
+
+    def rebind(r):
+        m = {}
+        for lim in r.limits:
+            name = lim[0].name
+            if name in taken:
+                while name in avoid:
+                    name += "'"
+                m[lim[0]] = sp.Symbol(name, integer=True)
+            taken.add(name)
+            avoid.add(name)
+        if not m:
+            return r
+        return r.func(r.function.xreplace(m), *[(m.get(lim[0], lim[0]), *lim[1:]) for lim in r.limits])
+
+    return e.replace(lambda x: isinstance(x, reductions), rebind)
 
 
 def _depth(e, limit=MAX_FUSED_DEPTH + 1) -> int:

@@ -323,8 +323,8 @@ real digits_loss_and_grad(const real *params, const digits_real *v_x, const digi
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 64; i_1++) {
             real r0 = 0;
-            for (int i_5 = 0; i_5 < 10; i_5++) {
-                r0 += dv_z[(b_0)*10 + i_5]*v_dense_2_weight[(i_5)*64 + i_1];
+            for (int ip_5 = 0; ip_5 < 10; ip_5++) {
+                r0 += dv_z[(b_0)*10 + ip_5]*v_dense_2_weight[(ip_5)*64 + i_1];
             }
             dv_dense_1[(b_0)*64 + i_1] = nncc_where(v_dense_1[(b_0)*64 + i_1] > 0, r0, 0);
         }

@@ -274,9 +274,9 @@ real nielsen_loss_and_grad(const real *params, const nielsen_real *v_x, const ni
         }
     }
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_3 = 0; i_3 < 10; i_3++) {
+        for (int ip_3 = 0; ip_3 < 10; ip_3++) {
             for (int i_1 = 0; i_1 < 30; i_1++) {
-                dv_dense_1[(b_0)*30 + i_1] += -(v_sigmoid_1[(b_0)*30 + i_1] - 1)*dv_dense_2[(b_0)*10 + i_3]*v_dense_2_weight[(i_3)*30 + i_1]*v_sigmoid_1[(b_0)*30 + i_1];
+                dv_dense_1[(b_0)*30 + i_1] += -(v_sigmoid_1[(b_0)*30 + i_1] - 1)*dv_dense_2[(b_0)*10 + ip_3]*v_dense_2_weight[(ip_3)*30 + i_1]*v_sigmoid_1[(b_0)*30 + i_1];
             }
         }
     }

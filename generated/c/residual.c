@@ -164,10 +164,10 @@ void residual_forward(const real *params, const residual_real *v_x, real *output
             for (int j_3 = 0; j_3 < 8; j_3++) {
                 for (int k_8 = 0; k_8 < 8; k_8++) {
                     real r2 = 0;
-                    for (int ci_11 = 0; ci_11 < 8; ci_11++) {
-                        for (int p_12 = 0; p_12 < 3; p_12++) {
-                            for (int q_13 = 0; q_13 < 3; q_13++) {
-                                r2 += v_conv2d_3_weight[(i_2)*72 + (ci_11)*9 + (p_12)*3 + q_13]*(((p_12 + j_3 - 1) >= 0 && (p_12 + j_3 - 1) < 8 && (q_13 + k_8 - 1) >= 0 && (q_13 + k_8 - 1) < 8) ? v_relu_2[(b_0)*512 + (ci_11)*64 + (p_12 + j_3 - 1)*8 + q_13 + k_8 - 1] : (real)0);
+                    for (int ci_5 = 0; ci_5 < 8; ci_5++) {
+                        for (int p_6 = 0; p_6 < 3; p_6++) {
+                            for (int q_7 = 0; q_7 < 3; q_7++) {
+                                r2 += v_conv2d_3_weight[(i_2)*72 + (ci_5)*9 + (p_6)*3 + q_7]*(((j_3 + p_6 - 1) >= 0 && (j_3 + p_6 - 1) < 8 && (k_8 + q_7 - 1) >= 0 && (k_8 + q_7 - 1) < 8) ? v_relu_2[(b_0)*512 + (ci_5)*64 + (j_3 + p_6 - 1)*8 + k_8 + q_7 - 1] : (real)0);
                             }
                         }
                     }
@@ -189,16 +189,16 @@ void residual_forward(const real *params, const residual_real *v_x, real *output
     /* avgpool2d_1: avgpool2d_1[b, ch, i, j] = Σ_p,q block[b, ch, p + 2*i, q + 2*j]/4  [#fwd-avgpool2d_1] */
     /* flatten_1: flatten_1[b, j + 4*i + 16*ch] = avgpool2d_1[b, ch, i, j]  [#fwd-flatten_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ch_14 = 0; ch_14 < 8; ch_14++) {
+        for (int ch_11 = 0; ch_11 < 8; ch_11++) {
             for (int i_2 = 0; i_2 < 4; i_2++) {
                 for (int j_3 = 0; j_3 < 4; j_3++) {
                     real r3 = 0;
-                    for (int p_16 = 0; p_16 < 2; p_16++) {
-                        for (int q_17 = 0; q_17 < 2; q_17++) {
-                            r3 += v_block[(b_0)*512 + (ch_14)*64 + (p_16 + 2*i_2)*8 + q_17 + 2*j_3];
+                    for (int p_6 = 0; p_6 < 2; p_6++) {
+                        for (int q_7 = 0; q_7 < 2; q_7++) {
+                            r3 += v_block[(b_0)*512 + (ch_11)*64 + (2*i_2 + p_6)*8 + 2*j_3 + q_7];
                         }
                     }
-                    v_flatten_1[(b_0)*128 + 16*ch_14 + 4*i_2 + j_3] = (((real)0.25))*r3;
+                    v_flatten_1[(b_0)*128 + 16*ch_11 + 4*i_2 + j_3] = (((real)0.25))*r3;
                 }
             }
         }
@@ -207,9 +207,9 @@ void residual_forward(const real *params, const residual_real *v_x, real *output
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 10; i_2++) {
             real r4_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-            for (int jo_19 = 0; jo_19 < 16; jo_19++) {
-                for (int u_20 = 0; u_20 < 8; u_20++) {
-                    r4_p[u_20] += v_dense_1_weight[(i_2)*128 + 8*jo_19 + u_20]*v_flatten_1[(b_0)*128 + 8*jo_19 + u_20];
+            for (int jo_14 = 0; jo_14 < 16; jo_14++) {
+                for (int u_15 = 0; u_15 < 8; u_15++) {
+                    r4_p[u_15] += v_dense_1_weight[(i_2)*128 + 8*jo_14 + u_15]*v_flatten_1[(b_0)*128 + 8*jo_14 + u_15];
                 }
             }
             real r4 = (((r4_p[0] + r4_p[1]) + (r4_p[2] + r4_p[3])) + ((r4_p[4] + r4_p[5]) + (r4_p[6] + r4_p[7])));
@@ -313,10 +313,10 @@ real residual_loss(const real *params, const residual_real *v_x, const residual_
             for (int j_3 = 0; j_3 < 8; j_3++) {
                 for (int k_8 = 0; k_8 < 8; k_8++) {
                     real r2 = 0;
-                    for (int ci_11 = 0; ci_11 < 8; ci_11++) {
-                        for (int p_12 = 0; p_12 < 3; p_12++) {
-                            for (int q_13 = 0; q_13 < 3; q_13++) {
-                                r2 += v_conv2d_3_weight[(i_2)*72 + (ci_11)*9 + (p_12)*3 + q_13]*(((p_12 + j_3 - 1) >= 0 && (p_12 + j_3 - 1) < 8 && (q_13 + k_8 - 1) >= 0 && (q_13 + k_8 - 1) < 8) ? v_relu_2[(b_0)*512 + (ci_11)*64 + (p_12 + j_3 - 1)*8 + q_13 + k_8 - 1] : (real)0);
+                    for (int ci_5 = 0; ci_5 < 8; ci_5++) {
+                        for (int p_6 = 0; p_6 < 3; p_6++) {
+                            for (int q_7 = 0; q_7 < 3; q_7++) {
+                                r2 += v_conv2d_3_weight[(i_2)*72 + (ci_5)*9 + (p_6)*3 + q_7]*(((j_3 + p_6 - 1) >= 0 && (j_3 + p_6 - 1) < 8 && (k_8 + q_7 - 1) >= 0 && (k_8 + q_7 - 1) < 8) ? v_relu_2[(b_0)*512 + (ci_5)*64 + (j_3 + p_6 - 1)*8 + k_8 + q_7 - 1] : (real)0);
                             }
                         }
                     }
@@ -338,16 +338,16 @@ real residual_loss(const real *params, const residual_real *v_x, const residual_
     /* avgpool2d_1: avgpool2d_1[b, ch, i, j] = Σ_p,q block[b, ch, p + 2*i, q + 2*j]/4  [#fwd-avgpool2d_1] */
     /* flatten_1: flatten_1[b, j + 4*i + 16*ch] = avgpool2d_1[b, ch, i, j]  [#fwd-flatten_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ch_14 = 0; ch_14 < 8; ch_14++) {
+        for (int ch_11 = 0; ch_11 < 8; ch_11++) {
             for (int i_2 = 0; i_2 < 4; i_2++) {
                 for (int j_3 = 0; j_3 < 4; j_3++) {
                     real r3 = 0;
-                    for (int p_16 = 0; p_16 < 2; p_16++) {
-                        for (int q_17 = 0; q_17 < 2; q_17++) {
-                            r3 += v_block[(b_0)*512 + (ch_14)*64 + (p_16 + 2*i_2)*8 + q_17 + 2*j_3];
+                    for (int p_6 = 0; p_6 < 2; p_6++) {
+                        for (int q_7 = 0; q_7 < 2; q_7++) {
+                            r3 += v_block[(b_0)*512 + (ch_11)*64 + (2*i_2 + p_6)*8 + 2*j_3 + q_7];
                         }
                     }
-                    v_flatten_1[(b_0)*128 + 16*ch_14 + 4*i_2 + j_3] = (((real)0.25))*r3;
+                    v_flatten_1[(b_0)*128 + 16*ch_11 + 4*i_2 + j_3] = (((real)0.25))*r3;
                 }
             }
         }
@@ -356,9 +356,9 @@ real residual_loss(const real *params, const residual_real *v_x, const residual_
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 10; i_2++) {
             real r4_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-            for (int jo_19 = 0; jo_19 < 16; jo_19++) {
-                for (int u_20 = 0; u_20 < 8; u_20++) {
-                    r4_p[u_20] += v_dense_1_weight[(i_2)*128 + 8*jo_19 + u_20]*v_flatten_1[(b_0)*128 + 8*jo_19 + u_20];
+            for (int jo_14 = 0; jo_14 < 16; jo_14++) {
+                for (int u_15 = 0; u_15 < 8; u_15++) {
+                    r4_p[u_15] += v_dense_1_weight[(i_2)*128 + 8*jo_14 + u_15]*v_flatten_1[(b_0)*128 + 8*jo_14 + u_15];
                 }
             }
             real r4 = (((r4_p[0] + r4_p[1]) + (r4_p[2] + r4_p[3])) + ((r4_p[4] + r4_p[5]) + (r4_p[6] + r4_p[7])));
@@ -496,10 +496,10 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
             for (int j_3 = 0; j_3 < 8; j_3++) {
                 for (int k_8 = 0; k_8 < 8; k_8++) {
                     real r2 = 0;
-                    for (int ci_11 = 0; ci_11 < 8; ci_11++) {
-                        for (int p_12 = 0; p_12 < 3; p_12++) {
-                            for (int q_13 = 0; q_13 < 3; q_13++) {
-                                r2 += v_conv2d_3_weight[(i_2)*72 + (ci_11)*9 + (p_12)*3 + q_13]*(((p_12 + j_3 - 1) >= 0 && (p_12 + j_3 - 1) < 8 && (q_13 + k_8 - 1) >= 0 && (q_13 + k_8 - 1) < 8) ? v_relu_2[(b_0)*512 + (ci_11)*64 + (p_12 + j_3 - 1)*8 + q_13 + k_8 - 1] : (real)0);
+                    for (int ci_5 = 0; ci_5 < 8; ci_5++) {
+                        for (int p_6 = 0; p_6 < 3; p_6++) {
+                            for (int q_7 = 0; q_7 < 3; q_7++) {
+                                r2 += v_conv2d_3_weight[(i_2)*72 + (ci_5)*9 + (p_6)*3 + q_7]*(((j_3 + p_6 - 1) >= 0 && (j_3 + p_6 - 1) < 8 && (k_8 + q_7 - 1) >= 0 && (k_8 + q_7 - 1) < 8) ? v_relu_2[(b_0)*512 + (ci_5)*64 + (j_3 + p_6 - 1)*8 + k_8 + q_7 - 1] : (real)0);
                             }
                         }
                     }
@@ -521,16 +521,16 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
     /* avgpool2d_1: avgpool2d_1[b, ch, i, j] = Σ_p,q block[b, ch, p + 2*i, q + 2*j]/4  [#fwd-avgpool2d_1] */
     /* flatten_1: flatten_1[b, j + 4*i + 16*ch] = avgpool2d_1[b, ch, i, j]  [#fwd-flatten_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ch_14 = 0; ch_14 < 8; ch_14++) {
+        for (int ch_11 = 0; ch_11 < 8; ch_11++) {
             for (int i_2 = 0; i_2 < 4; i_2++) {
                 for (int j_3 = 0; j_3 < 4; j_3++) {
                     real r3 = 0;
-                    for (int p_16 = 0; p_16 < 2; p_16++) {
-                        for (int q_17 = 0; q_17 < 2; q_17++) {
-                            r3 += v_block[(b_0)*512 + (ch_14)*64 + (p_16 + 2*i_2)*8 + q_17 + 2*j_3];
+                    for (int p_6 = 0; p_6 < 2; p_6++) {
+                        for (int q_7 = 0; q_7 < 2; q_7++) {
+                            r3 += v_block[(b_0)*512 + (ch_11)*64 + (2*i_2 + p_6)*8 + 2*j_3 + q_7];
                         }
                     }
-                    v_flatten_1[(b_0)*128 + 16*ch_14 + 4*i_2 + j_3] = (((real)0.25))*r3;
+                    v_flatten_1[(b_0)*128 + 16*ch_11 + 4*i_2 + j_3] = (((real)0.25))*r3;
                 }
             }
         }
@@ -539,9 +539,9 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_2 = 0; i_2 < 10; i_2++) {
             real r4_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-            for (int jo_19 = 0; jo_19 < 16; jo_19++) {
-                for (int u_20 = 0; u_20 < 8; u_20++) {
-                    r4_p[u_20] += v_dense_1_weight[(i_2)*128 + 8*jo_19 + u_20]*v_flatten_1[(b_0)*128 + 8*jo_19 + u_20];
+            for (int jo_14 = 0; jo_14 < 16; jo_14++) {
+                for (int u_15 = 0; u_15 < 8; u_15++) {
+                    r4_p[u_15] += v_dense_1_weight[(i_2)*128 + 8*jo_14 + u_15]*v_flatten_1[(b_0)*128 + 8*jo_14 + u_15];
                 }
             }
             real r4 = (((r4_p[0] + r4_p[1]) + (r4_p[2] + r4_p[3])) + ((r4_p[4] + r4_p[5]) + (r4_p[6] + r4_p[7])));

@@ -103,8 +103,8 @@ void xor_forward(const real *params, const xor_real *v_x, real *output, int batc
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 1; i_1++) {
             real r1 = 0;
-            for (int j_5 = 0; j_5 < 4; j_5++) {
-                r1 += v_dense_2_weight[(i_1)*4 + j_5]*v_h[(b_0)*4 + j_5];
+            for (int j_3 = 0; j_3 < 4; j_3++) {
+                r1 += v_dense_2_weight[(i_1)*4 + j_3]*v_h[(b_0)*4 + j_3];
             }
             v_p[b_0 + i_1] = nncc_sigmoid(r1 + v_dense_2_bias[i_1]);
         }
@@ -147,8 +147,8 @@ real xor_loss(const real *params, const xor_real *v_x, const xor_real *v_y, int 
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 1; i_1++) {
             real r1 = 0;
-            for (int j_5 = 0; j_5 < 4; j_5++) {
-                r1 += v_dense_2_weight[(i_1)*4 + j_5]*v_h[(b_0)*4 + j_5];
+            for (int j_3 = 0; j_3 < 4; j_3++) {
+                r1 += v_dense_2_weight[(i_1)*4 + j_3]*v_h[(b_0)*4 + j_3];
             }
             v_p[b_0 + i_1] = nncc_sigmoid(r1 + v_dense_2_bias[i_1]);
         }
@@ -196,8 +196,8 @@ real xor_loss_and_grad(const real *params, const xor_real *v_x, const xor_real *
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 1; i_1++) {
             real r1 = 0;
-            for (int j_5 = 0; j_5 < 4; j_5++) {
-                r1 += v_dense_2_weight[(i_1)*4 + j_5]*v_h[(b_0)*4 + j_5];
+            for (int j_3 = 0; j_3 < 4; j_3++) {
+                r1 += v_dense_2_weight[(i_1)*4 + j_3]*v_h[(b_0)*4 + j_3];
             }
             v_p[b_0 + i_1] = nncc_sigmoid(r1 + v_dense_2_bias[i_1]);
         }
@@ -247,9 +247,9 @@ real xor_loss_and_grad(const real *params, const xor_real *v_x, const xor_real *
         }
     }
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int i_3 = 0; i_3 < 1; i_3++) {
+        for (int ip_3 = 0; ip_3 < 1; ip_3++) {
             for (int i_1 = 0; i_1 < 4; i_1++) {
-                dv_dense_1[(b_0)*4 + i_1] += (1 - ((v_h[(b_0)*4 + i_1])*(v_h[(b_0)*4 + i_1])))*dv_dense_2[b_0 + i_3]*v_dense_2_weight[(i_3)*4 + i_1];
+                dv_dense_1[(b_0)*4 + i_1] += (1 - ((v_h[(b_0)*4 + i_1])*(v_h[(b_0)*4 + i_1])))*dv_dense_2[b_0 + ip_3]*v_dense_2_weight[(ip_3)*4 + i_1];
             }
         }
     }

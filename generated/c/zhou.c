@@ -103,8 +103,8 @@ void zhou_forward(const real *params, const zhou_real *v_x, real *output, int ba
     for (int s_0 = 0; s_0 < batch; s_0++) {
         for (int i_1 = 0; i_1 < 3; i_1++) {
             real r1 = 0;
-            for (int j_5 = 0; j_5 < 5; j_5++) {
-                r1 += v_b[(s_0)*5 + j_5]*v_out_weight[(i_1)*5 + j_5];
+            for (int j_3 = 0; j_3 < 5; j_3++) {
+                r1 += v_b[(s_0)*5 + j_3]*v_out_weight[(i_1)*5 + j_3];
             }
             v_yhat[(s_0)*3 + i_1] = nncc_sigmoid(r1 + v_out_bias[i_1]);
         }
@@ -147,8 +147,8 @@ real zhou_loss(const real *params, const zhou_real *v_x, const zhou_real *v_y, i
     for (int s_0 = 0; s_0 < batch; s_0++) {
         for (int i_1 = 0; i_1 < 3; i_1++) {
             real r1 = 0;
-            for (int j_5 = 0; j_5 < 5; j_5++) {
-                r1 += v_b[(s_0)*5 + j_5]*v_out_weight[(i_1)*5 + j_5];
+            for (int j_3 = 0; j_3 < 5; j_3++) {
+                r1 += v_b[(s_0)*5 + j_3]*v_out_weight[(i_1)*5 + j_3];
             }
             v_yhat[(s_0)*3 + i_1] = nncc_sigmoid(r1 + v_out_bias[i_1]);
         }
@@ -196,8 +196,8 @@ real zhou_loss_and_grad(const real *params, const zhou_real *v_x, const zhou_rea
     for (int s_0 = 0; s_0 < batch; s_0++) {
         for (int i_1 = 0; i_1 < 3; i_1++) {
             real r1 = 0;
-            for (int j_5 = 0; j_5 < 5; j_5++) {
-                r1 += v_b[(s_0)*5 + j_5]*v_out_weight[(i_1)*5 + j_5];
+            for (int j_3 = 0; j_3 < 5; j_3++) {
+                r1 += v_b[(s_0)*5 + j_3]*v_out_weight[(i_1)*5 + j_3];
             }
             v_yhat[(s_0)*3 + i_1] = nncc_sigmoid(r1 + v_out_bias[i_1]);
         }
@@ -247,9 +247,9 @@ real zhou_loss_and_grad(const real *params, const zhou_real *v_x, const zhou_rea
         }
     }
     for (int s_0 = 0; s_0 < batch; s_0++) {
-        for (int i_3 = 0; i_3 < 3; i_3++) {
+        for (int ip_3 = 0; ip_3 < 3; ip_3++) {
             for (int i_1 = 0; i_1 < 5; i_1++) {
-                dv_hidden[(s_0)*5 + i_1] += -(v_b[(s_0)*5 + i_1] - 1)*v_b[(s_0)*5 + i_1]*dv_out[(s_0)*3 + i_3]*v_out_weight[(i_3)*5 + i_1];
+                dv_hidden[(s_0)*5 + i_1] += -(v_b[(s_0)*5 + i_1] - 1)*v_b[(s_0)*5 + i_1]*dv_out[(s_0)*3 + ip_3]*v_out_weight[(ip_3)*5 + i_1];
             }
         }
     }
