@@ -11,40 +11,59 @@ from .errors import NNError, escape
 from .output import (InputError, Interrupted, OutputError, check_interrupted, read_model, report_stdout_failure,
                      signals_raise, stamp_c_pair, write_atomically, write_files)
 
-__all__ = ["main", "explain_main", "write_atomically"]
+__all__ = ["main", "write_atomically"]
+
+
+COMMANDS = ("compile", "explain")
+FORMATS = {".tex": "tex", ".md": "md", ".markdown": "md", ".html": "html", ".htm": "html"}
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="nncc",
-        description="Compile a .nn network description into a standalone numpy module that computes "
-                    "the forward pass, the loss, every gradient (derived symbolically) and an SGD step.")
-    p.add_argument("model", help="the .nn file to compile (or: nncc explain MODEL.nn -o OUT.html)")
-    p.add_argument("-o", "--output", help="where to write the module (default: MODEL with .py); with "
+        description="Compile a .nn network description into a standalone numpy module (or C) that\n"
+                    "computes the forward pass, the loss, every gradient (derived symbolically) and an\n"
+                    "SGD step; or write that derivation as a document.",
+        epilog="nncc MODEL.nn is short for nncc compile MODEL.nn. Examples:\n"
+               "  nncc model.nn -o model.py\n"
+               "  nncc model.nn --backend c -o build/\n"
+               "  nncc explain model.nn -o model.html\n"
+               "A model file called compile or explain: nncc compile ./explain",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"nncc {__version__}")
+    commands = p.add_subparsers(dest="command", metavar="COMMAND")
+    c = commands.add_parser(
+        "compile", help="compile a .nn file (the default command)",
+        description="Compile a .nn file into a numpy module (default), C99 sources or a cffi module.")
+    c.add_argument("model", help="the .nn file to compile")
+    c.add_argument("-o", "--output", help="where to write the module (default: MODEL with .py); with "
                                            "--backend c, a folder (ending in /) for NAME.h and NAME.c, or a "
                                            ".py file for a Python module that builds the C with cffi")
-    p.add_argument("--backend", choices=["numpy", "c"], default="numpy",
+    c.add_argument("--backend", choices=["numpy", "c"], default="numpy",
                    help="numpy (default): a module importing only numpy; c: C99 sources or a cffi module")
     # no default here, so that a --dtype the chosen output cannot honour is reported
-    p.add_argument("--dtype", choices=["float32", "float64"],
+    c.add_argument("--dtype", choices=["float32", "float64"],
                    help="the C sources' real type (float or double); default float32")
-    p.add_argument("--version", action="version", version=f"nncc {__version__}")
-    return p
-
-
-FORMATS = {".tex": "tex", ".md": "md", ".markdown": "md", ".html": "html", ".htm": "html"}
-
-
-def _explain_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="nncc explain",
+    e = commands.add_parser(
+        "explain", help="write the derivation of the gradients as LaTeX, Markdown or HTML",
         description="Write the derivation of a network's gradients as LaTeX, Markdown or HTML: each "
                     "operator's element formula, Jacobian, backward formula and matrix form, then the "
                     "chain from the loss back to the first layer.")
-    p.add_argument("model", help="the .nn file")
-    p.add_argument("-o", "--output", help="the document to write (.tex, .md or .html); stdout if omitted")
-    p.add_argument("--format", choices=["tex", "md", "html"], help="override the format the suffix implies")
+    e.add_argument("model", help="the .nn file")
+    e.add_argument("-o", "--output", help="the document to write (.tex, .md or .html); stdout if omitted")
+    e.add_argument("--format", choices=["tex", "md", "html"], help="override the format the suffix implies")
     return p
+
+
+def _arguments(argv) -> argparse.Namespace:
+    """The parsed command line; a first argument that names no command (a model file, an
+    option) means `compile`."""
+    parser = _parser()
+    if not argv:
+        parser.error("give a .nn file to compile, or a command (see nncc --help)")
+    if argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version"):
+        argv = ["compile", *argv]
+    return parser.parse_args(argv)
 
 
 def _error(message: str) -> None:
@@ -60,8 +79,7 @@ def _read(path: str):
     return None
 
 
-def explain_main(argv) -> int:
-    args = _explain_parser().parse_args(argv)
+def _explain(args) -> int:
     fmt = args.format
     if fmt is None:
         if args.output is None:
@@ -120,10 +138,8 @@ def main(argv=None) -> int:
     # then quietly, with the shell's status for that signal
     try:
         with signals_raise():
-            # `nncc explain` alone compiles a model file called explain, if there is one
-            if argv and argv[0] == "explain" and (len(argv) > 1 or not Path("explain").is_file()):
-                return explain_main(argv[1:])
-            return _compile_main(argv)
+            args = _arguments(argv)
+            return _explain(args) if args.command == "explain" else _compile(args)
     except Interrupted as exc:
         return 128 + exc.signum
     except KeyboardInterrupt:
@@ -138,8 +154,7 @@ def main(argv=None) -> int:
         raise
 
 
-def _compile_main(argv) -> int:
-    args = _parser().parse_args(argv)
+def _compile(args) -> int:
     src_path = Path(args.model)
     source = _read(args.model)
     if source is None:

@@ -325,6 +325,23 @@ def test_help(tmp_path):
     assert proc.returncode == 0
     assert proc.stdout.startswith("usage: nncc")
     assert "-o" in proc.stdout and "--version" in proc.stdout
+    assert "compile" in proc.stdout and "explain" in proc.stdout  # the commands, listed
+    for command in ("compile", "explain"):
+        sub = run_cli([command, "--help"], tmp_path)
+        assert sub.returncode == 0 and sub.stdout.startswith(f"usage: nncc {command}") and "-o" in sub.stdout
+
+
+def test_compile_is_the_default_command_and_can_be_named(tmp_path):
+    model = nn_zoo.program("m", "a = x |> dense(3)\nloss = quadratic(a, y)")
+    for name in ("m.nn", "explain", "compile"):  # a model file may be called like a command
+        (tmp_path / name).write_text(model)
+    assert run_cli(["m.nn", "-o", "a.py"], tmp_path).returncode == 0
+    assert run_cli(["compile", "m.nn", "-o", "b.py"], tmp_path).returncode == 0
+    assert run_cli(["compile", "explain", "-o", "c.py"], tmp_path).returncode == 0
+    assert run_cli(["./compile", "-o", "d.py"], tmp_path).returncode == 0
+    assert (tmp_path / "b.py").read_text() == (tmp_path / "a.py").read_text()  # the same module either way
+    bare = run_cli([], tmp_path)
+    assert bare.returncode == 2 and "nncc --help" in bare.stderr and "Traceback" not in bare.stderr
 
 
 def test_missing_input_file(tmp_path):
