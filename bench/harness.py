@@ -47,7 +47,7 @@ def load_generated(source_path: Path, backend: str = "numpy"):
     if backend == "numpy":
         text = compiled.numpy_module()
     else:
-        from nncc.c_backend import render_c_module
+        from nncc.backends.c.codegen import render_c_module
         text = render_c_module(compiled)
     return import_text(text, f"{source_path.stem}_{backend}")
 

@@ -4,7 +4,9 @@
     nncc.load_module(text, file)    -> the generated module, imported
     nncc.explain(path_or_source)    -> the derivation; renders as LaTeX, Markdown, HTML
 """
-__version__ = "0.1.0"
+from .version import __version__
+
+__all__ = ["__version__", "compile_source", "load_module", "explain"]
 
 
 def compile_source(source, file="<string>"):
@@ -19,5 +21,5 @@ def load_module(source, file="<string>", name=None):
 
 def explain(path_or_source, file=None):
     """The derivation of a network's gradients, from a .nn path or its source text."""
-    from .document import explain as run
+    from .explanation.document import explain as run
     return run(path_or_source, file)

@@ -4,12 +4,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
-from . import ir
-from .build import compile_graph
-from .derive import derive_graph
-from .lower import Plan, plan
-from .numpy_backend import render
-from .program import Program, build
+from .graph import ir
+from .graph.build import compile_graph
+from .autodiff.derive import derive_graph
+from .backends.numpy.lower import Plan, plan
+from .backends.numpy.module import render
+from .schedule.program import Program, build
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__
+from .version import __version__
 from .errors import NNError, escape
 from .output import (InputError, Interrupted, OutputError, check_interrupted, read_model, report_stdout_failure,
                      signals_raise, stamp_c_pair, write_atomically, write_files)
@@ -93,7 +93,7 @@ def _explain(args) -> int:
     source = _read(args.model)
     if source is None:
         return 1
-    from .document import build
+    from .explanation.document import build
     from .api import compile_source
     try:
         text = build(compile_source(source, str(args.model))).render(fmt)
@@ -187,11 +187,11 @@ def _compile(args) -> int:
         if args.backend == "numpy":
             files = {out: compiled.numpy_module()}
         elif c_files:
-            from .c_backend import render_c_files
+            from .backends.c.codegen import render_c_files
             dtype = args.dtype or "float32"
             files = stamp_c_pair({out / name: text for name, text in render_c_files(compiled, dtype).items()})
         else:
-            from .c_backend import render_c_module
+            from .backends.c.codegen import render_c_module
             files = {out: render_c_module(compiled)}
     except Exception as exc:  # noqa: BLE001 - a user sees a message, never a traceback
         return _compile_failed(exc, args.model)

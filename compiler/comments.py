@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from sympy.printing.str import StrPrinter
 
-from .derive import B
+from .autodiff.derive import B
 
 
 class FormulaText(StrPrinter):

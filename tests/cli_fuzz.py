@@ -983,8 +983,8 @@ def _warm_up() -> None:
     import numpy  # noqa: F401
     import nncc.cli  # noqa: F401
     from nncc.api import compile_source
-    from nncc.c_backend import render_c_files
-    from nncc.document import build
+    from nncc.backends.c.codegen import render_c_files
+    from nncc.explanation.document import build
     compiled = compile_source((mutate.EXAMPLES / "lenet.nn").read_text(), "warm.nn")
     compiled.numpy_module()
     render_c_files(compiled)

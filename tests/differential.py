@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nncc.api import compile_source
-from nncc.c_backend import render_c_module
+from nncc.backends.c.codegen import render_c_module
 from nncc.errors import NNError
 
 WARNING_FLAGS = ["-Wall", "-Wextra", "-Werror"]

@@ -16,8 +16,8 @@ GENERATED = ROOT / "generated"
 def expected() -> dict[Path, str]:
     """Each golden file and the text the compiler gives for it now."""
     from nncc.api import compile_source
-    from nncc.c_backend import render_c_files
-    from nncc.document import build
+    from nncc.backends.c.codegen import render_c_files
+    from nncc.explanation.document import build
 
     out = {}
     for src in sorted(EXAMPLES.glob("*.nn")):

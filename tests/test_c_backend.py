@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from nncc.api import compile_source, load_module
-from nncc.c_backend import render_c_files, render_c_module
+from nncc.backends.c.codegen import render_c_files, render_c_module
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.nn"))

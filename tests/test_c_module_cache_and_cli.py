@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from nncc.api import compile_source
-from nncc.c_backend import render_c_files, render_c_module
+from nncc.backends.c.codegen import render_c_files, render_c_module
 from nncc.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent

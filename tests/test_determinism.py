@@ -94,8 +94,8 @@ import hashlib, json, random, sys
 sys.path.insert(0, sys.argv[1])
 from program_generator import generate
 from nncc.api import compile_source
-from nncc.c_backend import render_c_files
-from nncc.document import build
+from nncc.backends.c.codegen import render_c_files
+from nncc.explanation.document import build
 from nncc.errors import NNError
 out = {}
 for seed in map(int, sys.argv[2:]):

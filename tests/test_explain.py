@@ -10,10 +10,10 @@ import sympy as sp
 
 import nncc
 from nncc.api import compile_source
-from nncc.derive import B
-from nncc.document import FormulaLatex, build
+from nncc.autodiff.derive import B
+from nncc.explanation.document import FormulaLatex, build
 from nncc.naming import backward_anchor, forward_anchor, grad_name, var
-from nncc.symbolic import FirstArgmax, LogSumExp, MaxOver, Where, real_base
+from nncc.ops.symbolic import FirstArgmax, LogSumExp, MaxOver, Where, real_base
 from sympy.concrete.expr_with_limits import ExprWithLimits
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from nncc.api import compile_source, load_module
-from nncc.c_backend import render_c_files, render_c_module
+from nncc.backends.c.codegen import render_c_files, render_c_module
 from nncc.literals import real_literal
 
 CC = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
@@ -254,7 +254,7 @@ def test_a_long_pipe_of_elementwise_steps_stays_within_pythons_nesting_limit():
 def test_a_long_sum_is_explained_in_linear_work():
     """The matrix form of a generated line renders each operand once (it was twice per
     level of the expression tree: 2^22 visits here)."""
-    from nncc.document import build
+    from nncc.explanation.document import build
     src = "input x: [3]\ntarget y: [3]\nh = x |> dense(3)\na = " + " + ".join(["h"] * 22) + \
           "\nloss = quadratic(a, y)\n"
     text = build(compile_source(src, "<sum>")).render("md")
@@ -266,7 +266,7 @@ def test_a_long_pipe_is_explained_with_formulas_of_bounded_size():
     composed of the steps before it, was a where() nested that deep for each of 300 steps
     (megabytes of LaTeX, half a minute of latex2mathml): beyond a size it is left out."""
     import sympy as sp
-    from nncc.document import COMPOSED_LIMIT, build
+    from nncc.explanation.document import COMPOSED_LIMIT, build
     doc = build(compile_source("input x: [2]\ntarget y: [2]\nh = x |> dense(2)" + " |> relu" * 300 + "\nloss = quadratic(h, y)\n",
                                "<pipe>"))
     composed = [f.rhs for sec in doc.sections for st in getattr(sec, "steps", []) for f in st.formulas

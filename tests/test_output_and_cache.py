@@ -29,7 +29,7 @@ import pytest
 
 from nncc import output
 from nncc.api import compile_source, load_module
-from nncc.c_backend import render_c_module
+from nncc.backends.c.codegen import render_c_module
 from nncc.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent

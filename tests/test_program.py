@@ -10,10 +10,10 @@ from pathlib import Path
 import sympy as sp
 
 from nncc.api import compile_source
-from nncc.c_backend import render_c_files
-from nncc.derive import B
+from nncc.backends.c.codegen import render_c_files
+from nncc.autodiff.derive import B
 from nncc.naming import grad_name
-from nncc.program import MAX_FUSED_DEPTH
+from nncc.schedule.program import MAX_FUSED_DEPTH
 
 MLP = "input x: [3]\ntarget y: [2]\nh = x |> dense(4) |> tanh\na = h |> dense(2) |> sigmoid\nloss = quadratic(a, y)\n"
 
@@ -93,8 +93,11 @@ def test_both_backends_compute_the_programs_statements():
 def test_no_backend_lowers_what_another_does():
     root = Path(__file__).resolve().parents[1] / "compiler"
 
-    def imports(name):
-        tree = ast.parse((root / name).read_text())
-        return {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
-    assert "lower" not in imports("c_backend.py") and "c_backend" not in imports("lower.py")
-    assert "program" in imports("c_backend.py") and "program" in imports("lower.py")
+    def imports(path):
+        tree = ast.parse((root / path).read_text())
+        return {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+
+    c_side = set().union(*(imports(p.relative_to(root)) for p in (root / "backends" / "c").glob("*.py")))
+    numpy_side = set().union(*(imports(p.relative_to(root)) for p in (root / "backends" / "numpy").glob("*.py")))
+    assert not any("numpy" in m for m in c_side) and not any(m.endswith("c.codegen") or m == "c" for m in numpy_side)
+    assert any(m.endswith("schedule.program") for m in c_side) and any(m.endswith("schedule.program") for m in numpy_side)

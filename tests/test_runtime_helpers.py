@@ -1,4 +1,4 @@
-"""The numpy modules' runtime helpers (compiler/runtime/numpy_helpers.py), tested as the
+"""The numpy modules' runtime helpers (compiler/backends/numpy/runtime.py), tested as the
 functions they are, and copied verbatim into the modules that call them."""
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from nncc.api import compile_source
-from nncc.numpy_backend import helper_source
-from nncc.runtime import numpy_helpers as h
+from nncc.backends.numpy.module import helper_source
+from nncc.backends.numpy import runtime as h
 
 RNG = np.random.default_rng(7)
 

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 import sympy as sp
 from sympy.printing.c import C99CodePrinter
 
-from .derive import B
-from .errors import generating
-from .literals import real_literal
-from .naming import grad_name
-from .primitives import lookup
-from .program import Program
-from .symbolic import FirstArgmax, LogSumExp, MaxOver, real_base, sum_terms
+from ...autodiff.derive import B
+from ...errors import generating
+from ...literals import real_literal
+from ...naming import grad_name
+from ...ops.primitives import lookup
+from ...schedule.program import Program
+from ...ops.symbolic import FirstArgmax, LogSumExp, MaxOver, real_base, sum_terms
 
 
 def cname(name: str) -> str:
@@ -602,8 +602,8 @@ def _pointers_used(named: set, params: list[dict], work: list[dict], arrays: lis
 
 def render_c(plan: CPlan, standalone: bool = True) -> tuple[str, str]:
     """(header, source) text for a C plan."""
-    from . import __version__
-    from .templating import environment
+    from ...version import __version__
+    from ...templating import environment
     P = plan.name.upper()
     arrays = [dict(name=n, upper=c[2:].upper(), size=int(sp.Mul(*s)) if s else 1, shape=list(s))
               for n, c, s in plan.inputs + plan.targets]
@@ -648,9 +648,9 @@ def render_c_files(c, dtype: str = "float32") -> dict:
 
 def render_c_module(c) -> str:
     """A Python module with the numpy module's API that builds and runs the C code (cffi)."""
-    from . import __version__
-    from .pymodule import module_values, shape_text
-    from .templating import environment
+    from ...version import __version__
+    from ..pymodule import module_values, shape_text
+    from ...templating import environment
     parts, cdef, work = [], [], {}
     for suffix, real, dtype in (("f32", "float", "float32"), ("f64", "double", "float64")):
         plan = plan_c(c.program, real)

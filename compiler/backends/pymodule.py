@@ -2,7 +2,7 @@
 the C one: shapes, inits and signatures, from the graph."""
 from __future__ import annotations
 
-from .naming import var
+from ..naming import var
 
 
 def shape_text(shape) -> str:

@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 import sympy as sp
 from sympy.printing.numpy import NumPyPrinter
 
-from .derive import B, row_major
-from .errors import generating
-from .literals import real_literal
-from .naming import grad_name, temp, var
-from .primitives import lookup
-from .program import Program
-from .symbolic import ClampedLog, FirstArgmax, LogSumExp, MaxOver, real_base, sum_terms
+from ...autodiff.derive import B, row_major
+from ...errors import generating
+from ...literals import real_literal
+from ...naming import grad_name, temp, var
+from ...ops.primitives import lookup
+from ...schedule.program import Program
+from ...ops.symbolic import ClampedLog, FirstArgmax, LogSumExp, MaxOver, real_base, sum_terms
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,10 @@ from functools import lru_cache
 import sympy as sp
 from sympy.concrete.expr_with_limits import ExprWithLimits
 
-from . import ir
-from .literals import exact
-from .naming import grad_name
-from .symbolic import FirstArgmax, LogSumExp, MaxOver, Where, index_symbol, real_base
+from ..graph import ir
+from ..literals import exact
+from ..naming import grad_name
+from ..ops.symbolic import FirstArgmax, LogSumExp, MaxOver, Where, index_symbol, real_base
 
 B = sp.Symbol("B", integer=True, positive=True)  # the batch size
 _ELEMENT_INDEX_NAMES = "ijklmn"

@@ -28,13 +28,13 @@ from dataclasses import dataclass
 
 import sympy as sp
 
-from . import ir
-from .comments import formula_text
-from .derive import B, as_scatter
-from .errors import generating
-from .naming import backward_anchor, forward_anchor, grad_name
-from .stabilize import stabilize
-from .symbolic import FirstArgmax, LogSumExp, MaxOver, real_base
+from ..graph import ir
+from ..comments import formula_text
+from ..autodiff.derive import B, as_scatter
+from ..errors import generating
+from ..naming import backward_anchor, forward_anchor, grad_name
+from ..autodiff.stabilize import stabilize
+from ..ops.symbolic import FirstArgmax, LogSumExp, MaxOver, real_base
 
 REDUCTIONS = (sp.Sum, MaxOver, LogSumExp, FirstArgmax)
 

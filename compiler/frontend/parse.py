@@ -16,7 +16,7 @@ from lark import Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
 from . import syntax as S
-from .errors import Loc, NNError, show_char, source_lines
+from ..errors import Loc, NNError, show_char, source_lines
 
 # A newline next to these is a line continuation, not the end of a statement.
 _CONTINUE_AFTER = {",", "|>", "+", "-", "*", "/", "^", "=", ":", "(", "[", "<", ">", "<=", ">=", "==", "!="}

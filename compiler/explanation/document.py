@@ -14,13 +14,13 @@ import sympy as sp
 from sympy.concrete.expr_with_limits import ExprWithLimits
 from sympy.printing.latex import LatexPrinter
 
-from . import __version__
-from .api import Compiled, compile_source
-from .derive import B, batch_index
-from .naming import backward_anchor, forward_anchor, grad_name
-from .primitives import lookup
-from .symbolic import Where, real_base
-from .templating import environment
+from ..version import __version__
+from ..api import Compiled, compile_source
+from ..autodiff.derive import B, batch_index
+from ..naming import backward_anchor, forward_anchor, grad_name
+from ..ops.primitives import lookup
+from ..ops.symbolic import Where, real_base
+from ..templating import environment
 
 
 # ---- formulas ------------------------------------------------------------------------

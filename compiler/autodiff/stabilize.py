@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from .symbolic import ClampedLog, LogSumExp, MaxOver, Sigmoid, Softplus, Where
+from ..ops.symbolic import ClampedLog, LogSumExp, MaxOver, Sigmoid, Softplus, Where
 
 
 def stabilize(e: sp.Expr) -> sp.Expr:

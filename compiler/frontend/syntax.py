@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import Loc
+from ..errors import Loc
 
 
 @dataclass(frozen=True)

@@ -5,10 +5,10 @@ import ast
 from functools import lru_cache
 from importlib import resources
 
-from . import __version__
+from ...version import __version__
 from .lower import Plan
-from .pymodule import module_values
-from .templating import environment
+from ..pymodule import module_values
+from ...templating import environment
 
 # a runtime helper, and the helpers it calls
 _CALLS = {"patches": ("reach",), "unpatches": ("reach",)}
@@ -26,7 +26,7 @@ def render(plan: Plan, graph) -> str:
 
 def helper_source(used) -> str:
     """The source of the runtime helpers `used` and of those they call, in the order of
-    compiler/runtime/numpy_helpers.py, copied verbatim."""
+    backends/numpy/runtime.py, copied verbatim."""
     needed = set(used) | {c for u in used for c in _CALLS.get(u, ())}
     helpers = _helpers()
     unknown = needed - set(helpers)
@@ -38,6 +38,6 @@ def helper_source(used) -> str:
 def _helpers() -> dict:
     """{name without its underscore: source} of the helpers, read as text: importing the
     file would import numpy into the compiler, which does not need it."""
-    text = resources.files("nncc.runtime").joinpath("numpy_helpers.py").read_text(encoding="utf-8")
+    text = resources.files("nncc.backends.numpy").joinpath("runtime.py").read_text(encoding="utf-8")
     return {f.name[1:]: ast.get_source_segment(text, f) for f in ast.parse(text).body
             if isinstance(f, ast.FunctionDef)}

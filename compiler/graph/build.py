@@ -11,13 +11,13 @@ from pathlib import Path
 import sympy as sp
 
 from . import ir
-from . import syntax as S
-from .errors import Loc, NNError, did_you_mean, escape, source_lines
-from .literals import exact
-from .naming import C_MACRO_WORDS, c_macro, grad_name, plain, var
-from .ops import FLOAT_MAX, PRIMITIVES, check_power, OpDef, Registry, TensorArg, define_fn, define_layer
-from .parse import parse, without_bom
-from .symbolic import LogSumExp, MaxOver
+from ..frontend import syntax as S
+from ..errors import Loc, NNError, did_you_mean, escape, source_lines
+from ..literals import exact
+from ..naming import C_MACRO_WORDS, c_macro, grad_name, plain, var
+from ..ops.definitions import FLOAT_MAX, PRIMITIVES, check_power, OpDef, Registry, TensorArg, define_fn, define_layer
+from ..frontend.parse import parse, without_bom
+from ..ops.symbolic import LogSumExp, MaxOver
 
 INITS = ("uniform", "normal", "zeros", "xavier", "he")
 # The most elements one tensor or parameter may have (per sample): C indexes with int and
@@ -28,7 +28,7 @@ MAX_ELEMENTS = 2**31 - 1
 @lru_cache(maxsize=1)
 def prelude() -> Registry:
     """The built-in operators, defined in prelude.nn."""
-    text = resources.files("nncc").joinpath("prelude.nn").read_text(encoding="utf-8")
+    text = resources.files("nncc.ops").joinpath("prelude.nn").read_text(encoding="utf-8")
     reg = Registry()
     for name, fn in PRIMITIVES.items():
         z = sp.Symbol("z", real=True)
@@ -598,7 +598,7 @@ class _Builder:
         return ("normal", 0.0, math.sqrt(2.0 / fan_in))  # he
 
     def _formula_number(self, e, env, op):
-        from .ops import _Scope, to_sympy
+        from ..ops.definitions import _Scope, to_sympy
         scope = _Scope(self.registry, f"the init of a parameter of '{op.name}'")
         for k, v in env.items():
             scope.scalars[k.name] = exact(v)
@@ -645,7 +645,7 @@ def _name_from_file(file: str) -> str:
 def _fan_in(op: OpDef, spec, shape) -> int:
     """Input elements one output element reads through this param: its summed axes."""
     import sympy as sp
-    from .symbolic import real_base
+    from ..ops.symbolic import real_base
     base = real_base(spec.name)
     out = set(op.out_indices)
     fan = 1
@@ -667,7 +667,7 @@ def _pattern(shape, env=None) -> str:
 @lru_cache(maxsize=None)
 def _concat_op(n: int, rest_rank: int) -> OpDef:
     """concat along the first axis: y[i, ...] = a[i, ...] + b[i - n_a, ...] (reads outside are zero)."""
-    from .symbolic import index_symbol, real_base
+    from ..ops.symbolic import index_symbol, real_base
     i = index_symbol("i")
     rest = tuple(index_symbol(f"u{k + 1}") for k in range(rest_rank))  # one per axis, of any rank
     names = [f"x{k + 1}" for k in range(n)]

@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
-from . import syntax as S
-from .errors import Loc, NNError, did_you_mean
-from .literals import exact
+from ..frontend import syntax as S
+from ..errors import Loc, NNError, did_you_mean
+from ..literals import exact
 from .primitives import CALLABLE, DOMAINS, FLOAT_MAX
 from .symbolic import LogSumExp, MaxOver, Where, index_symbol, real_base
 
-# Scalar functions every formula may call (compiler/primitives.py); everything else comes from `fn`s.
+# Scalar functions every formula may call (ops/primitives.py); everything else comes from `fn`s.
 PRIMITIVES = CALLABLE
 REDUCTIONS = ("sum", "mean", "max", "logsumexp")
 

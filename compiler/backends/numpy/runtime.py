@@ -1,5 +1,5 @@
 """The runtime helpers of generated numpy modules, as real source: each function is
-copied verbatim into a module that calls it (compiler/numpy_backend.py), so that the
+copied verbatim into a module that calls it (backends/numpy/module.py), so that the
 module stays standalone and imports only numpy.  Here they are linted and unit-tested.
 """
 import numpy as np

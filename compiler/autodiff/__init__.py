@@ -1,0 +1,1 @@
+"""The graph's formulas -> Jacobians and backward formulas, and their stable forms."""

@@ -1,0 +1,1 @@
+"""The Program rendered: a numpy module, C99 sources and their cffi module."""

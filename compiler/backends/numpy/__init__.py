@@ -1,0 +1,1 @@
+"""The Program as whole-array numpy statements, and the module around them."""

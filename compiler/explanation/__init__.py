@@ -1,0 +1,1 @@
+"""Derivations and the Program -> LaTeX, Markdown and HTML documents."""

@@ -1,0 +1,1 @@
+"""Text -> syntax tree: the lark grammar's parser and the syntax classes."""

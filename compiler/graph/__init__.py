@@ -1,0 +1,1 @@
+"""Syntax tree -> the network graph: nodes, tensors, parameters, shapes and sizes."""

@@ -1,1 +1,0 @@
-"""Code that generated modules carry with them, kept here as source to test."""

@@ -1,0 +1,1 @@
+"""Derivations -> the Program, the one lowered form every backend renders."""
