@@ -530,7 +530,9 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
         }
     }
     /* d_h[b, ci, k, l] = Σ_o,i,j,p,q (conv2d_2.weight[o, ci, p, q]*d_conv2d_2[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_2-h] */
-    for (long n = 0; n < (long)batch*8*4*4; n++) tmp5[n] = 0;
+    for (long n = 0; n < (long)batch*8*4*4; n++) {
+        tmp5[n] = 0;
+    }
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int ci_4 = 0; ci_4 < 8; ci_4++) {
             for (int i_1 = 0; i_1 < 4; i_1++) {
@@ -591,7 +593,9 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
         dv_conv2d_2_bias[o_11] = r2;
     }
     /* d_relu_1[b, ch, k, l] = Σ_i,j,p1,q1 (FirstArgmax(relu_1[b, ch, p1 + 2*i, q1 + 2*j], (p1, 0, 1), (q1, 0, 1))*d_h[b, ch, i, j]*δ(k,p1 + 2*i)*δ(l,q1 + 2*j))  [#bwd-maxpool2d_1-relu_1] */
-    for (long n = 0; n < (long)batch*8*8*8; n++) tmp6[n] = 0;
+    for (long n = 0; n < (long)batch*8*8*8; n++) {
+        tmp6[n] = 0;
+    }
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int ch_14 = 0; ch_14 < 8; ch_14++) {
             for (int i_1 = 0; i_1 < 4; i_1++) {

@@ -637,7 +637,9 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
         }
     }
     /* d_block[b, ch, k, l] = Σ_i,j,p,q (d_avgpool2d_1[b, ch, i, j]*δ(k,p + 2*i)*δ(l,q + 2*j))/4  [#bwd-avgpool2d_1-block] */
-    for (long n = 0; n < (long)batch*8*8*8; n++) tmp5[n] = 0;
+    for (long n = 0; n < (long)batch*8*8*8; n++) {
+        tmp5[n] = 0;
+    }
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int ch_4 = 0; ch_4 < 8; ch_4++) {
             for (int i_1 = 0; i_1 < 4; i_1++) {
@@ -691,7 +693,9 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
         }
     }
     /* d_relu_2[b, ci, k, l] = Σ_o,i,j,p,q (conv2d_3.weight[o, ci, p, q]*d_body[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_3-relu_2] */
-    for (long n = 0; n < (long)batch*8*8*8; n++) tmp6[n] = 0;
+    for (long n = 0; n < (long)batch*8*8*8; n++) {
+        tmp6[n] = 0;
+    }
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int ci_8 = 0; ci_8 < 8; ci_8++) {
             for (int i_1 = 0; i_1 < 8; i_1++) {
@@ -759,7 +763,9 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
         }
     }
     /* d_stem[b, ci, k, l] += Σ_o,i,j,p,q (conv2d_2.weight[o, ci, p, q]*d_conv2d_2[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_2-stem] */
-    for (long n = 0; n < (long)batch*8*8*8; n++) tmp7[n] = 0;
+    for (long n = 0; n < (long)batch*8*8*8; n++) {
+        tmp7[n] = 0;
+    }
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int ci_8 = 0; ci_8 < 8; ci_8++) {
             for (int i_1 = 0; i_1 < 8; i_1++) {

@@ -10,6 +10,7 @@ globals, no printing; `real` is float or double, math through <tgmath.h>.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import sympy as sp
@@ -21,6 +22,7 @@ from ...literals import real_literal
 from ...naming import grad_name
 from ...ops.primitives import lookup
 from ...schedule.program import Program
+from .nodes import Block, Loop, Stmt, render
 from ...ops.symbolic import FirstArgmax, LogSumExp, MaxOver, real_base, sum_terms
 
 
@@ -130,7 +132,8 @@ class CLowerer:
     def __init__(self, buffers: dict, work: list):
         self.buffers = buffers  # tensor/param/grad name -> Buffer
         self.work = work  # shared list of work Buffers (temporaries get appended)
-        self.lines: list[str] = []
+        self.nodes: list = []  # the statements written, as a tree (nodes.py)
+        self._bodies: list = [self.nodes]  # the bodies open for writing, innermost last
         self.ranges: dict = {}
         self.vars: dict = {}  # index symbol -> C loop variable
         self.pending: dict = {}  # placeholder symbol -> reduction computed inside the loop nest
@@ -196,21 +199,37 @@ class CLowerer:
         return int(lo), int(hi)
 
     # ---- loops
-    def _open(self, syms):
-        for s in syms:
-            v = self.loop_var(s)
-            self.lines.append(f"{'    ' * self._depth}for (int {v} = 0; {v} < {self._extent(self.ranges[s])}; {v}++) {{")
-            self._depth += 1
+    @property
+    def lines(self) -> list[str]:
+        return render(self.nodes)
 
-    def _close(self, n):
-        for _ in range(n):
-            self._depth -= 1
-            self.lines.append(f"{'    ' * self._depth}}}")
+    @contextmanager
+    def _loops(self, syms):
+        """Statements written inside are inside a loop over each of syms, outermost first."""
+        depth = len(self._bodies)
+        for s in syms:
+            self._enter(Loop(self.loop_var(s), "0", self._extent(self.ranges[s])))
+        try:
+            yield
+        finally:
+            del self._bodies[depth:]
+
+    @contextmanager
+    def _inside(self, node):
+        """Statements written inside go into node (a Loop or a Block)."""
+        depth = len(self._bodies)
+        self._enter(node)
+        try:
+            yield
+        finally:
+            del self._bodies[depth:]
+
+    def _enter(self, node):
+        self._bodies[-1].append(node)
+        self._bodies.append(node.body)
 
     def _emit(self, text):
-        self.lines.append("    " * self._depth + text)
-
-    _depth = 1
+        self._bodies[-1].append(Stmt(text))
 
     def _temp(self, labels):
         k = len([w for w in self.work if w.name.startswith('tmp')])
@@ -238,12 +257,11 @@ class CLowerer:
         if tuple(st.indices) == loops and self._axpy(buf, loops, expr, st.accumulate):
             return
         expr = self._hoist(expr, list(loops))
-        self._open(loops)
-        expr = self._inline(expr)
-        linear, _ = self._linear(buf, st.indices)
-        op = "+=" if st.accumulate else "="
-        self._emit(f"{buf.name}[{linear}] {op} {_CPrinter(self).doprint(expr)};")
-        self._close(len(loops))
+        with self._loops(loops):
+            expr = self._inline(expr)
+            linear, _ = self._linear(buf, st.indices)
+            op = "+=" if st.accumulate else "="
+            self._emit(f"{buf.name}[{linear}] {op} {_CPrinter(self).doprint(expr)};")
 
     def _axpy(self, buf, loops, expr, accumulate):
         """out[..., k] (+)= c * Σ_v f as a zeroed output and `out[..., k] += c*f` over v and
@@ -268,13 +286,10 @@ class CLowerer:
             self.ranges[v] = hi + 1
         linear, _ = self._linear(buf, loops)
         if not accumulate:
-            self._open(loops)
-            self._emit(f"{buf.name}[{linear}] = 0;")
-            self._close(len(loops))
-        order = [*loops[:-1], *vs, k]
-        self._open(order)
-        self._emit(f"{buf.name}[{linear}] += {_CPrinter(self).doprint(body)};")
-        self._close(len(order))
+            with self._loops(loops):
+                self._emit(f"{buf.name}[{linear}] = 0;")
+        with self._loops([*loops[:-1], *vs, k]):
+            self._emit(f"{buf.name}[{linear}] += {_CPrinter(self).doprint(body)};")
         return True
 
     def _inline(self, e):
@@ -295,11 +310,10 @@ class CLowerer:
             for v, f in fresh.items():
                 self.ranges[f] = self.ranges[v]
             self._emit(f"real {result}_m = -INFINITY; long {result}_best = -1, {result}_k = 0;")
-            self._open(list(fresh.values()))
-            inner = self._inline(body.xreplace(fresh))
-            self._emit(f"{{ real v = {p.doprint(inner)}; if ({result}_best < 0 || v > {result}_m || isnan(v)) "
-                       f"{{ {result}_m = v; {result}_best = {result}_k; }} {result}_k++; }}")
-            self._close(len(vs))
+            with self._loops(list(fresh.values())):
+                inner = self._inline(body.xreplace(fresh))
+                self._emit(f"{{ real v = {p.doprint(inner)}; if ({result}_best < 0 || v > {result}_m || isnan(v)) "
+                           f"{{ {result}_m = v; {result}_best = {result}_k; }} {result}_k++; }}")
             here, stride = [], 1
             for v in reversed(vs):
                 here.append(f"{self.loop_var(v)}*{stride}")
@@ -309,20 +323,18 @@ class CLowerer:
         if kind is sp.Sum and self._split_sum(str(result), body, vs, declare=True):
             return result
         self._emit(f"real {result} = {'0' if kind is sp.Sum else '-INFINITY'};")
-        self._open(vs)
-        inner = p.doprint(self._inline(body))
-        if kind is sp.Sum:
-            self._emit(f"{result} += {inner};")
-        else:
-            self._emit(f"{{ real v = {inner}; if (v > {result} || isnan(v)) {result} = v; }}")
-        self._close(len(vs))
+        with self._loops(vs):
+            inner = p.doprint(self._inline(body))
+            if kind is sp.Sum:
+                self._emit(f"{result} += {inner};")
+            else:
+                self._emit(f"{{ real v = {inner}; if (v > {result} || isnan(v)) {result} = v; }}")
         if kind is LogSumExp:  # max + log(sum exp(f - max)), the parts apart (see _print_Add)
             log_sum = sp.Symbol(f"{result}_ls", real=True)
             self.vars[log_sum] = log_sum.name
             self._emit(f"real {log_sum} = 0;")
-            self._open(vs)
-            self._emit(f"{log_sum} += exp({p.doprint(self._inline(body))} - {result});")
-            self._close(len(vs))
+            with self._loops(vs):
+                self._emit(f"{log_sum} += exp({p.doprint(self._inline(body))} - {result});")
             self._emit(f"{log_sum} = log({log_sum});")
             self.lse_max.add(result.name)
             self.lse_log.add(log_sum.name)
@@ -348,15 +360,11 @@ class CLowerer:
         p = _CPrinter(self)
         parts = f"{acc}_p"
         self._emit(f"real {parts}[{lanes}] = {{{', '.join(['0'] * lanes)}}};")
-        self._open([vo, u])
-        self._emit(f"{parts}[{self.loop_var(u)}] += {p.doprint(body.xreplace({v: lanes * vo + u}))};")
-        self._close(2)
+        with self._loops([vo, u]):
+            self._emit(f"{parts}[{self.loop_var(u)}] += {p.doprint(body.xreplace({v: lanes * vo + u}))};")
         if n % lanes:
-            var = self.loop_var(v)
-            self._emit(f"for (int {var} = {n - n % lanes}; {var} < {n}; {var}++) {{")
-            self._depth += 1
-            self._emit(f"{parts}[0] += {p.doprint(body)};")
-            self._close(1)
+            with self._inside(Loop(self.loop_var(v), str(n - n % lanes), str(n))):
+                self._emit(f"{parts}[0] += {p.doprint(body)};")
         terms = [f"{parts}[{k}]" for k in range(lanes)]
         while len(terms) > 1:
             terms = [f"({a} + {b})" for a, b in zip(terms[::2], terms[1::2])]
@@ -385,57 +393,48 @@ class CLowerer:
         if free:
             return self._reduce_into_temp(kind, body, vs, free)
         # no loop around it: a block of its own keeps its accumulators' names local
-        self._emit("{")
-        self._depth += 1
-        ref = self._reduce_into_temp(kind, body, vs, free)
-        self._close(1)
-        return ref
+        with self._inside(Block()):
+            return self._reduce_into_temp(kind, body, vs, free)
 
     def _reduce_into_temp(self, kind, body, vs, free):
         labels = free + (vs if kind is FirstArgmax else [])
         name = self._temp(labels)
+        log_sum = self._temp(labels) if kind is LogSumExp else None  # and log(sum exp(f - max))
         p = _CPrinter(self)
-        self._open(free)
-        out = f"{name}[{self._linear(self.buffers[name], [*free, *([] if kind is not FirstArgmax else vs)])[0]}]"
-        if kind is sp.Sum:
-            if not self._split_sum("acc", body, vs, declare=True):
-                self._emit("real acc = 0;")
-                self._open(vs)
-                self._emit(f"acc += {p.doprint(self._inline(body))};")
-                self._close(len(vs))
-            self._emit(f"{out} = acc;")
-        elif kind is MaxOver:
-            self._emit("real m = -INFINITY;")
-            self._open(vs)
-            self._emit(f"{{ real v = {p.doprint(self._inline(body))}; if (v > m || isnan(v)) m = v; }}")
-            self._close(len(vs))
-            self._emit(f"{out} = m;")
-        elif kind is LogSumExp:  # two temporaries: the max, and log(sum exp(f - max))
-            log_sum = self._temp(labels)
-            out_ls = f"{log_sum}[{self._linear(self.buffers[log_sum], free)[0]}]"
-            self._emit("real m = -INFINITY, s = 0;")
-            self._open(vs)
-            self._emit(f"{{ real v = {p.doprint(self._inline(body))}; if (v > m || isnan(v)) m = v; }}")
-            self._close(len(vs))
-            self._open(vs)
-            self._emit(f"s += exp({p.doprint(self._inline(body))} - m);")
-            self._close(len(vs))
-            self._emit(f"{out} = m;")
-            self._emit(f"{out_ls} = log(s);")
-            self._close(len(free))
+        with self._loops(free):
+            out = f"{name}[{self._linear(self.buffers[name], [*free, *([] if kind is not FirstArgmax else vs)])[0]}]"
+            if kind is sp.Sum:
+                if not self._split_sum("acc", body, vs, declare=True):
+                    self._emit("real acc = 0;")
+                    with self._loops(vs):
+                        self._emit(f"acc += {p.doprint(self._inline(body))};")
+                self._emit(f"{out} = acc;")
+            elif kind is MaxOver:
+                self._emit("real m = -INFINITY;")
+                with self._loops(vs):
+                    self._emit(f"{{ real v = {p.doprint(self._inline(body))}; if (v > m || isnan(v)) m = v; }}")
+                self._emit(f"{out} = m;")
+            elif kind is LogSumExp:  # two temporaries: the max, and log(sum exp(f - max))
+                out_ls = f"{log_sum}[{self._linear(self.buffers[log_sum], free)[0]}]"
+                self._emit("real m = -INFINITY, s = 0;")
+                with self._loops(vs):
+                    self._emit(f"{{ real v = {p.doprint(self._inline(body))}; if (v > m || isnan(v)) m = v; }}")
+                with self._loops(vs):
+                    self._emit(f"s += exp({p.doprint(self._inline(body))} - m);")
+                self._emit(f"{out} = m;")
+                self._emit(f"{out_ls} = log(s);")
+            else:  # FirstArgmax: 1 at the first maximum in row-major order (a NaN wins, the last one, as PyTorch)
+                self._emit("real m = -INFINITY; long best = -1, k = 0;")
+                with self._loops(vs):
+                    self._emit(f"{{ real v = {p.doprint(self._inline(body))}; "
+                               f"if (best < 0 || v > m || isnan(v)) {{ m = v; best = k; }} k++; }}")
+                self._emit("k = 0;")
+                with self._loops(vs):
+                    self._emit(f"{out} = (real)(k++ == best);")
+        if kind is LogSumExp:
             self.lse_max.add(name)
             self.lse_log.add(log_sum)
             return self._read_temp(name, labels) + self._read_temp(log_sum, labels)
-        else:  # FirstArgmax: 1 at the first maximum in row-major order (a NaN wins, the last one, as PyTorch)
-            self._emit("real m = -INFINITY; long best = -1, k = 0;")
-            self._open(vs)
-            self._emit(f"{{ real v = {p.doprint(self._inline(body))}; if (best < 0 || v > m || isnan(v)) {{ m = v; best = k; }} k++; }}")
-            self._close(len(vs))
-            self._emit("k = 0;")
-            self._open(vs)
-            self._emit(f"{out} = (real)(k++ == best);")
-            self._close(len(vs))
-        self._close(len(free))
         return self._read_temp(name, labels)
 
     def _read_temp(self, name, labels):
@@ -462,18 +461,18 @@ class CLowerer:
         rest = sp.Mul(*[f for f in factors if not isinstance(f, sp.KroneckerDelta)])
         name = self._temp(list(indices))
         buf = self.buffers[name]
-        self._emit(f"for (long n = 0; n < {_size_code(buf.shape)}; n++) {name}[n] = 0;")
+        with self._inside(Loop("n", "0", _size_code(buf.shape), type="long")):
+            self._emit(f"{name}[n] = 0;")
         loops = [j for j in indices if j not in where] + [v for v, _, _ in limits
                                                            if any(where[j].has(v) for j in where)]
         other = [(v, lo, hi) for v, lo, hi in limits if v not in loops]
         g = self._hoist(sp.Sum(rest, *other) if other else rest, loops)
-        self._open(loops)
-        g = self._inline(g)
-        subs = [where.get(j, j) for j in indices]
-        linear, guards = self._linear(buf, subs)
-        cond = f"if ({' && '.join(guards)}) " if guards else ""
-        self._emit(f"{cond}{name}[{linear}] += {_CPrinter(self).doprint(g)};")
-        self._close(len(loops))
+        with self._loops(loops):
+            g = self._inline(g)
+            subs = [where.get(j, j) for j in indices]
+            linear, guards = self._linear(buf, subs)
+            cond = f"if ({' && '.join(guards)}) " if guards else ""
+            self._emit(f"{cond}{name}[{linear}] += {_CPrinter(self).doprint(g)};")
         return real_base(name)[tuple(indices)]
 
 
