@@ -1,9 +1,13 @@
-"""The numpy modules' runtime helpers (compiler/backends/numpy/runtime.py), tested as the
-functions they are, and copied verbatim into the modules that call them."""
+"""The runtime helpers of generated code (compiler/backends/numpy/runtime.py and
+compiler/backends/c/runtime.c), tested as the functions they are, and copied verbatim
+into the outputs that call them."""
 from __future__ import annotations
 
 import inspect
 import math
+import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,3 +109,44 @@ def test_the_compiler_reads_the_helpers_without_importing_numpy():
             "assert 'numpy' not in sys.modules, 'numpy imported'")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
+
+
+# ---- the C runtime helpers (compiler/backends/c/runtime.c) ------------------------------
+
+C_RUNTIME = Path(__file__).resolve().parents[1] / "compiler" / "backends" / "c" / "runtime.c"
+CC = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+C_POINTS = [-1000.0, -40.0, -1.5, -1e-8, 0.0, 1e-8, 0.5, 3.0, 40.0, 1000.0]
+
+
+@pytest.mark.skipif(CC is None, reason="no C compiler")
+@pytest.mark.parametrize("real", ["float", "double"])
+def test_c_helpers_compile_cleanly_and_compute_what_they_say(tmp_path, real):
+    main = tmp_path / "main.c"
+    main.write_text("#include <stdio.h>\n#include <math.h>\n#include <tgmath.h>\n"
+                    f"typedef {real} real;\n" + C_RUNTIME.read_text() + "\nint main(void)\n{\n"
+                    f"    const double z[] = {{{', '.join(repr(x) for x in C_POINTS)}}};\n"
+                    f"    for (int k = 0; k < {len(C_POINTS)}; k++)\n"
+                    "        printf(\"%.17g %.17g %.17g %.17g %.17g\\n\", (double)nncc_sigmoid((real)z[k]),\n"
+                    "               (double)nncc_softplus((real)z[k]), (double)nncc_where(z[k] > 0, (real)1, (real)2),\n"
+                    "               (double)nncc_clamped_log((real)fabs(z[k]), (real)-100), (double)z[k]);\n"
+                    "    return 0;\n}\n")
+    exe = tmp_path / "helpers"
+    subprocess.run([CC, "-std=c99", "-Wall", "-Wextra", "-Werror", "-O2", str(main), "-o", str(exe), "-lm"],
+                   check=True, capture_output=True, text=True)
+    rows = [list(map(float, line.split())) for line in subprocess.run(
+        [str(exe)], check=True, capture_output=True, text=True).stdout.splitlines()]
+    tol = 1e-6 if real == "float" else 1e-15
+    for sig, soft, where, clamped, z in rows:
+        z32 = float(np.float32(z)) if real == "float" else z
+        assert sig == pytest.approx(1 / (1 + math.exp(-z32)) if z32 > -700 else 0.0, rel=tol, abs=1e-300)
+        assert math.isfinite(soft) and soft == pytest.approx(np.logaddexp(0, z32), rel=tol)
+        assert where == (1.0 if z > 0 else 2.0)
+        assert clamped == pytest.approx(max(math.log(abs(z32)), -100.0) if z32 != 0 else -100.0, rel=tol)
+
+
+def test_c_sources_carry_the_helpers_they_call_and_no_others():
+    from nncc.backends.c.codegen import render_c_files
+    c = compile_source("input x: [3]\ntarget y: [2]\nloss = quadratic(x |> dense(2) |> sigmoid, y)\n", "<c>")
+    text = next(t for name, t in render_c_files(c, "float64").items() if name.endswith(".c"))
+    assert "static real nncc_sigmoid(real z)" in text and "#define nncc_sigmoid" in text
+    assert "nncc_softplus" not in text and "nncc_clamped_log" not in text

@@ -7,10 +7,11 @@ should see a layer made of it).  The derivative needs nothing: sympy differentia
 class.  Stable forms (Sigmoid, Softplus, ClampedLog) are entries too; formulas never call
 them, the stabilize pass writes them.
 
-Renderings are format strings over the printed arguments ({0}, {1}); `helper` names the
-runtime helper of the numpy module the rendering calls (templates/numpy_module.py.j2
-defines it, included only when a program uses it).  C functions come from <tgmath.h>,
-so they take the precision of `real`.
+Renderings are format strings over the printed arguments ({0}, {1}); `helper` and
+`c_helper` name the runtime helper the numpy or the C rendering calls
+(backends/numpy/runtime.py, backends/c/runtime.c), copied into a program's output only
+when the program uses it.  C functions come from <tgmath.h>, so they take the precision
+of `real`.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ class Primitive:
     c: str
     latex: str | None = None  # None: sympy's own LaTeX for the class
     helper: str | None = None  # a runtime helper of the numpy module
+    c_helper: str | None = None  # a runtime helper of the C (backends/c/runtime.c)
     callable: bool = True  # False: a form only the compiler writes
     # a constant argument outside the domain: the message, or None
     domain: Callable[[float], str | None] | None = None
@@ -66,11 +68,12 @@ TABLE = (
     # the derivative of abs
     Primitive("sign", sp.sign, "np.sign({0})", "((real)(({0}) > 0) - (real)(({0}) < 0))", callable=False),
     Primitive("sigmoid", Sigmoid, "_sigmoid({0})", "nncc_sigmoid({0})", latex=r"\sigma\left({0}\right)",
-              helper="sigmoid", callable=False),
+              helper="sigmoid", c_helper="sigmoid", callable=False),
     Primitive("softplus", Softplus, "np.logaddexp(0, {0})", "nncc_softplus({0})",
-              latex=r"\operatorname{{softplus}}\left({0}\right)", callable=False),
+              latex=r"\operatorname{{softplus}}\left({0}\right)", c_helper="softplus", callable=False),
     Primitive("clamped_log", ClampedLog, "_clamped_log({0}, {1})", "nncc_clamped_log({0}, {1})",
-              latex=r"\max\left(\log {0}, {1}\right)", helper="clamped_log", callable=False),
+              latex=r"\max\left(\log {0}, {1}\right)", helper="clamped_log", c_helper="clamped_log",
+              callable=False),
 )
 
 BY_CLASS = {p.function: p for p in TABLE}

@@ -6,43 +6,14 @@
 
 /* short local names, undefined at the end so several models can share a file */
 #define real digits_real
-#define nncc_sigmoid digits_sigmoid_
-#define nncc_softplus digits_softplus_
-#define nncc_clamped_log digits_clamped_log_
 #define nncc_where digits_where_
-#define nncc_use_helpers digits_use_helpers_
-
-static real nncc_sigmoid(real z)
-{
-    /* 1/(1+exp(-z)) without overflow: exp of a non-positive number only */
-    real e = exp(-fabs(z));
-    return z >= 0 ? 1 / (1 + e) : e / (1 + e);
-}
-
-static real nncc_softplus(real z)
-{
-    return (z > 0 ? z : 0) + log1p(exp(-fabs(z)));
-}
 
 static real nncc_where(int condition, real a, real b)
 {
+    /* both branches evaluated, then one chosen (see the C printer's _print_Where) */
     return condition ? a : b;
 }
 
-static real nncc_clamped_log(real a, real floor_)
-{
-    real v = log(a);
-    return v > floor_ ? v : floor_;
-}
-
-/* avoid "unused" warnings for the helpers a network does not need */
-static void nncc_use_helpers(void)
-{
-    (void)nncc_sigmoid;
-    (void)nncc_softplus;
-    (void)nncc_clamped_log;
-    (void)nncc_where;
-}
 
 
 void digits_init_params(real *params, unsigned long seed)
@@ -87,7 +58,6 @@ void digits_forward(const real *params, const digits_real *v_x, real *output, in
     real *v_dense_1 = work + 0;
     real *v_h = work + (size_t)batch * 128 + 0;
     real *v_z = work + (size_t)batch * 256 + 0;
-    nncc_use_helpers();
     /* dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 64; i_1++) {
@@ -144,7 +114,6 @@ real digits_loss(const real *params, const digits_real *v_x, const digits_real *
     real *v_softmax_cross_entropy_1 = work + (size_t)batch * 276 + 0;
     real *tmp0 = work + (size_t)batch * 278 + 0;
     real *tmp1 = work + (size_t)batch * 279 + 0;
-    nncc_use_helpers();
     /* dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 64; i_1++) {
@@ -220,7 +189,6 @@ real digits_loss_and_grad(const real *params, const digits_real *v_x, const digi
     real *tmp2 = work + (size_t)batch * 280 + 0;
     real *tmp3 = work + (size_t)batch * 281 + 0;
     real *tmp4 = work + (size_t)batch * 282 + 0;
-    nncc_use_helpers();
     /* dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 64; i_1++) {
@@ -363,8 +331,4 @@ real digits_sgd_step(real *params, const digits_real *v_x, const digits_real *v_
 }
 
 #undef real
-#undef nncc_sigmoid
-#undef nncc_softplus
-#undef nncc_clamped_log
 #undef nncc_where
-#undef nncc_use_helpers

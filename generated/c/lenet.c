@@ -6,43 +6,14 @@
 
 /* short local names, undefined at the end so several models can share a file */
 #define real lenet_real
-#define nncc_sigmoid lenet_sigmoid_
-#define nncc_softplus lenet_softplus_
-#define nncc_clamped_log lenet_clamped_log_
 #define nncc_where lenet_where_
-#define nncc_use_helpers lenet_use_helpers_
-
-static real nncc_sigmoid(real z)
-{
-    /* 1/(1+exp(-z)) without overflow: exp of a non-positive number only */
-    real e = exp(-fabs(z));
-    return z >= 0 ? 1 / (1 + e) : e / (1 + e);
-}
-
-static real nncc_softplus(real z)
-{
-    return (z > 0 ? z : 0) + log1p(exp(-fabs(z)));
-}
 
 static real nncc_where(int condition, real a, real b)
 {
+    /* both branches evaluated, then one chosen (see the C printer's _print_Where) */
     return condition ? a : b;
 }
 
-static real nncc_clamped_log(real a, real floor_)
-{
-    real v = log(a);
-    return v > floor_ ? v : floor_;
-}
-
-/* avoid "unused" warnings for the helpers a network does not need */
-static void nncc_use_helpers(void)
-{
-    (void)nncc_sigmoid;
-    (void)nncc_softplus;
-    (void)nncc_clamped_log;
-    (void)nncc_where;
-}
 
 
 void lenet_init_params(real *params, unsigned long seed)
@@ -94,7 +65,6 @@ void lenet_forward(const real *params, const lenet_real *v_x, real *output, int 
     real *v_conv2d_2 = work + (size_t)batch * 2304 + 0;
     real *v_flatten_1 = work + (size_t)batch * 3328 + 0;
     real *v_z = work + (size_t)batch * 3840 + 0;
-    nncc_use_helpers();
     /* conv2d_1: conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int o_1 = 0; o_1 < 8; o_1++) {
@@ -210,7 +180,6 @@ real lenet_loss(const real *params, const lenet_real *v_x, const lenet_real *v_y
     real *v_softmax_cross_entropy_1 = work + (size_t)batch * 3860 + 0;
     real *tmp0 = work + (size_t)batch * 3862 + 0;
     real *tmp1 = work + (size_t)batch * 3863 + 0;
-    nncc_use_helpers();
     /* conv2d_1: conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int o_1 = 0; o_1 < 8; o_1++) {
@@ -353,7 +322,6 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
     real *tmp4 = work + (size_t)batch * 3866 + 0;
     real *tmp5 = work + (size_t)batch * 3867 + 0;
     real *tmp6 = work + (size_t)batch * 3995 + 0;
-    nncc_use_helpers();
     /* conv2d_1: conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int o_1 = 0; o_1 < 8; o_1++) {
@@ -677,8 +645,4 @@ real lenet_sgd_step(real *params, const lenet_real *v_x, const lenet_real *v_y, 
 }
 
 #undef real
-#undef nncc_sigmoid
-#undef nncc_softplus
-#undef nncc_clamped_log
 #undef nncc_where
-#undef nncc_use_helpers

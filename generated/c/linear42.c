@@ -6,43 +6,7 @@
 
 /* short local names, undefined at the end so several models can share a file */
 #define real linear42_real
-#define nncc_sigmoid linear42_sigmoid_
-#define nncc_softplus linear42_softplus_
-#define nncc_clamped_log linear42_clamped_log_
-#define nncc_where linear42_where_
-#define nncc_use_helpers linear42_use_helpers_
 
-static real nncc_sigmoid(real z)
-{
-    /* 1/(1+exp(-z)) without overflow: exp of a non-positive number only */
-    real e = exp(-fabs(z));
-    return z >= 0 ? 1 / (1 + e) : e / (1 + e);
-}
-
-static real nncc_softplus(real z)
-{
-    return (z > 0 ? z : 0) + log1p(exp(-fabs(z)));
-}
-
-static real nncc_where(int condition, real a, real b)
-{
-    return condition ? a : b;
-}
-
-static real nncc_clamped_log(real a, real floor_)
-{
-    real v = log(a);
-    return v > floor_ ? v : floor_;
-}
-
-/* avoid "unused" warnings for the helpers a network does not need */
-static void nncc_use_helpers(void)
-{
-    (void)nncc_sigmoid;
-    (void)nncc_softplus;
-    (void)nncc_clamped_log;
-    (void)nncc_where;
-}
 
 
 void linear42_init_params(real *params, unsigned long seed)
@@ -81,7 +45,6 @@ void linear42_forward(const real *params, const linear42_real *v_x, real *output
     const real *v_dense_1_weight = params + 0;
     const real *v_dense_1_bias = params + 8;
     real *v_y = work + 0;
-    nncc_use_helpers();
     /* dense_1: y[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 2; i_1++) {
@@ -110,7 +73,6 @@ real linear42_loss(const real *params, const linear42_real *v_x, int batch, real
     const real *v_dense_1_bias = params + 8;
     real *v_y = work + 0;
     real *v_squares_1 = work + (size_t)batch * 4 + 0;
-    nncc_use_helpers();
     /* dense_1: y[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 2; i_1++) {
@@ -141,7 +103,6 @@ real linear42_loss_and_grad(const real *params, const linear42_real *v_x, int ba
     real *v_y = work + 0;
     real *dv_y = work + (size_t)batch * 2 + 0;
     real *v_squares_1 = work + (size_t)batch * 4 + 0;
-    nncc_use_helpers();
     /* dense_1: y[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 2; i_1++) {
@@ -200,8 +161,3 @@ real linear42_sgd_step(real *params, const linear42_real *v_x, int batch, real l
 }
 
 #undef real
-#undef nncc_sigmoid
-#undef nncc_softplus
-#undef nncc_clamped_log
-#undef nncc_where
-#undef nncc_use_helpers

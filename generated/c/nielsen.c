@@ -7,10 +7,6 @@
 /* short local names, undefined at the end so several models can share a file */
 #define real nielsen_real
 #define nncc_sigmoid nielsen_sigmoid_
-#define nncc_softplus nielsen_softplus_
-#define nncc_clamped_log nielsen_clamped_log_
-#define nncc_where nielsen_where_
-#define nncc_use_helpers nielsen_use_helpers_
 
 static real nncc_sigmoid(real z)
 {
@@ -19,30 +15,6 @@ static real nncc_sigmoid(real z)
     return z >= 0 ? 1 / (1 + e) : e / (1 + e);
 }
 
-static real nncc_softplus(real z)
-{
-    return (z > 0 ? z : 0) + log1p(exp(-fabs(z)));
-}
-
-static real nncc_where(int condition, real a, real b)
-{
-    return condition ? a : b;
-}
-
-static real nncc_clamped_log(real a, real floor_)
-{
-    real v = log(a);
-    return v > floor_ ? v : floor_;
-}
-
-/* avoid "unused" warnings for the helpers a network does not need */
-static void nncc_use_helpers(void)
-{
-    (void)nncc_sigmoid;
-    (void)nncc_softplus;
-    (void)nncc_clamped_log;
-    (void)nncc_where;
-}
 
 
 void nielsen_init_params(real *params, unsigned long seed)
@@ -86,7 +58,6 @@ void nielsen_forward(const real *params, const nielsen_real *v_x, real *output, 
     const real *v_dense_2_bias = params + 23850;
     real *v_sigmoid_1 = work + (size_t)batch * 60 + 0;
     real *v_a = work + (size_t)batch * 140 + 0;
-    nncc_use_helpers();
     /* dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     /* sigmoid_1: sigmoid_1[b, i] = 1/(1 + exp(-dense_1[b, i]))  [#fwd-sigmoid_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
@@ -139,7 +110,6 @@ real nielsen_loss(const real *params, const nielsen_real *v_x, const nielsen_rea
     real *v_sigmoid_1 = work + (size_t)batch * 60 + 0;
     real *v_a = work + (size_t)batch * 140 + 0;
     real *v_quadratic_1 = work + (size_t)batch * 160 + 0;
-    nncc_use_helpers();
     /* dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     /* sigmoid_1: sigmoid_1[b, i] = 1/(1 + exp(-dense_1[b, i]))  [#fwd-sigmoid_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
@@ -197,7 +167,6 @@ real nielsen_loss_and_grad(const real *params, const nielsen_real *v_x, const ni
     real *dv_dense_2 = work + (size_t)batch * 130 + 0;
     real *v_a = work + (size_t)batch * 140 + 0;
     real *v_quadratic_1 = work + (size_t)batch * 160 + 0;
-    nncc_use_helpers();
     /* dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     /* sigmoid_1: sigmoid_1[b, i] = 1/(1 + exp(-dense_1[b, i]))  [#fwd-sigmoid_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
@@ -315,7 +284,3 @@ real nielsen_sgd_step(real *params, const nielsen_real *v_x, const nielsen_real 
 
 #undef real
 #undef nncc_sigmoid
-#undef nncc_softplus
-#undef nncc_clamped_log
-#undef nncc_where
-#undef nncc_use_helpers

@@ -6,43 +6,14 @@
 
 /* short local names, undefined at the end so several models can share a file */
 #define real residual_real
-#define nncc_sigmoid residual_sigmoid_
-#define nncc_softplus residual_softplus_
-#define nncc_clamped_log residual_clamped_log_
 #define nncc_where residual_where_
-#define nncc_use_helpers residual_use_helpers_
-
-static real nncc_sigmoid(real z)
-{
-    /* 1/(1+exp(-z)) without overflow: exp of a non-positive number only */
-    real e = exp(-fabs(z));
-    return z >= 0 ? 1 / (1 + e) : e / (1 + e);
-}
-
-static real nncc_softplus(real z)
-{
-    return (z > 0 ? z : 0) + log1p(exp(-fabs(z)));
-}
 
 static real nncc_where(int condition, real a, real b)
 {
+    /* both branches evaluated, then one chosen (see the C printer's _print_Where) */
     return condition ? a : b;
 }
 
-static real nncc_clamped_log(real a, real floor_)
-{
-    real v = log(a);
-    return v > floor_ ? v : floor_;
-}
-
-/* avoid "unused" warnings for the helpers a network does not need */
-static void nncc_use_helpers(void)
-{
-    (void)nncc_sigmoid;
-    (void)nncc_softplus;
-    (void)nncc_clamped_log;
-    (void)nncc_where;
-}
 
 
 void residual_init_params(real *params, unsigned long seed)
@@ -100,7 +71,6 @@ void residual_forward(const real *params, const residual_real *v_x, real *output
     real *v_block = work + (size_t)batch * 6144 + 0;
     real *v_flatten_1 = work + (size_t)batch * 7424 + 0;
     real *v_z = work + (size_t)batch * 7680 + 0;
-    nncc_use_helpers();
     /* conv2d_1: conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int o_1 = 0; o_1 < 8; o_1++) {
@@ -249,7 +219,6 @@ real residual_loss(const real *params, const residual_real *v_x, const residual_
     real *v_softmax_cross_entropy_1 = work + (size_t)batch * 7700 + 0;
     real *tmp0 = work + (size_t)batch * 7702 + 0;
     real *tmp1 = work + (size_t)batch * 7703 + 0;
-    nncc_use_helpers();
     /* conv2d_1: conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int o_1 = 0; o_1 < 8; o_1++) {
@@ -432,7 +401,6 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
     real *tmp5 = work + (size_t)batch * 7707 + 0;
     real *tmp6 = work + (size_t)batch * 8219 + 0;
     real *tmp7 = work + (size_t)batch * 8731 + 0;
-    nncc_use_helpers();
     /* conv2d_1: conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int o_1 = 0; o_1 < 8; o_1++) {
@@ -874,8 +842,4 @@ real residual_sgd_step(real *params, const residual_real *v_x, const residual_re
 }
 
 #undef real
-#undef nncc_sigmoid
-#undef nncc_softplus
-#undef nncc_clamped_log
 #undef nncc_where
-#undef nncc_use_helpers

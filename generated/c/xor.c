@@ -7,10 +7,8 @@
 /* short local names, undefined at the end so several models can share a file */
 #define real xor_real
 #define nncc_sigmoid xor_sigmoid_
-#define nncc_softplus xor_softplus_
-#define nncc_clamped_log xor_clamped_log_
 #define nncc_where xor_where_
-#define nncc_use_helpers xor_use_helpers_
+#define nncc_clamped_log xor_clamped_log_
 
 static real nncc_sigmoid(real z)
 {
@@ -19,30 +17,19 @@ static real nncc_sigmoid(real z)
     return z >= 0 ? 1 / (1 + e) : e / (1 + e);
 }
 
-static real nncc_softplus(real z)
-{
-    return (z > 0 ? z : 0) + log1p(exp(-fabs(z)));
-}
-
 static real nncc_where(int condition, real a, real b)
 {
+    /* both branches evaluated, then one chosen (see the C printer's _print_Where) */
     return condition ? a : b;
 }
 
 static real nncc_clamped_log(real a, real floor_)
 {
+    /* max(log(a), floor_): log(0) = -inf gives floor_ */
     real v = log(a);
     return v > floor_ ? v : floor_;
 }
 
-/* avoid "unused" warnings for the helpers a network does not need */
-static void nncc_use_helpers(void)
-{
-    (void)nncc_sigmoid;
-    (void)nncc_softplus;
-    (void)nncc_clamped_log;
-    (void)nncc_where;
-}
 
 
 void xor_init_params(real *params, unsigned long seed)
@@ -86,7 +73,6 @@ void xor_forward(const real *params, const xor_real *v_x, real *output, int batc
     const real *v_dense_2_bias = params + 16;
     real *v_h = work + (size_t)batch * 8 + 0;
     real *v_p = work + (size_t)batch * 18 + 0;
-    nncc_use_helpers();
     /* dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     /* tanh_1: h[b, i] = tanh(dense_1[b, i])  [#fwd-tanh_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
@@ -130,7 +116,6 @@ real xor_loss(const real *params, const xor_real *v_x, const xor_real *v_y, int 
     real *v_h = work + (size_t)batch * 8 + 0;
     real *v_p = work + (size_t)batch * 18 + 0;
     real *v_binary_cross_entropy_1 = work + (size_t)batch * 20 + 0;
-    nncc_use_helpers();
     /* dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     /* tanh_1: h[b, i] = tanh(dense_1[b, i])  [#fwd-tanh_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
@@ -179,7 +164,6 @@ real xor_loss_and_grad(const real *params, const xor_real *v_x, const xor_real *
     real *dv_dense_2 = work + (size_t)batch * 17 + 0;
     real *v_p = work + (size_t)batch * 18 + 0;
     real *v_binary_cross_entropy_1 = work + (size_t)batch * 20 + 0;
-    nncc_use_helpers();
     /* dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     /* tanh_1: h[b, i] = tanh(dense_1[b, i])  [#fwd-tanh_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
@@ -288,7 +272,5 @@ real xor_sgd_step(real *params, const xor_real *v_x, const xor_real *v_y, int ba
 
 #undef real
 #undef nncc_sigmoid
-#undef nncc_softplus
-#undef nncc_clamped_log
 #undef nncc_where
-#undef nncc_use_helpers
+#undef nncc_clamped_log

@@ -7,10 +7,6 @@
 /* short local names, undefined at the end so several models can share a file */
 #define real zhou_real
 #define nncc_sigmoid zhou_sigmoid_
-#define nncc_softplus zhou_softplus_
-#define nncc_clamped_log zhou_clamped_log_
-#define nncc_where zhou_where_
-#define nncc_use_helpers zhou_use_helpers_
 
 static real nncc_sigmoid(real z)
 {
@@ -19,30 +15,6 @@ static real nncc_sigmoid(real z)
     return z >= 0 ? 1 / (1 + e) : e / (1 + e);
 }
 
-static real nncc_softplus(real z)
-{
-    return (z > 0 ? z : 0) + log1p(exp(-fabs(z)));
-}
-
-static real nncc_where(int condition, real a, real b)
-{
-    return condition ? a : b;
-}
-
-static real nncc_clamped_log(real a, real floor_)
-{
-    real v = log(a);
-    return v > floor_ ? v : floor_;
-}
-
-/* avoid "unused" warnings for the helpers a network does not need */
-static void nncc_use_helpers(void)
-{
-    (void)nncc_sigmoid;
-    (void)nncc_softplus;
-    (void)nncc_clamped_log;
-    (void)nncc_where;
-}
 
 
 void zhou_init_params(real *params, unsigned long seed)
@@ -86,7 +58,6 @@ void zhou_forward(const real *params, const zhou_real *v_x, real *output, int ba
     const real *v_out_bias = params + 40;
     real *v_b = work + (size_t)batch * 10 + 0;
     real *v_yhat = work + (size_t)batch * 26 + 0;
-    nncc_use_helpers();
     /* hidden: hidden[s, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[s, j])  [#fwd-hidden] */
     /* sigmoid_1: b[s, i] = 1/(1 + exp(-hidden[s, i]))  [#fwd-sigmoid_1] */
     for (int s_0 = 0; s_0 < batch; s_0++) {
@@ -130,7 +101,6 @@ real zhou_loss(const real *params, const zhou_real *v_x, const zhou_real *v_y, i
     real *v_b = work + (size_t)batch * 10 + 0;
     real *v_yhat = work + (size_t)batch * 26 + 0;
     real *v_quadratic_1 = work + (size_t)batch * 32 + 0;
-    nncc_use_helpers();
     /* hidden: hidden[s, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[s, j])  [#fwd-hidden] */
     /* sigmoid_1: b[s, i] = 1/(1 + exp(-hidden[s, i]))  [#fwd-sigmoid_1] */
     for (int s_0 = 0; s_0 < batch; s_0++) {
@@ -179,7 +149,6 @@ real zhou_loss_and_grad(const real *params, const zhou_real *v_x, const zhou_rea
     real *dv_out = work + (size_t)batch * 23 + 0;
     real *v_yhat = work + (size_t)batch * 26 + 0;
     real *v_quadratic_1 = work + (size_t)batch * 32 + 0;
-    nncc_use_helpers();
     /* hidden: hidden[s, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[s, j])  [#fwd-hidden] */
     /* sigmoid_1: b[s, i] = 1/(1 + exp(-hidden[s, i]))  [#fwd-sigmoid_1] */
     for (int s_0 = 0; s_0 < batch; s_0++) {
@@ -288,7 +257,3 @@ real zhou_sgd_step(real *params, const zhou_real *v_x, const zhou_real *v_y, int
 
 #undef real
 #undef nncc_sigmoid
-#undef nncc_softplus
-#undef nncc_clamped_log
-#undef nncc_where
-#undef nncc_use_helpers

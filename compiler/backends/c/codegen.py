@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
 
 import sympy as sp
 from sympy.printing.c import C99CodePrinter
@@ -61,6 +63,8 @@ class _CPrinter(C99CodePrinter):
             return f"((real){real_literal(e)})"
         primitive = None if self.index else lookup(e)
         if primitive is not None:
+            if primitive.c_helper:
+                self.low.helpers.add(primitive.c_helper)
             return primitive.c.format(*[self._print(a) for a in e.args])
         return super()._print(e, **kwargs)
 
@@ -118,6 +122,7 @@ class _CPrinter(C99CodePrinter):
         # load made conditional by `?:` is vectorised as a masked load, which gcc 12 at -O3
         # with AVX2 gets wrong (`c ? g[k] : 0` over a loop gave wrong values)
         c, a, b = e.args
+        self.low.helpers.add("where")
         return f"nncc_where({self._print(c)}, {self._print(a)}, {self._print(b)})"
 
     def _print_KroneckerDelta(self, e):  # left by a constant subscript (a[0]): 1 where equal
@@ -141,6 +146,7 @@ class CLowerer:
         self.lse_log: set = set()  # ... and its log-sum part
         self.count = 0
         self.used: set = set()  # the C arrays the lines read or write
+        self.helpers: set = set()  # the runtime helpers (runtime.c) they call
 
     # ---- names
     def loop_var(self, s):
@@ -518,6 +524,7 @@ class CPlan:
     output_size: int
     loss_name: str
     reduce: str
+    helpers: tuple  # the runtime helpers the code calls, in runtime.c's order
 
 
 def plan_c(program: Program, real="float") -> CPlan:
@@ -548,8 +555,10 @@ def plan_c(program: Program, real="float") -> CPlan:
                 low._emit(f"/* {_comment(note)} */")
             with generating(st.node, st.fused):
                 low.assign(st, _comment(st.notes[-1]))
+        helpers.update(low.helpers)
         return low.lines, low.used
 
+    helpers = set()
     (forward, forward_uses), (loss, loss_uses) = body(program.forward), body(program.loss)
     backward, backward_uses = body(program.backward)
     per_sample, constant = sp.Integer(0), sp.Integer(0)
@@ -567,7 +576,21 @@ def plan_c(program: Program, real="float") -> CPlan:
                  dict(forward=forward_uses, loss=loss_uses, backward=backward_uses),
                  [(p.name, "d" + cname(p.name), p.name in program.zero_grads) for p in g.params],
                  out, int(sp.Mul(*g.tensors[g.output].shape)) if g.tensors[g.output].shape else 1,
-                 cname(g.loss), g.reduce)
+                 cname(g.loss), g.reduce, tuple(h for h in _helpers() if h in helpers))
+
+
+@lru_cache(maxsize=None)
+def _helpers() -> dict:
+    """{name without nncc_: source} of the functions in runtime.c, in its order: each
+    begins at a line starting `static ` and ends at the next line that is `}`."""
+    text = resources.files("nncc.backends.c").joinpath("runtime.c").read_text(encoding="utf-8")
+    out, lines = {}, text.splitlines()
+    for k, line in enumerate(lines):
+        if line.startswith("static "):
+            end = lines.index("}", k)
+            name = line.split("(")[0].split()[-1]
+            out[name.removeprefix("nncc_")] = "\n".join(lines[k:end + 1])
+    return out
 
 
 def _comment(note) -> str:
@@ -614,7 +637,8 @@ def render_c(plan: CPlan, standalone: bool = True) -> tuple[str, str]:
     inputs = [f"const {plan.name}_real *{c}" for _, c, _ in plan.inputs]
     targets = [f"const {plan.name}_real *{c}" for _, c, _ in plan.targets]
     work = [dict(name=w.name, offset=offset_code(w.offset)) for w in plan.work]
-    values = dict(standalone=standalone, name=plan.name, P=P, version=__version__, source=plan.source, real=plan.real,
+    values = dict(helpers=plan.helpers, helper_source="\n\n".join(_helpers()[h] for h in plan.helpers),
+                  standalone=standalone, name=plan.name, P=P, version=__version__, source=plan.source, real=plan.real,
                   param_count=plan.param_count, per_sample=plan.work_linear[0], constant=plan.work_linear[1],
                   arrays=arrays, params=params, output_size=plan.output_size, output_name=plan.output.name,
                   input_params=", ".join(inputs), all_params=", ".join(inputs + targets),
