@@ -6,7 +6,7 @@ matching comment in the generated module names, with that module's line.
 """
 from __future__ import annotations
 
-import re
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +25,15 @@ from ..templating import environment
 
 # ---- formulas ------------------------------------------------------------------------
 
+# how a tensor's name is set: \mathrm{dense\_2} for LaTeX and Markdown; for MathML,
+# \text{dense_2}, which latex2mathml keeps as one token (it splits \mathrm{...} into one
+# <mi> per letter, and an accent or a subscript then sits on the last letter)
+_TEXT_NAMES: ContextVar[bool] = ContextVar("text_names", default=False)
+
+
 def _name_tex(name: str) -> str:
+    if _TEXT_NAMES.get():
+        return r"\text{%s}" % name
     return r"\mathrm{%s}" % name.replace("_", r"\_")
 
 
@@ -261,6 +269,7 @@ class Explanation:
     source: str
     intro: str
     sections: list
+    compiled: Compiled = field(default=None, repr=False, compare=False)  # to print again for HTML
 
     def latex(self) -> str:
         return _render("explain.tex.j2", self, tex_escape=_tex_escape, wrap_code=_wrap_code)
@@ -270,8 +279,13 @@ class Explanation:
 
     def html(self) -> str:
         from latex2mathml.converter import convert
-        return _render("explain.html.j2", self, mathml=lambda tex: convert(_names_as_text(tex), display="block"),
-                       inline_mathml=lambda tex: convert(_names_as_text(tex)))
+        token = _TEXT_NAMES.set(True)
+        try:  # the formulas printed again, with names set for MathML
+            doc = build(self.compiled) if self.compiled is not None else self
+        finally:
+            _TEXT_NAMES.reset(token)
+        return _render("explain.html.j2", doc, mathml=lambda tex: convert(tex, display="block"),
+                       inline_mathml=convert)
 
     def render(self, fmt: str) -> str:
         return {"tex": self.latex, "md": self.markdown, "html": self.html}[fmt]()
@@ -299,13 +313,6 @@ def _tex_escape(text: str) -> str:
                     "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}",
                     "/": r"/\allowbreak{}"}.get(ch, ch))  # a long path may break after a slash
     return "".join(out)
-
-
-def _names_as_text(tex: str) -> str:
-    """Tensor names as one text token each for latex2mathml, which splits \\mathrm{dense\\_2}
-    into one <mi> per letter (an accent or a subscript then sits on a single letter)."""
-    return re.sub(r"\\mathrm\{((?:[A-Za-z0-9.]|\\_)+)\}",
-                  lambda m: r"\text{%s}" % m.group(1).replace(r"\_", "_"), tex)
 
 
 def _wrap_code(code: str, width: int = 88, indent: int = 8) -> str:
@@ -354,46 +361,89 @@ def _equation(caption: str, lhs_tex: str, rhs, printer, kind: str = "", lhs=None
     return Formula(caption, tex, broken, kind, lhs, rhs)
 
 
-def _glyphs(tex: str) -> int:
-    """About how many glyphs wide a piece of LaTeX prints (subscripts count half)."""
-    t = re.sub(r"\\(?:mathrm|text|operatorname)\{([^{}]*)\}", r"\1", tex)
-    t = t.replace(r"\frac{\partial L}{\partial ", "dL/d")
-    t = re.sub(r"\\(?:left|right|Bigl|Bigr|begin|end|cdot|quad)\b|\\[,;! ]", " ", t)
-    t = re.sub(r"\\[A-Za-z]+", "x", t)
-    t = re.sub(r"_\{([^{}]*)\}", lambda m: "x" * (len(m.group(1)) // 2), t)
-    return len(re.sub(r"[{}\s]", "", t))
+@dataclass(frozen=True)
+class _Row:
+    tex: str
+    width: float  # about how many glyphs wide it prints
+    aligned: bool = False  # holds an aligned block (a where's broken branch): merged with nothing
 
 
 class _Rows:
     """A formula as rows of at most about `width` glyphs, split between its terms, its factors,
-    inside a sum's body and inside a where's branches; a piece with no such split stays whole."""
+    inside a sum's body and inside a where's branches; a piece with no such split stays whole.
+    Widths are estimated from the expressions (subscripts count half), not from the LaTeX."""
 
-    def __init__(self, printer, width: int = 72):
+    def __init__(self, printer, width: int = 56):
         self.p, self.width = printer, width
+        self._widths: dict = {}
 
     def rows(self, e) -> list:
-        tex = self.p._print(e)
-        if _glyphs(tex) <= self.width:
-            return [tex]
+        return [r.tex for r in self._rows(e)]
+
+    def _rows(self, e) -> list:
+        whole = _Row(self.p._print(e), self._width(e))
+        if whole.width <= self.width:
+            return [whole]
         rows = self._split(e)
-        return self._merge(rows) if rows else [tex]
+        return self._merge(rows) if rows else [whole]
+
+    def _width(self, e) -> float:
+        if e not in self._widths:
+            self._widths[e] = self._measure(e)
+        return self._widths[e]
+
+    def _measure(self, e) -> float:
+        """Glyphs as printed: a subscript or an exponent counts half, δ_{ij} and e^{x} as their
+        letter and half their script, a fraction as its wider part."""
+        w = self._width
+        if isinstance(e, sp.Indexed):
+            label = e.base.label.name
+            name = len(self.p.grads[label]) + 4 if label in self.p.grads else len(label)  # dL/dX
+            return name + (sum(w(i) for i in e.indices) + len(e.indices) - 1) / 2
+        if isinstance(e, sp.Rational) and not e.is_Integer:
+            return max(len(str(abs(e.p))), len(str(e.q))) + 1 + (e < 0)
+        if e.is_Atom:
+            return len(str(e))
+        if isinstance(e, sp.Add):
+            return sum(w(a) for a in e.args) + len(e.args) - 1
+        if isinstance(e, sp.Mul):
+            num, den = sp.fraction(e)
+            if den != 1:
+                return max(w(num), w(den)) + 1
+            return sum(w(a) for a in e.args)
+        if isinstance(e, sp.Pow):
+            return w(e.base) + w(e.exp) / 2 + (2 if isinstance(e.base, (sp.Add, sp.Mul, sp.Pow)) else 0)
+        if isinstance(e, sp.KroneckerDelta):
+            return 1 + sum(w(a) for a in e.args) / 2
+        if isinstance(e, sp.exp):
+            return 1 + w(e.args[0]) / 2
+        if isinstance(e, ExprWithLimits):  # the limits stacked below the sign
+            return 2 + w(e.function) + max(len(str(lim[0])) for lim in e.limits) / 2
+        if isinstance(e, Where):
+            c, a, b = e.args
+            return 10 + max(w(a) + w(c), w(b))
+        if isinstance(e, sp.core.relational.Relational):
+            return w(e.lhs) + w(e.rhs) + 1
+        name = {"Sigmoid": 1, "Abs": 0, "sign": 3}.get(type(e).__name__, len(type(e).__name__))
+        return name + 2 + sum(w(a) for a in e.args) + len(e.args) - 1
 
     def _merge(self, rows):
         out = [rows[0]]
         for r in rows[1:]:
-            if "aligned" not in out[-1] + r and _glyphs(out[-1]) + _glyphs(r) <= self.width:
-                out[-1] = f"{out[-1]} {r}"
+            last = out[-1]
+            if not (last.aligned or r.aligned) and last.width + r.width <= self.width:
+                out[-1] = _Row(f"{last.tex} {r.tex}", last.width + r.width)
             else:
                 out.append(r)
         return out
 
     def _bracketed(self, e, brackets: bool):
-        rows = self.rows(e)
+        rows = self._rows(e)
         if not brackets:
             return rows
         if len(rows) == 1:
-            return [r"\left(%s\right)" % rows[0]]
-        return [r"\Bigl(" + rows[0]] + rows[1:-1] + [rows[-1] + r"\Bigr)"]
+            return [_Row(r"\left(%s\right)" % rows[0].tex, rows[0].width + 2, rows[0].aligned)]
+        return [_prefixed(r"\Bigl(", 1, rows[0])] + rows[1:-1] + [_suffixed(rows[-1], r"\Bigr)", 1)]
 
     def _split(self, e):
         p = self.p
@@ -405,7 +455,7 @@ class _Rows:
                     sign = "- " if term.could_extract_minus_sign() else "+ "
                     term = -term if sign == "- " else term
                 rows = self._bracketed(term, p._needs_add_brackets(term))
-                out += [sign + rows[0]] + rows[1:]
+                out += [_prefixed(sign, len(sign) / 2, rows[0])] + rows[1:]
             return out
         if isinstance(e, sp.Mul):
             sign = ""
@@ -414,35 +464,45 @@ class _Rows:
             num, den = sp.fraction(e)
             factors = sorted(sp.Mul.make_args(num), key=lambda f: not (
                 isinstance(f, sp.Indexed) and f.base.label.name in p.grads))  # the gradient first
-            pieces = ([[r"\frac{1}{%s}" % p._print(den)]] if den != 1 else []) + [
+            pieces = ([[_Row(r"\frac{1}{%s}" % p._print(den), self._width(den))]] if den != 1 else []) + [
                 self._bracketed(f, isinstance(f, sp.Add)) for f in factors if f != 1]
             if len(pieces) < 2:
                 rows = self._split(factors[0]) if sign and len(factors) == 1 and den == 1 else None
-                return [sign + rows[0]] + rows[1:] if rows else None
+                return [_prefixed(sign, 1, rows[0])] + rows[1:] if rows else None
             out = []
             for k, rows in enumerate(pieces):
-                out += [("" if k == 0 else r"\cdot ") + rows[0]] + rows[1:]
-            out[0] = sign + out[0]
+                out += [_prefixed("" if k == 0 else r"\cdot ", 0 if k == 0 else 1, rows[0])] + rows[1:]
+            out[0] = _prefixed(sign, len(sign) / 2, out[0])
             return out
         if isinstance(e, sp.Sum):
-            body = self.rows(e.function)
+            body = self._rows(e.function)
             if len(body) < 2:
                 return None
-            mark = sp.Symbol("NNBODY")
-            head = p._print(sp.Sum(mark, *e.limits)).replace(p._print(mark), "")
-            return [head + r"\Bigl(" + body[0]] + body[1:-1] + [body[-1] + r"\Bigr)"]
+            head = "".join(r"\sum_{%s=%s}^{%s} " % (p._print(v), p._print(lo), p._print(hi)) for v, lo, hi in e.limits)
+            return [_prefixed(head + r"\Bigl(", 3 * len(e.limits), body[0])] + body[1:-1] + [
+                _suffixed(body[-1], r"\Bigr)", 1)]
         if isinstance(e, Where):
             c, a, b = e.args
 
-            def branch(x):
-                rows = self.rows(x)
-                if len(rows) == 1:
-                    return rows[0]
-                return r"\begin{aligned}[t] & " + r" \\ & \quad ".join(rows) + r" \end{aligned}"
+            branches = [self._rows(x) for x in (a, b)]
 
-            return [r"\begin{cases} %s & \text{if } %s \\ %s & \text{otherwise} \end{cases}" % (
-                branch(a), p._print(c), branch(b))]
+            def branch(rows):
+                if len(rows) == 1:
+                    return rows[0].tex
+                return r"\begin{aligned}[t] & " + r" \\ & \quad ".join(r.tex for r in rows) + r" \end{aligned}"
+
+            return [_Row(r"\begin{cases} %s & \text{if } %s \\ %s & \text{otherwise} \end{cases}" % (
+                branch(branches[0]), p._print(c), branch(branches[1])), self._width(e),
+                any(len(rows) > 1 for rows in branches))]
         return None
+
+
+def _prefixed(text: str, width: float, row: _Row) -> _Row:
+    return _Row(text + row.tex, row.width + width, row.aligned)
+
+
+def _suffixed(row: _Row, text: str, width: float) -> _Row:
+    return _Row(row.tex + text, row.width + width, row.aligned)
 
 
 # ---- building it -----------------------------------------------------------------------
@@ -554,7 +614,7 @@ def build(c: Compiled) -> Explanation:
     intro = (f"The derivation nncc {__version__} used to generate the code for the network '{g.name}' "
              f"({g.source}). Each step's anchor is named in the comment of the generated line that "
              f"computes it; a line that fuses several steps appears under the last of them.")
-    return Explanation(g.name, g.source, intro, [forward, backward, chain])
+    return Explanation(g.name, g.source, intro, [forward, backward, chain], c)
 
 
 def _attach_code(step: Step, line, statement, matrix, code_lines):
