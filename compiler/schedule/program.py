@@ -2,7 +2,7 @@
 
     Program   := forward, loss, backward (Statements), seed, zero_grads, buffers
     Statement := target[indices] (=|+=) expr   over ranges
-    Buffer    := name, shape, role, first write, last read
+    Buffer    := name, shape, dtype, role, first write, last read
 
 Everything a backend would otherwise decide for itself is decided here, once:
 
@@ -81,6 +81,7 @@ class Buffer:
     role: str  # "input" | "target" | "param" | "value" | "grad"
     first: int  # position of the first statement writing it (-1: an argument)
     last: int  # position of the last statement reading it (-1: never read)
+    dtype: str = "real"  # every array holds the module's one real type (float32 or float64)
 
 
 @dataclass(frozen=True)
