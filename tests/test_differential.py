@@ -113,6 +113,18 @@ def test_a_loss_that_rounds_in_plateaus_is_not_blamed_on_its_gradient():
     assert report.status in ("ok", "inconclusive"), report.text()
 
 
+def test_a_fused_gradient_is_not_multiplied_out():
+    # (1 - tanh^2)(tanh - y)(...) of steps fused into one statement: multiplied out as
+    # tanh - y - tanh^3 + ..., it kept round-off of 1e-16 where tanh = 1 and the true
+    # gradient is 0, which the factor 1e9 then made a gradient of 1e-9 (g402689)
+    source = ("layer maxmix(x: [n], m) {\n    param w: [m, n]\n"
+              "    y[k] = max(j: sum(l: w[j, l] * x[l]) + x[k]) for k < n\n}\n"
+              "input x: [6]\ntarget y: [6]\nh = 0.000001 * (x |> maxmix(3))\n"
+              "loss = quadratic(tanh(silu(h) * 1E+15), y)\n")
+    report = differential.check_prepared(_prepared(source))
+    assert report.status == "ok", report.text()
+
+
 @needs_cc
 def test_c_that_differs_beyond_round_off_is_caught(tmp_path):
     pytest.importorskip("cffi")

@@ -72,11 +72,15 @@ def _cancel_outside_reductions(e):
 
 
 def _opaque(e) -> set:
-    """The largest subexpressions of e that are numbers but not fractions (log(3/2),
-    sqrt(5)) or exps (the sigmoids' own are gone by now; one of a sigmoid stays as it is)."""
+    """The largest subexpressions of e that cancel must keep whole: numbers but not
+    fractions (log(3/2), sqrt(5)), exps (the sigmoids' own are gone by now; one of a
+    sigmoid stays as it is), and sums and products without a sigmoid, which cancel would
+    multiply out ((1 - y^2)(y - t) as y - t - y^3 + y^2 t loses everything where y = 1)."""
     if e.is_Rational:
         return set()
     if e.is_number or isinstance(e, sp.exp):
+        return {e}
+    if not e.has(Sigmoid) and not e.is_Atom and not isinstance(e, sp.Indexed):
         return {e}
     out = set()
     for a in e.args:
