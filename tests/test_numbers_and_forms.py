@@ -86,6 +86,9 @@ PROGRAMS = {
                                                      "h4 = h1 |> flatten\nh5 = h1 |> flatten\n"
                                                      "loss = sum 0.044715 * quadratic(h3, y0) - 1e30 * quadratic(h4, y1) "
                                                      "+ 1e30 * quadratic(h5, y1)\n",
+    "a sigmoid inside a max, fused into its gradient": "fn l(a[i], y[i]) = max(i: 2 * (a[i] - y[i]) * sigmoid(a[i] - y[i]))\n"
+                                                        "input x: [3]\ntarget y: [3]\nh = x |> dense(2)\n"
+                                                        "loss = l(concat(h |> dense(1), h), y) / 3\n",
     "constant call in a max": "fn l(a[i], y[i]) = max(i: a[i] - y[i] - sigmoid(1e-30))\n"
                               "input x: [3]\ntarget y: [3]\nloss = l(x |> dense(3), y)\n",
 }

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sympy as sp
 
-from ..ops.symbolic import ClampedLog, LogSumExp, MaxOver, Sigmoid, Softplus, Where
+from ..ops.symbolic import ClampedLog, FirstArgmax, LogSumExp, MaxOver, Sigmoid, Softplus, Where
 
 
 def stabilize(e: sp.Expr) -> sp.Expr:
@@ -78,7 +78,7 @@ def _opaque(e) -> set:
     multiply out ((1 - y^2)(y - t) as y - t - y^3 + y^2 t loses everything where y = 1)."""
     if e.is_Rational:
         return set()
-    if e.is_number or isinstance(e, sp.exp):
+    if e.is_number or isinstance(e, (sp.exp, FirstArgmax)):  # a first-argmax: an indicator, whole
         return {e}
     if not e.has(Sigmoid) and not e.is_Atom and not isinstance(e, sp.Indexed):
         return {e}
