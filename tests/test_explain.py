@@ -390,3 +390,10 @@ def test_chromium_renders_the_math(tmp_path):
 def test_explain_of_a_missing_file_says_so():
     with pytest.raises(FileNotFoundError, match="missing.nn"):
         nncc.explain("missing.nn")
+
+
+def test_formulas_with_negative_fractions_are_explained():
+    # the width of -3/2 for breaking a formula into rows (a sympy comparison is no bool)
+    doc = build(compile_source("fn f(z) = -1.5 * z + 0.25\ninput x: [3]\ntarget y: [2]\n"
+                               "loss = quadratic(x |> dense(2) |> f, y)\n", "<fractions>"))
+    assert r"\frac{3}{2}" in doc.markdown() or "1.5" in doc.markdown()

@@ -401,7 +401,7 @@ class _Rows:
             name = len(self.p.grads[label]) + 4 if label in self.p.grads else len(label)  # dL/dX
             return name + (sum(w(i) for i in e.indices) + len(e.indices) - 1) / 2
         if isinstance(e, sp.Rational) and not e.is_Integer:
-            return max(len(str(abs(e.p))), len(str(e.q))) + 1 + (e < 0)
+            return max(len(str(abs(e.p))), len(str(e.q))) + 1 + int(bool(e.is_negative))
         if e.is_Atom:
             return len(str(e))
         if isinstance(e, sp.Add):
