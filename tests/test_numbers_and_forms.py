@@ -89,6 +89,8 @@ PROGRAMS = {
     "a sigmoid inside a max, fused into its gradient": "fn l(a[i], y[i]) = max(i: 2 * (a[i] - y[i]) * sigmoid(a[i] - y[i]))\n"
                                                         "input x: [3]\ntarget y: [3]\nh = x |> dense(2)\n"
                                                         "loss = l(concat(h |> dense(1), h), y) / 3\n",
+    "a backward read past the ends": "layer reverse(x: [k]) {\n    y[i] = x[k - 1 - i + 2] for i < k\n}\n"
+                                     "input x: [3]\ntarget y: [4]\nloss = quadratic(x |> dense(4) |> reverse, y)\n",
     "constant call in a max": "fn l(a[i], y[i]) = max(i: a[i] - y[i] - sigmoid(1e-30))\n"
                               "input x: [3]\ntarget y: [3]\nloss = l(x |> dense(3), y)\n",
 }

@@ -88,6 +88,12 @@ def test_window_reads_zeros_outside():
     a = np.arange(6.0).reshape(1, 6)
     assert list(h._window(a, 1, -2, 5, 2)[0]) == [0.0, 0.0, 2.0, 4.0, 0.0]
     assert list(h._window(a, 1, 4, 3)[0]) == [4.0, 5.0, 0.0]
+    # every start, stride (backwards too) and size against the definition
+    for start in range(-8, 14):
+        for stride in (-3, -2, -1, 1, 2, 3):
+            for size in range(9):
+                want = [a[0, start + stride * i] if 0 <= start + stride * i < 6 else 0.0 for i in range(size)]
+                assert list(h._window(a, 1, start, size, stride)[0]) == want, (start, stride, size)
 
 
 def test_a_module_carries_the_helpers_it_calls_verbatim_and_no_others():

@@ -546,9 +546,7 @@ class Lowerer:
                     slices.append(f"{offset}:{last + 1}" + (f":{stride}" if stride != 1 else ""))
                 elif stride < 0 and 0 <= last and sp.simplify(offset - shape[axis]) < 0:  # read backwards
                     slices.append(f"{offset}:{last - 1 if last > 0 else ''}:{stride}")
-                elif stride < 0:
-                    raise NotImplementedError(f"subscript {sub}: a backward read past the array's ends")
-                else:
+                else:  # a window reaching past the ends, forwards or backwards: zeros there
                     self.kernels.helpers.add("window")
                     code = f"_window({code}, {axis}, {offset}, {size}" + (f", {stride})" if stride != 1 else ")")
                     slices.append(None)

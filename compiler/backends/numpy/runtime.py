@@ -145,15 +145,21 @@ def _first_argmax(a, axes):
 
 
 def _window(a, axis, start, size, stride=1):
-    # a[start + stride*i] for i < size along axis, reading zeros outside a's extent
-    lo = max(0, -(start // stride))  # the first i with start + stride*i >= 0
-    hi = min(size, (a.shape[axis] - 1 - start) // stride + 1)  # ... and past the last inside
+    # a[start + stride*i] for i < size along axis (stride of either sign), reading zeros
+    # outside a's extent: i runs from lo to hi - 1 inside it
+    n = a.shape[axis]
+    if stride > 0:
+        lo, hi = max(0, -(start // stride)), min(size, (n - 1 - start) // stride + 1)
+    else:
+        lo, hi = max(0, -((n - 1 - start) // -stride)), min(size, start // -stride + 1)
     shape = list(a.shape)
     shape[axis] = size
     out = np.zeros(shape, dtype=a.dtype)
     if hi > lo:
+        first, last = start + stride * lo, start + stride * (hi - 1)
         into, read = [slice(None)] * a.ndim, [slice(None)] * a.ndim
         into[axis] = slice(lo, hi)
-        read[axis] = slice(start + stride * lo, start + stride * (hi - 1) + 1, stride)
+        read[axis] = slice(first, last + 1, stride) if stride > 0 else \
+            slice(first, last - 1 if last > 0 else None, stride)
         out[tuple(into)] = a[tuple(read)]
     return out
