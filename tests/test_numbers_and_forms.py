@@ -91,6 +91,10 @@ PROGRAMS = {
                                                         "loss = l(concat(h |> dense(1), h), y) / 3\n",
     "a backward read past the ends": "layer reverse(x: [k]) {\n    y[i] = x[k - 1 - i + 2] for i < k\n}\n"
                                      "input x: [3]\ntarget y: [4]\nloss = quadratic(x |> dense(4) |> reverse, y)\n",
+    "a constant subscript outside its array": "layer far(x: [n]) {\n    param w: [3]\n"
+                                              "    y[i] = w[5] * x[i] + w[1] * x[i]\n}\n"
+                                              "input x: [3]\ntarget y: [3]\nloss = quadratic(x |> dense(3) |> far, y)\n",
+    "sums fused under thirty tanh": 'fn deepfn(z) = tanh(tanh(tanh(tanh(tanh(tanh(tanh(tanh(tanh(tanh(tanh(tanh(tanh(tanh(tanh(tanh(tanh(tanh(tanh(tanh(tanh(tanh(tanh(tanh(tanh(tanh(tanh(tanh(tanh(tanh(z))))))))))))))))))))))))))))))\nnetwork g89063192\nlayer scaled_sum(x: [n], m) {\n    param w: [m]\n    param v: [m]\n    y[i] = x[i] * sum(j: w[j]) + sum(j: v[j] * v[j])\n}\nlayer flat2(x: [c, n]) {\n    y[ch*n + i] = x[ch, i]\n}\ninput u0: [2, 3]\ninput v1: [5]\ntarget y0: [2]\ntarget y1: [6]\nh1 = dense(v1, 2)\nh2 = log(1 + h1 * h1)\nh3 = h1 |> scaled_sum(1)\nh4 = u0 |> flat2\nloss = sum -(quadratic(log_softmax(deepfn(h3)), y0) - quadratic(log_softmax(h4), y1))\n',
     "constant call in a max": "fn l(a[i], y[i]) = max(i: a[i] - y[i] - sigmoid(1e-30))\n"
                               "input x: [3]\ntarget y: [3]\nloss = l(x |> dense(3), y)\n",
 }

@@ -129,12 +129,14 @@ class Program:
 
 
 def build(g: ir.Graph, derivations: tuple) -> Program:
+    shapes = {t.name: (B,) + t.shape for t in g.tensors.values()}
+    shapes.update({p.name: p.shape for p in g.params})
     read_back = {r.base.label.name for d in derivations for gr in d.grads for r in gr.backward.atoms(sp.Indexed)}
-    forward = _lowered(_forward_steps(derivations, g.ancestors(g.output)), {g.output})
-    loss = _lowered(_forward_steps(derivations, g.ancestors(g.loss)), {g.output, g.loss} | read_back)
+    forward = _lowered(_forward_steps(derivations, g.ancestors(g.output)), {g.output}, shapes)
+    loss = _lowered(_forward_steps(derivations, g.ancestors(g.loss)), {g.output, g.loss} | read_back, shapes)
     seed = sp.Integer(1) / B if g.reduce == "mean" else sp.Integer(1)
     steps = _backward_steps(g, derivations, seed)
-    backward = _lowered(steps, {grad_name(p.name) for p in g.params})
+    backward = _lowered(steps, {grad_name(p.name) for p in g.params}, shapes)
     written = {st.target for st in steps}
     zero = tuple(p.name for p in g.params if grad_name(p.name) not in written)
     return Program(g, tuple(derivations), forward, loss, backward, seed, zero)
@@ -173,7 +175,7 @@ def _backward_steps(g, derivations, seed) -> list:
     return out
 
 
-def _lowered(steps: list, kept: set) -> tuple:
+def _lowered(steps: list, kept: set, shapes: dict) -> tuple:
     """The steps with fusable values substituted into their readers, scatters made
     explicit and expressions stabilized."""
     fusable = _fusable(steps, kept)
@@ -188,8 +190,18 @@ def _lowered(steps: list, kept: set) -> tuple:
             expanded[st.target] = body  # computed where its one reader reads it
             notes[st.target] = (*inside, *st.notes)
             continue
-        out.append(_final(st, body, (*inside, *st.notes)))
+        out.append(_final(st, _outside_is_zero(body, shapes), (*inside, *st.notes)))
     return tuple(out)
+
+
+def _outside_is_zero(expr, shapes: dict):
+    """expr with each read at a constant position outside its array replaced by the 0 it
+    reads (the language's padding rule), for every backend alike."""
+    def outside(e):
+        shape = shapes.get(e.base.label.name) if isinstance(e, sp.Indexed) else None
+        return shape is not None and any(
+            i.is_Integer and (int(i) < 0 or (n != B and int(i) >= int(n))) for i, n in zip(e.indices, shape))
+    return expr.replace(outside, lambda e: sp.Integer(0)) if expr.has(sp.Indexed) else expr
 
 
 def _final(st: Statement, expr, notes) -> Statement:

@@ -302,9 +302,10 @@ class CLowerer:
         """Emit, inside the open loops, the reductions left in e; return e reading their results."""
         if e in self.pending:
             return self._emit_reduction(*self.pending[e])
-        if e.is_Atom or isinstance(e, sp.Indexed):
-            return e
-        return e.func(*[self._inline(a) for a in e.args])
+        if e.is_Atom or isinstance(e, sp.Indexed) or not e.free_symbols & self.pending.keys():
+            return e  # not rebuilt: sympy would evaluate every node of a deep formula again
+        args = [self._inline(a) for a in e.args]
+        return e if all(x is y for x, y in zip(args, e.args)) else e.func(*args)
 
     def _emit_reduction(self, kind, body, vs):
         result = sp.Symbol(f"r{self.count}", real=True)
@@ -391,9 +392,10 @@ class CLowerer:
                 return mark
             body = self._hoist(e.function, order + vs)
             return self._reduce(type(e), body, vs, free)
-        if e.is_Atom or isinstance(e, sp.Indexed):
-            return e
-        return e.func(*[self._hoist(a, order) for a in e.args])
+        if e.is_Atom or isinstance(e, sp.Indexed) or not e.has(*_REDUCTIONS):
+            return e  # not rebuilt: sympy would evaluate every node of a deep formula again
+        args = [self._hoist(a, order) for a in e.args]
+        return e if all(x is y for x, y in zip(args, e.args)) else e.func(*args)
 
     def _reduce(self, kind, body, vs, free):
         if free:
@@ -480,6 +482,9 @@ class CLowerer:
             cond = f"if ({' && '.join(guards)}) " if guards else ""
             self._emit(f"{cond}{name}[{linear}] += {_CPrinter(self).doprint(g)};")
         return real_base(name)[tuple(indices)]
+
+
+_REDUCTIONS = (sp.Sum, LogSumExp, MaxOver, FirstArgmax)
 
 
 def _name(x) -> str:

@@ -170,6 +170,23 @@ class _Printer(NumPyPrinter):
 
 
 
+def _rebuilt(e, f):
+    """e with f applied to its arguments, where it holds a reduction to take out; e itself
+    where nothing changes (sympy evaluates a rebuilt node again, and multiplying a number
+    into a sum at every level of a deep fused formula took minutes)."""
+    if e.is_Atom or isinstance(e, sp.Indexed) or not e.has(sp.Sum, LogSumExp, MaxOver, FirstArgmax):
+        return e
+    args = [f(a) for a in e.args]
+    if all(x is y for x, y in zip(args, e.args)):
+        return e
+    # a function call rebuilt as it was: evaluating it again asks sympy about its argument
+    # (is tanh(tanh(...)) real?), which on a deep fused formula took minutes.  Sums are
+    # evaluated, so that x - (max + log-sum) flattens back into x - max - log-sum
+    if isinstance(e, sp.Function):
+        return e.func(*args, evaluate=False)
+    return e.func(*args)
+
+
 def _index_syms(e, ranges) -> set:
     out = {s for s in e.free_symbols if s in ranges}
     for a in e.atoms(FirstArgmax):  # its bound indices are axes of its value too
@@ -282,9 +299,7 @@ class Lowerer:
             body = self._hoist(e.function, order + vs)
             free = [s for s in order if s in _index_syms(e, self.ranges)]
             return self._reduce(type(e), body, vs, free, order + vs)
-        if e.is_Atom or isinstance(e, sp.Indexed):
-            return e
-        return e.func(*[self._hoist(a, order) for a in e.args])
+        return _rebuilt(e, lambda a: self._hoist(a, order))
 
     def _reduce(self, kind, body, vs, free, order):
         # the extents too: avgpool2d(1) and avgpool2d(2) sum the same body over p, q < 1 and < 2
