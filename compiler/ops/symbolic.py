@@ -215,6 +215,25 @@ def _split_folded_constant(groups: dict) -> None:
                 return
 
 
+def read_name(x) -> str:
+    """The name of an array read or a symbol."""
+    return x.base.label.name if isinstance(x, sp.Indexed) else x.name
+
+
+def index_symbols(e, ranges) -> set:
+    """The indices (keys of ranges) e varies along; a first-argmax's bound indices are
+    axes of its value too."""
+    out = {s for s in e.free_symbols if s in ranges}
+    for a in e.atoms(FirstArgmax):
+        out |= {lim[0] for lim in a.limits}
+    return out
+
+
+def join_signed(texts) -> str:
+    """Printed terms as one sum, a term printed with a leading minus subtracted: a - b + c."""
+    return "".join(t if k == 0 else f" - {t[1:]}" if t.startswith("-") else f" + {t}" for k, t in enumerate(texts))
+
+
 def sum_terms(e: sp.Add, reads, late_max: set, late_log: set):
     """How to print the sum e: e with the terms that share a coefficient as one product
     (factored_sum), a sympy expression to print as usual; or, where e reads (`reads(term)`,

@@ -25,7 +25,7 @@ from ...naming import grad_name
 from ...ops.primitives import lookup
 from ...schedule.program import Program
 from .nodes import Block, Loop, Stmt, render
-from ...ops.symbolic import FirstArgmax, LogSumExp, MaxOver, real_base, sum_terms
+from ...ops.symbolic import FirstArgmax, LogSumExp, MaxOver, index_symbols, join_signed, read_name, real_base, sum_terms
 
 
 def cname(name: str) -> str:
@@ -80,15 +80,11 @@ class _CPrinter(C99CodePrinter):
 
     def _print_Add(self, e, order=None):
         low = self.low
-        terms = sum_terms(e, lambda t: {_name(x) for x in t.atoms(sp.Indexed, sp.Symbol)}, low.lse_max, low.lse_log)
+        terms = sum_terms(e, lambda t: {read_name(x) for x in t.atoms(sp.Indexed, sp.Symbol)}, low.lse_max, low.lse_log)
         if not isinstance(terms, list):
             # 1.5*t1 + 1.5*t2 is the product 1.5*(t1 + t2), not a sum
             return super()._print_Add(terms, order) if terms.is_Add else self._print(terms)
-        out = []
-        for k, t in enumerate(terms):
-            s = self._print(t)
-            out.append(s if k == 0 else f" - {s[1:]}" if s.startswith("-") else f" + {s}")
-        return "(" + "".join(out) + ")"
+        return "(" + join_signed(self._print(t) for t in terms) + ")"
 
     def _print_Integer(self, n):
         if self.index or abs(int(n)) <= 2 ** 24:
@@ -383,7 +379,7 @@ class CLowerer:
             vs = [lim[0] for lim in e.limits]
             for lim in e.limits:
                 self.ranges[lim[0]] = lim[2] + 1
-            free = [s for s in order if s in _syms(e, self.ranges) and s not in vs]
+            free = [s for s in order if s in index_symbols(e, self.ranges) and s not in vs]
             inline_ok = set(free) | (set(vs) if isinstance(e, FirstArgmax) else set()) == set(order)
             body = self._hoist(e.function, order + (vs if not isinstance(e, FirstArgmax) else []))
             if inline_ok:  # computed in the statement's own loops: no temporary array
@@ -485,17 +481,6 @@ class CLowerer:
 
 
 _REDUCTIONS = (sp.Sum, LogSumExp, MaxOver, FirstArgmax)
-
-
-def _name(x) -> str:
-    return x.base.label.name if isinstance(x, sp.Indexed) else x.name
-
-
-def _syms(e, ranges):
-    out = {s for s in e.free_symbols if s in ranges}
-    for a in e.atoms(FirstArgmax):
-        out |= {lim[0] for lim in a.limits}
-    return out
 
 
 def _c_int(n):

@@ -26,7 +26,7 @@ from ...literals import real_literal
 from ...naming import grad_name, temp, var
 from ...ops.primitives import lookup
 from ...schedule.program import Program
-from ...ops.symbolic import ClampedLog, FirstArgmax, LogSumExp, MaxOver, real_base, sum_terms
+from ...ops.symbolic import ClampedLog, FirstArgmax, LogSumExp, MaxOver, index_symbols, join_signed, read_name, real_base, sum_terms
 
 
 @dataclass(frozen=True)
@@ -74,15 +74,11 @@ class _Printer(NumPyPrinter):
 
     def _print_Add(self, e, order=None):
         low = self.lowerer
-        terms = sum_terms(e, lambda t: {_label(x) for x in t.atoms(sp.Indexed, sp.Symbol)}, low.lse_max, low.lse_log)
+        terms = sum_terms(e, lambda t: {read_name(x) for x in t.atoms(sp.Indexed, sp.Symbol)}, low.lse_max, low.lse_log)
         if not isinstance(terms, list):
             # 1.5*t1 + 1.5*t2 is the product 1.5*(t1 + t2), not a sum
             return super()._print_Add(terms, order) if terms.is_Add else self._print(terms)
-        out = []
-        for k, t in enumerate(terms):
-            s = self._print(t)
-            out.append(s if k == 0 else f" - {s[1:]}" if s.startswith("-") else f" + {s}")
-        return "".join(out)
+        return join_signed(self._print(t) for t in terms)
 
     def _print(self, e, **kwargs):
         # a constant such as sqrt(5) or log(2) as a Python float: numpy's np.sqrt(5) is a
@@ -137,7 +133,7 @@ class _Printer(NumPyPrinter):
         if _may_fault(a) or _may_fault(b):  # np.where evaluates the branch not taken too
             self.lowerer.guarded = True
         code = f"np.where({self._print(c)}, {self._print(a)}, {self._print(b)})"
-        if not _index_syms(a, self.lowerer.ranges) and not _index_syms(b, self.lowerer.ranges):
+        if not index_symbols(a, self.lowerer.ranges) and not index_symbols(b, self.lowerer.ranges):
             code += ".astype(dtype)"  # between two numbers np.where gives float64
         return code
 
@@ -185,13 +181,6 @@ def _rebuilt(e, f):
     if isinstance(e, sp.Function):
         return e.func(*args, evaluate=False)
     return e.func(*args)
-
-
-def _index_syms(e, ranges) -> set:
-    out = {s for s in e.free_symbols if s in ranges}
-    for a in e.atoms(FirstArgmax):  # its bound indices are axes of its value too
-        out |= {lim[0] for lim in a.limits}
-    return out
 
 
 class Lowerer:
@@ -242,10 +231,10 @@ class Lowerer:
                             for t in sp.Add.make_args(expr)])
         expr = self._hoist(expr, list(indices))
         code = self._elementwise(expr, list(indices))
-        whole = _label(expr) if isinstance(expr, (sp.Indexed, sp.Symbol)) else None
+        whole = read_name(expr) if isinstance(expr, (sp.Indexed, sp.Symbol)) else None
         if whole in self.inline_code and code == _paren(self.inline_code[whole][0]):
             code = self.inline_code[whole][0]  # the line is that one temporary: no brackets
-        labels = _index_syms(expr, self.ranges)
+        labels = index_symbols(expr, self.ranges)
         if labels != set(indices):  # a value that does not vary along some axis
             shp = "(" + ", ".join(self._extent_code(self.ranges[s]) for s in indices) + ",)"
             code = f"np.broadcast_to({code}, {shp}).astype(dtype)"
@@ -286,7 +275,7 @@ class Lowerer:
             for lim in e.limits:
                 self.ranges[lim[0]] = lim[2] + 1
             body = self._hoist(e.function, order)
-            labels = [s for s in order if s in _index_syms(body, self.ranges)]
+            labels = [s for s in order if s in index_symbols(body, self.ranges)]
             labels += [v for v in vs if v not in labels]
             axes = tuple(labels.index(v) for v in vs)
             self.kernels.helpers.add("first_argmax")
@@ -297,7 +286,7 @@ class Lowerer:
             for lim in e.limits:
                 self.ranges[lim[0]] = lim[2] + 1
             body = self._hoist(e.function, order + vs)
-            free = [s for s in order if s in _index_syms(e, self.ranges)]
+            free = [s for s in order if s in index_symbols(e, self.ranges)]
             return self._reduce(type(e), body, vs, free, order + vs)
         return _rebuilt(e, lambda a: self._hoist(a, order))
 
@@ -310,7 +299,7 @@ class Lowerer:
             code, labels = self._sum(body, vs, free, order)
             ref = self._temp(code, labels)
         else:
-            labels = [s for s in order if s in _index_syms(body, self.ranges)]
+            labels = [s for s in order if s in index_symbols(body, self.ranges)]
             axes = _axes(tuple(labels.index(v) for v in vs if v in labels))
             out = [s for s in labels if s not in vs]
             if kind is MaxOver:
@@ -324,8 +313,8 @@ class Lowerer:
                 # is evaluated as (x - max) - log(...): no rounding to the spacing of max
                 shifted = self._elementwise(body - ref, labels)
                 log_sum = self._temp(f"np.log(np.exp({shifted}).sum(axis={axes}))", out)
-                self.lse_max.add(_label(ref))
-                self.lse_log.add(_label(log_sum))
+                self.lse_max.add(read_name(ref))
+                self.lse_log.add(read_name(log_sum))
                 ref = ref + log_sum
         self.cse[key] = ref
         return ref
@@ -426,7 +415,7 @@ class Lowerer:
         other = [(v, lo, hi) for v, lo, hi in limits if v not in used]
         g = self._hoist(sp.Sum(rest, *other) if other else rest, layout)
         code = self._elementwise(g, layout)
-        if _index_syms(g, self.ranges) != set(layout):
+        if index_symbols(g, self.ranges) != set(layout):
             dims = ", ".join(self._extent_code(self.ranges[x]) for x in layout)
             code = f"np.broadcast_to({code}, ({dims},))"
         return code
@@ -434,7 +423,7 @@ class Lowerer:
     def _sum(self, body, vs, free, order):
         coeff, groups = sp.Integer(1), {}
         for f in sp.Mul.make_args(body):
-            labels = frozenset(_index_syms(f, self.ranges))
+            labels = frozenset(index_symbols(f, self.ranges))
             if not labels:
                 coeff *= f
             else:
@@ -660,11 +649,6 @@ def _may_fault(e) -> bool:
     """Can evaluating e divide by zero, overflow or take the log of a non-positive number?"""
     return bool(e.atoms(sp.log, sp.exp, ClampedLog)) or any(
         p.exp.is_negative or not p.exp.is_integer for p in e.atoms(sp.Pow))
-
-
-def _label(x) -> str:
-    """The name of an array read or a symbol."""
-    return x.base.label.name if isinstance(x, sp.Indexed) else x.name
 
 
 def _decimal(r) -> str | None:
