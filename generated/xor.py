@@ -126,12 +126,6 @@ def _sigmoid(z):
     return np.where(z >= 0, 1 / (1 + e), e / (1 + e))
 
 
-def _clamped_log(a, floor):
-    # log(0) = -inf is expected here and clamped, as PyTorch's binary cross-entropy
-    with np.errstate(divide="ignore"):
-        return np.maximum(np.log(a), floor)
-
-
 def forward(params, x):
     """The network's output `p` for a batch of inputs."""
     batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"])})
@@ -161,10 +155,11 @@ def loss(params, x, y):
     # tanh_1: h[b, i] = tanh(dense_1[b, i])  [#fwd-tanh_1]
     h = np.tanh(dense_1_bias + (x @ dense_1_weight.T))
     # dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2]
+    dense_2 = dense_2_bias + (h @ dense_2_weight.T)
     # sigmoid_1: p[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_1]
-    p = _sigmoid(dense_2_bias + (h @ dense_2_weight.T))
+    p = _sigmoid(dense_2)
     # binary_cross_entropy_1: binary_cross_entropy_1[b] = -Σ_i ((1 - y[b, i])*where(log(1 - p[b, i]) > -100, log(1 - p[b, i]), -100) + y[b, i]*where(log(p[b, i]) > -100, log(p[b, i]), -100))  [#fwd-binary_cross_entropy_1]
-    binary_cross_entropy_1 = -((1 - y)*_clamped_log(1 - p, -100) + _clamped_log(p, -100)*y).sum(axis=1)
+    binary_cross_entropy_1 = -((1 - y)*np.where((np.logaddexp(0, dense_2) > 100), -100, -np.logaddexp(0, dense_2)) + np.where((np.logaddexp(0, -dense_2) > 100), -100, -np.logaddexp(0, -dense_2))*y).sum(axis=1)
     return float(binary_cross_entropy_1.sum() / batch)
 
 
@@ -180,16 +175,17 @@ def loss_and_grad(params, x, y):
     # tanh_1: h[b, i] = tanh(dense_1[b, i])  [#fwd-tanh_1]
     h = np.tanh(dense_1_bias + (x @ dense_1_weight.T))
     # dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2]
+    dense_2 = dense_2_bias + (h @ dense_2_weight.T)
     # sigmoid_1: p[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_1]
-    p = _sigmoid(dense_2_bias + (h @ dense_2_weight.T))
+    p = _sigmoid(dense_2)
     # binary_cross_entropy_1: binary_cross_entropy_1[b] = -Σ_i ((1 - y[b, i])*where(log(1 - p[b, i]) > -100, log(1 - p[b, i]), -100) + y[b, i]*where(log(p[b, i]) > -100, log(p[b, i]), -100))  [#fwd-binary_cross_entropy_1]
-    binary_cross_entropy_1 = -((1 - y)*_clamped_log(1 - p, -100) + _clamped_log(p, -100)*y).sum(axis=1)
+    binary_cross_entropy_1 = -((1 - y)*np.where((np.logaddexp(0, dense_2) > 100), -100, -np.logaddexp(0, dense_2)) + np.where((np.logaddexp(0, -dense_2) > 100), -100, -np.logaddexp(0, -dense_2))*y).sum(axis=1)
     value = float(binary_cross_entropy_1.sum() / batch)
 
     # d_p[b, i] = where(log(1 - p[b, i]) > -100, (1 - y[b, i])*d_binary_cross_entropy_1[b]/(1 - p[b, i]), 0) + where(log(p[b, i]) > -100, -d_binary_cross_entropy_1[b]*y[b, i]/p[b, i], 0)  [#bwd-binary_cross_entropy_1-p]
     # d_dense_2[b, i] = -(-1 + p[b, i])*d_p[b, i]*p[b, i]  [#bwd-sigmoid_1-dense_2]
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        d_dense_2 = -(p - 1)*p*(np.where((1 - p > 3.720075976020836e-44), (1 - y)/(batch*(1 - p)), 0) + np.where((p > 3.720075976020836e-44), -y/(batch*p), 0))
+        d_dense_2 = _sigmoid(-dense_2)*p*(np.where((_sigmoid(-dense_2) > 3.720075976020836e-44), (1 - y)/(batch*_sigmoid(-dense_2)), 0) + np.where((p > 3.720075976020836e-44), -y/(batch*p), 0))
     # d_dense_2_weight[i, j] = Σ_b (d_dense_2[b, i]*h[b, j])  [#bwd-dense_2-weight]
     d_dense_2_weight = d_dense_2.T @ h
     # d_dense_2_bias[i] = Σ_b d_dense_2[b, i]  [#bwd-dense_2-bias]

@@ -155,6 +155,7 @@ def _arrays(compiled, batch, rng):
     """Random values for every tensor, parameter and gradient, by the name formulas read them with
     and by the variable the code reads them from; the first element of each computed tensor tiny,
     where clamps and guards switch branches."""
+    import numpy as np
     g = compiled.graph
     given = {t.name for t in g.inputs} | {t.name for t in g.targets}
     values, variables = {}, {}
@@ -165,6 +166,11 @@ def _arrays(compiled, batch, rng):
             a.flat[0] = 1e-60
         values[name] = variables[var(name)] = a
         values[grad_name(name)] = variables[grad_name(name)] = rng.uniform(-1, 1, shape)
+    # a buffer holding sigmoid(u) is read beside u where its complement matters (1 - s as
+    # sigmoid(-u)): the two must agree
+    for name, (indices, u) in compiled.program.sigmoids.items():
+        assert isinstance(u, sp.Indexed) and u.indices == indices, (name, u)  # as the examples have it
+        values[name][...] = variables[var(name)][...] = 1 / (1 + np.exp(-values[u.base.label.name]))
     return values, variables
 
 

@@ -207,6 +207,81 @@ def test_float32_softmaxes_of_large_logits_are_accurate(name):
     _compare_with_torch(name, module.forward(params, x), value, grads, x, y, rtol=1e-6)
 
 
+# ---- stable across nodes ---------------------------------------------------------------
+# A sigmoid is a node of its own, kept in a buffer when the backward pass reads it; its
+# readers still get the stable forms (log s = -softplus(-h), 1 - s = sigmoid(-h)).
+
+def _identity_dense(dtype=np.float64):
+    return {"dense_1.weight": np.eye(4, dtype=dtype), "dense_1.bias": np.zeros(4, dtype)}
+
+
+def test_binary_cross_entropy_of_a_saturated_sigmoid_is_exact():
+    # sigmoid(h) rounds to 1 beyond h = 37, so log(1 - sigmoid(h)) computed from the
+    # sigmoid's value is the -100 clamp (its gradient 0) where it is -h (gradient 1 - y)
+    module = compile_nn(nn_zoo.program("bce_saturated", """
+        h = x |> dense(4)
+        a = h |> sigmoid
+        loss = binary_cross_entropy(a, y)
+    """, targets={"y": [4]}))
+    x = np.array([[20.0, 40.0, 60.0, -45.0], [-20.0, 99.0, -99.0, 0.5]])
+    y = np.array([[0.3, 0.7, 0.2, 0.9], [0.6, 0.1, 0.8, 0.4]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        value, grads = module.loss_and_grad(_identity_dense(), x, y)
+    # |h| < 100: the clamp at -100 is not reached, so this is BCE with logits
+    exact = float(((1 - y) * np.logaddexp(0, x) + y * np.logaddexp(0, -x)).sum()) / 2
+    assert value == pytest.approx(exact, rel=1e-14)
+    sigmoid = np.exp(-np.logaddexp(0, -x))
+    np.testing.assert_allclose(grads["dense_1.bias"], (sigmoid - y).sum(0) / 2, rtol=1e-13, atol=0)
+    torch = pytest.importorskip("torch")
+    import torch.nn.functional as F
+    h = torch.tensor(x, requires_grad=True)
+    t = F.binary_cross_entropy_with_logits(h, torch.tensor(y), reduction="sum") / 2
+    t.backward()
+    assert value == pytest.approx(float(t.detach()), rel=1e-14)
+    np.testing.assert_allclose(grads["dense_1.bias"], h.grad.sum(0).numpy(), rtol=1e-13, atol=0)
+
+
+@DTYPES
+def test_log_of_a_sigmoid_node_is_minus_softplus(dtype):
+    module = compile_nn(nn_zoo.program("log_sigmoid_node", """
+        h = x |> dense(4)
+        a = log(sigmoid(h))
+        loss = quadratic(a, y)
+    """, targets={"y": [4]}))
+    x = np.array([[1000, -1000, 0.5, -40], [-1e12, 1e12, 40, -0.5]], dtype)
+    y = np.zeros((2, 4), dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # log(0) would warn
+        out = module.forward(_identity_dense(dtype), x)
+        value, grads = module.loss_and_grad(_identity_dense(dtype), x, y)
+    expected = -np.logaddexp(0, -x.astype(np.float64))
+    np.testing.assert_allclose(out, expected, rtol=1e-6 if dtype == np.float32 else 1e-15)
+    assert np.isfinite(value) and all(np.all(np.isfinite(g)) for g in grads.values())
+    # d/dh 0.5 (log s(h))^2 = log s(h) (1 - s(h)) = -softplus(-h) s(-h)
+    dh = expected * np.exp(-np.logaddexp(0, x.astype(np.float64)))
+    np.testing.assert_allclose(grads["dense_1.bias"], dh.sum(0) / 2, rtol=1e-5 if dtype == np.float32 else 1e-14)
+
+
+def test_logsumexp_of_a_sharp_softplus_has_a_finite_gradient():
+    # the softmax weight exp(f - lse) of f = softplus(h) / 1e-3 must not be taken apart
+    # into (1 + exp(h))**1000 * exp(-lse), which overflows
+    module = compile_nn(nn_zoo.program("sharp_softplus", """
+        h = x |> dense(4)
+        loss = sharp(h, y)
+    """, targets={"y": [4]}, defs="fn sharp(a[i], y[i]) = 1e-3 * logsumexp(i: softplus(a[i] - y[i]) / 1e-3)"))
+    x = np.array([[3.0, 1.0, 2.9995, -1.0], [0.5, 0.4, 0.2, 0.1]])
+    y = np.zeros((2, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        value, grads = module.loss_and_grad(_identity_dense(), x, y)
+    f = np.logaddexp(0, x) / 1e-3
+    weights = np.exp(f - f.max(1, keepdims=True))
+    weights /= weights.sum(1, keepdims=True)
+    sigmoid = np.exp(-np.logaddexp(0, -x))
+    np.testing.assert_allclose(grads["dense_1.bias"], (weights * sigmoid).sum(0) / 2, rtol=1e-12, atol=1e-300)
+
+
 # ---- kinks, as PyTorch ------------------------------------------------------------------
 
 KINKS = {  # function, derivative at exactly 0 (PyTorch's choice)

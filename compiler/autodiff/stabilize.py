@@ -1,7 +1,7 @@
 """Rewrite derived formulas into forms that cannot overflow, before lowering.
 
 Differentiation works on the plain formulas of the prelude (sigmoid is
-1/(1+exp(-z))); evaluation must not.  Three rewrites, applied to forward and
+1/(1+exp(-z))); evaluation must not.  The rewrites, applied to forward and
 backward formulas alike:
 
   log(1 + exp(a))                     -> Softplus(a)     (logaddexp(0, a))
@@ -9,41 +9,95 @@ backward formulas alike:
                                          with s the stable Sigmoid, then cancel
   where(log a > c, log a, c)          -> ClampedLog(a, c); a condition
   log a > c                           -> a > exp(c)
+  1 - s(a), log s(a)                  -> s(-a), -Softplus(-a)
 
 so sigmoid' = s(z) s(-z) and silu' = s(z) + z s(z) s(-z): both tails stay
-accurate, and nothing evaluates exp of a large argument.
+accurate, and nothing evaluates exp of a large argument.  The last line applies
+to a sigmoid held in a buffer too (a node of its own, which the backward pass
+reads), where its reader takes its log, divides by it or compares it: the
+binary cross-entropy of a sigmoid is then exact where the sigmoid rounds to 1.
 """
 from __future__ import annotations
 
 import sympy as sp
 
-from ..ops.symbolic import ClampedLog, FirstArgmax, LogSumExp, MaxOver, Sigmoid, Softplus, Where
+from ..ops.symbolic import (ClampedLog, FirstArgmax, LogSumExp, MaxOver, Sigmoid, Softplus, Where, exp_of_one_plus,
+                            softplus_form)
 
 
-def stabilize(e: sp.Expr) -> sp.Expr:
+def stabilize(e: sp.Expr, sigmoids: dict | None = None) -> sp.Expr:
+    """e in stable form; `sigmoids` maps a buffer that holds sigmoid(u) to (its indices, u)."""
     e = _clamped_logs(e)
-    e = e.replace(_is_log1p_exp, lambda x: Softplus(_exp_of_one_plus(x.args[0]).args[0]))
+    e = _sigmoid_reads(e, sigmoids or {})
+    e = softplus_form(e)
     e = _sigmoids(e)
-    return e
+    return _sigmoid_forms(e)
 
 
-def _exp_of_one_plus(a):
-    """exp(t) if a == 1 + exp(t), else None."""
-    if isinstance(a, sp.Add) and len(a.args) == 2 and sp.S.One in a.args:
-        other = a.args[0] if a.args[1] == 1 else a.args[1]
-        if isinstance(other, sp.exp):
-            return other
-    return None
+def _sigmoid_forms(e):
+    """1 - s(t) -> s(-t), log s(t) -> -softplus(-t), max(log s(t), c) likewise: near
+    s = 1, 1 - s rounds to a multiple of eps (to 0 beyond t = 37), where s(-t) keeps
+    every digit down to 1e-308."""
+    def complement(x):
+        if not isinstance(x, sp.Add):
+            return None
+        c, rest = x.as_coeff_Add()
+        for term in sp.Add.make_args(rest):
+            k, f = term.as_coeff_Mul()
+            if isinstance(f, Sigmoid) and c == -k and c != 0:
+                return -k * Sigmoid(-f.args[0]) + (rest - term)
+        return None
+
+    def rewrite(x):
+        if isinstance(x, sp.Add):
+            return complement(x) or x
+        if isinstance(x, sp.log) and isinstance(x.args[0], Sigmoid):
+            return -Softplus(-x.args[0].args[0])
+        if isinstance(x, ClampedLog) and isinstance(x.args[0], Sigmoid):
+            minus_log, floor = Softplus(-x.args[0].args[0]), x.args[1]
+            return Where(minus_log > -floor, floor, -minus_log)  # NaN stays NaN, as max(log a, c)
+        return x
+
+    if not e.has(Sigmoid):
+        return e
+    return e.replace(lambda x: isinstance(x, (sp.Add, sp.log, ClampedLog)), rewrite)
 
 
-def _is_log1p_exp(x):
-    return isinstance(x, sp.log) and _exp_of_one_plus(x.args[0]) is not None
+def is_sigmoid(e) -> bool:
+    """Whether e is 1/(1 + exp(-u)) as derived, before stabilize."""
+    return isinstance(e, sp.Pow) and e.exp == -1 and exp_of_one_plus(e.base) is not None
+
+
+def careful_reads(e, names: set) -> set:
+    """The names in `names` that e reads under a log, a division or a comparison, where
+    the rounding of a sigmoid's 1 - s would show."""
+    out = set()
+    for x in sp.preorder_traversal(e):
+        if isinstance(x, (sp.log, ClampedLog, sp.Rel)) or (isinstance(x, sp.Pow) and x.exp.is_negative):
+            out |= {r.base.label.name for r in x.atoms(sp.Indexed)} & names
+    return out
+
+
+def _sigmoid_reads(e, sigmoids: dict):
+    """e with the sigmoid forms applied to reads of buffers that hold a sigmoid, where
+    the statement takes the log of, divides by or compares such a read (a plain
+    s (1 - s) is accurate to eps as it is, and cheaper)."""
+    reads = {r: Sigmoid(sigmoids[r.base.label.name][1].xreplace(
+                 dict(zip(sigmoids[r.base.label.name][0], r.indices))))
+             for r in e.atoms(sp.Indexed) if r.base.label.name in sigmoids}
+    if not reads:
+        return e
+
+    if not careful_reads(e, set(sigmoids)):
+        return e
+    e = _sigmoid_forms(e.xreplace(reads))
+    return e.xreplace({s: r for r, s in reads.items()})
 
 
 def _sigmoids(e):
     args = []
     for a in sorted(e.atoms(sp.Add), key=sp.default_sort_key):
-        ex = _exp_of_one_plus(a)
+        ex = exp_of_one_plus(a)
         if ex is not None and ex.args[0] not in args:
             args.append(ex.args[0])
     if not args:

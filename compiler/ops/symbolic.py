@@ -40,7 +40,11 @@ class LogSumExp(ExprWithLimits):
 
     def _eval_derivative(self, s):
         f, limits = _rebind(self)
-        return sp.Sum(sp.exp(f - self) * f.diff(s), *limits)
+        # the weight exp(f - lse) is a softmax, at most 1; sympy's exp pulls a c*log(x) term
+        # out of its argument as x**c, which overflows for large c (softplus(a) / 1e-3), so
+        # a softplus enters it as one opaque function
+        weight = sp.exp(softplus_form(f) - self)
+        return sp.Sum(weight * f.diff(s), *limits)
 
     def _eval_is_real(self):
         return True
@@ -116,6 +120,21 @@ class Softplus(_RealFunction):
     def _latex(self, printer, exp=None):
         tex = r"\log\left(1 + e^{%s}\right)" % printer._print(self.args[0])
         return tex if exp is None else r"\left(%s\right)^{%s}" % (tex, exp)
+
+
+def exp_of_one_plus(a):
+    """exp(t) if a == 1 + exp(t), else None."""
+    if isinstance(a, sp.Add) and len(a.args) == 2 and sp.S.One in a.args:
+        other = a.args[0] if a.args[1] == 1 else a.args[1]
+        if isinstance(other, sp.exp):
+            return other
+    return None
+
+
+def softplus_form(e):
+    """e with each log(1 + exp(t)) written Softplus(t)."""
+    return e.replace(lambda x: isinstance(x, sp.log) and exp_of_one_plus(x.args[0]) is not None,
+                     lambda x: Softplus(exp_of_one_plus(x.args[0]).args[0]))
 
 
 class ClampedLog(_RealFunction):

@@ -11,7 +11,9 @@ Everything a backend would otherwise decide for itself is decided here, once:
                 several nodes summed (accumulate);
   scatters      affine output subscripts that overlap or leave gaps, as a sum of
                 Kronecker deltas (derive.as_scatter);
-  stability     the rewrites of stabilize (softplus, stable sigmoid, clamped log);
+  stability     the rewrites of stabilize (softplus, stable sigmoid, clamped log),
+                also where a statement reads a buffer that holds a sigmoid (log s,
+                1 - s from its argument: Program.sigmoids);
   fusion        a value read once, elementwise, at its reader's own positions and
                 outside any reduction, is substituted into its reader (as a sympy
                 expression, so every backend evaluates the same sum in the same order).
@@ -33,8 +35,8 @@ from ..comments import formula_text
 from ..autodiff.derive import B, as_scatter
 from ..errors import generating
 from ..naming import backward_anchor, forward_anchor, grad_name
-from ..autodiff.stabilize import stabilize
-from ..ops.symbolic import FirstArgmax, LogSumExp, MaxOver, real_base
+from ..autodiff.stabilize import careful_reads, is_sigmoid, stabilize
+from ..ops.symbolic import FirstArgmax, LogSumExp, MaxOver, Sigmoid, real_base
 
 REDUCTIONS = (sp.Sum, MaxOver, LogSumExp, FirstArgmax)
 
@@ -93,6 +95,7 @@ class Program:
     backward: tuple  # Statement
     seed: sp.Expr  # d loss / d (per-sample loss)
     zero_grads: tuple  # parameters the loss does not depend on: gradient 0
+    sigmoids: dict = None  # buffer -> (indices, u): the loss's buffers written as sigmoid(u)
 
     @property
     def shapes(self) -> dict:
@@ -132,14 +135,16 @@ def build(g: ir.Graph, derivations: tuple) -> Program:
     shapes = {t.name: (B,) + t.shape for t in g.tensors.values()}
     shapes.update({p.name: p.shape for p in g.params})
     read_back = {r.base.label.name for d in derivations for gr in d.grads for r in gr.backward.atoms(sp.Indexed)}
-    forward = _lowered(_forward_steps(derivations, g.ancestors(g.output)), {g.output}, shapes)
-    loss = _lowered(_forward_steps(derivations, g.ancestors(g.loss)), {g.output, g.loss} | read_back, shapes)
+    forward = _lowered(_forward_steps(derivations, g.ancestors(g.output)), {g.output}, shapes, {})
+    sigmoids = {}  # the loss's buffers that hold a sigmoid, which the backward reads too
+    loss = _lowered(_forward_steps(derivations, g.ancestors(g.loss)), {g.output, g.loss} | read_back, shapes,
+                    sigmoids)
     seed = sp.Integer(1) / B if g.reduce == "mean" else sp.Integer(1)
     steps = _backward_steps(g, derivations, seed)
-    backward = _lowered(steps, {grad_name(p.name) for p in g.params}, shapes)
+    backward = _lowered(steps, {grad_name(p.name) for p in g.params}, shapes, sigmoids)
     written = {st.target for st in steps}
     zero = tuple(p.name for p in g.params if grad_name(p.name) not in written)
-    return Program(g, tuple(derivations), forward, loss, backward, seed, zero)
+    return Program(g, tuple(derivations), forward, loss, backward, seed, zero, sigmoids)
 
 
 def _forward_steps(derivations, keep) -> list:
@@ -175,10 +180,12 @@ def _backward_steps(g, derivations, seed) -> list:
     return out
 
 
-def _lowered(steps: list, kept: set, shapes: dict) -> tuple:
+def _lowered(steps: list, kept: set, shapes: dict, sigmoids: dict) -> tuple:
     """The steps with fusable values substituted into their readers, scatters made
-    explicit and expressions stabilized."""
-    fusable = _fusable(steps, kept)
+    explicit and expressions stabilized.  `sigmoids` gains each buffer written as
+    sigmoid(u), with its indices and u, for the stable forms of later readers
+    (log s = -softplus(-u), 1 - s = sigmoid(-u))."""
+    fusable = _fusable(steps, kept) - _sigmoid_arguments(steps)
     by_target = {st.target: st for st in steps}
     expanded, notes, out = {}, {}, []
     for st in steps:
@@ -190,8 +197,24 @@ def _lowered(steps: list, kept: set, shapes: dict) -> tuple:
             expanded[st.target] = body  # computed where its one reader reads it
             notes[st.target] = (*inside, *st.notes)
             continue
-        out.append(_final(st, _outside_is_zero(body, shapes), (*inside, *st.notes)))
+        final = _final(st, _outside_is_zero(body, shapes), (*inside, *st.notes), sigmoids)
+        if (isinstance(final.expr, Sigmoid) and not final.accumulate and final.variables is None
+                and all(isinstance(i, sp.Symbol) for i in final.indices)
+                and not final.expr.has(*REDUCTIONS, sp.KroneckerDelta)):
+            sigmoids[final.target] = (final.indices, final.expr.args[0])
+        out.append(final)
     return tuple(out)
+
+
+def _sigmoid_arguments(steps: list) -> set:
+    """The values read by a sigmoid that a later step reads under a log, a division or a
+    comparison: kept in buffers, so that the stable form there (log s = -softplus(-u))
+    reads u instead of computing it again (a matrix product, say)."""
+    sigmoid_steps = {st.target: st for st in steps if is_sigmoid(st.expr)}
+    if not sigmoid_steps:
+        return set()
+    careful = set().union(*(careful_reads(st.expr, set(sigmoid_steps)) for st in steps))
+    return {r.base.label.name for t in careful for r in sigmoid_steps[t].expr.atoms(sp.Indexed)}
 
 
 def _outside_is_zero(expr, shapes: dict):
@@ -204,7 +227,7 @@ def _outside_is_zero(expr, shapes: dict):
     return expr.replace(outside, lambda e: sp.Integer(0)) if expr.has(sp.Indexed) else expr
 
 
-def _final(st: Statement, expr, notes) -> Statement:
+def _final(st: Statement, expr, notes, sigmoids: dict) -> Statement:
     """A statement with its scatter made explicit and its expression stabilized."""
     indices, ranges, variables, derived = st.indices, st.ranges, st.variables, expr
     with generating(st.node, st.fused):
@@ -214,7 +237,7 @@ def _final(st: Statement, expr, notes) -> Statement:
             variables = None
         if variables is not None and tuple(variables) == tuple(indices):
             variables = None
-        return Statement(st.target, tuple(indices), stabilize(expr), dict(ranges), st.node, variables,
+        return Statement(st.target, tuple(indices), stabilize(expr, sigmoids), dict(ranges), st.node, variables,
                          st.accumulate, notes, derived)
 
 

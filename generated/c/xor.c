@@ -7,8 +7,8 @@
 /* short local names, undefined at the end so several models can share a file */
 #define real xor_real
 #define nncc_sigmoid xor_sigmoid_
+#define nncc_softplus xor_softplus_
 #define nncc_where xor_where_
-#define nncc_clamped_log xor_clamped_log_
 
 static real nncc_sigmoid(real z)
 {
@@ -17,17 +17,16 @@ static real nncc_sigmoid(real z)
     return z >= 0 ? 1 / (1 + e) : e / (1 + e);
 }
 
+static real nncc_softplus(real z)
+{
+    /* log(1 + exp(z)) without overflow */
+    return (z > 0 ? z : 0) + log1p(exp(-fabs(z)));
+}
+
 static real nncc_where(int condition, real a, real b)
 {
     /* both branches evaluated, then one chosen (see the C printer's _print_Where) */
     return condition ? a : b;
-}
-
-static real nncc_clamped_log(real a, real floor_)
-{
-    /* max(log(a), floor_): log(0) = -inf gives floor_ */
-    real v = log(a);
-    return v > floor_ ? v : floor_;
 }
 
 
@@ -114,6 +113,7 @@ real xor_loss(const real *params, const xor_real *v_x, const xor_real *v_y, int 
     const real *v_dense_2_weight = params + 12;
     const real *v_dense_2_bias = params + 16;
     real *v_h = work + (size_t)batch * 8 + 0;
+    real *v_dense_2 = work + (size_t)batch * 16 + 0;
     real *v_p = work + (size_t)batch * 18 + 0;
     real *v_binary_cross_entropy_1 = work + (size_t)batch * 20 + 0;
     /* dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
@@ -128,21 +128,26 @@ real xor_loss(const real *params, const xor_real *v_x, const xor_real *v_y, int 
         }
     }
     /* dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2] */
-    /* sigmoid_1: p[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 1; i_1++) {
             real r1 = 0;
             for (int j_3 = 0; j_3 < 4; j_3++) {
                 r1 += v_dense_2_weight[(i_1)*4 + j_3]*v_h[(b_0)*4 + j_3];
             }
-            v_p[b_0 + i_1] = nncc_sigmoid(r1 + v_dense_2_bias[i_1]);
+            v_dense_2[b_0 + i_1] = r1 + v_dense_2_bias[i_1];
+        }
+    }
+    /* sigmoid_1: p[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_1] */
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_1 = 0; i_1 < 1; i_1++) {
+            v_p[b_0 + i_1] = nncc_sigmoid(v_dense_2[b_0 + i_1]);
         }
     }
     /* binary_cross_entropy_1: binary_cross_entropy_1[b] = -Σ_i ((1 - y[b, i])*where(log(1 - p[b, i]) > -100, log(1 - p[b, i]), -100) + y[b, i]*where(log(p[b, i]) > -100, log(p[b, i]), -100))  [#fwd-binary_cross_entropy_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         real r2 = 0;
         for (int i_1 = 0; i_1 < 1; i_1++) {
-            r2 += (1 - v_y[b_0 + i_1])*nncc_clamped_log(1 - v_p[b_0 + i_1], -100) + nncc_clamped_log(v_p[b_0 + i_1], -100)*v_y[b_0 + i_1];
+            r2 += (1 - v_y[b_0 + i_1])*nncc_where(nncc_softplus(v_dense_2[b_0 + i_1]) > 100, -100, -nncc_softplus(v_dense_2[b_0 + i_1])) + nncc_where(nncc_softplus(-v_dense_2[b_0 + i_1]) > 100, -100, -nncc_softplus(-v_dense_2[b_0 + i_1]))*v_y[b_0 + i_1];
         }
         v_binary_cross_entropy_1[b_0] = -r2;
     }
@@ -161,6 +166,7 @@ real xor_loss_and_grad(const real *params, const xor_real *v_x, const xor_real *
     real *dv_dense_2_bias = grad + 16;
     real *dv_dense_1 = work + (size_t)batch * 4 + 0;
     real *v_h = work + (size_t)batch * 8 + 0;
+    real *v_dense_2 = work + (size_t)batch * 16 + 0;
     real *dv_dense_2 = work + (size_t)batch * 17 + 0;
     real *v_p = work + (size_t)batch * 18 + 0;
     real *v_binary_cross_entropy_1 = work + (size_t)batch * 20 + 0;
@@ -176,21 +182,26 @@ real xor_loss_and_grad(const real *params, const xor_real *v_x, const xor_real *
         }
     }
     /* dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2] */
-    /* sigmoid_1: p[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 1; i_1++) {
             real r1 = 0;
             for (int j_3 = 0; j_3 < 4; j_3++) {
                 r1 += v_dense_2_weight[(i_1)*4 + j_3]*v_h[(b_0)*4 + j_3];
             }
-            v_p[b_0 + i_1] = nncc_sigmoid(r1 + v_dense_2_bias[i_1]);
+            v_dense_2[b_0 + i_1] = r1 + v_dense_2_bias[i_1];
+        }
+    }
+    /* sigmoid_1: p[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_1] */
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_1 = 0; i_1 < 1; i_1++) {
+            v_p[b_0 + i_1] = nncc_sigmoid(v_dense_2[b_0 + i_1]);
         }
     }
     /* binary_cross_entropy_1: binary_cross_entropy_1[b] = -Σ_i ((1 - y[b, i])*where(log(1 - p[b, i]) > -100, log(1 - p[b, i]), -100) + y[b, i]*where(log(p[b, i]) > -100, log(p[b, i]), -100))  [#fwd-binary_cross_entropy_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         real r2 = 0;
         for (int i_1 = 0; i_1 < 1; i_1++) {
-            r2 += (1 - v_y[b_0 + i_1])*nncc_clamped_log(1 - v_p[b_0 + i_1], -100) + nncc_clamped_log(v_p[b_0 + i_1], -100)*v_y[b_0 + i_1];
+            r2 += (1 - v_y[b_0 + i_1])*nncc_where(nncc_softplus(v_dense_2[b_0 + i_1]) > 100, -100, -nncc_softplus(v_dense_2[b_0 + i_1])) + nncc_where(nncc_softplus(-v_dense_2[b_0 + i_1]) > 100, -100, -nncc_softplus(-v_dense_2[b_0 + i_1]))*v_y[b_0 + i_1];
         }
         v_binary_cross_entropy_1[b_0] = -r2;
     }
@@ -198,7 +209,7 @@ real xor_loss_and_grad(const real *params, const xor_real *v_x, const xor_real *
     /* d_dense_2[b, i] = -(-1 + p[b, i])*d_p[b, i]*p[b, i]  [#bwd-sigmoid_1-dense_2] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 1; i_1++) {
-            dv_dense_2[b_0 + i_1] = -(v_p[b_0 + i_1] - 1)*v_p[b_0 + i_1]*(nncc_where(1 - v_p[b_0 + i_1] > ((real)3.720075976020836e-44), (1 - v_y[b_0 + i_1])/(((real)batch)*(1 - v_p[b_0 + i_1])), 0) + nncc_where(v_p[b_0 + i_1] > ((real)3.720075976020836e-44), -v_y[b_0 + i_1]/(((real)batch)*v_p[b_0 + i_1]), 0));
+            dv_dense_2[b_0 + i_1] = nncc_sigmoid(-v_dense_2[b_0 + i_1])*v_p[b_0 + i_1]*(nncc_where(nncc_sigmoid(-v_dense_2[b_0 + i_1]) > ((real)3.720075976020836e-44), (1 - v_y[b_0 + i_1])/(((real)batch)*nncc_sigmoid(-v_dense_2[b_0 + i_1])), 0) + nncc_where(v_p[b_0 + i_1] > ((real)3.720075976020836e-44), -v_y[b_0 + i_1]/(((real)batch)*v_p[b_0 + i_1]), 0));
         }
     }
     /* d_dense_2_weight[i, j] = Σ_b (d_dense_2[b, i]*h[b, j])  [#bwd-dense_2-weight] */
@@ -272,5 +283,5 @@ real xor_sgd_step(real *params, const xor_real *v_x, const xor_real *v_y, int ba
 
 #undef real
 #undef nncc_sigmoid
+#undef nncc_softplus
 #undef nncc_where
-#undef nncc_clamped_log
