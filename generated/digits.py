@@ -26,6 +26,10 @@ PARAM_INITS = {
 }
 
 
+# the dtypes themselves: reading dtype.name builds a string, microseconds per call
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def init_params(seed=0, dtype=np.float32):
     """Fresh parameters; the same seed gives the same values on every run."""
     rng = np.random.default_rng(seed)
@@ -60,7 +64,7 @@ def _check(params, arrays):
             dtype, batch = value.dtype, len(value)
     except (KeyError, AttributeError, TypeError):
         return _complain(params, arrays)
-    if not batch or dtype.name not in ("float32", "float64"):
+    if not batch or dtype not in _FLOATS:
         return _complain(params, arrays)
     return batch, dtype
 
@@ -111,7 +115,10 @@ def _complain(params, arrays):
     dtypes.update({name: params[name].dtype for name in PARAM_SHAPES})
     first = next(iter(dtypes))
     for name, d in dtypes.items():
-        if d.name not in ("float32", "float64"):
+        if d not in _FLOATS:
+            if d.newbyteorder("=") in (np.dtype(np.float32), np.dtype(np.float64)):
+                raise ValueError(f"{name!r} is {d.name} in non-native byte order ({d.str}); pass it in this "
+                                 f"machine's order (e.g. x.astype(np.{d.name}))")
             raise ValueError(f"{name!r} is {d}; pass float32 or float64 arrays (e.g. x.astype(np.float32))")
         if d != dtypes[first]:
             raise ValueError(f"{name!r} is {d}, but {first!r} is {dtypes[first]}: pass float32 or float64 "
@@ -131,7 +138,7 @@ def forward(params, x):
     # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
     dense_1 = dense_1_bias + (x @ dense_1_weight.T)
     # relu_1: h[b, i] = where(dense_1[b, i] <= 0, 0, dense_1[b, i])  [#fwd-relu_1]
-    h = np.where((dense_1 <= 0), 0, dense_1)
+    h = np.maximum(dense_1, 0)
     # dense_2: z[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2]
     z = dense_2_bias + (h @ dense_2_weight.T)
     return z
@@ -148,7 +155,7 @@ def loss(params, x, y):
     # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
     dense_1 = dense_1_bias + (x @ dense_1_weight.T)
     # relu_1: h[b, i] = where(dense_1[b, i] <= 0, 0, dense_1[b, i])  [#fwd-relu_1]
-    h = np.where((dense_1 <= 0), 0, dense_1)
+    h = np.maximum(dense_1, 0)
     # dense_2: z[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2]
     z = dense_2_bias + (h @ dense_2_weight.T)
     t2 = z.max(axis=1)
@@ -169,7 +176,7 @@ def loss_and_grad(params, x, y):
     # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
     dense_1 = dense_1_bias + (x @ dense_1_weight.T)
     # relu_1: h[b, i] = where(dense_1[b, i] <= 0, 0, dense_1[b, i])  [#fwd-relu_1]
-    h = np.where((dense_1 <= 0), 0, dense_1)
+    h = np.maximum(dense_1, 0)
     # dense_2: z[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2]
     z = dense_2_bias + (h @ dense_2_weight.T)
     t2 = z.max(axis=1)
@@ -177,16 +184,17 @@ def loss_and_grad(params, x, y):
     # softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1]
     softmax_cross_entropy_1 = -((z - t2[:, None] - t3[:, None])*y).sum(axis=1)
     value = float(softmax_cross_entropy_1.sum() / batch)
+    seed = 1 / batch
 
     # d_z[b, k] = (-y[b, k] + Σ_i y[b, i]*exp(-logsumexp_j(z[b, j]) + z[b, k]))*d_softmax_cross_entropy_1[b]  [#bwd-softmax_cross_entropy_1-z]
-    d_z = (-y + np.exp(z - t2[:, None] - t3[:, None])*y.sum(axis=1)[:, None])/batch
+    d_z = seed*(-y + np.exp(z - t2[:, None] - t3[:, None])*y.sum(axis=1)[:, None])
     # d_dense_2_weight[i, j] = Σ_b (d_z[b, i]*h[b, j])  [#bwd-dense_2-weight]
     d_dense_2_weight = d_z.T @ h
     # d_dense_2_bias[i] = Σ_b d_z[b, i]  [#bwd-dense_2-bias]
     d_dense_2_bias = d_z.sum(axis=0)
     # d_h[b, j] = Σ_i (d_z[b, i]*dense_2.weight[i, j])  [#bwd-dense_2-h]
     # d_dense_1[b, i] = where(dense_1[b, i] > 0, d_h[b, i], 0)  [#bwd-relu_1-dense_1]
-    d_dense_1 = np.where((dense_1 > 0), (d_z @ dense_2_weight), 0)
+    d_dense_1 = (d_z @ dense_2_weight)*(dense_1 > 0)
     # d_dense_1_weight[i, j] = Σ_b (d_dense_1[b, i]*x[b, j])  [#bwd-dense_1-weight]
     d_dense_1_weight = d_dense_1.T @ x
     # d_dense_1_bias[i] = Σ_b d_dense_1[b, i]  [#bwd-dense_1-bias]
@@ -201,8 +209,42 @@ def loss_and_grad(params, x, y):
 
 def sgd_step(params, x, y, lr):
     """One step of plain gradient descent, in place; returns the loss before the step."""
-    value, grads = loss_and_grad(params, x, y)
+    batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"]), "y": (y, TARGET_SHAPES["y"])})
     _check_writable(params)
-    for name, g in grads.items():
-        params[name] -= lr * g
+    dense_1_weight = params["dense_1.weight"]
+    dense_1_bias = params["dense_1.bias"]
+    dense_2_weight = params["dense_2.weight"]
+    dense_2_bias = params["dense_2.bias"]
+
+    # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
+    dense_1 = dense_1_bias + (x @ dense_1_weight.T)
+    # relu_1: h[b, i] = where(dense_1[b, i] <= 0, 0, dense_1[b, i])  [#fwd-relu_1]
+    h = np.maximum(dense_1, 0)
+    # dense_2: z[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2]
+    z = dense_2_bias + (h @ dense_2_weight.T)
+    t2 = z.max(axis=1)
+    t3 = np.log(np.exp(-t2[:, None] + z).sum(axis=1))
+    # softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1]
+    softmax_cross_entropy_1 = -((z - t2[:, None] - t3[:, None])*y).sum(axis=1)
+    value = float(softmax_cross_entropy_1.sum() / batch)
+    # the backward pass seeded with -lr times the loss's seed: each gradient is the update
+    seed = -float(lr) / batch
+
+    # d_z[b, k] = (-y[b, k] + Σ_i y[b, i]*exp(-logsumexp_j(z[b, j]) + z[b, k]))*d_softmax_cross_entropy_1[b]  [#bwd-softmax_cross_entropy_1-z]
+    d_z = seed*(-y + np.exp(z - t2[:, None] - t3[:, None])*y.sum(axis=1)[:, None])
+    # d_dense_2_weight[i, j] = Σ_b (d_z[b, i]*h[b, j])  [#bwd-dense_2-weight]
+    d_dense_2_weight = d_z.T @ h
+    # d_dense_2_bias[i] = Σ_b d_z[b, i]  [#bwd-dense_2-bias]
+    d_dense_2_bias = d_z.sum(axis=0)
+    # d_h[b, j] = Σ_i (d_z[b, i]*dense_2.weight[i, j])  [#bwd-dense_2-h]
+    # d_dense_1[b, i] = where(dense_1[b, i] > 0, d_h[b, i], 0)  [#bwd-relu_1-dense_1]
+    d_dense_1 = (d_z @ dense_2_weight)*(dense_1 > 0)
+    # d_dense_1_weight[i, j] = Σ_b (d_dense_1[b, i]*x[b, j])  [#bwd-dense_1-weight]
+    d_dense_1_weight = d_dense_1.T @ x
+    # d_dense_1_bias[i] = Σ_b d_dense_1[b, i]  [#bwd-dense_1-bias]
+    d_dense_1_bias = d_dense_1.sum(axis=0)
+    dense_1_weight += d_dense_1_weight
+    dense_1_bias += d_dense_1_bias
+    dense_2_weight += d_dense_2_weight
+    dense_2_bias += d_dense_2_bias
     return value

@@ -30,6 +30,10 @@ PARAM_INITS = {
 }
 
 
+# the dtypes themselves: reading dtype.name builds a string, microseconds per call
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def init_params(seed=0, dtype=np.float32):
     """Fresh parameters; the same seed gives the same values on every run."""
     rng = np.random.default_rng(seed)
@@ -64,7 +68,7 @@ def _check(params, arrays):
             dtype, batch = value.dtype, len(value)
     except (KeyError, AttributeError, TypeError):
         return _complain(params, arrays)
-    if not batch or dtype.name not in ("float32", "float64"):
+    if not batch or dtype not in _FLOATS:
         return _complain(params, arrays)
     return batch, dtype
 
@@ -115,7 +119,10 @@ def _complain(params, arrays):
     dtypes.update({name: params[name].dtype for name in PARAM_SHAPES})
     first = next(iter(dtypes))
     for name, d in dtypes.items():
-        if d.name not in ("float32", "float64"):
+        if d not in _FLOATS:
+            if d.newbyteorder("=") in (np.dtype(np.float32), np.dtype(np.float64)):
+                raise ValueError(f"{name!r} is {d.name} in non-native byte order ({d.str}); pass it in this "
+                                 f"machine's order (e.g. x.astype(np.{d.name}))")
             raise ValueError(f"{name!r} is {d}; pass float32 or float64 arrays (e.g. x.astype(np.float32))")
         if d != dtypes[first]:
             raise ValueError(f"{name!r} is {d}, but {first!r} is {dtypes[first]}: pass float32 or float64 "
@@ -238,14 +245,14 @@ def forward(params, x):
     # conv2d_1: conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1]
     conv2d_1 = conv2d_1_bias[:, None, None] + np.tensordot(conv2d_1_weight, np.ascontiguousarray(_patches(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3))).transpose((0, 2, 3, 1, 4, 5))), axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
     # relu_1: relu_1[b, i, j, k] = where(conv2d_1[b, i, j, k] <= 0, 0, conv2d_1[b, i, j, k])  [#fwd-relu_1]
-    relu_1 = np.where((conv2d_1 <= 0), 0, conv2d_1)
+    relu_1 = np.maximum(conv2d_1, 0)
     # maxpool2d_1: h[b, ch, i, j] = max_p,q(relu_1[b, ch, p + 2*i, q + 2*j])  [#fwd-maxpool2d_1]
     h = _max_over(relu_1.reshape(batch, 8, 4, 2, 4, 2).transpose((0, 1, 2, 4, 3, 5)), (4, 5))
     # conv2d_2: conv2d_2[b, o, i, j] = conv2d_2.bias[o] + Σ_ci,p,q (conv2d_2.weight[o, ci, p, q]*h[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_2]
     conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, np.ascontiguousarray(_patches(h, ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3))).transpose((0, 2, 3, 1, 4, 5))), axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
     # relu_2: g[b, i, j, k] = where(conv2d_2[b, i, j, k] <= 0, 0, conv2d_2[b, i, j, k])  [#fwd-relu_2]
     # flatten_1: flatten_1[b, j + 4*i + 16*ch] = g[b, ch, i, j]  [#fwd-flatten_1]
-    flatten_1 = np.where((conv2d_2 <= 0), 0, conv2d_2).reshape(batch, 256)
+    flatten_1 = np.maximum(conv2d_2, 0).reshape(batch, 256)
     # dense_1: z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1]
     z = dense_1_bias + (flatten_1 @ dense_1_weight.T)
     return z
@@ -265,7 +272,7 @@ def loss(params, x, y):
     # conv2d_1: conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1]
     conv2d_1 = conv2d_1_bias[:, None, None] + np.tensordot(conv2d_1_weight, t0, axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
     # relu_1: relu_1[b, i, j, k] = where(conv2d_1[b, i, j, k] <= 0, 0, conv2d_1[b, i, j, k])  [#fwd-relu_1]
-    relu_1 = np.where((conv2d_1 <= 0), 0, conv2d_1)
+    relu_1 = np.maximum(conv2d_1, 0)
     # maxpool2d_1: h[b, ch, i, j] = max_p,q(relu_1[b, ch, p + 2*i, q + 2*j])  [#fwd-maxpool2d_1]
     h = _max_over(relu_1.reshape(batch, 8, 4, 2, 4, 2).transpose((0, 1, 2, 4, 3, 5)), (4, 5))
     t3 = np.ascontiguousarray(_patches(h, ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3))).transpose((0, 2, 3, 1, 4, 5)))
@@ -273,7 +280,7 @@ def loss(params, x, y):
     conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, t3, axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
     # relu_2: g[b, i, j, k] = where(conv2d_2[b, i, j, k] <= 0, 0, conv2d_2[b, i, j, k])  [#fwd-relu_2]
     # flatten_1: flatten_1[b, j + 4*i + 16*ch] = g[b, ch, i, j]  [#fwd-flatten_1]
-    flatten_1 = np.where((conv2d_2 <= 0), 0, conv2d_2).reshape(batch, 256)
+    flatten_1 = np.maximum(conv2d_2, 0).reshape(batch, 256)
     # dense_1: z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1]
     z = dense_1_bias + (flatten_1 @ dense_1_weight.T)
     t6 = z.max(axis=1)
@@ -297,7 +304,7 @@ def loss_and_grad(params, x, y):
     # conv2d_1: conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1]
     conv2d_1 = conv2d_1_bias[:, None, None] + np.tensordot(conv2d_1_weight, t0, axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
     # relu_1: relu_1[b, i, j, k] = where(conv2d_1[b, i, j, k] <= 0, 0, conv2d_1[b, i, j, k])  [#fwd-relu_1]
-    relu_1 = np.where((conv2d_1 <= 0), 0, conv2d_1)
+    relu_1 = np.maximum(conv2d_1, 0)
     # maxpool2d_1: h[b, ch, i, j] = max_p,q(relu_1[b, ch, p + 2*i, q + 2*j])  [#fwd-maxpool2d_1]
     h = _max_over(relu_1.reshape(batch, 8, 4, 2, 4, 2).transpose((0, 1, 2, 4, 3, 5)), (4, 5))
     t3 = np.ascontiguousarray(_patches(h, ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3))).transpose((0, 2, 3, 1, 4, 5)))
@@ -305,7 +312,7 @@ def loss_and_grad(params, x, y):
     conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, t3, axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
     # relu_2: g[b, i, j, k] = where(conv2d_2[b, i, j, k] <= 0, 0, conv2d_2[b, i, j, k])  [#fwd-relu_2]
     # flatten_1: flatten_1[b, j + 4*i + 16*ch] = g[b, ch, i, j]  [#fwd-flatten_1]
-    flatten_1 = np.where((conv2d_2 <= 0), 0, conv2d_2).reshape(batch, 256)
+    flatten_1 = np.maximum(conv2d_2, 0).reshape(batch, 256)
     # dense_1: z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1]
     z = dense_1_bias + (flatten_1 @ dense_1_weight.T)
     t6 = z.max(axis=1)
@@ -313,9 +320,10 @@ def loss_and_grad(params, x, y):
     # softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1]
     softmax_cross_entropy_1 = -((z - t6[:, None] - t7[:, None])*y).sum(axis=1)
     value = float(softmax_cross_entropy_1.sum() / batch)
+    seed = 1 / batch
 
     # d_z[b, k] = (-y[b, k] + Σ_i y[b, i]*exp(-logsumexp_j(z[b, j]) + z[b, k]))*d_softmax_cross_entropy_1[b]  [#bwd-softmax_cross_entropy_1-z]
-    d_z = (-y + np.exp(z - t6[:, None] - t7[:, None])*y.sum(axis=1)[:, None])/batch
+    d_z = seed*(-y + np.exp(z - t6[:, None] - t7[:, None])*y.sum(axis=1)[:, None])
     # d_flatten_1[b, j] = Σ_i (d_z[b, i]*dense_1.weight[i, j])  [#bwd-dense_1-flatten_1]
     d_flatten_1 = d_z @ dense_1_weight
     # d_dense_1_weight[i, j] = Σ_b (d_z[b, i]*flatten_1[b, j])  [#bwd-dense_1-weight]
@@ -324,7 +332,7 @@ def loss_and_grad(params, x, y):
     d_dense_1_bias = d_z.sum(axis=0)
     # d_g[b, ch, i, j] = d_flatten_1[b, j + 4*i + 16*ch]  [#bwd-flatten_1-g]
     # d_conv2d_2[b, i, j, k] = where(conv2d_2[b, i, j, k] > 0, d_g[b, i, j, k], 0)  [#bwd-relu_2-conv2d_2]
-    d_conv2d_2 = np.where((conv2d_2 > 0), d_flatten_1.reshape(batch, 16, 4, 4), 0)
+    d_conv2d_2 = d_flatten_1.reshape(batch, 16, 4, 4)*(conv2d_2 > 0)
     # d_h[b, ci, k, l] = Σ_o,i,j,p,q (conv2d_2.weight[o, ci, p, q]*d_conv2d_2[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_2-h]
     d_h = _unpatches(np.tensordot(conv2d_2_weight.transpose((2, 3, 1, 0)), d_conv2d_2.transpose((1, 2, 3, 0)), axes=([3], [0])).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 4, 4,), ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3)))
     # d_conv2d_2_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_2[b, o, i, j]*h[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_2-weight]
@@ -334,7 +342,7 @@ def loss_and_grad(params, x, y):
     # d_relu_1[b, ch, k, l] = Σ_i,j,p1,q1 (FirstArgmax(relu_1[b, ch, p1 + 2*i, q1 + 2*j], (p1, 0, 1), (q1, 0, 1))*d_h[b, ch, i, j]*δ(k,p1 + 2*i)*δ(l,q1 + 2*j))  [#bwd-maxpool2d_1-relu_1]
     d_relu_1 = (d_h[:, :, :, None, :, None]*_first_argmax(relu_1.reshape(batch, 8, 4, 2, 4, 2), (3, 5))).reshape(batch, 8, 8, 8)
     # d_conv2d_1[b, i, j, k] = where(conv2d_1[b, i, j, k] > 0, d_relu_1[b, i, j, k], 0)  [#bwd-relu_1-conv2d_1]
-    d_conv2d_1 = np.where((conv2d_1 > 0), d_relu_1, 0)
+    d_conv2d_1 = d_relu_1*(conv2d_1 > 0)
     # d_conv2d_1_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_1[b, o, i, j]*x[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_1-weight]
     d_conv2d_1_weight = np.tensordot(d_conv2d_1, t0, axes=([0, 2, 3], [0, 1, 2]))
     # d_conv2d_1_bias[o] = Σ_b,i,j d_conv2d_1[b, o, i, j]  [#bwd-conv2d_1-bias]
@@ -351,8 +359,67 @@ def loss_and_grad(params, x, y):
 
 def sgd_step(params, x, y, lr):
     """One step of plain gradient descent, in place; returns the loss before the step."""
-    value, grads = loss_and_grad(params, x, y)
+    batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"]), "y": (y, TARGET_SHAPES["y"])})
     _check_writable(params)
-    for name, g in grads.items():
-        params[name] -= lr * g
+    conv2d_1_weight = params["conv2d_1.weight"]
+    conv2d_1_bias = params["conv2d_1.bias"]
+    conv2d_2_weight = params["conv2d_2.weight"]
+    conv2d_2_bias = params["conv2d_2.bias"]
+    dense_1_weight = params["dense_1.weight"]
+    dense_1_bias = params["dense_1.bias"]
+
+    t0 = np.ascontiguousarray(_patches(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3))).transpose((0, 2, 3, 1, 4, 5)))
+    # conv2d_1: conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1]
+    conv2d_1 = conv2d_1_bias[:, None, None] + np.tensordot(conv2d_1_weight, t0, axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
+    # relu_1: relu_1[b, i, j, k] = where(conv2d_1[b, i, j, k] <= 0, 0, conv2d_1[b, i, j, k])  [#fwd-relu_1]
+    relu_1 = np.maximum(conv2d_1, 0)
+    # maxpool2d_1: h[b, ch, i, j] = max_p,q(relu_1[b, ch, p + 2*i, q + 2*j])  [#fwd-maxpool2d_1]
+    h = _max_over(relu_1.reshape(batch, 8, 4, 2, 4, 2).transpose((0, 1, 2, 4, 3, 5)), (4, 5))
+    t3 = np.ascontiguousarray(_patches(h, ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3))).transpose((0, 2, 3, 1, 4, 5)))
+    # conv2d_2: conv2d_2[b, o, i, j] = conv2d_2.bias[o] + Σ_ci,p,q (conv2d_2.weight[o, ci, p, q]*h[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_2]
+    conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, t3, axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
+    # relu_2: g[b, i, j, k] = where(conv2d_2[b, i, j, k] <= 0, 0, conv2d_2[b, i, j, k])  [#fwd-relu_2]
+    # flatten_1: flatten_1[b, j + 4*i + 16*ch] = g[b, ch, i, j]  [#fwd-flatten_1]
+    flatten_1 = np.maximum(conv2d_2, 0).reshape(batch, 256)
+    # dense_1: z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1]
+    z = dense_1_bias + (flatten_1 @ dense_1_weight.T)
+    t6 = z.max(axis=1)
+    t7 = np.log(np.exp(-t6[:, None] + z).sum(axis=1))
+    # softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1]
+    softmax_cross_entropy_1 = -((z - t6[:, None] - t7[:, None])*y).sum(axis=1)
+    value = float(softmax_cross_entropy_1.sum() / batch)
+    # the backward pass seeded with -lr times the loss's seed: each gradient is the update
+    seed = -float(lr) / batch
+
+    # d_z[b, k] = (-y[b, k] + Σ_i y[b, i]*exp(-logsumexp_j(z[b, j]) + z[b, k]))*d_softmax_cross_entropy_1[b]  [#bwd-softmax_cross_entropy_1-z]
+    d_z = seed*(-y + np.exp(z - t6[:, None] - t7[:, None])*y.sum(axis=1)[:, None])
+    # d_flatten_1[b, j] = Σ_i (d_z[b, i]*dense_1.weight[i, j])  [#bwd-dense_1-flatten_1]
+    d_flatten_1 = d_z @ dense_1_weight
+    # d_dense_1_weight[i, j] = Σ_b (d_z[b, i]*flatten_1[b, j])  [#bwd-dense_1-weight]
+    d_dense_1_weight = d_z.T @ flatten_1
+    # d_dense_1_bias[i] = Σ_b d_z[b, i]  [#bwd-dense_1-bias]
+    d_dense_1_bias = d_z.sum(axis=0)
+    # d_g[b, ch, i, j] = d_flatten_1[b, j + 4*i + 16*ch]  [#bwd-flatten_1-g]
+    # d_conv2d_2[b, i, j, k] = where(conv2d_2[b, i, j, k] > 0, d_g[b, i, j, k], 0)  [#bwd-relu_2-conv2d_2]
+    d_conv2d_2 = d_flatten_1.reshape(batch, 16, 4, 4)*(conv2d_2 > 0)
+    # d_h[b, ci, k, l] = Σ_o,i,j,p,q (conv2d_2.weight[o, ci, p, q]*d_conv2d_2[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_2-h]
+    d_h = _unpatches(np.tensordot(conv2d_2_weight.transpose((2, 3, 1, 0)), d_conv2d_2.transpose((1, 2, 3, 0)), axes=([3], [0])).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 4, 4,), ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3)))
+    # d_conv2d_2_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_2[b, o, i, j]*h[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_2-weight]
+    d_conv2d_2_weight = np.tensordot(d_conv2d_2, t3, axes=([0, 2, 3], [0, 1, 2]))
+    # d_conv2d_2_bias[o] = Σ_b,i,j d_conv2d_2[b, o, i, j]  [#bwd-conv2d_2-bias]
+    d_conv2d_2_bias = d_conv2d_2.sum(axis=(0, 2, 3))
+    # d_relu_1[b, ch, k, l] = Σ_i,j,p1,q1 (FirstArgmax(relu_1[b, ch, p1 + 2*i, q1 + 2*j], (p1, 0, 1), (q1, 0, 1))*d_h[b, ch, i, j]*δ(k,p1 + 2*i)*δ(l,q1 + 2*j))  [#bwd-maxpool2d_1-relu_1]
+    d_relu_1 = (d_h[:, :, :, None, :, None]*_first_argmax(relu_1.reshape(batch, 8, 4, 2, 4, 2), (3, 5))).reshape(batch, 8, 8, 8)
+    # d_conv2d_1[b, i, j, k] = where(conv2d_1[b, i, j, k] > 0, d_relu_1[b, i, j, k], 0)  [#bwd-relu_1-conv2d_1]
+    d_conv2d_1 = d_relu_1*(conv2d_1 > 0)
+    # d_conv2d_1_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_1[b, o, i, j]*x[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_1-weight]
+    d_conv2d_1_weight = np.tensordot(d_conv2d_1, t0, axes=([0, 2, 3], [0, 1, 2]))
+    # d_conv2d_1_bias[o] = Σ_b,i,j d_conv2d_1[b, o, i, j]  [#bwd-conv2d_1-bias]
+    d_conv2d_1_bias = d_conv2d_1.sum(axis=(0, 2, 3))
+    conv2d_1_weight += d_conv2d_1_weight
+    conv2d_1_bias += d_conv2d_1_bias
+    conv2d_2_weight += d_conv2d_2_weight
+    conv2d_2_bias += d_conv2d_2_bias
+    dense_1_weight += d_dense_1_weight
+    dense_1_bias += d_dense_1_bias
     return value

@@ -21,6 +21,10 @@ PARAM_INITS = {
 }
 
 
+# the dtypes themselves: reading dtype.name builds a string, microseconds per call
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def init_params(seed=0, dtype=np.float32):
     """Fresh parameters; the same seed gives the same values on every run."""
     rng = np.random.default_rng(seed)
@@ -55,7 +59,7 @@ def _check(params, arrays):
             dtype, batch = value.dtype, len(value)
     except (KeyError, AttributeError, TypeError):
         return _complain(params, arrays)
-    if not batch or dtype.name not in ("float32", "float64"):
+    if not batch or dtype not in _FLOATS:
         return _complain(params, arrays)
     return batch, dtype
 
@@ -106,7 +110,10 @@ def _complain(params, arrays):
     dtypes.update({name: params[name].dtype for name in PARAM_SHAPES})
     first = next(iter(dtypes))
     for name, d in dtypes.items():
-        if d.name not in ("float32", "float64"):
+        if d not in _FLOATS:
+            if d.newbyteorder("=") in (np.dtype(np.float32), np.dtype(np.float64)):
+                raise ValueError(f"{name!r} is {d.name} in non-native byte order ({d.str}); pass it in this "
+                                 f"machine's order (e.g. x.astype(np.{d.name}))")
             raise ValueError(f"{name!r} is {d}; pass float32 or float64 arrays (e.g. x.astype(np.float32))")
         if d != dtypes[first]:
             raise ValueError(f"{name!r} is {d}, but {first!r} is {dtypes[first]}: pass float32 or float64 "
@@ -150,9 +157,10 @@ def loss_and_grad(params, x):
     # squares_1: squares_1[b] = Σ_i y[b, i]**2  [#fwd-squares_1]
     squares_1 = (y**2).sum(axis=1)
     value = float(squares_1.sum())
+    seed = 1
 
     # d_y[b, i] = 2*d_squares_1[b]*y[b, i]  [#bwd-squares_1-y]
-    d_y = 2*y
+    d_y = 2*seed*y
     # d_dense_1_weight[i, j] = Σ_b (d_y[b, i]*x[b, j])  [#bwd-dense_1-weight]
     d_dense_1_weight = d_y.T @ x
     # d_dense_1_bias[i] = Σ_b d_y[b, i]  [#bwd-dense_1-bias]
@@ -165,8 +173,25 @@ def loss_and_grad(params, x):
 
 def sgd_step(params, x, lr):
     """One step of plain gradient descent, in place; returns the loss before the step."""
-    value, grads = loss_and_grad(params, x)
+    batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"])})
     _check_writable(params)
-    for name, g in grads.items():
-        params[name] -= lr * g
+    dense_1_weight = params["dense_1.weight"]
+    dense_1_bias = params["dense_1.bias"]
+
+    # dense_1: y[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
+    y = dense_1_bias + (x @ dense_1_weight.T)
+    # squares_1: squares_1[b] = Σ_i y[b, i]**2  [#fwd-squares_1]
+    squares_1 = (y**2).sum(axis=1)
+    value = float(squares_1.sum())
+    # the backward pass seeded with -lr times the loss's seed: each gradient is the update
+    seed = -float(lr)
+
+    # d_y[b, i] = 2*d_squares_1[b]*y[b, i]  [#bwd-squares_1-y]
+    d_y = 2*seed*y
+    # d_dense_1_weight[i, j] = Σ_b (d_y[b, i]*x[b, j])  [#bwd-dense_1-weight]
+    d_dense_1_weight = d_y.T @ x
+    # d_dense_1_bias[i] = Σ_b d_y[b, i]  [#bwd-dense_1-bias]
+    d_dense_1_bias = d_y.sum(axis=0)
+    dense_1_weight += d_dense_1_weight
+    dense_1_bias += d_dense_1_bias
     return value

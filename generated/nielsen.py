@@ -26,6 +26,10 @@ PARAM_INITS = {
 }
 
 
+# the dtypes themselves: reading dtype.name builds a string, microseconds per call
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def init_params(seed=0, dtype=np.float32):
     """Fresh parameters; the same seed gives the same values on every run."""
     rng = np.random.default_rng(seed)
@@ -60,7 +64,7 @@ def _check(params, arrays):
             dtype, batch = value.dtype, len(value)
     except (KeyError, AttributeError, TypeError):
         return _complain(params, arrays)
-    if not batch or dtype.name not in ("float32", "float64"):
+    if not batch or dtype not in _FLOATS:
         return _complain(params, arrays)
     return batch, dtype
 
@@ -111,7 +115,10 @@ def _complain(params, arrays):
     dtypes.update({name: params[name].dtype for name in PARAM_SHAPES})
     first = next(iter(dtypes))
     for name, d in dtypes.items():
-        if d.name not in ("float32", "float64"):
+        if d not in _FLOATS:
+            if d.newbyteorder("=") in (np.dtype(np.float32), np.dtype(np.float64)):
+                raise ValueError(f"{name!r} is {d.name} in non-native byte order ({d.str}); pass it in this "
+                                 f"machine's order (e.g. x.astype(np.{d.name}))")
             raise ValueError(f"{name!r} is {d}; pass float32 or float64 arrays (e.g. x.astype(np.float32))")
         if d != dtypes[first]:
             raise ValueError(f"{name!r} is {d}, but {first!r} is {dtypes[first]}: pass float32 or float64 "
@@ -179,10 +186,11 @@ def loss_and_grad(params, x, y):
     # quadratic_1: quadratic_1[b] = Σ_i (-y[b, i] + a[b, i])**2/2  [#fwd-quadratic_1]
     quadratic_1 = 0.5*((a - y)**2).sum(axis=1)
     value = float(quadratic_1.sum() / batch)
+    seed = 1 / batch
 
     # d_a[b, i] = (-y[b, i] + a[b, i])*d_quadratic_1[b]  [#bwd-quadratic_1-a]
     # d_dense_2[b, i] = -(-1 + a[b, i])*a[b, i]*d_a[b, i]  [#bwd-sigmoid_2-dense_2]
-    d_dense_2 = -(a - 1)*(a - y)*a/batch
+    d_dense_2 = -seed*(a - 1)*(a - y)*a
     # d_dense_2_weight[i, j] = Σ_b (d_dense_2[b, i]*sigmoid_1[b, j])  [#bwd-dense_2-weight]
     d_dense_2_weight = d_dense_2.T @ sigmoid_1
     # d_dense_2_bias[i] = Σ_b d_dense_2[b, i]  [#bwd-dense_2-bias]
@@ -204,8 +212,41 @@ def loss_and_grad(params, x, y):
 
 def sgd_step(params, x, y, lr):
     """One step of plain gradient descent, in place; returns the loss before the step."""
-    value, grads = loss_and_grad(params, x, y)
+    batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"]), "y": (y, TARGET_SHAPES["y"])})
     _check_writable(params)
-    for name, g in grads.items():
-        params[name] -= lr * g
+    dense_1_weight = params["dense_1.weight"]
+    dense_1_bias = params["dense_1.bias"]
+    dense_2_weight = params["dense_2.weight"]
+    dense_2_bias = params["dense_2.bias"]
+
+    # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
+    # sigmoid_1: sigmoid_1[b, i] = 1/(1 + exp(-dense_1[b, i]))  [#fwd-sigmoid_1]
+    sigmoid_1 = _sigmoid(dense_1_bias + (x @ dense_1_weight.T))
+    # dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*sigmoid_1[b, j])  [#fwd-dense_2]
+    # sigmoid_2: a[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_2]
+    a = _sigmoid(dense_2_bias + (sigmoid_1 @ dense_2_weight.T))
+    # quadratic_1: quadratic_1[b] = Σ_i (-y[b, i] + a[b, i])**2/2  [#fwd-quadratic_1]
+    quadratic_1 = 0.5*((a - y)**2).sum(axis=1)
+    value = float(quadratic_1.sum() / batch)
+    # the backward pass seeded with -lr times the loss's seed: each gradient is the update
+    seed = -float(lr) / batch
+
+    # d_a[b, i] = (-y[b, i] + a[b, i])*d_quadratic_1[b]  [#bwd-quadratic_1-a]
+    # d_dense_2[b, i] = -(-1 + a[b, i])*a[b, i]*d_a[b, i]  [#bwd-sigmoid_2-dense_2]
+    d_dense_2 = -seed*(a - 1)*(a - y)*a
+    # d_dense_2_weight[i, j] = Σ_b (d_dense_2[b, i]*sigmoid_1[b, j])  [#bwd-dense_2-weight]
+    d_dense_2_weight = d_dense_2.T @ sigmoid_1
+    # d_dense_2_bias[i] = Σ_b d_dense_2[b, i]  [#bwd-dense_2-bias]
+    d_dense_2_bias = d_dense_2.sum(axis=0)
+    # d_sigmoid_1[b, j] = Σ_i (d_dense_2[b, i]*dense_2.weight[i, j])  [#bwd-dense_2-sigmoid_1]
+    # d_dense_1[b, i] = -(-1 + sigmoid_1[b, i])*d_sigmoid_1[b, i]*sigmoid_1[b, i]  [#bwd-sigmoid_1-dense_1]
+    d_dense_1 = -(sigmoid_1 - 1)*sigmoid_1*(d_dense_2 @ dense_2_weight)
+    # d_dense_1_weight[i, j] = Σ_b (d_dense_1[b, i]*x[b, j])  [#bwd-dense_1-weight]
+    d_dense_1_weight = d_dense_1.T @ x
+    # d_dense_1_bias[i] = Σ_b d_dense_1[b, i]  [#bwd-dense_1-bias]
+    d_dense_1_bias = d_dense_1.sum(axis=0)
+    dense_1_weight += d_dense_1_weight
+    dense_1_bias += d_dense_1_bias
+    dense_2_weight += d_dense_2_weight
+    dense_2_bias += d_dense_2_bias
     return value

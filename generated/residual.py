@@ -34,6 +34,10 @@ PARAM_INITS = {
 }
 
 
+# the dtypes themselves: reading dtype.name builds a string, microseconds per call
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def init_params(seed=0, dtype=np.float32):
     """Fresh parameters; the same seed gives the same values on every run."""
     rng = np.random.default_rng(seed)
@@ -68,7 +72,7 @@ def _check(params, arrays):
             dtype, batch = value.dtype, len(value)
     except (KeyError, AttributeError, TypeError):
         return _complain(params, arrays)
-    if not batch or dtype.name not in ("float32", "float64"):
+    if not batch or dtype not in _FLOATS:
         return _complain(params, arrays)
     return batch, dtype
 
@@ -119,7 +123,10 @@ def _complain(params, arrays):
     dtypes.update({name: params[name].dtype for name in PARAM_SHAPES})
     first = next(iter(dtypes))
     for name, d in dtypes.items():
-        if d.name not in ("float32", "float64"):
+        if d not in _FLOATS:
+            if d.newbyteorder("=") in (np.dtype(np.float32), np.dtype(np.float64)):
+                raise ValueError(f"{name!r} is {d.name} in non-native byte order ({d.str}); pass it in this "
+                                 f"machine's order (e.g. x.astype(np.{d.name}))")
             raise ValueError(f"{name!r} is {d}; pass float32 or float64 arrays (e.g. x.astype(np.float32))")
         if d != dtypes[first]:
             raise ValueError(f"{name!r} is {d}, but {first!r} is {dtypes[first]}: pass float32 or float64 "
@@ -197,16 +204,16 @@ def forward(params, x):
     # conv2d_1: conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1]
     conv2d_1 = conv2d_1_bias[:, None, None] + np.tensordot(conv2d_1_weight, np.ascontiguousarray(_patches(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3))).transpose((0, 2, 3, 1, 4, 5))), axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
     # relu_1: stem[b, i, j, k] = where(conv2d_1[b, i, j, k] <= 0, 0, conv2d_1[b, i, j, k])  [#fwd-relu_1]
-    stem = np.where((conv2d_1 <= 0), 0, conv2d_1)
+    stem = np.maximum(conv2d_1, 0)
     # conv2d_2: conv2d_2[b, o, i, j] = conv2d_2.bias[o] + Σ_ci,p,q (conv2d_2.weight[o, ci, p, q]*stem[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_2]
     conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, np.ascontiguousarray(_patches(stem, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3))).transpose((0, 2, 3, 1, 4, 5))), axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
     # relu_2: relu_2[b, i, j, k] = where(conv2d_2[b, i, j, k] <= 0, 0, conv2d_2[b, i, j, k])  [#fwd-relu_2]
-    relu_2 = np.where((conv2d_2 <= 0), 0, conv2d_2)
+    relu_2 = np.maximum(conv2d_2, 0)
     # conv2d_3: body[b, o, i, j] = conv2d_3.bias[o] + Σ_ci,p,q (conv2d_3.weight[o, ci, p, q]*relu_2[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_3]
     # add_1: add_1[b, i, j, k] = body[b, i, j, k] + stem[b, i, j, k]  [#fwd-add_1]
     add_1 = conv2d_3_bias[:, None, None] + stem + np.tensordot(conv2d_3_weight, np.ascontiguousarray(_patches(relu_2, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3))).transpose((0, 2, 3, 1, 4, 5))), axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
     # relu_3: block[b, i, j, k] = where(add_1[b, i, j, k] <= 0, 0, add_1[b, i, j, k])  [#fwd-relu_3]
-    block = np.where((add_1 <= 0), 0, add_1)
+    block = np.maximum(add_1, 0)
     # avgpool2d_1: avgpool2d_1[b, ch, i, j] = Σ_p,q block[b, ch, p + 2*i, q + 2*j]/4  [#fwd-avgpool2d_1]
     # flatten_1: flatten_1[b, j + 4*i + 16*ch] = avgpool2d_1[b, ch, i, j]  [#fwd-flatten_1]
     flatten_1 = (0.25*block.reshape(batch, 8, 4, 2, 4, 2).sum(axis=(3, 5))).reshape(batch, 128)
@@ -231,18 +238,18 @@ def loss(params, x, y):
     # conv2d_1: conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1]
     conv2d_1 = conv2d_1_bias[:, None, None] + np.tensordot(conv2d_1_weight, t0, axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
     # relu_1: stem[b, i, j, k] = where(conv2d_1[b, i, j, k] <= 0, 0, conv2d_1[b, i, j, k])  [#fwd-relu_1]
-    stem = np.where((conv2d_1 <= 0), 0, conv2d_1)
+    stem = np.maximum(conv2d_1, 0)
     t2 = np.ascontiguousarray(_patches(stem, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3))).transpose((0, 2, 3, 1, 4, 5)))
     # conv2d_2: conv2d_2[b, o, i, j] = conv2d_2.bias[o] + Σ_ci,p,q (conv2d_2.weight[o, ci, p, q]*stem[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_2]
     conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, t2, axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
     # relu_2: relu_2[b, i, j, k] = where(conv2d_2[b, i, j, k] <= 0, 0, conv2d_2[b, i, j, k])  [#fwd-relu_2]
-    relu_2 = np.where((conv2d_2 <= 0), 0, conv2d_2)
+    relu_2 = np.maximum(conv2d_2, 0)
     t4 = np.ascontiguousarray(_patches(relu_2, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3))).transpose((0, 2, 3, 1, 4, 5)))
     # conv2d_3: body[b, o, i, j] = conv2d_3.bias[o] + Σ_ci,p,q (conv2d_3.weight[o, ci, p, q]*relu_2[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_3]
     # add_1: add_1[b, i, j, k] = body[b, i, j, k] + stem[b, i, j, k]  [#fwd-add_1]
     add_1 = conv2d_3_bias[:, None, None] + stem + np.tensordot(conv2d_3_weight, t4, axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
     # relu_3: block[b, i, j, k] = where(add_1[b, i, j, k] <= 0, 0, add_1[b, i, j, k])  [#fwd-relu_3]
-    block = np.where((add_1 <= 0), 0, add_1)
+    block = np.maximum(add_1, 0)
     # avgpool2d_1: avgpool2d_1[b, ch, i, j] = Σ_p,q block[b, ch, p + 2*i, q + 2*j]/4  [#fwd-avgpool2d_1]
     # flatten_1: flatten_1[b, j + 4*i + 16*ch] = avgpool2d_1[b, ch, i, j]  [#fwd-flatten_1]
     flatten_1 = (0.25*block.reshape(batch, 8, 4, 2, 4, 2).sum(axis=(3, 5))).reshape(batch, 128)
@@ -271,18 +278,18 @@ def loss_and_grad(params, x, y):
     # conv2d_1: conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1]
     conv2d_1 = conv2d_1_bias[:, None, None] + np.tensordot(conv2d_1_weight, t0, axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
     # relu_1: stem[b, i, j, k] = where(conv2d_1[b, i, j, k] <= 0, 0, conv2d_1[b, i, j, k])  [#fwd-relu_1]
-    stem = np.where((conv2d_1 <= 0), 0, conv2d_1)
+    stem = np.maximum(conv2d_1, 0)
     t2 = np.ascontiguousarray(_patches(stem, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3))).transpose((0, 2, 3, 1, 4, 5)))
     # conv2d_2: conv2d_2[b, o, i, j] = conv2d_2.bias[o] + Σ_ci,p,q (conv2d_2.weight[o, ci, p, q]*stem[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_2]
     conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, t2, axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
     # relu_2: relu_2[b, i, j, k] = where(conv2d_2[b, i, j, k] <= 0, 0, conv2d_2[b, i, j, k])  [#fwd-relu_2]
-    relu_2 = np.where((conv2d_2 <= 0), 0, conv2d_2)
+    relu_2 = np.maximum(conv2d_2, 0)
     t4 = np.ascontiguousarray(_patches(relu_2, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3))).transpose((0, 2, 3, 1, 4, 5)))
     # conv2d_3: body[b, o, i, j] = conv2d_3.bias[o] + Σ_ci,p,q (conv2d_3.weight[o, ci, p, q]*relu_2[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_3]
     # add_1: add_1[b, i, j, k] = body[b, i, j, k] + stem[b, i, j, k]  [#fwd-add_1]
     add_1 = conv2d_3_bias[:, None, None] + stem + np.tensordot(conv2d_3_weight, t4, axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
     # relu_3: block[b, i, j, k] = where(add_1[b, i, j, k] <= 0, 0, add_1[b, i, j, k])  [#fwd-relu_3]
-    block = np.where((add_1 <= 0), 0, add_1)
+    block = np.maximum(add_1, 0)
     # avgpool2d_1: avgpool2d_1[b, ch, i, j] = Σ_p,q block[b, ch, p + 2*i, q + 2*j]/4  [#fwd-avgpool2d_1]
     # flatten_1: flatten_1[b, j + 4*i + 16*ch] = avgpool2d_1[b, ch, i, j]  [#fwd-flatten_1]
     flatten_1 = (0.25*block.reshape(batch, 8, 4, 2, 4, 2).sum(axis=(3, 5))).reshape(batch, 128)
@@ -293,9 +300,10 @@ def loss_and_grad(params, x, y):
     # softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1]
     softmax_cross_entropy_1 = -((z - t8[:, None] - t9[:, None])*y).sum(axis=1)
     value = float(softmax_cross_entropy_1.sum() / batch)
+    seed = 1 / batch
 
     # d_z[b, k] = (-y[b, k] + Σ_i y[b, i]*exp(-logsumexp_j(z[b, j]) + z[b, k]))*d_softmax_cross_entropy_1[b]  [#bwd-softmax_cross_entropy_1-z]
-    d_z = (-y + np.exp(z - t8[:, None] - t9[:, None])*y.sum(axis=1)[:, None])/batch
+    d_z = seed*(-y + np.exp(z - t8[:, None] - t9[:, None])*y.sum(axis=1)[:, None])
     # d_flatten_1[b, j] = Σ_i (d_z[b, i]*dense_1.weight[i, j])  [#bwd-dense_1-flatten_1]
     d_flatten_1 = d_z @ dense_1_weight
     # d_dense_1_weight[i, j] = Σ_b (d_z[b, i]*flatten_1[b, j])  [#bwd-dense_1-weight]
@@ -307,7 +315,7 @@ def loss_and_grad(params, x, y):
     # d_block[b, ch, k, l] = Σ_i,j,p,q (d_avgpool2d_1[b, ch, i, j]*δ(k,p + 2*i)*δ(l,q + 2*j))/4  [#bwd-avgpool2d_1-block]
     d_block = np.broadcast_to(0.25*d_avgpool2d_1[:, :, :, None, :, None], (batch, 8, 4, 2, 4, 2,)).reshape(batch, 8, 8, 8)
     # d_add_1[b, i, j, k] = where(add_1[b, i, j, k] > 0, d_block[b, i, j, k], 0)  [#bwd-relu_3-add_1]
-    d_add_1 = np.where((add_1 > 0), d_block, 0)
+    d_add_1 = d_block*(add_1 > 0)
     # d_body[b, i, j, k] = d_add_1[b, i, j, k]  [#bwd-add_1-body]
     d_body = d_add_1
     # d_stem[b, i, j, k] = d_add_1[b, i, j, k]  [#bwd-add_1-stem]
@@ -319,7 +327,7 @@ def loss_and_grad(params, x, y):
     # d_conv2d_3_bias[o] = Σ_b,i,j d_body[b, o, i, j]  [#bwd-conv2d_3-bias]
     d_conv2d_3_bias = d_body.sum(axis=(0, 2, 3))
     # d_conv2d_2[b, i, j, k] = where(conv2d_2[b, i, j, k] > 0, d_relu_2[b, i, j, k], 0)  [#bwd-relu_2-conv2d_2]
-    d_conv2d_2 = np.where((conv2d_2 > 0), d_relu_2, 0)
+    d_conv2d_2 = d_relu_2*(conv2d_2 > 0)
     # d_stem[b, ci, k, l] += Σ_o,i,j,p,q (conv2d_2.weight[o, ci, p, q]*d_conv2d_2[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_2-stem]
     d_stem = d_stem + _unpatches(np.tensordot(conv2d_2_weight.transpose((2, 3, 1, 0)), d_conv2d_2.transpose((1, 2, 3, 0)), axes=([3], [0])).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 8, 8,), ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)))
     # d_conv2d_2_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_2[b, o, i, j]*stem[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_2-weight]
@@ -327,7 +335,7 @@ def loss_and_grad(params, x, y):
     # d_conv2d_2_bias[o] = Σ_b,i,j d_conv2d_2[b, o, i, j]  [#bwd-conv2d_2-bias]
     d_conv2d_2_bias = d_conv2d_2.sum(axis=(0, 2, 3))
     # d_conv2d_1[b, i, j, k] = where(conv2d_1[b, i, j, k] > 0, d_stem[b, i, j, k], 0)  [#bwd-relu_1-conv2d_1]
-    d_conv2d_1 = np.where((conv2d_1 > 0), d_stem, 0)
+    d_conv2d_1 = d_stem*(conv2d_1 > 0)
     # d_conv2d_1_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_1[b, o, i, j]*x[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_1-weight]
     d_conv2d_1_weight = np.tensordot(d_conv2d_1, t0, axes=([0, 2, 3], [0, 1, 2]))
     # d_conv2d_1_bias[o] = Σ_b,i,j d_conv2d_1[b, o, i, j]  [#bwd-conv2d_1-bias]
@@ -346,8 +354,90 @@ def loss_and_grad(params, x, y):
 
 def sgd_step(params, x, y, lr):
     """One step of plain gradient descent, in place; returns the loss before the step."""
-    value, grads = loss_and_grad(params, x, y)
+    batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"]), "y": (y, TARGET_SHAPES["y"])})
     _check_writable(params)
-    for name, g in grads.items():
-        params[name] -= lr * g
+    conv2d_1_weight = params["conv2d_1.weight"]
+    conv2d_1_bias = params["conv2d_1.bias"]
+    conv2d_2_weight = params["conv2d_2.weight"]
+    conv2d_2_bias = params["conv2d_2.bias"]
+    conv2d_3_weight = params["conv2d_3.weight"]
+    conv2d_3_bias = params["conv2d_3.bias"]
+    dense_1_weight = params["dense_1.weight"]
+    dense_1_bias = params["dense_1.bias"]
+
+    t0 = np.ascontiguousarray(_patches(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3))).transpose((0, 2, 3, 1, 4, 5)))
+    # conv2d_1: conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1]
+    conv2d_1 = conv2d_1_bias[:, None, None] + np.tensordot(conv2d_1_weight, t0, axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
+    # relu_1: stem[b, i, j, k] = where(conv2d_1[b, i, j, k] <= 0, 0, conv2d_1[b, i, j, k])  [#fwd-relu_1]
+    stem = np.maximum(conv2d_1, 0)
+    t2 = np.ascontiguousarray(_patches(stem, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3))).transpose((0, 2, 3, 1, 4, 5)))
+    # conv2d_2: conv2d_2[b, o, i, j] = conv2d_2.bias[o] + Σ_ci,p,q (conv2d_2.weight[o, ci, p, q]*stem[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_2]
+    conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, t2, axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
+    # relu_2: relu_2[b, i, j, k] = where(conv2d_2[b, i, j, k] <= 0, 0, conv2d_2[b, i, j, k])  [#fwd-relu_2]
+    relu_2 = np.maximum(conv2d_2, 0)
+    t4 = np.ascontiguousarray(_patches(relu_2, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3))).transpose((0, 2, 3, 1, 4, 5)))
+    # conv2d_3: body[b, o, i, j] = conv2d_3.bias[o] + Σ_ci,p,q (conv2d_3.weight[o, ci, p, q]*relu_2[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_3]
+    # add_1: add_1[b, i, j, k] = body[b, i, j, k] + stem[b, i, j, k]  [#fwd-add_1]
+    add_1 = conv2d_3_bias[:, None, None] + stem + np.tensordot(conv2d_3_weight, t4, axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
+    # relu_3: block[b, i, j, k] = where(add_1[b, i, j, k] <= 0, 0, add_1[b, i, j, k])  [#fwd-relu_3]
+    block = np.maximum(add_1, 0)
+    # avgpool2d_1: avgpool2d_1[b, ch, i, j] = Σ_p,q block[b, ch, p + 2*i, q + 2*j]/4  [#fwd-avgpool2d_1]
+    # flatten_1: flatten_1[b, j + 4*i + 16*ch] = avgpool2d_1[b, ch, i, j]  [#fwd-flatten_1]
+    flatten_1 = (0.25*block.reshape(batch, 8, 4, 2, 4, 2).sum(axis=(3, 5))).reshape(batch, 128)
+    # dense_1: z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1]
+    z = dense_1_bias + (flatten_1 @ dense_1_weight.T)
+    t8 = z.max(axis=1)
+    t9 = np.log(np.exp(-t8[:, None] + z).sum(axis=1))
+    # softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1]
+    softmax_cross_entropy_1 = -((z - t8[:, None] - t9[:, None])*y).sum(axis=1)
+    value = float(softmax_cross_entropy_1.sum() / batch)
+    # the backward pass seeded with -lr times the loss's seed: each gradient is the update
+    seed = -float(lr) / batch
+
+    # d_z[b, k] = (-y[b, k] + Σ_i y[b, i]*exp(-logsumexp_j(z[b, j]) + z[b, k]))*d_softmax_cross_entropy_1[b]  [#bwd-softmax_cross_entropy_1-z]
+    d_z = seed*(-y + np.exp(z - t8[:, None] - t9[:, None])*y.sum(axis=1)[:, None])
+    # d_flatten_1[b, j] = Σ_i (d_z[b, i]*dense_1.weight[i, j])  [#bwd-dense_1-flatten_1]
+    d_flatten_1 = d_z @ dense_1_weight
+    # d_dense_1_weight[i, j] = Σ_b (d_z[b, i]*flatten_1[b, j])  [#bwd-dense_1-weight]
+    d_dense_1_weight = d_z.T @ flatten_1
+    # d_dense_1_bias[i] = Σ_b d_z[b, i]  [#bwd-dense_1-bias]
+    d_dense_1_bias = d_z.sum(axis=0)
+    # d_avgpool2d_1[b, ch, i, j] = d_flatten_1[b, j + 4*i + 16*ch]  [#bwd-flatten_1-avgpool2d_1]
+    d_avgpool2d_1 = d_flatten_1.reshape(batch, 8, 4, 4)
+    # d_block[b, ch, k, l] = Σ_i,j,p,q (d_avgpool2d_1[b, ch, i, j]*δ(k,p + 2*i)*δ(l,q + 2*j))/4  [#bwd-avgpool2d_1-block]
+    d_block = np.broadcast_to(0.25*d_avgpool2d_1[:, :, :, None, :, None], (batch, 8, 4, 2, 4, 2,)).reshape(batch, 8, 8, 8)
+    # d_add_1[b, i, j, k] = where(add_1[b, i, j, k] > 0, d_block[b, i, j, k], 0)  [#bwd-relu_3-add_1]
+    d_add_1 = d_block*(add_1 > 0)
+    # d_body[b, i, j, k] = d_add_1[b, i, j, k]  [#bwd-add_1-body]
+    d_body = d_add_1
+    # d_stem[b, i, j, k] = d_add_1[b, i, j, k]  [#bwd-add_1-stem]
+    d_stem = d_add_1
+    # d_relu_2[b, ci, k, l] = Σ_o,i,j,p,q (conv2d_3.weight[o, ci, p, q]*d_body[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_3-relu_2]
+    d_relu_2 = _unpatches(np.tensordot(conv2d_3_weight.transpose((2, 3, 1, 0)), d_body.transpose((1, 2, 3, 0)), axes=([3], [0])).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 8, 8,), ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)))
+    # d_conv2d_3_weight[o, ci, p, q] = Σ_b,i,j (d_body[b, o, i, j]*relu_2[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_3-weight]
+    d_conv2d_3_weight = np.tensordot(d_body, t4, axes=([0, 2, 3], [0, 1, 2]))
+    # d_conv2d_3_bias[o] = Σ_b,i,j d_body[b, o, i, j]  [#bwd-conv2d_3-bias]
+    d_conv2d_3_bias = d_body.sum(axis=(0, 2, 3))
+    # d_conv2d_2[b, i, j, k] = where(conv2d_2[b, i, j, k] > 0, d_relu_2[b, i, j, k], 0)  [#bwd-relu_2-conv2d_2]
+    d_conv2d_2 = d_relu_2*(conv2d_2 > 0)
+    # d_stem[b, ci, k, l] += Σ_o,i,j,p,q (conv2d_2.weight[o, ci, p, q]*d_conv2d_2[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_2-stem]
+    d_stem = d_stem + _unpatches(np.tensordot(conv2d_2_weight.transpose((2, 3, 1, 0)), d_conv2d_2.transpose((1, 2, 3, 0)), axes=([3], [0])).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 8, 8,), ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)))
+    # d_conv2d_2_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_2[b, o, i, j]*stem[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_2-weight]
+    d_conv2d_2_weight = np.tensordot(d_conv2d_2, t2, axes=([0, 2, 3], [0, 1, 2]))
+    # d_conv2d_2_bias[o] = Σ_b,i,j d_conv2d_2[b, o, i, j]  [#bwd-conv2d_2-bias]
+    d_conv2d_2_bias = d_conv2d_2.sum(axis=(0, 2, 3))
+    # d_conv2d_1[b, i, j, k] = where(conv2d_1[b, i, j, k] > 0, d_stem[b, i, j, k], 0)  [#bwd-relu_1-conv2d_1]
+    d_conv2d_1 = d_stem*(conv2d_1 > 0)
+    # d_conv2d_1_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_1[b, o, i, j]*x[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_1-weight]
+    d_conv2d_1_weight = np.tensordot(d_conv2d_1, t0, axes=([0, 2, 3], [0, 1, 2]))
+    # d_conv2d_1_bias[o] = Σ_b,i,j d_conv2d_1[b, o, i, j]  [#bwd-conv2d_1-bias]
+    d_conv2d_1_bias = d_conv2d_1.sum(axis=(0, 2, 3))
+    conv2d_1_weight += d_conv2d_1_weight
+    conv2d_1_bias += d_conv2d_1_bias
+    conv2d_2_weight += d_conv2d_2_weight
+    conv2d_2_bias += d_conv2d_2_bias
+    conv2d_3_weight += d_conv2d_3_weight
+    conv2d_3_bias += d_conv2d_3_bias
+    dense_1_weight += d_dense_1_weight
+    dense_1_bias += d_dense_1_bias
     return value

@@ -26,6 +26,10 @@ PARAM_INITS = {
 }
 
 
+# the dtypes themselves: reading dtype.name builds a string, microseconds per call
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def init_params(seed=0, dtype=np.float32):
     """Fresh parameters; the same seed gives the same values on every run."""
     rng = np.random.default_rng(seed)
@@ -60,7 +64,7 @@ def _check(params, arrays):
             dtype, batch = value.dtype, len(value)
     except (KeyError, AttributeError, TypeError):
         return _complain(params, arrays)
-    if not batch or dtype.name not in ("float32", "float64"):
+    if not batch or dtype not in _FLOATS:
         return _complain(params, arrays)
     return batch, dtype
 
@@ -111,7 +115,10 @@ def _complain(params, arrays):
     dtypes.update({name: params[name].dtype for name in PARAM_SHAPES})
     first = next(iter(dtypes))
     for name, d in dtypes.items():
-        if d.name not in ("float32", "float64"):
+        if d not in _FLOATS:
+            if d.newbyteorder("=") in (np.dtype(np.float32), np.dtype(np.float64)):
+                raise ValueError(f"{name!r} is {d.name} in non-native byte order ({d.str}); pass it in this "
+                                 f"machine's order (e.g. x.astype(np.{d.name}))")
             raise ValueError(f"{name!r} is {d}; pass float32 or float64 arrays (e.g. x.astype(np.float32))")
         if d != dtypes[first]:
             raise ValueError(f"{name!r} is {d}, but {first!r} is {dtypes[first]}: pass float32 or float64 "
@@ -179,10 +186,11 @@ def loss_and_grad(params, x, y):
     # quadratic_1: quadratic_1[s] = Σ_i (-y[s, i] + yhat[s, i])**2/2  [#fwd-quadratic_1]
     quadratic_1 = 0.5*((-y + yhat)**2).sum(axis=1)
     value = float(quadratic_1.sum() / batch)
+    seed = 1 / batch
 
     # d_yhat[s, i] = (-y[s, i] + yhat[s, i])*d_quadratic_1[s]  [#bwd-quadratic_1-yhat]
     # d_out[s, i] = -(-1 + yhat[s, i])*d_yhat[s, i]*yhat[s, i]  [#bwd-sigmoid_2-out]
-    d_out = -(-y + yhat)*(yhat - 1)*yhat/batch
+    d_out = -seed*(-y + yhat)*(yhat - 1)*yhat
     # d_out_weight[i, j] = Σ_s (b[s, j]*d_out[s, i])  [#bwd-out-weight]
     d_out_weight = d_out.T @ b
     # d_out_bias[i] = Σ_s d_out[s, i]  [#bwd-out-bias]
@@ -204,8 +212,41 @@ def loss_and_grad(params, x, y):
 
 def sgd_step(params, x, y, lr):
     """One step of plain gradient descent, in place; returns the loss before the step."""
-    value, grads = loss_and_grad(params, x, y)
+    batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"]), "y": (y, TARGET_SHAPES["y"])})
     _check_writable(params)
-    for name, g in grads.items():
-        params[name] -= lr * g
+    hidden_weight = params["hidden.weight"]
+    hidden_bias = params["hidden.bias"]
+    out_weight = params["out.weight"]
+    out_bias = params["out.bias"]
+
+    # hidden: hidden[s, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[s, j])  [#fwd-hidden]
+    # sigmoid_1: b[s, i] = 1/(1 + exp(-hidden[s, i]))  [#fwd-sigmoid_1]
+    b = _sigmoid(hidden_bias + (x @ hidden_weight.T))
+    # out: out[s, i] = out.bias[i] + Σ_j (b[s, j]*out.weight[i, j])  [#fwd-out]
+    # sigmoid_2: yhat[s, i] = 1/(1 + exp(-out[s, i]))  [#fwd-sigmoid_2]
+    yhat = _sigmoid(out_bias + (b @ out_weight.T))
+    # quadratic_1: quadratic_1[s] = Σ_i (-y[s, i] + yhat[s, i])**2/2  [#fwd-quadratic_1]
+    quadratic_1 = 0.5*((-y + yhat)**2).sum(axis=1)
+    value = float(quadratic_1.sum() / batch)
+    # the backward pass seeded with -lr times the loss's seed: each gradient is the update
+    seed = -float(lr) / batch
+
+    # d_yhat[s, i] = (-y[s, i] + yhat[s, i])*d_quadratic_1[s]  [#bwd-quadratic_1-yhat]
+    # d_out[s, i] = -(-1 + yhat[s, i])*d_yhat[s, i]*yhat[s, i]  [#bwd-sigmoid_2-out]
+    d_out = -seed*(-y + yhat)*(yhat - 1)*yhat
+    # d_out_weight[i, j] = Σ_s (b[s, j]*d_out[s, i])  [#bwd-out-weight]
+    d_out_weight = d_out.T @ b
+    # d_out_bias[i] = Σ_s d_out[s, i]  [#bwd-out-bias]
+    d_out_bias = d_out.sum(axis=0)
+    # d_b[s, j] = Σ_i (d_out[s, i]*out.weight[i, j])  [#bwd-out-b]
+    # d_hidden[s, i] = -(-1 + b[s, i])*b[s, i]*d_b[s, i]  [#bwd-sigmoid_1-hidden]
+    d_hidden = -(b - 1)*b*(d_out @ out_weight)
+    # d_hidden_weight[i, j] = Σ_s (d_hidden[s, i]*x[s, j])  [#bwd-hidden-weight]
+    d_hidden_weight = d_hidden.T @ x
+    # d_hidden_bias[i] = Σ_s d_hidden[s, i]  [#bwd-hidden-bias]
+    d_hidden_bias = d_hidden.sum(axis=0)
+    hidden_weight += d_hidden_weight
+    hidden_bias += d_hidden_bias
+    out_weight += d_out_weight
+    out_bias += d_out_bias
     return value

@@ -421,3 +421,15 @@ def test_cli_writes_c_sources_and_module(tmp_path):
     subprocess.run([sys.executable, "-m", "nncc", str(model), "--backend", "c", "-o", str(tmp_path / "m.py")],
                    check=True)
     assert "cffi" in (tmp_path / "m.py").read_text()
+
+
+@pytest.mark.skipif(CC is None, reason="no C compiler")
+def test_arrays_in_non_native_byte_order_are_refused_not_misread():
+    # the C code reads the bytes as they lie: big-endian float32 would be read as garbage
+    module = _c_module((ROOT / "examples" / "xor.nn").read_text(), "xor.nn")
+    params = module.init_params(0, np.float32)
+    x, y = _data(module, np.float32, batch=3)
+    swapped = x.astype(x.dtype.newbyteorder())
+    with pytest.raises(ValueError, match="non-native byte order"):
+        module.loss(params, swapped, y)
+    assert module.loss(params, swapped.astype(np.float32), y) == module.loss(params, x, y)

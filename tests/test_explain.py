@@ -215,7 +215,8 @@ def test_composed_formulas_are_what_the_generated_line_evaluates(path):
                 continue
             line = lines[st.anchor]
             values, variables = _arrays(compiled, batch, rng)
-            space = dict(vars(module), batch=batch, dtype=np.float64, **variables)
+            space = dict(vars(module), batch=batch, dtype=np.float64,
+                         seed=float(compiled.program.seed.subs(B, batch)), **variables)
             with np.errstate(all="ignore"):
                 got = np.asarray(eval(line.code, space), dtype=float)
             for element in [(0,) * got.ndim, tuple(n - 1 for n in got.shape)]:

@@ -196,7 +196,7 @@ def test_real_literals_round_trip_and_refuse_what_float64_cannot_hold():
 def test_c_prints_real_literals_never_integer_division(tmp_path):
     text = render_c_files(compile_source(PROGRAMS["whole-number factor"] + "\n", "<scaled>"), "float64")
     source = next(v for k, v in text.items() if k.endswith(".c"))
-    assert "/batch" not in source.replace(" ", "") and "((real)batch)" in source
+    assert "/batch" not in source.replace(" ", "") and "(real)batch" in source
 
 
 HOSTILE = ['a"""; __import__("os").system("touch PWNED"); """b.nn',

@@ -80,6 +80,13 @@ def test_only_float32_and_float64_are_accepted(xor, dtype):
         xor.loss(params, np.zeros((2, 2), dtype), np.zeros((2, 1), dtype))
 
 
+def test_non_native_byte_order_is_refused_in_plain_words(xor):
+    params = xor.init_params(0, np.float32)
+    x = np.zeros((2, 2), np.dtype(np.float32).newbyteorder())
+    with pytest.raises(ValueError, match=r"'x' is float32 in non-native byte order .*x.astype\(np.float32\)"):
+        xor.loss(params, x, np.zeros((2, 1), np.float32))
+
+
 def test_a_list_is_refused_as_a_list(xor):
     params = xor.init_params(0, np.float64)
     with pytest.raises(ValueError, match="'x' must be a numpy array, got a list"):
@@ -374,6 +381,38 @@ def test_sgd_step_updates_in_place_and_returns_the_pre_step_loss(nielsen, dtype)
         assert params[k].dtype == dtype
         np.testing.assert_allclose(params[k], expected[k], rtol=1e-6 if dtype == np.float32 else 1e-14)
     assert nielsen.loss(params, *inputs, *targets) < value  # a small step downhill
+
+
+@pytest.mark.parametrize("lr", [0.5, np.float64(0.5), np.float32(0.5), np.array(0.5)],
+                         ids=["float", "np.float64", "np.float32", "0-d array"])
+def test_sgd_step_keeps_float32_whatever_the_type_of_lr(nielsen, lr):
+    # -lr seeds the backward pass: a float64 scalar must not turn the float32 step into float64
+    params = nielsen.init_params(0, np.float32)
+    inputs, targets = random_data(nielsen, {"x": nn_zoo.Uniform(0, 1)}, batch=4, dtype=np.float32)
+    _, grads = nielsen.loss_and_grad(params, *inputs, *targets)
+    expected = {k: params[k] - np.float32(0.5) * grads[k] for k in params}
+    nielsen.sgd_step(params, *inputs, *targets, lr=lr)
+    for k in params:
+        assert params[k].dtype == np.float32
+        np.testing.assert_allclose(params[k], expected[k], rtol=1e-6, atol=1e-7)
+
+
+def test_sgd_step_leaves_a_parameter_the_loss_does_not_reach():
+    module = compile_nn(nn_zoo.program("unreached", """
+        h = x |> dense(3)
+        o = x |> dense(2)
+        output o
+        loss = quadratic(h, y)
+    """))
+    params = module.init_params(0, np.float64)
+    before = {k: v.copy() for k, v in params.items()}
+    inputs, targets = random_data(module, batch=3)
+    _, grads = module.loss_and_grad(params, *inputs, *targets)
+    assert not grads["dense_2.weight"].any() and not grads["dense_2.bias"].any()
+    module.sgd_step(params, *inputs, *targets, lr=0.1)
+    np.testing.assert_array_equal(params["dense_2.weight"], before["dense_2.weight"])
+    np.testing.assert_allclose(params["dense_1.weight"], before["dense_1.weight"] - 0.1 * grads["dense_1.weight"],
+                               rtol=1e-14)
 
 
 def test_training_xor_converges(xor):

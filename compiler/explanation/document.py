@@ -6,6 +6,7 @@ matching comment in the generated module names, with that module's line.
 """
 from __future__ import annotations
 
+import dataclasses
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from ..autodiff.derive import B, batch_index
 from ..naming import backward_anchor, forward_anchor, grad_name
 from ..ops.primitives import lookup
 from ..ops.symbolic import Where, real_base
+from ..schedule.program import SEED
 from ..templating import environment
 
 
@@ -527,7 +529,9 @@ def build(c: Compiled) -> Explanation:
     for line in code_lines:
         for a in line.anchors:
             lines[a] = line
-    statements = {st.anchors[-1]: st for st in program.loss + program.backward}
+    # the seed shown as its value (1/B or 1), as the derivations have it
+    statements = {st.anchors[-1]: dataclasses.replace(st, expr=st.expr.xreplace({SEED: program.seed}))
+                  for st in program.loss + program.backward}
     matrix = _MatrixForm(tex)
 
     forward = Section("Forward pass", "forward",
@@ -672,7 +676,7 @@ def _composed(program) -> dict:
     computes earlier backward steps inside it: its statement as composed from the derived
     steps, the loss's seed in place (before the numeric rewrites of stabilize, which keep
     the value)."""
-    return {st.anchors[-1]: st.derived for st in program.backward
+    return {st.anchors[-1]: st.derived.xreplace({SEED: program.seed}) for st in program.backward
             if len(st.notes) > 1 and not _longer_than(st.derived, COMPOSED_LIMIT)}
 
 

@@ -6,7 +6,8 @@
 
 Everything a backend would otherwise decide for itself is decided here, once:
 
-  the seed      d loss / d loss per sample: 1/B for a batch mean, 1 for a sum;
+  the seed      d loss / d loss per sample: 1/B for a batch mean, 1 for a sum, read by
+                the backward statements as the scalar SEED (-lr times it in an SGD step);
   the order     forward in source order, gradients in reverse, a gradient read by
                 several nodes summed (accumulate);
   scatters      affine output subscripts that overlap or leave gaps, as a sum of
@@ -39,6 +40,11 @@ from ..autodiff.stabilize import careful_reads, is_sigmoid, stabilize
 from ..ops.symbolic import FirstArgmax, LogSumExp, MaxOver, Sigmoid, real_base
 
 REDUCTIONS = (sp.Sum, MaxOver, LogSumExp, FirstArgmax)
+
+# The backward pass reads the seed as this scalar, which the generated function binds:
+# Program.seed in loss_and_grad, -lr times it in sgd_step, so that the gradients come out
+# as the update itself and are added into the parameters in place
+SEED = sp.Symbol("seed", real=True)
 
 # a fused expression deeper than this is computed in steps: Python's parser refuses a
 # line nested more than 200 brackets deep, and sympy recurses once per level
@@ -93,7 +99,7 @@ class Program:
     forward: tuple  # Statement: computes the output
     loss: tuple  # Statement: computes the loss and what the backward pass reads
     backward: tuple  # Statement
-    seed: sp.Expr  # d loss / d (per-sample loss)
+    seed: sp.Expr  # d loss / d (per-sample loss): the value of SEED in loss_and_grad
     zero_grads: tuple  # parameters the loss does not depend on: gradient 0
     sigmoids: dict = None  # buffer -> (indices, u): the loss's buffers written as sigmoid(u)
 
@@ -140,7 +146,7 @@ def build(g: ir.Graph, derivations: tuple) -> Program:
     loss = _lowered(_forward_steps(derivations, g.ancestors(g.loss)), {g.output, g.loss} | read_back, shapes,
                     sigmoids)
     seed = sp.Integer(1) / B if g.reduce == "mean" else sp.Integer(1)
-    steps = _backward_steps(g, derivations, seed)
+    steps = _backward_steps(g, derivations, SEED)
     backward = _lowered(steps, {grad_name(p.name) for p in g.params}, shapes, sigmoids)
     written = {st.target for st in steps}
     zero = tuple(p.name for p in g.params if grad_name(p.name) not in written)

@@ -240,6 +240,7 @@ real digits_loss_and_grad(const real *params, const digits_real *v_x, const digi
         }
         v_softmax_cross_entropy_1[b_0] = -r2;
     }
+    const real seed = ((real)1 / (real)batch);  /* d loss / d per-sample loss */
     /* d_z[b, k] = (-y[b, k] + Σ_i y[b, i]*exp(-logsumexp_j(z[b, j]) + z[b, k]))*d_softmax_cross_entropy_1[b]  [#bwd-softmax_cross_entropy_1-z] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         real acc = 0;
@@ -261,7 +262,7 @@ real digits_loss_and_grad(const real *params, const digits_real *v_x, const digi
     }
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int k_3 = 0; k_3 < 10; k_3++) {
-            dv_z[(b_0)*10 + k_3] = ((-v_y[(b_0)*10 + k_3] + exp((v_z[(b_0)*10 + k_3] - tmp3[b_0] - tmp4[b_0]))*tmp2[b_0]))/((real)batch);
+            dv_z[(b_0)*10 + k_3] = seed*((-v_y[(b_0)*10 + k_3] + exp((v_z[(b_0)*10 + k_3] - tmp3[b_0] - tmp4[b_0]))*tmp2[b_0]));
         }
     }
     /* d_dense_2_weight[i, j] = Σ_b (d_z[b, i]*h[b, j])  [#bwd-dense_2-weight] */

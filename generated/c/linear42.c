@@ -121,10 +121,11 @@ real linear42_loss_and_grad(const real *params, const linear42_real *v_x, int ba
         }
         v_squares_1[b_0] = r1;
     }
+    const real seed = ((real)1);  /* d loss / d per-sample loss */
     /* d_y[b, i] = 2*d_squares_1[b]*y[b, i]  [#bwd-squares_1-y] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 2; i_1++) {
-            dv_y[(b_0)*2 + i_1] = 2*v_y[(b_0)*2 + i_1];
+            dv_y[(b_0)*2 + i_1] = 2*seed*v_y[(b_0)*2 + i_1];
         }
     }
     /* d_dense_1_weight[i, j] = Σ_b (d_y[b, i]*x[b, j])  [#bwd-dense_1-weight] */

@@ -206,11 +206,12 @@ real nielsen_loss_and_grad(const real *params, const nielsen_real *v_x, const ni
         }
         v_quadratic_1[b_0] = (((real)0.5))*r2;
     }
+    const real seed = ((real)1 / (real)batch);  /* d loss / d per-sample loss */
     /* d_a[b, i] = (-y[b, i] + a[b, i])*d_quadratic_1[b]  [#bwd-quadratic_1-a] */
     /* d_dense_2[b, i] = -(-1 + a[b, i])*a[b, i]*d_a[b, i]  [#bwd-sigmoid_2-dense_2] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 10; i_1++) {
-            dv_dense_2[(b_0)*10 + i_1] = -(v_a[(b_0)*10 + i_1] - 1)*(v_a[(b_0)*10 + i_1] - v_y[(b_0)*10 + i_1])*v_a[(b_0)*10 + i_1]/((real)batch);
+            dv_dense_2[(b_0)*10 + i_1] = -seed*(v_a[(b_0)*10 + i_1] - 1)*(v_a[(b_0)*10 + i_1] - v_y[(b_0)*10 + i_1])*v_a[(b_0)*10 + i_1];
         }
     }
     /* d_dense_2_weight[i, j] = Σ_b (d_dense_2[b, i]*sigmoid_1[b, j])  [#bwd-dense_2-weight] */

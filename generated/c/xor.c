@@ -205,11 +205,12 @@ real xor_loss_and_grad(const real *params, const xor_real *v_x, const xor_real *
         }
         v_binary_cross_entropy_1[b_0] = -r2;
     }
+    const real seed = ((real)1 / (real)batch);  /* d loss / d per-sample loss */
     /* d_p[b, i] = where(log(1 - p[b, i]) > -100, (1 - y[b, i])*d_binary_cross_entropy_1[b]/(1 - p[b, i]), 0) + where(log(p[b, i]) > -100, -d_binary_cross_entropy_1[b]*y[b, i]/p[b, i], 0)  [#bwd-binary_cross_entropy_1-p] */
     /* d_dense_2[b, i] = -(-1 + p[b, i])*d_p[b, i]*p[b, i]  [#bwd-sigmoid_1-dense_2] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 1; i_1++) {
-            dv_dense_2[b_0 + i_1] = nncc_sigmoid(-v_dense_2[b_0 + i_1])*v_p[b_0 + i_1]*(nncc_where(nncc_sigmoid(-v_dense_2[b_0 + i_1]) > ((real)3.720075976020836e-44), (1 - v_y[b_0 + i_1])/(((real)batch)*nncc_sigmoid(-v_dense_2[b_0 + i_1])), 0) + nncc_where(v_p[b_0 + i_1] > ((real)3.720075976020836e-44), -v_y[b_0 + i_1]/(((real)batch)*v_p[b_0 + i_1]), 0));
+            dv_dense_2[b_0 + i_1] = nncc_sigmoid(-v_dense_2[b_0 + i_1])*v_p[b_0 + i_1]*(nncc_where(nncc_sigmoid(-v_dense_2[b_0 + i_1]) > ((real)3.720075976020836e-44), seed*(1 - v_y[b_0 + i_1])/nncc_sigmoid(-v_dense_2[b_0 + i_1]), 0) + nncc_where(v_p[b_0 + i_1] > ((real)3.720075976020836e-44), -seed*v_y[b_0 + i_1]/v_p[b_0 + i_1], 0));
         }
     }
     /* d_dense_2_weight[i, j] = Σ_b (d_dense_2[b, i]*h[b, j])  [#bwd-dense_2-weight] */

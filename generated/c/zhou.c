@@ -179,11 +179,12 @@ real zhou_loss_and_grad(const real *params, const zhou_real *v_x, const zhou_rea
         }
         v_quadratic_1[s_0] = (((real)0.5))*r2;
     }
+    const real seed = ((real)1 / (real)batch);  /* d loss / d per-sample loss */
     /* d_yhat[s, i] = (-y[s, i] + yhat[s, i])*d_quadratic_1[s]  [#bwd-quadratic_1-yhat] */
     /* d_out[s, i] = -(-1 + yhat[s, i])*d_yhat[s, i]*yhat[s, i]  [#bwd-sigmoid_2-out] */
     for (int s_0 = 0; s_0 < batch; s_0++) {
         for (int i_1 = 0; i_1 < 3; i_1++) {
-            dv_out[(s_0)*3 + i_1] = -(-v_y[(s_0)*3 + i_1] + v_yhat[(s_0)*3 + i_1])*(v_yhat[(s_0)*3 + i_1] - 1)*v_yhat[(s_0)*3 + i_1]/((real)batch);
+            dv_out[(s_0)*3 + i_1] = -seed*(-v_y[(s_0)*3 + i_1] + v_yhat[(s_0)*3 + i_1])*(v_yhat[(s_0)*3 + i_1] - 1)*v_yhat[(s_0)*3 + i_1];
         }
     }
     /* d_out_weight[i, j] = Σ_s (b[s, j]*d_out[s, i])  [#bwd-out-weight] */

@@ -23,7 +23,7 @@ from ...errors import generating
 from ...literals import real_literal
 from ...naming import grad_name
 from ...ops.primitives import lookup
-from ...schedule.program import Program
+from ...schedule.program import SEED, Program
 from .nodes import Block, Loop, Stmt, render
 from ...ops.symbolic import FirstArgmax, LogSumExp, MaxOver, index_symbols, join_signed, read_name, real_base, sum_terms
 
@@ -74,6 +74,9 @@ class _CPrinter(C99CodePrinter):
     def _print_Symbol(self, s):
         if s == B:
             return "batch" if self.index else "((real)batch)"
+        if s == SEED:  # a local of the function, bound by the template
+            self.low.used.add("seed")
+            return "seed"
         return self.low.loop_var(s)
 
     _print_Dummy = _print_Symbol
@@ -635,6 +638,8 @@ def render_c(plan: CPlan, standalone: bool = True) -> tuple[str, str]:
                   all_args=", ".join(c for _, c, _ in plan.inputs + plan.targets),
                   reduce=plan.reduce, work=work, forward=plan.forward, loss_lines=plan.loss,
                   backward=plan.backward, output=plan.output.name, loss=plan.loss_name,
+                  seed=(("((real)1 / (real)batch)" if plan.reduce == "mean" else "((real)1)")
+                        if "seed" in plan.uses["backward"] else None),
                   zero_grads=[dict(name=n, cname=c, size=next(p["size"] for p in params if p["name"] == n))
                               for n, c, z in plan.grads if z for c in [c[1:]]])
     # what each function's template adds to its lines: the output copy, the loss total, the

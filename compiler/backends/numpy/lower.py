@@ -25,7 +25,7 @@ from ...errors import generating
 from ...literals import real_literal
 from ...naming import grad_name, temp, var
 from ...ops.primitives import lookup
-from ...schedule.program import Program
+from ...schedule.program import SEED, Program
 from ...ops.symbolic import ClampedLog, FirstArgmax, LogSumExp, MaxOver, index_symbols, join_signed, read_name, real_base, sum_terms
 
 
@@ -64,6 +64,8 @@ class _Printer(NumPyPrinter):
     def _print_Symbol(self, s):
         if s == B:
             return "batch"
+        if s == SEED:
+            return "seed"
         if s.name in self.lowerer.names:  # a scalar temporary
             return self.lowerer.ref(s.name)
         if s in self.layout:  # an index read as a number (a bounds guard): its positions
@@ -130,6 +132,14 @@ class _Printer(NumPyPrinter):
         c, a, b = e.args
         if b == 0 and self._inside_extent(c, a):
             return self._print(a)
+        relu = _relu_argument(c, a, b)
+        if relu is not None:  # one pass, and NaN stays NaN, as PyTorch's relu
+            return f"np.maximum({self._print(relu)}, 0)"
+        if 0 in (a, b) and isinstance(c, sp.Rel) and not (_may_fault(a) or _may_fault(b)):
+            # a mask multiply: one pass where np.where takes ten times as long
+            value, mask = (a, c) if b == 0 else (b, c.negated)
+            if index_symbols(value, self.lowerer.ranges):  # an array, so the product keeps its dtype
+                return f"{self.parenthesize(value, sp.printing.precedence.PRECEDENCE['Mul'])}*{self._print(mask)}"
         if _may_fault(a) or _may_fault(b):  # np.where evaluates the branch not taken too
             self.lowerer.guarded = True
         code = f"np.where({self._print(c)}, {self._print(a)}, {self._print(b)})"
@@ -645,6 +655,17 @@ def _num(x):
     return float(x) if sp.sympify(x).is_number else float("inf")
 
 
+def _relu_argument(c, a, b):
+    """x if where(c, a, b) is max(x, 0): where(x > 0, x, 0), where(x <= 0, 0, x) and the like."""
+    if not isinstance(c, sp.Rel) or c.rhs != 0:
+        return None
+    if isinstance(c, (sp.StrictGreaterThan, sp.GreaterThan)) and a == c.lhs and b == 0:
+        return a
+    if isinstance(c, (sp.StrictLessThan, sp.LessThan)) and b == c.lhs and a == 0:
+        return b
+    return None
+
+
 def _may_fault(e) -> bool:
     """Can evaluating e divide by zero, overflow or take the log of a non-positive number?"""
     return bool(e.atoms(sp.log, sp.exp, ClampedLog)) or any(
@@ -716,6 +737,9 @@ class Plan:
     loss_value: str  # code for the scalar loss
     backward: tuple  # Line
     grads: tuple  # (param name, variable)
+    updates: tuple  # (param variable, gradient variable): what sgd_step adds in place
+    loss_seed: str  # code for the seed's value in loss_and_grad
+    step_seed: str  # ... and in sgd_step, where the gradients come out as -lr times themselves
     helpers: tuple  # helper function names, sorted
     derivations: tuple = ()
 
@@ -768,7 +792,15 @@ def plan(program: Program) -> Plan:
         loss_value=f"{loss_var}.sum() / batch" if g.reduce == "mean" else f"{loss_var}.sum()",
         backward=tuple(dataclasses.replace(x, phase="backward") for x in backward),
         grads=tuple((p.name, grad_name(p.name)) for p in g.params),
+        updates=tuple((names[p.name], grad_name(p.name)) for p in g.params if p.name not in program.zero_grads),
+        loss_seed=_seed_code(program.seed, "1"), step_seed=_seed_code(program.seed, "-float(lr)"),
         helpers=tuple(sorted(helpers)), derivations=program.derivations)
+
+
+def _seed_code(seed, scale: str) -> str:
+    """The seed's value times `scale`: the loss is a batch sum (seed 1) or mean (1/B)."""
+    assert seed in (1, 1 / B), seed
+    return f"{scale} / batch" if seed == 1 / B else scale
 
 
 def _comment(note) -> str:

@@ -21,6 +21,8 @@ def render(plan: Plan, graph) -> str:
         forward=plan.forward, output=plan.output, output_name=plan.output,
         loss_forward=plan.loss_forward, loss_value=plan.loss_value, loss_var=None,
         backward=plan.backward, grads=[dict(name=n, var=v) for n, v in plan.grads],
+        updates=[dict(param=p, grad=g) for p, g in plan.updates], loss_seed=plan.loss_seed,
+        step_seed=plan.step_seed,
         helper_source=helper_source(plan.helpers), reduce=graph.reduce, flat_params=False, **values)
 
 
