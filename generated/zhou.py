@@ -128,9 +128,13 @@ def _complain(params, arrays):
 
 
 def _sigmoid(z):
-    # 1/(1+exp(-z)) without overflow: exp of a non-positive number only
+    # 1/(1+exp(-z)) without overflow: exp of a non-positive number only, 1/(1+e) or
+    # e/(1+e) by the sign, with e = exp(-|z|); one division, in place
     e = np.exp(-np.abs(z))
-    return np.where(z >= 0, 1 / (1 + e), e / (1 + e))
+    s = np.where(z >= 0, 1, e)
+    e += 1
+    s /= e
+    return s
 
 
 def forward(params, x):

@@ -65,7 +65,7 @@ FD_POINTS = 4
 # judged at RESOLVED_MARGIN times its resolution
 RESOLVED_LIMIT = 1e-4
 RESOLVED_MARGIN = 10
-BATCH = 3
+BATCH = 6  # the C code takes dot products four samples at a time: one block and two left over
 # None: build as the C module does (-O3); "-O1" etc. trades optimizer coverage for speed
 OPTIMIZE = os.environ.get("NNCC_DIFF_OPT") or None
 # C and numpy may differ by what numpy itself moves when every input moves by

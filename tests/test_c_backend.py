@@ -433,3 +433,17 @@ def test_arrays_in_non_native_byte_order_are_refused_not_misread():
     with pytest.raises(ValueError, match="non-native byte order"):
         module.loss(params, swapped, y)
     assert module.loss(params, swapped.astype(np.float32), y) == module.loss(params, x, y)
+
+
+@needs_cc
+def test_a_samples_numbers_do_not_depend_on_the_batch_it_is_in():
+    # dense layers take four samples at a time and the rest one by one, each sample's
+    # sums in the same order: a sample gives the same bits at any batch size and place
+    module = _c_module((ROOT / "examples" / "nielsen.nn").read_text(), "nielsen.nn")
+    params = module.init_params(0, np.float64)
+    x, = _data(module, np.float64, batch=7)[:1]
+    whole = module.forward(params, x)
+    for k in range(7):
+        np.testing.assert_array_equal(module.forward(params, x[k:k + 1])[0], whole[k])
+    assert "bb_" in render_c_files(compile_source((ROOT / "examples" / "nielsen.nn").read_text(),
+                                                  "nielsen.nn"))["nielsen.c"]  # the blocked loops are there

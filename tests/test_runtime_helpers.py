@@ -31,6 +31,19 @@ def test_erf_is_within_five_units_in_the_last_place():
     assert small.dtype == np.float32 and np.abs(small - want).max() <= 1e-6
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sigmoid_keeps_dtype_and_shape_and_nan_and_is_within_four_ulps(dtype):
+    z = np.concatenate([np.linspace(-50, 50, 2001), [np.nan, np.inf, -np.inf, 0.0, -0.0]]).astype(dtype)
+    got = h._sigmoid(z)
+    assert got.dtype == dtype and got.shape == z.shape
+    want = np.array([1 / (1 + math.exp(-v)) if abs(v) < 700 else float(v > 0) for v in z[:-5].astype(float)])
+    assert np.all(np.abs(got[:-5] - want) <= 4 * np.spacing(want.astype(dtype)).astype(float))
+    assert np.isnan(got[-5]) and list(got[-4:]) == [1.0, 0.0, 0.5, 0.5]
+    scalar = h._sigmoid(np.array(-2.0, dtype))  # a 0-d array stays one
+    assert scalar.shape == () and scalar.dtype == dtype
+    assert h._sigmoid(z[::-2]).shape == z[::-2].shape  # a strided view is read, not written
+
+
 def test_sigmoid_and_logsumexp_stay_finite_and_accurate_far_out():
     z = np.array([-1000.0, -40.0, 0.0, 40.0, 1000.0])
     assert np.allclose(h._sigmoid(z), [0.0, 1 / (1 + math.exp(40)), 0.5, 1 / (1 + math.exp(-40)), 1.0], rtol=1e-15)

@@ -139,16 +139,40 @@ void lenet_forward(const real *params, const lenet_real *v_x, real *output, int 
         }
     }
     /* dense_1: z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1] */
-    for (int b_0 = 0; b_0 < batch; b_0++) {
+    for (int bb_12 = 0; bb_12 + 4 <= batch; bb_12 += 4) {
         for (int i_2 = 0; i_2 < 10; i_2++) {
-            real r3_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            real r3_p0[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            real r3_p1[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            real r3_p2[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            real r3_p3[8] = {0, 0, 0, 0, 0, 0, 0, 0};
             for (int jo_13 = 0; jo_13 < 32; jo_13++) {
                 for (int u_14 = 0; u_14 < 8; u_14++) {
-                    r3_p[u_14] += v_dense_1_weight[(i_2)*256 + 8*jo_13 + u_14]*v_flatten_1[(b_0)*256 + 8*jo_13 + u_14];
+                    r3_p0[u_14] += v_dense_1_weight[(i_2)*256 + 8*jo_13 + u_14]*v_flatten_1[(bb_12)*256 + 8*jo_13 + u_14];
+                    r3_p1[u_14] += v_dense_1_weight[(i_2)*256 + 8*jo_13 + u_14]*v_flatten_1[(bb_12 + 1)*256 + 8*jo_13 + u_14];
+                    r3_p2[u_14] += v_dense_1_weight[(i_2)*256 + 8*jo_13 + u_14]*v_flatten_1[(bb_12 + 2)*256 + 8*jo_13 + u_14];
+                    r3_p3[u_14] += v_dense_1_weight[(i_2)*256 + 8*jo_13 + u_14]*v_flatten_1[(bb_12 + 3)*256 + 8*jo_13 + u_14];
                 }
             }
-            real r3 = (((r3_p[0] + r3_p[1]) + (r3_p[2] + r3_p[3])) + ((r3_p[4] + r3_p[5]) + (r3_p[6] + r3_p[7])));
-            v_z[(b_0)*10 + i_2] = r3 + v_dense_1_bias[i_2];
+            real r3_0 = (((r3_p0[0] + r3_p0[1]) + (r3_p0[2] + r3_p0[3])) + ((r3_p0[4] + r3_p0[5]) + (r3_p0[6] + r3_p0[7])));
+            v_z[(bb_12)*10 + i_2] = r3_0 + v_dense_1_bias[i_2];
+            real r3_1 = (((r3_p1[0] + r3_p1[1]) + (r3_p1[2] + r3_p1[3])) + ((r3_p1[4] + r3_p1[5]) + (r3_p1[6] + r3_p1[7])));
+            v_z[(bb_12 + 1)*10 + i_2] = r3_1 + v_dense_1_bias[i_2];
+            real r3_2 = (((r3_p2[0] + r3_p2[1]) + (r3_p2[2] + r3_p2[3])) + ((r3_p2[4] + r3_p2[5]) + (r3_p2[6] + r3_p2[7])));
+            v_z[(bb_12 + 2)*10 + i_2] = r3_2 + v_dense_1_bias[i_2];
+            real r3_3 = (((r3_p3[0] + r3_p3[1]) + (r3_p3[2] + r3_p3[3])) + ((r3_p3[4] + r3_p3[5]) + (r3_p3[6] + r3_p3[7])));
+            v_z[(bb_12 + 3)*10 + i_2] = r3_3 + v_dense_1_bias[i_2];
+        }
+    }
+    for (int b_0 = batch - batch % 4; b_0 < batch; b_0++) {
+        for (int i_2 = 0; i_2 < 10; i_2++) {
+            real r4_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (int jo_20 = 0; jo_20 < 32; jo_20++) {
+                for (int u_21 = 0; u_21 < 8; u_21++) {
+                    r4_p[u_21] += v_dense_1_weight[(i_2)*256 + 8*jo_20 + u_21]*v_flatten_1[(b_0)*256 + 8*jo_20 + u_21];
+                }
+            }
+            real r4 = (((r4_p[0] + r4_p[1]) + (r4_p[2] + r4_p[3])) + ((r4_p[4] + r4_p[5]) + (r4_p[6] + r4_p[7])));
+            v_z[(b_0)*10 + i_2] = r4 + v_dense_1_bias[i_2];
         }
     }
     for (long n = 0; n < (long)batch * LENET_OUTPUT_SIZE; n++)
@@ -254,16 +278,40 @@ real lenet_loss(const real *params, const lenet_real *v_x, const lenet_real *v_y
         }
     }
     /* dense_1: z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1] */
-    for (int b_0 = 0; b_0 < batch; b_0++) {
+    for (int bb_12 = 0; bb_12 + 4 <= batch; bb_12 += 4) {
         for (int i_2 = 0; i_2 < 10; i_2++) {
-            real r3_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            real r3_p0[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            real r3_p1[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            real r3_p2[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            real r3_p3[8] = {0, 0, 0, 0, 0, 0, 0, 0};
             for (int jo_13 = 0; jo_13 < 32; jo_13++) {
                 for (int u_14 = 0; u_14 < 8; u_14++) {
-                    r3_p[u_14] += v_dense_1_weight[(i_2)*256 + 8*jo_13 + u_14]*v_flatten_1[(b_0)*256 + 8*jo_13 + u_14];
+                    r3_p0[u_14] += v_dense_1_weight[(i_2)*256 + 8*jo_13 + u_14]*v_flatten_1[(bb_12)*256 + 8*jo_13 + u_14];
+                    r3_p1[u_14] += v_dense_1_weight[(i_2)*256 + 8*jo_13 + u_14]*v_flatten_1[(bb_12 + 1)*256 + 8*jo_13 + u_14];
+                    r3_p2[u_14] += v_dense_1_weight[(i_2)*256 + 8*jo_13 + u_14]*v_flatten_1[(bb_12 + 2)*256 + 8*jo_13 + u_14];
+                    r3_p3[u_14] += v_dense_1_weight[(i_2)*256 + 8*jo_13 + u_14]*v_flatten_1[(bb_12 + 3)*256 + 8*jo_13 + u_14];
                 }
             }
-            real r3 = (((r3_p[0] + r3_p[1]) + (r3_p[2] + r3_p[3])) + ((r3_p[4] + r3_p[5]) + (r3_p[6] + r3_p[7])));
-            v_z[(b_0)*10 + i_2] = r3 + v_dense_1_bias[i_2];
+            real r3_0 = (((r3_p0[0] + r3_p0[1]) + (r3_p0[2] + r3_p0[3])) + ((r3_p0[4] + r3_p0[5]) + (r3_p0[6] + r3_p0[7])));
+            v_z[(bb_12)*10 + i_2] = r3_0 + v_dense_1_bias[i_2];
+            real r3_1 = (((r3_p1[0] + r3_p1[1]) + (r3_p1[2] + r3_p1[3])) + ((r3_p1[4] + r3_p1[5]) + (r3_p1[6] + r3_p1[7])));
+            v_z[(bb_12 + 1)*10 + i_2] = r3_1 + v_dense_1_bias[i_2];
+            real r3_2 = (((r3_p2[0] + r3_p2[1]) + (r3_p2[2] + r3_p2[3])) + ((r3_p2[4] + r3_p2[5]) + (r3_p2[6] + r3_p2[7])));
+            v_z[(bb_12 + 2)*10 + i_2] = r3_2 + v_dense_1_bias[i_2];
+            real r3_3 = (((r3_p3[0] + r3_p3[1]) + (r3_p3[2] + r3_p3[3])) + ((r3_p3[4] + r3_p3[5]) + (r3_p3[6] + r3_p3[7])));
+            v_z[(bb_12 + 3)*10 + i_2] = r3_3 + v_dense_1_bias[i_2];
+        }
+    }
+    for (int b_0 = batch - batch % 4; b_0 < batch; b_0++) {
+        for (int i_2 = 0; i_2 < 10; i_2++) {
+            real r4_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (int jo_20 = 0; jo_20 < 32; jo_20++) {
+                for (int u_21 = 0; u_21 < 8; u_21++) {
+                    r4_p[u_21] += v_dense_1_weight[(i_2)*256 + 8*jo_20 + u_21]*v_flatten_1[(b_0)*256 + 8*jo_20 + u_21];
+                }
+            }
+            real r4 = (((r4_p[0] + r4_p[1]) + (r4_p[2] + r4_p[3])) + ((r4_p[4] + r4_p[5]) + (r4_p[6] + r4_p[7])));
+            v_z[(b_0)*10 + i_2] = r4 + v_dense_1_bias[i_2];
         }
     }
     /* softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1] */
@@ -279,11 +327,11 @@ real lenet_loss(const real *params, const lenet_real *v_x, const lenet_real *v_y
         tmp1[b_0] = log(s);
     }
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        real r4 = 0;
+        real r5 = 0;
         for (int i_2 = 0; i_2 < 10; i_2++) {
-            r4 += ((v_z[(b_0)*10 + i_2] - tmp0[b_0] - tmp1[b_0]))*v_y[(b_0)*10 + i_2];
+            r5 += ((v_z[(b_0)*10 + i_2] - tmp0[b_0] - tmp1[b_0]))*v_y[(b_0)*10 + i_2];
         }
-        v_softmax_cross_entropy_1[b_0] = -r4;
+        v_softmax_cross_entropy_1[b_0] = -r5;
     }
     return lenet_loss_value(v_softmax_cross_entropy_1, batch);
 }
@@ -396,16 +444,40 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
         }
     }
     /* dense_1: z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1] */
-    for (int b_0 = 0; b_0 < batch; b_0++) {
+    for (int bb_12 = 0; bb_12 + 4 <= batch; bb_12 += 4) {
         for (int i_2 = 0; i_2 < 10; i_2++) {
-            real r3_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            real r3_p0[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            real r3_p1[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            real r3_p2[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            real r3_p3[8] = {0, 0, 0, 0, 0, 0, 0, 0};
             for (int jo_13 = 0; jo_13 < 32; jo_13++) {
                 for (int u_14 = 0; u_14 < 8; u_14++) {
-                    r3_p[u_14] += v_dense_1_weight[(i_2)*256 + 8*jo_13 + u_14]*v_flatten_1[(b_0)*256 + 8*jo_13 + u_14];
+                    r3_p0[u_14] += v_dense_1_weight[(i_2)*256 + 8*jo_13 + u_14]*v_flatten_1[(bb_12)*256 + 8*jo_13 + u_14];
+                    r3_p1[u_14] += v_dense_1_weight[(i_2)*256 + 8*jo_13 + u_14]*v_flatten_1[(bb_12 + 1)*256 + 8*jo_13 + u_14];
+                    r3_p2[u_14] += v_dense_1_weight[(i_2)*256 + 8*jo_13 + u_14]*v_flatten_1[(bb_12 + 2)*256 + 8*jo_13 + u_14];
+                    r3_p3[u_14] += v_dense_1_weight[(i_2)*256 + 8*jo_13 + u_14]*v_flatten_1[(bb_12 + 3)*256 + 8*jo_13 + u_14];
                 }
             }
-            real r3 = (((r3_p[0] + r3_p[1]) + (r3_p[2] + r3_p[3])) + ((r3_p[4] + r3_p[5]) + (r3_p[6] + r3_p[7])));
-            v_z[(b_0)*10 + i_2] = r3 + v_dense_1_bias[i_2];
+            real r3_0 = (((r3_p0[0] + r3_p0[1]) + (r3_p0[2] + r3_p0[3])) + ((r3_p0[4] + r3_p0[5]) + (r3_p0[6] + r3_p0[7])));
+            v_z[(bb_12)*10 + i_2] = r3_0 + v_dense_1_bias[i_2];
+            real r3_1 = (((r3_p1[0] + r3_p1[1]) + (r3_p1[2] + r3_p1[3])) + ((r3_p1[4] + r3_p1[5]) + (r3_p1[6] + r3_p1[7])));
+            v_z[(bb_12 + 1)*10 + i_2] = r3_1 + v_dense_1_bias[i_2];
+            real r3_2 = (((r3_p2[0] + r3_p2[1]) + (r3_p2[2] + r3_p2[3])) + ((r3_p2[4] + r3_p2[5]) + (r3_p2[6] + r3_p2[7])));
+            v_z[(bb_12 + 2)*10 + i_2] = r3_2 + v_dense_1_bias[i_2];
+            real r3_3 = (((r3_p3[0] + r3_p3[1]) + (r3_p3[2] + r3_p3[3])) + ((r3_p3[4] + r3_p3[5]) + (r3_p3[6] + r3_p3[7])));
+            v_z[(bb_12 + 3)*10 + i_2] = r3_3 + v_dense_1_bias[i_2];
+        }
+    }
+    for (int b_0 = batch - batch % 4; b_0 < batch; b_0++) {
+        for (int i_2 = 0; i_2 < 10; i_2++) {
+            real r4_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (int jo_20 = 0; jo_20 < 32; jo_20++) {
+                for (int u_21 = 0; u_21 < 8; u_21++) {
+                    r4_p[u_21] += v_dense_1_weight[(i_2)*256 + 8*jo_20 + u_21]*v_flatten_1[(b_0)*256 + 8*jo_20 + u_21];
+                }
+            }
+            real r4 = (((r4_p[0] + r4_p[1]) + (r4_p[2] + r4_p[3])) + ((r4_p[4] + r4_p[5]) + (r4_p[6] + r4_p[7])));
+            v_z[(b_0)*10 + i_2] = r4 + v_dense_1_bias[i_2];
         }
     }
     /* softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1] */
@@ -421,11 +493,11 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
         tmp1[b_0] = log(s);
     }
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        real r4 = 0;
+        real r5 = 0;
         for (int i_2 = 0; i_2 < 10; i_2++) {
-            r4 += ((v_z[(b_0)*10 + i_2] - tmp0[b_0] - tmp1[b_0]))*v_y[(b_0)*10 + i_2];
+            r5 += ((v_z[(b_0)*10 + i_2] - tmp0[b_0] - tmp1[b_0]))*v_y[(b_0)*10 + i_2];
         }
-        v_softmax_cross_entropy_1[b_0] = -r4;
+        v_softmax_cross_entropy_1[b_0] = -r5;
     }
     const real seed = ((real)1 / (real)batch);  /* d loss / d per-sample loss */
     /* d_z[b, k] = (-y[b, k] + Σ_i y[b, i]*exp(-logsumexp_j(z[b, j]) + z[b, k]))*d_softmax_cross_entropy_1[b]  [#bwd-softmax_cross_entropy_1-z] */

@@ -174,16 +174,40 @@ void residual_forward(const real *params, const residual_real *v_x, real *output
         }
     }
     /* dense_1: z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1] */
-    for (int b_0 = 0; b_0 < batch; b_0++) {
+    for (int bb_13 = 0; bb_13 + 4 <= batch; bb_13 += 4) {
         for (int i_2 = 0; i_2 < 10; i_2++) {
-            real r4_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            real r4_p0[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            real r4_p1[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            real r4_p2[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            real r4_p3[8] = {0, 0, 0, 0, 0, 0, 0, 0};
             for (int jo_14 = 0; jo_14 < 16; jo_14++) {
                 for (int u_15 = 0; u_15 < 8; u_15++) {
-                    r4_p[u_15] += v_dense_1_weight[(i_2)*128 + 8*jo_14 + u_15]*v_flatten_1[(b_0)*128 + 8*jo_14 + u_15];
+                    r4_p0[u_15] += v_dense_1_weight[(i_2)*128 + 8*jo_14 + u_15]*v_flatten_1[(bb_13)*128 + 8*jo_14 + u_15];
+                    r4_p1[u_15] += v_dense_1_weight[(i_2)*128 + 8*jo_14 + u_15]*v_flatten_1[(bb_13 + 1)*128 + 8*jo_14 + u_15];
+                    r4_p2[u_15] += v_dense_1_weight[(i_2)*128 + 8*jo_14 + u_15]*v_flatten_1[(bb_13 + 2)*128 + 8*jo_14 + u_15];
+                    r4_p3[u_15] += v_dense_1_weight[(i_2)*128 + 8*jo_14 + u_15]*v_flatten_1[(bb_13 + 3)*128 + 8*jo_14 + u_15];
                 }
             }
-            real r4 = (((r4_p[0] + r4_p[1]) + (r4_p[2] + r4_p[3])) + ((r4_p[4] + r4_p[5]) + (r4_p[6] + r4_p[7])));
-            v_z[(b_0)*10 + i_2] = r4 + v_dense_1_bias[i_2];
+            real r4_0 = (((r4_p0[0] + r4_p0[1]) + (r4_p0[2] + r4_p0[3])) + ((r4_p0[4] + r4_p0[5]) + (r4_p0[6] + r4_p0[7])));
+            v_z[(bb_13)*10 + i_2] = r4_0 + v_dense_1_bias[i_2];
+            real r4_1 = (((r4_p1[0] + r4_p1[1]) + (r4_p1[2] + r4_p1[3])) + ((r4_p1[4] + r4_p1[5]) + (r4_p1[6] + r4_p1[7])));
+            v_z[(bb_13 + 1)*10 + i_2] = r4_1 + v_dense_1_bias[i_2];
+            real r4_2 = (((r4_p2[0] + r4_p2[1]) + (r4_p2[2] + r4_p2[3])) + ((r4_p2[4] + r4_p2[5]) + (r4_p2[6] + r4_p2[7])));
+            v_z[(bb_13 + 2)*10 + i_2] = r4_2 + v_dense_1_bias[i_2];
+            real r4_3 = (((r4_p3[0] + r4_p3[1]) + (r4_p3[2] + r4_p3[3])) + ((r4_p3[4] + r4_p3[5]) + (r4_p3[6] + r4_p3[7])));
+            v_z[(bb_13 + 3)*10 + i_2] = r4_3 + v_dense_1_bias[i_2];
+        }
+    }
+    for (int b_0 = batch - batch % 4; b_0 < batch; b_0++) {
+        for (int i_2 = 0; i_2 < 10; i_2++) {
+            real r5_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (int jo_21 = 0; jo_21 < 16; jo_21++) {
+                for (int u_22 = 0; u_22 < 8; u_22++) {
+                    r5_p[u_22] += v_dense_1_weight[(i_2)*128 + 8*jo_21 + u_22]*v_flatten_1[(b_0)*128 + 8*jo_21 + u_22];
+                }
+            }
+            real r5 = (((r5_p[0] + r5_p[1]) + (r5_p[2] + r5_p[3])) + ((r5_p[4] + r5_p[5]) + (r5_p[6] + r5_p[7])));
+            v_z[(b_0)*10 + i_2] = r5 + v_dense_1_bias[i_2];
         }
     }
     for (long n = 0; n < (long)batch * RESIDUAL_OUTPUT_SIZE; n++)
@@ -322,16 +346,40 @@ real residual_loss(const real *params, const residual_real *v_x, const residual_
         }
     }
     /* dense_1: z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1] */
-    for (int b_0 = 0; b_0 < batch; b_0++) {
+    for (int bb_13 = 0; bb_13 + 4 <= batch; bb_13 += 4) {
         for (int i_2 = 0; i_2 < 10; i_2++) {
-            real r4_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            real r4_p0[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            real r4_p1[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            real r4_p2[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            real r4_p3[8] = {0, 0, 0, 0, 0, 0, 0, 0};
             for (int jo_14 = 0; jo_14 < 16; jo_14++) {
                 for (int u_15 = 0; u_15 < 8; u_15++) {
-                    r4_p[u_15] += v_dense_1_weight[(i_2)*128 + 8*jo_14 + u_15]*v_flatten_1[(b_0)*128 + 8*jo_14 + u_15];
+                    r4_p0[u_15] += v_dense_1_weight[(i_2)*128 + 8*jo_14 + u_15]*v_flatten_1[(bb_13)*128 + 8*jo_14 + u_15];
+                    r4_p1[u_15] += v_dense_1_weight[(i_2)*128 + 8*jo_14 + u_15]*v_flatten_1[(bb_13 + 1)*128 + 8*jo_14 + u_15];
+                    r4_p2[u_15] += v_dense_1_weight[(i_2)*128 + 8*jo_14 + u_15]*v_flatten_1[(bb_13 + 2)*128 + 8*jo_14 + u_15];
+                    r4_p3[u_15] += v_dense_1_weight[(i_2)*128 + 8*jo_14 + u_15]*v_flatten_1[(bb_13 + 3)*128 + 8*jo_14 + u_15];
                 }
             }
-            real r4 = (((r4_p[0] + r4_p[1]) + (r4_p[2] + r4_p[3])) + ((r4_p[4] + r4_p[5]) + (r4_p[6] + r4_p[7])));
-            v_z[(b_0)*10 + i_2] = r4 + v_dense_1_bias[i_2];
+            real r4_0 = (((r4_p0[0] + r4_p0[1]) + (r4_p0[2] + r4_p0[3])) + ((r4_p0[4] + r4_p0[5]) + (r4_p0[6] + r4_p0[7])));
+            v_z[(bb_13)*10 + i_2] = r4_0 + v_dense_1_bias[i_2];
+            real r4_1 = (((r4_p1[0] + r4_p1[1]) + (r4_p1[2] + r4_p1[3])) + ((r4_p1[4] + r4_p1[5]) + (r4_p1[6] + r4_p1[7])));
+            v_z[(bb_13 + 1)*10 + i_2] = r4_1 + v_dense_1_bias[i_2];
+            real r4_2 = (((r4_p2[0] + r4_p2[1]) + (r4_p2[2] + r4_p2[3])) + ((r4_p2[4] + r4_p2[5]) + (r4_p2[6] + r4_p2[7])));
+            v_z[(bb_13 + 2)*10 + i_2] = r4_2 + v_dense_1_bias[i_2];
+            real r4_3 = (((r4_p3[0] + r4_p3[1]) + (r4_p3[2] + r4_p3[3])) + ((r4_p3[4] + r4_p3[5]) + (r4_p3[6] + r4_p3[7])));
+            v_z[(bb_13 + 3)*10 + i_2] = r4_3 + v_dense_1_bias[i_2];
+        }
+    }
+    for (int b_0 = batch - batch % 4; b_0 < batch; b_0++) {
+        for (int i_2 = 0; i_2 < 10; i_2++) {
+            real r5_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (int jo_21 = 0; jo_21 < 16; jo_21++) {
+                for (int u_22 = 0; u_22 < 8; u_22++) {
+                    r5_p[u_22] += v_dense_1_weight[(i_2)*128 + 8*jo_21 + u_22]*v_flatten_1[(b_0)*128 + 8*jo_21 + u_22];
+                }
+            }
+            real r5 = (((r5_p[0] + r5_p[1]) + (r5_p[2] + r5_p[3])) + ((r5_p[4] + r5_p[5]) + (r5_p[6] + r5_p[7])));
+            v_z[(b_0)*10 + i_2] = r5 + v_dense_1_bias[i_2];
         }
     }
     /* softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1] */
@@ -347,11 +395,11 @@ real residual_loss(const real *params, const residual_real *v_x, const residual_
         tmp1[b_0] = log(s);
     }
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        real r5 = 0;
+        real r6 = 0;
         for (int i_2 = 0; i_2 < 10; i_2++) {
-            r5 += ((v_z[(b_0)*10 + i_2] - tmp0[b_0] - tmp1[b_0]))*v_y[(b_0)*10 + i_2];
+            r6 += ((v_z[(b_0)*10 + i_2] - tmp0[b_0] - tmp1[b_0]))*v_y[(b_0)*10 + i_2];
         }
-        v_softmax_cross_entropy_1[b_0] = -r5;
+        v_softmax_cross_entropy_1[b_0] = -r6;
     }
     return residual_loss_value(v_softmax_cross_entropy_1, batch);
 }
@@ -504,16 +552,40 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
         }
     }
     /* dense_1: z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1] */
-    for (int b_0 = 0; b_0 < batch; b_0++) {
+    for (int bb_13 = 0; bb_13 + 4 <= batch; bb_13 += 4) {
         for (int i_2 = 0; i_2 < 10; i_2++) {
-            real r4_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            real r4_p0[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            real r4_p1[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            real r4_p2[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            real r4_p3[8] = {0, 0, 0, 0, 0, 0, 0, 0};
             for (int jo_14 = 0; jo_14 < 16; jo_14++) {
                 for (int u_15 = 0; u_15 < 8; u_15++) {
-                    r4_p[u_15] += v_dense_1_weight[(i_2)*128 + 8*jo_14 + u_15]*v_flatten_1[(b_0)*128 + 8*jo_14 + u_15];
+                    r4_p0[u_15] += v_dense_1_weight[(i_2)*128 + 8*jo_14 + u_15]*v_flatten_1[(bb_13)*128 + 8*jo_14 + u_15];
+                    r4_p1[u_15] += v_dense_1_weight[(i_2)*128 + 8*jo_14 + u_15]*v_flatten_1[(bb_13 + 1)*128 + 8*jo_14 + u_15];
+                    r4_p2[u_15] += v_dense_1_weight[(i_2)*128 + 8*jo_14 + u_15]*v_flatten_1[(bb_13 + 2)*128 + 8*jo_14 + u_15];
+                    r4_p3[u_15] += v_dense_1_weight[(i_2)*128 + 8*jo_14 + u_15]*v_flatten_1[(bb_13 + 3)*128 + 8*jo_14 + u_15];
                 }
             }
-            real r4 = (((r4_p[0] + r4_p[1]) + (r4_p[2] + r4_p[3])) + ((r4_p[4] + r4_p[5]) + (r4_p[6] + r4_p[7])));
-            v_z[(b_0)*10 + i_2] = r4 + v_dense_1_bias[i_2];
+            real r4_0 = (((r4_p0[0] + r4_p0[1]) + (r4_p0[2] + r4_p0[3])) + ((r4_p0[4] + r4_p0[5]) + (r4_p0[6] + r4_p0[7])));
+            v_z[(bb_13)*10 + i_2] = r4_0 + v_dense_1_bias[i_2];
+            real r4_1 = (((r4_p1[0] + r4_p1[1]) + (r4_p1[2] + r4_p1[3])) + ((r4_p1[4] + r4_p1[5]) + (r4_p1[6] + r4_p1[7])));
+            v_z[(bb_13 + 1)*10 + i_2] = r4_1 + v_dense_1_bias[i_2];
+            real r4_2 = (((r4_p2[0] + r4_p2[1]) + (r4_p2[2] + r4_p2[3])) + ((r4_p2[4] + r4_p2[5]) + (r4_p2[6] + r4_p2[7])));
+            v_z[(bb_13 + 2)*10 + i_2] = r4_2 + v_dense_1_bias[i_2];
+            real r4_3 = (((r4_p3[0] + r4_p3[1]) + (r4_p3[2] + r4_p3[3])) + ((r4_p3[4] + r4_p3[5]) + (r4_p3[6] + r4_p3[7])));
+            v_z[(bb_13 + 3)*10 + i_2] = r4_3 + v_dense_1_bias[i_2];
+        }
+    }
+    for (int b_0 = batch - batch % 4; b_0 < batch; b_0++) {
+        for (int i_2 = 0; i_2 < 10; i_2++) {
+            real r5_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (int jo_21 = 0; jo_21 < 16; jo_21++) {
+                for (int u_22 = 0; u_22 < 8; u_22++) {
+                    r5_p[u_22] += v_dense_1_weight[(i_2)*128 + 8*jo_21 + u_22]*v_flatten_1[(b_0)*128 + 8*jo_21 + u_22];
+                }
+            }
+            real r5 = (((r5_p[0] + r5_p[1]) + (r5_p[2] + r5_p[3])) + ((r5_p[4] + r5_p[5]) + (r5_p[6] + r5_p[7])));
+            v_z[(b_0)*10 + i_2] = r5 + v_dense_1_bias[i_2];
         }
     }
     /* softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1] */
@@ -529,11 +601,11 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
         tmp1[b_0] = log(s);
     }
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        real r5 = 0;
+        real r6 = 0;
         for (int i_2 = 0; i_2 < 10; i_2++) {
-            r5 += ((v_z[(b_0)*10 + i_2] - tmp0[b_0] - tmp1[b_0]))*v_y[(b_0)*10 + i_2];
+            r6 += ((v_z[(b_0)*10 + i_2] - tmp0[b_0] - tmp1[b_0]))*v_y[(b_0)*10 + i_2];
         }
-        v_softmax_cross_entropy_1[b_0] = -r5;
+        v_softmax_cross_entropy_1[b_0] = -r6;
     }
     const real seed = ((real)1 / (real)batch);  /* d loss / d per-sample loss */
     /* d_z[b, k] = (-y[b, k] + Σ_i y[b, i]*exp(-logsumexp_j(z[b, j]) + z[b, k]))*d_softmax_cross_entropy_1[b]  [#bwd-softmax_cross_entropy_1-z] */

@@ -261,6 +261,8 @@ class CLowerer:
         self.used.add(buf.name)
         if tuple(st.indices) == loops and self._axpy(buf, loops, expr, st.accumulate):
             return
+        if tuple(st.indices) == loops and self._samples_at_once(buf, loops, expr, st.accumulate):
+            return
         expr = self._hoist(expr, list(loops))
         with self._loops(loops):
             expr = self._inline(expr)
@@ -295,6 +297,71 @@ class CLowerer:
                 self._emit(f"{buf.name}[{linear}] = 0;")
         with self._loops([*loops[:-1], *vs, k]):
             self._emit(f"{buf.name}[{linear}] += {_CPrinter(self).doprint(body)};")
+        return True
+
+    SAMPLES = 4  # the samples a dot product over the batch computes at once
+
+    def _samples_at_once(self, buf, loops, expr, accumulate):
+        """out[b, ...] (+)= g(Σ_v f) over the batch, SAMPLES samples at a time, where f
+        reads an array that does not vary with the sample (a weight): each element of it
+        loaded feeds SAMPLES sums (unroll and jam) instead of the whole weight being read
+        again for every sample.  Each sample's sum is taken in _split_sum's order, and the
+        samples left over one at a time as before: the numbers are the same.
+        """
+        b = loops[0] if loops else None
+        if b is None or self.ranges.get(b) != B:
+            return False
+        reductions = [a for a in sp.preorder_traversal(expr) if isinstance(a, _REDUCTIONS)]
+        if len(reductions) != 1 or not isinstance(reductions[0], sp.Sum) or len(reductions[0].limits) != 1:
+            return False
+        total = reductions[0]
+        v, lo, hi = total.limits[0]
+        body = total.function
+        if lo != 0 or not hi.is_Integer or int(hi) + 1 < 2 * self.LANES or expr.has(sp.KroneckerDelta):
+            return False
+        reads = body.atoms(sp.Indexed)
+
+        def own_position(r):  # reads sample b at b, or no sample at all
+            return not r.has(b) or (r.indices[0] == b and not any(i.has(b) for i in r.indices[1:]))
+        rest = expr.xreplace({total: sp.Integer(0)})
+        # the sample read only where it is a subscript, at its own position; something read
+        # the same for every sample (what the blocking reuses); and a sum over all of the
+        # output's indices (else _hoist takes it out of the loops)
+        if not all(own_position(r) for r in reads | rest.atoms(sp.Indexed)) or all(r.has(b) for r in reads) \
+                or b in (body.xreplace({r: sp.S.Zero for r in reads}).free_symbols
+                         | rest.xreplace({r: sp.S.Zero for r in rest.atoms(sp.Indexed)}).free_symbols) \
+                or not set(loops[1:]) <= index_symbols(total, self.ranges):
+            return False
+        self.ranges[v] = hi + 1
+        n, lanes, samples = int(hi) + 1, self.LANES, self.SAMPLES
+        block = sp.Dummy("bb", integer=True)
+        vo, u = sp.Dummy(v.name + "o", integer=True), sp.Dummy("u", integer=True)
+        self.ranges.update({block: B, vo: n // lanes, u: lanes})
+        p, op = _CPrinter(self), "+=" if accumulate else "="
+        acc = f"r{self.count}"
+        self.count += 1
+        with self._inside(Loop(self.loop_var(block), "0", "batch", step=samples)), self._loops(loops[1:]):
+            at = [{b: block + q} for q in range(samples)]
+            for q in range(samples):
+                self._emit(f"real {acc}_p{q}[{lanes}] = {{{', '.join(['0'] * lanes)}}};")
+            with self._loops([vo, u]):
+                for q in range(samples):
+                    term = body.xreplace({v: lanes * vo + u, **at[q]})
+                    self._emit(f"{acc}_p{q}[{self.loop_var(u)}] += {p.doprint(term)};")
+            if n % lanes:
+                with self._inside(Loop(self.loop_var(v), str(n - n % lanes), str(n))):
+                    for q in range(samples):
+                        self._emit(f"{acc}_p{q}[0] += {p.doprint(body.xreplace(at[q]))};")
+            for q in range(samples):
+                result = sp.Symbol(f"{acc}_{q}", real=True)
+                self.vars[result] = result.name
+                self._emit(f"real {result} = {_pairwise(f'{acc}_p{q}', lanes)};")
+                linear, _ = self._linear(buf, [block + q, *loops[1:]])
+                self._emit(f"{buf.name}[{linear}] {op} {p.doprint(expr.xreplace({total: result}).xreplace(at[q]))};")
+        marked = self._hoist(expr, list(loops))  # the sum, computed inside the loops below
+        with self._inside(Loop(self.loop_var(b), f"batch - batch % {samples}", "batch")), self._loops(loops[1:]):
+            linear, _ = self._linear(buf, loops)
+            self._emit(f"{buf.name}[{linear}] {op} {p.doprint(self._inline(marked))};")
         return True
 
     def _inline(self, e):
@@ -371,10 +438,7 @@ class CLowerer:
         if n % lanes:
             with self._inside(Loop(self.loop_var(v), str(n - n % lanes), str(n))):
                 self._emit(f"{parts}[0] += {p.doprint(body)};")
-        terms = [f"{parts}[{k}]" for k in range(lanes)]
-        while len(terms) > 1:
-            terms = [f"({a} + {b})" for a, b in zip(terms[::2], terms[1::2])]
-        self._emit(f"{'real ' if declare else ''}{acc} = {terms[0]};")
+        self._emit(f"{'real ' if declare else ''}{acc} = {_pairwise(parts, lanes)};")
         return True
 
     def _hoist(self, e, order):
@@ -484,6 +548,14 @@ class CLowerer:
 
 
 _REDUCTIONS = (sp.Sum, LogSumExp, MaxOver, FirstArgmax)
+
+
+def _pairwise(parts: str, lanes: int) -> str:
+    """parts[0] + ... + parts[lanes - 1] added in pairs, then pairs of pairs."""
+    terms = [f"{parts}[{k}]" for k in range(lanes)]
+    while len(terms) > 1:
+        terms = [f"({a} + {b})" for a, b in zip(terms[::2], terms[1::2])]
+    return terms[0]
 
 
 def _c_int(n):

@@ -17,6 +17,7 @@ class Loop:
     stop: str
     body: list = field(default_factory=list)
     type: str = "int"
+    step: int = 1  # > 1: whole steps only, var + step <= stop
 
 
 @dataclass
@@ -32,7 +33,11 @@ def render(nodes: list, depth: int = 1) -> list[str]:
         if isinstance(n, Stmt):
             out.append(pad + n.text)
         elif isinstance(n, Loop):
-            out.append(f"{pad}for ({n.type} {n.var} = {n.start}; {n.var} < {n.stop}; {n.var}++) {{")
+            if n.step == 1:
+                out.append(f"{pad}for ({n.type} {n.var} = {n.start}; {n.var} < {n.stop}; {n.var}++) {{")
+            else:
+                out.append(f"{pad}for ({n.type} {n.var} = {n.start}; {n.var} + {n.step} <= {n.stop}; "
+                           f"{n.var} += {n.step}) {{")
             out += render(n.body, depth + 1)
             out.append(pad + "}")
         else:
