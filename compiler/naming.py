@@ -22,7 +22,7 @@ import keyword
 _MODULE = {"np", "PARAM_SHAPES", "INPUT_SHAPES", "TARGET_SHAPES", "PARAM_INITS", "init_params", "forward",
            "loss", "loss_and_grad", "sgd_step"}
 # module level in templates/c_module.py.j2 as well (its _-prefixed names are covered below)
-_C_MODULE = {"hashlib", "importlib", "os", "re", "shutil", "stat", "sys", "tempfile", "weakref", "cffi"}
+_C_MODULE = {"hashlib", "importlib", "os", "re", "shutil", "stat", "sys", "tempfile", "threading", "weakref", "cffi"}
 # the template functions' arguments and locals the generated lines could overwrite or read
 _LOCALS = {"params", "grads", "batch", "lr", "value", "dtype", "name", "shape", "seed", "rng", "out"}
 # builtins the generated functions call (a user's `float` would shadow the one they need)

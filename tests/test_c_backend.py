@@ -447,3 +447,31 @@ def test_a_samples_numbers_do_not_depend_on_the_batch_it_is_in():
         np.testing.assert_array_equal(module.forward(params, x[k:k + 1])[0], whole[k])
     assert "bb_" in render_c_files(compile_source((ROOT / "examples" / "nielsen.nn").read_text(),
                                                   "nielsen.nn"))["nielsen.c"]  # the blocked loops are there
+
+
+@needs_cc
+def test_two_threads_calling_the_module_get_their_own_numbers():
+    # the workspace and sgd_step's gradient are kept between calls, one set per thread
+    import threading
+    module = _c_module((ROOT / "examples" / "nielsen.nn").read_text(), "nielsen.nn")
+    runs = {k: (module.init_params(k, np.float64), _data(module, np.float64, batch=3 + 2 * k, seed=k))
+            for k in range(2)}
+    expected = {}
+    for k, (params, data) in runs.items():
+        p = {n: v.copy() for n, v in params.items()}
+        expected[k] = [module.loss_and_grad(p, *data)[0]] + [module.sgd_step(p, *data, lr=0.1) for _ in range(100)]
+    got, errors = {}, []
+
+    def run(k):
+        try:
+            params, data = runs[k]
+            got[k] = [module.loss_and_grad(params, *data)[0]] + [module.sgd_step(params, *data, lr=0.1)
+                                                                  for _ in range(100)]
+        except Exception as exc:  # noqa: BLE001 -- reported below
+            errors.append(exc)
+    threads = [threading.Thread(target=run, args=(k,)) for k in runs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and got == expected
