@@ -415,6 +415,29 @@ def test_sgd_step_leaves_a_parameter_the_loss_does_not_reach():
                                rtol=1e-14)
 
 
+def test_two_threads_calling_the_module_get_their_own_numbers(nielsen):
+    import threading
+    runs = {k: (nielsen.init_params(k, np.float64), random_data(nielsen, batch=3 + 2 * k, seed=k)) for k in range(2)}
+    expected = {}
+    for k, (params, (inputs, targets)) in runs.items():
+        p = {n: v.copy() for n, v in params.items()}
+        expected[k] = [nielsen.sgd_step(p, *inputs, *targets, lr=0.1) for _ in range(50)]
+    got, errors = {}, []
+
+    def run(k):
+        try:
+            params, (inputs, targets) = runs[k]
+            got[k] = [nielsen.sgd_step(params, *inputs, *targets, lr=0.1) for _ in range(50)]
+        except Exception as exc:  # noqa: BLE001 -- reported below
+            errors.append(exc)
+    threads = [threading.Thread(target=run, args=(k,)) for k in runs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and got == expected
+
+
 def test_training_xor_converges(xor):
     params = xor.init_params(0, np.float64)
     x = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], np.float64)
