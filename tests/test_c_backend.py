@@ -1,4 +1,5 @@
 """The C backend: same API and numbers as the numpy module, strict C99, clean under sanitizers."""
+import gc
 import os
 import shutil
 import subprocess
@@ -258,10 +259,12 @@ def test_c_gradients_match_finite_differences(name, source, file):
 
 
 @needs_cc
-@pytest.mark.parametrize("how", ["own-views", "plain-dict", "swapped-views", "replaced-entry"])
+@pytest.mark.parametrize("how", ["own-views", "plain-dict", "swapped-views", "replaced-entry", "dropped-view",
+                                 "fortran-inputs"])
 def test_sgd_step_updates_whatever_params_it_is_given(how):
     # init_params of the C module hands out views of one flat array that the C code
-    # updates in place; any other dict of arrays must work exactly the same
+    # updates in place (the calls' fast path knows them by identity); any other dict of
+    # arrays, and inputs the C code cannot read as they lie, must work exactly the same
     source = "input x: [3]\ntarget y: [3]\nz = x |> dense(3) |> tanh |> dense(3)\nloss = quadratic(z, y)\n"
     c, n = _c_module(source, "<swap>"), load_module(source, "<swap>")
     params = c.init_params(1, np.float64)
@@ -271,8 +274,15 @@ def test_sgd_step_updates_whatever_params_it_is_given(how):
         params["dense_1.weight"], params["dense_2.weight"] = params["dense_2.weight"], params["dense_1.weight"]
     elif how == "replaced-entry":
         params["dense_2.bias"] = np.full(3, 0.25)
+    elif how == "dropped-view":  # its successor may even get its id
+        del params["dense_2.bias"]
+        gc.collect()
+        params["dense_2.bias"] = np.full(3, 0.25)
     expected = {k: v.copy() for k, v in params.items()}
     arrays = _data(n, np.float64)
+    if how == "fortran-inputs":
+        arrays = [np.asfortranarray(a) for a in arrays]
+        assert not arrays[0].flags.c_contiguous
     value = n.sgd_step(expected, *arrays, lr=0.5)
     assert c.sgd_step(params, *arrays, lr=0.5) == pytest.approx(value, rel=1e-13)
     for k in expected:
