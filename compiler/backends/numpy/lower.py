@@ -26,6 +26,7 @@ from ...literals import real_literal
 from ...naming import grad_name, temp, var
 from ...ops.primitives import lookup
 from ...schedule.program import SEED, Program
+from . import buffers
 from ...ops.symbolic import ClampedLog, FirstArgmax, LogSumExp, MaxOver, index_symbols, join_signed, read_name, real_base, sum_terms
 
 
@@ -112,6 +113,13 @@ class _Printer(NumPyPrinter):
         if isinstance(c, sp.Rational) and not c.is_Integer and _decimal(c) and rest != 1:
             sign = "-" if c < 0 else ""
             return f"{sign}{_decimal(abs(c))}*{self.parenthesize(rest, sp.printing.precedence.PRECEDENCE['Mul'])}"
+        if c == -1 and rest.is_Mul:
+            # -(s - 1)*s*g as (1 - s)*s*g: the sign goes into a sum that takes it without a
+            # minus of its own, one pass over the array fewer (negation is exact: same bits)
+            factors = list(sp.Mul.make_args(rest))
+            for k, f in enumerate(factors):
+                if f.is_Add and not self._print(-f).startswith("-"):
+                    return super()._print_Mul(sp.Mul(*factors[:k], -f, *factors[k + 1:], evaluate=False))
         return super()._print_Mul(e)
 
     def _print_Pow(self, e, rational=False):
@@ -742,6 +750,10 @@ class Plan:
     step_seed: str  # ... and in sgd_step, where the gradients come out as -lr times themselves
     helpers: tuple  # helper function names, sorted
     derivations: tuple = ()
+    # function -> (its lines writing into kept buffers, those buffers: (shape, boolean?), the
+    # numbers it reads as arrays);
+    # loss_and_grad's and sgd_step's lines are (loss lines, backward lines)
+    bodies: dict = None
 
 
 def plan(program: Program) -> Plan:
@@ -775,13 +787,30 @@ def plan(program: Program) -> Plan:
                 inline -= low.too_deep
                 continue
             helpers.update(kernels.helpers)
-            return out
+            # every named array's shape, for the buffers (the batch axis None)
+            known = {low.names[label]: _buffer_shape(shape) for label, shape in low.shapes.items()
+                     if label in low.names}
+            return out, {n: s for n, s in known.items() if s is not None}
 
-    (forward,) = lower(program.forward)
-    loss_forward, backward = lower(program.loss, program.backward)
+    (forward,), forward_shapes = lower(program.forward)
+    (loss_forward, backward), shapes_ = lower(program.loss, program.backward)
     for p in program.zero_grads:
         backward.append(Line(grad_name(p), f"np.zeros_like({names[p]})", f"{p} does not affect the loss"))
     loss_var = names[g.loss]
+    loss_value = f"{loss_var}.sum() / batch" if g.reduce == "mean" else f"{loss_var}.sum()"
+    grads = tuple((p.name, grad_name(p.name)) for p in g.params)
+    updates = tuple((names[p.name], grad_name(p.name)) for p in g.params if p.name not in program.zero_grads)
+    n_loss = len(loss_forward)
+
+    def body(lines, shapes, returned, kept):
+        return buffers.plan_body(list(lines), shapes, set(returned), set(kept))
+
+    bodies = {"forward": body(forward, forward_shapes, {names[g.output]}, ())}
+    bodies["loss"] = body(loss_forward, shapes_, (), {loss_var})
+    for fn, returned, kept in (("loss_and_grad", [v for _, v in grads], {loss_var}),
+                               ("sgd_step", (), {loss_var} | {d for _, d in updates})):
+        lines, bufs, constants = body(loss_forward + backward, shapes_, returned, kept)
+        bodies[fn] = ((lines[:n_loss], lines[n_loss:]), bufs, constants)
     return Plan(
         name=g.name, source=g.source,
         inputs=tuple((t.name, names[t.name], t.shape) for t in g.inputs),
@@ -789,12 +818,24 @@ def plan(program: Program) -> Plan:
         params=tuple((p.name, names[p.name], p.shape, p.init) for p in g.params),
         forward=tuple(forward), output=names[g.output],
         loss_forward=tuple(loss_forward),
-        loss_value=f"{loss_var}.sum() / batch" if g.reduce == "mean" else f"{loss_var}.sum()",
+        loss_value=loss_value,
         backward=tuple(dataclasses.replace(x, phase="backward") for x in backward),
-        grads=tuple((p.name, grad_name(p.name)) for p in g.params),
-        updates=tuple((names[p.name], grad_name(p.name)) for p in g.params if p.name not in program.zero_grads),
+        grads=grads, updates=updates, bodies=bodies,
         loss_seed=_seed_code(program.seed, "1"), step_seed=_seed_code(program.seed, "-float(lr)"),
         helpers=tuple(sorted(helpers)), derivations=program.derivations)
+
+
+def _buffer_shape(shape):
+    """A shape with None for the batch axis; None if an extent is neither B nor a number."""
+    out = []
+    for n in shape:
+        if n == B:
+            out.append(buffers.BATCH)
+        elif sp.sympify(n).is_Integer:
+            out.append(int(n))
+        else:
+            return None
+    return tuple(out)
 
 
 def _seed_code(seed, scale: str) -> str:

@@ -6,21 +6,36 @@ from functools import lru_cache
 from importlib import resources
 
 from ...version import __version__
+from .buffers import constant_name, name as buffer_name
 from .lower import Plan
-from ..pymodule import module_values
+from ..pymodule import module_values, shape_text
 from ...templating import environment
 
 # a runtime helper, and the helpers it calls
 _CALLS = {"patches": ("reach",), "unpatches": ("reach",)}
 
 
+_FUNCTIONS = ("forward", "loss", "loss_and_grad", "sgd_step")
+
+
 def render(plan: Plan, graph) -> str:
     values = module_values(graph)
+    table, workspace = [], {}
+    for fn in _FUNCTIONS:
+        _, kept, constants = plan.bodies[fn]
+        workspace[fn] = dict(take="", done="")
+        if kept or constants:
+            names = [buffer_name(k) for k in range(len(kept))] + [constant_name(k) for k in range(len(constants))]
+            key = f"{len(table)}, batch, dtype"
+            workspace[fn] = dict(take=f"    _w = _workspace({key})\n    {', '.join(names)}{',' if len(names) == 1 else ''} = _w\n",
+                                 done=f"    _done({key}, _w)\n")
+            table.append(([(shape_text(shape), boolean) for shape, boolean in kept], [repr(c) for c in constants]))
     return environment().get_template("numpy_module.py.j2").render(
         name=plan.name, version=__version__,
-        forward=plan.forward, output=plan.output, output_name=plan.output,
-        loss_forward=plan.loss_forward, loss_value=plan.loss_value, loss_var=None,
-        backward=plan.backward, grads=[dict(name=n, var=v) for n, v in plan.grads],
+        forward=plan.bodies["forward"][0], output=plan.output, output_name=plan.output,
+        loss_only=plan.bodies["loss"][0], grad_lines=plan.bodies["loss_and_grad"][0],
+        step_lines=plan.bodies["sgd_step"][0], buffer_table=table, workspace=workspace,
+        loss_value=plan.loss_value, loss_var=None, grads=[dict(name=n, var=v) for n, v in plan.grads],
         updates=[dict(param=p, grad=g) for p, g in plan.updates], loss_seed=plan.loss_seed,
         step_seed=plan.step_seed,
         helper_source=helper_source(plan.helpers), reduce=graph.reduce, flat_params=False, **values)
