@@ -200,6 +200,15 @@ def _compile(args) -> int:
     except OutputError as exc:
         _error(f"nncc: error: {exc}")
         return 1
+    if args.backend == "c":
+        from .backends.c.codegen import training_memory
+        try:
+            print(training_memory(compiled, args.dtype or "float32"), flush=True)
+        except OSError as exc:  # the files are written; only the report is lost
+            message = report_stdout_failure(exc)
+            if message:
+                _error(f"nncc: error: {message}")
+            return 1
     return 0
 
 

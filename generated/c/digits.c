@@ -56,8 +56,8 @@ void digits_forward(const real *params, const digits_real *v_x, real *output, in
     const real *v_dense_2_weight = params + 4160;
     const real *v_dense_2_bias = params + 4800;
     real *v_dense_1 = work + 0;
-    real *v_h = work + (size_t)batch * 128 + 0;
-    real *v_z = work + (size_t)batch * 256 + 0;
+    real *v_h = work + (size_t)batch * 64 + 0;
+    real *v_z = work + (size_t)batch * 128 + 0;
     /* dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     for (int bb_0 = 0; bb_0 + 4 <= batch; bb_0 += 4) {
         for (int i_1 = 0; i_1 < 64; i_1++) {
@@ -157,11 +157,11 @@ real digits_loss(const real *params, const digits_real *v_x, const digits_real *
     const real *v_dense_2_weight = params + 4160;
     const real *v_dense_2_bias = params + 4800;
     real *v_dense_1 = work + 0;
-    real *v_h = work + (size_t)batch * 128 + 0;
-    real *v_z = work + (size_t)batch * 256 + 0;
-    real *v_softmax_cross_entropy_1 = work + (size_t)batch * 276 + 0;
-    real *tmp0 = work + (size_t)batch * 278 + 0;
-    real *tmp1 = work + (size_t)batch * 279 + 0;
+    real *v_h = work + (size_t)batch * 64 + 0;
+    real *v_z = work + (size_t)batch * 128 + 0;
+    real *v_softmax_cross_entropy_1 = work + (size_t)batch * 140 + 0;
+    real *tmp0 = work + (size_t)batch * 138 + 0;
+    real *tmp1 = work + (size_t)batch * 139 + 0;
     /* dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     for (int bb_0 = 0; bb_0 + 4 <= batch; bb_0 += 4) {
         for (int i_1 = 0; i_1 < 64; i_1++) {
@@ -276,15 +276,15 @@ real digits_loss_and_grad(const real *params, const digits_real *v_x, const digi
     real *dv_dense_2_bias = grad + 4800;
     real *v_dense_1 = work + 0;
     real *dv_dense_1 = work + (size_t)batch * 64 + 0;
-    real *v_h = work + (size_t)batch * 128 + 0;
-    real *v_z = work + (size_t)batch * 256 + 0;
-    real *dv_z = work + (size_t)batch * 266 + 0;
-    real *v_softmax_cross_entropy_1 = work + (size_t)batch * 276 + 0;
-    real *tmp0 = work + (size_t)batch * 278 + 0;
-    real *tmp1 = work + (size_t)batch * 279 + 0;
-    real *tmp2 = work + (size_t)batch * 280 + 0;
-    real *tmp3 = work + (size_t)batch * 281 + 0;
-    real *tmp4 = work + (size_t)batch * 282 + 0;
+    real *v_h = work + (size_t)batch * 64 + 0;
+    real *v_z = work + (size_t)batch * 128 + 0;
+    real *dv_z = work + (size_t)batch * 141 + 0;
+    real *v_softmax_cross_entropy_1 = work + (size_t)batch * 140 + 0;
+    real *tmp0 = work + (size_t)batch * 138 + 0;
+    real *tmp1 = work + (size_t)batch * 139 + 0;
+    real *tmp2 = work + (size_t)batch * 138 + 0;
+    real *tmp3 = work + (size_t)batch * 139 + 0;
+    real *tmp4 = work + (size_t)batch * 151 + 0;
     /* dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     for (int bb_0 = 0; bb_0 + 4 <= batch; bb_0 += 4) {
         for (int i_1 = 0; i_1 < 64; i_1++) {

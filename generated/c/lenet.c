@@ -60,11 +60,11 @@ void lenet_forward(const real *params, const lenet_real *v_x, real *output, int 
     const real *v_dense_1_weight = params + 1248;
     const real *v_dense_1_bias = params + 3808;
     real *v_conv2d_1 = work + 0;
-    real *v_relu_1 = work + (size_t)batch * 1024 + 0;
-    real *v_h = work + (size_t)batch * 2048 + 0;
-    real *v_conv2d_2 = work + (size_t)batch * 2304 + 0;
-    real *v_flatten_1 = work + (size_t)batch * 3328 + 0;
-    real *v_z = work + (size_t)batch * 3840 + 0;
+    real *v_relu_1 = work + (size_t)batch * 512 + 0;
+    real *v_h = work + (size_t)batch * 1024 + 0;
+    real *v_conv2d_2 = work + (size_t)batch * 1152 + 0;
+    real *v_flatten_1 = work + (size_t)batch * 1408 + 0;
+    real *v_z = work + (size_t)batch * 1664 + 0;
     /* conv2d_1: conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int o_1 = 0; o_1 < 8; o_1++) {
@@ -196,14 +196,14 @@ real lenet_loss(const real *params, const lenet_real *v_x, const lenet_real *v_y
     const real *v_dense_1_weight = params + 1248;
     const real *v_dense_1_bias = params + 3808;
     real *v_conv2d_1 = work + 0;
-    real *v_relu_1 = work + (size_t)batch * 1024 + 0;
-    real *v_h = work + (size_t)batch * 2048 + 0;
-    real *v_conv2d_2 = work + (size_t)batch * 2304 + 0;
-    real *v_flatten_1 = work + (size_t)batch * 3328 + 0;
-    real *v_z = work + (size_t)batch * 3840 + 0;
-    real *v_softmax_cross_entropy_1 = work + (size_t)batch * 3860 + 0;
-    real *tmp0 = work + (size_t)batch * 3862 + 0;
-    real *tmp1 = work + (size_t)batch * 3863 + 0;
+    real *v_relu_1 = work + (size_t)batch * 512 + 0;
+    real *v_h = work + (size_t)batch * 1024 + 0;
+    real *v_conv2d_2 = work + (size_t)batch * 1152 + 0;
+    real *v_flatten_1 = work + (size_t)batch * 1408 + 0;
+    real *v_z = work + (size_t)batch * 1664 + 0;
+    real *v_softmax_cross_entropy_1 = work + (size_t)batch * 1676 + 0;
+    real *tmp0 = work + (size_t)batch * 1674 + 0;
+    real *tmp1 = work + (size_t)batch * 1675 + 0;
     /* conv2d_1: conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int o_1 = 0; o_1 < 8; o_1++) {
@@ -352,24 +352,22 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
     real *dv_dense_1_bias = grad + 3808;
     real *v_conv2d_1 = work + 0;
     real *dv_conv2d_1 = work + (size_t)batch * 512 + 0;
-    real *v_relu_1 = work + (size_t)batch * 1024 + 0;
-    real *dv_relu_1 = work + (size_t)batch * 1536 + 0;
-    real *v_h = work + (size_t)batch * 2048 + 0;
-    real *dv_h = work + (size_t)batch * 2176 + 0;
-    real *v_conv2d_2 = work + (size_t)batch * 2304 + 0;
-    real *dv_conv2d_2 = work + (size_t)batch * 2560 + 0;
-    real *v_flatten_1 = work + (size_t)batch * 3328 + 0;
-    real *dv_flatten_1 = work + (size_t)batch * 3584 + 0;
-    real *v_z = work + (size_t)batch * 3840 + 0;
-    real *dv_z = work + (size_t)batch * 3850 + 0;
-    real *v_softmax_cross_entropy_1 = work + (size_t)batch * 3860 + 0;
-    real *tmp0 = work + (size_t)batch * 3862 + 0;
-    real *tmp1 = work + (size_t)batch * 3863 + 0;
-    real *tmp2 = work + (size_t)batch * 3864 + 0;
-    real *tmp3 = work + (size_t)batch * 3865 + 0;
-    real *tmp4 = work + (size_t)batch * 3866 + 0;
-    real *tmp5 = work + (size_t)batch * 3867 + 0;
-    real *tmp6 = work + (size_t)batch * 3995 + 0;
+    real *v_relu_1 = work + (size_t)batch * 512 + 0;
+    real *dv_relu_1 = work + (size_t)batch * 1677 + 0;
+    real *v_h = work + (size_t)batch * 1024 + 0;
+    real *dv_h = work + (size_t)batch * 1152 + 0;
+    real *v_conv2d_2 = work + (size_t)batch * 1152 + 0;
+    real *dv_conv2d_2 = work + (size_t)batch * 1408 + 0;
+    real *v_flatten_1 = work + (size_t)batch * 1408 + 0;
+    real *dv_flatten_1 = work + (size_t)batch * 1687 + 0;
+    real *v_z = work + (size_t)batch * 1664 + 0;
+    real *dv_z = work + (size_t)batch * 1677 + 0;
+    real *v_softmax_cross_entropy_1 = work + (size_t)batch * 1676 + 0;
+    real *tmp0 = work + (size_t)batch * 1674 + 0;
+    real *tmp1 = work + (size_t)batch * 1675 + 0;
+    real *tmp2 = work + (size_t)batch * 1674 + 0;
+    real *tmp3 = work + (size_t)batch * 1675 + 0;
+    real *tmp4 = work + (size_t)batch * 1687 + 0;
     /* conv2d_1: conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int o_1 = 0; o_1 < 8; o_1++) {
@@ -572,7 +570,7 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
     }
     /* d_h[b, ci, k, l] = Σ_o,i,j,p,q (conv2d_2.weight[o, ci, p, q]*d_conv2d_2[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_2-h] */
     for (long n = 0; n < (long)batch*8*4*4; n++) {
-        tmp5[n] = 0;
+        dv_h[n] = 0;
     }
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int ci_4 = 0; ci_4 < 8; ci_4++) {
@@ -587,24 +585,15 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
                                 }
                             }
                             real r0 = (((r0_p[0] + r0_p[1]) + (r0_p[2] + r0_p[3])) + ((r0_p[4] + r0_p[5]) + (r0_p[6] + r0_p[7])));
-                            if ((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 4 && (j_2 + q_6 - 1) >= 0 && (j_2 + q_6 - 1) < 4) tmp5[(b_0)*128 + (ci_4)*16 + (i_1 + p_5 - 1)*4 + j_2 + q_6 - 1] += r0;
+                            if ((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 4 && (j_2 + q_6 - 1) >= 0 && (j_2 + q_6 - 1) < 4) dv_h[(b_0)*128 + (ci_4)*16 + (i_1 + p_5 - 1)*4 + j_2 + q_6 - 1] += r0;
                         }
                     }
                 }
             }
         }
     }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ci_4 = 0; ci_4 < 8; ci_4++) {
-            for (int k_3 = 0; k_3 < 4; k_3++) {
-                for (int l_10 = 0; l_10 < 4; l_10++) {
-                    dv_h[(b_0)*128 + (ci_4)*16 + (k_3)*4 + l_10] = tmp5[(b_0)*128 + (ci_4)*16 + (k_3)*4 + l_10];
-                }
-            }
-        }
-    }
     /* d_conv2d_2_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_2[b, o, i, j]*h[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_2-weight] */
-    for (int o_11 = 0; o_11 < 16; o_11++) {
+    for (int o_10 = 0; o_10 < 16; o_10++) {
         for (int ci_4 = 0; ci_4 < 8; ci_4++) {
             for (int p_5 = 0; p_5 < 3; p_5++) {
                 for (int q_6 = 0; q_6 < 3; q_6++) {
@@ -612,56 +601,47 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
                     for (int b_0 = 0; b_0 < batch; b_0++) {
                         for (int i_1 = 0; i_1 < 4; i_1++) {
                             for (int j_2 = 0; j_2 < 4; j_2++) {
-                                r1 += dv_conv2d_2[(b_0)*256 + (o_11)*16 + (i_1)*4 + j_2]*(((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 4 && (j_2 + q_6 - 1) >= 0 && (j_2 + q_6 - 1) < 4) ? v_h[(b_0)*128 + (ci_4)*16 + (i_1 + p_5 - 1)*4 + j_2 + q_6 - 1] : (real)0);
+                                r1 += dv_conv2d_2[(b_0)*256 + (o_10)*16 + (i_1)*4 + j_2]*(((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 4 && (j_2 + q_6 - 1) >= 0 && (j_2 + q_6 - 1) < 4) ? v_h[(b_0)*128 + (ci_4)*16 + (i_1 + p_5 - 1)*4 + j_2 + q_6 - 1] : (real)0);
                             }
                         }
                     }
-                    dv_conv2d_2_weight[(o_11)*72 + (ci_4)*9 + (p_5)*3 + q_6] = r1;
+                    dv_conv2d_2_weight[(o_10)*72 + (ci_4)*9 + (p_5)*3 + q_6] = r1;
                 }
             }
         }
     }
     /* d_conv2d_2_bias[o] = Σ_b,i,j d_conv2d_2[b, o, i, j]  [#bwd-conv2d_2-bias] */
-    for (int o_11 = 0; o_11 < 16; o_11++) {
+    for (int o_10 = 0; o_10 < 16; o_10++) {
         real r2 = 0;
         for (int b_0 = 0; b_0 < batch; b_0++) {
             for (int i_1 = 0; i_1 < 4; i_1++) {
                 for (int j_2 = 0; j_2 < 4; j_2++) {
-                    r2 += dv_conv2d_2[(b_0)*256 + (o_11)*16 + (i_1)*4 + j_2];
+                    r2 += dv_conv2d_2[(b_0)*256 + (o_10)*16 + (i_1)*4 + j_2];
                 }
             }
         }
-        dv_conv2d_2_bias[o_11] = r2;
+        dv_conv2d_2_bias[o_10] = r2;
     }
     /* d_relu_1[b, ch, k, l] = Σ_i,j,p1,q1 (FirstArgmax(relu_1[b, ch, p1 + 2*i, q1 + 2*j], (p1, 0, 1), (q1, 0, 1))*d_h[b, ch, i, j]*δ(k,p1 + 2*i)*δ(l,q1 + 2*j))  [#bwd-maxpool2d_1-relu_1] */
     for (long n = 0; n < (long)batch*8*8*8; n++) {
-        tmp6[n] = 0;
+        dv_relu_1[n] = 0;
     }
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ch_14 = 0; ch_14 < 8; ch_14++) {
+        for (int ch_13 = 0; ch_13 < 8; ch_13++) {
             for (int i_1 = 0; i_1 < 4; i_1++) {
                 for (int j_2 = 0; j_2 < 4; j_2++) {
-                    for (int p1_15 = 0; p1_15 < 2; p1_15++) {
-                        for (int q1_16 = 0; q1_16 < 2; q1_16++) {
+                    for (int p1_14 = 0; p1_14 < 2; p1_14++) {
+                        for (int q1_15 = 0; q1_15 < 2; q1_15++) {
                             real r3_m = -INFINITY; long r3_best = -1, r3_k = 0;
-                            for (int p1s_18 = 0; p1s_18 < 2; p1s_18++) {
-                                for (int q1s_19 = 0; q1s_19 < 2; q1s_19++) {
-                                    { real v = v_relu_1[(b_0)*512 + (ch_14)*64 + (p1s_18 + 2*i_1)*8 + q1s_19 + 2*j_2]; if (r3_best < 0 || v > r3_m || isnan(v)) { r3_m = v; r3_best = r3_k; } r3_k++; }
+                            for (int p1s_17 = 0; p1s_17 < 2; p1s_17++) {
+                                for (int q1s_18 = 0; q1s_18 < 2; q1s_18++) {
+                                    { real v = v_relu_1[(b_0)*512 + (ch_13)*64 + (p1s_17 + 2*i_1)*8 + q1s_18 + 2*j_2]; if (r3_best < 0 || v > r3_m || isnan(v)) { r3_m = v; r3_best = r3_k; } r3_k++; }
                                 }
                             }
-                            real r3 = (real)((q1_16*1 + p1_15*2) == r3_best);
-                            tmp6[(b_0)*512 + (ch_14)*64 + (2*i_1 + p1_15)*8 + 2*j_2 + q1_16] += r3*dv_h[(b_0)*128 + (ch_14)*16 + (i_1)*4 + j_2];
+                            real r3 = (real)((q1_15*1 + p1_14*2) == r3_best);
+                            dv_relu_1[(b_0)*512 + (ch_13)*64 + (2*i_1 + p1_14)*8 + 2*j_2 + q1_15] += r3*dv_h[(b_0)*128 + (ch_13)*16 + (i_1)*4 + j_2];
                         }
                     }
-                }
-            }
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ch_14 = 0; ch_14 < 8; ch_14++) {
-            for (int k_3 = 0; k_3 < 8; k_3++) {
-                for (int l_10 = 0; l_10 < 8; l_10++) {
-                    dv_relu_1[(b_0)*512 + (ch_14)*64 + (k_3)*8 + l_10] = tmp6[(b_0)*512 + (ch_14)*64 + (k_3)*8 + l_10];
                 }
             }
         }
@@ -677,7 +657,7 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
         }
     }
     /* d_conv2d_1_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_1[b, o, i, j]*x[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_1-weight] */
-    for (int o_11 = 0; o_11 < 8; o_11++) {
+    for (int o_10 = 0; o_10 < 8; o_10++) {
         for (int ci_4 = 0; ci_4 < 1; ci_4++) {
             for (int p_5 = 0; p_5 < 3; p_5++) {
                 for (int q_6 = 0; q_6 < 3; q_6++) {
@@ -685,26 +665,26 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
                     for (int b_0 = 0; b_0 < batch; b_0++) {
                         for (int i_1 = 0; i_1 < 8; i_1++) {
                             for (int j_2 = 0; j_2 < 8; j_2++) {
-                                r4 += dv_conv2d_1[(b_0)*512 + (o_11)*64 + (i_1)*8 + j_2]*(((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 8 && (j_2 + q_6 - 1) >= 0 && (j_2 + q_6 - 1) < 8) ? v_x[(b_0)*64 + (ci_4)*64 + (i_1 + p_5 - 1)*8 + j_2 + q_6 - 1] : (real)0);
+                                r4 += dv_conv2d_1[(b_0)*512 + (o_10)*64 + (i_1)*8 + j_2]*(((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 8 && (j_2 + q_6 - 1) >= 0 && (j_2 + q_6 - 1) < 8) ? v_x[(b_0)*64 + (ci_4)*64 + (i_1 + p_5 - 1)*8 + j_2 + q_6 - 1] : (real)0);
                             }
                         }
                     }
-                    dv_conv2d_1_weight[(o_11)*9 + (ci_4)*9 + (p_5)*3 + q_6] = r4;
+                    dv_conv2d_1_weight[(o_10)*9 + (ci_4)*9 + (p_5)*3 + q_6] = r4;
                 }
             }
         }
     }
     /* d_conv2d_1_bias[o] = Σ_b,i,j d_conv2d_1[b, o, i, j]  [#bwd-conv2d_1-bias] */
-    for (int o_11 = 0; o_11 < 8; o_11++) {
+    for (int o_10 = 0; o_10 < 8; o_10++) {
         real r5 = 0;
         for (int b_0 = 0; b_0 < batch; b_0++) {
             for (int i_1 = 0; i_1 < 8; i_1++) {
                 for (int j_2 = 0; j_2 < 8; j_2++) {
-                    r5 += dv_conv2d_1[(b_0)*512 + (o_11)*64 + (i_1)*8 + j_2];
+                    r5 += dv_conv2d_1[(b_0)*512 + (o_10)*64 + (i_1)*8 + j_2];
                 }
             }
         }
-        dv_conv2d_1_bias[o_11] = r5;
+        dv_conv2d_1_bias[o_10] = r5;
     }
     return lenet_loss_value(v_softmax_cross_entropy_1, batch);
 }

@@ -20,8 +20,8 @@ typedef float lenet_real;
 
 #define LENET_PARAM_COUNT 3818
 #define LENET_PARAM_BYTES (LENET_PARAM_COUNT * sizeof(lenet_real))
-/* workspace, in lenet_real values: 4507 per sample + 0 */
-#define LENET_WORKSPACE_SIZE(batch) ((size_t)(batch) * 4507 + 0)
+/* workspace, in lenet_real values: 2189 per sample + 0 */
+#define LENET_WORKSPACE_SIZE(batch) ((size_t)(batch) * 2189 + 0)
 #define LENET_WORKSPACE_BYTES(batch) (LENET_WORKSPACE_SIZE(batch) * sizeof(lenet_real))
 /* values per sample of each input, target and of the output */
 #define LENET_X_SIZE 64   /* x: [1, 8, 8] */

@@ -72,7 +72,7 @@ real linear42_loss(const real *params, const linear42_real *v_x, int batch, real
     const real *v_dense_1_weight = params + 0;
     const real *v_dense_1_bias = params + 8;
     real *v_y = work + 0;
-    real *v_squares_1 = work + (size_t)batch * 4 + 0;
+    real *v_squares_1 = work + (size_t)batch * 2 + 0;
     /* dense_1: y[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 2; i_1++) {
@@ -101,8 +101,8 @@ real linear42_loss_and_grad(const real *params, const linear42_real *v_x, int ba
     real *dv_dense_1_weight = grad + 0;
     real *dv_dense_1_bias = grad + 8;
     real *v_y = work + 0;
-    real *dv_y = work + (size_t)batch * 2 + 0;
-    real *v_squares_1 = work + (size_t)batch * 4 + 0;
+    real *dv_y = work + (size_t)batch * 3 + 0;
+    real *v_squares_1 = work + (size_t)batch * 2 + 0;
     /* dense_1: y[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 2; i_1++) {

@@ -20,8 +20,8 @@ typedef float linear42_real;
 
 #define LINEAR42_PARAM_COUNT 10
 #define LINEAR42_PARAM_BYTES (LINEAR42_PARAM_COUNT * sizeof(linear42_real))
-/* workspace, in linear42_real values: 6 per sample + 0 */
-#define LINEAR42_WORKSPACE_SIZE(batch) ((size_t)(batch) * 6 + 0)
+/* workspace, in linear42_real values: 5 per sample + 0 */
+#define LINEAR42_WORKSPACE_SIZE(batch) ((size_t)(batch) * 5 + 0)
 #define LINEAR42_WORKSPACE_BYTES(batch) (LINEAR42_WORKSPACE_SIZE(batch) * sizeof(linear42_real))
 /* values per sample of each input, target and of the output */
 #define LINEAR42_X_SIZE 4   /* x: [4] */

@@ -56,8 +56,8 @@ void nielsen_forward(const real *params, const nielsen_real *v_x, real *output, 
     const real *v_dense_1_bias = params + 23520;
     const real *v_dense_2_weight = params + 23550;
     const real *v_dense_2_bias = params + 23850;
-    real *v_sigmoid_1 = work + (size_t)batch * 60 + 0;
-    real *v_a = work + (size_t)batch * 140 + 0;
+    real *v_sigmoid_1 = work + 0;
+    real *v_a = work + (size_t)batch * 30 + 0;
     /* dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     /* sigmoid_1: sigmoid_1[b, i] = 1/(1 + exp(-dense_1[b, i]))  [#fwd-sigmoid_1] */
     for (int bb_0 = 0; bb_0 + 4 <= batch; bb_0 += 4) {
@@ -161,9 +161,9 @@ real nielsen_loss(const real *params, const nielsen_real *v_x, const nielsen_rea
     const real *v_dense_1_bias = params + 23520;
     const real *v_dense_2_weight = params + 23550;
     const real *v_dense_2_bias = params + 23850;
-    real *v_sigmoid_1 = work + (size_t)batch * 60 + 0;
-    real *v_a = work + (size_t)batch * 140 + 0;
-    real *v_quadratic_1 = work + (size_t)batch * 160 + 0;
+    real *v_sigmoid_1 = work + 0;
+    real *v_a = work + (size_t)batch * 30 + 0;
+    real *v_quadratic_1 = work + (size_t)batch * 40 + 0;
     /* dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     /* sigmoid_1: sigmoid_1[b, i] = 1/(1 + exp(-dense_1[b, i]))  [#fwd-sigmoid_1] */
     for (int bb_0 = 0; bb_0 + 4 <= batch; bb_0 += 4) {
@@ -270,11 +270,11 @@ real nielsen_loss_and_grad(const real *params, const nielsen_real *v_x, const ni
     real *dv_dense_1_bias = grad + 23520;
     real *dv_dense_2_weight = grad + 23550;
     real *dv_dense_2_bias = grad + 23850;
-    real *dv_dense_1 = work + (size_t)batch * 30 + 0;
-    real *v_sigmoid_1 = work + (size_t)batch * 60 + 0;
-    real *dv_dense_2 = work + (size_t)batch * 130 + 0;
-    real *v_a = work + (size_t)batch * 140 + 0;
-    real *v_quadratic_1 = work + (size_t)batch * 160 + 0;
+    real *dv_dense_1 = work + (size_t)batch * 51 + 0;
+    real *v_sigmoid_1 = work + 0;
+    real *dv_dense_2 = work + (size_t)batch * 41 + 0;
+    real *v_a = work + (size_t)batch * 30 + 0;
+    real *v_quadratic_1 = work + (size_t)batch * 40 + 0;
     /* dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
     /* sigmoid_1: sigmoid_1[b, i] = 1/(1 + exp(-dense_1[b, i]))  [#fwd-sigmoid_1] */
     for (int bb_0 = 0; bb_0 + 4 <= batch; bb_0 += 4) {

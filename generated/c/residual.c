@@ -64,13 +64,13 @@ void residual_forward(const real *params, const residual_real *v_x, real *output
     const real *v_dense_1_weight = params + 1248;
     const real *v_dense_1_bias = params + 2528;
     real *v_conv2d_1 = work + 0;
-    real *v_stem = work + (size_t)batch * 1024 + 0;
-    real *v_conv2d_2 = work + (size_t)batch * 2048 + 0;
-    real *v_relu_2 = work + (size_t)batch * 3072 + 0;
-    real *v_add_1 = work + (size_t)batch * 5120 + 0;
-    real *v_block = work + (size_t)batch * 6144 + 0;
-    real *v_flatten_1 = work + (size_t)batch * 7424 + 0;
-    real *v_z = work + (size_t)batch * 7680 + 0;
+    real *v_stem = work + (size_t)batch * 512 + 0;
+    real *v_conv2d_2 = work + (size_t)batch * 1024 + 0;
+    real *v_relu_2 = work + (size_t)batch * 1536 + 0;
+    real *v_add_1 = work + (size_t)batch * 2048 + 0;
+    real *v_block = work + (size_t)batch * 2560 + 0;
+    real *v_flatten_1 = work + (size_t)batch * 3072 + 0;
+    real *v_z = work + (size_t)batch * 2560 + 0;
     /* conv2d_1: conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int o_1 = 0; o_1 < 8; o_1++) {
@@ -233,16 +233,16 @@ real residual_loss(const real *params, const residual_real *v_x, const residual_
     const real *v_dense_1_weight = params + 1248;
     const real *v_dense_1_bias = params + 2528;
     real *v_conv2d_1 = work + 0;
-    real *v_stem = work + (size_t)batch * 1024 + 0;
-    real *v_conv2d_2 = work + (size_t)batch * 2048 + 0;
-    real *v_relu_2 = work + (size_t)batch * 3072 + 0;
-    real *v_add_1 = work + (size_t)batch * 5120 + 0;
-    real *v_block = work + (size_t)batch * 6144 + 0;
-    real *v_flatten_1 = work + (size_t)batch * 7424 + 0;
-    real *v_z = work + (size_t)batch * 7680 + 0;
-    real *v_softmax_cross_entropy_1 = work + (size_t)batch * 7700 + 0;
-    real *tmp0 = work + (size_t)batch * 7702 + 0;
-    real *tmp1 = work + (size_t)batch * 7703 + 0;
+    real *v_stem = work + (size_t)batch * 512 + 0;
+    real *v_conv2d_2 = work + (size_t)batch * 1024 + 0;
+    real *v_relu_2 = work + (size_t)batch * 1536 + 0;
+    real *v_add_1 = work + (size_t)batch * 2048 + 0;
+    real *v_block = work + (size_t)batch * 2560 + 0;
+    real *v_flatten_1 = work + (size_t)batch * 3072 + 0;
+    real *v_z = work + (size_t)batch * 2560 + 0;
+    real *v_softmax_cross_entropy_1 = work + (size_t)batch * 2572 + 0;
+    real *tmp0 = work + (size_t)batch * 2570 + 0;
+    real *tmp1 = work + (size_t)batch * 2571 + 0;
     /* conv2d_1: conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int o_1 = 0; o_1 < 8; o_1++) {
@@ -424,31 +424,28 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
     real *dv_dense_1_bias = grad + 2528;
     real *v_conv2d_1 = work + 0;
     real *dv_conv2d_1 = work + (size_t)batch * 512 + 0;
-    real *v_stem = work + (size_t)batch * 1024 + 0;
-    real *dv_stem = work + (size_t)batch * 1536 + 0;
-    real *v_conv2d_2 = work + (size_t)batch * 2048 + 0;
-    real *dv_conv2d_2 = work + (size_t)batch * 2560 + 0;
-    real *v_relu_2 = work + (size_t)batch * 3072 + 0;
-    real *dv_relu_2 = work + (size_t)batch * 3584 + 0;
-    real *dv_body = work + (size_t)batch * 4608 + 0;
-    real *v_add_1 = work + (size_t)batch * 5120 + 0;
-    real *dv_add_1 = work + (size_t)batch * 5632 + 0;
-    real *v_block = work + (size_t)batch * 6144 + 0;
-    real *dv_block = work + (size_t)batch * 6656 + 0;
-    real *dv_avgpool2d_1 = work + (size_t)batch * 7296 + 0;
-    real *v_flatten_1 = work + (size_t)batch * 7424 + 0;
-    real *dv_flatten_1 = work + (size_t)batch * 7552 + 0;
-    real *v_z = work + (size_t)batch * 7680 + 0;
-    real *dv_z = work + (size_t)batch * 7690 + 0;
-    real *v_softmax_cross_entropy_1 = work + (size_t)batch * 7700 + 0;
-    real *tmp0 = work + (size_t)batch * 7702 + 0;
-    real *tmp1 = work + (size_t)batch * 7703 + 0;
-    real *tmp2 = work + (size_t)batch * 7704 + 0;
-    real *tmp3 = work + (size_t)batch * 7705 + 0;
-    real *tmp4 = work + (size_t)batch * 7706 + 0;
-    real *tmp5 = work + (size_t)batch * 7707 + 0;
-    real *tmp6 = work + (size_t)batch * 8219 + 0;
-    real *tmp7 = work + (size_t)batch * 8731 + 0;
+    real *v_stem = work + (size_t)batch * 512 + 0;
+    real *dv_stem = work + (size_t)batch * 2573 + 0;
+    real *v_conv2d_2 = work + (size_t)batch * 1024 + 0;
+    real *dv_conv2d_2 = work + (size_t)batch * 1536 + 0;
+    real *v_relu_2 = work + (size_t)batch * 1536 + 0;
+    real *dv_relu_2 = work + (size_t)batch * 3085 + 0;
+    real *dv_body = work + (size_t)batch * 2048 + 0;
+    real *v_add_1 = work + (size_t)batch * 2048 + 0;
+    real *dv_add_1 = work + (size_t)batch * 3351 + 0;
+    real *v_block = work + (size_t)batch * 2560 + 0;
+    real *dv_block = work + (size_t)batch * 2839 + 0;
+    real *dv_avgpool2d_1 = work + (size_t)batch * 2711 + 0;
+    real *v_flatten_1 = work + (size_t)batch * 3072 + 0;
+    real *dv_flatten_1 = work + (size_t)batch * 2583 + 0;
+    real *v_z = work + (size_t)batch * 2560 + 0;
+    real *dv_z = work + (size_t)batch * 2573 + 0;
+    real *v_softmax_cross_entropy_1 = work + (size_t)batch * 2572 + 0;
+    real *tmp0 = work + (size_t)batch * 2570 + 0;
+    real *tmp1 = work + (size_t)batch * 2571 + 0;
+    real *tmp2 = work + (size_t)batch * 2570 + 0;
+    real *tmp3 = work + (size_t)batch * 2571 + 0;
+    real *tmp4 = work + (size_t)batch * 2583 + 0;
     /* conv2d_1: conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int o_1 = 0; o_1 < 8; o_1++) {
@@ -679,7 +676,7 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
     }
     /* d_block[b, ch, k, l] = Σ_i,j,p,q (d_avgpool2d_1[b, ch, i, j]*δ(k,p + 2*i)*δ(l,q + 2*j))/4  [#bwd-avgpool2d_1-block] */
     for (long n = 0; n < (long)batch*8*8*8; n++) {
-        tmp5[n] = 0;
+        dv_block[n] = 0;
     }
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int ch_4 = 0; ch_4 < 8; ch_4++) {
@@ -687,18 +684,9 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
                 for (int j_2 = 0; j_2 < 4; j_2++) {
                     for (int p_5 = 0; p_5 < 2; p_5++) {
                         for (int q_6 = 0; q_6 < 2; q_6++) {
-                            tmp5[(b_0)*512 + (ch_4)*64 + (2*i_1 + p_5)*8 + 2*j_2 + q_6] += (((real)0.25))*dv_avgpool2d_1[(b_0)*128 + (ch_4)*16 + (i_1)*4 + j_2];
+                            dv_block[(b_0)*512 + (ch_4)*64 + (2*i_1 + p_5)*8 + 2*j_2 + q_6] += (((real)0.25))*dv_avgpool2d_1[(b_0)*128 + (ch_4)*16 + (i_1)*4 + j_2];
                         }
                     }
-                }
-            }
-        }
-    }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ch_4 = 0; ch_4 < 8; ch_4++) {
-            for (int k_3 = 0; k_3 < 8; k_3++) {
-                for (int l_7 = 0; l_7 < 8; l_7++) {
-                    dv_block[(b_0)*512 + (ch_4)*64 + (k_3)*8 + l_7] = tmp5[(b_0)*512 + (ch_4)*64 + (k_3)*8 + l_7];
                 }
             }
         }
@@ -735,63 +723,54 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
     }
     /* d_relu_2[b, ci, k, l] = Σ_o,i,j,p,q (conv2d_3.weight[o, ci, p, q]*d_body[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_3-relu_2] */
     for (long n = 0; n < (long)batch*8*8*8; n++) {
-        tmp6[n] = 0;
+        dv_relu_2[n] = 0;
     }
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ci_8 = 0; ci_8 < 8; ci_8++) {
+        for (int ci_7 = 0; ci_7 < 8; ci_7++) {
             for (int i_1 = 0; i_1 < 8; i_1++) {
                 for (int j_2 = 0; j_2 < 8; j_2++) {
                     for (int p_5 = 0; p_5 < 3; p_5++) {
                         for (int q_6 = 0; q_6 < 3; q_6++) {
                             real r0 = 0;
-                            for (int o_10 = 0; o_10 < 8; o_10++) {
-                                r0 += v_conv2d_3_weight[(o_10)*72 + (ci_8)*9 + (p_5)*3 + q_6]*dv_body[(b_0)*512 + (o_10)*64 + (i_1)*8 + j_2];
+                            for (int o_9 = 0; o_9 < 8; o_9++) {
+                                r0 += v_conv2d_3_weight[(o_9)*72 + (ci_7)*9 + (p_5)*3 + q_6]*dv_body[(b_0)*512 + (o_9)*64 + (i_1)*8 + j_2];
                             }
-                            if ((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 8 && (j_2 + q_6 - 1) >= 0 && (j_2 + q_6 - 1) < 8) tmp6[(b_0)*512 + (ci_8)*64 + (i_1 + p_5 - 1)*8 + j_2 + q_6 - 1] += r0;
+                            if ((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 8 && (j_2 + q_6 - 1) >= 0 && (j_2 + q_6 - 1) < 8) dv_relu_2[(b_0)*512 + (ci_7)*64 + (i_1 + p_5 - 1)*8 + j_2 + q_6 - 1] += r0;
                         }
                     }
                 }
             }
         }
     }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ci_8 = 0; ci_8 < 8; ci_8++) {
-            for (int k_3 = 0; k_3 < 8; k_3++) {
-                for (int l_7 = 0; l_7 < 8; l_7++) {
-                    dv_relu_2[(b_0)*512 + (ci_8)*64 + (k_3)*8 + l_7] = tmp6[(b_0)*512 + (ci_8)*64 + (k_3)*8 + l_7];
-                }
-            }
-        }
-    }
     /* d_conv2d_3_weight[o, ci, p, q] = Σ_b,i,j (d_body[b, o, i, j]*relu_2[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_3-weight] */
-    for (int o_10 = 0; o_10 < 8; o_10++) {
-        for (int ci_8 = 0; ci_8 < 8; ci_8++) {
+    for (int o_9 = 0; o_9 < 8; o_9++) {
+        for (int ci_7 = 0; ci_7 < 8; ci_7++) {
             for (int p_5 = 0; p_5 < 3; p_5++) {
                 for (int q_6 = 0; q_6 < 3; q_6++) {
                     real r1 = 0;
                     for (int b_0 = 0; b_0 < batch; b_0++) {
                         for (int i_1 = 0; i_1 < 8; i_1++) {
                             for (int j_2 = 0; j_2 < 8; j_2++) {
-                                r1 += dv_body[(b_0)*512 + (o_10)*64 + (i_1)*8 + j_2]*(((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 8 && (j_2 + q_6 - 1) >= 0 && (j_2 + q_6 - 1) < 8) ? v_relu_2[(b_0)*512 + (ci_8)*64 + (i_1 + p_5 - 1)*8 + j_2 + q_6 - 1] : (real)0);
+                                r1 += dv_body[(b_0)*512 + (o_9)*64 + (i_1)*8 + j_2]*(((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 8 && (j_2 + q_6 - 1) >= 0 && (j_2 + q_6 - 1) < 8) ? v_relu_2[(b_0)*512 + (ci_7)*64 + (i_1 + p_5 - 1)*8 + j_2 + q_6 - 1] : (real)0);
                             }
                         }
                     }
-                    dv_conv2d_3_weight[(o_10)*72 + (ci_8)*9 + (p_5)*3 + q_6] = r1;
+                    dv_conv2d_3_weight[(o_9)*72 + (ci_7)*9 + (p_5)*3 + q_6] = r1;
                 }
             }
         }
     }
     /* d_conv2d_3_bias[o] = Σ_b,i,j d_body[b, o, i, j]  [#bwd-conv2d_3-bias] */
-    for (int o_10 = 0; o_10 < 8; o_10++) {
+    for (int o_9 = 0; o_9 < 8; o_9++) {
         real r2 = 0;
         for (int b_0 = 0; b_0 < batch; b_0++) {
             for (int i_1 = 0; i_1 < 8; i_1++) {
                 for (int j_2 = 0; j_2 < 8; j_2++) {
-                    r2 += dv_body[(b_0)*512 + (o_10)*64 + (i_1)*8 + j_2];
+                    r2 += dv_body[(b_0)*512 + (o_9)*64 + (i_1)*8 + j_2];
                 }
             }
         }
-        dv_conv2d_3_bias[o_10] = r2;
+        dv_conv2d_3_bias[o_9] = r2;
     }
     /* d_conv2d_2[b, i, j, k] = where(conv2d_2[b, i, j, k] > 0, d_relu_2[b, i, j, k], 0)  [#bwd-relu_2-conv2d_2] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
@@ -804,64 +783,52 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
         }
     }
     /* d_stem[b, ci, k, l] += Σ_o,i,j,p,q (conv2d_2.weight[o, ci, p, q]*d_conv2d_2[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_2-stem] */
-    for (long n = 0; n < (long)batch*8*8*8; n++) {
-        tmp7[n] = 0;
-    }
     for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ci_8 = 0; ci_8 < 8; ci_8++) {
+        for (int ci_7 = 0; ci_7 < 8; ci_7++) {
             for (int i_1 = 0; i_1 < 8; i_1++) {
                 for (int j_2 = 0; j_2 < 8; j_2++) {
                     for (int p_5 = 0; p_5 < 3; p_5++) {
                         for (int q_6 = 0; q_6 < 3; q_6++) {
                             real r3 = 0;
-                            for (int o_10 = 0; o_10 < 8; o_10++) {
-                                r3 += v_conv2d_2_weight[(o_10)*72 + (ci_8)*9 + (p_5)*3 + q_6]*dv_conv2d_2[(b_0)*512 + (o_10)*64 + (i_1)*8 + j_2];
+                            for (int o_9 = 0; o_9 < 8; o_9++) {
+                                r3 += v_conv2d_2_weight[(o_9)*72 + (ci_7)*9 + (p_5)*3 + q_6]*dv_conv2d_2[(b_0)*512 + (o_9)*64 + (i_1)*8 + j_2];
                             }
-                            if ((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 8 && (j_2 + q_6 - 1) >= 0 && (j_2 + q_6 - 1) < 8) tmp7[(b_0)*512 + (ci_8)*64 + (i_1 + p_5 - 1)*8 + j_2 + q_6 - 1] += r3;
+                            if ((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 8 && (j_2 + q_6 - 1) >= 0 && (j_2 + q_6 - 1) < 8) dv_stem[(b_0)*512 + (ci_7)*64 + (i_1 + p_5 - 1)*8 + j_2 + q_6 - 1] += r3;
                         }
                     }
                 }
             }
         }
     }
-    for (int b_0 = 0; b_0 < batch; b_0++) {
-        for (int ci_8 = 0; ci_8 < 8; ci_8++) {
-            for (int k_3 = 0; k_3 < 8; k_3++) {
-                for (int l_7 = 0; l_7 < 8; l_7++) {
-                    dv_stem[(b_0)*512 + (ci_8)*64 + (k_3)*8 + l_7] += tmp7[(b_0)*512 + (ci_8)*64 + (k_3)*8 + l_7];
-                }
-            }
-        }
-    }
     /* d_conv2d_2_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_2[b, o, i, j]*stem[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_2-weight] */
-    for (int o_10 = 0; o_10 < 8; o_10++) {
-        for (int ci_8 = 0; ci_8 < 8; ci_8++) {
+    for (int o_9 = 0; o_9 < 8; o_9++) {
+        for (int ci_7 = 0; ci_7 < 8; ci_7++) {
             for (int p_5 = 0; p_5 < 3; p_5++) {
                 for (int q_6 = 0; q_6 < 3; q_6++) {
                     real r4 = 0;
                     for (int b_0 = 0; b_0 < batch; b_0++) {
                         for (int i_1 = 0; i_1 < 8; i_1++) {
                             for (int j_2 = 0; j_2 < 8; j_2++) {
-                                r4 += dv_conv2d_2[(b_0)*512 + (o_10)*64 + (i_1)*8 + j_2]*(((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 8 && (j_2 + q_6 - 1) >= 0 && (j_2 + q_6 - 1) < 8) ? v_stem[(b_0)*512 + (ci_8)*64 + (i_1 + p_5 - 1)*8 + j_2 + q_6 - 1] : (real)0);
+                                r4 += dv_conv2d_2[(b_0)*512 + (o_9)*64 + (i_1)*8 + j_2]*(((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 8 && (j_2 + q_6 - 1) >= 0 && (j_2 + q_6 - 1) < 8) ? v_stem[(b_0)*512 + (ci_7)*64 + (i_1 + p_5 - 1)*8 + j_2 + q_6 - 1] : (real)0);
                             }
                         }
                     }
-                    dv_conv2d_2_weight[(o_10)*72 + (ci_8)*9 + (p_5)*3 + q_6] = r4;
+                    dv_conv2d_2_weight[(o_9)*72 + (ci_7)*9 + (p_5)*3 + q_6] = r4;
                 }
             }
         }
     }
     /* d_conv2d_2_bias[o] = Σ_b,i,j d_conv2d_2[b, o, i, j]  [#bwd-conv2d_2-bias] */
-    for (int o_10 = 0; o_10 < 8; o_10++) {
+    for (int o_9 = 0; o_9 < 8; o_9++) {
         real r5 = 0;
         for (int b_0 = 0; b_0 < batch; b_0++) {
             for (int i_1 = 0; i_1 < 8; i_1++) {
                 for (int j_2 = 0; j_2 < 8; j_2++) {
-                    r5 += dv_conv2d_2[(b_0)*512 + (o_10)*64 + (i_1)*8 + j_2];
+                    r5 += dv_conv2d_2[(b_0)*512 + (o_9)*64 + (i_1)*8 + j_2];
                 }
             }
         }
-        dv_conv2d_2_bias[o_10] = r5;
+        dv_conv2d_2_bias[o_9] = r5;
     }
     /* d_conv2d_1[b, i, j, k] = where(conv2d_1[b, i, j, k] > 0, d_stem[b, i, j, k], 0)  [#bwd-relu_1-conv2d_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
@@ -874,34 +841,34 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
         }
     }
     /* d_conv2d_1_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_1[b, o, i, j]*x[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_1-weight] */
-    for (int o_10 = 0; o_10 < 8; o_10++) {
-        for (int ci_8 = 0; ci_8 < 1; ci_8++) {
+    for (int o_9 = 0; o_9 < 8; o_9++) {
+        for (int ci_7 = 0; ci_7 < 1; ci_7++) {
             for (int p_5 = 0; p_5 < 3; p_5++) {
                 for (int q_6 = 0; q_6 < 3; q_6++) {
                     real r6 = 0;
                     for (int b_0 = 0; b_0 < batch; b_0++) {
                         for (int i_1 = 0; i_1 < 8; i_1++) {
                             for (int j_2 = 0; j_2 < 8; j_2++) {
-                                r6 += dv_conv2d_1[(b_0)*512 + (o_10)*64 + (i_1)*8 + j_2]*(((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 8 && (j_2 + q_6 - 1) >= 0 && (j_2 + q_6 - 1) < 8) ? v_x[(b_0)*64 + (ci_8)*64 + (i_1 + p_5 - 1)*8 + j_2 + q_6 - 1] : (real)0);
+                                r6 += dv_conv2d_1[(b_0)*512 + (o_9)*64 + (i_1)*8 + j_2]*(((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 8 && (j_2 + q_6 - 1) >= 0 && (j_2 + q_6 - 1) < 8) ? v_x[(b_0)*64 + (ci_7)*64 + (i_1 + p_5 - 1)*8 + j_2 + q_6 - 1] : (real)0);
                             }
                         }
                     }
-                    dv_conv2d_1_weight[(o_10)*9 + (ci_8)*9 + (p_5)*3 + q_6] = r6;
+                    dv_conv2d_1_weight[(o_9)*9 + (ci_7)*9 + (p_5)*3 + q_6] = r6;
                 }
             }
         }
     }
     /* d_conv2d_1_bias[o] = Σ_b,i,j d_conv2d_1[b, o, i, j]  [#bwd-conv2d_1-bias] */
-    for (int o_10 = 0; o_10 < 8; o_10++) {
+    for (int o_9 = 0; o_9 < 8; o_9++) {
         real r7 = 0;
         for (int b_0 = 0; b_0 < batch; b_0++) {
             for (int i_1 = 0; i_1 < 8; i_1++) {
                 for (int j_2 = 0; j_2 < 8; j_2++) {
-                    r7 += dv_conv2d_1[(b_0)*512 + (o_10)*64 + (i_1)*8 + j_2];
+                    r7 += dv_conv2d_1[(b_0)*512 + (o_9)*64 + (i_1)*8 + j_2];
                 }
             }
         }
-        dv_conv2d_1_bias[o_10] = r7;
+        dv_conv2d_1_bias[o_9] = r7;
     }
     return residual_loss_value(v_softmax_cross_entropy_1, batch);
 }

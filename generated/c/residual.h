@@ -20,8 +20,8 @@ typedef float residual_real;
 
 #define RESIDUAL_PARAM_COUNT 2538
 #define RESIDUAL_PARAM_BYTES (RESIDUAL_PARAM_COUNT * sizeof(residual_real))
-/* workspace, in residual_real values: 9243 per sample + 0 */
-#define RESIDUAL_WORKSPACE_SIZE(batch) ((size_t)(batch) * 9243 + 0)
+/* workspace, in residual_real values: 3863 per sample + 0 */
+#define RESIDUAL_WORKSPACE_SIZE(batch) ((size_t)(batch) * 3863 + 0)
 #define RESIDUAL_WORKSPACE_BYTES(batch) (RESIDUAL_WORKSPACE_SIZE(batch) * sizeof(residual_real))
 /* values per sample of each input, target and of the output */
 #define RESIDUAL_X_SIZE 64   /* x: [1, 8, 8] */

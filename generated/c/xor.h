@@ -20,8 +20,8 @@ typedef float xor_real;
 
 #define XOR_PARAM_COUNT 17
 #define XOR_PARAM_BYTES (XOR_PARAM_COUNT * sizeof(xor_real))
-/* workspace, in xor_real values: 22 per sample + 0 */
-#define XOR_WORKSPACE_SIZE(batch) ((size_t)(batch) * 22 + 0)
+/* workspace, in xor_real values: 12 per sample + 0 */
+#define XOR_WORKSPACE_SIZE(batch) ((size_t)(batch) * 12 + 0)
 #define XOR_WORKSPACE_BYTES(batch) (XOR_WORKSPACE_SIZE(batch) * sizeof(xor_real))
 /* values per sample of each input, target and of the output */
 #define XOR_X_SIZE 2   /* x: [2] */

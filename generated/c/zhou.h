@@ -20,8 +20,8 @@ typedef float zhou_real;
 
 #define ZHOU_PARAM_COUNT 43
 #define ZHOU_PARAM_BYTES (ZHOU_PARAM_COUNT * sizeof(zhou_real))
-/* workspace, in zhou_real values: 34 per sample + 0 */
-#define ZHOU_WORKSPACE_SIZE(batch) ((size_t)(batch) * 34 + 0)
+/* workspace, in zhou_real values: 17 per sample + 0 */
+#define ZHOU_WORKSPACE_SIZE(batch) ((size_t)(batch) * 17 + 0)
 #define ZHOU_WORKSPACE_BYTES(batch) (ZHOU_WORKSPACE_SIZE(batch) * sizeof(zhou_real))
 /* values per sample of each input, target and of the output */
 #define ZHOU_X_SIZE 4   /* x: [4] */

@@ -254,11 +254,17 @@ class CLowerer:
         expr = st.expr
         loops = tuple(st.variables) if st.variables is not None else tuple(st.indices)
         self._emit(f"/* {comment} */")
+        buf = self.buffers[st.target]
+        self.used.add(buf.name)
+        if expr.has(sp.KroneckerDelta) and not expr.is_Add and tuple(st.indices) == loops and \
+                st.target not in {r.base.label.name for r in expr.atoms(sp.Indexed)}:
+            # one scatter: added into the target itself (zeroed first unless it accumulates),
+            # not into a temporary copied over after
+            self._scatter(expr, loops, onto=buf) if st.accumulate else self._scatter(expr, loops, into=buf)
+            return
         if expr.has(sp.KroneckerDelta):
             expr = sp.Add(*[self._scatter(t, loops) if t.has(sp.KroneckerDelta) else t
                             for t in sp.Add.make_args(expr)])
-        buf = self.buffers[st.target]
-        self.used.add(buf.name)
         if tuple(st.indices) == loops and self._axpy(buf, loops, expr, st.accumulate):
             return
         if tuple(st.indices) == loops and self._samples_at_once(buf, loops, expr, st.accumulate):
@@ -516,8 +522,9 @@ class CLowerer:
         self.vars[value] = f"{name}[0]"
         return value
 
-    def _scatter(self, term, indices):
-        """sum_V G * delta(A, J): a zeroed temporary, then T[A] += G over V."""
+    def _scatter(self, term, indices, into=None, onto=None):
+        """sum_V G * delta(A, J): a zeroed temporary (or `into`, zeroed; or `onto` as it
+        is), then T[A] += G over V."""
         coeff, term = term.as_independent(sp.KroneckerDelta, as_Add=False)
         limits = list(term.limits) if isinstance(term, sp.Sum) else []
         body = coeff * (term.function if isinstance(term, sp.Sum) else term)
@@ -530,10 +537,11 @@ class CLowerer:
             target, pos = (a, b) if a in indices else (b, a)
             where[target] = pos
         rest = sp.Mul(*[f for f in factors if not isinstance(f, sp.KroneckerDelta)])
-        name = self._temp(list(indices))
-        buf = self.buffers[name]
-        with self._inside(Loop("n", "0", _size_code(buf.shape), type="long")):
-            self._emit(f"{name}[n] = 0;")
+        buf = into or onto or self.buffers[self._temp(list(indices))]
+        name = buf.name
+        if onto is None:
+            with self._inside(Loop("n", "0", _size_code(buf.shape), type="long")):
+                self._emit(f"{name}[n] = 0;")
         loops = [j for j in indices if j not in where] + [v for v, _, _ in limits
                                                            if any(where[j].has(v) for j in where)]
         other = [(v, lo, hi) for v, lo, hi in limits if v not in loops]
@@ -614,25 +622,28 @@ def plan_c(program: Program, real="float") -> CPlan:
             work.append(buffers[grad_name(t.name)])
 
     def body(statements):
+        """(C lines, the arrays they use, the arrays each statement uses)."""
         low = CLowerer(buffers, work)
+        steps = []
         for st in statements:
+            low.used = set()
             for note in st.notes[:-1]:  # the steps fused into this one
                 low._emit(f"/* {_comment(note)} */")
             with generating(st.node, st.fused):
                 low.assign(st, _comment(st.notes[-1]))
+            steps.append(low.used)
         helpers.update(low.helpers)
-        return low.lines, low.used
+        return low.lines, set().union(*steps), steps
 
     helpers = set()
-    (forward, forward_uses), (loss, loss_uses) = body(program.forward), body(program.loss)
-    backward, backward_uses = body(program.backward)
-    per_sample, constant = sp.Integer(0), sp.Integer(0)
-    for w in work:
-        w.offset = per_sample * B + constant
-        size = sp.Mul(*w.shape)
-        per_sample += size.coeff(B) if size.has(B) else 0
-        constant += 0 if size.has(B) else size
-    out = buffers[g.output]
+    (forward, forward_uses, forward_steps), (loss, loss_uses, loss_steps) = \
+        body(program.forward), body(program.loss)
+    backward, backward_uses, backward_steps = body(program.backward)
+    # each function's order of uses, with what its template reads at the end: the output
+    # that forward copies out, the per-sample losses that the others total
+    out, loss_name = buffers[g.output], cname(g.loss)
+    per_sample, constant = memory_plan(work, [forward_steps + [{out.name}],
+                                              loss_steps + backward_steps + [{loss_name}]])
     return CPlan(g.name, g.source, real,
                  [(t.name, cname(t.name), t.shape) for t in g.inputs],
                  [(t.name, cname(t.name), t.shape) for t in g.targets],
@@ -641,7 +652,52 @@ def plan_c(program: Program, real="float") -> CPlan:
                  dict(forward=forward_uses, loss=loss_uses, backward=backward_uses),
                  [(p.name, "d" + cname(p.name), p.name in program.zero_grads) for p in g.params],
                  out, int(sp.Mul(*g.tensors[g.output].shape)) if g.tensors[g.output].shape else 1,
-                 cname(g.loss), g.reduce, tuple(h for h in _helpers() if h in helpers))
+                 loss_name, g.reduce, tuple(h for h in _helpers() if h in helpers))
+
+
+def memory_plan(work: list, orders: list) -> tuple:
+    """Give each work buffer its offset in the workspace, sharing space between buffers
+    that are never live at once; (per-sample, constant) values of the workspace.
+
+    A buffer is live from the first statement using it to the last, in each function's
+    order of statements (`orders`: per function, the set of arrays each statement uses);
+    two buffers live in the same statement of any function never overlap.  Buffers that
+    scale with the batch are packed first (offsets k*batch), the rest after them; each
+    goes at the lowest offset free of the buffers it meets (first fit, by first use)."""
+    names = {w.name for w in work}
+    meets = {n: set() for n in names}
+    first = {}
+    for order in orders:
+        span = {}
+        for k, used in enumerate(order):
+            for n in sorted(used & names):  # sorted: the same plan under any hash seed
+                span[n] = (span.get(n, (k, k))[0], k)
+                first.setdefault(n, (len(first), k))
+        for a, (a0, a1) in span.items():
+            for b, (b0, b1) in span.items():
+                if a != b and a0 <= b1 and b0 <= a1:
+                    meets[a].add(b)
+    zones = []
+    for scaled in (True, False):
+        placed = {}
+        for w in sorted((w for w in work if w.name in first and sp.Mul(*w.shape).has(B) == scaled),
+                        key=lambda w: first[w.name]):
+            size = int(sp.Mul(*w.shape).coeff(B) if scaled else sp.Mul(*w.shape))
+            start = 0
+            for lo, hi in sorted(placed[m] for m in meets[w.name] if m in placed):
+                if start + size <= lo:
+                    break
+                start = max(start, hi)
+            placed[w.name] = (start, start + size)
+        zones.append(placed)
+    per_sample = max((hi for _, hi in zones[0].values()), default=0)
+    constant = max((hi for _, hi in zones[1].values()), default=0)
+    for w in work:
+        if w.name in zones[0]:
+            w.offset = zones[0][w.name][0] * B
+        else:  # constant-size, or never used (no pointer to it is made)
+            w.offset = per_sample * B + zones[1].get(w.name, (0, 0))[0]
+    return per_sample, constant
 
 
 @lru_cache(maxsize=None)
@@ -727,6 +783,20 @@ def render_c(plan: CPlan, standalone: bool = True) -> tuple[str, str]:
     env = environment()
     return (env.get_template("c_header.h.j2").render(**values),
             env.get_template("c_source.c.j2").render(**values))
+
+
+def training_memory(c, dtype: str = "float32") -> str:
+    """One line naming the memory an SGD step of the network takes in C, as planned."""
+    plan = plan_c(c.program, "float" if dtype == "float32" else "double")
+    size = 4 if dtype == "float32" else 8
+    params, (per, const) = plan.param_count * size, (n * size for n in plan.work_linear)
+
+    def total(batch):
+        return f"{2 * params + per * batch + const:,} B at batch {batch}"
+
+    return (f"{c.graph.name}: training memory planned ({dtype}): parameters {params:,} B, their gradient "
+            f"{params:,} B, workspace {per:,} B per sample" + (f" + {const:,} B" if const else "") +
+            f"; {total(1)}, {total(64)}")
 
 
 def render_c_files(c, dtype: str = "float32") -> dict:
