@@ -373,7 +373,7 @@ int main(void) {
     for (int k = 0; k < batch * SIZE_IN; k++) x[k] = (NAME_real)((k % 7) / 7.0);
     for (int k = 0; k < batch * SIZE_TARGET; k++) y[k] = (NAME_real)((k % 3) == 0);
     NAME_init_params(params, 3);
-    NAME_real first = NAME_sgd_step(params, ARGS, batch, (NAME_real)0.1, grad, work);
+    NAME_real first = NAME_sgd_step(params, ARGS, batch, (NAME_real)0.1, work);
     NAME_real second = NAME_loss_and_grad(params, ARGS, batch, grad, work);
     NAME_forward(params, x, out, batch, work);
     printf("%g %g %g\n", (double)first, (double)second, (double)out[0]);

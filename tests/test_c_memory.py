@@ -41,8 +41,12 @@ def test_a_networks_workspace_is_at_most_half_of_one_buffer_per_array():
     # nielsen 648
     for example, before in (("lenet", 18028), ("nielsen", 648)):
         c = compile_source((ROOT / "examples" / f"{example}.nn").read_text(), f"{example}.nn")
-        per_sample, constant = plan_c(c.program, "float").work_linear
-        assert per_sample * 4 <= before / 2 and constant == 0, (example, per_sample)
+        plan = plan_c(c.program, "float")
+        per_sample, constant = plan.work_linear
+        assert per_sample * 4 <= before / 2, (example, per_sample)
+        # sgd_step's gradients live there too, only until their parameter is updated: here
+        # never two at once, so the largest one is all the workspace holds besides
+        assert constant == max(size for _, _, _, _, size, _ in plan.params), (example, constant)
 
 
 def test_the_command_reports_the_training_memory_it_planned(tmp_path, capsys):
@@ -50,10 +54,10 @@ def test_the_command_reports_the_training_memory_it_planned(tmp_path, capsys):
     out = capsys.readouterr().out
     c = compile_source((ROOT / "examples" / "lenet.nn").read_text(), "lenet.nn")
     plan = plan_c(c.program, "float")
-    params, per = plan.param_count * 4, plan.work_linear[0] * 4
+    params, (per, const) = plan.param_count * 4, (4 * n for n in plan.work_linear)
     assert out.startswith(f"lenet: training memory planned (float32): parameters {params:,} B"), out
     assert f"workspace {per:,} B per sample" in out
-    assert f"{2 * params + 64 * per:,} B at batch 64" in out
+    assert f"{params + 64 * per + const:,} B at batch 64" in out
     assert main([str(ROOT / "examples" / "lenet.nn"), "--backend", "c", "--dtype", "float64",
                  "-o", f"{tmp_path}/src/"]) == 0
     assert "(float64)" in capsys.readouterr().out

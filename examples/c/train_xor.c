@@ -7,7 +7,7 @@
 
 int main(void)
 {
-    static xor_real params[XOR_PARAM_COUNT], grad[XOR_PARAM_COUNT];
+    static xor_real params[XOR_PARAM_COUNT];
     const xor_real x[4 * XOR_X_SIZE] = {0, 0, 0, 1, 1, 0, 1, 1};
     const xor_real y[4 * XOR_Y_SIZE] = {0, 1, 1, 0};
     xor_real out[4 * XOR_OUTPUT_SIZE];
@@ -17,7 +17,7 @@ int main(void)
         return 1;
     xor_init_params(params, 1);
     for (int step = 0; step <= 2000; step++) {
-        loss = xor_sgd_step(params, x, y, 4, (xor_real)0.5, grad, work);
+        loss = xor_sgd_step(params, x, y, 4, (xor_real)0.5, work);
         if (step % 200 == 0)
             printf("step %4d  loss %.6f\n", step, (double)loss);
     }

@@ -467,12 +467,223 @@ real digits_loss_and_grad(const real *params, const digits_real *v_x, const digi
     return digits_loss_value(v_softmax_cross_entropy_1, batch);
 }
 
-real digits_sgd_step(real *params, const digits_real *v_x, const digits_real *v_y, int batch, real lr, real *grad, real *work)
+real digits_sgd_step(real *params, const digits_real *v_x, const digits_real *v_y, int batch, real lr, real *work)
 {
-    real value = digits_loss_and_grad(params, v_x, v_y, batch, grad, work);
-    for (long k = 0; k < DIGITS_PARAM_COUNT; k++)
-        params[k] -= lr * grad[k];
-    return value;
+    const real *v_dense_1_weight = params + 0;
+    const real *v_dense_1_bias = params + 4096;
+    const real *v_dense_2_weight = params + 4160;
+    const real *v_dense_2_bias = params + 4800;
+    real *v_dense_1 = work + 0;
+    real *dv_dense_1 = work + (size_t)batch * 64 + 0;
+    real *v_h = work + (size_t)batch * 64 + 0;
+    real *v_z = work + (size_t)batch * 128 + 0;
+    real *dv_z = work + (size_t)batch * 141 + 0;
+    real *v_softmax_cross_entropy_1 = work + (size_t)batch * 140 + 0;
+    real *tmp0 = work + (size_t)batch * 138 + 0;
+    real *tmp1 = work + (size_t)batch * 139 + 0;
+    real *tmp2 = work + (size_t)batch * 138 + 0;
+    real *tmp3 = work + (size_t)batch * 139 + 0;
+    real *tmp4 = work + (size_t)batch * 151 + 0;
+    real *dv_dense_1_weight = work + (size_t)batch * 152 + 0;
+    real *dv_dense_1_bias = work + (size_t)batch * 152 + 0;
+    real *dv_dense_2_weight = work + (size_t)batch * 152 + 0;
+    real *dv_dense_2_bias = work + (size_t)batch * 152 + 640;
+    /* dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
+    for (int bb_0 = 0; bb_0 + 4 <= batch; bb_0 += 4) {
+        for (int i_1 = 0; i_1 < 64; i_1++) {
+            real r0_p0[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            real r0_p1[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            real r0_p2[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            real r0_p3[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (int jo_2 = 0; jo_2 < 8; jo_2++) {
+                for (int u_3 = 0; u_3 < 8; u_3++) {
+                    r0_p0[u_3] += v_dense_1_weight[(i_1)*64 + 8*jo_2 + u_3]*v_x[(bb_0)*64 + 8*jo_2 + u_3];
+                    r0_p1[u_3] += v_dense_1_weight[(i_1)*64 + 8*jo_2 + u_3]*v_x[(bb_0 + 1)*64 + 8*jo_2 + u_3];
+                    r0_p2[u_3] += v_dense_1_weight[(i_1)*64 + 8*jo_2 + u_3]*v_x[(bb_0 + 2)*64 + 8*jo_2 + u_3];
+                    r0_p3[u_3] += v_dense_1_weight[(i_1)*64 + 8*jo_2 + u_3]*v_x[(bb_0 + 3)*64 + 8*jo_2 + u_3];
+                }
+            }
+            real r0_0 = (((r0_p0[0] + r0_p0[1]) + (r0_p0[2] + r0_p0[3])) + ((r0_p0[4] + r0_p0[5]) + (r0_p0[6] + r0_p0[7])));
+            v_dense_1[(bb_0)*64 + i_1] = r0_0 + v_dense_1_bias[i_1];
+            real r0_1 = (((r0_p1[0] + r0_p1[1]) + (r0_p1[2] + r0_p1[3])) + ((r0_p1[4] + r0_p1[5]) + (r0_p1[6] + r0_p1[7])));
+            v_dense_1[(bb_0 + 1)*64 + i_1] = r0_1 + v_dense_1_bias[i_1];
+            real r0_2 = (((r0_p2[0] + r0_p2[1]) + (r0_p2[2] + r0_p2[3])) + ((r0_p2[4] + r0_p2[5]) + (r0_p2[6] + r0_p2[7])));
+            v_dense_1[(bb_0 + 2)*64 + i_1] = r0_2 + v_dense_1_bias[i_1];
+            real r0_3 = (((r0_p3[0] + r0_p3[1]) + (r0_p3[2] + r0_p3[3])) + ((r0_p3[4] + r0_p3[5]) + (r0_p3[6] + r0_p3[7])));
+            v_dense_1[(bb_0 + 3)*64 + i_1] = r0_3 + v_dense_1_bias[i_1];
+        }
+    }
+    for (int b_8 = batch - batch % 4; b_8 < batch; b_8++) {
+        for (int i_1 = 0; i_1 < 64; i_1++) {
+            real r1_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (int jo_10 = 0; jo_10 < 8; jo_10++) {
+                for (int u_11 = 0; u_11 < 8; u_11++) {
+                    r1_p[u_11] += v_dense_1_weight[(i_1)*64 + 8*jo_10 + u_11]*v_x[(b_8)*64 + 8*jo_10 + u_11];
+                }
+            }
+            real r1 = (((r1_p[0] + r1_p[1]) + (r1_p[2] + r1_p[3])) + ((r1_p[4] + r1_p[5]) + (r1_p[6] + r1_p[7])));
+            v_dense_1[(b_8)*64 + i_1] = r1 + v_dense_1_bias[i_1];
+        }
+    }
+    /* relu_1: h[b, i] = where(dense_1[b, i] <= 0, 0, dense_1[b, i])  [#fwd-relu_1] */
+    for (int b_8 = 0; b_8 < batch; b_8++) {
+        for (int i_1 = 0; i_1 < 64; i_1++) {
+            v_h[(b_8)*64 + i_1] = nncc_where(v_dense_1[(b_8)*64 + i_1] <= 0, 0, v_dense_1[(b_8)*64 + i_1]);
+        }
+    }
+    /* dense_2: z[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2] */
+    for (int bb_12 = 0; bb_12 + 4 <= batch; bb_12 += 4) {
+        for (int i_1 = 0; i_1 < 10; i_1++) {
+            real r2_p0[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            real r2_p1[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            real r2_p2[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            real r2_p3[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (int jo_13 = 0; jo_13 < 8; jo_13++) {
+                for (int u_14 = 0; u_14 < 8; u_14++) {
+                    r2_p0[u_14] += v_dense_2_weight[(i_1)*64 + 8*jo_13 + u_14]*v_h[(bb_12)*64 + 8*jo_13 + u_14];
+                    r2_p1[u_14] += v_dense_2_weight[(i_1)*64 + 8*jo_13 + u_14]*v_h[(bb_12 + 1)*64 + 8*jo_13 + u_14];
+                    r2_p2[u_14] += v_dense_2_weight[(i_1)*64 + 8*jo_13 + u_14]*v_h[(bb_12 + 2)*64 + 8*jo_13 + u_14];
+                    r2_p3[u_14] += v_dense_2_weight[(i_1)*64 + 8*jo_13 + u_14]*v_h[(bb_12 + 3)*64 + 8*jo_13 + u_14];
+                }
+            }
+            real r2_0 = (((r2_p0[0] + r2_p0[1]) + (r2_p0[2] + r2_p0[3])) + ((r2_p0[4] + r2_p0[5]) + (r2_p0[6] + r2_p0[7])));
+            v_z[(bb_12)*10 + i_1] = r2_0 + v_dense_2_bias[i_1];
+            real r2_1 = (((r2_p1[0] + r2_p1[1]) + (r2_p1[2] + r2_p1[3])) + ((r2_p1[4] + r2_p1[5]) + (r2_p1[6] + r2_p1[7])));
+            v_z[(bb_12 + 1)*10 + i_1] = r2_1 + v_dense_2_bias[i_1];
+            real r2_2 = (((r2_p2[0] + r2_p2[1]) + (r2_p2[2] + r2_p2[3])) + ((r2_p2[4] + r2_p2[5]) + (r2_p2[6] + r2_p2[7])));
+            v_z[(bb_12 + 2)*10 + i_1] = r2_2 + v_dense_2_bias[i_1];
+            real r2_3 = (((r2_p3[0] + r2_p3[1]) + (r2_p3[2] + r2_p3[3])) + ((r2_p3[4] + r2_p3[5]) + (r2_p3[6] + r2_p3[7])));
+            v_z[(bb_12 + 3)*10 + i_1] = r2_3 + v_dense_2_bias[i_1];
+        }
+    }
+    for (int b_8 = batch - batch % 4; b_8 < batch; b_8++) {
+        for (int i_1 = 0; i_1 < 10; i_1++) {
+            real r3_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (int jo_20 = 0; jo_20 < 8; jo_20++) {
+                for (int u_21 = 0; u_21 < 8; u_21++) {
+                    r3_p[u_21] += v_dense_2_weight[(i_1)*64 + 8*jo_20 + u_21]*v_h[(b_8)*64 + 8*jo_20 + u_21];
+                }
+            }
+            real r3 = (((r3_p[0] + r3_p[1]) + (r3_p[2] + r3_p[3])) + ((r3_p[4] + r3_p[5]) + (r3_p[6] + r3_p[7])));
+            v_z[(b_8)*10 + i_1] = r3 + v_dense_2_bias[i_1];
+        }
+    }
+    /* softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1] */
+    for (int b_8 = 0; b_8 < batch; b_8++) {
+        real m = -INFINITY, s = 0;
+        for (int j_22 = 0; j_22 < 10; j_22++) {
+            { real v = v_z[(b_8)*10 + j_22]; if (v > m || isnan(v)) m = v; }
+        }
+        for (int j_22 = 0; j_22 < 10; j_22++) {
+            s += exp(v_z[(b_8)*10 + j_22] - m);
+        }
+        tmp0[b_8] = m;
+        tmp1[b_8] = log(s);
+    }
+    for (int b_8 = 0; b_8 < batch; b_8++) {
+        real r4 = 0;
+        for (int i_1 = 0; i_1 < 10; i_1++) {
+            r4 += ((v_z[(b_8)*10 + i_1] - tmp0[b_8] - tmp1[b_8]))*v_y[(b_8)*10 + i_1];
+        }
+        v_softmax_cross_entropy_1[b_8] = -r4;
+    }
+    const real seed = ((real)1 / (real)batch);  /* d loss / d per-sample loss */
+    /* d_z[b, k] = (-y[b, k] + Σ_i y[b, i]*exp(-logsumexp_j(z[b, j]) + z[b, k]))*d_softmax_cross_entropy_1[b]  [#bwd-softmax_cross_entropy_1-z] */
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        real acc = 0;
+        for (int i_1 = 0; i_1 < 10; i_1++) {
+            acc += v_y[(b_0)*10 + i_1];
+        }
+        tmp2[b_0] = acc;
+    }
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        real m = -INFINITY, s = 0;
+        for (int j_2 = 0; j_2 < 10; j_2++) {
+            { real v = v_z[(b_0)*10 + j_2]; if (v > m || isnan(v)) m = v; }
+        }
+        for (int j_2 = 0; j_2 < 10; j_2++) {
+            s += exp(v_z[(b_0)*10 + j_2] - m);
+        }
+        tmp3[b_0] = m;
+        tmp4[b_0] = log(s);
+    }
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int k_3 = 0; k_3 < 10; k_3++) {
+            dv_z[(b_0)*10 + k_3] = seed*((-v_y[(b_0)*10 + k_3] + exp((v_z[(b_0)*10 + k_3] - tmp3[b_0] - tmp4[b_0]))*tmp2[b_0]));
+        }
+    }
+    /* d_dense_2_weight[i, j] = Σ_b (d_z[b, i]*h[b, j])  [#bwd-dense_2-weight] */
+    for (int i_1 = 0; i_1 < 10; i_1++) {
+        for (int j_2 = 0; j_2 < 64; j_2++) {
+            dv_dense_2_weight[(i_1)*64 + j_2] = 0;
+        }
+    }
+    for (int i_1 = 0; i_1 < 10; i_1++) {
+        for (int b_0 = 0; b_0 < batch; b_0++) {
+            for (int j_2 = 0; j_2 < 64; j_2++) {
+                dv_dense_2_weight[(i_1)*64 + j_2] += dv_z[(b_0)*10 + i_1]*v_h[(b_0)*64 + j_2];
+            }
+        }
+    }
+    /* d_dense_2_bias[i] = Σ_b d_z[b, i]  [#bwd-dense_2-bias] */
+    for (int i_1 = 0; i_1 < 10; i_1++) {
+        dv_dense_2_bias[i_1] = 0;
+    }
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_1 = 0; i_1 < 10; i_1++) {
+            dv_dense_2_bias[i_1] += dv_z[(b_0)*10 + i_1];
+        }
+    }
+    /* dense_2_bias -= lr * its gradient, which is complete and read no more */
+    for (long n = 0; n < 10; n++) {
+        params[4800 + n] -= lr * dv_dense_2_bias[n];
+    }
+    /* d_h[b, j] = Σ_i (d_z[b, i]*dense_2.weight[i, j])  [#bwd-dense_2-h] */
+    /* d_dense_1[b, i] = where(dense_1[b, i] > 0, d_h[b, i], 0)  [#bwd-relu_1-dense_1] */
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_1 = 0; i_1 < 64; i_1++) {
+            real r0 = 0;
+            for (int ip_5 = 0; ip_5 < 10; ip_5++) {
+                r0 += dv_z[(b_0)*10 + ip_5]*v_dense_2_weight[(ip_5)*64 + i_1];
+            }
+            dv_dense_1[(b_0)*64 + i_1] = nncc_where(v_dense_1[(b_0)*64 + i_1] > 0, r0, 0);
+        }
+    }
+    /* dense_2_weight -= lr * its gradient, which is complete and read no more */
+    for (long n = 0; n < 640; n++) {
+        params[4160 + n] -= lr * dv_dense_2_weight[n];
+    }
+    /* d_dense_1_weight[i, j] = Σ_b (d_dense_1[b, i]*x[b, j])  [#bwd-dense_1-weight] */
+    for (int i_1 = 0; i_1 < 64; i_1++) {
+        for (int j_2 = 0; j_2 < 64; j_2++) {
+            dv_dense_1_weight[(i_1)*64 + j_2] = 0;
+        }
+    }
+    for (int i_1 = 0; i_1 < 64; i_1++) {
+        for (int b_0 = 0; b_0 < batch; b_0++) {
+            for (int j_2 = 0; j_2 < 64; j_2++) {
+                dv_dense_1_weight[(i_1)*64 + j_2] += dv_dense_1[(b_0)*64 + i_1]*v_x[(b_0)*64 + j_2];
+            }
+        }
+    }
+    /* dense_1_weight -= lr * its gradient, which is complete and read no more */
+    for (long n = 0; n < 4096; n++) {
+        params[0 + n] -= lr * dv_dense_1_weight[n];
+    }
+    /* d_dense_1_bias[i] = Σ_b d_dense_1[b, i]  [#bwd-dense_1-bias] */
+    for (int i_1 = 0; i_1 < 64; i_1++) {
+        dv_dense_1_bias[i_1] = 0;
+    }
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_1 = 0; i_1 < 64; i_1++) {
+            dv_dense_1_bias[i_1] += dv_dense_1[(b_0)*64 + i_1];
+        }
+    }
+    /* dense_1_bias -= lr * its gradient, which is complete and read no more */
+    for (long n = 0; n < 64; n++) {
+        params[4096 + n] -= lr * dv_dense_1_bias[n];
+    }
+    return digits_loss_value(v_softmax_cross_entropy_1, batch);
 }
 
 #undef real

@@ -20,8 +20,8 @@ typedef float digits_real;
 
 #define DIGITS_PARAM_COUNT 4810
 #define DIGITS_PARAM_BYTES (DIGITS_PARAM_COUNT * sizeof(digits_real))
-/* workspace, in digits_real values: 152 per sample + 0 */
-#define DIGITS_WORKSPACE_SIZE(batch) ((size_t)(batch) * 152 + 0)
+/* workspace, in digits_real values: 152 per sample + 4096 */
+#define DIGITS_WORKSPACE_SIZE(batch) ((size_t)(batch) * 152 + 4096)
 #define DIGITS_WORKSPACE_BYTES(batch) (DIGITS_WORKSPACE_SIZE(batch) * sizeof(digits_real))
 /* values per sample of each input, target and of the output */
 #define DIGITS_X_SIZE 64   /* x: [64] */
@@ -54,9 +54,10 @@ digits_real digits_loss_and_grad(const digits_real *params, const digits_real *v
                         int batch, digits_real *grad, digits_real *work);
 
 /* one step of gradient descent on params, in place; returns the loss before the step.
- * grad[DIGITS_PARAM_COUNT] is scratch space for the gradient. */
+ * Each parameter is updated as soon as its gradient is complete and the step reads it
+ * no more, so the gradients live in the workspace, a few at a time. */
 digits_real digits_sgd_step(digits_real *params, const digits_real *v_x, const digits_real *v_y,
-                        int batch, digits_real lr, digits_real *grad, digits_real *work);
+                        int batch, digits_real lr, digits_real *work);
 
 #ifdef __cplusplus
 }

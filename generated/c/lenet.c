@@ -689,12 +689,381 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
     return lenet_loss_value(v_softmax_cross_entropy_1, batch);
 }
 
-real lenet_sgd_step(real *params, const lenet_real *v_x, const lenet_real *v_y, int batch, real lr, real *grad, real *work)
+real lenet_sgd_step(real *params, const lenet_real *v_x, const lenet_real *v_y, int batch, real lr, real *work)
 {
-    real value = lenet_loss_and_grad(params, v_x, v_y, batch, grad, work);
-    for (long k = 0; k < LENET_PARAM_COUNT; k++)
-        params[k] -= lr * grad[k];
-    return value;
+    const real *v_conv2d_1_weight = params + 0;
+    const real *v_conv2d_1_bias = params + 72;
+    const real *v_conv2d_2_weight = params + 80;
+    const real *v_conv2d_2_bias = params + 1232;
+    const real *v_dense_1_weight = params + 1248;
+    const real *v_dense_1_bias = params + 3808;
+    real *v_conv2d_1 = work + 0;
+    real *dv_conv2d_1 = work + (size_t)batch * 512 + 0;
+    real *v_relu_1 = work + (size_t)batch * 512 + 0;
+    real *dv_relu_1 = work + (size_t)batch * 1677 + 0;
+    real *v_h = work + (size_t)batch * 1024 + 0;
+    real *dv_h = work + (size_t)batch * 1152 + 0;
+    real *v_conv2d_2 = work + (size_t)batch * 1152 + 0;
+    real *dv_conv2d_2 = work + (size_t)batch * 1408 + 0;
+    real *v_flatten_1 = work + (size_t)batch * 1408 + 0;
+    real *dv_flatten_1 = work + (size_t)batch * 1687 + 0;
+    real *v_z = work + (size_t)batch * 1664 + 0;
+    real *dv_z = work + (size_t)batch * 1677 + 0;
+    real *v_softmax_cross_entropy_1 = work + (size_t)batch * 1676 + 0;
+    real *tmp0 = work + (size_t)batch * 1674 + 0;
+    real *tmp1 = work + (size_t)batch * 1675 + 0;
+    real *tmp2 = work + (size_t)batch * 1674 + 0;
+    real *tmp3 = work + (size_t)batch * 1675 + 0;
+    real *tmp4 = work + (size_t)batch * 1687 + 0;
+    real *dv_conv2d_1_weight = work + (size_t)batch * 2189 + 0;
+    real *dv_conv2d_1_bias = work + (size_t)batch * 2189 + 0;
+    real *dv_conv2d_2_weight = work + (size_t)batch * 2189 + 0;
+    real *dv_conv2d_2_bias = work + (size_t)batch * 2189 + 0;
+    real *dv_dense_1_weight = work + (size_t)batch * 2189 + 0;
+    real *dv_dense_1_bias = work + (size_t)batch * 2189 + 0;
+    /* conv2d_1: conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1] */
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int o_1 = 0; o_1 < 8; o_1++) {
+            for (int i_2 = 0; i_2 < 8; i_2++) {
+                for (int j_3 = 0; j_3 < 8; j_3++) {
+                    real r0 = 0;
+                    for (int ci_5 = 0; ci_5 < 1; ci_5++) {
+                        for (int p_6 = 0; p_6 < 3; p_6++) {
+                            for (int q_7 = 0; q_7 < 3; q_7++) {
+                                r0 += v_conv2d_1_weight[(o_1)*9 + (ci_5)*9 + (p_6)*3 + q_7]*(((i_2 + p_6 - 1) >= 0 && (i_2 + p_6 - 1) < 8 && (j_3 + q_7 - 1) >= 0 && (j_3 + q_7 - 1) < 8) ? v_x[(b_0)*64 + (ci_5)*64 + (i_2 + p_6 - 1)*8 + j_3 + q_7 - 1] : (real)0);
+                            }
+                        }
+                    }
+                    v_conv2d_1[(b_0)*512 + (o_1)*64 + (i_2)*8 + j_3] = r0 + v_conv2d_1_bias[o_1];
+                }
+            }
+        }
+    }
+    /* relu_1: relu_1[b, i, j, k] = where(conv2d_1[b, i, j, k] <= 0, 0, conv2d_1[b, i, j, k])  [#fwd-relu_1] */
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_2 = 0; i_2 < 8; i_2++) {
+            for (int j_3 = 0; j_3 < 8; j_3++) {
+                for (int k_8 = 0; k_8 < 8; k_8++) {
+                    v_relu_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] = nncc_where(v_conv2d_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] <= 0, 0, v_conv2d_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8]);
+                }
+            }
+        }
+    }
+    /* maxpool2d_1: h[b, ch, i, j] = max_p,q(relu_1[b, ch, p + 2*i, q + 2*j])  [#fwd-maxpool2d_1] */
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int ch_9 = 0; ch_9 < 8; ch_9++) {
+            for (int i_2 = 0; i_2 < 4; i_2++) {
+                for (int j_3 = 0; j_3 < 4; j_3++) {
+                    real r1 = -INFINITY;
+                    for (int p_6 = 0; p_6 < 2; p_6++) {
+                        for (int q_7 = 0; q_7 < 2; q_7++) {
+                            { real v = v_relu_1[(b_0)*512 + (ch_9)*64 + (2*i_2 + p_6)*8 + 2*j_3 + q_7]; if (v > r1 || isnan(v)) r1 = v; }
+                        }
+                    }
+                    v_h[(b_0)*128 + (ch_9)*16 + (i_2)*4 + j_3] = r1;
+                }
+            }
+        }
+    }
+    /* conv2d_2: conv2d_2[b, o, i, j] = conv2d_2.bias[o] + Σ_ci,p,q (conv2d_2.weight[o, ci, p, q]*h[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_2] */
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int o_1 = 0; o_1 < 16; o_1++) {
+            for (int i_2 = 0; i_2 < 4; i_2++) {
+                for (int j_3 = 0; j_3 < 4; j_3++) {
+                    real r2 = 0;
+                    for (int ci_5 = 0; ci_5 < 8; ci_5++) {
+                        for (int p_6 = 0; p_6 < 3; p_6++) {
+                            for (int q_7 = 0; q_7 < 3; q_7++) {
+                                r2 += v_conv2d_2_weight[(o_1)*72 + (ci_5)*9 + (p_6)*3 + q_7]*(((i_2 + p_6 - 1) >= 0 && (i_2 + p_6 - 1) < 4 && (j_3 + q_7 - 1) >= 0 && (j_3 + q_7 - 1) < 4) ? v_h[(b_0)*128 + (ci_5)*16 + (i_2 + p_6 - 1)*4 + j_3 + q_7 - 1] : (real)0);
+                            }
+                        }
+                    }
+                    v_conv2d_2[(b_0)*256 + (o_1)*16 + (i_2)*4 + j_3] = r2 + v_conv2d_2_bias[o_1];
+                }
+            }
+        }
+    }
+    /* relu_2: g[b, i, j, k] = where(conv2d_2[b, i, j, k] <= 0, 0, conv2d_2[b, i, j, k])  [#fwd-relu_2] */
+    /* flatten_1: flatten_1[b, j + 4*i + 16*ch] = g[b, ch, i, j]  [#fwd-flatten_1] */
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int ch_9 = 0; ch_9 < 16; ch_9++) {
+            for (int i_2 = 0; i_2 < 4; i_2++) {
+                for (int j_3 = 0; j_3 < 4; j_3++) {
+                    v_flatten_1[(b_0)*256 + 16*ch_9 + 4*i_2 + j_3] = nncc_where(v_conv2d_2[(b_0)*256 + (ch_9)*16 + (i_2)*4 + j_3] <= 0, 0, v_conv2d_2[(b_0)*256 + (ch_9)*16 + (i_2)*4 + j_3]);
+                }
+            }
+        }
+    }
+    /* dense_1: z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1] */
+    for (int bb_12 = 0; bb_12 + 4 <= batch; bb_12 += 4) {
+        for (int i_2 = 0; i_2 < 10; i_2++) {
+            real r3_p0[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            real r3_p1[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            real r3_p2[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            real r3_p3[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (int jo_13 = 0; jo_13 < 32; jo_13++) {
+                for (int u_14 = 0; u_14 < 8; u_14++) {
+                    r3_p0[u_14] += v_dense_1_weight[(i_2)*256 + 8*jo_13 + u_14]*v_flatten_1[(bb_12)*256 + 8*jo_13 + u_14];
+                    r3_p1[u_14] += v_dense_1_weight[(i_2)*256 + 8*jo_13 + u_14]*v_flatten_1[(bb_12 + 1)*256 + 8*jo_13 + u_14];
+                    r3_p2[u_14] += v_dense_1_weight[(i_2)*256 + 8*jo_13 + u_14]*v_flatten_1[(bb_12 + 2)*256 + 8*jo_13 + u_14];
+                    r3_p3[u_14] += v_dense_1_weight[(i_2)*256 + 8*jo_13 + u_14]*v_flatten_1[(bb_12 + 3)*256 + 8*jo_13 + u_14];
+                }
+            }
+            real r3_0 = (((r3_p0[0] + r3_p0[1]) + (r3_p0[2] + r3_p0[3])) + ((r3_p0[4] + r3_p0[5]) + (r3_p0[6] + r3_p0[7])));
+            v_z[(bb_12)*10 + i_2] = r3_0 + v_dense_1_bias[i_2];
+            real r3_1 = (((r3_p1[0] + r3_p1[1]) + (r3_p1[2] + r3_p1[3])) + ((r3_p1[4] + r3_p1[5]) + (r3_p1[6] + r3_p1[7])));
+            v_z[(bb_12 + 1)*10 + i_2] = r3_1 + v_dense_1_bias[i_2];
+            real r3_2 = (((r3_p2[0] + r3_p2[1]) + (r3_p2[2] + r3_p2[3])) + ((r3_p2[4] + r3_p2[5]) + (r3_p2[6] + r3_p2[7])));
+            v_z[(bb_12 + 2)*10 + i_2] = r3_2 + v_dense_1_bias[i_2];
+            real r3_3 = (((r3_p3[0] + r3_p3[1]) + (r3_p3[2] + r3_p3[3])) + ((r3_p3[4] + r3_p3[5]) + (r3_p3[6] + r3_p3[7])));
+            v_z[(bb_12 + 3)*10 + i_2] = r3_3 + v_dense_1_bias[i_2];
+        }
+    }
+    for (int b_0 = batch - batch % 4; b_0 < batch; b_0++) {
+        for (int i_2 = 0; i_2 < 10; i_2++) {
+            real r4_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (int jo_20 = 0; jo_20 < 32; jo_20++) {
+                for (int u_21 = 0; u_21 < 8; u_21++) {
+                    r4_p[u_21] += v_dense_1_weight[(i_2)*256 + 8*jo_20 + u_21]*v_flatten_1[(b_0)*256 + 8*jo_20 + u_21];
+                }
+            }
+            real r4 = (((r4_p[0] + r4_p[1]) + (r4_p[2] + r4_p[3])) + ((r4_p[4] + r4_p[5]) + (r4_p[6] + r4_p[7])));
+            v_z[(b_0)*10 + i_2] = r4 + v_dense_1_bias[i_2];
+        }
+    }
+    /* softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1] */
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        real m = -INFINITY, s = 0;
+        for (int j_3 = 0; j_3 < 10; j_3++) {
+            { real v = v_z[(b_0)*10 + j_3]; if (v > m || isnan(v)) m = v; }
+        }
+        for (int j_3 = 0; j_3 < 10; j_3++) {
+            s += exp(v_z[(b_0)*10 + j_3] - m);
+        }
+        tmp0[b_0] = m;
+        tmp1[b_0] = log(s);
+    }
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        real r5 = 0;
+        for (int i_2 = 0; i_2 < 10; i_2++) {
+            r5 += ((v_z[(b_0)*10 + i_2] - tmp0[b_0] - tmp1[b_0]))*v_y[(b_0)*10 + i_2];
+        }
+        v_softmax_cross_entropy_1[b_0] = -r5;
+    }
+    const real seed = ((real)1 / (real)batch);  /* d loss / d per-sample loss */
+    /* d_z[b, k] = (-y[b, k] + Σ_i y[b, i]*exp(-logsumexp_j(z[b, j]) + z[b, k]))*d_softmax_cross_entropy_1[b]  [#bwd-softmax_cross_entropy_1-z] */
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        real acc = 0;
+        for (int i_1 = 0; i_1 < 10; i_1++) {
+            acc += v_y[(b_0)*10 + i_1];
+        }
+        tmp2[b_0] = acc;
+    }
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        real m = -INFINITY, s = 0;
+        for (int j_2 = 0; j_2 < 10; j_2++) {
+            { real v = v_z[(b_0)*10 + j_2]; if (v > m || isnan(v)) m = v; }
+        }
+        for (int j_2 = 0; j_2 < 10; j_2++) {
+            s += exp(v_z[(b_0)*10 + j_2] - m);
+        }
+        tmp3[b_0] = m;
+        tmp4[b_0] = log(s);
+    }
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int k_3 = 0; k_3 < 10; k_3++) {
+            dv_z[(b_0)*10 + k_3] = seed*((-v_y[(b_0)*10 + k_3] + exp((v_z[(b_0)*10 + k_3] - tmp3[b_0] - tmp4[b_0]))*tmp2[b_0]));
+        }
+    }
+    /* d_flatten_1[b, j] = Σ_i (d_z[b, i]*dense_1.weight[i, j])  [#bwd-dense_1-flatten_1] */
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int j_2 = 0; j_2 < 256; j_2++) {
+            dv_flatten_1[(b_0)*256 + j_2] = 0;
+        }
+    }
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_1 = 0; i_1 < 10; i_1++) {
+            for (int j_2 = 0; j_2 < 256; j_2++) {
+                dv_flatten_1[(b_0)*256 + j_2] += dv_z[(b_0)*10 + i_1]*v_dense_1_weight[(i_1)*256 + j_2];
+            }
+        }
+    }
+    /* d_dense_1_weight[i, j] = Σ_b (d_z[b, i]*flatten_1[b, j])  [#bwd-dense_1-weight] */
+    for (int i_1 = 0; i_1 < 10; i_1++) {
+        for (int j_2 = 0; j_2 < 256; j_2++) {
+            dv_dense_1_weight[(i_1)*256 + j_2] = 0;
+        }
+    }
+    for (int i_1 = 0; i_1 < 10; i_1++) {
+        for (int b_0 = 0; b_0 < batch; b_0++) {
+            for (int j_2 = 0; j_2 < 256; j_2++) {
+                dv_dense_1_weight[(i_1)*256 + j_2] += dv_z[(b_0)*10 + i_1]*v_flatten_1[(b_0)*256 + j_2];
+            }
+        }
+    }
+    /* dense_1_weight -= lr * its gradient, which is complete and read no more */
+    for (long n = 0; n < 2560; n++) {
+        params[1248 + n] -= lr * dv_dense_1_weight[n];
+    }
+    /* d_dense_1_bias[i] = Σ_b d_z[b, i]  [#bwd-dense_1-bias] */
+    for (int i_1 = 0; i_1 < 10; i_1++) {
+        dv_dense_1_bias[i_1] = 0;
+    }
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_1 = 0; i_1 < 10; i_1++) {
+            dv_dense_1_bias[i_1] += dv_z[(b_0)*10 + i_1];
+        }
+    }
+    /* dense_1_bias -= lr * its gradient, which is complete and read no more */
+    for (long n = 0; n < 10; n++) {
+        params[3808 + n] -= lr * dv_dense_1_bias[n];
+    }
+    /* d_g[b, ch, i, j] = d_flatten_1[b, j + 4*i + 16*ch]  [#bwd-flatten_1-g] */
+    /* d_conv2d_2[b, i, j, k] = where(conv2d_2[b, i, j, k] > 0, d_g[b, i, j, k], 0)  [#bwd-relu_2-conv2d_2] */
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_1 = 0; i_1 < 16; i_1++) {
+            for (int j_2 = 0; j_2 < 4; j_2++) {
+                for (int k_3 = 0; k_3 < 4; k_3++) {
+                    dv_conv2d_2[(b_0)*256 + (i_1)*16 + (j_2)*4 + k_3] = nncc_where(v_conv2d_2[(b_0)*256 + (i_1)*16 + (j_2)*4 + k_3] > 0, dv_flatten_1[(b_0)*256 + 16*i_1 + 4*j_2 + k_3], 0);
+                }
+            }
+        }
+    }
+    /* d_h[b, ci, k, l] = Σ_o,i,j,p,q (conv2d_2.weight[o, ci, p, q]*d_conv2d_2[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_2-h] */
+    for (long n = 0; n < (long)batch*8*4*4; n++) {
+        dv_h[n] = 0;
+    }
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int ci_4 = 0; ci_4 < 8; ci_4++) {
+            for (int i_1 = 0; i_1 < 4; i_1++) {
+                for (int j_2 = 0; j_2 < 4; j_2++) {
+                    for (int p_5 = 0; p_5 < 3; p_5++) {
+                        for (int q_6 = 0; q_6 < 3; q_6++) {
+                            real r0_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+                            for (int oo_8 = 0; oo_8 < 2; oo_8++) {
+                                for (int u_9 = 0; u_9 < 8; u_9++) {
+                                    r0_p[u_9] += v_conv2d_2_weight[(8*oo_8 + u_9)*72 + (ci_4)*9 + (p_5)*3 + q_6]*dv_conv2d_2[(b_0)*256 + (8*oo_8 + u_9)*16 + (i_1)*4 + j_2];
+                                }
+                            }
+                            real r0 = (((r0_p[0] + r0_p[1]) + (r0_p[2] + r0_p[3])) + ((r0_p[4] + r0_p[5]) + (r0_p[6] + r0_p[7])));
+                            if ((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 4 && (j_2 + q_6 - 1) >= 0 && (j_2 + q_6 - 1) < 4) dv_h[(b_0)*128 + (ci_4)*16 + (i_1 + p_5 - 1)*4 + j_2 + q_6 - 1] += r0;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    /* d_conv2d_2_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_2[b, o, i, j]*h[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_2-weight] */
+    for (int o_10 = 0; o_10 < 16; o_10++) {
+        for (int ci_4 = 0; ci_4 < 8; ci_4++) {
+            for (int p_5 = 0; p_5 < 3; p_5++) {
+                for (int q_6 = 0; q_6 < 3; q_6++) {
+                    real r1 = 0;
+                    for (int b_0 = 0; b_0 < batch; b_0++) {
+                        for (int i_1 = 0; i_1 < 4; i_1++) {
+                            for (int j_2 = 0; j_2 < 4; j_2++) {
+                                r1 += dv_conv2d_2[(b_0)*256 + (o_10)*16 + (i_1)*4 + j_2]*(((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 4 && (j_2 + q_6 - 1) >= 0 && (j_2 + q_6 - 1) < 4) ? v_h[(b_0)*128 + (ci_4)*16 + (i_1 + p_5 - 1)*4 + j_2 + q_6 - 1] : (real)0);
+                            }
+                        }
+                    }
+                    dv_conv2d_2_weight[(o_10)*72 + (ci_4)*9 + (p_5)*3 + q_6] = r1;
+                }
+            }
+        }
+    }
+    /* conv2d_2_weight -= lr * its gradient, which is complete and read no more */
+    for (long n = 0; n < 1152; n++) {
+        params[80 + n] -= lr * dv_conv2d_2_weight[n];
+    }
+    /* d_conv2d_2_bias[o] = Σ_b,i,j d_conv2d_2[b, o, i, j]  [#bwd-conv2d_2-bias] */
+    for (int o_10 = 0; o_10 < 16; o_10++) {
+        real r2 = 0;
+        for (int b_0 = 0; b_0 < batch; b_0++) {
+            for (int i_1 = 0; i_1 < 4; i_1++) {
+                for (int j_2 = 0; j_2 < 4; j_2++) {
+                    r2 += dv_conv2d_2[(b_0)*256 + (o_10)*16 + (i_1)*4 + j_2];
+                }
+            }
+        }
+        dv_conv2d_2_bias[o_10] = r2;
+    }
+    /* conv2d_2_bias -= lr * its gradient, which is complete and read no more */
+    for (long n = 0; n < 16; n++) {
+        params[1232 + n] -= lr * dv_conv2d_2_bias[n];
+    }
+    /* d_relu_1[b, ch, k, l] = Σ_i,j,p1,q1 (FirstArgmax(relu_1[b, ch, p1 + 2*i, q1 + 2*j], (p1, 0, 1), (q1, 0, 1))*d_h[b, ch, i, j]*δ(k,p1 + 2*i)*δ(l,q1 + 2*j))  [#bwd-maxpool2d_1-relu_1] */
+    for (long n = 0; n < (long)batch*8*8*8; n++) {
+        dv_relu_1[n] = 0;
+    }
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int ch_13 = 0; ch_13 < 8; ch_13++) {
+            for (int i_1 = 0; i_1 < 4; i_1++) {
+                for (int j_2 = 0; j_2 < 4; j_2++) {
+                    for (int p1_14 = 0; p1_14 < 2; p1_14++) {
+                        for (int q1_15 = 0; q1_15 < 2; q1_15++) {
+                            real r3_m = -INFINITY; long r3_best = -1, r3_k = 0;
+                            for (int p1s_17 = 0; p1s_17 < 2; p1s_17++) {
+                                for (int q1s_18 = 0; q1s_18 < 2; q1s_18++) {
+                                    { real v = v_relu_1[(b_0)*512 + (ch_13)*64 + (p1s_17 + 2*i_1)*8 + q1s_18 + 2*j_2]; if (r3_best < 0 || v > r3_m || isnan(v)) { r3_m = v; r3_best = r3_k; } r3_k++; }
+                                }
+                            }
+                            real r3 = (real)((q1_15*1 + p1_14*2) == r3_best);
+                            dv_relu_1[(b_0)*512 + (ch_13)*64 + (2*i_1 + p1_14)*8 + 2*j_2 + q1_15] += r3*dv_h[(b_0)*128 + (ch_13)*16 + (i_1)*4 + j_2];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    /* d_conv2d_1[b, i, j, k] = where(conv2d_1[b, i, j, k] > 0, d_relu_1[b, i, j, k], 0)  [#bwd-relu_1-conv2d_1] */
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_1 = 0; i_1 < 8; i_1++) {
+            for (int j_2 = 0; j_2 < 8; j_2++) {
+                for (int k_3 = 0; k_3 < 8; k_3++) {
+                    dv_conv2d_1[(b_0)*512 + (i_1)*64 + (j_2)*8 + k_3] = nncc_where(v_conv2d_1[(b_0)*512 + (i_1)*64 + (j_2)*8 + k_3] > 0, dv_relu_1[(b_0)*512 + (i_1)*64 + (j_2)*8 + k_3], 0);
+                }
+            }
+        }
+    }
+    /* d_conv2d_1_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_1[b, o, i, j]*x[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_1-weight] */
+    for (int o_10 = 0; o_10 < 8; o_10++) {
+        for (int ci_4 = 0; ci_4 < 1; ci_4++) {
+            for (int p_5 = 0; p_5 < 3; p_5++) {
+                for (int q_6 = 0; q_6 < 3; q_6++) {
+                    real r4 = 0;
+                    for (int b_0 = 0; b_0 < batch; b_0++) {
+                        for (int i_1 = 0; i_1 < 8; i_1++) {
+                            for (int j_2 = 0; j_2 < 8; j_2++) {
+                                r4 += dv_conv2d_1[(b_0)*512 + (o_10)*64 + (i_1)*8 + j_2]*(((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 8 && (j_2 + q_6 - 1) >= 0 && (j_2 + q_6 - 1) < 8) ? v_x[(b_0)*64 + (ci_4)*64 + (i_1 + p_5 - 1)*8 + j_2 + q_6 - 1] : (real)0);
+                            }
+                        }
+                    }
+                    dv_conv2d_1_weight[(o_10)*9 + (ci_4)*9 + (p_5)*3 + q_6] = r4;
+                }
+            }
+        }
+    }
+    /* conv2d_1_weight -= lr * its gradient, which is complete and read no more */
+    for (long n = 0; n < 72; n++) {
+        params[0 + n] -= lr * dv_conv2d_1_weight[n];
+    }
+    /* d_conv2d_1_bias[o] = Σ_b,i,j d_conv2d_1[b, o, i, j]  [#bwd-conv2d_1-bias] */
+    for (int o_10 = 0; o_10 < 8; o_10++) {
+        real r5 = 0;
+        for (int b_0 = 0; b_0 < batch; b_0++) {
+            for (int i_1 = 0; i_1 < 8; i_1++) {
+                for (int j_2 = 0; j_2 < 8; j_2++) {
+                    r5 += dv_conv2d_1[(b_0)*512 + (o_10)*64 + (i_1)*8 + j_2];
+                }
+            }
+        }
+        dv_conv2d_1_bias[o_10] = r5;
+    }
+    /* conv2d_1_bias -= lr * its gradient, which is complete and read no more */
+    for (long n = 0; n < 8; n++) {
+        params[72 + n] -= lr * dv_conv2d_1_bias[n];
+    }
+    return lenet_loss_value(v_softmax_cross_entropy_1, batch);
 }
 
 #undef real

@@ -20,8 +20,8 @@ typedef float lenet_real;
 
 #define LENET_PARAM_COUNT 3818
 #define LENET_PARAM_BYTES (LENET_PARAM_COUNT * sizeof(lenet_real))
-/* workspace, in lenet_real values: 2189 per sample + 0 */
-#define LENET_WORKSPACE_SIZE(batch) ((size_t)(batch) * 2189 + 0)
+/* workspace, in lenet_real values: 2189 per sample + 2560 */
+#define LENET_WORKSPACE_SIZE(batch) ((size_t)(batch) * 2189 + 2560)
 #define LENET_WORKSPACE_BYTES(batch) (LENET_WORKSPACE_SIZE(batch) * sizeof(lenet_real))
 /* values per sample of each input, target and of the output */
 #define LENET_X_SIZE 64   /* x: [1, 8, 8] */
@@ -58,9 +58,10 @@ lenet_real lenet_loss_and_grad(const lenet_real *params, const lenet_real *v_x, 
                         int batch, lenet_real *grad, lenet_real *work);
 
 /* one step of gradient descent on params, in place; returns the loss before the step.
- * grad[LENET_PARAM_COUNT] is scratch space for the gradient. */
+ * Each parameter is updated as soon as its gradient is complete and the step reads it
+ * no more, so the gradients live in the workspace, a few at a time. */
 lenet_real lenet_sgd_step(lenet_real *params, const lenet_real *v_x, const lenet_real *v_y,
-                        int batch, lenet_real lr, lenet_real *grad, lenet_real *work);
+                        int batch, lenet_real lr, lenet_real *work);
 
 #ifdef __cplusplus
 }

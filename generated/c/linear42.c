@@ -153,12 +153,71 @@ real linear42_loss_and_grad(const real *params, const linear42_real *v_x, int ba
     return linear42_loss_value(v_squares_1, batch);
 }
 
-real linear42_sgd_step(real *params, const linear42_real *v_x, int batch, real lr, real *grad, real *work)
+real linear42_sgd_step(real *params, const linear42_real *v_x, int batch, real lr, real *work)
 {
-    real value = linear42_loss_and_grad(params, v_x, batch, grad, work);
-    for (long k = 0; k < LINEAR42_PARAM_COUNT; k++)
-        params[k] -= lr * grad[k];
-    return value;
+    const real *v_dense_1_weight = params + 0;
+    const real *v_dense_1_bias = params + 8;
+    real *v_y = work + 0;
+    real *dv_y = work + (size_t)batch * 3 + 0;
+    real *v_squares_1 = work + (size_t)batch * 2 + 0;
+    real *dv_dense_1_weight = work + (size_t)batch * 5 + 0;
+    real *dv_dense_1_bias = work + (size_t)batch * 5 + 0;
+    /* dense_1: y[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_1 = 0; i_1 < 2; i_1++) {
+            real r0 = 0;
+            for (int j_3 = 0; j_3 < 4; j_3++) {
+                r0 += v_dense_1_weight[(i_1)*4 + j_3]*v_x[(b_0)*4 + j_3];
+            }
+            v_y[(b_0)*2 + i_1] = r0 + v_dense_1_bias[i_1];
+        }
+    }
+    /* squares_1: squares_1[b] = Σ_i y[b, i]**2  [#fwd-squares_1] */
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        real r1 = 0;
+        for (int i_1 = 0; i_1 < 2; i_1++) {
+            r1 += ((v_y[(b_0)*2 + i_1])*(v_y[(b_0)*2 + i_1]));
+        }
+        v_squares_1[b_0] = r1;
+    }
+    const real seed = ((real)1);  /* d loss / d per-sample loss */
+    /* d_y[b, i] = 2*d_squares_1[b]*y[b, i]  [#bwd-squares_1-y] */
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_1 = 0; i_1 < 2; i_1++) {
+            dv_y[(b_0)*2 + i_1] = 2*seed*v_y[(b_0)*2 + i_1];
+        }
+    }
+    /* d_dense_1_weight[i, j] = Σ_b (d_y[b, i]*x[b, j])  [#bwd-dense_1-weight] */
+    for (int i_1 = 0; i_1 < 2; i_1++) {
+        for (int j_2 = 0; j_2 < 4; j_2++) {
+            dv_dense_1_weight[(i_1)*4 + j_2] = 0;
+        }
+    }
+    for (int i_1 = 0; i_1 < 2; i_1++) {
+        for (int b_0 = 0; b_0 < batch; b_0++) {
+            for (int j_2 = 0; j_2 < 4; j_2++) {
+                dv_dense_1_weight[(i_1)*4 + j_2] += dv_y[(b_0)*2 + i_1]*v_x[(b_0)*4 + j_2];
+            }
+        }
+    }
+    /* dense_1_weight -= lr * its gradient, which is complete and read no more */
+    for (long n = 0; n < 8; n++) {
+        params[0 + n] -= lr * dv_dense_1_weight[n];
+    }
+    /* d_dense_1_bias[i] = Σ_b d_y[b, i]  [#bwd-dense_1-bias] */
+    for (int i_1 = 0; i_1 < 2; i_1++) {
+        dv_dense_1_bias[i_1] = 0;
+    }
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_1 = 0; i_1 < 2; i_1++) {
+            dv_dense_1_bias[i_1] += dv_y[(b_0)*2 + i_1];
+        }
+    }
+    /* dense_1_bias -= lr * its gradient, which is complete and read no more */
+    for (long n = 0; n < 2; n++) {
+        params[8 + n] -= lr * dv_dense_1_bias[n];
+    }
+    return linear42_loss_value(v_squares_1, batch);
 }
 
 #undef real

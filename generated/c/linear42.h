@@ -20,8 +20,8 @@ typedef float linear42_real;
 
 #define LINEAR42_PARAM_COUNT 10
 #define LINEAR42_PARAM_BYTES (LINEAR42_PARAM_COUNT * sizeof(linear42_real))
-/* workspace, in linear42_real values: 5 per sample + 0 */
-#define LINEAR42_WORKSPACE_SIZE(batch) ((size_t)(batch) * 5 + 0)
+/* workspace, in linear42_real values: 5 per sample + 8 */
+#define LINEAR42_WORKSPACE_SIZE(batch) ((size_t)(batch) * 5 + 8)
 #define LINEAR42_WORKSPACE_BYTES(batch) (LINEAR42_WORKSPACE_SIZE(batch) * sizeof(linear42_real))
 /* values per sample of each input, target and of the output */
 #define LINEAR42_X_SIZE 4   /* x: [4] */
@@ -49,9 +49,10 @@ linear42_real linear42_loss_and_grad(const linear42_real *params, const linear42
                         int batch, linear42_real *grad, linear42_real *work);
 
 /* one step of gradient descent on params, in place; returns the loss before the step.
- * grad[LINEAR42_PARAM_COUNT] is scratch space for the gradient. */
+ * Each parameter is updated as soon as its gradient is complete and the step reads it
+ * no more, so the gradients live in the workspace, a few at a time. */
 linear42_real linear42_sgd_step(linear42_real *params, const linear42_real *v_x,
-                        int batch, linear42_real lr, linear42_real *grad, linear42_real *work);
+                        int batch, linear42_real lr, linear42_real *work);
 
 #ifdef __cplusplus
 }

@@ -437,12 +437,197 @@ real nielsen_loss_and_grad(const real *params, const nielsen_real *v_x, const ni
     return nielsen_loss_value(v_quadratic_1, batch);
 }
 
-real nielsen_sgd_step(real *params, const nielsen_real *v_x, const nielsen_real *v_y, int batch, real lr, real *grad, real *work)
+real nielsen_sgd_step(real *params, const nielsen_real *v_x, const nielsen_real *v_y, int batch, real lr, real *work)
 {
-    real value = nielsen_loss_and_grad(params, v_x, v_y, batch, grad, work);
-    for (long k = 0; k < NIELSEN_PARAM_COUNT; k++)
-        params[k] -= lr * grad[k];
-    return value;
+    const real *v_dense_1_weight = params + 0;
+    const real *v_dense_1_bias = params + 23520;
+    const real *v_dense_2_weight = params + 23550;
+    const real *v_dense_2_bias = params + 23850;
+    real *dv_dense_1 = work + (size_t)batch * 51 + 0;
+    real *v_sigmoid_1 = work + 0;
+    real *dv_dense_2 = work + (size_t)batch * 41 + 0;
+    real *v_a = work + (size_t)batch * 30 + 0;
+    real *v_quadratic_1 = work + (size_t)batch * 40 + 0;
+    real *dv_dense_1_weight = work + (size_t)batch * 81 + 0;
+    real *dv_dense_1_bias = work + (size_t)batch * 81 + 0;
+    real *dv_dense_2_weight = work + (size_t)batch * 81 + 0;
+    real *dv_dense_2_bias = work + (size_t)batch * 81 + 300;
+    /* dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
+    /* sigmoid_1: sigmoid_1[b, i] = 1/(1 + exp(-dense_1[b, i]))  [#fwd-sigmoid_1] */
+    for (int bb_0 = 0; bb_0 + 4 <= batch; bb_0 += 4) {
+        for (int i_1 = 0; i_1 < 30; i_1++) {
+            real r0_p0[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            real r0_p1[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            real r0_p2[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            real r0_p3[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (int jo_2 = 0; jo_2 < 98; jo_2++) {
+                for (int u_3 = 0; u_3 < 8; u_3++) {
+                    r0_p0[u_3] += v_dense_1_weight[(i_1)*784 + 8*jo_2 + u_3]*v_x[(bb_0)*784 + 8*jo_2 + u_3];
+                    r0_p1[u_3] += v_dense_1_weight[(i_1)*784 + 8*jo_2 + u_3]*v_x[(bb_0 + 1)*784 + 8*jo_2 + u_3];
+                    r0_p2[u_3] += v_dense_1_weight[(i_1)*784 + 8*jo_2 + u_3]*v_x[(bb_0 + 2)*784 + 8*jo_2 + u_3];
+                    r0_p3[u_3] += v_dense_1_weight[(i_1)*784 + 8*jo_2 + u_3]*v_x[(bb_0 + 3)*784 + 8*jo_2 + u_3];
+                }
+            }
+            real r0_0 = (((r0_p0[0] + r0_p0[1]) + (r0_p0[2] + r0_p0[3])) + ((r0_p0[4] + r0_p0[5]) + (r0_p0[6] + r0_p0[7])));
+            v_sigmoid_1[(bb_0)*30 + i_1] = nncc_sigmoid(r0_0 + v_dense_1_bias[i_1]);
+            real r0_1 = (((r0_p1[0] + r0_p1[1]) + (r0_p1[2] + r0_p1[3])) + ((r0_p1[4] + r0_p1[5]) + (r0_p1[6] + r0_p1[7])));
+            v_sigmoid_1[(bb_0 + 1)*30 + i_1] = nncc_sigmoid(r0_1 + v_dense_1_bias[i_1]);
+            real r0_2 = (((r0_p2[0] + r0_p2[1]) + (r0_p2[2] + r0_p2[3])) + ((r0_p2[4] + r0_p2[5]) + (r0_p2[6] + r0_p2[7])));
+            v_sigmoid_1[(bb_0 + 2)*30 + i_1] = nncc_sigmoid(r0_2 + v_dense_1_bias[i_1]);
+            real r0_3 = (((r0_p3[0] + r0_p3[1]) + (r0_p3[2] + r0_p3[3])) + ((r0_p3[4] + r0_p3[5]) + (r0_p3[6] + r0_p3[7])));
+            v_sigmoid_1[(bb_0 + 3)*30 + i_1] = nncc_sigmoid(r0_3 + v_dense_1_bias[i_1]);
+        }
+    }
+    for (int b_8 = batch - batch % 4; b_8 < batch; b_8++) {
+        for (int i_1 = 0; i_1 < 30; i_1++) {
+            real r1_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (int jo_10 = 0; jo_10 < 98; jo_10++) {
+                for (int u_11 = 0; u_11 < 8; u_11++) {
+                    r1_p[u_11] += v_dense_1_weight[(i_1)*784 + 8*jo_10 + u_11]*v_x[(b_8)*784 + 8*jo_10 + u_11];
+                }
+            }
+            real r1 = (((r1_p[0] + r1_p[1]) + (r1_p[2] + r1_p[3])) + ((r1_p[4] + r1_p[5]) + (r1_p[6] + r1_p[7])));
+            v_sigmoid_1[(b_8)*30 + i_1] = nncc_sigmoid(r1 + v_dense_1_bias[i_1]);
+        }
+    }
+    /* dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*sigmoid_1[b, j])  [#fwd-dense_2] */
+    /* sigmoid_2: a[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_2] */
+    for (int bb_12 = 0; bb_12 + 4 <= batch; bb_12 += 4) {
+        for (int i_1 = 0; i_1 < 10; i_1++) {
+            real r2_p0[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            real r2_p1[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            real r2_p2[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            real r2_p3[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (int jo_13 = 0; jo_13 < 3; jo_13++) {
+                for (int u_14 = 0; u_14 < 8; u_14++) {
+                    r2_p0[u_14] += v_dense_2_weight[(i_1)*30 + 8*jo_13 + u_14]*v_sigmoid_1[(bb_12)*30 + 8*jo_13 + u_14];
+                    r2_p1[u_14] += v_dense_2_weight[(i_1)*30 + 8*jo_13 + u_14]*v_sigmoid_1[(bb_12 + 1)*30 + 8*jo_13 + u_14];
+                    r2_p2[u_14] += v_dense_2_weight[(i_1)*30 + 8*jo_13 + u_14]*v_sigmoid_1[(bb_12 + 2)*30 + 8*jo_13 + u_14];
+                    r2_p3[u_14] += v_dense_2_weight[(i_1)*30 + 8*jo_13 + u_14]*v_sigmoid_1[(bb_12 + 3)*30 + 8*jo_13 + u_14];
+                }
+            }
+            for (int j_15 = 24; j_15 < 30; j_15++) {
+                r2_p0[0] += v_dense_2_weight[(i_1)*30 + j_15]*v_sigmoid_1[(bb_12)*30 + j_15];
+                r2_p1[0] += v_dense_2_weight[(i_1)*30 + j_15]*v_sigmoid_1[(bb_12 + 1)*30 + j_15];
+                r2_p2[0] += v_dense_2_weight[(i_1)*30 + j_15]*v_sigmoid_1[(bb_12 + 2)*30 + j_15];
+                r2_p3[0] += v_dense_2_weight[(i_1)*30 + j_15]*v_sigmoid_1[(bb_12 + 3)*30 + j_15];
+            }
+            real r2_0 = (((r2_p0[0] + r2_p0[1]) + (r2_p0[2] + r2_p0[3])) + ((r2_p0[4] + r2_p0[5]) + (r2_p0[6] + r2_p0[7])));
+            v_a[(bb_12)*10 + i_1] = nncc_sigmoid(r2_0 + v_dense_2_bias[i_1]);
+            real r2_1 = (((r2_p1[0] + r2_p1[1]) + (r2_p1[2] + r2_p1[3])) + ((r2_p1[4] + r2_p1[5]) + (r2_p1[6] + r2_p1[7])));
+            v_a[(bb_12 + 1)*10 + i_1] = nncc_sigmoid(r2_1 + v_dense_2_bias[i_1]);
+            real r2_2 = (((r2_p2[0] + r2_p2[1]) + (r2_p2[2] + r2_p2[3])) + ((r2_p2[4] + r2_p2[5]) + (r2_p2[6] + r2_p2[7])));
+            v_a[(bb_12 + 2)*10 + i_1] = nncc_sigmoid(r2_2 + v_dense_2_bias[i_1]);
+            real r2_3 = (((r2_p3[0] + r2_p3[1]) + (r2_p3[2] + r2_p3[3])) + ((r2_p3[4] + r2_p3[5]) + (r2_p3[6] + r2_p3[7])));
+            v_a[(bb_12 + 3)*10 + i_1] = nncc_sigmoid(r2_3 + v_dense_2_bias[i_1]);
+        }
+    }
+    for (int b_8 = batch - batch % 4; b_8 < batch; b_8++) {
+        for (int i_1 = 0; i_1 < 10; i_1++) {
+            real r3_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (int jo_21 = 0; jo_21 < 3; jo_21++) {
+                for (int u_22 = 0; u_22 < 8; u_22++) {
+                    r3_p[u_22] += v_dense_2_weight[(i_1)*30 + 8*jo_21 + u_22]*v_sigmoid_1[(b_8)*30 + 8*jo_21 + u_22];
+                }
+            }
+            for (int j_15 = 24; j_15 < 30; j_15++) {
+                r3_p[0] += v_dense_2_weight[(i_1)*30 + j_15]*v_sigmoid_1[(b_8)*30 + j_15];
+            }
+            real r3 = (((r3_p[0] + r3_p[1]) + (r3_p[2] + r3_p[3])) + ((r3_p[4] + r3_p[5]) + (r3_p[6] + r3_p[7])));
+            v_a[(b_8)*10 + i_1] = nncc_sigmoid(r3 + v_dense_2_bias[i_1]);
+        }
+    }
+    /* quadratic_1: quadratic_1[b] = Σ_i (-y[b, i] + a[b, i])**2/2  [#fwd-quadratic_1] */
+    for (int b_8 = 0; b_8 < batch; b_8++) {
+        real r4 = 0;
+        for (int i_1 = 0; i_1 < 10; i_1++) {
+            r4 += ((v_a[(b_8)*10 + i_1] - v_y[(b_8)*10 + i_1])*(v_a[(b_8)*10 + i_1] - v_y[(b_8)*10 + i_1]));
+        }
+        v_quadratic_1[b_8] = (((real)0.5))*r4;
+    }
+    const real seed = ((real)1 / (real)batch);  /* d loss / d per-sample loss */
+    /* d_a[b, i] = (-y[b, i] + a[b, i])*d_quadratic_1[b]  [#bwd-quadratic_1-a] */
+    /* d_dense_2[b, i] = -(-1 + a[b, i])*a[b, i]*d_a[b, i]  [#bwd-sigmoid_2-dense_2] */
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_1 = 0; i_1 < 10; i_1++) {
+            dv_dense_2[(b_0)*10 + i_1] = -seed*(v_a[(b_0)*10 + i_1] - 1)*(v_a[(b_0)*10 + i_1] - v_y[(b_0)*10 + i_1])*v_a[(b_0)*10 + i_1];
+        }
+    }
+    /* d_dense_2_weight[i, j] = Σ_b (d_dense_2[b, i]*sigmoid_1[b, j])  [#bwd-dense_2-weight] */
+    for (int i_1 = 0; i_1 < 10; i_1++) {
+        for (int j_2 = 0; j_2 < 30; j_2++) {
+            dv_dense_2_weight[(i_1)*30 + j_2] = 0;
+        }
+    }
+    for (int i_1 = 0; i_1 < 10; i_1++) {
+        for (int b_0 = 0; b_0 < batch; b_0++) {
+            for (int j_2 = 0; j_2 < 30; j_2++) {
+                dv_dense_2_weight[(i_1)*30 + j_2] += dv_dense_2[(b_0)*10 + i_1]*v_sigmoid_1[(b_0)*30 + j_2];
+            }
+        }
+    }
+    /* d_dense_2_bias[i] = Σ_b d_dense_2[b, i]  [#bwd-dense_2-bias] */
+    for (int i_1 = 0; i_1 < 10; i_1++) {
+        dv_dense_2_bias[i_1] = 0;
+    }
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_1 = 0; i_1 < 10; i_1++) {
+            dv_dense_2_bias[i_1] += dv_dense_2[(b_0)*10 + i_1];
+        }
+    }
+    /* dense_2_bias -= lr * its gradient, which is complete and read no more */
+    for (long n = 0; n < 10; n++) {
+        params[23850 + n] -= lr * dv_dense_2_bias[n];
+    }
+    /* d_sigmoid_1[b, j] = Σ_i (d_dense_2[b, i]*dense_2.weight[i, j])  [#bwd-dense_2-sigmoid_1] */
+    /* d_dense_1[b, i] = -(-1 + sigmoid_1[b, i])*d_sigmoid_1[b, i]*sigmoid_1[b, i]  [#bwd-sigmoid_1-dense_1] */
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_1 = 0; i_1 < 30; i_1++) {
+            dv_dense_1[(b_0)*30 + i_1] = 0;
+        }
+    }
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int ip_3 = 0; ip_3 < 10; ip_3++) {
+            for (int i_1 = 0; i_1 < 30; i_1++) {
+                dv_dense_1[(b_0)*30 + i_1] += -(v_sigmoid_1[(b_0)*30 + i_1] - 1)*dv_dense_2[(b_0)*10 + ip_3]*v_dense_2_weight[(ip_3)*30 + i_1]*v_sigmoid_1[(b_0)*30 + i_1];
+            }
+        }
+    }
+    /* dense_2_weight -= lr * its gradient, which is complete and read no more */
+    for (long n = 0; n < 300; n++) {
+        params[23550 + n] -= lr * dv_dense_2_weight[n];
+    }
+    /* d_dense_1_weight[i, j] = Σ_b (d_dense_1[b, i]*x[b, j])  [#bwd-dense_1-weight] */
+    for (int i_1 = 0; i_1 < 30; i_1++) {
+        for (int j_2 = 0; j_2 < 784; j_2++) {
+            dv_dense_1_weight[(i_1)*784 + j_2] = 0;
+        }
+    }
+    for (int i_1 = 0; i_1 < 30; i_1++) {
+        for (int b_0 = 0; b_0 < batch; b_0++) {
+            for (int j_2 = 0; j_2 < 784; j_2++) {
+                dv_dense_1_weight[(i_1)*784 + j_2] += dv_dense_1[(b_0)*30 + i_1]*v_x[(b_0)*784 + j_2];
+            }
+        }
+    }
+    /* dense_1_weight -= lr * its gradient, which is complete and read no more */
+    for (long n = 0; n < 23520; n++) {
+        params[0 + n] -= lr * dv_dense_1_weight[n];
+    }
+    /* d_dense_1_bias[i] = Σ_b d_dense_1[b, i]  [#bwd-dense_1-bias] */
+    for (int i_1 = 0; i_1 < 30; i_1++) {
+        dv_dense_1_bias[i_1] = 0;
+    }
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_1 = 0; i_1 < 30; i_1++) {
+            dv_dense_1_bias[i_1] += dv_dense_1[(b_0)*30 + i_1];
+        }
+    }
+    /* dense_1_bias -= lr * its gradient, which is complete and read no more */
+    for (long n = 0; n < 30; n++) {
+        params[23520 + n] -= lr * dv_dense_1_bias[n];
+    }
+    return nielsen_loss_value(v_quadratic_1, batch);
 }
 
 #undef real

@@ -20,8 +20,8 @@ typedef float nielsen_real;
 
 #define NIELSEN_PARAM_COUNT 23860
 #define NIELSEN_PARAM_BYTES (NIELSEN_PARAM_COUNT * sizeof(nielsen_real))
-/* workspace, in nielsen_real values: 81 per sample + 0 */
-#define NIELSEN_WORKSPACE_SIZE(batch) ((size_t)(batch) * 81 + 0)
+/* workspace, in nielsen_real values: 81 per sample + 23520 */
+#define NIELSEN_WORKSPACE_SIZE(batch) ((size_t)(batch) * 81 + 23520)
 #define NIELSEN_WORKSPACE_BYTES(batch) (NIELSEN_WORKSPACE_SIZE(batch) * sizeof(nielsen_real))
 /* values per sample of each input, target and of the output */
 #define NIELSEN_X_SIZE 784   /* x: [784] */
@@ -54,9 +54,10 @@ nielsen_real nielsen_loss_and_grad(const nielsen_real *params, const nielsen_rea
                         int batch, nielsen_real *grad, nielsen_real *work);
 
 /* one step of gradient descent on params, in place; returns the loss before the step.
- * grad[NIELSEN_PARAM_COUNT] is scratch space for the gradient. */
+ * Each parameter is updated as soon as its gradient is complete and the step reads it
+ * no more, so the gradients live in the workspace, a few at a time. */
 nielsen_real nielsen_sgd_step(nielsen_real *params, const nielsen_real *v_x, const nielsen_real *v_y,
-                        int batch, nielsen_real lr, nielsen_real *grad, nielsen_real *work);
+                        int batch, nielsen_real lr, nielsen_real *work);
 
 #ifdef __cplusplus
 }

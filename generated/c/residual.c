@@ -873,12 +873,505 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
     return residual_loss_value(v_softmax_cross_entropy_1, batch);
 }
 
-real residual_sgd_step(real *params, const residual_real *v_x, const residual_real *v_y, int batch, real lr, real *grad, real *work)
+real residual_sgd_step(real *params, const residual_real *v_x, const residual_real *v_y, int batch, real lr, real *work)
 {
-    real value = residual_loss_and_grad(params, v_x, v_y, batch, grad, work);
-    for (long k = 0; k < RESIDUAL_PARAM_COUNT; k++)
-        params[k] -= lr * grad[k];
-    return value;
+    const real *v_conv2d_1_weight = params + 0;
+    const real *v_conv2d_1_bias = params + 72;
+    const real *v_conv2d_2_weight = params + 80;
+    const real *v_conv2d_2_bias = params + 656;
+    const real *v_conv2d_3_weight = params + 664;
+    const real *v_conv2d_3_bias = params + 1240;
+    const real *v_dense_1_weight = params + 1248;
+    const real *v_dense_1_bias = params + 2528;
+    real *v_conv2d_1 = work + 0;
+    real *dv_conv2d_1 = work + (size_t)batch * 512 + 0;
+    real *v_stem = work + (size_t)batch * 512 + 0;
+    real *dv_stem = work + (size_t)batch * 2573 + 0;
+    real *v_conv2d_2 = work + (size_t)batch * 1024 + 0;
+    real *dv_conv2d_2 = work + (size_t)batch * 1536 + 0;
+    real *v_relu_2 = work + (size_t)batch * 1536 + 0;
+    real *dv_relu_2 = work + (size_t)batch * 3085 + 0;
+    real *dv_body = work + (size_t)batch * 2048 + 0;
+    real *v_add_1 = work + (size_t)batch * 2048 + 0;
+    real *dv_add_1 = work + (size_t)batch * 3351 + 0;
+    real *v_block = work + (size_t)batch * 2560 + 0;
+    real *dv_block = work + (size_t)batch * 2839 + 0;
+    real *dv_avgpool2d_1 = work + (size_t)batch * 2711 + 0;
+    real *v_flatten_1 = work + (size_t)batch * 3072 + 0;
+    real *dv_flatten_1 = work + (size_t)batch * 2583 + 0;
+    real *v_z = work + (size_t)batch * 2560 + 0;
+    real *dv_z = work + (size_t)batch * 2573 + 0;
+    real *v_softmax_cross_entropy_1 = work + (size_t)batch * 2572 + 0;
+    real *tmp0 = work + (size_t)batch * 2570 + 0;
+    real *tmp1 = work + (size_t)batch * 2571 + 0;
+    real *tmp2 = work + (size_t)batch * 2570 + 0;
+    real *tmp3 = work + (size_t)batch * 2571 + 0;
+    real *tmp4 = work + (size_t)batch * 2583 + 0;
+    real *dv_conv2d_1_weight = work + (size_t)batch * 3863 + 0;
+    real *dv_conv2d_1_bias = work + (size_t)batch * 3863 + 0;
+    real *dv_conv2d_2_weight = work + (size_t)batch * 3863 + 0;
+    real *dv_conv2d_2_bias = work + (size_t)batch * 3863 + 0;
+    real *dv_conv2d_3_weight = work + (size_t)batch * 3863 + 0;
+    real *dv_conv2d_3_bias = work + (size_t)batch * 3863 + 0;
+    real *dv_dense_1_weight = work + (size_t)batch * 3863 + 0;
+    real *dv_dense_1_bias = work + (size_t)batch * 3863 + 0;
+    /* conv2d_1: conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1] */
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int o_1 = 0; o_1 < 8; o_1++) {
+            for (int i_2 = 0; i_2 < 8; i_2++) {
+                for (int j_3 = 0; j_3 < 8; j_3++) {
+                    real r0 = 0;
+                    for (int ci_5 = 0; ci_5 < 1; ci_5++) {
+                        for (int p_6 = 0; p_6 < 3; p_6++) {
+                            for (int q_7 = 0; q_7 < 3; q_7++) {
+                                r0 += v_conv2d_1_weight[(o_1)*9 + (ci_5)*9 + (p_6)*3 + q_7]*(((i_2 + p_6 - 1) >= 0 && (i_2 + p_6 - 1) < 8 && (j_3 + q_7 - 1) >= 0 && (j_3 + q_7 - 1) < 8) ? v_x[(b_0)*64 + (ci_5)*64 + (i_2 + p_6 - 1)*8 + j_3 + q_7 - 1] : (real)0);
+                            }
+                        }
+                    }
+                    v_conv2d_1[(b_0)*512 + (o_1)*64 + (i_2)*8 + j_3] = r0 + v_conv2d_1_bias[o_1];
+                }
+            }
+        }
+    }
+    /* relu_1: stem[b, i, j, k] = where(conv2d_1[b, i, j, k] <= 0, 0, conv2d_1[b, i, j, k])  [#fwd-relu_1] */
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_2 = 0; i_2 < 8; i_2++) {
+            for (int j_3 = 0; j_3 < 8; j_3++) {
+                for (int k_8 = 0; k_8 < 8; k_8++) {
+                    v_stem[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] = nncc_where(v_conv2d_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] <= 0, 0, v_conv2d_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8]);
+                }
+            }
+        }
+    }
+    /* conv2d_2: conv2d_2[b, o, i, j] = conv2d_2.bias[o] + Σ_ci,p,q (conv2d_2.weight[o, ci, p, q]*stem[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_2] */
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int o_1 = 0; o_1 < 8; o_1++) {
+            for (int i_2 = 0; i_2 < 8; i_2++) {
+                for (int j_3 = 0; j_3 < 8; j_3++) {
+                    real r1 = 0;
+                    for (int ci_5 = 0; ci_5 < 8; ci_5++) {
+                        for (int p_6 = 0; p_6 < 3; p_6++) {
+                            for (int q_7 = 0; q_7 < 3; q_7++) {
+                                r1 += v_conv2d_2_weight[(o_1)*72 + (ci_5)*9 + (p_6)*3 + q_7]*(((i_2 + p_6 - 1) >= 0 && (i_2 + p_6 - 1) < 8 && (j_3 + q_7 - 1) >= 0 && (j_3 + q_7 - 1) < 8) ? v_stem[(b_0)*512 + (ci_5)*64 + (i_2 + p_6 - 1)*8 + j_3 + q_7 - 1] : (real)0);
+                            }
+                        }
+                    }
+                    v_conv2d_2[(b_0)*512 + (o_1)*64 + (i_2)*8 + j_3] = r1 + v_conv2d_2_bias[o_1];
+                }
+            }
+        }
+    }
+    /* relu_2: relu_2[b, i, j, k] = where(conv2d_2[b, i, j, k] <= 0, 0, conv2d_2[b, i, j, k])  [#fwd-relu_2] */
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_2 = 0; i_2 < 8; i_2++) {
+            for (int j_3 = 0; j_3 < 8; j_3++) {
+                for (int k_8 = 0; k_8 < 8; k_8++) {
+                    v_relu_2[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] = nncc_where(v_conv2d_2[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] <= 0, 0, v_conv2d_2[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8]);
+                }
+            }
+        }
+    }
+    /* conv2d_3: body[b, o, i, j] = conv2d_3.bias[o] + Σ_ci,p,q (conv2d_3.weight[o, ci, p, q]*relu_2[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_3] */
+    /* add_1: add_1[b, i, j, k] = body[b, i, j, k] + stem[b, i, j, k]  [#fwd-add_1] */
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_2 = 0; i_2 < 8; i_2++) {
+            for (int j_3 = 0; j_3 < 8; j_3++) {
+                for (int k_8 = 0; k_8 < 8; k_8++) {
+                    real r2 = 0;
+                    for (int ci_5 = 0; ci_5 < 8; ci_5++) {
+                        for (int p_6 = 0; p_6 < 3; p_6++) {
+                            for (int q_7 = 0; q_7 < 3; q_7++) {
+                                r2 += v_conv2d_3_weight[(i_2)*72 + (ci_5)*9 + (p_6)*3 + q_7]*(((j_3 + p_6 - 1) >= 0 && (j_3 + p_6 - 1) < 8 && (k_8 + q_7 - 1) >= 0 && (k_8 + q_7 - 1) < 8) ? v_relu_2[(b_0)*512 + (ci_5)*64 + (j_3 + p_6 - 1)*8 + k_8 + q_7 - 1] : (real)0);
+                            }
+                        }
+                    }
+                    v_add_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] = r2 + v_conv2d_3_bias[i_2] + v_stem[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8];
+                }
+            }
+        }
+    }
+    /* relu_3: block[b, i, j, k] = where(add_1[b, i, j, k] <= 0, 0, add_1[b, i, j, k])  [#fwd-relu_3] */
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_2 = 0; i_2 < 8; i_2++) {
+            for (int j_3 = 0; j_3 < 8; j_3++) {
+                for (int k_8 = 0; k_8 < 8; k_8++) {
+                    v_block[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] = nncc_where(v_add_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8] <= 0, 0, v_add_1[(b_0)*512 + (i_2)*64 + (j_3)*8 + k_8]);
+                }
+            }
+        }
+    }
+    /* avgpool2d_1: avgpool2d_1[b, ch, i, j] = Σ_p,q block[b, ch, p + 2*i, q + 2*j]/4  [#fwd-avgpool2d_1] */
+    /* flatten_1: flatten_1[b, j + 4*i + 16*ch] = avgpool2d_1[b, ch, i, j]  [#fwd-flatten_1] */
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int ch_11 = 0; ch_11 < 8; ch_11++) {
+            for (int i_2 = 0; i_2 < 4; i_2++) {
+                for (int j_3 = 0; j_3 < 4; j_3++) {
+                    real r3 = 0;
+                    for (int p_6 = 0; p_6 < 2; p_6++) {
+                        for (int q_7 = 0; q_7 < 2; q_7++) {
+                            r3 += v_block[(b_0)*512 + (ch_11)*64 + (2*i_2 + p_6)*8 + 2*j_3 + q_7];
+                        }
+                    }
+                    v_flatten_1[(b_0)*128 + 16*ch_11 + 4*i_2 + j_3] = (((real)0.25))*r3;
+                }
+            }
+        }
+    }
+    /* dense_1: z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1] */
+    for (int bb_13 = 0; bb_13 + 4 <= batch; bb_13 += 4) {
+        for (int i_2 = 0; i_2 < 10; i_2++) {
+            real r4_p0[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            real r4_p1[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            real r4_p2[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            real r4_p3[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (int jo_14 = 0; jo_14 < 16; jo_14++) {
+                for (int u_15 = 0; u_15 < 8; u_15++) {
+                    r4_p0[u_15] += v_dense_1_weight[(i_2)*128 + 8*jo_14 + u_15]*v_flatten_1[(bb_13)*128 + 8*jo_14 + u_15];
+                    r4_p1[u_15] += v_dense_1_weight[(i_2)*128 + 8*jo_14 + u_15]*v_flatten_1[(bb_13 + 1)*128 + 8*jo_14 + u_15];
+                    r4_p2[u_15] += v_dense_1_weight[(i_2)*128 + 8*jo_14 + u_15]*v_flatten_1[(bb_13 + 2)*128 + 8*jo_14 + u_15];
+                    r4_p3[u_15] += v_dense_1_weight[(i_2)*128 + 8*jo_14 + u_15]*v_flatten_1[(bb_13 + 3)*128 + 8*jo_14 + u_15];
+                }
+            }
+            real r4_0 = (((r4_p0[0] + r4_p0[1]) + (r4_p0[2] + r4_p0[3])) + ((r4_p0[4] + r4_p0[5]) + (r4_p0[6] + r4_p0[7])));
+            v_z[(bb_13)*10 + i_2] = r4_0 + v_dense_1_bias[i_2];
+            real r4_1 = (((r4_p1[0] + r4_p1[1]) + (r4_p1[2] + r4_p1[3])) + ((r4_p1[4] + r4_p1[5]) + (r4_p1[6] + r4_p1[7])));
+            v_z[(bb_13 + 1)*10 + i_2] = r4_1 + v_dense_1_bias[i_2];
+            real r4_2 = (((r4_p2[0] + r4_p2[1]) + (r4_p2[2] + r4_p2[3])) + ((r4_p2[4] + r4_p2[5]) + (r4_p2[6] + r4_p2[7])));
+            v_z[(bb_13 + 2)*10 + i_2] = r4_2 + v_dense_1_bias[i_2];
+            real r4_3 = (((r4_p3[0] + r4_p3[1]) + (r4_p3[2] + r4_p3[3])) + ((r4_p3[4] + r4_p3[5]) + (r4_p3[6] + r4_p3[7])));
+            v_z[(bb_13 + 3)*10 + i_2] = r4_3 + v_dense_1_bias[i_2];
+        }
+    }
+    for (int b_0 = batch - batch % 4; b_0 < batch; b_0++) {
+        for (int i_2 = 0; i_2 < 10; i_2++) {
+            real r5_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (int jo_21 = 0; jo_21 < 16; jo_21++) {
+                for (int u_22 = 0; u_22 < 8; u_22++) {
+                    r5_p[u_22] += v_dense_1_weight[(i_2)*128 + 8*jo_21 + u_22]*v_flatten_1[(b_0)*128 + 8*jo_21 + u_22];
+                }
+            }
+            real r5 = (((r5_p[0] + r5_p[1]) + (r5_p[2] + r5_p[3])) + ((r5_p[4] + r5_p[5]) + (r5_p[6] + r5_p[7])));
+            v_z[(b_0)*10 + i_2] = r5 + v_dense_1_bias[i_2];
+        }
+    }
+    /* softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1] */
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        real m = -INFINITY, s = 0;
+        for (int j_3 = 0; j_3 < 10; j_3++) {
+            { real v = v_z[(b_0)*10 + j_3]; if (v > m || isnan(v)) m = v; }
+        }
+        for (int j_3 = 0; j_3 < 10; j_3++) {
+            s += exp(v_z[(b_0)*10 + j_3] - m);
+        }
+        tmp0[b_0] = m;
+        tmp1[b_0] = log(s);
+    }
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        real r6 = 0;
+        for (int i_2 = 0; i_2 < 10; i_2++) {
+            r6 += ((v_z[(b_0)*10 + i_2] - tmp0[b_0] - tmp1[b_0]))*v_y[(b_0)*10 + i_2];
+        }
+        v_softmax_cross_entropy_1[b_0] = -r6;
+    }
+    const real seed = ((real)1 / (real)batch);  /* d loss / d per-sample loss */
+    /* d_z[b, k] = (-y[b, k] + Σ_i y[b, i]*exp(-logsumexp_j(z[b, j]) + z[b, k]))*d_softmax_cross_entropy_1[b]  [#bwd-softmax_cross_entropy_1-z] */
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        real acc = 0;
+        for (int i_1 = 0; i_1 < 10; i_1++) {
+            acc += v_y[(b_0)*10 + i_1];
+        }
+        tmp2[b_0] = acc;
+    }
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        real m = -INFINITY, s = 0;
+        for (int j_2 = 0; j_2 < 10; j_2++) {
+            { real v = v_z[(b_0)*10 + j_2]; if (v > m || isnan(v)) m = v; }
+        }
+        for (int j_2 = 0; j_2 < 10; j_2++) {
+            s += exp(v_z[(b_0)*10 + j_2] - m);
+        }
+        tmp3[b_0] = m;
+        tmp4[b_0] = log(s);
+    }
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int k_3 = 0; k_3 < 10; k_3++) {
+            dv_z[(b_0)*10 + k_3] = seed*((-v_y[(b_0)*10 + k_3] + exp((v_z[(b_0)*10 + k_3] - tmp3[b_0] - tmp4[b_0]))*tmp2[b_0]));
+        }
+    }
+    /* d_flatten_1[b, j] = Σ_i (d_z[b, i]*dense_1.weight[i, j])  [#bwd-dense_1-flatten_1] */
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int j_2 = 0; j_2 < 128; j_2++) {
+            dv_flatten_1[(b_0)*128 + j_2] = 0;
+        }
+    }
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_1 = 0; i_1 < 10; i_1++) {
+            for (int j_2 = 0; j_2 < 128; j_2++) {
+                dv_flatten_1[(b_0)*128 + j_2] += dv_z[(b_0)*10 + i_1]*v_dense_1_weight[(i_1)*128 + j_2];
+            }
+        }
+    }
+    /* d_dense_1_weight[i, j] = Σ_b (d_z[b, i]*flatten_1[b, j])  [#bwd-dense_1-weight] */
+    for (int i_1 = 0; i_1 < 10; i_1++) {
+        for (int j_2 = 0; j_2 < 128; j_2++) {
+            dv_dense_1_weight[(i_1)*128 + j_2] = 0;
+        }
+    }
+    for (int i_1 = 0; i_1 < 10; i_1++) {
+        for (int b_0 = 0; b_0 < batch; b_0++) {
+            for (int j_2 = 0; j_2 < 128; j_2++) {
+                dv_dense_1_weight[(i_1)*128 + j_2] += dv_z[(b_0)*10 + i_1]*v_flatten_1[(b_0)*128 + j_2];
+            }
+        }
+    }
+    /* dense_1_weight -= lr * its gradient, which is complete and read no more */
+    for (long n = 0; n < 1280; n++) {
+        params[1248 + n] -= lr * dv_dense_1_weight[n];
+    }
+    /* d_dense_1_bias[i] = Σ_b d_z[b, i]  [#bwd-dense_1-bias] */
+    for (int i_1 = 0; i_1 < 10; i_1++) {
+        dv_dense_1_bias[i_1] = 0;
+    }
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_1 = 0; i_1 < 10; i_1++) {
+            dv_dense_1_bias[i_1] += dv_z[(b_0)*10 + i_1];
+        }
+    }
+    /* dense_1_bias -= lr * its gradient, which is complete and read no more */
+    for (long n = 0; n < 10; n++) {
+        params[2528 + n] -= lr * dv_dense_1_bias[n];
+    }
+    /* d_avgpool2d_1[b, ch, i, j] = d_flatten_1[b, j + 4*i + 16*ch]  [#bwd-flatten_1-avgpool2d_1] */
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int ch_4 = 0; ch_4 < 8; ch_4++) {
+            for (int i_1 = 0; i_1 < 4; i_1++) {
+                for (int j_2 = 0; j_2 < 4; j_2++) {
+                    dv_avgpool2d_1[(b_0)*128 + (ch_4)*16 + (i_1)*4 + j_2] = dv_flatten_1[(b_0)*128 + 16*ch_4 + 4*i_1 + j_2];
+                }
+            }
+        }
+    }
+    /* d_block[b, ch, k, l] = Σ_i,j,p,q (d_avgpool2d_1[b, ch, i, j]*δ(k,p + 2*i)*δ(l,q + 2*j))/4  [#bwd-avgpool2d_1-block] */
+    for (long n = 0; n < (long)batch*8*8*8; n++) {
+        dv_block[n] = 0;
+    }
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int ch_4 = 0; ch_4 < 8; ch_4++) {
+            for (int i_1 = 0; i_1 < 4; i_1++) {
+                for (int j_2 = 0; j_2 < 4; j_2++) {
+                    for (int p_5 = 0; p_5 < 2; p_5++) {
+                        for (int q_6 = 0; q_6 < 2; q_6++) {
+                            dv_block[(b_0)*512 + (ch_4)*64 + (2*i_1 + p_5)*8 + 2*j_2 + q_6] += (((real)0.25))*dv_avgpool2d_1[(b_0)*128 + (ch_4)*16 + (i_1)*4 + j_2];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    /* d_add_1[b, i, j, k] = where(add_1[b, i, j, k] > 0, d_block[b, i, j, k], 0)  [#bwd-relu_3-add_1] */
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_1 = 0; i_1 < 8; i_1++) {
+            for (int j_2 = 0; j_2 < 8; j_2++) {
+                for (int k_3 = 0; k_3 < 8; k_3++) {
+                    dv_add_1[(b_0)*512 + (i_1)*64 + (j_2)*8 + k_3] = nncc_where(v_add_1[(b_0)*512 + (i_1)*64 + (j_2)*8 + k_3] > 0, dv_block[(b_0)*512 + (i_1)*64 + (j_2)*8 + k_3], 0);
+                }
+            }
+        }
+    }
+    /* d_body[b, i, j, k] = d_add_1[b, i, j, k]  [#bwd-add_1-body] */
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_1 = 0; i_1 < 8; i_1++) {
+            for (int j_2 = 0; j_2 < 8; j_2++) {
+                for (int k_3 = 0; k_3 < 8; k_3++) {
+                    dv_body[(b_0)*512 + (i_1)*64 + (j_2)*8 + k_3] = dv_add_1[(b_0)*512 + (i_1)*64 + (j_2)*8 + k_3];
+                }
+            }
+        }
+    }
+    /* d_stem[b, i, j, k] = d_add_1[b, i, j, k]  [#bwd-add_1-stem] */
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_1 = 0; i_1 < 8; i_1++) {
+            for (int j_2 = 0; j_2 < 8; j_2++) {
+                for (int k_3 = 0; k_3 < 8; k_3++) {
+                    dv_stem[(b_0)*512 + (i_1)*64 + (j_2)*8 + k_3] = dv_add_1[(b_0)*512 + (i_1)*64 + (j_2)*8 + k_3];
+                }
+            }
+        }
+    }
+    /* d_relu_2[b, ci, k, l] = Σ_o,i,j,p,q (conv2d_3.weight[o, ci, p, q]*d_body[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_3-relu_2] */
+    for (long n = 0; n < (long)batch*8*8*8; n++) {
+        dv_relu_2[n] = 0;
+    }
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int ci_7 = 0; ci_7 < 8; ci_7++) {
+            for (int i_1 = 0; i_1 < 8; i_1++) {
+                for (int j_2 = 0; j_2 < 8; j_2++) {
+                    for (int p_5 = 0; p_5 < 3; p_5++) {
+                        for (int q_6 = 0; q_6 < 3; q_6++) {
+                            real r0 = 0;
+                            for (int o_9 = 0; o_9 < 8; o_9++) {
+                                r0 += v_conv2d_3_weight[(o_9)*72 + (ci_7)*9 + (p_5)*3 + q_6]*dv_body[(b_0)*512 + (o_9)*64 + (i_1)*8 + j_2];
+                            }
+                            if ((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 8 && (j_2 + q_6 - 1) >= 0 && (j_2 + q_6 - 1) < 8) dv_relu_2[(b_0)*512 + (ci_7)*64 + (i_1 + p_5 - 1)*8 + j_2 + q_6 - 1] += r0;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    /* d_conv2d_3_weight[o, ci, p, q] = Σ_b,i,j (d_body[b, o, i, j]*relu_2[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_3-weight] */
+    for (int o_9 = 0; o_9 < 8; o_9++) {
+        for (int ci_7 = 0; ci_7 < 8; ci_7++) {
+            for (int p_5 = 0; p_5 < 3; p_5++) {
+                for (int q_6 = 0; q_6 < 3; q_6++) {
+                    real r1 = 0;
+                    for (int b_0 = 0; b_0 < batch; b_0++) {
+                        for (int i_1 = 0; i_1 < 8; i_1++) {
+                            for (int j_2 = 0; j_2 < 8; j_2++) {
+                                r1 += dv_body[(b_0)*512 + (o_9)*64 + (i_1)*8 + j_2]*(((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 8 && (j_2 + q_6 - 1) >= 0 && (j_2 + q_6 - 1) < 8) ? v_relu_2[(b_0)*512 + (ci_7)*64 + (i_1 + p_5 - 1)*8 + j_2 + q_6 - 1] : (real)0);
+                            }
+                        }
+                    }
+                    dv_conv2d_3_weight[(o_9)*72 + (ci_7)*9 + (p_5)*3 + q_6] = r1;
+                }
+            }
+        }
+    }
+    /* conv2d_3_weight -= lr * its gradient, which is complete and read no more */
+    for (long n = 0; n < 576; n++) {
+        params[664 + n] -= lr * dv_conv2d_3_weight[n];
+    }
+    /* d_conv2d_3_bias[o] = Σ_b,i,j d_body[b, o, i, j]  [#bwd-conv2d_3-bias] */
+    for (int o_9 = 0; o_9 < 8; o_9++) {
+        real r2 = 0;
+        for (int b_0 = 0; b_0 < batch; b_0++) {
+            for (int i_1 = 0; i_1 < 8; i_1++) {
+                for (int j_2 = 0; j_2 < 8; j_2++) {
+                    r2 += dv_body[(b_0)*512 + (o_9)*64 + (i_1)*8 + j_2];
+                }
+            }
+        }
+        dv_conv2d_3_bias[o_9] = r2;
+    }
+    /* conv2d_3_bias -= lr * its gradient, which is complete and read no more */
+    for (long n = 0; n < 8; n++) {
+        params[1240 + n] -= lr * dv_conv2d_3_bias[n];
+    }
+    /* d_conv2d_2[b, i, j, k] = where(conv2d_2[b, i, j, k] > 0, d_relu_2[b, i, j, k], 0)  [#bwd-relu_2-conv2d_2] */
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_1 = 0; i_1 < 8; i_1++) {
+            for (int j_2 = 0; j_2 < 8; j_2++) {
+                for (int k_3 = 0; k_3 < 8; k_3++) {
+                    dv_conv2d_2[(b_0)*512 + (i_1)*64 + (j_2)*8 + k_3] = nncc_where(v_conv2d_2[(b_0)*512 + (i_1)*64 + (j_2)*8 + k_3] > 0, dv_relu_2[(b_0)*512 + (i_1)*64 + (j_2)*8 + k_3], 0);
+                }
+            }
+        }
+    }
+    /* d_stem[b, ci, k, l] += Σ_o,i,j,p,q (conv2d_2.weight[o, ci, p, q]*d_conv2d_2[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_2-stem] */
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int ci_7 = 0; ci_7 < 8; ci_7++) {
+            for (int i_1 = 0; i_1 < 8; i_1++) {
+                for (int j_2 = 0; j_2 < 8; j_2++) {
+                    for (int p_5 = 0; p_5 < 3; p_5++) {
+                        for (int q_6 = 0; q_6 < 3; q_6++) {
+                            real r3 = 0;
+                            for (int o_9 = 0; o_9 < 8; o_9++) {
+                                r3 += v_conv2d_2_weight[(o_9)*72 + (ci_7)*9 + (p_5)*3 + q_6]*dv_conv2d_2[(b_0)*512 + (o_9)*64 + (i_1)*8 + j_2];
+                            }
+                            if ((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 8 && (j_2 + q_6 - 1) >= 0 && (j_2 + q_6 - 1) < 8) dv_stem[(b_0)*512 + (ci_7)*64 + (i_1 + p_5 - 1)*8 + j_2 + q_6 - 1] += r3;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    /* d_conv2d_2_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_2[b, o, i, j]*stem[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_2-weight] */
+    for (int o_9 = 0; o_9 < 8; o_9++) {
+        for (int ci_7 = 0; ci_7 < 8; ci_7++) {
+            for (int p_5 = 0; p_5 < 3; p_5++) {
+                for (int q_6 = 0; q_6 < 3; q_6++) {
+                    real r4 = 0;
+                    for (int b_0 = 0; b_0 < batch; b_0++) {
+                        for (int i_1 = 0; i_1 < 8; i_1++) {
+                            for (int j_2 = 0; j_2 < 8; j_2++) {
+                                r4 += dv_conv2d_2[(b_0)*512 + (o_9)*64 + (i_1)*8 + j_2]*(((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 8 && (j_2 + q_6 - 1) >= 0 && (j_2 + q_6 - 1) < 8) ? v_stem[(b_0)*512 + (ci_7)*64 + (i_1 + p_5 - 1)*8 + j_2 + q_6 - 1] : (real)0);
+                            }
+                        }
+                    }
+                    dv_conv2d_2_weight[(o_9)*72 + (ci_7)*9 + (p_5)*3 + q_6] = r4;
+                }
+            }
+        }
+    }
+    /* conv2d_2_weight -= lr * its gradient, which is complete and read no more */
+    for (long n = 0; n < 576; n++) {
+        params[80 + n] -= lr * dv_conv2d_2_weight[n];
+    }
+    /* d_conv2d_2_bias[o] = Σ_b,i,j d_conv2d_2[b, o, i, j]  [#bwd-conv2d_2-bias] */
+    for (int o_9 = 0; o_9 < 8; o_9++) {
+        real r5 = 0;
+        for (int b_0 = 0; b_0 < batch; b_0++) {
+            for (int i_1 = 0; i_1 < 8; i_1++) {
+                for (int j_2 = 0; j_2 < 8; j_2++) {
+                    r5 += dv_conv2d_2[(b_0)*512 + (o_9)*64 + (i_1)*8 + j_2];
+                }
+            }
+        }
+        dv_conv2d_2_bias[o_9] = r5;
+    }
+    /* conv2d_2_bias -= lr * its gradient, which is complete and read no more */
+    for (long n = 0; n < 8; n++) {
+        params[656 + n] -= lr * dv_conv2d_2_bias[n];
+    }
+    /* d_conv2d_1[b, i, j, k] = where(conv2d_1[b, i, j, k] > 0, d_stem[b, i, j, k], 0)  [#bwd-relu_1-conv2d_1] */
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_1 = 0; i_1 < 8; i_1++) {
+            for (int j_2 = 0; j_2 < 8; j_2++) {
+                for (int k_3 = 0; k_3 < 8; k_3++) {
+                    dv_conv2d_1[(b_0)*512 + (i_1)*64 + (j_2)*8 + k_3] = nncc_where(v_conv2d_1[(b_0)*512 + (i_1)*64 + (j_2)*8 + k_3] > 0, dv_stem[(b_0)*512 + (i_1)*64 + (j_2)*8 + k_3], 0);
+                }
+            }
+        }
+    }
+    /* d_conv2d_1_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_1[b, o, i, j]*x[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_1-weight] */
+    for (int o_9 = 0; o_9 < 8; o_9++) {
+        for (int ci_7 = 0; ci_7 < 1; ci_7++) {
+            for (int p_5 = 0; p_5 < 3; p_5++) {
+                for (int q_6 = 0; q_6 < 3; q_6++) {
+                    real r6 = 0;
+                    for (int b_0 = 0; b_0 < batch; b_0++) {
+                        for (int i_1 = 0; i_1 < 8; i_1++) {
+                            for (int j_2 = 0; j_2 < 8; j_2++) {
+                                r6 += dv_conv2d_1[(b_0)*512 + (o_9)*64 + (i_1)*8 + j_2]*(((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 8 && (j_2 + q_6 - 1) >= 0 && (j_2 + q_6 - 1) < 8) ? v_x[(b_0)*64 + (ci_7)*64 + (i_1 + p_5 - 1)*8 + j_2 + q_6 - 1] : (real)0);
+                            }
+                        }
+                    }
+                    dv_conv2d_1_weight[(o_9)*9 + (ci_7)*9 + (p_5)*3 + q_6] = r6;
+                }
+            }
+        }
+    }
+    /* conv2d_1_weight -= lr * its gradient, which is complete and read no more */
+    for (long n = 0; n < 72; n++) {
+        params[0 + n] -= lr * dv_conv2d_1_weight[n];
+    }
+    /* d_conv2d_1_bias[o] = Σ_b,i,j d_conv2d_1[b, o, i, j]  [#bwd-conv2d_1-bias] */
+    for (int o_9 = 0; o_9 < 8; o_9++) {
+        real r7 = 0;
+        for (int b_0 = 0; b_0 < batch; b_0++) {
+            for (int i_1 = 0; i_1 < 8; i_1++) {
+                for (int j_2 = 0; j_2 < 8; j_2++) {
+                    r7 += dv_conv2d_1[(b_0)*512 + (o_9)*64 + (i_1)*8 + j_2];
+                }
+            }
+        }
+        dv_conv2d_1_bias[o_9] = r7;
+    }
+    /* conv2d_1_bias -= lr * its gradient, which is complete and read no more */
+    for (long n = 0; n < 8; n++) {
+        params[72 + n] -= lr * dv_conv2d_1_bias[n];
+    }
+    return residual_loss_value(v_softmax_cross_entropy_1, batch);
 }
 
 #undef real

@@ -20,8 +20,8 @@ typedef float residual_real;
 
 #define RESIDUAL_PARAM_COUNT 2538
 #define RESIDUAL_PARAM_BYTES (RESIDUAL_PARAM_COUNT * sizeof(residual_real))
-/* workspace, in residual_real values: 3863 per sample + 0 */
-#define RESIDUAL_WORKSPACE_SIZE(batch) ((size_t)(batch) * 3863 + 0)
+/* workspace, in residual_real values: 3863 per sample + 1280 */
+#define RESIDUAL_WORKSPACE_SIZE(batch) ((size_t)(batch) * 3863 + 1280)
 #define RESIDUAL_WORKSPACE_BYTES(batch) (RESIDUAL_WORKSPACE_SIZE(batch) * sizeof(residual_real))
 /* values per sample of each input, target and of the output */
 #define RESIDUAL_X_SIZE 64   /* x: [1, 8, 8] */
@@ -62,9 +62,10 @@ residual_real residual_loss_and_grad(const residual_real *params, const residual
                         int batch, residual_real *grad, residual_real *work);
 
 /* one step of gradient descent on params, in place; returns the loss before the step.
- * grad[RESIDUAL_PARAM_COUNT] is scratch space for the gradient. */
+ * Each parameter is updated as soon as its gradient is complete and the step reads it
+ * no more, so the gradients live in the workspace, a few at a time. */
 residual_real residual_sgd_step(residual_real *params, const residual_real *v_x, const residual_real *v_y,
-                        int batch, residual_real lr, residual_real *grad, residual_real *work);
+                        int batch, residual_real lr, residual_real *work);
 
 #ifdef __cplusplus
 }

@@ -274,12 +274,140 @@ real xor_loss_and_grad(const real *params, const xor_real *v_x, const xor_real *
     return xor_loss_value(v_binary_cross_entropy_1, batch);
 }
 
-real xor_sgd_step(real *params, const xor_real *v_x, const xor_real *v_y, int batch, real lr, real *grad, real *work)
+real xor_sgd_step(real *params, const xor_real *v_x, const xor_real *v_y, int batch, real lr, real *work)
 {
-    real value = xor_loss_and_grad(params, v_x, v_y, batch, grad, work);
-    for (long k = 0; k < XOR_PARAM_COUNT; k++)
-        params[k] -= lr * grad[k];
-    return value;
+    const real *v_dense_1_weight = params + 0;
+    const real *v_dense_1_bias = params + 8;
+    const real *v_dense_2_weight = params + 12;
+    const real *v_dense_2_bias = params + 16;
+    real *dv_dense_1 = work + (size_t)batch * 8 + 0;
+    real *v_h = work + 0;
+    real *v_dense_2 = work + (size_t)batch * 5 + 0;
+    real *dv_dense_2 = work + (size_t)batch * 7 + 0;
+    real *v_p = work + (size_t)batch * 4 + 0;
+    real *v_binary_cross_entropy_1 = work + (size_t)batch * 6 + 0;
+    real *dv_dense_1_weight = work + (size_t)batch * 12 + 0;
+    real *dv_dense_1_bias = work + (size_t)batch * 12 + 0;
+    real *dv_dense_2_weight = work + (size_t)batch * 12 + 0;
+    real *dv_dense_2_bias = work + (size_t)batch * 12 + 4;
+    /* dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
+    /* tanh_1: h[b, i] = tanh(dense_1[b, i])  [#fwd-tanh_1] */
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_1 = 0; i_1 < 4; i_1++) {
+            real r0 = 0;
+            for (int j_3 = 0; j_3 < 2; j_3++) {
+                r0 += v_dense_1_weight[(i_1)*2 + j_3]*v_x[(b_0)*2 + j_3];
+            }
+            v_h[(b_0)*4 + i_1] = tanh(r0 + v_dense_1_bias[i_1]);
+        }
+    }
+    /* dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2] */
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_1 = 0; i_1 < 1; i_1++) {
+            real r1 = 0;
+            for (int j_3 = 0; j_3 < 4; j_3++) {
+                r1 += v_dense_2_weight[(i_1)*4 + j_3]*v_h[(b_0)*4 + j_3];
+            }
+            v_dense_2[b_0 + i_1] = r1 + v_dense_2_bias[i_1];
+        }
+    }
+    /* sigmoid_1: p[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_1] */
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_1 = 0; i_1 < 1; i_1++) {
+            v_p[b_0 + i_1] = nncc_sigmoid(v_dense_2[b_0 + i_1]);
+        }
+    }
+    /* binary_cross_entropy_1: binary_cross_entropy_1[b] = -Σ_i ((1 - y[b, i])*where(log(1 - p[b, i]) > -100, log(1 - p[b, i]), -100) + y[b, i]*where(log(p[b, i]) > -100, log(p[b, i]), -100))  [#fwd-binary_cross_entropy_1] */
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        real r2 = 0;
+        for (int i_1 = 0; i_1 < 1; i_1++) {
+            r2 += (1 - v_y[b_0 + i_1])*nncc_where(nncc_softplus(v_dense_2[b_0 + i_1]) > 100, -100, -nncc_softplus(v_dense_2[b_0 + i_1])) + nncc_where(nncc_softplus(-v_dense_2[b_0 + i_1]) > 100, -100, -nncc_softplus(-v_dense_2[b_0 + i_1]))*v_y[b_0 + i_1];
+        }
+        v_binary_cross_entropy_1[b_0] = -r2;
+    }
+    const real seed = ((real)1 / (real)batch);  /* d loss / d per-sample loss */
+    /* d_p[b, i] = where(log(1 - p[b, i]) > -100, (1 - y[b, i])*d_binary_cross_entropy_1[b]/(1 - p[b, i]), 0) + where(log(p[b, i]) > -100, -d_binary_cross_entropy_1[b]*y[b, i]/p[b, i], 0)  [#bwd-binary_cross_entropy_1-p] */
+    /* d_dense_2[b, i] = -(-1 + p[b, i])*d_p[b, i]*p[b, i]  [#bwd-sigmoid_1-dense_2] */
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_1 = 0; i_1 < 1; i_1++) {
+            dv_dense_2[b_0 + i_1] = nncc_sigmoid(-v_dense_2[b_0 + i_1])*v_p[b_0 + i_1]*(nncc_where(nncc_sigmoid(-v_dense_2[b_0 + i_1]) > ((real)3.720075976020836e-44), seed*(1 - v_y[b_0 + i_1])/nncc_sigmoid(-v_dense_2[b_0 + i_1]), 0) + nncc_where(v_p[b_0 + i_1] > ((real)3.720075976020836e-44), -seed*v_y[b_0 + i_1]/v_p[b_0 + i_1], 0));
+        }
+    }
+    /* d_dense_2_weight[i, j] = Σ_b (d_dense_2[b, i]*h[b, j])  [#bwd-dense_2-weight] */
+    for (int i_1 = 0; i_1 < 1; i_1++) {
+        for (int j_2 = 0; j_2 < 4; j_2++) {
+            dv_dense_2_weight[(i_1)*4 + j_2] = 0;
+        }
+    }
+    for (int i_1 = 0; i_1 < 1; i_1++) {
+        for (int b_0 = 0; b_0 < batch; b_0++) {
+            for (int j_2 = 0; j_2 < 4; j_2++) {
+                dv_dense_2_weight[(i_1)*4 + j_2] += dv_dense_2[b_0 + i_1]*v_h[(b_0)*4 + j_2];
+            }
+        }
+    }
+    /* d_dense_2_bias[i] = Σ_b d_dense_2[b, i]  [#bwd-dense_2-bias] */
+    for (int i_1 = 0; i_1 < 1; i_1++) {
+        dv_dense_2_bias[i_1] = 0;
+    }
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_1 = 0; i_1 < 1; i_1++) {
+            dv_dense_2_bias[i_1] += dv_dense_2[b_0 + i_1];
+        }
+    }
+    /* dense_2_bias -= lr * its gradient, which is complete and read no more */
+    for (long n = 0; n < 1; n++) {
+        params[16 + n] -= lr * dv_dense_2_bias[n];
+    }
+    /* d_h[b, j] = Σ_i (d_dense_2[b, i]*dense_2.weight[i, j])  [#bwd-dense_2-h] */
+    /* d_dense_1[b, i] = (1 - h[b, i]**2)*d_h[b, i]  [#bwd-tanh_1-dense_1] */
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_1 = 0; i_1 < 4; i_1++) {
+            dv_dense_1[(b_0)*4 + i_1] = 0;
+        }
+    }
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int ip_3 = 0; ip_3 < 1; ip_3++) {
+            for (int i_1 = 0; i_1 < 4; i_1++) {
+                dv_dense_1[(b_0)*4 + i_1] += (1 - ((v_h[(b_0)*4 + i_1])*(v_h[(b_0)*4 + i_1])))*dv_dense_2[b_0 + ip_3]*v_dense_2_weight[(ip_3)*4 + i_1];
+            }
+        }
+    }
+    /* dense_2_weight -= lr * its gradient, which is complete and read no more */
+    for (long n = 0; n < 4; n++) {
+        params[12 + n] -= lr * dv_dense_2_weight[n];
+    }
+    /* d_dense_1_weight[i, j] = Σ_b (d_dense_1[b, i]*x[b, j])  [#bwd-dense_1-weight] */
+    for (int i_1 = 0; i_1 < 4; i_1++) {
+        for (int j_2 = 0; j_2 < 2; j_2++) {
+            dv_dense_1_weight[(i_1)*2 + j_2] = 0;
+        }
+    }
+    for (int i_1 = 0; i_1 < 4; i_1++) {
+        for (int b_0 = 0; b_0 < batch; b_0++) {
+            for (int j_2 = 0; j_2 < 2; j_2++) {
+                dv_dense_1_weight[(i_1)*2 + j_2] += dv_dense_1[(b_0)*4 + i_1]*v_x[(b_0)*2 + j_2];
+            }
+        }
+    }
+    /* dense_1_weight -= lr * its gradient, which is complete and read no more */
+    for (long n = 0; n < 8; n++) {
+        params[0 + n] -= lr * dv_dense_1_weight[n];
+    }
+    /* d_dense_1_bias[i] = Σ_b d_dense_1[b, i]  [#bwd-dense_1-bias] */
+    for (int i_1 = 0; i_1 < 4; i_1++) {
+        dv_dense_1_bias[i_1] = 0;
+    }
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_1 = 0; i_1 < 4; i_1++) {
+            dv_dense_1_bias[i_1] += dv_dense_1[(b_0)*4 + i_1];
+        }
+    }
+    /* dense_1_bias -= lr * its gradient, which is complete and read no more */
+    for (long n = 0; n < 4; n++) {
+        params[8 + n] -= lr * dv_dense_1_bias[n];
+    }
+    return xor_loss_value(v_binary_cross_entropy_1, batch);
 }
 
 #undef real

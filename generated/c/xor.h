@@ -20,8 +20,8 @@ typedef float xor_real;
 
 #define XOR_PARAM_COUNT 17
 #define XOR_PARAM_BYTES (XOR_PARAM_COUNT * sizeof(xor_real))
-/* workspace, in xor_real values: 12 per sample + 0 */
-#define XOR_WORKSPACE_SIZE(batch) ((size_t)(batch) * 12 + 0)
+/* workspace, in xor_real values: 12 per sample + 8 */
+#define XOR_WORKSPACE_SIZE(batch) ((size_t)(batch) * 12 + 8)
 #define XOR_WORKSPACE_BYTES(batch) (XOR_WORKSPACE_SIZE(batch) * sizeof(xor_real))
 /* values per sample of each input, target and of the output */
 #define XOR_X_SIZE 2   /* x: [2] */
@@ -54,9 +54,10 @@ xor_real xor_loss_and_grad(const xor_real *params, const xor_real *v_x, const xo
                         int batch, xor_real *grad, xor_real *work);
 
 /* one step of gradient descent on params, in place; returns the loss before the step.
- * grad[XOR_PARAM_COUNT] is scratch space for the gradient. */
+ * Each parameter is updated as soon as its gradient is complete and the step reads it
+ * no more, so the gradients live in the workspace, a few at a time. */
 xor_real xor_sgd_step(xor_real *params, const xor_real *v_x, const xor_real *v_y,
-                        int batch, xor_real lr, xor_real *grad, xor_real *work);
+                        int batch, xor_real lr, xor_real *work);
 
 #ifdef __cplusplus
 }

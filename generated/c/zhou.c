@@ -248,12 +248,134 @@ real zhou_loss_and_grad(const real *params, const zhou_real *v_x, const zhou_rea
     return zhou_loss_value(v_quadratic_1, batch);
 }
 
-real zhou_sgd_step(real *params, const zhou_real *v_x, const zhou_real *v_y, int batch, real lr, real *grad, real *work)
+real zhou_sgd_step(real *params, const zhou_real *v_x, const zhou_real *v_y, int batch, real lr, real *work)
 {
-    real value = zhou_loss_and_grad(params, v_x, v_y, batch, grad, work);
-    for (long k = 0; k < ZHOU_PARAM_COUNT; k++)
-        params[k] -= lr * grad[k];
-    return value;
+    const real *v_hidden_weight = params + 0;
+    const real *v_hidden_bias = params + 20;
+    const real *v_out_weight = params + 25;
+    const real *v_out_bias = params + 40;
+    real *dv_hidden = work + (size_t)batch * 12 + 0;
+    real *v_b = work + 0;
+    real *dv_out = work + (size_t)batch * 9 + 0;
+    real *v_yhat = work + (size_t)batch * 5 + 0;
+    real *v_quadratic_1 = work + (size_t)batch * 8 + 0;
+    real *dv_hidden_weight = work + (size_t)batch * 17 + 0;
+    real *dv_hidden_bias = work + (size_t)batch * 17 + 0;
+    real *dv_out_weight = work + (size_t)batch * 17 + 0;
+    real *dv_out_bias = work + (size_t)batch * 17 + 15;
+    /* hidden: hidden[s, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[s, j])  [#fwd-hidden] */
+    /* sigmoid_1: b[s, i] = 1/(1 + exp(-hidden[s, i]))  [#fwd-sigmoid_1] */
+    for (int s_0 = 0; s_0 < batch; s_0++) {
+        for (int i_1 = 0; i_1 < 5; i_1++) {
+            real r0 = 0;
+            for (int j_3 = 0; j_3 < 4; j_3++) {
+                r0 += v_hidden_weight[(i_1)*4 + j_3]*v_x[(s_0)*4 + j_3];
+            }
+            v_b[(s_0)*5 + i_1] = nncc_sigmoid(r0 + v_hidden_bias[i_1]);
+        }
+    }
+    /* out: out[s, i] = out.bias[i] + Σ_j (b[s, j]*out.weight[i, j])  [#fwd-out] */
+    /* sigmoid_2: yhat[s, i] = 1/(1 + exp(-out[s, i]))  [#fwd-sigmoid_2] */
+    for (int s_0 = 0; s_0 < batch; s_0++) {
+        for (int i_1 = 0; i_1 < 3; i_1++) {
+            real r1 = 0;
+            for (int j_3 = 0; j_3 < 5; j_3++) {
+                r1 += v_b[(s_0)*5 + j_3]*v_out_weight[(i_1)*5 + j_3];
+            }
+            v_yhat[(s_0)*3 + i_1] = nncc_sigmoid(r1 + v_out_bias[i_1]);
+        }
+    }
+    /* quadratic_1: quadratic_1[s] = Σ_i (-y[s, i] + yhat[s, i])**2/2  [#fwd-quadratic_1] */
+    for (int s_0 = 0; s_0 < batch; s_0++) {
+        real r2 = 0;
+        for (int i_1 = 0; i_1 < 3; i_1++) {
+            r2 += ((-v_y[(s_0)*3 + i_1] + v_yhat[(s_0)*3 + i_1])*(-v_y[(s_0)*3 + i_1] + v_yhat[(s_0)*3 + i_1]));
+        }
+        v_quadratic_1[s_0] = (((real)0.5))*r2;
+    }
+    const real seed = ((real)1 / (real)batch);  /* d loss / d per-sample loss */
+    /* d_yhat[s, i] = (-y[s, i] + yhat[s, i])*d_quadratic_1[s]  [#bwd-quadratic_1-yhat] */
+    /* d_out[s, i] = -(-1 + yhat[s, i])*d_yhat[s, i]*yhat[s, i]  [#bwd-sigmoid_2-out] */
+    for (int s_0 = 0; s_0 < batch; s_0++) {
+        for (int i_1 = 0; i_1 < 3; i_1++) {
+            dv_out[(s_0)*3 + i_1] = -seed*(-v_y[(s_0)*3 + i_1] + v_yhat[(s_0)*3 + i_1])*(v_yhat[(s_0)*3 + i_1] - 1)*v_yhat[(s_0)*3 + i_1];
+        }
+    }
+    /* d_out_weight[i, j] = Σ_s (b[s, j]*d_out[s, i])  [#bwd-out-weight] */
+    for (int i_1 = 0; i_1 < 3; i_1++) {
+        for (int j_2 = 0; j_2 < 5; j_2++) {
+            dv_out_weight[(i_1)*5 + j_2] = 0;
+        }
+    }
+    for (int i_1 = 0; i_1 < 3; i_1++) {
+        for (int s_0 = 0; s_0 < batch; s_0++) {
+            for (int j_2 = 0; j_2 < 5; j_2++) {
+                dv_out_weight[(i_1)*5 + j_2] += v_b[(s_0)*5 + j_2]*dv_out[(s_0)*3 + i_1];
+            }
+        }
+    }
+    /* d_out_bias[i] = Σ_s d_out[s, i]  [#bwd-out-bias] */
+    for (int i_1 = 0; i_1 < 3; i_1++) {
+        dv_out_bias[i_1] = 0;
+    }
+    for (int s_0 = 0; s_0 < batch; s_0++) {
+        for (int i_1 = 0; i_1 < 3; i_1++) {
+            dv_out_bias[i_1] += dv_out[(s_0)*3 + i_1];
+        }
+    }
+    /* out_bias -= lr * its gradient, which is complete and read no more */
+    for (long n = 0; n < 3; n++) {
+        params[40 + n] -= lr * dv_out_bias[n];
+    }
+    /* d_b[s, j] = Σ_i (d_out[s, i]*out.weight[i, j])  [#bwd-out-b] */
+    /* d_hidden[s, i] = -(-1 + b[s, i])*b[s, i]*d_b[s, i]  [#bwd-sigmoid_1-hidden] */
+    for (int s_0 = 0; s_0 < batch; s_0++) {
+        for (int i_1 = 0; i_1 < 5; i_1++) {
+            dv_hidden[(s_0)*5 + i_1] = 0;
+        }
+    }
+    for (int s_0 = 0; s_0 < batch; s_0++) {
+        for (int ip_3 = 0; ip_3 < 3; ip_3++) {
+            for (int i_1 = 0; i_1 < 5; i_1++) {
+                dv_hidden[(s_0)*5 + i_1] += -(v_b[(s_0)*5 + i_1] - 1)*v_b[(s_0)*5 + i_1]*dv_out[(s_0)*3 + ip_3]*v_out_weight[(ip_3)*5 + i_1];
+            }
+        }
+    }
+    /* out_weight -= lr * its gradient, which is complete and read no more */
+    for (long n = 0; n < 15; n++) {
+        params[25 + n] -= lr * dv_out_weight[n];
+    }
+    /* d_hidden_weight[i, j] = Σ_s (d_hidden[s, i]*x[s, j])  [#bwd-hidden-weight] */
+    for (int i_1 = 0; i_1 < 5; i_1++) {
+        for (int j_2 = 0; j_2 < 4; j_2++) {
+            dv_hidden_weight[(i_1)*4 + j_2] = 0;
+        }
+    }
+    for (int i_1 = 0; i_1 < 5; i_1++) {
+        for (int s_0 = 0; s_0 < batch; s_0++) {
+            for (int j_2 = 0; j_2 < 4; j_2++) {
+                dv_hidden_weight[(i_1)*4 + j_2] += dv_hidden[(s_0)*5 + i_1]*v_x[(s_0)*4 + j_2];
+            }
+        }
+    }
+    /* hidden_weight -= lr * its gradient, which is complete and read no more */
+    for (long n = 0; n < 20; n++) {
+        params[0 + n] -= lr * dv_hidden_weight[n];
+    }
+    /* d_hidden_bias[i] = Σ_s d_hidden[s, i]  [#bwd-hidden-bias] */
+    for (int i_1 = 0; i_1 < 5; i_1++) {
+        dv_hidden_bias[i_1] = 0;
+    }
+    for (int s_0 = 0; s_0 < batch; s_0++) {
+        for (int i_1 = 0; i_1 < 5; i_1++) {
+            dv_hidden_bias[i_1] += dv_hidden[(s_0)*5 + i_1];
+        }
+    }
+    /* hidden_bias -= lr * its gradient, which is complete and read no more */
+    for (long n = 0; n < 5; n++) {
+        params[20 + n] -= lr * dv_hidden_bias[n];
+    }
+    return zhou_loss_value(v_quadratic_1, batch);
 }
 
 #undef real

@@ -20,8 +20,8 @@ typedef float zhou_real;
 
 #define ZHOU_PARAM_COUNT 43
 #define ZHOU_PARAM_BYTES (ZHOU_PARAM_COUNT * sizeof(zhou_real))
-/* workspace, in zhou_real values: 17 per sample + 0 */
-#define ZHOU_WORKSPACE_SIZE(batch) ((size_t)(batch) * 17 + 0)
+/* workspace, in zhou_real values: 17 per sample + 20 */
+#define ZHOU_WORKSPACE_SIZE(batch) ((size_t)(batch) * 17 + 20)
 #define ZHOU_WORKSPACE_BYTES(batch) (ZHOU_WORKSPACE_SIZE(batch) * sizeof(zhou_real))
 /* values per sample of each input, target and of the output */
 #define ZHOU_X_SIZE 4   /* x: [4] */
@@ -54,9 +54,10 @@ zhou_real zhou_loss_and_grad(const zhou_real *params, const zhou_real *v_x, cons
                         int batch, zhou_real *grad, zhou_real *work);
 
 /* one step of gradient descent on params, in place; returns the loss before the step.
- * grad[ZHOU_PARAM_COUNT] is scratch space for the gradient. */
+ * Each parameter is updated as soon as its gradient is complete and the step reads it
+ * no more, so the gradients live in the workspace, a few at a time. */
 zhou_real zhou_sgd_step(zhou_real *params, const zhou_real *v_x, const zhou_real *v_y,
-                        int batch, zhou_real lr, zhou_real *grad, zhou_real *work);
+                        int batch, zhou_real lr, zhou_real *work);
 
 #ifdef __cplusplus
 }

@@ -598,6 +598,8 @@ class CPlan:
     loss_name: str
     reduce: str
     helpers: tuple  # the runtime helpers the code calls, in runtime.c's order
+    step: list = None  # sgd_step's backward lines: each parameter updated once done with
+    step_grads: list = None  # Buffer: the parameters' gradients in sgd_step's workspace
 
 
 def plan_c(program: Program, real="float") -> CPlan:
@@ -622,28 +624,53 @@ def plan_c(program: Program, real="float") -> CPlan:
             work.append(buffers[grad_name(t.name)])
 
     def body(statements):
-        """(C lines, the arrays they use, the arrays each statement uses)."""
+        """(C lines, the arrays they use, the arrays each statement uses, the statements'
+        nodes, one list each)."""
         low = CLowerer(buffers, work)
-        steps = []
+        steps, nodes = [], []
         for st in statements:
             low.used = set()
+            start = len(low.nodes)
             for note in st.notes[:-1]:  # the steps fused into this one
                 low._emit(f"/* {_comment(note)} */")
             with generating(st.node, st.fused):
                 low.assign(st, _comment(st.notes[-1]))
             steps.append(low.used)
+            nodes.append(low.nodes[start:])
         helpers.update(low.helpers)
-        return low.lines, set().union(*steps), steps
+        return low.lines, set().union(*steps), steps, nodes
 
     helpers = set()
-    (forward, forward_uses, forward_steps), (loss, loss_uses, loss_steps) = \
+    (forward, forward_uses, forward_steps, _), (loss, loss_uses, loss_steps, _) = \
         body(program.forward), body(program.loss)
-    backward, backward_uses, backward_steps = body(program.backward)
+    backward, backward_uses, backward_steps, backward_nodes = body(program.backward)
+    # sgd_step updates each parameter as soon as its gradient is complete and the backward
+    # pass reads it no more: the gradient lives in the workspace, only until then
+    step_grads, updates = [], {}
+    for name, c, _, off, size, _ in params:
+        if name in program.zero_grads:
+            continue
+        last = max((k for k, used in enumerate(backward_steps) if {c, "d" + c} & used), default=None)
+        if last is not None:
+            step_grads.append(Buffer("d" + c, buffers[name].shape, "work"))
+            updates.setdefault(last, []).append((c, off, size))
+    step_nodes, step_steps = [], []
+    for k, (ns, used) in enumerate(zip(backward_nodes, backward_steps)):
+        step_nodes += ns
+        step_steps.append(used)
+        for c, off, size in updates.get(k, ()):
+            step_nodes.append(Stmt(f"/* {c[2:]} -= lr * its gradient, which is complete and read no more */"))
+            step_nodes.append(Loop("n", "0", str(size), [Stmt(f"params[{off} + n] -= lr * d{c}[n];")], type="long"))
+            step_steps.append({"d" + c})
     # each function's order of uses, with what its template reads at the end: the output
-    # that forward copies out, the per-sample losses that the others total
+    # that forward copies out, the per-sample losses that the others total; loss_and_grad
+    # writes the parameters' gradients to the caller's array, not the workspace
     out, loss_name = buffers[g.output], cname(g.loss)
-    per_sample, constant = memory_plan(work, [forward_steps + [{out.name}],
-                                              loss_steps + backward_steps + [{loss_name}]])
+    in_grad = {w.name for w in step_grads}
+    per_sample, constant = memory_plan(work + step_grads, [
+        forward_steps + [{out.name}],
+        [used - in_grad for used in loss_steps + backward_steps] + [{loss_name}],
+        loss_steps + step_steps + [{loss_name}]])
     return CPlan(g.name, g.source, real,
                  [(t.name, cname(t.name), t.shape) for t in g.inputs],
                  [(t.name, cname(t.name), t.shape) for t in g.targets],
@@ -652,7 +679,8 @@ def plan_c(program: Program, real="float") -> CPlan:
                  dict(forward=forward_uses, loss=loss_uses, backward=backward_uses),
                  [(p.name, "d" + cname(p.name), p.name in program.zero_grads) for p in g.params],
                  out, int(sp.Mul(*g.tensors[g.output].shape)) if g.tensors[g.output].shape else 1,
-                 loss_name, g.reduce, tuple(h for h in _helpers() if h in helpers))
+                 loss_name, g.reduce, tuple(h for h in _helpers() if h in helpers),
+                 render(step_nodes), step_grads)
 
 
 def memory_plan(work: list, orders: list) -> tuple:
@@ -758,6 +786,7 @@ def render_c(plan: CPlan, standalone: bool = True) -> tuple[str, str]:
     inputs = [f"const {plan.name}_real *{c}" for _, c, _ in plan.inputs]
     targets = [f"const {plan.name}_real *{c}" for _, c, _ in plan.targets]
     work = [dict(name=w.name, offset=offset_code(w.offset)) for w in plan.work]
+    step_grads = [dict(name=w.name, offset=offset_code(w.offset)) for w in plan.step_grads]
     values = dict(helpers=plan.helpers, helper_source="\n\n".join(_helpers()[h] for h in plan.helpers),
                   standalone=standalone, name=plan.name, P=P, version=__version__, source=plan.source, real=plan.real,
                   param_count=plan.param_count, per_sample=plan.work_linear[0], constant=plan.work_linear[1],
@@ -765,7 +794,7 @@ def render_c(plan: CPlan, standalone: bool = True) -> tuple[str, str]:
                   input_params=", ".join(inputs), all_params=", ".join(inputs + targets),
                   all_args=", ".join(c for _, c, _ in plan.inputs + plan.targets),
                   reduce=plan.reduce, work=work, forward=plan.forward, loss_lines=plan.loss,
-                  backward=plan.backward, output=plan.output.name, loss=plan.loss_name,
+                  backward=plan.backward, step=plan.step, output=plan.output.name, loss=plan.loss_name,
                   seed=(("((real)1 / (real)batch)" if plan.reduce == "mean" else "((real)1)")
                         if "seed" in plan.uses["backward"] else None),
                   zero_grads=[dict(name=n, cname=c, size=next(p["size"] for p in params if p["name"] == n))
@@ -779,7 +808,14 @@ def render_c(plan: CPlan, standalone: bool = True) -> tuple[str, str]:
                                [c for _, c, _ in plan.inputs]),
         loss=_pointers_used(plan.uses["loss"] | {plan.loss_name}, params, work, arrays),
         loss_and_grad=_pointers_used(plan.uses["loss"] | plan.uses["backward"] | zeroing | {plan.loss_name},
-                                     params, work, arrays, grads=True))
+                                     params, work, arrays, grads=True),
+        sgd_step=_pointers_used(plan.uses["loss"] | plan.uses["backward"] | {plan.loss_name},
+                                params, work + step_grads, arrays))
+    unused = values["uses"]["sgd_step"]["unused"]
+    if step_grads:  # the updates write params themselves
+        unused[:] = [a for a in unused if a != "params"]
+    else:  # nothing to update: the loss reaches no parameter
+        unused += [a for a in ("params", "lr") if a not in unused]
     env = environment()
     return (env.get_template("c_header.h.j2").render(**values),
             env.get_template("c_source.c.j2").render(**values))
@@ -792,11 +828,11 @@ def training_memory(c, dtype: str = "float32") -> str:
     params, (per, const) = plan.param_count * size, (n * size for n in plan.work_linear)
 
     def total(batch):
-        return f"{2 * params + per * batch + const:,} B at batch {batch}"
+        return f"{params + per * batch + const:,} B at batch {batch}"
 
-    return (f"{c.graph.name}: training memory planned ({dtype}): parameters {params:,} B, their gradient "
-            f"{params:,} B, workspace {per:,} B per sample" + (f" + {const:,} B" if const else "") +
-            f"; {total(1)}, {total(64)}")
+    return (f"{c.graph.name}: training memory planned ({dtype}): parameters {params:,} B, workspace "
+            f"{per:,} B per sample" + (f" + {const:,} B" if const else "") +
+            f" (each gradient in it only until its parameter is updated); {total(1)}, {total(64)}")
 
 
 def render_c_files(c, dtype: str = "float32") -> dict:
