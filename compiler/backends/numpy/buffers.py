@@ -125,6 +125,9 @@ def plan_body(lines: list, shapes: dict, returned: set, kept: set) -> tuple:
             dest = ws.take(shape, info.kind)
             code = rewriter.emit(tree, dest)
             held = {dest}
+            if _nesting(code) > MAX_NESTING:  # each operation a call: a long sum nests deeply
+                code, held = line.code, set()
+                ws.free.append(dest)
         else:
             code = rewriter._plain(tree)
             # a value that is not new may be a view of any array this line read
@@ -475,6 +478,21 @@ def _int(node):
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub) and isinstance(node.operand, ast.Constant):
         return -node.operand.value
     return False
+
+
+# brackets in one line: CPython refuses 200, and a sum of n terms as calls nests n deep
+MAX_NESTING = 100
+
+
+def _nesting(code: str) -> int:
+    depth = top = 0
+    for ch in code:
+        if ch in "([{":
+            depth += 1
+            top = max(top, depth)
+        elif ch in ")]}":
+            depth -= 1
+    return top
 
 
 def _paren(code: str) -> str:
