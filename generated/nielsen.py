@@ -33,9 +33,9 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 # each function's buffers, kept between calls: (shape with None for the batch axis, boolean?)
 _BUFFERS = (
     (((None, 30,), False), ((None, 10,), False), ),
-    (((None, 30,), False), ((None, 10,), False), ((None,), False), ),
-    (((None, 30,), False), ((None, 10,), False), ((None,), False), ((None, 10,), False), ((None, 30,), False), ),
-    (((None, 30,), False), ((None, 10,), False), ((None,), False), ((None, 10,), False), ((10, 30,), False), ((10,), False), ((None, 30,), False), ((30, 784,), False), ((30,), False), ),
+    (((None, 30,), False), ((None, 10,), False), ((None,), False), ((None, 10,), False), ),
+    (((None, 30,), False), ((None, 10,), False), ((None,), False), ((None, 10,), False), ((None, 10,), False), ((None, 30,), False), ((None, 30,), False), ),
+    (((None, 30,), False), ((None, 10,), False), ((None,), False), ((None, 10,), False), ((None, 10,), False), ((10, 30,), False), ((10,), False), ((None, 30,), False), ((None, 30,), False), ((30, 784,), False), ((30,), False), ),
 )
 # ... and the numbers it reads as arrays of the dtype
 _CONSTANTS = (
@@ -165,14 +165,15 @@ def _complain(params, arrays):
 
 
 
-def _sigmoid(z):
-    # 1/(1+exp(-z)) without overflow: exp of a non-positive number only, 1/(1+e) or
-    # e/(1+e) by the sign, with e = exp(-|z|); one division, in place
-    e = np.exp(-np.abs(z))
-    s = np.where(z >= 0, 1, e)
-    e += 1
-    s /= e
-    return s
+def _sigmoid(z, out=None):
+    # 1/(1 + exp(-z)), as PyTorch computes it, into out if given (it may be z itself):
+    # where exp(-z) overflows (z below about -88.7 in float32, -709 in float64) it is inf,
+    # quietly, and the sigmoid 0
+    s = np.negative(z, out=np.empty_like(z) if out is None else out)
+    with np.errstate(over="ignore"):
+        np.exp(s, out=s)
+    np.add(s, 1, out=s)
+    return np.reciprocal(s, out=s)
 
 
 def forward(params, x):
@@ -188,7 +189,7 @@ def forward(params, x):
     # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
     # sigmoid_1: sigmoid_1[b, i] = 1/(1 + exp(-dense_1[b, i]))  [#fwd-sigmoid_1]
     # sigmoid_1 = _sigmoid(dense_1_bias + (x @ dense_1_weight.T))
-    sigmoid_1 = _sigmoid(np.add(dense_1_bias, np.matmul(x, dense_1_weight.T, _b0), _b0))
+    sigmoid_1 = _sigmoid(np.add(dense_1_bias, np.matmul(x, dense_1_weight.T, _b0), _b0), _b0)
     # dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*sigmoid_1[b, j])  [#fwd-dense_2]
     # sigmoid_2: a[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_2]
     # a = _sigmoid(dense_2_bias + (sigmoid_1 @ dense_2_weight.T))
@@ -205,19 +206,19 @@ def loss(params, x, y):
     dense_2_weight = params["dense_2.weight"]
     dense_2_bias = params["dense_2.bias"]
     _w = _workspace(1, batch, dtype)
-    _b0, _b1, _b2, _k0 = _w
+    _b0, _b1, _b2, _b3, _k0 = _w
 
     # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
     # sigmoid_1: sigmoid_1[b, i] = 1/(1 + exp(-dense_1[b, i]))  [#fwd-sigmoid_1]
     # sigmoid_1 = _sigmoid(dense_1_bias + (x @ dense_1_weight.T))
-    sigmoid_1 = _sigmoid(np.add(dense_1_bias, np.matmul(x, dense_1_weight.T, _b0), _b0))
+    sigmoid_1 = _sigmoid(np.add(dense_1_bias, np.matmul(x, dense_1_weight.T, _b0), _b0), _b0)
     # dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*sigmoid_1[b, j])  [#fwd-dense_2]
     # sigmoid_2: a[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_2]
     # a = _sigmoid(dense_2_bias + (sigmoid_1 @ dense_2_weight.T))
-    a = _sigmoid(np.add(dense_2_bias, np.matmul(sigmoid_1, dense_2_weight.T, _b1), _b1))
+    a = _sigmoid(np.add(dense_2_bias, np.matmul(sigmoid_1, dense_2_weight.T, _b1), _b1), _b1)
     # quadratic_1: quadratic_1[b] = Σ_i (-y[b, i] + a[b, i])**2/2  [#fwd-quadratic_1]
     # quadratic_1 = 0.5*((a - y)**2).sum(axis=1)
-    quadratic_1 = np.multiply(_k0, np.add.reduce(np.square(np.subtract(a, y, _b1), _b1), axis=1, out=_b2), _b2)
+    quadratic_1 = np.multiply(_k0, np.add.reduce(np.square(np.subtract(a, y, _b3), _b3), axis=1, out=_b2), _b2)
     value = float(quadratic_1.sum() / batch)
     _done(1, batch, dtype, _w)
     return value
@@ -231,26 +232,26 @@ def loss_and_grad(params, x, y):
     dense_2_weight = params["dense_2.weight"]
     dense_2_bias = params["dense_2.bias"]
     _w = _workspace(2, batch, dtype)
-    _b0, _b1, _b2, _b3, _b4, _k0, _k1 = _w
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _k0, _k1 = _w
 
     # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
     # sigmoid_1: sigmoid_1[b, i] = 1/(1 + exp(-dense_1[b, i]))  [#fwd-sigmoid_1]
     # sigmoid_1 = _sigmoid(dense_1_bias + (x @ dense_1_weight.T))
-    sigmoid_1 = _sigmoid(np.add(dense_1_bias, np.matmul(x, dense_1_weight.T, _b0), _b0))
+    sigmoid_1 = _sigmoid(np.add(dense_1_bias, np.matmul(x, dense_1_weight.T, _b0), _b0), _b0)
     # dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*sigmoid_1[b, j])  [#fwd-dense_2]
     # sigmoid_2: a[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_2]
     # a = _sigmoid(dense_2_bias + (sigmoid_1 @ dense_2_weight.T))
-    a = _sigmoid(np.add(dense_2_bias, np.matmul(sigmoid_1, dense_2_weight.T, _b1), _b1))
+    a = _sigmoid(np.add(dense_2_bias, np.matmul(sigmoid_1, dense_2_weight.T, _b1), _b1), _b1)
     # quadratic_1: quadratic_1[b] = Σ_i (-y[b, i] + a[b, i])**2/2  [#fwd-quadratic_1]
     # quadratic_1 = 0.5*((a - y)**2).sum(axis=1)
-    quadratic_1 = np.multiply(_k0, np.add.reduce(np.square(np.subtract(a, y, _b1), _b1), axis=1, out=_b2), _b2)
+    quadratic_1 = np.multiply(_k0, np.add.reduce(np.square(np.subtract(a, y, _b3), _b3), axis=1, out=_b2), _b2)
     value = float(quadratic_1.sum() / batch)
     seed = 1 / batch
 
     # d_a[b, i] = (-y[b, i] + a[b, i])*d_quadratic_1[b]  [#bwd-quadratic_1-a]
     # d_dense_2[b, i] = -(-1 + a[b, i])*a[b, i]*d_a[b, i]  [#bwd-sigmoid_2-dense_2]
     # d_dense_2 = seed*(1 - a)*(a - y)*a
-    d_dense_2 = np.multiply(np.multiply(np.multiply(seed, np.subtract(_k1, a, _b1), _b1), np.subtract(a, y, _b3), _b1), a, _b1)
+    d_dense_2 = np.multiply(np.multiply(np.multiply(seed, np.subtract(_k1, a, _b3), _b3), np.subtract(a, y, _b4), _b3), a, _b3)
     # d_dense_2_weight[i, j] = Σ_b (d_dense_2[b, i]*sigmoid_1[b, j])  [#bwd-dense_2-weight]
     d_dense_2_weight = d_dense_2.T @ sigmoid_1
     # d_dense_2_bias[i] = Σ_b d_dense_2[b, i]  [#bwd-dense_2-bias]
@@ -258,7 +259,7 @@ def loss_and_grad(params, x, y):
     # d_sigmoid_1[b, j] = Σ_i (d_dense_2[b, i]*dense_2.weight[i, j])  [#bwd-dense_2-sigmoid_1]
     # d_dense_1[b, i] = -(-1 + sigmoid_1[b, i])*d_sigmoid_1[b, i]*sigmoid_1[b, i]  [#bwd-sigmoid_1-dense_1]
     # d_dense_1 = (1 - sigmoid_1)*sigmoid_1*(d_dense_2 @ dense_2_weight)
-    d_dense_1 = np.multiply(np.multiply(np.subtract(_k1, sigmoid_1, _b0), sigmoid_1, _b0), np.matmul(d_dense_2, dense_2_weight, _b4), _b0)
+    d_dense_1 = np.multiply(np.multiply(np.subtract(_k1, sigmoid_1, _b5), sigmoid_1, _b5), np.matmul(d_dense_2, dense_2_weight, _b6), _b5)
     # d_dense_1_weight[i, j] = Σ_b (d_dense_1[b, i]*x[b, j])  [#bwd-dense_1-weight]
     d_dense_1_weight = d_dense_1.T @ x
     # d_dense_1_bias[i] = Σ_b d_dense_1[b, i]  [#bwd-dense_1-bias]
@@ -281,19 +282,19 @@ def sgd_step(params, x, y, lr):
     dense_2_weight = params["dense_2.weight"]
     dense_2_bias = params["dense_2.bias"]
     _w = _workspace(3, batch, dtype)
-    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _k0, _k1 = _w
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _k0, _k1 = _w
 
     # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
     # sigmoid_1: sigmoid_1[b, i] = 1/(1 + exp(-dense_1[b, i]))  [#fwd-sigmoid_1]
     # sigmoid_1 = _sigmoid(dense_1_bias + (x @ dense_1_weight.T))
-    sigmoid_1 = _sigmoid(np.add(dense_1_bias, np.matmul(x, dense_1_weight.T, _b0), _b0))
+    sigmoid_1 = _sigmoid(np.add(dense_1_bias, np.matmul(x, dense_1_weight.T, _b0), _b0), _b0)
     # dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*sigmoid_1[b, j])  [#fwd-dense_2]
     # sigmoid_2: a[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_2]
     # a = _sigmoid(dense_2_bias + (sigmoid_1 @ dense_2_weight.T))
-    a = _sigmoid(np.add(dense_2_bias, np.matmul(sigmoid_1, dense_2_weight.T, _b1), _b1))
+    a = _sigmoid(np.add(dense_2_bias, np.matmul(sigmoid_1, dense_2_weight.T, _b1), _b1), _b1)
     # quadratic_1: quadratic_1[b] = Σ_i (-y[b, i] + a[b, i])**2/2  [#fwd-quadratic_1]
     # quadratic_1 = 0.5*((a - y)**2).sum(axis=1)
-    quadratic_1 = np.multiply(_k0, np.add.reduce(np.square(np.subtract(a, y, _b1), _b1), axis=1, out=_b2), _b2)
+    quadratic_1 = np.multiply(_k0, np.add.reduce(np.square(np.subtract(a, y, _b3), _b3), axis=1, out=_b2), _b2)
     value = float(quadratic_1.sum() / batch)
     # the backward pass seeded with -lr times the loss's seed: each gradient is the update
     seed = -float(lr) / batch
@@ -301,23 +302,23 @@ def sgd_step(params, x, y, lr):
     # d_a[b, i] = (-y[b, i] + a[b, i])*d_quadratic_1[b]  [#bwd-quadratic_1-a]
     # d_dense_2[b, i] = -(-1 + a[b, i])*a[b, i]*d_a[b, i]  [#bwd-sigmoid_2-dense_2]
     # d_dense_2 = seed*(1 - a)*(a - y)*a
-    d_dense_2 = np.multiply(np.multiply(np.multiply(seed, np.subtract(_k1, a, _b1), _b1), np.subtract(a, y, _b3), _b1), a, _b1)
+    d_dense_2 = np.multiply(np.multiply(np.multiply(seed, np.subtract(_k1, a, _b3), _b3), np.subtract(a, y, _b4), _b3), a, _b3)
     # d_dense_2_weight[i, j] = Σ_b (d_dense_2[b, i]*sigmoid_1[b, j])  [#bwd-dense_2-weight]
     # d_dense_2_weight = d_dense_2.T @ sigmoid_1
-    d_dense_2_weight = np.matmul(d_dense_2.T, sigmoid_1, _b4)
+    d_dense_2_weight = np.matmul(d_dense_2.T, sigmoid_1, _b5)
     # d_dense_2_bias[i] = Σ_b d_dense_2[b, i]  [#bwd-dense_2-bias]
     # d_dense_2_bias = d_dense_2.sum(axis=0)
-    d_dense_2_bias = np.add.reduce(d_dense_2, axis=0, out=_b5)
+    d_dense_2_bias = np.add.reduce(d_dense_2, axis=0, out=_b6)
     # d_sigmoid_1[b, j] = Σ_i (d_dense_2[b, i]*dense_2.weight[i, j])  [#bwd-dense_2-sigmoid_1]
     # d_dense_1[b, i] = -(-1 + sigmoid_1[b, i])*d_sigmoid_1[b, i]*sigmoid_1[b, i]  [#bwd-sigmoid_1-dense_1]
     # d_dense_1 = (1 - sigmoid_1)*sigmoid_1*(d_dense_2 @ dense_2_weight)
-    d_dense_1 = np.multiply(np.multiply(np.subtract(_k1, sigmoid_1, _b0), sigmoid_1, _b0), np.matmul(d_dense_2, dense_2_weight, _b6), _b0)
+    d_dense_1 = np.multiply(np.multiply(np.subtract(_k1, sigmoid_1, _b7), sigmoid_1, _b7), np.matmul(d_dense_2, dense_2_weight, _b8), _b7)
     # d_dense_1_weight[i, j] = Σ_b (d_dense_1[b, i]*x[b, j])  [#bwd-dense_1-weight]
     # d_dense_1_weight = d_dense_1.T @ x
-    d_dense_1_weight = np.matmul(d_dense_1.T, x, _b7)
+    d_dense_1_weight = np.matmul(d_dense_1.T, x, _b9)
     # d_dense_1_bias[i] = Σ_b d_dense_1[b, i]  [#bwd-dense_1-bias]
     # d_dense_1_bias = d_dense_1.sum(axis=0)
-    d_dense_1_bias = np.add.reduce(d_dense_1, axis=0, out=_b8)
+    d_dense_1_bias = np.add.reduce(d_dense_1, axis=0, out=_b10)
     dense_1_weight += d_dense_1_weight
     dense_1_bias += d_dense_1_bias
     dense_2_weight += d_dense_2_weight

@@ -33,9 +33,9 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 # each function's buffers, kept between calls: (shape with None for the batch axis, boolean?)
 _BUFFERS = (
     (((None, 4,), False), ((None, 1,), False), ),
-    (((None, 4,), False), ((None, 1,), False), ((None,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), False), ),
-    (((None, 4,), False), ((None, 1,), False), ((None,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), False), ((None, 1,), False), ((None, 4,), False), ((None, 4,), False), ),
-    (((None, 4,), False), ((None, 1,), False), ((None,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), False), ((None, 1,), False), ((1, 4,), False), ((1,), False), ((None, 4,), False), ((None, 4,), False), ((4, 2,), False), ((4,), False), ),
+    (((None, 4,), False), ((None, 1,), False), ((None, 1,), False), ((None,), False), ((None, 1,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), False), ),
+    (((None, 4,), False), ((None, 1,), False), ((None, 1,), False), ((None,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), False), ((None, 4,), False), ((None, 4,), False), ),
+    (((None, 4,), False), ((None, 1,), False), ((None, 1,), False), ((None,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), False), ((1, 4,), False), ((1,), False), ((None, 4,), False), ((None, 4,), False), ((4, 2,), False), ((4,), False), ),
 )
 # ... and the numbers it reads as arrays of the dtype
 _CONSTANTS = (
@@ -165,14 +165,15 @@ def _complain(params, arrays):
 
 
 
-def _sigmoid(z):
-    # 1/(1+exp(-z)) without overflow: exp of a non-positive number only, 1/(1+e) or
-    # e/(1+e) by the sign, with e = exp(-|z|); one division, in place
-    e = np.exp(-np.abs(z))
-    s = np.where(z >= 0, 1, e)
-    e += 1
-    s /= e
-    return s
+def _sigmoid(z, out=None):
+    # 1/(1 + exp(-z)), as PyTorch computes it, into out if given (it may be z itself):
+    # where exp(-z) overflows (z below about -88.7 in float32, -709 in float64) it is inf,
+    # quietly, and the sigmoid 0
+    s = np.negative(z, out=np.empty_like(z) if out is None else out)
+    with np.errstate(over="ignore"):
+        np.exp(s, out=s)
+    np.add(s, 1, out=s)
+    return np.reciprocal(s, out=s)
 
 
 def forward(params, x):
@@ -215,10 +216,11 @@ def loss(params, x, y):
     # dense_2 = dense_2_bias + (h @ dense_2_weight.T)
     dense_2 = np.add(dense_2_bias, np.matmul(h, dense_2_weight.T, _b1), _b1)
     # sigmoid_1: p[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_1]
-    p = _sigmoid(dense_2)
+    # p = _sigmoid(dense_2)
+    p = _sigmoid(dense_2, _b2)
     # binary_cross_entropy_1: binary_cross_entropy_1[b] = -Σ_i ((1 - y[b, i])*where(log(1 - p[b, i]) > -100, log(1 - p[b, i]), -100) + y[b, i]*where(log(p[b, i]) > -100, log(p[b, i]), -100))  [#fwd-binary_cross_entropy_1]
     # binary_cross_entropy_1 = -((1 - y)*np.where((np.logaddexp(0, dense_2) > 100), -100, -np.logaddexp(0, dense_2)) + np.where((np.logaddexp(0, -dense_2) > 100), -100, -np.logaddexp(0, -dense_2))*y).sum(axis=1)
-    binary_cross_entropy_1 = np.negative(np.add.reduce(np.add(np.multiply(np.subtract(_k0, y, _b3), np.where(np.greater(np.logaddexp(_k1, dense_2, _b4), _k2, _b5), -100, np.negative(np.logaddexp(_k1, dense_2, _b6), _b6)), _b3), np.multiply(np.where(np.greater(np.logaddexp(_k1, np.negative(dense_2, _b7), _b7), _k2, _b8), -100, np.negative(np.logaddexp(_k1, np.negative(dense_2, _b9), _b9), _b9)), y, _b10), _b3), axis=1, out=_b2), _b2)
+    binary_cross_entropy_1 = np.negative(np.add.reduce(np.add(np.multiply(np.subtract(_k0, y, _b2), np.where(np.greater(np.logaddexp(_k1, dense_2, _b4), _k2, _b5), -100, np.negative(np.logaddexp(_k1, dense_2, _b6), _b6)), _b2), np.multiply(np.where(np.greater(np.logaddexp(_k1, np.negative(dense_2, _b7), _b7), _k2, _b8), -100, np.negative(np.logaddexp(_k1, np.negative(dense_2, _b9), _b9), _b9)), y, _b10), _b2), axis=1, out=_b3), _b3)
     value = float(binary_cross_entropy_1.sum() / batch)
     _done(1, batch, dtype, _w)
     return value
@@ -242,10 +244,11 @@ def loss_and_grad(params, x, y):
     # dense_2 = dense_2_bias + (h @ dense_2_weight.T)
     dense_2 = np.add(dense_2_bias, np.matmul(h, dense_2_weight.T, _b1), _b1)
     # sigmoid_1: p[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_1]
-    p = _sigmoid(dense_2)
+    # p = _sigmoid(dense_2)
+    p = _sigmoid(dense_2, _b2)
     # binary_cross_entropy_1: binary_cross_entropy_1[b] = -Σ_i ((1 - y[b, i])*where(log(1 - p[b, i]) > -100, log(1 - p[b, i]), -100) + y[b, i]*where(log(p[b, i]) > -100, log(p[b, i]), -100))  [#fwd-binary_cross_entropy_1]
     # binary_cross_entropy_1 = -((1 - y)*np.where((np.logaddexp(0, dense_2) > 100), -100, -np.logaddexp(0, dense_2)) + np.where((np.logaddexp(0, -dense_2) > 100), -100, -np.logaddexp(0, -dense_2))*y).sum(axis=1)
-    binary_cross_entropy_1 = np.negative(np.add.reduce(np.add(np.multiply(np.subtract(_k0, y, _b3), np.where(np.greater(np.logaddexp(_k1, dense_2, _b4), _k2, _b5), -100, np.negative(np.logaddexp(_k1, dense_2, _b6), _b6)), _b3), np.multiply(np.where(np.greater(np.logaddexp(_k1, np.negative(dense_2, _b7), _b7), _k2, _b8), -100, np.negative(np.logaddexp(_k1, np.negative(dense_2, _b9), _b9), _b9)), y, _b10), _b3), axis=1, out=_b2), _b2)
+    binary_cross_entropy_1 = np.negative(np.add.reduce(np.add(np.multiply(np.subtract(_k0, y, _b4), np.where(np.greater(np.logaddexp(_k1, dense_2, _b5), _k2, _b6), -100, np.negative(np.logaddexp(_k1, dense_2, _b7), _b7)), _b4), np.multiply(np.where(np.greater(np.logaddexp(_k1, np.negative(dense_2, _b8), _b8), _k2, _b9), -100, np.negative(np.logaddexp(_k1, np.negative(dense_2, _b10), _b10), _b10)), y, _b11), _b4), axis=1, out=_b3), _b3)
     value = float(binary_cross_entropy_1.sum() / batch)
     seed = 1 / batch
 
@@ -253,7 +256,7 @@ def loss_and_grad(params, x, y):
     # d_dense_2[b, i] = -(-1 + p[b, i])*d_p[b, i]*p[b, i]  [#bwd-sigmoid_1-dense_2]
     # d_dense_2 = _sigmoid(-dense_2)*p*(np.where((_sigmoid(-dense_2) > 3.720075976020836e-44), seed*(1 - y)/_sigmoid(-dense_2), 0) + np.where((p > 3.720075976020836e-44), -seed*y/p, 0))
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        d_dense_2 = np.multiply(np.multiply(_sigmoid(np.negative(dense_2, _b6)), p, _b4), np.add(np.where(np.greater(_sigmoid(np.negative(dense_2, _b7)), _k3, _b5), np.true_divide(np.multiply(seed, np.subtract(_k0, y, _b9), _b9), _sigmoid(np.negative(dense_2, _b10)), _b9), 0), np.where(np.greater(p, _k3, _b8), np.true_divide(np.multiply(-seed, y, _b3), p, _b3), 0), _b11), _b4)
+        d_dense_2 = np.multiply(np.multiply(_sigmoid(np.negative(dense_2, _b5), _b5), p, _b5), np.add(np.where(np.greater(_sigmoid(np.negative(dense_2, _b7), _b7), _k3, _b6), np.true_divide(np.multiply(seed, np.subtract(_k0, y, _b8), _b8), _sigmoid(np.negative(dense_2, _b10), _b10), _b8), 0), np.where(np.greater(p, _k3, _b9), np.true_divide(np.multiply(-seed, y, _b11), p, _b11), 0), _b4), _b5)
     # d_dense_2_weight[i, j] = Σ_b (d_dense_2[b, i]*h[b, j])  [#bwd-dense_2-weight]
     d_dense_2_weight = d_dense_2.T @ h
     # d_dense_2_bias[i] = Σ_b d_dense_2[b, i]  [#bwd-dense_2-bias]
@@ -294,10 +297,11 @@ def sgd_step(params, x, y, lr):
     # dense_2 = dense_2_bias + (h @ dense_2_weight.T)
     dense_2 = np.add(dense_2_bias, np.matmul(h, dense_2_weight.T, _b1), _b1)
     # sigmoid_1: p[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_1]
-    p = _sigmoid(dense_2)
+    # p = _sigmoid(dense_2)
+    p = _sigmoid(dense_2, _b2)
     # binary_cross_entropy_1: binary_cross_entropy_1[b] = -Σ_i ((1 - y[b, i])*where(log(1 - p[b, i]) > -100, log(1 - p[b, i]), -100) + y[b, i]*where(log(p[b, i]) > -100, log(p[b, i]), -100))  [#fwd-binary_cross_entropy_1]
     # binary_cross_entropy_1 = -((1 - y)*np.where((np.logaddexp(0, dense_2) > 100), -100, -np.logaddexp(0, dense_2)) + np.where((np.logaddexp(0, -dense_2) > 100), -100, -np.logaddexp(0, -dense_2))*y).sum(axis=1)
-    binary_cross_entropy_1 = np.negative(np.add.reduce(np.add(np.multiply(np.subtract(_k0, y, _b3), np.where(np.greater(np.logaddexp(_k1, dense_2, _b4), _k2, _b5), -100, np.negative(np.logaddexp(_k1, dense_2, _b6), _b6)), _b3), np.multiply(np.where(np.greater(np.logaddexp(_k1, np.negative(dense_2, _b7), _b7), _k2, _b8), -100, np.negative(np.logaddexp(_k1, np.negative(dense_2, _b9), _b9), _b9)), y, _b10), _b3), axis=1, out=_b2), _b2)
+    binary_cross_entropy_1 = np.negative(np.add.reduce(np.add(np.multiply(np.subtract(_k0, y, _b4), np.where(np.greater(np.logaddexp(_k1, dense_2, _b5), _k2, _b6), -100, np.negative(np.logaddexp(_k1, dense_2, _b7), _b7)), _b4), np.multiply(np.where(np.greater(np.logaddexp(_k1, np.negative(dense_2, _b8), _b8), _k2, _b9), -100, np.negative(np.logaddexp(_k1, np.negative(dense_2, _b10), _b10), _b10)), y, _b11), _b4), axis=1, out=_b3), _b3)
     value = float(binary_cross_entropy_1.sum() / batch)
     # the backward pass seeded with -lr times the loss's seed: each gradient is the update
     seed = -float(lr) / batch
@@ -306,7 +310,7 @@ def sgd_step(params, x, y, lr):
     # d_dense_2[b, i] = -(-1 + p[b, i])*d_p[b, i]*p[b, i]  [#bwd-sigmoid_1-dense_2]
     # d_dense_2 = _sigmoid(-dense_2)*p*(np.where((_sigmoid(-dense_2) > 3.720075976020836e-44), seed*(1 - y)/_sigmoid(-dense_2), 0) + np.where((p > 3.720075976020836e-44), -seed*y/p, 0))
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        d_dense_2 = np.multiply(np.multiply(_sigmoid(np.negative(dense_2, _b6)), p, _b4), np.add(np.where(np.greater(_sigmoid(np.negative(dense_2, _b7)), _k3, _b5), np.true_divide(np.multiply(seed, np.subtract(_k0, y, _b9), _b9), _sigmoid(np.negative(dense_2, _b10)), _b9), 0), np.where(np.greater(p, _k3, _b8), np.true_divide(np.multiply(-seed, y, _b3), p, _b3), 0), _b11), _b4)
+        d_dense_2 = np.multiply(np.multiply(_sigmoid(np.negative(dense_2, _b5), _b5), p, _b5), np.add(np.where(np.greater(_sigmoid(np.negative(dense_2, _b7), _b7), _k3, _b6), np.true_divide(np.multiply(seed, np.subtract(_k0, y, _b8), _b8), _sigmoid(np.negative(dense_2, _b10), _b10), _b8), 0), np.where(np.greater(p, _k3, _b9), np.true_divide(np.multiply(-seed, y, _b11), p, _b11), 0), _b4), _b5)
     # d_dense_2_weight[i, j] = Σ_b (d_dense_2[b, i]*h[b, j])  [#bwd-dense_2-weight]
     # d_dense_2_weight = d_dense_2.T @ h
     d_dense_2_weight = np.matmul(d_dense_2.T, h, _b12)

@@ -33,9 +33,9 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 # each function's buffers, kept between calls: (shape with None for the batch axis, boolean?)
 _BUFFERS = (
     (((None, 5,), False), ((None, 3,), False), ),
-    (((None, 5,), False), ((None, 3,), False), ((None,), False), ),
-    (((None, 5,), False), ((None, 3,), False), ((None,), False), ((None, 3,), False), ((None, 5,), False), ),
-    (((None, 5,), False), ((None, 3,), False), ((None,), False), ((None, 3,), False), ((3, 5,), False), ((3,), False), ((None, 5,), False), ((5, 4,), False), ((5,), False), ),
+    (((None, 5,), False), ((None, 3,), False), ((None,), False), ((None, 3,), False), ),
+    (((None, 5,), False), ((None, 3,), False), ((None,), False), ((None, 3,), False), ((None, 3,), False), ((None, 5,), False), ((None, 5,), False), ),
+    (((None, 5,), False), ((None, 3,), False), ((None,), False), ((None, 3,), False), ((None, 3,), False), ((3, 5,), False), ((3,), False), ((None, 5,), False), ((None, 5,), False), ((5, 4,), False), ((5,), False), ),
 )
 # ... and the numbers it reads as arrays of the dtype
 _CONSTANTS = (
@@ -165,14 +165,15 @@ def _complain(params, arrays):
 
 
 
-def _sigmoid(z):
-    # 1/(1+exp(-z)) without overflow: exp of a non-positive number only, 1/(1+e) or
-    # e/(1+e) by the sign, with e = exp(-|z|); one division, in place
-    e = np.exp(-np.abs(z))
-    s = np.where(z >= 0, 1, e)
-    e += 1
-    s /= e
-    return s
+def _sigmoid(z, out=None):
+    # 1/(1 + exp(-z)), as PyTorch computes it, into out if given (it may be z itself):
+    # where exp(-z) overflows (z below about -88.7 in float32, -709 in float64) it is inf,
+    # quietly, and the sigmoid 0
+    s = np.negative(z, out=np.empty_like(z) if out is None else out)
+    with np.errstate(over="ignore"):
+        np.exp(s, out=s)
+    np.add(s, 1, out=s)
+    return np.reciprocal(s, out=s)
 
 
 def forward(params, x):
@@ -188,7 +189,7 @@ def forward(params, x):
     # hidden: hidden[s, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[s, j])  [#fwd-hidden]
     # sigmoid_1: b[s, i] = 1/(1 + exp(-hidden[s, i]))  [#fwd-sigmoid_1]
     # b = _sigmoid(hidden_bias + (x @ hidden_weight.T))
-    b = _sigmoid(np.add(hidden_bias, np.matmul(x, hidden_weight.T, _b0), _b0))
+    b = _sigmoid(np.add(hidden_bias, np.matmul(x, hidden_weight.T, _b0), _b0), _b0)
     # out: out[s, i] = out.bias[i] + Σ_j (b[s, j]*out.weight[i, j])  [#fwd-out]
     # sigmoid_2: yhat[s, i] = 1/(1 + exp(-out[s, i]))  [#fwd-sigmoid_2]
     # yhat = _sigmoid(out_bias + (b @ out_weight.T))
@@ -205,19 +206,19 @@ def loss(params, x, y):
     out_weight = params["out.weight"]
     out_bias = params["out.bias"]
     _w = _workspace(1, batch, dtype)
-    _b0, _b1, _b2, _k0 = _w
+    _b0, _b1, _b2, _b3, _k0 = _w
 
     # hidden: hidden[s, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[s, j])  [#fwd-hidden]
     # sigmoid_1: b[s, i] = 1/(1 + exp(-hidden[s, i]))  [#fwd-sigmoid_1]
     # b = _sigmoid(hidden_bias + (x @ hidden_weight.T))
-    b = _sigmoid(np.add(hidden_bias, np.matmul(x, hidden_weight.T, _b0), _b0))
+    b = _sigmoid(np.add(hidden_bias, np.matmul(x, hidden_weight.T, _b0), _b0), _b0)
     # out: out[s, i] = out.bias[i] + Σ_j (b[s, j]*out.weight[i, j])  [#fwd-out]
     # sigmoid_2: yhat[s, i] = 1/(1 + exp(-out[s, i]))  [#fwd-sigmoid_2]
     # yhat = _sigmoid(out_bias + (b @ out_weight.T))
-    yhat = _sigmoid(np.add(out_bias, np.matmul(b, out_weight.T, _b1), _b1))
+    yhat = _sigmoid(np.add(out_bias, np.matmul(b, out_weight.T, _b1), _b1), _b1)
     # quadratic_1: quadratic_1[s] = Σ_i (-y[s, i] + yhat[s, i])**2/2  [#fwd-quadratic_1]
     # quadratic_1 = 0.5*((-y + yhat)**2).sum(axis=1)
-    quadratic_1 = np.multiply(_k0, np.add.reduce(np.square(np.add(np.negative(y, _b1), yhat, _b1), _b1), axis=1, out=_b2), _b2)
+    quadratic_1 = np.multiply(_k0, np.add.reduce(np.square(np.add(np.negative(y, _b3), yhat, _b3), _b3), axis=1, out=_b2), _b2)
     value = float(quadratic_1.sum() / batch)
     _done(1, batch, dtype, _w)
     return value
@@ -231,26 +232,26 @@ def loss_and_grad(params, x, y):
     out_weight = params["out.weight"]
     out_bias = params["out.bias"]
     _w = _workspace(2, batch, dtype)
-    _b0, _b1, _b2, _b3, _b4, _k0, _k1 = _w
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _k0, _k1 = _w
 
     # hidden: hidden[s, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[s, j])  [#fwd-hidden]
     # sigmoid_1: b[s, i] = 1/(1 + exp(-hidden[s, i]))  [#fwd-sigmoid_1]
     # b = _sigmoid(hidden_bias + (x @ hidden_weight.T))
-    b = _sigmoid(np.add(hidden_bias, np.matmul(x, hidden_weight.T, _b0), _b0))
+    b = _sigmoid(np.add(hidden_bias, np.matmul(x, hidden_weight.T, _b0), _b0), _b0)
     # out: out[s, i] = out.bias[i] + Σ_j (b[s, j]*out.weight[i, j])  [#fwd-out]
     # sigmoid_2: yhat[s, i] = 1/(1 + exp(-out[s, i]))  [#fwd-sigmoid_2]
     # yhat = _sigmoid(out_bias + (b @ out_weight.T))
-    yhat = _sigmoid(np.add(out_bias, np.matmul(b, out_weight.T, _b1), _b1))
+    yhat = _sigmoid(np.add(out_bias, np.matmul(b, out_weight.T, _b1), _b1), _b1)
     # quadratic_1: quadratic_1[s] = Σ_i (-y[s, i] + yhat[s, i])**2/2  [#fwd-quadratic_1]
     # quadratic_1 = 0.5*((-y + yhat)**2).sum(axis=1)
-    quadratic_1 = np.multiply(_k0, np.add.reduce(np.square(np.add(np.negative(y, _b1), yhat, _b1), _b1), axis=1, out=_b2), _b2)
+    quadratic_1 = np.multiply(_k0, np.add.reduce(np.square(np.add(np.negative(y, _b3), yhat, _b3), _b3), axis=1, out=_b2), _b2)
     value = float(quadratic_1.sum() / batch)
     seed = 1 / batch
 
     # d_yhat[s, i] = (-y[s, i] + yhat[s, i])*d_quadratic_1[s]  [#bwd-quadratic_1-yhat]
     # d_out[s, i] = -(-1 + yhat[s, i])*d_yhat[s, i]*yhat[s, i]  [#bwd-sigmoid_2-out]
     # d_out = seed*(1 - yhat)*(-y + yhat)*yhat
-    d_out = np.multiply(np.multiply(np.multiply(seed, np.subtract(_k1, yhat, _b1), _b1), np.add(np.negative(y, _b3), yhat, _b3), _b1), yhat, _b1)
+    d_out = np.multiply(np.multiply(np.multiply(seed, np.subtract(_k1, yhat, _b3), _b3), np.add(np.negative(y, _b4), yhat, _b4), _b3), yhat, _b3)
     # d_out_weight[i, j] = Σ_s (b[s, j]*d_out[s, i])  [#bwd-out-weight]
     d_out_weight = d_out.T @ b
     # d_out_bias[i] = Σ_s d_out[s, i]  [#bwd-out-bias]
@@ -258,7 +259,7 @@ def loss_and_grad(params, x, y):
     # d_b[s, j] = Σ_i (d_out[s, i]*out.weight[i, j])  [#bwd-out-b]
     # d_hidden[s, i] = -(-1 + b[s, i])*b[s, i]*d_b[s, i]  [#bwd-sigmoid_1-hidden]
     # d_hidden = (1 - b)*b*(d_out @ out_weight)
-    d_hidden = np.multiply(np.multiply(np.subtract(_k1, b, _b0), b, _b0), np.matmul(d_out, out_weight, _b4), _b0)
+    d_hidden = np.multiply(np.multiply(np.subtract(_k1, b, _b5), b, _b5), np.matmul(d_out, out_weight, _b6), _b5)
     # d_hidden_weight[i, j] = Σ_s (d_hidden[s, i]*x[s, j])  [#bwd-hidden-weight]
     d_hidden_weight = d_hidden.T @ x
     # d_hidden_bias[i] = Σ_s d_hidden[s, i]  [#bwd-hidden-bias]
@@ -281,19 +282,19 @@ def sgd_step(params, x, y, lr):
     out_weight = params["out.weight"]
     out_bias = params["out.bias"]
     _w = _workspace(3, batch, dtype)
-    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _k0, _k1 = _w
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _k0, _k1 = _w
 
     # hidden: hidden[s, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[s, j])  [#fwd-hidden]
     # sigmoid_1: b[s, i] = 1/(1 + exp(-hidden[s, i]))  [#fwd-sigmoid_1]
     # b = _sigmoid(hidden_bias + (x @ hidden_weight.T))
-    b = _sigmoid(np.add(hidden_bias, np.matmul(x, hidden_weight.T, _b0), _b0))
+    b = _sigmoid(np.add(hidden_bias, np.matmul(x, hidden_weight.T, _b0), _b0), _b0)
     # out: out[s, i] = out.bias[i] + Σ_j (b[s, j]*out.weight[i, j])  [#fwd-out]
     # sigmoid_2: yhat[s, i] = 1/(1 + exp(-out[s, i]))  [#fwd-sigmoid_2]
     # yhat = _sigmoid(out_bias + (b @ out_weight.T))
-    yhat = _sigmoid(np.add(out_bias, np.matmul(b, out_weight.T, _b1), _b1))
+    yhat = _sigmoid(np.add(out_bias, np.matmul(b, out_weight.T, _b1), _b1), _b1)
     # quadratic_1: quadratic_1[s] = Σ_i (-y[s, i] + yhat[s, i])**2/2  [#fwd-quadratic_1]
     # quadratic_1 = 0.5*((-y + yhat)**2).sum(axis=1)
-    quadratic_1 = np.multiply(_k0, np.add.reduce(np.square(np.add(np.negative(y, _b1), yhat, _b1), _b1), axis=1, out=_b2), _b2)
+    quadratic_1 = np.multiply(_k0, np.add.reduce(np.square(np.add(np.negative(y, _b3), yhat, _b3), _b3), axis=1, out=_b2), _b2)
     value = float(quadratic_1.sum() / batch)
     # the backward pass seeded with -lr times the loss's seed: each gradient is the update
     seed = -float(lr) / batch
@@ -301,23 +302,23 @@ def sgd_step(params, x, y, lr):
     # d_yhat[s, i] = (-y[s, i] + yhat[s, i])*d_quadratic_1[s]  [#bwd-quadratic_1-yhat]
     # d_out[s, i] = -(-1 + yhat[s, i])*d_yhat[s, i]*yhat[s, i]  [#bwd-sigmoid_2-out]
     # d_out = seed*(1 - yhat)*(-y + yhat)*yhat
-    d_out = np.multiply(np.multiply(np.multiply(seed, np.subtract(_k1, yhat, _b1), _b1), np.add(np.negative(y, _b3), yhat, _b3), _b1), yhat, _b1)
+    d_out = np.multiply(np.multiply(np.multiply(seed, np.subtract(_k1, yhat, _b3), _b3), np.add(np.negative(y, _b4), yhat, _b4), _b3), yhat, _b3)
     # d_out_weight[i, j] = Σ_s (b[s, j]*d_out[s, i])  [#bwd-out-weight]
     # d_out_weight = d_out.T @ b
-    d_out_weight = np.matmul(d_out.T, b, _b4)
+    d_out_weight = np.matmul(d_out.T, b, _b5)
     # d_out_bias[i] = Σ_s d_out[s, i]  [#bwd-out-bias]
     # d_out_bias = d_out.sum(axis=0)
-    d_out_bias = np.add.reduce(d_out, axis=0, out=_b5)
+    d_out_bias = np.add.reduce(d_out, axis=0, out=_b6)
     # d_b[s, j] = Σ_i (d_out[s, i]*out.weight[i, j])  [#bwd-out-b]
     # d_hidden[s, i] = -(-1 + b[s, i])*b[s, i]*d_b[s, i]  [#bwd-sigmoid_1-hidden]
     # d_hidden = (1 - b)*b*(d_out @ out_weight)
-    d_hidden = np.multiply(np.multiply(np.subtract(_k1, b, _b0), b, _b0), np.matmul(d_out, out_weight, _b6), _b0)
+    d_hidden = np.multiply(np.multiply(np.subtract(_k1, b, _b7), b, _b7), np.matmul(d_out, out_weight, _b8), _b7)
     # d_hidden_weight[i, j] = Σ_s (d_hidden[s, i]*x[s, j])  [#bwd-hidden-weight]
     # d_hidden_weight = d_hidden.T @ x
-    d_hidden_weight = np.matmul(d_hidden.T, x, _b7)
+    d_hidden_weight = np.matmul(d_hidden.T, x, _b9)
     # d_hidden_bias[i] = Σ_s d_hidden[s, i]  [#bwd-hidden-bias]
     # d_hidden_bias = d_hidden.sum(axis=0)
-    d_hidden_bias = np.add.reduce(d_hidden, axis=0, out=_b8)
+    d_hidden_bias = np.add.reduce(d_hidden, axis=0, out=_b10)
     hidden_weight += d_hidden_weight
     hidden_bias += d_hidden_bias
     out_weight += d_out_weight

@@ -260,8 +260,8 @@ class _Rewriter:
         if called == "broadcast_to" and len(args) == 2 and isinstance(node.args[1], ast.Tuple):
             # a read-only view; of a Python number, a float64 one
             return _Info(_extents(node.args[1].elts), args[0].kind if args[0].kind in ("f", "b") else None)
-        if called == "_sigmoid" and len(args) == 1 and args[0].kind == "f":
-            return _Info(args[0].shape, "f", True)
+        if called == "_sigmoid" and len(args) == 1 and args[0].kind == "f":  # a helper taking out
+            return _Info(args[0].shape, "f", True, "elementwise")
         return _Info(None, None, fresh)
 
     # ---- pass 2: out= buffers
@@ -355,6 +355,8 @@ def _call(node, codes, out) -> str:
         f = "negative" if isinstance(node.op, ast.USub) else "invert"
     elif isinstance(node, ast.Compare):
         f = _COMPARE[type(node.ops[0])]
+    elif isinstance(node.func, ast.Name):  # a runtime helper
+        return f"{node.func.id}({', '.join(codes)}, {name(out)})"
     elif node.func.attr in _REDUCE and not _module_call(node):
         axis = ast.unparse(next(kw.value for kw in node.keywords if kw.arg == "axis"))
         return f"np.{_REDUCE[node.func.attr]}.reduce({codes[0]}, axis={axis}, out={name(out)})"

@@ -5,14 +5,15 @@ module stays standalone and imports only numpy.  Here they are linted and unit-t
 import numpy as np
 
 
-def _sigmoid(z):
-    # 1/(1+exp(-z)) without overflow: exp of a non-positive number only, 1/(1+e) or
-    # e/(1+e) by the sign, with e = exp(-|z|); one division, in place
-    e = np.exp(-np.abs(z))
-    s = np.where(z >= 0, 1, e)
-    e += 1
-    s /= e
-    return s
+def _sigmoid(z, out=None):
+    # 1/(1 + exp(-z)), as PyTorch computes it, into out if given (it may be z itself):
+    # where exp(-z) overflows (z below about -88.7 in float32, -709 in float64) it is inf,
+    # quietly, and the sigmoid 0
+    s = np.negative(z, out=np.empty_like(z) if out is None else out)
+    with np.errstate(over="ignore"):
+        np.exp(s, out=s)
+    np.add(s, 1, out=s)
+    return np.reciprocal(s, out=s)
 
 
 def _erf(z):
