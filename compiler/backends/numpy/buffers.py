@@ -96,18 +96,20 @@ def plan_body(lines: list, shapes: dict, returned: set, kept: set) -> tuple:
     names handed to the caller, `kept` those read after the last line."""
     trees = [ast.parse(line.code, mode="eval").body for line in lines]
     # each binding of a name (a line assigning it), and the last line reading it
-    binding, last, defined = {}, {}, []
+    binding, last = {}, {}
     for k, (line, tree) in enumerate(zip(lines, trees)):
         for n in {x.id for x in ast.walk(tree) if isinstance(x, ast.Name)}:
             if n in binding:
                 last[binding[n]] = k
         binding[line.target] = k
         last.setdefault(k, k)
-        defined.append(k)
     end = len(lines)
     for n in kept | returned:
         if n in binding:
             last[binding[n]] = end
+    dying = {}  # line -> the bindings it reads for the last time
+    for b_id, at in last.items():
+        dying.setdefault(at, []).append(b_id)
     ws = Workspace()
     holds = {}  # binding -> the buffers its value may live in
     out = []
@@ -139,7 +141,7 @@ def plan_body(lines: list, shapes: dict, returned: set, kept: set) -> tuple:
         holds[k] = held
         env[line.target] = held
         # the buffers of bindings read for the last time here are free after this line
-        for b_id in [b_id for b_id, at in last.items() if at == k]:
+        for b_id in dying.get(k, ()):
             for buf in holds.get(b_id, ()):
                 ws.holders[buf].discard(b_id)
                 ws.release(buf)
