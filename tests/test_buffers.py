@@ -97,6 +97,18 @@ def test_kept_buffers_give_the_bits_of_fresh_arrays_on_generated_programs(seed):
         _agree(kept, fresh, np.float64, rel=1e-13)
 
 
+def test_a_view_of_a_temporary_keeps_it_until_the_view_dies():
+    # h4 = (c*h1).reshape(...) is a view of the buffer the product went into: the next line
+    # must not take that buffer while h4 lives (it did: the loss came out wrong)
+    source = "layer flat2(x: [c, n]) {\n    y[ch*n + i] = x[ch, i]\n}\n" \
+             "layer rows(x: [n]) {\n    y[0, i] = x[i] for i < n\n}\n" \
+             "input u0: [2]\ntarget y0: [2]\n" \
+             "h1 = u0 |> dense(2) |> rows\nh4 = (h1 - 1.4142135623730951 * h1) |> flat2\n" \
+             "h6 = silu(h1) |> flat2\nloss = mse(h4, y0) + mse(h6, y0)\n"
+    kept, fresh = _both(source, "view.nn")
+    _agree(kept, fresh, np.float64)
+
+
 def test_values_handed_out_are_never_overwritten_by_a_later_call():
     source = (ROOT / "examples" / "lenet.nn").read_text()
     kept, _ = _both(source, "lenet.nn")

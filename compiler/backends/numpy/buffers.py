@@ -132,8 +132,12 @@ def plan_body(lines: list, shapes: dict, returned: set, kept: set) -> tuple:
                 ws.free.append(dest)
         else:
             code = rewriter._plain(tree)
-            # a value that is not new may be a view of any array this line read
-            held = set() if info.fresh or info.op else set().union(*[env.get(n, set()) for n in rewriter.names])
+            held = set()
+            if not (info.fresh or info.op):
+                # a value that is not new may be a view of any array this line read, its
+                # temporaries too: they stay until the value dies
+                held = set().union(*[env.get(n, set()) for n in rewriter.names], rewriter.temps_done)
+                rewriter.temps_done = []
             if escapes and held:
                 code, held = f"{_paren(code)}.copy()", set()
         for b in held:
@@ -208,11 +212,11 @@ class _Rewriter:
         if isinstance(node, ast.Subscript):
             a = self.infer(node.value)
             self._infer_all(node.slice)
-            return _Info(_subscript(a.shape, node.slice), a.kind, a.fresh) if a.kind in ("f", "b") else _Info()
+            return _Info(_subscript(a.shape, node.slice), a.kind, _view_fresh(a)) if a.kind in ("f", "b") else _Info()
         if isinstance(node, ast.Attribute):
             a = self.infer(node.value)
             if node.attr == "T" and a.shape is not None:
-                return _Info(a.shape[::-1], a.kind, a.fresh)
+                return _Info(a.shape[::-1], a.kind, _view_fresh(a))
             return _Info()
         if isinstance(node, ast.Call):
             return self._infer_call(node)
@@ -238,11 +242,11 @@ class _Rewriter:
                     return _Info()
                 return _Info(tuple(n for x, n in enumerate(a.shape) if x not in axes), "f", True, "reduce")
             if f.attr == "reshape" and a.shape is not None:
-                return _Info(_extents(node.args), a.kind, a.fresh)
+                return _Info(_extents(node.args), a.kind, _view_fresh(a))
             if f.attr == "transpose" and a.shape is not None and len(node.args) == 1:
                 perm = _ints(node.args[0])
                 if perm is not None and sorted(perm) == list(range(len(a.shape))):
-                    return _Info(tuple(a.shape[p] for p in perm), a.kind, a.fresh)
+                    return _Info(tuple(a.shape[p] for p in perm), a.kind, _view_fresh(a))
             if f.attr == "astype":
                 return _Info(a.shape, "f", True)
             if f.attr == "copy":
@@ -331,6 +335,12 @@ class _Rewriter:
                     return ast.parse(code, mode="eval").body
                 return inner.generic_visit(child)
         return ast.unparse(Inner().visit(node))
+
+
+def _view_fresh(a: _Info) -> bool:
+    """Is a view of a value with info `a` a new array nothing else holds?  Not if the value
+    is an operation: that is written into a buffer of the workspace."""
+    return a.fresh and not a.op
 
 
 def _operands(node) -> list:
