@@ -446,6 +446,7 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
     real *tmp2 = work + (size_t)batch * 2570 + 0;
     real *tmp3 = work + (size_t)batch * 2571 + 0;
     real *tmp4 = work + (size_t)batch * 2583 + 0;
+    real *tmp5 = work + (size_t)batch * 1024 + 0;
     /* conv2d_1: conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1] */
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int o_1 = 0; o_1 < 8; o_1++) {
@@ -783,6 +784,9 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
         }
     }
     /* d_stem[b, ci, k, l] += Σ_o,i,j,p,q (conv2d_2.weight[o, ci, p, q]*d_conv2d_2[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_2-stem] */
+    for (long n = 0; n < (long)batch*8*8*8; n++) {
+        tmp5[n] = 0;
+    }
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int ci_7 = 0; ci_7 < 8; ci_7++) {
             for (int i_1 = 0; i_1 < 8; i_1++) {
@@ -793,9 +797,18 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
                             for (int o_9 = 0; o_9 < 8; o_9++) {
                                 r3 += v_conv2d_2_weight[(o_9)*72 + (ci_7)*9 + (p_5)*3 + q_6]*dv_conv2d_2[(b_0)*512 + (o_9)*64 + (i_1)*8 + j_2];
                             }
-                            if ((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 8 && (j_2 + q_6 - 1) >= 0 && (j_2 + q_6 - 1) < 8) dv_stem[(b_0)*512 + (ci_7)*64 + (i_1 + p_5 - 1)*8 + j_2 + q_6 - 1] += r3;
+                            if ((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 8 && (j_2 + q_6 - 1) >= 0 && (j_2 + q_6 - 1) < 8) tmp5[(b_0)*512 + (ci_7)*64 + (i_1 + p_5 - 1)*8 + j_2 + q_6 - 1] += r3;
                         }
                     }
+                }
+            }
+        }
+    }
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int ci_7 = 0; ci_7 < 8; ci_7++) {
+            for (int k_3 = 0; k_3 < 8; k_3++) {
+                for (int l_13 = 0; l_13 < 8; l_13++) {
+                    dv_stem[(b_0)*512 + (ci_7)*64 + (k_3)*8 + l_13] += tmp5[(b_0)*512 + (ci_7)*64 + (k_3)*8 + l_13];
                 }
             }
         }
@@ -907,6 +920,7 @@ real residual_sgd_step(real *params, const residual_real *v_x, const residual_re
     real *tmp2 = work + (size_t)batch * 2570 + 0;
     real *tmp3 = work + (size_t)batch * 2571 + 0;
     real *tmp4 = work + (size_t)batch * 2583 + 0;
+    real *tmp5 = work + (size_t)batch * 1024 + 0;
     real *dv_conv2d_1_weight = work + (size_t)batch * 3863 + 0;
     real *dv_conv2d_1_bias = work + (size_t)batch * 3863 + 0;
     real *dv_conv2d_2_weight = work + (size_t)batch * 3863 + 0;
@@ -1268,6 +1282,9 @@ real residual_sgd_step(real *params, const residual_real *v_x, const residual_re
         }
     }
     /* d_stem[b, ci, k, l] += Σ_o,i,j,p,q (conv2d_2.weight[o, ci, p, q]*d_conv2d_2[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_2-stem] */
+    for (long n = 0; n < (long)batch*8*8*8; n++) {
+        tmp5[n] = 0;
+    }
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int ci_7 = 0; ci_7 < 8; ci_7++) {
             for (int i_1 = 0; i_1 < 8; i_1++) {
@@ -1278,9 +1295,18 @@ real residual_sgd_step(real *params, const residual_real *v_x, const residual_re
                             for (int o_9 = 0; o_9 < 8; o_9++) {
                                 r3 += v_conv2d_2_weight[(o_9)*72 + (ci_7)*9 + (p_5)*3 + q_6]*dv_conv2d_2[(b_0)*512 + (o_9)*64 + (i_1)*8 + j_2];
                             }
-                            if ((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 8 && (j_2 + q_6 - 1) >= 0 && (j_2 + q_6 - 1) < 8) dv_stem[(b_0)*512 + (ci_7)*64 + (i_1 + p_5 - 1)*8 + j_2 + q_6 - 1] += r3;
+                            if ((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 8 && (j_2 + q_6 - 1) >= 0 && (j_2 + q_6 - 1) < 8) tmp5[(b_0)*512 + (ci_7)*64 + (i_1 + p_5 - 1)*8 + j_2 + q_6 - 1] += r3;
                         }
                     }
+                }
+            }
+        }
+    }
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int ci_7 = 0; ci_7 < 8; ci_7++) {
+            for (int k_3 = 0; k_3 < 8; k_3++) {
+                for (int l_13 = 0; l_13 < 8; l_13++) {
+                    dv_stem[(b_0)*512 + (ci_7)*64 + (k_3)*8 + l_13] += tmp5[(b_0)*512 + (ci_7)*64 + (k_3)*8 + l_13];
                 }
             }
         }

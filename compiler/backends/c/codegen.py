@@ -256,11 +256,12 @@ class CLowerer:
         self._emit(f"/* {comment} */")
         buf = self.buffers[st.target]
         self.used.add(buf.name)
-        if expr.has(sp.KroneckerDelta) and not expr.is_Add and tuple(st.indices) == loops and \
-                st.target not in {r.base.label.name for r in expr.atoms(sp.Indexed)}:
-            # one scatter: added into the target itself (zeroed first unless it accumulates),
-            # not into a temporary copied over after
-            self._scatter(expr, loops, onto=buf) if st.accumulate else self._scatter(expr, loops, into=buf)
+        if expr.has(sp.KroneckerDelta) and not expr.is_Add and not st.accumulate and tuple(st.indices) == loops \
+                and st.target not in {r.base.label.name for r in expr.atoms(sp.Indexed)}:
+            # one scatter: added into the target itself, zeroed first, not into a temporary
+            # copied over after (the same sums in the same order).  A gradient that
+            # accumulates keeps the temporary: its terms summed apart, then added, as numpy
+            self._scatter(expr, loops, into=buf)
             return
         if expr.has(sp.KroneckerDelta):
             expr = sp.Add(*[self._scatter(t, loops) if t.has(sp.KroneckerDelta) else t
@@ -522,9 +523,8 @@ class CLowerer:
         self.vars[value] = f"{name}[0]"
         return value
 
-    def _scatter(self, term, indices, into=None, onto=None):
-        """sum_V G * delta(A, J): a zeroed temporary (or `into`, zeroed; or `onto` as it
-        is), then T[A] += G over V."""
+    def _scatter(self, term, indices, into=None):
+        """sum_V G * delta(A, J): a zeroed temporary (or `into`, zeroed), then T[A] += G over V."""
         coeff, term = term.as_independent(sp.KroneckerDelta, as_Add=False)
         limits = list(term.limits) if isinstance(term, sp.Sum) else []
         body = coeff * (term.function if isinstance(term, sp.Sum) else term)
@@ -537,11 +537,10 @@ class CLowerer:
             target, pos = (a, b) if a in indices else (b, a)
             where[target] = pos
         rest = sp.Mul(*[f for f in factors if not isinstance(f, sp.KroneckerDelta)])
-        buf = into or onto or self.buffers[self._temp(list(indices))]
+        buf = into or self.buffers[self._temp(list(indices))]
         name = buf.name
-        if onto is None:
-            with self._inside(Loop("n", "0", _size_code(buf.shape), type="long")):
-                self._emit(f"{name}[n] = 0;")
+        with self._inside(Loop("n", "0", _size_code(buf.shape), type="long")):
+            self._emit(f"{name}[n] = 0;")
         loops = [j for j in indices if j not in where] + [v for v, _, _ in limits
                                                            if any(where[j].has(v) for j in where)]
         other = [(v, lo, hi) for v, lo, hi in limits if v not in loops]
