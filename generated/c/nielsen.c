@@ -10,9 +10,10 @@
 
 static real nncc_sigmoid(real z)
 {
-    /* 1/(1+exp(-z)) without overflow: exp of a non-positive number only */
-    real e = exp(-fabs(z));
-    return z >= 0 ? 1 / (1 + e) : e / (1 + e);
+    /* 1/(1+exp(-z)) as PyTorch and the numpy module compute it: where exp(-z) overflows
+     * it is inf and the sigmoid 0.  The exp(-|z|) form would instead give subnormals
+     * there, and a gradient dividing by one (binary cross-entropy's) overflows to inf */
+    return 1 / (1 + exp(-z));
 }
 
 
