@@ -69,18 +69,17 @@ def check(numpy_mod, c_mod, batch_sizes, seed, lr):
 def kernel_step(c_mod, params, x, y, lr):
     """sgd_step of the C code on buffers made once, as a C program would call it."""
     ffi = c_mod._ffi
-    ctype, *fns = c_mod._C["float32"]
-    per, const = c_mod._WORKSPACE["float32"]
+    ctype, *fns = c_mod._C[np.dtype(np.float32)]
+    per, const = c_mod._WORKSPACE[np.dtype(np.float32)]
     batch = x.shape[0]
     keep = {"flat": c_mod._flat(params, np.float32)[0], "x": np.ascontiguousarray(x),
             "y": np.ascontiguousarray(y)}
-    keep["grad"] = np.empty_like(keep["flat"])
     keep["work"] = np.empty(max(1, per * batch + const), np.float32)
     ptr = {k: ffi.from_buffer(ctype + "[]", v) for k, v in keep.items()}
     step = fns[3]
 
     def run():
-        return step(ptr["flat"], ptr["x"], ptr["y"], batch, lr, ptr["grad"], ptr["work"])
+        return step(ptr["flat"], ptr["x"], ptr["y"], batch, lr, ptr["work"])
     run.keep = keep  # the buffers live as long as the closure
     return run
 
@@ -88,7 +87,7 @@ def kernel_step(c_mod, params, x, y, lr):
 def sizes(c_mod, batch_sizes):
     """Parameter and workspace bytes of the float32 C code, as the header defines them."""
     count = sum(int(np.prod(s)) for s in c_mod.PARAM_SHAPES.values())
-    per, const = c_mod._WORKSPACE["float32"]
+    per, const = c_mod._WORKSPACE[np.dtype(np.float32)]
     work = ", ".join(f"batch {b}: {(per * b + const) * 4:,} B" for b in batch_sizes)
     return (f"parameters {count:,} floats = {count * 4:,} B; workspace {per:,} floats per sample "
             f"+ {const:,} ({work})")

@@ -196,7 +196,8 @@ def print_problems(problems):
 
 def print_table(rows, names, ratios, rounds, first="batch"):
     """rows: [(label, {name: (median µs, spread %)}, {name: calls per block})];
-    ratios: [(column title, numerator name, denominator name)], skipped where a name is absent."""
+    ratios: [(column title, numerator name, denominator name)], skipped where a name is absent
+    (a row that lacks a contender shows "-" there)."""
     ratios = [r for r in ratios if r[1] in names and r[2] in names]
     print(f"\nafter timing: {load_note()}")
     print(f"median µs per step over {rounds} interleaved rounds (± half the IQR, % of median)")
@@ -206,11 +207,13 @@ def print_table(rows, names, ratios, rounds, first="batch"):
     print(head)
     print("-" * len(head))
     for label, stats, _ in rows:
-        line = f"{label!s:>{width}} " + " ".join(f"{stats[n][0]:>9.1f} ±{stats[n][1]:>4.1f}%" for n in names)
-        line += "".join(f" {stats[a][0] / stats[b][0]:>11.2f}" for _, a, b in ratios)
+        line = f"{label!s:>{width}} " + " ".join(f"{stats[n][0]:>9.1f} ±{stats[n][1]:>4.1f}%" if n in stats
+                                                 else f"{'-':>16}" for n in names)
+        line += "".join(f" {stats[a][0] / stats[b][0]:>11.2f}" if a in stats and b in stats else f" {'-':>11}"
+                        for _, a, b in ratios)
         print(line)
     print("\ncalls per timed block: " + "; ".join(
-        f"{label}: " + ", ".join(f"{n} {numbers[n]}" for n in names) for label, _, numbers in rows))
+        f"{label}: " + ", ".join(f"{n} {numbers[n]}" for n in names if n in numbers) for label, _, numbers in rows))
     print("Shared machine: expect run-to-run noise of several percent when it is quiet, far more when "
           "it is busy; compare medians and ratios, not single timings.")
 

@@ -44,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     # no default here, so that a --dtype the chosen output cannot honour is reported
     c.add_argument("--dtype", choices=["float32", "float64"],
                    help="the C sources' real type (float or double); default float32")
+    c.add_argument("--blas", action="store_true",
+                   help="with --backend c, matrix products through cblas_?gemm: the cffi module links the "
+                        "OpenBLAS of the scipy-openblas32 package (pip install 'nncc[blas]'); C sources "
+                        "define NNCC_CBLAS (link a CBLAS). Without it the C has its own blocked product")
     e = commands.add_parser(
         "explain", help="write the derivation of the gradients as LaTeX, Markdown or HTML",
         description="Write the derivation of a network's gradients as LaTeX, Markdown or HTML: each "
@@ -174,6 +178,10 @@ def _compile(args) -> int:
         _error(f"nncc: error: cannot write {args.output}: --backend c writes C sources to a directory "
                f"(-o DIR/) or the cffi Python module to -o OUT.py")
         return 1
+    if args.blas and args.backend != "c":
+        _error("nncc: error: --blas applies to --backend c; the numpy module's products already run in "
+               "numpy's BLAS")
+        return 1
     if args.dtype is not None and not c_files:
         if args.backend == "numpy":
             print("nncc: error: --dtype applies to --backend c; the numpy module follows its inputs' dtype "
@@ -189,10 +197,10 @@ def _compile(args) -> int:
         elif c_files:
             from .backends.c.codegen import render_c_files
             dtype = args.dtype or "float32"
-            files = stamp_c_pair({out / name: text for name, text in render_c_files(compiled, dtype).items()})
+            files = stamp_c_pair({out / name: text for name, text in render_c_files(compiled, dtype, blas=args.blas).items()})
         else:
             from .backends.c.codegen import render_c_module
-            files = {out: render_c_module(compiled)}
+            files = {out: render_c_module(compiled, blas=args.blas)}
     except Exception as exc:  # noqa: BLE001 - a user sees a message, never a traceback
         return _compile_failed(exc, args.model)
     try:

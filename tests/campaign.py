@@ -1,6 +1,6 @@
 """The long differential campaign: random programs through tests/differential.py.
 
-    python tests/campaign.py --programs 500 --seed 0 --jobs 2 [--out DIR] [--group 16]
+    python tests/campaign.py --programs 500 --seed 0 --jobs 2 [--out DIR] [--group 16] [--gemm-min 1]
 
 Program k is `program_generator.generate(random.Random(seed + k))`, so any one can be
 made again from its number.  Each group of programs runs in a subprocess of its own
@@ -12,6 +12,10 @@ files go to temporary folders.
 Each program's result is appended to DIR/results.jsonl as it arrives: a campaign that
 is stopped resumes where it was when run again with the same DIR (programs already
 there are counted, not run again), so a long one can be run in pieces.
+
+--gemm-min N gives the C lowerer's blocked matrix product every contraction of at least N
+multiply-adds (default: the lowerer's own threshold), so that 1 puts it on every shape the
+random programs have.
 """
 from __future__ import annotations
 
@@ -38,8 +42,11 @@ def program(seed: int) -> tuple[str, str]:
     return generate(random.Random(seed), f"g{seed}"), f"g{seed}.nn"
 
 
-def _worker(seeds: list[int], folder: str, group: int) -> None:
+def _worker(seeds: list[int], folder: str, group: int, gemm_min: int | None) -> None:
     """Run in a subprocess: check the programs of `seeds`, print one JSON line each."""
+    if gemm_min is not None:
+        from nncc.backends.c.codegen import CLowerer
+        CLowerer.GEMM_MIN = gemm_min
     try:  # a program whose compile runs away fails alone, not the machine
         import resource
         resource.setrlimit(resource.RLIMIT_AS, (WORKER_MEMORY, WORKER_MEMORY))
@@ -52,9 +59,10 @@ def _worker(seeds: list[int], folder: str, group: int) -> None:
                               compile_seconds=r.compile_seconds, worst=r.worst), default=float), flush=True)
 
 
-def _run_group(seeds: list[int], folder: str, group: int, timeout: float) -> list[dict]:
+def _run_group(seeds: list[int], folder: str, group: int, timeout: float, gemm_min=None) -> list[dict]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--group", str(group),
-           "--work", folder, "--seeds", *map(str, seeds)]
+           "--work", folder, "--seeds", *map(str, seeds)] + (
+        ["--gemm-min", str(gemm_min)] if gemm_min is not None else [])
     try:
         run = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         out, rc, err = run.stdout, run.returncode, run.stderr
@@ -67,7 +75,7 @@ def _run_group(seeds: list[int], folder: str, group: int, timeout: float) -> lis
     if len(seeds) > 1:
         # find the program that crashed or hung by running each alone
         done = {r["seed"] for r in results}
-        return results + [r for s in seeds if s not in done for r in _run_group([s], folder, 1, timeout)]
+        return results + [r for s in seeds if s not in done for r in _run_group([s], folder, 1, timeout, gemm_min)]
     what = "timed out" if rc == "timeout" else f"exited with status {rc}"
     return [dict(seed=seeds[0], status="error", problems=[f"error: the check {what}: {err[-1500:]}"],
                  refusal=None, compile_seconds=0.0, worst={})]
@@ -81,12 +89,14 @@ def main(argv=None) -> int:
     ap.add_argument("--group", type=int, default=16, help="programs per C extension (and per subprocess)")
     ap.add_argument("--out", help="folder for failing programs (default: a new temporary folder)")
     ap.add_argument("--timeout", type=float, default=GROUP_TIMEOUT)
+    ap.add_argument("--gemm-min", type=int, default=None,
+                    help="give the C lowerer's matrix product every contraction this large (1: all)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     ap.add_argument("--seeds", type=int, nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        _worker(args.seeds, args.work, args.group)
+        _worker(args.seeds, args.work, args.group, args.gemm_min)
         return 0
 
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="nncc-campaign-failures-"))
@@ -114,7 +124,7 @@ def main(argv=None) -> int:
         print(f"{len(earlier)} programs already in {log}", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="nncc-campaign-build-") as work, \
             ThreadPoolExecutor(max_workers=args.jobs) as pool, open(log, "a") as record:
-        futures = [pool.submit(_run_group, chunk, work, args.group, args.timeout) for chunk in chunks]
+        futures = [pool.submit(_run_group, chunk, work, args.group, args.timeout, args.gemm_min) for chunk in chunks]
         for future in [None] + futures:
             results = list(earlier.values()) if future is None else future.result()
             for r in results:

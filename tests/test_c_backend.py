@@ -364,7 +364,7 @@ SANITIZED_MAIN = r"""
 #include <stdlib.h>
 #include "NAME.h"
 int main(void) {
-    int batch = 3;
+    int batch = BATCH;
     NAME_real *params = malloc(UPPER_PARAM_BYTES + 1), *grad = malloc(UPPER_PARAM_BYTES + 1);
     NAME_real *work = malloc(UPPER_WORKSPACE_BYTES(batch));
     NAME_real *x = malloc(sizeof(NAME_real) * batch * SIZE_IN);
@@ -384,15 +384,17 @@ int main(void) {
 
 
 @pytest.mark.skipif(shutil.which("gcc") is None and shutil.which("clang") is None, reason="no gcc or clang")
-@pytest.mark.parametrize("example,inp,target", [("lenet", "X", "Y"), ("residual", "X", "Y"), ("xor", "X", "Y")])
-def test_c_runs_clean_under_address_and_undefined_behaviour_sanitizers(tmp_path, example, inp, target):
+@pytest.mark.parametrize("example,inp,target,batch", [("lenet", "X", "Y", 3), ("residual", "X", "Y", 3),
+                                                     ("xor", "X", "Y", 3), ("nielsen", "X", "Y", 3),
+                                                     ("nielsen", "X", "Y", 9)])  # 9: the product's blocked path
+def test_c_runs_clean_under_address_and_undefined_behaviour_sanitizers(tmp_path, example, inp, target, batch):
     cc = shutil.which("gcc") or shutil.which("clang")
     compiled = compile_source((ROOT / "examples" / f"{example}.nn").read_text(), f"examples/{example}.nn")
     for fname, text in render_c_files(compiled, "float32").items():
         (tmp_path / fname).write_text(text)
     upper = example.upper()
     main = (SANITIZED_MAIN.replace("SIZE_IN", f"{upper}_{inp}_SIZE").replace("SIZE_TARGET", f"{upper}_{target}_SIZE")
-            .replace("UPPER", upper).replace("ARGS", "x, y").replace("NAME", example))
+            .replace("UPPER", upper).replace("ARGS", "x, y").replace("NAME", example).replace("BATCH", str(batch)))
     (tmp_path / "main.c").write_text(main)
     exe = tmp_path / "main"
     build = subprocess.run([cc, "-std=c99", "-g", "-O1", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",

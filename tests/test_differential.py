@@ -43,6 +43,32 @@ def reports(tmp_path_factory):
         differential.OPTIMIZE = saved
 
 
+# the same check with every contraction the C lowerer can give nncc_gemm given to it, however
+# small (GEMM_MIN 1): the blocked product on the odd shapes random programs have
+GEMM_SEED, GEMM_COUNT = 30_000, int(os.environ.get("NNCC_DIFF_GEMM_PROGRAMS", "24"))
+
+
+@pytest.fixture(scope="module")
+def gemm_reports(tmp_path_factory):
+    pytest.importorskip("cffi")
+    from nncc.backends.c.codegen import CLowerer
+    saved = differential.OPTIMIZE, CLowerer.GEMM_MIN
+    differential.OPTIMIZE, CLowerer.GEMM_MIN = os.environ.get("NNCC_DIFF_OPT", "-O1"), 1
+    try:
+        programs = [(generate(random.Random(k), f"g{k}"), f"g{k}.nn") for k in range(GEMM_SEED, GEMM_SEED + GEMM_COUNT)]
+        folder = str(tmp_path_factory.mktemp("differential_gemm"))
+        return {int(r.file[1:-3]): r for r in differential.check_many(programs, folder, group=GROUP)}
+    finally:
+        differential.OPTIMIZE, CLowerer.GEMM_MIN = saved
+
+
+@needs_cc
+@pytest.mark.parametrize("seed", range(GEMM_SEED, GEMM_SEED + GEMM_COUNT))
+def test_random_program_agrees_with_every_product_blocked(gemm_reports, seed):
+    report = gemm_reports[seed]
+    assert report.status in ("ok", "refused", "inconclusive"), report.text() + "\n" + report.source
+
+
 @needs_cc
 @pytest.mark.parametrize("seed", [*range(SEED, SEED + COUNT), *REGRESSIONS])
 def test_random_program_agrees(reports, seed):

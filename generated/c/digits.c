@@ -7,11 +7,175 @@
 /* short local names, undefined at the end so several models can share a file */
 #define real digits_real
 #define nncc_where digits_where_
+#define nncc_muladd digits_muladd_
+#define nncc_gemm digits_gemm_
 
 static real nncc_where(int condition, real a, real b)
 {
     /* both branches evaluated, then one chosen (see the C printer's _print_Where) */
     return condition ? a : b;
+}
+
+static real nncc_muladd(real a, real b, real c)
+{
+    /* a*b + c, fused (rounded once) where the target fuses fast, as nncc_gemm's sums are */
+#if defined(FP_FAST_FMA) && defined(FP_FAST_FMAF)
+    return fma(a, b, c);
+#else
+    return a * b + c;
+#endif
+}
+
+static void nncc_gemm(int ta, int tb, long m, long n, long k, real alpha, const real *a, long lda,
+                      const real *b, long ldb, int add, real *c, long ldc, real *pack)
+{
+    /* c[i*ldc + j] (+)= alpha * sum_p A[i, p] B[p, j], A[i, p] = ta ? a[p*lda + i] :
+     * a[i*lda + p], B[p, j] = tb ? b[j*ldb + p] : b[p*ldb + j]; `pack` holds
+     * nncc_gemm_pack_size(m, n, k) reals.
+     *
+     * Blocked as BLAS libraries block it: a KC x NC panel of B and an MC x KC block of A
+     * copied into `pack` as slivers NR columns wide and MR rows tall (zeros past the
+     * edges), and an MR x NR tile of sums in vector registers, one array per row (a
+     * compiler keeps small arrays in registers, not one of MR*NR).  Every element is
+     * summed over p in order, KC terms at a time each added to it, by the same operations
+     * wherever it lies and however many rows there are, so a sample's numbers do not
+     * depend on its place in the batch.  With -DNNCC_CBLAS, cblas_?gemm instead. */
+#ifdef NNCC_CBLAS
+    void cblas_sgemm(int, int, int, int, int, int, float, const float *, int, const float *, int,
+                     float, float *, int);
+    void cblas_dgemm(int, int, int, int, int, int, double, const double *, int, const double *, int,
+                     double, double *, int);
+    (void)pack;
+    (void)nncc_muladd;  /* the own product's, unused here */
+    if (sizeof(real) == sizeof(float))
+        cblas_sgemm(101, ta ? 112 : 111, tb ? 112 : 111, (int)m, (int)n, (int)k, (float)alpha,
+                    (const float *)a, (int)lda, (const float *)b, (int)ldb, add ? 1.0f : 0.0f, (float *)c, (int)ldc);
+    else
+        cblas_dgemm(101, ta ? 112 : 111, tb ? 112 : 111, (int)m, (int)n, (int)k, (double)alpha,
+                    (const double *)a, (int)lda, (const double *)b, (int)ldb, add ? 1.0 : 0.0, (double *)c, (int)ldc);
+#else
+    enum { MR = 4, NR = sizeof(real) == sizeof(float) ? 16 : 8, MC = 128, KC = 256, NC = 16 * NR };
+    long kcmax = k < KC ? k : KC, ncmax = (n + NR - 1) / NR * NR;
+    if (m < MR || k < 2 * MR) {
+        /* a few rows (a small batch) or a short sum (a weight's gradient at a small batch):
+         * no packing, which would cost more than the product; each element the same
+         * operations in the same order as in the tiles below (KC terms at a time) */
+        long as = ta ? lda : 1;  /* a[i, p] = a[i * (ta ? 1 : lda) + p * as] */
+        for (long i = 0; i < m; i++)
+            for (long pc = 0; pc < k; pc += KC) {
+                long kc = k - pc < KC ? k - pc : KC;
+                const real *ai = a + (ta ? i : i * lda) + pc * as;
+                real *ci = c + i * ldc;
+                int first = pc == 0 && !add;
+                for (long j0 = 0; j0 < n; j0 += NC) {
+                    long w = n - j0 < NC ? n - j0 : NC;
+                    real t[NC];
+                    for (long j = 0; j < w; j++)
+                        t[j] = 0;
+                    for (long j = 0; tb && j < w; j += 8) {  /* dot products along b's rows */
+                        real s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;
+                        const real *r = b + (j0 + j) * ldb + pc;
+                        if (w - j >= 8) {  /* eight at once */
+                            for (long p = 0; p < kc; p++) {
+                                real x = ai[p * as];
+                                s0 = nncc_muladd(x, r[p], s0);
+                                s1 = nncc_muladd(x, r[ldb + p], s1);
+                                s2 = nncc_muladd(x, r[2 * ldb + p], s2);
+                                s3 = nncc_muladd(x, r[3 * ldb + p], s3);
+                                s4 = nncc_muladd(x, r[4 * ldb + p], s4);
+                                s5 = nncc_muladd(x, r[5 * ldb + p], s5);
+                                s6 = nncc_muladd(x, r[6 * ldb + p], s6);
+                                s7 = nncc_muladd(x, r[7 * ldb + p], s7);
+                            }
+                            t[j] = s0, t[j + 1] = s1, t[j + 2] = s2, t[j + 3] = s3;
+                            t[j + 4] = s4, t[j + 5] = s5, t[j + 6] = s6, t[j + 7] = s7;
+                        } else {
+                            for (long q = 0; q < w - j; q++) {
+                                real v = 0;
+                                for (long p = 0; p < kc; p++)
+                                    v = nncc_muladd(ai[p * as], r[q * ldb + p], v);
+                                t[j + q] = v;
+                            }
+                        }
+                    }
+                    for (long p = 0; !tb && p < kc; p++) {  /* rows of b scaled and added */
+                        const real x = ai[p * as], *row = b + (pc + p) * ldb + j0;
+                        for (long j = 0; j < w; j++)
+                            t[j] = nncc_muladd(x, row[j], t[j]);
+                    }
+                    for (long j = 0; j < w; j++)
+                        ci[j0 + j] = (first ? 0 : ci[j0 + j]) + alpha * t[j];
+                }
+            }
+        return;
+    }
+    real *bp = pack, *ap = pack + kcmax * (ncmax < NC ? ncmax : NC);
+    for (long jc = 0; jc < n; jc += NC) {
+        long nc = n - jc < NC ? n - jc : NC;
+        for (long pc = 0; pc < k; pc += KC) {
+            long kc = k - pc < KC ? k - pc : KC;
+            int first = pc == 0 && !add;
+            for (long jr = 0; jr < nc; jr += NR) {  /* read along b's rows, whichever way */
+                real *to = bp + jr * kc;
+                long w = nc - jr < NR ? nc - jr : NR;
+                if (tb)
+                    for (long j = 0; j < w; j++)
+                        for (long p = 0; p < kc; p++)
+                            to[p * NR + j] = b[(jc + jr + j) * ldb + pc + p];
+                else
+                    for (long p = 0; p < kc; p++)
+                        for (long j = 0; j < w; j++)
+                            to[p * NR + j] = b[(pc + p) * ldb + jc + jr + j];
+                for (long p = 0; p < kc; p++)
+                    for (long j = w; j < NR; j++)
+                        to[p * NR + j] = 0;
+            }
+            for (long ic = 0; ic < m; ic += MC) {
+                long mc = m - ic < MC ? m - ic : MC;
+                for (long ir = 0; ir < mc; ir += MR) {
+                    real *to = ap + ir * kc;
+                    long h = mc - ir < MR ? mc - ir : MR;
+                    if (ta)
+                        for (long p = 0; p < kc; p++)
+                            for (long i = 0; i < h; i++)
+                                to[p * MR + i] = a[(pc + p) * lda + ic + ir + i];
+                    else
+                        for (long i = 0; i < h; i++)
+                            for (long p = 0; p < kc; p++)
+                                to[p * MR + i] = a[(ic + ir + i) * lda + pc + p];
+                    for (long p = 0; p < kc; p++)
+                        for (long i = h; i < MR; i++)
+                            to[p * MR + i] = 0;
+                }
+                for (long jr = 0; jr < nc; jr += NR)
+                    for (long ir = 0; ir < mc; ir += MR) {
+                        const real *x = ap + ir * kc, *y = bp + jr * kc;
+                        real t0[NR] = {0}, t1[NR] = {0}, t2[NR] = {0}, t3[NR] = {0}, t[MR][NR];
+                        for (long p = 0; p < kc; p++) {
+                            const real *xp = x + p * MR, *yp = y + p * NR;
+                            for (int j = 0; j < NR; j++) {
+                                t0[j] = nncc_muladd(xp[0], yp[j], t0[j]);
+                                t1[j] = nncc_muladd(xp[1], yp[j], t1[j]);
+                                t2[j] = nncc_muladd(xp[2], yp[j], t2[j]);
+                                t3[j] = nncc_muladd(xp[3], yp[j], t3[j]);
+                            }
+                        }
+                        for (int j = 0; j < NR; j++) {  /* the rows stay in registers until here */
+                            t[0][j] = t0[j];
+                            t[1][j] = t1[j];
+                            t[2][j] = t2[j];
+                            t[3][j] = t3[j];
+                        }
+                        for (long i = 0; i < MR && ir + i < mc; i++) {
+                            real *out = c + (ic + ir + i) * ldc + jc + jr;
+                            for (long j = 0; j < NR && jr + j < nc; j++)
+                                out[j] = (first ? 0 : out[j]) + alpha * t[i][j];
+                        }
+                    }
+            }
+        }
+    }
+#endif
 }
 
 
@@ -58,84 +222,55 @@ void digits_forward(const real *params, const digits_real *v_x, real *output, in
     real *v_dense_1 = work + 0;
     real *v_h = work + (size_t)batch * 64 + 0;
     real *v_z = work + (size_t)batch * 128 + 0;
+    real *pack0 = work + (size_t)batch * 152 + 0;
     /* dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
-    for (int bb_0 = 0; bb_0 + 4 <= batch; bb_0 += 4) {
+    nncc_gemm(0, 1, batch, 64, 64, 1, v_x, 64, v_dense_1_weight, 64, 0, v_dense_1, 64, pack0);
+    for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 64; i_1++) {
+            v_dense_1[(b_0)*64 + i_1] = v_dense_1_bias[i_1] + v_dense_1[(b_0)*64 + i_1];
+        }
+    }
+    /* relu_1: h[b, i] = where(dense_1[b, i] <= 0, 0, dense_1[b, i])  [#fwd-relu_1] */
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_1 = 0; i_1 < 64; i_1++) {
+            v_h[(b_0)*64 + i_1] = nncc_where(v_dense_1[(b_0)*64 + i_1] <= 0, 0, v_dense_1[(b_0)*64 + i_1]);
+        }
+    }
+    /* dense_2: z[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2] */
+    for (int bb_2 = 0; bb_2 + 4 <= batch; bb_2 += 4) {
+        for (int i_1 = 0; i_1 < 10; i_1++) {
             real r0_p0[8] = {0, 0, 0, 0, 0, 0, 0, 0};
             real r0_p1[8] = {0, 0, 0, 0, 0, 0, 0, 0};
             real r0_p2[8] = {0, 0, 0, 0, 0, 0, 0, 0};
             real r0_p3[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-            for (int jo_2 = 0; jo_2 < 8; jo_2++) {
-                for (int u_3 = 0; u_3 < 8; u_3++) {
-                    r0_p0[u_3] += v_dense_1_weight[(i_1)*64 + 8*jo_2 + u_3]*v_x[(bb_0)*64 + 8*jo_2 + u_3];
-                    r0_p1[u_3] += v_dense_1_weight[(i_1)*64 + 8*jo_2 + u_3]*v_x[(bb_0 + 1)*64 + 8*jo_2 + u_3];
-                    r0_p2[u_3] += v_dense_1_weight[(i_1)*64 + 8*jo_2 + u_3]*v_x[(bb_0 + 2)*64 + 8*jo_2 + u_3];
-                    r0_p3[u_3] += v_dense_1_weight[(i_1)*64 + 8*jo_2 + u_3]*v_x[(bb_0 + 3)*64 + 8*jo_2 + u_3];
+            for (int jo_3 = 0; jo_3 < 8; jo_3++) {
+                for (int u_4 = 0; u_4 < 8; u_4++) {
+                    r0_p0[u_4] += v_dense_2_weight[(i_1)*64 + 8*jo_3 + u_4]*v_h[(bb_2)*64 + 8*jo_3 + u_4];
+                    r0_p1[u_4] += v_dense_2_weight[(i_1)*64 + 8*jo_3 + u_4]*v_h[(bb_2 + 1)*64 + 8*jo_3 + u_4];
+                    r0_p2[u_4] += v_dense_2_weight[(i_1)*64 + 8*jo_3 + u_4]*v_h[(bb_2 + 2)*64 + 8*jo_3 + u_4];
+                    r0_p3[u_4] += v_dense_2_weight[(i_1)*64 + 8*jo_3 + u_4]*v_h[(bb_2 + 3)*64 + 8*jo_3 + u_4];
                 }
             }
             real r0_0 = (((r0_p0[0] + r0_p0[1]) + (r0_p0[2] + r0_p0[3])) + ((r0_p0[4] + r0_p0[5]) + (r0_p0[6] + r0_p0[7])));
-            v_dense_1[(bb_0)*64 + i_1] = r0_0 + v_dense_1_bias[i_1];
+            v_z[(bb_2)*10 + i_1] = r0_0 + v_dense_2_bias[i_1];
             real r0_1 = (((r0_p1[0] + r0_p1[1]) + (r0_p1[2] + r0_p1[3])) + ((r0_p1[4] + r0_p1[5]) + (r0_p1[6] + r0_p1[7])));
-            v_dense_1[(bb_0 + 1)*64 + i_1] = r0_1 + v_dense_1_bias[i_1];
+            v_z[(bb_2 + 1)*10 + i_1] = r0_1 + v_dense_2_bias[i_1];
             real r0_2 = (((r0_p2[0] + r0_p2[1]) + (r0_p2[2] + r0_p2[3])) + ((r0_p2[4] + r0_p2[5]) + (r0_p2[6] + r0_p2[7])));
-            v_dense_1[(bb_0 + 2)*64 + i_1] = r0_2 + v_dense_1_bias[i_1];
+            v_z[(bb_2 + 2)*10 + i_1] = r0_2 + v_dense_2_bias[i_1];
             real r0_3 = (((r0_p3[0] + r0_p3[1]) + (r0_p3[2] + r0_p3[3])) + ((r0_p3[4] + r0_p3[5]) + (r0_p3[6] + r0_p3[7])));
-            v_dense_1[(bb_0 + 3)*64 + i_1] = r0_3 + v_dense_1_bias[i_1];
+            v_z[(bb_2 + 3)*10 + i_1] = r0_3 + v_dense_2_bias[i_1];
         }
     }
-    for (int b_8 = batch - batch % 4; b_8 < batch; b_8++) {
-        for (int i_1 = 0; i_1 < 64; i_1++) {
+    for (int b_0 = batch - batch % 4; b_0 < batch; b_0++) {
+        for (int i_1 = 0; i_1 < 10; i_1++) {
             real r1_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
             for (int jo_10 = 0; jo_10 < 8; jo_10++) {
                 for (int u_11 = 0; u_11 < 8; u_11++) {
-                    r1_p[u_11] += v_dense_1_weight[(i_1)*64 + 8*jo_10 + u_11]*v_x[(b_8)*64 + 8*jo_10 + u_11];
+                    r1_p[u_11] += v_dense_2_weight[(i_1)*64 + 8*jo_10 + u_11]*v_h[(b_0)*64 + 8*jo_10 + u_11];
                 }
             }
             real r1 = (((r1_p[0] + r1_p[1]) + (r1_p[2] + r1_p[3])) + ((r1_p[4] + r1_p[5]) + (r1_p[6] + r1_p[7])));
-            v_dense_1[(b_8)*64 + i_1] = r1 + v_dense_1_bias[i_1];
-        }
-    }
-    /* relu_1: h[b, i] = where(dense_1[b, i] <= 0, 0, dense_1[b, i])  [#fwd-relu_1] */
-    for (int b_8 = 0; b_8 < batch; b_8++) {
-        for (int i_1 = 0; i_1 < 64; i_1++) {
-            v_h[(b_8)*64 + i_1] = nncc_where(v_dense_1[(b_8)*64 + i_1] <= 0, 0, v_dense_1[(b_8)*64 + i_1]);
-        }
-    }
-    /* dense_2: z[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2] */
-    for (int bb_12 = 0; bb_12 + 4 <= batch; bb_12 += 4) {
-        for (int i_1 = 0; i_1 < 10; i_1++) {
-            real r2_p0[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-            real r2_p1[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-            real r2_p2[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-            real r2_p3[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-            for (int jo_13 = 0; jo_13 < 8; jo_13++) {
-                for (int u_14 = 0; u_14 < 8; u_14++) {
-                    r2_p0[u_14] += v_dense_2_weight[(i_1)*64 + 8*jo_13 + u_14]*v_h[(bb_12)*64 + 8*jo_13 + u_14];
-                    r2_p1[u_14] += v_dense_2_weight[(i_1)*64 + 8*jo_13 + u_14]*v_h[(bb_12 + 1)*64 + 8*jo_13 + u_14];
-                    r2_p2[u_14] += v_dense_2_weight[(i_1)*64 + 8*jo_13 + u_14]*v_h[(bb_12 + 2)*64 + 8*jo_13 + u_14];
-                    r2_p3[u_14] += v_dense_2_weight[(i_1)*64 + 8*jo_13 + u_14]*v_h[(bb_12 + 3)*64 + 8*jo_13 + u_14];
-                }
-            }
-            real r2_0 = (((r2_p0[0] + r2_p0[1]) + (r2_p0[2] + r2_p0[3])) + ((r2_p0[4] + r2_p0[5]) + (r2_p0[6] + r2_p0[7])));
-            v_z[(bb_12)*10 + i_1] = r2_0 + v_dense_2_bias[i_1];
-            real r2_1 = (((r2_p1[0] + r2_p1[1]) + (r2_p1[2] + r2_p1[3])) + ((r2_p1[4] + r2_p1[5]) + (r2_p1[6] + r2_p1[7])));
-            v_z[(bb_12 + 1)*10 + i_1] = r2_1 + v_dense_2_bias[i_1];
-            real r2_2 = (((r2_p2[0] + r2_p2[1]) + (r2_p2[2] + r2_p2[3])) + ((r2_p2[4] + r2_p2[5]) + (r2_p2[6] + r2_p2[7])));
-            v_z[(bb_12 + 2)*10 + i_1] = r2_2 + v_dense_2_bias[i_1];
-            real r2_3 = (((r2_p3[0] + r2_p3[1]) + (r2_p3[2] + r2_p3[3])) + ((r2_p3[4] + r2_p3[5]) + (r2_p3[6] + r2_p3[7])));
-            v_z[(bb_12 + 3)*10 + i_1] = r2_3 + v_dense_2_bias[i_1];
-        }
-    }
-    for (int b_8 = batch - batch % 4; b_8 < batch; b_8++) {
-        for (int i_1 = 0; i_1 < 10; i_1++) {
-            real r3_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-            for (int jo_20 = 0; jo_20 < 8; jo_20++) {
-                for (int u_21 = 0; u_21 < 8; u_21++) {
-                    r3_p[u_21] += v_dense_2_weight[(i_1)*64 + 8*jo_20 + u_21]*v_h[(b_8)*64 + 8*jo_20 + u_21];
-                }
-            }
-            real r3 = (((r3_p[0] + r3_p[1]) + (r3_p[2] + r3_p[3])) + ((r3_p[4] + r3_p[5]) + (r3_p[6] + r3_p[7])));
-            v_z[(b_8)*10 + i_1] = r3 + v_dense_2_bias[i_1];
+            v_z[(b_0)*10 + i_1] = r1 + v_dense_2_bias[i_1];
         }
     }
     for (long n = 0; n < (long)batch * DIGITS_OUTPUT_SIZE; n++)
@@ -160,106 +295,77 @@ real digits_loss(const real *params, const digits_real *v_x, const digits_real *
     real *v_h = work + (size_t)batch * 64 + 0;
     real *v_z = work + (size_t)batch * 128 + 0;
     real *v_softmax_cross_entropy_1 = work + (size_t)batch * 140 + 0;
+    real *pack1 = work + (size_t)batch * 152 + 0;
     real *tmp0 = work + (size_t)batch * 138 + 0;
     real *tmp1 = work + (size_t)batch * 139 + 0;
     /* dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
-    for (int bb_0 = 0; bb_0 + 4 <= batch; bb_0 += 4) {
+    nncc_gemm(0, 1, batch, 64, 64, 1, v_x, 64, v_dense_1_weight, 64, 0, v_dense_1, 64, pack1);
+    for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 64; i_1++) {
+            v_dense_1[(b_0)*64 + i_1] = v_dense_1_bias[i_1] + v_dense_1[(b_0)*64 + i_1];
+        }
+    }
+    /* relu_1: h[b, i] = where(dense_1[b, i] <= 0, 0, dense_1[b, i])  [#fwd-relu_1] */
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_1 = 0; i_1 < 64; i_1++) {
+            v_h[(b_0)*64 + i_1] = nncc_where(v_dense_1[(b_0)*64 + i_1] <= 0, 0, v_dense_1[(b_0)*64 + i_1]);
+        }
+    }
+    /* dense_2: z[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2] */
+    for (int bb_2 = 0; bb_2 + 4 <= batch; bb_2 += 4) {
+        for (int i_1 = 0; i_1 < 10; i_1++) {
             real r0_p0[8] = {0, 0, 0, 0, 0, 0, 0, 0};
             real r0_p1[8] = {0, 0, 0, 0, 0, 0, 0, 0};
             real r0_p2[8] = {0, 0, 0, 0, 0, 0, 0, 0};
             real r0_p3[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-            for (int jo_2 = 0; jo_2 < 8; jo_2++) {
-                for (int u_3 = 0; u_3 < 8; u_3++) {
-                    r0_p0[u_3] += v_dense_1_weight[(i_1)*64 + 8*jo_2 + u_3]*v_x[(bb_0)*64 + 8*jo_2 + u_3];
-                    r0_p1[u_3] += v_dense_1_weight[(i_1)*64 + 8*jo_2 + u_3]*v_x[(bb_0 + 1)*64 + 8*jo_2 + u_3];
-                    r0_p2[u_3] += v_dense_1_weight[(i_1)*64 + 8*jo_2 + u_3]*v_x[(bb_0 + 2)*64 + 8*jo_2 + u_3];
-                    r0_p3[u_3] += v_dense_1_weight[(i_1)*64 + 8*jo_2 + u_3]*v_x[(bb_0 + 3)*64 + 8*jo_2 + u_3];
+            for (int jo_3 = 0; jo_3 < 8; jo_3++) {
+                for (int u_4 = 0; u_4 < 8; u_4++) {
+                    r0_p0[u_4] += v_dense_2_weight[(i_1)*64 + 8*jo_3 + u_4]*v_h[(bb_2)*64 + 8*jo_3 + u_4];
+                    r0_p1[u_4] += v_dense_2_weight[(i_1)*64 + 8*jo_3 + u_4]*v_h[(bb_2 + 1)*64 + 8*jo_3 + u_4];
+                    r0_p2[u_4] += v_dense_2_weight[(i_1)*64 + 8*jo_3 + u_4]*v_h[(bb_2 + 2)*64 + 8*jo_3 + u_4];
+                    r0_p3[u_4] += v_dense_2_weight[(i_1)*64 + 8*jo_3 + u_4]*v_h[(bb_2 + 3)*64 + 8*jo_3 + u_4];
                 }
             }
             real r0_0 = (((r0_p0[0] + r0_p0[1]) + (r0_p0[2] + r0_p0[3])) + ((r0_p0[4] + r0_p0[5]) + (r0_p0[6] + r0_p0[7])));
-            v_dense_1[(bb_0)*64 + i_1] = r0_0 + v_dense_1_bias[i_1];
+            v_z[(bb_2)*10 + i_1] = r0_0 + v_dense_2_bias[i_1];
             real r0_1 = (((r0_p1[0] + r0_p1[1]) + (r0_p1[2] + r0_p1[3])) + ((r0_p1[4] + r0_p1[5]) + (r0_p1[6] + r0_p1[7])));
-            v_dense_1[(bb_0 + 1)*64 + i_1] = r0_1 + v_dense_1_bias[i_1];
+            v_z[(bb_2 + 1)*10 + i_1] = r0_1 + v_dense_2_bias[i_1];
             real r0_2 = (((r0_p2[0] + r0_p2[1]) + (r0_p2[2] + r0_p2[3])) + ((r0_p2[4] + r0_p2[5]) + (r0_p2[6] + r0_p2[7])));
-            v_dense_1[(bb_0 + 2)*64 + i_1] = r0_2 + v_dense_1_bias[i_1];
+            v_z[(bb_2 + 2)*10 + i_1] = r0_2 + v_dense_2_bias[i_1];
             real r0_3 = (((r0_p3[0] + r0_p3[1]) + (r0_p3[2] + r0_p3[3])) + ((r0_p3[4] + r0_p3[5]) + (r0_p3[6] + r0_p3[7])));
-            v_dense_1[(bb_0 + 3)*64 + i_1] = r0_3 + v_dense_1_bias[i_1];
+            v_z[(bb_2 + 3)*10 + i_1] = r0_3 + v_dense_2_bias[i_1];
         }
     }
-    for (int b_8 = batch - batch % 4; b_8 < batch; b_8++) {
-        for (int i_1 = 0; i_1 < 64; i_1++) {
+    for (int b_0 = batch - batch % 4; b_0 < batch; b_0++) {
+        for (int i_1 = 0; i_1 < 10; i_1++) {
             real r1_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
             for (int jo_10 = 0; jo_10 < 8; jo_10++) {
                 for (int u_11 = 0; u_11 < 8; u_11++) {
-                    r1_p[u_11] += v_dense_1_weight[(i_1)*64 + 8*jo_10 + u_11]*v_x[(b_8)*64 + 8*jo_10 + u_11];
+                    r1_p[u_11] += v_dense_2_weight[(i_1)*64 + 8*jo_10 + u_11]*v_h[(b_0)*64 + 8*jo_10 + u_11];
                 }
             }
             real r1 = (((r1_p[0] + r1_p[1]) + (r1_p[2] + r1_p[3])) + ((r1_p[4] + r1_p[5]) + (r1_p[6] + r1_p[7])));
-            v_dense_1[(b_8)*64 + i_1] = r1 + v_dense_1_bias[i_1];
-        }
-    }
-    /* relu_1: h[b, i] = where(dense_1[b, i] <= 0, 0, dense_1[b, i])  [#fwd-relu_1] */
-    for (int b_8 = 0; b_8 < batch; b_8++) {
-        for (int i_1 = 0; i_1 < 64; i_1++) {
-            v_h[(b_8)*64 + i_1] = nncc_where(v_dense_1[(b_8)*64 + i_1] <= 0, 0, v_dense_1[(b_8)*64 + i_1]);
-        }
-    }
-    /* dense_2: z[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2] */
-    for (int bb_12 = 0; bb_12 + 4 <= batch; bb_12 += 4) {
-        for (int i_1 = 0; i_1 < 10; i_1++) {
-            real r2_p0[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-            real r2_p1[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-            real r2_p2[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-            real r2_p3[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-            for (int jo_13 = 0; jo_13 < 8; jo_13++) {
-                for (int u_14 = 0; u_14 < 8; u_14++) {
-                    r2_p0[u_14] += v_dense_2_weight[(i_1)*64 + 8*jo_13 + u_14]*v_h[(bb_12)*64 + 8*jo_13 + u_14];
-                    r2_p1[u_14] += v_dense_2_weight[(i_1)*64 + 8*jo_13 + u_14]*v_h[(bb_12 + 1)*64 + 8*jo_13 + u_14];
-                    r2_p2[u_14] += v_dense_2_weight[(i_1)*64 + 8*jo_13 + u_14]*v_h[(bb_12 + 2)*64 + 8*jo_13 + u_14];
-                    r2_p3[u_14] += v_dense_2_weight[(i_1)*64 + 8*jo_13 + u_14]*v_h[(bb_12 + 3)*64 + 8*jo_13 + u_14];
-                }
-            }
-            real r2_0 = (((r2_p0[0] + r2_p0[1]) + (r2_p0[2] + r2_p0[3])) + ((r2_p0[4] + r2_p0[5]) + (r2_p0[6] + r2_p0[7])));
-            v_z[(bb_12)*10 + i_1] = r2_0 + v_dense_2_bias[i_1];
-            real r2_1 = (((r2_p1[0] + r2_p1[1]) + (r2_p1[2] + r2_p1[3])) + ((r2_p1[4] + r2_p1[5]) + (r2_p1[6] + r2_p1[7])));
-            v_z[(bb_12 + 1)*10 + i_1] = r2_1 + v_dense_2_bias[i_1];
-            real r2_2 = (((r2_p2[0] + r2_p2[1]) + (r2_p2[2] + r2_p2[3])) + ((r2_p2[4] + r2_p2[5]) + (r2_p2[6] + r2_p2[7])));
-            v_z[(bb_12 + 2)*10 + i_1] = r2_2 + v_dense_2_bias[i_1];
-            real r2_3 = (((r2_p3[0] + r2_p3[1]) + (r2_p3[2] + r2_p3[3])) + ((r2_p3[4] + r2_p3[5]) + (r2_p3[6] + r2_p3[7])));
-            v_z[(bb_12 + 3)*10 + i_1] = r2_3 + v_dense_2_bias[i_1];
-        }
-    }
-    for (int b_8 = batch - batch % 4; b_8 < batch; b_8++) {
-        for (int i_1 = 0; i_1 < 10; i_1++) {
-            real r3_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-            for (int jo_20 = 0; jo_20 < 8; jo_20++) {
-                for (int u_21 = 0; u_21 < 8; u_21++) {
-                    r3_p[u_21] += v_dense_2_weight[(i_1)*64 + 8*jo_20 + u_21]*v_h[(b_8)*64 + 8*jo_20 + u_21];
-                }
-            }
-            real r3 = (((r3_p[0] + r3_p[1]) + (r3_p[2] + r3_p[3])) + ((r3_p[4] + r3_p[5]) + (r3_p[6] + r3_p[7])));
-            v_z[(b_8)*10 + i_1] = r3 + v_dense_2_bias[i_1];
+            v_z[(b_0)*10 + i_1] = r1 + v_dense_2_bias[i_1];
         }
     }
     /* softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1] */
-    for (int b_8 = 0; b_8 < batch; b_8++) {
+    for (int b_0 = 0; b_0 < batch; b_0++) {
         real m = -INFINITY, s = 0;
-        for (int j_22 = 0; j_22 < 10; j_22++) {
-            { real v = v_z[(b_8)*10 + j_22]; if (v > m || isnan(v)) m = v; }
+        for (int j_12 = 0; j_12 < 10; j_12++) {
+            { real v = v_z[(b_0)*10 + j_12]; if (v > m || isnan(v)) m = v; }
         }
-        for (int j_22 = 0; j_22 < 10; j_22++) {
-            s += exp(v_z[(b_8)*10 + j_22] - m);
+        for (int j_12 = 0; j_12 < 10; j_12++) {
+            s += exp(v_z[(b_0)*10 + j_12] - m);
         }
-        tmp0[b_8] = m;
-        tmp1[b_8] = log(s);
+        tmp0[b_0] = m;
+        tmp1[b_0] = log(s);
     }
-    for (int b_8 = 0; b_8 < batch; b_8++) {
-        real r4 = 0;
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        real r2 = 0;
         for (int i_1 = 0; i_1 < 10; i_1++) {
-            r4 += ((v_z[(b_8)*10 + i_1] - tmp0[b_8] - tmp1[b_8]))*v_y[(b_8)*10 + i_1];
+            r2 += ((v_z[(b_0)*10 + i_1] - tmp0[b_0] - tmp1[b_0]))*v_y[(b_0)*10 + i_1];
         }
-        v_softmax_cross_entropy_1[b_8] = -r4;
+        v_softmax_cross_entropy_1[b_0] = -r2;
     }
     return digits_loss_value(v_softmax_cross_entropy_1, batch);
 }
@@ -280,109 +386,81 @@ real digits_loss_and_grad(const real *params, const digits_real *v_x, const digi
     real *v_z = work + (size_t)batch * 128 + 0;
     real *dv_z = work + (size_t)batch * 141 + 0;
     real *v_softmax_cross_entropy_1 = work + (size_t)batch * 140 + 0;
+    real *pack1 = work + (size_t)batch * 152 + 0;
     real *tmp0 = work + (size_t)batch * 138 + 0;
     real *tmp1 = work + (size_t)batch * 139 + 0;
     real *tmp2 = work + (size_t)batch * 138 + 0;
     real *tmp3 = work + (size_t)batch * 139 + 0;
     real *tmp4 = work + (size_t)batch * 151 + 0;
+    real *pack2 = work + (size_t)batch * 152 + 0;
     /* dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
-    for (int bb_0 = 0; bb_0 + 4 <= batch; bb_0 += 4) {
+    nncc_gemm(0, 1, batch, 64, 64, 1, v_x, 64, v_dense_1_weight, 64, 0, v_dense_1, 64, pack1);
+    for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 64; i_1++) {
+            v_dense_1[(b_0)*64 + i_1] = v_dense_1_bias[i_1] + v_dense_1[(b_0)*64 + i_1];
+        }
+    }
+    /* relu_1: h[b, i] = where(dense_1[b, i] <= 0, 0, dense_1[b, i])  [#fwd-relu_1] */
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_1 = 0; i_1 < 64; i_1++) {
+            v_h[(b_0)*64 + i_1] = nncc_where(v_dense_1[(b_0)*64 + i_1] <= 0, 0, v_dense_1[(b_0)*64 + i_1]);
+        }
+    }
+    /* dense_2: z[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2] */
+    for (int bb_2 = 0; bb_2 + 4 <= batch; bb_2 += 4) {
+        for (int i_1 = 0; i_1 < 10; i_1++) {
             real r0_p0[8] = {0, 0, 0, 0, 0, 0, 0, 0};
             real r0_p1[8] = {0, 0, 0, 0, 0, 0, 0, 0};
             real r0_p2[8] = {0, 0, 0, 0, 0, 0, 0, 0};
             real r0_p3[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-            for (int jo_2 = 0; jo_2 < 8; jo_2++) {
-                for (int u_3 = 0; u_3 < 8; u_3++) {
-                    r0_p0[u_3] += v_dense_1_weight[(i_1)*64 + 8*jo_2 + u_3]*v_x[(bb_0)*64 + 8*jo_2 + u_3];
-                    r0_p1[u_3] += v_dense_1_weight[(i_1)*64 + 8*jo_2 + u_3]*v_x[(bb_0 + 1)*64 + 8*jo_2 + u_3];
-                    r0_p2[u_3] += v_dense_1_weight[(i_1)*64 + 8*jo_2 + u_3]*v_x[(bb_0 + 2)*64 + 8*jo_2 + u_3];
-                    r0_p3[u_3] += v_dense_1_weight[(i_1)*64 + 8*jo_2 + u_3]*v_x[(bb_0 + 3)*64 + 8*jo_2 + u_3];
+            for (int jo_3 = 0; jo_3 < 8; jo_3++) {
+                for (int u_4 = 0; u_4 < 8; u_4++) {
+                    r0_p0[u_4] += v_dense_2_weight[(i_1)*64 + 8*jo_3 + u_4]*v_h[(bb_2)*64 + 8*jo_3 + u_4];
+                    r0_p1[u_4] += v_dense_2_weight[(i_1)*64 + 8*jo_3 + u_4]*v_h[(bb_2 + 1)*64 + 8*jo_3 + u_4];
+                    r0_p2[u_4] += v_dense_2_weight[(i_1)*64 + 8*jo_3 + u_4]*v_h[(bb_2 + 2)*64 + 8*jo_3 + u_4];
+                    r0_p3[u_4] += v_dense_2_weight[(i_1)*64 + 8*jo_3 + u_4]*v_h[(bb_2 + 3)*64 + 8*jo_3 + u_4];
                 }
             }
             real r0_0 = (((r0_p0[0] + r0_p0[1]) + (r0_p0[2] + r0_p0[3])) + ((r0_p0[4] + r0_p0[5]) + (r0_p0[6] + r0_p0[7])));
-            v_dense_1[(bb_0)*64 + i_1] = r0_0 + v_dense_1_bias[i_1];
+            v_z[(bb_2)*10 + i_1] = r0_0 + v_dense_2_bias[i_1];
             real r0_1 = (((r0_p1[0] + r0_p1[1]) + (r0_p1[2] + r0_p1[3])) + ((r0_p1[4] + r0_p1[5]) + (r0_p1[6] + r0_p1[7])));
-            v_dense_1[(bb_0 + 1)*64 + i_1] = r0_1 + v_dense_1_bias[i_1];
+            v_z[(bb_2 + 1)*10 + i_1] = r0_1 + v_dense_2_bias[i_1];
             real r0_2 = (((r0_p2[0] + r0_p2[1]) + (r0_p2[2] + r0_p2[3])) + ((r0_p2[4] + r0_p2[5]) + (r0_p2[6] + r0_p2[7])));
-            v_dense_1[(bb_0 + 2)*64 + i_1] = r0_2 + v_dense_1_bias[i_1];
+            v_z[(bb_2 + 2)*10 + i_1] = r0_2 + v_dense_2_bias[i_1];
             real r0_3 = (((r0_p3[0] + r0_p3[1]) + (r0_p3[2] + r0_p3[3])) + ((r0_p3[4] + r0_p3[5]) + (r0_p3[6] + r0_p3[7])));
-            v_dense_1[(bb_0 + 3)*64 + i_1] = r0_3 + v_dense_1_bias[i_1];
+            v_z[(bb_2 + 3)*10 + i_1] = r0_3 + v_dense_2_bias[i_1];
         }
     }
-    for (int b_8 = batch - batch % 4; b_8 < batch; b_8++) {
-        for (int i_1 = 0; i_1 < 64; i_1++) {
+    for (int b_0 = batch - batch % 4; b_0 < batch; b_0++) {
+        for (int i_1 = 0; i_1 < 10; i_1++) {
             real r1_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
             for (int jo_10 = 0; jo_10 < 8; jo_10++) {
                 for (int u_11 = 0; u_11 < 8; u_11++) {
-                    r1_p[u_11] += v_dense_1_weight[(i_1)*64 + 8*jo_10 + u_11]*v_x[(b_8)*64 + 8*jo_10 + u_11];
+                    r1_p[u_11] += v_dense_2_weight[(i_1)*64 + 8*jo_10 + u_11]*v_h[(b_0)*64 + 8*jo_10 + u_11];
                 }
             }
             real r1 = (((r1_p[0] + r1_p[1]) + (r1_p[2] + r1_p[3])) + ((r1_p[4] + r1_p[5]) + (r1_p[6] + r1_p[7])));
-            v_dense_1[(b_8)*64 + i_1] = r1 + v_dense_1_bias[i_1];
-        }
-    }
-    /* relu_1: h[b, i] = where(dense_1[b, i] <= 0, 0, dense_1[b, i])  [#fwd-relu_1] */
-    for (int b_8 = 0; b_8 < batch; b_8++) {
-        for (int i_1 = 0; i_1 < 64; i_1++) {
-            v_h[(b_8)*64 + i_1] = nncc_where(v_dense_1[(b_8)*64 + i_1] <= 0, 0, v_dense_1[(b_8)*64 + i_1]);
-        }
-    }
-    /* dense_2: z[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2] */
-    for (int bb_12 = 0; bb_12 + 4 <= batch; bb_12 += 4) {
-        for (int i_1 = 0; i_1 < 10; i_1++) {
-            real r2_p0[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-            real r2_p1[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-            real r2_p2[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-            real r2_p3[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-            for (int jo_13 = 0; jo_13 < 8; jo_13++) {
-                for (int u_14 = 0; u_14 < 8; u_14++) {
-                    r2_p0[u_14] += v_dense_2_weight[(i_1)*64 + 8*jo_13 + u_14]*v_h[(bb_12)*64 + 8*jo_13 + u_14];
-                    r2_p1[u_14] += v_dense_2_weight[(i_1)*64 + 8*jo_13 + u_14]*v_h[(bb_12 + 1)*64 + 8*jo_13 + u_14];
-                    r2_p2[u_14] += v_dense_2_weight[(i_1)*64 + 8*jo_13 + u_14]*v_h[(bb_12 + 2)*64 + 8*jo_13 + u_14];
-                    r2_p3[u_14] += v_dense_2_weight[(i_1)*64 + 8*jo_13 + u_14]*v_h[(bb_12 + 3)*64 + 8*jo_13 + u_14];
-                }
-            }
-            real r2_0 = (((r2_p0[0] + r2_p0[1]) + (r2_p0[2] + r2_p0[3])) + ((r2_p0[4] + r2_p0[5]) + (r2_p0[6] + r2_p0[7])));
-            v_z[(bb_12)*10 + i_1] = r2_0 + v_dense_2_bias[i_1];
-            real r2_1 = (((r2_p1[0] + r2_p1[1]) + (r2_p1[2] + r2_p1[3])) + ((r2_p1[4] + r2_p1[5]) + (r2_p1[6] + r2_p1[7])));
-            v_z[(bb_12 + 1)*10 + i_1] = r2_1 + v_dense_2_bias[i_1];
-            real r2_2 = (((r2_p2[0] + r2_p2[1]) + (r2_p2[2] + r2_p2[3])) + ((r2_p2[4] + r2_p2[5]) + (r2_p2[6] + r2_p2[7])));
-            v_z[(bb_12 + 2)*10 + i_1] = r2_2 + v_dense_2_bias[i_1];
-            real r2_3 = (((r2_p3[0] + r2_p3[1]) + (r2_p3[2] + r2_p3[3])) + ((r2_p3[4] + r2_p3[5]) + (r2_p3[6] + r2_p3[7])));
-            v_z[(bb_12 + 3)*10 + i_1] = r2_3 + v_dense_2_bias[i_1];
-        }
-    }
-    for (int b_8 = batch - batch % 4; b_8 < batch; b_8++) {
-        for (int i_1 = 0; i_1 < 10; i_1++) {
-            real r3_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-            for (int jo_20 = 0; jo_20 < 8; jo_20++) {
-                for (int u_21 = 0; u_21 < 8; u_21++) {
-                    r3_p[u_21] += v_dense_2_weight[(i_1)*64 + 8*jo_20 + u_21]*v_h[(b_8)*64 + 8*jo_20 + u_21];
-                }
-            }
-            real r3 = (((r3_p[0] + r3_p[1]) + (r3_p[2] + r3_p[3])) + ((r3_p[4] + r3_p[5]) + (r3_p[6] + r3_p[7])));
-            v_z[(b_8)*10 + i_1] = r3 + v_dense_2_bias[i_1];
+            v_z[(b_0)*10 + i_1] = r1 + v_dense_2_bias[i_1];
         }
     }
     /* softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1] */
-    for (int b_8 = 0; b_8 < batch; b_8++) {
+    for (int b_0 = 0; b_0 < batch; b_0++) {
         real m = -INFINITY, s = 0;
-        for (int j_22 = 0; j_22 < 10; j_22++) {
-            { real v = v_z[(b_8)*10 + j_22]; if (v > m || isnan(v)) m = v; }
+        for (int j_12 = 0; j_12 < 10; j_12++) {
+            { real v = v_z[(b_0)*10 + j_12]; if (v > m || isnan(v)) m = v; }
         }
-        for (int j_22 = 0; j_22 < 10; j_22++) {
-            s += exp(v_z[(b_8)*10 + j_22] - m);
+        for (int j_12 = 0; j_12 < 10; j_12++) {
+            s += exp(v_z[(b_0)*10 + j_12] - m);
         }
-        tmp0[b_8] = m;
-        tmp1[b_8] = log(s);
+        tmp0[b_0] = m;
+        tmp1[b_0] = log(s);
     }
-    for (int b_8 = 0; b_8 < batch; b_8++) {
-        real r4 = 0;
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        real r2 = 0;
         for (int i_1 = 0; i_1 < 10; i_1++) {
-            r4 += ((v_z[(b_8)*10 + i_1] - tmp0[b_8] - tmp1[b_8]))*v_y[(b_8)*10 + i_1];
+            r2 += ((v_z[(b_0)*10 + i_1] - tmp0[b_0] - tmp1[b_0]))*v_y[(b_0)*10 + i_1];
         }
-        v_softmax_cross_entropy_1[b_8] = -r4;
+        v_softmax_cross_entropy_1[b_0] = -r2;
     }
     const real seed = ((real)1 / (real)batch);  /* d loss / d per-sample loss */
     /* d_z[b, k] = (-y[b, k] + Σ_i y[b, i]*exp(-logsumexp_j(z[b, j]) + z[b, k]))*d_softmax_cross_entropy_1[b]  [#bwd-softmax_cross_entropy_1-z] */
@@ -443,18 +521,7 @@ real digits_loss_and_grad(const real *params, const digits_real *v_x, const digi
         }
     }
     /* d_dense_1_weight[i, j] = Σ_b (d_dense_1[b, i]*x[b, j])  [#bwd-dense_1-weight] */
-    for (int i_1 = 0; i_1 < 64; i_1++) {
-        for (int j_2 = 0; j_2 < 64; j_2++) {
-            dv_dense_1_weight[(i_1)*64 + j_2] = 0;
-        }
-    }
-    for (int i_1 = 0; i_1 < 64; i_1++) {
-        for (int b_0 = 0; b_0 < batch; b_0++) {
-            for (int j_2 = 0; j_2 < 64; j_2++) {
-                dv_dense_1_weight[(i_1)*64 + j_2] += dv_dense_1[(b_0)*64 + i_1]*v_x[(b_0)*64 + j_2];
-            }
-        }
-    }
+    nncc_gemm(1, 0, 64, 64, batch, 1, dv_dense_1, 64, v_x, 64, 0, dv_dense_1_weight, 64, pack2);
     /* d_dense_1_bias[i] = Σ_b d_dense_1[b, i]  [#bwd-dense_1-bias] */
     for (int i_1 = 0; i_1 < 64; i_1++) {
         dv_dense_1_bias[i_1] = 0;
@@ -479,113 +546,84 @@ real digits_sgd_step(real *params, const digits_real *v_x, const digits_real *v_
     real *v_z = work + (size_t)batch * 128 + 0;
     real *dv_z = work + (size_t)batch * 141 + 0;
     real *v_softmax_cross_entropy_1 = work + (size_t)batch * 140 + 0;
+    real *pack1 = work + (size_t)batch * 152 + 0;
     real *tmp0 = work + (size_t)batch * 138 + 0;
     real *tmp1 = work + (size_t)batch * 139 + 0;
     real *tmp2 = work + (size_t)batch * 138 + 0;
     real *tmp3 = work + (size_t)batch * 139 + 0;
     real *tmp4 = work + (size_t)batch * 151 + 0;
-    real *dv_dense_1_weight = work + (size_t)batch * 152 + 0;
+    real *pack2 = work + (size_t)batch * 152 + 0;
     real *dv_dense_1_bias = work + (size_t)batch * 152 + 0;
     real *dv_dense_2_weight = work + (size_t)batch * 152 + 0;
     real *dv_dense_2_bias = work + (size_t)batch * 152 + 640;
     /* dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1] */
-    for (int bb_0 = 0; bb_0 + 4 <= batch; bb_0 += 4) {
+    nncc_gemm(0, 1, batch, 64, 64, 1, v_x, 64, v_dense_1_weight, 64, 0, v_dense_1, 64, pack1);
+    for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int i_1 = 0; i_1 < 64; i_1++) {
+            v_dense_1[(b_0)*64 + i_1] = v_dense_1_bias[i_1] + v_dense_1[(b_0)*64 + i_1];
+        }
+    }
+    /* relu_1: h[b, i] = where(dense_1[b, i] <= 0, 0, dense_1[b, i])  [#fwd-relu_1] */
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        for (int i_1 = 0; i_1 < 64; i_1++) {
+            v_h[(b_0)*64 + i_1] = nncc_where(v_dense_1[(b_0)*64 + i_1] <= 0, 0, v_dense_1[(b_0)*64 + i_1]);
+        }
+    }
+    /* dense_2: z[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2] */
+    for (int bb_2 = 0; bb_2 + 4 <= batch; bb_2 += 4) {
+        for (int i_1 = 0; i_1 < 10; i_1++) {
             real r0_p0[8] = {0, 0, 0, 0, 0, 0, 0, 0};
             real r0_p1[8] = {0, 0, 0, 0, 0, 0, 0, 0};
             real r0_p2[8] = {0, 0, 0, 0, 0, 0, 0, 0};
             real r0_p3[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-            for (int jo_2 = 0; jo_2 < 8; jo_2++) {
-                for (int u_3 = 0; u_3 < 8; u_3++) {
-                    r0_p0[u_3] += v_dense_1_weight[(i_1)*64 + 8*jo_2 + u_3]*v_x[(bb_0)*64 + 8*jo_2 + u_3];
-                    r0_p1[u_3] += v_dense_1_weight[(i_1)*64 + 8*jo_2 + u_3]*v_x[(bb_0 + 1)*64 + 8*jo_2 + u_3];
-                    r0_p2[u_3] += v_dense_1_weight[(i_1)*64 + 8*jo_2 + u_3]*v_x[(bb_0 + 2)*64 + 8*jo_2 + u_3];
-                    r0_p3[u_3] += v_dense_1_weight[(i_1)*64 + 8*jo_2 + u_3]*v_x[(bb_0 + 3)*64 + 8*jo_2 + u_3];
+            for (int jo_3 = 0; jo_3 < 8; jo_3++) {
+                for (int u_4 = 0; u_4 < 8; u_4++) {
+                    r0_p0[u_4] += v_dense_2_weight[(i_1)*64 + 8*jo_3 + u_4]*v_h[(bb_2)*64 + 8*jo_3 + u_4];
+                    r0_p1[u_4] += v_dense_2_weight[(i_1)*64 + 8*jo_3 + u_4]*v_h[(bb_2 + 1)*64 + 8*jo_3 + u_4];
+                    r0_p2[u_4] += v_dense_2_weight[(i_1)*64 + 8*jo_3 + u_4]*v_h[(bb_2 + 2)*64 + 8*jo_3 + u_4];
+                    r0_p3[u_4] += v_dense_2_weight[(i_1)*64 + 8*jo_3 + u_4]*v_h[(bb_2 + 3)*64 + 8*jo_3 + u_4];
                 }
             }
             real r0_0 = (((r0_p0[0] + r0_p0[1]) + (r0_p0[2] + r0_p0[3])) + ((r0_p0[4] + r0_p0[5]) + (r0_p0[6] + r0_p0[7])));
-            v_dense_1[(bb_0)*64 + i_1] = r0_0 + v_dense_1_bias[i_1];
+            v_z[(bb_2)*10 + i_1] = r0_0 + v_dense_2_bias[i_1];
             real r0_1 = (((r0_p1[0] + r0_p1[1]) + (r0_p1[2] + r0_p1[3])) + ((r0_p1[4] + r0_p1[5]) + (r0_p1[6] + r0_p1[7])));
-            v_dense_1[(bb_0 + 1)*64 + i_1] = r0_1 + v_dense_1_bias[i_1];
+            v_z[(bb_2 + 1)*10 + i_1] = r0_1 + v_dense_2_bias[i_1];
             real r0_2 = (((r0_p2[0] + r0_p2[1]) + (r0_p2[2] + r0_p2[3])) + ((r0_p2[4] + r0_p2[5]) + (r0_p2[6] + r0_p2[7])));
-            v_dense_1[(bb_0 + 2)*64 + i_1] = r0_2 + v_dense_1_bias[i_1];
+            v_z[(bb_2 + 2)*10 + i_1] = r0_2 + v_dense_2_bias[i_1];
             real r0_3 = (((r0_p3[0] + r0_p3[1]) + (r0_p3[2] + r0_p3[3])) + ((r0_p3[4] + r0_p3[5]) + (r0_p3[6] + r0_p3[7])));
-            v_dense_1[(bb_0 + 3)*64 + i_1] = r0_3 + v_dense_1_bias[i_1];
+            v_z[(bb_2 + 3)*10 + i_1] = r0_3 + v_dense_2_bias[i_1];
         }
     }
-    for (int b_8 = batch - batch % 4; b_8 < batch; b_8++) {
-        for (int i_1 = 0; i_1 < 64; i_1++) {
+    for (int b_0 = batch - batch % 4; b_0 < batch; b_0++) {
+        for (int i_1 = 0; i_1 < 10; i_1++) {
             real r1_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
             for (int jo_10 = 0; jo_10 < 8; jo_10++) {
                 for (int u_11 = 0; u_11 < 8; u_11++) {
-                    r1_p[u_11] += v_dense_1_weight[(i_1)*64 + 8*jo_10 + u_11]*v_x[(b_8)*64 + 8*jo_10 + u_11];
+                    r1_p[u_11] += v_dense_2_weight[(i_1)*64 + 8*jo_10 + u_11]*v_h[(b_0)*64 + 8*jo_10 + u_11];
                 }
             }
             real r1 = (((r1_p[0] + r1_p[1]) + (r1_p[2] + r1_p[3])) + ((r1_p[4] + r1_p[5]) + (r1_p[6] + r1_p[7])));
-            v_dense_1[(b_8)*64 + i_1] = r1 + v_dense_1_bias[i_1];
-        }
-    }
-    /* relu_1: h[b, i] = where(dense_1[b, i] <= 0, 0, dense_1[b, i])  [#fwd-relu_1] */
-    for (int b_8 = 0; b_8 < batch; b_8++) {
-        for (int i_1 = 0; i_1 < 64; i_1++) {
-            v_h[(b_8)*64 + i_1] = nncc_where(v_dense_1[(b_8)*64 + i_1] <= 0, 0, v_dense_1[(b_8)*64 + i_1]);
-        }
-    }
-    /* dense_2: z[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2] */
-    for (int bb_12 = 0; bb_12 + 4 <= batch; bb_12 += 4) {
-        for (int i_1 = 0; i_1 < 10; i_1++) {
-            real r2_p0[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-            real r2_p1[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-            real r2_p2[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-            real r2_p3[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-            for (int jo_13 = 0; jo_13 < 8; jo_13++) {
-                for (int u_14 = 0; u_14 < 8; u_14++) {
-                    r2_p0[u_14] += v_dense_2_weight[(i_1)*64 + 8*jo_13 + u_14]*v_h[(bb_12)*64 + 8*jo_13 + u_14];
-                    r2_p1[u_14] += v_dense_2_weight[(i_1)*64 + 8*jo_13 + u_14]*v_h[(bb_12 + 1)*64 + 8*jo_13 + u_14];
-                    r2_p2[u_14] += v_dense_2_weight[(i_1)*64 + 8*jo_13 + u_14]*v_h[(bb_12 + 2)*64 + 8*jo_13 + u_14];
-                    r2_p3[u_14] += v_dense_2_weight[(i_1)*64 + 8*jo_13 + u_14]*v_h[(bb_12 + 3)*64 + 8*jo_13 + u_14];
-                }
-            }
-            real r2_0 = (((r2_p0[0] + r2_p0[1]) + (r2_p0[2] + r2_p0[3])) + ((r2_p0[4] + r2_p0[5]) + (r2_p0[6] + r2_p0[7])));
-            v_z[(bb_12)*10 + i_1] = r2_0 + v_dense_2_bias[i_1];
-            real r2_1 = (((r2_p1[0] + r2_p1[1]) + (r2_p1[2] + r2_p1[3])) + ((r2_p1[4] + r2_p1[5]) + (r2_p1[6] + r2_p1[7])));
-            v_z[(bb_12 + 1)*10 + i_1] = r2_1 + v_dense_2_bias[i_1];
-            real r2_2 = (((r2_p2[0] + r2_p2[1]) + (r2_p2[2] + r2_p2[3])) + ((r2_p2[4] + r2_p2[5]) + (r2_p2[6] + r2_p2[7])));
-            v_z[(bb_12 + 2)*10 + i_1] = r2_2 + v_dense_2_bias[i_1];
-            real r2_3 = (((r2_p3[0] + r2_p3[1]) + (r2_p3[2] + r2_p3[3])) + ((r2_p3[4] + r2_p3[5]) + (r2_p3[6] + r2_p3[7])));
-            v_z[(bb_12 + 3)*10 + i_1] = r2_3 + v_dense_2_bias[i_1];
-        }
-    }
-    for (int b_8 = batch - batch % 4; b_8 < batch; b_8++) {
-        for (int i_1 = 0; i_1 < 10; i_1++) {
-            real r3_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-            for (int jo_20 = 0; jo_20 < 8; jo_20++) {
-                for (int u_21 = 0; u_21 < 8; u_21++) {
-                    r3_p[u_21] += v_dense_2_weight[(i_1)*64 + 8*jo_20 + u_21]*v_h[(b_8)*64 + 8*jo_20 + u_21];
-                }
-            }
-            real r3 = (((r3_p[0] + r3_p[1]) + (r3_p[2] + r3_p[3])) + ((r3_p[4] + r3_p[5]) + (r3_p[6] + r3_p[7])));
-            v_z[(b_8)*10 + i_1] = r3 + v_dense_2_bias[i_1];
+            v_z[(b_0)*10 + i_1] = r1 + v_dense_2_bias[i_1];
         }
     }
     /* softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1] */
-    for (int b_8 = 0; b_8 < batch; b_8++) {
+    for (int b_0 = 0; b_0 < batch; b_0++) {
         real m = -INFINITY, s = 0;
-        for (int j_22 = 0; j_22 < 10; j_22++) {
-            { real v = v_z[(b_8)*10 + j_22]; if (v > m || isnan(v)) m = v; }
+        for (int j_12 = 0; j_12 < 10; j_12++) {
+            { real v = v_z[(b_0)*10 + j_12]; if (v > m || isnan(v)) m = v; }
         }
-        for (int j_22 = 0; j_22 < 10; j_22++) {
-            s += exp(v_z[(b_8)*10 + j_22] - m);
+        for (int j_12 = 0; j_12 < 10; j_12++) {
+            s += exp(v_z[(b_0)*10 + j_12] - m);
         }
-        tmp0[b_8] = m;
-        tmp1[b_8] = log(s);
+        tmp0[b_0] = m;
+        tmp1[b_0] = log(s);
     }
-    for (int b_8 = 0; b_8 < batch; b_8++) {
-        real r4 = 0;
+    for (int b_0 = 0; b_0 < batch; b_0++) {
+        real r2 = 0;
         for (int i_1 = 0; i_1 < 10; i_1++) {
-            r4 += ((v_z[(b_8)*10 + i_1] - tmp0[b_8] - tmp1[b_8]))*v_y[(b_8)*10 + i_1];
+            r2 += ((v_z[(b_0)*10 + i_1] - tmp0[b_0] - tmp1[b_0]))*v_y[(b_0)*10 + i_1];
         }
-        v_softmax_cross_entropy_1[b_8] = -r4;
+        v_softmax_cross_entropy_1[b_0] = -r2;
     }
     const real seed = ((real)1 / (real)batch);  /* d loss / d per-sample loss */
     /* d_z[b, k] = (-y[b, k] + Σ_i y[b, i]*exp(-logsumexp_j(z[b, j]) + z[b, k]))*d_softmax_cross_entropy_1[b]  [#bwd-softmax_cross_entropy_1-z] */
@@ -654,22 +692,8 @@ real digits_sgd_step(real *params, const digits_real *v_x, const digits_real *v_
         params[4160 + n] -= lr * dv_dense_2_weight[n];
     }
     /* d_dense_1_weight[i, j] = Σ_b (d_dense_1[b, i]*x[b, j])  [#bwd-dense_1-weight] */
-    for (int i_1 = 0; i_1 < 64; i_1++) {
-        for (int j_2 = 0; j_2 < 64; j_2++) {
-            dv_dense_1_weight[(i_1)*64 + j_2] = 0;
-        }
-    }
-    for (int i_1 = 0; i_1 < 64; i_1++) {
-        for (int b_0 = 0; b_0 < batch; b_0++) {
-            for (int j_2 = 0; j_2 < 64; j_2++) {
-                dv_dense_1_weight[(i_1)*64 + j_2] += dv_dense_1[(b_0)*64 + i_1]*v_x[(b_0)*64 + j_2];
-            }
-        }
-    }
-    /* dense_1_weight -= lr * its gradient, which is complete and read no more */
-    for (long n = 0; n < 4096; n++) {
-        params[0 + n] -= lr * dv_dense_1_weight[n];
-    }
+    /* dense_1_weight -= lr * its gradient, the product added into it */
+    nncc_gemm(1, 0, 64, 64, batch, -lr, dv_dense_1, 64, v_x, 64, 1, params + 0, 64, pack2);
     /* d_dense_1_bias[i] = Σ_b d_dense_1[b, i]  [#bwd-dense_1-bias] */
     for (int i_1 = 0; i_1 < 64; i_1++) {
         dv_dense_1_bias[i_1] = 0;
@@ -688,3 +712,5 @@ real digits_sgd_step(real *params, const digits_real *v_x, const digits_real *v_
 
 #undef real
 #undef nncc_where
+#undef nncc_muladd
+#undef nncc_gemm

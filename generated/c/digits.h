@@ -20,8 +20,8 @@ typedef float digits_real;
 
 #define DIGITS_PARAM_COUNT 4810
 #define DIGITS_PARAM_BYTES (DIGITS_PARAM_COUNT * sizeof(digits_real))
-/* workspace, in digits_real values: 152 per sample + 4096 */
-#define DIGITS_WORKSPACE_SIZE(batch) ((size_t)(batch) * 152 + 4096)
+/* workspace, in digits_real values: 152 per sample + 32768 */
+#define DIGITS_WORKSPACE_SIZE(batch) ((size_t)(batch) * 152 + 32768)
 #define DIGITS_WORKSPACE_BYTES(batch) (DIGITS_WORKSPACE_SIZE(batch) * sizeof(digits_real))
 /* values per sample of each input, target and of the output */
 #define DIGITS_X_SIZE 64   /* x: [64] */

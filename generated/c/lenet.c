@@ -630,16 +630,15 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
         for (int ch_13 = 0; ch_13 < 8; ch_13++) {
             for (int i_1 = 0; i_1 < 4; i_1++) {
                 for (int j_2 = 0; j_2 < 4; j_2++) {
-                    for (int p1_14 = 0; p1_14 < 2; p1_14++) {
-                        for (int q1_15 = 0; q1_15 < 2; q1_15++) {
-                            real r3_m = -INFINITY; long r3_best = -1, r3_k = 0;
-                            for (int p1s_17 = 0; p1s_17 < 2; p1s_17++) {
-                                for (int q1s_18 = 0; q1s_18 < 2; q1s_18++) {
-                                    { real v = v_relu_1[(b_0)*512 + (ch_13)*64 + (p1s_17 + 2*i_1)*8 + q1s_18 + 2*j_2]; if (r3_best < 0 || v > r3_m || isnan(v)) { r3_m = v; r3_best = r3_k; } r3_k++; }
-                                }
-                            }
-                            real r3 = (real)((q1_15*1 + p1_14*2) == r3_best);
-                            dv_relu_1[(b_0)*512 + (ch_13)*64 + (2*i_1 + p1_14)*8 + 2*j_2 + q1_15] += r3*dv_h[(b_0)*128 + (ch_13)*16 + (i_1)*4 + j_2];
+                    real r3_m = -INFINITY; long r3_best = -1, r3_k = 0;
+                    for (int p1s_14 = 0; p1s_14 < 2; p1s_14++) {
+                        for (int q1s_15 = 0; q1s_15 < 2; q1s_15++) {
+                            { real v = v_relu_1[(b_0)*512 + (ch_13)*64 + (p1s_14 + 2*i_1)*8 + q1s_15 + 2*j_2]; if (r3_best < 0 || v > r3_m || isnan(v)) { r3_m = v; r3_best = r3_k; } r3_k++; }
+                        }
+                    }
+                    for (int p1_17 = 0; p1_17 < 2; p1_17++) {
+                        for (int q1_16 = 0; q1_16 < 2; q1_16++) {
+                            dv_relu_1[(b_0)*512 + (ch_13)*64 + (2*i_1 + p1_17)*8 + 2*j_2 + q1_16] += ((real)((q1_16*1 + p1_17*2) == r3_best))*dv_h[(b_0)*128 + (ch_13)*16 + (i_1)*4 + j_2];
                         }
                     }
                 }
@@ -999,16 +998,15 @@ real lenet_sgd_step(real *params, const lenet_real *v_x, const lenet_real *v_y, 
         for (int ch_13 = 0; ch_13 < 8; ch_13++) {
             for (int i_1 = 0; i_1 < 4; i_1++) {
                 for (int j_2 = 0; j_2 < 4; j_2++) {
-                    for (int p1_14 = 0; p1_14 < 2; p1_14++) {
-                        for (int q1_15 = 0; q1_15 < 2; q1_15++) {
-                            real r3_m = -INFINITY; long r3_best = -1, r3_k = 0;
-                            for (int p1s_17 = 0; p1s_17 < 2; p1s_17++) {
-                                for (int q1s_18 = 0; q1s_18 < 2; q1s_18++) {
-                                    { real v = v_relu_1[(b_0)*512 + (ch_13)*64 + (p1s_17 + 2*i_1)*8 + q1s_18 + 2*j_2]; if (r3_best < 0 || v > r3_m || isnan(v)) { r3_m = v; r3_best = r3_k; } r3_k++; }
-                                }
-                            }
-                            real r3 = (real)((q1_15*1 + p1_14*2) == r3_best);
-                            dv_relu_1[(b_0)*512 + (ch_13)*64 + (2*i_1 + p1_14)*8 + 2*j_2 + q1_15] += r3*dv_h[(b_0)*128 + (ch_13)*16 + (i_1)*4 + j_2];
+                    real r3_m = -INFINITY; long r3_best = -1, r3_k = 0;
+                    for (int p1s_14 = 0; p1s_14 < 2; p1s_14++) {
+                        for (int q1s_15 = 0; q1s_15 < 2; q1s_15++) {
+                            { real v = v_relu_1[(b_0)*512 + (ch_13)*64 + (p1s_14 + 2*i_1)*8 + q1s_15 + 2*j_2]; if (r3_best < 0 || v > r3_m || isnan(v)) { r3_m = v; r3_best = r3_k; } r3_k++; }
+                        }
+                    }
+                    for (int p1_17 = 0; p1_17 < 2; p1_17++) {
+                        for (int q1_16 = 0; q1_16 < 2; q1_16++) {
+                            dv_relu_1[(b_0)*512 + (ch_13)*64 + (2*i_1 + p1_17)*8 + 2*j_2 + q1_16] += ((real)((q1_16*1 + p1_17*2) == r3_best))*dv_h[(b_0)*128 + (ch_13)*16 + (i_1)*4 + j_2];
                         }
                     }
                 }

@@ -20,8 +20,8 @@ typedef float nielsen_real;
 
 #define NIELSEN_PARAM_COUNT 23860
 #define NIELSEN_PARAM_BYTES (NIELSEN_PARAM_COUNT * sizeof(nielsen_real))
-/* workspace, in nielsen_real values: 81 per sample + 23520 */
-#define NIELSEN_WORKSPACE_SIZE(batch) ((size_t)(batch) * 81 + 23520)
+/* workspace, in nielsen_real values: 81 per sample + 73728 */
+#define NIELSEN_WORKSPACE_SIZE(batch) ((size_t)(batch) * 81 + 73728)
 #define NIELSEN_WORKSPACE_BYTES(batch) (NIELSEN_WORKSPACE_SIZE(batch) * sizeof(nielsen_real))
 /* values per sample of each input, target and of the output */
 #define NIELSEN_X_SIZE 784   /* x: [784] */

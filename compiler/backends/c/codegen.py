@@ -28,6 +28,24 @@ from .nodes import Block, Loop, Stmt, render
 from ...ops.symbolic import FirstArgmax, LogSumExp, MaxOver, index_symbols, join_signed, read_name, real_base, sum_terms
 
 
+@dataclass
+class GemmCall(Stmt):
+    """A call of nncc_gemm, kept with its arguments: sgd_step may send a parameter's
+    gradient product straight into the parameter (alpha -lr, added) instead."""
+    text: str = ""
+    args: tuple = ()  # ta, tb, m, n, k, alpha, a, lda, b, ldb, add, c, ldc, pack: C text
+    reads: frozenset = frozenset()  # the arrays it reads
+
+    def __post_init__(self):
+        self.text = f"nncc_gemm({', '.join(self.args)});"
+
+    def into(self, target: str, scale: str, add: bool) -> "GemmCall":
+        args = list(self.args)
+        args[5] = scale if args[5] == "1" else f"{scale} * {args[5]}"
+        args[10], args[11] = str(int(add)), target
+        return GemmCall(args=tuple(args), reads=self.reads)
+
+
 def cname(name: str) -> str:
     """A C identifier for a tensor, parameter or gradient name."""
     return "v_" + name.replace(".", "_")
@@ -133,7 +151,8 @@ class _CPrinter(C99CodePrinter):
 class CLowerer:
     """Writes C statements for one function body into `lines`."""
 
-    def __init__(self, buffers: dict, work: list):
+    def __init__(self, buffers: dict, work: list, real: str = "float"):
+        self.real = real  # "float" or "double": the gemm's tile width depends on it
         self.buffers = buffers  # tensor/param/grad name -> Buffer
         self.work = work  # shared list of work Buffers (temporaries get appended)
         self.nodes: list = []  # the statements written, as a tree (nodes.py)
@@ -266,6 +285,8 @@ class CLowerer:
         if expr.has(sp.KroneckerDelta):
             expr = sp.Add(*[self._scatter(t, loops) if t.has(sp.KroneckerDelta) else t
                             for t in sp.Add.make_args(expr)])
+        if tuple(st.indices) == loops and not st.accumulate and self._gemm(st.target, buf, loops, expr):
+            return
         if tuple(st.indices) == loops and self._axpy(buf, loops, expr, st.accumulate):
             return
         if tuple(st.indices) == loops and self._samples_at_once(buf, loops, expr, st.accumulate):
@@ -304,6 +325,74 @@ class CLowerer:
                 self._emit(f"{buf.name}[{linear}] = 0;")
         with self._loops([*loops[:-1], *vs, k]):
             self._emit(f"{buf.name}[{linear}] += {_CPrinter(self).doprint(body)};")
+        return True
+
+    GEMM_MIN = 4096  # multiply-adds per sample (or in all) below which a loop nest is as fast
+
+    def _gemm(self, target, buf, loops, expr):
+        """out[M..., N...] = F(Σ_K A[M..., K...] B[K..., N...]) (each of A and B perhaps
+        transposed, each a whole array read in its own order, F elementwise: a bias added,
+        a relu's mask) as one nncc_gemm call, a blocked matrix product into out, and then
+        `out = F(out)` over the loops where F is more than the sum itself."""
+        found = [a for a in sp.preorder_traversal(expr) if isinstance(a, _REDUCTIONS)]
+        if len(set(found)) != 1 or not isinstance(found[0], sp.Sum) or not loops:
+            return False
+        total = found[0]
+        if any(lo != 0 for _, lo, _ in total.limits) or expr.has(sp.KroneckerDelta) or buf.name in {
+                self.buffers[r.base.label.name].name for r in expr.xreplace({total: sp.S.Zero}).atoms(sp.Indexed)}:
+            return False
+        vs = [v for v, _, _ in total.limits]
+        factors = sp.Mul.make_args(total.function)
+        reads = [f for f in factors if isinstance(f, sp.Indexed)]
+        scale = sp.Mul(*[f for f in factors if not isinstance(f, sp.Indexed)])
+        if len(reads) != 2 or scale.free_symbols:
+            return False
+        ranges = {**self.ranges, **{v: hi + 1 for v, _, hi in total.limits}}
+
+        def whole(r):  # every subscript a distinct index running over its whole axis
+            shape = self.buffers[r.base.label.name].shape
+            return len(set(r.indices)) == len(r.indices) == len(shape) and all(
+                isinstance(i, sp.Symbol) and i in ranges and ranges[i] == n
+                for i, n in zip(r.indices, shape))
+        if not all(whole(r) for r in reads):
+            return False
+        for a, b in (reads, reads[::-1]):
+            ai, bi = tuple(a.indices), tuple(b.indices)
+            ka, kb = [i for i in ai if i in vs], [i for i in bi if i in vs]
+            ms, ns = [i for i in ai if i not in vs], [i for i in bi if i not in vs]
+            if sorted(ka, key=str) != sorted(vs, key=str) or ka != kb or tuple(ms + ns) != tuple(loops):
+                continue
+            if ai not in (tuple(ms + ka), tuple(ka + ms)) or bi not in (tuple(ka + ns), tuple(ns + ka)):
+                continue
+            ta, tb = int(ai != tuple(ms + ka)), int(bi != tuple(ka + ns))
+            break
+        else:
+            return False
+        m, n, k = (sp.Mul(*[ranges[i] for i in group]) for group in (ms, ns, ka))
+        fixed = (m * n * k).subs(B, 1)
+        # n < 8: most of each tile padding; a batch of rows by a narrow transposed factor
+        # (a narrow dense layer's forward): the loop nest's dot products are as fast
+        if fixed < self.GEMM_MIN or (not n.has(B) and n < 8) or (m.has(B) and tb and not n.has(B) and n < 64):
+            return False
+        count = sum(w.name.startswith("pack") for w in self.work)
+        while f"pack{count}" in self.buffers:  # a user's tensor pack0, say
+            count += 1
+        pack = f"pack{count}"
+        self.work.append(Buffer(pack, (gemm_pack_size(m, n, k, self.real),), "work"))
+        self.buffers[pack] = self.work[-1]
+        self.used |= {pack, buf.name, *(self.buffers[r.base.label.name].name for r in reads)}
+        self.helpers |= {"muladd", "gemm"}
+        size = lambda e: _CPrinter(self, index=True).doprint(e)  # noqa: E731
+        names = [self.buffers[r.base.label.name].name for r in (a, b)]
+        alpha = _CPrinter(self).doprint(scale)
+        self._bodies[-1].append(GemmCall(args=(
+            str(ta), str(tb), size(m), size(n), size(k), alpha, names[0], size(m if ta else k), names[1],
+            size(k if tb else n), "0", buf.name, size(n), pack), reads=frozenset(names)))
+        after = expr.xreplace({total: real_base(target)[tuple(loops)]})
+        if after != real_base(target)[tuple(loops)]:
+            with self._loops(loops):
+                linear, _ = self._linear(buf, loops)
+                self._emit(f"{buf.name}[{linear}] = {_CPrinter(self).doprint(after)};")
         return True
 
     SAMPLES = 4  # the samples a dot product over the batch computes at once
@@ -386,20 +475,7 @@ class CLowerer:
         self.vars[result] = result.name
         p = _CPrinter(self)
         if kind is FirstArgmax:  # search with fresh loop indices, compare with the open ones
-            fresh = {v: sp.Dummy(v.name + "s", integer=True) for v in vs}
-            for v, f in fresh.items():
-                self.ranges[f] = self.ranges[v]
-            self._emit(f"real {result}_m = -INFINITY; long {result}_best = -1, {result}_k = 0;")
-            with self._loops(list(fresh.values())):
-                inner = self._inline(body.xreplace(fresh))
-                self._emit(f"{{ real v = {p.doprint(inner)}; if ({result}_best < 0 || v > {result}_m || isnan(v)) "
-                           f"{{ {result}_m = v; {result}_best = {result}_k; }} {result}_k++; }}")
-            here, stride = [], 1
-            for v in reversed(vs):
-                here.append(f"{self.loop_var(v)}*{stride}")
-                stride *= int(self.ranges[v])
-            self._emit(f"real {result} = (real)(({' + '.join(here)}) == {result}_best);")
-            return result
+            return self._argmax_equals(self._argmax_search(result, body, vs), vs)
         if kind is sp.Sum and self._split_sum(str(result), body, vs, declare=True):
             return result
         self._emit(f"real {result} = {'0' if kind is sp.Sum else '-INFINITY'};")
@@ -420,6 +496,30 @@ class CLowerer:
             self.lse_log.add(log_sum.name)
             return result + log_sum
         return result
+
+    def _argmax_search(self, result, body, vs) -> str:
+        """Emit the search of the first maximum of body over vs (fresh indices, row-major
+        order; a NaN wins, the last one, as PyTorch); the name of its flat index."""
+        p = _CPrinter(self)
+        fresh = {v: sp.Dummy(v.name + "s", integer=True) for v in vs}
+        for v, f in fresh.items():
+            self.ranges[f] = self.ranges[v]
+        self._emit(f"real {result}_m = -INFINITY; long {result}_best = -1, {result}_k = 0;")
+        with self._loops(list(fresh.values())):
+            inner = self._inline(body.xreplace(fresh))
+            self._emit(f"{{ real v = {p.doprint(inner)}; if ({result}_best < 0 || v > {result}_m || isnan(v)) "
+                       f"{{ {result}_m = v; {result}_best = {result}_k; }} {result}_k++; }}")
+        return f"{result}_best"
+
+    def _argmax_equals(self, best: str, vs) -> sp.Symbol:
+        """A symbol printed as 1 where the open loops over vs are at the flat index `best`."""
+        here, stride = [], 1
+        for v in reversed(vs):
+            here.append(f"{self.loop_var(v)}*{stride}")
+            stride *= int(self.ranges[v])
+        equal = sp.Symbol(f"{best}_here", real=True)
+        self.vars[equal] = f"((real)(({' + '.join(here)}) == {best}))"
+        return equal
 
     LANES = 8
 
@@ -545,16 +645,44 @@ class CLowerer:
                                                            if any(where[j].has(v) for j in where)]
         other = [(v, lo, hi) for v, lo, hi in limits if v not in loops]
         g = self._hoist(sp.Sum(rest, *other) if other else rest, loops)
-        with self._loops(loops):
-            g = self._inline(g)
-            subs = [where.get(j, j) for j in indices]
-            linear, guards = self._linear(buf, subs)
-            cond = f"if ({' && '.join(guards)}) " if guards else ""
-            self._emit(f"{cond}{name}[{linear}] += {_CPrinter(self).doprint(g)};")
+        # a first-argmax over the window the innermost loops run over (a max-pool's adjoint):
+        # searched once per window, before those loops, not again at each of its positions
+        argmax = [(m, self.pending[m]) for m in g.free_symbols if m in self.pending
+                  and self.pending[m][0] is FirstArgmax and 0 < len(self.pending[m][2]) < len(loops)
+                  and tuple(self.pending[m][2]) == tuple(loops[-len(self.pending[m][2]):])]
+        inner = list(argmax[0][1][2]) if len(argmax) == 1 else []
+        with self._loops(loops[:len(loops) - len(inner)]):
+            if inner:
+                mark, (_, body, vs) = argmax[0]
+                result = f"r{self.count}"
+                self.count += 1
+                g = g.xreplace({mark: self._argmax_equals(self._argmax_search(result, body, vs), vs)})
+            with self._loops(loops[len(loops) - len(inner):]):
+                g = self._inline(g)
+                subs = [where.get(j, j) for j in indices]
+                linear, guards = self._linear(buf, subs)
+                cond = f"if ({' && '.join(guards)}) " if guards else ""
+                self._emit(f"{cond}{name}[{linear}] += {_CPrinter(self).doprint(g)};")
         return real_base(name)[tuple(indices)]
 
 
 _REDUCTIONS = (sp.Sum, LogSumExp, MaxOver, FirstArgmax)
+
+# nncc_gemm's blocking (runtime.c): tiles MR rows by NR columns, blocks of MC rows, KC
+# terms of the sum and NC columns (NC_SLIVERS tiles)
+GEMM_MR, GEMM_NR, GEMM_MC, GEMM_KC, GEMM_NC_SLIVERS = 4, {"float": 16, "double": 8}, 128, 256, 16
+
+
+def gemm_pack_size(m, n, k, real: str) -> int:
+    """The reals nncc_gemm's `pack` holds for an m x k by k x n product: one KC x NC panel
+    of the right factor and one MC x KC block of the left, each padded to whole tiles; an
+    extent in the batch (B) counts as unbounded."""
+    nr = GEMM_NR[real]
+
+    def at_most(extent, tile, cap):
+        return cap if sp.sympify(extent).has(B) else min(-(-int(extent) // tile) * tile, cap)
+    kc = at_most(k, 1, GEMM_KC)
+    return int(kc * (at_most(n, nr, nr * GEMM_NC_SLIVERS) + at_most(m, GEMM_MR, GEMM_MC)))
 
 
 def _pairwise(parts: str, lanes: int) -> str:
@@ -625,7 +753,7 @@ def plan_c(program: Program, real="float") -> CPlan:
     def body(statements):
         """(C lines, the arrays they use, the arrays each statement uses, the statements'
         nodes, one list each)."""
-        low = CLowerer(buffers, work)
+        low = CLowerer(buffers, work, real)
         steps, nodes = [], []
         for st in statements:
             low.used = set()
@@ -644,19 +772,43 @@ def plan_c(program: Program, real="float") -> CPlan:
         body(program.forward), body(program.loss)
     backward, backward_uses, backward_steps, backward_nodes = body(program.backward)
     # sgd_step updates each parameter as soon as its gradient is complete and the backward
-    # pass reads it no more: the gradient lives in the workspace, only until then
+    # pass reads it no more: the gradient lives in the workspace, only until then.  A
+    # gradient that one matrix product makes whole (dW = δᵀX) needs no space at all: the
+    # product goes straight into the parameter, W += -lr δᵀX, once nothing reads W (the
+    # product moved after the readers of W, dX = δW, where nothing between needs it first)
+    targets = [buffers[st.target].name for st in program.backward]
+    order, direct = list(range(len(program.backward))), {}
+    for name, c, _, off, size, _ in params:
+        writers = [k for k, used in enumerate(backward_steps) if "d" + c in used]
+        call = backward_nodes[writers[0]][-1] if len(writers) == 1 and backward_nodes[writers[0]] else None
+        if name in program.zero_grads or not isinstance(call, GemmCall) or call.args[11] != "d" + c \
+                or c in call.reads:
+            continue
+        k = writers[0]
+        at = order.index(k)
+        last = max((order.index(r) for r, used in enumerate(backward_steps) if c in used), default=-1)
+        if all(targets[t] not in call.reads | {"d" + c} and "d" + c not in backward_steps[t]
+               for t in order[at + 1:last + 1]):
+            if last > at:
+                order.insert(last, order.pop(at))  # right after the last reader of W
+            direct[k] = (c, call.into(f"params + {off}", "-lr", add=True))
     step_grads, updates = [], {}
     for name, c, _, off, size, _ in params:
-        if name in program.zero_grads:
+        uses = [k for k in order if {c, "d" + c} & backward_steps[k]]
+        if name in program.zero_grads or not uses or uses[-1] in direct:
             continue
-        last = max((k for k, used in enumerate(backward_steps) if {c, "d" + c} & used), default=None)
-        if last is not None:
-            step_grads.append(Buffer("d" + c, buffers[name].shape, "work"))
-            updates.setdefault(last, []).append((c, off, size))
+        step_grads.append(Buffer("d" + c, buffers[name].shape, "work"))
+        updates.setdefault(uses[-1], []).append((c, off, size))
     step_nodes, step_steps = [], []
-    for k, (ns, used) in enumerate(zip(backward_nodes, backward_steps)):
-        step_nodes += ns
-        step_steps.append(used)
+    for k in order:
+        ns, used = backward_nodes[k], backward_steps[k]
+        if k in direct:
+            c, call = direct[k]
+            step_nodes += ns[:-1] + [Stmt(f"/* {c[2:]} -= lr * its gradient, the product added into it */"), call]
+            step_steps.append(used - {"d" + c})
+        else:
+            step_nodes += ns
+            step_steps.append(used)
         for c, off, size in updates.get(k, ()):
             step_nodes.append(Stmt(f"/* {c[2:]} -= lr * its gradient, which is complete and read no more */"))
             step_nodes.append(Loop("n", "0", str(size), [Stmt(f"params[{off} + n] -= lr * d{c}[n];")], type="long"))
@@ -675,7 +827,8 @@ def plan_c(program: Program, real="float") -> CPlan:
                  [(t.name, cname(t.name), t.shape) for t in g.targets],
                  params, offset, work, f"((size_t)(batch) * {int(per_sample)} + {int(constant)})",
                  (int(per_sample), int(constant)), forward, loss, backward,
-                 dict(forward=forward_uses, loss=loss_uses, backward=backward_uses),
+                 dict(forward=forward_uses, loss=loss_uses, backward=backward_uses,
+                      step=set().union(*step_steps) if step_steps else set()),
                  [(p.name, "d" + cname(p.name), p.name in program.zero_grads) for p in g.params],
                  out, int(sp.Mul(*g.tensors[g.output].shape)) if g.tensors[g.output].shape else 1,
                  loss_name, g.reduce, tuple(h for h in _helpers() if h in helpers),
@@ -770,7 +923,7 @@ def _pointers_used(named: set, params: list[dict], work: list[dict], arrays: lis
     return used
 
 
-def render_c(plan: CPlan, standalone: bool = True) -> tuple[str, str]:
+def render_c(plan: CPlan, standalone: bool = True, blas: bool = False) -> tuple[str, str]:
     """(header, source) text for a C plan."""
     from ...version import __version__
     from ...templating import environment
@@ -787,7 +940,8 @@ def render_c(plan: CPlan, standalone: bool = True) -> tuple[str, str]:
     work = [dict(name=w.name, offset=offset_code(w.offset)) for w in plan.work]
     step_grads = [dict(name=w.name, offset=offset_code(w.offset)) for w in plan.step_grads]
     values = dict(helpers=plan.helpers, helper_source="\n\n".join(_helpers()[h] for h in plan.helpers),
-                  standalone=standalone, name=plan.name, P=P, version=__version__, source=plan.source, real=plan.real,
+                  standalone=standalone, blas=blas and "gemm" in plan.helpers,
+                  name=plan.name, P=P, version=__version__, source=plan.source, real=plan.real,
                   param_count=plan.param_count, per_sample=plan.work_linear[0], constant=plan.work_linear[1],
                   arrays=arrays, params=params, output_size=plan.output_size, output_name=plan.output.name,
                   input_params=", ".join(inputs), all_params=", ".join(inputs + targets),
@@ -808,10 +962,10 @@ def render_c(plan: CPlan, standalone: bool = True) -> tuple[str, str]:
         loss=_pointers_used(plan.uses["loss"] | {plan.loss_name}, params, work, arrays),
         loss_and_grad=_pointers_used(plan.uses["loss"] | plan.uses["backward"] | zeroing | {plan.loss_name},
                                      params, work, arrays, grads=True),
-        sgd_step=_pointers_used(plan.uses["loss"] | plan.uses["backward"] | {plan.loss_name},
+        sgd_step=_pointers_used(plan.uses["loss"] | plan.uses["step"] | {plan.loss_name},
                                 params, work + step_grads, arrays))
     unused = values["uses"]["sgd_step"]["unused"]
-    if step_grads:  # the updates write params themselves
+    if step_grads or "params + " in "".join(plan.step):  # the updates write params themselves
         unused[:] = [a for a in unused if a != "params"]
     else:  # nothing to update: the loss reaches no parameter
         unused += [a for a in ("params", "lr") if a not in unused]
@@ -829,24 +983,28 @@ def training_memory(c, dtype: str = "float32") -> str:
     def total(batch):
         return f"{params + per * batch + const:,} B at batch {batch}"
 
+    packing = "; with the matrix products' packing space" if any(w.name.startswith("pack") for w in plan.work) \
+        else ""
     return (f"{c.graph.name}: training memory planned ({dtype}): parameters {params:,} B, workspace "
             f"{per:,} B per sample" + (f" + {const:,} B" if const else "") +
-            f" (each gradient in it only until its parameter is updated); {total(1)}, {total(64)}")
+            f" (each gradient in it only until its parameter is updated{packing}); {total(1)}, {total(64)}")
 
 
-def render_c_files(c, dtype: str = "float32") -> dict:
-    """{file name: text} of the C sources for a compiled network."""
+def render_c_files(c, dtype: str = "float32", blas: bool = False) -> dict:
+    """{file name: text} of the C sources for a compiled network; with `blas`, the source
+    defines NNCC_CBLAS: its matrix products call cblas_?gemm (link a CBLAS)."""
     plan = plan_c(c.program, "float" if dtype == "float32" else "double")
-    header, source = render_c(plan, standalone=True)
+    header, source = render_c(plan, standalone=True, blas=blas)
     return {f"{plan.name}.h": header, f"{plan.name}.c": source}
 
 
-def render_c_module(c) -> str:
-    """A Python module with the numpy module's API that builds and runs the C code (cffi)."""
+def render_c_module(c, blas: bool = False) -> str:
+    """A Python module with the numpy module's API that builds and runs the C code (cffi);
+    with `blas`, its matrix products call OpenBLAS (the scipy-openblas32 wheel's)."""
     from ...version import __version__
     from ..pymodule import module_values, shape_text
     from ...templating import environment
-    parts, cdef, work = [], [], {}
+    parts, cdef, work, products = [], [], {}, False
     for suffix, real, dtype in (("f32", "float", "float32"), ("f64", "double", "float64")):
         plan = plan_c(c.program, real)
         plan.name = f"{c.graph.name}_{suffix}"
@@ -854,6 +1012,7 @@ def render_c_module(c) -> str:
         parts += [header, source]
         cdef.append("\n".join(line for line in header.splitlines() if not line.startswith("#")))
         work[dtype] = plan.work_linear
+        products = products or "gemm" in plan.helpers
     values = module_values(c.graph)
     layout, start = [], 0
     for p in c.graph.params:
@@ -864,5 +1023,6 @@ def render_c_module(c) -> str:
                   name=c.graph.name, version=__version__, cdef="\n".join(cdef), c_source="\n".join(parts),
                   work_f32=work["float32"], work_f64=work["float64"],
                   output_shape=repr(tuple(c.graph.tensors[c.graph.output].shape)),
-                  output_name=c.graph.output, reduce="mean" if c.graph.reduce == "mean" else "sum")
+                  output_name=c.graph.output, reduce="mean" if c.graph.reduce == "mean" else "sum",
+                  blas=blas and products)  # no matrix product to give BLAS: nothing to link
     return environment().get_template("c_module.py.j2").render(**values)
