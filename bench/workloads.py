@@ -25,8 +25,8 @@ Contenders, float32, each doing forward, loss, every gradient and the in-place u
   LIMIT       only the step's matrix products, into buffers allocated once (dense
               networks): what no implementation of the step can beat on this BLAS
 Before timing, every contender's SGD increments (and loss) are checked against the
-numpy module's from the same parameters: float32, 1e-4 relative, less one unit in the
-last place of the parameter.  Ratios are of medians over interleaved rounds.
+numpy module's in float64 from the same parameters: 1e-4 relative (less one unit in the
+last place of the parameter), or four times the numpy module's own float32 error.  Ratios are of medians over interleaved rounds.
 """
 from __future__ import annotations
 
@@ -190,19 +190,24 @@ def torch_step(torch, p, activations, loss):
 
 
 def check(stem, mods, batch, lr, seed, torch):
-    """Every contender's increments and loss against the numpy module's; [problems]."""
+    """Every contender's increments and loss against the numpy module's in float64, from the
+    same float32 parameters and data; [problems].  A contender may stray from it by 1e-4
+    relative, or by up to four times what the numpy module itself strays in float32: a
+    first layer's gradient behind two 4096-wide layers (W5) is that ill-conditioned in
+    float32 (ReLU masks flip with the rounding of the products), and the numpy module is
+    not the truth either."""
     ref = mods["numpy"]
     x, y = make_data(ref, batch, seed)
     p = ref.init_params(seed, np.float32)
-    want_p = copy_params(p)
-    want = ref.sgd_step(want_p, x, y, lr)
+    p64 = {k: v.astype(np.float64) for k, v in p.items()}
+    want_p = copy_params(p64)
+    want = ref.sgd_step(want_p, x.astype(np.float64), y.astype(np.float64), lr)
     got = {}
     for name, mod in mods.items():
-        if name != "numpy":
-            q = mod.init_params(seed, np.float32)
-            for k in q:
-                q[k][...] = p[k]
-            got[name] = (mod.sgd_step(q, x, y, lr), q)
+        q = mod.init_params(seed, np.float32)
+        for k in q:
+            q[k][...] = p[k]
+        got[name] = (mod.sgd_step(q, x, y, lr), q)
     if stem in DENSE:
         acts, loss = DENSE[stem]
         sizes = [x.shape[1]] + [p[n].shape[0] for n in list(p)[0::2]]
@@ -212,14 +217,17 @@ def check(stem, mods, batch, lr, seed, torch):
             step = torch_step(torch, p, acts, loss)
             value = step(torch.from_numpy(x), torch.from_numpy(y), lr)
             got["torch"] = (value, {k: t.detach().numpy() for k, t in step.params.items()})
+    errors = {name: (rel_err(value, want), {k: increment_err(q[k], want_p[k], p64[k]) for k in p})
+              for name, (value, q) in got.items()}
+    own_loss, own = errors["numpy"]
     problems = []
-    for name, (value, q) in got.items():
-        if rel_err(value, want) > 1e-4:
-            problems.append(f"{stem} b{batch} {name}: loss {value} vs numpy module {want}")
+    for name, (e_loss, e) in errors.items():
+        if e_loss > max(1e-4, 4 * own_loss):
+            problems.append(f"{stem} b{batch} {name}: loss {got[name][0]} vs {want} in float64")
         for k in p:
-            e = increment_err(q[k], want_p[k], p[k])
-            if e > 1e-4:
-                problems.append(f"{stem} b{batch} {name}: step {k} differs by {e:.3g} (relative)")
+            if e[k] > max(1e-4, 4 * own[k]):
+                problems.append(f"{stem} b{batch} {name}: step {k} differs from float64 by {e[k]:.3g} "
+                                f"(relative; the numpy module's own float32 error is {own[k]:.3g})")
     return problems
 
 
@@ -248,7 +256,7 @@ def main(argv=None):
     if problems:
         print_problems(problems)
         return 1
-    print("check passed: every contender's loss and SGD increments agree with the numpy module's (1e-4)")
+    print("check passed: every contender's loss and SGD increments agree with the numpy module's in float64")
     names = ["numpy", "c", "c-blas", "tuned", "torch", "LIMIT"]
     for label in args.workloads:
         stem, batch = WORKLOADS[label]

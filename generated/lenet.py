@@ -198,6 +198,27 @@ def _patches(a, windows):
                                            strides + [s for _, s in kernel], writeable=False)
 
 
+def _im2col(a, windows, perm):
+    # _patches(a, windows).transpose(perm), copied by one gather: a 6-D strided copy runs
+    # numpy's inner loop over a few elements at a time.  The index, made once per shape,
+    # counts a's elements from 1, 0 standing for the padding's zeros
+    key = (a.shape, windows, perm)
+    index = _IM2COL_INDEX.get(key)
+    if index is None:
+        if len(_IM2COL_INDEX) >= 32:  # many shapes: keep the latest ones only
+            _IM2COL_INDEX.clear()
+        positions = np.arange(1, a.size + 1).reshape(a.shape)
+        index = np.ascontiguousarray(_patches(positions, windows).transpose(perm))
+        _IM2COL_INDEX[key] = index
+    flat = np.empty(a.size + 1, a.dtype)
+    flat[0] = 0
+    flat[1:] = a.reshape(-1)
+    return np.take(flat, index)
+
+
+_IM2COL_INDEX = {}
+
+
 def _unpatches(g, shape, windows):
     # the adjoint of _patches: add each kernel offset's slice of g back into place, one
     # strided add per offset (no np.add.at), with the batch axis innermost when it is
@@ -283,14 +304,14 @@ def forward(params, x):
     _b0, _b1, _b2, _k0 = _w
 
     # conv2d_1: conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1]
-    conv2d_1 = conv2d_1_bias[:, None, None] + np.tensordot(conv2d_1_weight, np.ascontiguousarray(_patches(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3))).transpose((0, 2, 3, 1, 4, 5))), axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
+    conv2d_1 = conv2d_1_bias[:, None, None] + np.tensordot(conv2d_1_weight, _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3)), axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
     # relu_1: relu_1[b, i, j, k] = where(conv2d_1[b, i, j, k] <= 0, 0, conv2d_1[b, i, j, k])  [#fwd-relu_1]
     # relu_1 = np.maximum(conv2d_1, 0)
     relu_1 = np.maximum(conv2d_1, _k0, out=_b0)
     # maxpool2d_1: h[b, ch, i, j] = max_p,q(relu_1[b, ch, p + 2*i, q + 2*j])  [#fwd-maxpool2d_1]
     h = _max_over(relu_1.reshape(batch, 8, 4, 2, 4, 2).transpose((0, 1, 2, 4, 3, 5)), (4, 5))
     # conv2d_2: conv2d_2[b, o, i, j] = conv2d_2.bias[o] + Σ_ci,p,q (conv2d_2.weight[o, ci, p, q]*h[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_2]
-    conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, np.ascontiguousarray(_patches(h, ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3))).transpose((0, 2, 3, 1, 4, 5))), axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
+    conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, _im2col(h, ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3)), (1, 4, 5, 0, 2, 3)), axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
     # relu_2: g[b, i, j, k] = where(conv2d_2[b, i, j, k] <= 0, 0, conv2d_2[b, i, j, k])  [#fwd-relu_2]
     # flatten_1: flatten_1[b, j + 4*i + 16*ch] = g[b, ch, i, j]  [#fwd-flatten_1]
     # flatten_1 = np.maximum(conv2d_2, 0).reshape(batch, 256)
@@ -314,17 +335,17 @@ def loss(params, x, y):
     _w = _workspace(1, batch, dtype)
     _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _k0 = _w
 
-    t0 = np.ascontiguousarray(_patches(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3))).transpose((0, 2, 3, 1, 4, 5)))
+    t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3))
     # conv2d_1: conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1]
-    conv2d_1 = conv2d_1_bias[:, None, None] + np.tensordot(conv2d_1_weight, t0, axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
+    conv2d_1 = conv2d_1_bias[:, None, None] + np.tensordot(conv2d_1_weight, t0, axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
     # relu_1: relu_1[b, i, j, k] = where(conv2d_1[b, i, j, k] <= 0, 0, conv2d_1[b, i, j, k])  [#fwd-relu_1]
     # relu_1 = np.maximum(conv2d_1, 0)
     relu_1 = np.maximum(conv2d_1, _k0, out=_b0)
     # maxpool2d_1: h[b, ch, i, j] = max_p,q(relu_1[b, ch, p + 2*i, q + 2*j])  [#fwd-maxpool2d_1]
     h = _max_over(relu_1.reshape(batch, 8, 4, 2, 4, 2).transpose((0, 1, 2, 4, 3, 5)), (4, 5))
-    t3 = np.ascontiguousarray(_patches(h, ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3))).transpose((0, 2, 3, 1, 4, 5)))
+    t3 = _im2col(h, ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3)), (1, 4, 5, 0, 2, 3))
     # conv2d_2: conv2d_2[b, o, i, j] = conv2d_2.bias[o] + Σ_ci,p,q (conv2d_2.weight[o, ci, p, q]*h[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_2]
-    conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, t3, axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
+    conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, t3, axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
     # relu_2: g[b, i, j, k] = where(conv2d_2[b, i, j, k] <= 0, 0, conv2d_2[b, i, j, k])  [#fwd-relu_2]
     # flatten_1: flatten_1[b, j + 4*i + 16*ch] = g[b, ch, i, j]  [#fwd-flatten_1]
     # flatten_1 = np.maximum(conv2d_2, 0).reshape(batch, 256)
@@ -356,17 +377,17 @@ def loss_and_grad(params, x, y):
     _w = _workspace(2, batch, dtype)
     _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _k0 = _w
 
-    t0 = np.ascontiguousarray(_patches(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3))).transpose((0, 2, 3, 1, 4, 5)))
+    t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3))
     # conv2d_1: conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1]
-    conv2d_1 = conv2d_1_bias[:, None, None] + np.tensordot(conv2d_1_weight, t0, axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
+    conv2d_1 = conv2d_1_bias[:, None, None] + np.tensordot(conv2d_1_weight, t0, axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
     # relu_1: relu_1[b, i, j, k] = where(conv2d_1[b, i, j, k] <= 0, 0, conv2d_1[b, i, j, k])  [#fwd-relu_1]
     # relu_1 = np.maximum(conv2d_1, 0)
     relu_1 = np.maximum(conv2d_1, _k0, out=_b0)
     # maxpool2d_1: h[b, ch, i, j] = max_p,q(relu_1[b, ch, p + 2*i, q + 2*j])  [#fwd-maxpool2d_1]
     h = _max_over(relu_1.reshape(batch, 8, 4, 2, 4, 2).transpose((0, 1, 2, 4, 3, 5)), (4, 5))
-    t3 = np.ascontiguousarray(_patches(h, ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3))).transpose((0, 2, 3, 1, 4, 5)))
+    t3 = _im2col(h, ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3)), (1, 4, 5, 0, 2, 3))
     # conv2d_2: conv2d_2[b, o, i, j] = conv2d_2.bias[o] + Σ_ci,p,q (conv2d_2.weight[o, ci, p, q]*h[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_2]
-    conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, t3, axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
+    conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, t3, axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
     # relu_2: g[b, i, j, k] = where(conv2d_2[b, i, j, k] <= 0, 0, conv2d_2[b, i, j, k])  [#fwd-relu_2]
     # flatten_1: flatten_1[b, j + 4*i + 16*ch] = g[b, ch, i, j]  [#fwd-flatten_1]
     # flatten_1 = np.maximum(conv2d_2, 0).reshape(batch, 256)
@@ -402,7 +423,8 @@ def loss_and_grad(params, x, y):
     # d_h = _unpatches(np.tensordot(conv2d_2_weight.transpose((2, 3, 1, 0)), d_conv2d_2.transpose((1, 2, 3, 0)), axes=([3], [0])).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 4, 4,), ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3)))
     d_h = _unpatches(np.tensordot(conv2d_2_weight.transpose((2, 3, 1, 0)), d_conv2d_2.transpose((1, 2, 3, 0)), axes=([3], [0])).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 4, 4), ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3)))
     # d_conv2d_2_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_2[b, o, i, j]*h[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_2-weight]
-    d_conv2d_2_weight = np.tensordot(d_conv2d_2, t3, axes=([0, 2, 3], [0, 1, 2]))
+    # d_conv2d_2_weight = np.tensordot(t3, d_conv2d_2, axes=([3, 4, 5], [0, 2, 3])).transpose((3, 0, 1, 2))
+    d_conv2d_2_weight = np.tensordot(t3, d_conv2d_2, axes=([3, 4, 5], [0, 2, 3])).transpose((3, 0, 1, 2)).copy()
     # d_conv2d_2_bias[o] = Σ_b,i,j d_conv2d_2[b, o, i, j]  [#bwd-conv2d_2-bias]
     d_conv2d_2_bias = d_conv2d_2.sum(axis=(0, 2, 3))
     # d_relu_1[b, ch, k, l] = Σ_i,j,p1,q1 (FirstArgmax(relu_1[b, ch, p1 + 2*i, q1 + 2*j], (p1, 0, 1), (q1, 0, 1))*d_h[b, ch, i, j]*δ(k,p1 + 2*i)*δ(l,q1 + 2*j))  [#bwd-maxpool2d_1-relu_1]
@@ -412,7 +434,8 @@ def loss_and_grad(params, x, y):
     # d_conv2d_1 = d_relu_1*(conv2d_1 > 0)
     d_conv2d_1 = np.multiply(d_relu_1, np.greater(conv2d_1, _k0, _b13), _b12)
     # d_conv2d_1_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_1[b, o, i, j]*x[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_1-weight]
-    d_conv2d_1_weight = np.tensordot(d_conv2d_1, t0, axes=([0, 2, 3], [0, 1, 2]))
+    # d_conv2d_1_weight = np.tensordot(t0, d_conv2d_1, axes=([3, 4, 5], [0, 2, 3])).transpose((3, 0, 1, 2))
+    d_conv2d_1_weight = np.tensordot(t0, d_conv2d_1, axes=([3, 4, 5], [0, 2, 3])).transpose((3, 0, 1, 2)).copy()
     # d_conv2d_1_bias[o] = Σ_b,i,j d_conv2d_1[b, o, i, j]  [#bwd-conv2d_1-bias]
     d_conv2d_1_bias = d_conv2d_1.sum(axis=(0, 2, 3))
     _done(2, batch, dtype, _w)
@@ -439,17 +462,17 @@ def sgd_step(params, x, y, lr):
     _w = _workspace(3, batch, dtype)
     _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _b16, _b17, _k0 = _w
 
-    t0 = np.ascontiguousarray(_patches(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3))).transpose((0, 2, 3, 1, 4, 5)))
+    t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3))
     # conv2d_1: conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1]
-    conv2d_1 = conv2d_1_bias[:, None, None] + np.tensordot(conv2d_1_weight, t0, axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
+    conv2d_1 = conv2d_1_bias[:, None, None] + np.tensordot(conv2d_1_weight, t0, axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
     # relu_1: relu_1[b, i, j, k] = where(conv2d_1[b, i, j, k] <= 0, 0, conv2d_1[b, i, j, k])  [#fwd-relu_1]
     # relu_1 = np.maximum(conv2d_1, 0)
     relu_1 = np.maximum(conv2d_1, _k0, out=_b0)
     # maxpool2d_1: h[b, ch, i, j] = max_p,q(relu_1[b, ch, p + 2*i, q + 2*j])  [#fwd-maxpool2d_1]
     h = _max_over(relu_1.reshape(batch, 8, 4, 2, 4, 2).transpose((0, 1, 2, 4, 3, 5)), (4, 5))
-    t3 = np.ascontiguousarray(_patches(h, ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3))).transpose((0, 2, 3, 1, 4, 5)))
+    t3 = _im2col(h, ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3)), (1, 4, 5, 0, 2, 3))
     # conv2d_2: conv2d_2[b, o, i, j] = conv2d_2.bias[o] + Σ_ci,p,q (conv2d_2.weight[o, ci, p, q]*h[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_2]
-    conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, t3, axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
+    conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, t3, axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
     # relu_2: g[b, i, j, k] = where(conv2d_2[b, i, j, k] <= 0, 0, conv2d_2[b, i, j, k])  [#fwd-relu_2]
     # flatten_1: flatten_1[b, j + 4*i + 16*ch] = g[b, ch, i, j]  [#fwd-flatten_1]
     # flatten_1 = np.maximum(conv2d_2, 0).reshape(batch, 256)
@@ -488,7 +511,7 @@ def sgd_step(params, x, y, lr):
     # d_h = _unpatches(np.tensordot(conv2d_2_weight.transpose((2, 3, 1, 0)), d_conv2d_2.transpose((1, 2, 3, 0)), axes=([3], [0])).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 4, 4,), ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3)))
     d_h = _unpatches(np.tensordot(conv2d_2_weight.transpose((2, 3, 1, 0)), d_conv2d_2.transpose((1, 2, 3, 0)), axes=([3], [0])).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 4, 4), ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3)))
     # d_conv2d_2_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_2[b, o, i, j]*h[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_2-weight]
-    d_conv2d_2_weight = np.tensordot(d_conv2d_2, t3, axes=([0, 2, 3], [0, 1, 2]))
+    d_conv2d_2_weight = np.tensordot(t3, d_conv2d_2, axes=([3, 4, 5], [0, 2, 3])).transpose((3, 0, 1, 2))
     # d_conv2d_2_bias[o] = Σ_b,i,j d_conv2d_2[b, o, i, j]  [#bwd-conv2d_2-bias]
     # d_conv2d_2_bias = d_conv2d_2.sum(axis=(0, 2, 3))
     d_conv2d_2_bias = np.add.reduce(d_conv2d_2, axis=(0, 2, 3), out=_b14)
@@ -499,7 +522,7 @@ def sgd_step(params, x, y, lr):
     # d_conv2d_1 = d_relu_1*(conv2d_1 > 0)
     d_conv2d_1 = np.multiply(d_relu_1, np.greater(conv2d_1, _k0, _b16), _b15)
     # d_conv2d_1_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_1[b, o, i, j]*x[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_1-weight]
-    d_conv2d_1_weight = np.tensordot(d_conv2d_1, t0, axes=([0, 2, 3], [0, 1, 2]))
+    d_conv2d_1_weight = np.tensordot(t0, d_conv2d_1, axes=([3, 4, 5], [0, 2, 3])).transpose((3, 0, 1, 2))
     # d_conv2d_1_bias[o] = Σ_b,i,j d_conv2d_1[b, o, i, j]  [#bwd-conv2d_1-bias]
     # d_conv2d_1_bias = d_conv2d_1.sum(axis=(0, 2, 3))
     d_conv2d_1_bias = np.add.reduce(d_conv2d_1, axis=(0, 2, 3), out=_b17)

@@ -43,7 +43,7 @@ _BUFFERS = (
     (((None, 8, 8, 8,), False), ((None, 8, 8, 8,), False), ((None, 8, 8, 8,), False), ((None, 8, 8, 8,), False), ((None, 8, 4, 4,), False), ((None, 10,), False), ),
     (((None, 8, 8, 8,), False), ((None, 8, 8, 8,), False), ((None, 8, 8, 8,), False), ((None, 8, 8, 8,), False), ((None, 8, 4, 4,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ),
     (((None, 8, 8, 8,), False), ((None, 8, 8, 8,), False), ((None, 8, 8, 8,), False), ((None, 8, 8, 8,), False), ((None, 8, 4, 4,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ((None, 10,), False), ((None,), False), ((None, 128,), False), ((None, 8, 4, 1, 4, 1,), False), ((None, 8, 8, 8,), True), ),
-    (((None, 8, 8, 8,), False), ((None, 8, 8, 8,), False), ((None, 8, 8, 8,), False), ((None, 8, 8, 8,), False), ((None, 8, 4, 4,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ((None, 10,), False), ((None,), False), ((None, 128,), False), ((10, 128,), False), ((10,), False), ((None, 8, 4, 1, 4, 1,), False), ((None, 8, 8, 8,), True), ((8,), False), ((8,), False), ((8,), False), ),
+    (((None, 8, 8, 8,), False), ((None, 8, 8, 8,), False), ((None, 8, 8, 8,), False), ((None, 8, 8, 8,), False), ((None, 8, 4, 4,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ((None, 10,), False), ((None,), False), ((None, 128,), False), ((10, 128,), False), ((10,), False), ((None, 8, 4, 1, 4, 1,), False), ((None, 8, 8, 8,), True), ((8,), False), ((8,), False), ((None, 8, 8, 8,), False), ((8,), False), ),
 )
 # ... and the numbers it reads as arrays of the dtype
 _CONSTANTS = (
@@ -202,6 +202,27 @@ def _patches(a, windows):
                                            strides + [s for _, s in kernel], writeable=False)
 
 
+def _im2col(a, windows, perm):
+    # _patches(a, windows).transpose(perm), copied by one gather: a 6-D strided copy runs
+    # numpy's inner loop over a few elements at a time.  The index, made once per shape,
+    # counts a's elements from 1, 0 standing for the padding's zeros
+    key = (a.shape, windows, perm)
+    index = _IM2COL_INDEX.get(key)
+    if index is None:
+        if len(_IM2COL_INDEX) >= 32:  # many shapes: keep the latest ones only
+            _IM2COL_INDEX.clear()
+        positions = np.arange(1, a.size + 1).reshape(a.shape)
+        index = np.ascontiguousarray(_patches(positions, windows).transpose(perm))
+        _IM2COL_INDEX[key] = index
+    flat = np.empty(a.size + 1, a.dtype)
+    flat[0] = 0
+    flat[1:] = a.reshape(-1)
+    return np.take(flat, index)
+
+
+_IM2COL_INDEX = {}
+
+
 def _unpatches(g, shape, windows):
     # the adjoint of _patches: add each kernel offset's slice of g back into place, one
     # strided add per offset (no np.add.at), with the batch axis innermost when it is
@@ -242,19 +263,19 @@ def forward(params, x):
     _b0, _b1, _b2, _b3, _b4, _b5, _k0, _k1 = _w
 
     # conv2d_1: conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1]
-    conv2d_1 = conv2d_1_bias[:, None, None] + np.tensordot(conv2d_1_weight, np.ascontiguousarray(_patches(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3))).transpose((0, 2, 3, 1, 4, 5))), axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
+    conv2d_1 = conv2d_1_bias[:, None, None] + np.tensordot(conv2d_1_weight, _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3)), axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
     # relu_1: stem[b, i, j, k] = where(conv2d_1[b, i, j, k] <= 0, 0, conv2d_1[b, i, j, k])  [#fwd-relu_1]
     # stem = np.maximum(conv2d_1, 0)
     stem = np.maximum(conv2d_1, _k0, out=_b0)
     # conv2d_2: conv2d_2[b, o, i, j] = conv2d_2.bias[o] + Σ_ci,p,q (conv2d_2.weight[o, ci, p, q]*stem[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_2]
-    conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, np.ascontiguousarray(_patches(stem, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3))).transpose((0, 2, 3, 1, 4, 5))), axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
+    conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, _im2col(stem, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3)), axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
     # relu_2: relu_2[b, i, j, k] = where(conv2d_2[b, i, j, k] <= 0, 0, conv2d_2[b, i, j, k])  [#fwd-relu_2]
     # relu_2 = np.maximum(conv2d_2, 0)
     relu_2 = np.maximum(conv2d_2, _k0, out=_b1)
     # conv2d_3: body[b, o, i, j] = conv2d_3.bias[o] + Σ_ci,p,q (conv2d_3.weight[o, ci, p, q]*relu_2[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_3]
     # add_1: add_1[b, i, j, k] = body[b, i, j, k] + stem[b, i, j, k]  [#fwd-add_1]
-    # add_1 = conv2d_3_bias[:, None, None] + stem + np.tensordot(conv2d_3_weight, np.ascontiguousarray(_patches(relu_2, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3))).transpose((0, 2, 3, 1, 4, 5))), axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
-    add_1 = np.add(conv2d_3_bias[:, None, None], stem, _b2) + np.tensordot(conv2d_3_weight, np.ascontiguousarray(_patches(relu_2, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3))).transpose((0, 2, 3, 1, 4, 5))), axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
+    # add_1 = conv2d_3_bias[:, None, None] + stem + np.tensordot(conv2d_3_weight, _im2col(relu_2, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3)), axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
+    add_1 = np.add(conv2d_3_bias[:, None, None], stem, _b2) + np.tensordot(conv2d_3_weight, _im2col(relu_2, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3)), axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
     # relu_3: block[b, i, j, k] = where(add_1[b, i, j, k] <= 0, 0, add_1[b, i, j, k])  [#fwd-relu_3]
     # block = np.maximum(add_1, 0)
     block = np.maximum(add_1, _k0, out=_b3)
@@ -283,23 +304,23 @@ def loss(params, x, y):
     _w = _workspace(1, batch, dtype)
     _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _k0, _k1 = _w
 
-    t0 = np.ascontiguousarray(_patches(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3))).transpose((0, 2, 3, 1, 4, 5)))
+    t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3))
     # conv2d_1: conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1]
-    conv2d_1 = conv2d_1_bias[:, None, None] + np.tensordot(conv2d_1_weight, t0, axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
+    conv2d_1 = conv2d_1_bias[:, None, None] + np.tensordot(conv2d_1_weight, t0, axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
     # relu_1: stem[b, i, j, k] = where(conv2d_1[b, i, j, k] <= 0, 0, conv2d_1[b, i, j, k])  [#fwd-relu_1]
     # stem = np.maximum(conv2d_1, 0)
     stem = np.maximum(conv2d_1, _k0, out=_b0)
-    t2 = np.ascontiguousarray(_patches(stem, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3))).transpose((0, 2, 3, 1, 4, 5)))
+    t2 = _im2col(stem, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3))
     # conv2d_2: conv2d_2[b, o, i, j] = conv2d_2.bias[o] + Σ_ci,p,q (conv2d_2.weight[o, ci, p, q]*stem[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_2]
-    conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, t2, axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
+    conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, t2, axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
     # relu_2: relu_2[b, i, j, k] = where(conv2d_2[b, i, j, k] <= 0, 0, conv2d_2[b, i, j, k])  [#fwd-relu_2]
     # relu_2 = np.maximum(conv2d_2, 0)
     relu_2 = np.maximum(conv2d_2, _k0, out=_b1)
-    t4 = np.ascontiguousarray(_patches(relu_2, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3))).transpose((0, 2, 3, 1, 4, 5)))
+    t4 = _im2col(relu_2, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3))
     # conv2d_3: body[b, o, i, j] = conv2d_3.bias[o] + Σ_ci,p,q (conv2d_3.weight[o, ci, p, q]*relu_2[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_3]
     # add_1: add_1[b, i, j, k] = body[b, i, j, k] + stem[b, i, j, k]  [#fwd-add_1]
-    # add_1 = conv2d_3_bias[:, None, None] + stem + np.tensordot(conv2d_3_weight, t4, axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
-    add_1 = np.add(conv2d_3_bias[:, None, None], stem, _b2) + np.tensordot(conv2d_3_weight, t4, axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
+    # add_1 = conv2d_3_bias[:, None, None] + stem + np.tensordot(conv2d_3_weight, t4, axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
+    add_1 = np.add(conv2d_3_bias[:, None, None], stem, _b2) + np.tensordot(conv2d_3_weight, t4, axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
     # relu_3: block[b, i, j, k] = where(add_1[b, i, j, k] <= 0, 0, add_1[b, i, j, k])  [#fwd-relu_3]
     # block = np.maximum(add_1, 0)
     block = np.maximum(add_1, _k0, out=_b3)
@@ -336,23 +357,23 @@ def loss_and_grad(params, x, y):
     _w = _workspace(2, batch, dtype)
     _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _k0, _k1 = _w
 
-    t0 = np.ascontiguousarray(_patches(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3))).transpose((0, 2, 3, 1, 4, 5)))
+    t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3))
     # conv2d_1: conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1]
-    conv2d_1 = conv2d_1_bias[:, None, None] + np.tensordot(conv2d_1_weight, t0, axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
+    conv2d_1 = conv2d_1_bias[:, None, None] + np.tensordot(conv2d_1_weight, t0, axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
     # relu_1: stem[b, i, j, k] = where(conv2d_1[b, i, j, k] <= 0, 0, conv2d_1[b, i, j, k])  [#fwd-relu_1]
     # stem = np.maximum(conv2d_1, 0)
     stem = np.maximum(conv2d_1, _k0, out=_b0)
-    t2 = np.ascontiguousarray(_patches(stem, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3))).transpose((0, 2, 3, 1, 4, 5)))
+    t2 = _im2col(stem, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3))
     # conv2d_2: conv2d_2[b, o, i, j] = conv2d_2.bias[o] + Σ_ci,p,q (conv2d_2.weight[o, ci, p, q]*stem[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_2]
-    conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, t2, axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
+    conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, t2, axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
     # relu_2: relu_2[b, i, j, k] = where(conv2d_2[b, i, j, k] <= 0, 0, conv2d_2[b, i, j, k])  [#fwd-relu_2]
     # relu_2 = np.maximum(conv2d_2, 0)
     relu_2 = np.maximum(conv2d_2, _k0, out=_b1)
-    t4 = np.ascontiguousarray(_patches(relu_2, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3))).transpose((0, 2, 3, 1, 4, 5)))
+    t4 = _im2col(relu_2, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3))
     # conv2d_3: body[b, o, i, j] = conv2d_3.bias[o] + Σ_ci,p,q (conv2d_3.weight[o, ci, p, q]*relu_2[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_3]
     # add_1: add_1[b, i, j, k] = body[b, i, j, k] + stem[b, i, j, k]  [#fwd-add_1]
-    # add_1 = conv2d_3_bias[:, None, None] + stem + np.tensordot(conv2d_3_weight, t4, axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
-    add_1 = np.add(conv2d_3_bias[:, None, None], stem, _b2) + np.tensordot(conv2d_3_weight, t4, axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
+    # add_1 = conv2d_3_bias[:, None, None] + stem + np.tensordot(conv2d_3_weight, t4, axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
+    add_1 = np.add(conv2d_3_bias[:, None, None], stem, _b2) + np.tensordot(conv2d_3_weight, t4, axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
     # relu_3: block[b, i, j, k] = where(add_1[b, i, j, k] <= 0, 0, add_1[b, i, j, k])  [#fwd-relu_3]
     # block = np.maximum(add_1, 0)
     block = np.maximum(add_1, _k0, out=_b3)
@@ -399,7 +420,8 @@ def loss_and_grad(params, x, y):
     # d_relu_2 = _unpatches(np.tensordot(conv2d_3_weight.transpose((2, 3, 1, 0)), d_body.transpose((1, 2, 3, 0)), axes=([3], [0])).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 8, 8,), ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)))
     d_relu_2 = _unpatches(np.tensordot(conv2d_3_weight.transpose((2, 3, 1, 0)), d_body.transpose((1, 2, 3, 0)), axes=([3], [0])).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 8, 8), ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)))
     # d_conv2d_3_weight[o, ci, p, q] = Σ_b,i,j (d_body[b, o, i, j]*relu_2[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_3-weight]
-    d_conv2d_3_weight = np.tensordot(d_body, t4, axes=([0, 2, 3], [0, 1, 2]))
+    # d_conv2d_3_weight = np.tensordot(t4, d_body, axes=([3, 4, 5], [0, 2, 3])).transpose((3, 0, 1, 2))
+    d_conv2d_3_weight = np.tensordot(t4, d_body, axes=([3, 4, 5], [0, 2, 3])).transpose((3, 0, 1, 2)).copy()
     # d_conv2d_3_bias[o] = Σ_b,i,j d_body[b, o, i, j]  [#bwd-conv2d_3-bias]
     d_conv2d_3_bias = d_body.sum(axis=(0, 2, 3))
     # d_conv2d_2[b, i, j, k] = where(conv2d_2[b, i, j, k] > 0, d_relu_2[b, i, j, k], 0)  [#bwd-relu_2-conv2d_2]
@@ -409,14 +431,16 @@ def loss_and_grad(params, x, y):
     # d_stem = d_stem + _unpatches(np.tensordot(conv2d_2_weight.transpose((2, 3, 1, 0)), d_conv2d_2.transpose((1, 2, 3, 0)), axes=([3], [0])).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 8, 8,), ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)))
     d_stem = d_stem + _unpatches(np.tensordot(conv2d_2_weight.transpose((2, 3, 1, 0)), d_conv2d_2.transpose((1, 2, 3, 0)), axes=([3], [0])).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 8, 8), ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)))
     # d_conv2d_2_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_2[b, o, i, j]*stem[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_2-weight]
-    d_conv2d_2_weight = np.tensordot(d_conv2d_2, t2, axes=([0, 2, 3], [0, 1, 2]))
+    # d_conv2d_2_weight = np.tensordot(t2, d_conv2d_2, axes=([3, 4, 5], [0, 2, 3])).transpose((3, 0, 1, 2))
+    d_conv2d_2_weight = np.tensordot(t2, d_conv2d_2, axes=([3, 4, 5], [0, 2, 3])).transpose((3, 0, 1, 2)).copy()
     # d_conv2d_2_bias[o] = Σ_b,i,j d_conv2d_2[b, o, i, j]  [#bwd-conv2d_2-bias]
     d_conv2d_2_bias = d_conv2d_2.sum(axis=(0, 2, 3))
     # d_conv2d_1[b, i, j, k] = where(conv2d_1[b, i, j, k] > 0, d_stem[b, i, j, k], 0)  [#bwd-relu_1-conv2d_1]
     # d_conv2d_1 = d_stem*(conv2d_1 > 0)
     d_conv2d_1 = np.multiply(d_stem, np.greater(conv2d_1, _k0, _b15), _b1)
     # d_conv2d_1_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_1[b, o, i, j]*x[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_1-weight]
-    d_conv2d_1_weight = np.tensordot(d_conv2d_1, t0, axes=([0, 2, 3], [0, 1, 2]))
+    # d_conv2d_1_weight = np.tensordot(t0, d_conv2d_1, axes=([3, 4, 5], [0, 2, 3])).transpose((3, 0, 1, 2))
+    d_conv2d_1_weight = np.tensordot(t0, d_conv2d_1, axes=([3, 4, 5], [0, 2, 3])).transpose((3, 0, 1, 2)).copy()
     # d_conv2d_1_bias[o] = Σ_b,i,j d_conv2d_1[b, o, i, j]  [#bwd-conv2d_1-bias]
     d_conv2d_1_bias = d_conv2d_1.sum(axis=(0, 2, 3))
     _done(2, batch, dtype, _w)
@@ -445,25 +469,25 @@ def sgd_step(params, x, y, lr):
     dense_1_weight = params["dense_1.weight"]
     dense_1_bias = params["dense_1.bias"]
     _w = _workspace(3, batch, dtype)
-    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _b16, _b17, _b18, _b19, _b20, _k0, _k1 = _w
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _b16, _b17, _b18, _b19, _b20, _b21, _k0, _k1 = _w
 
-    t0 = np.ascontiguousarray(_patches(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3))).transpose((0, 2, 3, 1, 4, 5)))
+    t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3))
     # conv2d_1: conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1]
-    conv2d_1 = conv2d_1_bias[:, None, None] + np.tensordot(conv2d_1_weight, t0, axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
+    conv2d_1 = conv2d_1_bias[:, None, None] + np.tensordot(conv2d_1_weight, t0, axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
     # relu_1: stem[b, i, j, k] = where(conv2d_1[b, i, j, k] <= 0, 0, conv2d_1[b, i, j, k])  [#fwd-relu_1]
     # stem = np.maximum(conv2d_1, 0)
     stem = np.maximum(conv2d_1, _k0, out=_b0)
-    t2 = np.ascontiguousarray(_patches(stem, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3))).transpose((0, 2, 3, 1, 4, 5)))
+    t2 = _im2col(stem, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3))
     # conv2d_2: conv2d_2[b, o, i, j] = conv2d_2.bias[o] + Σ_ci,p,q (conv2d_2.weight[o, ci, p, q]*stem[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_2]
-    conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, t2, axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
+    conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, t2, axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
     # relu_2: relu_2[b, i, j, k] = where(conv2d_2[b, i, j, k] <= 0, 0, conv2d_2[b, i, j, k])  [#fwd-relu_2]
     # relu_2 = np.maximum(conv2d_2, 0)
     relu_2 = np.maximum(conv2d_2, _k0, out=_b1)
-    t4 = np.ascontiguousarray(_patches(relu_2, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3))).transpose((0, 2, 3, 1, 4, 5)))
+    t4 = _im2col(relu_2, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3))
     # conv2d_3: body[b, o, i, j] = conv2d_3.bias[o] + Σ_ci,p,q (conv2d_3.weight[o, ci, p, q]*relu_2[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_3]
     # add_1: add_1[b, i, j, k] = body[b, i, j, k] + stem[b, i, j, k]  [#fwd-add_1]
-    # add_1 = conv2d_3_bias[:, None, None] + stem + np.tensordot(conv2d_3_weight, t4, axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
-    add_1 = np.add(conv2d_3_bias[:, None, None], stem, _b2) + np.tensordot(conv2d_3_weight, t4, axes=([1, 2, 3], [3, 4, 5])).transpose((1, 0, 2, 3))
+    # add_1 = conv2d_3_bias[:, None, None] + stem + np.tensordot(conv2d_3_weight, t4, axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
+    add_1 = np.add(conv2d_3_bias[:, None, None], stem, _b2) + np.tensordot(conv2d_3_weight, t4, axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
     # relu_3: block[b, i, j, k] = where(add_1[b, i, j, k] <= 0, 0, add_1[b, i, j, k])  [#fwd-relu_3]
     # block = np.maximum(add_1, 0)
     block = np.maximum(add_1, _k0, out=_b3)
@@ -513,7 +537,7 @@ def sgd_step(params, x, y, lr):
     # d_relu_2 = _unpatches(np.tensordot(conv2d_3_weight.transpose((2, 3, 1, 0)), d_body.transpose((1, 2, 3, 0)), axes=([3], [0])).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 8, 8,), ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)))
     d_relu_2 = _unpatches(np.tensordot(conv2d_3_weight.transpose((2, 3, 1, 0)), d_body.transpose((1, 2, 3, 0)), axes=([3], [0])).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 8, 8), ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)))
     # d_conv2d_3_weight[o, ci, p, q] = Σ_b,i,j (d_body[b, o, i, j]*relu_2[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_3-weight]
-    d_conv2d_3_weight = np.tensordot(d_body, t4, axes=([0, 2, 3], [0, 1, 2]))
+    d_conv2d_3_weight = np.tensordot(t4, d_body, axes=([3, 4, 5], [0, 2, 3])).transpose((3, 0, 1, 2))
     # d_conv2d_3_bias[o] = Σ_b,i,j d_body[b, o, i, j]  [#bwd-conv2d_3-bias]
     # d_conv2d_3_bias = d_body.sum(axis=(0, 2, 3))
     d_conv2d_3_bias = np.add.reduce(d_body, axis=(0, 2, 3), out=_b18)
@@ -524,18 +548,18 @@ def sgd_step(params, x, y, lr):
     # d_stem = d_stem + _unpatches(np.tensordot(conv2d_2_weight.transpose((2, 3, 1, 0)), d_conv2d_2.transpose((1, 2, 3, 0)), axes=([3], [0])).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 8, 8,), ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)))
     d_stem = d_stem + _unpatches(np.tensordot(conv2d_2_weight.transpose((2, 3, 1, 0)), d_conv2d_2.transpose((1, 2, 3, 0)), axes=([3], [0])).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 8, 8), ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)))
     # d_conv2d_2_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_2[b, o, i, j]*stem[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_2-weight]
-    d_conv2d_2_weight = np.tensordot(d_conv2d_2, t2, axes=([0, 2, 3], [0, 1, 2]))
+    d_conv2d_2_weight = np.tensordot(t2, d_conv2d_2, axes=([3, 4, 5], [0, 2, 3])).transpose((3, 0, 1, 2))
     # d_conv2d_2_bias[o] = Σ_b,i,j d_conv2d_2[b, o, i, j]  [#bwd-conv2d_2-bias]
     # d_conv2d_2_bias = d_conv2d_2.sum(axis=(0, 2, 3))
     d_conv2d_2_bias = np.add.reduce(d_conv2d_2, axis=(0, 2, 3), out=_b19)
     # d_conv2d_1[b, i, j, k] = where(conv2d_1[b, i, j, k] > 0, d_stem[b, i, j, k], 0)  [#bwd-relu_1-conv2d_1]
     # d_conv2d_1 = d_stem*(conv2d_1 > 0)
-    d_conv2d_1 = np.multiply(d_stem, np.greater(conv2d_1, _k0, _b17), _b1)
+    d_conv2d_1 = np.multiply(d_stem, np.greater(conv2d_1, _k0, _b17), _b20)
     # d_conv2d_1_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_1[b, o, i, j]*x[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_1-weight]
-    d_conv2d_1_weight = np.tensordot(d_conv2d_1, t0, axes=([0, 2, 3], [0, 1, 2]))
+    d_conv2d_1_weight = np.tensordot(t0, d_conv2d_1, axes=([3, 4, 5], [0, 2, 3])).transpose((3, 0, 1, 2))
     # d_conv2d_1_bias[o] = Σ_b,i,j d_conv2d_1[b, o, i, j]  [#bwd-conv2d_1-bias]
     # d_conv2d_1_bias = d_conv2d_1.sum(axis=(0, 2, 3))
-    d_conv2d_1_bias = np.add.reduce(d_conv2d_1, axis=(0, 2, 3), out=_b20)
+    d_conv2d_1_bias = np.add.reduce(d_conv2d_1, axis=(0, 2, 3), out=_b21)
     conv2d_1_weight += d_conv2d_1_weight
     conv2d_1_bias += d_conv2d_1_bias
     conv2d_2_weight += d_conv2d_2_weight

@@ -79,6 +79,19 @@ def test_patches_reads_zeros_outside_and_unpatches_is_its_adjoint(windows):
     assert np.isclose((p * g).sum(), (a * h._unpatches(g, a.shape, windows)).sum(), rtol=1e-13)
 
 
+@pytest.mark.parametrize("windows", WINDOWS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_im2col_gathers_exactly_the_patches_in_the_order_asked(windows, dtype):
+    a = RNG.standard_normal((3, 6, 5, 2)).astype(dtype)[..., 0]  # not contiguous
+    patches = h._patches(a, tuple(windows))
+    perm = tuple(reversed(range(patches.ndim)))
+    for _ in range(2):  # the second call reads the cached index
+        got = h._im2col(a, tuple(windows), perm)
+        assert got.dtype == dtype and got.flags.c_contiguous
+        assert np.array_equal(got, patches.transpose(perm))
+    assert (a.shape, tuple(windows), perm) in h._IM2COL_INDEX
+
+
 @pytest.mark.parametrize("shape,axes", [((3, 4, 2, 2), (2, 3)), ((3, 5, 5), (1, 2)), ((2, 3), (1,))])
 def test_max_over_and_first_argmax_on_small_and_large_windows(shape, axes):
     a = RNG.integers(0, 3, shape).astype(np.float64)  # ties: the first maximum is the one

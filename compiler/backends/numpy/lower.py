@@ -495,24 +495,43 @@ class Lowerer:
                 return f"{_paren(ca)} @ {_paren(cb)}"
             if len(lb) == 2 and lb[0] == c:
                 return f"{_paren(ca)} @ {_paren(cb)}"
-        def splits(first):  # does the output list first's free axes, then the other's?
-            free = [s for s in first if s not in contracted]
-            return set(out[:len(free)]) == set(free)
+        return self._tensordot(a, b, contracted, out)
 
-        if not splits(la) and splits(lb):
-            (la, ca), (lb, cb) = (lb, cb), (la, ca)
-        fa = [s for s in la if s not in contracted]
-        if splits(la):
-            # free axes ordered as the output wants them: tensordot lays its result out so,
-            # where a transposed result would be a strided view (copied by its reader)
-            if fa != out[:len(fa)]:
-                ca, la = _align(ca, la, out[:len(fa)] + contracted), out[:len(fa)] + contracted
-            if [s for s in lb if s not in contracted] != out[len(fa):]:
-                cb, lb = _align(cb, lb, contracted + out[len(fa):]), contracted + out[len(fa):]
-        pa = [la.index(c) for c in contracted]
-        pb = [lb.index(c) for c in contracted]
-        res = [s for s in la if s not in contracted] + [s for s in lb if s not in contracted]
-        code = f"np.tensordot({ca}, {cb}, axes=({pa}, {pb}))"
+    def _tensordot(self, a, b, contracted, out):
+        """np.tensordot laid out to copy least.  tensordot reshapes its first operand to
+        [free, contracted] and its second to [contracted, free], copying either one whose
+        axes do not already lie so; its result is [first's free, second's free], which a
+        reader copies unless that is `out`.  Every operand order, contracted order and free
+        order is costed by the elements copied, and the cheapest kept (the first of equals)."""
+        def size(labels):
+            n = 1
+            for s in labels:
+                n *= _num(self.ranges[s]) if self.ranges[s] != B else 64
+            return n
+
+        best = None
+        for (lf, cf), (ls, cs) in ((a, b), (b, a)):
+            ff = [s for s in lf if s not in contracted]
+            fs = [s for s in ls if s not in contracted]
+            for order in ([s for s in lf if s in contracted], [s for s in ls if s in contracted]):
+                for free_f in (ff, [s for s in out if s in ff]):
+                    for free_s in (fs, [s for s in out if s in fs]):
+                        first, second = free_f + order, order + free_s
+                        cost = (size(lf) if lf != first else 0) + (size(ls) if ls != second else 0) + \
+                            (size(out) if free_f + free_s != out else 0)
+                        if best is None or cost < best[0]:
+                            best = (cost, lf, cf, ls, cs, free_f, free_s, order)
+        _, lf, cf, ls, cs, free_f, free_s, order = best
+        # an operand whose free axes are to be reordered is transposed first (a view; tensordot
+        # copies it once either way)
+        if free_f != [s for s in lf if s not in order]:
+            cf, lf = _align(cf, lf, free_f + order), free_f + order
+        if free_s != [s for s in ls if s not in order]:
+            cs, ls = _align(cs, ls, order + free_s), order + free_s
+        pa = [lf.index(c) for c in order]
+        pb = [ls.index(c) for c in order]
+        res = free_f + free_s
+        code = f"np.tensordot({cf}, {cs}, axes=({pa}, {pb}))"
         if res != out:
             code = f"{code}.transpose({tuple(res.index(s) for s in out)})"
         return code
@@ -595,25 +614,25 @@ class Lowerer:
         if len(set(labels)) != len(labels):
             raise NotImplementedError(f"{e}: an index read twice in one subscript (a diagonal)")
         if windows:
-            self.kernels.helpers.add("patches")
-            code = f"_patches({code}, {tuple(windows)})"
             labels.extend(kernel)
             if contract:
-                code, labels = self._im2col(code, labels, outers, kernel)
+                return self._im2col(code, tuple(windows), labels, outers, kernel)
+            self.kernels.helpers.add("patches")
+            code = f"_patches({code}, {tuple(windows)})"
         return code, labels
 
-    def _im2col(self, code, labels, outers, kernel):
-        """Patches read by a contraction, copied once into [batch, window positions, other
-        axes, kernel offsets]: the conv's sum over (channels, offsets) and its weight
-        gradient's sum over (batch, positions) then both read contiguous blocks as matrices,
-        where each would copy the strided view itself; a second read of the same patches
-        (forward and weight gradient) reuses the copy."""
-        first = [x for x in labels if self.ranges.get(x) == B] + list(outers)
-        order = first + [x for x in labels if x not in first and x not in kernel] + list(kernel)
+    def _im2col(self, code, windows, labels, outers, kernel):
+        """Patches read by a contraction, gathered once (one np.take through a cached index)
+        into [other axes, kernel offsets, batch, window positions]: the conv's sum over
+        (channels, offsets) and its weight gradient's sum over (batch, positions) then read
+        it as a matrix, each the way round that np.tensordot takes without a copy; a second
+        read of the same patches (forward and weight gradient) reuses the gather."""
+        batch = [x for x in labels if self.ranges.get(x) == B]
+        order = [x for x in labels if x not in kernel and x not in outers and x not in batch] + \
+            list(kernel) + batch + list(outers)
         perm = tuple(labels.index(x) for x in order)
-        if perm != tuple(range(len(labels))):
-            code = f"{code}.transpose({perm})"
-        code = f"np.ascontiguousarray({code})"
+        self.kernels.helpers.add("im2col")
+        code = f"_im2col({code}, {windows}, {perm})"
         if code not in self.im2col:
             self.im2col[code] = self._temp_name(code)
         return self.ref(self.im2col[code]), order

@@ -12,7 +12,7 @@ from ..pymodule import module_values, shape_text
 from ...templating import environment
 
 # a runtime helper, and the helpers it calls
-_CALLS = {"patches": ("reach",), "unpatches": ("reach",)}
+_CALLS = {"patches": ("reach",), "unpatches": ("reach",), "im2col": ("patches", "reach", "IM2COL_INDEX")}
 
 
 _FUNCTIONS = ("forward", "loss", "loss_and_grad", "sgd_step")
@@ -56,5 +56,10 @@ def _helpers() -> dict:
     """{name without its underscore: source} of the helpers, read as text: importing the
     file would import numpy into the compiler, which does not need it."""
     text = resources.files("nncc.backends.numpy").joinpath("runtime.py").read_text(encoding="utf-8")
-    return {f.name[1:]: ast.get_source_segment(text, f) for f in ast.parse(text).body
-            if isinstance(f, ast.FunctionDef)}
+    helpers = {}
+    for node in ast.parse(text).body:
+        if isinstance(node, ast.FunctionDef):
+            helpers[node.name[1:]] = ast.get_source_segment(text, node)
+        elif isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):  # a helper's cache
+            helpers[node.targets[0].id[1:]] = ast.get_source_segment(text, node)
+    return helpers

@@ -77,6 +77,27 @@ def _patches(a, windows):
                                            strides + [s for _, s in kernel], writeable=False)
 
 
+def _im2col(a, windows, perm):
+    # _patches(a, windows).transpose(perm), copied by one gather: a 6-D strided copy runs
+    # numpy's inner loop over a few elements at a time.  The index, made once per shape,
+    # counts a's elements from 1, 0 standing for the padding's zeros
+    key = (a.shape, windows, perm)
+    index = _IM2COL_INDEX.get(key)
+    if index is None:
+        if len(_IM2COL_INDEX) >= 32:  # many shapes: keep the latest ones only
+            _IM2COL_INDEX.clear()
+        positions = np.arange(1, a.size + 1).reshape(a.shape)
+        index = np.ascontiguousarray(_patches(positions, windows).transpose(perm))
+        _IM2COL_INDEX[key] = index
+    flat = np.empty(a.size + 1, a.dtype)
+    flat[0] = 0
+    flat[1:] = a.reshape(-1)
+    return np.take(flat, index)
+
+
+_IM2COL_INDEX = {}
+
+
 def _unpatches(g, shape, windows):
     # the adjoint of _patches: add each kernel offset's slice of g back into place, one
     # strided add per offset (no np.add.at), with the batch axis innermost when it is
