@@ -26,7 +26,7 @@ _C_MODULE = {"hashlib", "importlib", "os", "re", "shutil", "stat", "sys", "tempf
 # the template functions' arguments and locals the generated lines could overwrite or read
 _LOCALS = {"params", "grads", "batch", "lr", "value", "dtype", "name", "shape", "seed", "rng", "out"}
 # builtins the generated functions call (a user's `float` would shadow the one they need)
-_BUILTINS = {"float", "int", "sum", "max", "min", "abs", "len", "range"}
+_BUILTINS = {"float", "int", "sum", "max", "min", "abs", "len", "range", "isinstance"}
 RESERVED = frozenset(_MODULE | _C_MODULE | _LOCALS | _BUILTINS)
 # upper-case header macro names other than the per-array and per-parameter ones:
 # <NET>_OUTPUT_SIZE, <NET>_WORKSPACE_SIZE(batch) (and _PARAM_COUNT, _PARAM_BYTES, ...)

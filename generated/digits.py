@@ -165,13 +165,29 @@ def _complain(params, arrays):
 
 
 
+
 def forward(params, x):
     """The network's output `z` for a batch of inputs."""
-    batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"])})
-    dense_1_weight = params["dense_1.weight"]
-    dense_1_bias = params["dense_1.bias"]
-    dense_2_weight = params["dense_2.weight"]
-    dense_2_bias = params["dense_2.bias"]
+    try:  # the fast path: plain comparisons; _check names whatever is malformed
+        dense_1_weight = params["dense_1.weight"]
+        dense_1_bias = params["dense_1.bias"]
+        dense_2_weight = params["dense_2.weight"]
+        dense_2_bias = params["dense_2.bias"]
+        batch, dtype = len(x), x.dtype
+        _ok = len(params) == 4 and batch and dtype in _FLOATS
+        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 64)
+        _ok = _ok and isinstance(dense_1_weight, np.ndarray) and dense_1_weight.shape == (64, 64,) and dense_1_weight.dtype == dtype
+        _ok = _ok and isinstance(dense_1_bias, np.ndarray) and dense_1_bias.shape == (64,) and dense_1_bias.dtype == dtype
+        _ok = _ok and isinstance(dense_2_weight, np.ndarray) and dense_2_weight.shape == (10, 64,) and dense_2_weight.dtype == dtype
+        _ok = _ok and isinstance(dense_2_bias, np.ndarray) and dense_2_bias.shape == (10,) and dense_2_bias.dtype == dtype
+    except (KeyError, TypeError, AttributeError):
+        _ok = False
+    if not _ok:
+        batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"])})
+        dense_1_weight = params["dense_1.weight"]
+        dense_1_bias = params["dense_1.bias"]
+        dense_2_weight = params["dense_2.weight"]
+        dense_2_bias = params["dense_2.bias"]
     _w = _workspace(0, batch, dtype)
     _b0, _b1, _b2, _k0 = _w
 
@@ -190,11 +206,27 @@ def forward(params, x):
 
 def loss(params, x, y):
     """The mean over the batch of the per-sample loss."""
-    batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"]), "y": (y, TARGET_SHAPES["y"])})
-    dense_1_weight = params["dense_1.weight"]
-    dense_1_bias = params["dense_1.bias"]
-    dense_2_weight = params["dense_2.weight"]
-    dense_2_bias = params["dense_2.bias"]
+    try:  # the fast path: plain comparisons; _check names whatever is malformed
+        dense_1_weight = params["dense_1.weight"]
+        dense_1_bias = params["dense_1.bias"]
+        dense_2_weight = params["dense_2.weight"]
+        dense_2_bias = params["dense_2.bias"]
+        batch, dtype = len(x), x.dtype
+        _ok = len(params) == 4 and batch and dtype in _FLOATS
+        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 64)
+        _ok = _ok and isinstance(y, np.ndarray) and y.shape == (batch, 10) and y.dtype == dtype
+        _ok = _ok and isinstance(dense_1_weight, np.ndarray) and dense_1_weight.shape == (64, 64,) and dense_1_weight.dtype == dtype
+        _ok = _ok and isinstance(dense_1_bias, np.ndarray) and dense_1_bias.shape == (64,) and dense_1_bias.dtype == dtype
+        _ok = _ok and isinstance(dense_2_weight, np.ndarray) and dense_2_weight.shape == (10, 64,) and dense_2_weight.dtype == dtype
+        _ok = _ok and isinstance(dense_2_bias, np.ndarray) and dense_2_bias.shape == (10,) and dense_2_bias.dtype == dtype
+    except (KeyError, TypeError, AttributeError):
+        _ok = False
+    if not _ok:
+        batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"]), "y": (y, TARGET_SHAPES["y"])})
+        dense_1_weight = params["dense_1.weight"]
+        dense_1_bias = params["dense_1.bias"]
+        dense_2_weight = params["dense_2.weight"]
+        dense_2_bias = params["dense_2.bias"]
     _w = _workspace(1, batch, dtype)
     _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _k0 = _w
 
@@ -214,18 +246,34 @@ def loss(params, x, y):
     # softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1]
     # softmax_cross_entropy_1 = -((z - t2[:, None] - t3[:, None])*y).sum(axis=1)
     softmax_cross_entropy_1 = np.negative(np.add.reduce(np.multiply(np.subtract(np.subtract(z, t2[:, None], _b6), t3[:, None], _b6), y, _b6), axis=1, out=_b7), _b7)
-    value = float(softmax_cross_entropy_1.sum() / batch)
+    value = float(np.add.reduce(softmax_cross_entropy_1, axis=None) / batch)
     _done(1, batch, dtype, _w)
     return value
 
 
 def loss_and_grad(params, x, y):
     """The loss and its gradient with respect to every parameter."""
-    batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"]), "y": (y, TARGET_SHAPES["y"])})
-    dense_1_weight = params["dense_1.weight"]
-    dense_1_bias = params["dense_1.bias"]
-    dense_2_weight = params["dense_2.weight"]
-    dense_2_bias = params["dense_2.bias"]
+    try:  # the fast path: plain comparisons; _check names whatever is malformed
+        dense_1_weight = params["dense_1.weight"]
+        dense_1_bias = params["dense_1.bias"]
+        dense_2_weight = params["dense_2.weight"]
+        dense_2_bias = params["dense_2.bias"]
+        batch, dtype = len(x), x.dtype
+        _ok = len(params) == 4 and batch and dtype in _FLOATS
+        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 64)
+        _ok = _ok and isinstance(y, np.ndarray) and y.shape == (batch, 10) and y.dtype == dtype
+        _ok = _ok and isinstance(dense_1_weight, np.ndarray) and dense_1_weight.shape == (64, 64,) and dense_1_weight.dtype == dtype
+        _ok = _ok and isinstance(dense_1_bias, np.ndarray) and dense_1_bias.shape == (64,) and dense_1_bias.dtype == dtype
+        _ok = _ok and isinstance(dense_2_weight, np.ndarray) and dense_2_weight.shape == (10, 64,) and dense_2_weight.dtype == dtype
+        _ok = _ok and isinstance(dense_2_bias, np.ndarray) and dense_2_bias.shape == (10,) and dense_2_bias.dtype == dtype
+    except (KeyError, TypeError, AttributeError):
+        _ok = False
+    if not _ok:
+        batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"]), "y": (y, TARGET_SHAPES["y"])})
+        dense_1_weight = params["dense_1.weight"]
+        dense_1_bias = params["dense_1.bias"]
+        dense_2_weight = params["dense_2.weight"]
+        dense_2_bias = params["dense_2.bias"]
     _w = _workspace(2, batch, dtype)
     _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _k0 = _w
 
@@ -245,7 +293,7 @@ def loss_and_grad(params, x, y):
     # softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1]
     # softmax_cross_entropy_1 = -((z - t2[:, None] - t3[:, None])*y).sum(axis=1)
     softmax_cross_entropy_1 = np.negative(np.add.reduce(np.multiply(np.subtract(np.subtract(z, t2[:, None], _b6), t3[:, None], _b6), y, _b6), axis=1, out=_b7), _b7)
-    value = float(softmax_cross_entropy_1.sum() / batch)
+    value = float(np.add.reduce(softmax_cross_entropy_1, axis=None) / batch)
     seed = 1 / batch
 
     # d_z[b, k] = (-y[b, k] + Σ_i y[b, i]*exp(-logsumexp_j(z[b, j]) + z[b, k]))*d_softmax_cross_entropy_1[b]  [#bwd-softmax_cross_entropy_1-z]
@@ -274,12 +322,28 @@ def loss_and_grad(params, x, y):
 
 def sgd_step(params, x, y, lr):
     """One step of plain gradient descent, in place; returns the loss before the step."""
-    batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"]), "y": (y, TARGET_SHAPES["y"])})
-    _check_writable(params)
-    dense_1_weight = params["dense_1.weight"]
-    dense_1_bias = params["dense_1.bias"]
-    dense_2_weight = params["dense_2.weight"]
-    dense_2_bias = params["dense_2.bias"]
+    try:  # the fast path: plain comparisons; _check names whatever is malformed
+        dense_1_weight = params["dense_1.weight"]
+        dense_1_bias = params["dense_1.bias"]
+        dense_2_weight = params["dense_2.weight"]
+        dense_2_bias = params["dense_2.bias"]
+        batch, dtype = len(x), x.dtype
+        _ok = len(params) == 4 and batch and dtype in _FLOATS
+        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 64)
+        _ok = _ok and isinstance(y, np.ndarray) and y.shape == (batch, 10) and y.dtype == dtype
+        _ok = _ok and isinstance(dense_1_weight, np.ndarray) and dense_1_weight.shape == (64, 64,) and dense_1_weight.dtype == dtype and dense_1_weight.flags.writeable
+        _ok = _ok and isinstance(dense_1_bias, np.ndarray) and dense_1_bias.shape == (64,) and dense_1_bias.dtype == dtype and dense_1_bias.flags.writeable
+        _ok = _ok and isinstance(dense_2_weight, np.ndarray) and dense_2_weight.shape == (10, 64,) and dense_2_weight.dtype == dtype and dense_2_weight.flags.writeable
+        _ok = _ok and isinstance(dense_2_bias, np.ndarray) and dense_2_bias.shape == (10,) and dense_2_bias.dtype == dtype and dense_2_bias.flags.writeable
+    except (KeyError, TypeError, AttributeError):
+        _ok = False
+    if not _ok:
+        batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"]), "y": (y, TARGET_SHAPES["y"])})
+        _check_writable(params)
+        dense_1_weight = params["dense_1.weight"]
+        dense_1_bias = params["dense_1.bias"]
+        dense_2_weight = params["dense_2.weight"]
+        dense_2_bias = params["dense_2.bias"]
     _w = _workspace(3, batch, dtype)
     _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _k0 = _w
 
@@ -299,7 +363,7 @@ def sgd_step(params, x, y, lr):
     # softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1]
     # softmax_cross_entropy_1 = -((z - t2[:, None] - t3[:, None])*y).sum(axis=1)
     softmax_cross_entropy_1 = np.negative(np.add.reduce(np.multiply(np.subtract(np.subtract(z, t2[:, None], _b6), t3[:, None], _b6), y, _b6), axis=1, out=_b7), _b7)
-    value = float(softmax_cross_entropy_1.sum() / batch)
+    value = float(np.add.reduce(softmax_cross_entropy_1, axis=None) / batch)
     # the backward pass seeded with -lr times the loss's seed: each gradient is the update
     seed = -float(lr) / batch
 

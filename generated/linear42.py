@@ -160,11 +160,23 @@ def _complain(params, arrays):
 
 
 
+
 def forward(params, x):
     """The network's output `y` for a batch of inputs."""
-    batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"])})
-    dense_1_weight = params["dense_1.weight"]
-    dense_1_bias = params["dense_1.bias"]
+    try:  # the fast path: plain comparisons; _check names whatever is malformed
+        dense_1_weight = params["dense_1.weight"]
+        dense_1_bias = params["dense_1.bias"]
+        batch, dtype = len(x), x.dtype
+        _ok = len(params) == 2 and batch and dtype in _FLOATS
+        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 4)
+        _ok = _ok and isinstance(dense_1_weight, np.ndarray) and dense_1_weight.shape == (2, 4,) and dense_1_weight.dtype == dtype
+        _ok = _ok and isinstance(dense_1_bias, np.ndarray) and dense_1_bias.shape == (2,) and dense_1_bias.dtype == dtype
+    except (KeyError, TypeError, AttributeError):
+        _ok = False
+    if not _ok:
+        batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"])})
+        dense_1_weight = params["dense_1.weight"]
+        dense_1_bias = params["dense_1.bias"]
     _w = _workspace(0, batch, dtype)
     _b0, = _w
 
@@ -177,9 +189,20 @@ def forward(params, x):
 
 def loss(params, x):
     """The sum over the batch of the per-sample loss."""
-    batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"])})
-    dense_1_weight = params["dense_1.weight"]
-    dense_1_bias = params["dense_1.bias"]
+    try:  # the fast path: plain comparisons; _check names whatever is malformed
+        dense_1_weight = params["dense_1.weight"]
+        dense_1_bias = params["dense_1.bias"]
+        batch, dtype = len(x), x.dtype
+        _ok = len(params) == 2 and batch and dtype in _FLOATS
+        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 4)
+        _ok = _ok and isinstance(dense_1_weight, np.ndarray) and dense_1_weight.shape == (2, 4,) and dense_1_weight.dtype == dtype
+        _ok = _ok and isinstance(dense_1_bias, np.ndarray) and dense_1_bias.shape == (2,) and dense_1_bias.dtype == dtype
+    except (KeyError, TypeError, AttributeError):
+        _ok = False
+    if not _ok:
+        batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"])})
+        dense_1_weight = params["dense_1.weight"]
+        dense_1_bias = params["dense_1.bias"]
     _w = _workspace(1, batch, dtype)
     _b0, _b1, _b2 = _w
 
@@ -189,16 +212,27 @@ def loss(params, x):
     # squares_1: squares_1[b] = Σ_i y[b, i]**2  [#fwd-squares_1]
     # squares_1 = (y**2).sum(axis=1)
     squares_1 = np.add.reduce(np.square(y, _b2), axis=1, out=_b1)
-    value = float(squares_1.sum())
+    value = float(np.add.reduce(squares_1, axis=None))
     _done(1, batch, dtype, _w)
     return value
 
 
 def loss_and_grad(params, x):
     """The loss and its gradient with respect to every parameter."""
-    batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"])})
-    dense_1_weight = params["dense_1.weight"]
-    dense_1_bias = params["dense_1.bias"]
+    try:  # the fast path: plain comparisons; _check names whatever is malformed
+        dense_1_weight = params["dense_1.weight"]
+        dense_1_bias = params["dense_1.bias"]
+        batch, dtype = len(x), x.dtype
+        _ok = len(params) == 2 and batch and dtype in _FLOATS
+        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 4)
+        _ok = _ok and isinstance(dense_1_weight, np.ndarray) and dense_1_weight.shape == (2, 4,) and dense_1_weight.dtype == dtype
+        _ok = _ok and isinstance(dense_1_bias, np.ndarray) and dense_1_bias.shape == (2,) and dense_1_bias.dtype == dtype
+    except (KeyError, TypeError, AttributeError):
+        _ok = False
+    if not _ok:
+        batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"])})
+        dense_1_weight = params["dense_1.weight"]
+        dense_1_bias = params["dense_1.bias"]
     _w = _workspace(2, batch, dtype)
     _b0, _b1, _b2 = _w
 
@@ -208,7 +242,7 @@ def loss_and_grad(params, x):
     # squares_1: squares_1[b] = Σ_i y[b, i]**2  [#fwd-squares_1]
     # squares_1 = (y**2).sum(axis=1)
     squares_1 = np.add.reduce(np.square(y, _b2), axis=1, out=_b1)
-    value = float(squares_1.sum())
+    value = float(np.add.reduce(squares_1, axis=None))
     seed = 1
 
     # d_y[b, i] = 2*d_squares_1[b]*y[b, i]  [#bwd-squares_1-y]
@@ -227,10 +261,21 @@ def loss_and_grad(params, x):
 
 def sgd_step(params, x, lr):
     """One step of plain gradient descent, in place; returns the loss before the step."""
-    batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"])})
-    _check_writable(params)
-    dense_1_weight = params["dense_1.weight"]
-    dense_1_bias = params["dense_1.bias"]
+    try:  # the fast path: plain comparisons; _check names whatever is malformed
+        dense_1_weight = params["dense_1.weight"]
+        dense_1_bias = params["dense_1.bias"]
+        batch, dtype = len(x), x.dtype
+        _ok = len(params) == 2 and batch and dtype in _FLOATS
+        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 4)
+        _ok = _ok and isinstance(dense_1_weight, np.ndarray) and dense_1_weight.shape == (2, 4,) and dense_1_weight.dtype == dtype and dense_1_weight.flags.writeable
+        _ok = _ok and isinstance(dense_1_bias, np.ndarray) and dense_1_bias.shape == (2,) and dense_1_bias.dtype == dtype and dense_1_bias.flags.writeable
+    except (KeyError, TypeError, AttributeError):
+        _ok = False
+    if not _ok:
+        batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"])})
+        _check_writable(params)
+        dense_1_weight = params["dense_1.weight"]
+        dense_1_bias = params["dense_1.bias"]
     _w = _workspace(3, batch, dtype)
     _b0, _b1, _b2, _b3, _b4 = _w
 
@@ -240,7 +285,7 @@ def sgd_step(params, x, lr):
     # squares_1: squares_1[b] = Σ_i y[b, i]**2  [#fwd-squares_1]
     # squares_1 = (y**2).sum(axis=1)
     squares_1 = np.add.reduce(np.square(y, _b2), axis=1, out=_b1)
-    value = float(squares_1.sum())
+    value = float(np.add.reduce(squares_1, axis=None))
     # the backward pass seeded with -lr times the loss's seed: each gradient is the update
     seed = -float(lr)
 

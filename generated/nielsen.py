@@ -39,10 +39,10 @@ _BUFFERS = (
 )
 # ... and the numbers it reads as arrays of the dtype
 _CONSTANTS = (
-    (),
-    (0.5, ),
-    (0.5, 1, ),
-    (0.5, 1, ),
+    (1, ),
+    (1, 0.5, ),
+    (1, 0.5, ),
+    (1, 0.5, ),
 )
 # spare workspaces by (function, batch size, dtype): a call takes one (or makes one) and
 # puts it back when done, so two threads calling at once each work in their own
@@ -176,82 +176,133 @@ def _sigmoid(z, out=None):
     return np.reciprocal(s, out=s)
 
 
+
 def forward(params, x):
     """The network's output `a` for a batch of inputs."""
-    batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"])})
-    dense_1_weight = params["dense_1.weight"]
-    dense_1_bias = params["dense_1.bias"]
-    dense_2_weight = params["dense_2.weight"]
-    dense_2_bias = params["dense_2.bias"]
+    try:  # the fast path: plain comparisons; _check names whatever is malformed
+        dense_1_weight = params["dense_1.weight"]
+        dense_1_bias = params["dense_1.bias"]
+        dense_2_weight = params["dense_2.weight"]
+        dense_2_bias = params["dense_2.bias"]
+        batch, dtype = len(x), x.dtype
+        _ok = len(params) == 4 and batch and dtype in _FLOATS
+        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 784)
+        _ok = _ok and isinstance(dense_1_weight, np.ndarray) and dense_1_weight.shape == (30, 784,) and dense_1_weight.dtype == dtype
+        _ok = _ok and isinstance(dense_1_bias, np.ndarray) and dense_1_bias.shape == (30,) and dense_1_bias.dtype == dtype
+        _ok = _ok and isinstance(dense_2_weight, np.ndarray) and dense_2_weight.shape == (10, 30,) and dense_2_weight.dtype == dtype
+        _ok = _ok and isinstance(dense_2_bias, np.ndarray) and dense_2_bias.shape == (10,) and dense_2_bias.dtype == dtype
+    except (KeyError, TypeError, AttributeError):
+        _ok = False
+    if not _ok:
+        batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"])})
+        dense_1_weight = params["dense_1.weight"]
+        dense_1_bias = params["dense_1.bias"]
+        dense_2_weight = params["dense_2.weight"]
+        dense_2_bias = params["dense_2.bias"]
     _w = _workspace(0, batch, dtype)
-    _b0, _b1 = _w
+    _b0, _b1, _k0 = _w
 
-    # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
-    # sigmoid_1: sigmoid_1[b, i] = 1/(1 + exp(-dense_1[b, i]))  [#fwd-sigmoid_1]
-    # sigmoid_1 = _sigmoid(dense_1_bias + (x @ dense_1_weight.T))
-    sigmoid_1 = _sigmoid(np.add(dense_1_bias, np.matmul(x, dense_1_weight.T, _b0), _b0), _b0)
-    # dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*sigmoid_1[b, j])  [#fwd-dense_2]
-    # sigmoid_2: a[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_2]
-    # a = _sigmoid(dense_2_bias + (sigmoid_1 @ dense_2_weight.T))
-    a = _sigmoid(np.add(dense_2_bias, np.matmul(sigmoid_1, dense_2_weight.T, _b1), _b1))
+    with np.errstate(over="ignore"):
+        # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
+        # sigmoid_1: sigmoid_1[b, i] = 1/(1 + exp(-dense_1[b, i]))  [#fwd-sigmoid_1]
+        # sigmoid_1 = _sigmoid(dense_1_bias + (x @ dense_1_weight.T))
+        sigmoid_1 = np.reciprocal(np.add(np.exp(np.negative(np.add(dense_1_bias, np.matmul(x, dense_1_weight.T, _b0), _b0), _b0), _b0), _k0, _b0), _b0)
+        # dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*sigmoid_1[b, j])  [#fwd-dense_2]
+        # sigmoid_2: a[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_2]
+        # a = _sigmoid(dense_2_bias + (sigmoid_1 @ dense_2_weight.T))
+        a = _sigmoid(np.add(dense_2_bias, np.matmul(sigmoid_1, dense_2_weight.T, _b1), _b1))
     _done(0, batch, dtype, _w)
     return a
 
 
 def loss(params, x, y):
     """The mean over the batch of the per-sample loss."""
-    batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"]), "y": (y, TARGET_SHAPES["y"])})
-    dense_1_weight = params["dense_1.weight"]
-    dense_1_bias = params["dense_1.bias"]
-    dense_2_weight = params["dense_2.weight"]
-    dense_2_bias = params["dense_2.bias"]
+    try:  # the fast path: plain comparisons; _check names whatever is malformed
+        dense_1_weight = params["dense_1.weight"]
+        dense_1_bias = params["dense_1.bias"]
+        dense_2_weight = params["dense_2.weight"]
+        dense_2_bias = params["dense_2.bias"]
+        batch, dtype = len(x), x.dtype
+        _ok = len(params) == 4 and batch and dtype in _FLOATS
+        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 784)
+        _ok = _ok and isinstance(y, np.ndarray) and y.shape == (batch, 10) and y.dtype == dtype
+        _ok = _ok and isinstance(dense_1_weight, np.ndarray) and dense_1_weight.shape == (30, 784,) and dense_1_weight.dtype == dtype
+        _ok = _ok and isinstance(dense_1_bias, np.ndarray) and dense_1_bias.shape == (30,) and dense_1_bias.dtype == dtype
+        _ok = _ok and isinstance(dense_2_weight, np.ndarray) and dense_2_weight.shape == (10, 30,) and dense_2_weight.dtype == dtype
+        _ok = _ok and isinstance(dense_2_bias, np.ndarray) and dense_2_bias.shape == (10,) and dense_2_bias.dtype == dtype
+    except (KeyError, TypeError, AttributeError):
+        _ok = False
+    if not _ok:
+        batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"]), "y": (y, TARGET_SHAPES["y"])})
+        dense_1_weight = params["dense_1.weight"]
+        dense_1_bias = params["dense_1.bias"]
+        dense_2_weight = params["dense_2.weight"]
+        dense_2_bias = params["dense_2.bias"]
     _w = _workspace(1, batch, dtype)
-    _b0, _b1, _b2, _b3, _k0 = _w
+    _b0, _b1, _b2, _b3, _k0, _k1 = _w
 
-    # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
-    # sigmoid_1: sigmoid_1[b, i] = 1/(1 + exp(-dense_1[b, i]))  [#fwd-sigmoid_1]
-    # sigmoid_1 = _sigmoid(dense_1_bias + (x @ dense_1_weight.T))
-    sigmoid_1 = _sigmoid(np.add(dense_1_bias, np.matmul(x, dense_1_weight.T, _b0), _b0), _b0)
-    # dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*sigmoid_1[b, j])  [#fwd-dense_2]
-    # sigmoid_2: a[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_2]
-    # a = _sigmoid(dense_2_bias + (sigmoid_1 @ dense_2_weight.T))
-    a = _sigmoid(np.add(dense_2_bias, np.matmul(sigmoid_1, dense_2_weight.T, _b1), _b1), _b1)
+    with np.errstate(over="ignore"):
+        # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
+        # sigmoid_1: sigmoid_1[b, i] = 1/(1 + exp(-dense_1[b, i]))  [#fwd-sigmoid_1]
+        # sigmoid_1 = _sigmoid(dense_1_bias + (x @ dense_1_weight.T))
+        sigmoid_1 = np.reciprocal(np.add(np.exp(np.negative(np.add(dense_1_bias, np.matmul(x, dense_1_weight.T, _b0), _b0), _b0), _b0), _k0, _b0), _b0)
+        # dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*sigmoid_1[b, j])  [#fwd-dense_2]
+        # sigmoid_2: a[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_2]
+        # a = _sigmoid(dense_2_bias + (sigmoid_1 @ dense_2_weight.T))
+        a = np.reciprocal(np.add(np.exp(np.negative(np.add(dense_2_bias, np.matmul(sigmoid_1, dense_2_weight.T, _b1), _b1), _b1), _b1), _k0, _b1), _b1)
     # quadratic_1: quadratic_1[b] = Σ_i (-y[b, i] + a[b, i])**2/2  [#fwd-quadratic_1]
     # quadratic_1 = 0.5*((a - y)**2).sum(axis=1)
-    quadratic_1 = np.multiply(_k0, np.add.reduce(np.square(np.subtract(a, y, _b3), _b3), axis=1, out=_b2), _b2)
-    value = float(quadratic_1.sum() / batch)
+    quadratic_1 = np.multiply(_k1, np.add.reduce(np.square(np.subtract(a, y, _b3), _b3), axis=1, out=_b2), _b2)
+    value = float(np.add.reduce(quadratic_1, axis=None) / batch)
     _done(1, batch, dtype, _w)
     return value
 
 
 def loss_and_grad(params, x, y):
     """The loss and its gradient with respect to every parameter."""
-    batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"]), "y": (y, TARGET_SHAPES["y"])})
-    dense_1_weight = params["dense_1.weight"]
-    dense_1_bias = params["dense_1.bias"]
-    dense_2_weight = params["dense_2.weight"]
-    dense_2_bias = params["dense_2.bias"]
+    try:  # the fast path: plain comparisons; _check names whatever is malformed
+        dense_1_weight = params["dense_1.weight"]
+        dense_1_bias = params["dense_1.bias"]
+        dense_2_weight = params["dense_2.weight"]
+        dense_2_bias = params["dense_2.bias"]
+        batch, dtype = len(x), x.dtype
+        _ok = len(params) == 4 and batch and dtype in _FLOATS
+        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 784)
+        _ok = _ok and isinstance(y, np.ndarray) and y.shape == (batch, 10) and y.dtype == dtype
+        _ok = _ok and isinstance(dense_1_weight, np.ndarray) and dense_1_weight.shape == (30, 784,) and dense_1_weight.dtype == dtype
+        _ok = _ok and isinstance(dense_1_bias, np.ndarray) and dense_1_bias.shape == (30,) and dense_1_bias.dtype == dtype
+        _ok = _ok and isinstance(dense_2_weight, np.ndarray) and dense_2_weight.shape == (10, 30,) and dense_2_weight.dtype == dtype
+        _ok = _ok and isinstance(dense_2_bias, np.ndarray) and dense_2_bias.shape == (10,) and dense_2_bias.dtype == dtype
+    except (KeyError, TypeError, AttributeError):
+        _ok = False
+    if not _ok:
+        batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"]), "y": (y, TARGET_SHAPES["y"])})
+        dense_1_weight = params["dense_1.weight"]
+        dense_1_bias = params["dense_1.bias"]
+        dense_2_weight = params["dense_2.weight"]
+        dense_2_bias = params["dense_2.bias"]
     _w = _workspace(2, batch, dtype)
     _b0, _b1, _b2, _b3, _b4, _b5, _b6, _k0, _k1 = _w
 
-    # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
-    # sigmoid_1: sigmoid_1[b, i] = 1/(1 + exp(-dense_1[b, i]))  [#fwd-sigmoid_1]
-    # sigmoid_1 = _sigmoid(dense_1_bias + (x @ dense_1_weight.T))
-    sigmoid_1 = _sigmoid(np.add(dense_1_bias, np.matmul(x, dense_1_weight.T, _b0), _b0), _b0)
-    # dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*sigmoid_1[b, j])  [#fwd-dense_2]
-    # sigmoid_2: a[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_2]
-    # a = _sigmoid(dense_2_bias + (sigmoid_1 @ dense_2_weight.T))
-    a = _sigmoid(np.add(dense_2_bias, np.matmul(sigmoid_1, dense_2_weight.T, _b1), _b1), _b1)
+    with np.errstate(over="ignore"):
+        # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
+        # sigmoid_1: sigmoid_1[b, i] = 1/(1 + exp(-dense_1[b, i]))  [#fwd-sigmoid_1]
+        # sigmoid_1 = _sigmoid(dense_1_bias + (x @ dense_1_weight.T))
+        sigmoid_1 = np.reciprocal(np.add(np.exp(np.negative(np.add(dense_1_bias, np.matmul(x, dense_1_weight.T, _b0), _b0), _b0), _b0), _k0, _b0), _b0)
+        # dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*sigmoid_1[b, j])  [#fwd-dense_2]
+        # sigmoid_2: a[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_2]
+        # a = _sigmoid(dense_2_bias + (sigmoid_1 @ dense_2_weight.T))
+        a = np.reciprocal(np.add(np.exp(np.negative(np.add(dense_2_bias, np.matmul(sigmoid_1, dense_2_weight.T, _b1), _b1), _b1), _b1), _k0, _b1), _b1)
     # quadratic_1: quadratic_1[b] = Σ_i (-y[b, i] + a[b, i])**2/2  [#fwd-quadratic_1]
     # quadratic_1 = 0.5*((a - y)**2).sum(axis=1)
-    quadratic_1 = np.multiply(_k0, np.add.reduce(np.square(np.subtract(a, y, _b3), _b3), axis=1, out=_b2), _b2)
-    value = float(quadratic_1.sum() / batch)
+    quadratic_1 = np.multiply(_k1, np.add.reduce(np.square(np.subtract(a, y, _b3), _b3), axis=1, out=_b2), _b2)
+    value = float(np.add.reduce(quadratic_1, axis=None) / batch)
     seed = 1 / batch
 
     # d_a[b, i] = (-y[b, i] + a[b, i])*d_quadratic_1[b]  [#bwd-quadratic_1-a]
     # d_dense_2[b, i] = -(-1 + a[b, i])*a[b, i]*d_a[b, i]  [#bwd-sigmoid_2-dense_2]
     # d_dense_2 = seed*(1 - a)*(a - y)*a
-    d_dense_2 = np.multiply(np.multiply(np.multiply(seed, np.subtract(_k1, a, _b3), _b3), np.subtract(a, y, _b4), _b3), a, _b3)
+    d_dense_2 = np.multiply(np.multiply(np.multiply(seed, np.subtract(_k0, a, _b3), _b3), np.subtract(a, y, _b4), _b3), a, _b3)
     # d_dense_2_weight[i, j] = Σ_b (d_dense_2[b, i]*sigmoid_1[b, j])  [#bwd-dense_2-weight]
     d_dense_2_weight = d_dense_2.T @ sigmoid_1
     # d_dense_2_bias[i] = Σ_b d_dense_2[b, i]  [#bwd-dense_2-bias]
@@ -259,7 +310,7 @@ def loss_and_grad(params, x, y):
     # d_sigmoid_1[b, j] = Σ_i (d_dense_2[b, i]*dense_2.weight[i, j])  [#bwd-dense_2-sigmoid_1]
     # d_dense_1[b, i] = -(-1 + sigmoid_1[b, i])*d_sigmoid_1[b, i]*sigmoid_1[b, i]  [#bwd-sigmoid_1-dense_1]
     # d_dense_1 = (1 - sigmoid_1)*sigmoid_1*(d_dense_2 @ dense_2_weight)
-    d_dense_1 = np.multiply(np.multiply(np.subtract(_k1, sigmoid_1, _b5), sigmoid_1, _b5), np.matmul(d_dense_2, dense_2_weight, _b6), _b5)
+    d_dense_1 = np.multiply(np.multiply(np.subtract(_k0, sigmoid_1, _b5), sigmoid_1, _b5), np.matmul(d_dense_2, dense_2_weight, _b6), _b5)
     # d_dense_1_weight[i, j] = Σ_b (d_dense_1[b, i]*x[b, j])  [#bwd-dense_1-weight]
     d_dense_1_weight = d_dense_1.T @ x
     # d_dense_1_bias[i] = Σ_b d_dense_1[b, i]  [#bwd-dense_1-bias]
@@ -275,34 +326,51 @@ def loss_and_grad(params, x, y):
 
 def sgd_step(params, x, y, lr):
     """One step of plain gradient descent, in place; returns the loss before the step."""
-    batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"]), "y": (y, TARGET_SHAPES["y"])})
-    _check_writable(params)
-    dense_1_weight = params["dense_1.weight"]
-    dense_1_bias = params["dense_1.bias"]
-    dense_2_weight = params["dense_2.weight"]
-    dense_2_bias = params["dense_2.bias"]
+    try:  # the fast path: plain comparisons; _check names whatever is malformed
+        dense_1_weight = params["dense_1.weight"]
+        dense_1_bias = params["dense_1.bias"]
+        dense_2_weight = params["dense_2.weight"]
+        dense_2_bias = params["dense_2.bias"]
+        batch, dtype = len(x), x.dtype
+        _ok = len(params) == 4 and batch and dtype in _FLOATS
+        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 784)
+        _ok = _ok and isinstance(y, np.ndarray) and y.shape == (batch, 10) and y.dtype == dtype
+        _ok = _ok and isinstance(dense_1_weight, np.ndarray) and dense_1_weight.shape == (30, 784,) and dense_1_weight.dtype == dtype and dense_1_weight.flags.writeable
+        _ok = _ok and isinstance(dense_1_bias, np.ndarray) and dense_1_bias.shape == (30,) and dense_1_bias.dtype == dtype and dense_1_bias.flags.writeable
+        _ok = _ok and isinstance(dense_2_weight, np.ndarray) and dense_2_weight.shape == (10, 30,) and dense_2_weight.dtype == dtype and dense_2_weight.flags.writeable
+        _ok = _ok and isinstance(dense_2_bias, np.ndarray) and dense_2_bias.shape == (10,) and dense_2_bias.dtype == dtype and dense_2_bias.flags.writeable
+    except (KeyError, TypeError, AttributeError):
+        _ok = False
+    if not _ok:
+        batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"]), "y": (y, TARGET_SHAPES["y"])})
+        _check_writable(params)
+        dense_1_weight = params["dense_1.weight"]
+        dense_1_bias = params["dense_1.bias"]
+        dense_2_weight = params["dense_2.weight"]
+        dense_2_bias = params["dense_2.bias"]
     _w = _workspace(3, batch, dtype)
     _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _k0, _k1 = _w
 
-    # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
-    # sigmoid_1: sigmoid_1[b, i] = 1/(1 + exp(-dense_1[b, i]))  [#fwd-sigmoid_1]
-    # sigmoid_1 = _sigmoid(dense_1_bias + (x @ dense_1_weight.T))
-    sigmoid_1 = _sigmoid(np.add(dense_1_bias, np.matmul(x, dense_1_weight.T, _b0), _b0), _b0)
-    # dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*sigmoid_1[b, j])  [#fwd-dense_2]
-    # sigmoid_2: a[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_2]
-    # a = _sigmoid(dense_2_bias + (sigmoid_1 @ dense_2_weight.T))
-    a = _sigmoid(np.add(dense_2_bias, np.matmul(sigmoid_1, dense_2_weight.T, _b1), _b1), _b1)
+    with np.errstate(over="ignore"):
+        # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
+        # sigmoid_1: sigmoid_1[b, i] = 1/(1 + exp(-dense_1[b, i]))  [#fwd-sigmoid_1]
+        # sigmoid_1 = _sigmoid(dense_1_bias + (x @ dense_1_weight.T))
+        sigmoid_1 = np.reciprocal(np.add(np.exp(np.negative(np.add(dense_1_bias, np.matmul(x, dense_1_weight.T, _b0), _b0), _b0), _b0), _k0, _b0), _b0)
+        # dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*sigmoid_1[b, j])  [#fwd-dense_2]
+        # sigmoid_2: a[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_2]
+        # a = _sigmoid(dense_2_bias + (sigmoid_1 @ dense_2_weight.T))
+        a = np.reciprocal(np.add(np.exp(np.negative(np.add(dense_2_bias, np.matmul(sigmoid_1, dense_2_weight.T, _b1), _b1), _b1), _b1), _k0, _b1), _b1)
     # quadratic_1: quadratic_1[b] = Σ_i (-y[b, i] + a[b, i])**2/2  [#fwd-quadratic_1]
     # quadratic_1 = 0.5*((a - y)**2).sum(axis=1)
-    quadratic_1 = np.multiply(_k0, np.add.reduce(np.square(np.subtract(a, y, _b3), _b3), axis=1, out=_b2), _b2)
-    value = float(quadratic_1.sum() / batch)
+    quadratic_1 = np.multiply(_k1, np.add.reduce(np.square(np.subtract(a, y, _b3), _b3), axis=1, out=_b2), _b2)
+    value = float(np.add.reduce(quadratic_1, axis=None) / batch)
     # the backward pass seeded with -lr times the loss's seed: each gradient is the update
     seed = -float(lr) / batch
 
     # d_a[b, i] = (-y[b, i] + a[b, i])*d_quadratic_1[b]  [#bwd-quadratic_1-a]
     # d_dense_2[b, i] = -(-1 + a[b, i])*a[b, i]*d_a[b, i]  [#bwd-sigmoid_2-dense_2]
     # d_dense_2 = seed*(1 - a)*(a - y)*a
-    d_dense_2 = np.multiply(np.multiply(np.multiply(seed, np.subtract(_k1, a, _b3), _b3), np.subtract(a, y, _b4), _b3), a, _b3)
+    d_dense_2 = np.multiply(np.multiply(np.multiply(seed, np.subtract(_k0, a, _b3), _b3), np.subtract(a, y, _b4), _b3), a, _b3)
     # d_dense_2_weight[i, j] = Σ_b (d_dense_2[b, i]*sigmoid_1[b, j])  [#bwd-dense_2-weight]
     # d_dense_2_weight = d_dense_2.T @ sigmoid_1
     d_dense_2_weight = np.matmul(d_dense_2.T, sigmoid_1, _b5)
@@ -312,7 +380,7 @@ def sgd_step(params, x, y, lr):
     # d_sigmoid_1[b, j] = Σ_i (d_dense_2[b, i]*dense_2.weight[i, j])  [#bwd-dense_2-sigmoid_1]
     # d_dense_1[b, i] = -(-1 + sigmoid_1[b, i])*d_sigmoid_1[b, i]*sigmoid_1[b, i]  [#bwd-sigmoid_1-dense_1]
     # d_dense_1 = (1 - sigmoid_1)*sigmoid_1*(d_dense_2 @ dense_2_weight)
-    d_dense_1 = np.multiply(np.multiply(np.subtract(_k1, sigmoid_1, _b7), sigmoid_1, _b7), np.matmul(d_dense_2, dense_2_weight, _b8), _b7)
+    d_dense_1 = np.multiply(np.multiply(np.subtract(_k0, sigmoid_1, _b7), sigmoid_1, _b7), np.matmul(d_dense_2, dense_2_weight, _b8), _b7)
     # d_dense_1_weight[i, j] = Σ_b (d_dense_1[b, i]*x[b, j])  [#bwd-dense_1-weight]
     # d_dense_1_weight = d_dense_1.T @ x
     d_dense_1_weight = np.matmul(d_dense_1.T, x, _b9)

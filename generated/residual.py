@@ -248,17 +248,41 @@ def _unpatches(g, shape, windows):
     return out[tuple(crop[a] for a in order)].transpose(np.argsort(order))
 
 
+
 def forward(params, x):
     """The network's output `z` for a batch of inputs."""
-    batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"])})
-    conv2d_1_weight = params["conv2d_1.weight"]
-    conv2d_1_bias = params["conv2d_1.bias"]
-    conv2d_2_weight = params["conv2d_2.weight"]
-    conv2d_2_bias = params["conv2d_2.bias"]
-    conv2d_3_weight = params["conv2d_3.weight"]
-    conv2d_3_bias = params["conv2d_3.bias"]
-    dense_1_weight = params["dense_1.weight"]
-    dense_1_bias = params["dense_1.bias"]
+    try:  # the fast path: plain comparisons; _check names whatever is malformed
+        conv2d_1_weight = params["conv2d_1.weight"]
+        conv2d_1_bias = params["conv2d_1.bias"]
+        conv2d_2_weight = params["conv2d_2.weight"]
+        conv2d_2_bias = params["conv2d_2.bias"]
+        conv2d_3_weight = params["conv2d_3.weight"]
+        conv2d_3_bias = params["conv2d_3.bias"]
+        dense_1_weight = params["dense_1.weight"]
+        dense_1_bias = params["dense_1.bias"]
+        batch, dtype = len(x), x.dtype
+        _ok = len(params) == 8 and batch and dtype in _FLOATS
+        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 1, 8, 8)
+        _ok = _ok and isinstance(conv2d_1_weight, np.ndarray) and conv2d_1_weight.shape == (8, 1, 3, 3,) and conv2d_1_weight.dtype == dtype
+        _ok = _ok and isinstance(conv2d_1_bias, np.ndarray) and conv2d_1_bias.shape == (8,) and conv2d_1_bias.dtype == dtype
+        _ok = _ok and isinstance(conv2d_2_weight, np.ndarray) and conv2d_2_weight.shape == (8, 8, 3, 3,) and conv2d_2_weight.dtype == dtype
+        _ok = _ok and isinstance(conv2d_2_bias, np.ndarray) and conv2d_2_bias.shape == (8,) and conv2d_2_bias.dtype == dtype
+        _ok = _ok and isinstance(conv2d_3_weight, np.ndarray) and conv2d_3_weight.shape == (8, 8, 3, 3,) and conv2d_3_weight.dtype == dtype
+        _ok = _ok and isinstance(conv2d_3_bias, np.ndarray) and conv2d_3_bias.shape == (8,) and conv2d_3_bias.dtype == dtype
+        _ok = _ok and isinstance(dense_1_weight, np.ndarray) and dense_1_weight.shape == (10, 128,) and dense_1_weight.dtype == dtype
+        _ok = _ok and isinstance(dense_1_bias, np.ndarray) and dense_1_bias.shape == (10,) and dense_1_bias.dtype == dtype
+    except (KeyError, TypeError, AttributeError):
+        _ok = False
+    if not _ok:
+        batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"])})
+        conv2d_1_weight = params["conv2d_1.weight"]
+        conv2d_1_bias = params["conv2d_1.bias"]
+        conv2d_2_weight = params["conv2d_2.weight"]
+        conv2d_2_bias = params["conv2d_2.bias"]
+        conv2d_3_weight = params["conv2d_3.weight"]
+        conv2d_3_bias = params["conv2d_3.bias"]
+        dense_1_weight = params["dense_1.weight"]
+        dense_1_bias = params["dense_1.bias"]
     _w = _workspace(0, batch, dtype)
     _b0, _b1, _b2, _b3, _b4, _b5, _k0, _k1 = _w
 
@@ -292,15 +316,39 @@ def forward(params, x):
 
 def loss(params, x, y):
     """The mean over the batch of the per-sample loss."""
-    batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"]), "y": (y, TARGET_SHAPES["y"])})
-    conv2d_1_weight = params["conv2d_1.weight"]
-    conv2d_1_bias = params["conv2d_1.bias"]
-    conv2d_2_weight = params["conv2d_2.weight"]
-    conv2d_2_bias = params["conv2d_2.bias"]
-    conv2d_3_weight = params["conv2d_3.weight"]
-    conv2d_3_bias = params["conv2d_3.bias"]
-    dense_1_weight = params["dense_1.weight"]
-    dense_1_bias = params["dense_1.bias"]
+    try:  # the fast path: plain comparisons; _check names whatever is malformed
+        conv2d_1_weight = params["conv2d_1.weight"]
+        conv2d_1_bias = params["conv2d_1.bias"]
+        conv2d_2_weight = params["conv2d_2.weight"]
+        conv2d_2_bias = params["conv2d_2.bias"]
+        conv2d_3_weight = params["conv2d_3.weight"]
+        conv2d_3_bias = params["conv2d_3.bias"]
+        dense_1_weight = params["dense_1.weight"]
+        dense_1_bias = params["dense_1.bias"]
+        batch, dtype = len(x), x.dtype
+        _ok = len(params) == 8 and batch and dtype in _FLOATS
+        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 1, 8, 8)
+        _ok = _ok and isinstance(y, np.ndarray) and y.shape == (batch, 10) and y.dtype == dtype
+        _ok = _ok and isinstance(conv2d_1_weight, np.ndarray) and conv2d_1_weight.shape == (8, 1, 3, 3,) and conv2d_1_weight.dtype == dtype
+        _ok = _ok and isinstance(conv2d_1_bias, np.ndarray) and conv2d_1_bias.shape == (8,) and conv2d_1_bias.dtype == dtype
+        _ok = _ok and isinstance(conv2d_2_weight, np.ndarray) and conv2d_2_weight.shape == (8, 8, 3, 3,) and conv2d_2_weight.dtype == dtype
+        _ok = _ok and isinstance(conv2d_2_bias, np.ndarray) and conv2d_2_bias.shape == (8,) and conv2d_2_bias.dtype == dtype
+        _ok = _ok and isinstance(conv2d_3_weight, np.ndarray) and conv2d_3_weight.shape == (8, 8, 3, 3,) and conv2d_3_weight.dtype == dtype
+        _ok = _ok and isinstance(conv2d_3_bias, np.ndarray) and conv2d_3_bias.shape == (8,) and conv2d_3_bias.dtype == dtype
+        _ok = _ok and isinstance(dense_1_weight, np.ndarray) and dense_1_weight.shape == (10, 128,) and dense_1_weight.dtype == dtype
+        _ok = _ok and isinstance(dense_1_bias, np.ndarray) and dense_1_bias.shape == (10,) and dense_1_bias.dtype == dtype
+    except (KeyError, TypeError, AttributeError):
+        _ok = False
+    if not _ok:
+        batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"]), "y": (y, TARGET_SHAPES["y"])})
+        conv2d_1_weight = params["conv2d_1.weight"]
+        conv2d_1_bias = params["conv2d_1.bias"]
+        conv2d_2_weight = params["conv2d_2.weight"]
+        conv2d_2_bias = params["conv2d_2.bias"]
+        conv2d_3_weight = params["conv2d_3.weight"]
+        conv2d_3_bias = params["conv2d_3.bias"]
+        dense_1_weight = params["dense_1.weight"]
+        dense_1_bias = params["dense_1.bias"]
     _w = _workspace(1, batch, dtype)
     _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _k0, _k1 = _w
 
@@ -338,22 +386,46 @@ def loss(params, x, y):
     # softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1]
     # softmax_cross_entropy_1 = -((z - t8[:, None] - t9[:, None])*y).sum(axis=1)
     softmax_cross_entropy_1 = np.negative(np.add.reduce(np.multiply(np.subtract(np.subtract(z, t8[:, None], _b9), t9[:, None], _b9), y, _b9), axis=1, out=_b10), _b10)
-    value = float(softmax_cross_entropy_1.sum() / batch)
+    value = float(np.add.reduce(softmax_cross_entropy_1, axis=None) / batch)
     _done(1, batch, dtype, _w)
     return value
 
 
 def loss_and_grad(params, x, y):
     """The loss and its gradient with respect to every parameter."""
-    batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"]), "y": (y, TARGET_SHAPES["y"])})
-    conv2d_1_weight = params["conv2d_1.weight"]
-    conv2d_1_bias = params["conv2d_1.bias"]
-    conv2d_2_weight = params["conv2d_2.weight"]
-    conv2d_2_bias = params["conv2d_2.bias"]
-    conv2d_3_weight = params["conv2d_3.weight"]
-    conv2d_3_bias = params["conv2d_3.bias"]
-    dense_1_weight = params["dense_1.weight"]
-    dense_1_bias = params["dense_1.bias"]
+    try:  # the fast path: plain comparisons; _check names whatever is malformed
+        conv2d_1_weight = params["conv2d_1.weight"]
+        conv2d_1_bias = params["conv2d_1.bias"]
+        conv2d_2_weight = params["conv2d_2.weight"]
+        conv2d_2_bias = params["conv2d_2.bias"]
+        conv2d_3_weight = params["conv2d_3.weight"]
+        conv2d_3_bias = params["conv2d_3.bias"]
+        dense_1_weight = params["dense_1.weight"]
+        dense_1_bias = params["dense_1.bias"]
+        batch, dtype = len(x), x.dtype
+        _ok = len(params) == 8 and batch and dtype in _FLOATS
+        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 1, 8, 8)
+        _ok = _ok and isinstance(y, np.ndarray) and y.shape == (batch, 10) and y.dtype == dtype
+        _ok = _ok and isinstance(conv2d_1_weight, np.ndarray) and conv2d_1_weight.shape == (8, 1, 3, 3,) and conv2d_1_weight.dtype == dtype
+        _ok = _ok and isinstance(conv2d_1_bias, np.ndarray) and conv2d_1_bias.shape == (8,) and conv2d_1_bias.dtype == dtype
+        _ok = _ok and isinstance(conv2d_2_weight, np.ndarray) and conv2d_2_weight.shape == (8, 8, 3, 3,) and conv2d_2_weight.dtype == dtype
+        _ok = _ok and isinstance(conv2d_2_bias, np.ndarray) and conv2d_2_bias.shape == (8,) and conv2d_2_bias.dtype == dtype
+        _ok = _ok and isinstance(conv2d_3_weight, np.ndarray) and conv2d_3_weight.shape == (8, 8, 3, 3,) and conv2d_3_weight.dtype == dtype
+        _ok = _ok and isinstance(conv2d_3_bias, np.ndarray) and conv2d_3_bias.shape == (8,) and conv2d_3_bias.dtype == dtype
+        _ok = _ok and isinstance(dense_1_weight, np.ndarray) and dense_1_weight.shape == (10, 128,) and dense_1_weight.dtype == dtype
+        _ok = _ok and isinstance(dense_1_bias, np.ndarray) and dense_1_bias.shape == (10,) and dense_1_bias.dtype == dtype
+    except (KeyError, TypeError, AttributeError):
+        _ok = False
+    if not _ok:
+        batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"]), "y": (y, TARGET_SHAPES["y"])})
+        conv2d_1_weight = params["conv2d_1.weight"]
+        conv2d_1_bias = params["conv2d_1.bias"]
+        conv2d_2_weight = params["conv2d_2.weight"]
+        conv2d_2_bias = params["conv2d_2.bias"]
+        conv2d_3_weight = params["conv2d_3.weight"]
+        conv2d_3_bias = params["conv2d_3.bias"]
+        dense_1_weight = params["dense_1.weight"]
+        dense_1_bias = params["dense_1.bias"]
     _w = _workspace(2, batch, dtype)
     _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _k0, _k1 = _w
 
@@ -391,7 +463,7 @@ def loss_and_grad(params, x, y):
     # softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1]
     # softmax_cross_entropy_1 = -((z - t8[:, None] - t9[:, None])*y).sum(axis=1)
     softmax_cross_entropy_1 = np.negative(np.add.reduce(np.multiply(np.subtract(np.subtract(z, t8[:, None], _b9), t9[:, None], _b9), y, _b9), axis=1, out=_b10), _b10)
-    value = float(softmax_cross_entropy_1.sum() / batch)
+    value = float(np.add.reduce(softmax_cross_entropy_1, axis=None) / batch)
     seed = 1 / batch
 
     # d_z[b, k] = (-y[b, k] + Σ_i y[b, i]*exp(-logsumexp_j(z[b, j]) + z[b, k]))*d_softmax_cross_entropy_1[b]  [#bwd-softmax_cross_entropy_1-z]
@@ -458,16 +530,40 @@ def loss_and_grad(params, x, y):
 
 def sgd_step(params, x, y, lr):
     """One step of plain gradient descent, in place; returns the loss before the step."""
-    batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"]), "y": (y, TARGET_SHAPES["y"])})
-    _check_writable(params)
-    conv2d_1_weight = params["conv2d_1.weight"]
-    conv2d_1_bias = params["conv2d_1.bias"]
-    conv2d_2_weight = params["conv2d_2.weight"]
-    conv2d_2_bias = params["conv2d_2.bias"]
-    conv2d_3_weight = params["conv2d_3.weight"]
-    conv2d_3_bias = params["conv2d_3.bias"]
-    dense_1_weight = params["dense_1.weight"]
-    dense_1_bias = params["dense_1.bias"]
+    try:  # the fast path: plain comparisons; _check names whatever is malformed
+        conv2d_1_weight = params["conv2d_1.weight"]
+        conv2d_1_bias = params["conv2d_1.bias"]
+        conv2d_2_weight = params["conv2d_2.weight"]
+        conv2d_2_bias = params["conv2d_2.bias"]
+        conv2d_3_weight = params["conv2d_3.weight"]
+        conv2d_3_bias = params["conv2d_3.bias"]
+        dense_1_weight = params["dense_1.weight"]
+        dense_1_bias = params["dense_1.bias"]
+        batch, dtype = len(x), x.dtype
+        _ok = len(params) == 8 and batch and dtype in _FLOATS
+        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 1, 8, 8)
+        _ok = _ok and isinstance(y, np.ndarray) and y.shape == (batch, 10) and y.dtype == dtype
+        _ok = _ok and isinstance(conv2d_1_weight, np.ndarray) and conv2d_1_weight.shape == (8, 1, 3, 3,) and conv2d_1_weight.dtype == dtype and conv2d_1_weight.flags.writeable
+        _ok = _ok and isinstance(conv2d_1_bias, np.ndarray) and conv2d_1_bias.shape == (8,) and conv2d_1_bias.dtype == dtype and conv2d_1_bias.flags.writeable
+        _ok = _ok and isinstance(conv2d_2_weight, np.ndarray) and conv2d_2_weight.shape == (8, 8, 3, 3,) and conv2d_2_weight.dtype == dtype and conv2d_2_weight.flags.writeable
+        _ok = _ok and isinstance(conv2d_2_bias, np.ndarray) and conv2d_2_bias.shape == (8,) and conv2d_2_bias.dtype == dtype and conv2d_2_bias.flags.writeable
+        _ok = _ok and isinstance(conv2d_3_weight, np.ndarray) and conv2d_3_weight.shape == (8, 8, 3, 3,) and conv2d_3_weight.dtype == dtype and conv2d_3_weight.flags.writeable
+        _ok = _ok and isinstance(conv2d_3_bias, np.ndarray) and conv2d_3_bias.shape == (8,) and conv2d_3_bias.dtype == dtype and conv2d_3_bias.flags.writeable
+        _ok = _ok and isinstance(dense_1_weight, np.ndarray) and dense_1_weight.shape == (10, 128,) and dense_1_weight.dtype == dtype and dense_1_weight.flags.writeable
+        _ok = _ok and isinstance(dense_1_bias, np.ndarray) and dense_1_bias.shape == (10,) and dense_1_bias.dtype == dtype and dense_1_bias.flags.writeable
+    except (KeyError, TypeError, AttributeError):
+        _ok = False
+    if not _ok:
+        batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"]), "y": (y, TARGET_SHAPES["y"])})
+        _check_writable(params)
+        conv2d_1_weight = params["conv2d_1.weight"]
+        conv2d_1_bias = params["conv2d_1.bias"]
+        conv2d_2_weight = params["conv2d_2.weight"]
+        conv2d_2_bias = params["conv2d_2.bias"]
+        conv2d_3_weight = params["conv2d_3.weight"]
+        conv2d_3_bias = params["conv2d_3.bias"]
+        dense_1_weight = params["dense_1.weight"]
+        dense_1_bias = params["dense_1.bias"]
     _w = _workspace(3, batch, dtype)
     _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _b16, _b17, _b18, _b19, _b20, _b21, _k0, _k1 = _w
 
@@ -505,7 +601,7 @@ def sgd_step(params, x, y, lr):
     # softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1]
     # softmax_cross_entropy_1 = -((z - t8[:, None] - t9[:, None])*y).sum(axis=1)
     softmax_cross_entropy_1 = np.negative(np.add.reduce(np.multiply(np.subtract(np.subtract(z, t8[:, None], _b9), t9[:, None], _b9), y, _b9), axis=1, out=_b10), _b10)
-    value = float(softmax_cross_entropy_1.sum() / batch)
+    value = float(np.add.reduce(softmax_cross_entropy_1, axis=None) / batch)
     # the backward pass seeded with -lr times the loss's seed: each gradient is the update
     seed = -float(lr) / batch
 

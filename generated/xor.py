@@ -176,13 +176,29 @@ def _sigmoid(z, out=None):
     return np.reciprocal(s, out=s)
 
 
+
 def forward(params, x):
     """The network's output `p` for a batch of inputs."""
-    batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"])})
-    dense_1_weight = params["dense_1.weight"]
-    dense_1_bias = params["dense_1.bias"]
-    dense_2_weight = params["dense_2.weight"]
-    dense_2_bias = params["dense_2.bias"]
+    try:  # the fast path: plain comparisons; _check names whatever is malformed
+        dense_1_weight = params["dense_1.weight"]
+        dense_1_bias = params["dense_1.bias"]
+        dense_2_weight = params["dense_2.weight"]
+        dense_2_bias = params["dense_2.bias"]
+        batch, dtype = len(x), x.dtype
+        _ok = len(params) == 4 and batch and dtype in _FLOATS
+        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 2)
+        _ok = _ok and isinstance(dense_1_weight, np.ndarray) and dense_1_weight.shape == (4, 2,) and dense_1_weight.dtype == dtype
+        _ok = _ok and isinstance(dense_1_bias, np.ndarray) and dense_1_bias.shape == (4,) and dense_1_bias.dtype == dtype
+        _ok = _ok and isinstance(dense_2_weight, np.ndarray) and dense_2_weight.shape == (1, 4,) and dense_2_weight.dtype == dtype
+        _ok = _ok and isinstance(dense_2_bias, np.ndarray) and dense_2_bias.shape == (1,) and dense_2_bias.dtype == dtype
+    except (KeyError, TypeError, AttributeError):
+        _ok = False
+    if not _ok:
+        batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"])})
+        dense_1_weight = params["dense_1.weight"]
+        dense_1_bias = params["dense_1.bias"]
+        dense_2_weight = params["dense_2.weight"]
+        dense_2_bias = params["dense_2.bias"]
     _w = _workspace(0, batch, dtype)
     _b0, _b1 = _w
 
@@ -190,21 +206,38 @@ def forward(params, x):
     # tanh_1: h[b, i] = tanh(dense_1[b, i])  [#fwd-tanh_1]
     # h = np.tanh(dense_1_bias + (x @ dense_1_weight.T))
     h = np.tanh(np.add(dense_1_bias, np.matmul(x, dense_1_weight.T, _b0), _b0), _b0)
-    # dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2]
-    # sigmoid_1: p[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_1]
-    # p = _sigmoid(dense_2_bias + (h @ dense_2_weight.T))
-    p = _sigmoid(np.add(dense_2_bias, np.matmul(h, dense_2_weight.T, _b1), _b1))
+    with np.errstate(over="ignore"):
+        # dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2]
+        # sigmoid_1: p[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_1]
+        # p = _sigmoid(dense_2_bias + (h @ dense_2_weight.T))
+        p = _sigmoid(np.add(dense_2_bias, np.matmul(h, dense_2_weight.T, _b1), _b1))
     _done(0, batch, dtype, _w)
     return p
 
 
 def loss(params, x, y):
     """The mean over the batch of the per-sample loss."""
-    batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"]), "y": (y, TARGET_SHAPES["y"])})
-    dense_1_weight = params["dense_1.weight"]
-    dense_1_bias = params["dense_1.bias"]
-    dense_2_weight = params["dense_2.weight"]
-    dense_2_bias = params["dense_2.bias"]
+    try:  # the fast path: plain comparisons; _check names whatever is malformed
+        dense_1_weight = params["dense_1.weight"]
+        dense_1_bias = params["dense_1.bias"]
+        dense_2_weight = params["dense_2.weight"]
+        dense_2_bias = params["dense_2.bias"]
+        batch, dtype = len(x), x.dtype
+        _ok = len(params) == 4 and batch and dtype in _FLOATS
+        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 2)
+        _ok = _ok and isinstance(y, np.ndarray) and y.shape == (batch, 1) and y.dtype == dtype
+        _ok = _ok and isinstance(dense_1_weight, np.ndarray) and dense_1_weight.shape == (4, 2,) and dense_1_weight.dtype == dtype
+        _ok = _ok and isinstance(dense_1_bias, np.ndarray) and dense_1_bias.shape == (4,) and dense_1_bias.dtype == dtype
+        _ok = _ok and isinstance(dense_2_weight, np.ndarray) and dense_2_weight.shape == (1, 4,) and dense_2_weight.dtype == dtype
+        _ok = _ok and isinstance(dense_2_bias, np.ndarray) and dense_2_bias.shape == (1,) and dense_2_bias.dtype == dtype
+    except (KeyError, TypeError, AttributeError):
+        _ok = False
+    if not _ok:
+        batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"]), "y": (y, TARGET_SHAPES["y"])})
+        dense_1_weight = params["dense_1.weight"]
+        dense_1_bias = params["dense_1.bias"]
+        dense_2_weight = params["dense_2.weight"]
+        dense_2_bias = params["dense_2.bias"]
     _w = _workspace(1, batch, dtype)
     _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _k0, _k1, _k2 = _w
 
@@ -215,24 +248,41 @@ def loss(params, x, y):
     # dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2]
     # dense_2 = dense_2_bias + (h @ dense_2_weight.T)
     dense_2 = np.add(dense_2_bias, np.matmul(h, dense_2_weight.T, _b1), _b1)
-    # sigmoid_1: p[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_1]
-    # p = _sigmoid(dense_2)
-    p = _sigmoid(dense_2, _b2)
+    with np.errstate(over="ignore"):
+        # sigmoid_1: p[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_1]
+        # p = _sigmoid(dense_2)
+        p = np.reciprocal(np.add(np.exp(np.negative(dense_2, _b2), _b2), _k0, _b2), _b2)
     # binary_cross_entropy_1: binary_cross_entropy_1[b] = -Σ_i ((1 - y[b, i])*where(log(1 - p[b, i]) > -100, log(1 - p[b, i]), -100) + y[b, i]*where(log(p[b, i]) > -100, log(p[b, i]), -100))  [#fwd-binary_cross_entropy_1]
     # binary_cross_entropy_1 = -((1 - y)*np.where((np.logaddexp(0, dense_2) > 100), -100, -np.logaddexp(0, dense_2)) + np.where((np.logaddexp(0, -dense_2) > 100), -100, -np.logaddexp(0, -dense_2))*y).sum(axis=1)
     binary_cross_entropy_1 = np.negative(np.add.reduce(np.add(np.multiply(np.subtract(_k0, y, _b2), np.where(np.greater(np.logaddexp(_k1, dense_2, _b4), _k2, _b5), -100, np.negative(np.logaddexp(_k1, dense_2, _b6), _b6)), _b2), np.multiply(np.where(np.greater(np.logaddexp(_k1, np.negative(dense_2, _b7), _b7), _k2, _b8), -100, np.negative(np.logaddexp(_k1, np.negative(dense_2, _b9), _b9), _b9)), y, _b10), _b2), axis=1, out=_b3), _b3)
-    value = float(binary_cross_entropy_1.sum() / batch)
+    value = float(np.add.reduce(binary_cross_entropy_1, axis=None) / batch)
     _done(1, batch, dtype, _w)
     return value
 
 
 def loss_and_grad(params, x, y):
     """The loss and its gradient with respect to every parameter."""
-    batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"]), "y": (y, TARGET_SHAPES["y"])})
-    dense_1_weight = params["dense_1.weight"]
-    dense_1_bias = params["dense_1.bias"]
-    dense_2_weight = params["dense_2.weight"]
-    dense_2_bias = params["dense_2.bias"]
+    try:  # the fast path: plain comparisons; _check names whatever is malformed
+        dense_1_weight = params["dense_1.weight"]
+        dense_1_bias = params["dense_1.bias"]
+        dense_2_weight = params["dense_2.weight"]
+        dense_2_bias = params["dense_2.bias"]
+        batch, dtype = len(x), x.dtype
+        _ok = len(params) == 4 and batch and dtype in _FLOATS
+        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 2)
+        _ok = _ok and isinstance(y, np.ndarray) and y.shape == (batch, 1) and y.dtype == dtype
+        _ok = _ok and isinstance(dense_1_weight, np.ndarray) and dense_1_weight.shape == (4, 2,) and dense_1_weight.dtype == dtype
+        _ok = _ok and isinstance(dense_1_bias, np.ndarray) and dense_1_bias.shape == (4,) and dense_1_bias.dtype == dtype
+        _ok = _ok and isinstance(dense_2_weight, np.ndarray) and dense_2_weight.shape == (1, 4,) and dense_2_weight.dtype == dtype
+        _ok = _ok and isinstance(dense_2_bias, np.ndarray) and dense_2_bias.shape == (1,) and dense_2_bias.dtype == dtype
+    except (KeyError, TypeError, AttributeError):
+        _ok = False
+    if not _ok:
+        batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"]), "y": (y, TARGET_SHAPES["y"])})
+        dense_1_weight = params["dense_1.weight"]
+        dense_1_bias = params["dense_1.bias"]
+        dense_2_weight = params["dense_2.weight"]
+        dense_2_bias = params["dense_2.bias"]
     _w = _workspace(2, batch, dtype)
     _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _k0, _k1, _k2, _k3 = _w
 
@@ -243,20 +293,21 @@ def loss_and_grad(params, x, y):
     # dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2]
     # dense_2 = dense_2_bias + (h @ dense_2_weight.T)
     dense_2 = np.add(dense_2_bias, np.matmul(h, dense_2_weight.T, _b1), _b1)
-    # sigmoid_1: p[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_1]
-    # p = _sigmoid(dense_2)
-    p = _sigmoid(dense_2, _b2)
+    with np.errstate(over="ignore"):
+        # sigmoid_1: p[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_1]
+        # p = _sigmoid(dense_2)
+        p = np.reciprocal(np.add(np.exp(np.negative(dense_2, _b2), _b2), _k0, _b2), _b2)
     # binary_cross_entropy_1: binary_cross_entropy_1[b] = -Σ_i ((1 - y[b, i])*where(log(1 - p[b, i]) > -100, log(1 - p[b, i]), -100) + y[b, i]*where(log(p[b, i]) > -100, log(p[b, i]), -100))  [#fwd-binary_cross_entropy_1]
     # binary_cross_entropy_1 = -((1 - y)*np.where((np.logaddexp(0, dense_2) > 100), -100, -np.logaddexp(0, dense_2)) + np.where((np.logaddexp(0, -dense_2) > 100), -100, -np.logaddexp(0, -dense_2))*y).sum(axis=1)
     binary_cross_entropy_1 = np.negative(np.add.reduce(np.add(np.multiply(np.subtract(_k0, y, _b4), np.where(np.greater(np.logaddexp(_k1, dense_2, _b5), _k2, _b6), -100, np.negative(np.logaddexp(_k1, dense_2, _b7), _b7)), _b4), np.multiply(np.where(np.greater(np.logaddexp(_k1, np.negative(dense_2, _b8), _b8), _k2, _b9), -100, np.negative(np.logaddexp(_k1, np.negative(dense_2, _b10), _b10), _b10)), y, _b11), _b4), axis=1, out=_b3), _b3)
-    value = float(binary_cross_entropy_1.sum() / batch)
+    value = float(np.add.reduce(binary_cross_entropy_1, axis=None) / batch)
     seed = 1 / batch
 
-    # d_p[b, i] = where(log(1 - p[b, i]) > -100, (1 - y[b, i])*d_binary_cross_entropy_1[b]/(1 - p[b, i]), 0) + where(log(p[b, i]) > -100, -d_binary_cross_entropy_1[b]*y[b, i]/p[b, i], 0)  [#bwd-binary_cross_entropy_1-p]
-    # d_dense_2[b, i] = -(-1 + p[b, i])*d_p[b, i]*p[b, i]  [#bwd-sigmoid_1-dense_2]
-    # d_dense_2 = _sigmoid(-dense_2)*p*(np.where((_sigmoid(-dense_2) > 3.720075976020836e-44), seed*(1 - y)/_sigmoid(-dense_2), 0) + np.where((p > 3.720075976020836e-44), -seed*y/p, 0))
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        d_dense_2 = np.multiply(np.multiply(_sigmoid(np.negative(dense_2, _b5), _b5), p, _b5), np.add(np.where(np.greater(_sigmoid(np.negative(dense_2, _b7), _b7), _k3, _b6), np.true_divide(np.multiply(seed, np.subtract(_k0, y, _b8), _b8), _sigmoid(np.negative(dense_2, _b10), _b10), _b8), 0), np.where(np.greater(p, _k3, _b9), np.true_divide(np.multiply(-seed, y, _b11), p, _b11), 0), _b4), _b5)
+        # d_p[b, i] = where(log(1 - p[b, i]) > -100, (1 - y[b, i])*d_binary_cross_entropy_1[b]/(1 - p[b, i]), 0) + where(log(p[b, i]) > -100, -d_binary_cross_entropy_1[b]*y[b, i]/p[b, i], 0)  [#bwd-binary_cross_entropy_1-p]
+        # d_dense_2[b, i] = -(-1 + p[b, i])*d_p[b, i]*p[b, i]  [#bwd-sigmoid_1-dense_2]
+        # d_dense_2 = _sigmoid(-dense_2)*p*(np.where((_sigmoid(-dense_2) > 3.720075976020836e-44), seed*(1 - y)/_sigmoid(-dense_2), 0) + np.where((p > 3.720075976020836e-44), -seed*y/p, 0))
+        d_dense_2 = np.multiply(np.multiply(np.reciprocal(np.add(np.exp(np.negative(np.negative(dense_2, _b5), _b5), _b5), _k0, _b5), _b5), p, _b5), np.add(np.where(np.greater(np.reciprocal(np.add(np.exp(np.negative(np.negative(dense_2, _b7), _b7), _b7), _k0, _b7), _b7), _k3, _b6), np.true_divide(np.multiply(seed, np.subtract(_k0, y, _b8), _b8), np.reciprocal(np.add(np.exp(np.negative(np.negative(dense_2, _b10), _b10), _b10), _k0, _b10), _b10), _b8), 0), np.where(np.greater(p, _k3, _b9), np.true_divide(np.multiply(-seed, y, _b11), p, _b11), 0), _b4), _b5)
     # d_dense_2_weight[i, j] = Σ_b (d_dense_2[b, i]*h[b, j])  [#bwd-dense_2-weight]
     d_dense_2_weight = d_dense_2.T @ h
     # d_dense_2_bias[i] = Σ_b d_dense_2[b, i]  [#bwd-dense_2-bias]
@@ -280,12 +331,28 @@ def loss_and_grad(params, x, y):
 
 def sgd_step(params, x, y, lr):
     """One step of plain gradient descent, in place; returns the loss before the step."""
-    batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"]), "y": (y, TARGET_SHAPES["y"])})
-    _check_writable(params)
-    dense_1_weight = params["dense_1.weight"]
-    dense_1_bias = params["dense_1.bias"]
-    dense_2_weight = params["dense_2.weight"]
-    dense_2_bias = params["dense_2.bias"]
+    try:  # the fast path: plain comparisons; _check names whatever is malformed
+        dense_1_weight = params["dense_1.weight"]
+        dense_1_bias = params["dense_1.bias"]
+        dense_2_weight = params["dense_2.weight"]
+        dense_2_bias = params["dense_2.bias"]
+        batch, dtype = len(x), x.dtype
+        _ok = len(params) == 4 and batch and dtype in _FLOATS
+        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 2)
+        _ok = _ok and isinstance(y, np.ndarray) and y.shape == (batch, 1) and y.dtype == dtype
+        _ok = _ok and isinstance(dense_1_weight, np.ndarray) and dense_1_weight.shape == (4, 2,) and dense_1_weight.dtype == dtype and dense_1_weight.flags.writeable
+        _ok = _ok and isinstance(dense_1_bias, np.ndarray) and dense_1_bias.shape == (4,) and dense_1_bias.dtype == dtype and dense_1_bias.flags.writeable
+        _ok = _ok and isinstance(dense_2_weight, np.ndarray) and dense_2_weight.shape == (1, 4,) and dense_2_weight.dtype == dtype and dense_2_weight.flags.writeable
+        _ok = _ok and isinstance(dense_2_bias, np.ndarray) and dense_2_bias.shape == (1,) and dense_2_bias.dtype == dtype and dense_2_bias.flags.writeable
+    except (KeyError, TypeError, AttributeError):
+        _ok = False
+    if not _ok:
+        batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"]), "y": (y, TARGET_SHAPES["y"])})
+        _check_writable(params)
+        dense_1_weight = params["dense_1.weight"]
+        dense_1_bias = params["dense_1.bias"]
+        dense_2_weight = params["dense_2.weight"]
+        dense_2_bias = params["dense_2.bias"]
     _w = _workspace(3, batch, dtype)
     _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _b16, _b17, _k0, _k1, _k2, _k3 = _w
 
@@ -296,21 +363,22 @@ def sgd_step(params, x, y, lr):
     # dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2]
     # dense_2 = dense_2_bias + (h @ dense_2_weight.T)
     dense_2 = np.add(dense_2_bias, np.matmul(h, dense_2_weight.T, _b1), _b1)
-    # sigmoid_1: p[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_1]
-    # p = _sigmoid(dense_2)
-    p = _sigmoid(dense_2, _b2)
+    with np.errstate(over="ignore"):
+        # sigmoid_1: p[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_1]
+        # p = _sigmoid(dense_2)
+        p = np.reciprocal(np.add(np.exp(np.negative(dense_2, _b2), _b2), _k0, _b2), _b2)
     # binary_cross_entropy_1: binary_cross_entropy_1[b] = -Σ_i ((1 - y[b, i])*where(log(1 - p[b, i]) > -100, log(1 - p[b, i]), -100) + y[b, i]*where(log(p[b, i]) > -100, log(p[b, i]), -100))  [#fwd-binary_cross_entropy_1]
     # binary_cross_entropy_1 = -((1 - y)*np.where((np.logaddexp(0, dense_2) > 100), -100, -np.logaddexp(0, dense_2)) + np.where((np.logaddexp(0, -dense_2) > 100), -100, -np.logaddexp(0, -dense_2))*y).sum(axis=1)
     binary_cross_entropy_1 = np.negative(np.add.reduce(np.add(np.multiply(np.subtract(_k0, y, _b4), np.where(np.greater(np.logaddexp(_k1, dense_2, _b5), _k2, _b6), -100, np.negative(np.logaddexp(_k1, dense_2, _b7), _b7)), _b4), np.multiply(np.where(np.greater(np.logaddexp(_k1, np.negative(dense_2, _b8), _b8), _k2, _b9), -100, np.negative(np.logaddexp(_k1, np.negative(dense_2, _b10), _b10), _b10)), y, _b11), _b4), axis=1, out=_b3), _b3)
-    value = float(binary_cross_entropy_1.sum() / batch)
+    value = float(np.add.reduce(binary_cross_entropy_1, axis=None) / batch)
     # the backward pass seeded with -lr times the loss's seed: each gradient is the update
     seed = -float(lr) / batch
 
-    # d_p[b, i] = where(log(1 - p[b, i]) > -100, (1 - y[b, i])*d_binary_cross_entropy_1[b]/(1 - p[b, i]), 0) + where(log(p[b, i]) > -100, -d_binary_cross_entropy_1[b]*y[b, i]/p[b, i], 0)  [#bwd-binary_cross_entropy_1-p]
-    # d_dense_2[b, i] = -(-1 + p[b, i])*d_p[b, i]*p[b, i]  [#bwd-sigmoid_1-dense_2]
-    # d_dense_2 = _sigmoid(-dense_2)*p*(np.where((_sigmoid(-dense_2) > 3.720075976020836e-44), seed*(1 - y)/_sigmoid(-dense_2), 0) + np.where((p > 3.720075976020836e-44), -seed*y/p, 0))
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        d_dense_2 = np.multiply(np.multiply(_sigmoid(np.negative(dense_2, _b5), _b5), p, _b5), np.add(np.where(np.greater(_sigmoid(np.negative(dense_2, _b7), _b7), _k3, _b6), np.true_divide(np.multiply(seed, np.subtract(_k0, y, _b8), _b8), _sigmoid(np.negative(dense_2, _b10), _b10), _b8), 0), np.where(np.greater(p, _k3, _b9), np.true_divide(np.multiply(-seed, y, _b11), p, _b11), 0), _b4), _b5)
+        # d_p[b, i] = where(log(1 - p[b, i]) > -100, (1 - y[b, i])*d_binary_cross_entropy_1[b]/(1 - p[b, i]), 0) + where(log(p[b, i]) > -100, -d_binary_cross_entropy_1[b]*y[b, i]/p[b, i], 0)  [#bwd-binary_cross_entropy_1-p]
+        # d_dense_2[b, i] = -(-1 + p[b, i])*d_p[b, i]*p[b, i]  [#bwd-sigmoid_1-dense_2]
+        # d_dense_2 = _sigmoid(-dense_2)*p*(np.where((_sigmoid(-dense_2) > 3.720075976020836e-44), seed*(1 - y)/_sigmoid(-dense_2), 0) + np.where((p > 3.720075976020836e-44), -seed*y/p, 0))
+        d_dense_2 = np.multiply(np.multiply(np.reciprocal(np.add(np.exp(np.negative(np.negative(dense_2, _b5), _b5), _b5), _k0, _b5), _b5), p, _b5), np.add(np.where(np.greater(np.reciprocal(np.add(np.exp(np.negative(np.negative(dense_2, _b7), _b7), _b7), _k0, _b7), _b7), _k3, _b6), np.true_divide(np.multiply(seed, np.subtract(_k0, y, _b8), _b8), np.reciprocal(np.add(np.exp(np.negative(np.negative(dense_2, _b10), _b10), _b10), _k0, _b10), _b10), _b8), 0), np.where(np.greater(p, _k3, _b9), np.true_divide(np.multiply(-seed, y, _b11), p, _b11), 0), _b4), _b5)
     # d_dense_2_weight[i, j] = Σ_b (d_dense_2[b, i]*h[b, j])  [#bwd-dense_2-weight]
     # d_dense_2_weight = d_dense_2.T @ h
     d_dense_2_weight = np.matmul(d_dense_2.T, h, _b12)

@@ -39,10 +39,10 @@ _BUFFERS = (
 )
 # ... and the numbers it reads as arrays of the dtype
 _CONSTANTS = (
-    (),
-    (0.5, ),
-    (0.5, 1, ),
-    (0.5, 1, ),
+    (1, ),
+    (1, 0.5, ),
+    (1, 0.5, ),
+    (1, 0.5, ),
 )
 # spare workspaces by (function, batch size, dtype): a call takes one (or makes one) and
 # puts it back when done, so two threads calling at once each work in their own
@@ -176,82 +176,133 @@ def _sigmoid(z, out=None):
     return np.reciprocal(s, out=s)
 
 
+
 def forward(params, x):
     """The network's output `yhat` for a batch of inputs."""
-    batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"])})
-    hidden_weight = params["hidden.weight"]
-    hidden_bias = params["hidden.bias"]
-    out_weight = params["out.weight"]
-    out_bias = params["out.bias"]
+    try:  # the fast path: plain comparisons; _check names whatever is malformed
+        hidden_weight = params["hidden.weight"]
+        hidden_bias = params["hidden.bias"]
+        out_weight = params["out.weight"]
+        out_bias = params["out.bias"]
+        batch, dtype = len(x), x.dtype
+        _ok = len(params) == 4 and batch and dtype in _FLOATS
+        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 4)
+        _ok = _ok and isinstance(hidden_weight, np.ndarray) and hidden_weight.shape == (5, 4,) and hidden_weight.dtype == dtype
+        _ok = _ok and isinstance(hidden_bias, np.ndarray) and hidden_bias.shape == (5,) and hidden_bias.dtype == dtype
+        _ok = _ok and isinstance(out_weight, np.ndarray) and out_weight.shape == (3, 5,) and out_weight.dtype == dtype
+        _ok = _ok and isinstance(out_bias, np.ndarray) and out_bias.shape == (3,) and out_bias.dtype == dtype
+    except (KeyError, TypeError, AttributeError):
+        _ok = False
+    if not _ok:
+        batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"])})
+        hidden_weight = params["hidden.weight"]
+        hidden_bias = params["hidden.bias"]
+        out_weight = params["out.weight"]
+        out_bias = params["out.bias"]
     _w = _workspace(0, batch, dtype)
-    _b0, _b1 = _w
+    _b0, _b1, _k0 = _w
 
-    # hidden: hidden[s, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[s, j])  [#fwd-hidden]
-    # sigmoid_1: b[s, i] = 1/(1 + exp(-hidden[s, i]))  [#fwd-sigmoid_1]
-    # b = _sigmoid(hidden_bias + (x @ hidden_weight.T))
-    b = _sigmoid(np.add(hidden_bias, np.matmul(x, hidden_weight.T, _b0), _b0), _b0)
-    # out: out[s, i] = out.bias[i] + Σ_j (b[s, j]*out.weight[i, j])  [#fwd-out]
-    # sigmoid_2: yhat[s, i] = 1/(1 + exp(-out[s, i]))  [#fwd-sigmoid_2]
-    # yhat = _sigmoid(out_bias + (b @ out_weight.T))
-    yhat = _sigmoid(np.add(out_bias, np.matmul(b, out_weight.T, _b1), _b1))
+    with np.errstate(over="ignore"):
+        # hidden: hidden[s, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[s, j])  [#fwd-hidden]
+        # sigmoid_1: b[s, i] = 1/(1 + exp(-hidden[s, i]))  [#fwd-sigmoid_1]
+        # b = _sigmoid(hidden_bias + (x @ hidden_weight.T))
+        b = np.reciprocal(np.add(np.exp(np.negative(np.add(hidden_bias, np.matmul(x, hidden_weight.T, _b0), _b0), _b0), _b0), _k0, _b0), _b0)
+        # out: out[s, i] = out.bias[i] + Σ_j (b[s, j]*out.weight[i, j])  [#fwd-out]
+        # sigmoid_2: yhat[s, i] = 1/(1 + exp(-out[s, i]))  [#fwd-sigmoid_2]
+        # yhat = _sigmoid(out_bias + (b @ out_weight.T))
+        yhat = _sigmoid(np.add(out_bias, np.matmul(b, out_weight.T, _b1), _b1))
     _done(0, batch, dtype, _w)
     return yhat
 
 
 def loss(params, x, y):
     """The mean over the batch of the per-sample loss."""
-    batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"]), "y": (y, TARGET_SHAPES["y"])})
-    hidden_weight = params["hidden.weight"]
-    hidden_bias = params["hidden.bias"]
-    out_weight = params["out.weight"]
-    out_bias = params["out.bias"]
+    try:  # the fast path: plain comparisons; _check names whatever is malformed
+        hidden_weight = params["hidden.weight"]
+        hidden_bias = params["hidden.bias"]
+        out_weight = params["out.weight"]
+        out_bias = params["out.bias"]
+        batch, dtype = len(x), x.dtype
+        _ok = len(params) == 4 and batch and dtype in _FLOATS
+        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 4)
+        _ok = _ok and isinstance(y, np.ndarray) and y.shape == (batch, 3) and y.dtype == dtype
+        _ok = _ok and isinstance(hidden_weight, np.ndarray) and hidden_weight.shape == (5, 4,) and hidden_weight.dtype == dtype
+        _ok = _ok and isinstance(hidden_bias, np.ndarray) and hidden_bias.shape == (5,) and hidden_bias.dtype == dtype
+        _ok = _ok and isinstance(out_weight, np.ndarray) and out_weight.shape == (3, 5,) and out_weight.dtype == dtype
+        _ok = _ok and isinstance(out_bias, np.ndarray) and out_bias.shape == (3,) and out_bias.dtype == dtype
+    except (KeyError, TypeError, AttributeError):
+        _ok = False
+    if not _ok:
+        batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"]), "y": (y, TARGET_SHAPES["y"])})
+        hidden_weight = params["hidden.weight"]
+        hidden_bias = params["hidden.bias"]
+        out_weight = params["out.weight"]
+        out_bias = params["out.bias"]
     _w = _workspace(1, batch, dtype)
-    _b0, _b1, _b2, _b3, _k0 = _w
+    _b0, _b1, _b2, _b3, _k0, _k1 = _w
 
-    # hidden: hidden[s, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[s, j])  [#fwd-hidden]
-    # sigmoid_1: b[s, i] = 1/(1 + exp(-hidden[s, i]))  [#fwd-sigmoid_1]
-    # b = _sigmoid(hidden_bias + (x @ hidden_weight.T))
-    b = _sigmoid(np.add(hidden_bias, np.matmul(x, hidden_weight.T, _b0), _b0), _b0)
-    # out: out[s, i] = out.bias[i] + Σ_j (b[s, j]*out.weight[i, j])  [#fwd-out]
-    # sigmoid_2: yhat[s, i] = 1/(1 + exp(-out[s, i]))  [#fwd-sigmoid_2]
-    # yhat = _sigmoid(out_bias + (b @ out_weight.T))
-    yhat = _sigmoid(np.add(out_bias, np.matmul(b, out_weight.T, _b1), _b1), _b1)
+    with np.errstate(over="ignore"):
+        # hidden: hidden[s, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[s, j])  [#fwd-hidden]
+        # sigmoid_1: b[s, i] = 1/(1 + exp(-hidden[s, i]))  [#fwd-sigmoid_1]
+        # b = _sigmoid(hidden_bias + (x @ hidden_weight.T))
+        b = np.reciprocal(np.add(np.exp(np.negative(np.add(hidden_bias, np.matmul(x, hidden_weight.T, _b0), _b0), _b0), _b0), _k0, _b0), _b0)
+        # out: out[s, i] = out.bias[i] + Σ_j (b[s, j]*out.weight[i, j])  [#fwd-out]
+        # sigmoid_2: yhat[s, i] = 1/(1 + exp(-out[s, i]))  [#fwd-sigmoid_2]
+        # yhat = _sigmoid(out_bias + (b @ out_weight.T))
+        yhat = np.reciprocal(np.add(np.exp(np.negative(np.add(out_bias, np.matmul(b, out_weight.T, _b1), _b1), _b1), _b1), _k0, _b1), _b1)
     # quadratic_1: quadratic_1[s] = Σ_i (-y[s, i] + yhat[s, i])**2/2  [#fwd-quadratic_1]
     # quadratic_1 = 0.5*((-y + yhat)**2).sum(axis=1)
-    quadratic_1 = np.multiply(_k0, np.add.reduce(np.square(np.add(np.negative(y, _b3), yhat, _b3), _b3), axis=1, out=_b2), _b2)
-    value = float(quadratic_1.sum() / batch)
+    quadratic_1 = np.multiply(_k1, np.add.reduce(np.square(np.add(np.negative(y, _b3), yhat, _b3), _b3), axis=1, out=_b2), _b2)
+    value = float(np.add.reduce(quadratic_1, axis=None) / batch)
     _done(1, batch, dtype, _w)
     return value
 
 
 def loss_and_grad(params, x, y):
     """The loss and its gradient with respect to every parameter."""
-    batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"]), "y": (y, TARGET_SHAPES["y"])})
-    hidden_weight = params["hidden.weight"]
-    hidden_bias = params["hidden.bias"]
-    out_weight = params["out.weight"]
-    out_bias = params["out.bias"]
+    try:  # the fast path: plain comparisons; _check names whatever is malformed
+        hidden_weight = params["hidden.weight"]
+        hidden_bias = params["hidden.bias"]
+        out_weight = params["out.weight"]
+        out_bias = params["out.bias"]
+        batch, dtype = len(x), x.dtype
+        _ok = len(params) == 4 and batch and dtype in _FLOATS
+        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 4)
+        _ok = _ok and isinstance(y, np.ndarray) and y.shape == (batch, 3) and y.dtype == dtype
+        _ok = _ok and isinstance(hidden_weight, np.ndarray) and hidden_weight.shape == (5, 4,) and hidden_weight.dtype == dtype
+        _ok = _ok and isinstance(hidden_bias, np.ndarray) and hidden_bias.shape == (5,) and hidden_bias.dtype == dtype
+        _ok = _ok and isinstance(out_weight, np.ndarray) and out_weight.shape == (3, 5,) and out_weight.dtype == dtype
+        _ok = _ok and isinstance(out_bias, np.ndarray) and out_bias.shape == (3,) and out_bias.dtype == dtype
+    except (KeyError, TypeError, AttributeError):
+        _ok = False
+    if not _ok:
+        batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"]), "y": (y, TARGET_SHAPES["y"])})
+        hidden_weight = params["hidden.weight"]
+        hidden_bias = params["hidden.bias"]
+        out_weight = params["out.weight"]
+        out_bias = params["out.bias"]
     _w = _workspace(2, batch, dtype)
     _b0, _b1, _b2, _b3, _b4, _b5, _b6, _k0, _k1 = _w
 
-    # hidden: hidden[s, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[s, j])  [#fwd-hidden]
-    # sigmoid_1: b[s, i] = 1/(1 + exp(-hidden[s, i]))  [#fwd-sigmoid_1]
-    # b = _sigmoid(hidden_bias + (x @ hidden_weight.T))
-    b = _sigmoid(np.add(hidden_bias, np.matmul(x, hidden_weight.T, _b0), _b0), _b0)
-    # out: out[s, i] = out.bias[i] + Σ_j (b[s, j]*out.weight[i, j])  [#fwd-out]
-    # sigmoid_2: yhat[s, i] = 1/(1 + exp(-out[s, i]))  [#fwd-sigmoid_2]
-    # yhat = _sigmoid(out_bias + (b @ out_weight.T))
-    yhat = _sigmoid(np.add(out_bias, np.matmul(b, out_weight.T, _b1), _b1), _b1)
+    with np.errstate(over="ignore"):
+        # hidden: hidden[s, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[s, j])  [#fwd-hidden]
+        # sigmoid_1: b[s, i] = 1/(1 + exp(-hidden[s, i]))  [#fwd-sigmoid_1]
+        # b = _sigmoid(hidden_bias + (x @ hidden_weight.T))
+        b = np.reciprocal(np.add(np.exp(np.negative(np.add(hidden_bias, np.matmul(x, hidden_weight.T, _b0), _b0), _b0), _b0), _k0, _b0), _b0)
+        # out: out[s, i] = out.bias[i] + Σ_j (b[s, j]*out.weight[i, j])  [#fwd-out]
+        # sigmoid_2: yhat[s, i] = 1/(1 + exp(-out[s, i]))  [#fwd-sigmoid_2]
+        # yhat = _sigmoid(out_bias + (b @ out_weight.T))
+        yhat = np.reciprocal(np.add(np.exp(np.negative(np.add(out_bias, np.matmul(b, out_weight.T, _b1), _b1), _b1), _b1), _k0, _b1), _b1)
     # quadratic_1: quadratic_1[s] = Σ_i (-y[s, i] + yhat[s, i])**2/2  [#fwd-quadratic_1]
     # quadratic_1 = 0.5*((-y + yhat)**2).sum(axis=1)
-    quadratic_1 = np.multiply(_k0, np.add.reduce(np.square(np.add(np.negative(y, _b3), yhat, _b3), _b3), axis=1, out=_b2), _b2)
-    value = float(quadratic_1.sum() / batch)
+    quadratic_1 = np.multiply(_k1, np.add.reduce(np.square(np.add(np.negative(y, _b3), yhat, _b3), _b3), axis=1, out=_b2), _b2)
+    value = float(np.add.reduce(quadratic_1, axis=None) / batch)
     seed = 1 / batch
 
     # d_yhat[s, i] = (-y[s, i] + yhat[s, i])*d_quadratic_1[s]  [#bwd-quadratic_1-yhat]
     # d_out[s, i] = -(-1 + yhat[s, i])*d_yhat[s, i]*yhat[s, i]  [#bwd-sigmoid_2-out]
     # d_out = seed*(1 - yhat)*(-y + yhat)*yhat
-    d_out = np.multiply(np.multiply(np.multiply(seed, np.subtract(_k1, yhat, _b3), _b3), np.add(np.negative(y, _b4), yhat, _b4), _b3), yhat, _b3)
+    d_out = np.multiply(np.multiply(np.multiply(seed, np.subtract(_k0, yhat, _b3), _b3), np.add(np.negative(y, _b4), yhat, _b4), _b3), yhat, _b3)
     # d_out_weight[i, j] = Σ_s (b[s, j]*d_out[s, i])  [#bwd-out-weight]
     d_out_weight = d_out.T @ b
     # d_out_bias[i] = Σ_s d_out[s, i]  [#bwd-out-bias]
@@ -259,7 +310,7 @@ def loss_and_grad(params, x, y):
     # d_b[s, j] = Σ_i (d_out[s, i]*out.weight[i, j])  [#bwd-out-b]
     # d_hidden[s, i] = -(-1 + b[s, i])*b[s, i]*d_b[s, i]  [#bwd-sigmoid_1-hidden]
     # d_hidden = (1 - b)*b*(d_out @ out_weight)
-    d_hidden = np.multiply(np.multiply(np.subtract(_k1, b, _b5), b, _b5), np.matmul(d_out, out_weight, _b6), _b5)
+    d_hidden = np.multiply(np.multiply(np.subtract(_k0, b, _b5), b, _b5), np.matmul(d_out, out_weight, _b6), _b5)
     # d_hidden_weight[i, j] = Σ_s (d_hidden[s, i]*x[s, j])  [#bwd-hidden-weight]
     d_hidden_weight = d_hidden.T @ x
     # d_hidden_bias[i] = Σ_s d_hidden[s, i]  [#bwd-hidden-bias]
@@ -275,34 +326,51 @@ def loss_and_grad(params, x, y):
 
 def sgd_step(params, x, y, lr):
     """One step of plain gradient descent, in place; returns the loss before the step."""
-    batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"]), "y": (y, TARGET_SHAPES["y"])})
-    _check_writable(params)
-    hidden_weight = params["hidden.weight"]
-    hidden_bias = params["hidden.bias"]
-    out_weight = params["out.weight"]
-    out_bias = params["out.bias"]
+    try:  # the fast path: plain comparisons; _check names whatever is malformed
+        hidden_weight = params["hidden.weight"]
+        hidden_bias = params["hidden.bias"]
+        out_weight = params["out.weight"]
+        out_bias = params["out.bias"]
+        batch, dtype = len(x), x.dtype
+        _ok = len(params) == 4 and batch and dtype in _FLOATS
+        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 4)
+        _ok = _ok and isinstance(y, np.ndarray) and y.shape == (batch, 3) and y.dtype == dtype
+        _ok = _ok and isinstance(hidden_weight, np.ndarray) and hidden_weight.shape == (5, 4,) and hidden_weight.dtype == dtype and hidden_weight.flags.writeable
+        _ok = _ok and isinstance(hidden_bias, np.ndarray) and hidden_bias.shape == (5,) and hidden_bias.dtype == dtype and hidden_bias.flags.writeable
+        _ok = _ok and isinstance(out_weight, np.ndarray) and out_weight.shape == (3, 5,) and out_weight.dtype == dtype and out_weight.flags.writeable
+        _ok = _ok and isinstance(out_bias, np.ndarray) and out_bias.shape == (3,) and out_bias.dtype == dtype and out_bias.flags.writeable
+    except (KeyError, TypeError, AttributeError):
+        _ok = False
+    if not _ok:
+        batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"]), "y": (y, TARGET_SHAPES["y"])})
+        _check_writable(params)
+        hidden_weight = params["hidden.weight"]
+        hidden_bias = params["hidden.bias"]
+        out_weight = params["out.weight"]
+        out_bias = params["out.bias"]
     _w = _workspace(3, batch, dtype)
     _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _k0, _k1 = _w
 
-    # hidden: hidden[s, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[s, j])  [#fwd-hidden]
-    # sigmoid_1: b[s, i] = 1/(1 + exp(-hidden[s, i]))  [#fwd-sigmoid_1]
-    # b = _sigmoid(hidden_bias + (x @ hidden_weight.T))
-    b = _sigmoid(np.add(hidden_bias, np.matmul(x, hidden_weight.T, _b0), _b0), _b0)
-    # out: out[s, i] = out.bias[i] + Σ_j (b[s, j]*out.weight[i, j])  [#fwd-out]
-    # sigmoid_2: yhat[s, i] = 1/(1 + exp(-out[s, i]))  [#fwd-sigmoid_2]
-    # yhat = _sigmoid(out_bias + (b @ out_weight.T))
-    yhat = _sigmoid(np.add(out_bias, np.matmul(b, out_weight.T, _b1), _b1), _b1)
+    with np.errstate(over="ignore"):
+        # hidden: hidden[s, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[s, j])  [#fwd-hidden]
+        # sigmoid_1: b[s, i] = 1/(1 + exp(-hidden[s, i]))  [#fwd-sigmoid_1]
+        # b = _sigmoid(hidden_bias + (x @ hidden_weight.T))
+        b = np.reciprocal(np.add(np.exp(np.negative(np.add(hidden_bias, np.matmul(x, hidden_weight.T, _b0), _b0), _b0), _b0), _k0, _b0), _b0)
+        # out: out[s, i] = out.bias[i] + Σ_j (b[s, j]*out.weight[i, j])  [#fwd-out]
+        # sigmoid_2: yhat[s, i] = 1/(1 + exp(-out[s, i]))  [#fwd-sigmoid_2]
+        # yhat = _sigmoid(out_bias + (b @ out_weight.T))
+        yhat = np.reciprocal(np.add(np.exp(np.negative(np.add(out_bias, np.matmul(b, out_weight.T, _b1), _b1), _b1), _b1), _k0, _b1), _b1)
     # quadratic_1: quadratic_1[s] = Σ_i (-y[s, i] + yhat[s, i])**2/2  [#fwd-quadratic_1]
     # quadratic_1 = 0.5*((-y + yhat)**2).sum(axis=1)
-    quadratic_1 = np.multiply(_k0, np.add.reduce(np.square(np.add(np.negative(y, _b3), yhat, _b3), _b3), axis=1, out=_b2), _b2)
-    value = float(quadratic_1.sum() / batch)
+    quadratic_1 = np.multiply(_k1, np.add.reduce(np.square(np.add(np.negative(y, _b3), yhat, _b3), _b3), axis=1, out=_b2), _b2)
+    value = float(np.add.reduce(quadratic_1, axis=None) / batch)
     # the backward pass seeded with -lr times the loss's seed: each gradient is the update
     seed = -float(lr) / batch
 
     # d_yhat[s, i] = (-y[s, i] + yhat[s, i])*d_quadratic_1[s]  [#bwd-quadratic_1-yhat]
     # d_out[s, i] = -(-1 + yhat[s, i])*d_yhat[s, i]*yhat[s, i]  [#bwd-sigmoid_2-out]
     # d_out = seed*(1 - yhat)*(-y + yhat)*yhat
-    d_out = np.multiply(np.multiply(np.multiply(seed, np.subtract(_k1, yhat, _b3), _b3), np.add(np.negative(y, _b4), yhat, _b4), _b3), yhat, _b3)
+    d_out = np.multiply(np.multiply(np.multiply(seed, np.subtract(_k0, yhat, _b3), _b3), np.add(np.negative(y, _b4), yhat, _b4), _b3), yhat, _b3)
     # d_out_weight[i, j] = Σ_s (b[s, j]*d_out[s, i])  [#bwd-out-weight]
     # d_out_weight = d_out.T @ b
     d_out_weight = np.matmul(d_out.T, b, _b5)
@@ -312,7 +380,7 @@ def sgd_step(params, x, y, lr):
     # d_b[s, j] = Σ_i (d_out[s, i]*out.weight[i, j])  [#bwd-out-b]
     # d_hidden[s, i] = -(-1 + b[s, i])*b[s, i]*d_b[s, i]  [#bwd-sigmoid_1-hidden]
     # d_hidden = (1 - b)*b*(d_out @ out_weight)
-    d_hidden = np.multiply(np.multiply(np.subtract(_k1, b, _b7), b, _b7), np.matmul(d_out, out_weight, _b8), _b7)
+    d_hidden = np.multiply(np.multiply(np.subtract(_k0, b, _b7), b, _b7), np.matmul(d_out, out_weight, _b8), _b7)
     # d_hidden_weight[i, j] = Σ_s (d_hidden[s, i]*x[s, j])  [#bwd-hidden-weight]
     # d_hidden_weight = d_hidden.T @ x
     d_hidden_weight = np.matmul(d_hidden.T, x, _b9)

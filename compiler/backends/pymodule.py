@@ -11,8 +11,10 @@ def shape_text(shape) -> str:
 
 
 def module_values(graph) -> dict:
-    inputs = [dict(name=t.name, var=var(t.name), shape=shape_text(t.shape)) for t in graph.inputs]
-    targets = [dict(name=t.name, var=var(t.name), shape=shape_text(t.shape)) for t in graph.targets]
+    inputs = [dict(name=t.name, var=var(t.name), shape=shape_text(t.shape), batched=_batched(t.shape))
+              for t in graph.inputs]
+    targets = [dict(name=t.name, var=var(t.name), shape=shape_text(t.shape), batched=_batched(t.shape))
+               for t in graph.targets]
     params = [dict(name=p.name, var=var(p.name), shape=shape_text(p.shape), init=_init(p.init)) for p in graph.params]
 
     def checks(ts, table):
@@ -24,6 +26,11 @@ def module_values(graph) -> dict:
                 input_args=", ".join(t["var"] for t in inputs),
                 all_args=", ".join(t["var"] for t in inputs + targets),
                 input_checks=input_checks, all_checks=all_checks)
+
+
+def _batched(shape) -> str:
+    """The shape of a batch of arrays of `shape`, as a tuple expression over `batch`."""
+    return "(" + ", ".join(["batch"] + [str(n) for n in shape]) + ")"
 
 
 def _init(init) -> str:

@@ -299,6 +299,11 @@ class _Rewriter:
                 if child.buffer is not None:
                     self.temps_done.append(child.buffer)
             node.buffer = out if dest is None else None
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "_sigmoid":
+                # the helper's four operations written out (a call costs more than a small
+                # layer's operation; the line quiets exp's overflow, as the helper does)
+                b, one = name(out), self.ws.constant(1)
+                return f"np.reciprocal(np.add(np.exp(np.negative({codes[0]}, {b}), {b}), {one}, {b}), {b})"
             return _call(node, codes, out)
         # a matrix product or a reduction reads whole operands: its buffer is none of them
         codes = [self.emit(child, None) for child in operands]

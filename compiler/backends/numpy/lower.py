@@ -35,7 +35,10 @@ class Line:
     target: str
     code: str
     comment: str = ""
-    guarded: bool = False  # evaluates np.where: the branch not taken may divide by zero
+    # the floating-point errors numpy is not to warn of on this line: "over" where exp
+    # overflows to inf on purpose (the sigmoid), all three where np.where evaluates the
+    # branch not taken (which may divide by zero)
+    quiet: frozenset = frozenset()
     phase: str = "forward"  # "forward" | "backward"
     anchors: tuple = ()  # the derivation steps this line computes
     reads: tuple = ()  # the temporaries (lines of their own) its code reads
@@ -92,6 +95,7 @@ class _Printer(NumPyPrinter):
         if primitive is not None:
             if primitive.helper:
                 self.lowerer.kernels.helpers.add(primitive.helper)
+            self.lowerer.quiet |= primitive.numpy_quiet
             return primitive.numpy.format(*[self._print(a) for a in e.args])
         return super()._print(e, **kwargs)
 
@@ -149,7 +153,7 @@ class _Printer(NumPyPrinter):
             if index_symbols(value, self.lowerer.ranges):  # an array, so the product keeps its dtype
                 return f"{self.parenthesize(value, sp.printing.precedence.PRECEDENCE['Mul'])}*{self._print(mask)}"
         if _may_fault(a) or _may_fault(b):  # np.where evaluates the branch not taken too
-            self.lowerer.guarded = True
+            self.lowerer.quiet |= QUIET_ALL
         code = f"np.where({self._print(c)}, {self._print(a)}, {self._print(b)})"
         if not index_symbols(a, self.lowerer.ranges) and not index_symbols(b, self.lowerer.ranges):
             code += ".astype(dtype)"  # between two numbers np.where gives float64
@@ -214,7 +218,7 @@ class Lowerer:
         self.shapes = shapes  # base label -> full shape (extents; B for the batch axis)
         self.kernels = kernels
         self.inline = inline
-        self.inline_code: dict = {}  # an inlined temporary -> (its code, whether it is guarded)
+        self.inline_code: dict = {}  # an inlined temporary -> (its code, the errors it quiets, ...)
         self.temps: list = []  # the temporaries made, in order
         self.reads: Counter = Counter()  # name -> how often the code written so far reads it
         self.too_deep: set = set()  # inlined temporaries that made a line nest too deeply
@@ -224,7 +228,7 @@ class Lowerer:
         self.ranges: dict = {}
         self.cse: dict = {}
         self.im2col: dict = {}  # the code of a copied patches array -> its temporary
-        self.guarded = False
+        self.quiet = frozenset()
         self.count = 0
         self.lse_max: set = set()  # temporaries holding the max part of a logsumexp
         self.lse_log: set = set()  # ... and its log-sum part
@@ -242,7 +246,7 @@ class Lowerer:
                     if not isinstance(s, sp.Symbol) else self._extent_code(ranges[s]) for s in indices]
             indices = tuple(st.variables)
         self.ranges = dict(ranges)
-        self.guarded = False
+        self.quiet = frozenset()
         self._inlined = set()
         if expr.has(sp.KroneckerDelta):
             expr = sp.Add(*[self._scatter(t, indices, None) if t.has(sp.KroneckerDelta) else t
@@ -260,7 +264,7 @@ class Lowerer:
             code = f"{_paren(code)}.reshape({', '.join(flat)})"
         if st.accumulate:
             code = f"{target} + {code}"
-        self._line(Line(target, code, comment, self.guarded, anchors=st.anchors))
+        self._line(Line(target, code, comment, self.quiet, anchors=st.anchors))
 
     def _line(self, line: Line):
         if _nesting(line.code) > MAX_NESTING:  # Python's parser has a limit
@@ -274,8 +278,8 @@ class Lowerer:
         before its line, so what was read since the last line is what that line reads)."""
         self.reads[name] += 1
         if name in self.inline_code:
-            code, guarded, reads = self.inline_code[name]
-            self.guarded |= guarded
+            code, quiet, reads = self.inline_code[name]
+            self.quiet |= quiet
             self._inlined.add(name)
             self._temps_read |= reads
             return _paren(code)
@@ -349,11 +353,11 @@ class Lowerer:
             self.count += 1
         self._temp_names.add(name)
         if name in self.inline:
-            self.inline_code[name] = (code, self.guarded, frozenset(self._temps_read))
+            self.inline_code[name] = (code, self.quiet, frozenset(self._temps_read))
             self._temps_read = set()
             self._inlined.add(name)
         else:
-            self._line(Line(name, code, guarded=self.guarded))
+            self._line(Line(name, code, quiet=self.quiet))
         self.names[name] = name
         self._taken.add(name)
         self.temps.append(name)
@@ -705,6 +709,7 @@ def _decimal(r) -> str | None:
     return f if sp.Rational(f) == r and len(f) < 12 else None
 
 
+QUIET_ALL = frozenset({"divide", "invalid", "over"})
 MAX_NESTING = 40  # brackets in one generated line; CPython refuses more than 200
 
 
@@ -816,7 +821,9 @@ def plan(program: Program) -> Plan:
     for p in program.zero_grads:
         backward.append(Line(grad_name(p), f"np.zeros_like({names[p]})", f"{p} does not affect the loss"))
     loss_var = names[g.loss]
-    loss_value = f"{loss_var}.sum() / batch" if g.reduce == "mean" else f"{loss_var}.sum()"
+    # np.add.reduce is what .sum() calls, without the Python function around it
+    total = f"np.add.reduce({loss_var}, axis=None)"
+    loss_value = f"{total} / batch" if g.reduce == "mean" else total
     grads = tuple((p.name, grad_name(p.name)) for p in g.params)
     updates = tuple((names[p.name], grad_name(p.name)) for p in g.params if p.name not in program.zero_grads)
     n_loss = len(loss_forward)

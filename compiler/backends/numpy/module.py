@@ -32,13 +32,26 @@ def render(plan: Plan, graph) -> str:
             table.append(([(shape_text(shape), boolean) for shape, boolean in kept], [repr(c) for c in constants]))
     return environment().get_template("numpy_module.py.j2").render(
         name=plan.name, version=__version__,
-        forward=plan.bodies["forward"][0], output=plan.output, output_name=plan.output,
-        loss_only=plan.bodies["loss"][0], grad_lines=plan.bodies["loss_and_grad"][0],
-        step_lines=plan.bodies["sgd_step"][0], buffer_table=table, workspace=workspace,
+        forward=_blocks(plan.bodies["forward"][0]), output=plan.output, output_name=plan.output,
+        loss_only=_blocks(plan.bodies["loss"][0]), grad_lines=[_blocks(x) for x in plan.bodies["loss_and_grad"][0]],
+        step_lines=[_blocks(x) for x in plan.bodies["sgd_step"][0]], buffer_table=table, workspace=workspace,
         loss_value=plan.loss_value, loss_var=None, grads=[dict(name=n, var=v) for n, v in plan.grads],
         updates=[dict(param=p, grad=g) for p, g in plan.updates], loss_seed=plan.loss_seed,
         step_seed=plan.step_seed,
         helper_source=helper_source(plan.helpers), reduce=graph.reduce, flat_params=False, **values)
+
+
+def _blocks(lines) -> list:
+    """Consecutive lines quieting the same floating-point errors, as one block each: one
+    `with np.errstate(...)` costs about a microsecond, more than a small layer's step."""
+    blocks = []
+    for line in lines:
+        quiet = ", ".join(f'{kind}="ignore"' for kind in sorted(line.quiet))
+        if blocks and blocks[-1]["quiet"] == quiet:
+            blocks[-1]["lines"].append(line)
+        else:
+            blocks.append(dict(quiet=quiet, lines=[line]))
+    return blocks
 
 
 def helper_source(used) -> str:
