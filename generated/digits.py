@@ -37,12 +37,12 @@ _BUFFERS = (
     (((None, 64,), False), ((None, 64,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ((None, 10,), False), ((None,), False), ((None, 64,), True), ),
     (((None, 64,), False), ((None, 64,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ((None, 10,), False), ((None,), False), ((10, 64,), False), ((10,), False), ((None, 64,), True), ((64, 64,), False), ((64,), False), ),
 )
-# ... and the numbers it reads as arrays of the dtype
+# ... and the numbers it reads as arrays of the dtype: 0-d, or (number, shape) filling one
 _CONSTANTS = (
-    (0, ),
-    (0, ),
-    (0, ),
-    (0, ),
+    ((0, (None, 64,)), ),
+    ((0, (None, 64,)), ),
+    ((0, (None, 64,)), 0, ),
+    ((0, (None, 64,)), 0, ),
 )
 # spare workspaces by (function, batch size, dtype): a call takes one (or makes one) and
 # puts it back when done, so two threads calling at once each work in their own
@@ -60,7 +60,9 @@ def _workspace(fn, batch, dtype):
     if len(_KEPT) >= 8:  # many batch sizes: keep the latest ones only
         _KEPT.clear()
     return tuple(np.empty(tuple(batch if n is None else n for n in shape), bool if boolean else dtype)
-                 for shape, boolean in _BUFFERS[fn]) + tuple(np.array(c, dtype) for c in _CONSTANTS[fn])
+                 for shape, boolean in _BUFFERS[fn]) + \
+        tuple(np.full(tuple(batch if n is None else n for n in c[1]), c[0], dtype) if isinstance(c, tuple)
+              else np.array(c, dtype) for c in _CONSTANTS[fn])
 
 
 def _done(fn, batch, dtype, workspace):
@@ -275,7 +277,7 @@ def loss_and_grad(params, x, y):
         dense_2_weight = params["dense_2.weight"]
         dense_2_bias = params["dense_2.bias"]
     _w = _workspace(2, batch, dtype)
-    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _k0 = _w
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _k0, _k1 = _w
 
     # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
     # dense_1 = dense_1_bias + (x @ dense_1_weight.T)
@@ -306,7 +308,7 @@ def loss_and_grad(params, x, y):
     # d_h[b, j] = Σ_i (d_z[b, i]*dense_2.weight[i, j])  [#bwd-dense_2-h]
     # d_dense_1[b, i] = where(dense_1[b, i] > 0, d_h[b, i], 0)  [#bwd-relu_1-dense_1]
     # d_dense_1 = (d_z @ dense_2_weight)*(dense_1 > 0)
-    d_dense_1 = np.multiply(np.matmul(d_z, dense_2_weight, _b1), np.greater(dense_1, _k0, _b10), _b1)
+    d_dense_1 = np.multiply(np.matmul(d_z, dense_2_weight, _b1), np.greater(dense_1, _k1, _b10), _b1)
     # d_dense_1_weight[i, j] = Σ_b (d_dense_1[b, i]*x[b, j])  [#bwd-dense_1-weight]
     d_dense_1_weight = d_dense_1.T @ x
     # d_dense_1_bias[i] = Σ_b d_dense_1[b, i]  [#bwd-dense_1-bias]
@@ -345,7 +347,7 @@ def sgd_step(params, x, y, lr):
         dense_2_weight = params["dense_2.weight"]
         dense_2_bias = params["dense_2.bias"]
     _w = _workspace(3, batch, dtype)
-    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _k0 = _w
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _k0, _k1 = _w
 
     # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
     # dense_1 = dense_1_bias + (x @ dense_1_weight.T)
@@ -379,7 +381,7 @@ def sgd_step(params, x, y, lr):
     # d_h[b, j] = Σ_i (d_z[b, i]*dense_2.weight[i, j])  [#bwd-dense_2-h]
     # d_dense_1[b, i] = where(dense_1[b, i] > 0, d_h[b, i], 0)  [#bwd-relu_1-dense_1]
     # d_dense_1 = (d_z @ dense_2_weight)*(dense_1 > 0)
-    d_dense_1 = np.multiply(np.matmul(d_z, dense_2_weight, _b1), np.greater(dense_1, _k0, _b12), _b1)
+    d_dense_1 = np.multiply(np.matmul(d_z, dense_2_weight, _b1), np.greater(dense_1, _k1, _b12), _b1)
     # d_dense_1_weight[i, j] = Σ_b (d_dense_1[b, i]*x[b, j])  [#bwd-dense_1-weight]
     # d_dense_1_weight = d_dense_1.T @ x
     d_dense_1_weight = np.matmul(d_dense_1.T, x, _b13)

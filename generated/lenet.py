@@ -36,17 +36,17 @@ PARAM_INITS = {
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 # each function's buffers, kept between calls: (shape with None for the batch axis, boolean?)
 _BUFFERS = (
-    (((None, 8, 8, 8,), False), ((None, 16, 4, 4,), False), ((None, 10,), False), ),
-    (((None, 8, 8, 8,), False), ((None, 16, 4, 4,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ),
-    (((None, 8, 8, 8,), False), ((None, 16, 4, 4,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ((None, 10,), False), ((None,), False), ((None, 256,), False), ((None, 16, 4, 4,), True), ((None, 8, 8, 8,), False), ((None, 8, 8, 8,), True), ),
-    (((None, 8, 8, 8,), False), ((None, 16, 4, 4,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ((None, 10,), False), ((None,), False), ((None, 256,), False), ((10, 256,), False), ((10,), False), ((None, 16, 4, 4,), True), ((16,), False), ((None, 8, 8, 8,), False), ((None, 8, 8, 8,), True), ((8,), False), ),
+    (((8, 2, 2, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((None, 10,), False), ),
+    (((1, 3, 3, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 3, 3, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((16, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ),
+    (((1, 3, 3, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 3, 3, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((16, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ((None, 10,), False), ((None,), False), ((None, 256,), False), ((None, 16, 4, 4,), True), ((3, 3, 8, 4, 4, None,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), True), ((1, 3, 3, 8,), False), ),
+    (((1, 3, 3, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 3, 3, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((16, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ((None, 10,), False), ((None,), False), ((None, 256,), False), ((10, 256,), False), ((10,), False), ((None, 16, 4, 4,), True), ((3, 3, 8, 4, 4, None,), False), ((16,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), True), ((1, 3, 3, 8,), False), ((8,), False), ),
 )
-# ... and the numbers it reads as arrays of the dtype
+# ... and the numbers it reads as arrays of the dtype: 0-d, or (number, shape) filling one
 _CONSTANTS = (
-    (0, ),
-    (0, ),
-    (0, ),
-    (0, ),
+    ((0, (8, 2, 2, None, 4, 4,)), (0, (None, 16, 4, 4,)), ),
+    ((0, (8, 2, 2, None, 4, 4,)), (0, (None, 16, 4, 4,)), ),
+    ((0, (8, 2, 2, None, 4, 4,)), (0, (None, 16, 4, 4,)), 0, ),
+    ((0, (8, 2, 2, None, 4, 4,)), (0, (None, 16, 4, 4,)), 0, ),
 )
 # spare workspaces by (function, batch size, dtype): a call takes one (or makes one) and
 # puts it back when done, so two threads calling at once each work in their own
@@ -64,7 +64,9 @@ def _workspace(fn, batch, dtype):
     if len(_KEPT) >= 8:  # many batch sizes: keep the latest ones only
         _KEPT.clear()
     return tuple(np.empty(tuple(batch if n is None else n for n in shape), bool if boolean else dtype)
-                 for shape, boolean in _BUFFERS[fn]) + tuple(np.array(c, dtype) for c in _CONSTANTS[fn])
+                 for shape, boolean in _BUFFERS[fn]) + \
+        tuple(np.full(tuple(batch if n is None else n for n in c[1]), c[0], dtype) if isinstance(c, tuple)
+              else np.array(c, dtype) for c in _CONSTANTS[fn])
 
 
 def _done(fn, batch, dtype, workspace):
@@ -198,22 +200,28 @@ def _patches(a, windows):
                                            strides + [s for _, s in kernel], writeable=False)
 
 
-def _im2col(a, windows, perm):
+def _im2col(a, windows, perm, splits=(), out=None):
     # _patches(a, windows).transpose(perm), copied by one gather: a 6-D strided copy runs
-    # numpy's inner loop over a few elements at a time.  The index, made once per shape,
-    # counts a's elements from 1, 0 standing for the padding's zeros
-    key = (a.shape, windows, perm)
+    # numpy's inner loop over a few elements at a time.  Each (axis, s) in splits first
+    # splits a window position axis of the patches into (position // s, position % s).
+    # The index, made once per shape, counts a's elements from 1, 0 standing for the
+    # padding's zeros
+    key = (a.shape, windows, perm, splits)
     index = _IM2COL_INDEX.get(key)
     if index is None:
         if len(_IM2COL_INDEX) >= 32:  # many shapes: keep the latest ones only
             _IM2COL_INDEX.clear()
         positions = np.arange(1, a.size + 1).reshape(a.shape)
-        index = np.ascontiguousarray(_patches(positions, windows).transpose(perm))
+        index = _patches(positions, windows)
+        shape = list(index.shape)
+        for axis, s in sorted(splits, reverse=True):
+            shape[axis:axis + 1] = [shape[axis] // s, s]
+        index = np.ascontiguousarray(index.reshape(shape).transpose(perm))
         _IM2COL_INDEX[key] = index
     flat = np.empty(a.size + 1, a.dtype)
     flat[0] = 0
     flat[1:] = a.reshape(-1)
-    return np.take(flat, index)
+    return np.take(flat, index, out=out)
 
 
 _IM2COL_INDEX = {}
@@ -244,51 +252,103 @@ def _unpatches(g, shape, windows):
     return out[tuple(crop[a] for a in order)].transpose(np.argsort(order))
 
 
+def _window_slices(a, axes, copy=True):
+    # a's slices at each offset of a small window (axes), in row-major order of the
+    # offsets: views where each is long runs of contiguous elements (a tiled array,
+    # layout.py), else (with copy) views of a copy with the window axes moved first:
+    # numpy is many times slower on short strided inner loops
+    k = len(axes)
+    rest = sorted((a.strides[d], a.shape[d]) for d in range(a.ndim) if d not in axes)
+    run, step = 1, a.itemsize
+    for stride, n in rest:
+        if stride != step:
+            break
+        run, step = run * n, step * n
+    if run < 16 and copy:
+        a, axes = np.ascontiguousarray(np.moveaxis(a, axes, range(k))), tuple(range(k))
+    where = [slice(None)] * a.ndim
+    slices = []
+    offsets = [()]
+    for d in axes:
+        offsets = [o + (i,) for o in offsets for i in range(a.shape[d])]
+    for offset in offsets:
+        for d, o in zip(axes, offset):
+            where[d] = o
+        slices.append(a[tuple(where)][...])  # an array even when every axis is a window axis
+    return slices
+
+
+def _tiles(a, axes):
+    # a with its window axes as one, a view, if they are consecutive in a contiguous a
+    # (a tiled array, layout.py, stores each window offset as one contiguous block); else None
+    if not a.flags.c_contiguous or list(axes) != list(range(axes[0], axes[0] + len(axes))):
+        return None
+    return a.reshape(a.shape[:axes[0]] + (-1,) + a.shape[axes[-1] + 1:])
+
+
 def _max_over(a, axes):
-    # max over a few window axes as elementwise maxima of whole slices, the window axes
-    # moved first in one copy: numpy is many times slower reducing short strided axes
+    # max over a few window axes as elementwise maxima of whole slices
+    tiles = _tiles(a, axes)
+    if tiles is not None:
+        return np.maximum.reduce(tiles, axis=axes[0])[...]  # an array even when every axis is a window axis
     if np.prod([a.shape[d] for d in axes]) > 16:
         return a.max(axis=axes)
-    k = len(axes)
-    moved = np.ascontiguousarray(np.moveaxis(a, axes, range(k)))
-    out = None
-    for offsets in np.ndindex(*moved.shape[:k]):
-        v = moved[offsets + (Ellipsis,)]  # an array even when every axis is a window axis
-        out = v.copy() if out is None else np.maximum(out, v, out=out)
+    slices = _window_slices(a, axes)
+    out = np.copy(slices[0], order="K")
+    for v in slices[1:]:
+        np.maximum(out, v, out=out)
     return out
 
 
-def _first_argmax(a, axes):
+def _first_argmax(a, axes, out=None):
     # 1 at the first maximum over `axes` in row-major order, else 0; a NaN wins, the
     # last one if several, as in PyTorch's CPU max-pool.  A small window is walked
-    # offset by offset over whole slices, its axes moved first in one copy
+    # offset by offset over whole slices (_window_slices), the result in a's memory order
+    # (or into out, an array of a's shape)
     k = len(axes)
+    hot = np.empty_like(a) if out is None else out
+    tiles = _tiles(a, axes)
+    if tiles is not None and hot.flags.c_contiguous:  # each offset a block: whole-array operations
+        w = axes[0]
+        top = np.maximum.reduce(tiles, axis=w, keepdims=True)
+        if not np.isnan(top).any():
+            first = np.equal(tiles, top)
+            at = [first[(slice(None),) * w + (slice(n, n + 1),)] for n in range(tiles.shape[w])]  # views
+            seen = at[0].copy()
+            for f in at[1:]:  # a maximum is the first where none before it was one
+                np.greater(f, seen, out=f)
+                np.logical_or(seen, f, out=seen)
+            np.copyto(hot.reshape(tiles.shape), first)
+            return hot
     if np.prod([a.shape[d] for d in axes]) > 16:
         moved = np.moveaxis(a, axes, range(a.ndim - k, a.ndim))
         flat = moved.reshape(moved.shape[:a.ndim - k] + (-1,))
         at, nan = flat.argmax(axis=-1), np.isnan(flat)
         if nan.any():  # argmax picks the first NaN
             at = np.where(nan.any(axis=-1), flat.shape[-1] - 1 - nan[..., ::-1].argmax(axis=-1), at)
-        hot = np.arange(flat.shape[-1]) == at[..., None]
-        return np.moveaxis(hot.reshape(moved.shape), range(a.ndim - k, a.ndim), axes).astype(a.dtype)
-    moved = np.ascontiguousarray(np.moveaxis(a, axes, range(k)))
-    slices = [moved[o + (Ellipsis,)] for o in np.ndindex(*moved.shape[:k])]
-    top = slices[0].copy()
-    for v in slices[1:]:
-        np.maximum(top, v, out=top)  # NaN wherever the window holds one
-    hot = np.empty(moved.shape, dtype=a.dtype)
-    hots = hot.reshape((len(slices),) + top.shape)
-    taken = np.zeros(top.shape, dtype=bool)
-    for n, v in enumerate(slices):  # the first element equal to the maximum
-        first = (v == top) & ~taken
-        taken |= first
-        hots[n] = first
-    if not taken.all():  # windows holding a NaN (no element equals NaN): the last NaN
-        for n in reversed(range(len(slices))):
-            last = (slices[n] != slices[n]) & ~taken
+        first = np.arange(flat.shape[-1]) == at[..., None]
+        hot[...] = np.moveaxis(first.reshape(moved.shape), range(a.ndim - k, a.ndim), axes)
+        return hot
+    slices = _window_slices(a, axes)
+    hots = _window_slices(hot, axes, copy=False)
+    # before[n]: the maximum of the slices before n; an element is the first maximum
+    # where it equals the whole window's maximum and everything before it is smaller
+    before = [None, slices[0]]
+    for v in slices[1:-1]:
+        before.append(np.maximum(before[-1], v))
+    top = np.maximum(before[-1], slices[-1]) if len(slices) > 1 else slices[0]
+    smaller = np.empty_like(top)
+    for v, h, b in zip(slices, hots, before):
+        np.equal(v, top, out=h)
+        if b is not None:
+            np.multiply(h, np.less(b, top, out=smaller), out=h)
+    if np.isnan(top).any():  # windows holding a NaN (no element equals NaN): the last NaN
+        taken = np.zeros(top.shape, dtype=bool)
+        for v, h in zip(reversed(slices), reversed(hots)):
+            last = (v != v) & ~taken
             taken |= last
-            hots[n] += last
-    return np.moveaxis(hot, range(k), axes)
+            h[...] = np.where(np.isnan(top), last, h)
+    return hot
 
 
 
@@ -321,21 +381,21 @@ def forward(params, x):
         dense_1_weight = params["dense_1.weight"]
         dense_1_bias = params["dense_1.bias"]
     _w = _workspace(0, batch, dtype)
-    _b0, _b1, _b2, _k0 = _w
+    _b0, _b1, _b2, _k0, _k1 = _w
 
     # conv2d_1: conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1]
-    conv2d_1 = conv2d_1_bias[:, None, None] + np.tensordot(conv2d_1_weight, _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3)), axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
+    conv2d_1 = conv2d_1_bias[:, None, None, None, None, None] + np.tensordot(conv2d_1_weight, _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 6, 7, 3, 5, 0, 2, 4), ((2, 2), (3, 2))), axes=([1, 2, 3], [0, 1, 2]))
     # relu_1: relu_1[b, i, j, k] = where(conv2d_1[b, i, j, k] <= 0, 0, conv2d_1[b, i, j, k])  [#fwd-relu_1]
     # relu_1 = np.maximum(conv2d_1, 0)
     relu_1 = np.maximum(conv2d_1, _k0, out=_b0)
     # maxpool2d_1: h[b, ch, i, j] = max_p,q(relu_1[b, ch, p + 2*i, q + 2*j])  [#fwd-maxpool2d_1]
-    h = _max_over(relu_1.reshape(batch, 8, 4, 2, 4, 2).transpose((0, 1, 2, 4, 3, 5)), (4, 5))
+    h = _max_over(relu_1, (1, 2)).transpose((1, 0, 2, 3))
     # conv2d_2: conv2d_2[b, o, i, j] = conv2d_2.bias[o] + Σ_ci,p,q (conv2d_2.weight[o, ci, p, q]*h[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_2]
     conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, _im2col(h, ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3)), (1, 4, 5, 0, 2, 3)), axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
     # relu_2: g[b, i, j, k] = where(conv2d_2[b, i, j, k] <= 0, 0, conv2d_2[b, i, j, k])  [#fwd-relu_2]
     # flatten_1: flatten_1[b, j + 4*i + 16*ch] = g[b, ch, i, j]  [#fwd-flatten_1]
     # flatten_1 = np.maximum(conv2d_2, 0).reshape(batch, 256)
-    flatten_1 = np.maximum(conv2d_2, _k0, out=_b1).reshape(batch, 256)
+    flatten_1 = np.maximum(conv2d_2, _k1, out=_b1).reshape(batch, 256)
     # dense_1: z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1]
     # z = dense_1_bias + (flatten_1 @ dense_1_weight.T)
     z = dense_1_bias + np.matmul(flatten_1, dense_1_weight.T, _b2)
@@ -373,33 +433,37 @@ def loss(params, x, y):
         dense_1_weight = params["dense_1.weight"]
         dense_1_bias = params["dense_1.bias"]
     _w = _workspace(1, batch, dtype)
-    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _k0 = _w
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _k0, _k1 = _w
 
-    t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3))
+    # t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 6, 7, 3, 5, 0, 2, 4), ((2, 2), (3, 2)))
+    t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 6, 7, 3, 5, 0, 2, 4), ((2, 2), (3, 2)), out=_b0)
     # conv2d_1: conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1]
-    conv2d_1 = conv2d_1_bias[:, None, None] + np.tensordot(conv2d_1_weight, t0, axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
+    # conv2d_1 = conv2d_1_bias[:, None, None, None, None, None] + np.tensordot(conv2d_1_weight, t0, axes=([1, 2, 3], [0, 1, 2]))
+    conv2d_1 = np.add(conv2d_1_bias[:, None, None, None, None, None], np.dot(conv2d_1_weight.reshape(8, 9), t0.reshape(9, -1), out=_b1.reshape(8, -1)).reshape(8, 2, 2, batch, 4, 4), _b1)
     # relu_1: relu_1[b, i, j, k] = where(conv2d_1[b, i, j, k] <= 0, 0, conv2d_1[b, i, j, k])  [#fwd-relu_1]
     # relu_1 = np.maximum(conv2d_1, 0)
-    relu_1 = np.maximum(conv2d_1, _k0, out=_b0)
+    relu_1 = np.maximum(conv2d_1, _k0, out=_b2)
     # maxpool2d_1: h[b, ch, i, j] = max_p,q(relu_1[b, ch, p + 2*i, q + 2*j])  [#fwd-maxpool2d_1]
-    h = _max_over(relu_1.reshape(batch, 8, 4, 2, 4, 2).transpose((0, 1, 2, 4, 3, 5)), (4, 5))
-    t3 = _im2col(h, ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3)), (1, 4, 5, 0, 2, 3))
+    h = _max_over(relu_1, (1, 2)).transpose((1, 0, 2, 3))
+    # t3 = _im2col(h, ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3)), (1, 4, 5, 0, 2, 3))
+    t3 = _im2col(h, ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3)), (1, 4, 5, 0, 2, 3), out=_b3)
     # conv2d_2: conv2d_2[b, o, i, j] = conv2d_2.bias[o] + Σ_ci,p,q (conv2d_2.weight[o, ci, p, q]*h[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_2]
-    conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, t3, axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
+    # conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, t3, axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
+    conv2d_2 = np.add(conv2d_2_bias[:, None, None], np.dot(conv2d_2_weight.reshape(16, 72), t3.reshape(72, -1), out=_b5.reshape(16, -1)).reshape(16, batch, 4, 4).transpose((1, 0, 2, 3)), _b4)
     # relu_2: g[b, i, j, k] = where(conv2d_2[b, i, j, k] <= 0, 0, conv2d_2[b, i, j, k])  [#fwd-relu_2]
     # flatten_1: flatten_1[b, j + 4*i + 16*ch] = g[b, ch, i, j]  [#fwd-flatten_1]
     # flatten_1 = np.maximum(conv2d_2, 0).reshape(batch, 256)
-    flatten_1 = np.maximum(conv2d_2, _k0, out=_b1).reshape(batch, 256)
+    flatten_1 = np.maximum(conv2d_2, _k1, out=_b6).reshape(batch, 256)
     # dense_1: z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1]
     # z = dense_1_bias + (flatten_1 @ dense_1_weight.T)
-    z = np.add(dense_1_bias, np.matmul(flatten_1, dense_1_weight.T, _b2), _b2)
+    z = np.add(dense_1_bias, np.matmul(flatten_1, dense_1_weight.T, _b7), _b7)
     # t6 = z.max(axis=1)
-    t6 = np.maximum.reduce(z, axis=1, out=_b3)
+    t6 = np.maximum.reduce(z, axis=1, out=_b8)
     # t7 = np.log(np.exp(-t6[:, None] + z).sum(axis=1))
-    t7 = np.log(np.add.reduce(np.exp(np.add(np.negative(t6[:, None], _b5), z, _b6), _b6), axis=1, out=_b4), _b4)
+    t7 = np.log(np.add.reduce(np.exp(np.add(np.negative(t6[:, None], _b10), z, _b11), _b11), axis=1, out=_b9), _b9)
     # softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1]
     # softmax_cross_entropy_1 = -((z - t6[:, None] - t7[:, None])*y).sum(axis=1)
-    softmax_cross_entropy_1 = np.negative(np.add.reduce(np.multiply(np.subtract(np.subtract(z, t6[:, None], _b6), t7[:, None], _b6), y, _b6), axis=1, out=_b7), _b7)
+    softmax_cross_entropy_1 = np.negative(np.add.reduce(np.multiply(np.subtract(np.subtract(z, t6[:, None], _b11), t7[:, None], _b11), y, _b11), axis=1, out=_b12), _b12)
     value = float(np.add.reduce(softmax_cross_entropy_1, axis=None) / batch)
     _done(1, batch, dtype, _w)
     return value
@@ -435,42 +499,46 @@ def loss_and_grad(params, x, y):
         dense_1_weight = params["dense_1.weight"]
         dense_1_bias = params["dense_1.bias"]
     _w = _workspace(2, batch, dtype)
-    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _k0 = _w
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _b16, _b17, _b18, _b19, _b20, _k0, _k1, _k2 = _w
 
-    t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3))
+    # t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 6, 7, 3, 5, 0, 2, 4), ((2, 2), (3, 2)))
+    t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 6, 7, 3, 5, 0, 2, 4), ((2, 2), (3, 2)), out=_b0)
     # conv2d_1: conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1]
-    conv2d_1 = conv2d_1_bias[:, None, None] + np.tensordot(conv2d_1_weight, t0, axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
+    # conv2d_1 = conv2d_1_bias[:, None, None, None, None, None] + np.tensordot(conv2d_1_weight, t0, axes=([1, 2, 3], [0, 1, 2]))
+    conv2d_1 = np.add(conv2d_1_bias[:, None, None, None, None, None], np.dot(conv2d_1_weight.reshape(8, 9), t0.reshape(9, -1), out=_b1.reshape(8, -1)).reshape(8, 2, 2, batch, 4, 4), _b1)
     # relu_1: relu_1[b, i, j, k] = where(conv2d_1[b, i, j, k] <= 0, 0, conv2d_1[b, i, j, k])  [#fwd-relu_1]
     # relu_1 = np.maximum(conv2d_1, 0)
-    relu_1 = np.maximum(conv2d_1, _k0, out=_b0)
+    relu_1 = np.maximum(conv2d_1, _k0, out=_b2)
     # maxpool2d_1: h[b, ch, i, j] = max_p,q(relu_1[b, ch, p + 2*i, q + 2*j])  [#fwd-maxpool2d_1]
-    h = _max_over(relu_1.reshape(batch, 8, 4, 2, 4, 2).transpose((0, 1, 2, 4, 3, 5)), (4, 5))
-    t3 = _im2col(h, ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3)), (1, 4, 5, 0, 2, 3))
+    h = _max_over(relu_1, (1, 2)).transpose((1, 0, 2, 3))
+    # t3 = _im2col(h, ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3)), (1, 4, 5, 0, 2, 3))
+    t3 = _im2col(h, ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3)), (1, 4, 5, 0, 2, 3), out=_b3)
     # conv2d_2: conv2d_2[b, o, i, j] = conv2d_2.bias[o] + Σ_ci,p,q (conv2d_2.weight[o, ci, p, q]*h[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_2]
-    conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, t3, axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
+    # conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, t3, axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
+    conv2d_2 = np.add(conv2d_2_bias[:, None, None], np.dot(conv2d_2_weight.reshape(16, 72), t3.reshape(72, -1), out=_b5.reshape(16, -1)).reshape(16, batch, 4, 4).transpose((1, 0, 2, 3)), _b4)
     # relu_2: g[b, i, j, k] = where(conv2d_2[b, i, j, k] <= 0, 0, conv2d_2[b, i, j, k])  [#fwd-relu_2]
     # flatten_1: flatten_1[b, j + 4*i + 16*ch] = g[b, ch, i, j]  [#fwd-flatten_1]
     # flatten_1 = np.maximum(conv2d_2, 0).reshape(batch, 256)
-    flatten_1 = np.maximum(conv2d_2, _k0, out=_b1).reshape(batch, 256)
+    flatten_1 = np.maximum(conv2d_2, _k1, out=_b6).reshape(batch, 256)
     # dense_1: z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1]
     # z = dense_1_bias + (flatten_1 @ dense_1_weight.T)
-    z = np.add(dense_1_bias, np.matmul(flatten_1, dense_1_weight.T, _b2), _b2)
+    z = np.add(dense_1_bias, np.matmul(flatten_1, dense_1_weight.T, _b7), _b7)
     # t6 = z.max(axis=1)
-    t6 = np.maximum.reduce(z, axis=1, out=_b3)
+    t6 = np.maximum.reduce(z, axis=1, out=_b8)
     # t7 = np.log(np.exp(-t6[:, None] + z).sum(axis=1))
-    t7 = np.log(np.add.reduce(np.exp(np.add(np.negative(t6[:, None], _b5), z, _b6), _b6), axis=1, out=_b4), _b4)
+    t7 = np.log(np.add.reduce(np.exp(np.add(np.negative(t6[:, None], _b10), z, _b11), _b11), axis=1, out=_b9), _b9)
     # softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1]
     # softmax_cross_entropy_1 = -((z - t6[:, None] - t7[:, None])*y).sum(axis=1)
-    softmax_cross_entropy_1 = np.negative(np.add.reduce(np.multiply(np.subtract(np.subtract(z, t6[:, None], _b6), t7[:, None], _b6), y, _b6), axis=1, out=_b7), _b7)
+    softmax_cross_entropy_1 = np.negative(np.add.reduce(np.multiply(np.subtract(np.subtract(z, t6[:, None], _b11), t7[:, None], _b11), y, _b11), axis=1, out=_b12), _b12)
     value = float(np.add.reduce(softmax_cross_entropy_1, axis=None) / batch)
     seed = 1 / batch
 
     # d_z[b, k] = (-y[b, k] + Σ_i y[b, i]*exp(-logsumexp_j(z[b, j]) + z[b, k]))*d_softmax_cross_entropy_1[b]  [#bwd-softmax_cross_entropy_1-z]
     # d_z = seed*(-y + np.exp(z - t6[:, None] - t7[:, None])*y.sum(axis=1)[:, None])
-    d_z = np.multiply(seed, np.add(np.negative(y, _b6), np.multiply(np.exp(np.subtract(np.subtract(z, t6[:, None], _b8), t7[:, None], _b8), _b8), np.add.reduce(y, axis=1, out=_b9)[:, None], _b8), _b6), _b6)
+    d_z = np.multiply(seed, np.add(np.negative(y, _b11), np.multiply(np.exp(np.subtract(np.subtract(z, t6[:, None], _b13), t7[:, None], _b13), _b13), np.add.reduce(y, axis=1, out=_b14)[:, None], _b13), _b11), _b11)
     # d_flatten_1[b, j] = Σ_i (d_z[b, i]*dense_1.weight[i, j])  [#bwd-dense_1-flatten_1]
     # d_flatten_1 = d_z @ dense_1_weight
-    d_flatten_1 = np.matmul(d_z, dense_1_weight, _b10)
+    d_flatten_1 = np.matmul(d_z, dense_1_weight, _b15)
     # d_dense_1_weight[i, j] = Σ_b (d_z[b, i]*flatten_1[b, j])  [#bwd-dense_1-weight]
     d_dense_1_weight = d_z.T @ flatten_1
     # d_dense_1_bias[i] = Σ_b d_z[b, i]  [#bwd-dense_1-bias]
@@ -478,26 +546,26 @@ def loss_and_grad(params, x, y):
     # d_g[b, ch, i, j] = d_flatten_1[b, j + 4*i + 16*ch]  [#bwd-flatten_1-g]
     # d_conv2d_2[b, i, j, k] = where(conv2d_2[b, i, j, k] > 0, d_g[b, i, j, k], 0)  [#bwd-relu_2-conv2d_2]
     # d_conv2d_2 = d_flatten_1.reshape(batch, 16, 4, 4)*(conv2d_2 > 0)
-    d_conv2d_2 = np.multiply(d_flatten_1.reshape(batch, 16, 4, 4), np.greater(conv2d_2, _k0, _b11), _b1)
+    d_conv2d_2 = np.multiply(d_flatten_1.reshape(batch, 16, 4, 4), np.greater(conv2d_2, _k2, _b16), _b6)
     # d_h[b, ci, k, l] = Σ_o,i,j,p,q (conv2d_2.weight[o, ci, p, q]*d_conv2d_2[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_2-h]
     # d_h = _unpatches(np.tensordot(conv2d_2_weight.transpose((2, 3, 1, 0)), d_conv2d_2.transpose((1, 2, 3, 0)), axes=([3], [0])).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 4, 4,), ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3)))
-    d_h = _unpatches(np.tensordot(conv2d_2_weight.transpose((2, 3, 1, 0)), d_conv2d_2.transpose((1, 2, 3, 0)), axes=([3], [0])).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 4, 4), ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3)))
+    d_h = _unpatches(np.dot(conv2d_2_weight.transpose((2, 3, 1, 0)).reshape(72, 16), d_conv2d_2.transpose((1, 2, 3, 0)).reshape(16, -1), out=_b17.reshape(72, -1)).reshape(3, 3, 8, 4, 4, batch).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 4, 4), ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3)))
     # d_conv2d_2_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_2[b, o, i, j]*h[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_2-weight]
     # d_conv2d_2_weight = np.tensordot(t3, d_conv2d_2, axes=([3, 4, 5], [0, 2, 3])).transpose((3, 0, 1, 2))
     d_conv2d_2_weight = np.tensordot(t3, d_conv2d_2, axes=([3, 4, 5], [0, 2, 3])).transpose((3, 0, 1, 2)).copy()
     # d_conv2d_2_bias[o] = Σ_b,i,j d_conv2d_2[b, o, i, j]  [#bwd-conv2d_2-bias]
     d_conv2d_2_bias = d_conv2d_2.sum(axis=(0, 2, 3))
     # d_relu_1[b, ch, k, l] = Σ_i,j,p1,q1 (FirstArgmax(relu_1[b, ch, p1 + 2*i, q1 + 2*j], (p1, 0, 1), (q1, 0, 1))*d_h[b, ch, i, j]*δ(k,p1 + 2*i)*δ(l,q1 + 2*j))  [#bwd-maxpool2d_1-relu_1]
-    # d_relu_1 = (d_h[:, :, :, None, :, None]*_first_argmax(relu_1.reshape(batch, 8, 4, 2, 4, 2), (3, 5))).reshape(batch, 8, 8, 8)
-    d_relu_1 = (d_h[:, :, :, None, :, None] * _first_argmax(relu_1.reshape(batch, 8, 4, 2, 4, 2), (3, 5))).reshape(batch, 8, 8, 8)
+    # d_relu_1 = d_h.transpose((1, 0, 2, 3))[:, None, None, :, :, :]*_first_argmax(relu_1, (1, 2))
+    d_relu_1 = np.multiply(d_h.transpose((1, 0, 2, 3))[:, None, None, :, :, :], _first_argmax(relu_1, (1, 2), _b18), _b18)
     # d_conv2d_1[b, i, j, k] = where(conv2d_1[b, i, j, k] > 0, d_relu_1[b, i, j, k], 0)  [#bwd-relu_1-conv2d_1]
     # d_conv2d_1 = d_relu_1*(conv2d_1 > 0)
-    d_conv2d_1 = np.multiply(d_relu_1, np.greater(conv2d_1, _k0, _b13), _b12)
+    d_conv2d_1 = np.multiply(d_relu_1, np.greater(conv2d_1, _k2, _b19), _b2)
     # d_conv2d_1_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_1[b, o, i, j]*x[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_1-weight]
-    # d_conv2d_1_weight = np.tensordot(t0, d_conv2d_1, axes=([3, 4, 5], [0, 2, 3])).transpose((3, 0, 1, 2))
-    d_conv2d_1_weight = np.tensordot(t0, d_conv2d_1, axes=([3, 4, 5], [0, 2, 3])).transpose((3, 0, 1, 2)).copy()
+    # d_conv2d_1_weight = np.tensordot(t0, d_conv2d_1, axes=([3, 4, 5, 6, 7], [1, 2, 3, 4, 5])).transpose((3, 0, 1, 2))
+    d_conv2d_1_weight = np.dot(t0.reshape(9, -1), d_conv2d_1.reshape(8, -1).T, out=_b20.reshape(9, 8)).reshape(1, 3, 3, 8).transpose((3, 0, 1, 2)).copy()
     # d_conv2d_1_bias[o] = Σ_b,i,j d_conv2d_1[b, o, i, j]  [#bwd-conv2d_1-bias]
-    d_conv2d_1_bias = d_conv2d_1.sum(axis=(0, 2, 3))
+    d_conv2d_1_bias = d_conv2d_1.sum(axis=(3, 4, 1, 5, 2))
     _done(2, batch, dtype, _w)
     return value, {
         "conv2d_1.weight": d_conv2d_1_weight,
@@ -540,72 +608,77 @@ def sgd_step(params, x, y, lr):
         dense_1_weight = params["dense_1.weight"]
         dense_1_bias = params["dense_1.bias"]
     _w = _workspace(3, batch, dtype)
-    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _b16, _b17, _k0 = _w
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _b16, _b17, _b18, _b19, _b20, _b21, _b22, _b23, _b24, _k0, _k1, _k2 = _w
 
-    t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3))
+    # t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 6, 7, 3, 5, 0, 2, 4), ((2, 2), (3, 2)))
+    t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 6, 7, 3, 5, 0, 2, 4), ((2, 2), (3, 2)), out=_b0)
     # conv2d_1: conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1]
-    conv2d_1 = conv2d_1_bias[:, None, None] + np.tensordot(conv2d_1_weight, t0, axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
+    # conv2d_1 = conv2d_1_bias[:, None, None, None, None, None] + np.tensordot(conv2d_1_weight, t0, axes=([1, 2, 3], [0, 1, 2]))
+    conv2d_1 = np.add(conv2d_1_bias[:, None, None, None, None, None], np.dot(conv2d_1_weight.reshape(8, 9), t0.reshape(9, -1), out=_b1.reshape(8, -1)).reshape(8, 2, 2, batch, 4, 4), _b1)
     # relu_1: relu_1[b, i, j, k] = where(conv2d_1[b, i, j, k] <= 0, 0, conv2d_1[b, i, j, k])  [#fwd-relu_1]
     # relu_1 = np.maximum(conv2d_1, 0)
-    relu_1 = np.maximum(conv2d_1, _k0, out=_b0)
+    relu_1 = np.maximum(conv2d_1, _k0, out=_b2)
     # maxpool2d_1: h[b, ch, i, j] = max_p,q(relu_1[b, ch, p + 2*i, q + 2*j])  [#fwd-maxpool2d_1]
-    h = _max_over(relu_1.reshape(batch, 8, 4, 2, 4, 2).transpose((0, 1, 2, 4, 3, 5)), (4, 5))
-    t3 = _im2col(h, ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3)), (1, 4, 5, 0, 2, 3))
+    h = _max_over(relu_1, (1, 2)).transpose((1, 0, 2, 3))
+    # t3 = _im2col(h, ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3)), (1, 4, 5, 0, 2, 3))
+    t3 = _im2col(h, ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3)), (1, 4, 5, 0, 2, 3), out=_b3)
     # conv2d_2: conv2d_2[b, o, i, j] = conv2d_2.bias[o] + Σ_ci,p,q (conv2d_2.weight[o, ci, p, q]*h[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_2]
-    conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, t3, axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
+    # conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, t3, axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
+    conv2d_2 = np.add(conv2d_2_bias[:, None, None], np.dot(conv2d_2_weight.reshape(16, 72), t3.reshape(72, -1), out=_b5.reshape(16, -1)).reshape(16, batch, 4, 4).transpose((1, 0, 2, 3)), _b4)
     # relu_2: g[b, i, j, k] = where(conv2d_2[b, i, j, k] <= 0, 0, conv2d_2[b, i, j, k])  [#fwd-relu_2]
     # flatten_1: flatten_1[b, j + 4*i + 16*ch] = g[b, ch, i, j]  [#fwd-flatten_1]
     # flatten_1 = np.maximum(conv2d_2, 0).reshape(batch, 256)
-    flatten_1 = np.maximum(conv2d_2, _k0, out=_b1).reshape(batch, 256)
+    flatten_1 = np.maximum(conv2d_2, _k1, out=_b6).reshape(batch, 256)
     # dense_1: z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1]
     # z = dense_1_bias + (flatten_1 @ dense_1_weight.T)
-    z = np.add(dense_1_bias, np.matmul(flatten_1, dense_1_weight.T, _b2), _b2)
+    z = np.add(dense_1_bias, np.matmul(flatten_1, dense_1_weight.T, _b7), _b7)
     # t6 = z.max(axis=1)
-    t6 = np.maximum.reduce(z, axis=1, out=_b3)
+    t6 = np.maximum.reduce(z, axis=1, out=_b8)
     # t7 = np.log(np.exp(-t6[:, None] + z).sum(axis=1))
-    t7 = np.log(np.add.reduce(np.exp(np.add(np.negative(t6[:, None], _b5), z, _b6), _b6), axis=1, out=_b4), _b4)
+    t7 = np.log(np.add.reduce(np.exp(np.add(np.negative(t6[:, None], _b10), z, _b11), _b11), axis=1, out=_b9), _b9)
     # softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1]
     # softmax_cross_entropy_1 = -((z - t6[:, None] - t7[:, None])*y).sum(axis=1)
-    softmax_cross_entropy_1 = np.negative(np.add.reduce(np.multiply(np.subtract(np.subtract(z, t6[:, None], _b6), t7[:, None], _b6), y, _b6), axis=1, out=_b7), _b7)
+    softmax_cross_entropy_1 = np.negative(np.add.reduce(np.multiply(np.subtract(np.subtract(z, t6[:, None], _b11), t7[:, None], _b11), y, _b11), axis=1, out=_b12), _b12)
     value = float(np.add.reduce(softmax_cross_entropy_1, axis=None) / batch)
     # the backward pass seeded with -lr times the loss's seed: each gradient is the update
     seed = -float(lr) / batch
 
     # d_z[b, k] = (-y[b, k] + Σ_i y[b, i]*exp(-logsumexp_j(z[b, j]) + z[b, k]))*d_softmax_cross_entropy_1[b]  [#bwd-softmax_cross_entropy_1-z]
     # d_z = seed*(-y + np.exp(z - t6[:, None] - t7[:, None])*y.sum(axis=1)[:, None])
-    d_z = np.multiply(seed, np.add(np.negative(y, _b6), np.multiply(np.exp(np.subtract(np.subtract(z, t6[:, None], _b8), t7[:, None], _b8), _b8), np.add.reduce(y, axis=1, out=_b9)[:, None], _b8), _b6), _b6)
+    d_z = np.multiply(seed, np.add(np.negative(y, _b11), np.multiply(np.exp(np.subtract(np.subtract(z, t6[:, None], _b13), t7[:, None], _b13), _b13), np.add.reduce(y, axis=1, out=_b14)[:, None], _b13), _b11), _b11)
     # d_flatten_1[b, j] = Σ_i (d_z[b, i]*dense_1.weight[i, j])  [#bwd-dense_1-flatten_1]
     # d_flatten_1 = d_z @ dense_1_weight
-    d_flatten_1 = np.matmul(d_z, dense_1_weight, _b10)
+    d_flatten_1 = np.matmul(d_z, dense_1_weight, _b15)
     # d_dense_1_weight[i, j] = Σ_b (d_z[b, i]*flatten_1[b, j])  [#bwd-dense_1-weight]
     # d_dense_1_weight = d_z.T @ flatten_1
-    d_dense_1_weight = np.matmul(d_z.T, flatten_1, _b11)
+    d_dense_1_weight = np.matmul(d_z.T, flatten_1, _b16)
     # d_dense_1_bias[i] = Σ_b d_z[b, i]  [#bwd-dense_1-bias]
     # d_dense_1_bias = d_z.sum(axis=0)
-    d_dense_1_bias = np.add.reduce(d_z, axis=0, out=_b12)
+    d_dense_1_bias = np.add.reduce(d_z, axis=0, out=_b17)
     # d_g[b, ch, i, j] = d_flatten_1[b, j + 4*i + 16*ch]  [#bwd-flatten_1-g]
     # d_conv2d_2[b, i, j, k] = where(conv2d_2[b, i, j, k] > 0, d_g[b, i, j, k], 0)  [#bwd-relu_2-conv2d_2]
     # d_conv2d_2 = d_flatten_1.reshape(batch, 16, 4, 4)*(conv2d_2 > 0)
-    d_conv2d_2 = np.multiply(d_flatten_1.reshape(batch, 16, 4, 4), np.greater(conv2d_2, _k0, _b13), _b1)
+    d_conv2d_2 = np.multiply(d_flatten_1.reshape(batch, 16, 4, 4), np.greater(conv2d_2, _k2, _b18), _b6)
     # d_h[b, ci, k, l] = Σ_o,i,j,p,q (conv2d_2.weight[o, ci, p, q]*d_conv2d_2[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_2-h]
     # d_h = _unpatches(np.tensordot(conv2d_2_weight.transpose((2, 3, 1, 0)), d_conv2d_2.transpose((1, 2, 3, 0)), axes=([3], [0])).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 4, 4,), ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3)))
-    d_h = _unpatches(np.tensordot(conv2d_2_weight.transpose((2, 3, 1, 0)), d_conv2d_2.transpose((1, 2, 3, 0)), axes=([3], [0])).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 4, 4), ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3)))
+    d_h = _unpatches(np.dot(conv2d_2_weight.transpose((2, 3, 1, 0)).reshape(72, 16), d_conv2d_2.transpose((1, 2, 3, 0)).reshape(16, -1), out=_b19.reshape(72, -1)).reshape(3, 3, 8, 4, 4, batch).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 4, 4), ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3)))
     # d_conv2d_2_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_2[b, o, i, j]*h[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_2-weight]
     d_conv2d_2_weight = np.tensordot(t3, d_conv2d_2, axes=([3, 4, 5], [0, 2, 3])).transpose((3, 0, 1, 2))
     # d_conv2d_2_bias[o] = Σ_b,i,j d_conv2d_2[b, o, i, j]  [#bwd-conv2d_2-bias]
     # d_conv2d_2_bias = d_conv2d_2.sum(axis=(0, 2, 3))
-    d_conv2d_2_bias = np.add.reduce(d_conv2d_2, axis=(0, 2, 3), out=_b14)
+    d_conv2d_2_bias = np.add.reduce(d_conv2d_2, axis=(0, 2, 3), out=_b20)
     # d_relu_1[b, ch, k, l] = Σ_i,j,p1,q1 (FirstArgmax(relu_1[b, ch, p1 + 2*i, q1 + 2*j], (p1, 0, 1), (q1, 0, 1))*d_h[b, ch, i, j]*δ(k,p1 + 2*i)*δ(l,q1 + 2*j))  [#bwd-maxpool2d_1-relu_1]
-    # d_relu_1 = (d_h[:, :, :, None, :, None]*_first_argmax(relu_1.reshape(batch, 8, 4, 2, 4, 2), (3, 5))).reshape(batch, 8, 8, 8)
-    d_relu_1 = (d_h[:, :, :, None, :, None] * _first_argmax(relu_1.reshape(batch, 8, 4, 2, 4, 2), (3, 5))).reshape(batch, 8, 8, 8)
+    # d_relu_1 = d_h.transpose((1, 0, 2, 3))[:, None, None, :, :, :]*_first_argmax(relu_1, (1, 2))
+    d_relu_1 = np.multiply(d_h.transpose((1, 0, 2, 3))[:, None, None, :, :, :], _first_argmax(relu_1, (1, 2), _b21), _b21)
     # d_conv2d_1[b, i, j, k] = where(conv2d_1[b, i, j, k] > 0, d_relu_1[b, i, j, k], 0)  [#bwd-relu_1-conv2d_1]
     # d_conv2d_1 = d_relu_1*(conv2d_1 > 0)
-    d_conv2d_1 = np.multiply(d_relu_1, np.greater(conv2d_1, _k0, _b16), _b15)
+    d_conv2d_1 = np.multiply(d_relu_1, np.greater(conv2d_1, _k2, _b22), _b2)
     # d_conv2d_1_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_1[b, o, i, j]*x[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_1-weight]
-    d_conv2d_1_weight = np.tensordot(t0, d_conv2d_1, axes=([3, 4, 5], [0, 2, 3])).transpose((3, 0, 1, 2))
+    # d_conv2d_1_weight = np.tensordot(t0, d_conv2d_1, axes=([3, 4, 5, 6, 7], [1, 2, 3, 4, 5])).transpose((3, 0, 1, 2))
+    d_conv2d_1_weight = np.dot(t0.reshape(9, -1), d_conv2d_1.reshape(8, -1).T, out=_b23.reshape(9, 8)).reshape(1, 3, 3, 8).transpose((3, 0, 1, 2))
     # d_conv2d_1_bias[o] = Σ_b,i,j d_conv2d_1[b, o, i, j]  [#bwd-conv2d_1-bias]
-    # d_conv2d_1_bias = d_conv2d_1.sum(axis=(0, 2, 3))
-    d_conv2d_1_bias = np.add.reduce(d_conv2d_1, axis=(0, 2, 3), out=_b17)
+    # d_conv2d_1_bias = d_conv2d_1.sum(axis=(3, 4, 1, 5, 2))
+    d_conv2d_1_bias = np.add.reduce(d_conv2d_1, axis=(3, 4, 1, 5, 2), out=_b24)
     conv2d_1_weight += d_conv2d_1_weight
     conv2d_1_bias += d_conv2d_1_bias
     conv2d_2_weight += d_conv2d_2_weight

@@ -41,16 +41,16 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 # each function's buffers, kept between calls: (shape with None for the batch axis, boolean?)
 _BUFFERS = (
     (((None, 8, 8, 8,), False), ((None, 8, 8, 8,), False), ((None, 8, 8, 8,), False), ((None, 8, 8, 8,), False), ((None, 8, 4, 4,), False), ((None, 10,), False), ),
-    (((None, 8, 8, 8,), False), ((None, 8, 8, 8,), False), ((None, 8, 8, 8,), False), ((None, 8, 8, 8,), False), ((None, 8, 4, 4,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ),
-    (((None, 8, 8, 8,), False), ((None, 8, 8, 8,), False), ((None, 8, 8, 8,), False), ((None, 8, 8, 8,), False), ((None, 8, 4, 4,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ((None, 10,), False), ((None,), False), ((None, 128,), False), ((None, 8, 4, 1, 4, 1,), False), ((None, 8, 8, 8,), True), ),
-    (((None, 8, 8, 8,), False), ((None, 8, 8, 8,), False), ((None, 8, 8, 8,), False), ((None, 8, 8, 8,), False), ((None, 8, 4, 4,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ((None, 10,), False), ((None,), False), ((None, 128,), False), ((10, 128,), False), ((10,), False), ((None, 8, 4, 1, 4, 1,), False), ((None, 8, 8, 8,), True), ((8,), False), ((8,), False), ((None, 8, 8, 8,), False), ((8,), False), ),
+    (((1, 3, 3, None, 8, 8,), False), ((None, 8, 8, 8,), False), ((8, None, 8, 8,), False), ((None, 8, 8, 8,), False), ((8, 3, 3, None, 8, 8,), False), ((None, 8, 8, 8,), False), ((None, 8, 4, 4,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ),
+    (((1, 3, 3, None, 8, 8,), False), ((None, 8, 8, 8,), False), ((8, None, 8, 8,), False), ((None, 8, 8, 8,), False), ((8, 3, 3, None, 8, 8,), False), ((None, 8, 8, 8,), False), ((None, 8, 8, 8,), False), ((8, 3, 3, None, 8, 8,), False), ((None, 8, 4, 4,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ((None, 10,), False), ((None,), False), ((None, 128,), False), ((None, 8, 4, 1, 4, 1,), False), ((None, 8, 8, 8,), True), ((3, 3, 8, 8, 8, None,), False), ),
+    (((1, 3, 3, None, 8, 8,), False), ((None, 8, 8, 8,), False), ((8, None, 8, 8,), False), ((None, 8, 8, 8,), False), ((8, 3, 3, None, 8, 8,), False), ((None, 8, 8, 8,), False), ((None, 8, 8, 8,), False), ((8, 3, 3, None, 8, 8,), False), ((None, 8, 4, 4,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ((None, 10,), False), ((None,), False), ((None, 128,), False), ((10, 128,), False), ((10,), False), ((None, 8, 4, 1, 4, 1,), False), ((None, 8, 8, 8,), True), ((3, 3, 8, 8, 8, None,), False), ((8,), False), ((8,), False), ((8,), False), ),
 )
-# ... and the numbers it reads as arrays of the dtype
+# ... and the numbers it reads as arrays of the dtype: 0-d, or (number, shape) filling one
 _CONSTANTS = (
-    (0, 0.25, ),
-    (0, 0.25, ),
-    (0, 0.25, ),
-    (0, 0.25, ),
+    ((0, (None, 8, 8, 8,)), 0.25, ),
+    ((0, (None, 8, 8, 8,)), 0.25, ),
+    ((0, (None, 8, 8, 8,)), 0.25, 0, ),
+    ((0, (None, 8, 8, 8,)), 0.25, 0, ),
 )
 # spare workspaces by (function, batch size, dtype): a call takes one (or makes one) and
 # puts it back when done, so two threads calling at once each work in their own
@@ -68,7 +68,9 @@ def _workspace(fn, batch, dtype):
     if len(_KEPT) >= 8:  # many batch sizes: keep the latest ones only
         _KEPT.clear()
     return tuple(np.empty(tuple(batch if n is None else n for n in shape), bool if boolean else dtype)
-                 for shape, boolean in _BUFFERS[fn]) + tuple(np.array(c, dtype) for c in _CONSTANTS[fn])
+                 for shape, boolean in _BUFFERS[fn]) + \
+        tuple(np.full(tuple(batch if n is None else n for n in c[1]), c[0], dtype) if isinstance(c, tuple)
+              else np.array(c, dtype) for c in _CONSTANTS[fn])
 
 
 def _done(fn, batch, dtype, workspace):
@@ -202,22 +204,28 @@ def _patches(a, windows):
                                            strides + [s for _, s in kernel], writeable=False)
 
 
-def _im2col(a, windows, perm):
+def _im2col(a, windows, perm, splits=(), out=None):
     # _patches(a, windows).transpose(perm), copied by one gather: a 6-D strided copy runs
-    # numpy's inner loop over a few elements at a time.  The index, made once per shape,
-    # counts a's elements from 1, 0 standing for the padding's zeros
-    key = (a.shape, windows, perm)
+    # numpy's inner loop over a few elements at a time.  Each (axis, s) in splits first
+    # splits a window position axis of the patches into (position // s, position % s).
+    # The index, made once per shape, counts a's elements from 1, 0 standing for the
+    # padding's zeros
+    key = (a.shape, windows, perm, splits)
     index = _IM2COL_INDEX.get(key)
     if index is None:
         if len(_IM2COL_INDEX) >= 32:  # many shapes: keep the latest ones only
             _IM2COL_INDEX.clear()
         positions = np.arange(1, a.size + 1).reshape(a.shape)
-        index = np.ascontiguousarray(_patches(positions, windows).transpose(perm))
+        index = _patches(positions, windows)
+        shape = list(index.shape)
+        for axis, s in sorted(splits, reverse=True):
+            shape[axis:axis + 1] = [shape[axis] // s, s]
+        index = np.ascontiguousarray(index.reshape(shape).transpose(perm))
         _IM2COL_INDEX[key] = index
     flat = np.empty(a.size + 1, a.dtype)
     flat[0] = 0
     flat[1:] = a.reshape(-1)
-    return np.take(flat, index)
+    return np.take(flat, index, out=out)
 
 
 _IM2COL_INDEX = {}
@@ -350,42 +358,47 @@ def loss(params, x, y):
         dense_1_weight = params["dense_1.weight"]
         dense_1_bias = params["dense_1.bias"]
     _w = _workspace(1, batch, dtype)
-    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _k0, _k1 = _w
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _k0, _k1 = _w
 
-    t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3))
+    # t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3))
+    t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3), out=_b0)
     # conv2d_1: conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1]
-    conv2d_1 = conv2d_1_bias[:, None, None] + np.tensordot(conv2d_1_weight, t0, axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
+    # conv2d_1 = conv2d_1_bias[:, None, None] + np.tensordot(conv2d_1_weight, t0, axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
+    conv2d_1 = np.add(conv2d_1_bias[:, None, None], np.dot(conv2d_1_weight.reshape(8, 9), t0.reshape(9, -1), out=_b2.reshape(8, -1)).reshape(8, batch, 8, 8).transpose((1, 0, 2, 3)), _b1)
     # relu_1: stem[b, i, j, k] = where(conv2d_1[b, i, j, k] <= 0, 0, conv2d_1[b, i, j, k])  [#fwd-relu_1]
     # stem = np.maximum(conv2d_1, 0)
-    stem = np.maximum(conv2d_1, _k0, out=_b0)
-    t2 = _im2col(stem, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3))
+    stem = np.maximum(conv2d_1, _k0, out=_b3)
+    # t2 = _im2col(stem, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3))
+    t2 = _im2col(stem, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3), out=_b4)
     # conv2d_2: conv2d_2[b, o, i, j] = conv2d_2.bias[o] + Σ_ci,p,q (conv2d_2.weight[o, ci, p, q]*stem[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_2]
-    conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, t2, axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
+    # conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, t2, axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
+    conv2d_2 = np.add(conv2d_2_bias[:, None, None], np.dot(conv2d_2_weight.reshape(8, 72), t2.reshape(72, -1), out=_b2.reshape(8, -1)).reshape(8, batch, 8, 8).transpose((1, 0, 2, 3)), _b1)
     # relu_2: relu_2[b, i, j, k] = where(conv2d_2[b, i, j, k] <= 0, 0, conv2d_2[b, i, j, k])  [#fwd-relu_2]
     # relu_2 = np.maximum(conv2d_2, 0)
-    relu_2 = np.maximum(conv2d_2, _k0, out=_b1)
-    t4 = _im2col(relu_2, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3))
+    relu_2 = np.maximum(conv2d_2, _k0, out=_b5)
+    # t4 = _im2col(relu_2, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3))
+    t4 = _im2col(relu_2, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3), out=_b4)
     # conv2d_3: body[b, o, i, j] = conv2d_3.bias[o] + Σ_ci,p,q (conv2d_3.weight[o, ci, p, q]*relu_2[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_3]
     # add_1: add_1[b, i, j, k] = body[b, i, j, k] + stem[b, i, j, k]  [#fwd-add_1]
     # add_1 = conv2d_3_bias[:, None, None] + stem + np.tensordot(conv2d_3_weight, t4, axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
-    add_1 = np.add(conv2d_3_bias[:, None, None], stem, _b2) + np.tensordot(conv2d_3_weight, t4, axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
+    add_1 = np.add(np.add(conv2d_3_bias[:, None, None], stem, _b1), np.dot(conv2d_3_weight.reshape(8, 72), t4.reshape(72, -1), out=_b2.reshape(8, -1)).reshape(8, batch, 8, 8).transpose((1, 0, 2, 3)), _b1)
     # relu_3: block[b, i, j, k] = where(add_1[b, i, j, k] <= 0, 0, add_1[b, i, j, k])  [#fwd-relu_3]
     # block = np.maximum(add_1, 0)
-    block = np.maximum(add_1, _k0, out=_b3)
+    block = np.maximum(add_1, _k0, out=_b5)
     # avgpool2d_1: avgpool2d_1[b, ch, i, j] = Σ_p,q block[b, ch, p + 2*i, q + 2*j]/4  [#fwd-avgpool2d_1]
     # flatten_1: flatten_1[b, j + 4*i + 16*ch] = avgpool2d_1[b, ch, i, j]  [#fwd-flatten_1]
     # flatten_1 = (0.25*block.reshape(batch, 8, 4, 2, 4, 2).sum(axis=(3, 5))).reshape(batch, 128)
-    flatten_1 = np.multiply(_k1, np.add.reduce(block.reshape(batch, 8, 4, 2, 4, 2), axis=(3, 5), out=_b4), _b4).reshape(batch, 128)
+    flatten_1 = np.multiply(_k1, np.add.reduce(block.reshape(batch, 8, 4, 2, 4, 2), axis=(3, 5), out=_b6), _b6).reshape(batch, 128)
     # dense_1: z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1]
     # z = dense_1_bias + (flatten_1 @ dense_1_weight.T)
-    z = np.add(dense_1_bias, np.matmul(flatten_1, dense_1_weight.T, _b5), _b5)
+    z = np.add(dense_1_bias, np.matmul(flatten_1, dense_1_weight.T, _b7), _b7)
     # t8 = z.max(axis=1)
-    t8 = np.maximum.reduce(z, axis=1, out=_b6)
+    t8 = np.maximum.reduce(z, axis=1, out=_b8)
     # t9 = np.log(np.exp(-t8[:, None] + z).sum(axis=1))
-    t9 = np.log(np.add.reduce(np.exp(np.add(np.negative(t8[:, None], _b8), z, _b9), _b9), axis=1, out=_b7), _b7)
+    t9 = np.log(np.add.reduce(np.exp(np.add(np.negative(t8[:, None], _b10), z, _b11), _b11), axis=1, out=_b9), _b9)
     # softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1]
     # softmax_cross_entropy_1 = -((z - t8[:, None] - t9[:, None])*y).sum(axis=1)
-    softmax_cross_entropy_1 = np.negative(np.add.reduce(np.multiply(np.subtract(np.subtract(z, t8[:, None], _b9), t9[:, None], _b9), y, _b9), axis=1, out=_b10), _b10)
+    softmax_cross_entropy_1 = np.negative(np.add.reduce(np.multiply(np.subtract(np.subtract(z, t8[:, None], _b11), t9[:, None], _b11), y, _b11), axis=1, out=_b12), _b12)
     value = float(np.add.reduce(softmax_cross_entropy_1, axis=None) / batch)
     _done(1, batch, dtype, _w)
     return value
@@ -427,51 +440,56 @@ def loss_and_grad(params, x, y):
         dense_1_weight = params["dense_1.weight"]
         dense_1_bias = params["dense_1.bias"]
     _w = _workspace(2, batch, dtype)
-    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _k0, _k1 = _w
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _b16, _b17, _b18, _b19, _b20, _k0, _k1, _k2 = _w
 
-    t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3))
+    # t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3))
+    t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3), out=_b0)
     # conv2d_1: conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1]
-    conv2d_1 = conv2d_1_bias[:, None, None] + np.tensordot(conv2d_1_weight, t0, axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
+    # conv2d_1 = conv2d_1_bias[:, None, None] + np.tensordot(conv2d_1_weight, t0, axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
+    conv2d_1 = np.add(conv2d_1_bias[:, None, None], np.dot(conv2d_1_weight.reshape(8, 9), t0.reshape(9, -1), out=_b2.reshape(8, -1)).reshape(8, batch, 8, 8).transpose((1, 0, 2, 3)), _b1)
     # relu_1: stem[b, i, j, k] = where(conv2d_1[b, i, j, k] <= 0, 0, conv2d_1[b, i, j, k])  [#fwd-relu_1]
     # stem = np.maximum(conv2d_1, 0)
-    stem = np.maximum(conv2d_1, _k0, out=_b0)
-    t2 = _im2col(stem, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3))
+    stem = np.maximum(conv2d_1, _k0, out=_b3)
+    # t2 = _im2col(stem, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3))
+    t2 = _im2col(stem, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3), out=_b4)
     # conv2d_2: conv2d_2[b, o, i, j] = conv2d_2.bias[o] + Σ_ci,p,q (conv2d_2.weight[o, ci, p, q]*stem[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_2]
-    conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, t2, axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
+    # conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, t2, axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
+    conv2d_2 = np.add(conv2d_2_bias[:, None, None], np.dot(conv2d_2_weight.reshape(8, 72), t2.reshape(72, -1), out=_b2.reshape(8, -1)).reshape(8, batch, 8, 8).transpose((1, 0, 2, 3)), _b5)
     # relu_2: relu_2[b, i, j, k] = where(conv2d_2[b, i, j, k] <= 0, 0, conv2d_2[b, i, j, k])  [#fwd-relu_2]
     # relu_2 = np.maximum(conv2d_2, 0)
-    relu_2 = np.maximum(conv2d_2, _k0, out=_b1)
-    t4 = _im2col(relu_2, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3))
+    relu_2 = np.maximum(conv2d_2, _k0, out=_b6)
+    # t4 = _im2col(relu_2, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3))
+    t4 = _im2col(relu_2, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3), out=_b7)
     # conv2d_3: body[b, o, i, j] = conv2d_3.bias[o] + Σ_ci,p,q (conv2d_3.weight[o, ci, p, q]*relu_2[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_3]
     # add_1: add_1[b, i, j, k] = body[b, i, j, k] + stem[b, i, j, k]  [#fwd-add_1]
     # add_1 = conv2d_3_bias[:, None, None] + stem + np.tensordot(conv2d_3_weight, t4, axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
-    add_1 = np.add(conv2d_3_bias[:, None, None], stem, _b2) + np.tensordot(conv2d_3_weight, t4, axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
+    add_1 = np.add(np.add(conv2d_3_bias[:, None, None], stem, _b6), np.dot(conv2d_3_weight.reshape(8, 72), t4.reshape(72, -1), out=_b2.reshape(8, -1)).reshape(8, batch, 8, 8).transpose((1, 0, 2, 3)), _b6)
     # relu_3: block[b, i, j, k] = where(add_1[b, i, j, k] <= 0, 0, add_1[b, i, j, k])  [#fwd-relu_3]
     # block = np.maximum(add_1, 0)
     block = np.maximum(add_1, _k0, out=_b3)
     # avgpool2d_1: avgpool2d_1[b, ch, i, j] = Σ_p,q block[b, ch, p + 2*i, q + 2*j]/4  [#fwd-avgpool2d_1]
     # flatten_1: flatten_1[b, j + 4*i + 16*ch] = avgpool2d_1[b, ch, i, j]  [#fwd-flatten_1]
     # flatten_1 = (0.25*block.reshape(batch, 8, 4, 2, 4, 2).sum(axis=(3, 5))).reshape(batch, 128)
-    flatten_1 = np.multiply(_k1, np.add.reduce(block.reshape(batch, 8, 4, 2, 4, 2), axis=(3, 5), out=_b4), _b4).reshape(batch, 128)
+    flatten_1 = np.multiply(_k1, np.add.reduce(block.reshape(batch, 8, 4, 2, 4, 2), axis=(3, 5), out=_b8), _b8).reshape(batch, 128)
     # dense_1: z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1]
     # z = dense_1_bias + (flatten_1 @ dense_1_weight.T)
-    z = np.add(dense_1_bias, np.matmul(flatten_1, dense_1_weight.T, _b5), _b5)
+    z = np.add(dense_1_bias, np.matmul(flatten_1, dense_1_weight.T, _b9), _b9)
     # t8 = z.max(axis=1)
-    t8 = np.maximum.reduce(z, axis=1, out=_b6)
+    t8 = np.maximum.reduce(z, axis=1, out=_b10)
     # t9 = np.log(np.exp(-t8[:, None] + z).sum(axis=1))
-    t9 = np.log(np.add.reduce(np.exp(np.add(np.negative(t8[:, None], _b8), z, _b9), _b9), axis=1, out=_b7), _b7)
+    t9 = np.log(np.add.reduce(np.exp(np.add(np.negative(t8[:, None], _b12), z, _b13), _b13), axis=1, out=_b11), _b11)
     # softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1]
     # softmax_cross_entropy_1 = -((z - t8[:, None] - t9[:, None])*y).sum(axis=1)
-    softmax_cross_entropy_1 = np.negative(np.add.reduce(np.multiply(np.subtract(np.subtract(z, t8[:, None], _b9), t9[:, None], _b9), y, _b9), axis=1, out=_b10), _b10)
+    softmax_cross_entropy_1 = np.negative(np.add.reduce(np.multiply(np.subtract(np.subtract(z, t8[:, None], _b13), t9[:, None], _b13), y, _b13), axis=1, out=_b14), _b14)
     value = float(np.add.reduce(softmax_cross_entropy_1, axis=None) / batch)
     seed = 1 / batch
 
     # d_z[b, k] = (-y[b, k] + Σ_i y[b, i]*exp(-logsumexp_j(z[b, j]) + z[b, k]))*d_softmax_cross_entropy_1[b]  [#bwd-softmax_cross_entropy_1-z]
     # d_z = seed*(-y + np.exp(z - t8[:, None] - t9[:, None])*y.sum(axis=1)[:, None])
-    d_z = np.multiply(seed, np.add(np.negative(y, _b9), np.multiply(np.exp(np.subtract(np.subtract(z, t8[:, None], _b11), t9[:, None], _b11), _b11), np.add.reduce(y, axis=1, out=_b12)[:, None], _b11), _b9), _b9)
+    d_z = np.multiply(seed, np.add(np.negative(y, _b13), np.multiply(np.exp(np.subtract(np.subtract(z, t8[:, None], _b15), t9[:, None], _b15), _b15), np.add.reduce(y, axis=1, out=_b16)[:, None], _b15), _b13), _b13)
     # d_flatten_1[b, j] = Σ_i (d_z[b, i]*dense_1.weight[i, j])  [#bwd-dense_1-flatten_1]
     # d_flatten_1 = d_z @ dense_1_weight
-    d_flatten_1 = np.matmul(d_z, dense_1_weight, _b13)
+    d_flatten_1 = np.matmul(d_z, dense_1_weight, _b17)
     # d_dense_1_weight[i, j] = Σ_b (d_z[b, i]*flatten_1[b, j])  [#bwd-dense_1-weight]
     d_dense_1_weight = d_z.T @ flatten_1
     # d_dense_1_bias[i] = Σ_b d_z[b, i]  [#bwd-dense_1-bias]
@@ -480,17 +498,17 @@ def loss_and_grad(params, x, y):
     d_avgpool2d_1 = d_flatten_1.reshape(batch, 8, 4, 4)
     # d_block[b, ch, k, l] = Σ_i,j,p,q (d_avgpool2d_1[b, ch, i, j]*δ(k,p + 2*i)*δ(l,q + 2*j))/4  [#bwd-avgpool2d_1-block]
     # d_block = np.broadcast_to(0.25*d_avgpool2d_1[:, :, :, None, :, None], (batch, 8, 4, 2, 4, 2,)).reshape(batch, 8, 8, 8)
-    d_block = np.broadcast_to(np.multiply(_k1, d_avgpool2d_1[:, :, :, None, :, None], _b14), (batch, 8, 4, 2, 4, 2)).reshape(batch, 8, 8, 8)
+    d_block = np.broadcast_to(np.multiply(_k1, d_avgpool2d_1[:, :, :, None, :, None], _b18), (batch, 8, 4, 2, 4, 2)).reshape(batch, 8, 8, 8)
     # d_add_1[b, i, j, k] = where(add_1[b, i, j, k] > 0, d_block[b, i, j, k], 0)  [#bwd-relu_3-add_1]
     # d_add_1 = d_block*(add_1 > 0)
-    d_add_1 = np.multiply(d_block, np.greater(add_1, _k0, _b15), _b3)
+    d_add_1 = np.multiply(d_block, np.greater(add_1, _k2, _b19), _b3)
     # d_body[b, i, j, k] = d_add_1[b, i, j, k]  [#bwd-add_1-body]
     d_body = d_add_1
     # d_stem[b, i, j, k] = d_add_1[b, i, j, k]  [#bwd-add_1-stem]
     d_stem = d_add_1
     # d_relu_2[b, ci, k, l] = Σ_o,i,j,p,q (conv2d_3.weight[o, ci, p, q]*d_body[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_3-relu_2]
     # d_relu_2 = _unpatches(np.tensordot(conv2d_3_weight.transpose((2, 3, 1, 0)), d_body.transpose((1, 2, 3, 0)), axes=([3], [0])).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 8, 8,), ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)))
-    d_relu_2 = _unpatches(np.tensordot(conv2d_3_weight.transpose((2, 3, 1, 0)), d_body.transpose((1, 2, 3, 0)), axes=([3], [0])).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 8, 8), ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)))
+    d_relu_2 = _unpatches(np.dot(conv2d_3_weight.transpose((2, 3, 1, 0)).reshape(72, 8), d_body.transpose((1, 2, 3, 0)).reshape(8, -1), out=_b20.reshape(72, -1)).reshape(3, 3, 8, 8, 8, batch).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 8, 8), ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)))
     # d_conv2d_3_weight[o, ci, p, q] = Σ_b,i,j (d_body[b, o, i, j]*relu_2[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_3-weight]
     # d_conv2d_3_weight = np.tensordot(t4, d_body, axes=([3, 4, 5], [0, 2, 3])).transpose((3, 0, 1, 2))
     d_conv2d_3_weight = np.tensordot(t4, d_body, axes=([3, 4, 5], [0, 2, 3])).transpose((3, 0, 1, 2)).copy()
@@ -498,10 +516,10 @@ def loss_and_grad(params, x, y):
     d_conv2d_3_bias = d_body.sum(axis=(0, 2, 3))
     # d_conv2d_2[b, i, j, k] = where(conv2d_2[b, i, j, k] > 0, d_relu_2[b, i, j, k], 0)  [#bwd-relu_2-conv2d_2]
     # d_conv2d_2 = d_relu_2*(conv2d_2 > 0)
-    d_conv2d_2 = np.multiply(d_relu_2, np.greater(conv2d_2, _k0, _b15), _b2)
+    d_conv2d_2 = np.multiply(d_relu_2, np.greater(conv2d_2, _k2, _b19), _b6)
     # d_stem[b, ci, k, l] += Σ_o,i,j,p,q (conv2d_2.weight[o, ci, p, q]*d_conv2d_2[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_2-stem]
     # d_stem = d_stem + _unpatches(np.tensordot(conv2d_2_weight.transpose((2, 3, 1, 0)), d_conv2d_2.transpose((1, 2, 3, 0)), axes=([3], [0])).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 8, 8,), ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)))
-    d_stem = d_stem + _unpatches(np.tensordot(conv2d_2_weight.transpose((2, 3, 1, 0)), d_conv2d_2.transpose((1, 2, 3, 0)), axes=([3], [0])).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 8, 8), ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)))
+    d_stem = d_stem + _unpatches(np.dot(conv2d_2_weight.transpose((2, 3, 1, 0)).reshape(72, 8), d_conv2d_2.transpose((1, 2, 3, 0)).reshape(8, -1), out=_b20.reshape(72, -1)).reshape(3, 3, 8, 8, 8, batch).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 8, 8), ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)))
     # d_conv2d_2_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_2[b, o, i, j]*stem[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_2-weight]
     # d_conv2d_2_weight = np.tensordot(t2, d_conv2d_2, axes=([3, 4, 5], [0, 2, 3])).transpose((3, 0, 1, 2))
     d_conv2d_2_weight = np.tensordot(t2, d_conv2d_2, axes=([3, 4, 5], [0, 2, 3])).transpose((3, 0, 1, 2)).copy()
@@ -509,7 +527,7 @@ def loss_and_grad(params, x, y):
     d_conv2d_2_bias = d_conv2d_2.sum(axis=(0, 2, 3))
     # d_conv2d_1[b, i, j, k] = where(conv2d_1[b, i, j, k] > 0, d_stem[b, i, j, k], 0)  [#bwd-relu_1-conv2d_1]
     # d_conv2d_1 = d_stem*(conv2d_1 > 0)
-    d_conv2d_1 = np.multiply(d_stem, np.greater(conv2d_1, _k0, _b15), _b1)
+    d_conv2d_1 = np.multiply(d_stem, np.greater(conv2d_1, _k2, _b19), _b5)
     # d_conv2d_1_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_1[b, o, i, j]*x[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_1-weight]
     # d_conv2d_1_weight = np.tensordot(t0, d_conv2d_1, axes=([3, 4, 5], [0, 2, 3])).transpose((3, 0, 1, 2))
     d_conv2d_1_weight = np.tensordot(t0, d_conv2d_1, axes=([3, 4, 5], [0, 2, 3])).transpose((3, 0, 1, 2)).copy()
@@ -565,97 +583,102 @@ def sgd_step(params, x, y, lr):
         dense_1_weight = params["dense_1.weight"]
         dense_1_bias = params["dense_1.bias"]
     _w = _workspace(3, batch, dtype)
-    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _b16, _b17, _b18, _b19, _b20, _b21, _k0, _k1 = _w
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _b16, _b17, _b18, _b19, _b20, _b21, _b22, _b23, _b24, _b25, _k0, _k1, _k2 = _w
 
-    t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3))
+    # t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3))
+    t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3), out=_b0)
     # conv2d_1: conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1]
-    conv2d_1 = conv2d_1_bias[:, None, None] + np.tensordot(conv2d_1_weight, t0, axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
+    # conv2d_1 = conv2d_1_bias[:, None, None] + np.tensordot(conv2d_1_weight, t0, axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
+    conv2d_1 = np.add(conv2d_1_bias[:, None, None], np.dot(conv2d_1_weight.reshape(8, 9), t0.reshape(9, -1), out=_b2.reshape(8, -1)).reshape(8, batch, 8, 8).transpose((1, 0, 2, 3)), _b1)
     # relu_1: stem[b, i, j, k] = where(conv2d_1[b, i, j, k] <= 0, 0, conv2d_1[b, i, j, k])  [#fwd-relu_1]
     # stem = np.maximum(conv2d_1, 0)
-    stem = np.maximum(conv2d_1, _k0, out=_b0)
-    t2 = _im2col(stem, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3))
+    stem = np.maximum(conv2d_1, _k0, out=_b3)
+    # t2 = _im2col(stem, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3))
+    t2 = _im2col(stem, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3), out=_b4)
     # conv2d_2: conv2d_2[b, o, i, j] = conv2d_2.bias[o] + Σ_ci,p,q (conv2d_2.weight[o, ci, p, q]*stem[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_2]
-    conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, t2, axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
+    # conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, t2, axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
+    conv2d_2 = np.add(conv2d_2_bias[:, None, None], np.dot(conv2d_2_weight.reshape(8, 72), t2.reshape(72, -1), out=_b2.reshape(8, -1)).reshape(8, batch, 8, 8).transpose((1, 0, 2, 3)), _b5)
     # relu_2: relu_2[b, i, j, k] = where(conv2d_2[b, i, j, k] <= 0, 0, conv2d_2[b, i, j, k])  [#fwd-relu_2]
     # relu_2 = np.maximum(conv2d_2, 0)
-    relu_2 = np.maximum(conv2d_2, _k0, out=_b1)
-    t4 = _im2col(relu_2, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3))
+    relu_2 = np.maximum(conv2d_2, _k0, out=_b6)
+    # t4 = _im2col(relu_2, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3))
+    t4 = _im2col(relu_2, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3), out=_b7)
     # conv2d_3: body[b, o, i, j] = conv2d_3.bias[o] + Σ_ci,p,q (conv2d_3.weight[o, ci, p, q]*relu_2[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_3]
     # add_1: add_1[b, i, j, k] = body[b, i, j, k] + stem[b, i, j, k]  [#fwd-add_1]
     # add_1 = conv2d_3_bias[:, None, None] + stem + np.tensordot(conv2d_3_weight, t4, axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
-    add_1 = np.add(conv2d_3_bias[:, None, None], stem, _b2) + np.tensordot(conv2d_3_weight, t4, axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
+    add_1 = np.add(np.add(conv2d_3_bias[:, None, None], stem, _b6), np.dot(conv2d_3_weight.reshape(8, 72), t4.reshape(72, -1), out=_b2.reshape(8, -1)).reshape(8, batch, 8, 8).transpose((1, 0, 2, 3)), _b6)
     # relu_3: block[b, i, j, k] = where(add_1[b, i, j, k] <= 0, 0, add_1[b, i, j, k])  [#fwd-relu_3]
     # block = np.maximum(add_1, 0)
     block = np.maximum(add_1, _k0, out=_b3)
     # avgpool2d_1: avgpool2d_1[b, ch, i, j] = Σ_p,q block[b, ch, p + 2*i, q + 2*j]/4  [#fwd-avgpool2d_1]
     # flatten_1: flatten_1[b, j + 4*i + 16*ch] = avgpool2d_1[b, ch, i, j]  [#fwd-flatten_1]
     # flatten_1 = (0.25*block.reshape(batch, 8, 4, 2, 4, 2).sum(axis=(3, 5))).reshape(batch, 128)
-    flatten_1 = np.multiply(_k1, np.add.reduce(block.reshape(batch, 8, 4, 2, 4, 2), axis=(3, 5), out=_b4), _b4).reshape(batch, 128)
+    flatten_1 = np.multiply(_k1, np.add.reduce(block.reshape(batch, 8, 4, 2, 4, 2), axis=(3, 5), out=_b8), _b8).reshape(batch, 128)
     # dense_1: z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1]
     # z = dense_1_bias + (flatten_1 @ dense_1_weight.T)
-    z = np.add(dense_1_bias, np.matmul(flatten_1, dense_1_weight.T, _b5), _b5)
+    z = np.add(dense_1_bias, np.matmul(flatten_1, dense_1_weight.T, _b9), _b9)
     # t8 = z.max(axis=1)
-    t8 = np.maximum.reduce(z, axis=1, out=_b6)
+    t8 = np.maximum.reduce(z, axis=1, out=_b10)
     # t9 = np.log(np.exp(-t8[:, None] + z).sum(axis=1))
-    t9 = np.log(np.add.reduce(np.exp(np.add(np.negative(t8[:, None], _b8), z, _b9), _b9), axis=1, out=_b7), _b7)
+    t9 = np.log(np.add.reduce(np.exp(np.add(np.negative(t8[:, None], _b12), z, _b13), _b13), axis=1, out=_b11), _b11)
     # softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1]
     # softmax_cross_entropy_1 = -((z - t8[:, None] - t9[:, None])*y).sum(axis=1)
-    softmax_cross_entropy_1 = np.negative(np.add.reduce(np.multiply(np.subtract(np.subtract(z, t8[:, None], _b9), t9[:, None], _b9), y, _b9), axis=1, out=_b10), _b10)
+    softmax_cross_entropy_1 = np.negative(np.add.reduce(np.multiply(np.subtract(np.subtract(z, t8[:, None], _b13), t9[:, None], _b13), y, _b13), axis=1, out=_b14), _b14)
     value = float(np.add.reduce(softmax_cross_entropy_1, axis=None) / batch)
     # the backward pass seeded with -lr times the loss's seed: each gradient is the update
     seed = -float(lr) / batch
 
     # d_z[b, k] = (-y[b, k] + Σ_i y[b, i]*exp(-logsumexp_j(z[b, j]) + z[b, k]))*d_softmax_cross_entropy_1[b]  [#bwd-softmax_cross_entropy_1-z]
     # d_z = seed*(-y + np.exp(z - t8[:, None] - t9[:, None])*y.sum(axis=1)[:, None])
-    d_z = np.multiply(seed, np.add(np.negative(y, _b9), np.multiply(np.exp(np.subtract(np.subtract(z, t8[:, None], _b11), t9[:, None], _b11), _b11), np.add.reduce(y, axis=1, out=_b12)[:, None], _b11), _b9), _b9)
+    d_z = np.multiply(seed, np.add(np.negative(y, _b13), np.multiply(np.exp(np.subtract(np.subtract(z, t8[:, None], _b15), t9[:, None], _b15), _b15), np.add.reduce(y, axis=1, out=_b16)[:, None], _b15), _b13), _b13)
     # d_flatten_1[b, j] = Σ_i (d_z[b, i]*dense_1.weight[i, j])  [#bwd-dense_1-flatten_1]
     # d_flatten_1 = d_z @ dense_1_weight
-    d_flatten_1 = np.matmul(d_z, dense_1_weight, _b13)
+    d_flatten_1 = np.matmul(d_z, dense_1_weight, _b17)
     # d_dense_1_weight[i, j] = Σ_b (d_z[b, i]*flatten_1[b, j])  [#bwd-dense_1-weight]
     # d_dense_1_weight = d_z.T @ flatten_1
-    d_dense_1_weight = np.matmul(d_z.T, flatten_1, _b14)
+    d_dense_1_weight = np.matmul(d_z.T, flatten_1, _b18)
     # d_dense_1_bias[i] = Σ_b d_z[b, i]  [#bwd-dense_1-bias]
     # d_dense_1_bias = d_z.sum(axis=0)
-    d_dense_1_bias = np.add.reduce(d_z, axis=0, out=_b15)
+    d_dense_1_bias = np.add.reduce(d_z, axis=0, out=_b19)
     # d_avgpool2d_1[b, ch, i, j] = d_flatten_1[b, j + 4*i + 16*ch]  [#bwd-flatten_1-avgpool2d_1]
     d_avgpool2d_1 = d_flatten_1.reshape(batch, 8, 4, 4)
     # d_block[b, ch, k, l] = Σ_i,j,p,q (d_avgpool2d_1[b, ch, i, j]*δ(k,p + 2*i)*δ(l,q + 2*j))/4  [#bwd-avgpool2d_1-block]
     # d_block = np.broadcast_to(0.25*d_avgpool2d_1[:, :, :, None, :, None], (batch, 8, 4, 2, 4, 2,)).reshape(batch, 8, 8, 8)
-    d_block = np.broadcast_to(np.multiply(_k1, d_avgpool2d_1[:, :, :, None, :, None], _b16), (batch, 8, 4, 2, 4, 2)).reshape(batch, 8, 8, 8)
+    d_block = np.broadcast_to(np.multiply(_k1, d_avgpool2d_1[:, :, :, None, :, None], _b20), (batch, 8, 4, 2, 4, 2)).reshape(batch, 8, 8, 8)
     # d_add_1[b, i, j, k] = where(add_1[b, i, j, k] > 0, d_block[b, i, j, k], 0)  [#bwd-relu_3-add_1]
     # d_add_1 = d_block*(add_1 > 0)
-    d_add_1 = np.multiply(d_block, np.greater(add_1, _k0, _b17), _b3)
+    d_add_1 = np.multiply(d_block, np.greater(add_1, _k2, _b21), _b3)
     # d_body[b, i, j, k] = d_add_1[b, i, j, k]  [#bwd-add_1-body]
     d_body = d_add_1
     # d_stem[b, i, j, k] = d_add_1[b, i, j, k]  [#bwd-add_1-stem]
     d_stem = d_add_1
     # d_relu_2[b, ci, k, l] = Σ_o,i,j,p,q (conv2d_3.weight[o, ci, p, q]*d_body[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_3-relu_2]
     # d_relu_2 = _unpatches(np.tensordot(conv2d_3_weight.transpose((2, 3, 1, 0)), d_body.transpose((1, 2, 3, 0)), axes=([3], [0])).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 8, 8,), ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)))
-    d_relu_2 = _unpatches(np.tensordot(conv2d_3_weight.transpose((2, 3, 1, 0)), d_body.transpose((1, 2, 3, 0)), axes=([3], [0])).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 8, 8), ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)))
+    d_relu_2 = _unpatches(np.dot(conv2d_3_weight.transpose((2, 3, 1, 0)).reshape(72, 8), d_body.transpose((1, 2, 3, 0)).reshape(8, -1), out=_b22.reshape(72, -1)).reshape(3, 3, 8, 8, 8, batch).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 8, 8), ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)))
     # d_conv2d_3_weight[o, ci, p, q] = Σ_b,i,j (d_body[b, o, i, j]*relu_2[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_3-weight]
     d_conv2d_3_weight = np.tensordot(t4, d_body, axes=([3, 4, 5], [0, 2, 3])).transpose((3, 0, 1, 2))
     # d_conv2d_3_bias[o] = Σ_b,i,j d_body[b, o, i, j]  [#bwd-conv2d_3-bias]
     # d_conv2d_3_bias = d_body.sum(axis=(0, 2, 3))
-    d_conv2d_3_bias = np.add.reduce(d_body, axis=(0, 2, 3), out=_b18)
+    d_conv2d_3_bias = np.add.reduce(d_body, axis=(0, 2, 3), out=_b23)
     # d_conv2d_2[b, i, j, k] = where(conv2d_2[b, i, j, k] > 0, d_relu_2[b, i, j, k], 0)  [#bwd-relu_2-conv2d_2]
     # d_conv2d_2 = d_relu_2*(conv2d_2 > 0)
-    d_conv2d_2 = np.multiply(d_relu_2, np.greater(conv2d_2, _k0, _b17), _b2)
+    d_conv2d_2 = np.multiply(d_relu_2, np.greater(conv2d_2, _k2, _b21), _b6)
     # d_stem[b, ci, k, l] += Σ_o,i,j,p,q (conv2d_2.weight[o, ci, p, q]*d_conv2d_2[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_2-stem]
     # d_stem = d_stem + _unpatches(np.tensordot(conv2d_2_weight.transpose((2, 3, 1, 0)), d_conv2d_2.transpose((1, 2, 3, 0)), axes=([3], [0])).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 8, 8,), ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)))
-    d_stem = d_stem + _unpatches(np.tensordot(conv2d_2_weight.transpose((2, 3, 1, 0)), d_conv2d_2.transpose((1, 2, 3, 0)), axes=([3], [0])).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 8, 8), ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)))
+    d_stem = d_stem + _unpatches(np.dot(conv2d_2_weight.transpose((2, 3, 1, 0)).reshape(72, 8), d_conv2d_2.transpose((1, 2, 3, 0)).reshape(8, -1), out=_b22.reshape(72, -1)).reshape(3, 3, 8, 8, 8, batch).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 8, 8), ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)))
     # d_conv2d_2_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_2[b, o, i, j]*stem[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_2-weight]
     d_conv2d_2_weight = np.tensordot(t2, d_conv2d_2, axes=([3, 4, 5], [0, 2, 3])).transpose((3, 0, 1, 2))
     # d_conv2d_2_bias[o] = Σ_b,i,j d_conv2d_2[b, o, i, j]  [#bwd-conv2d_2-bias]
     # d_conv2d_2_bias = d_conv2d_2.sum(axis=(0, 2, 3))
-    d_conv2d_2_bias = np.add.reduce(d_conv2d_2, axis=(0, 2, 3), out=_b19)
+    d_conv2d_2_bias = np.add.reduce(d_conv2d_2, axis=(0, 2, 3), out=_b24)
     # d_conv2d_1[b, i, j, k] = where(conv2d_1[b, i, j, k] > 0, d_stem[b, i, j, k], 0)  [#bwd-relu_1-conv2d_1]
     # d_conv2d_1 = d_stem*(conv2d_1 > 0)
-    d_conv2d_1 = np.multiply(d_stem, np.greater(conv2d_1, _k0, _b17), _b20)
+    d_conv2d_1 = np.multiply(d_stem, np.greater(conv2d_1, _k2, _b21), _b5)
     # d_conv2d_1_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_1[b, o, i, j]*x[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_1-weight]
     d_conv2d_1_weight = np.tensordot(t0, d_conv2d_1, axes=([3, 4, 5], [0, 2, 3])).transpose((3, 0, 1, 2))
     # d_conv2d_1_bias[o] = Σ_b,i,j d_conv2d_1[b, o, i, j]  [#bwd-conv2d_1-bias]
     # d_conv2d_1_bias = d_conv2d_1.sum(axis=(0, 2, 3))
-    d_conv2d_1_bias = np.add.reduce(d_conv2d_1, axis=(0, 2, 3), out=_b21)
+    d_conv2d_1_bias = np.add.reduce(d_conv2d_1, axis=(0, 2, 3), out=_b25)
     conv2d_1_weight += d_conv2d_1_weight
     conv2d_1_bias += d_conv2d_1_bias
     conv2d_2_weight += d_conv2d_2_weight

@@ -37,7 +37,7 @@ _BUFFERS = (
     (((None, 5,), False), ((None, 3,), False), ((None,), False), ((None, 3,), False), ((None, 3,), False), ((None, 5,), False), ((None, 5,), False), ),
     (((None, 5,), False), ((None, 3,), False), ((None,), False), ((None, 3,), False), ((None, 3,), False), ((3, 5,), False), ((3,), False), ((None, 5,), False), ((None, 5,), False), ((5, 4,), False), ((5,), False), ),
 )
-# ... and the numbers it reads as arrays of the dtype
+# ... and the numbers it reads as arrays of the dtype: 0-d, or (number, shape) filling one
 _CONSTANTS = (
     (1, ),
     (1, 0.5, ),
@@ -60,7 +60,9 @@ def _workspace(fn, batch, dtype):
     if len(_KEPT) >= 8:  # many batch sizes: keep the latest ones only
         _KEPT.clear()
     return tuple(np.empty(tuple(batch if n is None else n for n in shape), bool if boolean else dtype)
-                 for shape, boolean in _BUFFERS[fn]) + tuple(np.array(c, dtype) for c in _CONSTANTS[fn])
+                 for shape, boolean in _BUFFERS[fn]) + \
+        tuple(np.full(tuple(batch if n is None else n for n in c[1]), c[0], dtype) if isinstance(c, tuple)
+              else np.array(c, dtype) for c in _CONSTANTS[fn])
 
 
 def _done(fn, batch, dtype, workspace):

@@ -89,7 +89,18 @@ def test_im2col_gathers_exactly_the_patches_in_the_order_asked(windows, dtype):
         got = h._im2col(a, tuple(windows), perm)
         assert got.dtype == dtype and got.flags.c_contiguous
         assert np.array_equal(got, patches.transpose(perm))
-    assert (a.shape, tuple(windows), perm) in h._IM2COL_INDEX
+    assert (a.shape, tuple(windows), perm, ()) in h._IM2COL_INDEX
+
+
+def test_im2col_splits_window_positions_into_tiles_before_the_order_asked():
+    a = RNG.standard_normal((2, 3, 8, 6))
+    windows = ((2, -1, 1, 8, 3), (3, 0, 1, 4, 3, 1))
+    patches = h._patches(a, windows)  # [b, c, i (8), j (4), p, q]
+    # i = 2*i_o + i_i, j = 2*j_o + j_i: [b, c, i_o, i_i, j_o, j_i, p, q]
+    tiled = patches.reshape(2, 3, 4, 2, 2, 2, 3, 3)
+    perm = (1, 6, 7, 3, 5, 0, 2, 4)  # [c, p, q, i_i, j_i, b, i_o, j_o]
+    got = h._im2col(a, windows, perm, ((2, 2), (3, 2)))
+    assert got.flags.c_contiguous and np.array_equal(got, tiled.transpose(perm))
 
 
 @pytest.mark.parametrize("shape,axes", [((3, 4, 2, 2), (2, 3)), ((3, 5, 5), (1, 2)), ((2, 3), (1,))])
@@ -101,6 +112,18 @@ def test_max_over_and_first_argmax_on_small_and_large_windows(shape, axes):
     flat = [np.moveaxis(v, axes, range(a.ndim - k, a.ndim)).reshape(-1, size) for v in (a, h._first_argmax(a, axes))]
     assert np.array_equal(flat[1].sum(axis=-1), np.ones(len(flat[1])))
     assert np.array_equal(flat[1].argmax(axis=-1), flat[0].argmax(axis=-1))
+
+
+def test_max_over_and_first_argmax_read_a_tiled_array_as_it_lies():
+    # [c, p, q, b, i, j] seen as [b, c, i, j, p, q]: each window offset a contiguous block
+    tiled = RNG.integers(0, 3, (3, 2, 2, 4, 5, 5)).astype(np.float32)
+    tiled[0, 1, 1, 0, 0, 0] = np.nan
+    a = tiled.transpose(3, 0, 4, 5, 1, 2)
+    want = a.copy()  # row-major: the slow path
+    assert np.array_equal(h._max_over(a, (4, 5)), h._max_over(want, (4, 5)), equal_nan=True)
+    hot = h._first_argmax(a, (4, 5))
+    assert np.array_equal(hot, h._first_argmax(want, (4, 5)))
+    assert hot.transpose(1, 4, 5, 0, 2, 3).flags.c_contiguous  # in the operand's memory order
 
 
 def test_first_argmax_takes_the_last_nan_as_pytorch_does():

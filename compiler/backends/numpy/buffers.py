@@ -41,6 +41,10 @@ _FRESH_CALLS = {"where", "tensordot", "einsum", "zeros_like", "_sigmoid", "_erf"
                 "_logsumexp", "_unpatches", "_max_over", "_first_argmax", "_window"}
 
 
+# helpers that take out= a buffer of the shape the Program gives their line
+_OUT_HELPERS = {"_im2col"}
+
+
 # the nodes of an expression of numbers alone
 _ARITHMETIC = (ast.Constant, ast.BinOp, ast.UnaryOp, ast.operator, ast.unaryop)
 
@@ -72,10 +76,13 @@ class Workspace:
         self.buffers.append(key)
         return len(self.buffers) - 1
 
-    def constant(self, value) -> str:
-        if value not in self.constants:
-            self.constants.append(value)
-        return constant_name(self.constants.index(value))
+    def constant(self, value, shape=None) -> str:
+        """A number as an array of the dtype: 0-d, or filled to `shape` (np.maximum and
+        np.minimum take a path five times slower with a 0-d operand than with two arrays)."""
+        key = value if shape is None else (value, shape)
+        if key not in self.constants:
+            self.constants.append(key)
+        return constant_name(self.constants.index(key))
 
     def release(self, k: int):
         if not self.holders.get(k):
@@ -123,7 +130,11 @@ def plan_body(lines: list, shapes: dict, returned: set, kept: set) -> tuple:
             raise AssertionError(f"line {line.target} = {line.code}: computes shape {info.shape}, "
                                  f"the Program says {shape}")
         escapes = line.target in returned
-        if shape is not None and info.shape is not None and info.op and not escapes and info.kind in ("f", "b"):
+        if shape is not None and not escapes and isinstance(tree, ast.Call) and isinstance(tree.func, ast.Name) \
+                and tree.func.id in _OUT_HELPERS:
+            dest = ws.take(shape, "f")
+            code, held = f"{line.code[:-1]}, out={name(dest)})", {dest}
+        elif shape is not None and info.shape is not None and info.op and not escapes and info.kind in ("f", "b"):
             dest = ws.take(shape, info.kind)
             code = rewriter.emit(tree, dest)
             held = {dest}
@@ -259,6 +270,10 @@ class _Rewriter:
                 ((called in _UNARY_CALLS and len(args) == 1) or (called in _BINARY_CALLS and len(args) == 2)):
             shape = args[0].shape if len(args) == 1 else _broadcast(args[0].shape, args[1].shape)
             return _Info(shape, "f", True, "elementwise")
+        if called == "tensordot" and module_call and len(args) == 2:
+            shape = _tensordot_shape(node, args)
+            if shape is not None:
+                return _Info(shape, "f", True, "tensordot")
         if called == "where" and len(args) == 3:
             shape = _broadcast(args[0].shape, _broadcast(args[1].shape, args[2].shape))
             kind = "f" if "f" in (args[1].kind, args[2].kind) else None
@@ -267,6 +282,8 @@ class _Rewriter:
             # a read-only view; of a Python number, a float64 one
             return _Info(_extents(node.args[1].elts), args[0].kind if args[0].kind in ("f", "b") else None)
         if called == "_sigmoid" and len(args) == 1 and args[0].kind == "f":  # a helper taking out
+            return _Info(args[0].shape, "f", True, "elementwise")
+        if called == "_first_argmax" and len(args) == 2 and args[0].kind == "f":  # ... of its operand's shape
             return _Info(args[0].shape, "f", True, "elementwise")
         return _Info(None, None, fresh)
 
@@ -286,7 +303,9 @@ class _Rewriter:
             # there, then we compute in place), or lend us its temporary
             same = [c for c in operands if c.info.shape == info.shape and c.info.kind == info.kind]
             heir = next((c for c in same if c.info.op), None) if dest is not None else None
-            codes = [self._constant(child) or self.emit(child, dest if child is heir else None)
+            filled = info.shape if isinstance(node, ast.Call) and _module_call(node) and \
+                node.func.attr in ("maximum", "minimum") else None
+            codes = [self._constant(child, filled) or self.emit(child, dest if child is heir else None)
                      for child in operands]
             out = dest
             if out is None:
@@ -314,7 +333,7 @@ class _Rewriter:
         node.buffer = out if dest is None else None
         return _call(node, codes, out)
 
-    def _constant(self, node) -> str | None:
+    def _constant(self, node, shape=None) -> str | None:
         """The name of a number the workspace holds as an array, for an operand that is
         a number (computed here, in double precision, as Python would at run time)."""
         if node.info.kind != "s" or not all(isinstance(x, _ARITHMETIC) for x in ast.walk(node)):
@@ -324,7 +343,7 @@ class _Rewriter:
             return None
         node.buffer = None
         value = eval(compile(ast.Expression(node), "<constant>", "eval"), {"__builtins__": {}})  # numbers only
-        return self.ws.constant(value) if isinstance(value, (int, float)) else None
+        return self.ws.constant(value, shape) if isinstance(value, (int, float)) else None
 
     def _plain(self, node) -> str:
         """Node as written, its rewritable sub-operations writing into temporaries."""
@@ -374,6 +393,16 @@ def _call(node, codes, out) -> str:
         f = _COMPARE[type(node.ops[0])]
     elif isinstance(node.func, ast.Name):  # a runtime helper
         return f"{node.func.id}({', '.join(codes)}, {name(out)})"
+    elif node.func.attr == "tensordot":  # as tensordot does it: reshapes and one matrix product, into out
+        (a, b), (ax, bx) = (x.info.shape for x in node.args), (_ints(p) for p in node.keywords[0].value.elts)
+        n = len(ax)
+        k = _extent_product(a[ax[0]:ax[0] + n])
+        m = _extent_product(a[:ax[0]] + a[ax[0] + n:])
+        cols = _extent_product(b[:bx[0]] + b[bx[0] + n:])
+        first = f"{_paren(codes[0])}.reshape({m}, {k})" if ax[0] else f"{_paren(codes[0])}.reshape({k}, {m}).T"
+        second = f"{_paren(codes[1])}.reshape({k}, {cols})" if not bx[0] else f"{_paren(codes[1])}.reshape({cols}, {k}).T"
+        shape = ", ".join("batch" if x is BATCH else str(x) for x in node.info.shape)
+        return f"np.dot({first}, {second}, out={name(out)}.reshape({m}, {cols})).reshape({shape})"
     elif node.func.attr in _REDUCE and not _module_call(node):
         axis = ast.unparse(next(kw.value for kw in node.keywords if kw.arg == "axis"))
         return f"np.{_REDUCE[node.func.attr]}.reduce({codes[0]}, axis={axis}, out={name(out)})"
@@ -382,6 +411,42 @@ def _call(node, codes, out) -> str:
     if f in ("maximum", "minimum"):
         return f"np.{f}({', '.join(codes)}, out={name(out)})"
     return f"np.{f}({', '.join(codes)}, {name(out)})"
+
+
+def _tensordot_shape(node, args):
+    """The shape of np.tensordot(a, b, axes=(a's last n axes, b's first n)), when one matrix
+    product of the two reshaped does it with at most one extent in each reshape holding the
+    batch (then written -1); else None."""
+    if len(node.keywords) != 1 or node.keywords[0].arg != "axes" or not isinstance(node.keywords[0].value, ast.Tuple):
+        return None
+    parts = node.keywords[0].value.elts
+    if len(parts) != 2 or any(not isinstance(p, ast.List) for p in parts):
+        return None
+    (a, b), (ax, bx) = (x.shape for x in args), (_ints(p) for p in parts)
+    if a is None or b is None or not ax or bx is None or len(ax) != len(bx) or any(x.kind != "f" for x in args):
+        return None
+    n = len(ax)
+    # each operand's contracted axes in order, and leading or trailing: a reshape, transposed or not
+    for shape, axes in ((a, ax), (b, bx)):
+        if axes not in (list(range(n)), list(range(len(shape) - n, len(shape)))):
+            return None
+    if tuple(a[x] for x in ax) != tuple(b[x] for x in bx):
+        return None
+    free_a, free_b = a[:ax[0]] + a[ax[0] + n:], b[:bx[0]] + b[bx[0] + n:]
+    m, k, cols = (_extent_product(e) for e in (free_a, a[ax[0]:ax[0] + n], free_b))
+    if m == k == "-1" or k == cols == "-1" or m == cols == "-1":
+        return None
+    return tuple(free_a) + tuple(free_b)
+
+
+def _extent_product(shape) -> str:
+    """The number of elements of axes `shape` as code: a number, or -1 when the batch is one."""
+    n = 1
+    for x in shape:
+        if x is BATCH:
+            return "-1"
+        n *= x
+    return str(n)
 
 
 def _module_call(node) -> bool:
@@ -443,7 +508,8 @@ def _axis(node):
 
 
 def _ints(node):
-    if isinstance(node, ast.Tuple) and all(isinstance(e, ast.Constant) and isinstance(e.value, int) for e in node.elts):
+    if isinstance(node, (ast.Tuple, ast.List)) and \
+            all(isinstance(e, ast.Constant) and isinstance(e.value, int) for e in node.elts):
         return [e.value for e in node.elts]
     return None
 

@@ -26,7 +26,7 @@ from ...literals import real_literal
 from ...naming import grad_name, temp, var
 from ...ops.primitives import lookup
 from ...schedule.program import SEED, Program
-from . import buffers
+from . import buffers, layout
 from ...ops.symbolic import ClampedLog, FirstArgmax, LogSumExp, MaxOver, index_symbols, join_signed, read_name, real_base, sum_terms
 
 
@@ -213,9 +213,11 @@ class Lowerer:
     `inline` -- the temporaries a first lowering of the same body found read once
     (`reads`); lowering is deterministic, so the second one makes the same temporaries."""
 
-    def __init__(self, names: dict, shapes: dict, kernels: Kernels, inline=frozenset()):
+    def __init__(self, names: dict, shapes: dict, kernels: Kernels, inline=frozenset(), layouts=None):
         self.names = names  # base label -> python variable
         self.shapes = shapes  # base label -> full shape (extents; B for the batch axis)
+        self.layouts = layouts or {}  # base label -> its tiled storage (layout.py)
+        self.pairs: dict = {}  # a split index's outer part -> (its inner part, the tile size)
         self.kernels = kernels
         self.inline = inline
         self.inline_code: dict = {}  # an inlined temporary -> (its code, the errors it quiets, ...)
@@ -248,6 +250,9 @@ class Lowerer:
         self.ranges = dict(ranges)
         self.quiet = frozenset()
         self._inlined = set()
+        split = layout.splits(st, self.layouts, self.shapes) if self.layouts else {}
+        if split:
+            expr, indices, flat = self._split(st, expr, split)
         if expr.has(sp.KroneckerDelta):
             expr = sp.Add(*[self._scatter(t, indices, None) if t.has(sp.KroneckerDelta) else t
                             for t in sp.Add.make_args(expr)])
@@ -265,6 +270,45 @@ class Lowerer:
         if st.accumulate:
             code = f"{target} + {code}"
         self._line(Line(target, code, comment, self.quiet, anchors=st.anchors))
+
+    def _split(self, st, expr, split):
+        """The statement over split indices (i -> s*i_o + i_i, layout.py): its expression,
+        the indices it is computed over (a tiled target's storage order), and the reshape
+        back to the target's shape when the target is not tiled."""
+        parts = {}
+        bound = {lim[0]: lim[2] + 1 for r in expr.atoms(sp.Sum) for lim in r.limits}
+        for v, s in split.items():
+            vo, vi = layout.split_names(v)
+            n = self.ranges[v] if v in self.ranges else bound[v]
+            self.ranges[vo], self.ranges[vi] = n // s, s
+            self.pairs[vo] = (vi, s)
+            parts[v] = (vo, vi, s)
+
+        def split_sum(e):
+            body, limits = e.function, []
+            for v, lo, hi in e.limits:
+                if v in parts:
+                    vo, vi, s = parts[v]
+                    body = body.xreplace({v: s * vo + vi})
+                    limits += [(vo, 0, (hi + 1) // s - 1), (vi, 0, s - 1)]
+                else:
+                    limits.append((v, lo, hi))
+            return sp.Sum(body, *limits)
+
+        expr = expr.replace(lambda e: isinstance(e, sp.Sum) and any(lim[0] in parts for lim in e.limits), split_sum)
+        expr = expr.xreplace({v: s * vo + vi for v, (vo, vi, s) in parts.items()})
+        tiled = self.layouts.get(st.target)
+        if tiled is not None:
+            indices = [st.indices[k] if part == "" else parts[st.indices[k]][0 if part == "o" else 1]
+                       for k, part in tiled.axes]
+            flat = None
+        else:
+            indices = [x for v in st.indices for x in (parts[v][:2] if v in parts else (v,))]
+            flat = [self._extent_code(self.ranges[v]) for v in st.indices] if any(v in parts for v in st.indices) \
+                else None
+        if expr.has(sp.KroneckerDelta):
+            expr = _relabelled(expr, indices, self.pairs, self.ranges)
+        return expr, tuple(indices), flat
 
     def _line(self, line: Line):
         if _nesting(line.code) > MAX_NESTING:  # Python's parser has a limit
@@ -322,6 +366,8 @@ class Lowerer:
             ref = self._temp(code, labels)
         else:
             labels = [s for s in order if s in index_symbols(body, self.ranges)]
+            if isinstance(body, sp.Indexed) and body.base.label.name in self.layouts:
+                labels = self._tiled(body, self.layouts[body.base.label.name]) or labels  # as it lies
             axes = _axes(tuple(labels.index(v) for v in vs if v in labels))
             out = [s for s in labels if s not in vs]
             if kind is MaxOver:
@@ -570,7 +616,16 @@ class Lowerer:
         name = e.base.label.name
         code = self.ref(name)
         shape = self.shapes[name]
+        tiled = self.layouts.get(name)
+        if tiled is not None:
+            labels = self._tiled(e, tiled)
+            if labels is not None:  # read as it lies
+                return code, labels
+            # any other read sees the logical order, through a copy
+            extents = ", ".join(self._extent_code(n) for n in shape)
+            code = f"{_paren(code)}.transpose({tuple(tiled.logical_order())}).reshape({extents})"
         labels, slices, dims, windows, kernel, outers = [], [], [], [], [], []
+        composites = {}  # a window position over a split index -> (outer, inner, tile size)
         extra = 0  # axes added before this one by flattened subscripts being unflattened
         gone = 0  # ... and taken away by constant subscripts
         for axis, sub in enumerate(e.indices):
@@ -603,7 +658,12 @@ class Lowerer:
                 slices.append(None)
                 extra += len(flat) - 1
                 continue
+            composite = None
+            if len(syms) > 2:  # s*i_o + i_i + p: a window whose position is a split index
+                sub, syms, composite = self._merged(sub, syms)
             outer, inner, stride, dilation, start = _window_parts(sub, syms, self.ranges)
+            if composite is not None:
+                composites[outer] = composite
             labels.append(outer)
             outers.append(outer)
             dims.append(shape[axis])
@@ -619,26 +679,64 @@ class Lowerer:
             raise NotImplementedError(f"{e}: an index read twice in one subscript (a diagonal)")
         if windows:
             labels.extend(kernel)
+            splits = tuple((labels.index(w), s) for w, (_, _, s) in composites.items())
+            inner = [composites[w][1] for w in outers if w in composites]
+            outers = [composites[w][0] if w in composites else w for w in outers]
+            labels = [x for w in labels for x in (composites[w][:2] if w in composites else (w,))]
             if contract:
-                return self._im2col(code, tuple(windows), labels, outers, kernel)
+                return self._im2col(code, tuple(windows), labels, outers, kernel, splits, inner)
             self.kernels.helpers.add("patches")
             code = f"_patches({code}, {tuple(windows)})"
+            if splits:
+                code = f"{code}.reshape({', '.join(self._extent_code(self.ranges[x]) for x in labels)})"
         return code, labels
 
-    def _im2col(self, code, windows, labels, outers, kernel):
+    def _tiled(self, e: sp.Indexed, tiled):
+        """The storage-order indices of a read of a tiled array, if each subscript is what
+        the storage holds there: a plain index, or s*outer + inner on a tiled axis."""
+        shape, factors, parts = self.shapes[e.base.label.name], dict(tiled.factors), {}
+        for k, sub in enumerate(e.indices):
+            if k in factors:
+                syms = sorted((x for x in sub.free_symbols if x in self.ranges), key=lambda x: x.name)
+                order = row_major(sub, syms, self.ranges, shape[k]) if len(syms) == 2 else None
+                if order is None or self.ranges[order[1]] != factors[k]:
+                    return None
+                parts[k, "o"], parts[k, "i"] = order
+            elif isinstance(sub, sp.Symbol) and self.ranges.get(sub) == shape[k]:
+                parts[k, ""] = sub
+            else:
+                return None
+        labels = [parts[a] for a in tiled.axes]
+        return labels if len(set(labels)) == len(labels) else None
+
+    def _merged(self, sub, syms):
+        """sub with a split index's two parts s*i_o + i_i as one position w over their
+        whole range: (sub in w, its symbols, (i_o, i_i, s))."""
+        for vo in syms:
+            vi, s = self.pairs.get(vo, (None, None))
+            if vi in syms and sub.coeff(vo) == s * sub.coeff(vi):
+                c = sub.coeff(vi)
+                w = sp.Symbol(f"{vo.name}|{vi.name}", integer=True)
+                self.ranges[w] = self.ranges[vo] * s
+                rest = [x for x in syms if x not in (vo, vi)]
+                return sp.expand(sub - c * (s * vo + vi) + c * w), sorted(rest + [w], key=lambda x: x.name), (vo, vi, s)
+        raise NotImplementedError(f"subscript {sub} reads more than a window")
+
+    def _im2col(self, code, windows, labels, outers, kernel, splits=(), inner=()):
         """Patches read by a contraction, gathered once (one np.take through a cached index)
         into [other axes, kernel offsets, batch, window positions]: the conv's sum over
         (channels, offsets) and its weight gradient's sum over (batch, positions) then read
         it as a matrix, each the way round that np.tensordot takes without a copy; a second
         read of the same patches (forward and weight gradient) reuses the gather."""
         batch = [x for x in labels if self.ranges.get(x) == B]
-        order = [x for x in labels if x not in kernel and x not in outers and x not in batch] + \
-            list(kernel) + batch + list(outers)
+        order = [x for x in labels if x not in kernel and x not in outers and x not in batch and x not in inner] + \
+            list(kernel) + list(inner) + batch + list(outers)
         perm = tuple(labels.index(x) for x in order)
         self.kernels.helpers.add("im2col")
-        code = f"_im2col({code}, {windows}, {perm})"
+        code = f"_im2col({code}, {windows}, {perm}" + (f", {splits})" if splits else ")")
         if code not in self.im2col:
             self.im2col[code] = self._temp_name(code)
+            self.shapes[self.im2col[code]] = tuple(self.ranges[x] for x in order)
         return self.ref(self.im2col[code]), order
 
 
@@ -655,6 +753,50 @@ def _align(code, labels, layout) -> str:
         if any(s not in present for s in tail):
             code = f"{_paren(code)}[{', '.join(':' if s in present else 'None' for s in tail)}]"
     return code
+
+
+def _relabelled(expr, indices, pairs, ranges):
+    """A scatter onto split indices, each delta(s*k_o + k_i, s*i + p) taken apart into
+    delta(k_o, i)*delta(k_i, p) (both sides tile the axis the same way); then each delta
+    pairing an index written with one summed over the same range is gone, that summed
+    index renamed: a pool's backward pass onto its tiled operand is a relabelling."""
+    ranges = {**ranges, **{lim[0]: lim[2] + 1 for r in expr.atoms(sp.Sum) for lim in r.limits}}
+
+    def apart(d):
+        a, b = d.args
+        for x, y in ((a, b), (b, a)):
+            for ko, (ki, s) in pairs.items():
+                if ko in indices and ki in indices and sp.expand(x - (s * ko + ki)) == 0:
+                    syms = sorted((v for v in y.free_symbols if v in ranges), key=lambda v: v.name)
+                    got = _row_major_pair(y, syms, ranges, s, ranges[ko] * s)
+                    if got is not None:
+                        return sp.KroneckerDelta(ko, got[0]) * sp.KroneckerDelta(ki, got[1])
+        return d
+
+    def eliminate(term):
+        if not isinstance(term, sp.Sum):
+            return term
+        body, limits = term.function, list(term.limits)
+        for d in [f for f in sp.Mul.make_args(body) if isinstance(f, sp.KroneckerDelta)]:
+            a, b = d.args
+            for written, summed in ((a, b), (b, a)):
+                lim = next((x for x in limits if x[0] == summed), None)
+                if written in indices and lim is not None and lim[1] == 0 and lim[2] + 1 == ranges.get(written):
+                    body = (body / d).xreplace({summed: written})
+                    limits.remove(lim)
+                    break
+        return sp.Sum(body, *limits) if limits else body
+
+    expr = expr.replace(lambda e: isinstance(e, sp.KroneckerDelta), apart)
+    return sp.Add(*[eliminate(t) for t in sp.Add.make_args(expr)])
+
+
+def _row_major_pair(sub, syms, ranges, s, extent):
+    """(outer, inner) if sub == s*outer + inner, inner < s, over `extent` positions."""
+    if len(syms) != 2:
+        return None
+    order = row_major(sub, syms, ranges, extent)
+    return tuple(order) if order is not None and ranges[order[1]] == s else None
 
 
 def _window_parts(sub, syms, ranges):
@@ -789,13 +931,17 @@ def plan(program: Program) -> Plan:
     for t in list(shapes):
         names[grad_name(t)] = grad_name(t)
     helpers = set()
+    # what a function takes or hands back keeps its logical layout
+    fixed = {t.name for t in g.inputs} | {t.name for t in g.targets} | {g.output, g.loss}
+    fixed |= {p.name for p in g.params} | {grad_name(p.name) for p in g.params}
 
     def lower(*bodies) -> list:
         """The lines of consecutive statement lists, lowered as one function body."""
         inline = None
+        tiled = layout.plan([st for statements in bodies for st in statements], shapes, fixed)
         while True:
             kernels = Kernels()
-            low = Lowerer(dict(names), dict(shapes), kernels, inline or frozenset())
+            low = Lowerer(dict(names), dict(shapes), kernels, inline or frozenset(), tiled)
             out = []
             for statements in bodies:
                 start = len(kernels.lines)
@@ -812,8 +958,8 @@ def plan(program: Program) -> Plan:
                 continue
             helpers.update(kernels.helpers)
             # every named array's shape, for the buffers (the batch axis None)
-            known = {low.names[label]: _buffer_shape(shape) for label, shape in low.shapes.items()
-                     if label in low.names}
+            known = {low.names[label]: _buffer_shape(tiled[label].extents(shape) if label in tiled else shape)
+                     for label, shape in low.shapes.items() if label in low.names}
             return out, {n: s for n, s in known.items() if s is not None}
 
     (forward,), forward_shapes = lower(program.forward)

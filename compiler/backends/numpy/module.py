@@ -12,7 +12,8 @@ from ..pymodule import module_values, shape_text
 from ...templating import environment
 
 # a runtime helper, and the helpers it calls
-_CALLS = {"patches": ("reach",), "unpatches": ("reach",), "im2col": ("patches", "reach", "IM2COL_INDEX")}
+_CALLS = {"patches": ("reach",), "unpatches": ("reach",), "im2col": ("patches", "reach", "IM2COL_INDEX"),
+          "max_over": ("window_slices", "tiles"), "first_argmax": ("window_slices", "tiles")}
 
 
 _FUNCTIONS = ("forward", "loss", "loss_and_grad", "sgd_step")
@@ -29,7 +30,7 @@ def render(plan: Plan, graph) -> str:
             key = f"{len(table)}, batch, dtype"
             workspace[fn] = dict(take=f"    _w = _workspace({key})\n    {', '.join(names)}{',' if len(names) == 1 else ''} = _w\n",
                                  done=f"    _done({key}, _w)\n")
-            table.append(([(shape_text(shape), boolean) for shape, boolean in kept], [repr(c) for c in constants]))
+            table.append(([(shape_text(shape), boolean) for shape, boolean in kept], [_constant_text(c) for c in constants]))
     return environment().get_template("numpy_module.py.j2").render(
         name=plan.name, version=__version__,
         forward=_blocks(plan.bodies["forward"][0]), output=plan.output, output_name=plan.output,
@@ -39,6 +40,11 @@ def render(plan: Plan, graph) -> str:
         updates=[dict(param=p, grad=g) for p, g in plan.updates], loss_seed=plan.loss_seed,
         step_seed=plan.step_seed,
         helper_source=helper_source(plan.helpers), reduce=graph.reduce, flat_params=False, **values)
+
+
+def _constant_text(c) -> str:
+    """A workspace number: a value (a 0-d array), or (value, shape) (an array it fills)."""
+    return f"({c[0]!r}, {shape_text(c[1])})" if isinstance(c, tuple) else repr(c)
 
 
 def _blocks(lines) -> list:

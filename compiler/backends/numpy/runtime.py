@@ -77,22 +77,28 @@ def _patches(a, windows):
                                            strides + [s for _, s in kernel], writeable=False)
 
 
-def _im2col(a, windows, perm):
+def _im2col(a, windows, perm, splits=(), out=None):
     # _patches(a, windows).transpose(perm), copied by one gather: a 6-D strided copy runs
-    # numpy's inner loop over a few elements at a time.  The index, made once per shape,
-    # counts a's elements from 1, 0 standing for the padding's zeros
-    key = (a.shape, windows, perm)
+    # numpy's inner loop over a few elements at a time.  Each (axis, s) in splits first
+    # splits a window position axis of the patches into (position // s, position % s).
+    # The index, made once per shape, counts a's elements from 1, 0 standing for the
+    # padding's zeros
+    key = (a.shape, windows, perm, splits)
     index = _IM2COL_INDEX.get(key)
     if index is None:
         if len(_IM2COL_INDEX) >= 32:  # many shapes: keep the latest ones only
             _IM2COL_INDEX.clear()
         positions = np.arange(1, a.size + 1).reshape(a.shape)
-        index = np.ascontiguousarray(_patches(positions, windows).transpose(perm))
+        index = _patches(positions, windows)
+        shape = list(index.shape)
+        for axis, s in sorted(splits, reverse=True):
+            shape[axis:axis + 1] = [shape[axis] // s, s]
+        index = np.ascontiguousarray(index.reshape(shape).transpose(perm))
         _IM2COL_INDEX[key] = index
     flat = np.empty(a.size + 1, a.dtype)
     flat[0] = 0
     flat[1:] = a.reshape(-1)
-    return np.take(flat, index)
+    return np.take(flat, index, out=out)
 
 
 _IM2COL_INDEX = {}
@@ -123,51 +129,103 @@ def _unpatches(g, shape, windows):
     return out[tuple(crop[a] for a in order)].transpose(np.argsort(order))
 
 
+def _window_slices(a, axes, copy=True):
+    # a's slices at each offset of a small window (axes), in row-major order of the
+    # offsets: views where each is long runs of contiguous elements (a tiled array,
+    # layout.py), else (with copy) views of a copy with the window axes moved first:
+    # numpy is many times slower on short strided inner loops
+    k = len(axes)
+    rest = sorted((a.strides[d], a.shape[d]) for d in range(a.ndim) if d not in axes)
+    run, step = 1, a.itemsize
+    for stride, n in rest:
+        if stride != step:
+            break
+        run, step = run * n, step * n
+    if run < 16 and copy:
+        a, axes = np.ascontiguousarray(np.moveaxis(a, axes, range(k))), tuple(range(k))
+    where = [slice(None)] * a.ndim
+    slices = []
+    offsets = [()]
+    for d in axes:
+        offsets = [o + (i,) for o in offsets for i in range(a.shape[d])]
+    for offset in offsets:
+        for d, o in zip(axes, offset):
+            where[d] = o
+        slices.append(a[tuple(where)][...])  # an array even when every axis is a window axis
+    return slices
+
+
+def _tiles(a, axes):
+    # a with its window axes as one, a view, if they are consecutive in a contiguous a
+    # (a tiled array, layout.py, stores each window offset as one contiguous block); else None
+    if not a.flags.c_contiguous or list(axes) != list(range(axes[0], axes[0] + len(axes))):
+        return None
+    return a.reshape(a.shape[:axes[0]] + (-1,) + a.shape[axes[-1] + 1:])
+
+
 def _max_over(a, axes):
-    # max over a few window axes as elementwise maxima of whole slices, the window axes
-    # moved first in one copy: numpy is many times slower reducing short strided axes
+    # max over a few window axes as elementwise maxima of whole slices
+    tiles = _tiles(a, axes)
+    if tiles is not None:
+        return np.maximum.reduce(tiles, axis=axes[0])[...]  # an array even when every axis is a window axis
     if np.prod([a.shape[d] for d in axes]) > 16:
         return a.max(axis=axes)
-    k = len(axes)
-    moved = np.ascontiguousarray(np.moveaxis(a, axes, range(k)))
-    out = None
-    for offsets in np.ndindex(*moved.shape[:k]):
-        v = moved[offsets + (Ellipsis,)]  # an array even when every axis is a window axis
-        out = v.copy() if out is None else np.maximum(out, v, out=out)
+    slices = _window_slices(a, axes)
+    out = np.copy(slices[0], order="K")
+    for v in slices[1:]:
+        np.maximum(out, v, out=out)
     return out
 
 
-def _first_argmax(a, axes):
+def _first_argmax(a, axes, out=None):
     # 1 at the first maximum over `axes` in row-major order, else 0; a NaN wins, the
     # last one if several, as in PyTorch's CPU max-pool.  A small window is walked
-    # offset by offset over whole slices, its axes moved first in one copy
+    # offset by offset over whole slices (_window_slices), the result in a's memory order
+    # (or into out, an array of a's shape)
     k = len(axes)
+    hot = np.empty_like(a) if out is None else out
+    tiles = _tiles(a, axes)
+    if tiles is not None and hot.flags.c_contiguous:  # each offset a block: whole-array operations
+        w = axes[0]
+        top = np.maximum.reduce(tiles, axis=w, keepdims=True)
+        if not np.isnan(top).any():
+            first = np.equal(tiles, top)
+            at = [first[(slice(None),) * w + (slice(n, n + 1),)] for n in range(tiles.shape[w])]  # views
+            seen = at[0].copy()
+            for f in at[1:]:  # a maximum is the first where none before it was one
+                np.greater(f, seen, out=f)
+                np.logical_or(seen, f, out=seen)
+            np.copyto(hot.reshape(tiles.shape), first)
+            return hot
     if np.prod([a.shape[d] for d in axes]) > 16:
         moved = np.moveaxis(a, axes, range(a.ndim - k, a.ndim))
         flat = moved.reshape(moved.shape[:a.ndim - k] + (-1,))
         at, nan = flat.argmax(axis=-1), np.isnan(flat)
         if nan.any():  # argmax picks the first NaN
             at = np.where(nan.any(axis=-1), flat.shape[-1] - 1 - nan[..., ::-1].argmax(axis=-1), at)
-        hot = np.arange(flat.shape[-1]) == at[..., None]
-        return np.moveaxis(hot.reshape(moved.shape), range(a.ndim - k, a.ndim), axes).astype(a.dtype)
-    moved = np.ascontiguousarray(np.moveaxis(a, axes, range(k)))
-    slices = [moved[o + (Ellipsis,)] for o in np.ndindex(*moved.shape[:k])]
-    top = slices[0].copy()
-    for v in slices[1:]:
-        np.maximum(top, v, out=top)  # NaN wherever the window holds one
-    hot = np.empty(moved.shape, dtype=a.dtype)
-    hots = hot.reshape((len(slices),) + top.shape)
-    taken = np.zeros(top.shape, dtype=bool)
-    for n, v in enumerate(slices):  # the first element equal to the maximum
-        first = (v == top) & ~taken
-        taken |= first
-        hots[n] = first
-    if not taken.all():  # windows holding a NaN (no element equals NaN): the last NaN
-        for n in reversed(range(len(slices))):
-            last = (slices[n] != slices[n]) & ~taken
+        first = np.arange(flat.shape[-1]) == at[..., None]
+        hot[...] = np.moveaxis(first.reshape(moved.shape), range(a.ndim - k, a.ndim), axes)
+        return hot
+    slices = _window_slices(a, axes)
+    hots = _window_slices(hot, axes, copy=False)
+    # before[n]: the maximum of the slices before n; an element is the first maximum
+    # where it equals the whole window's maximum and everything before it is smaller
+    before = [None, slices[0]]
+    for v in slices[1:-1]:
+        before.append(np.maximum(before[-1], v))
+    top = np.maximum(before[-1], slices[-1]) if len(slices) > 1 else slices[0]
+    smaller = np.empty_like(top)
+    for v, h, b in zip(slices, hots, before):
+        np.equal(v, top, out=h)
+        if b is not None:
+            np.multiply(h, np.less(b, top, out=smaller), out=h)
+    if np.isnan(top).any():  # windows holding a NaN (no element equals NaN): the last NaN
+        taken = np.zeros(top.shape, dtype=bool)
+        for v, h in zip(reversed(slices), reversed(hots)):
+            last = (v != v) & ~taken
             taken |= last
-            hots[n] += last
-    return np.moveaxis(hot, range(k), axes)
+            h[...] = np.where(np.isnan(top), last, h)
+    return hot
 
 
 def _window(a, axis, start, size, stride=1):
