@@ -22,6 +22,20 @@ X86 = platform.machine() in ("x86_64", "AMD64")
 FLAGS = {"native": ["-O3", "-march=native", "-mno-avx512f", "-mprefer-vector-width=256"] if X86 else ["-O3"],
          "generic": ["-O1"]}
 
+
+def _has_avx512():
+    try:
+        flags = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return X86 and "avx512f" in flags and "avx512vl" in flags
+
+
+# ... and, on a CPU with AVX-512, the product alone in it (the cffi build's NNCC_AVX512)
+AVX512 = _has_avx512() and "clang" not in Path(CC or "").name
+if AVX512:
+    FLAGS["avx512"] = FLAGS["native"] + ["-DNNCC_AVX512"]
+
 # (ta, tb, m, n, k): the four layouts; sizes below one tile, on the tiles' edges, and
 # across every block (MC = 128 rows, KC = 256 terms, NC = 16 tiles of columns)
 CASES = [(0, 0, 1, 1, 1), (0, 1, 3, 17, 5), (1, 0, 7, 9, 2), (1, 1, 4, 16, 256), (0, 1, 130, 1030, 257),
@@ -80,7 +94,7 @@ def _check(c, want, bound, dtype):
 
 
 @needs_cc
-@pytest.mark.parametrize("flags", ["native", "generic"])
+@pytest.mark.parametrize("flags", ["native", "generic"] + (["avx512"] if AVX512 else []))
 @pytest.mark.parametrize("real", ["float", "double"])
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_the_product_is_right_in_every_layout_and_size(tmp_path_factory, real, flags, case):
@@ -94,6 +108,19 @@ def test_the_product_is_right_in_every_layout_and_size(tmp_path_factory, real, f
     base = np.random.default_rng(1).standard_normal((m, n)).astype(dtype)
     c = _product(lib, real, ta, tb, m, n, k, a, b, base.copy(), alpha=-0.5, add=1)
     _check(c, base - 0.5 * (a64 @ b64), np.abs(base) + k * 0.5 * (np.abs(a64) @ np.abs(b64)), dtype)
+
+
+@needs_cc
+@pytest.mark.skipif(not AVX512, reason="no AVX-512 here (or clang, which the build leaves on AVX2)")
+@pytest.mark.parametrize("real", ["float", "double"])
+def test_the_avx512_tiles_give_the_avx2_tiles_numbers_bit_for_bit(tmp_path_factory, real):
+    # 8-row tiles in 512-bit registers or 4-row ones in 256-bit: each element the same sum
+    dtype = np.float32 if real == "float" else np.float64
+    wide, narrow = (_library(tmp_path_factory, real, f) for f in ("avx512", "native"))
+    for ta, tb, m, n, k in CASES:
+        a, b, _, _ = _operands(ta, tb, m, n, k, dtype, seed=5)
+        got = [_product(lib, real, ta, tb, m, n, k, a, b, np.empty((m, n), dtype)) for lib in (wide, narrow)]
+        assert np.array_equal(*got), (ta, tb, m, n, k)
 
 
 @needs_cc

@@ -670,7 +670,8 @@ _REDUCTIONS = (sp.Sum, LogSumExp, MaxOver, FirstArgmax)
 
 # nncc_gemm's blocking (runtime.c): tiles MR rows by NR columns, blocks of MC rows, KC
 # terms of the sum and NC columns (NC_SLIVERS tiles)
-GEMM_MR, GEMM_NR, GEMM_MC, GEMM_KC, GEMM_NC_SLIVERS = 4, {"float": 16, "double": 8}, 128, 256, 16
+# GEMM_MR: the taller of the two tiles (8 rows where the product runs in AVX-512, else 4)
+GEMM_MR, GEMM_NR, GEMM_MC, GEMM_KC, GEMM_NC_SLIVERS = 8, {"float": 16, "double": 8}, 128, 256, 16
 
 
 def gemm_pack_size(m, n, k, real: str) -> int:
@@ -883,14 +884,17 @@ def memory_plan(work: list, orders: list) -> tuple:
 @lru_cache(maxsize=None)
 def _helpers() -> dict:
     """{name without nncc_: source} of the functions in runtime.c, in its order: each
-    begins at a line starting `static ` and ends at the next line that is `}`."""
+    begins at a line starting `static ` and ends at the next line that is `}`, with the
+    lines right above it that are not blank (a comment and the #if that sets it up)."""
     text = resources.files("nncc.backends.c").joinpath("runtime.c").read_text(encoding="utf-8")
     out, lines = {}, text.splitlines()
     for k, line in enumerate(lines):
         if line.startswith("static "):
-            end = lines.index("}", k)
+            end, start = lines.index("}", k), k
+            while start > 0 and lines[start - 1].strip():
+                start -= 1
             name = line.split("(")[0].split()[-1]
-            out[name.removeprefix("nncc_")] = "\n".join(lines[k:end + 1])
+            out[name.removeprefix("nncc_")] = "\n".join(lines[start:end + 1])
     return out
 
 

@@ -40,7 +40,18 @@ static real nncc_muladd(real a, real b, real c)
 #endif
 }
 
-static void nncc_gemm(int ta, int tb, long m, long n, long k, real alpha, const real *a, long lda,
+#if defined(NNCC_AVX512) && defined(__GNUC__) && !defined(__clang__) && !defined(NNCC_CBLAS)
+/* the product alone in AVX-512's 512-bit registers, on a CPU that has them (the cffi build
+ * defines NNCC_AVX512 there): twice the tile of the AVX2 build.  Its loops are not
+ * if-converted, the gcc 12 miscompilation the rest of the code keeps AVX-512 away from */
+#define NNCC_GEMM_TARGET __attribute__((target("avx512f,avx512vl,prefer-vector-width=512"), \
+                                        optimize("no-tree-loop-if-convert")))
+#define NNCC_GEMM_MR 8
+#else
+#define NNCC_GEMM_TARGET
+#define NNCC_GEMM_MR 4
+#endif
+static void NNCC_GEMM_TARGET nncc_gemm(int ta, int tb, long m, long n, long k, real alpha, const real *a, long lda,
                       const real *b, long ldb, int add, real *c, long ldc, real *pack)
 {
     /* c[i*ldc + j] (+)= alpha * sum_p A[i, p] B[p, j], A[i, p] = ta ? a[p*lda + i] :
@@ -68,7 +79,7 @@ static void nncc_gemm(int ta, int tb, long m, long n, long k, real alpha, const 
         cblas_dgemm(101, ta ? 112 : 111, tb ? 112 : 111, (int)m, (int)n, (int)k, (double)alpha,
                     (const double *)a, (int)lda, (const double *)b, (int)ldb, add ? 1.0 : 0.0, (double *)c, (int)ldc);
 #else
-    enum { MR = 4, NR = sizeof(real) == sizeof(float) ? 16 : 8, MC = 128, KC = 256, NC = 16 * NR };
+    enum { MR = NNCC_GEMM_MR, NR = sizeof(real) == sizeof(float) ? 16 : 8, MC = 128, KC = 256, NC = 16 * NR };
     long kcmax = k < KC ? k : KC, ncmax = (n + NR - 1) / NR * NR;
     if (m < MR || k < 2 * MR) {
         /* a few rows (a small batch) or a short sum (a weight's gradient at a small batch):
@@ -164,7 +175,8 @@ static void nncc_gemm(int ta, int tb, long m, long n, long k, real alpha, const 
                 for (long jr = 0; jr < nc; jr += NR)
                     for (long ir = 0; ir < mc; ir += MR) {
                         const real *x = ap + ir * kc, *y = bp + jr * kc;
-                        real t0[NR] = {0}, t1[NR] = {0}, t2[NR] = {0}, t3[NR] = {0}, t[MR][NR];
+                        real t0[NR] = {0}, t1[NR] = {0}, t2[NR] = {0}, t3[NR] = {0};
+                        real t4[NR] = {0}, t5[NR] = {0}, t6[NR] = {0}, t7[NR] = {0}, t[8][NR];
                         for (long p = 0; p < kc; p++) {
                             const real *xp = x + p * MR, *yp = y + p * NR;
                             for (int j = 0; j < NR; j++) {
@@ -172,13 +184,17 @@ static void nncc_gemm(int ta, int tb, long m, long n, long k, real alpha, const 
                                 t1[j] = nncc_muladd(xp[1], yp[j], t1[j]);
                                 t2[j] = nncc_muladd(xp[2], yp[j], t2[j]);
                                 t3[j] = nncc_muladd(xp[3], yp[j], t3[j]);
+                                if (MR == 8) {  /* a constant: one loop or the other is compiled */
+                                    t4[j] = nncc_muladd(xp[4], yp[j], t4[j]);
+                                    t5[j] = nncc_muladd(xp[5], yp[j], t5[j]);
+                                    t6[j] = nncc_muladd(xp[6], yp[j], t6[j]);
+                                    t7[j] = nncc_muladd(xp[7], yp[j], t7[j]);
+                                }
                             }
                         }
                         for (int j = 0; j < NR; j++) {  /* the rows stay in registers until here */
-                            t[0][j] = t0[j];
-                            t[1][j] = t1[j];
-                            t[2][j] = t2[j];
-                            t[3][j] = t3[j];
+                            t[0][j] = t0[j], t[1][j] = t1[j], t[2][j] = t2[j], t[3][j] = t3[j];
+                            t[4][j] = t4[j], t[5][j] = t5[j], t[6][j] = t6[j], t[7][j] = t7[j];
                         }
                         for (long i = 0; i < MR && ir + i < mc; i++) {
                             real *out = c + (ic + ir + i) * ldc + jc + jr;
