@@ -3,6 +3,7 @@ its -DNNCC_CBLAS form through OpenBLAS, and the statements the C lowerer gives i
 from __future__ import annotations
 
 import ctypes
+import os
 import platform
 import shutil
 import subprocess
@@ -35,6 +36,9 @@ def _has_avx512():
 AVX512 = _has_avx512() and "clang" not in Path(CC or "").name
 if AVX512:
     FLAGS["avx512"] = FLAGS["native"] + ["-DNNCC_AVX512"]
+# ... and with the big products' column halves on two threads, as the cffi build does
+if os.name == "posix":
+    FLAGS["threads"] = FLAGS["native"] + ["-D_POSIX_C_SOURCE=200809L", "-DNNCC_THREADS", "-pthread"]
 
 # (ta, tb, m, n, k): the four layouts; sizes below one tile, on the tiles' edges, and
 # across every block (MC = 128 rows, KC = 256 terms, NC = 16 tiles of columns)
@@ -94,7 +98,7 @@ def _check(c, want, bound, dtype):
 
 
 @needs_cc
-@pytest.mark.parametrize("flags", ["native", "generic"] + (["avx512"] if AVX512 else []))
+@pytest.mark.parametrize("flags", ["native", "generic"] + [f for f in ("avx512", "threads") if f in FLAGS])
 @pytest.mark.parametrize("real", ["float", "double"])
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_the_product_is_right_in_every_layout_and_size(tmp_path_factory, real, flags, case):
@@ -120,6 +124,20 @@ def test_the_avx512_tiles_give_the_avx2_tiles_numbers_bit_for_bit(tmp_path_facto
     for ta, tb, m, n, k in CASES:
         a, b, _, _ = _operands(ta, tb, m, n, k, dtype, seed=5)
         got = [_product(lib, real, ta, tb, m, n, k, a, b, np.empty((m, n), dtype)) for lib in (wide, narrow)]
+        assert np.array_equal(*got), (ta, tb, m, n, k)
+
+
+@needs_cc
+@pytest.mark.skipif("threads" not in FLAGS, reason="no POSIX threads here")
+@pytest.mark.parametrize("real", ["float", "double"])
+def test_two_threads_give_one_threads_numbers_bit_for_bit(tmp_path_factory, real):
+    # products big enough to be split (2**26 terms and more), in every layout, with odd edges
+    dtype = np.float32 if real == "float" else np.float64
+    both, one = (_library(tmp_path_factory, real, f) for f in ("threads", "native"))
+    for ta, tb, m, n, k in [(0, 1, 128, 1040, 520), (1, 0, 130, 1030, 520), (0, 0, 129, 777, 700), (1, 1, 200, 80, 4200)]:
+        assert m * n * k >= 2 ** 26
+        a, b, _, _ = _operands(ta, tb, m, n, k, dtype, seed=7)
+        got = [_product(lib, real, ta, tb, m, n, k, a, b, np.empty((m, n), dtype)) for lib in (both, one)]
         assert np.array_equal(*got), (ta, tb, m, n, k)
 
 

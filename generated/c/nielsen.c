@@ -8,6 +8,8 @@
 #define real nielsen_real
 #define nncc_sigmoid nielsen_sigmoid_
 #define nncc_muladd nielsen_muladd_
+#define nncc_gemm_tiles nielsen_gemm_tiles_
+#define nncc_gemm_half nielsen_gemm_half_
 #define nncc_gemm nielsen_gemm_
 
 static real nncc_sigmoid(real z)
@@ -39,8 +41,9 @@ static real nncc_muladd(real a, real b, real c)
 #define NNCC_GEMM_TARGET
 #define NNCC_GEMM_MR 4
 #endif
-static void NNCC_GEMM_TARGET nncc_gemm(int ta, int tb, long m, long n, long k, real alpha, const real *a, long lda,
-                      const real *b, long ldb, int add, real *c, long ldc, real *pack)
+static void NNCC_GEMM_TARGET nncc_gemm_tiles(int ta, int tb, long m, long n, long k, real alpha, const real *a,
+                                             long lda, const real *b, long ldb, int add, real *c, long ldc,
+                                             real *pack)
 {
     /* c[i*ldc + j] (+)= alpha * sum_p A[i, p] B[p, j], A[i, p] = ta ? a[p*lda + i] :
      * a[i*lda + p], B[p, j] = tb ? b[j*ldb + p] : b[p*ldb + j]; `pack` holds
@@ -164,7 +167,9 @@ static void NNCC_GEMM_TARGET nncc_gemm(int ta, int tb, long m, long n, long k, r
                     for (long ir = 0; ir < mc; ir += MR) {
                         const real *x = ap + ir * kc, *y = bp + jr * kc;
                         real t0[NR] = {0}, t1[NR] = {0}, t2[NR] = {0}, t3[NR] = {0};
-                        real t4[NR] = {0}, t5[NR] = {0}, t6[NR] = {0}, t7[NR] = {0}, t[8][NR];
+#if NNCC_GEMM_MR == 8
+                        real t4[NR] = {0}, t5[NR] = {0}, t6[NR] = {0}, t7[NR] = {0};
+#endif
                         for (long p = 0; p < kc; p++) {
                             const real *xp = x + p * MR, *yp = y + p * NR;
                             for (int j = 0; j < NR; j++) {
@@ -172,28 +177,76 @@ static void NNCC_GEMM_TARGET nncc_gemm(int ta, int tb, long m, long n, long k, r
                                 t1[j] = nncc_muladd(xp[1], yp[j], t1[j]);
                                 t2[j] = nncc_muladd(xp[2], yp[j], t2[j]);
                                 t3[j] = nncc_muladd(xp[3], yp[j], t3[j]);
-                                if (MR == 8) {  /* a constant: one loop or the other is compiled */
-                                    t4[j] = nncc_muladd(xp[4], yp[j], t4[j]);
-                                    t5[j] = nncc_muladd(xp[5], yp[j], t5[j]);
-                                    t6[j] = nncc_muladd(xp[6], yp[j], t6[j]);
-                                    t7[j] = nncc_muladd(xp[7], yp[j], t7[j]);
-                                }
+#if NNCC_GEMM_MR == 8
+                                t4[j] = nncc_muladd(xp[4], yp[j], t4[j]);
+                                t5[j] = nncc_muladd(xp[5], yp[j], t5[j]);
+                                t6[j] = nncc_muladd(xp[6], yp[j], t6[j]);
+                                t7[j] = nncc_muladd(xp[7], yp[j], t7[j]);
+#endif
                             }
                         }
-                        for (int j = 0; j < NR; j++) {  /* the rows stay in registers until here */
-                            t[0][j] = t0[j], t[1][j] = t1[j], t[2][j] = t2[j], t[3][j] = t3[j];
-                            t[4][j] = t4[j], t[5][j] = t5[j], t[6][j] = t6[j], t[7][j] = t7[j];
-                        }
                         for (long i = 0; i < MR && ir + i < mc; i++) {
+                            /* each row read by name: copied into one array of all the rows
+                             * first, gcc keeps rows on the stack through the loop above */
+#if NNCC_GEMM_MR == 8
+                            const real *row = i == 0 ? t0 : i == 1 ? t1 : i == 2 ? t2 : i == 3 ? t3 :
+                                              i == 4 ? t4 : i == 5 ? t5 : i == 6 ? t6 : t7;
+#else
+                            const real *row = i == 0 ? t0 : i == 1 ? t1 : i == 2 ? t2 : t3;
+#endif
                             real *out = c + (ic + ir + i) * ldc + jc + jr;
                             for (long j = 0; j < NR && jr + j < nc; j++)
-                                out[j] = (first ? 0 : out[j]) + alpha * t[i][j];
+                                out[j] = (first ? 0 : out[j]) + alpha * row[j];
                         }
                     }
             }
         }
     }
 #endif
+}
+
+#if defined(NNCC_THREADS) && !defined(NNCC_CBLAS)
+#include <pthread.h>
+#include <stdlib.h>
+#endif
+static void *nncc_gemm_half(void *job)
+{
+    /* nncc_gemm_tiles on the arguments job points to: a thread's start routine */
+    void **v = job;
+    nncc_gemm_tiles(*(int *)v[0], *(int *)v[1], *(long *)v[2], *(long *)v[3], *(long *)v[4], *(real *)v[5],
+                    (const real *)v[6], *(long *)v[7], (const real *)v[8], *(long *)v[9], *(int *)v[10],
+                    (real *)v[11], *(long *)v[12], (real *)v[13]);
+    return 0;
+}
+
+static void nncc_gemm(int ta, int tb, long m, long n, long k, real alpha, const real *a, long lda,
+                      const real *b, long ldb, int add, real *c, long ldc, real *pack)
+{
+    /* nncc_gemm_tiles (its comment says what it computes); in the cffi build (NNCC_THREADS,
+     * POSIX) a product of 2^26 terms or more in two halves of its columns, the second on a
+     * thread of its own for the call, packing into space of its own: none is kept between
+     * calls, so a fork stays safe, and the workspace the header names is the same.  Each
+     * element is the same sum either way. */
+#if defined(NNCC_THREADS) && !defined(NNCC_CBLAS)
+    enum { NR = sizeof(real) == sizeof(float) ? 16 : 8 };
+    if (n >= 4 * NR && (double)m * (double)n * (double)k >= 67108864.0) {
+        long half = (n / 2 + NR - 1) / NR * NR, rest = n - half;
+        long kc = k < 256 ? k : 256, nb = (rest + NR - 1) / NR * NR, ma = (m + 7) / 8 * 8;
+        real *own = malloc(sizeof(real) * (size_t)(kc * ((nb < 16 * NR ? nb : 16 * NR) + (ma < 128 ? ma : 128))));
+        const real *b2 = tb ? b + half * ldb : b + half;
+        void *job[14] = {&ta, &tb, &m, &rest, &k, &alpha, (void *)a, &lda, (void *)b2, &ldb, &add, c + half, &ldc, own};
+        pthread_t thread;
+        int started = own && pthread_create(&thread, 0, nncc_gemm_half, job) == 0;
+        nncc_gemm_tiles(ta, tb, m, started ? half : n, k, alpha, a, lda, b, ldb, add, c, ldc, pack);
+        if (started)
+            pthread_join(thread, 0);
+        free(own);
+        return;
+    }
+#else
+    (void)nncc_gemm_half;
+#endif
+    nncc_gemm_tiles(ta, tb, m, n, k, alpha, a, lda, b, ldb, add, c, ldc, pack);
 }
 
 
@@ -790,4 +843,6 @@ real nielsen_sgd_step(real *params, const nielsen_real *v_x, const nielsen_real 
 #undef real
 #undef nncc_sigmoid
 #undef nncc_muladd
+#undef nncc_gemm_tiles
+#undef nncc_gemm_half
 #undef nncc_gemm

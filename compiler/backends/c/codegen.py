@@ -381,7 +381,7 @@ class CLowerer:
         self.work.append(Buffer(pack, (gemm_pack_size(m, n, k, self.real),), "work"))
         self.buffers[pack] = self.work[-1]
         self.used |= {pack, buf.name, *(self.buffers[r.base.label.name].name for r in reads)}
-        self.helpers |= {"muladd", "gemm"}
+        self.helpers |= {"muladd", "gemm_tiles", "gemm_half", "gemm"}
         size = lambda e: _CPrinter(self, index=True).doprint(e)  # noqa: E731
         names = [self.buffers[r.base.label.name].name for r in (a, b)]
         alpha = _CPrinter(self).doprint(scale)
@@ -893,7 +893,7 @@ def _helpers() -> dict:
             end, start = lines.index("}", k), k
             while start > 0 and lines[start - 1].strip():
                 start -= 1
-            name = line.split("(")[0].split()[-1]
+            name = line.split("(")[0].split()[-1].lstrip("*")
             out[name.removeprefix("nncc_")] = "\n".join(lines[start:end + 1])
     return out
 
