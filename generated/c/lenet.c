@@ -660,14 +660,17 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
         for (int ci_4 = 0; ci_4 < 1; ci_4++) {
             for (int p_5 = 0; p_5 < 3; p_5++) {
                 for (int q_6 = 0; q_6 < 3; q_6++) {
-                    real r4 = 0;
+                    real r4_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
                     for (int b_0 = 0; b_0 < batch; b_0++) {
                         for (int i_1 = 0; i_1 < 8; i_1++) {
-                            for (int j_2 = 0; j_2 < 8; j_2++) {
-                                r4 += dv_conv2d_1[(b_0)*512 + (o_10)*64 + (i_1)*8 + j_2]*(((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 8 && (j_2 + q_6 - 1) >= 0 && (j_2 + q_6 - 1) < 8) ? v_x[(b_0)*64 + (ci_4)*64 + (i_1 + p_5 - 1)*8 + j_2 + q_6 - 1] : (real)0);
+                            for (int jo_20 = 0; jo_20 < 1; jo_20++) {
+                                for (int u_21 = 0; u_21 < 8; u_21++) {
+                                    r4_p[u_21] += dv_conv2d_1[(b_0)*512 + (o_10)*64 + (i_1)*8 + 8*jo_20 + u_21]*(((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 8 && (8*jo_20 + u_21 + q_6 - 1) >= 0 && (8*jo_20 + u_21 + q_6 - 1) < 8) ? v_x[(b_0)*64 + (ci_4)*64 + (i_1 + p_5 - 1)*8 + 8*jo_20 + u_21 + q_6 - 1] : (real)0);
+                                }
                             }
                         }
                     }
+                    real r4 = (((r4_p[0] + r4_p[1]) + (r4_p[2] + r4_p[3])) + ((r4_p[4] + r4_p[5]) + (r4_p[6] + r4_p[7])));
                     dv_conv2d_1_weight[(o_10)*9 + (ci_4)*9 + (p_5)*3 + q_6] = r4;
                 }
             }
@@ -675,14 +678,17 @@ real lenet_loss_and_grad(const real *params, const lenet_real *v_x, const lenet_
     }
     /* d_conv2d_1_bias[o] = Σ_b,i,j d_conv2d_1[b, o, i, j]  [#bwd-conv2d_1-bias] */
     for (int o_10 = 0; o_10 < 8; o_10++) {
-        real r5 = 0;
+        real r5_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
         for (int b_0 = 0; b_0 < batch; b_0++) {
             for (int i_1 = 0; i_1 < 8; i_1++) {
-                for (int j_2 = 0; j_2 < 8; j_2++) {
-                    r5 += dv_conv2d_1[(b_0)*512 + (o_10)*64 + (i_1)*8 + j_2];
+                for (int jo_23 = 0; jo_23 < 1; jo_23++) {
+                    for (int u_24 = 0; u_24 < 8; u_24++) {
+                        r5_p[u_24] += dv_conv2d_1[(b_0)*512 + (o_10)*64 + (i_1)*8 + 8*jo_23 + u_24];
+                    }
                 }
             }
         }
+        real r5 = (((r5_p[0] + r5_p[1]) + (r5_p[2] + r5_p[3])) + ((r5_p[4] + r5_p[5]) + (r5_p[6] + r5_p[7])));
         dv_conv2d_1_bias[o_10] = r5;
     }
     return lenet_loss_value(v_softmax_cross_entropy_1, batch);
@@ -1028,14 +1034,17 @@ real lenet_sgd_step(real *params, const lenet_real *v_x, const lenet_real *v_y, 
         for (int ci_4 = 0; ci_4 < 1; ci_4++) {
             for (int p_5 = 0; p_5 < 3; p_5++) {
                 for (int q_6 = 0; q_6 < 3; q_6++) {
-                    real r4 = 0;
+                    real r4_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
                     for (int b_0 = 0; b_0 < batch; b_0++) {
                         for (int i_1 = 0; i_1 < 8; i_1++) {
-                            for (int j_2 = 0; j_2 < 8; j_2++) {
-                                r4 += dv_conv2d_1[(b_0)*512 + (o_10)*64 + (i_1)*8 + j_2]*(((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 8 && (j_2 + q_6 - 1) >= 0 && (j_2 + q_6 - 1) < 8) ? v_x[(b_0)*64 + (ci_4)*64 + (i_1 + p_5 - 1)*8 + j_2 + q_6 - 1] : (real)0);
+                            for (int jo_20 = 0; jo_20 < 1; jo_20++) {
+                                for (int u_21 = 0; u_21 < 8; u_21++) {
+                                    r4_p[u_21] += dv_conv2d_1[(b_0)*512 + (o_10)*64 + (i_1)*8 + 8*jo_20 + u_21]*(((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 8 && (8*jo_20 + u_21 + q_6 - 1) >= 0 && (8*jo_20 + u_21 + q_6 - 1) < 8) ? v_x[(b_0)*64 + (ci_4)*64 + (i_1 + p_5 - 1)*8 + 8*jo_20 + u_21 + q_6 - 1] : (real)0);
+                                }
                             }
                         }
                     }
+                    real r4 = (((r4_p[0] + r4_p[1]) + (r4_p[2] + r4_p[3])) + ((r4_p[4] + r4_p[5]) + (r4_p[6] + r4_p[7])));
                     dv_conv2d_1_weight[(o_10)*9 + (ci_4)*9 + (p_5)*3 + q_6] = r4;
                 }
             }
@@ -1047,14 +1056,17 @@ real lenet_sgd_step(real *params, const lenet_real *v_x, const lenet_real *v_y, 
     }
     /* d_conv2d_1_bias[o] = Σ_b,i,j d_conv2d_1[b, o, i, j]  [#bwd-conv2d_1-bias] */
     for (int o_10 = 0; o_10 < 8; o_10++) {
-        real r5 = 0;
+        real r5_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
         for (int b_0 = 0; b_0 < batch; b_0++) {
             for (int i_1 = 0; i_1 < 8; i_1++) {
-                for (int j_2 = 0; j_2 < 8; j_2++) {
-                    r5 += dv_conv2d_1[(b_0)*512 + (o_10)*64 + (i_1)*8 + j_2];
+                for (int jo_23 = 0; jo_23 < 1; jo_23++) {
+                    for (int u_24 = 0; u_24 < 8; u_24++) {
+                        r5_p[u_24] += dv_conv2d_1[(b_0)*512 + (o_10)*64 + (i_1)*8 + 8*jo_23 + u_24];
+                    }
                 }
             }
         }
+        real r5 = (((r5_p[0] + r5_p[1]) + (r5_p[2] + r5_p[3])) + ((r5_p[4] + r5_p[5]) + (r5_p[6] + r5_p[7])));
         dv_conv2d_1_bias[o_10] = r5;
     }
     /* conv2d_1_bias -= lr * its gradient, which is complete and read no more */

@@ -748,14 +748,17 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
         for (int ci_7 = 0; ci_7 < 8; ci_7++) {
             for (int p_5 = 0; p_5 < 3; p_5++) {
                 for (int q_6 = 0; q_6 < 3; q_6++) {
-                    real r1 = 0;
+                    real r1_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
                     for (int b_0 = 0; b_0 < batch; b_0++) {
                         for (int i_1 = 0; i_1 < 8; i_1++) {
-                            for (int j_2 = 0; j_2 < 8; j_2++) {
-                                r1 += dv_body[(b_0)*512 + (o_9)*64 + (i_1)*8 + j_2]*(((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 8 && (j_2 + q_6 - 1) >= 0 && (j_2 + q_6 - 1) < 8) ? v_relu_2[(b_0)*512 + (ci_7)*64 + (i_1 + p_5 - 1)*8 + j_2 + q_6 - 1] : (real)0);
+                            for (int jo_11 = 0; jo_11 < 1; jo_11++) {
+                                for (int u_12 = 0; u_12 < 8; u_12++) {
+                                    r1_p[u_12] += dv_body[(b_0)*512 + (o_9)*64 + (i_1)*8 + 8*jo_11 + u_12]*(((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 8 && (8*jo_11 + u_12 + q_6 - 1) >= 0 && (8*jo_11 + u_12 + q_6 - 1) < 8) ? v_relu_2[(b_0)*512 + (ci_7)*64 + (i_1 + p_5 - 1)*8 + 8*jo_11 + u_12 + q_6 - 1] : (real)0);
+                                }
                             }
                         }
                     }
+                    real r1 = (((r1_p[0] + r1_p[1]) + (r1_p[2] + r1_p[3])) + ((r1_p[4] + r1_p[5]) + (r1_p[6] + r1_p[7])));
                     dv_conv2d_3_weight[(o_9)*72 + (ci_7)*9 + (p_5)*3 + q_6] = r1;
                 }
             }
@@ -763,14 +766,17 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
     }
     /* d_conv2d_3_bias[o] = Σ_b,i,j d_body[b, o, i, j]  [#bwd-conv2d_3-bias] */
     for (int o_9 = 0; o_9 < 8; o_9++) {
-        real r2 = 0;
+        real r2_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
         for (int b_0 = 0; b_0 < batch; b_0++) {
             for (int i_1 = 0; i_1 < 8; i_1++) {
-                for (int j_2 = 0; j_2 < 8; j_2++) {
-                    r2 += dv_body[(b_0)*512 + (o_9)*64 + (i_1)*8 + j_2];
+                for (int jo_14 = 0; jo_14 < 1; jo_14++) {
+                    for (int u_15 = 0; u_15 < 8; u_15++) {
+                        r2_p[u_15] += dv_body[(b_0)*512 + (o_9)*64 + (i_1)*8 + 8*jo_14 + u_15];
+                    }
                 }
             }
         }
+        real r2 = (((r2_p[0] + r2_p[1]) + (r2_p[2] + r2_p[3])) + ((r2_p[4] + r2_p[5]) + (r2_p[6] + r2_p[7])));
         dv_conv2d_3_bias[o_9] = r2;
     }
     /* d_conv2d_2[b, i, j, k] = where(conv2d_2[b, i, j, k] > 0, d_relu_2[b, i, j, k], 0)  [#bwd-relu_2-conv2d_2] */
@@ -807,8 +813,8 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int ci_7 = 0; ci_7 < 8; ci_7++) {
             for (int k_3 = 0; k_3 < 8; k_3++) {
-                for (int l_13 = 0; l_13 < 8; l_13++) {
-                    dv_stem[(b_0)*512 + (ci_7)*64 + (k_3)*8 + l_13] += tmp5[(b_0)*512 + (ci_7)*64 + (k_3)*8 + l_13];
+                for (int l_17 = 0; l_17 < 8; l_17++) {
+                    dv_stem[(b_0)*512 + (ci_7)*64 + (k_3)*8 + l_17] += tmp5[(b_0)*512 + (ci_7)*64 + (k_3)*8 + l_17];
                 }
             }
         }
@@ -818,14 +824,17 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
         for (int ci_7 = 0; ci_7 < 8; ci_7++) {
             for (int p_5 = 0; p_5 < 3; p_5++) {
                 for (int q_6 = 0; q_6 < 3; q_6++) {
-                    real r4 = 0;
+                    real r4_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
                     for (int b_0 = 0; b_0 < batch; b_0++) {
                         for (int i_1 = 0; i_1 < 8; i_1++) {
-                            for (int j_2 = 0; j_2 < 8; j_2++) {
-                                r4 += dv_conv2d_2[(b_0)*512 + (o_9)*64 + (i_1)*8 + j_2]*(((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 8 && (j_2 + q_6 - 1) >= 0 && (j_2 + q_6 - 1) < 8) ? v_stem[(b_0)*512 + (ci_7)*64 + (i_1 + p_5 - 1)*8 + j_2 + q_6 - 1] : (real)0);
+                            for (int jo_19 = 0; jo_19 < 1; jo_19++) {
+                                for (int u_20 = 0; u_20 < 8; u_20++) {
+                                    r4_p[u_20] += dv_conv2d_2[(b_0)*512 + (o_9)*64 + (i_1)*8 + 8*jo_19 + u_20]*(((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 8 && (8*jo_19 + u_20 + q_6 - 1) >= 0 && (8*jo_19 + u_20 + q_6 - 1) < 8) ? v_stem[(b_0)*512 + (ci_7)*64 + (i_1 + p_5 - 1)*8 + 8*jo_19 + u_20 + q_6 - 1] : (real)0);
+                                }
                             }
                         }
                     }
+                    real r4 = (((r4_p[0] + r4_p[1]) + (r4_p[2] + r4_p[3])) + ((r4_p[4] + r4_p[5]) + (r4_p[6] + r4_p[7])));
                     dv_conv2d_2_weight[(o_9)*72 + (ci_7)*9 + (p_5)*3 + q_6] = r4;
                 }
             }
@@ -833,14 +842,17 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
     }
     /* d_conv2d_2_bias[o] = Σ_b,i,j d_conv2d_2[b, o, i, j]  [#bwd-conv2d_2-bias] */
     for (int o_9 = 0; o_9 < 8; o_9++) {
-        real r5 = 0;
+        real r5_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
         for (int b_0 = 0; b_0 < batch; b_0++) {
             for (int i_1 = 0; i_1 < 8; i_1++) {
-                for (int j_2 = 0; j_2 < 8; j_2++) {
-                    r5 += dv_conv2d_2[(b_0)*512 + (o_9)*64 + (i_1)*8 + j_2];
+                for (int jo_22 = 0; jo_22 < 1; jo_22++) {
+                    for (int u_23 = 0; u_23 < 8; u_23++) {
+                        r5_p[u_23] += dv_conv2d_2[(b_0)*512 + (o_9)*64 + (i_1)*8 + 8*jo_22 + u_23];
+                    }
                 }
             }
         }
+        real r5 = (((r5_p[0] + r5_p[1]) + (r5_p[2] + r5_p[3])) + ((r5_p[4] + r5_p[5]) + (r5_p[6] + r5_p[7])));
         dv_conv2d_2_bias[o_9] = r5;
     }
     /* d_conv2d_1[b, i, j, k] = where(conv2d_1[b, i, j, k] > 0, d_stem[b, i, j, k], 0)  [#bwd-relu_1-conv2d_1] */
@@ -858,14 +870,17 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
         for (int ci_7 = 0; ci_7 < 1; ci_7++) {
             for (int p_5 = 0; p_5 < 3; p_5++) {
                 for (int q_6 = 0; q_6 < 3; q_6++) {
-                    real r6 = 0;
+                    real r6_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
                     for (int b_0 = 0; b_0 < batch; b_0++) {
                         for (int i_1 = 0; i_1 < 8; i_1++) {
-                            for (int j_2 = 0; j_2 < 8; j_2++) {
-                                r6 += dv_conv2d_1[(b_0)*512 + (o_9)*64 + (i_1)*8 + j_2]*(((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 8 && (j_2 + q_6 - 1) >= 0 && (j_2 + q_6 - 1) < 8) ? v_x[(b_0)*64 + (ci_7)*64 + (i_1 + p_5 - 1)*8 + j_2 + q_6 - 1] : (real)0);
+                            for (int jo_25 = 0; jo_25 < 1; jo_25++) {
+                                for (int u_26 = 0; u_26 < 8; u_26++) {
+                                    r6_p[u_26] += dv_conv2d_1[(b_0)*512 + (o_9)*64 + (i_1)*8 + 8*jo_25 + u_26]*(((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 8 && (8*jo_25 + u_26 + q_6 - 1) >= 0 && (8*jo_25 + u_26 + q_6 - 1) < 8) ? v_x[(b_0)*64 + (ci_7)*64 + (i_1 + p_5 - 1)*8 + 8*jo_25 + u_26 + q_6 - 1] : (real)0);
+                                }
                             }
                         }
                     }
+                    real r6 = (((r6_p[0] + r6_p[1]) + (r6_p[2] + r6_p[3])) + ((r6_p[4] + r6_p[5]) + (r6_p[6] + r6_p[7])));
                     dv_conv2d_1_weight[(o_9)*9 + (ci_7)*9 + (p_5)*3 + q_6] = r6;
                 }
             }
@@ -873,14 +888,17 @@ real residual_loss_and_grad(const real *params, const residual_real *v_x, const 
     }
     /* d_conv2d_1_bias[o] = Σ_b,i,j d_conv2d_1[b, o, i, j]  [#bwd-conv2d_1-bias] */
     for (int o_9 = 0; o_9 < 8; o_9++) {
-        real r7 = 0;
+        real r7_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
         for (int b_0 = 0; b_0 < batch; b_0++) {
             for (int i_1 = 0; i_1 < 8; i_1++) {
-                for (int j_2 = 0; j_2 < 8; j_2++) {
-                    r7 += dv_conv2d_1[(b_0)*512 + (o_9)*64 + (i_1)*8 + j_2];
+                for (int jo_28 = 0; jo_28 < 1; jo_28++) {
+                    for (int u_29 = 0; u_29 < 8; u_29++) {
+                        r7_p[u_29] += dv_conv2d_1[(b_0)*512 + (o_9)*64 + (i_1)*8 + 8*jo_28 + u_29];
+                    }
                 }
             }
         }
+        real r7 = (((r7_p[0] + r7_p[1]) + (r7_p[2] + r7_p[3])) + ((r7_p[4] + r7_p[5]) + (r7_p[6] + r7_p[7])));
         dv_conv2d_1_bias[o_9] = r7;
     }
     return residual_loss_value(v_softmax_cross_entropy_1, batch);
@@ -1238,14 +1256,17 @@ real residual_sgd_step(real *params, const residual_real *v_x, const residual_re
         for (int ci_7 = 0; ci_7 < 8; ci_7++) {
             for (int p_5 = 0; p_5 < 3; p_5++) {
                 for (int q_6 = 0; q_6 < 3; q_6++) {
-                    real r1 = 0;
+                    real r1_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
                     for (int b_0 = 0; b_0 < batch; b_0++) {
                         for (int i_1 = 0; i_1 < 8; i_1++) {
-                            for (int j_2 = 0; j_2 < 8; j_2++) {
-                                r1 += dv_body[(b_0)*512 + (o_9)*64 + (i_1)*8 + j_2]*(((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 8 && (j_2 + q_6 - 1) >= 0 && (j_2 + q_6 - 1) < 8) ? v_relu_2[(b_0)*512 + (ci_7)*64 + (i_1 + p_5 - 1)*8 + j_2 + q_6 - 1] : (real)0);
+                            for (int jo_11 = 0; jo_11 < 1; jo_11++) {
+                                for (int u_12 = 0; u_12 < 8; u_12++) {
+                                    r1_p[u_12] += dv_body[(b_0)*512 + (o_9)*64 + (i_1)*8 + 8*jo_11 + u_12]*(((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 8 && (8*jo_11 + u_12 + q_6 - 1) >= 0 && (8*jo_11 + u_12 + q_6 - 1) < 8) ? v_relu_2[(b_0)*512 + (ci_7)*64 + (i_1 + p_5 - 1)*8 + 8*jo_11 + u_12 + q_6 - 1] : (real)0);
+                                }
                             }
                         }
                     }
+                    real r1 = (((r1_p[0] + r1_p[1]) + (r1_p[2] + r1_p[3])) + ((r1_p[4] + r1_p[5]) + (r1_p[6] + r1_p[7])));
                     dv_conv2d_3_weight[(o_9)*72 + (ci_7)*9 + (p_5)*3 + q_6] = r1;
                 }
             }
@@ -1257,14 +1278,17 @@ real residual_sgd_step(real *params, const residual_real *v_x, const residual_re
     }
     /* d_conv2d_3_bias[o] = Σ_b,i,j d_body[b, o, i, j]  [#bwd-conv2d_3-bias] */
     for (int o_9 = 0; o_9 < 8; o_9++) {
-        real r2 = 0;
+        real r2_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
         for (int b_0 = 0; b_0 < batch; b_0++) {
             for (int i_1 = 0; i_1 < 8; i_1++) {
-                for (int j_2 = 0; j_2 < 8; j_2++) {
-                    r2 += dv_body[(b_0)*512 + (o_9)*64 + (i_1)*8 + j_2];
+                for (int jo_14 = 0; jo_14 < 1; jo_14++) {
+                    for (int u_15 = 0; u_15 < 8; u_15++) {
+                        r2_p[u_15] += dv_body[(b_0)*512 + (o_9)*64 + (i_1)*8 + 8*jo_14 + u_15];
+                    }
                 }
             }
         }
+        real r2 = (((r2_p[0] + r2_p[1]) + (r2_p[2] + r2_p[3])) + ((r2_p[4] + r2_p[5]) + (r2_p[6] + r2_p[7])));
         dv_conv2d_3_bias[o_9] = r2;
     }
     /* conv2d_3_bias -= lr * its gradient, which is complete and read no more */
@@ -1305,8 +1329,8 @@ real residual_sgd_step(real *params, const residual_real *v_x, const residual_re
     for (int b_0 = 0; b_0 < batch; b_0++) {
         for (int ci_7 = 0; ci_7 < 8; ci_7++) {
             for (int k_3 = 0; k_3 < 8; k_3++) {
-                for (int l_13 = 0; l_13 < 8; l_13++) {
-                    dv_stem[(b_0)*512 + (ci_7)*64 + (k_3)*8 + l_13] += tmp5[(b_0)*512 + (ci_7)*64 + (k_3)*8 + l_13];
+                for (int l_17 = 0; l_17 < 8; l_17++) {
+                    dv_stem[(b_0)*512 + (ci_7)*64 + (k_3)*8 + l_17] += tmp5[(b_0)*512 + (ci_7)*64 + (k_3)*8 + l_17];
                 }
             }
         }
@@ -1316,14 +1340,17 @@ real residual_sgd_step(real *params, const residual_real *v_x, const residual_re
         for (int ci_7 = 0; ci_7 < 8; ci_7++) {
             for (int p_5 = 0; p_5 < 3; p_5++) {
                 for (int q_6 = 0; q_6 < 3; q_6++) {
-                    real r4 = 0;
+                    real r4_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
                     for (int b_0 = 0; b_0 < batch; b_0++) {
                         for (int i_1 = 0; i_1 < 8; i_1++) {
-                            for (int j_2 = 0; j_2 < 8; j_2++) {
-                                r4 += dv_conv2d_2[(b_0)*512 + (o_9)*64 + (i_1)*8 + j_2]*(((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 8 && (j_2 + q_6 - 1) >= 0 && (j_2 + q_6 - 1) < 8) ? v_stem[(b_0)*512 + (ci_7)*64 + (i_1 + p_5 - 1)*8 + j_2 + q_6 - 1] : (real)0);
+                            for (int jo_19 = 0; jo_19 < 1; jo_19++) {
+                                for (int u_20 = 0; u_20 < 8; u_20++) {
+                                    r4_p[u_20] += dv_conv2d_2[(b_0)*512 + (o_9)*64 + (i_1)*8 + 8*jo_19 + u_20]*(((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 8 && (8*jo_19 + u_20 + q_6 - 1) >= 0 && (8*jo_19 + u_20 + q_6 - 1) < 8) ? v_stem[(b_0)*512 + (ci_7)*64 + (i_1 + p_5 - 1)*8 + 8*jo_19 + u_20 + q_6 - 1] : (real)0);
+                                }
                             }
                         }
                     }
+                    real r4 = (((r4_p[0] + r4_p[1]) + (r4_p[2] + r4_p[3])) + ((r4_p[4] + r4_p[5]) + (r4_p[6] + r4_p[7])));
                     dv_conv2d_2_weight[(o_9)*72 + (ci_7)*9 + (p_5)*3 + q_6] = r4;
                 }
             }
@@ -1335,14 +1362,17 @@ real residual_sgd_step(real *params, const residual_real *v_x, const residual_re
     }
     /* d_conv2d_2_bias[o] = Σ_b,i,j d_conv2d_2[b, o, i, j]  [#bwd-conv2d_2-bias] */
     for (int o_9 = 0; o_9 < 8; o_9++) {
-        real r5 = 0;
+        real r5_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
         for (int b_0 = 0; b_0 < batch; b_0++) {
             for (int i_1 = 0; i_1 < 8; i_1++) {
-                for (int j_2 = 0; j_2 < 8; j_2++) {
-                    r5 += dv_conv2d_2[(b_0)*512 + (o_9)*64 + (i_1)*8 + j_2];
+                for (int jo_22 = 0; jo_22 < 1; jo_22++) {
+                    for (int u_23 = 0; u_23 < 8; u_23++) {
+                        r5_p[u_23] += dv_conv2d_2[(b_0)*512 + (o_9)*64 + (i_1)*8 + 8*jo_22 + u_23];
+                    }
                 }
             }
         }
+        real r5 = (((r5_p[0] + r5_p[1]) + (r5_p[2] + r5_p[3])) + ((r5_p[4] + r5_p[5]) + (r5_p[6] + r5_p[7])));
         dv_conv2d_2_bias[o_9] = r5;
     }
     /* conv2d_2_bias -= lr * its gradient, which is complete and read no more */
@@ -1364,14 +1394,17 @@ real residual_sgd_step(real *params, const residual_real *v_x, const residual_re
         for (int ci_7 = 0; ci_7 < 1; ci_7++) {
             for (int p_5 = 0; p_5 < 3; p_5++) {
                 for (int q_6 = 0; q_6 < 3; q_6++) {
-                    real r6 = 0;
+                    real r6_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
                     for (int b_0 = 0; b_0 < batch; b_0++) {
                         for (int i_1 = 0; i_1 < 8; i_1++) {
-                            for (int j_2 = 0; j_2 < 8; j_2++) {
-                                r6 += dv_conv2d_1[(b_0)*512 + (o_9)*64 + (i_1)*8 + j_2]*(((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 8 && (j_2 + q_6 - 1) >= 0 && (j_2 + q_6 - 1) < 8) ? v_x[(b_0)*64 + (ci_7)*64 + (i_1 + p_5 - 1)*8 + j_2 + q_6 - 1] : (real)0);
+                            for (int jo_25 = 0; jo_25 < 1; jo_25++) {
+                                for (int u_26 = 0; u_26 < 8; u_26++) {
+                                    r6_p[u_26] += dv_conv2d_1[(b_0)*512 + (o_9)*64 + (i_1)*8 + 8*jo_25 + u_26]*(((i_1 + p_5 - 1) >= 0 && (i_1 + p_5 - 1) < 8 && (8*jo_25 + u_26 + q_6 - 1) >= 0 && (8*jo_25 + u_26 + q_6 - 1) < 8) ? v_x[(b_0)*64 + (ci_7)*64 + (i_1 + p_5 - 1)*8 + 8*jo_25 + u_26 + q_6 - 1] : (real)0);
+                                }
                             }
                         }
                     }
+                    real r6 = (((r6_p[0] + r6_p[1]) + (r6_p[2] + r6_p[3])) + ((r6_p[4] + r6_p[5]) + (r6_p[6] + r6_p[7])));
                     dv_conv2d_1_weight[(o_9)*9 + (ci_7)*9 + (p_5)*3 + q_6] = r6;
                 }
             }
@@ -1383,14 +1416,17 @@ real residual_sgd_step(real *params, const residual_real *v_x, const residual_re
     }
     /* d_conv2d_1_bias[o] = Σ_b,i,j d_conv2d_1[b, o, i, j]  [#bwd-conv2d_1-bias] */
     for (int o_9 = 0; o_9 < 8; o_9++) {
-        real r7 = 0;
+        real r7_p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
         for (int b_0 = 0; b_0 < batch; b_0++) {
             for (int i_1 = 0; i_1 < 8; i_1++) {
-                for (int j_2 = 0; j_2 < 8; j_2++) {
-                    r7 += dv_conv2d_1[(b_0)*512 + (o_9)*64 + (i_1)*8 + j_2];
+                for (int jo_28 = 0; jo_28 < 1; jo_28++) {
+                    for (int u_29 = 0; u_29 < 8; u_29++) {
+                        r7_p[u_29] += dv_conv2d_1[(b_0)*512 + (o_9)*64 + (i_1)*8 + 8*jo_28 + u_29];
+                    }
                 }
             }
         }
+        real r7 = (((r7_p[0] + r7_p[1]) + (r7_p[2] + r7_p[3])) + ((r7_p[4] + r7_p[5]) + (r7_p[6] + r7_p[7])));
         dv_conv2d_1_bias[o_9] = r7;
     }
     /* conv2d_1_bias -= lr * its gradient, which is complete and read no more */

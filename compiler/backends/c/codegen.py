@@ -524,27 +524,31 @@ class CLowerer:
     LANES = 8
 
     def _split_sum(self, acc, body, vs, declare):
-        """Σ_v body over LANES partial sums, added pairwise at the end.
+        """Σ_vs body over LANES partial sums, added pairwise at the end.
 
         One running sum makes every addition wait for the one before it, and C
         compilers may not reorder float additions themselves; LANES independent sums
-        (v = LANES*vo + u) run in parallel and vectorise.  Only for one reduction
-        index with a known extent and a body free of nested reductions.
+        (v = LANES*vo + u, v the innermost reduction index) run in parallel and
+        vectorise.  For a reduction whose innermost index has a known extent (at
+        least 2*LANES alone, LANES under other indices: a weight gradient summing
+        over batch, rows and columns) and a body free of nested reductions.
         """
-        if len(vs) != 1 or self.ranges[vs[0]] == B or int(self.ranges[vs[0]]) < 2 * self.LANES \
-                or any(s in self.pending for s in body.free_symbols):
+        if not vs or self.ranges[vs[-1]] == B or any(s in self.pending for s in body.free_symbols):
             return False
-        v, n, lanes = vs[0], int(self.ranges[vs[0]]), self.LANES
+        v, n, lanes, outer = vs[-1], int(self.ranges[vs[-1]]), self.LANES, list(vs[:-1])
+        if n < (2 * lanes if not outer else lanes):
+            return False
         vo, u = sp.Dummy(v.name + "o", integer=True), sp.Dummy("u", integer=True)
         self.ranges[vo], self.ranges[u] = n // lanes, lanes
         p = _CPrinter(self)
         parts = f"{acc}_p"
         self._emit(f"real {parts}[{lanes}] = {{{', '.join(['0'] * lanes)}}};")
-        with self._loops([vo, u]):
+        with self._loops(outer + [vo, u]):
             self._emit(f"{parts}[{self.loop_var(u)}] += {p.doprint(body.xreplace({v: lanes * vo + u}))};")
         if n % lanes:
-            with self._inside(Loop(self.loop_var(v), str(n - n % lanes), str(n))):
-                self._emit(f"{parts}[0] += {p.doprint(body)};")
+            with self._loops(outer):
+                with self._inside(Loop(self.loop_var(v), str(n - n % lanes), str(n))):
+                    self._emit(f"{parts}[0] += {p.doprint(body)};")
         self._emit(f"{'real ' if declare else ''}{acc} = {_pairwise(parts, lanes)};")
         return True
 
