@@ -48,6 +48,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="with --backend c, matrix products through cblas_?gemm: the cffi module links the "
                         "OpenBLAS of the scipy-openblas32 package (pip install 'nncc[blas]'); C sources "
                         "define NNCC_CBLAS (link a CBLAS). Without it the C has its own blocked product")
+    c.add_argument("--optimizer", metavar="SPEC",
+                   help="train_step's optimizer, as the program's 'optimizer' line writes it, replacing "
+                        "the program's own: sgd, adam, adamw, e.g. --optimizer 'adam(lr=0.001)' or "
+                        "'sgd(lr=0.1, momentum=0.9, nesterov=true)' (default: the program's, else sgd)")
     e = commands.add_parser(
         "explain", help="write the derivation of the gradients as LaTeX, Markdown or HTML",
         description="Write the derivation of a network's gradients as LaTeX, Markdown or HTML: each "
@@ -191,7 +195,7 @@ def _compile(args) -> int:
                   "runs float32 and float64 arrays alike", file=sys.stderr)
         return 1
     try:
-        compiled = compile_source(source, str(args.model))
+        compiled = compile_source(source, str(args.model), args.optimizer)
         if args.backend == "numpy":
             files = {out: compiled.numpy_module()}
         elif c_files:

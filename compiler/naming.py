@@ -20,11 +20,13 @@ import keyword
 
 # module level: templates/numpy_module.py.j2, module_tables.py.j2, module_checks.py.j2
 _MODULE = {"np", "PARAM_SHAPES", "INPUT_SHAPES", "TARGET_SHAPES", "PARAM_INITS", "init_params", "forward",
-           "loss", "loss_and_grad", "sgd_step"}
+           "loss", "loss_and_grad", "sgd_step",
+           "init_state", "train_step", "OPTIMIZER", "STATE_NAMES"}
 # module level in templates/c_module.py.j2 as well (its _-prefixed names are covered below)
 _C_MODULE = {"hashlib", "importlib", "os", "re", "shutil", "stat", "sys", "tempfile", "threading", "weakref", "cffi"}
 # the template functions' arguments and locals the generated lines could overwrite or read
-_LOCALS = {"params", "grads", "batch", "lr", "value", "dtype", "name", "shape", "seed", "rng", "out"}
+_LOCALS = {"params", "grads", "batch", "lr", "value", "dtype", "name", "shape", "seed", "rng", "out", "state",
+           "step", "max_norm"}
 # builtins the generated functions call (a user's `float` would shadow the one they need)
 _BUILTINS = {"float", "int", "sum", "max", "min", "abs", "len", "range", "isinstance"}
 RESERVED = frozenset(_MODULE | _C_MODULE | _LOCALS | _BUILTINS)
@@ -48,6 +50,12 @@ def var(name: str) -> str:
 
 def grad_name(name: str) -> str:
     return "d_" + plain(name)
+
+
+def state_name(param: str, state: str) -> str:
+    """The array of optimizer state `state` (exp_avg, say) for a parameter: dense_1.weight's is
+    dense_1_weight_exp_avg, a name checked against the user's like every other."""
+    return f"{plain(param)}_{state}"
 
 
 def c_macro(name: str) -> str:

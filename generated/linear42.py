@@ -20,7 +20,11 @@ TARGET_SHAPES = {
 PARAM_INITS = {
     "dense_1.weight": ("uniform", -0.5, 0.5),
     "dense_1.bias": ("uniform", -0.5, 0.5),
-}
+}# train_step's optimizer as compiled: its name and options (lr is train_step's argument)
+OPTIMIZER = ("sgd", {"lr": 0.01, "momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0, "nesterov": False})
+# what it keeps per parameter between steps (init_state)
+STATE_NAMES = ()
+
 
 
 # the dtypes themselves: reading dtype.name builds a string, microseconds per call
@@ -31,9 +35,11 @@ _BUFFERS = (
     (((None, 2,), False), ((None,), False), ((None, 2,), False), ),
     (((None, 2,), False), ((None,), False), ((None, 2,), False), ),
     (((None, 2,), False), ((None,), False), ((None, 2,), False), ((2, 4,), False), ((2,), False), ),
+    (((None, 2,), False), ((None,), False), ((None, 2,), False), ((2, 4,), False), ((2,), False), ((2, 4,), False), ((2,), False), ),
 )
 # ... and the numbers it reads as arrays of the dtype: 0-d, or (number, shape) filling one
 _CONSTANTS = (
+    (),
     (),
     (),
     (),
@@ -159,6 +165,54 @@ def _complain(params, arrays):
             raise ValueError(f"{name!r} is {d}, but {first!r} is {dtypes[first]}: pass float32 or float64 "
                              f"throughout (e.g. x.astype(np.float32)); nothing is converted silently")
     raise ValueError("malformed arguments")
+
+
+def _check_params(params):
+    """The dtype of params; ValueError naming anything malformed."""
+    dtype = None
+    try:
+        ok = len(params) == len(PARAM_SHAPES)
+        for name, shape in PARAM_SHAPES.items():
+            p = params[name]
+            ok = ok and isinstance(p, np.ndarray) and p.shape == shape and (dtype is None or p.dtype == dtype)
+            dtype = p.dtype
+    except (KeyError, AttributeError, TypeError):
+        ok = False
+    if not ok or (dtype is not None and dtype not in _FLOATS):
+        _complain(params, {})
+    return np.dtype(np.float32) if dtype is None else dtype
+
+
+def _check_state(state, dtype):
+    """Before train_step touches anything: ValueError naming what is wrong with state."""
+    if not hasattr(state, "keys") or "step" not in state:
+        raise ValueError("state must be the dict init_state(params) returns (its 'step' and "
+                         + ", ".join(repr(n) for n in STATE_NAMES) + ")" if STATE_NAMES else ")")
+    step = state["step"]
+    if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer)) or step < 0:
+        raise ValueError(f"state['step'] must be the number of steps taken, a whole number >= 0; got {step!r}")
+    unknown = [k for k in state.keys() if k != "step" and k not in STATE_NAMES]
+    if unknown:
+        raise ValueError(f"unknown {', '.join(map(repr, unknown))} in state; this optimizer ({OPTIMIZER[0]}) keeps "
+                         + (", ".join(map(repr, STATE_NAMES)) if STATE_NAMES else "only 'step'"))
+    for kept in STATE_NAMES:
+        if kept not in state or not hasattr(state[kept], "keys"):
+            raise ValueError(f"state[{kept!r}] must be a dict of arrays by parameter name (init_state makes it)")
+        arrays = state[kept]
+        for name, shape in PARAM_SHAPES.items():
+            a = arrays.get(name)
+            where = f"state[{kept!r}][{name!r}]"
+            if not isinstance(a, np.ndarray):
+                raise ValueError(f"{where} must be a numpy array of shape {shape}, got "
+                                 f"{'nothing' if a is None else type(a).__name__}")
+            if a.shape != shape or a.dtype != dtype:
+                raise ValueError(f"{where} has shape {a.shape} and dtype {a.dtype}; expected {shape} and {dtype} "
+                                 f"as the parameter")
+            if not a.flags.writeable:
+                raise ValueError(f"{where} is read-only, so train_step cannot update it in place")
+        unknown = [k for k in arrays.keys() if k not in PARAM_SHAPES]
+        if unknown:
+            raise ValueError(f"unknown parameter {', '.join(map(repr, unknown))} in state[{kept!r}]")
 
 
 
@@ -303,4 +357,80 @@ def sgd_step(params, x, lr):
     dense_1_weight += d_dense_1_weight
     dense_1_bias += d_dense_1_bias
     _done(3, batch, dtype, _w)
+    return value
+
+
+def init_state(params):
+    """What train_step keeps between steps for params: the step count, 0, and for each
+    parameter the optimizer's (none) as zeros of its shape and dtype."""
+    dtype = _check_params(params)
+    state = {"step": 0}
+    for kept in STATE_NAMES:
+        state[kept] = {name: np.zeros(shape, dtype) for name, shape in PARAM_SHAPES.items()}
+    return state
+
+
+def train_step(params, state, x, lr=0.01, max_norm=None):
+    """One step of sgd(momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False), in place on params and state; returns the loss
+    before the step.  lr may change from step to step (a schedule); with max_norm the
+    gradients are first scaled to a global norm of at most max_norm, as
+    torch.nn.utils.clip_grad_norm_ does."""
+    try:  # the fast path: plain comparisons; _check names whatever is malformed
+        dense_1_weight = params["dense_1.weight"]
+        dense_1_bias = params["dense_1.bias"]
+        step = state["step"]
+        batch, dtype = len(x), x.dtype
+        _ok = len(params) == 2 and batch and dtype in _FLOATS
+        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 4)
+        _ok = _ok and isinstance(dense_1_weight, np.ndarray) and dense_1_weight.shape == (2, 4,) and dense_1_weight.dtype == dtype and dense_1_weight.flags.writeable
+        _ok = _ok and isinstance(dense_1_bias, np.ndarray) and dense_1_bias.shape == (2,) and dense_1_bias.dtype == dtype and dense_1_bias.flags.writeable
+        _ok = _ok and type(step) is int and step >= 0 and len(state) == 1
+    except (KeyError, TypeError, AttributeError):
+        _ok = False
+    if not _ok:
+        batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"])})
+        _check_writable(params)
+        _check_state(state, dtype)
+        step = int(state["step"])
+        dense_1_weight = params["dense_1.weight"]
+        dense_1_bias = params["dense_1.bias"]
+    step += 1
+    lr = float(lr)
+    _w = _workspace(4, batch, dtype)
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6 = _w
+
+    # dense_1: y[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
+    # y = dense_1_bias + (x @ dense_1_weight.T)
+    y = np.add(dense_1_bias, np.matmul(x, dense_1_weight.T, _b0), _b0)
+    # squares_1: squares_1[b] = Σ_i y[b, i]**2  [#fwd-squares_1]
+    # squares_1 = (y**2).sum(axis=1)
+    squares_1 = np.add.reduce(np.square(y, _b2), axis=1, out=_b1)
+    value = float(np.add.reduce(squares_1, axis=None))
+    seed = 1
+
+    # d_y[b, i] = 2*d_squares_1[b]*y[b, i]  [#bwd-squares_1-y]
+    # d_y = 2*seed*y
+    d_y = np.multiply(2 * seed, y, _b2)
+    # d_dense_1_weight[i, j] = Σ_b (d_y[b, i]*x[b, j])  [#bwd-dense_1-weight]
+    # d_dense_1_weight = d_y.T @ x
+    d_dense_1_weight = np.matmul(d_y.T, x, _b3)
+    # d_dense_1_bias[i] = Σ_b d_y[b, i]  [#bwd-dense_1-bias]
+    # d_dense_1_bias = d_y.sum(axis=0)
+    d_dense_1_bias = np.add.reduce(d_y, axis=0, out=_b4)
+    clip = 1.0
+    if max_norm is not None:
+        norm = float(np.sqrt(0.0
+            + float(np.vdot(d_dense_1_weight, d_dense_1_weight))
+            + float(np.vdot(d_dense_1_bias, d_dense_1_bias))
+        ))
+        clip = min(1.0, float(max_norm) / (norm + 1e-6))
+
+    # dense_1.weight[n0, n1] = -clip*lr*d_dense_1_weight[n0, n1] + dense_1.weight[n0, n1]  [#opt-sgd]
+    # dense_1_weight = -clip*lr*d_dense_1_weight + dense_1_weight
+    np.add(np.multiply(-clip * lr, d_dense_1_weight, _b5), dense_1_weight, dense_1_weight)
+    # dense_1.bias[n0] = -clip*lr*d_dense_1_bias[n0] + dense_1.bias[n0]  [#opt-sgd]
+    # dense_1_bias = -clip*lr*d_dense_1_bias + dense_1_bias
+    np.add(np.multiply(-clip * lr, d_dense_1_bias, _b6), dense_1_bias, dense_1_bias)
+    state["step"] = step
+    _done(4, batch, dtype, _w)
     return value

@@ -25,7 +25,11 @@ PARAM_INITS = {
     "dense_1.bias": ("uniform", -0.03571428571428571, 0.03571428571428571),
     "dense_2.weight": ("uniform", -0.18257418583505536, 0.18257418583505536),
     "dense_2.bias": ("uniform", -0.18257418583505536, 0.18257418583505536),
-}
+}# train_step's optimizer as compiled: its name and options (lr is train_step's argument)
+OPTIMIZER = ("sgd", {"lr": 0.01, "momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0, "nesterov": False})
+# what it keeps per parameter between steps (init_state)
+STATE_NAMES = ()
+
 
 
 # the dtypes themselves: reading dtype.name builds a string, microseconds per call
@@ -36,10 +40,12 @@ _BUFFERS = (
     (((None, 30,), False), ((None, 10,), False), ((None,), False), ((None, 10,), False), ),
     (((None, 30,), False), ((None, 10,), False), ((None,), False), ((None, 10,), False), ((None, 10,), False), ((None, 30,), False), ((None, 30,), False), ),
     (((None, 30,), False), ((None, 10,), False), ((None,), False), ((None, 10,), False), ((None, 10,), False), ((10, 30,), False), ((10,), False), ((None, 30,), False), ((None, 30,), False), ((30, 784,), False), ((30,), False), ),
+    (((None, 30,), False), ((None, 10,), False), ((None,), False), ((None, 10,), False), ((None, 10,), False), ((10, 30,), False), ((10,), False), ((None, 30,), False), ((None, 30,), False), ((30, 784,), False), ((30,), False), ((30, 784,), False), ((30,), False), ((10, 30,), False), ((10,), False), ),
 )
 # ... and the numbers it reads as arrays of the dtype: 0-d, or (number, shape) filling one
 _CONSTANTS = (
     (1, ),
+    (1, 0.5, ),
     (1, 0.5, ),
     (1, 0.5, ),
     (1, 0.5, ),
@@ -164,6 +170,54 @@ def _complain(params, arrays):
             raise ValueError(f"{name!r} is {d}, but {first!r} is {dtypes[first]}: pass float32 or float64 "
                              f"throughout (e.g. x.astype(np.float32)); nothing is converted silently")
     raise ValueError("malformed arguments")
+
+
+def _check_params(params):
+    """The dtype of params; ValueError naming anything malformed."""
+    dtype = None
+    try:
+        ok = len(params) == len(PARAM_SHAPES)
+        for name, shape in PARAM_SHAPES.items():
+            p = params[name]
+            ok = ok and isinstance(p, np.ndarray) and p.shape == shape and (dtype is None or p.dtype == dtype)
+            dtype = p.dtype
+    except (KeyError, AttributeError, TypeError):
+        ok = False
+    if not ok or (dtype is not None and dtype not in _FLOATS):
+        _complain(params, {})
+    return np.dtype(np.float32) if dtype is None else dtype
+
+
+def _check_state(state, dtype):
+    """Before train_step touches anything: ValueError naming what is wrong with state."""
+    if not hasattr(state, "keys") or "step" not in state:
+        raise ValueError("state must be the dict init_state(params) returns (its 'step' and "
+                         + ", ".join(repr(n) for n in STATE_NAMES) + ")" if STATE_NAMES else ")")
+    step = state["step"]
+    if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer)) or step < 0:
+        raise ValueError(f"state['step'] must be the number of steps taken, a whole number >= 0; got {step!r}")
+    unknown = [k for k in state.keys() if k != "step" and k not in STATE_NAMES]
+    if unknown:
+        raise ValueError(f"unknown {', '.join(map(repr, unknown))} in state; this optimizer ({OPTIMIZER[0]}) keeps "
+                         + (", ".join(map(repr, STATE_NAMES)) if STATE_NAMES else "only 'step'"))
+    for kept in STATE_NAMES:
+        if kept not in state or not hasattr(state[kept], "keys"):
+            raise ValueError(f"state[{kept!r}] must be a dict of arrays by parameter name (init_state makes it)")
+        arrays = state[kept]
+        for name, shape in PARAM_SHAPES.items():
+            a = arrays.get(name)
+            where = f"state[{kept!r}][{name!r}]"
+            if not isinstance(a, np.ndarray):
+                raise ValueError(f"{where} must be a numpy array of shape {shape}, got "
+                                 f"{'nothing' if a is None else type(a).__name__}")
+            if a.shape != shape or a.dtype != dtype:
+                raise ValueError(f"{where} has shape {a.shape} and dtype {a.dtype}; expected {shape} and {dtype} "
+                                 f"as the parameter")
+            if not a.flags.writeable:
+                raise ValueError(f"{where} is read-only, so train_step cannot update it in place")
+        unknown = [k for k in arrays.keys() if k not in PARAM_SHAPES]
+        if unknown:
+            raise ValueError(f"unknown parameter {', '.join(map(repr, unknown))} in state[{kept!r}]")
 
 
 
@@ -394,4 +448,112 @@ def sgd_step(params, x, y, lr):
     dense_2_weight += d_dense_2_weight
     dense_2_bias += d_dense_2_bias
     _done(3, batch, dtype, _w)
+    return value
+
+
+def init_state(params):
+    """What train_step keeps between steps for params: the step count, 0, and for each
+    parameter the optimizer's (none) as zeros of its shape and dtype."""
+    dtype = _check_params(params)
+    state = {"step": 0}
+    for kept in STATE_NAMES:
+        state[kept] = {name: np.zeros(shape, dtype) for name, shape in PARAM_SHAPES.items()}
+    return state
+
+
+def train_step(params, state, x, y, lr=0.01, max_norm=None):
+    """One step of sgd(momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False), in place on params and state; returns the loss
+    before the step.  lr may change from step to step (a schedule); with max_norm the
+    gradients are first scaled to a global norm of at most max_norm, as
+    torch.nn.utils.clip_grad_norm_ does."""
+    try:  # the fast path: plain comparisons; _check names whatever is malformed
+        dense_1_weight = params["dense_1.weight"]
+        dense_1_bias = params["dense_1.bias"]
+        dense_2_weight = params["dense_2.weight"]
+        dense_2_bias = params["dense_2.bias"]
+        step = state["step"]
+        batch, dtype = len(x), x.dtype
+        _ok = len(params) == 4 and batch and dtype in _FLOATS
+        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 784)
+        _ok = _ok and isinstance(y, np.ndarray) and y.shape == (batch, 10) and y.dtype == dtype
+        _ok = _ok and isinstance(dense_1_weight, np.ndarray) and dense_1_weight.shape == (30, 784,) and dense_1_weight.dtype == dtype and dense_1_weight.flags.writeable
+        _ok = _ok and isinstance(dense_1_bias, np.ndarray) and dense_1_bias.shape == (30,) and dense_1_bias.dtype == dtype and dense_1_bias.flags.writeable
+        _ok = _ok and isinstance(dense_2_weight, np.ndarray) and dense_2_weight.shape == (10, 30,) and dense_2_weight.dtype == dtype and dense_2_weight.flags.writeable
+        _ok = _ok and isinstance(dense_2_bias, np.ndarray) and dense_2_bias.shape == (10,) and dense_2_bias.dtype == dtype and dense_2_bias.flags.writeable
+        _ok = _ok and type(step) is int and step >= 0 and len(state) == 1
+    except (KeyError, TypeError, AttributeError):
+        _ok = False
+    if not _ok:
+        batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"]), "y": (y, TARGET_SHAPES["y"])})
+        _check_writable(params)
+        _check_state(state, dtype)
+        step = int(state["step"])
+        dense_1_weight = params["dense_1.weight"]
+        dense_1_bias = params["dense_1.bias"]
+        dense_2_weight = params["dense_2.weight"]
+        dense_2_bias = params["dense_2.bias"]
+    step += 1
+    lr = float(lr)
+    _w = _workspace(4, batch, dtype)
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _k0, _k1 = _w
+
+    with np.errstate(over="ignore"):
+        # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
+        # sigmoid_1: sigmoid_1[b, i] = 1/(1 + exp(-dense_1[b, i]))  [#fwd-sigmoid_1]
+        # sigmoid_1 = _sigmoid(dense_1_bias + (x @ dense_1_weight.T))
+        sigmoid_1 = np.reciprocal(np.add(np.exp(np.negative(np.add(dense_1_bias, np.matmul(x, dense_1_weight.T, _b0), _b0), _b0), _b0), _k0, _b0), _b0)
+        # dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*sigmoid_1[b, j])  [#fwd-dense_2]
+        # sigmoid_2: a[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_2]
+        # a = _sigmoid(dense_2_bias + (sigmoid_1 @ dense_2_weight.T))
+        a = np.reciprocal(np.add(np.exp(np.negative(np.add(dense_2_bias, np.matmul(sigmoid_1, dense_2_weight.T, _b1), _b1), _b1), _b1), _k0, _b1), _b1)
+    # quadratic_1: quadratic_1[b] = Σ_i (-y[b, i] + a[b, i])**2/2  [#fwd-quadratic_1]
+    # quadratic_1 = 0.5*((a - y)**2).sum(axis=1)
+    quadratic_1 = np.multiply(_k1, np.add.reduce(np.square(np.subtract(a, y, _b3), _b3), axis=1, out=_b2), _b2)
+    value = float(np.add.reduce(quadratic_1, axis=None) / batch)
+    seed = 1 / batch
+
+    # d_a[b, i] = (-y[b, i] + a[b, i])*d_quadratic_1[b]  [#bwd-quadratic_1-a]
+    # d_dense_2[b, i] = -(-1 + a[b, i])*a[b, i]*d_a[b, i]  [#bwd-sigmoid_2-dense_2]
+    # d_dense_2 = seed*(1 - a)*(a - y)*a
+    d_dense_2 = np.multiply(np.multiply(np.multiply(seed, np.subtract(_k0, a, _b3), _b3), np.subtract(a, y, _b4), _b3), a, _b3)
+    # d_dense_2_weight[i, j] = Σ_b (d_dense_2[b, i]*sigmoid_1[b, j])  [#bwd-dense_2-weight]
+    # d_dense_2_weight = d_dense_2.T @ sigmoid_1
+    d_dense_2_weight = np.matmul(d_dense_2.T, sigmoid_1, _b5)
+    # d_dense_2_bias[i] = Σ_b d_dense_2[b, i]  [#bwd-dense_2-bias]
+    # d_dense_2_bias = d_dense_2.sum(axis=0)
+    d_dense_2_bias = np.add.reduce(d_dense_2, axis=0, out=_b6)
+    # d_sigmoid_1[b, j] = Σ_i (d_dense_2[b, i]*dense_2.weight[i, j])  [#bwd-dense_2-sigmoid_1]
+    # d_dense_1[b, i] = -(-1 + sigmoid_1[b, i])*d_sigmoid_1[b, i]*sigmoid_1[b, i]  [#bwd-sigmoid_1-dense_1]
+    # d_dense_1 = (1 - sigmoid_1)*sigmoid_1*(d_dense_2 @ dense_2_weight)
+    d_dense_1 = np.multiply(np.multiply(np.subtract(_k0, sigmoid_1, _b7), sigmoid_1, _b7), np.matmul(d_dense_2, dense_2_weight, _b8), _b7)
+    # d_dense_1_weight[i, j] = Σ_b (d_dense_1[b, i]*x[b, j])  [#bwd-dense_1-weight]
+    # d_dense_1_weight = d_dense_1.T @ x
+    d_dense_1_weight = np.matmul(d_dense_1.T, x, _b9)
+    # d_dense_1_bias[i] = Σ_b d_dense_1[b, i]  [#bwd-dense_1-bias]
+    # d_dense_1_bias = d_dense_1.sum(axis=0)
+    d_dense_1_bias = np.add.reduce(d_dense_1, axis=0, out=_b10)
+    clip = 1.0
+    if max_norm is not None:
+        norm = float(np.sqrt(0.0
+            + float(np.vdot(d_dense_1_weight, d_dense_1_weight))
+            + float(np.vdot(d_dense_1_bias, d_dense_1_bias))
+            + float(np.vdot(d_dense_2_weight, d_dense_2_weight))
+            + float(np.vdot(d_dense_2_bias, d_dense_2_bias))
+        ))
+        clip = min(1.0, float(max_norm) / (norm + 1e-6))
+
+    # dense_1.weight[n0, n1] = -clip*lr*d_dense_1_weight[n0, n1] + dense_1.weight[n0, n1]  [#opt-sgd]
+    # dense_1_weight = -clip*lr*d_dense_1_weight + dense_1_weight
+    np.add(np.multiply(-clip * lr, d_dense_1_weight, _b11), dense_1_weight, dense_1_weight)
+    # dense_1.bias[n0] = -clip*lr*d_dense_1_bias[n0] + dense_1.bias[n0]  [#opt-sgd]
+    # dense_1_bias = -clip*lr*d_dense_1_bias + dense_1_bias
+    np.add(np.multiply(-clip * lr, d_dense_1_bias, _b12), dense_1_bias, dense_1_bias)
+    # dense_2.weight[n0, n1] = -clip*lr*d_dense_2_weight[n0, n1] + dense_2.weight[n0, n1]  [#opt-sgd]
+    # dense_2_weight = -clip*lr*d_dense_2_weight + dense_2_weight
+    np.add(np.multiply(-clip * lr, d_dense_2_weight, _b13), dense_2_weight, dense_2_weight)
+    # dense_2.bias[n0] = -clip*lr*d_dense_2_bias[n0] + dense_2.bias[n0]  [#opt-sgd]
+    # dense_2_bias = -clip*lr*d_dense_2_bias + dense_2_bias
+    np.add(np.multiply(-clip * lr, d_dense_2_bias, _b14), dense_2_bias, dense_2_bias)
+    state["step"] = step
+    _done(4, batch, dtype, _w)
     return value

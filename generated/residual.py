@@ -33,7 +33,11 @@ PARAM_INITS = {
     "conv2d_3.bias": ("uniform", -0.11785113019775792, 0.11785113019775792),
     "dense_1.weight": ("uniform", -0.08838834764831845, 0.08838834764831845),
     "dense_1.bias": ("uniform", -0.08838834764831845, 0.08838834764831845),
-}
+}# train_step's optimizer as compiled: its name and options (lr is train_step's argument)
+OPTIMIZER = ("sgd", {"lr": 0.01, "momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0, "nesterov": False})
+# what it keeps per parameter between steps (init_state)
+STATE_NAMES = ()
+
 
 
 # the dtypes themselves: reading dtype.name builds a string, microseconds per call
@@ -44,11 +48,13 @@ _BUFFERS = (
     (((1, 3, 3, None, 8, 8,), False), ((None, 8, 8, 8,), False), ((8, None, 8, 8,), False), ((None, 8, 8, 8,), False), ((8, 3, 3, None, 8, 8,), False), ((None, 8, 8, 8,), False), ((None, 8, 4, 4,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ),
     (((1, 3, 3, None, 8, 8,), False), ((None, 8, 8, 8,), False), ((8, None, 8, 8,), False), ((None, 8, 8, 8,), False), ((8, 3, 3, None, 8, 8,), False), ((None, 8, 8, 8,), False), ((None, 8, 8, 8,), False), ((8, 3, 3, None, 8, 8,), False), ((None, 8, 4, 4,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ((None, 10,), False), ((None,), False), ((None, 128,), False), ((None, 8, 4, 1, 4, 1,), False), ((None, 8, 8, 8,), True), ((3, 3, 8, 8, 8, None,), False), ),
     (((1, 3, 3, None, 8, 8,), False), ((None, 8, 8, 8,), False), ((8, None, 8, 8,), False), ((None, 8, 8, 8,), False), ((8, 3, 3, None, 8, 8,), False), ((None, 8, 8, 8,), False), ((None, 8, 8, 8,), False), ((8, 3, 3, None, 8, 8,), False), ((None, 8, 4, 4,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ((None, 10,), False), ((None,), False), ((None, 128,), False), ((10, 128,), False), ((10,), False), ((None, 8, 4, 1, 4, 1,), False), ((None, 8, 8, 8,), True), ((3, 3, 8, 8, 8, None,), False), ((8,), False), ((8,), False), ((8,), False), ),
+    (((1, 3, 3, None, 8, 8,), False), ((None, 8, 8, 8,), False), ((8, None, 8, 8,), False), ((None, 8, 8, 8,), False), ((8, 3, 3, None, 8, 8,), False), ((None, 8, 8, 8,), False), ((None, 8, 8, 8,), False), ((8, 3, 3, None, 8, 8,), False), ((None, 8, 4, 4,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ((None, 10,), False), ((None,), False), ((None, 128,), False), ((10, 128,), False), ((10,), False), ((None, 8, 4, 1, 4, 1,), False), ((None, 8, 8, 8,), True), ((3, 3, 8, 8, 8, None,), False), ((8,), False), ((8,), False), ((8,), False), ((8, 1, 3, 3,), False), ((8,), False), ((8, 8, 3, 3,), False), ((10, 128,), False), ((10,), False), ),
 )
 # ... and the numbers it reads as arrays of the dtype: 0-d, or (number, shape) filling one
 _CONSTANTS = (
     ((0, (None, 8, 8, 8,)), 0.25, ),
     ((0, (None, 8, 8, 8,)), 0.25, ),
+    ((0, (None, 8, 8, 8,)), 0.25, 0, ),
     ((0, (None, 8, 8, 8,)), 0.25, 0, ),
     ((0, (None, 8, 8, 8,)), 0.25, 0, ),
 )
@@ -172,6 +178,54 @@ def _complain(params, arrays):
             raise ValueError(f"{name!r} is {d}, but {first!r} is {dtypes[first]}: pass float32 or float64 "
                              f"throughout (e.g. x.astype(np.float32)); nothing is converted silently")
     raise ValueError("malformed arguments")
+
+
+def _check_params(params):
+    """The dtype of params; ValueError naming anything malformed."""
+    dtype = None
+    try:
+        ok = len(params) == len(PARAM_SHAPES)
+        for name, shape in PARAM_SHAPES.items():
+            p = params[name]
+            ok = ok and isinstance(p, np.ndarray) and p.shape == shape and (dtype is None or p.dtype == dtype)
+            dtype = p.dtype
+    except (KeyError, AttributeError, TypeError):
+        ok = False
+    if not ok or (dtype is not None and dtype not in _FLOATS):
+        _complain(params, {})
+    return np.dtype(np.float32) if dtype is None else dtype
+
+
+def _check_state(state, dtype):
+    """Before train_step touches anything: ValueError naming what is wrong with state."""
+    if not hasattr(state, "keys") or "step" not in state:
+        raise ValueError("state must be the dict init_state(params) returns (its 'step' and "
+                         + ", ".join(repr(n) for n in STATE_NAMES) + ")" if STATE_NAMES else ")")
+    step = state["step"]
+    if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer)) or step < 0:
+        raise ValueError(f"state['step'] must be the number of steps taken, a whole number >= 0; got {step!r}")
+    unknown = [k for k in state.keys() if k != "step" and k not in STATE_NAMES]
+    if unknown:
+        raise ValueError(f"unknown {', '.join(map(repr, unknown))} in state; this optimizer ({OPTIMIZER[0]}) keeps "
+                         + (", ".join(map(repr, STATE_NAMES)) if STATE_NAMES else "only 'step'"))
+    for kept in STATE_NAMES:
+        if kept not in state or not hasattr(state[kept], "keys"):
+            raise ValueError(f"state[{kept!r}] must be a dict of arrays by parameter name (init_state makes it)")
+        arrays = state[kept]
+        for name, shape in PARAM_SHAPES.items():
+            a = arrays.get(name)
+            where = f"state[{kept!r}][{name!r}]"
+            if not isinstance(a, np.ndarray):
+                raise ValueError(f"{where} must be a numpy array of shape {shape}, got "
+                                 f"{'nothing' if a is None else type(a).__name__}")
+            if a.shape != shape or a.dtype != dtype:
+                raise ValueError(f"{where} has shape {a.shape} and dtype {a.dtype}; expected {shape} and {dtype} "
+                                 f"as the parameter")
+            if not a.flags.writeable:
+                raise ValueError(f"{where} is read-only, so train_step cannot update it in place")
+        unknown = [k for k in arrays.keys() if k not in PARAM_SHAPES]
+        if unknown:
+            raise ValueError(f"unknown parameter {', '.join(map(repr, unknown))} in state[{kept!r}]")
 
 
 
@@ -688,4 +742,198 @@ def sgd_step(params, x, y, lr):
     dense_1_weight += d_dense_1_weight
     dense_1_bias += d_dense_1_bias
     _done(3, batch, dtype, _w)
+    return value
+
+
+def init_state(params):
+    """What train_step keeps between steps for params: the step count, 0, and for each
+    parameter the optimizer's (none) as zeros of its shape and dtype."""
+    dtype = _check_params(params)
+    state = {"step": 0}
+    for kept in STATE_NAMES:
+        state[kept] = {name: np.zeros(shape, dtype) for name, shape in PARAM_SHAPES.items()}
+    return state
+
+
+def train_step(params, state, x, y, lr=0.01, max_norm=None):
+    """One step of sgd(momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False), in place on params and state; returns the loss
+    before the step.  lr may change from step to step (a schedule); with max_norm the
+    gradients are first scaled to a global norm of at most max_norm, as
+    torch.nn.utils.clip_grad_norm_ does."""
+    try:  # the fast path: plain comparisons; _check names whatever is malformed
+        conv2d_1_weight = params["conv2d_1.weight"]
+        conv2d_1_bias = params["conv2d_1.bias"]
+        conv2d_2_weight = params["conv2d_2.weight"]
+        conv2d_2_bias = params["conv2d_2.bias"]
+        conv2d_3_weight = params["conv2d_3.weight"]
+        conv2d_3_bias = params["conv2d_3.bias"]
+        dense_1_weight = params["dense_1.weight"]
+        dense_1_bias = params["dense_1.bias"]
+        step = state["step"]
+        batch, dtype = len(x), x.dtype
+        _ok = len(params) == 8 and batch and dtype in _FLOATS
+        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 1, 8, 8)
+        _ok = _ok and isinstance(y, np.ndarray) and y.shape == (batch, 10) and y.dtype == dtype
+        _ok = _ok and isinstance(conv2d_1_weight, np.ndarray) and conv2d_1_weight.shape == (8, 1, 3, 3,) and conv2d_1_weight.dtype == dtype and conv2d_1_weight.flags.writeable
+        _ok = _ok and isinstance(conv2d_1_bias, np.ndarray) and conv2d_1_bias.shape == (8,) and conv2d_1_bias.dtype == dtype and conv2d_1_bias.flags.writeable
+        _ok = _ok and isinstance(conv2d_2_weight, np.ndarray) and conv2d_2_weight.shape == (8, 8, 3, 3,) and conv2d_2_weight.dtype == dtype and conv2d_2_weight.flags.writeable
+        _ok = _ok and isinstance(conv2d_2_bias, np.ndarray) and conv2d_2_bias.shape == (8,) and conv2d_2_bias.dtype == dtype and conv2d_2_bias.flags.writeable
+        _ok = _ok and isinstance(conv2d_3_weight, np.ndarray) and conv2d_3_weight.shape == (8, 8, 3, 3,) and conv2d_3_weight.dtype == dtype and conv2d_3_weight.flags.writeable
+        _ok = _ok and isinstance(conv2d_3_bias, np.ndarray) and conv2d_3_bias.shape == (8,) and conv2d_3_bias.dtype == dtype and conv2d_3_bias.flags.writeable
+        _ok = _ok and isinstance(dense_1_weight, np.ndarray) and dense_1_weight.shape == (10, 128,) and dense_1_weight.dtype == dtype and dense_1_weight.flags.writeable
+        _ok = _ok and isinstance(dense_1_bias, np.ndarray) and dense_1_bias.shape == (10,) and dense_1_bias.dtype == dtype and dense_1_bias.flags.writeable
+        _ok = _ok and type(step) is int and step >= 0 and len(state) == 1
+    except (KeyError, TypeError, AttributeError):
+        _ok = False
+    if not _ok:
+        batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"]), "y": (y, TARGET_SHAPES["y"])})
+        _check_writable(params)
+        _check_state(state, dtype)
+        step = int(state["step"])
+        conv2d_1_weight = params["conv2d_1.weight"]
+        conv2d_1_bias = params["conv2d_1.bias"]
+        conv2d_2_weight = params["conv2d_2.weight"]
+        conv2d_2_bias = params["conv2d_2.bias"]
+        conv2d_3_weight = params["conv2d_3.weight"]
+        conv2d_3_bias = params["conv2d_3.bias"]
+        dense_1_weight = params["dense_1.weight"]
+        dense_1_bias = params["dense_1.bias"]
+    step += 1
+    lr = float(lr)
+    _w = _workspace(4, batch, dtype)
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _b16, _b17, _b18, _b19, _b20, _b21, _b22, _b23, _b24, _b25, _b26, _b27, _b28, _b29, _b30, _k0, _k1, _k2 = _w
+
+    # t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3))
+    t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3), out=_b0)
+    # conv2d_1: conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1]
+    # conv2d_1 = conv2d_1_bias[:, None, None] + np.tensordot(conv2d_1_weight, t0, axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
+    conv2d_1 = np.add(conv2d_1_bias[:, None, None], np.dot(conv2d_1_weight.reshape(8, 9), t0.reshape(9, -1), out=_b2.reshape(8, -1)).reshape(8, batch, 8, 8).transpose((1, 0, 2, 3)), _b1)
+    # relu_1: stem[b, i, j, k] = where(conv2d_1[b, i, j, k] <= 0, 0, conv2d_1[b, i, j, k])  [#fwd-relu_1]
+    # stem = np.maximum(conv2d_1, 0)
+    stem = np.maximum(conv2d_1, _k0, out=_b3)
+    # t2 = _im2col(stem, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3))
+    t2 = _im2col(stem, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3), out=_b4)
+    # conv2d_2: conv2d_2[b, o, i, j] = conv2d_2.bias[o] + Σ_ci,p,q (conv2d_2.weight[o, ci, p, q]*stem[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_2]
+    # conv2d_2 = conv2d_2_bias[:, None, None] + np.tensordot(conv2d_2_weight, t2, axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
+    conv2d_2 = np.add(conv2d_2_bias[:, None, None], np.dot(conv2d_2_weight.reshape(8, 72), t2.reshape(72, -1), out=_b2.reshape(8, -1)).reshape(8, batch, 8, 8).transpose((1, 0, 2, 3)), _b5)
+    # relu_2: relu_2[b, i, j, k] = where(conv2d_2[b, i, j, k] <= 0, 0, conv2d_2[b, i, j, k])  [#fwd-relu_2]
+    # relu_2 = np.maximum(conv2d_2, 0)
+    relu_2 = np.maximum(conv2d_2, _k0, out=_b6)
+    # t4 = _im2col(relu_2, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3))
+    t4 = _im2col(relu_2, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3), out=_b7)
+    # conv2d_3: body[b, o, i, j] = conv2d_3.bias[o] + Σ_ci,p,q (conv2d_3.weight[o, ci, p, q]*relu_2[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_3]
+    # add_1: add_1[b, i, j, k] = body[b, i, j, k] + stem[b, i, j, k]  [#fwd-add_1]
+    # add_1 = conv2d_3_bias[:, None, None] + stem + np.tensordot(conv2d_3_weight, t4, axes=([1, 2, 3], [0, 1, 2])).transpose((1, 0, 2, 3))
+    add_1 = np.add(np.add(conv2d_3_bias[:, None, None], stem, _b6), np.dot(conv2d_3_weight.reshape(8, 72), t4.reshape(72, -1), out=_b2.reshape(8, -1)).reshape(8, batch, 8, 8).transpose((1, 0, 2, 3)), _b6)
+    # relu_3: block[b, i, j, k] = where(add_1[b, i, j, k] <= 0, 0, add_1[b, i, j, k])  [#fwd-relu_3]
+    # block = np.maximum(add_1, 0)
+    block = np.maximum(add_1, _k0, out=_b3)
+    # avgpool2d_1: avgpool2d_1[b, ch, i, j] = Σ_p,q block[b, ch, p + 2*i, q + 2*j]/4  [#fwd-avgpool2d_1]
+    # flatten_1: flatten_1[b, j + 4*i + 16*ch] = avgpool2d_1[b, ch, i, j]  [#fwd-flatten_1]
+    # flatten_1 = (0.25*block.reshape(batch, 8, 4, 2, 4, 2).sum(axis=(3, 5))).reshape(batch, 128)
+    flatten_1 = np.multiply(_k1, np.add.reduce(block.reshape(batch, 8, 4, 2, 4, 2), axis=(3, 5), out=_b8), _b8).reshape(batch, 128)
+    # dense_1: z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1]
+    # z = dense_1_bias + (flatten_1 @ dense_1_weight.T)
+    z = np.add(dense_1_bias, np.matmul(flatten_1, dense_1_weight.T, _b9), _b9)
+    # t8 = z.max(axis=1)
+    t8 = np.maximum.reduce(z, axis=1, out=_b10)
+    # t9 = np.log(np.exp(-t8[:, None] + z).sum(axis=1))
+    t9 = np.log(np.add.reduce(np.exp(np.add(np.negative(t8[:, None], _b12), z, _b13), _b13), axis=1, out=_b11), _b11)
+    # softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1]
+    # softmax_cross_entropy_1 = -((z - t8[:, None] - t9[:, None])*y).sum(axis=1)
+    softmax_cross_entropy_1 = np.negative(np.add.reduce(np.multiply(np.subtract(np.subtract(z, t8[:, None], _b13), t9[:, None], _b13), y, _b13), axis=1, out=_b14), _b14)
+    value = float(np.add.reduce(softmax_cross_entropy_1, axis=None) / batch)
+    seed = 1 / batch
+
+    # d_z[b, k] = (-y[b, k] + Σ_i y[b, i]*exp(-logsumexp_j(z[b, j]) + z[b, k]))*d_softmax_cross_entropy_1[b]  [#bwd-softmax_cross_entropy_1-z]
+    # d_z = seed*(-y + np.exp(z - t8[:, None] - t9[:, None])*y.sum(axis=1)[:, None])
+    d_z = np.multiply(seed, np.add(np.negative(y, _b13), np.multiply(np.exp(np.subtract(np.subtract(z, t8[:, None], _b15), t9[:, None], _b15), _b15), np.add.reduce(y, axis=1, out=_b16)[:, None], _b15), _b13), _b13)
+    # d_flatten_1[b, j] = Σ_i (d_z[b, i]*dense_1.weight[i, j])  [#bwd-dense_1-flatten_1]
+    # d_flatten_1 = d_z @ dense_1_weight
+    d_flatten_1 = np.matmul(d_z, dense_1_weight, _b17)
+    # d_dense_1_weight[i, j] = Σ_b (d_z[b, i]*flatten_1[b, j])  [#bwd-dense_1-weight]
+    # d_dense_1_weight = d_z.T @ flatten_1
+    d_dense_1_weight = np.matmul(d_z.T, flatten_1, _b18)
+    # d_dense_1_bias[i] = Σ_b d_z[b, i]  [#bwd-dense_1-bias]
+    # d_dense_1_bias = d_z.sum(axis=0)
+    d_dense_1_bias = np.add.reduce(d_z, axis=0, out=_b19)
+    # d_avgpool2d_1[b, ch, i, j] = d_flatten_1[b, j + 4*i + 16*ch]  [#bwd-flatten_1-avgpool2d_1]
+    d_avgpool2d_1 = d_flatten_1.reshape(batch, 8, 4, 4)
+    # d_block[b, ch, k, l] = Σ_i,j,p,q (d_avgpool2d_1[b, ch, i, j]*δ(k,p + 2*i)*δ(l,q + 2*j))/4  [#bwd-avgpool2d_1-block]
+    # d_block = np.broadcast_to(0.25*d_avgpool2d_1[:, :, :, None, :, None], (batch, 8, 4, 2, 4, 2,)).reshape(batch, 8, 8, 8)
+    d_block = np.broadcast_to(np.multiply(_k1, d_avgpool2d_1[:, :, :, None, :, None], _b20), (batch, 8, 4, 2, 4, 2)).reshape(batch, 8, 8, 8)
+    # d_add_1[b, i, j, k] = where(add_1[b, i, j, k] > 0, d_block[b, i, j, k], 0)  [#bwd-relu_3-add_1]
+    # d_add_1 = d_block*(add_1 > 0)
+    d_add_1 = np.multiply(d_block, np.greater(add_1, _k2, _b21), _b3)
+    # d_body[b, i, j, k] = d_add_1[b, i, j, k]  [#bwd-add_1-body]
+    d_body = d_add_1
+    # d_stem[b, i, j, k] = d_add_1[b, i, j, k]  [#bwd-add_1-stem]
+    d_stem = d_add_1
+    # d_relu_2[b, ci, k, l] = Σ_o,i,j,p,q (conv2d_3.weight[o, ci, p, q]*d_body[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_3-relu_2]
+    # d_relu_2 = _unpatches(np.tensordot(conv2d_3_weight.transpose((2, 3, 1, 0)), d_body.transpose((1, 2, 3, 0)), axes=([3], [0])).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 8, 8,), ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)))
+    d_relu_2 = _unpatches(np.dot(conv2d_3_weight.transpose((2, 3, 1, 0)).reshape(72, 8), d_body.transpose((1, 2, 3, 0)).reshape(8, -1), out=_b22.reshape(72, -1)).reshape(3, 3, 8, 8, 8, batch).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 8, 8), ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)))
+    # d_conv2d_3_weight[o, ci, p, q] = Σ_b,i,j (d_body[b, o, i, j]*relu_2[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_3-weight]
+    d_conv2d_3_weight = np.tensordot(t4, d_body, axes=([3, 4, 5], [0, 2, 3])).transpose((3, 0, 1, 2))
+    # d_conv2d_3_bias[o] = Σ_b,i,j d_body[b, o, i, j]  [#bwd-conv2d_3-bias]
+    # d_conv2d_3_bias = d_body.sum(axis=(0, 2, 3))
+    d_conv2d_3_bias = np.add.reduce(d_body, axis=(0, 2, 3), out=_b23)
+    # d_conv2d_2[b, i, j, k] = where(conv2d_2[b, i, j, k] > 0, d_relu_2[b, i, j, k], 0)  [#bwd-relu_2-conv2d_2]
+    # d_conv2d_2 = d_relu_2*(conv2d_2 > 0)
+    d_conv2d_2 = np.multiply(d_relu_2, np.greater(conv2d_2, _k2, _b21), _b6)
+    # d_stem[b, ci, k, l] += Σ_o,i,j,p,q (conv2d_2.weight[o, ci, p, q]*d_conv2d_2[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_2-stem]
+    # d_stem = d_stem + _unpatches(np.tensordot(conv2d_2_weight.transpose((2, 3, 1, 0)), d_conv2d_2.transpose((1, 2, 3, 0)), axes=([3], [0])).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 8, 8,), ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)))
+    d_stem = d_stem + _unpatches(np.dot(conv2d_2_weight.transpose((2, 3, 1, 0)).reshape(72, 8), d_conv2d_2.transpose((1, 2, 3, 0)).reshape(8, -1), out=_b22.reshape(72, -1)).reshape(3, 3, 8, 8, 8, batch).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 8, 8), ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)))
+    # d_conv2d_2_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_2[b, o, i, j]*stem[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_2-weight]
+    d_conv2d_2_weight = np.tensordot(t2, d_conv2d_2, axes=([3, 4, 5], [0, 2, 3])).transpose((3, 0, 1, 2))
+    # d_conv2d_2_bias[o] = Σ_b,i,j d_conv2d_2[b, o, i, j]  [#bwd-conv2d_2-bias]
+    # d_conv2d_2_bias = d_conv2d_2.sum(axis=(0, 2, 3))
+    d_conv2d_2_bias = np.add.reduce(d_conv2d_2, axis=(0, 2, 3), out=_b24)
+    # d_conv2d_1[b, i, j, k] = where(conv2d_1[b, i, j, k] > 0, d_stem[b, i, j, k], 0)  [#bwd-relu_1-conv2d_1]
+    # d_conv2d_1 = d_stem*(conv2d_1 > 0)
+    d_conv2d_1 = np.multiply(d_stem, np.greater(conv2d_1, _k2, _b21), _b5)
+    # d_conv2d_1_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_1[b, o, i, j]*x[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_1-weight]
+    d_conv2d_1_weight = np.tensordot(t0, d_conv2d_1, axes=([3, 4, 5], [0, 2, 3])).transpose((3, 0, 1, 2))
+    # d_conv2d_1_bias[o] = Σ_b,i,j d_conv2d_1[b, o, i, j]  [#bwd-conv2d_1-bias]
+    # d_conv2d_1_bias = d_conv2d_1.sum(axis=(0, 2, 3))
+    d_conv2d_1_bias = np.add.reduce(d_conv2d_1, axis=(0, 2, 3), out=_b25)
+    clip = 1.0
+    if max_norm is not None:
+        norm = float(np.sqrt(0.0
+            + float(np.vdot(d_conv2d_1_weight, d_conv2d_1_weight))
+            + float(np.vdot(d_conv2d_1_bias, d_conv2d_1_bias))
+            + float(np.vdot(d_conv2d_2_weight, d_conv2d_2_weight))
+            + float(np.vdot(d_conv2d_2_bias, d_conv2d_2_bias))
+            + float(np.vdot(d_conv2d_3_weight, d_conv2d_3_weight))
+            + float(np.vdot(d_conv2d_3_bias, d_conv2d_3_bias))
+            + float(np.vdot(d_dense_1_weight, d_dense_1_weight))
+            + float(np.vdot(d_dense_1_bias, d_dense_1_bias))
+        ))
+        clip = min(1.0, float(max_norm) / (norm + 1e-6))
+
+    # conv2d_1.weight[n0, n1, n2, n3] = -clip*lr*d_conv2d_1_weight[n0, n1, n2, n3] + conv2d_1.weight[n0, n1, n2, n3]  [#opt-sgd]
+    # conv2d_1_weight = -clip*lr*d_conv2d_1_weight + conv2d_1_weight
+    np.add(np.multiply(-clip * lr, d_conv2d_1_weight, _b26), conv2d_1_weight, conv2d_1_weight)
+    # conv2d_1.bias[n0] = -clip*lr*d_conv2d_1_bias[n0] + conv2d_1.bias[n0]  [#opt-sgd]
+    # conv2d_1_bias = -clip*lr*d_conv2d_1_bias + conv2d_1_bias
+    np.add(np.multiply(-clip * lr, d_conv2d_1_bias, _b27), conv2d_1_bias, conv2d_1_bias)
+    # conv2d_2.weight[n0, n1, n2, n3] = -clip*lr*d_conv2d_2_weight[n0, n1, n2, n3] + conv2d_2.weight[n0, n1, n2, n3]  [#opt-sgd]
+    # conv2d_2_weight = -clip*lr*d_conv2d_2_weight + conv2d_2_weight
+    np.add(np.multiply(-clip * lr, d_conv2d_2_weight, _b28), conv2d_2_weight, conv2d_2_weight)
+    # conv2d_2.bias[n0] = -clip*lr*d_conv2d_2_bias[n0] + conv2d_2.bias[n0]  [#opt-sgd]
+    # conv2d_2_bias = -clip*lr*d_conv2d_2_bias + conv2d_2_bias
+    np.add(np.multiply(-clip * lr, d_conv2d_2_bias, _b25), conv2d_2_bias, conv2d_2_bias)
+    # conv2d_3.weight[n0, n1, n2, n3] = -clip*lr*d_conv2d_3_weight[n0, n1, n2, n3] + conv2d_3.weight[n0, n1, n2, n3]  [#opt-sgd]
+    # conv2d_3_weight = -clip*lr*d_conv2d_3_weight + conv2d_3_weight
+    np.add(np.multiply(-clip * lr, d_conv2d_3_weight, _b28), conv2d_3_weight, conv2d_3_weight)
+    # conv2d_3.bias[n0] = -clip*lr*d_conv2d_3_bias[n0] + conv2d_3.bias[n0]  [#opt-sgd]
+    # conv2d_3_bias = -clip*lr*d_conv2d_3_bias + conv2d_3_bias
+    np.add(np.multiply(-clip * lr, d_conv2d_3_bias, _b27), conv2d_3_bias, conv2d_3_bias)
+    # dense_1.weight[n0, n1] = -clip*lr*d_dense_1_weight[n0, n1] + dense_1.weight[n0, n1]  [#opt-sgd]
+    # dense_1_weight = -clip*lr*d_dense_1_weight + dense_1_weight
+    np.add(np.multiply(-clip * lr, d_dense_1_weight, _b29), dense_1_weight, dense_1_weight)
+    # dense_1.bias[n0] = -clip*lr*d_dense_1_bias[n0] + dense_1.bias[n0]  [#opt-sgd]
+    # dense_1_bias = -clip*lr*d_dense_1_bias + dense_1_bias
+    np.add(np.multiply(-clip * lr, d_dense_1_bias, _b30), dense_1_bias, dense_1_bias)
+    state["step"] = step
+    _done(4, batch, dtype, _w)
     return value

@@ -25,7 +25,11 @@ PARAM_INITS = {
     "dense_1.bias": ("uniform", -0.7071067811865476, 0.7071067811865476),
     "dense_2.weight": ("uniform", -0.5, 0.5),
     "dense_2.bias": ("uniform", -0.5, 0.5),
-}
+}# train_step's optimizer as compiled: its name and options (lr is train_step's argument)
+OPTIMIZER = ("sgd", {"lr": 0.01, "momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0, "nesterov": False})
+# what it keeps per parameter between steps (init_state)
+STATE_NAMES = ()
+
 
 
 # the dtypes themselves: reading dtype.name builds a string, microseconds per call
@@ -36,11 +40,13 @@ _BUFFERS = (
     (((None, 4,), False), ((None, 1,), False), ((None, 1,), False), ((None,), False), ((None, 1,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), False), ),
     (((None, 4,), False), ((None, 1,), False), ((None, 1,), False), ((None,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), False), ((None, 4,), False), ((None, 4,), False), ),
     (((None, 4,), False), ((None, 1,), False), ((None, 1,), False), ((None,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), False), ((1, 4,), False), ((1,), False), ((None, 4,), False), ((None, 4,), False), ((4, 2,), False), ((4,), False), ),
+    (((None, 4,), False), ((None, 1,), False), ((None, 1,), False), ((None,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), False), ((1, 4,), False), ((1,), False), ((None, 4,), False), ((None, 4,), False), ((4, 2,), False), ((4,), False), ((4, 2,), False), ((4,), False), ((1, 4,), False), ((1,), False), ),
 )
 # ... and the numbers it reads as arrays of the dtype: 0-d, or (number, shape) filling one
 _CONSTANTS = (
     (),
     (1, 0, 100, ),
+    (1, 0, 100, 3.720075976020836e-44, ),
     (1, 0, 100, 3.720075976020836e-44, ),
     (1, 0, 100, 3.720075976020836e-44, ),
 )
@@ -164,6 +170,54 @@ def _complain(params, arrays):
             raise ValueError(f"{name!r} is {d}, but {first!r} is {dtypes[first]}: pass float32 or float64 "
                              f"throughout (e.g. x.astype(np.float32)); nothing is converted silently")
     raise ValueError("malformed arguments")
+
+
+def _check_params(params):
+    """The dtype of params; ValueError naming anything malformed."""
+    dtype = None
+    try:
+        ok = len(params) == len(PARAM_SHAPES)
+        for name, shape in PARAM_SHAPES.items():
+            p = params[name]
+            ok = ok and isinstance(p, np.ndarray) and p.shape == shape and (dtype is None or p.dtype == dtype)
+            dtype = p.dtype
+    except (KeyError, AttributeError, TypeError):
+        ok = False
+    if not ok or (dtype is not None and dtype not in _FLOATS):
+        _complain(params, {})
+    return np.dtype(np.float32) if dtype is None else dtype
+
+
+def _check_state(state, dtype):
+    """Before train_step touches anything: ValueError naming what is wrong with state."""
+    if not hasattr(state, "keys") or "step" not in state:
+        raise ValueError("state must be the dict init_state(params) returns (its 'step' and "
+                         + ", ".join(repr(n) for n in STATE_NAMES) + ")" if STATE_NAMES else ")")
+    step = state["step"]
+    if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer)) or step < 0:
+        raise ValueError(f"state['step'] must be the number of steps taken, a whole number >= 0; got {step!r}")
+    unknown = [k for k in state.keys() if k != "step" and k not in STATE_NAMES]
+    if unknown:
+        raise ValueError(f"unknown {', '.join(map(repr, unknown))} in state; this optimizer ({OPTIMIZER[0]}) keeps "
+                         + (", ".join(map(repr, STATE_NAMES)) if STATE_NAMES else "only 'step'"))
+    for kept in STATE_NAMES:
+        if kept not in state or not hasattr(state[kept], "keys"):
+            raise ValueError(f"state[{kept!r}] must be a dict of arrays by parameter name (init_state makes it)")
+        arrays = state[kept]
+        for name, shape in PARAM_SHAPES.items():
+            a = arrays.get(name)
+            where = f"state[{kept!r}][{name!r}]"
+            if not isinstance(a, np.ndarray):
+                raise ValueError(f"{where} must be a numpy array of shape {shape}, got "
+                                 f"{'nothing' if a is None else type(a).__name__}")
+            if a.shape != shape or a.dtype != dtype:
+                raise ValueError(f"{where} has shape {a.shape} and dtype {a.dtype}; expected {shape} and {dtype} "
+                                 f"as the parameter")
+            if not a.flags.writeable:
+                raise ValueError(f"{where} is read-only, so train_step cannot update it in place")
+        unknown = [k for k in arrays.keys() if k not in PARAM_SHAPES]
+        if unknown:
+            raise ValueError(f"unknown parameter {', '.join(map(repr, unknown))} in state[{kept!r}]")
 
 
 
@@ -402,4 +456,115 @@ def sgd_step(params, x, y, lr):
     dense_2_weight += d_dense_2_weight
     dense_2_bias += d_dense_2_bias
     _done(3, batch, dtype, _w)
+    return value
+
+
+def init_state(params):
+    """What train_step keeps between steps for params: the step count, 0, and for each
+    parameter the optimizer's (none) as zeros of its shape and dtype."""
+    dtype = _check_params(params)
+    state = {"step": 0}
+    for kept in STATE_NAMES:
+        state[kept] = {name: np.zeros(shape, dtype) for name, shape in PARAM_SHAPES.items()}
+    return state
+
+
+def train_step(params, state, x, y, lr=0.01, max_norm=None):
+    """One step of sgd(momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False), in place on params and state; returns the loss
+    before the step.  lr may change from step to step (a schedule); with max_norm the
+    gradients are first scaled to a global norm of at most max_norm, as
+    torch.nn.utils.clip_grad_norm_ does."""
+    try:  # the fast path: plain comparisons; _check names whatever is malformed
+        dense_1_weight = params["dense_1.weight"]
+        dense_1_bias = params["dense_1.bias"]
+        dense_2_weight = params["dense_2.weight"]
+        dense_2_bias = params["dense_2.bias"]
+        step = state["step"]
+        batch, dtype = len(x), x.dtype
+        _ok = len(params) == 4 and batch and dtype in _FLOATS
+        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 2)
+        _ok = _ok and isinstance(y, np.ndarray) and y.shape == (batch, 1) and y.dtype == dtype
+        _ok = _ok and isinstance(dense_1_weight, np.ndarray) and dense_1_weight.shape == (4, 2,) and dense_1_weight.dtype == dtype and dense_1_weight.flags.writeable
+        _ok = _ok and isinstance(dense_1_bias, np.ndarray) and dense_1_bias.shape == (4,) and dense_1_bias.dtype == dtype and dense_1_bias.flags.writeable
+        _ok = _ok and isinstance(dense_2_weight, np.ndarray) and dense_2_weight.shape == (1, 4,) and dense_2_weight.dtype == dtype and dense_2_weight.flags.writeable
+        _ok = _ok and isinstance(dense_2_bias, np.ndarray) and dense_2_bias.shape == (1,) and dense_2_bias.dtype == dtype and dense_2_bias.flags.writeable
+        _ok = _ok and type(step) is int and step >= 0 and len(state) == 1
+    except (KeyError, TypeError, AttributeError):
+        _ok = False
+    if not _ok:
+        batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"]), "y": (y, TARGET_SHAPES["y"])})
+        _check_writable(params)
+        _check_state(state, dtype)
+        step = int(state["step"])
+        dense_1_weight = params["dense_1.weight"]
+        dense_1_bias = params["dense_1.bias"]
+        dense_2_weight = params["dense_2.weight"]
+        dense_2_bias = params["dense_2.bias"]
+    step += 1
+    lr = float(lr)
+    _w = _workspace(4, batch, dtype)
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _b16, _b17, _b18, _b19, _b20, _b21, _k0, _k1, _k2, _k3 = _w
+
+    # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
+    # tanh_1: h[b, i] = tanh(dense_1[b, i])  [#fwd-tanh_1]
+    # h = np.tanh(dense_1_bias + (x @ dense_1_weight.T))
+    h = np.tanh(np.add(dense_1_bias, np.matmul(x, dense_1_weight.T, _b0), _b0), _b0)
+    # dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2]
+    # dense_2 = dense_2_bias + (h @ dense_2_weight.T)
+    dense_2 = np.add(dense_2_bias, np.matmul(h, dense_2_weight.T, _b1), _b1)
+    with np.errstate(over="ignore"):
+        # sigmoid_1: p[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_1]
+        # p = _sigmoid(dense_2)
+        p = np.reciprocal(np.add(np.exp(np.negative(dense_2, _b2), _b2), _k0, _b2), _b2)
+    # binary_cross_entropy_1: binary_cross_entropy_1[b] = -Σ_i ((1 - y[b, i])*where(log(1 - p[b, i]) > -100, log(1 - p[b, i]), -100) + y[b, i]*where(log(p[b, i]) > -100, log(p[b, i]), -100))  [#fwd-binary_cross_entropy_1]
+    # binary_cross_entropy_1 = -((1 - y)*np.where((np.logaddexp(0, dense_2) > 100), -100, -np.logaddexp(0, dense_2)) + np.where((np.logaddexp(0, -dense_2) > 100), -100, -np.logaddexp(0, -dense_2))*y).sum(axis=1)
+    binary_cross_entropy_1 = np.negative(np.add.reduce(np.add(np.multiply(np.subtract(_k0, y, _b4), np.where(np.greater(np.logaddexp(_k1, dense_2, _b5), _k2, _b6), -100, np.negative(np.logaddexp(_k1, dense_2, _b7), _b7)), _b4), np.multiply(np.where(np.greater(np.logaddexp(_k1, np.negative(dense_2, _b8), _b8), _k2, _b9), -100, np.negative(np.logaddexp(_k1, np.negative(dense_2, _b10), _b10), _b10)), y, _b11), _b4), axis=1, out=_b3), _b3)
+    value = float(np.add.reduce(binary_cross_entropy_1, axis=None) / batch)
+    seed = 1 / batch
+
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        # d_p[b, i] = where(log(1 - p[b, i]) > -100, (1 - y[b, i])*d_binary_cross_entropy_1[b]/(1 - p[b, i]), 0) + where(log(p[b, i]) > -100, -d_binary_cross_entropy_1[b]*y[b, i]/p[b, i], 0)  [#bwd-binary_cross_entropy_1-p]
+        # d_dense_2[b, i] = -(-1 + p[b, i])*d_p[b, i]*p[b, i]  [#bwd-sigmoid_1-dense_2]
+        # d_dense_2 = _sigmoid(-dense_2)*p*(np.where((_sigmoid(-dense_2) > 3.720075976020836e-44), seed*(1 - y)/_sigmoid(-dense_2), 0) + np.where((p > 3.720075976020836e-44), -seed*y/p, 0))
+        d_dense_2 = np.multiply(np.multiply(np.reciprocal(np.add(np.exp(np.negative(np.negative(dense_2, _b5), _b5), _b5), _k0, _b5), _b5), p, _b5), np.add(np.where(np.greater(np.reciprocal(np.add(np.exp(np.negative(np.negative(dense_2, _b7), _b7), _b7), _k0, _b7), _b7), _k3, _b6), np.true_divide(np.multiply(seed, np.subtract(_k0, y, _b8), _b8), np.reciprocal(np.add(np.exp(np.negative(np.negative(dense_2, _b10), _b10), _b10), _k0, _b10), _b10), _b8), 0), np.where(np.greater(p, _k3, _b9), np.true_divide(np.multiply(-seed, y, _b11), p, _b11), 0), _b4), _b5)
+    # d_dense_2_weight[i, j] = Σ_b (d_dense_2[b, i]*h[b, j])  [#bwd-dense_2-weight]
+    # d_dense_2_weight = d_dense_2.T @ h
+    d_dense_2_weight = np.matmul(d_dense_2.T, h, _b12)
+    # d_dense_2_bias[i] = Σ_b d_dense_2[b, i]  [#bwd-dense_2-bias]
+    # d_dense_2_bias = d_dense_2.sum(axis=0)
+    d_dense_2_bias = np.add.reduce(d_dense_2, axis=0, out=_b13)
+    # d_h[b, j] = Σ_i (d_dense_2[b, i]*dense_2.weight[i, j])  [#bwd-dense_2-h]
+    # d_dense_1[b, i] = (1 - h[b, i]**2)*d_h[b, i]  [#bwd-tanh_1-dense_1]
+    # d_dense_1 = (1 - h**2)*(d_dense_2 @ dense_2_weight)
+    d_dense_1 = np.multiply(np.subtract(_k0, np.square(h, _b14), _b14), np.matmul(d_dense_2, dense_2_weight, _b15), _b14)
+    # d_dense_1_weight[i, j] = Σ_b (d_dense_1[b, i]*x[b, j])  [#bwd-dense_1-weight]
+    # d_dense_1_weight = d_dense_1.T @ x
+    d_dense_1_weight = np.matmul(d_dense_1.T, x, _b16)
+    # d_dense_1_bias[i] = Σ_b d_dense_1[b, i]  [#bwd-dense_1-bias]
+    # d_dense_1_bias = d_dense_1.sum(axis=0)
+    d_dense_1_bias = np.add.reduce(d_dense_1, axis=0, out=_b17)
+    clip = 1.0
+    if max_norm is not None:
+        norm = float(np.sqrt(0.0
+            + float(np.vdot(d_dense_1_weight, d_dense_1_weight))
+            + float(np.vdot(d_dense_1_bias, d_dense_1_bias))
+            + float(np.vdot(d_dense_2_weight, d_dense_2_weight))
+            + float(np.vdot(d_dense_2_bias, d_dense_2_bias))
+        ))
+        clip = min(1.0, float(max_norm) / (norm + 1e-6))
+
+    # dense_1.weight[n0, n1] = -clip*lr*d_dense_1_weight[n0, n1] + dense_1.weight[n0, n1]  [#opt-sgd]
+    # dense_1_weight = -clip*lr*d_dense_1_weight + dense_1_weight
+    np.add(np.multiply(-clip * lr, d_dense_1_weight, _b18), dense_1_weight, dense_1_weight)
+    # dense_1.bias[n0] = -clip*lr*d_dense_1_bias[n0] + dense_1.bias[n0]  [#opt-sgd]
+    # dense_1_bias = -clip*lr*d_dense_1_bias + dense_1_bias
+    np.add(np.multiply(-clip * lr, d_dense_1_bias, _b19), dense_1_bias, dense_1_bias)
+    # dense_2.weight[n0, n1] = -clip*lr*d_dense_2_weight[n0, n1] + dense_2.weight[n0, n1]  [#opt-sgd]
+    # dense_2_weight = -clip*lr*d_dense_2_weight + dense_2_weight
+    np.add(np.multiply(-clip * lr, d_dense_2_weight, _b20), dense_2_weight, dense_2_weight)
+    # dense_2.bias[n0] = -clip*lr*d_dense_2_bias[n0] + dense_2.bias[n0]  [#opt-sgd]
+    # dense_2_bias = -clip*lr*d_dense_2_bias + dense_2_bias
+    np.add(np.multiply(-clip * lr, d_dense_2_bias, _b21), dense_2_bias, dense_2_bias)
+    state["step"] = step
+    _done(4, batch, dtype, _w)
     return value

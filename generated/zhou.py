@@ -25,7 +25,11 @@ PARAM_INITS = {
     "hidden.bias": ("uniform", -0.5, 0.5),
     "out.weight": ("uniform", -0.4472135954999579, 0.4472135954999579),
     "out.bias": ("uniform", -0.4472135954999579, 0.4472135954999579),
-}
+}# train_step's optimizer as compiled: its name and options (lr is train_step's argument)
+OPTIMIZER = ("sgd", {"lr": 0.01, "momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0, "nesterov": False})
+# what it keeps per parameter between steps (init_state)
+STATE_NAMES = ()
+
 
 
 # the dtypes themselves: reading dtype.name builds a string, microseconds per call
@@ -36,10 +40,12 @@ _BUFFERS = (
     (((None, 5,), False), ((None, 3,), False), ((None,), False), ((None, 3,), False), ),
     (((None, 5,), False), ((None, 3,), False), ((None,), False), ((None, 3,), False), ((None, 3,), False), ((None, 5,), False), ((None, 5,), False), ),
     (((None, 5,), False), ((None, 3,), False), ((None,), False), ((None, 3,), False), ((None, 3,), False), ((3, 5,), False), ((3,), False), ((None, 5,), False), ((None, 5,), False), ((5, 4,), False), ((5,), False), ),
+    (((None, 5,), False), ((None, 3,), False), ((None,), False), ((None, 3,), False), ((None, 3,), False), ((3, 5,), False), ((3,), False), ((None, 5,), False), ((None, 5,), False), ((5, 4,), False), ((5,), False), ((5, 4,), False), ((5,), False), ((3, 5,), False), ((3,), False), ),
 )
 # ... and the numbers it reads as arrays of the dtype: 0-d, or (number, shape) filling one
 _CONSTANTS = (
     (1, ),
+    (1, 0.5, ),
     (1, 0.5, ),
     (1, 0.5, ),
     (1, 0.5, ),
@@ -164,6 +170,54 @@ def _complain(params, arrays):
             raise ValueError(f"{name!r} is {d}, but {first!r} is {dtypes[first]}: pass float32 or float64 "
                              f"throughout (e.g. x.astype(np.float32)); nothing is converted silently")
     raise ValueError("malformed arguments")
+
+
+def _check_params(params):
+    """The dtype of params; ValueError naming anything malformed."""
+    dtype = None
+    try:
+        ok = len(params) == len(PARAM_SHAPES)
+        for name, shape in PARAM_SHAPES.items():
+            p = params[name]
+            ok = ok and isinstance(p, np.ndarray) and p.shape == shape and (dtype is None or p.dtype == dtype)
+            dtype = p.dtype
+    except (KeyError, AttributeError, TypeError):
+        ok = False
+    if not ok or (dtype is not None and dtype not in _FLOATS):
+        _complain(params, {})
+    return np.dtype(np.float32) if dtype is None else dtype
+
+
+def _check_state(state, dtype):
+    """Before train_step touches anything: ValueError naming what is wrong with state."""
+    if not hasattr(state, "keys") or "step" not in state:
+        raise ValueError("state must be the dict init_state(params) returns (its 'step' and "
+                         + ", ".join(repr(n) for n in STATE_NAMES) + ")" if STATE_NAMES else ")")
+    step = state["step"]
+    if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer)) or step < 0:
+        raise ValueError(f"state['step'] must be the number of steps taken, a whole number >= 0; got {step!r}")
+    unknown = [k for k in state.keys() if k != "step" and k not in STATE_NAMES]
+    if unknown:
+        raise ValueError(f"unknown {', '.join(map(repr, unknown))} in state; this optimizer ({OPTIMIZER[0]}) keeps "
+                         + (", ".join(map(repr, STATE_NAMES)) if STATE_NAMES else "only 'step'"))
+    for kept in STATE_NAMES:
+        if kept not in state or not hasattr(state[kept], "keys"):
+            raise ValueError(f"state[{kept!r}] must be a dict of arrays by parameter name (init_state makes it)")
+        arrays = state[kept]
+        for name, shape in PARAM_SHAPES.items():
+            a = arrays.get(name)
+            where = f"state[{kept!r}][{name!r}]"
+            if not isinstance(a, np.ndarray):
+                raise ValueError(f"{where} must be a numpy array of shape {shape}, got "
+                                 f"{'nothing' if a is None else type(a).__name__}")
+            if a.shape != shape or a.dtype != dtype:
+                raise ValueError(f"{where} has shape {a.shape} and dtype {a.dtype}; expected {shape} and {dtype} "
+                                 f"as the parameter")
+            if not a.flags.writeable:
+                raise ValueError(f"{where} is read-only, so train_step cannot update it in place")
+        unknown = [k for k in arrays.keys() if k not in PARAM_SHAPES]
+        if unknown:
+            raise ValueError(f"unknown parameter {', '.join(map(repr, unknown))} in state[{kept!r}]")
 
 
 
@@ -394,4 +448,112 @@ def sgd_step(params, x, y, lr):
     out_weight += d_out_weight
     out_bias += d_out_bias
     _done(3, batch, dtype, _w)
+    return value
+
+
+def init_state(params):
+    """What train_step keeps between steps for params: the step count, 0, and for each
+    parameter the optimizer's (none) as zeros of its shape and dtype."""
+    dtype = _check_params(params)
+    state = {"step": 0}
+    for kept in STATE_NAMES:
+        state[kept] = {name: np.zeros(shape, dtype) for name, shape in PARAM_SHAPES.items()}
+    return state
+
+
+def train_step(params, state, x, y, lr=0.01, max_norm=None):
+    """One step of sgd(momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False), in place on params and state; returns the loss
+    before the step.  lr may change from step to step (a schedule); with max_norm the
+    gradients are first scaled to a global norm of at most max_norm, as
+    torch.nn.utils.clip_grad_norm_ does."""
+    try:  # the fast path: plain comparisons; _check names whatever is malformed
+        hidden_weight = params["hidden.weight"]
+        hidden_bias = params["hidden.bias"]
+        out_weight = params["out.weight"]
+        out_bias = params["out.bias"]
+        step = state["step"]
+        batch, dtype = len(x), x.dtype
+        _ok = len(params) == 4 and batch and dtype in _FLOATS
+        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 4)
+        _ok = _ok and isinstance(y, np.ndarray) and y.shape == (batch, 3) and y.dtype == dtype
+        _ok = _ok and isinstance(hidden_weight, np.ndarray) and hidden_weight.shape == (5, 4,) and hidden_weight.dtype == dtype and hidden_weight.flags.writeable
+        _ok = _ok and isinstance(hidden_bias, np.ndarray) and hidden_bias.shape == (5,) and hidden_bias.dtype == dtype and hidden_bias.flags.writeable
+        _ok = _ok and isinstance(out_weight, np.ndarray) and out_weight.shape == (3, 5,) and out_weight.dtype == dtype and out_weight.flags.writeable
+        _ok = _ok and isinstance(out_bias, np.ndarray) and out_bias.shape == (3,) and out_bias.dtype == dtype and out_bias.flags.writeable
+        _ok = _ok and type(step) is int and step >= 0 and len(state) == 1
+    except (KeyError, TypeError, AttributeError):
+        _ok = False
+    if not _ok:
+        batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"]), "y": (y, TARGET_SHAPES["y"])})
+        _check_writable(params)
+        _check_state(state, dtype)
+        step = int(state["step"])
+        hidden_weight = params["hidden.weight"]
+        hidden_bias = params["hidden.bias"]
+        out_weight = params["out.weight"]
+        out_bias = params["out.bias"]
+    step += 1
+    lr = float(lr)
+    _w = _workspace(4, batch, dtype)
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _k0, _k1 = _w
+
+    with np.errstate(over="ignore"):
+        # hidden: hidden[s, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[s, j])  [#fwd-hidden]
+        # sigmoid_1: b[s, i] = 1/(1 + exp(-hidden[s, i]))  [#fwd-sigmoid_1]
+        # b = _sigmoid(hidden_bias + (x @ hidden_weight.T))
+        b = np.reciprocal(np.add(np.exp(np.negative(np.add(hidden_bias, np.matmul(x, hidden_weight.T, _b0), _b0), _b0), _b0), _k0, _b0), _b0)
+        # out: out[s, i] = out.bias[i] + Σ_j (b[s, j]*out.weight[i, j])  [#fwd-out]
+        # sigmoid_2: yhat[s, i] = 1/(1 + exp(-out[s, i]))  [#fwd-sigmoid_2]
+        # yhat = _sigmoid(out_bias + (b @ out_weight.T))
+        yhat = np.reciprocal(np.add(np.exp(np.negative(np.add(out_bias, np.matmul(b, out_weight.T, _b1), _b1), _b1), _b1), _k0, _b1), _b1)
+    # quadratic_1: quadratic_1[s] = Σ_i (-y[s, i] + yhat[s, i])**2/2  [#fwd-quadratic_1]
+    # quadratic_1 = 0.5*((-y + yhat)**2).sum(axis=1)
+    quadratic_1 = np.multiply(_k1, np.add.reduce(np.square(np.add(np.negative(y, _b3), yhat, _b3), _b3), axis=1, out=_b2), _b2)
+    value = float(np.add.reduce(quadratic_1, axis=None) / batch)
+    seed = 1 / batch
+
+    # d_yhat[s, i] = (-y[s, i] + yhat[s, i])*d_quadratic_1[s]  [#bwd-quadratic_1-yhat]
+    # d_out[s, i] = -(-1 + yhat[s, i])*d_yhat[s, i]*yhat[s, i]  [#bwd-sigmoid_2-out]
+    # d_out = seed*(1 - yhat)*(-y + yhat)*yhat
+    d_out = np.multiply(np.multiply(np.multiply(seed, np.subtract(_k0, yhat, _b3), _b3), np.add(np.negative(y, _b4), yhat, _b4), _b3), yhat, _b3)
+    # d_out_weight[i, j] = Σ_s (b[s, j]*d_out[s, i])  [#bwd-out-weight]
+    # d_out_weight = d_out.T @ b
+    d_out_weight = np.matmul(d_out.T, b, _b5)
+    # d_out_bias[i] = Σ_s d_out[s, i]  [#bwd-out-bias]
+    # d_out_bias = d_out.sum(axis=0)
+    d_out_bias = np.add.reduce(d_out, axis=0, out=_b6)
+    # d_b[s, j] = Σ_i (d_out[s, i]*out.weight[i, j])  [#bwd-out-b]
+    # d_hidden[s, i] = -(-1 + b[s, i])*b[s, i]*d_b[s, i]  [#bwd-sigmoid_1-hidden]
+    # d_hidden = (1 - b)*b*(d_out @ out_weight)
+    d_hidden = np.multiply(np.multiply(np.subtract(_k0, b, _b7), b, _b7), np.matmul(d_out, out_weight, _b8), _b7)
+    # d_hidden_weight[i, j] = Σ_s (d_hidden[s, i]*x[s, j])  [#bwd-hidden-weight]
+    # d_hidden_weight = d_hidden.T @ x
+    d_hidden_weight = np.matmul(d_hidden.T, x, _b9)
+    # d_hidden_bias[i] = Σ_s d_hidden[s, i]  [#bwd-hidden-bias]
+    # d_hidden_bias = d_hidden.sum(axis=0)
+    d_hidden_bias = np.add.reduce(d_hidden, axis=0, out=_b10)
+    clip = 1.0
+    if max_norm is not None:
+        norm = float(np.sqrt(0.0
+            + float(np.vdot(d_hidden_weight, d_hidden_weight))
+            + float(np.vdot(d_hidden_bias, d_hidden_bias))
+            + float(np.vdot(d_out_weight, d_out_weight))
+            + float(np.vdot(d_out_bias, d_out_bias))
+        ))
+        clip = min(1.0, float(max_norm) / (norm + 1e-6))
+
+    # hidden.weight[n0, n1] = -clip*lr*d_hidden_weight[n0, n1] + hidden.weight[n0, n1]  [#opt-sgd]
+    # hidden_weight = -clip*lr*d_hidden_weight + hidden_weight
+    np.add(np.multiply(-clip * lr, d_hidden_weight, _b11), hidden_weight, hidden_weight)
+    # hidden.bias[n0] = -clip*lr*d_hidden_bias[n0] + hidden.bias[n0]  [#opt-sgd]
+    # hidden_bias = -clip*lr*d_hidden_bias + hidden_bias
+    np.add(np.multiply(-clip * lr, d_hidden_bias, _b12), hidden_bias, hidden_bias)
+    # out.weight[n0, n1] = -clip*lr*d_out_weight[n0, n1] + out.weight[n0, n1]  [#opt-sgd]
+    # out_weight = -clip*lr*d_out_weight + out_weight
+    np.add(np.multiply(-clip * lr, d_out_weight, _b13), out_weight, out_weight)
+    # out.bias[n0] = -clip*lr*d_out_bias[n0] + out.bias[n0]  [#opt-sgd]
+    # out_bias = -clip*lr*d_out_bias + out_bias
+    np.add(np.multiply(-clip * lr, d_out_bias, _b14), out_bias, out_bias)
+    state["step"] = step
+    _done(4, batch, dtype, _w)
     return value

@@ -22,7 +22,7 @@ from program_generator import generate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted(p.name for p in (ROOT / "examples").glob("*.nn"))
-FUNCTIONS = ("forward", "loss", "loss_and_grad", "sgd_step")
+FUNCTIONS = ("forward", "loss", "loss_and_grad", "sgd_step", "train_step")
 
 
 def _load(text, name):
@@ -38,6 +38,10 @@ def _both(source, file):
     bodies = {"forward": (plain.forward, (), ()), "loss": (plain.loss_forward, (), ())}
     for fn in ("loss_and_grad", "sgd_step"):
         bodies[fn] = ((plain.loss_forward, plain.backward), (), ())
+    # an update written into its array by copying a fresh one
+    update = tuple(dataclasses.replace(x, code=f"np.copyto({x.target}, {x.code})") if x.into else x
+                   for x in plain.update)
+    bodies["train_step"] = ((plain.loss_forward, plain.backward, update), (), ())
     fresh = render(dataclasses.replace(plain, bodies=bodies), c.graph)
     assert "_workspace(" not in fresh
     return _load(c.numpy_module(), "kept"), _load(fresh, "fresh")
@@ -72,7 +76,14 @@ def _agree(kept, fresh, dtype, rel=0.0):
             p, q = ({k: v.copy() for k, v in params.items()} for _ in range(2))
             args = arrays[:len(kept.INPUT_SHAPES)] if fn == "forward" else arrays
             extra = (0.25,) if fn == "sgd_step" else ()
-            got, want = getattr(kept, fn)(p, *args, *extra), getattr(fresh, fn)(q, *args, *extra)
+            if fn == "train_step":  # two steps, the second with the first's state
+                states = kept.init_state(p), fresh.init_state(q)
+                for lr in (0.25, 0.125):
+                    got = kept.train_step(p, states[0], *args, lr=lr, max_norm=1.0)
+                    want = fresh.train_step(q, states[1], *args, lr=lr, max_norm=1.0)
+                    assert _same(got, want, rel) and _same(states[0], states[1], rel), (fn, batch, dtype)
+            else:
+                got, want = getattr(kept, fn)(p, *args, *extra), getattr(fresh, fn)(q, *args, *extra)
             assert _same(got, want, rel), (fn, batch, dtype)
             assert _same(p, q, rel), (fn, batch, dtype)
 

@@ -22,7 +22,11 @@ def module_values(graph) -> dict:
 
     input_checks = checks(inputs, "INPUT_SHAPES")
     all_checks = ", ".join(c for c in (input_checks, checks(targets, "TARGET_SHAPES")) if c)
+    rule = graph.optimizer
+    options = [(n, repr(float(v)) if not isinstance(v, bool) else repr(v)) for n, v in rule.options]
     return dict(source=graph.source, params=params, inputs=inputs, targets=targets,
+                optimizer_name=rule.name, optimizer_options=options, state_names=list(rule.states),
+                lr=repr(rule.lr), optimizer_text=rule.name + "(" + ", ".join(f"{n}={v}" for n, v in options if n != "lr") + ")",
                 input_args=", ".join(t["var"] for t in inputs),
                 all_args=", ".join(t["var"] for t in inputs + targets),
                 input_checks=input_checks, all_checks=all_checks)

@@ -16,7 +16,7 @@ from lark import Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
 from . import syntax as S
-from ..errors import Loc, NNError, show_char, source_lines
+from ..errors import Loc, NNError, did_you_mean, show_char, source_lines
 
 # A newline next to these is a line continuation, not the end of a statement.
 _CONTINUE_AFTER = {",", "|>", "+", "-", "*", "/", "^", "=", ":", "(", "[", "<", ">", "<=", ">=", "==", "!="}
@@ -230,6 +230,43 @@ class _Builder(Transformer):
             raise NNError(f"layer '{t}' needs exactly one output equation such as 'y[i] = ...'; "
                           f"it has {len(eqs)}", eqs[1].loc if len(eqs) > 1 else loc)
         return S.LayerDef(str(t), params, decls, eqs[0], loc)
+
+    def block_decl(self, items):
+        word, t = items
+        if str(word) != "state":
+            raise NNError(f"unknown declaration '{word}' in an optimizer" + did_you_mean(str(word), ["state"]),
+                          self.tok(word), "declare what the optimizer keeps between steps as 'state m'")
+        return S.StateDecl(str(t), self.tok(t))
+
+    def block_assign(self, items):
+        t, expr = items
+        return S.Update(str(t), expr, self.tok(t))
+
+    def block(self, items):
+        return tuple(i for i in items if i is not None)
+
+    def directive(self, items):
+        word, t, *rest = items
+        block = rest.pop() if rest and isinstance(rest[-1], tuple) else None
+        args = [a for a in rest if a is not None]
+        if str(word) != "optimizer":
+            raise NNError(f"unknown statement '{word}'" + did_you_mean(str(word), ["optimizer", "network"]),
+                          self.tok(word))
+        loc = self.tok(t)
+        if block is None:
+            return S.OptimizerUse(str(t), tuple(a for a in args if not isinstance(a, S.Keyword)),
+                                  tuple(a for a in args if isinstance(a, S.Keyword)), loc)
+        options = []
+        for a in args:
+            if isinstance(a, S.Keyword):
+                options.append(S.OptionParam(a.name, a.value, a.loc))
+            elif isinstance(a, S.Name):
+                options.append(S.OptionParam(a.id, None, a.loc))
+            else:
+                raise NNError("an optimizer's options are names, with a default where one helps "
+                              "(lr = 0.01)", a.loc)
+        return S.OptimizerDef(str(t), tuple(options), tuple(b for b in block if isinstance(b, S.StateDecl)),
+                              tuple(b for b in block if isinstance(b, S.Update)), loc)
 
     def start(self, items):
         return [i for i in items if i is not None]

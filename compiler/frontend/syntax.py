@@ -1,7 +1,7 @@
 """The syntax tree of a .nn program: plain frozen dataclasses, each with a Loc.
 
     program    := stmt*
-    stmt       := Network | Decl | Output | Assign | FnDef | LayerDef
+    stmt       := Network | Decl | Output | Assign | FnDef | LayerDef | OptimizerDef | OptimizerUse
     expr       := Num | Bool | Str | Name | Index | Call | Binary | Neg | Compare
 
 A pipe `a |> f(b)` is already a `Call('f', [a, b])` here.  A reduction
@@ -174,4 +174,35 @@ class LayerDef:
     params: tuple
     decls: tuple
     equation: Equation
+    loc: Loc
+
+
+@dataclass(frozen=True)
+class StateDecl:
+    name: str
+    loc: Loc
+
+
+@dataclass(frozen=True)
+class Update:
+    """`name = expr` in an optimizer: a state's new value, the parameter's, or a local."""
+    name: str
+    expr: object
+    loc: Loc
+
+
+@dataclass(frozen=True)
+class OptimizerDef:
+    name: str
+    options: tuple  # OptionParam
+    states: tuple  # StateDecl
+    updates: tuple  # Update, in order
+    loc: Loc
+
+
+@dataclass(frozen=True)
+class OptimizerUse:
+    name: str
+    args: tuple  # positional values, in the definition's option order
+    keywords: tuple  # Keyword
     loc: Loc

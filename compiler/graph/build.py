@@ -14,8 +14,9 @@ from . import ir
 from ..frontend import syntax as S
 from ..errors import Loc, NNError, did_you_mean, escape, source_lines
 from ..literals import exact
-from ..naming import C_MACRO_WORDS, c_macro, grad_name, plain, var
+from ..naming import C_MACRO_WORDS, c_macro, grad_name, plain, state_name, var
 from ..ops.definitions import FLOAT_MAX, PRIMITIVES, check_power, OpDef, Registry, TensorArg, define_fn, define_layer
+from ..ops.optimizers import choose, define_optimizer
 from ..frontend.parse import parse, without_bom
 from ..ops.symbolic import LogSumExp, MaxOver
 
@@ -34,13 +35,24 @@ def prelude() -> Registry:
         z = sp.Symbol("z", real=True)
         reg.add(OpDef(name, "elementwise", (TensorArg("z", None, None),), (), (), (), {}, fn(z), None, True))
     for stmt in parse(text, "<prelude>"):
-        reg.add(define_fn(stmt, reg, True) if isinstance(stmt, S.FnDef) else define_layer(stmt, reg, True))
+        if isinstance(stmt, S.OptimizerDef):
+            reg.add_optimizer(define_optimizer(stmt, True))
+        else:
+            reg.add(define_fn(stmt, reg, True) if isinstance(stmt, S.FnDef) else define_layer(stmt, reg, True))
     return reg
 
 
-def compile_graph(source: str, file: str = "<string>") -> ir.Graph:
-    """Parse and check a .nn program; return its graph or raise NNError."""
-    return _Builder(parse(source, file), file, source_lines(without_bom(source))).build()
+def compile_graph(source: str, file: str = "<string>", optimizer: str | None = None) -> ir.Graph:
+    """Parse and check a .nn program; return its graph or raise NNError.  `optimizer`
+    (`adam(lr = 0.001)`, as after the word `optimizer` in a program) replaces the
+    program's own choice."""
+    stmts = parse(source, file)
+    if optimizer is not None:
+        use = parse("optimizer " + optimizer, "--optimizer")
+        if len(use) != 1 or not isinstance(use[0], S.OptimizerUse):
+            raise NNError(f"'{optimizer}' does not choose an optimizer", None, "e.g. adam(lr = 0.001)")
+        stmts = [st for st in stmts if not isinstance(st, S.OptimizerUse)] + use
+    return _Builder(stmts, file, source_lines(without_bom(source))).build()
 
 
 _BINARY = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
@@ -77,6 +89,17 @@ class _Builder:
                     self.registry.add(define_fn(st, self.registry))
                 elif isinstance(st, S.LayerDef):
                     self.registry.add(define_layer(st, self.registry))
+                elif isinstance(st, S.OptimizerDef):
+                    self.registry.add_optimizer(define_optimizer(st))
+        uses = [st for st in self.stmts if isinstance(st, S.OptimizerUse)]
+        if len(uses) > 1:
+            raise NNError("the optimizer is chosen twice", uses[1].loc, f"first chosen at {uses[0].loc}")
+        use = uses[0] if uses else None
+        self.rule = rule = choose(self.registry.optimizer(use.name if use else "sgd", use.loc if use else None), use,
+                      self.registry)
+        for st in self.stmts:  # a definition not chosen is still read, for its mistakes
+            if isinstance(st, S.OptimizerDef) and st.name != rule.name and all(o.default for o in st.options):
+                choose(self.registry.optimizers[st.name], None, self.registry)
         # names the user binds, so that no automatic name takes one before its line
         self.user_names = {st.name for st in self.stmts if isinstance(st, (S.Decl, S.Assign))}
         for st in self.stmts:
@@ -143,7 +166,7 @@ class _Builder:
         g = ir.Graph(name, self.file,
                      tuple(t for t in self.tensors.values() if t.role == "input"),
                      tuple(t for t in self.tensors.values() if t.role == "target"),
-                     dict(self.tensors), tuple(self.params), tuple(self.nodes), out_name, loss[0].name, reduce)
+                     dict(self.tensors), tuple(self.params), tuple(self.nodes), out_name, loss[0].name, reduce, rule)
         ir.verify(g)
         return g
 
@@ -178,6 +201,8 @@ class _Builder:
         entries += [("tensor", t.name, var(t.name), t.loc) for t in self.tensors.values()]
         entries += [("gradient", n, grad_name(n), loc) for n, loc in
                     [*((t.name, t.loc) for t in self.tensors.values()), *((p.name, p.loc) for p in self.params)]]
+        entries += [("state", f"{s}' of '{p.name}", var(state_name(p.name, s)), p.loc)
+                    for p in self.params for s in self.rule.states]
         for entry in entries:
             kind, name, gen, loc = entry
             if gen not in owners:
@@ -185,7 +210,7 @@ class _Builder:
                 continue
             other = owners[gen]
             # blame the name a user chose: a tensor or parameter, not a gradient
-            culprit, owner = (other, entry) if kind == "gradient" else (entry, other)
+            culprit, owner = (other, entry) if kind in ("gradient", "state") else (entry, other)
             self._name_clash(culprit, owner, gen)
         macros: dict[str, tuple] = {}
         arrays = [("tensor", t.name, c_macro(t.name), t.loc) for t in self.tensors.values()
@@ -206,7 +231,8 @@ class _Builder:
 
     @staticmethod
     def _what(kind: str, name: str) -> str:
-        return {"param": "the parameter", "tensor": "the tensor", "gradient": "the gradient of"}[kind] + f" '{name}'"
+        return {"param": "the parameter", "tensor": "the tensor", "gradient": "the gradient of",
+                "state": "the optimizer state"}[kind] + f" '{name}'"
 
     def _name_clash(self, culprit, owner, gen):
         kind, name, _, loc = culprit

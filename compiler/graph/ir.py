@@ -59,6 +59,7 @@ class Graph:
     output: str = ""
     loss: str = ""  # the per-sample loss tensor (shape ())
     reduce: str = "mean"  # how `loss =` combines samples: "mean" | "sum"
+    optimizer: object = None  # ops.optimizers.Rule: what train_step does with the gradients
 
     def producer(self, tensor: str):
         for n in self.nodes:

@@ -98,6 +98,22 @@ class Registry:
 
     def __init__(self):
         self._ops: dict[str, OpDef] = {}
+        self.optimizers: dict = {}  # name -> optimizers.OptimizerDef
+
+    def add_optimizer(self, opt) -> None:
+        old = self.optimizers.get(opt.name)
+        if old is not None and not (old.builtin and not opt.builtin):
+            where = "a built-in" if old.builtin else f"defined at {old.loc}"
+            raise NNError(f"the optimizer '{opt.name}' is already defined ({where})", opt.loc,
+                          "choose another name for your definition")
+        self.optimizers[opt.name] = opt
+
+    def optimizer(self, name: str, loc: Loc):
+        try:
+            return self.optimizers[name]
+        except KeyError:
+            raise NNError(f"unknown optimizer '{name}'" + did_you_mean(name, self.optimizers), loc,
+                          "the built-in ones: " + ", ".join(n for n, o in self.optimizers.items() if o.builtin)) from None
 
     def add(self, op: OpDef) -> None:
         clash = op.name in PRIMITIVES or op.name in REDUCTIONS or op.name in _RESERVED
@@ -125,6 +141,7 @@ class Registry:
     def copy(self) -> "Registry":
         r = Registry()
         r._ops = dict(self._ops)
+        r.optimizers = dict(self.optimizers)
         return r
 
 

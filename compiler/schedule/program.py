@@ -35,9 +35,10 @@ from ..graph import ir
 from ..comments import formula_text
 from ..autodiff.derive import B, as_scatter
 from ..errors import generating
-from ..naming import backward_anchor, forward_anchor, grad_name
+from ..naming import backward_anchor, forward_anchor, grad_name, state_name
+from ..ops.optimizers import G, P, state_symbol
 from ..autodiff.stabilize import careful_reads, is_sigmoid, stabilize
-from ..ops.symbolic import FirstArgmax, LogSumExp, MaxOver, Sigmoid, real_base
+from ..ops.symbolic import FirstArgmax, LogSumExp, MaxOver, Sigmoid, index_symbol, real_base
 
 REDUCTIONS = (sp.Sum, MaxOver, LogSumExp, FirstArgmax)
 
@@ -45,6 +46,9 @@ REDUCTIONS = (sp.Sum, MaxOver, LogSumExp, FirstArgmax)
 # Program.seed in loss_and_grad, -lr times it in sgd_step, so that the gradients come out
 # as the update itself and are added into the parameters in place
 SEED = sp.Symbol("seed", real=True)
+# the optimizer reads each gradient times this scalar: 1, or less where the step clips the
+# gradients to a global norm (train_step's max_norm), so that clipping costs no pass of its own
+CLIP = sp.Symbol("clip", positive=True)
 
 # a fused expression deeper than this is computed in steps: Python's parser refuses a
 # line nested more than 200 brackets deep, and sympy recurses once per level
@@ -102,6 +106,8 @@ class Program:
     seed: sp.Expr  # d loss / d (per-sample loss): the value of SEED in loss_and_grad
     zero_grads: tuple  # parameters the loss does not depend on: gradient 0
     sigmoids: dict = None  # buffer -> (indices, u): the loss's buffers written as sigmoid(u)
+    update: tuple = ()  # Statement: the optimizer's, once every gradient is known (train_step)
+    states: dict = None  # optimizer state array -> (parameter, state name)
 
     @property
     def shapes(self) -> dict:
@@ -111,6 +117,7 @@ class Program:
         shapes = {t.name: (B,) + t.shape for t in g.tensors.values()}
         shapes.update({p.name: p.shape for p in g.params})
         shapes.update({grad_name(k): v for k, v in list(shapes.items())})
+        shapes.update({a: g.param(p).shape for a, (p, _) in (self.states or {}).items()})
         return shapes
 
     def buffers(self, statements: tuple, keep=()) -> dict:
@@ -119,6 +126,7 @@ class Program:
         g, shapes = self.graph, self.shapes
         roles = {t.name: t.role for t in g.tensors.values()}
         roles.update({p.name: "param" for p in g.params})
+        roles.update({a: "state" for a in self.states or {}})
         out = {}
         for k, st in enumerate(statements):
             for r in sorted({r.base.label.name for r in st.expr.atoms(sp.Indexed)}):
@@ -150,7 +158,32 @@ def build(g: ir.Graph, derivations: tuple) -> Program:
     backward = _lowered(steps, {grad_name(p.name) for p in g.params}, shapes, sigmoids)
     written = {st.target for st in steps}
     zero = tuple(p.name for p in g.params if grad_name(p.name) not in written)
-    return Program(g, tuple(derivations), forward, loss, backward, seed, zero, sigmoids)
+    update, states = _update_steps(g)
+    return Program(g, tuple(derivations), forward, loss, backward, seed, zero, sigmoids, update, states)
+
+
+def _update_steps(g: ir.Graph) -> tuple:
+    """The optimizer's updates of every parameter, element by element, in its order:
+    (statements, {state array: (parameter, state)})."""
+    rule = g.optimizer
+    owner = {name: n for n in g.nodes for _, name in n.params}
+    out, states = [], {}
+    for p in g.params:
+        idx = tuple(index_symbol(f"n{k}") for k in range(len(p.shape)))
+        arrays = {P: p.name, G: grad_name(p.name)}
+        for s in rule.states:
+            states[state_name(p.name, s)] = (p.name, s)
+            arrays[state_symbol(s)] = state_name(p.name, s)
+        reads = {sym: real_base(a)[idx] for sym, a in arrays.items()}
+        reads[G] = CLIP * reads[G]
+        for target, expr in rule.updates:
+            name = p.name if target == "p" else state_name(p.name, target)
+            element = real_base(name)[idx]
+            note = Note(f"{formula_text(element)} = {formula_text(expr.xreplace(reads))}",
+                        f"opt-{rule.name}", node=owner[p.name].label)
+            out.append(Statement(name, idx, expr.xreplace(reads), dict(zip(idx, p.shape)), owner[p.name],
+                                 notes=(note,)))
+    return tuple(out), states
 
 
 def _forward_steps(derivations, keep) -> list:

@@ -89,8 +89,9 @@ class Workspace:
             self.free.append(k)
 
 
-def name(k: int) -> str:
-    return f"_b{k}"
+def name(k) -> str:
+    """A workspace buffer's variable, or the array a line writes into (a name)."""
+    return k if isinstance(k, str) else f"_b{k}"
 
 
 def constant_name(k: int) -> str:
@@ -130,7 +131,14 @@ def plan_body(lines: list, shapes: dict, returned: set, kept: set) -> tuple:
             raise AssertionError(f"line {line.target} = {line.code}: computes shape {info.shape}, "
                                  f"the Program says {shape}")
         escapes = line.target in returned
-        if shape is not None and not escapes and isinstance(tree, ast.Call) and isinstance(tree.func, ast.Name) \
+        if line.into:  # into the array the target names: its own variable stays bound to it
+            rewriter.no_heir = line.target in rewriter.names  # it reads the array it overwrites
+            if info.op and info.shape == shape and info.kind == "f":
+                code = rewriter.emit(tree, line.target)
+            else:
+                code = f"np.copyto({line.target}, {rewriter._plain(tree)})"
+            held = set()
+        elif shape is not None and not escapes and isinstance(tree, ast.Call) and isinstance(tree.func, ast.Name) \
                 and tree.func.id in _OUT_HELPERS:
             dest = ws.take(shape, "f")
             code, held = f"{line.code[:-1]}, out={name(dest)})", {dest}
@@ -176,6 +184,8 @@ class _Rewriter:
         self.env = env  # name -> buffers its value may live in
         self.names = set()  # names this line reads
         self.temps_done = []  # temporaries to free once the line is done
+        # the destination is an array the line also reads: only the last operation may write it
+        self.no_heir = False
 
     # ---- pass 1: shape and kind of every node
     def infer(self, node) -> _Info:
@@ -191,7 +201,7 @@ class _Rewriter:
             self.names.add(node.id)
             if node.id in self.shapes:
                 return _Info(self.shapes[node.id], "f")
-            return _Info((), "s") if node.id in ("batch", "seed", "lr") else _Info()
+            return _Info((), "s") if node.id in ("batch", "seed", "lr", "step", "clip") else _Info()
         if isinstance(node, ast.BinOp):
             a, b = self.infer(node.left), self.infer(node.right)
             kind = _kind(type(node.op), a.kind, b.kind)
@@ -264,6 +274,8 @@ class _Rewriter:
                 return _Info(a.shape, a.kind, True)
             return _Info()
         called = f.attr if module_call else f.id if isinstance(f, ast.Name) else None
+        if called == "float" and not module_call:
+            return _Info((), "s")
         fresh = called in _FRESH_CALLS
         if module_call and not node.keywords and all(a.kind in ("f", "s") for a in args) and \
                 any(a.kind == "f" for a in args) and \
@@ -302,7 +314,7 @@ class _Rewriter:
             # one operand of the result's shape may take our buffer (it is computed
             # there, then we compute in place), or lend us its temporary
             same = [c for c in operands if c.info.shape == info.shape and c.info.kind == info.kind]
-            heir = next((c for c in same if c.info.op), None) if dest is not None else None
+            heir = next((c for c in same if c.info.op), None) if dest is not None and not self.no_heir else None
             filled = info.shape if isinstance(node, ast.Call) and _module_call(node) and \
                 node.func.attr in ("maximum", "minimum") else None
             codes = [self._constant(child, filled) or self.emit(child, dest if child is heir else None)

@@ -25,9 +25,14 @@ from ...errors import generating
 from ...literals import real_literal
 from ...naming import grad_name, temp, var
 from ...ops.primitives import lookup
-from ...schedule.program import SEED, Program
+from ...ops.optimizers import LR, T
+from ...schedule.program import CLIP, SEED, Program
 from . import buffers, layout
-from ...ops.symbolic import ClampedLog, FirstArgmax, LogSumExp, MaxOver, index_symbols, join_signed, read_name, real_base, sum_terms
+from ...ops.symbolic import Where, ClampedLog, FirstArgmax, LogSumExp, MaxOver, index_symbols, join_signed, read_name, real_base, sum_terms
+
+
+# the scalars a generated function binds, by the names it binds them to
+_SCALARS = {SEED: "seed", LR: "lr", T: "step", CLIP: "clip", B: "batch"}
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,7 @@ class Line:
     phase: str = "forward"  # "forward" | "backward"
     anchors: tuple = ()  # the derivation steps this line computes
     reads: tuple = ()  # the temporaries (lines of their own) its code reads
+    into: bool = False  # the value is written into the array `target` names (an optimizer's update)
 
 
 @dataclass
@@ -58,6 +64,7 @@ class _Printer(NumPyPrinter):
         super().__init__({"fully_qualified_modules": False, "allow_unknown_functions": False})
         self.lowerer = lowerer
         self.layout = layout
+        self._scalar = False  # printing a scalar formula
 
     def _module_format(self, fqn, register=True):
         return "np." + fqn.split(".")[-1] if fqn.startswith("numpy.") else fqn
@@ -68,8 +75,8 @@ class _Printer(NumPyPrinter):
     def _print_Symbol(self, s):
         if s == B:
             return "batch"
-        if s == SEED:
-            return "seed"
+        if s in _SCALARS:
+            return _SCALARS[s]
         if s.name in self.lowerer.names:  # a scalar temporary
             return self.lowerer.ref(s.name)
         if s in self.layout:  # an index read as a number (a bounds guard): its positions
@@ -91,6 +98,18 @@ class _Printer(NumPyPrinter):
         # float64 scalar, which would turn float32 arrays into float64 ones
         if isinstance(e, sp.Expr) and e.is_number and not e.is_Rational and e.is_finite and e.is_real:
             return real_literal(e)
+        if isinstance(e, sp.Basic) and not self._scalar and not e.is_number and e.free_symbols <= set(_SCALARS):
+            # ... and so is a formula of the step's scalars (an optimizer's sqrt(1 - beta2^t))
+            self._scalar = True
+            try:
+                code = self._print(e, **kwargs)
+            finally:
+                self._scalar = False
+            return f"float({code})" if "np." in code else code
+        if isinstance(e, Where) and e.args[0].free_symbols <= set(_SCALARS) and not e.args[0].has(sp.Indexed):
+            # a condition on the step alone (where(t == 1, ...)) decides in Python: one branch computed
+            c, a, b = e.args
+            return f"({self._print(a)} if {self._print(c)} else {self._print(b)})"
         primitive = lookup(e)
         if primitive is not None:
             if primitive.helper:
@@ -920,6 +939,9 @@ class Plan:
     # numbers it reads as arrays);
     # loss_and_grad's and sgd_step's lines are (loss lines, backward lines)
     bodies: dict = None
+    optimizer: object = None  # ops.optimizers.Rule: train_step's
+    states: tuple = ()  # (state array, variable, parameter, state name)
+    update: tuple = ()  # Line: train_step's optimizer updates, each `into` its array
 
 
 def plan(program: Program) -> Plan:
@@ -934,6 +956,9 @@ def plan(program: Program) -> Plan:
     # what a function takes or hands back keeps its logical layout
     fixed = {t.name for t in g.inputs} | {t.name for t in g.targets} | {g.output, g.loss}
     fixed |= {p.name for p in g.params} | {grad_name(p.name) for p in g.params}
+    states = program.states or {}
+    names.update({a: var(a) for a in states})
+    fixed |= set(states)
 
     def lower(*bodies) -> list:
         """The lines of consecutive statement lists, lowered as one function body."""
@@ -973,6 +998,9 @@ def plan(program: Program) -> Plan:
     grads = tuple((p.name, grad_name(p.name)) for p in g.params)
     updates = tuple((names[p.name], grad_name(p.name)) for p in g.params if p.name not in program.zero_grads)
     n_loss = len(loss_forward)
+    (update,), update_shapes = lower(program.update)
+    written = {names[p.name] for p in g.params} | {names[a] for a in states}
+    update = [dataclasses.replace(x, into=True) if x.target in written else x for x in update]
 
     def body(lines, shapes, returned, kept):
         return buffers.plan_body(list(lines), shapes, set(returned), set(kept))
@@ -983,6 +1011,9 @@ def plan(program: Program) -> Plan:
                                ("sgd_step", (), {loss_var} | {d for _, d in updates})):
         lines, bufs, constants = body(loss_forward + backward, shapes_, returned, kept)
         bodies[fn] = ((lines[:n_loss], lines[n_loss:]), bufs, constants)
+    lines, bufs, constants = body(loss_forward + backward + update, {**update_shapes, **shapes_}, (), {loss_var})
+    n_back = n_loss + len(backward)
+    bodies["train_step"] = ((lines[:n_loss], lines[n_loss:n_back], lines[n_back:]), bufs, constants)
     return Plan(
         name=g.name, source=g.source,
         inputs=tuple((t.name, names[t.name], t.shape) for t in g.inputs),
@@ -992,7 +1023,8 @@ def plan(program: Program) -> Plan:
         loss_forward=tuple(loss_forward),
         loss_value=loss_value,
         backward=tuple(dataclasses.replace(x, phase="backward") for x in backward),
-        grads=grads, updates=updates, bodies=bodies,
+        grads=grads, updates=updates, bodies=bodies, optimizer=g.optimizer, update=tuple(update),
+        states=tuple((a, names[a], p, s) for a, (p, s) in states.items()),
         loss_seed=_seed_code(program.seed, "1"), step_seed=_seed_code(program.seed, "-float(lr)"),
         helpers=tuple(sorted(helpers)), derivations=program.derivations)
 

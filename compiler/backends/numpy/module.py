@@ -16,7 +16,7 @@ _CALLS = {"patches": ("reach",), "unpatches": ("reach",), "im2col": ("patches", 
           "max_over": ("window_slices", "tiles"), "first_argmax": ("window_slices", "tiles")}
 
 
-_FUNCTIONS = ("forward", "loss", "loss_and_grad", "sgd_step")
+_FUNCTIONS = ("forward", "loss", "loss_and_grad", "sgd_step", "train_step")
 
 
 def render(plan: Plan, graph) -> str:
@@ -38,7 +38,8 @@ def render(plan: Plan, graph) -> str:
         step_lines=[_blocks(x) for x in plan.bodies["sgd_step"][0]], buffer_table=table, workspace=workspace,
         loss_value=plan.loss_value, loss_var=None, grads=[dict(name=n, var=v) for n, v in plan.grads],
         updates=[dict(param=p, grad=g) for p, g in plan.updates], loss_seed=plan.loss_seed,
-        step_seed=plan.step_seed,
+        step_seed=plan.step_seed, train_lines=[_blocks(x) for x in plan.bodies["train_step"][0]],
+        states=[dict(var=v, param=p, state=st, shape=shape_text(graph.param(p).shape)) for _, v, p, st in plan.states],
         helper_source=helper_source(plan.helpers), reduce=graph.reduce, flat_params=False, **values)
 
 
