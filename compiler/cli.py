@@ -14,7 +14,7 @@ from .output import (InputError, Interrupted, OutputError, check_interrupted, re
 __all__ = ["main", "write_atomically"]
 
 
-COMMANDS = ("compile", "explain")
+COMMANDS = ("compile", "explain", "train")
 FORMATS = {".tex": "tex", ".md": "md", ".markdown": "md", ".html": "html", ".htm": "html"}
 
 
@@ -60,6 +60,31 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("model", help="the .nn file")
     e.add_argument("-o", "--output", help="the document to write (.tex, .md or .html); stdout if omitted")
     e.add_argument("--format", choices=["tex", "md", "html"], help="override the format the suffix implies")
+    t = commands.add_parser(
+        "train", help="compile a .nn file and train it on a dataset",
+        description="Compile a .nn file and train it with its train_step on a dataset: a progress bar, the "
+                    "training loss and validation metric of every epoch, the best parameters as a checkpoint, "
+                    "a curve. The network needs one input and one target that fit the data.",
+        epilog="Example: nncc train examples/digits.nn --data digits --optimizer 'adam(lr=0.001)' --epochs 30 "
+               "--checkpoint build/digits.npz --curve build/digits.png")
+    t.add_argument("model", help="the .nn file to train")
+    t.add_argument("--data", required=True, metavar="DATA",
+                   help="digits, iris, breast_cancer or wine (scikit-learn's bundled sets), or a .npz file "
+                        "(arrays x and y) or .csv file (the last column the target); whole-number targets "
+                        "are class labels")
+    t.add_argument("--optimizer", metavar="SPEC", help="as for compile (default: the program's, else sgd)")
+    t.add_argument("--lr", type=float, help="the learning rate (default: the optimizer's)")
+    t.add_argument("--epochs", type=int, default=20, help="default 20")
+    t.add_argument("--batch-size", type=int, default=32, help="default 32")
+    t.add_argument("--seed", type=int, default=0, help="parameters, split and shuffling (default 0)")
+    t.add_argument("--val", type=float, default=0.2, help="the fraction held out for validation (default 0.2)")
+    t.add_argument("--max-norm", type=float, help="clip the gradients to this global norm")
+    t.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    t.add_argument("--checkpoint", help="write the best parameters and the optimizer's state here (.npz; "
+                                        "load_params reads it)")
+    t.add_argument("--resume", help="continue the run saved in this checkpoint")
+    t.add_argument("--curve", help="save the loss and accuracy curves as this PNG (needs matplotlib)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
@@ -125,6 +150,66 @@ def _explain(args) -> int:
     return 0
 
 
+def _train(args) -> int:
+    for name, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size)):
+        if value < 1:
+            _error(f"nncc train: error: {name} must be at least 1")
+            return 1
+    if args.lr is not None and not args.lr > 0:
+        _error("nncc train: error: --lr must be a positive number")
+        return 1
+    if args.max_norm is not None and not args.max_norm > 0:
+        _error("nncc train: error: --max-norm must be a positive number")
+        return 1
+    source = _read(args.model)
+    if source is None:
+        return 1
+    from .api import compile_source
+    try:
+        compiled = compile_source(source, str(args.model), args.optimizer)
+        text = compiled.numpy_module()
+    except Exception as exc:  # noqa: BLE001 - a user sees a message, never a traceback
+        return _compile_failed(exc, args.model)
+    import types
+
+    import numpy as np
+
+    from .training.data import DataError, fit, load
+    from .training.loop import TrainError, save_curve, train
+    module = types.ModuleType(f"nncc_train_{compiled.graph.name}")
+    exec(compile(text, f"<nncc {args.model}>", "exec"), module.__dict__)
+    progress = None
+    if not args.quiet and sys.stderr.isatty():
+        try:
+            from tqdm import tqdm
+
+            def progress(it, desc):
+                return tqdm(it, desc=desc, leave=False, unit="batch")
+        except ImportError:
+            pass
+    lr = args.lr if args.lr is not None else module.OPTIMIZER[1]["lr"]
+    try:
+        data = fit(load(args.data), module, args.val, args.seed, np.dtype(args.dtype))
+        print(f"{compiled.graph.name}: {sum(int(np.prod(s)) for s in module.PARAM_SHAPES.values()):,} parameters; "
+              f"{args.data}: {len(data.x_train)} samples to train on, {len(data.x_val)} to validate; "
+              f"{module.OPTIMIZER[0]}, lr {lr}")
+        best, history = train(module, data, epochs=args.epochs, batch_size=args.batch_size, lr=lr, seed=args.seed,
+                           max_norm=args.max_norm, checkpoint=Path(args.checkpoint) if args.checkpoint else None,
+                           resume=Path(args.resume) if args.resume else None, progress=progress)
+        if args.curve:
+            save_curve(history, Path(args.curve), f"network {compiled.graph.name}, data {args.data}")
+            print(f"curve: {args.curve}")
+        if args.checkpoint:
+            print(f"best parameters: {args.checkpoint} (epoch {history.best_epoch}; load_params reads them)")
+    except (DataError, TrainError) as exc:
+        _error(f"nncc train: error: {exc}")
+        return 1
+    except OSError as exc:
+        _error(f"nncc train: error: {exc}")
+        return 1
+    return 0
+
+
 def _compile_failed(exc: Exception, model: str) -> int:
     """Report a failed compile in plain words; 1."""
     check_interrupted()  # a signal whose exception a callback swallowed: end quietly, not with an error
@@ -147,6 +232,8 @@ def main(argv=None) -> int:
     try:
         with signals_raise():
             args = _arguments(argv)
+            if args.command == "train":
+                return _train(args)
             return _explain(args) if args.command == "explain" else _compile(args)
     except Interrupted as exc:
         return 128 + exc.signum

@@ -100,6 +100,44 @@ def init_params(seed=0, dtype=np.float32):
     return params
 
 
+def save_params(path, params):
+    """params into the .npz file `path` (numpy adds the .npz if it is missing), one array per
+    parameter name, as load_params and np.load read it."""
+    _check_params(params)
+    np.savez(path, **{name: params[name] for name in PARAM_SHAPES})
+
+
+def load_params(path, dtype=None):
+    """The parameters saved by save_params (or any .npz holding one array per parameter
+    name), checked against PARAM_SHAPES; dtype: the saved one unless given."""
+    with np.load(path, allow_pickle=False) as saved:
+        names = list(saved.keys())
+        # a checkpoint of nncc train holds them as param/<name>, beside the optimizer's state
+        prefix = "param/" if any(k.startswith("param/") for k in names) else ""  # the best ones
+        names = [k[len(prefix):] for k in names if k.startswith(prefix)]
+        missing = [name for name in PARAM_SHAPES if name not in names]
+        unknown = [name for name in names if name not in PARAM_SHAPES]
+        if missing or unknown:
+            raise ValueError(f"{path}: " + "; ".join(
+                part for part in (f"missing {', '.join(map(repr, missing))}" if missing else "",
+                                  f"unknown {', '.join(map(repr, unknown))}" if unknown else "") if part)
+                + f" (this network's parameters are {', '.join(map(repr, PARAM_SHAPES))})")
+        arrays = {name: saved[prefix + name] for name in PARAM_SHAPES}
+    for name, shape in PARAM_SHAPES.items():
+        if arrays[name].shape != shape:
+            raise ValueError(f"{path}: {name!r} has shape {arrays[name].shape}, expected {shape}")
+    kinds = {a.dtype for a in arrays.values()}
+    if dtype is None:
+        dtype = kinds.pop() if len(kinds) == 1 else np.dtype(np.float32)
+    if np.dtype(dtype) not in _FLOATS:
+        raise ValueError(f"{path}: the parameters are {np.dtype(dtype)}; load them as float32 or float64 "
+                         f"(load_params(path, dtype=np.float32))")
+    params = init_params(0, np.dtype(dtype))  # arrays laid out as this module keeps them
+    for name in PARAM_SHAPES:
+        np.copyto(params[name], arrays[name], casting="same_kind")
+    return params
+
+
 def _check(params, arrays):
     """Batch size and dtype of the arrays; ValueError naming anything malformed."""
     dtype = batch = None

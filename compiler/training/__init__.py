@@ -1,0 +1,1 @@
+"""`nncc train`: data fitted to a network, and the training loop around its train_step."""
