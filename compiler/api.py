@@ -26,18 +26,19 @@ class Compiled:
         return render(self.plan, self.graph)
 
 
-def compile_source(source: str, file: str = "<string>", optimizer: str | None = None) -> Compiled:
+def compile_source(source: str, file: str = "<string>", optimizer: str | None = None, freeze=()) -> Compiled:
     """Parse, check, derive and lower a .nn program (raises NNError on a mistake);
     `optimizer` (`"adam(lr=0.001)"`) replaces the program's choice for train_step."""
-    g = compile_graph(source, file, optimizer)
+    g = compile_graph(source, file, optimizer, freeze)
     derivations = derive_graph(g, g.needs_grad())
     return Compiled(g, build(g, derivations))
 
 
-def load_module(source: str, file: str = "<string>", name: str | None = None, optimizer: str | None = None):
+def load_module(source: str, file: str = "<string>", name: str | None = None, optimizer: str | None = None,
+                freeze=()):
     """Compile and import the generated numpy module (handy in tests and notebooks)."""
     import types
-    text = compile_source(source, file, optimizer).numpy_module()
+    text = compile_source(source, file, optimizer, freeze).numpy_module()
     mod = types.ModuleType(name or "nncc_generated")
     exec(compile(text, f"<nncc {file}>", "exec"), mod.__dict__)
     return mod

@@ -52,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="train_step's optimizer, as the program's 'optimizer' line writes it, replacing "
                         "the program's own: sgd, adam, adamw, e.g. --optimizer 'adam(lr=0.001)' or "
                         "'sgd(lr=0.1, momentum=0.9, nesterov=true)' (default: the program's, else sgd)")
+    c.add_argument("--freeze", metavar="LAYER", action="append", default=[],
+                   help="a layer whose parameters are not trained (no gradient, no update); repeat for more")
     e = commands.add_parser(
         "explain", help="write the derivation of the gradients as LaTeX, Markdown or HTML",
         description="Write the derivation of a network's gradients as LaTeX, Markdown or HTML: each "
@@ -73,6 +75,8 @@ def _parser() -> argparse.ArgumentParser:
                         "(arrays x and y) or .csv file (the last column the target); whole-number targets "
                         "are class labels")
     t.add_argument("--optimizer", metavar="SPEC", help="as for compile (default: the program's, else sgd)")
+    t.add_argument("--freeze", metavar="LAYER", action="append", default=[],
+                   help="a layer not to train (no gradient, no update), e.g. one --init loaded; repeat for more")
     t.add_argument("--lr", type=float, help="the learning rate (default: the optimizer's)")
     t.add_argument("--epochs", type=int, default=20, help="default 20")
     t.add_argument("--batch-size", type=int, default=32, help="default 32")
@@ -83,6 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint", help="write the best parameters and the optimizer's state here (.npz; "
                                         "load_params reads it)")
     t.add_argument("--resume", help="continue the run saved in this checkpoint")
+    t.add_argument("--init", help="start from these parameters (.npz of save_params, or a checkpoint's best) "
+                                  "instead of fresh ones: fine-tuning, with --freeze for the layers to keep")
     t.add_argument("--curve", help="save the loss and accuracy curves as this PNG (needs matplotlib)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -166,7 +172,7 @@ def _train(args) -> int:
         return 1
     from .api import compile_source
     try:
-        compiled = compile_source(source, str(args.model), args.optimizer)
+        compiled = compile_source(source, str(args.model), args.optimizer, args.freeze)
         text = compiled.numpy_module()
     except Exception as exc:  # noqa: BLE001 - a user sees a message, never a traceback
         return _compile_failed(exc, args.model)
@@ -195,7 +201,8 @@ def _train(args) -> int:
               f"{module.OPTIMIZER[0]}, lr {lr}")
         best, history = train(module, data, epochs=args.epochs, batch_size=args.batch_size, lr=lr, seed=args.seed,
                            max_norm=args.max_norm, checkpoint=Path(args.checkpoint) if args.checkpoint else None,
-                           resume=Path(args.resume) if args.resume else None, progress=progress)
+                           resume=Path(args.resume) if args.resume else None,
+                           init=Path(args.init) if args.init else None, progress=progress)
         if args.curve:
             save_curve(history, Path(args.curve), f"network {compiled.graph.name}, data {args.data}")
             print(f"curve: {args.curve}")
@@ -282,7 +289,7 @@ def _compile(args) -> int:
                   "runs float32 and float64 arrays alike", file=sys.stderr)
         return 1
     try:
-        compiled = compile_source(source, str(args.model), args.optimizer)
+        compiled = compile_source(source, str(args.model), args.optimizer, args.freeze)
         if args.backend == "numpy":
             files = {out: compiled.numpy_module()}
         elif c_files:

@@ -37,6 +37,8 @@ PARAM_INITS = {
 OPTIMIZER = ("sgd", {"lr": 0.01, "momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0, "nesterov": False})
 # what it keeps per parameter between steps (init_state)
 STATE_NAMES = ()
+# the parameters train_step updates: all but the frozen ones and those the loss does not read
+TRAINED = ("conv2d_1.weight", "conv2d_1.bias", "conv2d_2.weight", "conv2d_2.bias", "conv2d_3.weight", "conv2d_3.bias", "dense_1.weight", "dense_1.bias", )
 
 
 
@@ -138,6 +140,70 @@ def load_params(path, dtype=None):
     return params
 
 
+def load_state_dict(state_dict, names=None, strict=True, dtype=None):
+    """Parameters from a PyTorch state_dict (tensors or numpy arrays), as a params dict.
+
+    names maps this network's parameter names to the state_dict's keys
+    ({"dense_1.weight": "0.weight", ...}); without it a key equal to a parameter's
+    name is that parameter, and if none is, the parameters take the state_dict's
+    floating-point entries in order, each checked by shape.  strict, as in PyTorch:
+    missing and unexpected keys are an error naming them; otherwise a missing parameter
+    keeps init_params(0)'s value and an unexpected key is ignored.  dtype: the
+    parameters' (default: the state_dict's, float32 or float64)."""
+    if not hasattr(state_dict, "keys"):
+        raise ValueError(f"state_dict must be a dict of tensors or arrays, got a {type(state_dict).__name__}")
+    arrays = {}
+    for key in state_dict.keys():
+        value = state_dict[key]
+        if hasattr(value, "detach"):  # a torch tensor, read without importing torch
+            value = value.detach().cpu().numpy()
+        arrays[key] = np.asarray(value)
+    if names is None:
+        if any(name in arrays for name in PARAM_SHAPES):
+            names = {name: name for name in PARAM_SHAPES if name in arrays}
+        else:
+            floats = [key for key, a in arrays.items() if a.dtype.kind == "f"]
+            names = dict(zip(PARAM_SHAPES, floats))
+            for (name, shape), key in zip(PARAM_SHAPES.items(), floats):
+                if arrays[key].shape != shape:
+                    raise ValueError(f"matched in order, {key!r} (shape {arrays[key].shape}) would be {name!r}, "
+                                     f"whose shape is {shape}; pass names, a dict from these names to your keys")
+    unknown = [name for name in names if name not in PARAM_SHAPES]
+    if unknown:
+        raise ValueError(f"names maps {', '.join(map(repr, unknown))}, which this network does not have; its "
+                         f"parameters are {', '.join(map(repr, PARAM_SHAPES))}")
+    absent = [key for key in names.values() if key not in arrays]
+    if absent:
+        raise ValueError(f"names maps to {', '.join(map(repr, absent))}, not in the state_dict")
+    missing = [name for name in PARAM_SHAPES if name not in names]
+    unexpected = [key for key in arrays if key not in set(names.values())]
+    if strict and (missing or unexpected):
+        raise ValueError("error loading the state_dict: " + "; ".join(part for part in (
+            f"missing keys {', '.join(repr(n) for n in missing)}" if missing else "",
+            f"unexpected keys {', '.join(map(repr, unexpected))}" if unexpected else "") if part)
+            + " (pass names, a dict from this network's names to your keys, or strict=False)")
+    for name, key in names.items():
+        if arrays[key].shape != PARAM_SHAPES[name]:
+            raise ValueError(f"{key!r} has shape {arrays[key].shape}, but {name!r} is {PARAM_SHAPES[name]}")
+    if dtype is None:
+        kinds = {arrays[key].dtype for key in names.values()}
+        dtype = kinds.pop() if len(kinds) == 1 else np.dtype(np.float32)
+    if np.dtype(dtype) not in _FLOATS:
+        raise ValueError(f"the parameters would be {np.dtype(dtype)}; pass dtype=np.float32 or np.float64")
+    params = init_params(0, np.dtype(dtype))
+    for name, key in names.items():
+        np.copyto(params[name], arrays[key], casting="same_kind")
+    return params
+
+
+def to_state_dict(params, names=None, convert=None):
+    """params as a state_dict: keys this network's names, or names[name]; values copies as
+    numpy arrays, or convert(array) (torch.from_numpy makes PyTorch tensors of them)."""
+    _check_params(params)
+    names = names or {}
+    return {names.get(name, name): (convert or (lambda a: a))(np.array(params[name])) for name in PARAM_SHAPES}
+
+
 def _check(params, arrays):
     """Batch size and dtype of the arrays; ValueError naming anything malformed."""
     dtype = batch = None
@@ -237,8 +303,8 @@ def _check_params(params):
 def _check_state(state, dtype):
     """Before train_step touches anything: ValueError naming what is wrong with state."""
     if not hasattr(state, "keys") or "step" not in state:
-        raise ValueError("state must be the dict init_state(params) returns (its 'step' and "
-                         + ", ".join(repr(n) for n in STATE_NAMES) + ")" if STATE_NAMES else ")")
+        raise ValueError("state must be the dict init_state(params) returns (its 'step'"
+                         + "".join(f", {n!r}" for n in STATE_NAMES) + ")")
     step = state["step"]
     if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer)) or step < 0:
         raise ValueError(f"state['step'] must be the number of steps taken, a whole number >= 0; got {step!r}")
@@ -250,7 +316,8 @@ def _check_state(state, dtype):
         if kept not in state or not hasattr(state[kept], "keys"):
             raise ValueError(f"state[{kept!r}] must be a dict of arrays by parameter name (init_state makes it)")
         arrays = state[kept]
-        for name, shape in PARAM_SHAPES.items():
+        for name in TRAINED:
+            shape = PARAM_SHAPES[name]
             a = arrays.get(name)
             where = f"state[{kept!r}][{name!r}]"
             if not isinstance(a, np.ndarray):
@@ -261,9 +328,10 @@ def _check_state(state, dtype):
                                  f"as the parameter")
             if not a.flags.writeable:
                 raise ValueError(f"{where} is read-only, so train_step cannot update it in place")
-        unknown = [k for k in arrays.keys() if k not in PARAM_SHAPES]
+        unknown = [k for k in arrays.keys() if k not in TRAINED]
         if unknown:
-            raise ValueError(f"unknown parameter {', '.join(map(repr, unknown))} in state[{kept!r}]")
+            raise ValueError(f"{', '.join(map(repr, unknown))} in state[{kept!r}] is no parameter train_step "
+                             f"updates; those are {', '.join(map(repr, TRAINED))}")
 
 
 
@@ -785,11 +853,11 @@ def sgd_step(params, x, y, lr):
 
 def init_state(params):
     """What train_step keeps between steps for params: the step count, 0, and for each
-    parameter the optimizer's (none) as zeros of its shape and dtype."""
+    parameter it trains the optimizer's (none) as zeros of its shape and dtype."""
     dtype = _check_params(params)
     state = {"step": 0}
     for kept in STATE_NAMES:
-        state[kept] = {name: np.zeros(shape, dtype) for name, shape in PARAM_SHAPES.items()}
+        state[kept] = {name: np.zeros(PARAM_SHAPES[name], dtype) for name in TRAINED}
     return state
 
 

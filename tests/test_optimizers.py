@@ -190,3 +190,4 @@ def test_a_malformed_state_is_named():
     state["step"] = -1
     with pytest.raises(ValueError, match="whole number"):
         module.train_step(params, state, *inputs, *targets)
+

@@ -25,6 +25,7 @@ def module_values(graph) -> dict:
     rule = graph.optimizer
     options = [(n, repr(float(v)) if not isinstance(v, bool) else repr(v)) for n, v in rule.options]
     return dict(source=graph.source, params=params, inputs=inputs, targets=targets,
+                trained=[p.name for p in graph.params if p.name in graph.trained()],
                 optimizer_name=rule.name, optimizer_options=options, state_names=list(rule.states),
                 lr=repr(rule.lr), optimizer_text=rule.name + "(" + ", ".join(f"{n}={v}" for n, v in options if n != "lr") + ")",
                 input_args=", ".join(t["var"] for t in inputs),

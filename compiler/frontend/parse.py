@@ -249,10 +249,14 @@ class _Builder(Transformer):
         word, t, *rest = items
         block = rest.pop() if rest and isinstance(rest[-1], tuple) else None
         args = [a for a in rest if a is not None]
-        if str(word) != "optimizer":
-            raise NNError(f"unknown statement '{word}'" + did_you_mean(str(word), ["optimizer", "network"]),
-                          self.tok(word))
         loc = self.tok(t)
+        if str(word) == "freeze":
+            if args or block is not None:
+                raise NNError("'freeze' names one layer: freeze dense_1", loc)
+            return S.Freeze(str(t), loc)
+        if str(word) != "optimizer":
+            raise NNError(f"unknown statement '{word}'" + did_you_mean(str(word), ["optimizer", "network", "freeze"]),
+                          self.tok(word))
         if block is None:
             return S.OptimizerUse(str(t), tuple(a for a in args if not isinstance(a, S.Keyword)),
                                   tuple(a for a in args if isinstance(a, S.Keyword)), loc)

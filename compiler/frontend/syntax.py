@@ -1,7 +1,7 @@
 """The syntax tree of a .nn program: plain frozen dataclasses, each with a Loc.
 
     program    := stmt*
-    stmt       := Network | Decl | Output | Assign | FnDef | LayerDef | OptimizerDef | OptimizerUse
+    stmt       := Network | Decl | Output | Assign | FnDef | LayerDef | OptimizerDef | OptimizerUse | Freeze
     expr       := Num | Bool | Str | Name | Index | Call | Binary | Neg | Compare
 
 A pipe `a |> f(b)` is already a `Call('f', [a, b])` here.  A reduction
@@ -205,4 +205,11 @@ class OptimizerUse:
     name: str
     args: tuple  # positional values, in the definition's option order
     keywords: tuple  # Keyword
+    loc: Loc
+
+
+@dataclass(frozen=True)
+class Freeze:
+    """`freeze dense_1`: the layer's parameters are not trained."""
+    label: str
     loc: Loc

@@ -42,11 +42,16 @@ def prelude() -> Registry:
     return reg
 
 
-def compile_graph(source: str, file: str = "<string>", optimizer: str | None = None) -> ir.Graph:
+def compile_graph(source: str, file: str = "<string>", optimizer: str | None = None, freeze=()) -> ir.Graph:
     """Parse and check a .nn program; return its graph or raise NNError.  `optimizer`
     (`adam(lr = 0.001)`, as after the word `optimizer` in a program) replaces the
-    program's own choice."""
+    program's own choice; `freeze` names layers to freeze besides the program's."""
     stmts = parse(source, file)
+    for label in freeze:
+        extra = parse("freeze " + label, "--freeze")
+        if len(extra) != 1 or not isinstance(extra[0], S.Freeze):
+            raise NNError(f"'{label}' does not name a layer to freeze", None, "e.g. --freeze dense_1")
+        stmts = stmts + extra
     if optimizer is not None:
         use = parse("optimizer " + optimizer, "--optimizer")
         if len(use) != 1 or not isinstance(use[0], S.OptimizerUse):
@@ -163,12 +168,27 @@ class _Builder:
                           "put the network's prediction first, as in quadratic(a, y), or add 'output NAME'")
         self._check_output_reads_no_target(out_name, output.loc if output is not None else loss[1])
         self._check_generated_names(name)
+        frozen = self._frozen()
         g = ir.Graph(name, self.file,
                      tuple(t for t in self.tensors.values() if t.role == "input"),
                      tuple(t for t in self.tensors.values() if t.role == "target"),
-                     dict(self.tensors), tuple(self.params), tuple(self.nodes), out_name, loss[0].name, reduce, rule)
+                     dict(self.tensors), tuple(self.params), tuple(self.nodes), out_name, loss[0].name, reduce, rule, frozen)
         ir.verify(g)
         return g
+
+    def _frozen(self) -> frozenset:
+        """The parameters of the layers `freeze` names."""
+        layers = {n.label: n for n in self.nodes if n.params}
+        out = set()
+        for st in self.stmts:
+            if isinstance(st, S.Freeze):
+                if st.label not in layers:
+                    if any(n.label == st.label for n in self.nodes):
+                        raise NNError(f"'{st.label}' has no parameters to freeze", st.loc)
+                    raise NNError(f"no layer '{st.label}' to freeze" + did_you_mean(st.label, layers), st.loc,
+                                  "the layers with parameters: " + ", ".join(layers) if layers else None)
+                out.update(p for _, p in layers[st.label].params)
+        return frozenset(out)
 
     def _check_output_reads_no_target(self, out_name: str, loc: Loc):
         """forward takes the inputs only, so what it returns must not be computed from a target."""

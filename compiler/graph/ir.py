@@ -60,6 +60,7 @@ class Graph:
     loss: str = ""  # the per-sample loss tensor (shape ())
     reduce: str = "mean"  # how `loss =` combines samples: "mean" | "sum"
     optimizer: object = None  # ops.optimizers.Rule: what train_step does with the gradients
+    frozen: frozenset = frozenset()  # parameters not trained: no gradient, no update
 
     def producer(self, tensor: str):
         for n in self.nodes:
@@ -78,14 +79,19 @@ class Graph:
                 need.update(n.args)
         return need
 
+    def trained(self) -> set:
+        """The parameters a training step updates: not frozen, and read by the loss."""
+        return {p.name for p in self.params} & self.needs_grad()
+
     def needs_grad(self) -> set:
-        """Tensors and params on a path from a parameter to the loss."""
+        """Tensors and params on a path from a trained (not frozen) parameter to the loss."""
         feeds_loss = self.ancestors(self.loss)
         depends = set()
         for n in self.nodes:
-            if n.output in feeds_loss and n.params:
-                depends.update(p for _, p in n.params)
-            if any(a in depends for a in n.args) or n.params:
+            trained = [p for _, p in n.params if p not in self.frozen]
+            if n.output in feeds_loss and trained:
+                depends.update(trained)
+            if any(a in depends for a in n.args) or trained:
                 depends.add(n.output)
         return {t for t in depends if t in feeds_loss or t in {p.name for p in self.params}}
 

@@ -158,17 +158,20 @@ def build(g: ir.Graph, derivations: tuple) -> Program:
     backward = _lowered(steps, {grad_name(p.name) for p in g.params}, shapes, sigmoids)
     written = {st.target for st in steps}
     zero = tuple(p.name for p in g.params if grad_name(p.name) not in written)
-    update, states = _update_steps(g)
+    update, states = _update_steps(g, set(zero))
     return Program(g, tuple(derivations), forward, loss, backward, seed, zero, sigmoids, update, states)
 
 
-def _update_steps(g: ir.Graph) -> tuple:
-    """The optimizer's updates of every parameter, element by element, in its order:
-    (statements, {state array: (parameter, state)})."""
+def _update_steps(g: ir.Graph, untouched: set) -> tuple:
+    """The optimizer's updates of every parameter the loss trains (not those in
+    `untouched`: frozen, or not read by the loss; torch.optim skips a parameter without a
+    gradient), element by element, in its order: (statements, {state array: (parameter, state)})."""
     rule = g.optimizer
     owner = {name: n for n in g.nodes for _, name in n.params}
     out, states = [], {}
     for p in g.params:
+        if p.name in untouched:
+            continue
         idx = tuple(index_symbol(f"n{k}") for k in range(len(p.shape)))
         arrays = {P: p.name, G: grad_name(p.name)}
         for s in rule.states:

@@ -41,10 +41,17 @@ class History:
 
 
 def train(module, data: Fitted, *, epochs: int, batch_size: int, lr: float, seed: int, max_norm=None,
-          checkpoint: Path | None = None, resume: Path | None = None, say=print, progress=None) -> tuple:
-    """(params, history) after `epochs` epochs (counting those of a resumed run)."""
+          checkpoint: Path | None = None, resume: Path | None = None, init: Path | None = None, say=print,
+          progress=None) -> tuple:
+    """(the best params, history) after `epochs` epochs (counting those of a resumed run);
+    `init`: start from these saved parameters (load_params) instead of init_params."""
     dtype = data.x_train.dtype
     params = module.init_params(seed, dtype)
+    if init is not None:
+        try:
+            params = module.load_params(init, dtype)
+        except (OSError, ValueError) as exc:
+            raise TrainError(f"cannot start from {init}: {exc}") from None
     state = module.init_state(params)
     history, start = History(), 0
     if resume is not None:
