@@ -26,9 +26,9 @@ PARAM_INITS = {
     "dense_2.weight": ("uniform", -0.5, 0.5),
     "dense_2.bias": ("uniform", -0.5, 0.5),
 }# train_step's optimizer as compiled: its name and options (lr is train_step's argument)
-OPTIMIZER = ("sgd", {"lr": 0.01, "momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0, "nesterov": False})
+OPTIMIZER = ("adam", {"lr": 0.05, "beta1": 0.9, "beta2": 0.999, "eps": 1e-08, "weight_decay": 0.0})
 # what it keeps per parameter between steps (init_state)
-STATE_NAMES = ()
+STATE_NAMES = ("exp_avg", "exp_avg_sq", )
 # the parameters train_step updates: all but the frozen ones and those the loss does not read
 TRAINED = ("dense_1.weight", "dense_1.bias", "dense_2.weight", "dense_2.bias", )
 
@@ -42,7 +42,7 @@ _BUFFERS = (
     (((None, 4,), False), ((None, 1,), False), ((None, 1,), False), ((None,), False), ((None, 1,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), False), ),
     (((None, 4,), False), ((None, 1,), False), ((None, 1,), False), ((None,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), False), ((None, 4,), False), ((None, 4,), False), ),
     (((None, 4,), False), ((None, 1,), False), ((None, 1,), False), ((None,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), False), ((1, 4,), False), ((1,), False), ((None, 4,), False), ((None, 4,), False), ((4, 2,), False), ((4,), False), ),
-    (((None, 4,), False), ((None, 1,), False), ((None, 1,), False), ((None,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), False), ((1, 4,), False), ((1,), False), ((None, 4,), False), ((None, 4,), False), ((4, 2,), False), ((4,), False), ((4, 2,), False), ((4,), False), ((1, 4,), False), ((1,), False), ),
+    (((None, 4,), False), ((None, 1,), False), ((None, 1,), False), ((None,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), False), ((1, 4,), False), ((1,), False), ((None, 4,), False), ((None, 4,), False), ((4, 2,), False), ((4,), False), ((4, 2,), False), ((4, 2,), False), ((4,), False), ((4,), False), ((1, 4,), False), ((1, 4,), False), ((1,), False), ((1,), False), ),
 )
 # ... and the numbers it reads as arrays of the dtype: 0-d, or (number, shape) filling one
 _CONSTANTS = (
@@ -50,7 +50,7 @@ _CONSTANTS = (
     (1, 0, 100, ),
     (1, 0, 100, 3.720075976020836e-44, ),
     (1, 0, 100, 3.720075976020836e-44, ),
-    (1, 0, 100, 3.720075976020836e-44, ),
+    (1, 0, 100, 3.720075976020836e-44, 0.1, 0.9, 0.001, 0.999, 1e-08, ),
 )
 # spare workspaces by (function, batch size, dtype): a call takes one (or makes one) and
 # puts it back when done, so two threads calling at once each work in their own
@@ -567,7 +567,7 @@ def sgd_step(params, x, y, lr):
 
 def init_state(params):
     """What train_step keeps between steps for params: the step count, 0, and for each
-    parameter it trains the optimizer's (none) as zeros of its shape and dtype."""
+    parameter it trains the optimizer's exp_avg, exp_avg_sq as zeros of its shape and dtype."""
     dtype = _check_params(params)
     state = {"step": 0}
     for kept in STATE_NAMES:
@@ -575,8 +575,8 @@ def init_state(params):
     return state
 
 
-def train_step(params, state, x, y, lr=0.01, max_norm=None):
-    """One step of sgd(momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False), in place on params and state; returns the loss
+def train_step(params, state, x, y, lr=0.05, max_norm=None):
+    """One step of adam(beta1=0.9, beta2=0.999, eps=1e-08, weight_decay=0.0), in place on params and state; returns the loss
     before the step.  lr may change from step to step (a schedule); with max_norm the
     gradients are first scaled to a global norm of at most max_norm, as
     torch.nn.utils.clip_grad_norm_ does."""
@@ -586,6 +586,14 @@ def train_step(params, state, x, y, lr=0.01, max_norm=None):
         dense_2_weight = params["dense_2.weight"]
         dense_2_bias = params["dense_2.bias"]
         step = state["step"]
+        dense_1_weight_exp_avg = state["exp_avg"]["dense_1.weight"]
+        dense_1_weight_exp_avg_sq = state["exp_avg_sq"]["dense_1.weight"]
+        dense_1_bias_exp_avg = state["exp_avg"]["dense_1.bias"]
+        dense_1_bias_exp_avg_sq = state["exp_avg_sq"]["dense_1.bias"]
+        dense_2_weight_exp_avg = state["exp_avg"]["dense_2.weight"]
+        dense_2_weight_exp_avg_sq = state["exp_avg_sq"]["dense_2.weight"]
+        dense_2_bias_exp_avg = state["exp_avg"]["dense_2.bias"]
+        dense_2_bias_exp_avg_sq = state["exp_avg_sq"]["dense_2.bias"]
         batch, dtype = len(x), x.dtype
         _ok = len(params) == 4 and batch and dtype in _FLOATS
         _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 2)
@@ -594,7 +602,15 @@ def train_step(params, state, x, y, lr=0.01, max_norm=None):
         _ok = _ok and isinstance(dense_1_bias, np.ndarray) and dense_1_bias.shape == (4,) and dense_1_bias.dtype == dtype and dense_1_bias.flags.writeable
         _ok = _ok and isinstance(dense_2_weight, np.ndarray) and dense_2_weight.shape == (1, 4,) and dense_2_weight.dtype == dtype and dense_2_weight.flags.writeable
         _ok = _ok and isinstance(dense_2_bias, np.ndarray) and dense_2_bias.shape == (1,) and dense_2_bias.dtype == dtype and dense_2_bias.flags.writeable
-        _ok = _ok and type(step) is int and step >= 0 and len(state) == 1
+        _ok = _ok and type(step) is int and step >= 0 and len(state) == 3
+        _ok = _ok and isinstance(dense_1_weight_exp_avg, np.ndarray) and dense_1_weight_exp_avg.shape == (4, 2,) and dense_1_weight_exp_avg.dtype == dtype and dense_1_weight_exp_avg.flags.writeable
+        _ok = _ok and isinstance(dense_1_weight_exp_avg_sq, np.ndarray) and dense_1_weight_exp_avg_sq.shape == (4, 2,) and dense_1_weight_exp_avg_sq.dtype == dtype and dense_1_weight_exp_avg_sq.flags.writeable
+        _ok = _ok and isinstance(dense_1_bias_exp_avg, np.ndarray) and dense_1_bias_exp_avg.shape == (4,) and dense_1_bias_exp_avg.dtype == dtype and dense_1_bias_exp_avg.flags.writeable
+        _ok = _ok and isinstance(dense_1_bias_exp_avg_sq, np.ndarray) and dense_1_bias_exp_avg_sq.shape == (4,) and dense_1_bias_exp_avg_sq.dtype == dtype and dense_1_bias_exp_avg_sq.flags.writeable
+        _ok = _ok and isinstance(dense_2_weight_exp_avg, np.ndarray) and dense_2_weight_exp_avg.shape == (1, 4,) and dense_2_weight_exp_avg.dtype == dtype and dense_2_weight_exp_avg.flags.writeable
+        _ok = _ok and isinstance(dense_2_weight_exp_avg_sq, np.ndarray) and dense_2_weight_exp_avg_sq.shape == (1, 4,) and dense_2_weight_exp_avg_sq.dtype == dtype and dense_2_weight_exp_avg_sq.flags.writeable
+        _ok = _ok and isinstance(dense_2_bias_exp_avg, np.ndarray) and dense_2_bias_exp_avg.shape == (1,) and dense_2_bias_exp_avg.dtype == dtype and dense_2_bias_exp_avg.flags.writeable
+        _ok = _ok and isinstance(dense_2_bias_exp_avg_sq, np.ndarray) and dense_2_bias_exp_avg_sq.shape == (1,) and dense_2_bias_exp_avg_sq.dtype == dtype and dense_2_bias_exp_avg_sq.flags.writeable
     except (KeyError, TypeError, AttributeError):
         _ok = False
     if not _ok:
@@ -602,6 +618,14 @@ def train_step(params, state, x, y, lr=0.01, max_norm=None):
         _check_writable(params)
         _check_state(state, dtype)
         step = int(state["step"])
+        dense_1_weight_exp_avg = state["exp_avg"]["dense_1.weight"]
+        dense_1_weight_exp_avg_sq = state["exp_avg_sq"]["dense_1.weight"]
+        dense_1_bias_exp_avg = state["exp_avg"]["dense_1.bias"]
+        dense_1_bias_exp_avg_sq = state["exp_avg_sq"]["dense_1.bias"]
+        dense_2_weight_exp_avg = state["exp_avg"]["dense_2.weight"]
+        dense_2_weight_exp_avg_sq = state["exp_avg_sq"]["dense_2.weight"]
+        dense_2_bias_exp_avg = state["exp_avg"]["dense_2.bias"]
+        dense_2_bias_exp_avg_sq = state["exp_avg_sq"]["dense_2.bias"]
         dense_1_weight = params["dense_1.weight"]
         dense_1_bias = params["dense_1.bias"]
         dense_2_weight = params["dense_2.weight"]
@@ -609,7 +633,7 @@ def train_step(params, state, x, y, lr=0.01, max_norm=None):
     step += 1
     lr = float(lr)
     _w = _workspace(4, batch, dtype)
-    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _b16, _b17, _b18, _b19, _b20, _b21, _k0, _k1, _k2, _k3 = _w
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _b16, _b17, _b18, _b19, _b20, _b21, _b22, _b23, _b24, _b25, _k0, _k1, _k2, _k3, _k4, _k5, _k6, _k7, _k8 = _w
 
     # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
     # tanh_1: h[b, i] = tanh(dense_1[b, i])  [#fwd-tanh_1]
@@ -659,18 +683,42 @@ def train_step(params, state, x, y, lr=0.01, max_norm=None):
         ))
         clip = min(1.0, float(max_norm) / (norm + 1e-6))
 
-    # dense_1.weight[n0, n1] = -clip*lr*d_dense_1_weight[n0, n1] + dense_1.weight[n0, n1]  [#opt-sgd]
-    # dense_1_weight = -clip*lr*d_dense_1_weight + dense_1_weight
-    np.add(np.multiply(-clip * lr, d_dense_1_weight, _b18), dense_1_weight, dense_1_weight)
-    # dense_1.bias[n0] = -clip*lr*d_dense_1_bias[n0] + dense_1.bias[n0]  [#opt-sgd]
-    # dense_1_bias = -clip*lr*d_dense_1_bias + dense_1_bias
-    np.add(np.multiply(-clip * lr, d_dense_1_bias, _b19), dense_1_bias, dense_1_bias)
-    # dense_2.weight[n0, n1] = -clip*lr*d_dense_2_weight[n0, n1] + dense_2.weight[n0, n1]  [#opt-sgd]
-    # dense_2_weight = -clip*lr*d_dense_2_weight + dense_2_weight
-    np.add(np.multiply(-clip * lr, d_dense_2_weight, _b20), dense_2_weight, dense_2_weight)
-    # dense_2.bias[n0] = -clip*lr*d_dense_2_bias[n0] + dense_2.bias[n0]  [#opt-sgd]
-    # dense_2_bias = -clip*lr*d_dense_2_bias + dense_2_bias
-    np.add(np.multiply(-clip * lr, d_dense_2_bias, _b21), dense_2_bias, dense_2_bias)
+    # dense_1_weight_exp_avg[n0, n1] = 9*dense_1_weight_exp_avg[n0, n1]/10 + clip*d_dense_1_weight[n0, n1]/10  [#opt-adam]
+    # dense_1_weight_exp_avg = 0.1*(clip*d_dense_1_weight) + 0.9*dense_1_weight_exp_avg
+    np.add(np.multiply(_k4, np.multiply(clip, d_dense_1_weight, _b18), _b18), np.multiply(_k5, dense_1_weight_exp_avg, _b19), dense_1_weight_exp_avg)
+    # dense_1_weight_exp_avg_sq[n0, n1] = 999*dense_1_weight_exp_avg_sq[n0, n1]/1000 + clip**2*d_dense_1_weight[n0, n1]**2/1000  [#opt-adam]
+    # dense_1_weight_exp_avg_sq = 0.001*(clip**2*d_dense_1_weight**2) + 0.999*dense_1_weight_exp_avg_sq
+    np.add(np.multiply(_k6, np.multiply(clip ** 2, np.square(d_dense_1_weight, _b18), _b18), _b18), np.multiply(_k7, dense_1_weight_exp_avg_sq, _b19), dense_1_weight_exp_avg_sq)
+    # dense_1.weight[n0, n1] = -lr*dense_1_weight_exp_avg[n0, n1]/((1 - (9/10)**t)*(1/100000000 + sqrt(dense_1_weight_exp_avg_sq[n0, n1])/sqrt(1 - (999/1000)**t))) + dense_1.weight[n0, n1]  [#opt-adam]
+    # dense_1_weight = -lr*dense_1_weight_exp_avg/((1e-08 + np.sqrt(dense_1_weight_exp_avg_sq)/float(np.sqrt(1 - (0.999)**step)))*(1 - (0.9)**step)) + dense_1_weight
+    np.add(np.true_divide(np.multiply(-lr, dense_1_weight_exp_avg, _b16), np.multiply(np.add(_k8, np.true_divide(np.sqrt(dense_1_weight_exp_avg_sq, _b18), float(np.sqrt(1 - 0.999 ** step)), _b18), _b18), 1 - 0.9 ** step, _b18), _b16), dense_1_weight, dense_1_weight)
+    # dense_1_bias_exp_avg[n0] = 9*dense_1_bias_exp_avg[n0]/10 + clip*d_dense_1_bias[n0]/10  [#opt-adam]
+    # dense_1_bias_exp_avg = 0.1*(clip*d_dense_1_bias) + 0.9*dense_1_bias_exp_avg
+    np.add(np.multiply(_k4, np.multiply(clip, d_dense_1_bias, _b20), _b20), np.multiply(_k5, dense_1_bias_exp_avg, _b21), dense_1_bias_exp_avg)
+    # dense_1_bias_exp_avg_sq[n0] = 999*dense_1_bias_exp_avg_sq[n0]/1000 + clip**2*d_dense_1_bias[n0]**2/1000  [#opt-adam]
+    # dense_1_bias_exp_avg_sq = 0.001*(clip**2*d_dense_1_bias**2) + 0.999*dense_1_bias_exp_avg_sq
+    np.add(np.multiply(_k6, np.multiply(clip ** 2, np.square(d_dense_1_bias, _b20), _b20), _b20), np.multiply(_k7, dense_1_bias_exp_avg_sq, _b21), dense_1_bias_exp_avg_sq)
+    # dense_1.bias[n0] = -lr*dense_1_bias_exp_avg[n0]/((1 - (9/10)**t)*(1/100000000 + sqrt(dense_1_bias_exp_avg_sq[n0])/sqrt(1 - (999/1000)**t))) + dense_1.bias[n0]  [#opt-adam]
+    # dense_1_bias = -lr*dense_1_bias_exp_avg/((1e-08 + np.sqrt(dense_1_bias_exp_avg_sq)/float(np.sqrt(1 - (0.999)**step)))*(1 - (0.9)**step)) + dense_1_bias
+    np.add(np.true_divide(np.multiply(-lr, dense_1_bias_exp_avg, _b17), np.multiply(np.add(_k8, np.true_divide(np.sqrt(dense_1_bias_exp_avg_sq, _b20), float(np.sqrt(1 - 0.999 ** step)), _b20), _b20), 1 - 0.9 ** step, _b20), _b17), dense_1_bias, dense_1_bias)
+    # dense_2_weight_exp_avg[n0, n1] = 9*dense_2_weight_exp_avg[n0, n1]/10 + clip*d_dense_2_weight[n0, n1]/10  [#opt-adam]
+    # dense_2_weight_exp_avg = 0.1*(clip*d_dense_2_weight) + 0.9*dense_2_weight_exp_avg
+    np.add(np.multiply(_k4, np.multiply(clip, d_dense_2_weight, _b22), _b22), np.multiply(_k5, dense_2_weight_exp_avg, _b23), dense_2_weight_exp_avg)
+    # dense_2_weight_exp_avg_sq[n0, n1] = 999*dense_2_weight_exp_avg_sq[n0, n1]/1000 + clip**2*d_dense_2_weight[n0, n1]**2/1000  [#opt-adam]
+    # dense_2_weight_exp_avg_sq = 0.001*(clip**2*d_dense_2_weight**2) + 0.999*dense_2_weight_exp_avg_sq
+    np.add(np.multiply(_k6, np.multiply(clip ** 2, np.square(d_dense_2_weight, _b22), _b22), _b22), np.multiply(_k7, dense_2_weight_exp_avg_sq, _b23), dense_2_weight_exp_avg_sq)
+    # dense_2.weight[n0, n1] = -lr*dense_2_weight_exp_avg[n0, n1]/((1 - (9/10)**t)*(1/100000000 + sqrt(dense_2_weight_exp_avg_sq[n0, n1])/sqrt(1 - (999/1000)**t))) + dense_2.weight[n0, n1]  [#opt-adam]
+    # dense_2_weight = -lr*dense_2_weight_exp_avg/((1e-08 + np.sqrt(dense_2_weight_exp_avg_sq)/float(np.sqrt(1 - (0.999)**step)))*(1 - (0.9)**step)) + dense_2_weight
+    np.add(np.true_divide(np.multiply(-lr, dense_2_weight_exp_avg, _b12), np.multiply(np.add(_k8, np.true_divide(np.sqrt(dense_2_weight_exp_avg_sq, _b22), float(np.sqrt(1 - 0.999 ** step)), _b22), _b22), 1 - 0.9 ** step, _b22), _b12), dense_2_weight, dense_2_weight)
+    # dense_2_bias_exp_avg[n0] = 9*dense_2_bias_exp_avg[n0]/10 + clip*d_dense_2_bias[n0]/10  [#opt-adam]
+    # dense_2_bias_exp_avg = 0.1*(clip*d_dense_2_bias) + 0.9*dense_2_bias_exp_avg
+    np.add(np.multiply(_k4, np.multiply(clip, d_dense_2_bias, _b24), _b24), np.multiply(_k5, dense_2_bias_exp_avg, _b25), dense_2_bias_exp_avg)
+    # dense_2_bias_exp_avg_sq[n0] = 999*dense_2_bias_exp_avg_sq[n0]/1000 + clip**2*d_dense_2_bias[n0]**2/1000  [#opt-adam]
+    # dense_2_bias_exp_avg_sq = 0.001*(clip**2*d_dense_2_bias**2) + 0.999*dense_2_bias_exp_avg_sq
+    np.add(np.multiply(_k6, np.multiply(clip ** 2, np.square(d_dense_2_bias, _b24), _b24), _b24), np.multiply(_k7, dense_2_bias_exp_avg_sq, _b25), dense_2_bias_exp_avg_sq)
+    # dense_2.bias[n0] = -lr*dense_2_bias_exp_avg[n0]/((1 - (9/10)**t)*(1/100000000 + sqrt(dense_2_bias_exp_avg_sq[n0])/sqrt(1 - (999/1000)**t))) + dense_2.bias[n0]  [#opt-adam]
+    # dense_2_bias = -lr*dense_2_bias_exp_avg/((1e-08 + np.sqrt(dense_2_bias_exp_avg_sq)/float(np.sqrt(1 - (0.999)**step)))*(1 - (0.9)**step)) + dense_2_bias
+    np.add(np.true_divide(np.multiply(-lr, dense_2_bias_exp_avg, _b13), np.multiply(np.add(_k8, np.true_divide(np.sqrt(dense_2_bias_exp_avg_sq, _b24), float(np.sqrt(1 - 0.999 ** step)), _b24), _b24), 1 - 0.9 ** step, _b24), _b13), dense_2_bias, dense_2_bias)
     state["step"] = step
     _done(4, batch, dtype, _w)
     return value

@@ -187,7 +187,7 @@ def test_dense_layers_wide_enough_become_products_and_narrow_ones_stay_loops():
     assert not any(", 10, " in call.split("v_")[0] for call in calls)
     assert len(calls) == 4 * 2 + 2 * 3
     # in sgd_step the weights' products go straight into the weights: W += -lr δᵀX
-    step = text[text.index("network_sgd_step("):]
+    step = text[text.index("network_sgd_step("):text.index("network_train_step(")]
     assert "nncc_gemm(1, 0, 64, 300, batch, -lr, dv_dense_1, 64, v_x, 300, 1, params + 0, 300, " in step
     assert "nncc_gemm(1, 0, 96, 64, batch, -lr, dv_dense_2, 96, v_relu_1, 64, 1, params + 19264, 64, " in step
     assert "dv_dense_1_weight" not in step and "dv_dense_2_weight" not in step

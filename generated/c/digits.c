@@ -779,6 +779,54 @@ real digits_sgd_step(real *params, const digits_real *v_x, const digits_real *v_
     return digits_loss_value(v_softmax_cross_entropy_1, batch);
 }
 
+real digits_train_step(real *params, real *state, const digits_real *v_x, const digits_real *v_y, int batch, real lr, long step,
+                          real max_norm, real *grad, real *work)
+{
+    const real value = digits_loss_and_grad(params, v_x, v_y, batch, grad, work);
+    real clip = 1;
+    if (max_norm > 0) {  /* the gradients scaled to a global norm of at most max_norm */
+        double total = 0;
+        for (long n = 0; n < DIGITS_PARAM_COUNT; n++)
+            total += (double)grad[n] * (double)grad[n];
+        clip = (real)((double)max_norm / (sqrt(total) + 1e-6));
+        if (clip > 1)
+            clip = 1;
+    }
+    real *v_dense_1_weight = params + 0;
+    real *v_dense_1_bias = params + 4096;
+    real *v_dense_2_weight = params + 4160;
+    real *v_dense_2_bias = params + 4800;
+    const real *dv_dense_1_weight = grad + 0;
+    const real *dv_dense_1_bias = grad + 4096;
+    const real *dv_dense_2_weight = grad + 4160;
+    const real *dv_dense_2_bias = grad + 4800;
+    (void)state;
+    (void)step;
+    (void)lr;
+    (void)clip;
+    /* dense_1.weight[n0, n1] = -clip*lr*d_dense_1_weight[n0, n1] + dense_1.weight[n0, n1]  [#opt-sgd] */
+    for (int n0_0 = 0; n0_0 < 64; n0_0++) {
+        for (int n1_1 = 0; n1_1 < 64; n1_1++) {
+            v_dense_1_weight[(n0_0)*64 + n1_1] = -clip*lr*dv_dense_1_weight[(n0_0)*64 + n1_1] + v_dense_1_weight[(n0_0)*64 + n1_1];
+        }
+    }
+    /* dense_1.bias[n0] = -clip*lr*d_dense_1_bias[n0] + dense_1.bias[n0]  [#opt-sgd] */
+    for (int n0_0 = 0; n0_0 < 64; n0_0++) {
+        v_dense_1_bias[n0_0] = -clip*lr*dv_dense_1_bias[n0_0] + v_dense_1_bias[n0_0];
+    }
+    /* dense_2.weight[n0, n1] = -clip*lr*d_dense_2_weight[n0, n1] + dense_2.weight[n0, n1]  [#opt-sgd] */
+    for (int n0_0 = 0; n0_0 < 10; n0_0++) {
+        for (int n1_1 = 0; n1_1 < 64; n1_1++) {
+            v_dense_2_weight[(n0_0)*64 + n1_1] = -clip*lr*dv_dense_2_weight[(n0_0)*64 + n1_1] + v_dense_2_weight[(n0_0)*64 + n1_1];
+        }
+    }
+    /* dense_2.bias[n0] = -clip*lr*d_dense_2_bias[n0] + dense_2.bias[n0]  [#opt-sgd] */
+    for (int n0_0 = 0; n0_0 < 10; n0_0++) {
+        v_dense_2_bias[n0_0] = -clip*lr*dv_dense_2_bias[n0_0] + v_dense_2_bias[n0_0];
+    }
+    return value;
+}
+
 #undef real
 #undef nncc_where
 #undef nncc_muladd

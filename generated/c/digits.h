@@ -59,6 +59,18 @@ digits_real digits_loss_and_grad(const digits_real *params, const digits_real *v
 digits_real digits_sgd_step(digits_real *params, const digits_real *v_x, const digits_real *v_y,
                         int batch, digits_real lr, digits_real *work);
 
+/* the optimizer's state: one block laid out as params for each value it keeps per
+ * parameter, zeros before the first step */
+#define DIGITS_STATE_COUNT 0
+
+/* one step of sgd(momentum=0, dampening=0, weight_decay=0, nesterov=False), in place on params and state[DIGITS_STATE_COUNT];
+ * step counts the steps, 1 on the first; max_norm > 0 first scales the gradients to a
+ * global norm of at most max_norm; grad[DIGITS_PARAM_COUNT] is scratch (the gradients
+ * it leaves are before clipping); returns the loss before the step */
+digits_real digits_train_step(digits_real *params, digits_real *state, const digits_real *v_x, const digits_real *v_y,
+                        int batch, digits_real lr, long step, digits_real max_norm,
+                        digits_real *grad, digits_real *work);
+
 #ifdef __cplusplus
 }
 #endif

@@ -63,6 +63,18 @@ lenet_real lenet_loss_and_grad(const lenet_real *params, const lenet_real *v_x, 
 lenet_real lenet_sgd_step(lenet_real *params, const lenet_real *v_x, const lenet_real *v_y,
                         int batch, lenet_real lr, lenet_real *work);
 
+/* the optimizer's state: one block laid out as params for each value it keeps per
+ * parameter, zeros before the first step */
+#define LENET_STATE_COUNT 0
+
+/* one step of sgd(momentum=0, dampening=0, weight_decay=0, nesterov=False), in place on params and state[LENET_STATE_COUNT];
+ * step counts the steps, 1 on the first; max_norm > 0 first scales the gradients to a
+ * global norm of at most max_norm; grad[LENET_PARAM_COUNT] is scratch (the gradients
+ * it leaves are before clipping); returns the loss before the step */
+lenet_real lenet_train_step(lenet_real *params, lenet_real *state, const lenet_real *v_x, const lenet_real *v_y,
+                        int batch, lenet_real lr, long step, lenet_real max_norm,
+                        lenet_real *grad, lenet_real *work);
+
 #ifdef __cplusplus
 }
 #endif

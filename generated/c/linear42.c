@@ -220,4 +220,38 @@ real linear42_sgd_step(real *params, const linear42_real *v_x, int batch, real l
     return linear42_loss_value(v_squares_1, batch);
 }
 
+real linear42_train_step(real *params, real *state, const linear42_real *v_x, int batch, real lr, long step,
+                          real max_norm, real *grad, real *work)
+{
+    const real value = linear42_loss_and_grad(params, v_x, batch, grad, work);
+    real clip = 1;
+    if (max_norm > 0) {  /* the gradients scaled to a global norm of at most max_norm */
+        double total = 0;
+        for (long n = 0; n < LINEAR42_PARAM_COUNT; n++)
+            total += (double)grad[n] * (double)grad[n];
+        clip = (real)((double)max_norm / (sqrt(total) + 1e-6));
+        if (clip > 1)
+            clip = 1;
+    }
+    real *v_dense_1_weight = params + 0;
+    real *v_dense_1_bias = params + 8;
+    const real *dv_dense_1_weight = grad + 0;
+    const real *dv_dense_1_bias = grad + 8;
+    (void)state;
+    (void)step;
+    (void)lr;
+    (void)clip;
+    /* dense_1.weight[n0, n1] = -clip*lr*d_dense_1_weight[n0, n1] + dense_1.weight[n0, n1]  [#opt-sgd] */
+    for (int n0_0 = 0; n0_0 < 2; n0_0++) {
+        for (int n1_1 = 0; n1_1 < 4; n1_1++) {
+            v_dense_1_weight[(n0_0)*4 + n1_1] = -clip*lr*dv_dense_1_weight[(n0_0)*4 + n1_1] + v_dense_1_weight[(n0_0)*4 + n1_1];
+        }
+    }
+    /* dense_1.bias[n0] = -clip*lr*d_dense_1_bias[n0] + dense_1.bias[n0]  [#opt-sgd] */
+    for (int n0_0 = 0; n0_0 < 2; n0_0++) {
+        v_dense_1_bias[n0_0] = -clip*lr*dv_dense_1_bias[n0_0] + v_dense_1_bias[n0_0];
+    }
+    return value;
+}
+
 #undef real

@@ -54,6 +54,18 @@ linear42_real linear42_loss_and_grad(const linear42_real *params, const linear42
 linear42_real linear42_sgd_step(linear42_real *params, const linear42_real *v_x,
                         int batch, linear42_real lr, linear42_real *work);
 
+/* the optimizer's state: one block laid out as params for each value it keeps per
+ * parameter, zeros before the first step */
+#define LINEAR42_STATE_COUNT 0
+
+/* one step of sgd(momentum=0, dampening=0, weight_decay=0, nesterov=False), in place on params and state[LINEAR42_STATE_COUNT];
+ * step counts the steps, 1 on the first; max_norm > 0 first scales the gradients to a
+ * global norm of at most max_norm; grad[LINEAR42_PARAM_COUNT] is scratch (the gradients
+ * it leaves are before clipping); returns the loss before the step */
+linear42_real linear42_train_step(linear42_real *params, linear42_real *state, const linear42_real *v_x,
+                        int batch, linear42_real lr, long step, linear42_real max_norm,
+                        linear42_real *grad, linear42_real *work);
+
 #ifdef __cplusplus
 }
 #endif

@@ -59,6 +59,18 @@ nielsen_real nielsen_loss_and_grad(const nielsen_real *params, const nielsen_rea
 nielsen_real nielsen_sgd_step(nielsen_real *params, const nielsen_real *v_x, const nielsen_real *v_y,
                         int batch, nielsen_real lr, nielsen_real *work);
 
+/* the optimizer's state: one block laid out as params for each value it keeps per
+ * parameter, zeros before the first step */
+#define NIELSEN_STATE_COUNT 0
+
+/* one step of sgd(momentum=0, dampening=0, weight_decay=0, nesterov=False), in place on params and state[NIELSEN_STATE_COUNT];
+ * step counts the steps, 1 on the first; max_norm > 0 first scales the gradients to a
+ * global norm of at most max_norm; grad[NIELSEN_PARAM_COUNT] is scratch (the gradients
+ * it leaves are before clipping); returns the loss before the step */
+nielsen_real nielsen_train_step(nielsen_real *params, nielsen_real *state, const nielsen_real *v_x, const nielsen_real *v_y,
+                        int batch, nielsen_real lr, long step, nielsen_real max_norm,
+                        nielsen_real *grad, nielsen_real *work);
+
 #ifdef __cplusplus
 }
 #endif

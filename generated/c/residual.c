@@ -1436,5 +1436,93 @@ real residual_sgd_step(real *params, const residual_real *v_x, const residual_re
     return residual_loss_value(v_softmax_cross_entropy_1, batch);
 }
 
+real residual_train_step(real *params, real *state, const residual_real *v_x, const residual_real *v_y, int batch, real lr, long step,
+                          real max_norm, real *grad, real *work)
+{
+    const real value = residual_loss_and_grad(params, v_x, v_y, batch, grad, work);
+    real clip = 1;
+    if (max_norm > 0) {  /* the gradients scaled to a global norm of at most max_norm */
+        double total = 0;
+        for (long n = 0; n < RESIDUAL_PARAM_COUNT; n++)
+            total += (double)grad[n] * (double)grad[n];
+        clip = (real)((double)max_norm / (sqrt(total) + 1e-6));
+        if (clip > 1)
+            clip = 1;
+    }
+    real *v_conv2d_1_weight = params + 0;
+    real *v_conv2d_1_bias = params + 72;
+    real *v_conv2d_2_weight = params + 80;
+    real *v_conv2d_2_bias = params + 656;
+    real *v_conv2d_3_weight = params + 664;
+    real *v_conv2d_3_bias = params + 1240;
+    real *v_dense_1_weight = params + 1248;
+    real *v_dense_1_bias = params + 2528;
+    const real *dv_conv2d_1_weight = grad + 0;
+    const real *dv_conv2d_1_bias = grad + 72;
+    const real *dv_conv2d_2_weight = grad + 80;
+    const real *dv_conv2d_2_bias = grad + 656;
+    const real *dv_conv2d_3_weight = grad + 664;
+    const real *dv_conv2d_3_bias = grad + 1240;
+    const real *dv_dense_1_weight = grad + 1248;
+    const real *dv_dense_1_bias = grad + 2528;
+    (void)state;
+    (void)step;
+    (void)lr;
+    (void)clip;
+    /* conv2d_1.weight[n0, n1, n2, n3] = -clip*lr*d_conv2d_1_weight[n0, n1, n2, n3] + conv2d_1.weight[n0, n1, n2, n3]  [#opt-sgd] */
+    for (int n0_0 = 0; n0_0 < 8; n0_0++) {
+        for (int n1_1 = 0; n1_1 < 1; n1_1++) {
+            for (int n2_2 = 0; n2_2 < 3; n2_2++) {
+                for (int n3_3 = 0; n3_3 < 3; n3_3++) {
+                    v_conv2d_1_weight[(n0_0)*9 + (n1_1)*9 + (n2_2)*3 + n3_3] = -clip*lr*dv_conv2d_1_weight[(n0_0)*9 + (n1_1)*9 + (n2_2)*3 + n3_3] + v_conv2d_1_weight[(n0_0)*9 + (n1_1)*9 + (n2_2)*3 + n3_3];
+                }
+            }
+        }
+    }
+    /* conv2d_1.bias[n0] = -clip*lr*d_conv2d_1_bias[n0] + conv2d_1.bias[n0]  [#opt-sgd] */
+    for (int n0_0 = 0; n0_0 < 8; n0_0++) {
+        v_conv2d_1_bias[n0_0] = -clip*lr*dv_conv2d_1_bias[n0_0] + v_conv2d_1_bias[n0_0];
+    }
+    /* conv2d_2.weight[n0, n1, n2, n3] = -clip*lr*d_conv2d_2_weight[n0, n1, n2, n3] + conv2d_2.weight[n0, n1, n2, n3]  [#opt-sgd] */
+    for (int n0_0 = 0; n0_0 < 8; n0_0++) {
+        for (int n1_1 = 0; n1_1 < 8; n1_1++) {
+            for (int n2_2 = 0; n2_2 < 3; n2_2++) {
+                for (int n3_3 = 0; n3_3 < 3; n3_3++) {
+                    v_conv2d_2_weight[(n0_0)*72 + (n1_1)*9 + (n2_2)*3 + n3_3] = -clip*lr*dv_conv2d_2_weight[(n0_0)*72 + (n1_1)*9 + (n2_2)*3 + n3_3] + v_conv2d_2_weight[(n0_0)*72 + (n1_1)*9 + (n2_2)*3 + n3_3];
+                }
+            }
+        }
+    }
+    /* conv2d_2.bias[n0] = -clip*lr*d_conv2d_2_bias[n0] + conv2d_2.bias[n0]  [#opt-sgd] */
+    for (int n0_0 = 0; n0_0 < 8; n0_0++) {
+        v_conv2d_2_bias[n0_0] = -clip*lr*dv_conv2d_2_bias[n0_0] + v_conv2d_2_bias[n0_0];
+    }
+    /* conv2d_3.weight[n0, n1, n2, n3] = -clip*lr*d_conv2d_3_weight[n0, n1, n2, n3] + conv2d_3.weight[n0, n1, n2, n3]  [#opt-sgd] */
+    for (int n0_0 = 0; n0_0 < 8; n0_0++) {
+        for (int n1_1 = 0; n1_1 < 8; n1_1++) {
+            for (int n2_2 = 0; n2_2 < 3; n2_2++) {
+                for (int n3_3 = 0; n3_3 < 3; n3_3++) {
+                    v_conv2d_3_weight[(n0_0)*72 + (n1_1)*9 + (n2_2)*3 + n3_3] = -clip*lr*dv_conv2d_3_weight[(n0_0)*72 + (n1_1)*9 + (n2_2)*3 + n3_3] + v_conv2d_3_weight[(n0_0)*72 + (n1_1)*9 + (n2_2)*3 + n3_3];
+                }
+            }
+        }
+    }
+    /* conv2d_3.bias[n0] = -clip*lr*d_conv2d_3_bias[n0] + conv2d_3.bias[n0]  [#opt-sgd] */
+    for (int n0_0 = 0; n0_0 < 8; n0_0++) {
+        v_conv2d_3_bias[n0_0] = -clip*lr*dv_conv2d_3_bias[n0_0] + v_conv2d_3_bias[n0_0];
+    }
+    /* dense_1.weight[n0, n1] = -clip*lr*d_dense_1_weight[n0, n1] + dense_1.weight[n0, n1]  [#opt-sgd] */
+    for (int n0_0 = 0; n0_0 < 10; n0_0++) {
+        for (int n1_1 = 0; n1_1 < 128; n1_1++) {
+            v_dense_1_weight[(n0_0)*128 + n1_1] = -clip*lr*dv_dense_1_weight[(n0_0)*128 + n1_1] + v_dense_1_weight[(n0_0)*128 + n1_1];
+        }
+    }
+    /* dense_1.bias[n0] = -clip*lr*d_dense_1_bias[n0] + dense_1.bias[n0]  [#opt-sgd] */
+    for (int n0_0 = 0; n0_0 < 10; n0_0++) {
+        v_dense_1_bias[n0_0] = -clip*lr*dv_dense_1_bias[n0_0] + v_dense_1_bias[n0_0];
+    }
+    return value;
+}
+
 #undef real
 #undef nncc_where

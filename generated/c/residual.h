@@ -67,6 +67,18 @@ residual_real residual_loss_and_grad(const residual_real *params, const residual
 residual_real residual_sgd_step(residual_real *params, const residual_real *v_x, const residual_real *v_y,
                         int batch, residual_real lr, residual_real *work);
 
+/* the optimizer's state: one block laid out as params for each value it keeps per
+ * parameter, zeros before the first step */
+#define RESIDUAL_STATE_COUNT 0
+
+/* one step of sgd(momentum=0, dampening=0, weight_decay=0, nesterov=False), in place on params and state[RESIDUAL_STATE_COUNT];
+ * step counts the steps, 1 on the first; max_norm > 0 first scales the gradients to a
+ * global norm of at most max_norm; grad[RESIDUAL_PARAM_COUNT] is scratch (the gradients
+ * it leaves are before clipping); returns the loss before the step */
+residual_real residual_train_step(residual_real *params, residual_real *state, const residual_real *v_x, const residual_real *v_y,
+                        int batch, residual_real lr, long step, residual_real max_norm,
+                        residual_real *grad, residual_real *work);
+
 #ifdef __cplusplus
 }
 #endif

@@ -411,6 +411,101 @@ real xor_sgd_step(real *params, const xor_real *v_x, const xor_real *v_y, int ba
     return xor_loss_value(v_binary_cross_entropy_1, batch);
 }
 
+real xor_train_step(real *params, real *state, const xor_real *v_x, const xor_real *v_y, int batch, real lr, long step,
+                          real max_norm, real *grad, real *work)
+{
+    const real value = xor_loss_and_grad(params, v_x, v_y, batch, grad, work);
+    real clip = 1;
+    if (max_norm > 0) {  /* the gradients scaled to a global norm of at most max_norm */
+        double total = 0;
+        for (long n = 0; n < XOR_PARAM_COUNT; n++)
+            total += (double)grad[n] * (double)grad[n];
+        clip = (real)((double)max_norm / (sqrt(total) + 1e-6));
+        if (clip > 1)
+            clip = 1;
+    }
+    real *v_dense_1_weight = params + 0;
+    real *v_dense_1_bias = params + 8;
+    real *v_dense_2_weight = params + 12;
+    real *v_dense_2_bias = params + 16;
+    const real *dv_dense_1_weight = grad + 0;
+    const real *dv_dense_1_bias = grad + 8;
+    const real *dv_dense_2_weight = grad + 12;
+    const real *dv_dense_2_bias = grad + 16;
+    real *v_dense_1_bias_exp_avg = state + 8;
+    real *v_dense_1_bias_exp_avg_sq = state + 25;
+    real *v_dense_1_weight_exp_avg = state + 0;
+    real *v_dense_1_weight_exp_avg_sq = state + 17;
+    real *v_dense_2_bias_exp_avg = state + 16;
+    real *v_dense_2_bias_exp_avg_sq = state + 33;
+    real *v_dense_2_weight_exp_avg = state + 12;
+    real *v_dense_2_weight_exp_avg_sq = state + 29;
+    (void)step;
+    (void)lr;
+    (void)clip;
+    /* dense_1_weight_exp_avg[n0, n1] = 9*dense_1_weight_exp_avg[n0, n1]/10 + clip*d_dense_1_weight[n0, n1]/10  [#opt-adam] */
+    for (int n0_0 = 0; n0_0 < 4; n0_0++) {
+        for (int n1_1 = 0; n1_1 < 2; n1_1++) {
+            v_dense_1_weight_exp_avg[(n0_0)*2 + n1_1] = (((real)0.1))*clip*dv_dense_1_weight[(n0_0)*2 + n1_1] + (((real)0.9))*v_dense_1_weight_exp_avg[(n0_0)*2 + n1_1];
+        }
+    }
+    /* dense_1_weight_exp_avg_sq[n0, n1] = 999*dense_1_weight_exp_avg_sq[n0, n1]/1000 + clip**2*d_dense_1_weight[n0, n1]**2/1000  [#opt-adam] */
+    for (int n0_0 = 0; n0_0 < 4; n0_0++) {
+        for (int n1_1 = 0; n1_1 < 2; n1_1++) {
+            v_dense_1_weight_exp_avg_sq[(n0_0)*2 + n1_1] = (((real)0.001))*((clip)*(clip))*((dv_dense_1_weight[(n0_0)*2 + n1_1])*(dv_dense_1_weight[(n0_0)*2 + n1_1])) + (((real)0.999))*v_dense_1_weight_exp_avg_sq[(n0_0)*2 + n1_1];
+        }
+    }
+    /* dense_1.weight[n0, n1] = -lr*dense_1_weight_exp_avg[n0, n1]/((1 - (9/10)**t)*(1/100000000 + sqrt(dense_1_weight_exp_avg_sq[n0, n1])/sqrt(1 - (999/1000)**t))) + dense_1.weight[n0, n1]  [#opt-adam] */
+    for (int n0_0 = 0; n0_0 < 4; n0_0++) {
+        for (int n1_1 = 0; n1_1 < 2; n1_1++) {
+            v_dense_1_weight[(n0_0)*2 + n1_1] = -lr*v_dense_1_weight_exp_avg[(n0_0)*2 + n1_1]/((((real)1e-08) + sqrt(v_dense_1_weight_exp_avg_sq[(n0_0)*2 + n1_1])/sqrt(1 - pow((real)(((real)0.999)), (real)(((real)step)))))*(1 - pow((real)(((real)0.9)), (real)(((real)step))))) + v_dense_1_weight[(n0_0)*2 + n1_1];
+        }
+    }
+    /* dense_1_bias_exp_avg[n0] = 9*dense_1_bias_exp_avg[n0]/10 + clip*d_dense_1_bias[n0]/10  [#opt-adam] */
+    for (int n0_0 = 0; n0_0 < 4; n0_0++) {
+        v_dense_1_bias_exp_avg[n0_0] = (((real)0.1))*clip*dv_dense_1_bias[n0_0] + (((real)0.9))*v_dense_1_bias_exp_avg[n0_0];
+    }
+    /* dense_1_bias_exp_avg_sq[n0] = 999*dense_1_bias_exp_avg_sq[n0]/1000 + clip**2*d_dense_1_bias[n0]**2/1000  [#opt-adam] */
+    for (int n0_0 = 0; n0_0 < 4; n0_0++) {
+        v_dense_1_bias_exp_avg_sq[n0_0] = (((real)0.001))*((clip)*(clip))*((dv_dense_1_bias[n0_0])*(dv_dense_1_bias[n0_0])) + (((real)0.999))*v_dense_1_bias_exp_avg_sq[n0_0];
+    }
+    /* dense_1.bias[n0] = -lr*dense_1_bias_exp_avg[n0]/((1 - (9/10)**t)*(1/100000000 + sqrt(dense_1_bias_exp_avg_sq[n0])/sqrt(1 - (999/1000)**t))) + dense_1.bias[n0]  [#opt-adam] */
+    for (int n0_0 = 0; n0_0 < 4; n0_0++) {
+        v_dense_1_bias[n0_0] = -lr*v_dense_1_bias_exp_avg[n0_0]/((((real)1e-08) + sqrt(v_dense_1_bias_exp_avg_sq[n0_0])/sqrt(1 - pow((real)(((real)0.999)), (real)(((real)step)))))*(1 - pow((real)(((real)0.9)), (real)(((real)step))))) + v_dense_1_bias[n0_0];
+    }
+    /* dense_2_weight_exp_avg[n0, n1] = 9*dense_2_weight_exp_avg[n0, n1]/10 + clip*d_dense_2_weight[n0, n1]/10  [#opt-adam] */
+    for (int n0_0 = 0; n0_0 < 1; n0_0++) {
+        for (int n1_1 = 0; n1_1 < 4; n1_1++) {
+            v_dense_2_weight_exp_avg[(n0_0)*4 + n1_1] = (((real)0.1))*clip*dv_dense_2_weight[(n0_0)*4 + n1_1] + (((real)0.9))*v_dense_2_weight_exp_avg[(n0_0)*4 + n1_1];
+        }
+    }
+    /* dense_2_weight_exp_avg_sq[n0, n1] = 999*dense_2_weight_exp_avg_sq[n0, n1]/1000 + clip**2*d_dense_2_weight[n0, n1]**2/1000  [#opt-adam] */
+    for (int n0_0 = 0; n0_0 < 1; n0_0++) {
+        for (int n1_1 = 0; n1_1 < 4; n1_1++) {
+            v_dense_2_weight_exp_avg_sq[(n0_0)*4 + n1_1] = (((real)0.001))*((clip)*(clip))*((dv_dense_2_weight[(n0_0)*4 + n1_1])*(dv_dense_2_weight[(n0_0)*4 + n1_1])) + (((real)0.999))*v_dense_2_weight_exp_avg_sq[(n0_0)*4 + n1_1];
+        }
+    }
+    /* dense_2.weight[n0, n1] = -lr*dense_2_weight_exp_avg[n0, n1]/((1 - (9/10)**t)*(1/100000000 + sqrt(dense_2_weight_exp_avg_sq[n0, n1])/sqrt(1 - (999/1000)**t))) + dense_2.weight[n0, n1]  [#opt-adam] */
+    for (int n0_0 = 0; n0_0 < 1; n0_0++) {
+        for (int n1_1 = 0; n1_1 < 4; n1_1++) {
+            v_dense_2_weight[(n0_0)*4 + n1_1] = -lr*v_dense_2_weight_exp_avg[(n0_0)*4 + n1_1]/((((real)1e-08) + sqrt(v_dense_2_weight_exp_avg_sq[(n0_0)*4 + n1_1])/sqrt(1 - pow((real)(((real)0.999)), (real)(((real)step)))))*(1 - pow((real)(((real)0.9)), (real)(((real)step))))) + v_dense_2_weight[(n0_0)*4 + n1_1];
+        }
+    }
+    /* dense_2_bias_exp_avg[n0] = 9*dense_2_bias_exp_avg[n0]/10 + clip*d_dense_2_bias[n0]/10  [#opt-adam] */
+    for (int n0_0 = 0; n0_0 < 1; n0_0++) {
+        v_dense_2_bias_exp_avg[n0_0] = (((real)0.1))*clip*dv_dense_2_bias[n0_0] + (((real)0.9))*v_dense_2_bias_exp_avg[n0_0];
+    }
+    /* dense_2_bias_exp_avg_sq[n0] = 999*dense_2_bias_exp_avg_sq[n0]/1000 + clip**2*d_dense_2_bias[n0]**2/1000  [#opt-adam] */
+    for (int n0_0 = 0; n0_0 < 1; n0_0++) {
+        v_dense_2_bias_exp_avg_sq[n0_0] = (((real)0.001))*((clip)*(clip))*((dv_dense_2_bias[n0_0])*(dv_dense_2_bias[n0_0])) + (((real)0.999))*v_dense_2_bias_exp_avg_sq[n0_0];
+    }
+    /* dense_2.bias[n0] = -lr*dense_2_bias_exp_avg[n0]/((1 - (9/10)**t)*(1/100000000 + sqrt(dense_2_bias_exp_avg_sq[n0])/sqrt(1 - (999/1000)**t))) + dense_2.bias[n0]  [#opt-adam] */
+    for (int n0_0 = 0; n0_0 < 1; n0_0++) {
+        v_dense_2_bias[n0_0] = -lr*v_dense_2_bias_exp_avg[n0_0]/((((real)1e-08) + sqrt(v_dense_2_bias_exp_avg_sq[n0_0])/sqrt(1 - pow((real)(((real)0.999)), (real)(((real)step)))))*(1 - pow((real)(((real)0.9)), (real)(((real)step))))) + v_dense_2_bias[n0_0];
+    }
+    return value;
+}
+
 #undef real
 #undef nncc_sigmoid
 #undef nncc_softplus

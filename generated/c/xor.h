@@ -59,6 +59,18 @@ xor_real xor_loss_and_grad(const xor_real *params, const xor_real *v_x, const xo
 xor_real xor_sgd_step(xor_real *params, const xor_real *v_x, const xor_real *v_y,
                         int batch, xor_real lr, xor_real *work);
 
+/* the optimizer's state: one block laid out as params for each value it keeps per
+ * parameter, zeros before the first step */
+#define XOR_STATE_COUNT 34
+
+/* one step of adam(beta1=0.9, beta2=0.999, eps=1e-08, weight_decay=0), in place on params and state[XOR_STATE_COUNT];
+ * step counts the steps, 1 on the first; max_norm > 0 first scales the gradients to a
+ * global norm of at most max_norm; grad[XOR_PARAM_COUNT] is scratch (the gradients
+ * it leaves are before clipping); returns the loss before the step */
+xor_real xor_train_step(xor_real *params, xor_real *state, const xor_real *v_x, const xor_real *v_y,
+                        int batch, xor_real lr, long step, xor_real max_norm,
+                        xor_real *grad, xor_real *work);
+
 #ifdef __cplusplus
 }
 #endif

@@ -379,5 +379,53 @@ real zhou_sgd_step(real *params, const zhou_real *v_x, const zhou_real *v_y, int
     return zhou_loss_value(v_quadratic_1, batch);
 }
 
+real zhou_train_step(real *params, real *state, const zhou_real *v_x, const zhou_real *v_y, int batch, real lr, long step,
+                          real max_norm, real *grad, real *work)
+{
+    const real value = zhou_loss_and_grad(params, v_x, v_y, batch, grad, work);
+    real clip = 1;
+    if (max_norm > 0) {  /* the gradients scaled to a global norm of at most max_norm */
+        double total = 0;
+        for (long n = 0; n < ZHOU_PARAM_COUNT; n++)
+            total += (double)grad[n] * (double)grad[n];
+        clip = (real)((double)max_norm / (sqrt(total) + 1e-6));
+        if (clip > 1)
+            clip = 1;
+    }
+    real *v_hidden_weight = params + 0;
+    real *v_hidden_bias = params + 20;
+    real *v_out_weight = params + 25;
+    real *v_out_bias = params + 40;
+    const real *dv_hidden_weight = grad + 0;
+    const real *dv_hidden_bias = grad + 20;
+    const real *dv_out_weight = grad + 25;
+    const real *dv_out_bias = grad + 40;
+    (void)state;
+    (void)step;
+    (void)lr;
+    (void)clip;
+    /* hidden.weight[n0, n1] = -clip*lr*d_hidden_weight[n0, n1] + hidden.weight[n0, n1]  [#opt-sgd] */
+    for (int n0_0 = 0; n0_0 < 5; n0_0++) {
+        for (int n1_1 = 0; n1_1 < 4; n1_1++) {
+            v_hidden_weight[(n0_0)*4 + n1_1] = -clip*lr*dv_hidden_weight[(n0_0)*4 + n1_1] + v_hidden_weight[(n0_0)*4 + n1_1];
+        }
+    }
+    /* hidden.bias[n0] = -clip*lr*d_hidden_bias[n0] + hidden.bias[n0]  [#opt-sgd] */
+    for (int n0_0 = 0; n0_0 < 5; n0_0++) {
+        v_hidden_bias[n0_0] = -clip*lr*dv_hidden_bias[n0_0] + v_hidden_bias[n0_0];
+    }
+    /* out.weight[n0, n1] = -clip*lr*d_out_weight[n0, n1] + out.weight[n0, n1]  [#opt-sgd] */
+    for (int n0_0 = 0; n0_0 < 3; n0_0++) {
+        for (int n1_1 = 0; n1_1 < 5; n1_1++) {
+            v_out_weight[(n0_0)*5 + n1_1] = -clip*lr*dv_out_weight[(n0_0)*5 + n1_1] + v_out_weight[(n0_0)*5 + n1_1];
+        }
+    }
+    /* out.bias[n0] = -clip*lr*d_out_bias[n0] + out.bias[n0]  [#opt-sgd] */
+    for (int n0_0 = 0; n0_0 < 3; n0_0++) {
+        v_out_bias[n0_0] = -clip*lr*dv_out_bias[n0_0] + v_out_bias[n0_0];
+    }
+    return value;
+}
+
 #undef real
 #undef nncc_sigmoid

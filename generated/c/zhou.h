@@ -59,6 +59,18 @@ zhou_real zhou_loss_and_grad(const zhou_real *params, const zhou_real *v_x, cons
 zhou_real zhou_sgd_step(zhou_real *params, const zhou_real *v_x, const zhou_real *v_y,
                         int batch, zhou_real lr, zhou_real *work);
 
+/* the optimizer's state: one block laid out as params for each value it keeps per
+ * parameter, zeros before the first step */
+#define ZHOU_STATE_COUNT 0
+
+/* one step of sgd(momentum=0, dampening=0, weight_decay=0, nesterov=False), in place on params and state[ZHOU_STATE_COUNT];
+ * step counts the steps, 1 on the first; max_norm > 0 first scales the gradients to a
+ * global norm of at most max_norm; grad[ZHOU_PARAM_COUNT] is scratch (the gradients
+ * it leaves are before clipping); returns the loss before the step */
+zhou_real zhou_train_step(zhou_real *params, zhou_real *state, const zhou_real *v_x, const zhou_real *v_y,
+                        int batch, zhou_real lr, long step, zhou_real max_norm,
+                        zhou_real *grad, zhou_real *work);
+
 #ifdef __cplusplus
 }
 #endif

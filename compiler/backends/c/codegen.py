@@ -23,7 +23,8 @@ from ...errors import generating
 from ...literals import real_literal
 from ...naming import grad_name
 from ...ops.primitives import lookup
-from ...schedule.program import SEED, Program
+from ...ops.optimizers import LR, T
+from ...schedule.program import CLIP, SEED, Program
 from .nodes import Block, Loop, Stmt, render
 from ...ops.symbolic import FirstArgmax, LogSumExp, MaxOver, index_symbols, join_signed, read_name, real_base, sum_terms
 
@@ -57,6 +58,10 @@ class Buffer:
     shape: tuple  # extents; B for the batch axis
     kind: str  # "input" | "param" | "grad" | "work" | "output"
     offset: object = 0  # in the params / grad / work array (sympy, in B)
+
+
+# the scalars of train_step, as its C reads them
+_STEP_SCALARS = {LR: "lr", T: "((real)step)", CLIP: "clip"}
 
 
 class _CPrinter(C99CodePrinter):
@@ -95,6 +100,8 @@ class _CPrinter(C99CodePrinter):
         if s == SEED:  # a local of the function, bound by the template
             self.low.used.add("seed")
             return "seed"
+        if s in _STEP_SCALARS:  # train_step's arguments and locals
+            return _STEP_SCALARS[s]
         return self.low.loop_var(s)
 
     _print_Dummy = _print_Symbol
@@ -732,6 +739,11 @@ class CPlan:
     helpers: tuple  # the runtime helpers the code calls, in runtime.c's order
     step: list = None  # sgd_step's backward lines: each parameter updated once done with
     step_grads: list = None  # Buffer: the parameters' gradients in sgd_step's workspace
+    optimizer_text: str = ""  # "adam(beta1=0.9, ...)", for the comments
+    update: list = None  # train_step's optimizer lines, after loss_and_grad and the clipping
+    update_uses: set = None  # the arrays they read or write
+    state_arrays: list = None  # Buffer: the optimizer's state of each trained parameter
+    state_count: int = 0  # values in the state array: one params-sized block per kept state
 
 
 def plan_c(program: Program, real="float") -> CPlan:
@@ -818,6 +830,15 @@ def plan_c(program: Program, real="float") -> CPlan:
             step_nodes.append(Stmt(f"/* {c[2:]} -= lr * its gradient, which is complete and read no more */"))
             step_nodes.append(Loop("n", "0", str(size), [Stmt(f"params[{off} + n] -= lr * d{c}[n];")], type="long"))
             step_steps.append({"d" + c})
+    # train_step: the optimizer's element-wise updates, reading the gradients that
+    # loss_and_grad wrote into `grad`; each kept state is one params-sized block of `state`
+    kept = list(g.optimizer.states)
+    state_arrays = []
+    for a, (pname, st) in (program.states or {}).items():
+        off = next(o for n, _, _, o, _, _ in params if n == pname)
+        buffers[a] = Buffer(cname(a), g.param(pname).shape, "state", kept.index(st) * offset + off)
+        state_arrays.append(buffers[a])
+    update, update_uses, _, _ = body(program.update)
     # each function's order of uses, with what its template reads at the end: the output
     # that forward copies out, the per-sample losses that the others total; loss_and_grad
     # writes the parameters' gradients to the caller's array, not the workspace
@@ -837,7 +858,9 @@ def plan_c(program: Program, real="float") -> CPlan:
                  [(p.name, "d" + cname(p.name), p.name in program.zero_grads) for p in g.params],
                  out, int(sp.Mul(*g.tensors[g.output].shape)) if g.tensors[g.output].shape else 1,
                  loss_name, g.reduce, tuple(h for h in _helpers() if h in helpers),
-                 render(step_nodes), step_grads)
+                 render(step_nodes), step_grads, g.optimizer.name + "(" + ", ".join(
+                     f"{n}={v}" for n, v in g.optimizer.options if n != "lr") + ")",
+                 update, update_uses, state_arrays, len(kept) * offset)
 
 
 def memory_plan(work: list, orders: list) -> tuple:
@@ -977,6 +1000,13 @@ def render_c(plan: CPlan, standalone: bool = True, blas: bool = False) -> tuple[
         unused[:] = [a for a in unused if a != "params"]
     else:  # nothing to update: the loss reaches no parameter
         unused += [a for a in ("params", "lr") if a not in unused]
+    by_name = {b.name: b for b in plan.state_arrays}
+    values.update(
+        update=plan.update, state_count=plan.state_count, optimizer_text=plan.optimizer_text,
+        update_params=[p for p in params if p["cname"] in plan.update_uses],
+        update_grads=[p for p in params if "d" + p["cname"] in plan.update_uses],
+        update_states=[dict(name=n, offset=offset_code(by_name[n].offset)) for n in sorted(plan.update_uses)
+                       if n in by_name])
     env = environment()
     return (env.get_template("c_header.h.j2").render(**values),
             env.get_template("c_source.c.j2").render(**values))
