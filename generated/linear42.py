@@ -16,6 +16,9 @@ INPUT_SHAPES = {
 }
 TARGET_SHAPES = {
 }
+# the targets of class indices (`class[k]`): an integer per sample, below k
+TARGET_CLASSES = {
+}
 # how init_params draws each parameter: (distribution, a, b)
 PARAM_INITS = {
     "dense_1.weight": ("uniform", -0.5, 0.5),
@@ -204,9 +207,17 @@ def _check(params, arrays):
             dtype = p.dtype
         for name, (value, shape) in arrays.items():
             if not isinstance(value, np.ndarray) or value.shape[1:] != shape or value.ndim != len(shape) + 1 or \
-                    (dtype is not None and value.dtype != dtype) or (batch is not None and len(value) != batch):
+                    (batch is not None and len(value) != batch):
                 return _complain(params, arrays)
-            dtype, batch = value.dtype, len(value)
+            if name in TARGET_CLASSES:  # whole numbers below the number of classes
+                if value.dtype.kind not in "iu" or not len(value) or value.min() < 0 or \
+                        value.max() >= TARGET_CLASSES[name]:
+                    return _complain(params, arrays)
+            elif dtype is not None and value.dtype != dtype:
+                return _complain(params, arrays)
+            else:
+                dtype = value.dtype
+            batch = len(value)
     except (KeyError, AttributeError, TypeError):
         return _complain(params, arrays)
     if not batch or dtype not in _FLOATS:
@@ -248,15 +259,25 @@ def _complain(params, arrays):
             raise ValueError(f"{name!r} must be a numpy array, got a {type(value).__name__} "
                              f"(e.g. np.asarray({name}, dtype=np.float32))")
         if value.ndim != len(shape) + 1 or value.shape[1:] != shape:
-            raise ValueError(f"{name!r} must have shape (batch, {', '.join(map(str, shape))}), "
-                             f"got {np.shape(value)}")
+            raise ValueError(f"{name!r} must have shape ({', '.join(['batch', *map(str, shape)])}"
+                             f"{',' if not shape else ''}), got {np.shape(value)}")
         if batch is None:
             batch = value.shape[0]
         elif value.shape[0] != batch:
             raise ValueError(f"{name!r} has batch size {value.shape[0]}, but the first array has {batch}")
     if batch == 0:
         raise ValueError(f"the batch is empty ({next(iter(arrays))!r} has 0 samples); pass at least one")
-    dtypes = {name: value.dtype for name, (value, _) in arrays.items()}
+    for name, k in TARGET_CLASSES.items():
+        if name in arrays:
+            value = arrays[name][0]
+            if value.dtype.kind not in "iu":
+                raise ValueError(f"{name!r} holds class indices, whole numbers from 0 to {k - 1}; got {value.dtype} "
+                                 f"(e.g. {name}.astype(np.int64), or argmax(axis=1) of a one-hot array)")
+            bad = value[(value < 0) | (value >= k)]
+            if bad.size:
+                raise ValueError(f"{name!r} holds the class index {bad[0]}, but there are {k} classes "
+                                 f"(0 to {k - 1})")
+    dtypes = {name: value.dtype for name, (value, _) in arrays.items() if name not in TARGET_CLASSES}
     dtypes.update({name: params[name].dtype for name in PARAM_SHAPES})
     first = next(iter(dtypes))
     for name, d in dtypes.items():

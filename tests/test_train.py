@@ -106,3 +106,16 @@ def test_files_of_data(tmp_path):
     np.savez(tmp_path / "d.npz", x=rng.normal(size=(20, 4)), y=rng.integers(0, 5, 20))
     with pytest.raises(DataError, match="5 classes, but the network's target 'y' is \\[3\\]"):
         fit(load(str(tmp_path / "d.npz")), module, 0.25, 0, np.dtype(np.float32))
+
+
+def test_a_class_target_trains_on_the_labels_themselves(tmp_path):
+    source = (EXAMPLES / "digits.nn").read_text(encoding="utf-8").replace("target y: [10]", "target y: class[10]")
+    assert "class[10]" in source
+    (tmp_path / "labels.nn").write_text(source, encoding="utf-8")
+    module = load_module(source, "labels.nn")
+    data = fit(load("digits"), module, 0.2, 0, np.dtype(np.float32))
+    assert data.y_train.dtype == np.int64 and data.y_train.shape == (len(data.x_train),)
+    r = _nncc("train", tmp_path / "labels.nn", "--data", "digits", "--epochs", "3", "--optimizer", "adam(lr=0.005)",
+              cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert float(r.stdout.split("val accuracy ")[-1].split("%")[0]) > 80

@@ -11,9 +11,11 @@ def shape_text(shape) -> str:
 
 
 def module_values(graph) -> dict:
-    inputs = [dict(name=t.name, var=var(t.name), shape=shape_text(t.shape), batched=_batched(t.shape))
+    inputs = [dict(name=t.name, var=var(t.name), shape=shape_text(t.shape), batched=_batched(t.shape), classes=0)
               for t in graph.inputs]
-    targets = [dict(name=t.name, var=var(t.name), shape=shape_text(t.shape), batched=_batched(t.shape))
+    # a target of class indices is one whole number per sample: shape ()
+    targets = [dict(name=t.name, var=var(t.name), shape=shape_text(() if t.classes else t.shape),
+                    batched=_batched(() if t.classes else t.shape), classes=int(t.shape[0]) if t.classes else 0)
                for t in graph.targets]
     params = [dict(name=p.name, var=var(p.name), shape=shape_text(p.shape), init=_init(p.init)) for p in graph.params]
 
@@ -35,7 +37,7 @@ def module_values(graph) -> dict:
 
 def _batched(shape) -> str:
     """The shape of a batch of arrays of `shape`, as a tuple expression over `batch`."""
-    return "(" + ", ".join(["batch"] + [str(n) for n in shape]) + ")"
+    return "(" + ", ".join(["batch"] + [str(n) for n in shape]) + ("," if not shape else "") + ")"
 
 
 def _init(init) -> str:

@@ -178,8 +178,14 @@ class _Builder(Transformer):
         return S.Decl("input", str(t), shape, self.tok(t))
 
     def target_decl(self, items):
-        t, shape = items
-        return S.Decl("target", str(t), shape, self.tok(t))
+        t, kind, shape = items
+        if kind is not None and str(kind) != "class":
+            raise NNError(f"unknown kind of target '{kind}'" + did_you_mean(str(kind), ["class"]), self.tok(kind),
+                          f"target {t}: [10] for values, or target {t}: class[10] for class indices")
+        if kind is not None and len(shape) != 1:
+            raise NNError("class[k] takes one number: how many classes there are", self.tok(kind),
+                          f"target {t}: class[10]")
+        return S.Decl("target", str(t), shape, self.tok(t), kind is not None)
 
     def output_decl(self, items):
         (t,) = items

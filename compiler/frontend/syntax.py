@@ -98,6 +98,7 @@ class Decl:
     name: str
     shape: tuple
     loc: Loc
+    classes: bool = False  # `class[k]`: one class index per sample, read as one-hot of shape [k]
 
 
 @dataclass(frozen=True)

@@ -117,7 +117,9 @@ class _Builder:
                     self._declare(st.name, st.loc)
                     shape = tuple(self._size(s, f"the shape of '{st.name}'") for s in st.shape)
                     _check_elements(shape, f"'{st.name}'", st.loc)
-                    self.tensors[st.name] = ir.Tensor(st.name, shape, st.kind, st.loc)
+                    if st.classes and shape[0] < 2:
+                        raise NNError("a class target needs at least 2 classes", st.loc)
+                    self.tensors[st.name] = ir.Tensor(st.name, shape, st.kind, st.loc, st.classes)
                 elif isinstance(st, S.Output):
                     if output is not None:
                         raise NNError("'output' is given twice", st.loc)

@@ -21,6 +21,7 @@ class Tensor:
     shape: tuple
     role: str  # "input" | "target" | "value"
     loc: Loc
+    classes: bool = False  # a target of class indices: an integer per sample, read as one-hot of `shape`
 
 
 @dataclass(frozen=True)

@@ -263,3 +263,20 @@ def sum_terms(e: sp.Add, reads, late_max: set, late_log: set):
         return grouped
     terms = e.as_ordered_terms() if grouped is e else list(grouped.args)
     return sorted(terms, key=lambda t: (bool(reads(t) & late_log), bool(reads(t) & late_max)))
+
+
+class IsClass(sp.Function):
+    """is_class(c, i): 1 where the class index c equals i, else 0 -- how a formula reads a
+    target of class indices (`target y: class[10]`) as the one-hot row it stands for,
+    with no one-hot array made.  A target has no gradient."""
+
+    nargs = 2
+    is_real = True
+
+    def fdiff(self, argindex=1):
+        return sp.Integer(0)
+
+    def _latex(self, printer, exp=None):
+        c, i = (printer._print(x) for x in self.args)
+        tex = r"[%s = %s]" % (c, i)
+        return tex if exp is None else r"%s^{%s}" % (tex, exp)

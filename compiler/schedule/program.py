@@ -26,6 +26,7 @@ function body, for a memory plan.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass
 
@@ -38,7 +39,7 @@ from ..errors import generating
 from ..naming import backward_anchor, forward_anchor, grad_name, state_name
 from ..ops.optimizers import G, P, state_symbol
 from ..autodiff.stabilize import careful_reads, is_sigmoid, stabilize
-from ..ops.symbolic import FirstArgmax, LogSumExp, MaxOver, Sigmoid, index_symbol, real_base
+from ..ops.symbolic import FirstArgmax, IsClass, LogSumExp, MaxOver, Sigmoid, index_symbol, real_base
 
 REDUCTIONS = (sp.Sum, MaxOver, LogSumExp, FirstArgmax)
 
@@ -118,6 +119,7 @@ class Program:
         shapes.update({p.name: p.shape for p in g.params})
         shapes.update({grad_name(k): v for k, v in list(shapes.items())})
         shapes.update({a: g.param(p).shape for a, (p, _) in (self.states or {}).items()})
+        shapes.update({t.name: (B,) for t in g.targets if t.classes})  # one index per sample
         return shapes
 
     def buffers(self, statements: tuple, keep=()) -> dict:
@@ -159,7 +161,20 @@ def build(g: ir.Graph, derivations: tuple) -> Program:
     written = {st.target for st in steps}
     zero = tuple(p.name for p in g.params if grad_name(p.name) not in written)
     update, states = _update_steps(g, set(zero))
+    classes = {t.name for t in g.targets if t.classes}
+    if classes:
+        forward, loss, backward = (_class_reads(sts, classes) for sts in (forward, loss, backward))
     return Program(g, tuple(derivations), forward, loss, backward, seed, zero, sigmoids, update, states)
+
+
+def _class_reads(statements: tuple, classes: set) -> tuple:
+    """Each read y[b, i] of a target of class indices as is_class(y[b], i): the one-hot row
+    the index stands for, computed where it is read."""
+    def read(e):
+        return IsClass(e.base[e.indices[0]], e.indices[1])
+    return tuple(dataclasses.replace(st, expr=st.expr.replace(
+        lambda e: isinstance(e, sp.Indexed) and e.base.label.name in classes and len(e.indices) == 2, read))
+        for st in statements)
 
 
 def _update_steps(g: ir.Graph, untouched: set) -> tuple:

@@ -4,8 +4,8 @@
     fit(raw, module)    -> Fitted: the arrays train_step takes, split and scaled
 
 A set's features fill the network's input in row-major order (the digits' 64 values
-are an input [64] or [1, 8, 8] alike); whole-number targets are class labels, given to
-a target [k] one-hot (k at least the number of classes) or to a target [1] as 0/1;
+are an input [64] or [1, 8, 8] alike); whole-number targets are class labels, given as they are to a target class[k], one-hot
+to a target [k] (k at least the number of classes) or to a target [1] as 0/1;
 other targets must have the target's shape.  What does not fit is a DataError that
 names the shape the network expects.
 """
@@ -132,7 +132,13 @@ def fit(raw: Raw, module, val_fraction: float, seed: int, dtype) -> Fitted:
         if t.min() < 0:
             raise DataError(f"{raw.name}: class labels must be 0, 1, 2, ...; found {t.min()}")
         classes = int(t.max()) + 1
-        if tuple(y_shape) == (1,) and classes <= 2:
+        declared = getattr(module, "TARGET_CLASSES", {}).get(y_name)
+        if declared is not None:  # `class[k]`: the labels themselves
+            if classes > declared:
+                raise DataError(f"{raw.name} has {classes} classes, but the network's target '{y_name}' is "
+                                f"class[{declared}]")
+            y, y_shape = t.astype(np.int64), (declared,)
+        elif tuple(y_shape) == (1,) and classes <= 2:
             y = t.astype(np.float64).reshape(n, 1)
         elif len(y_shape) == 1 and y_shape[0] >= classes and classes > 1:
             y = np.eye(y_shape[0])[t]
@@ -158,7 +164,8 @@ def fit(raw: Raw, module, val_fraction: float, seed: int, dtype) -> Fitted:
         std = x[train].std(axis=0)
         x = (x - mean) / np.where(std > 0, std, 1.0)
     labels_val = t[val] if classes > 1 and len(y_shape) == 1 and y_shape[0] >= classes else None
-    ys = (None, None) if y is None else (y[train].astype(dtype), y[val].astype(dtype))
+    kind = y.dtype if y is not None and y.dtype.kind == "i" else dtype  # class indices stay integers
+    ys = (None, None) if y is None else (y[train].astype(kind), y[val].astype(kind))
     return Fitted(x[train].astype(dtype), ys[0], x[val].astype(dtype), ys[1], labels_val, classes, raw.x.shape[1:])
 
 

@@ -149,6 +149,10 @@ class _CPrinter(C99CodePrinter):
         self.low.helpers.add("where")
         return f"nncc_where({self._print(c)}, {self._print(a)}, {self._print(b)})"
 
+    def _print_IsClass(self, e):  # a class index (passed as a real) equal to this position
+        c, i = e.args
+        return f"((real)(({self._print(c)}) == (real)({_CPrinter(self.low, index=True).doprint(i)})))"
+
     def _print_KroneckerDelta(self, e):  # left by a constant subscript (a[0]): 1 where equal
         a, b = e.args
         return f"((real)(({self._print(a)}) == ({self._print(b)})))"
@@ -758,7 +762,7 @@ def plan_c(program: Program, real="float") -> CPlan:
         offset += size
     work: list[Buffer] = []
     for t in g.tensors.values():
-        shape = (B,) + t.shape
+        shape = (B,) if t.classes else (B,) + t.shape  # class indices: one (as a real) per sample
         kind = "input" if t.role in ("input", "target") else "work"
         buffers[t.name] = Buffer(cname(t.name), shape, kind)
         if kind == "work":
@@ -850,7 +854,7 @@ def plan_c(program: Program, real="float") -> CPlan:
         loss_steps + step_steps + [{loss_name}]])
     return CPlan(g.name, g.source, real,
                  [(t.name, cname(t.name), t.shape) for t in g.inputs],
-                 [(t.name, cname(t.name), t.shape) for t in g.targets],
+                 [(t.name, cname(t.name), () if t.classes else t.shape) for t in g.targets],
                  params, offset, work, f"((size_t)(batch) * {int(per_sample)} + {int(constant)})",
                  (int(per_sample), int(constant)), forward, loss, backward,
                  dict(forward=forward_uses, loss=loss_uses, backward=backward_uses,

@@ -198,6 +198,11 @@ class _Printer(NumPyPrinter):
     def _print_Not(self, e):
         return f"~{self._print(e.args[0])}"
 
+    def _print_IsClass(self, e):
+        # the class indices compared with the axis's positions: a boolean array, as the dtype
+        c, i = e.args
+        return f"np.equal({self._print(c)}, {self._print(i)}).astype(dtype)"
+
     def _print_Relational(self, r):
         op = {"==": "==", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}[r.rel_op]
         return f"({self._print(r.lhs)} {op} {self._print(r.rhs)})"
