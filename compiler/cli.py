@@ -54,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
                         "'sgd(lr=0.1, momentum=0.9, nesterov=true)' (default: the program's, else sgd)")
     c.add_argument("--freeze", metavar="LAYER", action="append", default=[],
                    help="a layer whose parameters are not trained (no gradient, no update); repeat for more")
+    c.add_argument("--input-grad", action="store_true",
+                   help="add input_grad(params, x, ..., y, ...): the loss and its gradient with respect to "
+                        "each input (saliency maps, adversarial examples)")
     e = commands.add_parser(
         "explain", help="write the derivation of the gradients as LaTeX, Markdown or HTML",
         description="Write the derivation of a network's gradients as LaTeX, Markdown or HTML: each "
@@ -289,7 +292,7 @@ def _compile(args) -> int:
                   "runs float32 and float64 arrays alike", file=sys.stderr)
         return 1
     try:
-        compiled = compile_source(source, str(args.model), args.optimizer, args.freeze)
+        compiled = compile_source(source, str(args.model), args.optimizer, args.freeze, args.input_grad)
         if args.backend == "numpy":
             files = {out: compiled.numpy_module()}
         elif c_files:

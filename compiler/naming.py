@@ -21,7 +21,7 @@ import keyword
 # module level: templates/numpy_module.py.j2, module_tables.py.j2, module_checks.py.j2
 _MODULE = {"np", "PARAM_SHAPES", "INPUT_SHAPES", "TARGET_SHAPES", "PARAM_INITS", "init_params", "forward",
            "loss", "loss_and_grad", "sgd_step",
-           "init_state", "train_step", "OPTIMIZER", "STATE_NAMES", "TRAINED", "TARGET_CLASSES", "save_params", "load_params",
+           "init_state", "train_step", "OPTIMIZER", "STATE_NAMES", "TRAINED", "TARGET_CLASSES", "input_grad", "save_params", "load_params",
            "load_state_dict", "to_state_dict"}
 # module level in templates/c_module.py.j2 as well (its _-prefixed names are covered below)
 _C_MODULE = {"hashlib", "importlib", "os", "re", "shutil", "stat", "sys", "tempfile", "threading", "weakref", "cffi"}

@@ -1,12 +1,14 @@
 """train_step's optimizers (the prelude's `optimizer` definitions) against torch.optim.
 
-Each case compiles an example with one optimizer, takes five steps with train_step in
+Each case compiles an example with one optimizer (numpy module and C), takes five steps with train_step in
 float64, and takes the same five steps in PyTorch with the example's twin (nn_zoo) and
 torch.optim (and clip_grad_norm_ where the case clips): parameters, losses and the
 optimizer's state agree to 1e-12.  The errors users meet (an unknown optimizer or
 option, a malformed state) are checked too.
 """
 from __future__ import annotations
+
+import shutil
 
 import numpy as np
 import pytest
@@ -65,18 +67,34 @@ def _torch_run(model, params, inputs, targets, module, optim, kwargs, lrs, max_n
     return {k: p.detach().numpy() for k, p in P.items()}, losses, state
 
 
+def _c_module(model, spec):
+    import types
+
+    from nncc.api import compile_source
+    from nncc.backends.c.codegen import render_c_module
+    module = types.ModuleType("optimizer_c")
+    exec(compile(render_c_module(compile_source(model.source, model.file_name, spec)), "<c>", "exec"),
+         module.__dict__)
+    return module
+
+
+needs_cc = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler")
+
+
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("c", marks=needs_cc)])
 @pytest.mark.parametrize("example", ["nielsen", "lenet"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_optimizer_matches_torch_optim(example, case):
+def test_optimizer_matches_torch_optim(example, case, backend):
     spec, optim, kwargs = CASES[case]
     model = _example(example)
-    module = load_module(model.source, model.file_name, optimizer=spec)
-    params = module.init_params(3, np.float64)
+    module = load_module(model.source, model.file_name, optimizer=spec) if backend == "numpy" else \
+        _c_module(model, spec)
+    params = {k: np.array(v) for k, v in module.init_params(3, np.float64).items()}
     inputs, targets = random_data(module, model.domains, model.batch, seed=1)
     lrs = [kwargs["lr"]] * STEPS
     theirs, their_losses, their_state = _torch_run(model, params, inputs, targets, module, optim, kwargs, lrs, None)
-    state = module.init_state(params)
-    ours = {k: v.copy() for k, v in params.items()}
+    ours = module.init_params(3, np.float64)  # the module's own arrays (the C module's views)
+    state = module.init_state(ours)
     losses = [module.train_step(ours, state, *inputs, *targets, lr=lr) for lr in lrs]
     assert state["step"] == STEPS
     np.testing.assert_allclose(losses, their_losses, rtol=1e-12)

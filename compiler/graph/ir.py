@@ -80,6 +80,16 @@ class Graph:
                 need.update(n.args)
         return need
 
+    def input_paths(self) -> set:
+        """Inputs and the tensors on a path from an input to the loss: what the gradient
+        with respect to the inputs passes through."""
+        feeds_loss = self.ancestors(self.loss)
+        depends = {t.name for t in self.inputs}
+        for n in self.nodes:
+            if any(a in depends for a in n.args):
+                depends.add(n.output)
+        return {t for t in depends if t in feeds_loss}
+
     def trained(self) -> set:
         """The parameters a training step updates: not frozen, and read by the loss."""
         return {p.name for p in self.params} & self.needs_grad()

@@ -109,6 +109,7 @@ class Program:
     sigmoids: dict = None  # buffer -> (indices, u): the loss's buffers written as sigmoid(u)
     update: tuple = ()  # Statement: the optimizer's, once every gradient is known (train_step)
     states: dict = None  # optimizer state array -> (parameter, state name)
+    input_backward: tuple = None  # Statement: the gradients of the inputs, when asked for
 
     @property
     def shapes(self) -> dict:
@@ -147,7 +148,7 @@ class Program:
         return out
 
 
-def build(g: ir.Graph, derivations: tuple) -> Program:
+def build(g: ir.Graph, derivations: tuple, input_grad: bool = False) -> Program:
     shapes = {t.name: (B,) + t.shape for t in g.tensors.values()}
     shapes.update({p.name: p.shape for p in g.params})
     read_back = {r.base.label.name for d in derivations for gr in d.grads for r in gr.backward.atoms(sp.Indexed)}
@@ -156,15 +157,31 @@ def build(g: ir.Graph, derivations: tuple) -> Program:
     loss = _lowered(_forward_steps(derivations, g.ancestors(g.loss)), {g.output, g.loss} | read_back, shapes,
                     sigmoids)
     seed = sp.Integer(1) / B if g.reduce == "mean" else sp.Integer(1)
-    steps = _backward_steps(g, derivations, SEED)
-    backward = _lowered(steps, {grad_name(p.name) for p in g.params}, shapes, sigmoids)
+    every = _backward_steps(g, derivations, SEED)
+    param_grads = {grad_name(p.name) for p in g.params}
+    steps = _needed(every, param_grads)
+    backward = _lowered(steps, param_grads, shapes, sigmoids)
     written = {st.target for st in steps}
+    input_grads = {grad_name(t.name) for t in g.inputs}
+    input_backward = _lowered(_needed(every, input_grads), input_grads, shapes, sigmoids) if input_grad else None
     zero = tuple(p.name for p in g.params if grad_name(p.name) not in written)
     update, states = _update_steps(g, set(zero))
     classes = {t.name for t in g.targets if t.classes}
     if classes:
         forward, loss, backward = (_class_reads(sts, classes) for sts in (forward, loss, backward))
-    return Program(g, tuple(derivations), forward, loss, backward, seed, zero, sigmoids, update, states)
+        input_backward = input_backward and _class_reads(input_backward, classes)
+    return Program(g, tuple(derivations), forward, loss, backward, seed, zero, sigmoids, update, states,
+                   input_backward)
+
+
+def _needed(steps: list, finals: set) -> list:
+    """The steps that the gradients `finals` are computed from, in their order."""
+    need, out = set(finals), []
+    for st in reversed(steps):
+        if st.target in need:
+            out.append(st)
+            need |= {r.base.label.name for r in st.expr.atoms(sp.Indexed)}
+    return out[::-1]
 
 
 def _class_reads(statements: tuple, classes: set) -> tuple:

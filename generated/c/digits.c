@@ -777,9 +777,7 @@ real digits_sgd_step(real *params, const digits_real *v_x, const digits_real *v_
         params[4096 + n] -= lr * dv_dense_1_bias[n];
     }
     return digits_loss_value(v_softmax_cross_entropy_1, batch);
-}
-
-real digits_train_step(real *params, real *state, const digits_real *v_x, const digits_real *v_y, int batch, real lr, long step,
+}real digits_train_step(real *params, real *state, const digits_real *v_x, const digits_real *v_y, int batch, real lr, long step,
                           real max_norm, real *grad, real *work)
 {
     const real value = digits_loss_and_grad(params, v_x, v_y, batch, grad, work);

@@ -1074,9 +1074,7 @@ real lenet_sgd_step(real *params, const lenet_real *v_x, const lenet_real *v_y, 
         params[72 + n] -= lr * dv_conv2d_1_bias[n];
     }
     return lenet_loss_value(v_softmax_cross_entropy_1, batch);
-}
-
-real lenet_train_step(real *params, real *state, const lenet_real *v_x, const lenet_real *v_y, int batch, real lr, long step,
+}real lenet_train_step(real *params, real *state, const lenet_real *v_x, const lenet_real *v_y, int batch, real lr, long step,
                           real max_norm, real *grad, real *work)
 {
     const real value = lenet_loss_and_grad(params, v_x, v_y, batch, grad, work);

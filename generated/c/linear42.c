@@ -218,9 +218,7 @@ real linear42_sgd_step(real *params, const linear42_real *v_x, int batch, real l
         params[8 + n] -= lr * dv_dense_1_bias[n];
     }
     return linear42_loss_value(v_squares_1, batch);
-}
-
-real linear42_train_step(real *params, real *state, const linear42_real *v_x, int batch, real lr, long step,
+}real linear42_train_step(real *params, real *state, const linear42_real *v_x, int batch, real lr, long step,
                           real max_norm, real *grad, real *work)
 {
     const real value = linear42_loss_and_grad(params, v_x, batch, grad, work);

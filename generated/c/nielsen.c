@@ -838,9 +838,7 @@ real nielsen_sgd_step(real *params, const nielsen_real *v_x, const nielsen_real 
         params[23520 + n] -= lr * dv_dense_1_bias[n];
     }
     return nielsen_loss_value(v_quadratic_1, batch);
-}
-
-real nielsen_train_step(real *params, real *state, const nielsen_real *v_x, const nielsen_real *v_y, int batch, real lr, long step,
+}real nielsen_train_step(real *params, real *state, const nielsen_real *v_x, const nielsen_real *v_y, int batch, real lr, long step,
                           real max_norm, real *grad, real *work)
 {
     const real value = nielsen_loss_and_grad(params, v_x, v_y, batch, grad, work);

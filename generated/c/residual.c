@@ -1434,9 +1434,7 @@ real residual_sgd_step(real *params, const residual_real *v_x, const residual_re
         params[72 + n] -= lr * dv_conv2d_1_bias[n];
     }
     return residual_loss_value(v_softmax_cross_entropy_1, batch);
-}
-
-real residual_train_step(real *params, real *state, const residual_real *v_x, const residual_real *v_y, int batch, real lr, long step,
+}real residual_train_step(real *params, real *state, const residual_real *v_x, const residual_real *v_y, int batch, real lr, long step,
                           real max_norm, real *grad, real *work)
 {
     const real value = residual_loss_and_grad(params, v_x, v_y, batch, grad, work);

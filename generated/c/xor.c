@@ -409,9 +409,7 @@ real xor_sgd_step(real *params, const xor_real *v_x, const xor_real *v_y, int ba
         params[8 + n] -= lr * dv_dense_1_bias[n];
     }
     return xor_loss_value(v_binary_cross_entropy_1, batch);
-}
-
-real xor_train_step(real *params, real *state, const xor_real *v_x, const xor_real *v_y, int batch, real lr, long step,
+}real xor_train_step(real *params, real *state, const xor_real *v_x, const xor_real *v_y, int batch, real lr, long step,
                           real max_norm, real *grad, real *work)
 {
     const real value = xor_loss_and_grad(params, v_x, v_y, batch, grad, work);

@@ -377,9 +377,7 @@ real zhou_sgd_step(real *params, const zhou_real *v_x, const zhou_real *v_y, int
         params[20 + n] -= lr * dv_hidden_bias[n];
     }
     return zhou_loss_value(v_quadratic_1, batch);
-}
-
-real zhou_train_step(real *params, real *state, const zhou_real *v_x, const zhou_real *v_y, int batch, real lr, long step,
+}real zhou_train_step(real *params, real *state, const zhou_real *v_x, const zhou_real *v_y, int batch, real lr, long step,
                           real max_norm, real *grad, real *work)
 {
     const real value = zhou_loss_and_grad(params, v_x, v_y, batch, grad, work);

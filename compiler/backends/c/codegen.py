@@ -748,6 +748,9 @@ class CPlan:
     update_uses: set = None  # the arrays they read or write
     state_arrays: list = None  # Buffer: the optimizer's state of each trained parameter
     state_count: int = 0  # values in the state array: one params-sized block per kept state
+    input_grad: list = None  # input_grad's backward lines, when asked for
+    input_uses: set = None
+    input_grads: list = None  # the C names of the inputs' gradients (arguments of input_grad)
 
 
 def plan_c(program: Program, real="float") -> CPlan:
@@ -843,6 +846,12 @@ def plan_c(program: Program, real="float") -> CPlan:
         buffers[a] = Buffer(cname(a), g.param(pname).shape, "state", kept.index(st) * offset + off)
         state_arrays.append(buffers[a])
     update, update_uses, _, _ = body(program.update)
+    # input_grad, when asked for: the inputs' gradients go to the caller's arrays
+    input_lines, input_uses, input_steps = None, set(), []
+    if program.input_backward is not None:
+        for t in g.inputs:
+            buffers[grad_name(t.name)] = Buffer("d" + cname(t.name), (B,) + t.shape, "output")
+        input_lines, input_uses, input_steps, _ = body(program.input_backward)
     # each function's order of uses, with what its template reads at the end: the output
     # that forward copies out, the per-sample losses that the others total; loss_and_grad
     # writes the parameters' gradients to the caller's array, not the workspace
@@ -851,7 +860,8 @@ def plan_c(program: Program, real="float") -> CPlan:
     per_sample, constant = memory_plan(work + step_grads, [
         forward_steps + [{out.name}],
         [used - in_grad for used in loss_steps + backward_steps] + [{loss_name}],
-        loss_steps + step_steps + [{loss_name}]])
+        loss_steps + step_steps + [{loss_name}],
+        [used - in_grad for used in loss_steps + input_steps] + [{loss_name}]])
     return CPlan(g.name, g.source, real,
                  [(t.name, cname(t.name), t.shape) for t in g.inputs],
                  [(t.name, cname(t.name), () if t.classes else t.shape) for t in g.targets],
@@ -864,7 +874,8 @@ def plan_c(program: Program, real="float") -> CPlan:
                  loss_name, g.reduce, tuple(h for h in _helpers() if h in helpers),
                  render(step_nodes), step_grads, g.optimizer.name + "(" + ", ".join(
                      f"{n}={v}" for n, v in g.optimizer.options if n != "lr") + ")",
-                 update, update_uses, state_arrays, len(kept) * offset)
+                 update, update_uses, state_arrays, len(kept) * offset, input_lines, input_uses,
+                 [("d" + cname(t.name)) for t in g.inputs] if input_lines is not None else [])
 
 
 def memory_plan(work: list, orders: list) -> tuple:
@@ -1004,6 +1015,13 @@ def render_c(plan: CPlan, standalone: bool = True, blas: bool = False) -> tuple[
         unused[:] = [a for a in unused if a != "params"]
     else:  # nothing to update: the loss reaches no parameter
         unused += [a for a in ("params", "lr") if a not in unused]
+    if plan.input_grad is not None:
+        values.update(input_grad=plan.input_grad, input_grad_params=", ".join(
+            f"real *{c}" for c in plan.input_grads))
+        values["uses"]["input_grad"] = _pointers_used(plan.uses["loss"] | plan.input_uses | {plan.loss_name},
+                                                      params, work, arrays + plan.input_grads)
+        values["seed_input"] = values["seed"] or (("((real)1 / (real)batch)" if plan.reduce == "mean" else "((real)1)")
+                                                  if "seed" in plan.input_uses else None)
     by_name = {b.name: b for b in plan.state_arrays}
     values.update(
         update=plan.update, state_count=plan.state_count, optimizer_text=plan.optimizer_text,
@@ -1066,5 +1084,6 @@ def render_c_module(c, blas: bool = False) -> str:
                   work_f32=work["float32"], work_f64=work["float64"],
                   output_shape=repr(tuple(c.graph.tensors[c.graph.output].shape)),
                   output_name=c.graph.output, reduce="mean" if c.graph.reduce == "mean" else "sum",
-                  blas=blas and products)  # no matrix product to give BLAS: nothing to link
+                  blas=blas and products,  # no matrix product to give BLAS: nothing to link
+                  input_grads=c.program.input_backward is not None)
     return environment().get_template("c_module.py.j2").render(**values)

@@ -947,6 +947,7 @@ class Plan:
     optimizer: object = None  # ops.optimizers.Rule: train_step's
     states: tuple = ()  # (state array, variable, parameter, state name)
     update: tuple = ()  # Line: train_step's optimizer updates, each `into` its array
+    input_grads: tuple = ()  # (input name, variable of its gradient), when input_grad is made
 
 
 def plan(program: Program) -> Plan:
@@ -963,7 +964,7 @@ def plan(program: Program) -> Plan:
     fixed |= {p.name for p in g.params} | {grad_name(p.name) for p in g.params}
     states = program.states or {}
     names.update({a: var(a) for a in states})
-    fixed |= set(states)
+    fixed |= set(states) | {grad_name(t.name) for t in g.inputs}
 
     def lower(*bodies) -> list:
         """The lines of consecutive statement lists, lowered as one function body."""
@@ -1019,6 +1020,12 @@ def plan(program: Program) -> Plan:
     lines, bufs, constants = body(loss_forward + backward + update, {**update_shapes, **shapes_}, (), {loss_var})
     n_back = n_loss + len(backward)
     bodies["train_step"] = ((lines[:n_loss], lines[n_loss:n_back], lines[n_back:]), bufs, constants)
+    input_grads = ()
+    if program.input_backward is not None:
+        (loss_i, back_i), shapes_i = lower(program.loss, program.input_backward)
+        input_grads = tuple((t.name, grad_name(t.name)) for t in g.inputs)
+        lines, bufs, constants = body(loss_i + back_i, shapes_i, [v for _, v in input_grads], {loss_var})
+        bodies["input_grad"] = ((lines[:len(loss_i)], lines[len(loss_i):]), bufs, constants)
     return Plan(
         name=g.name, source=g.source,
         inputs=tuple((t.name, names[t.name], t.shape) for t in g.inputs),
@@ -1029,6 +1036,7 @@ def plan(program: Program) -> Plan:
         loss_value=loss_value,
         backward=tuple(dataclasses.replace(x, phase="backward") for x in backward),
         grads=grads, updates=updates, bodies=bodies, optimizer=g.optimizer, update=tuple(update),
+        input_grads=input_grads,
         states=tuple((a, names[a], p, s) for a, (p, s) in states.items()),
         loss_seed=_seed_code(program.seed, "1"), step_seed=_seed_code(program.seed, "-float(lr)"),
         helpers=tuple(sorted(helpers)), derivations=program.derivations)

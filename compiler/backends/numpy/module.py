@@ -22,7 +22,7 @@ _FUNCTIONS = ("forward", "loss", "loss_and_grad", "sgd_step", "train_step")
 def render(plan: Plan, graph) -> str:
     values = module_values(graph)
     table, workspace = [], {}
-    for fn in _FUNCTIONS:
+    for fn in _FUNCTIONS + (("input_grad",) if "input_grad" in plan.bodies else ()):
         _, kept, constants = plan.bodies[fn]
         workspace[fn] = dict(take="", done="")
         if kept or constants:
@@ -39,6 +39,8 @@ def render(plan: Plan, graph) -> str:
         loss_value=plan.loss_value, loss_var=None, grads=[dict(name=n, var=v) for n, v in plan.grads],
         updates=[dict(param=p, grad=g) for p, g in plan.updates], loss_seed=plan.loss_seed,
         step_seed=plan.step_seed, train_lines=[_blocks(x) for x in plan.bodies["train_step"][0]],
+        input_grad_lines=[_blocks(x) for x in plan.bodies["input_grad"][0]] if "input_grad" in plan.bodies else None,
+        input_grads=[dict(name=n, var=v) for n, v in plan.input_grads],
         states=[dict(var=v, param=p, state=st, shape=shape_text(graph.param(p).shape)) for _, v, p, st in plan.states],
         helper_source=helper_source(plan.helpers), reduce=graph.reduce, flat_params=False, **values)
 
