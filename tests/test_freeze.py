@@ -1,6 +1,7 @@
 """Frozen layers: no gradient, no backward step that only feeds them, no update."""
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -37,10 +38,23 @@ def test_a_frozen_layer_gets_no_gradient_and_stops_the_backward_pass():
         np.testing.assert_array_equal(ga[name], expected)
 
 
-def test_train_step_leaves_a_frozen_layer_alone_and_matches_torch():
+def _c_module(source, file, optimizer):
+    import types
+
+    from nncc.backends.c.codegen import render_c_module
+    module = types.ModuleType("freeze_c")
+    exec(compile(render_c_module(compile_source(source, file, optimizer)), "<c>", "exec"), module.__dict__)
+    return module
+
+
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("c", marks=pytest.mark.skipif(
+    shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler"))])
+def test_train_step_leaves_a_frozen_layer_alone_and_matches_torch(backend):
     torch = pytest.importorskip("torch")
     model = _example("digits")
-    module = load_module(model.source + "\nfreeze dense_1\n", model.file_name, optimizer="adamw(lr=0.01)")
+    source = model.source + "\nfreeze dense_1\n"
+    module = load_module(source, model.file_name, optimizer="adamw(lr=0.01)") if backend == "numpy" else \
+        _c_module(source, model.file_name, "adamw(lr=0.01)")
     params = module.init_params(0, np.float64)
     inputs, targets = random_data(module, model.domains, 4, seed=3)
     P = {k: torch.tensor(v, requires_grad=not k.startswith("dense_1")) for k, v in params.items()}

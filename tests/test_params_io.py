@@ -1,6 +1,8 @@
 """Parameters in and out of a generated module: .npz files and PyTorch state_dicts."""
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -14,9 +16,21 @@ def _example(name):
     return next(m for m in nn_zoo.examples() if m.id == f"example-{name}")
 
 
-def test_saved_parameters_load_checked(tmp_path):
+def _c_module(model):
+    import types
+
+    from nncc.api import compile_source
+    from nncc.backends.c.codegen import render_c_module
+    module = types.ModuleType("params_io_c")
+    exec(compile(render_c_module(compile_source(model.source, model.file_name)), "<c>", "exec"), module.__dict__)
+    return module
+
+
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("c", marks=pytest.mark.skipif(
+    shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler"))])
+def test_saved_parameters_load_checked(tmp_path, backend):
     model = _example("lenet")
-    module = load_module(model.source, model.file_name)
+    module = load_module(model.source, model.file_name) if backend == "numpy" else _c_module(model)
     params = module.init_params(4, np.float64)
     module.save_params(tmp_path / "p.npz", params)
     back = module.load_params(tmp_path / "p.npz")
@@ -30,11 +44,13 @@ def test_saved_parameters_load_checked(tmp_path):
         module.load_params(tmp_path / "q.npz")
 
 
-def test_a_torch_sequential_state_dict_loads_by_order_and_goes_back():
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("c", marks=pytest.mark.skipif(
+    shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler"))])
+def test_a_torch_sequential_state_dict_loads_by_order_and_goes_back(backend):
     """A Sequential's 0.weight, 0.bias, 2.weight, ... matched by order and shape; strict as
     PyTorch; the parameters written back load into the torch model with equal outputs."""
     model = _example("digits")
-    module = load_module(model.source, model.file_name)
+    module = load_module(model.source, model.file_name) if backend == "numpy" else _c_module(model)
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10)).double()
     params = module.load_state_dict(net.state_dict())
