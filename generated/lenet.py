@@ -1002,22 +1002,22 @@ def train_step(params, state, x, y, lr=0.01, max_norm=None):
         ))
         clip = min(1.0, float(max_norm) / (norm + 1e-6))
 
-    # conv2d_1.weight[n0, n1, n2, n3] = -clip*lr*d_conv2d_1_weight[n0, n1, n2, n3] + conv2d_1.weight[n0, n1, n2, n3]  [#opt-sgd]
+    # sgd: conv2d_1.weight[n0, n1, n2, n3] = -clip*lr*d_conv2d_1_weight[n0, n1, n2, n3] + conv2d_1.weight[n0, n1, n2, n3]
     # conv2d_1_weight = -clip*lr*d_conv2d_1_weight + conv2d_1_weight
     np.add(np.multiply(-clip * lr, d_conv2d_1_weight, _b25), conv2d_1_weight, conv2d_1_weight)
-    # conv2d_1.bias[n0] = -clip*lr*d_conv2d_1_bias[n0] + conv2d_1.bias[n0]  [#opt-sgd]
+    # sgd: conv2d_1.bias[n0] = -clip*lr*d_conv2d_1_bias[n0] + conv2d_1.bias[n0]
     # conv2d_1_bias = -clip*lr*d_conv2d_1_bias + conv2d_1_bias
     np.add(np.multiply(-clip * lr, d_conv2d_1_bias, _b26), conv2d_1_bias, conv2d_1_bias)
-    # conv2d_2.weight[n0, n1, n2, n3] = -clip*lr*d_conv2d_2_weight[n0, n1, n2, n3] + conv2d_2.weight[n0, n1, n2, n3]  [#opt-sgd]
+    # sgd: conv2d_2.weight[n0, n1, n2, n3] = -clip*lr*d_conv2d_2_weight[n0, n1, n2, n3] + conv2d_2.weight[n0, n1, n2, n3]
     # conv2d_2_weight = -clip*lr*d_conv2d_2_weight + conv2d_2_weight
     np.add(np.multiply(-clip * lr, d_conv2d_2_weight, _b27), conv2d_2_weight, conv2d_2_weight)
-    # conv2d_2.bias[n0] = -clip*lr*d_conv2d_2_bias[n0] + conv2d_2.bias[n0]  [#opt-sgd]
+    # sgd: conv2d_2.bias[n0] = -clip*lr*d_conv2d_2_bias[n0] + conv2d_2.bias[n0]
     # conv2d_2_bias = -clip*lr*d_conv2d_2_bias + conv2d_2_bias
     np.add(np.multiply(-clip * lr, d_conv2d_2_bias, _b28), conv2d_2_bias, conv2d_2_bias)
-    # dense_1.weight[n0, n1] = -clip*lr*d_dense_1_weight[n0, n1] + dense_1.weight[n0, n1]  [#opt-sgd]
+    # sgd: dense_1.weight[n0, n1] = -clip*lr*d_dense_1_weight[n0, n1] + dense_1.weight[n0, n1]
     # dense_1_weight = -clip*lr*d_dense_1_weight + dense_1_weight
     np.add(np.multiply(-clip * lr, d_dense_1_weight, _b29), dense_1_weight, dense_1_weight)
-    # dense_1.bias[n0] = -clip*lr*d_dense_1_bias[n0] + dense_1.bias[n0]  [#opt-sgd]
+    # sgd: dense_1.bias[n0] = -clip*lr*d_dense_1_bias[n0] + dense_1.bias[n0]
     # dense_1_bias = -clip*lr*d_dense_1_bias + dense_1_bias
     np.add(np.multiply(-clip * lr, d_dense_1_bias, _b30), dense_1_bias, dense_1_bias)
     state["step"] = step

@@ -552,10 +552,10 @@ def train_step(params, state, x, lr=0.01, max_norm=None):
         ))
         clip = min(1.0, float(max_norm) / (norm + 1e-6))
 
-    # dense_1.weight[n0, n1] = -clip*lr*d_dense_1_weight[n0, n1] + dense_1.weight[n0, n1]  [#opt-sgd]
+    # sgd: dense_1.weight[n0, n1] = -clip*lr*d_dense_1_weight[n0, n1] + dense_1.weight[n0, n1]
     # dense_1_weight = -clip*lr*d_dense_1_weight + dense_1_weight
     np.add(np.multiply(-clip * lr, d_dense_1_weight, _b5), dense_1_weight, dense_1_weight)
-    # dense_1.bias[n0] = -clip*lr*d_dense_1_bias[n0] + dense_1.bias[n0]  [#opt-sgd]
+    # sgd: dense_1.bias[n0] = -clip*lr*d_dense_1_bias[n0] + dense_1.bias[n0]
     # dense_1_bias = -clip*lr*d_dense_1_bias + dense_1_bias
     np.add(np.multiply(-clip * lr, d_dense_1_bias, _b6), dense_1_bias, dense_1_bias)
     state["step"] = step

@@ -669,16 +669,16 @@ def train_step(params, state, x, y, lr=0.01, max_norm=None):
         ))
         clip = min(1.0, float(max_norm) / (norm + 1e-6))
 
-    # dense_1.weight[n0, n1] = -clip*lr*d_dense_1_weight[n0, n1] + dense_1.weight[n0, n1]  [#opt-sgd]
+    # sgd: dense_1.weight[n0, n1] = -clip*lr*d_dense_1_weight[n0, n1] + dense_1.weight[n0, n1]
     # dense_1_weight = -clip*lr*d_dense_1_weight + dense_1_weight
     np.add(np.multiply(-clip * lr, d_dense_1_weight, _b11), dense_1_weight, dense_1_weight)
-    # dense_1.bias[n0] = -clip*lr*d_dense_1_bias[n0] + dense_1.bias[n0]  [#opt-sgd]
+    # sgd: dense_1.bias[n0] = -clip*lr*d_dense_1_bias[n0] + dense_1.bias[n0]
     # dense_1_bias = -clip*lr*d_dense_1_bias + dense_1_bias
     np.add(np.multiply(-clip * lr, d_dense_1_bias, _b12), dense_1_bias, dense_1_bias)
-    # dense_2.weight[n0, n1] = -clip*lr*d_dense_2_weight[n0, n1] + dense_2.weight[n0, n1]  [#opt-sgd]
+    # sgd: dense_2.weight[n0, n1] = -clip*lr*d_dense_2_weight[n0, n1] + dense_2.weight[n0, n1]
     # dense_2_weight = -clip*lr*d_dense_2_weight + dense_2_weight
     np.add(np.multiply(-clip * lr, d_dense_2_weight, _b13), dense_2_weight, dense_2_weight)
-    # dense_2.bias[n0] = -clip*lr*d_dense_2_bias[n0] + dense_2.bias[n0]  [#opt-sgd]
+    # sgd: dense_2.bias[n0] = -clip*lr*d_dense_2_bias[n0] + dense_2.bias[n0]
     # dense_2_bias = -clip*lr*d_dense_2_bias + dense_2_bias
     np.add(np.multiply(-clip * lr, d_dense_2_bias, _b14), dense_2_bias, dense_2_bias)
     state["step"] = step

@@ -704,40 +704,40 @@ def train_step(params, state, x, y, lr=0.05, max_norm=None):
         ))
         clip = min(1.0, float(max_norm) / (norm + 1e-6))
 
-    # dense_1_weight_exp_avg[n0, n1] = 9*dense_1_weight_exp_avg[n0, n1]/10 + clip*d_dense_1_weight[n0, n1]/10  [#opt-adam]
+    # adam: dense_1_weight_exp_avg[n0, n1] = 9*dense_1_weight_exp_avg[n0, n1]/10 + clip*d_dense_1_weight[n0, n1]/10
     # dense_1_weight_exp_avg = 0.1*(clip*d_dense_1_weight) + 0.9*dense_1_weight_exp_avg
     np.add(np.multiply(_k4, np.multiply(clip, d_dense_1_weight, _b18), _b18), np.multiply(_k5, dense_1_weight_exp_avg, _b19), dense_1_weight_exp_avg)
-    # dense_1_weight_exp_avg_sq[n0, n1] = 999*dense_1_weight_exp_avg_sq[n0, n1]/1000 + clip**2*d_dense_1_weight[n0, n1]**2/1000  [#opt-adam]
+    # adam: dense_1_weight_exp_avg_sq[n0, n1] = 999*dense_1_weight_exp_avg_sq[n0, n1]/1000 + clip**2*d_dense_1_weight[n0, n1]**2/1000
     # dense_1_weight_exp_avg_sq = 0.001*(clip**2*d_dense_1_weight**2) + 0.999*dense_1_weight_exp_avg_sq
     np.add(np.multiply(_k6, np.multiply(clip ** 2, np.square(d_dense_1_weight, _b18), _b18), _b18), np.multiply(_k7, dense_1_weight_exp_avg_sq, _b19), dense_1_weight_exp_avg_sq)
-    # dense_1.weight[n0, n1] = -lr*dense_1_weight_exp_avg[n0, n1]/((1 - (9/10)**t)*(1/100000000 + sqrt(dense_1_weight_exp_avg_sq[n0, n1])/sqrt(1 - (999/1000)**t))) + dense_1.weight[n0, n1]  [#opt-adam]
+    # adam: dense_1.weight[n0, n1] = -lr*dense_1_weight_exp_avg[n0, n1]/((1 - (9/10)**t)*(1/100000000 + sqrt(dense_1_weight_exp_avg_sq[n0, n1])/sqrt(1 - (999/1000)**t))) + dense_1.weight[n0, n1]
     # dense_1_weight = -lr*dense_1_weight_exp_avg/((1e-08 + np.sqrt(dense_1_weight_exp_avg_sq)/float(np.sqrt(1 - (0.999)**step)))*(1 - (0.9)**step)) + dense_1_weight
     np.add(np.true_divide(np.multiply(-lr, dense_1_weight_exp_avg, _b16), np.multiply(np.add(_k8, np.true_divide(np.sqrt(dense_1_weight_exp_avg_sq, _b18), float(np.sqrt(1 - 0.999 ** step)), _b18), _b18), 1 - 0.9 ** step, _b18), _b16), dense_1_weight, dense_1_weight)
-    # dense_1_bias_exp_avg[n0] = 9*dense_1_bias_exp_avg[n0]/10 + clip*d_dense_1_bias[n0]/10  [#opt-adam]
+    # adam: dense_1_bias_exp_avg[n0] = 9*dense_1_bias_exp_avg[n0]/10 + clip*d_dense_1_bias[n0]/10
     # dense_1_bias_exp_avg = 0.1*(clip*d_dense_1_bias) + 0.9*dense_1_bias_exp_avg
     np.add(np.multiply(_k4, np.multiply(clip, d_dense_1_bias, _b20), _b20), np.multiply(_k5, dense_1_bias_exp_avg, _b21), dense_1_bias_exp_avg)
-    # dense_1_bias_exp_avg_sq[n0] = 999*dense_1_bias_exp_avg_sq[n0]/1000 + clip**2*d_dense_1_bias[n0]**2/1000  [#opt-adam]
+    # adam: dense_1_bias_exp_avg_sq[n0] = 999*dense_1_bias_exp_avg_sq[n0]/1000 + clip**2*d_dense_1_bias[n0]**2/1000
     # dense_1_bias_exp_avg_sq = 0.001*(clip**2*d_dense_1_bias**2) + 0.999*dense_1_bias_exp_avg_sq
     np.add(np.multiply(_k6, np.multiply(clip ** 2, np.square(d_dense_1_bias, _b20), _b20), _b20), np.multiply(_k7, dense_1_bias_exp_avg_sq, _b21), dense_1_bias_exp_avg_sq)
-    # dense_1.bias[n0] = -lr*dense_1_bias_exp_avg[n0]/((1 - (9/10)**t)*(1/100000000 + sqrt(dense_1_bias_exp_avg_sq[n0])/sqrt(1 - (999/1000)**t))) + dense_1.bias[n0]  [#opt-adam]
+    # adam: dense_1.bias[n0] = -lr*dense_1_bias_exp_avg[n0]/((1 - (9/10)**t)*(1/100000000 + sqrt(dense_1_bias_exp_avg_sq[n0])/sqrt(1 - (999/1000)**t))) + dense_1.bias[n0]
     # dense_1_bias = -lr*dense_1_bias_exp_avg/((1e-08 + np.sqrt(dense_1_bias_exp_avg_sq)/float(np.sqrt(1 - (0.999)**step)))*(1 - (0.9)**step)) + dense_1_bias
     np.add(np.true_divide(np.multiply(-lr, dense_1_bias_exp_avg, _b17), np.multiply(np.add(_k8, np.true_divide(np.sqrt(dense_1_bias_exp_avg_sq, _b20), float(np.sqrt(1 - 0.999 ** step)), _b20), _b20), 1 - 0.9 ** step, _b20), _b17), dense_1_bias, dense_1_bias)
-    # dense_2_weight_exp_avg[n0, n1] = 9*dense_2_weight_exp_avg[n0, n1]/10 + clip*d_dense_2_weight[n0, n1]/10  [#opt-adam]
+    # adam: dense_2_weight_exp_avg[n0, n1] = 9*dense_2_weight_exp_avg[n0, n1]/10 + clip*d_dense_2_weight[n0, n1]/10
     # dense_2_weight_exp_avg = 0.1*(clip*d_dense_2_weight) + 0.9*dense_2_weight_exp_avg
     np.add(np.multiply(_k4, np.multiply(clip, d_dense_2_weight, _b22), _b22), np.multiply(_k5, dense_2_weight_exp_avg, _b23), dense_2_weight_exp_avg)
-    # dense_2_weight_exp_avg_sq[n0, n1] = 999*dense_2_weight_exp_avg_sq[n0, n1]/1000 + clip**2*d_dense_2_weight[n0, n1]**2/1000  [#opt-adam]
+    # adam: dense_2_weight_exp_avg_sq[n0, n1] = 999*dense_2_weight_exp_avg_sq[n0, n1]/1000 + clip**2*d_dense_2_weight[n0, n1]**2/1000
     # dense_2_weight_exp_avg_sq = 0.001*(clip**2*d_dense_2_weight**2) + 0.999*dense_2_weight_exp_avg_sq
     np.add(np.multiply(_k6, np.multiply(clip ** 2, np.square(d_dense_2_weight, _b22), _b22), _b22), np.multiply(_k7, dense_2_weight_exp_avg_sq, _b23), dense_2_weight_exp_avg_sq)
-    # dense_2.weight[n0, n1] = -lr*dense_2_weight_exp_avg[n0, n1]/((1 - (9/10)**t)*(1/100000000 + sqrt(dense_2_weight_exp_avg_sq[n0, n1])/sqrt(1 - (999/1000)**t))) + dense_2.weight[n0, n1]  [#opt-adam]
+    # adam: dense_2.weight[n0, n1] = -lr*dense_2_weight_exp_avg[n0, n1]/((1 - (9/10)**t)*(1/100000000 + sqrt(dense_2_weight_exp_avg_sq[n0, n1])/sqrt(1 - (999/1000)**t))) + dense_2.weight[n0, n1]
     # dense_2_weight = -lr*dense_2_weight_exp_avg/((1e-08 + np.sqrt(dense_2_weight_exp_avg_sq)/float(np.sqrt(1 - (0.999)**step)))*(1 - (0.9)**step)) + dense_2_weight
     np.add(np.true_divide(np.multiply(-lr, dense_2_weight_exp_avg, _b12), np.multiply(np.add(_k8, np.true_divide(np.sqrt(dense_2_weight_exp_avg_sq, _b22), float(np.sqrt(1 - 0.999 ** step)), _b22), _b22), 1 - 0.9 ** step, _b22), _b12), dense_2_weight, dense_2_weight)
-    # dense_2_bias_exp_avg[n0] = 9*dense_2_bias_exp_avg[n0]/10 + clip*d_dense_2_bias[n0]/10  [#opt-adam]
+    # adam: dense_2_bias_exp_avg[n0] = 9*dense_2_bias_exp_avg[n0]/10 + clip*d_dense_2_bias[n0]/10
     # dense_2_bias_exp_avg = 0.1*(clip*d_dense_2_bias) + 0.9*dense_2_bias_exp_avg
     np.add(np.multiply(_k4, np.multiply(clip, d_dense_2_bias, _b24), _b24), np.multiply(_k5, dense_2_bias_exp_avg, _b25), dense_2_bias_exp_avg)
-    # dense_2_bias_exp_avg_sq[n0] = 999*dense_2_bias_exp_avg_sq[n0]/1000 + clip**2*d_dense_2_bias[n0]**2/1000  [#opt-adam]
+    # adam: dense_2_bias_exp_avg_sq[n0] = 999*dense_2_bias_exp_avg_sq[n0]/1000 + clip**2*d_dense_2_bias[n0]**2/1000
     # dense_2_bias_exp_avg_sq = 0.001*(clip**2*d_dense_2_bias**2) + 0.999*dense_2_bias_exp_avg_sq
     np.add(np.multiply(_k6, np.multiply(clip ** 2, np.square(d_dense_2_bias, _b24), _b24), _b24), np.multiply(_k7, dense_2_bias_exp_avg_sq, _b25), dense_2_bias_exp_avg_sq)
-    # dense_2.bias[n0] = -lr*dense_2_bias_exp_avg[n0]/((1 - (9/10)**t)*(1/100000000 + sqrt(dense_2_bias_exp_avg_sq[n0])/sqrt(1 - (999/1000)**t))) + dense_2.bias[n0]  [#opt-adam]
+    # adam: dense_2.bias[n0] = -lr*dense_2_bias_exp_avg[n0]/((1 - (9/10)**t)*(1/100000000 + sqrt(dense_2_bias_exp_avg_sq[n0])/sqrt(1 - (999/1000)**t))) + dense_2.bias[n0]
     # dense_2_bias = -lr*dense_2_bias_exp_avg/((1e-08 + np.sqrt(dense_2_bias_exp_avg_sq)/float(np.sqrt(1 - (0.999)**step)))*(1 - (0.9)**step)) + dense_2_bias
     np.add(np.true_divide(np.multiply(-lr, dense_2_bias_exp_avg, _b13), np.multiply(np.add(_k8, np.true_divide(np.sqrt(dense_2_bias_exp_avg_sq, _b24), float(np.sqrt(1 - 0.999 ** step)), _b24), _b24), 1 - 0.9 ** step, _b24), _b13), dense_2_bias, dense_2_bias)
     state["step"] = step

@@ -669,16 +669,16 @@ def train_step(params, state, x, y, lr=0.01, max_norm=None):
         ))
         clip = min(1.0, float(max_norm) / (norm + 1e-6))
 
-    # hidden.weight[n0, n1] = -clip*lr*d_hidden_weight[n0, n1] + hidden.weight[n0, n1]  [#opt-sgd]
+    # sgd: hidden.weight[n0, n1] = -clip*lr*d_hidden_weight[n0, n1] + hidden.weight[n0, n1]
     # hidden_weight = -clip*lr*d_hidden_weight + hidden_weight
     np.add(np.multiply(-clip * lr, d_hidden_weight, _b11), hidden_weight, hidden_weight)
-    # hidden.bias[n0] = -clip*lr*d_hidden_bias[n0] + hidden.bias[n0]  [#opt-sgd]
+    # sgd: hidden.bias[n0] = -clip*lr*d_hidden_bias[n0] + hidden.bias[n0]
     # hidden_bias = -clip*lr*d_hidden_bias + hidden_bias
     np.add(np.multiply(-clip * lr, d_hidden_bias, _b12), hidden_bias, hidden_bias)
-    # out.weight[n0, n1] = -clip*lr*d_out_weight[n0, n1] + out.weight[n0, n1]  [#opt-sgd]
+    # sgd: out.weight[n0, n1] = -clip*lr*d_out_weight[n0, n1] + out.weight[n0, n1]
     # out_weight = -clip*lr*d_out_weight + out_weight
     np.add(np.multiply(-clip * lr, d_out_weight, _b13), out_weight, out_weight)
-    # out.bias[n0] = -clip*lr*d_out_bias[n0] + out.bias[n0]  [#opt-sgd]
+    # sgd: out.bias[n0] = -clip*lr*d_out_bias[n0] + out.bias[n0]
     # out_bias = -clip*lr*d_out_bias + out_bias
     np.add(np.multiply(-clip * lr, d_out_bias, _b14), out_bias, out_bias)
     state["step"] = step

@@ -214,8 +214,9 @@ def _update_steps(g: ir.Graph, untouched: set) -> tuple:
         for target, expr in rule.updates:
             name = p.name if target == "p" else state_name(p.name, target)
             element = real_base(name)[idx]
-            note = Note(f"{formula_text(element)} = {formula_text(expr.xreplace(reads))}",
-                        f"opt-{rule.name}", node=owner[p.name].label)
+            # no anchor: the derivation document shows the network's gradients, not the optimizer
+            note = Note(f"{formula_text(element)} = {formula_text(expr.xreplace(reads))}", "",
+                        rule.name, node=owner[p.name].label)
             out.append(Statement(name, idx, expr.xreplace(reads), dict(zip(idx, p.shape)), owner[p.name],
                                  notes=(note,)))
     return tuple(out), states

@@ -802,23 +802,23 @@ real digits_sgd_step(real *params, const digits_real *v_x, const digits_real *v_
     (void)step;
     (void)lr;
     (void)clip;
-    /* dense_1.weight[n0, n1] = -clip*lr*d_dense_1_weight[n0, n1] + dense_1.weight[n0, n1]  [#opt-sgd] */
+    /* sgd: dense_1.weight[n0, n1] = -clip*lr*d_dense_1_weight[n0, n1] + dense_1.weight[n0, n1] */
     for (int n0_0 = 0; n0_0 < 64; n0_0++) {
         for (int n1_1 = 0; n1_1 < 64; n1_1++) {
             v_dense_1_weight[(n0_0)*64 + n1_1] = -clip*lr*dv_dense_1_weight[(n0_0)*64 + n1_1] + v_dense_1_weight[(n0_0)*64 + n1_1];
         }
     }
-    /* dense_1.bias[n0] = -clip*lr*d_dense_1_bias[n0] + dense_1.bias[n0]  [#opt-sgd] */
+    /* sgd: dense_1.bias[n0] = -clip*lr*d_dense_1_bias[n0] + dense_1.bias[n0] */
     for (int n0_0 = 0; n0_0 < 64; n0_0++) {
         v_dense_1_bias[n0_0] = -clip*lr*dv_dense_1_bias[n0_0] + v_dense_1_bias[n0_0];
     }
-    /* dense_2.weight[n0, n1] = -clip*lr*d_dense_2_weight[n0, n1] + dense_2.weight[n0, n1]  [#opt-sgd] */
+    /* sgd: dense_2.weight[n0, n1] = -clip*lr*d_dense_2_weight[n0, n1] + dense_2.weight[n0, n1] */
     for (int n0_0 = 0; n0_0 < 10; n0_0++) {
         for (int n1_1 = 0; n1_1 < 64; n1_1++) {
             v_dense_2_weight[(n0_0)*64 + n1_1] = -clip*lr*dv_dense_2_weight[(n0_0)*64 + n1_1] + v_dense_2_weight[(n0_0)*64 + n1_1];
         }
     }
-    /* dense_2.bias[n0] = -clip*lr*d_dense_2_bias[n0] + dense_2.bias[n0]  [#opt-sgd] */
+    /* sgd: dense_2.bias[n0] = -clip*lr*d_dense_2_bias[n0] + dense_2.bias[n0] */
     for (int n0_0 = 0; n0_0 < 10; n0_0++) {
         v_dense_2_bias[n0_0] = -clip*lr*dv_dense_2_bias[n0_0] + v_dense_2_bias[n0_0];
     }

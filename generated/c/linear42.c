@@ -239,13 +239,13 @@ real linear42_sgd_step(real *params, const linear42_real *v_x, int batch, real l
     (void)step;
     (void)lr;
     (void)clip;
-    /* dense_1.weight[n0, n1] = -clip*lr*d_dense_1_weight[n0, n1] + dense_1.weight[n0, n1]  [#opt-sgd] */
+    /* sgd: dense_1.weight[n0, n1] = -clip*lr*d_dense_1_weight[n0, n1] + dense_1.weight[n0, n1] */
     for (int n0_0 = 0; n0_0 < 2; n0_0++) {
         for (int n1_1 = 0; n1_1 < 4; n1_1++) {
             v_dense_1_weight[(n0_0)*4 + n1_1] = -clip*lr*dv_dense_1_weight[(n0_0)*4 + n1_1] + v_dense_1_weight[(n0_0)*4 + n1_1];
         }
     }
-    /* dense_1.bias[n0] = -clip*lr*d_dense_1_bias[n0] + dense_1.bias[n0]  [#opt-sgd] */
+    /* sgd: dense_1.bias[n0] = -clip*lr*d_dense_1_bias[n0] + dense_1.bias[n0] */
     for (int n0_0 = 0; n0_0 < 2; n0_0++) {
         v_dense_1_bias[n0_0] = -clip*lr*dv_dense_1_bias[n0_0] + v_dense_1_bias[n0_0];
     }

@@ -1467,7 +1467,7 @@ real residual_sgd_step(real *params, const residual_real *v_x, const residual_re
     (void)step;
     (void)lr;
     (void)clip;
-    /* conv2d_1.weight[n0, n1, n2, n3] = -clip*lr*d_conv2d_1_weight[n0, n1, n2, n3] + conv2d_1.weight[n0, n1, n2, n3]  [#opt-sgd] */
+    /* sgd: conv2d_1.weight[n0, n1, n2, n3] = -clip*lr*d_conv2d_1_weight[n0, n1, n2, n3] + conv2d_1.weight[n0, n1, n2, n3] */
     for (int n0_0 = 0; n0_0 < 8; n0_0++) {
         for (int n1_1 = 0; n1_1 < 1; n1_1++) {
             for (int n2_2 = 0; n2_2 < 3; n2_2++) {
@@ -1477,11 +1477,11 @@ real residual_sgd_step(real *params, const residual_real *v_x, const residual_re
             }
         }
     }
-    /* conv2d_1.bias[n0] = -clip*lr*d_conv2d_1_bias[n0] + conv2d_1.bias[n0]  [#opt-sgd] */
+    /* sgd: conv2d_1.bias[n0] = -clip*lr*d_conv2d_1_bias[n0] + conv2d_1.bias[n0] */
     for (int n0_0 = 0; n0_0 < 8; n0_0++) {
         v_conv2d_1_bias[n0_0] = -clip*lr*dv_conv2d_1_bias[n0_0] + v_conv2d_1_bias[n0_0];
     }
-    /* conv2d_2.weight[n0, n1, n2, n3] = -clip*lr*d_conv2d_2_weight[n0, n1, n2, n3] + conv2d_2.weight[n0, n1, n2, n3]  [#opt-sgd] */
+    /* sgd: conv2d_2.weight[n0, n1, n2, n3] = -clip*lr*d_conv2d_2_weight[n0, n1, n2, n3] + conv2d_2.weight[n0, n1, n2, n3] */
     for (int n0_0 = 0; n0_0 < 8; n0_0++) {
         for (int n1_1 = 0; n1_1 < 8; n1_1++) {
             for (int n2_2 = 0; n2_2 < 3; n2_2++) {
@@ -1491,11 +1491,11 @@ real residual_sgd_step(real *params, const residual_real *v_x, const residual_re
             }
         }
     }
-    /* conv2d_2.bias[n0] = -clip*lr*d_conv2d_2_bias[n0] + conv2d_2.bias[n0]  [#opt-sgd] */
+    /* sgd: conv2d_2.bias[n0] = -clip*lr*d_conv2d_2_bias[n0] + conv2d_2.bias[n0] */
     for (int n0_0 = 0; n0_0 < 8; n0_0++) {
         v_conv2d_2_bias[n0_0] = -clip*lr*dv_conv2d_2_bias[n0_0] + v_conv2d_2_bias[n0_0];
     }
-    /* conv2d_3.weight[n0, n1, n2, n3] = -clip*lr*d_conv2d_3_weight[n0, n1, n2, n3] + conv2d_3.weight[n0, n1, n2, n3]  [#opt-sgd] */
+    /* sgd: conv2d_3.weight[n0, n1, n2, n3] = -clip*lr*d_conv2d_3_weight[n0, n1, n2, n3] + conv2d_3.weight[n0, n1, n2, n3] */
     for (int n0_0 = 0; n0_0 < 8; n0_0++) {
         for (int n1_1 = 0; n1_1 < 8; n1_1++) {
             for (int n2_2 = 0; n2_2 < 3; n2_2++) {
@@ -1505,17 +1505,17 @@ real residual_sgd_step(real *params, const residual_real *v_x, const residual_re
             }
         }
     }
-    /* conv2d_3.bias[n0] = -clip*lr*d_conv2d_3_bias[n0] + conv2d_3.bias[n0]  [#opt-sgd] */
+    /* sgd: conv2d_3.bias[n0] = -clip*lr*d_conv2d_3_bias[n0] + conv2d_3.bias[n0] */
     for (int n0_0 = 0; n0_0 < 8; n0_0++) {
         v_conv2d_3_bias[n0_0] = -clip*lr*dv_conv2d_3_bias[n0_0] + v_conv2d_3_bias[n0_0];
     }
-    /* dense_1.weight[n0, n1] = -clip*lr*d_dense_1_weight[n0, n1] + dense_1.weight[n0, n1]  [#opt-sgd] */
+    /* sgd: dense_1.weight[n0, n1] = -clip*lr*d_dense_1_weight[n0, n1] + dense_1.weight[n0, n1] */
     for (int n0_0 = 0; n0_0 < 10; n0_0++) {
         for (int n1_1 = 0; n1_1 < 128; n1_1++) {
             v_dense_1_weight[(n0_0)*128 + n1_1] = -clip*lr*dv_dense_1_weight[(n0_0)*128 + n1_1] + v_dense_1_weight[(n0_0)*128 + n1_1];
         }
     }
-    /* dense_1.bias[n0] = -clip*lr*d_dense_1_bias[n0] + dense_1.bias[n0]  [#opt-sgd] */
+    /* sgd: dense_1.bias[n0] = -clip*lr*d_dense_1_bias[n0] + dense_1.bias[n0] */
     for (int n0_0 = 0; n0_0 < 10; n0_0++) {
         v_dense_1_bias[n0_0] = -clip*lr*dv_dense_1_bias[n0_0] + v_dense_1_bias[n0_0];
     }

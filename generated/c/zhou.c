@@ -402,23 +402,23 @@ real zhou_sgd_step(real *params, const zhou_real *v_x, const zhou_real *v_y, int
     (void)step;
     (void)lr;
     (void)clip;
-    /* hidden.weight[n0, n1] = -clip*lr*d_hidden_weight[n0, n1] + hidden.weight[n0, n1]  [#opt-sgd] */
+    /* sgd: hidden.weight[n0, n1] = -clip*lr*d_hidden_weight[n0, n1] + hidden.weight[n0, n1] */
     for (int n0_0 = 0; n0_0 < 5; n0_0++) {
         for (int n1_1 = 0; n1_1 < 4; n1_1++) {
             v_hidden_weight[(n0_0)*4 + n1_1] = -clip*lr*dv_hidden_weight[(n0_0)*4 + n1_1] + v_hidden_weight[(n0_0)*4 + n1_1];
         }
     }
-    /* hidden.bias[n0] = -clip*lr*d_hidden_bias[n0] + hidden.bias[n0]  [#opt-sgd] */
+    /* sgd: hidden.bias[n0] = -clip*lr*d_hidden_bias[n0] + hidden.bias[n0] */
     for (int n0_0 = 0; n0_0 < 5; n0_0++) {
         v_hidden_bias[n0_0] = -clip*lr*dv_hidden_bias[n0_0] + v_hidden_bias[n0_0];
     }
-    /* out.weight[n0, n1] = -clip*lr*d_out_weight[n0, n1] + out.weight[n0, n1]  [#opt-sgd] */
+    /* sgd: out.weight[n0, n1] = -clip*lr*d_out_weight[n0, n1] + out.weight[n0, n1] */
     for (int n0_0 = 0; n0_0 < 3; n0_0++) {
         for (int n1_1 = 0; n1_1 < 5; n1_1++) {
             v_out_weight[(n0_0)*5 + n1_1] = -clip*lr*dv_out_weight[(n0_0)*5 + n1_1] + v_out_weight[(n0_0)*5 + n1_1];
         }
     }
-    /* out.bias[n0] = -clip*lr*d_out_bias[n0] + out.bias[n0]  [#opt-sgd] */
+    /* sgd: out.bias[n0] = -clip*lr*d_out_bias[n0] + out.bias[n0] */
     for (int n0_0 = 0; n0_0 < 3; n0_0++) {
         v_out_bias[n0_0] = -clip*lr*dv_out_bias[n0_0] + v_out_bias[n0_0];
     }

@@ -942,7 +942,7 @@ def _helpers() -> dict:
 
 def _comment(note) -> str:
     """A Program note as the text of a C comment."""
-    text = (f"{note.label}: " if note.label else "") + f"{note.text}  [#{note.anchor}]"
+    text = (f"{note.label}: " if note.label else "") + note.text + (f"  [#{note.anchor}]" if note.anchor else "")
     return text.replace("*/", "* /")
 
 

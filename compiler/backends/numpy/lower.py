@@ -1062,4 +1062,4 @@ def _seed_code(seed, scale: str) -> str:
 
 
 def _comment(note) -> str:
-    return (f"{note.label}: " if note.label else "") + f"{note.text}  [#{note.anchor}]"
+    return (f"{note.label}: " if note.label else "") + note.text + (f"  [#{note.anchor}]" if note.anchor else "")
