@@ -441,6 +441,9 @@ real xor_sgd_step(real *params, const xor_real *v_x, const xor_real *v_y, int ba
     (void)step;
     (void)lr;
     (void)clip;
+    const real opt_k0 = ((clip)*(clip));
+    const real opt_k1 = ((real)1/(1 - pow((real)(((real)0.9)), (real)(((real)step)))));
+    const real opt_k2 = pow((real)(1 - pow((real)(((real)0.999)), (real)(((real)step)))), (real)(((real)-0.5)));
     /* adam: dense_1_weight_exp_avg[n0, n1] = 9*dense_1_weight_exp_avg[n0, n1]/10 + clip*d_dense_1_weight[n0, n1]/10 */
     for (int n0_0 = 0; n0_0 < 4; n0_0++) {
         for (int n1_1 = 0; n1_1 < 2; n1_1++) {
@@ -450,13 +453,13 @@ real xor_sgd_step(real *params, const xor_real *v_x, const xor_real *v_y, int ba
     /* adam: dense_1_weight_exp_avg_sq[n0, n1] = 999*dense_1_weight_exp_avg_sq[n0, n1]/1000 + clip**2*d_dense_1_weight[n0, n1]**2/1000 */
     for (int n0_0 = 0; n0_0 < 4; n0_0++) {
         for (int n1_1 = 0; n1_1 < 2; n1_1++) {
-            v_dense_1_weight_exp_avg_sq[(n0_0)*2 + n1_1] = (((real)0.001))*((clip)*(clip))*((dv_dense_1_weight[(n0_0)*2 + n1_1])*(dv_dense_1_weight[(n0_0)*2 + n1_1])) + (((real)0.999))*v_dense_1_weight_exp_avg_sq[(n0_0)*2 + n1_1];
+            v_dense_1_weight_exp_avg_sq[(n0_0)*2 + n1_1] = (((real)0.001))*opt_k0*((dv_dense_1_weight[(n0_0)*2 + n1_1])*(dv_dense_1_weight[(n0_0)*2 + n1_1])) + (((real)0.999))*v_dense_1_weight_exp_avg_sq[(n0_0)*2 + n1_1];
         }
     }
     /* adam: dense_1.weight[n0, n1] = -lr*dense_1_weight_exp_avg[n0, n1]/((1 - (9/10)**t)*(1/100000000 + sqrt(dense_1_weight_exp_avg_sq[n0, n1])/sqrt(1 - (999/1000)**t))) + dense_1.weight[n0, n1] */
     for (int n0_0 = 0; n0_0 < 4; n0_0++) {
         for (int n1_1 = 0; n1_1 < 2; n1_1++) {
-            v_dense_1_weight[(n0_0)*2 + n1_1] = -lr*v_dense_1_weight_exp_avg[(n0_0)*2 + n1_1]/((((real)1e-08) + sqrt(v_dense_1_weight_exp_avg_sq[(n0_0)*2 + n1_1])/sqrt(1 - pow((real)(((real)0.999)), (real)(((real)step)))))*(1 - pow((real)(((real)0.9)), (real)(((real)step))))) + v_dense_1_weight[(n0_0)*2 + n1_1];
+            v_dense_1_weight[(n0_0)*2 + n1_1] = -lr*opt_k1*v_dense_1_weight_exp_avg[(n0_0)*2 + n1_1]/(opt_k2*sqrt(v_dense_1_weight_exp_avg_sq[(n0_0)*2 + n1_1]) + ((real)1e-08)) + v_dense_1_weight[(n0_0)*2 + n1_1];
         }
     }
     /* adam: dense_1_bias_exp_avg[n0] = 9*dense_1_bias_exp_avg[n0]/10 + clip*d_dense_1_bias[n0]/10 */
@@ -465,11 +468,11 @@ real xor_sgd_step(real *params, const xor_real *v_x, const xor_real *v_y, int ba
     }
     /* adam: dense_1_bias_exp_avg_sq[n0] = 999*dense_1_bias_exp_avg_sq[n0]/1000 + clip**2*d_dense_1_bias[n0]**2/1000 */
     for (int n0_0 = 0; n0_0 < 4; n0_0++) {
-        v_dense_1_bias_exp_avg_sq[n0_0] = (((real)0.001))*((clip)*(clip))*((dv_dense_1_bias[n0_0])*(dv_dense_1_bias[n0_0])) + (((real)0.999))*v_dense_1_bias_exp_avg_sq[n0_0];
+        v_dense_1_bias_exp_avg_sq[n0_0] = (((real)0.001))*opt_k0*((dv_dense_1_bias[n0_0])*(dv_dense_1_bias[n0_0])) + (((real)0.999))*v_dense_1_bias_exp_avg_sq[n0_0];
     }
     /* adam: dense_1.bias[n0] = -lr*dense_1_bias_exp_avg[n0]/((1 - (9/10)**t)*(1/100000000 + sqrt(dense_1_bias_exp_avg_sq[n0])/sqrt(1 - (999/1000)**t))) + dense_1.bias[n0] */
     for (int n0_0 = 0; n0_0 < 4; n0_0++) {
-        v_dense_1_bias[n0_0] = -lr*v_dense_1_bias_exp_avg[n0_0]/((((real)1e-08) + sqrt(v_dense_1_bias_exp_avg_sq[n0_0])/sqrt(1 - pow((real)(((real)0.999)), (real)(((real)step)))))*(1 - pow((real)(((real)0.9)), (real)(((real)step))))) + v_dense_1_bias[n0_0];
+        v_dense_1_bias[n0_0] = -lr*opt_k1*v_dense_1_bias_exp_avg[n0_0]/(opt_k2*sqrt(v_dense_1_bias_exp_avg_sq[n0_0]) + ((real)1e-08)) + v_dense_1_bias[n0_0];
     }
     /* adam: dense_2_weight_exp_avg[n0, n1] = 9*dense_2_weight_exp_avg[n0, n1]/10 + clip*d_dense_2_weight[n0, n1]/10 */
     for (int n0_0 = 0; n0_0 < 1; n0_0++) {
@@ -480,13 +483,13 @@ real xor_sgd_step(real *params, const xor_real *v_x, const xor_real *v_y, int ba
     /* adam: dense_2_weight_exp_avg_sq[n0, n1] = 999*dense_2_weight_exp_avg_sq[n0, n1]/1000 + clip**2*d_dense_2_weight[n0, n1]**2/1000 */
     for (int n0_0 = 0; n0_0 < 1; n0_0++) {
         for (int n1_1 = 0; n1_1 < 4; n1_1++) {
-            v_dense_2_weight_exp_avg_sq[(n0_0)*4 + n1_1] = (((real)0.001))*((clip)*(clip))*((dv_dense_2_weight[(n0_0)*4 + n1_1])*(dv_dense_2_weight[(n0_0)*4 + n1_1])) + (((real)0.999))*v_dense_2_weight_exp_avg_sq[(n0_0)*4 + n1_1];
+            v_dense_2_weight_exp_avg_sq[(n0_0)*4 + n1_1] = (((real)0.001))*opt_k0*((dv_dense_2_weight[(n0_0)*4 + n1_1])*(dv_dense_2_weight[(n0_0)*4 + n1_1])) + (((real)0.999))*v_dense_2_weight_exp_avg_sq[(n0_0)*4 + n1_1];
         }
     }
     /* adam: dense_2.weight[n0, n1] = -lr*dense_2_weight_exp_avg[n0, n1]/((1 - (9/10)**t)*(1/100000000 + sqrt(dense_2_weight_exp_avg_sq[n0, n1])/sqrt(1 - (999/1000)**t))) + dense_2.weight[n0, n1] */
     for (int n0_0 = 0; n0_0 < 1; n0_0++) {
         for (int n1_1 = 0; n1_1 < 4; n1_1++) {
-            v_dense_2_weight[(n0_0)*4 + n1_1] = -lr*v_dense_2_weight_exp_avg[(n0_0)*4 + n1_1]/((((real)1e-08) + sqrt(v_dense_2_weight_exp_avg_sq[(n0_0)*4 + n1_1])/sqrt(1 - pow((real)(((real)0.999)), (real)(((real)step)))))*(1 - pow((real)(((real)0.9)), (real)(((real)step))))) + v_dense_2_weight[(n0_0)*4 + n1_1];
+            v_dense_2_weight[(n0_0)*4 + n1_1] = -lr*opt_k1*v_dense_2_weight_exp_avg[(n0_0)*4 + n1_1]/(opt_k2*sqrt(v_dense_2_weight_exp_avg_sq[(n0_0)*4 + n1_1]) + ((real)1e-08)) + v_dense_2_weight[(n0_0)*4 + n1_1];
         }
     }
     /* adam: dense_2_bias_exp_avg[n0] = 9*dense_2_bias_exp_avg[n0]/10 + clip*d_dense_2_bias[n0]/10 */
@@ -495,11 +498,11 @@ real xor_sgd_step(real *params, const xor_real *v_x, const xor_real *v_y, int ba
     }
     /* adam: dense_2_bias_exp_avg_sq[n0] = 999*dense_2_bias_exp_avg_sq[n0]/1000 + clip**2*d_dense_2_bias[n0]**2/1000 */
     for (int n0_0 = 0; n0_0 < 1; n0_0++) {
-        v_dense_2_bias_exp_avg_sq[n0_0] = (((real)0.001))*((clip)*(clip))*((dv_dense_2_bias[n0_0])*(dv_dense_2_bias[n0_0])) + (((real)0.999))*v_dense_2_bias_exp_avg_sq[n0_0];
+        v_dense_2_bias_exp_avg_sq[n0_0] = (((real)0.001))*opt_k0*((dv_dense_2_bias[n0_0])*(dv_dense_2_bias[n0_0])) + (((real)0.999))*v_dense_2_bias_exp_avg_sq[n0_0];
     }
     /* adam: dense_2.bias[n0] = -lr*dense_2_bias_exp_avg[n0]/((1 - (9/10)**t)*(1/100000000 + sqrt(dense_2_bias_exp_avg_sq[n0])/sqrt(1 - (999/1000)**t))) + dense_2.bias[n0] */
     for (int n0_0 = 0; n0_0 < 1; n0_0++) {
-        v_dense_2_bias[n0_0] = -lr*v_dense_2_bias_exp_avg[n0_0]/((((real)1e-08) + sqrt(v_dense_2_bias_exp_avg_sq[n0_0])/sqrt(1 - pow((real)(((real)0.999)), (real)(((real)step)))))*(1 - pow((real)(((real)0.9)), (real)(((real)step))))) + v_dense_2_bias[n0_0];
+        v_dense_2_bias[n0_0] = -lr*opt_k1*v_dense_2_bias_exp_avg[n0_0]/(opt_k2*sqrt(v_dense_2_bias_exp_avg_sq[n0_0]) + ((real)1e-08)) + v_dense_2_bias[n0_0];
     }
     return value;
 }

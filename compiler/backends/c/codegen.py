@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
+import dataclasses
 from functools import lru_cache
 from importlib import resources
 
@@ -102,6 +103,8 @@ class _CPrinter(C99CodePrinter):
             return "seed"
         if s in _STEP_SCALARS:  # train_step's arguments and locals
             return _STEP_SCALARS[s]
+        if s.name.startswith("opt_k"):  # a scalar of the update, computed before its loops
+            return s.name
         return self.low.loop_var(s)
 
     _print_Dummy = _print_Symbol
@@ -748,6 +751,7 @@ class CPlan:
     update_uses: set = None  # the arrays they read or write
     state_arrays: list = None  # Buffer: the optimizer's state of each trained parameter
     state_count: int = 0  # values in the state array: one params-sized block per kept state
+    update_scalars: list = None  # (name, C expression): the scalars the update lines read
     input_grad: list = None  # input_grad's backward lines, when asked for
     input_uses: set = None
     input_grads: list = None  # the C names of the inputs' gradients (arguments of input_grad)
@@ -845,7 +849,13 @@ def plan_c(program: Program, real="float") -> CPlan:
         off = next(o for n, _, _, o, _, _ in params if n == pname)
         buffers[a] = Buffer(cname(a), g.param(pname).shape, "state", kept.index(st) * offset + off)
         state_arrays.append(buffers[a])
-    update, update_uses, _, _ = body(program.update)
+    # a formula of the step's scalars alone (lr / (1 - beta1^t)) is computed once, before
+    # the loops, not for every element (pow and sqrt are calls the compiler may not hoist)
+    scalars = {}
+    update, update_uses, _, _ = body(tuple(dataclasses.replace(st, expr=_hoisted(st.expr, scalars))
+                                           for st in program.update))
+    printer = _CPrinter(CLowerer(buffers, [], real))
+    update_scalars = [(sym.name, printer.doprint(e)) for e, sym in scalars.items()]
     # input_grad, when asked for: the inputs' gradients go to the caller's arrays
     input_lines, input_uses, input_steps = None, set(), []
     if program.input_backward is not None:
@@ -874,8 +884,20 @@ def plan_c(program: Program, real="float") -> CPlan:
                  loss_name, g.reduce, tuple(h for h in _helpers() if h in helpers),
                  render(step_nodes), step_grads, g.optimizer.name + "(" + ", ".join(
                      f"{n}={v}" for n, v in g.optimizer.options if n != "lr") + ")",
-                 update, update_uses, state_arrays, len(kept) * offset, input_lines, input_uses,
+                 update, update_uses, state_arrays, len(kept) * offset, update_scalars, input_lines, input_uses,
                  [("d" + cname(t.name)) for t in g.inputs] if input_lines is not None else [])
+
+
+def _hoisted(e, scalars: dict):
+    """e with each largest real part that reads only train_step's scalars (not a lone symbol,
+    a number or a condition) replaced by a symbol of its own, recorded in `scalars` (expr -> symbol)."""
+    if isinstance(e, sp.Indexed) or e.is_Atom:
+        return e
+    if isinstance(e, sp.Expr) and e.free_symbols and e.free_symbols <= set(_STEP_SCALARS) and not e.has(sp.Indexed):
+        if e not in scalars:
+            scalars[e] = sp.Symbol(f"opt_k{len(scalars)}", real=True)
+        return scalars[e]
+    return e.func(*[_hoisted(a, scalars) for a in e.args])
 
 
 def memory_plan(work: list, orders: list) -> tuple:
@@ -1025,6 +1047,7 @@ def render_c(plan: CPlan, standalone: bool = True, blas: bool = False) -> tuple[
     by_name = {b.name: b for b in plan.state_arrays}
     values.update(
         update=plan.update, state_count=plan.state_count, optimizer_text=plan.optimizer_text,
+        update_scalars=plan.update_scalars,
         update_params=[p for p in params if p["cname"] in plan.update_uses],
         update_grads=[p for p in params if "d" + p["cname"] in plan.update_uses],
         update_states=[dict(name=n, offset=offset_code(by_name[n].offset)) for n in sorted(plan.update_uses)
