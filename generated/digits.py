@@ -28,7 +28,8 @@ PARAM_INITS = {
     "dense_1.bias": ("uniform", -0.125, 0.125),
     "dense_2.weight": ("uniform", -0.125, 0.125),
     "dense_2.bias": ("uniform", -0.125, 0.125),
-}# train_step's optimizer as compiled: its name and options (lr is train_step's argument)
+}
+# train_step's optimizer as compiled: its name and options (lr is train_step's argument)
 OPTIMIZER = ("sgd", {"lr": 0.01, "momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0, "nesterov": False})
 # what it keeps per parameter between steps (init_state)
 STATE_NAMES = ()
@@ -42,43 +43,33 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 # each function's buffers, kept between calls: (shape with None for the batch axis, boolean?)
 _BUFFERS = (
     (((None, 64,), False), ((None, 64,), False), ((None, 10,), False), ),
-    (((None, 64,), False), ((None, 64,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ),
-    (((None, 64,), False), ((None, 64,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ((None, 10,), False), ((None,), False), ((None, 64,), True), ),
-    (((None, 64,), False), ((None, 64,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ((None, 10,), False), ((None,), False), ((10, 64,), False), ((10,), False), ((None, 64,), True), ((64, 64,), False), ((64,), False), ),
-    (((None, 64,), False), ((None, 64,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ((None, 10,), False), ((None,), False), ((10, 64,), False), ((10,), False), ((None, 64,), True), ((64, 64,), False), ((64,), False), ((64, 64,), False), ((64,), False), ((10, 64,), False), ((10,), False), ),
+    (((None, 64,), False), ((None, 64,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ((None,), False), ),
+    (((None, 64,), False), ((None, 64,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ((), False), ((None, 10,), False), ((None, 64,), True), ),
+    (((None, 64,), False), ((None, 64,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ((), False), ((None, 10,), False), ((10, 64,), False), ((10,), False), ((None, 64,), True), ((64, 64,), False), ((64,), False), ),
+    (((None, 64,), False), ((None, 64,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ((), False), ((None, 10,), False), ((10, 64,), False), ((10,), False), ((None, 64,), True), ((64, 64,), False), ((64,), False), ((), False), ((64, 64,), False), ((64,), False), ((10, 64,), False), ((10,), False), ),
 )
 # ... and the numbers it reads as arrays of the dtype: 0-d, or (number, shape) filling one
 _CONSTANTS = (
     ((0, (None, 64,)), ),
-    ((0, (None, 64,)), ),
-    ((0, (None, 64,)), 0, ),
-    ((0, (None, 64,)), 0, ),
-    ((0, (None, 64,)), 0, ),
+    ((0, (None, 64,)), (1, (10,)), ),
+    ((0, (None, 64,)), (1, (10,)), 0, ),
+    ((0, (None, 64,)), (1, (10,)), (1, (None,)), 0, ),
+    ((0, (None, 64,)), (1, (10,)), (1, (None,)), 0, ),
 )
-# spare workspaces by (function, batch size, dtype): a call takes one (or makes one) and
-# puts it back when done, so two threads calling at once each work in their own
+# a workspace by (function, batch size, dtype), while no call holds it: a call takes it out
+# (one atomic dict.pop) and puts it back when done, so that two threads calling at once
+# each work in their own (the second makes one) and a call takes no lock
 _KEPT = {}
 
 
 def _workspace(fn, batch, dtype):
-    """A workspace of function fn for this batch size and dtype, for this call alone."""
-    spare = _KEPT.get((fn, batch, dtype))
-    if spare:
-        try:
-            return spare.pop()  # atomic: no two calls get the same one
-        except IndexError:  # another thread took the last one meanwhile
-            pass
+    """A new workspace of function fn for this batch size and dtype."""
     if len(_KEPT) >= 8:  # many batch sizes: keep the latest ones only
         _KEPT.clear()
     return tuple(np.empty(tuple(batch if n is None else n for n in shape), bool if boolean else dtype)
                  for shape, boolean in _BUFFERS[fn]) + \
         tuple(np.full(tuple(batch if n is None else n for n in c[1]), c[0], dtype) if isinstance(c, tuple)
               else np.array(c, dtype) for c in _CONSTANTS[fn])
-
-
-def _done(fn, batch, dtype, workspace):
-    """The call's workspace back to the spares."""
-    _KEPT.setdefault((fn, batch, dtype), []).append(workspace)
 
 
 def init_params(seed=0, dtype=np.float32):
@@ -349,6 +340,8 @@ def _check_state(state, dtype):
 
 
 
+
+
 def forward(params, x):
     """The network's output `z` for a batch of inputs."""
     try:  # the fast path: plain comparisons; _check names whatever is malformed
@@ -357,12 +350,15 @@ def forward(params, x):
         dense_2_weight = params["dense_2.weight"]
         dense_2_bias = params["dense_2.bias"]
         batch, dtype = len(x), x.dtype
-        _ok = len(params) == 4 and batch and dtype in _FLOATS
-        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 64)
-        _ok = _ok and isinstance(dense_1_weight, np.ndarray) and dense_1_weight.shape == (64, 64,) and dense_1_weight.dtype == dtype
-        _ok = _ok and isinstance(dense_1_bias, np.ndarray) and dense_1_bias.shape == (64,) and dense_1_bias.dtype == dtype
-        _ok = _ok and isinstance(dense_2_weight, np.ndarray) and dense_2_weight.shape == (10, 64,) and dense_2_weight.dtype == dtype
-        _ok = _ok and isinstance(dense_2_bias, np.ndarray) and dense_2_bias.shape == (10,) and dense_2_bias.dtype == dtype
+        _ok = (len(params) == 4 and batch and dtype in _FLOATS
+               and (x.shape, dense_1_weight.shape, dense_1_bias.shape, dense_2_weight.shape, dense_2_bias.shape) == (
+                   (batch, 64), (64, 64), (64,), (10, 64), (10,))
+               and (dense_1_weight.dtype, dense_1_bias.dtype, dense_2_weight.dtype, dense_2_bias.dtype) == (dtype, dtype, dtype, dtype)
+               and isinstance(x, np.ndarray)
+               and isinstance(dense_1_weight, np.ndarray)
+               and isinstance(dense_1_bias, np.ndarray)
+               and isinstance(dense_2_weight, np.ndarray)
+               and isinstance(dense_2_bias, np.ndarray))
     except (KeyError, TypeError, AttributeError):
         _ok = False
     if not _ok:
@@ -371,20 +367,21 @@ def forward(params, x):
         dense_1_bias = params["dense_1.bias"]
         dense_2_weight = params["dense_2.weight"]
         dense_2_bias = params["dense_2.bias"]
-    _w = _workspace(0, batch, dtype)
+    _w = _KEPT.pop((0, batch, dtype), None) or _workspace(0, batch, dtype)
     _b0, _b1, _b2, _k0 = _w
 
     # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
     # dense_1 = dense_1_bias + (x @ dense_1_weight.T)
-    dense_1 = np.add(dense_1_bias, np.matmul(x, dense_1_weight.T, _b0), _b0)
+    dense_1 = np.add(dense_1_bias, np.dot(x, dense_1_weight.T, _b0), _b0)
     # relu_1: h[b, i] = where(dense_1[b, i] <= 0, 0, dense_1[b, i])  [#fwd-relu_1]
     # h = np.maximum(dense_1, 0)
     h = np.maximum(dense_1, _k0, out=_b1)
     # dense_2: z[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2]
     # z = dense_2_bias + (h @ dense_2_weight.T)
-    z = dense_2_bias + np.matmul(h, dense_2_weight.T, _b2)
-    _done(0, batch, dtype, _w)
+    z = dense_2_bias + np.dot(h, dense_2_weight.T, _b2)
+    _KEPT[0, batch, dtype] = _w
     return z
+
 
 
 def loss(params, x, y):
@@ -395,13 +392,16 @@ def loss(params, x, y):
         dense_2_weight = params["dense_2.weight"]
         dense_2_bias = params["dense_2.bias"]
         batch, dtype = len(x), x.dtype
-        _ok = len(params) == 4 and batch and dtype in _FLOATS
-        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 64)
-        _ok = _ok and isinstance(y, np.ndarray) and y.shape == (batch, 10) and y.dtype == dtype
-        _ok = _ok and isinstance(dense_1_weight, np.ndarray) and dense_1_weight.shape == (64, 64,) and dense_1_weight.dtype == dtype
-        _ok = _ok and isinstance(dense_1_bias, np.ndarray) and dense_1_bias.shape == (64,) and dense_1_bias.dtype == dtype
-        _ok = _ok and isinstance(dense_2_weight, np.ndarray) and dense_2_weight.shape == (10, 64,) and dense_2_weight.dtype == dtype
-        _ok = _ok and isinstance(dense_2_bias, np.ndarray) and dense_2_bias.shape == (10,) and dense_2_bias.dtype == dtype
+        _ok = (len(params) == 4 and batch and dtype in _FLOATS
+               and (x.shape, y.shape, dense_1_weight.shape, dense_1_bias.shape, dense_2_weight.shape, dense_2_bias.shape) == (
+                   (batch, 64), (batch, 10), (64, 64), (64,), (10, 64), (10,))
+               and (y.dtype, dense_1_weight.dtype, dense_1_bias.dtype, dense_2_weight.dtype, dense_2_bias.dtype) == (dtype, dtype, dtype, dtype, dtype)
+               and isinstance(x, np.ndarray)
+               and isinstance(y, np.ndarray)
+               and isinstance(dense_1_weight, np.ndarray)
+               and isinstance(dense_1_bias, np.ndarray)
+               and isinstance(dense_2_weight, np.ndarray)
+               and isinstance(dense_2_bias, np.ndarray))
     except (KeyError, TypeError, AttributeError):
         _ok = False
     if not _ok:
@@ -410,28 +410,30 @@ def loss(params, x, y):
         dense_1_bias = params["dense_1.bias"]
         dense_2_weight = params["dense_2.weight"]
         dense_2_bias = params["dense_2.bias"]
-    _w = _workspace(1, batch, dtype)
-    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _k0 = _w
+    _w = _KEPT.pop((1, batch, dtype), None) or _workspace(1, batch, dtype)
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _k0, _k1 = _w
 
     # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
     # dense_1 = dense_1_bias + (x @ dense_1_weight.T)
-    dense_1 = np.add(dense_1_bias, np.matmul(x, dense_1_weight.T, _b0), _b0)
+    dense_1 = np.add(dense_1_bias, np.dot(x, dense_1_weight.T, _b0), _b0)
     # relu_1: h[b, i] = where(dense_1[b, i] <= 0, 0, dense_1[b, i])  [#fwd-relu_1]
     # h = np.maximum(dense_1, 0)
     h = np.maximum(dense_1, _k0, out=_b1)
     # dense_2: z[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2]
     # z = dense_2_bias + (h @ dense_2_weight.T)
-    z = np.add(dense_2_bias, np.matmul(h, dense_2_weight.T, _b2), _b2)
+    z = np.add(dense_2_bias, np.dot(h, dense_2_weight.T, _b2), _b2)
     # t2 = z.max(axis=1)
     t2 = np.maximum.reduce(z, axis=1, out=_b3)
     # t3 = np.log(np.exp(-t2[:, None] + z).sum(axis=1))
-    t3 = np.log(np.add.reduce(np.exp(np.add(np.negative(t2[:, None], _b5), z, _b6), _b6), axis=1, out=_b4), _b4)
+    t3 = np.log(np.dot(np.exp(np.add(np.negative(t2[:, None], _b5), z, _b6), _b6), _k1, _b7), _b4)
     # softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1]
     # softmax_cross_entropy_1 = -((z - t2[:, None] - t3[:, None])*y).sum(axis=1)
-    softmax_cross_entropy_1 = np.negative(np.add.reduce(np.multiply(np.subtract(np.subtract(z, t2[:, None], _b6), t3[:, None], _b6), y, _b6), axis=1, out=_b7), _b7)
-    value = float(np.add.reduce(softmax_cross_entropy_1, axis=None) / batch)
-    _done(1, batch, dtype, _w)
+    softmax_cross_entropy_1 = np.negative(np.dot(np.multiply(np.subtract(np.subtract(z, t2[:, None], _b6), t3[:, None], _b6), y, _b6), _k1, _b8), _b7)
+    _total = np.add.reduce(softmax_cross_entropy_1, axis=None)
+    value = float(_total) / batch
+    _KEPT[1, batch, dtype] = _w
     return value
+
 
 
 def loss_and_grad(params, x, y):
@@ -442,13 +444,16 @@ def loss_and_grad(params, x, y):
         dense_2_weight = params["dense_2.weight"]
         dense_2_bias = params["dense_2.bias"]
         batch, dtype = len(x), x.dtype
-        _ok = len(params) == 4 and batch and dtype in _FLOATS
-        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 64)
-        _ok = _ok and isinstance(y, np.ndarray) and y.shape == (batch, 10) and y.dtype == dtype
-        _ok = _ok and isinstance(dense_1_weight, np.ndarray) and dense_1_weight.shape == (64, 64,) and dense_1_weight.dtype == dtype
-        _ok = _ok and isinstance(dense_1_bias, np.ndarray) and dense_1_bias.shape == (64,) and dense_1_bias.dtype == dtype
-        _ok = _ok and isinstance(dense_2_weight, np.ndarray) and dense_2_weight.shape == (10, 64,) and dense_2_weight.dtype == dtype
-        _ok = _ok and isinstance(dense_2_bias, np.ndarray) and dense_2_bias.shape == (10,) and dense_2_bias.dtype == dtype
+        _ok = (len(params) == 4 and batch and dtype in _FLOATS
+               and (x.shape, y.shape, dense_1_weight.shape, dense_1_bias.shape, dense_2_weight.shape, dense_2_bias.shape) == (
+                   (batch, 64), (batch, 10), (64, 64), (64,), (10, 64), (10,))
+               and (y.dtype, dense_1_weight.dtype, dense_1_bias.dtype, dense_2_weight.dtype, dense_2_bias.dtype) == (dtype, dtype, dtype, dtype, dtype)
+               and isinstance(x, np.ndarray)
+               and isinstance(y, np.ndarray)
+               and isinstance(dense_1_weight, np.ndarray)
+               and isinstance(dense_1_bias, np.ndarray)
+               and isinstance(dense_2_weight, np.ndarray)
+               and isinstance(dense_2_bias, np.ndarray))
     except (KeyError, TypeError, AttributeError):
         _ok = False
     if not _ok:
@@ -457,31 +462,35 @@ def loss_and_grad(params, x, y):
         dense_1_bias = params["dense_1.bias"]
         dense_2_weight = params["dense_2.weight"]
         dense_2_bias = params["dense_2.bias"]
-    _w = _workspace(2, batch, dtype)
-    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _k0, _k1 = _w
+    _w = _KEPT.pop((2, batch, dtype), None) or _workspace(2, batch, dtype)
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _k0, _k1, _k2 = _w
 
     # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
     # dense_1 = dense_1_bias + (x @ dense_1_weight.T)
-    dense_1 = np.add(dense_1_bias, np.matmul(x, dense_1_weight.T, _b0), _b0)
+    dense_1 = np.add(dense_1_bias, np.dot(x, dense_1_weight.T, _b0), _b0)
     # relu_1: h[b, i] = where(dense_1[b, i] <= 0, 0, dense_1[b, i])  [#fwd-relu_1]
     # h = np.maximum(dense_1, 0)
     h = np.maximum(dense_1, _k0, out=_b1)
     # dense_2: z[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2]
     # z = dense_2_bias + (h @ dense_2_weight.T)
-    z = np.add(dense_2_bias, np.matmul(h, dense_2_weight.T, _b2), _b2)
+    z = np.add(dense_2_bias, np.dot(h, dense_2_weight.T, _b2), _b2)
     # t2 = z.max(axis=1)
     t2 = np.maximum.reduce(z, axis=1, out=_b3)
     # t3 = np.log(np.exp(-t2[:, None] + z).sum(axis=1))
-    t3 = np.log(np.add.reduce(np.exp(np.add(np.negative(t2[:, None], _b5), z, _b6), _b6), axis=1, out=_b4), _b4)
+    t3 = np.log(np.dot(np.exp(np.add(np.negative(t2[:, None], _b5), z, _b6), _b6), _k1, _b7), _b4)
+    # _c0 = z - t2[:, None] - t3[:, None]
+    _c0 = np.subtract(np.subtract(z, t2[:, None], _b6), t3[:, None], _b6)
     # softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1]
     # softmax_cross_entropy_1 = -((z - t2[:, None] - t3[:, None])*y).sum(axis=1)
-    softmax_cross_entropy_1 = np.negative(np.add.reduce(np.multiply(np.subtract(np.subtract(z, t2[:, None], _b6), t3[:, None], _b6), y, _b6), axis=1, out=_b7), _b7)
-    value = float(np.add.reduce(softmax_cross_entropy_1, axis=None) / batch)
+    softmax_cross_entropy_1 = np.negative(np.dot(np.multiply(_c0, y, _b2), _k1, _b3), _b7)
+    _total = np.add.reduce(softmax_cross_entropy_1, axis=None)
+    value = float(_total) / batch
     seed = 1 / batch
 
+    _b8[()] = seed
     # d_z[b, k] = (-y[b, k] + Σ_i y[b, i]*exp(-logsumexp_j(z[b, j]) + z[b, k]))*d_softmax_cross_entropy_1[b]  [#bwd-softmax_cross_entropy_1-z]
     # d_z = seed*(-y + np.exp(z - t2[:, None] - t3[:, None])*y.sum(axis=1)[:, None])
-    d_z = np.multiply(seed, np.add(np.negative(y, _b6), np.multiply(np.exp(np.subtract(np.subtract(z, t2[:, None], _b8), t3[:, None], _b8), _b8), np.add.reduce(y, axis=1, out=_b9)[:, None], _b8), _b6), _b6)
+    d_z = np.multiply(_b8, np.add(np.negative(y, _b2), np.multiply(np.exp(_c0, _b9), np.dot(y, _k1, _b4)[:, None], _b9), _b2), _b2)
     # d_dense_2_weight[i, j] = Σ_b (d_z[b, i]*h[b, j])  [#bwd-dense_2-weight]
     d_dense_2_weight = d_z.T @ h
     # d_dense_2_bias[i] = Σ_b d_z[b, i]  [#bwd-dense_2-bias]
@@ -489,18 +498,19 @@ def loss_and_grad(params, x, y):
     # d_h[b, j] = Σ_i (d_z[b, i]*dense_2.weight[i, j])  [#bwd-dense_2-h]
     # d_dense_1[b, i] = where(dense_1[b, i] > 0, d_h[b, i], 0)  [#bwd-relu_1-dense_1]
     # d_dense_1 = (d_z @ dense_2_weight)*(dense_1 > 0)
-    d_dense_1 = np.multiply(np.matmul(d_z, dense_2_weight, _b1), np.greater(dense_1, _k1, _b10), _b1)
+    d_dense_1 = np.multiply(np.dot(d_z, dense_2_weight, _b1), np.greater(dense_1, _k2, _b10), _b1)
     # d_dense_1_weight[i, j] = Σ_b (d_dense_1[b, i]*x[b, j])  [#bwd-dense_1-weight]
     d_dense_1_weight = d_dense_1.T @ x
     # d_dense_1_bias[i] = Σ_b d_dense_1[b, i]  [#bwd-dense_1-bias]
     d_dense_1_bias = d_dense_1.sum(axis=0)
-    _done(2, batch, dtype, _w)
+    _KEPT[2, batch, dtype] = _w
     return value, {
         "dense_1.weight": d_dense_1_weight,
         "dense_1.bias": d_dense_1_bias,
         "dense_2.weight": d_dense_2_weight,
         "dense_2.bias": d_dense_2_bias,
     }
+
 
 
 def sgd_step(params, x, y, lr):
@@ -511,13 +521,16 @@ def sgd_step(params, x, y, lr):
         dense_2_weight = params["dense_2.weight"]
         dense_2_bias = params["dense_2.bias"]
         batch, dtype = len(x), x.dtype
-        _ok = len(params) == 4 and batch and dtype in _FLOATS
-        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 64)
-        _ok = _ok and isinstance(y, np.ndarray) and y.shape == (batch, 10) and y.dtype == dtype
-        _ok = _ok and isinstance(dense_1_weight, np.ndarray) and dense_1_weight.shape == (64, 64,) and dense_1_weight.dtype == dtype and dense_1_weight.flags.writeable
-        _ok = _ok and isinstance(dense_1_bias, np.ndarray) and dense_1_bias.shape == (64,) and dense_1_bias.dtype == dtype and dense_1_bias.flags.writeable
-        _ok = _ok and isinstance(dense_2_weight, np.ndarray) and dense_2_weight.shape == (10, 64,) and dense_2_weight.dtype == dtype and dense_2_weight.flags.writeable
-        _ok = _ok and isinstance(dense_2_bias, np.ndarray) and dense_2_bias.shape == (10,) and dense_2_bias.dtype == dtype and dense_2_bias.flags.writeable
+        _ok = (len(params) == 4 and batch and dtype in _FLOATS
+               and (x.shape, y.shape, dense_1_weight.shape, dense_1_bias.shape, dense_2_weight.shape, dense_2_bias.shape) == (
+                   (batch, 64), (batch, 10), (64, 64), (64,), (10, 64), (10,))
+               and (y.dtype, dense_1_weight.dtype, dense_1_bias.dtype, dense_2_weight.dtype, dense_2_bias.dtype) == (dtype, dtype, dtype, dtype, dtype)
+               and isinstance(x, np.ndarray)
+               and isinstance(y, np.ndarray)
+               and dense_1_weight.flags.writeable
+               and dense_1_bias.flags.writeable
+               and dense_2_weight.flags.writeable
+               and dense_2_bias.flags.writeable)
     except (KeyError, TypeError, AttributeError):
         _ok = False
     if not _ok:
@@ -527,53 +540,57 @@ def sgd_step(params, x, y, lr):
         dense_1_bias = params["dense_1.bias"]
         dense_2_weight = params["dense_2.weight"]
         dense_2_bias = params["dense_2.bias"]
-    _w = _workspace(3, batch, dtype)
-    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _k0, _k1 = _w
+    _w = _KEPT.pop((3, batch, dtype), None) or _workspace(3, batch, dtype)
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _k0, _k1, _k2, _k3 = _w
 
     # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
     # dense_1 = dense_1_bias + (x @ dense_1_weight.T)
-    dense_1 = np.add(dense_1_bias, np.matmul(x, dense_1_weight.T, _b0), _b0)
+    dense_1 = np.add(dense_1_bias, np.dot(x, dense_1_weight.T, _b0), _b0)
     # relu_1: h[b, i] = where(dense_1[b, i] <= 0, 0, dense_1[b, i])  [#fwd-relu_1]
     # h = np.maximum(dense_1, 0)
     h = np.maximum(dense_1, _k0, out=_b1)
     # dense_2: z[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2]
     # z = dense_2_bias + (h @ dense_2_weight.T)
-    z = np.add(dense_2_bias, np.matmul(h, dense_2_weight.T, _b2), _b2)
+    z = np.add(dense_2_bias, np.dot(h, dense_2_weight.T, _b2), _b2)
     # t2 = z.max(axis=1)
     t2 = np.maximum.reduce(z, axis=1, out=_b3)
     # t3 = np.log(np.exp(-t2[:, None] + z).sum(axis=1))
-    t3 = np.log(np.add.reduce(np.exp(np.add(np.negative(t2[:, None], _b5), z, _b6), _b6), axis=1, out=_b4), _b4)
+    t3 = np.log(np.dot(np.exp(np.add(np.negative(t2[:, None], _b5), z, _b6), _b6), _k1, _b7), _b4)
+    # _c0 = z - t2[:, None] - t3[:, None]
+    _c0 = np.subtract(np.subtract(z, t2[:, None], _b6), t3[:, None], _b6)
     # softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1]
     # softmax_cross_entropy_1 = -((z - t2[:, None] - t3[:, None])*y).sum(axis=1)
-    softmax_cross_entropy_1 = np.negative(np.add.reduce(np.multiply(np.subtract(np.subtract(z, t2[:, None], _b6), t3[:, None], _b6), y, _b6), axis=1, out=_b7), _b7)
-    value = float(np.add.reduce(softmax_cross_entropy_1, axis=None) / batch)
+    softmax_cross_entropy_1 = np.negative(np.dot(np.multiply(_c0, y, _b2), _k1, _b3), _b7)
+    _total = np.add.reduce(softmax_cross_entropy_1, axis=None)
+    value = float(_total) / batch
     # the backward pass seeded with -lr times the loss's seed: each gradient is the update
     seed = -float(lr) / batch
 
+    _b8[()] = seed
     # d_z[b, k] = (-y[b, k] + Σ_i y[b, i]*exp(-logsumexp_j(z[b, j]) + z[b, k]))*d_softmax_cross_entropy_1[b]  [#bwd-softmax_cross_entropy_1-z]
     # d_z = seed*(-y + np.exp(z - t2[:, None] - t3[:, None])*y.sum(axis=1)[:, None])
-    d_z = np.multiply(seed, np.add(np.negative(y, _b6), np.multiply(np.exp(np.subtract(np.subtract(z, t2[:, None], _b8), t3[:, None], _b8), _b8), np.add.reduce(y, axis=1, out=_b9)[:, None], _b8), _b6), _b6)
+    d_z = np.multiply(_b8, np.add(np.negative(y, _b2), np.multiply(np.exp(_c0, _b9), np.dot(y, _k1, _b4)[:, None], _b9), _b2), _b2)
     # d_dense_2_weight[i, j] = Σ_b (d_z[b, i]*h[b, j])  [#bwd-dense_2-weight]
     # d_dense_2_weight = d_z.T @ h
-    d_dense_2_weight = np.matmul(d_z.T, h, _b10)
+    d_dense_2_weight = np.dot(d_z.T, h, _b10)
     # d_dense_2_bias[i] = Σ_b d_z[b, i]  [#bwd-dense_2-bias]
     # d_dense_2_bias = d_z.sum(axis=0)
-    d_dense_2_bias = np.add.reduce(d_z, axis=0, out=_b11)
+    d_dense_2_bias = np.dot(_k2, d_z, _b11)
     # d_h[b, j] = Σ_i (d_z[b, i]*dense_2.weight[i, j])  [#bwd-dense_2-h]
     # d_dense_1[b, i] = where(dense_1[b, i] > 0, d_h[b, i], 0)  [#bwd-relu_1-dense_1]
     # d_dense_1 = (d_z @ dense_2_weight)*(dense_1 > 0)
-    d_dense_1 = np.multiply(np.matmul(d_z, dense_2_weight, _b1), np.greater(dense_1, _k1, _b12), _b1)
+    d_dense_1 = np.multiply(np.dot(d_z, dense_2_weight, _b1), np.greater(dense_1, _k3, _b12), _b1)
     # d_dense_1_weight[i, j] = Σ_b (d_dense_1[b, i]*x[b, j])  [#bwd-dense_1-weight]
     # d_dense_1_weight = d_dense_1.T @ x
-    d_dense_1_weight = np.matmul(d_dense_1.T, x, _b13)
+    d_dense_1_weight = np.dot(d_dense_1.T, x, _b13)
     # d_dense_1_bias[i] = Σ_b d_dense_1[b, i]  [#bwd-dense_1-bias]
     # d_dense_1_bias = d_dense_1.sum(axis=0)
-    d_dense_1_bias = np.add.reduce(d_dense_1, axis=0, out=_b14)
+    d_dense_1_bias = np.dot(_k2, d_dense_1, _b14)
     dense_1_weight += d_dense_1_weight
     dense_1_bias += d_dense_1_bias
     dense_2_weight += d_dense_2_weight
     dense_2_bias += d_dense_2_bias
-    _done(3, batch, dtype, _w)
+    _KEPT[3, batch, dtype] = _w
     return value
 
 
@@ -585,6 +602,7 @@ def init_state(params):
     for kept in STATE_NAMES:
         state[kept] = {name: np.zeros(PARAM_SHAPES[name], dtype) for name in TRAINED}
     return state
+
 
 
 def train_step(params, state, x, y, lr=0.01, max_norm=None):
@@ -599,14 +617,17 @@ def train_step(params, state, x, y, lr=0.01, max_norm=None):
         dense_2_bias = params["dense_2.bias"]
         step = state["step"]
         batch, dtype = len(x), x.dtype
-        _ok = len(params) == 4 and batch and dtype in _FLOATS
-        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 64)
-        _ok = _ok and isinstance(y, np.ndarray) and y.shape == (batch, 10) and y.dtype == dtype
-        _ok = _ok and isinstance(dense_1_weight, np.ndarray) and dense_1_weight.shape == (64, 64,) and dense_1_weight.dtype == dtype and dense_1_weight.flags.writeable
-        _ok = _ok and isinstance(dense_1_bias, np.ndarray) and dense_1_bias.shape == (64,) and dense_1_bias.dtype == dtype and dense_1_bias.flags.writeable
-        _ok = _ok and isinstance(dense_2_weight, np.ndarray) and dense_2_weight.shape == (10, 64,) and dense_2_weight.dtype == dtype and dense_2_weight.flags.writeable
-        _ok = _ok and isinstance(dense_2_bias, np.ndarray) and dense_2_bias.shape == (10,) and dense_2_bias.dtype == dtype and dense_2_bias.flags.writeable
-        _ok = _ok and type(step) is int and step >= 0 and len(state) == 1
+        _ok = (len(params) == 4 and batch and dtype in _FLOATS
+               and (x.shape, y.shape, dense_1_weight.shape, dense_1_bias.shape, dense_2_weight.shape, dense_2_bias.shape) == (
+                   (batch, 64), (batch, 10), (64, 64), (64,), (10, 64), (10,))
+               and (y.dtype, dense_1_weight.dtype, dense_1_bias.dtype, dense_2_weight.dtype, dense_2_bias.dtype) == (dtype, dtype, dtype, dtype, dtype)
+               and type(step) is int and step >= 0 and len(state) == 1
+               and isinstance(x, np.ndarray)
+               and isinstance(y, np.ndarray)
+               and dense_1_weight.flags.writeable
+               and dense_1_bias.flags.writeable
+               and dense_2_weight.flags.writeable
+               and dense_2_bias.flags.writeable)
     except (KeyError, TypeError, AttributeError):
         _ok = False
     if not _ok:
@@ -620,47 +641,51 @@ def train_step(params, state, x, y, lr=0.01, max_norm=None):
         dense_2_bias = params["dense_2.bias"]
     step += 1
     lr = float(lr)
-    _w = _workspace(4, batch, dtype)
-    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _b16, _b17, _b18, _k0, _k1 = _w
+    _w = _KEPT.pop((4, batch, dtype), None) or _workspace(4, batch, dtype)
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _b16, _b17, _b18, _b19, _k0, _k1, _k2, _k3 = _w
 
     # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
     # dense_1 = dense_1_bias + (x @ dense_1_weight.T)
-    dense_1 = np.add(dense_1_bias, np.matmul(x, dense_1_weight.T, _b0), _b0)
+    dense_1 = np.add(dense_1_bias, np.dot(x, dense_1_weight.T, _b0), _b0)
     # relu_1: h[b, i] = where(dense_1[b, i] <= 0, 0, dense_1[b, i])  [#fwd-relu_1]
     # h = np.maximum(dense_1, 0)
     h = np.maximum(dense_1, _k0, out=_b1)
     # dense_2: z[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2]
     # z = dense_2_bias + (h @ dense_2_weight.T)
-    z = np.add(dense_2_bias, np.matmul(h, dense_2_weight.T, _b2), _b2)
+    z = np.add(dense_2_bias, np.dot(h, dense_2_weight.T, _b2), _b2)
     # t2 = z.max(axis=1)
     t2 = np.maximum.reduce(z, axis=1, out=_b3)
     # t3 = np.log(np.exp(-t2[:, None] + z).sum(axis=1))
-    t3 = np.log(np.add.reduce(np.exp(np.add(np.negative(t2[:, None], _b5), z, _b6), _b6), axis=1, out=_b4), _b4)
+    t3 = np.log(np.dot(np.exp(np.add(np.negative(t2[:, None], _b5), z, _b6), _b6), _k1, _b7), _b4)
+    # _c0 = z - t2[:, None] - t3[:, None]
+    _c0 = np.subtract(np.subtract(z, t2[:, None], _b6), t3[:, None], _b6)
     # softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1]
     # softmax_cross_entropy_1 = -((z - t2[:, None] - t3[:, None])*y).sum(axis=1)
-    softmax_cross_entropy_1 = np.negative(np.add.reduce(np.multiply(np.subtract(np.subtract(z, t2[:, None], _b6), t3[:, None], _b6), y, _b6), axis=1, out=_b7), _b7)
-    value = float(np.add.reduce(softmax_cross_entropy_1, axis=None) / batch)
+    softmax_cross_entropy_1 = np.negative(np.dot(np.multiply(_c0, y, _b2), _k1, _b3), _b7)
+    _total = np.add.reduce(softmax_cross_entropy_1, axis=None)
+    value = float(_total) / batch
     seed = 1 / batch
 
+    _b8[()] = seed
     # d_z[b, k] = (-y[b, k] + Σ_i y[b, i]*exp(-logsumexp_j(z[b, j]) + z[b, k]))*d_softmax_cross_entropy_1[b]  [#bwd-softmax_cross_entropy_1-z]
     # d_z = seed*(-y + np.exp(z - t2[:, None] - t3[:, None])*y.sum(axis=1)[:, None])
-    d_z = np.multiply(seed, np.add(np.negative(y, _b6), np.multiply(np.exp(np.subtract(np.subtract(z, t2[:, None], _b8), t3[:, None], _b8), _b8), np.add.reduce(y, axis=1, out=_b9)[:, None], _b8), _b6), _b6)
+    d_z = np.multiply(_b8, np.add(np.negative(y, _b2), np.multiply(np.exp(_c0, _b9), np.dot(y, _k1, _b4)[:, None], _b9), _b2), _b2)
     # d_dense_2_weight[i, j] = Σ_b (d_z[b, i]*h[b, j])  [#bwd-dense_2-weight]
     # d_dense_2_weight = d_z.T @ h
-    d_dense_2_weight = np.matmul(d_z.T, h, _b10)
+    d_dense_2_weight = np.dot(d_z.T, h, _b10)
     # d_dense_2_bias[i] = Σ_b d_z[b, i]  [#bwd-dense_2-bias]
     # d_dense_2_bias = d_z.sum(axis=0)
-    d_dense_2_bias = np.add.reduce(d_z, axis=0, out=_b11)
+    d_dense_2_bias = np.dot(_k2, d_z, _b11)
     # d_h[b, j] = Σ_i (d_z[b, i]*dense_2.weight[i, j])  [#bwd-dense_2-h]
     # d_dense_1[b, i] = where(dense_1[b, i] > 0, d_h[b, i], 0)  [#bwd-relu_1-dense_1]
     # d_dense_1 = (d_z @ dense_2_weight)*(dense_1 > 0)
-    d_dense_1 = np.multiply(np.matmul(d_z, dense_2_weight, _b1), np.greater(dense_1, _k1, _b12), _b1)
+    d_dense_1 = np.multiply(np.dot(d_z, dense_2_weight, _b1), np.greater(dense_1, _k3, _b12), _b1)
     # d_dense_1_weight[i, j] = Σ_b (d_dense_1[b, i]*x[b, j])  [#bwd-dense_1-weight]
     # d_dense_1_weight = d_dense_1.T @ x
-    d_dense_1_weight = np.matmul(d_dense_1.T, x, _b13)
+    d_dense_1_weight = np.dot(d_dense_1.T, x, _b13)
     # d_dense_1_bias[i] = Σ_b d_dense_1[b, i]  [#bwd-dense_1-bias]
     # d_dense_1_bias = d_dense_1.sum(axis=0)
-    d_dense_1_bias = np.add.reduce(d_dense_1, axis=0, out=_b14)
+    d_dense_1_bias = np.dot(_k2, d_dense_1, _b14)
     clip = 1.0
     if max_norm is not None:
         norm = float(np.sqrt(0.0
@@ -671,18 +696,19 @@ def train_step(params, state, x, y, lr=0.01, max_norm=None):
         ))
         clip = min(1.0, float(max_norm) / (norm + 1e-6))
 
+    _b15[()] = -clip * lr
     # sgd: dense_1.weight[n0, n1] = -clip*lr*d_dense_1_weight[n0, n1] + dense_1.weight[n0, n1]
     # dense_1_weight = -clip*lr*d_dense_1_weight + dense_1_weight
-    np.add(np.multiply(-clip * lr, d_dense_1_weight, _b15), dense_1_weight, dense_1_weight)
+    np.add(np.multiply(_b15, d_dense_1_weight, _b16), dense_1_weight, dense_1_weight)
     # sgd: dense_1.bias[n0] = -clip*lr*d_dense_1_bias[n0] + dense_1.bias[n0]
     # dense_1_bias = -clip*lr*d_dense_1_bias + dense_1_bias
-    np.add(np.multiply(-clip * lr, d_dense_1_bias, _b16), dense_1_bias, dense_1_bias)
+    np.add(np.multiply(_b15, d_dense_1_bias, _b17), dense_1_bias, dense_1_bias)
     # sgd: dense_2.weight[n0, n1] = -clip*lr*d_dense_2_weight[n0, n1] + dense_2.weight[n0, n1]
     # dense_2_weight = -clip*lr*d_dense_2_weight + dense_2_weight
-    np.add(np.multiply(-clip * lr, d_dense_2_weight, _b17), dense_2_weight, dense_2_weight)
+    np.add(np.multiply(_b15, d_dense_2_weight, _b18), dense_2_weight, dense_2_weight)
     # sgd: dense_2.bias[n0] = -clip*lr*d_dense_2_bias[n0] + dense_2.bias[n0]
     # dense_2_bias = -clip*lr*d_dense_2_bias + dense_2_bias
-    np.add(np.multiply(-clip * lr, d_dense_2_bias, _b18), dense_2_bias, dense_2_bias)
+    np.add(np.multiply(_b15, d_dense_2_bias, _b19), dense_2_bias, dense_2_bias)
     state["step"] = step
-    _done(4, batch, dtype, _w)
+    _KEPT[4, batch, dtype] = _w
     return value

@@ -32,7 +32,8 @@ PARAM_INITS = {
     "conv2d_2.bias": ("uniform", -0.11785113019775792, 0.11785113019775792),
     "dense_1.weight": ("uniform", -0.0625, 0.0625),
     "dense_1.bias": ("uniform", -0.0625, 0.0625),
-}# train_step's optimizer as compiled: its name and options (lr is train_step's argument)
+}
+# train_step's optimizer as compiled: its name and options (lr is train_step's argument)
 OPTIMIZER = ("sgd", {"lr": 0.01, "momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0, "nesterov": False})
 # what it keeps per parameter between steps (init_state)
 STATE_NAMES = ()
@@ -46,43 +47,33 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 # each function's buffers, kept between calls: (shape with None for the batch axis, boolean?)
 _BUFFERS = (
     (((8, 2, 2, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((None, 10,), False), ),
-    (((1, 3, 3, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 3, 3, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((16, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ),
-    (((1, 3, 3, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 3, 3, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((16, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ((None, 10,), False), ((None,), False), ((None, 256,), False), ((None, 16, 4, 4,), True), ((3, 3, 8, 4, 4, None,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), True), ((1, 3, 3, 8,), False), ),
-    (((1, 3, 3, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 3, 3, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((16, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ((None, 10,), False), ((None,), False), ((None, 256,), False), ((10, 256,), False), ((10,), False), ((None, 16, 4, 4,), True), ((3, 3, 8, 4, 4, None,), False), ((16,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), True), ((1, 3, 3, 8,), False), ((8,), False), ),
-    (((1, 3, 3, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 3, 3, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((16, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ((None, 10,), False), ((None,), False), ((None, 256,), False), ((10, 256,), False), ((10,), False), ((None, 16, 4, 4,), True), ((3, 3, 8, 4, 4, None,), False), ((16,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), True), ((1, 3, 3, 8,), False), ((8,), False), ((8, 1, 3, 3,), False), ((8,), False), ((16, 8, 3, 3,), False), ((16,), False), ((10, 256,), False), ((10,), False), ),
+    (((1, 3, 3, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 3, 3, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((16, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ((None,), False), ),
+    (((1, 3, 3, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 3, 3, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((16, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ((), False), ((None, 10,), False), ((None, 256,), False), ((None, 16, 4, 4,), True), ((3, 3, 8, 4, 4, None,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), True), ((1, 3, 3, 8,), False), ),
+    (((1, 3, 3, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 3, 3, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((16, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ((), False), ((None, 10,), False), ((None, 256,), False), ((10, 256,), False), ((10,), False), ((None, 16, 4, 4,), True), ((3, 3, 8, 4, 4, None,), False), ((16,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), True), ((1, 3, 3, 8,), False), ((8,), False), ),
+    (((1, 3, 3, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 3, 3, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((16, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ((), False), ((None, 10,), False), ((None, 256,), False), ((10, 256,), False), ((10,), False), ((None, 16, 4, 4,), True), ((3, 3, 8, 4, 4, None,), False), ((16,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), True), ((1, 3, 3, 8,), False), ((8,), False), ((), False), ((8, 1, 3, 3,), False), ((8,), False), ((16, 8, 3, 3,), False), ((16,), False), ((10, 256,), False), ((10,), False), ),
 )
 # ... and the numbers it reads as arrays of the dtype: 0-d, or (number, shape) filling one
 _CONSTANTS = (
     ((0, (8, 2, 2, None, 4, 4,)), (0, (None, 16, 4, 4,)), ),
-    ((0, (8, 2, 2, None, 4, 4,)), (0, (None, 16, 4, 4,)), ),
-    ((0, (8, 2, 2, None, 4, 4,)), (0, (None, 16, 4, 4,)), 0, ),
-    ((0, (8, 2, 2, None, 4, 4,)), (0, (None, 16, 4, 4,)), 0, ),
-    ((0, (8, 2, 2, None, 4, 4,)), (0, (None, 16, 4, 4,)), 0, ),
+    ((0, (8, 2, 2, None, 4, 4,)), (0, (None, 16, 4, 4,)), (1, (10,)), ),
+    ((0, (8, 2, 2, None, 4, 4,)), (0, (None, 16, 4, 4,)), (1, (10,)), 0, ),
+    ((0, (8, 2, 2, None, 4, 4,)), (0, (None, 16, 4, 4,)), (1, (10,)), (1, (None,)), 0, ),
+    ((0, (8, 2, 2, None, 4, 4,)), (0, (None, 16, 4, 4,)), (1, (10,)), (1, (None,)), 0, ),
 )
-# spare workspaces by (function, batch size, dtype): a call takes one (or makes one) and
-# puts it back when done, so two threads calling at once each work in their own
+# a workspace by (function, batch size, dtype), while no call holds it: a call takes it out
+# (one atomic dict.pop) and puts it back when done, so that two threads calling at once
+# each work in their own (the second makes one) and a call takes no lock
 _KEPT = {}
 
 
 def _workspace(fn, batch, dtype):
-    """A workspace of function fn for this batch size and dtype, for this call alone."""
-    spare = _KEPT.get((fn, batch, dtype))
-    if spare:
-        try:
-            return spare.pop()  # atomic: no two calls get the same one
-        except IndexError:  # another thread took the last one meanwhile
-            pass
+    """A new workspace of function fn for this batch size and dtype."""
     if len(_KEPT) >= 8:  # many batch sizes: keep the latest ones only
         _KEPT.clear()
     return tuple(np.empty(tuple(batch if n is None else n for n in shape), bool if boolean else dtype)
                  for shape, boolean in _BUFFERS[fn]) + \
         tuple(np.full(tuple(batch if n is None else n for n in c[1]), c[0], dtype) if isinstance(c, tuple)
               else np.array(c, dtype) for c in _CONSTANTS[fn])
-
-
-def _done(fn, batch, dtype, workspace):
-    """The call's workspace back to the spares."""
-    _KEPT.setdefault((fn, batch, dtype), []).append(workspace)
 
 
 def init_params(seed=0, dtype=np.float32):
@@ -533,6 +524,8 @@ def _first_argmax(a, axes, out=None):
 
 
 
+
+
 def forward(params, x):
     """The network's output `z` for a batch of inputs."""
     try:  # the fast path: plain comparisons; _check names whatever is malformed
@@ -543,14 +536,17 @@ def forward(params, x):
         dense_1_weight = params["dense_1.weight"]
         dense_1_bias = params["dense_1.bias"]
         batch, dtype = len(x), x.dtype
-        _ok = len(params) == 6 and batch and dtype in _FLOATS
-        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 1, 8, 8)
-        _ok = _ok and isinstance(conv2d_1_weight, np.ndarray) and conv2d_1_weight.shape == (8, 1, 3, 3,) and conv2d_1_weight.dtype == dtype
-        _ok = _ok and isinstance(conv2d_1_bias, np.ndarray) and conv2d_1_bias.shape == (8,) and conv2d_1_bias.dtype == dtype
-        _ok = _ok and isinstance(conv2d_2_weight, np.ndarray) and conv2d_2_weight.shape == (16, 8, 3, 3,) and conv2d_2_weight.dtype == dtype
-        _ok = _ok and isinstance(conv2d_2_bias, np.ndarray) and conv2d_2_bias.shape == (16,) and conv2d_2_bias.dtype == dtype
-        _ok = _ok and isinstance(dense_1_weight, np.ndarray) and dense_1_weight.shape == (10, 256,) and dense_1_weight.dtype == dtype
-        _ok = _ok and isinstance(dense_1_bias, np.ndarray) and dense_1_bias.shape == (10,) and dense_1_bias.dtype == dtype
+        _ok = (len(params) == 6 and batch and dtype in _FLOATS
+               and (x.shape, conv2d_1_weight.shape, conv2d_1_bias.shape, conv2d_2_weight.shape, conv2d_2_bias.shape, dense_1_weight.shape, dense_1_bias.shape) == (
+                   (batch, 1, 8, 8), (8, 1, 3, 3), (8,), (16, 8, 3, 3), (16,), (10, 256), (10,))
+               and (conv2d_1_weight.dtype, conv2d_1_bias.dtype, conv2d_2_weight.dtype, conv2d_2_bias.dtype, dense_1_weight.dtype, dense_1_bias.dtype) == (dtype, dtype, dtype, dtype, dtype, dtype)
+               and isinstance(x, np.ndarray)
+               and isinstance(conv2d_1_weight, np.ndarray)
+               and isinstance(conv2d_1_bias, np.ndarray)
+               and isinstance(conv2d_2_weight, np.ndarray)
+               and isinstance(conv2d_2_bias, np.ndarray)
+               and isinstance(dense_1_weight, np.ndarray)
+               and isinstance(dense_1_bias, np.ndarray))
     except (KeyError, TypeError, AttributeError):
         _ok = False
     if not _ok:
@@ -561,7 +557,7 @@ def forward(params, x):
         conv2d_2_bias = params["conv2d_2.bias"]
         dense_1_weight = params["dense_1.weight"]
         dense_1_bias = params["dense_1.bias"]
-    _w = _workspace(0, batch, dtype)
+    _w = _KEPT.pop((0, batch, dtype), None) or _workspace(0, batch, dtype)
     _b0, _b1, _b2, _k0, _k1 = _w
 
     # conv2d_1: conv2d_1[b, o, i, j] = conv2d_1.bias[o] + Σ_ci,p,q (conv2d_1.weight[o, ci, p, q]*x[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_1]
@@ -579,9 +575,10 @@ def forward(params, x):
     flatten_1 = np.maximum(conv2d_2, _k1, out=_b1).reshape(batch, 256)
     # dense_1: z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1]
     # z = dense_1_bias + (flatten_1 @ dense_1_weight.T)
-    z = dense_1_bias + np.matmul(flatten_1, dense_1_weight.T, _b2)
-    _done(0, batch, dtype, _w)
+    z = dense_1_bias + np.dot(flatten_1, dense_1_weight.T, _b2)
+    _KEPT[0, batch, dtype] = _w
     return z
+
 
 
 def loss(params, x, y):
@@ -594,15 +591,18 @@ def loss(params, x, y):
         dense_1_weight = params["dense_1.weight"]
         dense_1_bias = params["dense_1.bias"]
         batch, dtype = len(x), x.dtype
-        _ok = len(params) == 6 and batch and dtype in _FLOATS
-        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 1, 8, 8)
-        _ok = _ok and isinstance(y, np.ndarray) and y.shape == (batch, 10) and y.dtype == dtype
-        _ok = _ok and isinstance(conv2d_1_weight, np.ndarray) and conv2d_1_weight.shape == (8, 1, 3, 3,) and conv2d_1_weight.dtype == dtype
-        _ok = _ok and isinstance(conv2d_1_bias, np.ndarray) and conv2d_1_bias.shape == (8,) and conv2d_1_bias.dtype == dtype
-        _ok = _ok and isinstance(conv2d_2_weight, np.ndarray) and conv2d_2_weight.shape == (16, 8, 3, 3,) and conv2d_2_weight.dtype == dtype
-        _ok = _ok and isinstance(conv2d_2_bias, np.ndarray) and conv2d_2_bias.shape == (16,) and conv2d_2_bias.dtype == dtype
-        _ok = _ok and isinstance(dense_1_weight, np.ndarray) and dense_1_weight.shape == (10, 256,) and dense_1_weight.dtype == dtype
-        _ok = _ok and isinstance(dense_1_bias, np.ndarray) and dense_1_bias.shape == (10,) and dense_1_bias.dtype == dtype
+        _ok = (len(params) == 6 and batch and dtype in _FLOATS
+               and (x.shape, y.shape, conv2d_1_weight.shape, conv2d_1_bias.shape, conv2d_2_weight.shape, conv2d_2_bias.shape, dense_1_weight.shape, dense_1_bias.shape) == (
+                   (batch, 1, 8, 8), (batch, 10), (8, 1, 3, 3), (8,), (16, 8, 3, 3), (16,), (10, 256), (10,))
+               and (y.dtype, conv2d_1_weight.dtype, conv2d_1_bias.dtype, conv2d_2_weight.dtype, conv2d_2_bias.dtype, dense_1_weight.dtype, dense_1_bias.dtype) == (dtype, dtype, dtype, dtype, dtype, dtype, dtype)
+               and isinstance(x, np.ndarray)
+               and isinstance(y, np.ndarray)
+               and isinstance(conv2d_1_weight, np.ndarray)
+               and isinstance(conv2d_1_bias, np.ndarray)
+               and isinstance(conv2d_2_weight, np.ndarray)
+               and isinstance(conv2d_2_bias, np.ndarray)
+               and isinstance(dense_1_weight, np.ndarray)
+               and isinstance(dense_1_bias, np.ndarray))
     except (KeyError, TypeError, AttributeError):
         _ok = False
     if not _ok:
@@ -613,8 +613,8 @@ def loss(params, x, y):
         conv2d_2_bias = params["conv2d_2.bias"]
         dense_1_weight = params["dense_1.weight"]
         dense_1_bias = params["dense_1.bias"]
-    _w = _workspace(1, batch, dtype)
-    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _k0, _k1 = _w
+    _w = _KEPT.pop((1, batch, dtype), None) or _workspace(1, batch, dtype)
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _k0, _k1, _k2 = _w
 
     # t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 6, 7, 3, 5, 0, 2, 4), ((2, 2), (3, 2)))
     t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 6, 7, 3, 5, 0, 2, 4), ((2, 2), (3, 2)), out=_b0)
@@ -637,17 +637,19 @@ def loss(params, x, y):
     flatten_1 = np.maximum(conv2d_2, _k1, out=_b6).reshape(batch, 256)
     # dense_1: z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1]
     # z = dense_1_bias + (flatten_1 @ dense_1_weight.T)
-    z = np.add(dense_1_bias, np.matmul(flatten_1, dense_1_weight.T, _b7), _b7)
+    z = np.add(dense_1_bias, np.dot(flatten_1, dense_1_weight.T, _b7), _b7)
     # t6 = z.max(axis=1)
     t6 = np.maximum.reduce(z, axis=1, out=_b8)
     # t7 = np.log(np.exp(-t6[:, None] + z).sum(axis=1))
-    t7 = np.log(np.add.reduce(np.exp(np.add(np.negative(t6[:, None], _b10), z, _b11), _b11), axis=1, out=_b9), _b9)
+    t7 = np.log(np.dot(np.exp(np.add(np.negative(t6[:, None], _b10), z, _b11), _b11), _k2, _b12), _b9)
     # softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1]
     # softmax_cross_entropy_1 = -((z - t6[:, None] - t7[:, None])*y).sum(axis=1)
-    softmax_cross_entropy_1 = np.negative(np.add.reduce(np.multiply(np.subtract(np.subtract(z, t6[:, None], _b11), t7[:, None], _b11), y, _b11), axis=1, out=_b12), _b12)
-    value = float(np.add.reduce(softmax_cross_entropy_1, axis=None) / batch)
-    _done(1, batch, dtype, _w)
+    softmax_cross_entropy_1 = np.negative(np.dot(np.multiply(np.subtract(np.subtract(z, t6[:, None], _b11), t7[:, None], _b11), y, _b11), _k2, _b13), _b12)
+    _total = np.add.reduce(softmax_cross_entropy_1, axis=None)
+    value = float(_total) / batch
+    _KEPT[1, batch, dtype] = _w
     return value
+
 
 
 def loss_and_grad(params, x, y):
@@ -660,15 +662,18 @@ def loss_and_grad(params, x, y):
         dense_1_weight = params["dense_1.weight"]
         dense_1_bias = params["dense_1.bias"]
         batch, dtype = len(x), x.dtype
-        _ok = len(params) == 6 and batch and dtype in _FLOATS
-        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 1, 8, 8)
-        _ok = _ok and isinstance(y, np.ndarray) and y.shape == (batch, 10) and y.dtype == dtype
-        _ok = _ok and isinstance(conv2d_1_weight, np.ndarray) and conv2d_1_weight.shape == (8, 1, 3, 3,) and conv2d_1_weight.dtype == dtype
-        _ok = _ok and isinstance(conv2d_1_bias, np.ndarray) and conv2d_1_bias.shape == (8,) and conv2d_1_bias.dtype == dtype
-        _ok = _ok and isinstance(conv2d_2_weight, np.ndarray) and conv2d_2_weight.shape == (16, 8, 3, 3,) and conv2d_2_weight.dtype == dtype
-        _ok = _ok and isinstance(conv2d_2_bias, np.ndarray) and conv2d_2_bias.shape == (16,) and conv2d_2_bias.dtype == dtype
-        _ok = _ok and isinstance(dense_1_weight, np.ndarray) and dense_1_weight.shape == (10, 256,) and dense_1_weight.dtype == dtype
-        _ok = _ok and isinstance(dense_1_bias, np.ndarray) and dense_1_bias.shape == (10,) and dense_1_bias.dtype == dtype
+        _ok = (len(params) == 6 and batch and dtype in _FLOATS
+               and (x.shape, y.shape, conv2d_1_weight.shape, conv2d_1_bias.shape, conv2d_2_weight.shape, conv2d_2_bias.shape, dense_1_weight.shape, dense_1_bias.shape) == (
+                   (batch, 1, 8, 8), (batch, 10), (8, 1, 3, 3), (8,), (16, 8, 3, 3), (16,), (10, 256), (10,))
+               and (y.dtype, conv2d_1_weight.dtype, conv2d_1_bias.dtype, conv2d_2_weight.dtype, conv2d_2_bias.dtype, dense_1_weight.dtype, dense_1_bias.dtype) == (dtype, dtype, dtype, dtype, dtype, dtype, dtype)
+               and isinstance(x, np.ndarray)
+               and isinstance(y, np.ndarray)
+               and isinstance(conv2d_1_weight, np.ndarray)
+               and isinstance(conv2d_1_bias, np.ndarray)
+               and isinstance(conv2d_2_weight, np.ndarray)
+               and isinstance(conv2d_2_bias, np.ndarray)
+               and isinstance(dense_1_weight, np.ndarray)
+               and isinstance(dense_1_bias, np.ndarray))
     except (KeyError, TypeError, AttributeError):
         _ok = False
     if not _ok:
@@ -679,8 +684,8 @@ def loss_and_grad(params, x, y):
         conv2d_2_bias = params["conv2d_2.bias"]
         dense_1_weight = params["dense_1.weight"]
         dense_1_bias = params["dense_1.bias"]
-    _w = _workspace(2, batch, dtype)
-    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _b16, _b17, _b18, _b19, _b20, _k0, _k1, _k2 = _w
+    _w = _KEPT.pop((2, batch, dtype), None) or _workspace(2, batch, dtype)
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _b16, _b17, _b18, _b19, _b20, _k0, _k1, _k2, _k3 = _w
 
     # t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 6, 7, 3, 5, 0, 2, 4), ((2, 2), (3, 2)))
     t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 6, 7, 3, 5, 0, 2, 4), ((2, 2), (3, 2)), out=_b0)
@@ -703,23 +708,27 @@ def loss_and_grad(params, x, y):
     flatten_1 = np.maximum(conv2d_2, _k1, out=_b6).reshape(batch, 256)
     # dense_1: z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1]
     # z = dense_1_bias + (flatten_1 @ dense_1_weight.T)
-    z = np.add(dense_1_bias, np.matmul(flatten_1, dense_1_weight.T, _b7), _b7)
+    z = np.add(dense_1_bias, np.dot(flatten_1, dense_1_weight.T, _b7), _b7)
     # t6 = z.max(axis=1)
     t6 = np.maximum.reduce(z, axis=1, out=_b8)
     # t7 = np.log(np.exp(-t6[:, None] + z).sum(axis=1))
-    t7 = np.log(np.add.reduce(np.exp(np.add(np.negative(t6[:, None], _b10), z, _b11), _b11), axis=1, out=_b9), _b9)
+    t7 = np.log(np.dot(np.exp(np.add(np.negative(t6[:, None], _b10), z, _b11), _b11), _k2, _b12), _b9)
+    # _c0 = z - t6[:, None] - t7[:, None]
+    _c0 = np.subtract(np.subtract(z, t6[:, None], _b11), t7[:, None], _b11)
     # softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1]
     # softmax_cross_entropy_1 = -((z - t6[:, None] - t7[:, None])*y).sum(axis=1)
-    softmax_cross_entropy_1 = np.negative(np.add.reduce(np.multiply(np.subtract(np.subtract(z, t6[:, None], _b11), t7[:, None], _b11), y, _b11), axis=1, out=_b12), _b12)
-    value = float(np.add.reduce(softmax_cross_entropy_1, axis=None) / batch)
+    softmax_cross_entropy_1 = np.negative(np.dot(np.multiply(_c0, y, _b7), _k2, _b8), _b12)
+    _total = np.add.reduce(softmax_cross_entropy_1, axis=None)
+    value = float(_total) / batch
     seed = 1 / batch
 
+    _b13[()] = seed
     # d_z[b, k] = (-y[b, k] + Σ_i y[b, i]*exp(-logsumexp_j(z[b, j]) + z[b, k]))*d_softmax_cross_entropy_1[b]  [#bwd-softmax_cross_entropy_1-z]
     # d_z = seed*(-y + np.exp(z - t6[:, None] - t7[:, None])*y.sum(axis=1)[:, None])
-    d_z = np.multiply(seed, np.add(np.negative(y, _b11), np.multiply(np.exp(np.subtract(np.subtract(z, t6[:, None], _b13), t7[:, None], _b13), _b13), np.add.reduce(y, axis=1, out=_b14)[:, None], _b13), _b11), _b11)
+    d_z = np.multiply(_b13, np.add(np.negative(y, _b7), np.multiply(np.exp(_c0, _b14), np.dot(y, _k2, _b9)[:, None], _b14), _b7), _b7)
     # d_flatten_1[b, j] = Σ_i (d_z[b, i]*dense_1.weight[i, j])  [#bwd-dense_1-flatten_1]
     # d_flatten_1 = d_z @ dense_1_weight
-    d_flatten_1 = np.matmul(d_z, dense_1_weight, _b15)
+    d_flatten_1 = np.dot(d_z, dense_1_weight, _b15)
     # d_dense_1_weight[i, j] = Σ_b (d_z[b, i]*flatten_1[b, j])  [#bwd-dense_1-weight]
     d_dense_1_weight = d_z.T @ flatten_1
     # d_dense_1_bias[i] = Σ_b d_z[b, i]  [#bwd-dense_1-bias]
@@ -727,7 +736,7 @@ def loss_and_grad(params, x, y):
     # d_g[b, ch, i, j] = d_flatten_1[b, j + 4*i + 16*ch]  [#bwd-flatten_1-g]
     # d_conv2d_2[b, i, j, k] = where(conv2d_2[b, i, j, k] > 0, d_g[b, i, j, k], 0)  [#bwd-relu_2-conv2d_2]
     # d_conv2d_2 = d_flatten_1.reshape(batch, 16, 4, 4)*(conv2d_2 > 0)
-    d_conv2d_2 = np.multiply(d_flatten_1.reshape(batch, 16, 4, 4), np.greater(conv2d_2, _k2, _b16), _b6)
+    d_conv2d_2 = np.multiply(d_flatten_1.reshape(batch, 16, 4, 4), np.greater(conv2d_2, _k3, _b16), _b6)
     # d_h[b, ci, k, l] = Σ_o,i,j,p,q (conv2d_2.weight[o, ci, p, q]*d_conv2d_2[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_2-h]
     # d_h = _unpatches(np.tensordot(conv2d_2_weight.transpose((2, 3, 1, 0)), d_conv2d_2.transpose((1, 2, 3, 0)), axes=([3], [0])).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 4, 4,), ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3)))
     d_h = _unpatches(np.dot(conv2d_2_weight.transpose((2, 3, 1, 0)).reshape(72, 16), d_conv2d_2.transpose((1, 2, 3, 0)).reshape(16, -1), out=_b17.reshape(72, -1)).reshape(3, 3, 8, 4, 4, batch).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 4, 4), ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3)))
@@ -741,13 +750,13 @@ def loss_and_grad(params, x, y):
     d_relu_1 = np.multiply(d_h.transpose((1, 0, 2, 3))[:, None, None, :, :, :], _first_argmax(relu_1, (1, 2), _b18), _b18)
     # d_conv2d_1[b, i, j, k] = where(conv2d_1[b, i, j, k] > 0, d_relu_1[b, i, j, k], 0)  [#bwd-relu_1-conv2d_1]
     # d_conv2d_1 = d_relu_1*(conv2d_1 > 0)
-    d_conv2d_1 = np.multiply(d_relu_1, np.greater(conv2d_1, _k2, _b19), _b2)
+    d_conv2d_1 = np.multiply(d_relu_1, np.greater(conv2d_1, _k3, _b19), _b2)
     # d_conv2d_1_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_1[b, o, i, j]*x[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_1-weight]
     # d_conv2d_1_weight = np.tensordot(t0, d_conv2d_1, axes=([3, 4, 5, 6, 7], [1, 2, 3, 4, 5])).transpose((3, 0, 1, 2))
     d_conv2d_1_weight = np.dot(t0.reshape(9, -1), d_conv2d_1.reshape(8, -1).T, out=_b20.reshape(9, 8)).reshape(1, 3, 3, 8).transpose((3, 0, 1, 2)).copy()
     # d_conv2d_1_bias[o] = Σ_b,i,j d_conv2d_1[b, o, i, j]  [#bwd-conv2d_1-bias]
     d_conv2d_1_bias = d_conv2d_1.sum(axis=(3, 4, 1, 5, 2))
-    _done(2, batch, dtype, _w)
+    _KEPT[2, batch, dtype] = _w
     return value, {
         "conv2d_1.weight": d_conv2d_1_weight,
         "conv2d_1.bias": d_conv2d_1_bias,
@@ -756,6 +765,7 @@ def loss_and_grad(params, x, y):
         "dense_1.weight": d_dense_1_weight,
         "dense_1.bias": d_dense_1_bias,
     }
+
 
 
 def sgd_step(params, x, y, lr):
@@ -768,15 +778,18 @@ def sgd_step(params, x, y, lr):
         dense_1_weight = params["dense_1.weight"]
         dense_1_bias = params["dense_1.bias"]
         batch, dtype = len(x), x.dtype
-        _ok = len(params) == 6 and batch and dtype in _FLOATS
-        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 1, 8, 8)
-        _ok = _ok and isinstance(y, np.ndarray) and y.shape == (batch, 10) and y.dtype == dtype
-        _ok = _ok and isinstance(conv2d_1_weight, np.ndarray) and conv2d_1_weight.shape == (8, 1, 3, 3,) and conv2d_1_weight.dtype == dtype and conv2d_1_weight.flags.writeable
-        _ok = _ok and isinstance(conv2d_1_bias, np.ndarray) and conv2d_1_bias.shape == (8,) and conv2d_1_bias.dtype == dtype and conv2d_1_bias.flags.writeable
-        _ok = _ok and isinstance(conv2d_2_weight, np.ndarray) and conv2d_2_weight.shape == (16, 8, 3, 3,) and conv2d_2_weight.dtype == dtype and conv2d_2_weight.flags.writeable
-        _ok = _ok and isinstance(conv2d_2_bias, np.ndarray) and conv2d_2_bias.shape == (16,) and conv2d_2_bias.dtype == dtype and conv2d_2_bias.flags.writeable
-        _ok = _ok and isinstance(dense_1_weight, np.ndarray) and dense_1_weight.shape == (10, 256,) and dense_1_weight.dtype == dtype and dense_1_weight.flags.writeable
-        _ok = _ok and isinstance(dense_1_bias, np.ndarray) and dense_1_bias.shape == (10,) and dense_1_bias.dtype == dtype and dense_1_bias.flags.writeable
+        _ok = (len(params) == 6 and batch and dtype in _FLOATS
+               and (x.shape, y.shape, conv2d_1_weight.shape, conv2d_1_bias.shape, conv2d_2_weight.shape, conv2d_2_bias.shape, dense_1_weight.shape, dense_1_bias.shape) == (
+                   (batch, 1, 8, 8), (batch, 10), (8, 1, 3, 3), (8,), (16, 8, 3, 3), (16,), (10, 256), (10,))
+               and (y.dtype, conv2d_1_weight.dtype, conv2d_1_bias.dtype, conv2d_2_weight.dtype, conv2d_2_bias.dtype, dense_1_weight.dtype, dense_1_bias.dtype) == (dtype, dtype, dtype, dtype, dtype, dtype, dtype)
+               and isinstance(x, np.ndarray)
+               and isinstance(y, np.ndarray)
+               and conv2d_1_weight.flags.writeable
+               and conv2d_1_bias.flags.writeable
+               and conv2d_2_weight.flags.writeable
+               and conv2d_2_bias.flags.writeable
+               and dense_1_weight.flags.writeable
+               and dense_1_bias.flags.writeable)
     except (KeyError, TypeError, AttributeError):
         _ok = False
     if not _ok:
@@ -788,8 +801,8 @@ def sgd_step(params, x, y, lr):
         conv2d_2_bias = params["conv2d_2.bias"]
         dense_1_weight = params["dense_1.weight"]
         dense_1_bias = params["dense_1.bias"]
-    _w = _workspace(3, batch, dtype)
-    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _b16, _b17, _b18, _b19, _b20, _b21, _b22, _b23, _b24, _k0, _k1, _k2 = _w
+    _w = _KEPT.pop((3, batch, dtype), None) or _workspace(3, batch, dtype)
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _b16, _b17, _b18, _b19, _b20, _b21, _b22, _b23, _b24, _k0, _k1, _k2, _k3, _k4 = _w
 
     # t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 6, 7, 3, 5, 0, 2, 4), ((2, 2), (3, 2)))
     t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 6, 7, 3, 5, 0, 2, 4), ((2, 2), (3, 2)), out=_b0)
@@ -812,34 +825,38 @@ def sgd_step(params, x, y, lr):
     flatten_1 = np.maximum(conv2d_2, _k1, out=_b6).reshape(batch, 256)
     # dense_1: z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1]
     # z = dense_1_bias + (flatten_1 @ dense_1_weight.T)
-    z = np.add(dense_1_bias, np.matmul(flatten_1, dense_1_weight.T, _b7), _b7)
+    z = np.add(dense_1_bias, np.dot(flatten_1, dense_1_weight.T, _b7), _b7)
     # t6 = z.max(axis=1)
     t6 = np.maximum.reduce(z, axis=1, out=_b8)
     # t7 = np.log(np.exp(-t6[:, None] + z).sum(axis=1))
-    t7 = np.log(np.add.reduce(np.exp(np.add(np.negative(t6[:, None], _b10), z, _b11), _b11), axis=1, out=_b9), _b9)
+    t7 = np.log(np.dot(np.exp(np.add(np.negative(t6[:, None], _b10), z, _b11), _b11), _k2, _b12), _b9)
+    # _c0 = z - t6[:, None] - t7[:, None]
+    _c0 = np.subtract(np.subtract(z, t6[:, None], _b11), t7[:, None], _b11)
     # softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1]
     # softmax_cross_entropy_1 = -((z - t6[:, None] - t7[:, None])*y).sum(axis=1)
-    softmax_cross_entropy_1 = np.negative(np.add.reduce(np.multiply(np.subtract(np.subtract(z, t6[:, None], _b11), t7[:, None], _b11), y, _b11), axis=1, out=_b12), _b12)
-    value = float(np.add.reduce(softmax_cross_entropy_1, axis=None) / batch)
+    softmax_cross_entropy_1 = np.negative(np.dot(np.multiply(_c0, y, _b7), _k2, _b8), _b12)
+    _total = np.add.reduce(softmax_cross_entropy_1, axis=None)
+    value = float(_total) / batch
     # the backward pass seeded with -lr times the loss's seed: each gradient is the update
     seed = -float(lr) / batch
 
+    _b13[()] = seed
     # d_z[b, k] = (-y[b, k] + Σ_i y[b, i]*exp(-logsumexp_j(z[b, j]) + z[b, k]))*d_softmax_cross_entropy_1[b]  [#bwd-softmax_cross_entropy_1-z]
     # d_z = seed*(-y + np.exp(z - t6[:, None] - t7[:, None])*y.sum(axis=1)[:, None])
-    d_z = np.multiply(seed, np.add(np.negative(y, _b11), np.multiply(np.exp(np.subtract(np.subtract(z, t6[:, None], _b13), t7[:, None], _b13), _b13), np.add.reduce(y, axis=1, out=_b14)[:, None], _b13), _b11), _b11)
+    d_z = np.multiply(_b13, np.add(np.negative(y, _b7), np.multiply(np.exp(_c0, _b14), np.dot(y, _k2, _b9)[:, None], _b14), _b7), _b7)
     # d_flatten_1[b, j] = Σ_i (d_z[b, i]*dense_1.weight[i, j])  [#bwd-dense_1-flatten_1]
     # d_flatten_1 = d_z @ dense_1_weight
-    d_flatten_1 = np.matmul(d_z, dense_1_weight, _b15)
+    d_flatten_1 = np.dot(d_z, dense_1_weight, _b15)
     # d_dense_1_weight[i, j] = Σ_b (d_z[b, i]*flatten_1[b, j])  [#bwd-dense_1-weight]
     # d_dense_1_weight = d_z.T @ flatten_1
-    d_dense_1_weight = np.matmul(d_z.T, flatten_1, _b16)
+    d_dense_1_weight = np.dot(d_z.T, flatten_1, _b16)
     # d_dense_1_bias[i] = Σ_b d_z[b, i]  [#bwd-dense_1-bias]
     # d_dense_1_bias = d_z.sum(axis=0)
-    d_dense_1_bias = np.add.reduce(d_z, axis=0, out=_b17)
+    d_dense_1_bias = np.dot(_k3, d_z, _b17)
     # d_g[b, ch, i, j] = d_flatten_1[b, j + 4*i + 16*ch]  [#bwd-flatten_1-g]
     # d_conv2d_2[b, i, j, k] = where(conv2d_2[b, i, j, k] > 0, d_g[b, i, j, k], 0)  [#bwd-relu_2-conv2d_2]
     # d_conv2d_2 = d_flatten_1.reshape(batch, 16, 4, 4)*(conv2d_2 > 0)
-    d_conv2d_2 = np.multiply(d_flatten_1.reshape(batch, 16, 4, 4), np.greater(conv2d_2, _k2, _b18), _b6)
+    d_conv2d_2 = np.multiply(d_flatten_1.reshape(batch, 16, 4, 4), np.greater(conv2d_2, _k4, _b18), _b6)
     # d_h[b, ci, k, l] = Σ_o,i,j,p,q (conv2d_2.weight[o, ci, p, q]*d_conv2d_2[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_2-h]
     # d_h = _unpatches(np.tensordot(conv2d_2_weight.transpose((2, 3, 1, 0)), d_conv2d_2.transpose((1, 2, 3, 0)), axes=([3], [0])).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 4, 4,), ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3)))
     d_h = _unpatches(np.dot(conv2d_2_weight.transpose((2, 3, 1, 0)).reshape(72, 16), d_conv2d_2.transpose((1, 2, 3, 0)).reshape(16, -1), out=_b19.reshape(72, -1)).reshape(3, 3, 8, 4, 4, batch).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 4, 4), ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3)))
@@ -853,7 +870,7 @@ def sgd_step(params, x, y, lr):
     d_relu_1 = np.multiply(d_h.transpose((1, 0, 2, 3))[:, None, None, :, :, :], _first_argmax(relu_1, (1, 2), _b21), _b21)
     # d_conv2d_1[b, i, j, k] = where(conv2d_1[b, i, j, k] > 0, d_relu_1[b, i, j, k], 0)  [#bwd-relu_1-conv2d_1]
     # d_conv2d_1 = d_relu_1*(conv2d_1 > 0)
-    d_conv2d_1 = np.multiply(d_relu_1, np.greater(conv2d_1, _k2, _b22), _b2)
+    d_conv2d_1 = np.multiply(d_relu_1, np.greater(conv2d_1, _k4, _b22), _b2)
     # d_conv2d_1_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_1[b, o, i, j]*x[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_1-weight]
     # d_conv2d_1_weight = np.tensordot(t0, d_conv2d_1, axes=([3, 4, 5, 6, 7], [1, 2, 3, 4, 5])).transpose((3, 0, 1, 2))
     d_conv2d_1_weight = np.dot(t0.reshape(9, -1), d_conv2d_1.reshape(8, -1).T, out=_b23.reshape(9, 8)).reshape(1, 3, 3, 8).transpose((3, 0, 1, 2))
@@ -866,7 +883,7 @@ def sgd_step(params, x, y, lr):
     conv2d_2_bias += d_conv2d_2_bias
     dense_1_weight += d_dense_1_weight
     dense_1_bias += d_dense_1_bias
-    _done(3, batch, dtype, _w)
+    _KEPT[3, batch, dtype] = _w
     return value
 
 
@@ -878,6 +895,7 @@ def init_state(params):
     for kept in STATE_NAMES:
         state[kept] = {name: np.zeros(PARAM_SHAPES[name], dtype) for name in TRAINED}
     return state
+
 
 
 def train_step(params, state, x, y, lr=0.01, max_norm=None):
@@ -894,16 +912,19 @@ def train_step(params, state, x, y, lr=0.01, max_norm=None):
         dense_1_bias = params["dense_1.bias"]
         step = state["step"]
         batch, dtype = len(x), x.dtype
-        _ok = len(params) == 6 and batch and dtype in _FLOATS
-        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 1, 8, 8)
-        _ok = _ok and isinstance(y, np.ndarray) and y.shape == (batch, 10) and y.dtype == dtype
-        _ok = _ok and isinstance(conv2d_1_weight, np.ndarray) and conv2d_1_weight.shape == (8, 1, 3, 3,) and conv2d_1_weight.dtype == dtype and conv2d_1_weight.flags.writeable
-        _ok = _ok and isinstance(conv2d_1_bias, np.ndarray) and conv2d_1_bias.shape == (8,) and conv2d_1_bias.dtype == dtype and conv2d_1_bias.flags.writeable
-        _ok = _ok and isinstance(conv2d_2_weight, np.ndarray) and conv2d_2_weight.shape == (16, 8, 3, 3,) and conv2d_2_weight.dtype == dtype and conv2d_2_weight.flags.writeable
-        _ok = _ok and isinstance(conv2d_2_bias, np.ndarray) and conv2d_2_bias.shape == (16,) and conv2d_2_bias.dtype == dtype and conv2d_2_bias.flags.writeable
-        _ok = _ok and isinstance(dense_1_weight, np.ndarray) and dense_1_weight.shape == (10, 256,) and dense_1_weight.dtype == dtype and dense_1_weight.flags.writeable
-        _ok = _ok and isinstance(dense_1_bias, np.ndarray) and dense_1_bias.shape == (10,) and dense_1_bias.dtype == dtype and dense_1_bias.flags.writeable
-        _ok = _ok and type(step) is int and step >= 0 and len(state) == 1
+        _ok = (len(params) == 6 and batch and dtype in _FLOATS
+               and (x.shape, y.shape, conv2d_1_weight.shape, conv2d_1_bias.shape, conv2d_2_weight.shape, conv2d_2_bias.shape, dense_1_weight.shape, dense_1_bias.shape) == (
+                   (batch, 1, 8, 8), (batch, 10), (8, 1, 3, 3), (8,), (16, 8, 3, 3), (16,), (10, 256), (10,))
+               and (y.dtype, conv2d_1_weight.dtype, conv2d_1_bias.dtype, conv2d_2_weight.dtype, conv2d_2_bias.dtype, dense_1_weight.dtype, dense_1_bias.dtype) == (dtype, dtype, dtype, dtype, dtype, dtype, dtype)
+               and type(step) is int and step >= 0 and len(state) == 1
+               and isinstance(x, np.ndarray)
+               and isinstance(y, np.ndarray)
+               and conv2d_1_weight.flags.writeable
+               and conv2d_1_bias.flags.writeable
+               and conv2d_2_weight.flags.writeable
+               and conv2d_2_bias.flags.writeable
+               and dense_1_weight.flags.writeable
+               and dense_1_bias.flags.writeable)
     except (KeyError, TypeError, AttributeError):
         _ok = False
     if not _ok:
@@ -919,8 +940,8 @@ def train_step(params, state, x, y, lr=0.01, max_norm=None):
         dense_1_bias = params["dense_1.bias"]
     step += 1
     lr = float(lr)
-    _w = _workspace(4, batch, dtype)
-    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _b16, _b17, _b18, _b19, _b20, _b21, _b22, _b23, _b24, _b25, _b26, _b27, _b28, _b29, _b30, _k0, _k1, _k2 = _w
+    _w = _KEPT.pop((4, batch, dtype), None) or _workspace(4, batch, dtype)
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _b16, _b17, _b18, _b19, _b20, _b21, _b22, _b23, _b24, _b25, _b26, _b27, _b28, _b29, _b30, _b31, _k0, _k1, _k2, _k3, _k4 = _w
 
     # t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 6, 7, 3, 5, 0, 2, 4), ((2, 2), (3, 2)))
     t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 6, 7, 3, 5, 0, 2, 4), ((2, 2), (3, 2)), out=_b0)
@@ -943,33 +964,37 @@ def train_step(params, state, x, y, lr=0.01, max_norm=None):
     flatten_1 = np.maximum(conv2d_2, _k1, out=_b6).reshape(batch, 256)
     # dense_1: z[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*flatten_1[b, j])  [#fwd-dense_1]
     # z = dense_1_bias + (flatten_1 @ dense_1_weight.T)
-    z = np.add(dense_1_bias, np.matmul(flatten_1, dense_1_weight.T, _b7), _b7)
+    z = np.add(dense_1_bias, np.dot(flatten_1, dense_1_weight.T, _b7), _b7)
     # t6 = z.max(axis=1)
     t6 = np.maximum.reduce(z, axis=1, out=_b8)
     # t7 = np.log(np.exp(-t6[:, None] + z).sum(axis=1))
-    t7 = np.log(np.add.reduce(np.exp(np.add(np.negative(t6[:, None], _b10), z, _b11), _b11), axis=1, out=_b9), _b9)
+    t7 = np.log(np.dot(np.exp(np.add(np.negative(t6[:, None], _b10), z, _b11), _b11), _k2, _b12), _b9)
+    # _c0 = z - t6[:, None] - t7[:, None]
+    _c0 = np.subtract(np.subtract(z, t6[:, None], _b11), t7[:, None], _b11)
     # softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1]
     # softmax_cross_entropy_1 = -((z - t6[:, None] - t7[:, None])*y).sum(axis=1)
-    softmax_cross_entropy_1 = np.negative(np.add.reduce(np.multiply(np.subtract(np.subtract(z, t6[:, None], _b11), t7[:, None], _b11), y, _b11), axis=1, out=_b12), _b12)
-    value = float(np.add.reduce(softmax_cross_entropy_1, axis=None) / batch)
+    softmax_cross_entropy_1 = np.negative(np.dot(np.multiply(_c0, y, _b7), _k2, _b8), _b12)
+    _total = np.add.reduce(softmax_cross_entropy_1, axis=None)
+    value = float(_total) / batch
     seed = 1 / batch
 
+    _b13[()] = seed
     # d_z[b, k] = (-y[b, k] + Σ_i y[b, i]*exp(-logsumexp_j(z[b, j]) + z[b, k]))*d_softmax_cross_entropy_1[b]  [#bwd-softmax_cross_entropy_1-z]
     # d_z = seed*(-y + np.exp(z - t6[:, None] - t7[:, None])*y.sum(axis=1)[:, None])
-    d_z = np.multiply(seed, np.add(np.negative(y, _b11), np.multiply(np.exp(np.subtract(np.subtract(z, t6[:, None], _b13), t7[:, None], _b13), _b13), np.add.reduce(y, axis=1, out=_b14)[:, None], _b13), _b11), _b11)
+    d_z = np.multiply(_b13, np.add(np.negative(y, _b7), np.multiply(np.exp(_c0, _b14), np.dot(y, _k2, _b9)[:, None], _b14), _b7), _b7)
     # d_flatten_1[b, j] = Σ_i (d_z[b, i]*dense_1.weight[i, j])  [#bwd-dense_1-flatten_1]
     # d_flatten_1 = d_z @ dense_1_weight
-    d_flatten_1 = np.matmul(d_z, dense_1_weight, _b15)
+    d_flatten_1 = np.dot(d_z, dense_1_weight, _b15)
     # d_dense_1_weight[i, j] = Σ_b (d_z[b, i]*flatten_1[b, j])  [#bwd-dense_1-weight]
     # d_dense_1_weight = d_z.T @ flatten_1
-    d_dense_1_weight = np.matmul(d_z.T, flatten_1, _b16)
+    d_dense_1_weight = np.dot(d_z.T, flatten_1, _b16)
     # d_dense_1_bias[i] = Σ_b d_z[b, i]  [#bwd-dense_1-bias]
     # d_dense_1_bias = d_z.sum(axis=0)
-    d_dense_1_bias = np.add.reduce(d_z, axis=0, out=_b17)
+    d_dense_1_bias = np.dot(_k3, d_z, _b17)
     # d_g[b, ch, i, j] = d_flatten_1[b, j + 4*i + 16*ch]  [#bwd-flatten_1-g]
     # d_conv2d_2[b, i, j, k] = where(conv2d_2[b, i, j, k] > 0, d_g[b, i, j, k], 0)  [#bwd-relu_2-conv2d_2]
     # d_conv2d_2 = d_flatten_1.reshape(batch, 16, 4, 4)*(conv2d_2 > 0)
-    d_conv2d_2 = np.multiply(d_flatten_1.reshape(batch, 16, 4, 4), np.greater(conv2d_2, _k2, _b18), _b6)
+    d_conv2d_2 = np.multiply(d_flatten_1.reshape(batch, 16, 4, 4), np.greater(conv2d_2, _k4, _b18), _b6)
     # d_h[b, ci, k, l] = Σ_o,i,j,p,q (conv2d_2.weight[o, ci, p, q]*d_conv2d_2[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_2-h]
     # d_h = _unpatches(np.tensordot(conv2d_2_weight.transpose((2, 3, 1, 0)), d_conv2d_2.transpose((1, 2, 3, 0)), axes=([3], [0])).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 4, 4,), ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3)))
     d_h = _unpatches(np.dot(conv2d_2_weight.transpose((2, 3, 1, 0)).reshape(72, 16), d_conv2d_2.transpose((1, 2, 3, 0)).reshape(16, -1), out=_b19.reshape(72, -1)).reshape(3, 3, 8, 4, 4, batch).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 4, 4), ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3)))
@@ -983,7 +1008,7 @@ def train_step(params, state, x, y, lr=0.01, max_norm=None):
     d_relu_1 = np.multiply(d_h.transpose((1, 0, 2, 3))[:, None, None, :, :, :], _first_argmax(relu_1, (1, 2), _b21), _b21)
     # d_conv2d_1[b, i, j, k] = where(conv2d_1[b, i, j, k] > 0, d_relu_1[b, i, j, k], 0)  [#bwd-relu_1-conv2d_1]
     # d_conv2d_1 = d_relu_1*(conv2d_1 > 0)
-    d_conv2d_1 = np.multiply(d_relu_1, np.greater(conv2d_1, _k2, _b22), _b2)
+    d_conv2d_1 = np.multiply(d_relu_1, np.greater(conv2d_1, _k4, _b22), _b2)
     # d_conv2d_1_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_1[b, o, i, j]*x[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_1-weight]
     # d_conv2d_1_weight = np.tensordot(t0, d_conv2d_1, axes=([3, 4, 5, 6, 7], [1, 2, 3, 4, 5])).transpose((3, 0, 1, 2))
     d_conv2d_1_weight = np.dot(t0.reshape(9, -1), d_conv2d_1.reshape(8, -1).T, out=_b23.reshape(9, 8)).reshape(1, 3, 3, 8).transpose((3, 0, 1, 2))
@@ -1002,24 +1027,25 @@ def train_step(params, state, x, y, lr=0.01, max_norm=None):
         ))
         clip = min(1.0, float(max_norm) / (norm + 1e-6))
 
+    _b25[()] = -clip * lr
     # sgd: conv2d_1.weight[n0, n1, n2, n3] = -clip*lr*d_conv2d_1_weight[n0, n1, n2, n3] + conv2d_1.weight[n0, n1, n2, n3]
     # conv2d_1_weight = -clip*lr*d_conv2d_1_weight + conv2d_1_weight
-    np.add(np.multiply(-clip * lr, d_conv2d_1_weight, _b25), conv2d_1_weight, conv2d_1_weight)
+    np.add(np.multiply(_b25, d_conv2d_1_weight, _b26), conv2d_1_weight, conv2d_1_weight)
     # sgd: conv2d_1.bias[n0] = -clip*lr*d_conv2d_1_bias[n0] + conv2d_1.bias[n0]
     # conv2d_1_bias = -clip*lr*d_conv2d_1_bias + conv2d_1_bias
-    np.add(np.multiply(-clip * lr, d_conv2d_1_bias, _b26), conv2d_1_bias, conv2d_1_bias)
+    np.add(np.multiply(_b25, d_conv2d_1_bias, _b27), conv2d_1_bias, conv2d_1_bias)
     # sgd: conv2d_2.weight[n0, n1, n2, n3] = -clip*lr*d_conv2d_2_weight[n0, n1, n2, n3] + conv2d_2.weight[n0, n1, n2, n3]
     # conv2d_2_weight = -clip*lr*d_conv2d_2_weight + conv2d_2_weight
-    np.add(np.multiply(-clip * lr, d_conv2d_2_weight, _b27), conv2d_2_weight, conv2d_2_weight)
+    np.add(np.multiply(_b25, d_conv2d_2_weight, _b28), conv2d_2_weight, conv2d_2_weight)
     # sgd: conv2d_2.bias[n0] = -clip*lr*d_conv2d_2_bias[n0] + conv2d_2.bias[n0]
     # conv2d_2_bias = -clip*lr*d_conv2d_2_bias + conv2d_2_bias
-    np.add(np.multiply(-clip * lr, d_conv2d_2_bias, _b28), conv2d_2_bias, conv2d_2_bias)
+    np.add(np.multiply(_b25, d_conv2d_2_bias, _b29), conv2d_2_bias, conv2d_2_bias)
     # sgd: dense_1.weight[n0, n1] = -clip*lr*d_dense_1_weight[n0, n1] + dense_1.weight[n0, n1]
     # dense_1_weight = -clip*lr*d_dense_1_weight + dense_1_weight
-    np.add(np.multiply(-clip * lr, d_dense_1_weight, _b29), dense_1_weight, dense_1_weight)
+    np.add(np.multiply(_b25, d_dense_1_weight, _b30), dense_1_weight, dense_1_weight)
     # sgd: dense_1.bias[n0] = -clip*lr*d_dense_1_bias[n0] + dense_1.bias[n0]
     # dense_1_bias = -clip*lr*d_dense_1_bias + dense_1_bias
-    np.add(np.multiply(-clip * lr, d_dense_1_bias, _b30), dense_1_bias, dense_1_bias)
+    np.add(np.multiply(_b25, d_dense_1_bias, _b31), dense_1_bias, dense_1_bias)
     state["step"] = step
-    _done(4, batch, dtype, _w)
+    _KEPT[4, batch, dtype] = _w
     return value

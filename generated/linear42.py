@@ -23,7 +23,8 @@ TARGET_CLASSES = {
 PARAM_INITS = {
     "dense_1.weight": ("uniform", -0.5, 0.5),
     "dense_1.bias": ("uniform", -0.5, 0.5),
-}# train_step's optimizer as compiled: its name and options (lr is train_step's argument)
+}
+# train_step's optimizer as compiled: its name and options (lr is train_step's argument)
 OPTIMIZER = ("sgd", {"lr": 0.01, "momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0, "nesterov": False})
 # what it keeps per parameter between steps (init_state)
 STATE_NAMES = ()
@@ -37,43 +38,33 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 # each function's buffers, kept between calls: (shape with None for the batch axis, boolean?)
 _BUFFERS = (
     (((None, 2,), False), ),
-    (((None, 2,), False), ((None,), False), ((None, 2,), False), ),
-    (((None, 2,), False), ((None,), False), ((None, 2,), False), ),
-    (((None, 2,), False), ((None,), False), ((None, 2,), False), ((2, 4,), False), ((2,), False), ),
-    (((None, 2,), False), ((None,), False), ((None, 2,), False), ((2, 4,), False), ((2,), False), ((2, 4,), False), ((2,), False), ),
+    (((None, 2,), False), ),
+    (((None, 2,), False), ((None, 2,), False), ((), False), ),
+    (((None, 2,), False), ((None, 2,), False), ((), False), ((2, 4,), False), ((2,), False), ),
+    (((None, 2,), False), ((None, 2,), False), ((), False), ((2, 4,), False), ((2,), False), ((), False), ((2, 4,), False), ((2,), False), ),
 )
 # ... and the numbers it reads as arrays of the dtype: 0-d, or (number, shape) filling one
 _CONSTANTS = (
     (),
     (),
     (),
-    (),
-    (),
+    ((1, (None,)), ),
+    ((1, (None,)), ),
 )
-# spare workspaces by (function, batch size, dtype): a call takes one (or makes one) and
-# puts it back when done, so two threads calling at once each work in their own
+# a workspace by (function, batch size, dtype), while no call holds it: a call takes it out
+# (one atomic dict.pop) and puts it back when done, so that two threads calling at once
+# each work in their own (the second makes one) and a call takes no lock
 _KEPT = {}
 
 
 def _workspace(fn, batch, dtype):
-    """A workspace of function fn for this batch size and dtype, for this call alone."""
-    spare = _KEPT.get((fn, batch, dtype))
-    if spare:
-        try:
-            return spare.pop()  # atomic: no two calls get the same one
-        except IndexError:  # another thread took the last one meanwhile
-            pass
+    """A new workspace of function fn for this batch size and dtype."""
     if len(_KEPT) >= 8:  # many batch sizes: keep the latest ones only
         _KEPT.clear()
     return tuple(np.empty(tuple(batch if n is None else n for n in shape), bool if boolean else dtype)
                  for shape, boolean in _BUFFERS[fn]) + \
         tuple(np.full(tuple(batch if n is None else n for n in c[1]), c[0], dtype) if isinstance(c, tuple)
               else np.array(c, dtype) for c in _CONSTANTS[fn])
-
-
-def _done(fn, batch, dtype, workspace):
-    """The call's workspace back to the spares."""
-    _KEPT.setdefault((fn, batch, dtype), []).append(workspace)
 
 
 def init_params(seed=0, dtype=np.float32):
@@ -344,30 +335,36 @@ def _check_state(state, dtype):
 
 
 
+
+
 def forward(params, x):
     """The network's output `y` for a batch of inputs."""
     try:  # the fast path: plain comparisons; _check names whatever is malformed
         dense_1_weight = params["dense_1.weight"]
         dense_1_bias = params["dense_1.bias"]
         batch, dtype = len(x), x.dtype
-        _ok = len(params) == 2 and batch and dtype in _FLOATS
-        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 4)
-        _ok = _ok and isinstance(dense_1_weight, np.ndarray) and dense_1_weight.shape == (2, 4,) and dense_1_weight.dtype == dtype
-        _ok = _ok and isinstance(dense_1_bias, np.ndarray) and dense_1_bias.shape == (2,) and dense_1_bias.dtype == dtype
+        _ok = (len(params) == 2 and batch and dtype in _FLOATS
+               and (x.shape, dense_1_weight.shape, dense_1_bias.shape) == (
+                   (batch, 4), (2, 4), (2,))
+               and (dense_1_weight.dtype, dense_1_bias.dtype) == (dtype, dtype)
+               and isinstance(x, np.ndarray)
+               and isinstance(dense_1_weight, np.ndarray)
+               and isinstance(dense_1_bias, np.ndarray))
     except (KeyError, TypeError, AttributeError):
         _ok = False
     if not _ok:
         batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"])})
         dense_1_weight = params["dense_1.weight"]
         dense_1_bias = params["dense_1.bias"]
-    _w = _workspace(0, batch, dtype)
+    _w = _KEPT.pop((0, batch, dtype), None) or _workspace(0, batch, dtype)
     _b0, = _w
 
     # dense_1: y[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
     # y = dense_1_bias + (x @ dense_1_weight.T)
-    y = dense_1_bias + np.matmul(x, dense_1_weight.T, _b0)
-    _done(0, batch, dtype, _w)
+    y = dense_1_bias + np.dot(x, dense_1_weight.T, _b0)
+    _KEPT[0, batch, dtype] = _w
     return y
+
 
 
 def loss(params, x):
@@ -376,28 +373,31 @@ def loss(params, x):
         dense_1_weight = params["dense_1.weight"]
         dense_1_bias = params["dense_1.bias"]
         batch, dtype = len(x), x.dtype
-        _ok = len(params) == 2 and batch and dtype in _FLOATS
-        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 4)
-        _ok = _ok and isinstance(dense_1_weight, np.ndarray) and dense_1_weight.shape == (2, 4,) and dense_1_weight.dtype == dtype
-        _ok = _ok and isinstance(dense_1_bias, np.ndarray) and dense_1_bias.shape == (2,) and dense_1_bias.dtype == dtype
+        _ok = (len(params) == 2 and batch and dtype in _FLOATS
+               and (x.shape, dense_1_weight.shape, dense_1_bias.shape) == (
+                   (batch, 4), (2, 4), (2,))
+               and (dense_1_weight.dtype, dense_1_bias.dtype) == (dtype, dtype)
+               and isinstance(x, np.ndarray)
+               and isinstance(dense_1_weight, np.ndarray)
+               and isinstance(dense_1_bias, np.ndarray))
     except (KeyError, TypeError, AttributeError):
         _ok = False
     if not _ok:
         batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"])})
         dense_1_weight = params["dense_1.weight"]
         dense_1_bias = params["dense_1.bias"]
-    _w = _workspace(1, batch, dtype)
-    _b0, _b1, _b2 = _w
+    _w = _KEPT.pop((1, batch, dtype), None) or _workspace(1, batch, dtype)
+    _b0, = _w
 
     # dense_1: y[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
     # y = dense_1_bias + (x @ dense_1_weight.T)
-    y = np.add(dense_1_bias, np.matmul(x, dense_1_weight.T, _b0), _b0)
+    y = np.add(dense_1_bias, np.dot(x, dense_1_weight.T, _b0), _b0)
     # squares_1: squares_1[b] = Σ_i y[b, i]**2  [#fwd-squares_1]
-    # squares_1 = (y**2).sum(axis=1)
-    squares_1 = np.add.reduce(np.square(y, _b2), axis=1, out=_b1)
-    value = float(np.add.reduce(squares_1, axis=None))
-    _done(1, batch, dtype, _w)
+    _total = np.vdot(y, y)
+    value = float(_total)
+    _KEPT[1, batch, dtype] = _w
     return value
+
 
 
 def loss_and_grad(params, x):
@@ -406,40 +406,44 @@ def loss_and_grad(params, x):
         dense_1_weight = params["dense_1.weight"]
         dense_1_bias = params["dense_1.bias"]
         batch, dtype = len(x), x.dtype
-        _ok = len(params) == 2 and batch and dtype in _FLOATS
-        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 4)
-        _ok = _ok and isinstance(dense_1_weight, np.ndarray) and dense_1_weight.shape == (2, 4,) and dense_1_weight.dtype == dtype
-        _ok = _ok and isinstance(dense_1_bias, np.ndarray) and dense_1_bias.shape == (2,) and dense_1_bias.dtype == dtype
+        _ok = (len(params) == 2 and batch and dtype in _FLOATS
+               and (x.shape, dense_1_weight.shape, dense_1_bias.shape) == (
+                   (batch, 4), (2, 4), (2,))
+               and (dense_1_weight.dtype, dense_1_bias.dtype) == (dtype, dtype)
+               and isinstance(x, np.ndarray)
+               and isinstance(dense_1_weight, np.ndarray)
+               and isinstance(dense_1_bias, np.ndarray))
     except (KeyError, TypeError, AttributeError):
         _ok = False
     if not _ok:
         batch, dtype = _check(params, {"x": (x, INPUT_SHAPES["x"])})
         dense_1_weight = params["dense_1.weight"]
         dense_1_bias = params["dense_1.bias"]
-    _w = _workspace(2, batch, dtype)
+    _w = _KEPT.pop((2, batch, dtype), None) or _workspace(2, batch, dtype)
     _b0, _b1, _b2 = _w
 
     # dense_1: y[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
     # y = dense_1_bias + (x @ dense_1_weight.T)
-    y = np.add(dense_1_bias, np.matmul(x, dense_1_weight.T, _b0), _b0)
+    y = np.add(dense_1_bias, np.dot(x, dense_1_weight.T, _b0), _b0)
     # squares_1: squares_1[b] = Σ_i y[b, i]**2  [#fwd-squares_1]
-    # squares_1 = (y**2).sum(axis=1)
-    squares_1 = np.add.reduce(np.square(y, _b2), axis=1, out=_b1)
-    value = float(np.add.reduce(squares_1, axis=None))
+    _total = np.vdot(y, y)
+    value = float(_total)
     seed = 1
 
+    _b2[()] = 2 * seed
     # d_y[b, i] = 2*d_squares_1[b]*y[b, i]  [#bwd-squares_1-y]
     # d_y = 2*seed*y
-    d_y = np.multiply(2 * seed, y, _b2)
+    d_y = np.multiply(_b2, y, _b1)
     # d_dense_1_weight[i, j] = Σ_b (d_y[b, i]*x[b, j])  [#bwd-dense_1-weight]
     d_dense_1_weight = d_y.T @ x
     # d_dense_1_bias[i] = Σ_b d_y[b, i]  [#bwd-dense_1-bias]
     d_dense_1_bias = d_y.sum(axis=0)
-    _done(2, batch, dtype, _w)
+    _KEPT[2, batch, dtype] = _w
     return value, {
         "dense_1.weight": d_dense_1_weight,
         "dense_1.bias": d_dense_1_bias,
     }
+
 
 
 def sgd_step(params, x, lr):
@@ -448,10 +452,13 @@ def sgd_step(params, x, lr):
         dense_1_weight = params["dense_1.weight"]
         dense_1_bias = params["dense_1.bias"]
         batch, dtype = len(x), x.dtype
-        _ok = len(params) == 2 and batch and dtype in _FLOATS
-        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 4)
-        _ok = _ok and isinstance(dense_1_weight, np.ndarray) and dense_1_weight.shape == (2, 4,) and dense_1_weight.dtype == dtype and dense_1_weight.flags.writeable
-        _ok = _ok and isinstance(dense_1_bias, np.ndarray) and dense_1_bias.shape == (2,) and dense_1_bias.dtype == dtype and dense_1_bias.flags.writeable
+        _ok = (len(params) == 2 and batch and dtype in _FLOATS
+               and (x.shape, dense_1_weight.shape, dense_1_bias.shape) == (
+                   (batch, 4), (2, 4), (2,))
+               and (dense_1_weight.dtype, dense_1_bias.dtype) == (dtype, dtype)
+               and isinstance(x, np.ndarray)
+               and dense_1_weight.flags.writeable
+               and dense_1_bias.flags.writeable)
     except (KeyError, TypeError, AttributeError):
         _ok = False
     if not _ok:
@@ -459,31 +466,31 @@ def sgd_step(params, x, lr):
         _check_writable(params)
         dense_1_weight = params["dense_1.weight"]
         dense_1_bias = params["dense_1.bias"]
-    _w = _workspace(3, batch, dtype)
-    _b0, _b1, _b2, _b3, _b4 = _w
+    _w = _KEPT.pop((3, batch, dtype), None) or _workspace(3, batch, dtype)
+    _b0, _b1, _b2, _b3, _b4, _k0 = _w
 
     # dense_1: y[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
     # y = dense_1_bias + (x @ dense_1_weight.T)
-    y = np.add(dense_1_bias, np.matmul(x, dense_1_weight.T, _b0), _b0)
+    y = np.add(dense_1_bias, np.dot(x, dense_1_weight.T, _b0), _b0)
     # squares_1: squares_1[b] = Σ_i y[b, i]**2  [#fwd-squares_1]
-    # squares_1 = (y**2).sum(axis=1)
-    squares_1 = np.add.reduce(np.square(y, _b2), axis=1, out=_b1)
-    value = float(np.add.reduce(squares_1, axis=None))
+    _total = np.vdot(y, y)
+    value = float(_total)
     # the backward pass seeded with -lr times the loss's seed: each gradient is the update
     seed = -float(lr)
 
+    _b2[()] = 2 * seed
     # d_y[b, i] = 2*d_squares_1[b]*y[b, i]  [#bwd-squares_1-y]
     # d_y = 2*seed*y
-    d_y = np.multiply(2 * seed, y, _b2)
+    d_y = np.multiply(_b2, y, _b1)
     # d_dense_1_weight[i, j] = Σ_b (d_y[b, i]*x[b, j])  [#bwd-dense_1-weight]
     # d_dense_1_weight = d_y.T @ x
-    d_dense_1_weight = np.matmul(d_y.T, x, _b3)
+    d_dense_1_weight = np.dot(d_y.T, x, _b3)
     # d_dense_1_bias[i] = Σ_b d_y[b, i]  [#bwd-dense_1-bias]
     # d_dense_1_bias = d_y.sum(axis=0)
-    d_dense_1_bias = np.add.reduce(d_y, axis=0, out=_b4)
+    d_dense_1_bias = np.dot(_k0, d_y, _b4)
     dense_1_weight += d_dense_1_weight
     dense_1_bias += d_dense_1_bias
-    _done(3, batch, dtype, _w)
+    _KEPT[3, batch, dtype] = _w
     return value
 
 
@@ -497,6 +504,7 @@ def init_state(params):
     return state
 
 
+
 def train_step(params, state, x, lr=0.01, max_norm=None):
     """One step of sgd(momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False), in place on params and state; returns the loss
     before the step.  lr may change from step to step (a schedule); with max_norm the
@@ -507,11 +515,14 @@ def train_step(params, state, x, lr=0.01, max_norm=None):
         dense_1_bias = params["dense_1.bias"]
         step = state["step"]
         batch, dtype = len(x), x.dtype
-        _ok = len(params) == 2 and batch and dtype in _FLOATS
-        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 4)
-        _ok = _ok and isinstance(dense_1_weight, np.ndarray) and dense_1_weight.shape == (2, 4,) and dense_1_weight.dtype == dtype and dense_1_weight.flags.writeable
-        _ok = _ok and isinstance(dense_1_bias, np.ndarray) and dense_1_bias.shape == (2,) and dense_1_bias.dtype == dtype and dense_1_bias.flags.writeable
-        _ok = _ok and type(step) is int and step >= 0 and len(state) == 1
+        _ok = (len(params) == 2 and batch and dtype in _FLOATS
+               and (x.shape, dense_1_weight.shape, dense_1_bias.shape) == (
+                   (batch, 4), (2, 4), (2,))
+               and (dense_1_weight.dtype, dense_1_bias.dtype) == (dtype, dtype)
+               and type(step) is int and step >= 0 and len(state) == 1
+               and isinstance(x, np.ndarray)
+               and dense_1_weight.flags.writeable
+               and dense_1_bias.flags.writeable)
     except (KeyError, TypeError, AttributeError):
         _ok = False
     if not _ok:
@@ -523,27 +534,27 @@ def train_step(params, state, x, lr=0.01, max_norm=None):
         dense_1_bias = params["dense_1.bias"]
     step += 1
     lr = float(lr)
-    _w = _workspace(4, batch, dtype)
-    _b0, _b1, _b2, _b3, _b4, _b5, _b6 = _w
+    _w = _KEPT.pop((4, batch, dtype), None) or _workspace(4, batch, dtype)
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _k0 = _w
 
     # dense_1: y[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
     # y = dense_1_bias + (x @ dense_1_weight.T)
-    y = np.add(dense_1_bias, np.matmul(x, dense_1_weight.T, _b0), _b0)
+    y = np.add(dense_1_bias, np.dot(x, dense_1_weight.T, _b0), _b0)
     # squares_1: squares_1[b] = Σ_i y[b, i]**2  [#fwd-squares_1]
-    # squares_1 = (y**2).sum(axis=1)
-    squares_1 = np.add.reduce(np.square(y, _b2), axis=1, out=_b1)
-    value = float(np.add.reduce(squares_1, axis=None))
+    _total = np.vdot(y, y)
+    value = float(_total)
     seed = 1
 
+    _b2[()] = 2 * seed
     # d_y[b, i] = 2*d_squares_1[b]*y[b, i]  [#bwd-squares_1-y]
     # d_y = 2*seed*y
-    d_y = np.multiply(2 * seed, y, _b2)
+    d_y = np.multiply(_b2, y, _b1)
     # d_dense_1_weight[i, j] = Σ_b (d_y[b, i]*x[b, j])  [#bwd-dense_1-weight]
     # d_dense_1_weight = d_y.T @ x
-    d_dense_1_weight = np.matmul(d_y.T, x, _b3)
+    d_dense_1_weight = np.dot(d_y.T, x, _b3)
     # d_dense_1_bias[i] = Σ_b d_y[b, i]  [#bwd-dense_1-bias]
     # d_dense_1_bias = d_y.sum(axis=0)
-    d_dense_1_bias = np.add.reduce(d_y, axis=0, out=_b4)
+    d_dense_1_bias = np.dot(_k0, d_y, _b4)
     clip = 1.0
     if max_norm is not None:
         norm = float(np.sqrt(0.0
@@ -552,12 +563,13 @@ def train_step(params, state, x, lr=0.01, max_norm=None):
         ))
         clip = min(1.0, float(max_norm) / (norm + 1e-6))
 
+    _b5[()] = -clip * lr
     # sgd: dense_1.weight[n0, n1] = -clip*lr*d_dense_1_weight[n0, n1] + dense_1.weight[n0, n1]
     # dense_1_weight = -clip*lr*d_dense_1_weight + dense_1_weight
-    np.add(np.multiply(-clip * lr, d_dense_1_weight, _b5), dense_1_weight, dense_1_weight)
+    np.add(np.multiply(_b5, d_dense_1_weight, _b6), dense_1_weight, dense_1_weight)
     # sgd: dense_1.bias[n0] = -clip*lr*d_dense_1_bias[n0] + dense_1.bias[n0]
     # dense_1_bias = -clip*lr*d_dense_1_bias + dense_1_bias
-    np.add(np.multiply(-clip * lr, d_dense_1_bias, _b6), dense_1_bias, dense_1_bias)
+    np.add(np.multiply(_b5, d_dense_1_bias, _b7), dense_1_bias, dense_1_bias)
     state["step"] = step
-    _done(4, batch, dtype, _w)
+    _KEPT[4, batch, dtype] = _w
     return value

@@ -28,7 +28,8 @@ PARAM_INITS = {
     "dense_1.bias": ("uniform", -0.03571428571428571, 0.03571428571428571),
     "dense_2.weight": ("uniform", -0.18257418583505536, 0.18257418583505536),
     "dense_2.bias": ("uniform", -0.18257418583505536, 0.18257418583505536),
-}# train_step's optimizer as compiled: its name and options (lr is train_step's argument)
+}
+# train_step's optimizer as compiled: its name and options (lr is train_step's argument)
 OPTIMIZER = ("sgd", {"lr": 0.01, "momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0, "nesterov": False})
 # what it keeps per parameter between steps (init_state)
 STATE_NAMES = ()
@@ -42,43 +43,33 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 # each function's buffers, kept between calls: (shape with None for the batch axis, boolean?)
 _BUFFERS = (
     (((None, 30,), False), ((None, 10,), False), ),
-    (((None, 30,), False), ((None, 10,), False), ((None,), False), ((None, 10,), False), ),
-    (((None, 30,), False), ((None, 10,), False), ((None,), False), ((None, 10,), False), ((None, 10,), False), ((None, 30,), False), ((None, 30,), False), ),
-    (((None, 30,), False), ((None, 10,), False), ((None,), False), ((None, 10,), False), ((None, 10,), False), ((10, 30,), False), ((10,), False), ((None, 30,), False), ((None, 30,), False), ((30, 784,), False), ((30,), False), ),
-    (((None, 30,), False), ((None, 10,), False), ((None,), False), ((None, 10,), False), ((None, 10,), False), ((10, 30,), False), ((10,), False), ((None, 30,), False), ((None, 30,), False), ((30, 784,), False), ((30,), False), ((30, 784,), False), ((30,), False), ((10, 30,), False), ((10,), False), ),
+    (((None, 30,), False), ((None, 10,), False), ((None, 10,), False), ),
+    (((None, 30,), False), ((None, 10,), False), ((None, 10,), False), ((None, 10,), False), ((), False), ((None, 30,), False), ((None, 30,), False), ),
+    (((None, 30,), False), ((None, 10,), False), ((None, 10,), False), ((None, 10,), False), ((), False), ((10, 30,), False), ((10,), False), ((None, 30,), False), ((None, 30,), False), ((30, 784,), False), ((30,), False), ),
+    (((None, 30,), False), ((None, 10,), False), ((None, 10,), False), ((None, 10,), False), ((), False), ((10, 30,), False), ((10,), False), ((None, 30,), False), ((None, 30,), False), ((30, 784,), False), ((30,), False), ((), False), ((30, 784,), False), ((30,), False), ((10, 30,), False), ((10,), False), ),
 )
 # ... and the numbers it reads as arrays of the dtype: 0-d, or (number, shape) filling one
 _CONSTANTS = (
     (1, ),
-    (1, 0.5, ),
-    (1, 0.5, ),
-    (1, 0.5, ),
-    (1, 0.5, ),
+    (1, ),
+    (1, ),
+    (1, (1, (None,)), ),
+    (1, (1, (None,)), ),
 )
-# spare workspaces by (function, batch size, dtype): a call takes one (or makes one) and
-# puts it back when done, so two threads calling at once each work in their own
+# a workspace by (function, batch size, dtype), while no call holds it: a call takes it out
+# (one atomic dict.pop) and puts it back when done, so that two threads calling at once
+# each work in their own (the second makes one) and a call takes no lock
 _KEPT = {}
 
 
 def _workspace(fn, batch, dtype):
-    """A workspace of function fn for this batch size and dtype, for this call alone."""
-    spare = _KEPT.get((fn, batch, dtype))
-    if spare:
-        try:
-            return spare.pop()  # atomic: no two calls get the same one
-        except IndexError:  # another thread took the last one meanwhile
-            pass
+    """A new workspace of function fn for this batch size and dtype."""
     if len(_KEPT) >= 8:  # many batch sizes: keep the latest ones only
         _KEPT.clear()
     return tuple(np.empty(tuple(batch if n is None else n for n in shape), bool if boolean else dtype)
                  for shape, boolean in _BUFFERS[fn]) + \
         tuple(np.full(tuple(batch if n is None else n for n in c[1]), c[0], dtype) if isinstance(c, tuple)
               else np.array(c, dtype) for c in _CONSTANTS[fn])
-
-
-def _done(fn, batch, dtype, workspace):
-    """The call's workspace back to the spares."""
-    _KEPT.setdefault((fn, batch, dtype), []).append(workspace)
 
 
 def init_params(seed=0, dtype=np.float32):
@@ -360,6 +351,11 @@ def _sigmoid(z, out=None):
 
 
 
+
+
+# the floating-point errors some of its lines produce on purpose (exp's overflow to inf in a
+# sigmoid, the branch np.where does not take) are not warned of: one errstate for the call
+@np.errstate(over="ignore")
 def forward(params, x):
     """The network's output `a` for a batch of inputs."""
     try:  # the fast path: plain comparisons; _check names whatever is malformed
@@ -368,12 +364,15 @@ def forward(params, x):
         dense_2_weight = params["dense_2.weight"]
         dense_2_bias = params["dense_2.bias"]
         batch, dtype = len(x), x.dtype
-        _ok = len(params) == 4 and batch and dtype in _FLOATS
-        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 784)
-        _ok = _ok and isinstance(dense_1_weight, np.ndarray) and dense_1_weight.shape == (30, 784,) and dense_1_weight.dtype == dtype
-        _ok = _ok and isinstance(dense_1_bias, np.ndarray) and dense_1_bias.shape == (30,) and dense_1_bias.dtype == dtype
-        _ok = _ok and isinstance(dense_2_weight, np.ndarray) and dense_2_weight.shape == (10, 30,) and dense_2_weight.dtype == dtype
-        _ok = _ok and isinstance(dense_2_bias, np.ndarray) and dense_2_bias.shape == (10,) and dense_2_bias.dtype == dtype
+        _ok = (len(params) == 4 and batch and dtype in _FLOATS
+               and (x.shape, dense_1_weight.shape, dense_1_bias.shape, dense_2_weight.shape, dense_2_bias.shape) == (
+                   (batch, 784), (30, 784), (30,), (10, 30), (10,))
+               and (dense_1_weight.dtype, dense_1_bias.dtype, dense_2_weight.dtype, dense_2_bias.dtype) == (dtype, dtype, dtype, dtype)
+               and isinstance(x, np.ndarray)
+               and isinstance(dense_1_weight, np.ndarray)
+               and isinstance(dense_1_bias, np.ndarray)
+               and isinstance(dense_2_weight, np.ndarray)
+               and isinstance(dense_2_bias, np.ndarray))
     except (KeyError, TypeError, AttributeError):
         _ok = False
     if not _ok:
@@ -382,22 +381,25 @@ def forward(params, x):
         dense_1_bias = params["dense_1.bias"]
         dense_2_weight = params["dense_2.weight"]
         dense_2_bias = params["dense_2.bias"]
-    _w = _workspace(0, batch, dtype)
+    _w = _KEPT.pop((0, batch, dtype), None) or _workspace(0, batch, dtype)
     _b0, _b1, _k0 = _w
 
-    with np.errstate(over="ignore"):
-        # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
-        # sigmoid_1: sigmoid_1[b, i] = 1/(1 + exp(-dense_1[b, i]))  [#fwd-sigmoid_1]
-        # sigmoid_1 = _sigmoid(dense_1_bias + (x @ dense_1_weight.T))
-        sigmoid_1 = np.reciprocal(np.add(np.exp(np.negative(np.add(dense_1_bias, np.matmul(x, dense_1_weight.T, _b0), _b0), _b0), _b0), _k0, _b0), _b0)
-        # dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*sigmoid_1[b, j])  [#fwd-dense_2]
-        # sigmoid_2: a[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_2]
-        # a = _sigmoid(dense_2_bias + (sigmoid_1 @ dense_2_weight.T))
-        a = _sigmoid(np.add(dense_2_bias, np.matmul(sigmoid_1, dense_2_weight.T, _b1), _b1))
-    _done(0, batch, dtype, _w)
+    # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
+    # sigmoid_1: sigmoid_1[b, i] = 1/(1 + exp(-dense_1[b, i]))  [#fwd-sigmoid_1]
+    # sigmoid_1 = _sigmoid(dense_1_bias + (x @ dense_1_weight.T))
+    sigmoid_1 = np.reciprocal(np.add(np.exp(np.negative(np.add(dense_1_bias, np.dot(x, dense_1_weight.T, _b0), _b0), _b0), _b0), _k0, _b0), _b0)
+    # dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*sigmoid_1[b, j])  [#fwd-dense_2]
+    # sigmoid_2: a[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_2]
+    # a = _sigmoid(dense_2_bias + (sigmoid_1 @ dense_2_weight.T))
+    a = _sigmoid(np.add(dense_2_bias, np.dot(sigmoid_1, dense_2_weight.T, _b1), _b1))
+    _KEPT[0, batch, dtype] = _w
     return a
 
 
+
+# the floating-point errors some of its lines produce on purpose (exp's overflow to inf in a
+# sigmoid, the branch np.where does not take) are not warned of: one errstate for the call
+@np.errstate(over="ignore")
 def loss(params, x, y):
     """The mean over the batch of the per-sample loss."""
     try:  # the fast path: plain comparisons; _check names whatever is malformed
@@ -406,13 +408,16 @@ def loss(params, x, y):
         dense_2_weight = params["dense_2.weight"]
         dense_2_bias = params["dense_2.bias"]
         batch, dtype = len(x), x.dtype
-        _ok = len(params) == 4 and batch and dtype in _FLOATS
-        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 784)
-        _ok = _ok and isinstance(y, np.ndarray) and y.shape == (batch, 10) and y.dtype == dtype
-        _ok = _ok and isinstance(dense_1_weight, np.ndarray) and dense_1_weight.shape == (30, 784,) and dense_1_weight.dtype == dtype
-        _ok = _ok and isinstance(dense_1_bias, np.ndarray) and dense_1_bias.shape == (30,) and dense_1_bias.dtype == dtype
-        _ok = _ok and isinstance(dense_2_weight, np.ndarray) and dense_2_weight.shape == (10, 30,) and dense_2_weight.dtype == dtype
-        _ok = _ok and isinstance(dense_2_bias, np.ndarray) and dense_2_bias.shape == (10,) and dense_2_bias.dtype == dtype
+        _ok = (len(params) == 4 and batch and dtype in _FLOATS
+               and (x.shape, y.shape, dense_1_weight.shape, dense_1_bias.shape, dense_2_weight.shape, dense_2_bias.shape) == (
+                   (batch, 784), (batch, 10), (30, 784), (30,), (10, 30), (10,))
+               and (y.dtype, dense_1_weight.dtype, dense_1_bias.dtype, dense_2_weight.dtype, dense_2_bias.dtype) == (dtype, dtype, dtype, dtype, dtype)
+               and isinstance(x, np.ndarray)
+               and isinstance(y, np.ndarray)
+               and isinstance(dense_1_weight, np.ndarray)
+               and isinstance(dense_1_bias, np.ndarray)
+               and isinstance(dense_2_weight, np.ndarray)
+               and isinstance(dense_2_bias, np.ndarray))
     except (KeyError, TypeError, AttributeError):
         _ok = False
     if not _ok:
@@ -421,26 +426,31 @@ def loss(params, x, y):
         dense_1_bias = params["dense_1.bias"]
         dense_2_weight = params["dense_2.weight"]
         dense_2_bias = params["dense_2.bias"]
-    _w = _workspace(1, batch, dtype)
-    _b0, _b1, _b2, _b3, _k0, _k1 = _w
+    _w = _KEPT.pop((1, batch, dtype), None) or _workspace(1, batch, dtype)
+    _b0, _b1, _b2, _k0 = _w
 
-    with np.errstate(over="ignore"):
-        # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
-        # sigmoid_1: sigmoid_1[b, i] = 1/(1 + exp(-dense_1[b, i]))  [#fwd-sigmoid_1]
-        # sigmoid_1 = _sigmoid(dense_1_bias + (x @ dense_1_weight.T))
-        sigmoid_1 = np.reciprocal(np.add(np.exp(np.negative(np.add(dense_1_bias, np.matmul(x, dense_1_weight.T, _b0), _b0), _b0), _b0), _k0, _b0), _b0)
-        # dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*sigmoid_1[b, j])  [#fwd-dense_2]
-        # sigmoid_2: a[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_2]
-        # a = _sigmoid(dense_2_bias + (sigmoid_1 @ dense_2_weight.T))
-        a = np.reciprocal(np.add(np.exp(np.negative(np.add(dense_2_bias, np.matmul(sigmoid_1, dense_2_weight.T, _b1), _b1), _b1), _b1), _k0, _b1), _b1)
+    # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
+    # sigmoid_1: sigmoid_1[b, i] = 1/(1 + exp(-dense_1[b, i]))  [#fwd-sigmoid_1]
+    # sigmoid_1 = _sigmoid(dense_1_bias + (x @ dense_1_weight.T))
+    sigmoid_1 = np.reciprocal(np.add(np.exp(np.negative(np.add(dense_1_bias, np.dot(x, dense_1_weight.T, _b0), _b0), _b0), _b0), _k0, _b0), _b0)
+    # dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*sigmoid_1[b, j])  [#fwd-dense_2]
+    # sigmoid_2: a[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_2]
+    # a = _sigmoid(dense_2_bias + (sigmoid_1 @ dense_2_weight.T))
+    a = np.reciprocal(np.add(np.exp(np.negative(np.add(dense_2_bias, np.dot(sigmoid_1, dense_2_weight.T, _b1), _b1), _b1), _b1), _k0, _b1), _b1)
+    # _c0 = a - y
+    _c0 = np.subtract(a, y, _b2)
     # quadratic_1: quadratic_1[b] = Σ_i (-y[b, i] + a[b, i])**2/2  [#fwd-quadratic_1]
-    # quadratic_1 = 0.5*((a - y)**2).sum(axis=1)
-    quadratic_1 = np.multiply(_k1, np.add.reduce(np.square(np.subtract(a, y, _b3), _b3), axis=1, out=_b2), _b2)
-    value = float(np.add.reduce(quadratic_1, axis=None) / batch)
-    _done(1, batch, dtype, _w)
+    # _total = np.vdot(a - y, a - y)
+    _total = np.vdot(_c0, _c0)
+    value = float(_total) * 0.5 / batch
+    _KEPT[1, batch, dtype] = _w
     return value
 
 
+
+# the floating-point errors some of its lines produce on purpose (exp's overflow to inf in a
+# sigmoid, the branch np.where does not take) are not warned of: one errstate for the call
+@np.errstate(over="ignore")
 def loss_and_grad(params, x, y):
     """The loss and its gradient with respect to every parameter."""
     try:  # the fast path: plain comparisons; _check names whatever is malformed
@@ -449,13 +459,16 @@ def loss_and_grad(params, x, y):
         dense_2_weight = params["dense_2.weight"]
         dense_2_bias = params["dense_2.bias"]
         batch, dtype = len(x), x.dtype
-        _ok = len(params) == 4 and batch and dtype in _FLOATS
-        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 784)
-        _ok = _ok and isinstance(y, np.ndarray) and y.shape == (batch, 10) and y.dtype == dtype
-        _ok = _ok and isinstance(dense_1_weight, np.ndarray) and dense_1_weight.shape == (30, 784,) and dense_1_weight.dtype == dtype
-        _ok = _ok and isinstance(dense_1_bias, np.ndarray) and dense_1_bias.shape == (30,) and dense_1_bias.dtype == dtype
-        _ok = _ok and isinstance(dense_2_weight, np.ndarray) and dense_2_weight.shape == (10, 30,) and dense_2_weight.dtype == dtype
-        _ok = _ok and isinstance(dense_2_bias, np.ndarray) and dense_2_bias.shape == (10,) and dense_2_bias.dtype == dtype
+        _ok = (len(params) == 4 and batch and dtype in _FLOATS
+               and (x.shape, y.shape, dense_1_weight.shape, dense_1_bias.shape, dense_2_weight.shape, dense_2_bias.shape) == (
+                   (batch, 784), (batch, 10), (30, 784), (30,), (10, 30), (10,))
+               and (y.dtype, dense_1_weight.dtype, dense_1_bias.dtype, dense_2_weight.dtype, dense_2_bias.dtype) == (dtype, dtype, dtype, dtype, dtype)
+               and isinstance(x, np.ndarray)
+               and isinstance(y, np.ndarray)
+               and isinstance(dense_1_weight, np.ndarray)
+               and isinstance(dense_1_bias, np.ndarray)
+               and isinstance(dense_2_weight, np.ndarray)
+               and isinstance(dense_2_bias, np.ndarray))
     except (KeyError, TypeError, AttributeError):
         _ok = False
     if not _ok:
@@ -464,28 +477,30 @@ def loss_and_grad(params, x, y):
         dense_1_bias = params["dense_1.bias"]
         dense_2_weight = params["dense_2.weight"]
         dense_2_bias = params["dense_2.bias"]
-    _w = _workspace(2, batch, dtype)
-    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _k0, _k1 = _w
+    _w = _KEPT.pop((2, batch, dtype), None) or _workspace(2, batch, dtype)
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _k0 = _w
 
-    with np.errstate(over="ignore"):
-        # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
-        # sigmoid_1: sigmoid_1[b, i] = 1/(1 + exp(-dense_1[b, i]))  [#fwd-sigmoid_1]
-        # sigmoid_1 = _sigmoid(dense_1_bias + (x @ dense_1_weight.T))
-        sigmoid_1 = np.reciprocal(np.add(np.exp(np.negative(np.add(dense_1_bias, np.matmul(x, dense_1_weight.T, _b0), _b0), _b0), _b0), _k0, _b0), _b0)
-        # dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*sigmoid_1[b, j])  [#fwd-dense_2]
-        # sigmoid_2: a[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_2]
-        # a = _sigmoid(dense_2_bias + (sigmoid_1 @ dense_2_weight.T))
-        a = np.reciprocal(np.add(np.exp(np.negative(np.add(dense_2_bias, np.matmul(sigmoid_1, dense_2_weight.T, _b1), _b1), _b1), _b1), _k0, _b1), _b1)
+    # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
+    # sigmoid_1: sigmoid_1[b, i] = 1/(1 + exp(-dense_1[b, i]))  [#fwd-sigmoid_1]
+    # sigmoid_1 = _sigmoid(dense_1_bias + (x @ dense_1_weight.T))
+    sigmoid_1 = np.reciprocal(np.add(np.exp(np.negative(np.add(dense_1_bias, np.dot(x, dense_1_weight.T, _b0), _b0), _b0), _b0), _k0, _b0), _b0)
+    # dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*sigmoid_1[b, j])  [#fwd-dense_2]
+    # sigmoid_2: a[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_2]
+    # a = _sigmoid(dense_2_bias + (sigmoid_1 @ dense_2_weight.T))
+    a = np.reciprocal(np.add(np.exp(np.negative(np.add(dense_2_bias, np.dot(sigmoid_1, dense_2_weight.T, _b1), _b1), _b1), _b1), _k0, _b1), _b1)
+    # _c0 = a - y
+    _c0 = np.subtract(a, y, _b2)
     # quadratic_1: quadratic_1[b] = Σ_i (-y[b, i] + a[b, i])**2/2  [#fwd-quadratic_1]
-    # quadratic_1 = 0.5*((a - y)**2).sum(axis=1)
-    quadratic_1 = np.multiply(_k1, np.add.reduce(np.square(np.subtract(a, y, _b3), _b3), axis=1, out=_b2), _b2)
-    value = float(np.add.reduce(quadratic_1, axis=None) / batch)
+    # _total = np.vdot(a - y, a - y)
+    _total = np.vdot(_c0, _c0)
+    value = float(_total) * 0.5 / batch
     seed = 1 / batch
 
+    _b4[()] = seed
     # d_a[b, i] = (-y[b, i] + a[b, i])*d_quadratic_1[b]  [#bwd-quadratic_1-a]
     # d_dense_2[b, i] = -(-1 + a[b, i])*a[b, i]*d_a[b, i]  [#bwd-sigmoid_2-dense_2]
     # d_dense_2 = seed*(1 - a)*(a - y)*a
-    d_dense_2 = np.multiply(np.multiply(np.multiply(seed, np.subtract(_k0, a, _b3), _b3), np.subtract(a, y, _b4), _b3), a, _b3)
+    d_dense_2 = np.multiply(np.multiply(np.multiply(_b4, np.subtract(_k0, a, _b3), _b3), _c0, _b3), a, _b3)
     # d_dense_2_weight[i, j] = Σ_b (d_dense_2[b, i]*sigmoid_1[b, j])  [#bwd-dense_2-weight]
     d_dense_2_weight = d_dense_2.T @ sigmoid_1
     # d_dense_2_bias[i] = Σ_b d_dense_2[b, i]  [#bwd-dense_2-bias]
@@ -493,12 +508,12 @@ def loss_and_grad(params, x, y):
     # d_sigmoid_1[b, j] = Σ_i (d_dense_2[b, i]*dense_2.weight[i, j])  [#bwd-dense_2-sigmoid_1]
     # d_dense_1[b, i] = -(-1 + sigmoid_1[b, i])*d_sigmoid_1[b, i]*sigmoid_1[b, i]  [#bwd-sigmoid_1-dense_1]
     # d_dense_1 = (1 - sigmoid_1)*sigmoid_1*(d_dense_2 @ dense_2_weight)
-    d_dense_1 = np.multiply(np.multiply(np.subtract(_k0, sigmoid_1, _b5), sigmoid_1, _b5), np.matmul(d_dense_2, dense_2_weight, _b6), _b5)
+    d_dense_1 = np.multiply(np.multiply(np.subtract(_k0, sigmoid_1, _b5), sigmoid_1, _b5), np.dot(d_dense_2, dense_2_weight, _b6), _b5)
     # d_dense_1_weight[i, j] = Σ_b (d_dense_1[b, i]*x[b, j])  [#bwd-dense_1-weight]
     d_dense_1_weight = d_dense_1.T @ x
     # d_dense_1_bias[i] = Σ_b d_dense_1[b, i]  [#bwd-dense_1-bias]
     d_dense_1_bias = d_dense_1.sum(axis=0)
-    _done(2, batch, dtype, _w)
+    _KEPT[2, batch, dtype] = _w
     return value, {
         "dense_1.weight": d_dense_1_weight,
         "dense_1.bias": d_dense_1_bias,
@@ -507,6 +522,10 @@ def loss_and_grad(params, x, y):
     }
 
 
+
+# the floating-point errors some of its lines produce on purpose (exp's overflow to inf in a
+# sigmoid, the branch np.where does not take) are not warned of: one errstate for the call
+@np.errstate(over="ignore")
 def sgd_step(params, x, y, lr):
     """One step of plain gradient descent, in place; returns the loss before the step."""
     try:  # the fast path: plain comparisons; _check names whatever is malformed
@@ -515,13 +534,16 @@ def sgd_step(params, x, y, lr):
         dense_2_weight = params["dense_2.weight"]
         dense_2_bias = params["dense_2.bias"]
         batch, dtype = len(x), x.dtype
-        _ok = len(params) == 4 and batch and dtype in _FLOATS
-        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 784)
-        _ok = _ok and isinstance(y, np.ndarray) and y.shape == (batch, 10) and y.dtype == dtype
-        _ok = _ok and isinstance(dense_1_weight, np.ndarray) and dense_1_weight.shape == (30, 784,) and dense_1_weight.dtype == dtype and dense_1_weight.flags.writeable
-        _ok = _ok and isinstance(dense_1_bias, np.ndarray) and dense_1_bias.shape == (30,) and dense_1_bias.dtype == dtype and dense_1_bias.flags.writeable
-        _ok = _ok and isinstance(dense_2_weight, np.ndarray) and dense_2_weight.shape == (10, 30,) and dense_2_weight.dtype == dtype and dense_2_weight.flags.writeable
-        _ok = _ok and isinstance(dense_2_bias, np.ndarray) and dense_2_bias.shape == (10,) and dense_2_bias.dtype == dtype and dense_2_bias.flags.writeable
+        _ok = (len(params) == 4 and batch and dtype in _FLOATS
+               and (x.shape, y.shape, dense_1_weight.shape, dense_1_bias.shape, dense_2_weight.shape, dense_2_bias.shape) == (
+                   (batch, 784), (batch, 10), (30, 784), (30,), (10, 30), (10,))
+               and (y.dtype, dense_1_weight.dtype, dense_1_bias.dtype, dense_2_weight.dtype, dense_2_bias.dtype) == (dtype, dtype, dtype, dtype, dtype)
+               and isinstance(x, np.ndarray)
+               and isinstance(y, np.ndarray)
+               and dense_1_weight.flags.writeable
+               and dense_1_bias.flags.writeable
+               and dense_2_weight.flags.writeable
+               and dense_2_bias.flags.writeable)
     except (KeyError, TypeError, AttributeError):
         _ok = False
     if not _ok:
@@ -531,50 +553,52 @@ def sgd_step(params, x, y, lr):
         dense_1_bias = params["dense_1.bias"]
         dense_2_weight = params["dense_2.weight"]
         dense_2_bias = params["dense_2.bias"]
-    _w = _workspace(3, batch, dtype)
+    _w = _KEPT.pop((3, batch, dtype), None) or _workspace(3, batch, dtype)
     _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _k0, _k1 = _w
 
-    with np.errstate(over="ignore"):
-        # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
-        # sigmoid_1: sigmoid_1[b, i] = 1/(1 + exp(-dense_1[b, i]))  [#fwd-sigmoid_1]
-        # sigmoid_1 = _sigmoid(dense_1_bias + (x @ dense_1_weight.T))
-        sigmoid_1 = np.reciprocal(np.add(np.exp(np.negative(np.add(dense_1_bias, np.matmul(x, dense_1_weight.T, _b0), _b0), _b0), _b0), _k0, _b0), _b0)
-        # dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*sigmoid_1[b, j])  [#fwd-dense_2]
-        # sigmoid_2: a[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_2]
-        # a = _sigmoid(dense_2_bias + (sigmoid_1 @ dense_2_weight.T))
-        a = np.reciprocal(np.add(np.exp(np.negative(np.add(dense_2_bias, np.matmul(sigmoid_1, dense_2_weight.T, _b1), _b1), _b1), _b1), _k0, _b1), _b1)
+    # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
+    # sigmoid_1: sigmoid_1[b, i] = 1/(1 + exp(-dense_1[b, i]))  [#fwd-sigmoid_1]
+    # sigmoid_1 = _sigmoid(dense_1_bias + (x @ dense_1_weight.T))
+    sigmoid_1 = np.reciprocal(np.add(np.exp(np.negative(np.add(dense_1_bias, np.dot(x, dense_1_weight.T, _b0), _b0), _b0), _b0), _k0, _b0), _b0)
+    # dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*sigmoid_1[b, j])  [#fwd-dense_2]
+    # sigmoid_2: a[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_2]
+    # a = _sigmoid(dense_2_bias + (sigmoid_1 @ dense_2_weight.T))
+    a = np.reciprocal(np.add(np.exp(np.negative(np.add(dense_2_bias, np.dot(sigmoid_1, dense_2_weight.T, _b1), _b1), _b1), _b1), _k0, _b1), _b1)
+    # _c0 = a - y
+    _c0 = np.subtract(a, y, _b2)
     # quadratic_1: quadratic_1[b] = Σ_i (-y[b, i] + a[b, i])**2/2  [#fwd-quadratic_1]
-    # quadratic_1 = 0.5*((a - y)**2).sum(axis=1)
-    quadratic_1 = np.multiply(_k1, np.add.reduce(np.square(np.subtract(a, y, _b3), _b3), axis=1, out=_b2), _b2)
-    value = float(np.add.reduce(quadratic_1, axis=None) / batch)
+    # _total = np.vdot(a - y, a - y)
+    _total = np.vdot(_c0, _c0)
+    value = float(_total) * 0.5 / batch
     # the backward pass seeded with -lr times the loss's seed: each gradient is the update
     seed = -float(lr) / batch
 
+    _b4[()] = seed
     # d_a[b, i] = (-y[b, i] + a[b, i])*d_quadratic_1[b]  [#bwd-quadratic_1-a]
     # d_dense_2[b, i] = -(-1 + a[b, i])*a[b, i]*d_a[b, i]  [#bwd-sigmoid_2-dense_2]
     # d_dense_2 = seed*(1 - a)*(a - y)*a
-    d_dense_2 = np.multiply(np.multiply(np.multiply(seed, np.subtract(_k0, a, _b3), _b3), np.subtract(a, y, _b4), _b3), a, _b3)
+    d_dense_2 = np.multiply(np.multiply(np.multiply(_b4, np.subtract(_k0, a, _b3), _b3), _c0, _b3), a, _b3)
     # d_dense_2_weight[i, j] = Σ_b (d_dense_2[b, i]*sigmoid_1[b, j])  [#bwd-dense_2-weight]
     # d_dense_2_weight = d_dense_2.T @ sigmoid_1
-    d_dense_2_weight = np.matmul(d_dense_2.T, sigmoid_1, _b5)
+    d_dense_2_weight = np.dot(d_dense_2.T, sigmoid_1, _b5)
     # d_dense_2_bias[i] = Σ_b d_dense_2[b, i]  [#bwd-dense_2-bias]
     # d_dense_2_bias = d_dense_2.sum(axis=0)
-    d_dense_2_bias = np.add.reduce(d_dense_2, axis=0, out=_b6)
+    d_dense_2_bias = np.dot(_k1, d_dense_2, _b6)
     # d_sigmoid_1[b, j] = Σ_i (d_dense_2[b, i]*dense_2.weight[i, j])  [#bwd-dense_2-sigmoid_1]
     # d_dense_1[b, i] = -(-1 + sigmoid_1[b, i])*d_sigmoid_1[b, i]*sigmoid_1[b, i]  [#bwd-sigmoid_1-dense_1]
     # d_dense_1 = (1 - sigmoid_1)*sigmoid_1*(d_dense_2 @ dense_2_weight)
-    d_dense_1 = np.multiply(np.multiply(np.subtract(_k0, sigmoid_1, _b7), sigmoid_1, _b7), np.matmul(d_dense_2, dense_2_weight, _b8), _b7)
+    d_dense_1 = np.multiply(np.multiply(np.subtract(_k0, sigmoid_1, _b7), sigmoid_1, _b7), np.dot(d_dense_2, dense_2_weight, _b8), _b7)
     # d_dense_1_weight[i, j] = Σ_b (d_dense_1[b, i]*x[b, j])  [#bwd-dense_1-weight]
     # d_dense_1_weight = d_dense_1.T @ x
-    d_dense_1_weight = np.matmul(d_dense_1.T, x, _b9)
+    d_dense_1_weight = np.dot(d_dense_1.T, x, _b9)
     # d_dense_1_bias[i] = Σ_b d_dense_1[b, i]  [#bwd-dense_1-bias]
     # d_dense_1_bias = d_dense_1.sum(axis=0)
-    d_dense_1_bias = np.add.reduce(d_dense_1, axis=0, out=_b10)
+    d_dense_1_bias = np.dot(_k1, d_dense_1, _b10)
     dense_1_weight += d_dense_1_weight
     dense_1_bias += d_dense_1_bias
     dense_2_weight += d_dense_2_weight
     dense_2_bias += d_dense_2_bias
-    _done(3, batch, dtype, _w)
+    _KEPT[3, batch, dtype] = _w
     return value
 
 
@@ -588,6 +612,10 @@ def init_state(params):
     return state
 
 
+
+# the floating-point errors some of its lines produce on purpose (exp's overflow to inf in a
+# sigmoid, the branch np.where does not take) are not warned of: one errstate for the call
+@np.errstate(over="ignore")
 def train_step(params, state, x, y, lr=0.01, max_norm=None):
     """One step of sgd(momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False), in place on params and state; returns the loss
     before the step.  lr may change from step to step (a schedule); with max_norm the
@@ -600,14 +628,17 @@ def train_step(params, state, x, y, lr=0.01, max_norm=None):
         dense_2_bias = params["dense_2.bias"]
         step = state["step"]
         batch, dtype = len(x), x.dtype
-        _ok = len(params) == 4 and batch and dtype in _FLOATS
-        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 784)
-        _ok = _ok and isinstance(y, np.ndarray) and y.shape == (batch, 10) and y.dtype == dtype
-        _ok = _ok and isinstance(dense_1_weight, np.ndarray) and dense_1_weight.shape == (30, 784,) and dense_1_weight.dtype == dtype and dense_1_weight.flags.writeable
-        _ok = _ok and isinstance(dense_1_bias, np.ndarray) and dense_1_bias.shape == (30,) and dense_1_bias.dtype == dtype and dense_1_bias.flags.writeable
-        _ok = _ok and isinstance(dense_2_weight, np.ndarray) and dense_2_weight.shape == (10, 30,) and dense_2_weight.dtype == dtype and dense_2_weight.flags.writeable
-        _ok = _ok and isinstance(dense_2_bias, np.ndarray) and dense_2_bias.shape == (10,) and dense_2_bias.dtype == dtype and dense_2_bias.flags.writeable
-        _ok = _ok and type(step) is int and step >= 0 and len(state) == 1
+        _ok = (len(params) == 4 and batch and dtype in _FLOATS
+               and (x.shape, y.shape, dense_1_weight.shape, dense_1_bias.shape, dense_2_weight.shape, dense_2_bias.shape) == (
+                   (batch, 784), (batch, 10), (30, 784), (30,), (10, 30), (10,))
+               and (y.dtype, dense_1_weight.dtype, dense_1_bias.dtype, dense_2_weight.dtype, dense_2_bias.dtype) == (dtype, dtype, dtype, dtype, dtype)
+               and type(step) is int and step >= 0 and len(state) == 1
+               and isinstance(x, np.ndarray)
+               and isinstance(y, np.ndarray)
+               and dense_1_weight.flags.writeable
+               and dense_1_bias.flags.writeable
+               and dense_2_weight.flags.writeable
+               and dense_2_bias.flags.writeable)
     except (KeyError, TypeError, AttributeError):
         _ok = False
     if not _ok:
@@ -621,44 +652,46 @@ def train_step(params, state, x, y, lr=0.01, max_norm=None):
         dense_2_bias = params["dense_2.bias"]
     step += 1
     lr = float(lr)
-    _w = _workspace(4, batch, dtype)
-    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _k0, _k1 = _w
+    _w = _KEPT.pop((4, batch, dtype), None) or _workspace(4, batch, dtype)
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _k0, _k1 = _w
 
-    with np.errstate(over="ignore"):
-        # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
-        # sigmoid_1: sigmoid_1[b, i] = 1/(1 + exp(-dense_1[b, i]))  [#fwd-sigmoid_1]
-        # sigmoid_1 = _sigmoid(dense_1_bias + (x @ dense_1_weight.T))
-        sigmoid_1 = np.reciprocal(np.add(np.exp(np.negative(np.add(dense_1_bias, np.matmul(x, dense_1_weight.T, _b0), _b0), _b0), _b0), _k0, _b0), _b0)
-        # dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*sigmoid_1[b, j])  [#fwd-dense_2]
-        # sigmoid_2: a[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_2]
-        # a = _sigmoid(dense_2_bias + (sigmoid_1 @ dense_2_weight.T))
-        a = np.reciprocal(np.add(np.exp(np.negative(np.add(dense_2_bias, np.matmul(sigmoid_1, dense_2_weight.T, _b1), _b1), _b1), _b1), _k0, _b1), _b1)
+    # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
+    # sigmoid_1: sigmoid_1[b, i] = 1/(1 + exp(-dense_1[b, i]))  [#fwd-sigmoid_1]
+    # sigmoid_1 = _sigmoid(dense_1_bias + (x @ dense_1_weight.T))
+    sigmoid_1 = np.reciprocal(np.add(np.exp(np.negative(np.add(dense_1_bias, np.dot(x, dense_1_weight.T, _b0), _b0), _b0), _b0), _k0, _b0), _b0)
+    # dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*sigmoid_1[b, j])  [#fwd-dense_2]
+    # sigmoid_2: a[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_2]
+    # a = _sigmoid(dense_2_bias + (sigmoid_1 @ dense_2_weight.T))
+    a = np.reciprocal(np.add(np.exp(np.negative(np.add(dense_2_bias, np.dot(sigmoid_1, dense_2_weight.T, _b1), _b1), _b1), _b1), _k0, _b1), _b1)
+    # _c0 = a - y
+    _c0 = np.subtract(a, y, _b2)
     # quadratic_1: quadratic_1[b] = Σ_i (-y[b, i] + a[b, i])**2/2  [#fwd-quadratic_1]
-    # quadratic_1 = 0.5*((a - y)**2).sum(axis=1)
-    quadratic_1 = np.multiply(_k1, np.add.reduce(np.square(np.subtract(a, y, _b3), _b3), axis=1, out=_b2), _b2)
-    value = float(np.add.reduce(quadratic_1, axis=None) / batch)
+    # _total = np.vdot(a - y, a - y)
+    _total = np.vdot(_c0, _c0)
+    value = float(_total) * 0.5 / batch
     seed = 1 / batch
 
+    _b4[()] = seed
     # d_a[b, i] = (-y[b, i] + a[b, i])*d_quadratic_1[b]  [#bwd-quadratic_1-a]
     # d_dense_2[b, i] = -(-1 + a[b, i])*a[b, i]*d_a[b, i]  [#bwd-sigmoid_2-dense_2]
     # d_dense_2 = seed*(1 - a)*(a - y)*a
-    d_dense_2 = np.multiply(np.multiply(np.multiply(seed, np.subtract(_k0, a, _b3), _b3), np.subtract(a, y, _b4), _b3), a, _b3)
+    d_dense_2 = np.multiply(np.multiply(np.multiply(_b4, np.subtract(_k0, a, _b3), _b3), _c0, _b3), a, _b3)
     # d_dense_2_weight[i, j] = Σ_b (d_dense_2[b, i]*sigmoid_1[b, j])  [#bwd-dense_2-weight]
     # d_dense_2_weight = d_dense_2.T @ sigmoid_1
-    d_dense_2_weight = np.matmul(d_dense_2.T, sigmoid_1, _b5)
+    d_dense_2_weight = np.dot(d_dense_2.T, sigmoid_1, _b5)
     # d_dense_2_bias[i] = Σ_b d_dense_2[b, i]  [#bwd-dense_2-bias]
     # d_dense_2_bias = d_dense_2.sum(axis=0)
-    d_dense_2_bias = np.add.reduce(d_dense_2, axis=0, out=_b6)
+    d_dense_2_bias = np.dot(_k1, d_dense_2, _b6)
     # d_sigmoid_1[b, j] = Σ_i (d_dense_2[b, i]*dense_2.weight[i, j])  [#bwd-dense_2-sigmoid_1]
     # d_dense_1[b, i] = -(-1 + sigmoid_1[b, i])*d_sigmoid_1[b, i]*sigmoid_1[b, i]  [#bwd-sigmoid_1-dense_1]
     # d_dense_1 = (1 - sigmoid_1)*sigmoid_1*(d_dense_2 @ dense_2_weight)
-    d_dense_1 = np.multiply(np.multiply(np.subtract(_k0, sigmoid_1, _b7), sigmoid_1, _b7), np.matmul(d_dense_2, dense_2_weight, _b8), _b7)
+    d_dense_1 = np.multiply(np.multiply(np.subtract(_k0, sigmoid_1, _b7), sigmoid_1, _b7), np.dot(d_dense_2, dense_2_weight, _b8), _b7)
     # d_dense_1_weight[i, j] = Σ_b (d_dense_1[b, i]*x[b, j])  [#bwd-dense_1-weight]
     # d_dense_1_weight = d_dense_1.T @ x
-    d_dense_1_weight = np.matmul(d_dense_1.T, x, _b9)
+    d_dense_1_weight = np.dot(d_dense_1.T, x, _b9)
     # d_dense_1_bias[i] = Σ_b d_dense_1[b, i]  [#bwd-dense_1-bias]
     # d_dense_1_bias = d_dense_1.sum(axis=0)
-    d_dense_1_bias = np.add.reduce(d_dense_1, axis=0, out=_b10)
+    d_dense_1_bias = np.dot(_k1, d_dense_1, _b10)
     clip = 1.0
     if max_norm is not None:
         norm = float(np.sqrt(0.0
@@ -669,18 +702,19 @@ def train_step(params, state, x, y, lr=0.01, max_norm=None):
         ))
         clip = min(1.0, float(max_norm) / (norm + 1e-6))
 
+    _b11[()] = -clip * lr
     # sgd: dense_1.weight[n0, n1] = -clip*lr*d_dense_1_weight[n0, n1] + dense_1.weight[n0, n1]
     # dense_1_weight = -clip*lr*d_dense_1_weight + dense_1_weight
-    np.add(np.multiply(-clip * lr, d_dense_1_weight, _b11), dense_1_weight, dense_1_weight)
+    np.add(np.multiply(_b11, d_dense_1_weight, _b12), dense_1_weight, dense_1_weight)
     # sgd: dense_1.bias[n0] = -clip*lr*d_dense_1_bias[n0] + dense_1.bias[n0]
     # dense_1_bias = -clip*lr*d_dense_1_bias + dense_1_bias
-    np.add(np.multiply(-clip * lr, d_dense_1_bias, _b12), dense_1_bias, dense_1_bias)
+    np.add(np.multiply(_b11, d_dense_1_bias, _b13), dense_1_bias, dense_1_bias)
     # sgd: dense_2.weight[n0, n1] = -clip*lr*d_dense_2_weight[n0, n1] + dense_2.weight[n0, n1]
     # dense_2_weight = -clip*lr*d_dense_2_weight + dense_2_weight
-    np.add(np.multiply(-clip * lr, d_dense_2_weight, _b13), dense_2_weight, dense_2_weight)
+    np.add(np.multiply(_b11, d_dense_2_weight, _b14), dense_2_weight, dense_2_weight)
     # sgd: dense_2.bias[n0] = -clip*lr*d_dense_2_bias[n0] + dense_2.bias[n0]
     # dense_2_bias = -clip*lr*d_dense_2_bias + dense_2_bias
-    np.add(np.multiply(-clip * lr, d_dense_2_bias, _b14), dense_2_bias, dense_2_bias)
+    np.add(np.multiply(_b11, d_dense_2_bias, _b15), dense_2_bias, dense_2_bias)
     state["step"] = step
-    _done(4, batch, dtype, _w)
+    _KEPT[4, batch, dtype] = _w
     return value

@@ -28,7 +28,8 @@ PARAM_INITS = {
     "dense_1.bias": ("uniform", -0.7071067811865476, 0.7071067811865476),
     "dense_2.weight": ("uniform", -0.5, 0.5),
     "dense_2.bias": ("uniform", -0.5, 0.5),
-}# train_step's optimizer as compiled: its name and options (lr is train_step's argument)
+}
+# train_step's optimizer as compiled: its name and options (lr is train_step's argument)
 OPTIMIZER = ("adam", {"lr": 0.05, "beta1": 0.9, "beta2": 0.999, "eps": 1e-08, "weight_decay": 0.0})
 # what it keeps per parameter between steps (init_state)
 STATE_NAMES = ("exp_avg", "exp_avg_sq", )
@@ -41,44 +42,34 @@ TRAINED = ("dense_1.weight", "dense_1.bias", "dense_2.weight", "dense_2.bias", )
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 # each function's buffers, kept between calls: (shape with None for the batch axis, boolean?)
 _BUFFERS = (
-    (((None, 4,), False), ((None, 1,), False), ),
-    (((None, 4,), False), ((None, 1,), False), ((None, 1,), False), ((None,), False), ((None, 1,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), False), ),
-    (((None, 4,), False), ((None, 1,), False), ((None, 1,), False), ((None,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), False), ((None, 4,), False), ((None, 4,), False), ),
-    (((None, 4,), False), ((None, 1,), False), ((None, 1,), False), ((None,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), False), ((1, 4,), False), ((1,), False), ((None, 4,), False), ((None, 4,), False), ((4, 2,), False), ((4,), False), ),
-    (((None, 4,), False), ((None, 1,), False), ((None, 1,), False), ((None,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), False), ((1, 4,), False), ((1,), False), ((None, 4,), False), ((None, 4,), False), ((4, 2,), False), ((4,), False), ((4, 2,), False), ((4, 2,), False), ((4,), False), ((4,), False), ((1, 4,), False), ((1, 4,), False), ((1,), False), ((1,), False), ),
+    (((None, 4,), False), ((None, 1,), False), ((None, 1,), False), ),
+    (((None, 4,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), False), ((None,), False), ((None, 1,), True), ((None, 1,), True), ((None, 1,), False), ((None, 1,), False), ((None, 1,), False), ((None,), False), ),
+    (((None, 4,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), False), ((None,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), False), ((None, 1,), False), ((None,), False), ((), False), ((), False), ((None, 4,), False), ((None, 4,), False), ),
+    (((None, 4,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), False), ((None,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), False), ((None, 1,), False), ((None,), False), ((), False), ((), False), ((1, 4,), False), ((1,), False), ((None, 4,), False), ((None, 4,), False), ((4, 2,), False), ((4,), False), ),
+    (((None, 4,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), False), ((None,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), False), ((None, 1,), False), ((None,), False), ((), False), ((), False), ((1, 4,), False), ((1,), False), ((None, 4,), False), ((None, 4,), False), ((4, 2,), False), ((4,), False), ((), False), ((4, 2,), False), ((4, 2,), False), ((), False), ((), False), ((), False), ((4,), False), ((4,), False), ((1, 4,), False), ((1, 4,), False), ((1,), False), ((1,), False), ((1,), False), ((1,), False), ((1,), False), ),
 )
 # ... and the numbers it reads as arrays of the dtype: 0-d, or (number, shape) filling one
 _CONSTANTS = (
     (),
-    (1, 0, 100, ),
-    (1, 0, 100, 3.720075976020836e-44, ),
-    (1, 0, 100, 3.720075976020836e-44, ),
-    (1, 0, 100, 3.720075976020836e-44, 0.1, 0.9, 0.001, 0.999, 1e-08, ),
+    (1, 0, 100, (1, (1,)), ),
+    (1, 0, 100, (1, (1,)), 3.720075976020836e-44, ),
+    (1, 0, 100, (1, (1,)), 3.720075976020836e-44, (1, (None,)), ),
+    (1, 0, 100, (1, (1,)), 3.720075976020836e-44, (1, (None,)), 0.1, 0.9, 0.001, 0.999, 1e-08, ),
 )
-# spare workspaces by (function, batch size, dtype): a call takes one (or makes one) and
-# puts it back when done, so two threads calling at once each work in their own
+# a workspace by (function, batch size, dtype), while no call holds it: a call takes it out
+# (one atomic dict.pop) and puts it back when done, so that two threads calling at once
+# each work in their own (the second makes one) and a call takes no lock
 _KEPT = {}
 
 
 def _workspace(fn, batch, dtype):
-    """A workspace of function fn for this batch size and dtype, for this call alone."""
-    spare = _KEPT.get((fn, batch, dtype))
-    if spare:
-        try:
-            return spare.pop()  # atomic: no two calls get the same one
-        except IndexError:  # another thread took the last one meanwhile
-            pass
+    """A new workspace of function fn for this batch size and dtype."""
     if len(_KEPT) >= 8:  # many batch sizes: keep the latest ones only
         _KEPT.clear()
     return tuple(np.empty(tuple(batch if n is None else n for n in shape), bool if boolean else dtype)
                  for shape, boolean in _BUFFERS[fn]) + \
         tuple(np.full(tuple(batch if n is None else n for n in c[1]), c[0], dtype) if isinstance(c, tuple)
               else np.array(c, dtype) for c in _CONSTANTS[fn])
-
-
-def _done(fn, batch, dtype, workspace):
-    """The call's workspace back to the spares."""
-    _KEPT.setdefault((fn, batch, dtype), []).append(workspace)
 
 
 def init_params(seed=0, dtype=np.float32):
@@ -360,6 +351,11 @@ def _sigmoid(z, out=None):
 
 
 
+
+
+# the floating-point errors some of its lines produce on purpose (exp's overflow to inf in a
+# sigmoid, the branch np.where does not take) are not warned of: one errstate for the call
+@np.errstate(over="ignore")
 def forward(params, x):
     """The network's output `p` for a batch of inputs."""
     try:  # the fast path: plain comparisons; _check names whatever is malformed
@@ -368,12 +364,15 @@ def forward(params, x):
         dense_2_weight = params["dense_2.weight"]
         dense_2_bias = params["dense_2.bias"]
         batch, dtype = len(x), x.dtype
-        _ok = len(params) == 4 and batch and dtype in _FLOATS
-        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 2)
-        _ok = _ok and isinstance(dense_1_weight, np.ndarray) and dense_1_weight.shape == (4, 2,) and dense_1_weight.dtype == dtype
-        _ok = _ok and isinstance(dense_1_bias, np.ndarray) and dense_1_bias.shape == (4,) and dense_1_bias.dtype == dtype
-        _ok = _ok and isinstance(dense_2_weight, np.ndarray) and dense_2_weight.shape == (1, 4,) and dense_2_weight.dtype == dtype
-        _ok = _ok and isinstance(dense_2_bias, np.ndarray) and dense_2_bias.shape == (1,) and dense_2_bias.dtype == dtype
+        _ok = (len(params) == 4 and batch and dtype in _FLOATS
+               and (x.shape, dense_1_weight.shape, dense_1_bias.shape, dense_2_weight.shape, dense_2_bias.shape) == (
+                   (batch, 2), (4, 2), (4,), (1, 4), (1,))
+               and (dense_1_weight.dtype, dense_1_bias.dtype, dense_2_weight.dtype, dense_2_bias.dtype) == (dtype, dtype, dtype, dtype)
+               and isinstance(x, np.ndarray)
+               and isinstance(dense_1_weight, np.ndarray)
+               and isinstance(dense_1_bias, np.ndarray)
+               and isinstance(dense_2_weight, np.ndarray)
+               and isinstance(dense_2_bias, np.ndarray))
     except (KeyError, TypeError, AttributeError):
         _ok = False
     if not _ok:
@@ -382,22 +381,25 @@ def forward(params, x):
         dense_1_bias = params["dense_1.bias"]
         dense_2_weight = params["dense_2.weight"]
         dense_2_bias = params["dense_2.bias"]
-    _w = _workspace(0, batch, dtype)
-    _b0, _b1 = _w
+    _w = _KEPT.pop((0, batch, dtype), None) or _workspace(0, batch, dtype)
+    _b0, _b1, _b2 = _w
 
     # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
     # tanh_1: h[b, i] = tanh(dense_1[b, i])  [#fwd-tanh_1]
     # h = np.tanh(dense_1_bias + (x @ dense_1_weight.T))
-    h = np.tanh(np.add(dense_1_bias, np.matmul(x, dense_1_weight.T, _b0), _b0), _b0)
-    with np.errstate(over="ignore"):
-        # dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2]
-        # sigmoid_1: p[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_1]
-        # p = _sigmoid(dense_2_bias + (h @ dense_2_weight.T))
-        p = _sigmoid(np.add(dense_2_bias, np.matmul(h, dense_2_weight.T, _b1), _b1))
-    _done(0, batch, dtype, _w)
+    h = np.tanh(np.add(dense_1_bias, np.dot(x, dense_1_weight.T, _b0), _b0), _b0)
+    # dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2]
+    # sigmoid_1: p[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_1]
+    # p = _sigmoid(dense_2_bias + (h @ dense_2_weight.T))
+    p = _sigmoid(np.add(dense_2_bias, np.dot(h, dense_2_weight.T, _b1), _b2))
+    _KEPT[0, batch, dtype] = _w
     return p
 
 
+
+# the floating-point errors some of its lines produce on purpose (exp's overflow to inf in a
+# sigmoid, the branch np.where does not take) are not warned of: one errstate for the call
+@np.errstate(over="ignore")
 def loss(params, x, y):
     """The mean over the batch of the per-sample loss."""
     try:  # the fast path: plain comparisons; _check names whatever is malformed
@@ -406,13 +408,16 @@ def loss(params, x, y):
         dense_2_weight = params["dense_2.weight"]
         dense_2_bias = params["dense_2.bias"]
         batch, dtype = len(x), x.dtype
-        _ok = len(params) == 4 and batch and dtype in _FLOATS
-        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 2)
-        _ok = _ok and isinstance(y, np.ndarray) and y.shape == (batch, 1) and y.dtype == dtype
-        _ok = _ok and isinstance(dense_1_weight, np.ndarray) and dense_1_weight.shape == (4, 2,) and dense_1_weight.dtype == dtype
-        _ok = _ok and isinstance(dense_1_bias, np.ndarray) and dense_1_bias.shape == (4,) and dense_1_bias.dtype == dtype
-        _ok = _ok and isinstance(dense_2_weight, np.ndarray) and dense_2_weight.shape == (1, 4,) and dense_2_weight.dtype == dtype
-        _ok = _ok and isinstance(dense_2_bias, np.ndarray) and dense_2_bias.shape == (1,) and dense_2_bias.dtype == dtype
+        _ok = (len(params) == 4 and batch and dtype in _FLOATS
+               and (x.shape, y.shape, dense_1_weight.shape, dense_1_bias.shape, dense_2_weight.shape, dense_2_bias.shape) == (
+                   (batch, 2), (batch, 1), (4, 2), (4,), (1, 4), (1,))
+               and (y.dtype, dense_1_weight.dtype, dense_1_bias.dtype, dense_2_weight.dtype, dense_2_bias.dtype) == (dtype, dtype, dtype, dtype, dtype)
+               and isinstance(x, np.ndarray)
+               and isinstance(y, np.ndarray)
+               and isinstance(dense_1_weight, np.ndarray)
+               and isinstance(dense_1_bias, np.ndarray)
+               and isinstance(dense_2_weight, np.ndarray)
+               and isinstance(dense_2_bias, np.ndarray))
     except (KeyError, TypeError, AttributeError):
         _ok = False
     if not _ok:
@@ -421,28 +426,36 @@ def loss(params, x, y):
         dense_1_bias = params["dense_1.bias"]
         dense_2_weight = params["dense_2.weight"]
         dense_2_bias = params["dense_2.bias"]
-    _w = _workspace(1, batch, dtype)
-    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _k0, _k1, _k2 = _w
+    _w = _KEPT.pop((1, batch, dtype), None) or _workspace(1, batch, dtype)
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _k0, _k1, _k2, _k3 = _w
 
     # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
     # tanh_1: h[b, i] = tanh(dense_1[b, i])  [#fwd-tanh_1]
     # h = np.tanh(dense_1_bias + (x @ dense_1_weight.T))
-    h = np.tanh(np.add(dense_1_bias, np.matmul(x, dense_1_weight.T, _b0), _b0), _b0)
+    h = np.tanh(np.add(dense_1_bias, np.dot(x, dense_1_weight.T, _b0), _b0), _b0)
     # dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2]
     # dense_2 = dense_2_bias + (h @ dense_2_weight.T)
-    dense_2 = np.add(dense_2_bias, np.matmul(h, dense_2_weight.T, _b1), _b1)
-    with np.errstate(over="ignore"):
-        # sigmoid_1: p[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_1]
-        # p = _sigmoid(dense_2)
-        p = np.reciprocal(np.add(np.exp(np.negative(dense_2, _b2), _b2), _k0, _b2), _b2)
+    dense_2 = np.add(dense_2_bias, np.dot(h, dense_2_weight.T, _b2), _b1)
+    # sigmoid_1: p[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_1]
+    # p = _sigmoid(dense_2)
+    p = np.reciprocal(np.add(np.exp(np.negative(dense_2, _b3), _b4), _k0, _b5), _b2)
+    # _c0 = np.logaddexp(0, dense_2)
+    _c0 = np.logaddexp(_k1, dense_2, _b2)
+    # _c1 = np.logaddexp(0, -dense_2)
+    _c1 = np.logaddexp(_k1, np.negative(dense_2, _b4), _b3)
     # binary_cross_entropy_1: binary_cross_entropy_1[b] = -Σ_i ((1 - y[b, i])*where(log(1 - p[b, i]) > -100, log(1 - p[b, i]), -100) + y[b, i]*where(log(p[b, i]) > -100, log(p[b, i]), -100))  [#fwd-binary_cross_entropy_1]
     # binary_cross_entropy_1 = -((1 - y)*np.where((np.logaddexp(0, dense_2) > 100), -100, -np.logaddexp(0, dense_2)) + np.where((np.logaddexp(0, -dense_2) > 100), -100, -np.logaddexp(0, -dense_2))*y).sum(axis=1)
-    binary_cross_entropy_1 = np.negative(np.add.reduce(np.add(np.multiply(np.subtract(_k0, y, _b2), np.where(np.greater(np.logaddexp(_k1, dense_2, _b4), _k2, _b5), -100, np.negative(np.logaddexp(_k1, dense_2, _b6), _b6)), _b2), np.multiply(np.where(np.greater(np.logaddexp(_k1, np.negative(dense_2, _b7), _b7), _k2, _b8), -100, np.negative(np.logaddexp(_k1, np.negative(dense_2, _b9), _b9), _b9)), y, _b10), _b2), axis=1, out=_b3), _b3)
-    value = float(np.add.reduce(binary_cross_entropy_1, axis=None) / batch)
-    _done(1, batch, dtype, _w)
+    binary_cross_entropy_1 = np.negative(np.dot(np.add(np.multiply(np.subtract(_k0, y, _b5), np.where(np.greater(_c0, _k2, _b7), -100, np.negative(_c0, _b1)), _b4), np.multiply(np.where(np.greater(_c1, _k2, _b8), -100, np.negative(_c1, _b9)), y, _b10), _b11), _k3, _b12), _b6)
+    _total = np.add.reduce(binary_cross_entropy_1, axis=None)
+    value = float(_total) / batch
+    _KEPT[1, batch, dtype] = _w
     return value
 
 
+
+# the floating-point errors some of its lines produce on purpose (exp's overflow to inf in a
+# sigmoid, the branch np.where does not take) are not warned of: one errstate for the call
+@np.errstate(divide="ignore", invalid="ignore", over="ignore")
 def loss_and_grad(params, x, y):
     """The loss and its gradient with respect to every parameter."""
     try:  # the fast path: plain comparisons; _check names whatever is malformed
@@ -451,13 +464,16 @@ def loss_and_grad(params, x, y):
         dense_2_weight = params["dense_2.weight"]
         dense_2_bias = params["dense_2.bias"]
         batch, dtype = len(x), x.dtype
-        _ok = len(params) == 4 and batch and dtype in _FLOATS
-        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 2)
-        _ok = _ok and isinstance(y, np.ndarray) and y.shape == (batch, 1) and y.dtype == dtype
-        _ok = _ok and isinstance(dense_1_weight, np.ndarray) and dense_1_weight.shape == (4, 2,) and dense_1_weight.dtype == dtype
-        _ok = _ok and isinstance(dense_1_bias, np.ndarray) and dense_1_bias.shape == (4,) and dense_1_bias.dtype == dtype
-        _ok = _ok and isinstance(dense_2_weight, np.ndarray) and dense_2_weight.shape == (1, 4,) and dense_2_weight.dtype == dtype
-        _ok = _ok and isinstance(dense_2_bias, np.ndarray) and dense_2_bias.shape == (1,) and dense_2_bias.dtype == dtype
+        _ok = (len(params) == 4 and batch and dtype in _FLOATS
+               and (x.shape, y.shape, dense_1_weight.shape, dense_1_bias.shape, dense_2_weight.shape, dense_2_bias.shape) == (
+                   (batch, 2), (batch, 1), (4, 2), (4,), (1, 4), (1,))
+               and (y.dtype, dense_1_weight.dtype, dense_1_bias.dtype, dense_2_weight.dtype, dense_2_bias.dtype) == (dtype, dtype, dtype, dtype, dtype)
+               and isinstance(x, np.ndarray)
+               and isinstance(y, np.ndarray)
+               and isinstance(dense_1_weight, np.ndarray)
+               and isinstance(dense_1_bias, np.ndarray)
+               and isinstance(dense_2_weight, np.ndarray)
+               and isinstance(dense_2_bias, np.ndarray))
     except (KeyError, TypeError, AttributeError):
         _ok = False
     if not _ok:
@@ -466,31 +482,40 @@ def loss_and_grad(params, x, y):
         dense_1_bias = params["dense_1.bias"]
         dense_2_weight = params["dense_2.weight"]
         dense_2_bias = params["dense_2.bias"]
-    _w = _workspace(2, batch, dtype)
-    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _k0, _k1, _k2, _k3 = _w
+    _w = _KEPT.pop((2, batch, dtype), None) or _workspace(2, batch, dtype)
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _b16, _b17, _b18, _k0, _k1, _k2, _k3, _k4 = _w
 
     # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
     # tanh_1: h[b, i] = tanh(dense_1[b, i])  [#fwd-tanh_1]
     # h = np.tanh(dense_1_bias + (x @ dense_1_weight.T))
-    h = np.tanh(np.add(dense_1_bias, np.matmul(x, dense_1_weight.T, _b0), _b0), _b0)
+    h = np.tanh(np.add(dense_1_bias, np.dot(x, dense_1_weight.T, _b0), _b0), _b0)
     # dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2]
     # dense_2 = dense_2_bias + (h @ dense_2_weight.T)
-    dense_2 = np.add(dense_2_bias, np.matmul(h, dense_2_weight.T, _b1), _b1)
-    with np.errstate(over="ignore"):
-        # sigmoid_1: p[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_1]
-        # p = _sigmoid(dense_2)
-        p = np.reciprocal(np.add(np.exp(np.negative(dense_2, _b2), _b2), _k0, _b2), _b2)
+    dense_2 = np.add(dense_2_bias, np.dot(h, dense_2_weight.T, _b2), _b1)
+    # sigmoid_1: p[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_1]
+    # p = _sigmoid(dense_2)
+    p = np.reciprocal(np.add(np.exp(np.negative(dense_2, _b3), _b4), _k0, _b5), _b2)
+    # _c0 = 1 - y
+    _c0 = np.subtract(_k0, y, _b3)
+    # _c1 = np.logaddexp(0, dense_2)
+    _c1 = np.logaddexp(_k1, dense_2, _b4)
+    # _c2 = np.logaddexp(0, -dense_2)
+    _c2 = np.logaddexp(_k1, np.negative(dense_2, _b6), _b5)
     # binary_cross_entropy_1: binary_cross_entropy_1[b] = -Σ_i ((1 - y[b, i])*where(log(1 - p[b, i]) > -100, log(1 - p[b, i]), -100) + y[b, i]*where(log(p[b, i]) > -100, log(p[b, i]), -100))  [#fwd-binary_cross_entropy_1]
     # binary_cross_entropy_1 = -((1 - y)*np.where((np.logaddexp(0, dense_2) > 100), -100, -np.logaddexp(0, dense_2)) + np.where((np.logaddexp(0, -dense_2) > 100), -100, -np.logaddexp(0, -dense_2))*y).sum(axis=1)
-    binary_cross_entropy_1 = np.negative(np.add.reduce(np.add(np.multiply(np.subtract(_k0, y, _b4), np.where(np.greater(np.logaddexp(_k1, dense_2, _b5), _k2, _b6), -100, np.negative(np.logaddexp(_k1, dense_2, _b7), _b7)), _b4), np.multiply(np.where(np.greater(np.logaddexp(_k1, np.negative(dense_2, _b8), _b8), _k2, _b9), -100, np.negative(np.logaddexp(_k1, np.negative(dense_2, _b10), _b10), _b10)), y, _b11), _b4), axis=1, out=_b3), _b3)
-    value = float(np.add.reduce(binary_cross_entropy_1, axis=None) / batch)
+    binary_cross_entropy_1 = np.negative(np.dot(np.add(np.multiply(_c0, np.where(np.greater(_c1, _k2, _b8), -100, np.negative(_c1, _b6)), _b9), np.multiply(np.where(np.greater(_c2, _k2, _b10), -100, np.negative(_c2, _b11)), y, _b12), _b13), _k3, _b14), _b7)
+    _total = np.add.reduce(binary_cross_entropy_1, axis=None)
+    value = float(_total) / batch
     seed = 1 / batch
 
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        # d_p[b, i] = where(log(1 - p[b, i]) > -100, (1 - y[b, i])*d_binary_cross_entropy_1[b]/(1 - p[b, i]), 0) + where(log(p[b, i]) > -100, -d_binary_cross_entropy_1[b]*y[b, i]/p[b, i], 0)  [#bwd-binary_cross_entropy_1-p]
-        # d_dense_2[b, i] = -(-1 + p[b, i])*d_p[b, i]*p[b, i]  [#bwd-sigmoid_1-dense_2]
-        # d_dense_2 = _sigmoid(-dense_2)*p*(np.where((_sigmoid(-dense_2) > 3.720075976020836e-44), seed*(1 - y)/_sigmoid(-dense_2), 0) + np.where((p > 3.720075976020836e-44), -seed*y/p, 0))
-        d_dense_2 = np.multiply(np.multiply(np.reciprocal(np.add(np.exp(np.negative(np.negative(dense_2, _b5), _b5), _b5), _k0, _b5), _b5), p, _b5), np.add(np.where(np.greater(np.reciprocal(np.add(np.exp(np.negative(np.negative(dense_2, _b7), _b7), _b7), _k0, _b7), _b7), _k3, _b6), np.true_divide(np.multiply(seed, np.subtract(_k0, y, _b8), _b8), np.reciprocal(np.add(np.exp(np.negative(np.negative(dense_2, _b10), _b10), _b10), _k0, _b10), _b10), _b8), 0), np.where(np.greater(p, _k3, _b9), np.true_divide(np.multiply(-seed, y, _b11), p, _b11), 0), _b4), _b5)
+    # _c3 = _sigmoid(-dense_2)
+    _c3 = np.reciprocal(np.add(np.exp(np.negative(np.negative(dense_2, _b5), _b6), _b11), _k0, _b9), _b4)
+    _b15[()] = seed
+    _b16[()] = -seed
+    # d_p[b, i] = where(log(1 - p[b, i]) > -100, (1 - y[b, i])*d_binary_cross_entropy_1[b]/(1 - p[b, i]), 0) + where(log(p[b, i]) > -100, -d_binary_cross_entropy_1[b]*y[b, i]/p[b, i], 0)  [#bwd-binary_cross_entropy_1-p]
+    # d_dense_2[b, i] = -(-1 + p[b, i])*d_p[b, i]*p[b, i]  [#bwd-sigmoid_1-dense_2]
+    # d_dense_2 = _sigmoid(-dense_2)*p*(np.where((_sigmoid(-dense_2) > 3.720075976020836e-44), seed*(1 - y)/_sigmoid(-dense_2), 0) + np.where((p > 3.720075976020836e-44), -seed*y/p, 0))
+    d_dense_2 = np.multiply(np.multiply(_c3, p, _b13), np.add(np.where(np.greater(_c3, _k4, _b8), np.true_divide(np.multiply(_b15, _c0, _b1), _c3, _b5), 0), np.where(np.greater(p, _k4, _b10), np.true_divide(np.multiply(_b16, y, _b6), p, _b11), 0), _b9), _b12)
     # d_dense_2_weight[i, j] = Σ_b (d_dense_2[b, i]*h[b, j])  [#bwd-dense_2-weight]
     d_dense_2_weight = d_dense_2.T @ h
     # d_dense_2_bias[i] = Σ_b d_dense_2[b, i]  [#bwd-dense_2-bias]
@@ -498,12 +523,12 @@ def loss_and_grad(params, x, y):
     # d_h[b, j] = Σ_i (d_dense_2[b, i]*dense_2.weight[i, j])  [#bwd-dense_2-h]
     # d_dense_1[b, i] = (1 - h[b, i]**2)*d_h[b, i]  [#bwd-tanh_1-dense_1]
     # d_dense_1 = (1 - h**2)*(d_dense_2 @ dense_2_weight)
-    d_dense_1 = np.multiply(np.subtract(_k0, np.square(h, _b12), _b12), np.matmul(d_dense_2, dense_2_weight, _b13), _b12)
+    d_dense_1 = np.multiply(np.subtract(_k0, np.square(h, _b17), _b17), np.dot(d_dense_2, dense_2_weight, _b18), _b17)
     # d_dense_1_weight[i, j] = Σ_b (d_dense_1[b, i]*x[b, j])  [#bwd-dense_1-weight]
     d_dense_1_weight = d_dense_1.T @ x
     # d_dense_1_bias[i] = Σ_b d_dense_1[b, i]  [#bwd-dense_1-bias]
     d_dense_1_bias = d_dense_1.sum(axis=0)
-    _done(2, batch, dtype, _w)
+    _KEPT[2, batch, dtype] = _w
     return value, {
         "dense_1.weight": d_dense_1_weight,
         "dense_1.bias": d_dense_1_bias,
@@ -512,6 +537,10 @@ def loss_and_grad(params, x, y):
     }
 
 
+
+# the floating-point errors some of its lines produce on purpose (exp's overflow to inf in a
+# sigmoid, the branch np.where does not take) are not warned of: one errstate for the call
+@np.errstate(divide="ignore", invalid="ignore", over="ignore")
 def sgd_step(params, x, y, lr):
     """One step of plain gradient descent, in place; returns the loss before the step."""
     try:  # the fast path: plain comparisons; _check names whatever is malformed
@@ -520,13 +549,16 @@ def sgd_step(params, x, y, lr):
         dense_2_weight = params["dense_2.weight"]
         dense_2_bias = params["dense_2.bias"]
         batch, dtype = len(x), x.dtype
-        _ok = len(params) == 4 and batch and dtype in _FLOATS
-        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 2)
-        _ok = _ok and isinstance(y, np.ndarray) and y.shape == (batch, 1) and y.dtype == dtype
-        _ok = _ok and isinstance(dense_1_weight, np.ndarray) and dense_1_weight.shape == (4, 2,) and dense_1_weight.dtype == dtype and dense_1_weight.flags.writeable
-        _ok = _ok and isinstance(dense_1_bias, np.ndarray) and dense_1_bias.shape == (4,) and dense_1_bias.dtype == dtype and dense_1_bias.flags.writeable
-        _ok = _ok and isinstance(dense_2_weight, np.ndarray) and dense_2_weight.shape == (1, 4,) and dense_2_weight.dtype == dtype and dense_2_weight.flags.writeable
-        _ok = _ok and isinstance(dense_2_bias, np.ndarray) and dense_2_bias.shape == (1,) and dense_2_bias.dtype == dtype and dense_2_bias.flags.writeable
+        _ok = (len(params) == 4 and batch and dtype in _FLOATS
+               and (x.shape, y.shape, dense_1_weight.shape, dense_1_bias.shape, dense_2_weight.shape, dense_2_bias.shape) == (
+                   (batch, 2), (batch, 1), (4, 2), (4,), (1, 4), (1,))
+               and (y.dtype, dense_1_weight.dtype, dense_1_bias.dtype, dense_2_weight.dtype, dense_2_bias.dtype) == (dtype, dtype, dtype, dtype, dtype)
+               and isinstance(x, np.ndarray)
+               and isinstance(y, np.ndarray)
+               and dense_1_weight.flags.writeable
+               and dense_1_bias.flags.writeable
+               and dense_2_weight.flags.writeable
+               and dense_2_bias.flags.writeable)
     except (KeyError, TypeError, AttributeError):
         _ok = False
     if not _ok:
@@ -536,53 +568,62 @@ def sgd_step(params, x, y, lr):
         dense_1_bias = params["dense_1.bias"]
         dense_2_weight = params["dense_2.weight"]
         dense_2_bias = params["dense_2.bias"]
-    _w = _workspace(3, batch, dtype)
-    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _b16, _b17, _k0, _k1, _k2, _k3 = _w
+    _w = _KEPT.pop((3, batch, dtype), None) or _workspace(3, batch, dtype)
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _b16, _b17, _b18, _b19, _b20, _b21, _b22, _k0, _k1, _k2, _k3, _k4, _k5 = _w
 
     # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
     # tanh_1: h[b, i] = tanh(dense_1[b, i])  [#fwd-tanh_1]
     # h = np.tanh(dense_1_bias + (x @ dense_1_weight.T))
-    h = np.tanh(np.add(dense_1_bias, np.matmul(x, dense_1_weight.T, _b0), _b0), _b0)
+    h = np.tanh(np.add(dense_1_bias, np.dot(x, dense_1_weight.T, _b0), _b0), _b0)
     # dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2]
     # dense_2 = dense_2_bias + (h @ dense_2_weight.T)
-    dense_2 = np.add(dense_2_bias, np.matmul(h, dense_2_weight.T, _b1), _b1)
-    with np.errstate(over="ignore"):
-        # sigmoid_1: p[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_1]
-        # p = _sigmoid(dense_2)
-        p = np.reciprocal(np.add(np.exp(np.negative(dense_2, _b2), _b2), _k0, _b2), _b2)
+    dense_2 = np.add(dense_2_bias, np.dot(h, dense_2_weight.T, _b2), _b1)
+    # sigmoid_1: p[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_1]
+    # p = _sigmoid(dense_2)
+    p = np.reciprocal(np.add(np.exp(np.negative(dense_2, _b3), _b4), _k0, _b5), _b2)
+    # _c0 = 1 - y
+    _c0 = np.subtract(_k0, y, _b3)
+    # _c1 = np.logaddexp(0, dense_2)
+    _c1 = np.logaddexp(_k1, dense_2, _b4)
+    # _c2 = np.logaddexp(0, -dense_2)
+    _c2 = np.logaddexp(_k1, np.negative(dense_2, _b6), _b5)
     # binary_cross_entropy_1: binary_cross_entropy_1[b] = -Σ_i ((1 - y[b, i])*where(log(1 - p[b, i]) > -100, log(1 - p[b, i]), -100) + y[b, i]*where(log(p[b, i]) > -100, log(p[b, i]), -100))  [#fwd-binary_cross_entropy_1]
     # binary_cross_entropy_1 = -((1 - y)*np.where((np.logaddexp(0, dense_2) > 100), -100, -np.logaddexp(0, dense_2)) + np.where((np.logaddexp(0, -dense_2) > 100), -100, -np.logaddexp(0, -dense_2))*y).sum(axis=1)
-    binary_cross_entropy_1 = np.negative(np.add.reduce(np.add(np.multiply(np.subtract(_k0, y, _b4), np.where(np.greater(np.logaddexp(_k1, dense_2, _b5), _k2, _b6), -100, np.negative(np.logaddexp(_k1, dense_2, _b7), _b7)), _b4), np.multiply(np.where(np.greater(np.logaddexp(_k1, np.negative(dense_2, _b8), _b8), _k2, _b9), -100, np.negative(np.logaddexp(_k1, np.negative(dense_2, _b10), _b10), _b10)), y, _b11), _b4), axis=1, out=_b3), _b3)
-    value = float(np.add.reduce(binary_cross_entropy_1, axis=None) / batch)
+    binary_cross_entropy_1 = np.negative(np.dot(np.add(np.multiply(_c0, np.where(np.greater(_c1, _k2, _b8), -100, np.negative(_c1, _b6)), _b9), np.multiply(np.where(np.greater(_c2, _k2, _b10), -100, np.negative(_c2, _b11)), y, _b12), _b13), _k3, _b14), _b7)
+    _total = np.add.reduce(binary_cross_entropy_1, axis=None)
+    value = float(_total) / batch
     # the backward pass seeded with -lr times the loss's seed: each gradient is the update
     seed = -float(lr) / batch
 
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        # d_p[b, i] = where(log(1 - p[b, i]) > -100, (1 - y[b, i])*d_binary_cross_entropy_1[b]/(1 - p[b, i]), 0) + where(log(p[b, i]) > -100, -d_binary_cross_entropy_1[b]*y[b, i]/p[b, i], 0)  [#bwd-binary_cross_entropy_1-p]
-        # d_dense_2[b, i] = -(-1 + p[b, i])*d_p[b, i]*p[b, i]  [#bwd-sigmoid_1-dense_2]
-        # d_dense_2 = _sigmoid(-dense_2)*p*(np.where((_sigmoid(-dense_2) > 3.720075976020836e-44), seed*(1 - y)/_sigmoid(-dense_2), 0) + np.where((p > 3.720075976020836e-44), -seed*y/p, 0))
-        d_dense_2 = np.multiply(np.multiply(np.reciprocal(np.add(np.exp(np.negative(np.negative(dense_2, _b5), _b5), _b5), _k0, _b5), _b5), p, _b5), np.add(np.where(np.greater(np.reciprocal(np.add(np.exp(np.negative(np.negative(dense_2, _b7), _b7), _b7), _k0, _b7), _b7), _k3, _b6), np.true_divide(np.multiply(seed, np.subtract(_k0, y, _b8), _b8), np.reciprocal(np.add(np.exp(np.negative(np.negative(dense_2, _b10), _b10), _b10), _k0, _b10), _b10), _b8), 0), np.where(np.greater(p, _k3, _b9), np.true_divide(np.multiply(-seed, y, _b11), p, _b11), 0), _b4), _b5)
+    # _c3 = _sigmoid(-dense_2)
+    _c3 = np.reciprocal(np.add(np.exp(np.negative(np.negative(dense_2, _b5), _b6), _b11), _k0, _b9), _b4)
+    _b15[()] = seed
+    _b16[()] = -seed
+    # d_p[b, i] = where(log(1 - p[b, i]) > -100, (1 - y[b, i])*d_binary_cross_entropy_1[b]/(1 - p[b, i]), 0) + where(log(p[b, i]) > -100, -d_binary_cross_entropy_1[b]*y[b, i]/p[b, i], 0)  [#bwd-binary_cross_entropy_1-p]
+    # d_dense_2[b, i] = -(-1 + p[b, i])*d_p[b, i]*p[b, i]  [#bwd-sigmoid_1-dense_2]
+    # d_dense_2 = _sigmoid(-dense_2)*p*(np.where((_sigmoid(-dense_2) > 3.720075976020836e-44), seed*(1 - y)/_sigmoid(-dense_2), 0) + np.where((p > 3.720075976020836e-44), -seed*y/p, 0))
+    d_dense_2 = np.multiply(np.multiply(_c3, p, _b13), np.add(np.where(np.greater(_c3, _k4, _b8), np.true_divide(np.multiply(_b15, _c0, _b1), _c3, _b5), 0), np.where(np.greater(p, _k4, _b10), np.true_divide(np.multiply(_b16, y, _b6), p, _b11), 0), _b9), _b12)
     # d_dense_2_weight[i, j] = Σ_b (d_dense_2[b, i]*h[b, j])  [#bwd-dense_2-weight]
     # d_dense_2_weight = d_dense_2.T @ h
-    d_dense_2_weight = np.matmul(d_dense_2.T, h, _b12)
+    d_dense_2_weight = np.dot(d_dense_2.T, h, _b17)
     # d_dense_2_bias[i] = Σ_b d_dense_2[b, i]  [#bwd-dense_2-bias]
     # d_dense_2_bias = d_dense_2.sum(axis=0)
-    d_dense_2_bias = np.add.reduce(d_dense_2, axis=0, out=_b13)
+    d_dense_2_bias = np.dot(_k5, d_dense_2, _b18)
     # d_h[b, j] = Σ_i (d_dense_2[b, i]*dense_2.weight[i, j])  [#bwd-dense_2-h]
     # d_dense_1[b, i] = (1 - h[b, i]**2)*d_h[b, i]  [#bwd-tanh_1-dense_1]
     # d_dense_1 = (1 - h**2)*(d_dense_2 @ dense_2_weight)
-    d_dense_1 = np.multiply(np.subtract(_k0, np.square(h, _b14), _b14), np.matmul(d_dense_2, dense_2_weight, _b15), _b14)
+    d_dense_1 = np.multiply(np.subtract(_k0, np.square(h, _b19), _b19), np.dot(d_dense_2, dense_2_weight, _b20), _b19)
     # d_dense_1_weight[i, j] = Σ_b (d_dense_1[b, i]*x[b, j])  [#bwd-dense_1-weight]
     # d_dense_1_weight = d_dense_1.T @ x
-    d_dense_1_weight = np.matmul(d_dense_1.T, x, _b16)
+    d_dense_1_weight = np.dot(d_dense_1.T, x, _b21)
     # d_dense_1_bias[i] = Σ_b d_dense_1[b, i]  [#bwd-dense_1-bias]
     # d_dense_1_bias = d_dense_1.sum(axis=0)
-    d_dense_1_bias = np.add.reduce(d_dense_1, axis=0, out=_b17)
+    d_dense_1_bias = np.dot(_k5, d_dense_1, _b22)
     dense_1_weight += d_dense_1_weight
     dense_1_bias += d_dense_1_bias
     dense_2_weight += d_dense_2_weight
     dense_2_bias += d_dense_2_bias
-    _done(3, batch, dtype, _w)
+    _KEPT[3, batch, dtype] = _w
     return value
 
 
@@ -596,6 +637,10 @@ def init_state(params):
     return state
 
 
+
+# the floating-point errors some of its lines produce on purpose (exp's overflow to inf in a
+# sigmoid, the branch np.where does not take) are not warned of: one errstate for the call
+@np.errstate(divide="ignore", invalid="ignore", over="ignore")
 def train_step(params, state, x, y, lr=0.05, max_norm=None):
     """One step of adam(beta1=0.9, beta2=0.999, eps=1e-08, weight_decay=0.0), in place on params and state; returns the loss
     before the step.  lr may change from step to step (a schedule); with max_norm the
@@ -616,22 +661,25 @@ def train_step(params, state, x, y, lr=0.05, max_norm=None):
         dense_2_bias_exp_avg = state["exp_avg"]["dense_2.bias"]
         dense_2_bias_exp_avg_sq = state["exp_avg_sq"]["dense_2.bias"]
         batch, dtype = len(x), x.dtype
-        _ok = len(params) == 4 and batch and dtype in _FLOATS
-        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 2)
-        _ok = _ok and isinstance(y, np.ndarray) and y.shape == (batch, 1) and y.dtype == dtype
-        _ok = _ok and isinstance(dense_1_weight, np.ndarray) and dense_1_weight.shape == (4, 2,) and dense_1_weight.dtype == dtype and dense_1_weight.flags.writeable
-        _ok = _ok and isinstance(dense_1_bias, np.ndarray) and dense_1_bias.shape == (4,) and dense_1_bias.dtype == dtype and dense_1_bias.flags.writeable
-        _ok = _ok and isinstance(dense_2_weight, np.ndarray) and dense_2_weight.shape == (1, 4,) and dense_2_weight.dtype == dtype and dense_2_weight.flags.writeable
-        _ok = _ok and isinstance(dense_2_bias, np.ndarray) and dense_2_bias.shape == (1,) and dense_2_bias.dtype == dtype and dense_2_bias.flags.writeable
-        _ok = _ok and type(step) is int and step >= 0 and len(state) == 3
-        _ok = _ok and isinstance(dense_1_weight_exp_avg, np.ndarray) and dense_1_weight_exp_avg.shape == (4, 2,) and dense_1_weight_exp_avg.dtype == dtype and dense_1_weight_exp_avg.flags.writeable
-        _ok = _ok and isinstance(dense_1_weight_exp_avg_sq, np.ndarray) and dense_1_weight_exp_avg_sq.shape == (4, 2,) and dense_1_weight_exp_avg_sq.dtype == dtype and dense_1_weight_exp_avg_sq.flags.writeable
-        _ok = _ok and isinstance(dense_1_bias_exp_avg, np.ndarray) and dense_1_bias_exp_avg.shape == (4,) and dense_1_bias_exp_avg.dtype == dtype and dense_1_bias_exp_avg.flags.writeable
-        _ok = _ok and isinstance(dense_1_bias_exp_avg_sq, np.ndarray) and dense_1_bias_exp_avg_sq.shape == (4,) and dense_1_bias_exp_avg_sq.dtype == dtype and dense_1_bias_exp_avg_sq.flags.writeable
-        _ok = _ok and isinstance(dense_2_weight_exp_avg, np.ndarray) and dense_2_weight_exp_avg.shape == (1, 4,) and dense_2_weight_exp_avg.dtype == dtype and dense_2_weight_exp_avg.flags.writeable
-        _ok = _ok and isinstance(dense_2_weight_exp_avg_sq, np.ndarray) and dense_2_weight_exp_avg_sq.shape == (1, 4,) and dense_2_weight_exp_avg_sq.dtype == dtype and dense_2_weight_exp_avg_sq.flags.writeable
-        _ok = _ok and isinstance(dense_2_bias_exp_avg, np.ndarray) and dense_2_bias_exp_avg.shape == (1,) and dense_2_bias_exp_avg.dtype == dtype and dense_2_bias_exp_avg.flags.writeable
-        _ok = _ok and isinstance(dense_2_bias_exp_avg_sq, np.ndarray) and dense_2_bias_exp_avg_sq.shape == (1,) and dense_2_bias_exp_avg_sq.dtype == dtype and dense_2_bias_exp_avg_sq.flags.writeable
+        _ok = (len(params) == 4 and batch and dtype in _FLOATS
+               and (x.shape, y.shape, dense_1_weight.shape, dense_1_bias.shape, dense_2_weight.shape, dense_2_bias.shape, dense_1_weight_exp_avg.shape, dense_1_weight_exp_avg_sq.shape, dense_1_bias_exp_avg.shape, dense_1_bias_exp_avg_sq.shape, dense_2_weight_exp_avg.shape, dense_2_weight_exp_avg_sq.shape, dense_2_bias_exp_avg.shape, dense_2_bias_exp_avg_sq.shape) == (
+                   (batch, 2), (batch, 1), (4, 2), (4,), (1, 4), (1,), (4, 2), (4, 2), (4,), (4,), (1, 4), (1, 4), (1,), (1,))
+               and (y.dtype, dense_1_weight.dtype, dense_1_bias.dtype, dense_2_weight.dtype, dense_2_bias.dtype, dense_1_weight_exp_avg.dtype, dense_1_weight_exp_avg_sq.dtype, dense_1_bias_exp_avg.dtype, dense_1_bias_exp_avg_sq.dtype, dense_2_weight_exp_avg.dtype, dense_2_weight_exp_avg_sq.dtype, dense_2_bias_exp_avg.dtype, dense_2_bias_exp_avg_sq.dtype) == (dtype, dtype, dtype, dtype, dtype, dtype, dtype, dtype, dtype, dtype, dtype, dtype, dtype)
+               and type(step) is int and step >= 0 and len(state) == 3
+               and isinstance(x, np.ndarray)
+               and isinstance(y, np.ndarray)
+               and dense_1_weight.flags.writeable
+               and dense_1_bias.flags.writeable
+               and dense_2_weight.flags.writeable
+               and dense_2_bias.flags.writeable
+               and dense_1_weight_exp_avg.flags.writeable
+               and dense_1_weight_exp_avg_sq.flags.writeable
+               and dense_1_bias_exp_avg.flags.writeable
+               and dense_1_bias_exp_avg_sq.flags.writeable
+               and dense_2_weight_exp_avg.flags.writeable
+               and dense_2_weight_exp_avg_sq.flags.writeable
+               and dense_2_bias_exp_avg.flags.writeable
+               and dense_2_bias_exp_avg_sq.flags.writeable)
     except (KeyError, TypeError, AttributeError):
         _ok = False
     if not _ok:
@@ -653,47 +701,56 @@ def train_step(params, state, x, y, lr=0.05, max_norm=None):
         dense_2_bias = params["dense_2.bias"]
     step += 1
     lr = float(lr)
-    _w = _workspace(4, batch, dtype)
-    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _b16, _b17, _b18, _b19, _b20, _b21, _b22, _b23, _b24, _b25, _k0, _k1, _k2, _k3, _k4, _k5, _k6, _k7, _k8 = _w
+    _w = _KEPT.pop((4, batch, dtype), None) or _workspace(4, batch, dtype)
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _b16, _b17, _b18, _b19, _b20, _b21, _b22, _b23, _b24, _b25, _b26, _b27, _b28, _b29, _b30, _b31, _b32, _b33, _b34, _b35, _b36, _b37, _k0, _k1, _k2, _k3, _k4, _k5, _k6, _k7, _k8, _k9, _k10 = _w
 
     # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
     # tanh_1: h[b, i] = tanh(dense_1[b, i])  [#fwd-tanh_1]
     # h = np.tanh(dense_1_bias + (x @ dense_1_weight.T))
-    h = np.tanh(np.add(dense_1_bias, np.matmul(x, dense_1_weight.T, _b0), _b0), _b0)
+    h = np.tanh(np.add(dense_1_bias, np.dot(x, dense_1_weight.T, _b0), _b0), _b0)
     # dense_2: dense_2[b, i] = dense_2.bias[i] + Σ_j (dense_2.weight[i, j]*h[b, j])  [#fwd-dense_2]
     # dense_2 = dense_2_bias + (h @ dense_2_weight.T)
-    dense_2 = np.add(dense_2_bias, np.matmul(h, dense_2_weight.T, _b1), _b1)
-    with np.errstate(over="ignore"):
-        # sigmoid_1: p[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_1]
-        # p = _sigmoid(dense_2)
-        p = np.reciprocal(np.add(np.exp(np.negative(dense_2, _b2), _b2), _k0, _b2), _b2)
+    dense_2 = np.add(dense_2_bias, np.dot(h, dense_2_weight.T, _b2), _b1)
+    # sigmoid_1: p[b, i] = 1/(1 + exp(-dense_2[b, i]))  [#fwd-sigmoid_1]
+    # p = _sigmoid(dense_2)
+    p = np.reciprocal(np.add(np.exp(np.negative(dense_2, _b3), _b4), _k0, _b5), _b2)
+    # _c0 = 1 - y
+    _c0 = np.subtract(_k0, y, _b3)
+    # _c1 = np.logaddexp(0, dense_2)
+    _c1 = np.logaddexp(_k1, dense_2, _b4)
+    # _c2 = np.logaddexp(0, -dense_2)
+    _c2 = np.logaddexp(_k1, np.negative(dense_2, _b6), _b5)
     # binary_cross_entropy_1: binary_cross_entropy_1[b] = -Σ_i ((1 - y[b, i])*where(log(1 - p[b, i]) > -100, log(1 - p[b, i]), -100) + y[b, i]*where(log(p[b, i]) > -100, log(p[b, i]), -100))  [#fwd-binary_cross_entropy_1]
     # binary_cross_entropy_1 = -((1 - y)*np.where((np.logaddexp(0, dense_2) > 100), -100, -np.logaddexp(0, dense_2)) + np.where((np.logaddexp(0, -dense_2) > 100), -100, -np.logaddexp(0, -dense_2))*y).sum(axis=1)
-    binary_cross_entropy_1 = np.negative(np.add.reduce(np.add(np.multiply(np.subtract(_k0, y, _b4), np.where(np.greater(np.logaddexp(_k1, dense_2, _b5), _k2, _b6), -100, np.negative(np.logaddexp(_k1, dense_2, _b7), _b7)), _b4), np.multiply(np.where(np.greater(np.logaddexp(_k1, np.negative(dense_2, _b8), _b8), _k2, _b9), -100, np.negative(np.logaddexp(_k1, np.negative(dense_2, _b10), _b10), _b10)), y, _b11), _b4), axis=1, out=_b3), _b3)
-    value = float(np.add.reduce(binary_cross_entropy_1, axis=None) / batch)
+    binary_cross_entropy_1 = np.negative(np.dot(np.add(np.multiply(_c0, np.where(np.greater(_c1, _k2, _b8), -100, np.negative(_c1, _b6)), _b9), np.multiply(np.where(np.greater(_c2, _k2, _b10), -100, np.negative(_c2, _b11)), y, _b12), _b13), _k3, _b14), _b7)
+    _total = np.add.reduce(binary_cross_entropy_1, axis=None)
+    value = float(_total) / batch
     seed = 1 / batch
 
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        # d_p[b, i] = where(log(1 - p[b, i]) > -100, (1 - y[b, i])*d_binary_cross_entropy_1[b]/(1 - p[b, i]), 0) + where(log(p[b, i]) > -100, -d_binary_cross_entropy_1[b]*y[b, i]/p[b, i], 0)  [#bwd-binary_cross_entropy_1-p]
-        # d_dense_2[b, i] = -(-1 + p[b, i])*d_p[b, i]*p[b, i]  [#bwd-sigmoid_1-dense_2]
-        # d_dense_2 = _sigmoid(-dense_2)*p*(np.where((_sigmoid(-dense_2) > 3.720075976020836e-44), seed*(1 - y)/_sigmoid(-dense_2), 0) + np.where((p > 3.720075976020836e-44), -seed*y/p, 0))
-        d_dense_2 = np.multiply(np.multiply(np.reciprocal(np.add(np.exp(np.negative(np.negative(dense_2, _b5), _b5), _b5), _k0, _b5), _b5), p, _b5), np.add(np.where(np.greater(np.reciprocal(np.add(np.exp(np.negative(np.negative(dense_2, _b7), _b7), _b7), _k0, _b7), _b7), _k3, _b6), np.true_divide(np.multiply(seed, np.subtract(_k0, y, _b8), _b8), np.reciprocal(np.add(np.exp(np.negative(np.negative(dense_2, _b10), _b10), _b10), _k0, _b10), _b10), _b8), 0), np.where(np.greater(p, _k3, _b9), np.true_divide(np.multiply(-seed, y, _b11), p, _b11), 0), _b4), _b5)
+    # _c3 = _sigmoid(-dense_2)
+    _c3 = np.reciprocal(np.add(np.exp(np.negative(np.negative(dense_2, _b5), _b6), _b11), _k0, _b9), _b4)
+    _b15[()] = seed
+    _b16[()] = -seed
+    # d_p[b, i] = where(log(1 - p[b, i]) > -100, (1 - y[b, i])*d_binary_cross_entropy_1[b]/(1 - p[b, i]), 0) + where(log(p[b, i]) > -100, -d_binary_cross_entropy_1[b]*y[b, i]/p[b, i], 0)  [#bwd-binary_cross_entropy_1-p]
+    # d_dense_2[b, i] = -(-1 + p[b, i])*d_p[b, i]*p[b, i]  [#bwd-sigmoid_1-dense_2]
+    # d_dense_2 = _sigmoid(-dense_2)*p*(np.where((_sigmoid(-dense_2) > 3.720075976020836e-44), seed*(1 - y)/_sigmoid(-dense_2), 0) + np.where((p > 3.720075976020836e-44), -seed*y/p, 0))
+    d_dense_2 = np.multiply(np.multiply(_c3, p, _b13), np.add(np.where(np.greater(_c3, _k4, _b8), np.true_divide(np.multiply(_b15, _c0, _b1), _c3, _b5), 0), np.where(np.greater(p, _k4, _b10), np.true_divide(np.multiply(_b16, y, _b6), p, _b11), 0), _b9), _b12)
     # d_dense_2_weight[i, j] = Σ_b (d_dense_2[b, i]*h[b, j])  [#bwd-dense_2-weight]
     # d_dense_2_weight = d_dense_2.T @ h
-    d_dense_2_weight = np.matmul(d_dense_2.T, h, _b12)
+    d_dense_2_weight = np.dot(d_dense_2.T, h, _b17)
     # d_dense_2_bias[i] = Σ_b d_dense_2[b, i]  [#bwd-dense_2-bias]
     # d_dense_2_bias = d_dense_2.sum(axis=0)
-    d_dense_2_bias = np.add.reduce(d_dense_2, axis=0, out=_b13)
+    d_dense_2_bias = np.dot(_k5, d_dense_2, _b18)
     # d_h[b, j] = Σ_i (d_dense_2[b, i]*dense_2.weight[i, j])  [#bwd-dense_2-h]
     # d_dense_1[b, i] = (1 - h[b, i]**2)*d_h[b, i]  [#bwd-tanh_1-dense_1]
     # d_dense_1 = (1 - h**2)*(d_dense_2 @ dense_2_weight)
-    d_dense_1 = np.multiply(np.subtract(_k0, np.square(h, _b14), _b14), np.matmul(d_dense_2, dense_2_weight, _b15), _b14)
+    d_dense_1 = np.multiply(np.subtract(_k0, np.square(h, _b19), _b19), np.dot(d_dense_2, dense_2_weight, _b20), _b19)
     # d_dense_1_weight[i, j] = Σ_b (d_dense_1[b, i]*x[b, j])  [#bwd-dense_1-weight]
     # d_dense_1_weight = d_dense_1.T @ x
-    d_dense_1_weight = np.matmul(d_dense_1.T, x, _b16)
+    d_dense_1_weight = np.dot(d_dense_1.T, x, _b21)
     # d_dense_1_bias[i] = Σ_b d_dense_1[b, i]  [#bwd-dense_1-bias]
     # d_dense_1_bias = d_dense_1.sum(axis=0)
-    d_dense_1_bias = np.add.reduce(d_dense_1, axis=0, out=_b17)
+    d_dense_1_bias = np.dot(_k5, d_dense_1, _b22)
     clip = 1.0
     if max_norm is not None:
         norm = float(np.sqrt(0.0
@@ -704,42 +761,46 @@ def train_step(params, state, x, y, lr=0.05, max_norm=None):
         ))
         clip = min(1.0, float(max_norm) / (norm + 1e-6))
 
+    _b23[()] = clip
     # adam: dense_1_weight_exp_avg[n0, n1] = 9*dense_1_weight_exp_avg[n0, n1]/10 + clip*d_dense_1_weight[n0, n1]/10
     # dense_1_weight_exp_avg = 0.1*(clip*d_dense_1_weight) + 0.9*dense_1_weight_exp_avg
-    np.add(np.multiply(_k4, np.multiply(clip, d_dense_1_weight, _b18), _b18), np.multiply(_k5, dense_1_weight_exp_avg, _b19), dense_1_weight_exp_avg)
+    np.add(np.multiply(_k6, np.multiply(_b23, d_dense_1_weight, _b24), _b24), np.multiply(_k7, dense_1_weight_exp_avg, _b25), dense_1_weight_exp_avg)
+    _b26[()] = clip ** 2
     # adam: dense_1_weight_exp_avg_sq[n0, n1] = 999*dense_1_weight_exp_avg_sq[n0, n1]/1000 + clip**2*d_dense_1_weight[n0, n1]**2/1000
     # dense_1_weight_exp_avg_sq = 0.001*(clip**2*d_dense_1_weight**2) + 0.999*dense_1_weight_exp_avg_sq
-    np.add(np.multiply(_k6, np.multiply(clip ** 2, np.square(d_dense_1_weight, _b18), _b18), _b18), np.multiply(_k7, dense_1_weight_exp_avg_sq, _b19), dense_1_weight_exp_avg_sq)
+    np.add(np.multiply(_k8, np.multiply(_b26, np.square(d_dense_1_weight, _b24), _b24), _b24), np.multiply(_k9, dense_1_weight_exp_avg_sq, _b25), dense_1_weight_exp_avg_sq)
+    _b27[()] = -lr
+    _b28[()] = 1 - 0.9 ** step
     # adam: dense_1.weight[n0, n1] = -lr*dense_1_weight_exp_avg[n0, n1]/((1 - (9/10)**t)*(1/100000000 + sqrt(dense_1_weight_exp_avg_sq[n0, n1])/sqrt(1 - (999/1000)**t))) + dense_1.weight[n0, n1]
     # dense_1_weight = -lr*dense_1_weight_exp_avg/((1e-08 + np.sqrt(dense_1_weight_exp_avg_sq)/float(np.sqrt(1 - (0.999)**step)))*(1 - (0.9)**step)) + dense_1_weight
-    np.add(np.true_divide(np.multiply(-lr, dense_1_weight_exp_avg, _b16), np.multiply(np.add(_k8, np.true_divide(np.sqrt(dense_1_weight_exp_avg_sq, _b18), float(np.sqrt(1 - 0.999 ** step)), _b18), _b18), 1 - 0.9 ** step, _b18), _b16), dense_1_weight, dense_1_weight)
+    np.add(np.true_divide(np.multiply(_b27, dense_1_weight_exp_avg, _b21), np.multiply(np.add(_k10, np.true_divide(np.sqrt(dense_1_weight_exp_avg_sq, _b24), float(np.sqrt(1 - 0.999 ** step)), _b24), _b24), _b28, _b24), _b21), dense_1_weight, dense_1_weight)
     # adam: dense_1_bias_exp_avg[n0] = 9*dense_1_bias_exp_avg[n0]/10 + clip*d_dense_1_bias[n0]/10
     # dense_1_bias_exp_avg = 0.1*(clip*d_dense_1_bias) + 0.9*dense_1_bias_exp_avg
-    np.add(np.multiply(_k4, np.multiply(clip, d_dense_1_bias, _b20), _b20), np.multiply(_k5, dense_1_bias_exp_avg, _b21), dense_1_bias_exp_avg)
+    np.add(np.multiply(_k6, np.multiply(_b23, d_dense_1_bias, _b29), _b29), np.multiply(_k7, dense_1_bias_exp_avg, _b30), dense_1_bias_exp_avg)
     # adam: dense_1_bias_exp_avg_sq[n0] = 999*dense_1_bias_exp_avg_sq[n0]/1000 + clip**2*d_dense_1_bias[n0]**2/1000
     # dense_1_bias_exp_avg_sq = 0.001*(clip**2*d_dense_1_bias**2) + 0.999*dense_1_bias_exp_avg_sq
-    np.add(np.multiply(_k6, np.multiply(clip ** 2, np.square(d_dense_1_bias, _b20), _b20), _b20), np.multiply(_k7, dense_1_bias_exp_avg_sq, _b21), dense_1_bias_exp_avg_sq)
+    np.add(np.multiply(_k8, np.multiply(_b26, np.square(d_dense_1_bias, _b29), _b29), _b29), np.multiply(_k9, dense_1_bias_exp_avg_sq, _b30), dense_1_bias_exp_avg_sq)
     # adam: dense_1.bias[n0] = -lr*dense_1_bias_exp_avg[n0]/((1 - (9/10)**t)*(1/100000000 + sqrt(dense_1_bias_exp_avg_sq[n0])/sqrt(1 - (999/1000)**t))) + dense_1.bias[n0]
     # dense_1_bias = -lr*dense_1_bias_exp_avg/((1e-08 + np.sqrt(dense_1_bias_exp_avg_sq)/float(np.sqrt(1 - (0.999)**step)))*(1 - (0.9)**step)) + dense_1_bias
-    np.add(np.true_divide(np.multiply(-lr, dense_1_bias_exp_avg, _b17), np.multiply(np.add(_k8, np.true_divide(np.sqrt(dense_1_bias_exp_avg_sq, _b20), float(np.sqrt(1 - 0.999 ** step)), _b20), _b20), 1 - 0.9 ** step, _b20), _b17), dense_1_bias, dense_1_bias)
+    np.add(np.true_divide(np.multiply(_b27, dense_1_bias_exp_avg, _b22), np.multiply(np.add(_k10, np.true_divide(np.sqrt(dense_1_bias_exp_avg_sq, _b29), float(np.sqrt(1 - 0.999 ** step)), _b29), _b29), _b28, _b29), _b22), dense_1_bias, dense_1_bias)
     # adam: dense_2_weight_exp_avg[n0, n1] = 9*dense_2_weight_exp_avg[n0, n1]/10 + clip*d_dense_2_weight[n0, n1]/10
     # dense_2_weight_exp_avg = 0.1*(clip*d_dense_2_weight) + 0.9*dense_2_weight_exp_avg
-    np.add(np.multiply(_k4, np.multiply(clip, d_dense_2_weight, _b22), _b22), np.multiply(_k5, dense_2_weight_exp_avg, _b23), dense_2_weight_exp_avg)
+    np.add(np.multiply(_k6, np.multiply(_b23, d_dense_2_weight, _b31), _b31), np.multiply(_k7, dense_2_weight_exp_avg, _b32), dense_2_weight_exp_avg)
     # adam: dense_2_weight_exp_avg_sq[n0, n1] = 999*dense_2_weight_exp_avg_sq[n0, n1]/1000 + clip**2*d_dense_2_weight[n0, n1]**2/1000
     # dense_2_weight_exp_avg_sq = 0.001*(clip**2*d_dense_2_weight**2) + 0.999*dense_2_weight_exp_avg_sq
-    np.add(np.multiply(_k6, np.multiply(clip ** 2, np.square(d_dense_2_weight, _b22), _b22), _b22), np.multiply(_k7, dense_2_weight_exp_avg_sq, _b23), dense_2_weight_exp_avg_sq)
+    np.add(np.multiply(_k8, np.multiply(_b26, np.square(d_dense_2_weight, _b31), _b31), _b31), np.multiply(_k9, dense_2_weight_exp_avg_sq, _b32), dense_2_weight_exp_avg_sq)
     # adam: dense_2.weight[n0, n1] = -lr*dense_2_weight_exp_avg[n0, n1]/((1 - (9/10)**t)*(1/100000000 + sqrt(dense_2_weight_exp_avg_sq[n0, n1])/sqrt(1 - (999/1000)**t))) + dense_2.weight[n0, n1]
     # dense_2_weight = -lr*dense_2_weight_exp_avg/((1e-08 + np.sqrt(dense_2_weight_exp_avg_sq)/float(np.sqrt(1 - (0.999)**step)))*(1 - (0.9)**step)) + dense_2_weight
-    np.add(np.true_divide(np.multiply(-lr, dense_2_weight_exp_avg, _b12), np.multiply(np.add(_k8, np.true_divide(np.sqrt(dense_2_weight_exp_avg_sq, _b22), float(np.sqrt(1 - 0.999 ** step)), _b22), _b22), 1 - 0.9 ** step, _b22), _b12), dense_2_weight, dense_2_weight)
+    np.add(np.true_divide(np.multiply(_b27, dense_2_weight_exp_avg, _b17), np.multiply(np.add(_k10, np.true_divide(np.sqrt(dense_2_weight_exp_avg_sq, _b31), float(np.sqrt(1 - 0.999 ** step)), _b31), _b31), _b28, _b31), _b17), dense_2_weight, dense_2_weight)
     # adam: dense_2_bias_exp_avg[n0] = 9*dense_2_bias_exp_avg[n0]/10 + clip*d_dense_2_bias[n0]/10
     # dense_2_bias_exp_avg = 0.1*(clip*d_dense_2_bias) + 0.9*dense_2_bias_exp_avg
-    np.add(np.multiply(_k4, np.multiply(clip, d_dense_2_bias, _b24), _b24), np.multiply(_k5, dense_2_bias_exp_avg, _b25), dense_2_bias_exp_avg)
+    np.add(np.multiply(_k6, np.multiply(_b23, d_dense_2_bias, _b33), _b34), np.multiply(_k7, dense_2_bias_exp_avg, _b35), dense_2_bias_exp_avg)
     # adam: dense_2_bias_exp_avg_sq[n0] = 999*dense_2_bias_exp_avg_sq[n0]/1000 + clip**2*d_dense_2_bias[n0]**2/1000
     # dense_2_bias_exp_avg_sq = 0.001*(clip**2*d_dense_2_bias**2) + 0.999*dense_2_bias_exp_avg_sq
-    np.add(np.multiply(_k6, np.multiply(clip ** 2, np.square(d_dense_2_bias, _b24), _b24), _b24), np.multiply(_k7, dense_2_bias_exp_avg_sq, _b25), dense_2_bias_exp_avg_sq)
+    np.add(np.multiply(_k8, np.multiply(_b26, np.square(d_dense_2_bias, _b33), _b34), _b35), np.multiply(_k9, dense_2_bias_exp_avg_sq, _b36), dense_2_bias_exp_avg_sq)
     # adam: dense_2.bias[n0] = -lr*dense_2_bias_exp_avg[n0]/((1 - (9/10)**t)*(1/100000000 + sqrt(dense_2_bias_exp_avg_sq[n0])/sqrt(1 - (999/1000)**t))) + dense_2.bias[n0]
     # dense_2_bias = -lr*dense_2_bias_exp_avg/((1e-08 + np.sqrt(dense_2_bias_exp_avg_sq)/float(np.sqrt(1 - (0.999)**step)))*(1 - (0.9)**step)) + dense_2_bias
-    np.add(np.true_divide(np.multiply(-lr, dense_2_bias_exp_avg, _b13), np.multiply(np.add(_k8, np.true_divide(np.sqrt(dense_2_bias_exp_avg_sq, _b24), float(np.sqrt(1 - 0.999 ** step)), _b24), _b24), 1 - 0.9 ** step, _b24), _b13), dense_2_bias, dense_2_bias)
+    np.add(np.true_divide(np.multiply(_b27, dense_2_bias_exp_avg, _b18), np.multiply(np.add(_k10, np.true_divide(np.sqrt(dense_2_bias_exp_avg_sq, _b33), float(np.sqrt(1 - 0.999 ** step)), _b34), _b35), _b28, _b36), _b37), dense_2_bias, dense_2_bias)
     state["step"] = step
-    _done(4, batch, dtype, _w)
+    _KEPT[4, batch, dtype] = _w
     return value

@@ -28,7 +28,8 @@ PARAM_INITS = {
     "hidden.bias": ("uniform", -0.5, 0.5),
     "out.weight": ("uniform", -0.4472135954999579, 0.4472135954999579),
     "out.bias": ("uniform", -0.4472135954999579, 0.4472135954999579),
-}# train_step's optimizer as compiled: its name and options (lr is train_step's argument)
+}
+# train_step's optimizer as compiled: its name and options (lr is train_step's argument)
 OPTIMIZER = ("sgd", {"lr": 0.01, "momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0, "nesterov": False})
 # what it keeps per parameter between steps (init_state)
 STATE_NAMES = ()
@@ -42,43 +43,33 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 # each function's buffers, kept between calls: (shape with None for the batch axis, boolean?)
 _BUFFERS = (
     (((None, 5,), False), ((None, 3,), False), ),
-    (((None, 5,), False), ((None, 3,), False), ((None,), False), ((None, 3,), False), ),
-    (((None, 5,), False), ((None, 3,), False), ((None,), False), ((None, 3,), False), ((None, 3,), False), ((None, 5,), False), ((None, 5,), False), ),
-    (((None, 5,), False), ((None, 3,), False), ((None,), False), ((None, 3,), False), ((None, 3,), False), ((3, 5,), False), ((3,), False), ((None, 5,), False), ((None, 5,), False), ((5, 4,), False), ((5,), False), ),
-    (((None, 5,), False), ((None, 3,), False), ((None,), False), ((None, 3,), False), ((None, 3,), False), ((3, 5,), False), ((3,), False), ((None, 5,), False), ((None, 5,), False), ((5, 4,), False), ((5,), False), ((5, 4,), False), ((5,), False), ((3, 5,), False), ((3,), False), ),
+    (((None, 5,), False), ((None, 3,), False), ((None, 3,), False), ),
+    (((None, 5,), False), ((None, 3,), False), ((None, 3,), False), ((None, 3,), False), ((), False), ((None, 5,), False), ((None, 5,), False), ),
+    (((None, 5,), False), ((None, 3,), False), ((None, 3,), False), ((None, 3,), False), ((), False), ((3, 5,), False), ((3,), False), ((None, 5,), False), ((None, 5,), False), ((5, 4,), False), ((5,), False), ),
+    (((None, 5,), False), ((None, 3,), False), ((None, 3,), False), ((None, 3,), False), ((), False), ((3, 5,), False), ((3,), False), ((None, 5,), False), ((None, 5,), False), ((5, 4,), False), ((5,), False), ((), False), ((5, 4,), False), ((5,), False), ((3, 5,), False), ((3,), False), ),
 )
 # ... and the numbers it reads as arrays of the dtype: 0-d, or (number, shape) filling one
 _CONSTANTS = (
     (1, ),
-    (1, 0.5, ),
-    (1, 0.5, ),
-    (1, 0.5, ),
-    (1, 0.5, ),
+    (1, ),
+    (1, ),
+    (1, (1, (None,)), ),
+    (1, (1, (None,)), ),
 )
-# spare workspaces by (function, batch size, dtype): a call takes one (or makes one) and
-# puts it back when done, so two threads calling at once each work in their own
+# a workspace by (function, batch size, dtype), while no call holds it: a call takes it out
+# (one atomic dict.pop) and puts it back when done, so that two threads calling at once
+# each work in their own (the second makes one) and a call takes no lock
 _KEPT = {}
 
 
 def _workspace(fn, batch, dtype):
-    """A workspace of function fn for this batch size and dtype, for this call alone."""
-    spare = _KEPT.get((fn, batch, dtype))
-    if spare:
-        try:
-            return spare.pop()  # atomic: no two calls get the same one
-        except IndexError:  # another thread took the last one meanwhile
-            pass
+    """A new workspace of function fn for this batch size and dtype."""
     if len(_KEPT) >= 8:  # many batch sizes: keep the latest ones only
         _KEPT.clear()
     return tuple(np.empty(tuple(batch if n is None else n for n in shape), bool if boolean else dtype)
                  for shape, boolean in _BUFFERS[fn]) + \
         tuple(np.full(tuple(batch if n is None else n for n in c[1]), c[0], dtype) if isinstance(c, tuple)
               else np.array(c, dtype) for c in _CONSTANTS[fn])
-
-
-def _done(fn, batch, dtype, workspace):
-    """The call's workspace back to the spares."""
-    _KEPT.setdefault((fn, batch, dtype), []).append(workspace)
 
 
 def init_params(seed=0, dtype=np.float32):
@@ -360,6 +351,11 @@ def _sigmoid(z, out=None):
 
 
 
+
+
+# the floating-point errors some of its lines produce on purpose (exp's overflow to inf in a
+# sigmoid, the branch np.where does not take) are not warned of: one errstate for the call
+@np.errstate(over="ignore")
 def forward(params, x):
     """The network's output `yhat` for a batch of inputs."""
     try:  # the fast path: plain comparisons; _check names whatever is malformed
@@ -368,12 +364,15 @@ def forward(params, x):
         out_weight = params["out.weight"]
         out_bias = params["out.bias"]
         batch, dtype = len(x), x.dtype
-        _ok = len(params) == 4 and batch and dtype in _FLOATS
-        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 4)
-        _ok = _ok and isinstance(hidden_weight, np.ndarray) and hidden_weight.shape == (5, 4,) and hidden_weight.dtype == dtype
-        _ok = _ok and isinstance(hidden_bias, np.ndarray) and hidden_bias.shape == (5,) and hidden_bias.dtype == dtype
-        _ok = _ok and isinstance(out_weight, np.ndarray) and out_weight.shape == (3, 5,) and out_weight.dtype == dtype
-        _ok = _ok and isinstance(out_bias, np.ndarray) and out_bias.shape == (3,) and out_bias.dtype == dtype
+        _ok = (len(params) == 4 and batch and dtype in _FLOATS
+               and (x.shape, hidden_weight.shape, hidden_bias.shape, out_weight.shape, out_bias.shape) == (
+                   (batch, 4), (5, 4), (5,), (3, 5), (3,))
+               and (hidden_weight.dtype, hidden_bias.dtype, out_weight.dtype, out_bias.dtype) == (dtype, dtype, dtype, dtype)
+               and isinstance(x, np.ndarray)
+               and isinstance(hidden_weight, np.ndarray)
+               and isinstance(hidden_bias, np.ndarray)
+               and isinstance(out_weight, np.ndarray)
+               and isinstance(out_bias, np.ndarray))
     except (KeyError, TypeError, AttributeError):
         _ok = False
     if not _ok:
@@ -382,22 +381,25 @@ def forward(params, x):
         hidden_bias = params["hidden.bias"]
         out_weight = params["out.weight"]
         out_bias = params["out.bias"]
-    _w = _workspace(0, batch, dtype)
+    _w = _KEPT.pop((0, batch, dtype), None) or _workspace(0, batch, dtype)
     _b0, _b1, _k0 = _w
 
-    with np.errstate(over="ignore"):
-        # hidden: hidden[s, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[s, j])  [#fwd-hidden]
-        # sigmoid_1: b[s, i] = 1/(1 + exp(-hidden[s, i]))  [#fwd-sigmoid_1]
-        # b = _sigmoid(hidden_bias + (x @ hidden_weight.T))
-        b = np.reciprocal(np.add(np.exp(np.negative(np.add(hidden_bias, np.matmul(x, hidden_weight.T, _b0), _b0), _b0), _b0), _k0, _b0), _b0)
-        # out: out[s, i] = out.bias[i] + Σ_j (b[s, j]*out.weight[i, j])  [#fwd-out]
-        # sigmoid_2: yhat[s, i] = 1/(1 + exp(-out[s, i]))  [#fwd-sigmoid_2]
-        # yhat = _sigmoid(out_bias + (b @ out_weight.T))
-        yhat = _sigmoid(np.add(out_bias, np.matmul(b, out_weight.T, _b1), _b1))
-    _done(0, batch, dtype, _w)
+    # hidden: hidden[s, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[s, j])  [#fwd-hidden]
+    # sigmoid_1: b[s, i] = 1/(1 + exp(-hidden[s, i]))  [#fwd-sigmoid_1]
+    # b = _sigmoid(hidden_bias + (x @ hidden_weight.T))
+    b = np.reciprocal(np.add(np.exp(np.negative(np.add(hidden_bias, np.dot(x, hidden_weight.T, _b0), _b0), _b0), _b0), _k0, _b0), _b0)
+    # out: out[s, i] = out.bias[i] + Σ_j (b[s, j]*out.weight[i, j])  [#fwd-out]
+    # sigmoid_2: yhat[s, i] = 1/(1 + exp(-out[s, i]))  [#fwd-sigmoid_2]
+    # yhat = _sigmoid(out_bias + (b @ out_weight.T))
+    yhat = _sigmoid(np.add(out_bias, np.dot(b, out_weight.T, _b1), _b1))
+    _KEPT[0, batch, dtype] = _w
     return yhat
 
 
+
+# the floating-point errors some of its lines produce on purpose (exp's overflow to inf in a
+# sigmoid, the branch np.where does not take) are not warned of: one errstate for the call
+@np.errstate(over="ignore")
 def loss(params, x, y):
     """The mean over the batch of the per-sample loss."""
     try:  # the fast path: plain comparisons; _check names whatever is malformed
@@ -406,13 +408,16 @@ def loss(params, x, y):
         out_weight = params["out.weight"]
         out_bias = params["out.bias"]
         batch, dtype = len(x), x.dtype
-        _ok = len(params) == 4 and batch and dtype in _FLOATS
-        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 4)
-        _ok = _ok and isinstance(y, np.ndarray) and y.shape == (batch, 3) and y.dtype == dtype
-        _ok = _ok and isinstance(hidden_weight, np.ndarray) and hidden_weight.shape == (5, 4,) and hidden_weight.dtype == dtype
-        _ok = _ok and isinstance(hidden_bias, np.ndarray) and hidden_bias.shape == (5,) and hidden_bias.dtype == dtype
-        _ok = _ok and isinstance(out_weight, np.ndarray) and out_weight.shape == (3, 5,) and out_weight.dtype == dtype
-        _ok = _ok and isinstance(out_bias, np.ndarray) and out_bias.shape == (3,) and out_bias.dtype == dtype
+        _ok = (len(params) == 4 and batch and dtype in _FLOATS
+               and (x.shape, y.shape, hidden_weight.shape, hidden_bias.shape, out_weight.shape, out_bias.shape) == (
+                   (batch, 4), (batch, 3), (5, 4), (5,), (3, 5), (3,))
+               and (y.dtype, hidden_weight.dtype, hidden_bias.dtype, out_weight.dtype, out_bias.dtype) == (dtype, dtype, dtype, dtype, dtype)
+               and isinstance(x, np.ndarray)
+               and isinstance(y, np.ndarray)
+               and isinstance(hidden_weight, np.ndarray)
+               and isinstance(hidden_bias, np.ndarray)
+               and isinstance(out_weight, np.ndarray)
+               and isinstance(out_bias, np.ndarray))
     except (KeyError, TypeError, AttributeError):
         _ok = False
     if not _ok:
@@ -421,26 +426,31 @@ def loss(params, x, y):
         hidden_bias = params["hidden.bias"]
         out_weight = params["out.weight"]
         out_bias = params["out.bias"]
-    _w = _workspace(1, batch, dtype)
-    _b0, _b1, _b2, _b3, _k0, _k1 = _w
+    _w = _KEPT.pop((1, batch, dtype), None) or _workspace(1, batch, dtype)
+    _b0, _b1, _b2, _k0 = _w
 
-    with np.errstate(over="ignore"):
-        # hidden: hidden[s, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[s, j])  [#fwd-hidden]
-        # sigmoid_1: b[s, i] = 1/(1 + exp(-hidden[s, i]))  [#fwd-sigmoid_1]
-        # b = _sigmoid(hidden_bias + (x @ hidden_weight.T))
-        b = np.reciprocal(np.add(np.exp(np.negative(np.add(hidden_bias, np.matmul(x, hidden_weight.T, _b0), _b0), _b0), _b0), _k0, _b0), _b0)
-        # out: out[s, i] = out.bias[i] + Σ_j (b[s, j]*out.weight[i, j])  [#fwd-out]
-        # sigmoid_2: yhat[s, i] = 1/(1 + exp(-out[s, i]))  [#fwd-sigmoid_2]
-        # yhat = _sigmoid(out_bias + (b @ out_weight.T))
-        yhat = np.reciprocal(np.add(np.exp(np.negative(np.add(out_bias, np.matmul(b, out_weight.T, _b1), _b1), _b1), _b1), _k0, _b1), _b1)
+    # hidden: hidden[s, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[s, j])  [#fwd-hidden]
+    # sigmoid_1: b[s, i] = 1/(1 + exp(-hidden[s, i]))  [#fwd-sigmoid_1]
+    # b = _sigmoid(hidden_bias + (x @ hidden_weight.T))
+    b = np.reciprocal(np.add(np.exp(np.negative(np.add(hidden_bias, np.dot(x, hidden_weight.T, _b0), _b0), _b0), _b0), _k0, _b0), _b0)
+    # out: out[s, i] = out.bias[i] + Σ_j (b[s, j]*out.weight[i, j])  [#fwd-out]
+    # sigmoid_2: yhat[s, i] = 1/(1 + exp(-out[s, i]))  [#fwd-sigmoid_2]
+    # yhat = _sigmoid(out_bias + (b @ out_weight.T))
+    yhat = np.reciprocal(np.add(np.exp(np.negative(np.add(out_bias, np.dot(b, out_weight.T, _b1), _b1), _b1), _b1), _k0, _b1), _b1)
+    # _c0 = -y + yhat
+    _c0 = np.add(np.negative(y, _b2), yhat, _b2)
     # quadratic_1: quadratic_1[s] = Σ_i (-y[s, i] + yhat[s, i])**2/2  [#fwd-quadratic_1]
-    # quadratic_1 = 0.5*((-y + yhat)**2).sum(axis=1)
-    quadratic_1 = np.multiply(_k1, np.add.reduce(np.square(np.add(np.negative(y, _b3), yhat, _b3), _b3), axis=1, out=_b2), _b2)
-    value = float(np.add.reduce(quadratic_1, axis=None) / batch)
-    _done(1, batch, dtype, _w)
+    # _total = np.vdot(-y + yhat, -y + yhat)
+    _total = np.vdot(_c0, _c0)
+    value = float(_total) * 0.5 / batch
+    _KEPT[1, batch, dtype] = _w
     return value
 
 
+
+# the floating-point errors some of its lines produce on purpose (exp's overflow to inf in a
+# sigmoid, the branch np.where does not take) are not warned of: one errstate for the call
+@np.errstate(over="ignore")
 def loss_and_grad(params, x, y):
     """The loss and its gradient with respect to every parameter."""
     try:  # the fast path: plain comparisons; _check names whatever is malformed
@@ -449,13 +459,16 @@ def loss_and_grad(params, x, y):
         out_weight = params["out.weight"]
         out_bias = params["out.bias"]
         batch, dtype = len(x), x.dtype
-        _ok = len(params) == 4 and batch and dtype in _FLOATS
-        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 4)
-        _ok = _ok and isinstance(y, np.ndarray) and y.shape == (batch, 3) and y.dtype == dtype
-        _ok = _ok and isinstance(hidden_weight, np.ndarray) and hidden_weight.shape == (5, 4,) and hidden_weight.dtype == dtype
-        _ok = _ok and isinstance(hidden_bias, np.ndarray) and hidden_bias.shape == (5,) and hidden_bias.dtype == dtype
-        _ok = _ok and isinstance(out_weight, np.ndarray) and out_weight.shape == (3, 5,) and out_weight.dtype == dtype
-        _ok = _ok and isinstance(out_bias, np.ndarray) and out_bias.shape == (3,) and out_bias.dtype == dtype
+        _ok = (len(params) == 4 and batch and dtype in _FLOATS
+               and (x.shape, y.shape, hidden_weight.shape, hidden_bias.shape, out_weight.shape, out_bias.shape) == (
+                   (batch, 4), (batch, 3), (5, 4), (5,), (3, 5), (3,))
+               and (y.dtype, hidden_weight.dtype, hidden_bias.dtype, out_weight.dtype, out_bias.dtype) == (dtype, dtype, dtype, dtype, dtype)
+               and isinstance(x, np.ndarray)
+               and isinstance(y, np.ndarray)
+               and isinstance(hidden_weight, np.ndarray)
+               and isinstance(hidden_bias, np.ndarray)
+               and isinstance(out_weight, np.ndarray)
+               and isinstance(out_bias, np.ndarray))
     except (KeyError, TypeError, AttributeError):
         _ok = False
     if not _ok:
@@ -464,28 +477,30 @@ def loss_and_grad(params, x, y):
         hidden_bias = params["hidden.bias"]
         out_weight = params["out.weight"]
         out_bias = params["out.bias"]
-    _w = _workspace(2, batch, dtype)
-    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _k0, _k1 = _w
+    _w = _KEPT.pop((2, batch, dtype), None) or _workspace(2, batch, dtype)
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _k0 = _w
 
-    with np.errstate(over="ignore"):
-        # hidden: hidden[s, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[s, j])  [#fwd-hidden]
-        # sigmoid_1: b[s, i] = 1/(1 + exp(-hidden[s, i]))  [#fwd-sigmoid_1]
-        # b = _sigmoid(hidden_bias + (x @ hidden_weight.T))
-        b = np.reciprocal(np.add(np.exp(np.negative(np.add(hidden_bias, np.matmul(x, hidden_weight.T, _b0), _b0), _b0), _b0), _k0, _b0), _b0)
-        # out: out[s, i] = out.bias[i] + Σ_j (b[s, j]*out.weight[i, j])  [#fwd-out]
-        # sigmoid_2: yhat[s, i] = 1/(1 + exp(-out[s, i]))  [#fwd-sigmoid_2]
-        # yhat = _sigmoid(out_bias + (b @ out_weight.T))
-        yhat = np.reciprocal(np.add(np.exp(np.negative(np.add(out_bias, np.matmul(b, out_weight.T, _b1), _b1), _b1), _b1), _k0, _b1), _b1)
+    # hidden: hidden[s, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[s, j])  [#fwd-hidden]
+    # sigmoid_1: b[s, i] = 1/(1 + exp(-hidden[s, i]))  [#fwd-sigmoid_1]
+    # b = _sigmoid(hidden_bias + (x @ hidden_weight.T))
+    b = np.reciprocal(np.add(np.exp(np.negative(np.add(hidden_bias, np.dot(x, hidden_weight.T, _b0), _b0), _b0), _b0), _k0, _b0), _b0)
+    # out: out[s, i] = out.bias[i] + Σ_j (b[s, j]*out.weight[i, j])  [#fwd-out]
+    # sigmoid_2: yhat[s, i] = 1/(1 + exp(-out[s, i]))  [#fwd-sigmoid_2]
+    # yhat = _sigmoid(out_bias + (b @ out_weight.T))
+    yhat = np.reciprocal(np.add(np.exp(np.negative(np.add(out_bias, np.dot(b, out_weight.T, _b1), _b1), _b1), _b1), _k0, _b1), _b1)
+    # _c0 = -y + yhat
+    _c0 = np.add(np.negative(y, _b2), yhat, _b2)
     # quadratic_1: quadratic_1[s] = Σ_i (-y[s, i] + yhat[s, i])**2/2  [#fwd-quadratic_1]
-    # quadratic_1 = 0.5*((-y + yhat)**2).sum(axis=1)
-    quadratic_1 = np.multiply(_k1, np.add.reduce(np.square(np.add(np.negative(y, _b3), yhat, _b3), _b3), axis=1, out=_b2), _b2)
-    value = float(np.add.reduce(quadratic_1, axis=None) / batch)
+    # _total = np.vdot(-y + yhat, -y + yhat)
+    _total = np.vdot(_c0, _c0)
+    value = float(_total) * 0.5 / batch
     seed = 1 / batch
 
+    _b4[()] = seed
     # d_yhat[s, i] = (-y[s, i] + yhat[s, i])*d_quadratic_1[s]  [#bwd-quadratic_1-yhat]
     # d_out[s, i] = -(-1 + yhat[s, i])*d_yhat[s, i]*yhat[s, i]  [#bwd-sigmoid_2-out]
     # d_out = seed*(1 - yhat)*(-y + yhat)*yhat
-    d_out = np.multiply(np.multiply(np.multiply(seed, np.subtract(_k0, yhat, _b3), _b3), np.add(np.negative(y, _b4), yhat, _b4), _b3), yhat, _b3)
+    d_out = np.multiply(np.multiply(np.multiply(_b4, np.subtract(_k0, yhat, _b3), _b3), _c0, _b3), yhat, _b3)
     # d_out_weight[i, j] = Σ_s (b[s, j]*d_out[s, i])  [#bwd-out-weight]
     d_out_weight = d_out.T @ b
     # d_out_bias[i] = Σ_s d_out[s, i]  [#bwd-out-bias]
@@ -493,12 +508,12 @@ def loss_and_grad(params, x, y):
     # d_b[s, j] = Σ_i (d_out[s, i]*out.weight[i, j])  [#bwd-out-b]
     # d_hidden[s, i] = -(-1 + b[s, i])*b[s, i]*d_b[s, i]  [#bwd-sigmoid_1-hidden]
     # d_hidden = (1 - b)*b*(d_out @ out_weight)
-    d_hidden = np.multiply(np.multiply(np.subtract(_k0, b, _b5), b, _b5), np.matmul(d_out, out_weight, _b6), _b5)
+    d_hidden = np.multiply(np.multiply(np.subtract(_k0, b, _b5), b, _b5), np.dot(d_out, out_weight, _b6), _b5)
     # d_hidden_weight[i, j] = Σ_s (d_hidden[s, i]*x[s, j])  [#bwd-hidden-weight]
     d_hidden_weight = d_hidden.T @ x
     # d_hidden_bias[i] = Σ_s d_hidden[s, i]  [#bwd-hidden-bias]
     d_hidden_bias = d_hidden.sum(axis=0)
-    _done(2, batch, dtype, _w)
+    _KEPT[2, batch, dtype] = _w
     return value, {
         "hidden.weight": d_hidden_weight,
         "hidden.bias": d_hidden_bias,
@@ -507,6 +522,10 @@ def loss_and_grad(params, x, y):
     }
 
 
+
+# the floating-point errors some of its lines produce on purpose (exp's overflow to inf in a
+# sigmoid, the branch np.where does not take) are not warned of: one errstate for the call
+@np.errstate(over="ignore")
 def sgd_step(params, x, y, lr):
     """One step of plain gradient descent, in place; returns the loss before the step."""
     try:  # the fast path: plain comparisons; _check names whatever is malformed
@@ -515,13 +534,16 @@ def sgd_step(params, x, y, lr):
         out_weight = params["out.weight"]
         out_bias = params["out.bias"]
         batch, dtype = len(x), x.dtype
-        _ok = len(params) == 4 and batch and dtype in _FLOATS
-        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 4)
-        _ok = _ok and isinstance(y, np.ndarray) and y.shape == (batch, 3) and y.dtype == dtype
-        _ok = _ok and isinstance(hidden_weight, np.ndarray) and hidden_weight.shape == (5, 4,) and hidden_weight.dtype == dtype and hidden_weight.flags.writeable
-        _ok = _ok and isinstance(hidden_bias, np.ndarray) and hidden_bias.shape == (5,) and hidden_bias.dtype == dtype and hidden_bias.flags.writeable
-        _ok = _ok and isinstance(out_weight, np.ndarray) and out_weight.shape == (3, 5,) and out_weight.dtype == dtype and out_weight.flags.writeable
-        _ok = _ok and isinstance(out_bias, np.ndarray) and out_bias.shape == (3,) and out_bias.dtype == dtype and out_bias.flags.writeable
+        _ok = (len(params) == 4 and batch and dtype in _FLOATS
+               and (x.shape, y.shape, hidden_weight.shape, hidden_bias.shape, out_weight.shape, out_bias.shape) == (
+                   (batch, 4), (batch, 3), (5, 4), (5,), (3, 5), (3,))
+               and (y.dtype, hidden_weight.dtype, hidden_bias.dtype, out_weight.dtype, out_bias.dtype) == (dtype, dtype, dtype, dtype, dtype)
+               and isinstance(x, np.ndarray)
+               and isinstance(y, np.ndarray)
+               and hidden_weight.flags.writeable
+               and hidden_bias.flags.writeable
+               and out_weight.flags.writeable
+               and out_bias.flags.writeable)
     except (KeyError, TypeError, AttributeError):
         _ok = False
     if not _ok:
@@ -531,50 +553,52 @@ def sgd_step(params, x, y, lr):
         hidden_bias = params["hidden.bias"]
         out_weight = params["out.weight"]
         out_bias = params["out.bias"]
-    _w = _workspace(3, batch, dtype)
+    _w = _KEPT.pop((3, batch, dtype), None) or _workspace(3, batch, dtype)
     _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _k0, _k1 = _w
 
-    with np.errstate(over="ignore"):
-        # hidden: hidden[s, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[s, j])  [#fwd-hidden]
-        # sigmoid_1: b[s, i] = 1/(1 + exp(-hidden[s, i]))  [#fwd-sigmoid_1]
-        # b = _sigmoid(hidden_bias + (x @ hidden_weight.T))
-        b = np.reciprocal(np.add(np.exp(np.negative(np.add(hidden_bias, np.matmul(x, hidden_weight.T, _b0), _b0), _b0), _b0), _k0, _b0), _b0)
-        # out: out[s, i] = out.bias[i] + Σ_j (b[s, j]*out.weight[i, j])  [#fwd-out]
-        # sigmoid_2: yhat[s, i] = 1/(1 + exp(-out[s, i]))  [#fwd-sigmoid_2]
-        # yhat = _sigmoid(out_bias + (b @ out_weight.T))
-        yhat = np.reciprocal(np.add(np.exp(np.negative(np.add(out_bias, np.matmul(b, out_weight.T, _b1), _b1), _b1), _b1), _k0, _b1), _b1)
+    # hidden: hidden[s, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[s, j])  [#fwd-hidden]
+    # sigmoid_1: b[s, i] = 1/(1 + exp(-hidden[s, i]))  [#fwd-sigmoid_1]
+    # b = _sigmoid(hidden_bias + (x @ hidden_weight.T))
+    b = np.reciprocal(np.add(np.exp(np.negative(np.add(hidden_bias, np.dot(x, hidden_weight.T, _b0), _b0), _b0), _b0), _k0, _b0), _b0)
+    # out: out[s, i] = out.bias[i] + Σ_j (b[s, j]*out.weight[i, j])  [#fwd-out]
+    # sigmoid_2: yhat[s, i] = 1/(1 + exp(-out[s, i]))  [#fwd-sigmoid_2]
+    # yhat = _sigmoid(out_bias + (b @ out_weight.T))
+    yhat = np.reciprocal(np.add(np.exp(np.negative(np.add(out_bias, np.dot(b, out_weight.T, _b1), _b1), _b1), _b1), _k0, _b1), _b1)
+    # _c0 = -y + yhat
+    _c0 = np.add(np.negative(y, _b2), yhat, _b2)
     # quadratic_1: quadratic_1[s] = Σ_i (-y[s, i] + yhat[s, i])**2/2  [#fwd-quadratic_1]
-    # quadratic_1 = 0.5*((-y + yhat)**2).sum(axis=1)
-    quadratic_1 = np.multiply(_k1, np.add.reduce(np.square(np.add(np.negative(y, _b3), yhat, _b3), _b3), axis=1, out=_b2), _b2)
-    value = float(np.add.reduce(quadratic_1, axis=None) / batch)
+    # _total = np.vdot(-y + yhat, -y + yhat)
+    _total = np.vdot(_c0, _c0)
+    value = float(_total) * 0.5 / batch
     # the backward pass seeded with -lr times the loss's seed: each gradient is the update
     seed = -float(lr) / batch
 
+    _b4[()] = seed
     # d_yhat[s, i] = (-y[s, i] + yhat[s, i])*d_quadratic_1[s]  [#bwd-quadratic_1-yhat]
     # d_out[s, i] = -(-1 + yhat[s, i])*d_yhat[s, i]*yhat[s, i]  [#bwd-sigmoid_2-out]
     # d_out = seed*(1 - yhat)*(-y + yhat)*yhat
-    d_out = np.multiply(np.multiply(np.multiply(seed, np.subtract(_k0, yhat, _b3), _b3), np.add(np.negative(y, _b4), yhat, _b4), _b3), yhat, _b3)
+    d_out = np.multiply(np.multiply(np.multiply(_b4, np.subtract(_k0, yhat, _b3), _b3), _c0, _b3), yhat, _b3)
     # d_out_weight[i, j] = Σ_s (b[s, j]*d_out[s, i])  [#bwd-out-weight]
     # d_out_weight = d_out.T @ b
-    d_out_weight = np.matmul(d_out.T, b, _b5)
+    d_out_weight = np.dot(d_out.T, b, _b5)
     # d_out_bias[i] = Σ_s d_out[s, i]  [#bwd-out-bias]
     # d_out_bias = d_out.sum(axis=0)
-    d_out_bias = np.add.reduce(d_out, axis=0, out=_b6)
+    d_out_bias = np.dot(_k1, d_out, _b6)
     # d_b[s, j] = Σ_i (d_out[s, i]*out.weight[i, j])  [#bwd-out-b]
     # d_hidden[s, i] = -(-1 + b[s, i])*b[s, i]*d_b[s, i]  [#bwd-sigmoid_1-hidden]
     # d_hidden = (1 - b)*b*(d_out @ out_weight)
-    d_hidden = np.multiply(np.multiply(np.subtract(_k0, b, _b7), b, _b7), np.matmul(d_out, out_weight, _b8), _b7)
+    d_hidden = np.multiply(np.multiply(np.subtract(_k0, b, _b7), b, _b7), np.dot(d_out, out_weight, _b8), _b7)
     # d_hidden_weight[i, j] = Σ_s (d_hidden[s, i]*x[s, j])  [#bwd-hidden-weight]
     # d_hidden_weight = d_hidden.T @ x
-    d_hidden_weight = np.matmul(d_hidden.T, x, _b9)
+    d_hidden_weight = np.dot(d_hidden.T, x, _b9)
     # d_hidden_bias[i] = Σ_s d_hidden[s, i]  [#bwd-hidden-bias]
     # d_hidden_bias = d_hidden.sum(axis=0)
-    d_hidden_bias = np.add.reduce(d_hidden, axis=0, out=_b10)
+    d_hidden_bias = np.dot(_k1, d_hidden, _b10)
     hidden_weight += d_hidden_weight
     hidden_bias += d_hidden_bias
     out_weight += d_out_weight
     out_bias += d_out_bias
-    _done(3, batch, dtype, _w)
+    _KEPT[3, batch, dtype] = _w
     return value
 
 
@@ -588,6 +612,10 @@ def init_state(params):
     return state
 
 
+
+# the floating-point errors some of its lines produce on purpose (exp's overflow to inf in a
+# sigmoid, the branch np.where does not take) are not warned of: one errstate for the call
+@np.errstate(over="ignore")
 def train_step(params, state, x, y, lr=0.01, max_norm=None):
     """One step of sgd(momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False), in place on params and state; returns the loss
     before the step.  lr may change from step to step (a schedule); with max_norm the
@@ -600,14 +628,17 @@ def train_step(params, state, x, y, lr=0.01, max_norm=None):
         out_bias = params["out.bias"]
         step = state["step"]
         batch, dtype = len(x), x.dtype
-        _ok = len(params) == 4 and batch and dtype in _FLOATS
-        _ok = _ok and isinstance(x, np.ndarray) and x.shape == (batch, 4)
-        _ok = _ok and isinstance(y, np.ndarray) and y.shape == (batch, 3) and y.dtype == dtype
-        _ok = _ok and isinstance(hidden_weight, np.ndarray) and hidden_weight.shape == (5, 4,) and hidden_weight.dtype == dtype and hidden_weight.flags.writeable
-        _ok = _ok and isinstance(hidden_bias, np.ndarray) and hidden_bias.shape == (5,) and hidden_bias.dtype == dtype and hidden_bias.flags.writeable
-        _ok = _ok and isinstance(out_weight, np.ndarray) and out_weight.shape == (3, 5,) and out_weight.dtype == dtype and out_weight.flags.writeable
-        _ok = _ok and isinstance(out_bias, np.ndarray) and out_bias.shape == (3,) and out_bias.dtype == dtype and out_bias.flags.writeable
-        _ok = _ok and type(step) is int and step >= 0 and len(state) == 1
+        _ok = (len(params) == 4 and batch and dtype in _FLOATS
+               and (x.shape, y.shape, hidden_weight.shape, hidden_bias.shape, out_weight.shape, out_bias.shape) == (
+                   (batch, 4), (batch, 3), (5, 4), (5,), (3, 5), (3,))
+               and (y.dtype, hidden_weight.dtype, hidden_bias.dtype, out_weight.dtype, out_bias.dtype) == (dtype, dtype, dtype, dtype, dtype)
+               and type(step) is int and step >= 0 and len(state) == 1
+               and isinstance(x, np.ndarray)
+               and isinstance(y, np.ndarray)
+               and hidden_weight.flags.writeable
+               and hidden_bias.flags.writeable
+               and out_weight.flags.writeable
+               and out_bias.flags.writeable)
     except (KeyError, TypeError, AttributeError):
         _ok = False
     if not _ok:
@@ -621,44 +652,46 @@ def train_step(params, state, x, y, lr=0.01, max_norm=None):
         out_bias = params["out.bias"]
     step += 1
     lr = float(lr)
-    _w = _workspace(4, batch, dtype)
-    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _k0, _k1 = _w
+    _w = _KEPT.pop((4, batch, dtype), None) or _workspace(4, batch, dtype)
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _k0, _k1 = _w
 
-    with np.errstate(over="ignore"):
-        # hidden: hidden[s, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[s, j])  [#fwd-hidden]
-        # sigmoid_1: b[s, i] = 1/(1 + exp(-hidden[s, i]))  [#fwd-sigmoid_1]
-        # b = _sigmoid(hidden_bias + (x @ hidden_weight.T))
-        b = np.reciprocal(np.add(np.exp(np.negative(np.add(hidden_bias, np.matmul(x, hidden_weight.T, _b0), _b0), _b0), _b0), _k0, _b0), _b0)
-        # out: out[s, i] = out.bias[i] + Σ_j (b[s, j]*out.weight[i, j])  [#fwd-out]
-        # sigmoid_2: yhat[s, i] = 1/(1 + exp(-out[s, i]))  [#fwd-sigmoid_2]
-        # yhat = _sigmoid(out_bias + (b @ out_weight.T))
-        yhat = np.reciprocal(np.add(np.exp(np.negative(np.add(out_bias, np.matmul(b, out_weight.T, _b1), _b1), _b1), _b1), _k0, _b1), _b1)
+    # hidden: hidden[s, i] = hidden.bias[i] + Σ_j (hidden.weight[i, j]*x[s, j])  [#fwd-hidden]
+    # sigmoid_1: b[s, i] = 1/(1 + exp(-hidden[s, i]))  [#fwd-sigmoid_1]
+    # b = _sigmoid(hidden_bias + (x @ hidden_weight.T))
+    b = np.reciprocal(np.add(np.exp(np.negative(np.add(hidden_bias, np.dot(x, hidden_weight.T, _b0), _b0), _b0), _b0), _k0, _b0), _b0)
+    # out: out[s, i] = out.bias[i] + Σ_j (b[s, j]*out.weight[i, j])  [#fwd-out]
+    # sigmoid_2: yhat[s, i] = 1/(1 + exp(-out[s, i]))  [#fwd-sigmoid_2]
+    # yhat = _sigmoid(out_bias + (b @ out_weight.T))
+    yhat = np.reciprocal(np.add(np.exp(np.negative(np.add(out_bias, np.dot(b, out_weight.T, _b1), _b1), _b1), _b1), _k0, _b1), _b1)
+    # _c0 = -y + yhat
+    _c0 = np.add(np.negative(y, _b2), yhat, _b2)
     # quadratic_1: quadratic_1[s] = Σ_i (-y[s, i] + yhat[s, i])**2/2  [#fwd-quadratic_1]
-    # quadratic_1 = 0.5*((-y + yhat)**2).sum(axis=1)
-    quadratic_1 = np.multiply(_k1, np.add.reduce(np.square(np.add(np.negative(y, _b3), yhat, _b3), _b3), axis=1, out=_b2), _b2)
-    value = float(np.add.reduce(quadratic_1, axis=None) / batch)
+    # _total = np.vdot(-y + yhat, -y + yhat)
+    _total = np.vdot(_c0, _c0)
+    value = float(_total) * 0.5 / batch
     seed = 1 / batch
 
+    _b4[()] = seed
     # d_yhat[s, i] = (-y[s, i] + yhat[s, i])*d_quadratic_1[s]  [#bwd-quadratic_1-yhat]
     # d_out[s, i] = -(-1 + yhat[s, i])*d_yhat[s, i]*yhat[s, i]  [#bwd-sigmoid_2-out]
     # d_out = seed*(1 - yhat)*(-y + yhat)*yhat
-    d_out = np.multiply(np.multiply(np.multiply(seed, np.subtract(_k0, yhat, _b3), _b3), np.add(np.negative(y, _b4), yhat, _b4), _b3), yhat, _b3)
+    d_out = np.multiply(np.multiply(np.multiply(_b4, np.subtract(_k0, yhat, _b3), _b3), _c0, _b3), yhat, _b3)
     # d_out_weight[i, j] = Σ_s (b[s, j]*d_out[s, i])  [#bwd-out-weight]
     # d_out_weight = d_out.T @ b
-    d_out_weight = np.matmul(d_out.T, b, _b5)
+    d_out_weight = np.dot(d_out.T, b, _b5)
     # d_out_bias[i] = Σ_s d_out[s, i]  [#bwd-out-bias]
     # d_out_bias = d_out.sum(axis=0)
-    d_out_bias = np.add.reduce(d_out, axis=0, out=_b6)
+    d_out_bias = np.dot(_k1, d_out, _b6)
     # d_b[s, j] = Σ_i (d_out[s, i]*out.weight[i, j])  [#bwd-out-b]
     # d_hidden[s, i] = -(-1 + b[s, i])*b[s, i]*d_b[s, i]  [#bwd-sigmoid_1-hidden]
     # d_hidden = (1 - b)*b*(d_out @ out_weight)
-    d_hidden = np.multiply(np.multiply(np.subtract(_k0, b, _b7), b, _b7), np.matmul(d_out, out_weight, _b8), _b7)
+    d_hidden = np.multiply(np.multiply(np.subtract(_k0, b, _b7), b, _b7), np.dot(d_out, out_weight, _b8), _b7)
     # d_hidden_weight[i, j] = Σ_s (d_hidden[s, i]*x[s, j])  [#bwd-hidden-weight]
     # d_hidden_weight = d_hidden.T @ x
-    d_hidden_weight = np.matmul(d_hidden.T, x, _b9)
+    d_hidden_weight = np.dot(d_hidden.T, x, _b9)
     # d_hidden_bias[i] = Σ_s d_hidden[s, i]  [#bwd-hidden-bias]
     # d_hidden_bias = d_hidden.sum(axis=0)
-    d_hidden_bias = np.add.reduce(d_hidden, axis=0, out=_b10)
+    d_hidden_bias = np.dot(_k1, d_hidden, _b10)
     clip = 1.0
     if max_norm is not None:
         norm = float(np.sqrt(0.0
@@ -669,18 +702,19 @@ def train_step(params, state, x, y, lr=0.01, max_norm=None):
         ))
         clip = min(1.0, float(max_norm) / (norm + 1e-6))
 
+    _b11[()] = -clip * lr
     # sgd: hidden.weight[n0, n1] = -clip*lr*d_hidden_weight[n0, n1] + hidden.weight[n0, n1]
     # hidden_weight = -clip*lr*d_hidden_weight + hidden_weight
-    np.add(np.multiply(-clip * lr, d_hidden_weight, _b11), hidden_weight, hidden_weight)
+    np.add(np.multiply(_b11, d_hidden_weight, _b12), hidden_weight, hidden_weight)
     # sgd: hidden.bias[n0] = -clip*lr*d_hidden_bias[n0] + hidden.bias[n0]
     # hidden_bias = -clip*lr*d_hidden_bias + hidden_bias
-    np.add(np.multiply(-clip * lr, d_hidden_bias, _b12), hidden_bias, hidden_bias)
+    np.add(np.multiply(_b11, d_hidden_bias, _b13), hidden_bias, hidden_bias)
     # sgd: out.weight[n0, n1] = -clip*lr*d_out_weight[n0, n1] + out.weight[n0, n1]
     # out_weight = -clip*lr*d_out_weight + out_weight
-    np.add(np.multiply(-clip * lr, d_out_weight, _b13), out_weight, out_weight)
+    np.add(np.multiply(_b11, d_out_weight, _b14), out_weight, out_weight)
     # sgd: out.bias[n0] = -clip*lr*d_out_bias[n0] + out.bias[n0]
     # out_bias = -clip*lr*d_out_bias + out_bias
-    np.add(np.multiply(-clip * lr, d_out_bias, _b14), out_bias, out_bias)
+    np.add(np.multiply(_b11, d_out_bias, _b15), out_bias, out_bias)
     state["step"] = step
-    _done(4, batch, dtype, _w)
+    _KEPT[4, batch, dtype] = _w
     return value

@@ -5,7 +5,13 @@ kind (real or boolean) are known -- a ufunc, a matrix product, a sum or max over
 gets `out=` a buffer.  The same ufuncs on the same operands in the same order as the
 allocating code: the same bits, without the allocations (a big array is mapped page by
 page each time it is made anew, which for a wide layer's gradient costs more than adding
-it into the weights).
+it into the weights).  Where a call costs more than the arithmetic of a small layer, the
+call is the cheaper one: a matrix product is np.dot's (the same BLAS product as
+np.matmul's, for half the overhead), a sum over one axis of a matrix a product with ones
+(the same terms added in BLAS's order), a number the function computes at run time a 0-d
+array set once (numpy converts a Python number on every call), and an operation on an
+array of one element writes a buffer other than its operands' (numpy takes a slow path
+for one in place).
 
   a line's value    a buffer of the function's workspace, free again after the last line
                     that reads the value or a view of it; values handed to the caller
@@ -45,6 +51,10 @@ _FRESH_CALLS = {"where", "tensordot", "einsum", "zeros_like", "_sigmoid", "_erf"
 _OUT_HELPERS = {"_im2col"}
 
 
+# the numbers a generated function binds before the lines that read them; an operation
+# reads one as a 0-d array of the dtype (numpy converts a Python number on every call)
+_RUNTIME_SCALARS = {"seed", "lr", "clip", "step"}
+
 # the nodes of an expression of numbers alone
 _ARITHMETIC = (ast.Constant, ast.BinOp, ast.UnaryOp, ast.operator, ast.unaryop)
 
@@ -66,6 +76,7 @@ class Workspace:
         self.buffers: list = []  # (shape, boolean?)
         self.free: list = []  # buffer indices free for reuse
         self.holders: dict = {}  # buffer index -> the bindings whose value lives in it
+        self.scalars: dict = {}  # code of a number computed at run time -> its 0-d buffer
 
     def take(self, shape, kind) -> int:
         key = (shape, kind == "b")
@@ -98,10 +109,21 @@ def constant_name(k: int) -> str:
     return f"_k{k}"
 
 
-def plan_body(lines: list, shapes: dict, returned: set, kept: set) -> tuple:
-    """(lines, buffers, constants) of one function body: `lines` rewritten to write into buffers,
-    `shapes` the full shape of each named array (None for the batch axis), `returned` the
-    names handed to the caller, `kept` those read after the last line."""
+def plan_body(parts: list, shapes: dict, returned: set, kept: set) -> tuple:
+    """(parts, buffers, constants) of one function body made of consecutive parts (lists of
+    lines): their lines rewritten to write into buffers, `shapes` the full shape of each named
+    array (None for the batch axis), `returned` the names handed to the caller, `kept` those
+    read after the last line."""
+    placed = _plan_lines([line for part in parts for line in part], shapes, returned, kept)
+    lines, buffers, constants = placed
+    out, start = [], 0
+    for part in parts:
+        out.append([x for written in lines[start:start + len(part)] for x in written])
+        start += len(part)
+    return tuple(out), buffers, constants
+
+
+def _plan_lines(lines: list, shapes: dict, returned: set, kept: set) -> tuple:
     trees = [ast.parse(line.code, mode="eval").body for line in lines]
     # each binding of a name (a line assigning it), and the last line reading it
     binding, last = {}, {}
@@ -121,8 +143,10 @@ def plan_body(lines: list, shapes: dict, returned: set, kept: set) -> tuple:
     ws = Workspace()
     holds = {}  # binding -> the buffers its value may live in
     out = []
+    setters = {}  # line -> the 0-d buffers first read there
     env = {}  # name -> the buffers its current value may live in
     for k, (line, tree) in enumerate(zip(lines, trees)):
+        known = set(ws.scalars)
         rewriter = _Rewriter(shapes, ws, env)
         rewriter.infer(tree)
         shape = shapes.get(line.target)
@@ -170,11 +194,31 @@ def plan_body(lines: list, shapes: dict, returned: set, kept: set) -> tuple:
                 ws.release(buf)
         for t in rewriter.temps_done:
             ws.release(t)
-        if code != line.code:  # the plain expression stays readable above the calls
-            note = f"{line.target} = {line.code}"
+        if code != (line.written or line.code):  # the plain expression stays readable above the calls
+            note = f"{line.target} = {line.written or line.code}"
             line = dataclasses.replace(line, comment=f"{line.comment}\n{note}" if line.comment else note)
         out.append(dataclasses.replace(line, code=code))
-    return out, tuple(ws.buffers), tuple(ws.constants)
+        setters[k] = [c for c in ws.scalars if c not in known]
+    return _with_setters(out, setters, ws.scalars), tuple(ws.buffers), tuple(ws.constants)
+
+
+def _with_setters(lines: list, setters: dict, scalars: dict) -> list:
+    """lines, each a list of the lines to write in its place: a 0-d buffer of a run-time number
+    is set just before the first line reading it (inside the same errstate block: a line of
+    its own quieting nothing would split one)."""
+    out = []
+    for k, line in enumerate(lines):
+        out.append([dataclasses.replace(line, target=name(scalars[code]), code=f"{name(scalars[code])}[()] = {code}",
+                                        comment="", into=True, anchors=(), reads=())
+                    for code in setters.get(k, ())] + [line])
+    return out
+
+
+def infer_shape(node, shapes: dict):
+    """The shape of an expression's array value (None for the batch axis), or None when it
+    is not known or not an array."""
+    info = _Rewriter(shapes, Workspace(), {}).infer(node)
+    return info.shape if info.kind in ("f", "b") else None
 
 
 class _Rewriter:
@@ -314,10 +358,15 @@ class _Rewriter:
             # one operand of the result's shape may take our buffer (it is computed
             # there, then we compute in place), or lend us its temporary
             same = [c for c in operands if c.info.shape == info.shape and c.info.kind == info.kind]
+            if _single(info.shape):
+                # numpy takes a path three times slower for an operation in place on an array
+                # of one element (a batch of one, one output): each writes a buffer of its own
+                same = []
             heir = next((c for c in same if c.info.op), None) if dest is not None and not self.no_heir else None
             filled = info.shape if isinstance(node, ast.Call) and _module_call(node) and \
                 node.func.attr in ("maximum", "minimum") else None
-            codes = [self._constant(child, filled) or self.emit(child, dest if child is heir else None)
+            codes = [self._constant(child, filled) or (filled is None and self._scalar(child))
+                     or self.emit(child, dest if child is heir else None)
                      for child in operands]
             out = dest
             if out is None:
@@ -333,8 +382,12 @@ class _Rewriter:
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "_sigmoid":
                 # the helper's four operations written out (a call costs more than a small
                 # layer's operation; the line quiets exp's overflow, as the helper does)
-                b, one = name(out), self.ws.constant(1)
-                return f"np.reciprocal(np.add(np.exp(np.negative({codes[0]}, {b}), {b}), {one}, {b}), {b})"
+                one = self.ws.constant(1)
+                b = [name(out)] * 4
+                if _single(info.shape):
+                    b[:3] = [name(self.ws.take(info.shape, "f")) for _ in range(3)]
+                    self.temps_done.extend(int(x[2:]) for x in b[:3])
+                return f"np.reciprocal(np.add(np.exp(np.negative({codes[0]}, {b[0]}), {b[1]}), {one}, {b[2]}), {b[3]})"
             return _call(node, codes, out)
         # a matrix product or a reduction reads whole operands: its buffer is none of them
         codes = [self.emit(child, None) for child in operands]
@@ -343,6 +396,14 @@ class _Rewriter:
             if child.buffer is not None:
                 self.temps_done.append(child.buffer)
         node.buffer = out if dest is None else None
+        summed = operands[0].info.shape if info.op == "reduce" and node.func.attr == "sum" else None
+        if summed is not None and len(summed) == 2 and len(info.shape) == 1 and isinstance(out, int):
+            # a sum over one axis of a matrix as its product with a vector of ones: numpy's
+            # reduction costs twice BLAS's call on a small one (a bias's gradient)
+            (axis,) = _axis(node)
+            ones = self.ws.constant(1, (summed[axis],))
+            pair = (ones, codes[0]) if axis == 0 else (codes[0], ones)
+            return f"np.dot({pair[0]}, {pair[1]}, {name(out)})"
         return _call(node, codes, out)
 
     def _constant(self, node, shape=None) -> str | None:
@@ -356,6 +417,20 @@ class _Rewriter:
         node.buffer = None
         value = eval(compile(ast.Expression(node), "<constant>", "eval"), {"__builtins__": {}})  # numbers only
         return self.ws.constant(value, shape) if isinstance(value, (int, float)) else None
+
+    def _scalar(self, node) -> str | None:
+        """The 0-d buffer holding a number the function computes at run time (-lr / batch,
+        say) for an operand that is one, set once before the first line reading it."""
+        if node.info.kind != "s" or not all(isinstance(x, _ARITHMETIC + (ast.Name, ast.Load)) for x in ast.walk(node)):
+            return None
+        if not any(isinstance(x, ast.Name) for x in ast.walk(node)) or \
+                not all(x.id in _RUNTIME_SCALARS for x in ast.walk(node) if isinstance(x, ast.Name)):
+            return None
+        node.buffer = None
+        code = ast.unparse(node)
+        if code not in self.ws.scalars:
+            self.ws.scalars[code] = self.ws.take((), "f")  # never released: it is the function's
+        return name(self.ws.scalars[code])
 
     def _plain(self, node) -> str:
         """Node as written, its rewritable sub-operations writing into temporaries."""
@@ -371,6 +446,11 @@ class _Rewriter:
                     return ast.parse(code, mode="eval").body
                 return inner.generic_visit(child)
         return ast.unparse(Inner().visit(node))
+
+
+def _single(shape) -> bool:
+    """Is an array of this shape one element at a batch of one?"""
+    return all(n is BATCH or n == 1 for n in shape)
 
 
 def _view_fresh(a: _Info) -> bool:
@@ -397,6 +477,11 @@ def _call(node, codes, out) -> str:
     faster than a keyword, except for a reduction (axis= and out= say what they are) and
     maximum and minimum (numpy deprecates their positional out)."""
     if isinstance(node, ast.BinOp):
+        if isinstance(node.op, ast.MatMult) and isinstance(out, int) and \
+                len(node.left.info.shape) == len(node.right.info.shape) == 2:
+            # into a buffer of the workspace (C-contiguous, of the dtype, as np.dot's out
+            # must be): the same BLAS product as np.matmul's, at half its call's cost
+            return f"np.dot({codes[0]}, {codes[1]}, {name(out)})"
         f = "matmul" if isinstance(node.op, ast.MatMult) else "square" if isinstance(node.op, ast.Pow) \
             else _BINARY[type(node.op)]
     elif isinstance(node, ast.UnaryOp):

@@ -27,10 +27,12 @@ from ...naming import grad_name, temp, var
 from ...ops.primitives import lookup
 from ...ops.optimizers import LR, T
 from ...schedule.program import CLIP, SEED, Program
-from . import buffers, layout
+from . import buffers, common, layout
 from ...ops.symbolic import Where, ClampedLog, FirstArgmax, LogSumExp, MaxOver, index_symbols, join_signed, read_name, real_base, sum_terms
 
 
+# the variable holding the loss summed over the batch (a name no user's can be: naming.var)
+TOTAL = "_total"
 # the scalars a generated function binds, by the names it binds them to
 _SCALARS = {SEED: "seed", LR: "lr", T: "step", CLIP: "clip", B: "batch"}
 
@@ -48,6 +50,7 @@ class Line:
     anchors: tuple = ()  # the derivation steps this line computes
     reads: tuple = ()  # the temporaries (lines of their own) its code reads
     into: bool = False  # the value is written into the array `target` names (an optimizer's update)
+    written: str = ""  # the code as lowered, where a later pass changed it (for the comment)
 
 
 @dataclass
@@ -998,34 +1001,34 @@ def plan(program: Program) -> Plan:
     for p in program.zero_grads:
         backward.append(Line(grad_name(p), f"np.zeros_like({names[p]})", f"{p} does not affect the loss"))
     loss_var = names[g.loss]
-    # np.add.reduce is what .sum() calls, without the Python function around it
-    total = f"np.add.reduce({loss_var}, axis=None)"
-    loss_value = f"{total} / batch" if g.reduce == "mean" else total
+    loss_forward, scale = common.total_line(loss_var, TOTAL, loss_forward)
+    # in double precision from the total on (the total, a sum in the dtype, is what rounds)
+    loss_value = f"float({TOTAL}){scale}" + (" / batch" if g.reduce == "mean" else "")
     grads = tuple((p.name, grad_name(p.name)) for p in g.params)
     updates = tuple((names[p.name], grad_name(p.name)) for p in g.params if p.name not in program.zero_grads)
-    n_loss = len(loss_forward)
     (update,), update_shapes = lower(program.update)
     written = {names[p.name] for p in g.params} | {names[a] for a in states}
     update = [dataclasses.replace(x, into=True) if x.target in written else x for x in update]
 
-    def body(lines, shapes, returned, kept):
-        return buffers.plan_body(list(lines), shapes, set(returned), set(kept))
+    def body(parts, shapes, returned, kept):
+        """(the parts' lines, buffers, constants) of one function body made of consecutive parts."""
+        parts, shapes = common.hoist([list(p) for p in parts], shapes)
+        return buffers.plan_body(parts, shapes, set(returned), set(kept))
 
-    bodies = {"forward": body(forward, forward_shapes, {names[g.output]}, ())}
-    bodies["loss"] = body(loss_forward, shapes_, (), {loss_var})
-    for fn, returned, kept in (("loss_and_grad", [v for _, v in grads], {loss_var}),
-                               ("sgd_step", (), {loss_var} | {d for _, d in updates})):
-        lines, bufs, constants = body(loss_forward + backward, shapes_, returned, kept)
-        bodies[fn] = ((lines[:n_loss], lines[n_loss:]), bufs, constants)
-    lines, bufs, constants = body(loss_forward + backward + update, {**update_shapes, **shapes_}, (), {loss_var})
-    n_back = n_loss + len(backward)
-    bodies["train_step"] = ((lines[:n_loss], lines[n_loss:n_back], lines[n_back:]), bufs, constants)
+    (forward_lines,), bufs, constants = body([forward], forward_shapes, {names[g.output]}, ())
+    bodies = {"forward": (forward_lines, bufs, constants)}
+    (loss_lines,), bufs, constants = body([loss_forward], shapes_, (), {TOTAL})
+    bodies["loss"] = (loss_lines, bufs, constants)
+    for fn, returned, kept in (("loss_and_grad", [v for _, v in grads], {TOTAL}),
+                               ("sgd_step", (), {TOTAL} | {d for _, d in updates})):
+        bodies[fn] = body([loss_forward, backward], shapes_, returned, kept)
+    bodies["train_step"] = body([loss_forward, backward, update], {**update_shapes, **shapes_}, (), {TOTAL})
     input_grads = ()
     if program.input_backward is not None:
         (loss_i, back_i), shapes_i = lower(program.loss, program.input_backward)
+        loss_i, _ = common.total_line(loss_var, TOTAL, loss_i)
         input_grads = tuple((t.name, grad_name(t.name)) for t in g.inputs)
-        lines, bufs, constants = body(loss_i + back_i, shapes_i, [v for _, v in input_grads], {loss_var})
-        bodies["input_grad"] = ((lines[:len(loss_i)], lines[len(loss_i):]), bufs, constants)
+        bodies["input_grad"] = body([loss_i, back_i], shapes_i, [v for _, v in input_grads], {TOTAL})
     return Plan(
         name=g.name, source=g.source,
         inputs=tuple((t.name, names[t.name], t.shape) for t in g.inputs),

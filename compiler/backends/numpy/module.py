@@ -24,22 +24,24 @@ def render(plan: Plan, graph) -> str:
     table, workspace = [], {}
     for fn in _FUNCTIONS + (("input_grad",) if "input_grad" in plan.bodies else ()):
         _, kept, constants = plan.bodies[fn]
-        workspace[fn] = dict(take="", done="")
+        parts = plan.bodies[fn][0]
+        workspace[fn] = dict(take="", done="", quiet=_quiet([parts] if fn in ("forward", "loss") else parts))
         if kept or constants:
             names = [buffer_name(k) for k in range(len(kept))] + [constant_name(k) for k in range(len(constants))]
             key = f"{len(table)}, batch, dtype"
-            workspace[fn] = dict(take=f"    _w = _workspace({key})\n    {', '.join(names)}{',' if len(names) == 1 else ''} = _w\n",
-                                 done=f"    _done({key}, _w)\n")
+            workspace[fn]["take"] = f"    _w = _KEPT.pop(({key}), None) or _workspace({key})\n" \
+                                    f"    {', '.join(names)}{',' if len(names) == 1 else ''} = _w\n"
+            workspace[fn]["done"] = f"    _KEPT[{key}] = _w\n"
             table.append(([(shape_text(shape), boolean) for shape, boolean in kept], [_constant_text(c) for c in constants]))
     return environment().get_template("numpy_module.py.j2").render(
         name=plan.name, version=__version__,
-        forward=_blocks(plan.bodies["forward"][0]), output=plan.output, output_name=plan.output,
-        loss_only=_blocks(plan.bodies["loss"][0]), grad_lines=[_blocks(x) for x in plan.bodies["loss_and_grad"][0]],
-        step_lines=[_blocks(x) for x in plan.bodies["sgd_step"][0]], buffer_table=table, workspace=workspace,
+        forward=list(plan.bodies["forward"][0]), output=plan.output, output_name=plan.output,
+        loss_only=list(plan.bodies["loss"][0]), grad_lines=[list(x) for x in plan.bodies["loss_and_grad"][0]],
+        step_lines=[list(x) for x in plan.bodies["sgd_step"][0]], buffer_table=table, workspace=workspace,
         loss_value=plan.loss_value, loss_var=None, grads=[dict(name=n, var=v) for n, v in plan.grads],
         updates=[dict(param=p, grad=g) for p, g in plan.updates], loss_seed=plan.loss_seed,
-        step_seed=plan.step_seed, train_lines=[_blocks(x) for x in plan.bodies["train_step"][0]],
-        input_grad_lines=[_blocks(x) for x in plan.bodies["input_grad"][0]] if "input_grad" in plan.bodies else None,
+        step_seed=plan.step_seed, train_lines=[list(x) for x in plan.bodies["train_step"][0]],
+        input_grad_lines=[list(x) for x in plan.bodies["input_grad"][0]] if "input_grad" in plan.bodies else None,
         input_grads=[dict(name=n, var=v) for n, v in plan.input_grads],
         states=[dict(var=v, param=p, state=st, shape=shape_text(graph.param(p).shape)) for _, v, p, st in plan.states],
         helper_source=helper_source(plan.helpers), reduce=graph.reduce, flat_params=False, **values)
@@ -50,17 +52,12 @@ def _constant_text(c) -> str:
     return f"({c[0]!r}, {shape_text(c[1])})" if isinstance(c, tuple) else repr(c)
 
 
-def _blocks(lines) -> list:
-    """Consecutive lines quieting the same floating-point errors, as one block each: one
-    `with np.errstate(...)` costs about a microsecond, more than a small layer's step."""
-    blocks = []
-    for line in lines:
-        quiet = ", ".join(f'{kind}="ignore"' for kind in sorted(line.quiet))
-        if blocks and blocks[-1]["quiet"] == quiet:
-            blocks[-1]["lines"].append(line)
-        else:
-            blocks.append(dict(quiet=quiet, lines=[line]))
-    return blocks
+def _quiet(parts) -> str:
+    """The errstate arguments of a function whose body is `parts`: every floating-point error
+    one of its lines produces on purpose (one errstate per call, not per line: entering one
+    costs about a microsecond, more than a small layer's step)."""
+    kinds = sorted({kind for part in parts for line in part for kind in line.quiet})
+    return ", ".join(f'{kind}="ignore"' for kind in kinds)
 
 
 def helper_source(used) -> str:
