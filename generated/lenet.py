@@ -48,9 +48,9 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _BUFFERS = (
     (((8, 2, 2, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((None, 10,), False), ),
     (((1, 3, 3, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 3, 3, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((16, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ((None,), False), ),
-    (((1, 3, 3, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 3, 3, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((16, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ((), False), ((None, 10,), False), ((None, 256,), False), ((None, 16, 4, 4,), True), ((3, 3, 8, 4, 4, None,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), True), ((1, 3, 3, 8,), False), ),
-    (((1, 3, 3, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 3, 3, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((16, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ((), False), ((None, 10,), False), ((None, 256,), False), ((10, 256,), False), ((10,), False), ((None, 16, 4, 4,), True), ((3, 3, 8, 4, 4, None,), False), ((16,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), True), ((1, 3, 3, 8,), False), ((8,), False), ),
-    (((1, 3, 3, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 3, 3, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((16, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ((), False), ((None, 10,), False), ((None, 256,), False), ((10, 256,), False), ((10,), False), ((None, 16, 4, 4,), True), ((3, 3, 8, 4, 4, None,), False), ((16,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), True), ((1, 3, 3, 8,), False), ((8,), False), ((), False), ((8, 1, 3, 3,), False), ((8,), False), ((16, 8, 3, 3,), False), ((16,), False), ((10, 256,), False), ((10,), False), ),
+    (((1, 3, 3, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 3, 3, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((16, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ((), False), ((None, 10,), False), ((None, 256,), False), ((None, 16, 4, 4,), True), ((3, 3, 8, 4, 4, None,), False), ((1, 3, 3, 8,), False), ),
+    (((1, 3, 3, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 3, 3, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((16, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ((), False), ((None, 10,), False), ((None, 256,), False), ((10, 256,), False), ((10,), False), ((None, 16, 4, 4,), True), ((3, 3, 8, 4, 4, None,), False), ((16,), False), ((1, 3, 3, 8,), False), ((8,), False), ),
+    (((1, 3, 3, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 3, 3, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((16, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ((), False), ((None, 10,), False), ((None, 256,), False), ((10, 256,), False), ((10,), False), ((None, 16, 4, 4,), True), ((3, 3, 8, 4, 4, None,), False), ((16,), False), ((1, 3, 3, 8,), False), ((8,), False), ((), False), ((8, 1, 3, 3,), False), ((8,), False), ((16, 8, 3, 3,), False), ((16,), False), ((10, 256,), False), ((10,), False), ),
 )
 # ... and the numbers it reads as arrays of the dtype: 0-d, or (number, shape) filling one
 _CONSTANTS = (
@@ -523,6 +523,36 @@ def _first_argmax(a, axes, out=None):
     return hot
 
 
+def _route_max(a, axes, g, out=None, positive=False):
+    # g (extent 1 at the window axes) where a holds the first maximum of its window over
+    # `axes`, else 0: _first_argmax(a, axes) * g, the max-pool's backward; with positive,
+    # only where that maximum is above 0 (times a > 0: the relu's backward before it).  In
+    # a tiled array (each window offset one block) g is routed offset by offset, each
+    # taking it where it holds the maximum and no offset before it did
+    hot = np.empty_like(a) if out is None else out
+    tiles = _tiles(a, axes)
+    if tiles is not None and hot.flags.c_contiguous:
+        w = axes[0]
+        top = np.maximum.reduce(tiles, axis=w)
+        if not np.isnan(np.vdot(top, top)):  # a NaN anywhere makes the sum of squares one
+            g = np.squeeze(g, axes)
+            if positive:
+                g = np.multiply(g, np.greater(top, 0))
+            hots = hot.reshape(tiles.shape)
+            seen = np.empty(top.shape, bool)
+            hit = np.empty(top.shape, bool)
+            for k in range(tiles.shape[w]):
+                at = (slice(None),) * w + (k,)
+                np.equal(tiles[at], top, out=hit if k else seen)
+                if k:
+                    np.greater(hit, seen, out=hit)  # a maximum, and none before
+                    np.logical_or(seen, hit, out=seen)
+                np.multiply(hit if k else seen, g, out=hots[at])
+            return hot
+    hot = np.multiply(_first_argmax(a, axes, hot), g, out=hot)
+    return np.multiply(hot, np.greater(a, 0), out=hot) if positive else hot
+
+
 
 
 
@@ -685,7 +715,7 @@ def loss_and_grad(params, x, y):
         dense_1_weight = params["dense_1.weight"]
         dense_1_bias = params["dense_1.bias"]
     _w = _KEPT.pop((2, batch, dtype), None) or _workspace(2, batch, dtype)
-    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _b16, _b17, _b18, _b19, _b20, _k0, _k1, _k2, _k3 = _w
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _b16, _b17, _b18, _k0, _k1, _k2, _k3 = _w
 
     # t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 6, 7, 3, 5, 0, 2, 4), ((2, 2), (3, 2)))
     t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 6, 7, 3, 5, 0, 2, 4), ((2, 2), (3, 2)), out=_b0)
@@ -746,14 +776,13 @@ def loss_and_grad(params, x, y):
     # d_conv2d_2_bias[o] = Σ_b,i,j d_conv2d_2[b, o, i, j]  [#bwd-conv2d_2-bias]
     d_conv2d_2_bias = d_conv2d_2.sum(axis=(0, 2, 3))
     # d_relu_1[b, ch, k, l] = Σ_i,j,p1,q1 (FirstArgmax(relu_1[b, ch, p1 + 2*i, q1 + 2*j], (p1, 0, 1), (q1, 0, 1))*d_h[b, ch, i, j]*δ(k,p1 + 2*i)*δ(l,q1 + 2*j))  [#bwd-maxpool2d_1-relu_1]
-    # d_relu_1 = d_h.transpose((1, 0, 2, 3))[:, None, None, :, :, :]*_first_argmax(relu_1, (1, 2))
-    d_relu_1 = np.multiply(d_h.transpose((1, 0, 2, 3))[:, None, None, :, :, :], _first_argmax(relu_1, (1, 2), _b18), _b18)
     # d_conv2d_1[b, i, j, k] = where(conv2d_1[b, i, j, k] > 0, d_relu_1[b, i, j, k], 0)  [#bwd-relu_1-conv2d_1]
+    # d_relu_1 = d_h.transpose((1, 0, 2, 3))[:, None, None, :, :, :]*_first_argmax(relu_1, (1, 2))
     # d_conv2d_1 = d_relu_1*(conv2d_1 > 0)
-    d_conv2d_1 = np.multiply(d_relu_1, np.greater(conv2d_1, _k3, _b19), _b2)
+    d_conv2d_1 = _route_max(relu_1, (1, 2), d_h.transpose((1, 0, 2, 3))[:, None, None, :, :, :], positive=True, out=_b1)
     # d_conv2d_1_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_1[b, o, i, j]*x[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_1-weight]
     # d_conv2d_1_weight = np.tensordot(t0, d_conv2d_1, axes=([3, 4, 5, 6, 7], [1, 2, 3, 4, 5])).transpose((3, 0, 1, 2))
-    d_conv2d_1_weight = np.dot(t0.reshape(9, -1), d_conv2d_1.reshape(8, -1).T, out=_b20.reshape(9, 8)).reshape(1, 3, 3, 8).transpose((3, 0, 1, 2)).copy()
+    d_conv2d_1_weight = np.dot(t0.reshape(9, -1), d_conv2d_1.reshape(8, -1).T, out=_b18.reshape(9, 8)).reshape(1, 3, 3, 8).transpose((3, 0, 1, 2)).copy()
     # d_conv2d_1_bias[o] = Σ_b,i,j d_conv2d_1[b, o, i, j]  [#bwd-conv2d_1-bias]
     d_conv2d_1_bias = d_conv2d_1.sum(axis=(3, 4, 1, 5, 2))
     _KEPT[2, batch, dtype] = _w
@@ -802,7 +831,7 @@ def sgd_step(params, x, y, lr):
         dense_1_weight = params["dense_1.weight"]
         dense_1_bias = params["dense_1.bias"]
     _w = _KEPT.pop((3, batch, dtype), None) or _workspace(3, batch, dtype)
-    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _b16, _b17, _b18, _b19, _b20, _b21, _b22, _b23, _b24, _k0, _k1, _k2, _k3, _k4 = _w
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _b16, _b17, _b18, _b19, _b20, _b21, _b22, _k0, _k1, _k2, _k3, _k4 = _w
 
     # t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 6, 7, 3, 5, 0, 2, 4), ((2, 2), (3, 2)))
     t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 6, 7, 3, 5, 0, 2, 4), ((2, 2), (3, 2)), out=_b0)
@@ -866,17 +895,16 @@ def sgd_step(params, x, y, lr):
     # d_conv2d_2_bias = d_conv2d_2.sum(axis=(0, 2, 3))
     d_conv2d_2_bias = np.add.reduce(d_conv2d_2, axis=(0, 2, 3), out=_b20)
     # d_relu_1[b, ch, k, l] = Σ_i,j,p1,q1 (FirstArgmax(relu_1[b, ch, p1 + 2*i, q1 + 2*j], (p1, 0, 1), (q1, 0, 1))*d_h[b, ch, i, j]*δ(k,p1 + 2*i)*δ(l,q1 + 2*j))  [#bwd-maxpool2d_1-relu_1]
-    # d_relu_1 = d_h.transpose((1, 0, 2, 3))[:, None, None, :, :, :]*_first_argmax(relu_1, (1, 2))
-    d_relu_1 = np.multiply(d_h.transpose((1, 0, 2, 3))[:, None, None, :, :, :], _first_argmax(relu_1, (1, 2), _b21), _b21)
     # d_conv2d_1[b, i, j, k] = where(conv2d_1[b, i, j, k] > 0, d_relu_1[b, i, j, k], 0)  [#bwd-relu_1-conv2d_1]
+    # d_relu_1 = d_h.transpose((1, 0, 2, 3))[:, None, None, :, :, :]*_first_argmax(relu_1, (1, 2))
     # d_conv2d_1 = d_relu_1*(conv2d_1 > 0)
-    d_conv2d_1 = np.multiply(d_relu_1, np.greater(conv2d_1, _k4, _b22), _b2)
+    d_conv2d_1 = _route_max(relu_1, (1, 2), d_h.transpose((1, 0, 2, 3))[:, None, None, :, :, :], positive=True, out=_b1)
     # d_conv2d_1_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_1[b, o, i, j]*x[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_1-weight]
     # d_conv2d_1_weight = np.tensordot(t0, d_conv2d_1, axes=([3, 4, 5, 6, 7], [1, 2, 3, 4, 5])).transpose((3, 0, 1, 2))
-    d_conv2d_1_weight = np.dot(t0.reshape(9, -1), d_conv2d_1.reshape(8, -1).T, out=_b23.reshape(9, 8)).reshape(1, 3, 3, 8).transpose((3, 0, 1, 2))
+    d_conv2d_1_weight = np.dot(t0.reshape(9, -1), d_conv2d_1.reshape(8, -1).T, out=_b21.reshape(9, 8)).reshape(1, 3, 3, 8).transpose((3, 0, 1, 2))
     # d_conv2d_1_bias[o] = Σ_b,i,j d_conv2d_1[b, o, i, j]  [#bwd-conv2d_1-bias]
     # d_conv2d_1_bias = d_conv2d_1.sum(axis=(3, 4, 1, 5, 2))
-    d_conv2d_1_bias = np.add.reduce(d_conv2d_1, axis=(3, 4, 1, 5, 2), out=_b24)
+    d_conv2d_1_bias = np.add.reduce(d_conv2d_1, axis=(3, 4, 1, 5, 2), out=_b22)
     conv2d_1_weight += d_conv2d_1_weight
     conv2d_1_bias += d_conv2d_1_bias
     conv2d_2_weight += d_conv2d_2_weight
@@ -941,7 +969,7 @@ def train_step(params, state, x, y, lr=0.01, max_norm=None):
     step += 1
     lr = float(lr)
     _w = _KEPT.pop((4, batch, dtype), None) or _workspace(4, batch, dtype)
-    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _b16, _b17, _b18, _b19, _b20, _b21, _b22, _b23, _b24, _b25, _b26, _b27, _b28, _b29, _b30, _b31, _k0, _k1, _k2, _k3, _k4 = _w
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _b16, _b17, _b18, _b19, _b20, _b21, _b22, _b23, _b24, _b25, _b26, _b27, _b28, _b29, _k0, _k1, _k2, _k3, _k4 = _w
 
     # t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 6, 7, 3, 5, 0, 2, 4), ((2, 2), (3, 2)))
     t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 6, 7, 3, 5, 0, 2, 4), ((2, 2), (3, 2)), out=_b0)
@@ -1004,17 +1032,16 @@ def train_step(params, state, x, y, lr=0.01, max_norm=None):
     # d_conv2d_2_bias = d_conv2d_2.sum(axis=(0, 2, 3))
     d_conv2d_2_bias = np.add.reduce(d_conv2d_2, axis=(0, 2, 3), out=_b20)
     # d_relu_1[b, ch, k, l] = Σ_i,j,p1,q1 (FirstArgmax(relu_1[b, ch, p1 + 2*i, q1 + 2*j], (p1, 0, 1), (q1, 0, 1))*d_h[b, ch, i, j]*δ(k,p1 + 2*i)*δ(l,q1 + 2*j))  [#bwd-maxpool2d_1-relu_1]
-    # d_relu_1 = d_h.transpose((1, 0, 2, 3))[:, None, None, :, :, :]*_first_argmax(relu_1, (1, 2))
-    d_relu_1 = np.multiply(d_h.transpose((1, 0, 2, 3))[:, None, None, :, :, :], _first_argmax(relu_1, (1, 2), _b21), _b21)
     # d_conv2d_1[b, i, j, k] = where(conv2d_1[b, i, j, k] > 0, d_relu_1[b, i, j, k], 0)  [#bwd-relu_1-conv2d_1]
+    # d_relu_1 = d_h.transpose((1, 0, 2, 3))[:, None, None, :, :, :]*_first_argmax(relu_1, (1, 2))
     # d_conv2d_1 = d_relu_1*(conv2d_1 > 0)
-    d_conv2d_1 = np.multiply(d_relu_1, np.greater(conv2d_1, _k4, _b22), _b2)
+    d_conv2d_1 = _route_max(relu_1, (1, 2), d_h.transpose((1, 0, 2, 3))[:, None, None, :, :, :], positive=True, out=_b1)
     # d_conv2d_1_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_1[b, o, i, j]*x[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_1-weight]
     # d_conv2d_1_weight = np.tensordot(t0, d_conv2d_1, axes=([3, 4, 5, 6, 7], [1, 2, 3, 4, 5])).transpose((3, 0, 1, 2))
-    d_conv2d_1_weight = np.dot(t0.reshape(9, -1), d_conv2d_1.reshape(8, -1).T, out=_b23.reshape(9, 8)).reshape(1, 3, 3, 8).transpose((3, 0, 1, 2))
+    d_conv2d_1_weight = np.dot(t0.reshape(9, -1), d_conv2d_1.reshape(8, -1).T, out=_b21.reshape(9, 8)).reshape(1, 3, 3, 8).transpose((3, 0, 1, 2))
     # d_conv2d_1_bias[o] = Σ_b,i,j d_conv2d_1[b, o, i, j]  [#bwd-conv2d_1-bias]
     # d_conv2d_1_bias = d_conv2d_1.sum(axis=(3, 4, 1, 5, 2))
-    d_conv2d_1_bias = np.add.reduce(d_conv2d_1, axis=(3, 4, 1, 5, 2), out=_b24)
+    d_conv2d_1_bias = np.add.reduce(d_conv2d_1, axis=(3, 4, 1, 5, 2), out=_b22)
     clip = 1.0
     if max_norm is not None:
         norm = float(np.sqrt(0.0
@@ -1027,25 +1054,25 @@ def train_step(params, state, x, y, lr=0.01, max_norm=None):
         ))
         clip = min(1.0, float(max_norm) / (norm + 1e-6))
 
-    _b25[()] = -clip * lr
+    _b23[()] = -clip * lr
     # sgd: conv2d_1.weight[n0, n1, n2, n3] = -clip*lr*d_conv2d_1_weight[n0, n1, n2, n3] + conv2d_1.weight[n0, n1, n2, n3]
     # conv2d_1_weight = -clip*lr*d_conv2d_1_weight + conv2d_1_weight
-    np.add(np.multiply(_b25, d_conv2d_1_weight, _b26), conv2d_1_weight, conv2d_1_weight)
+    np.add(np.multiply(_b23, d_conv2d_1_weight, _b24), conv2d_1_weight, conv2d_1_weight)
     # sgd: conv2d_1.bias[n0] = -clip*lr*d_conv2d_1_bias[n0] + conv2d_1.bias[n0]
     # conv2d_1_bias = -clip*lr*d_conv2d_1_bias + conv2d_1_bias
-    np.add(np.multiply(_b25, d_conv2d_1_bias, _b27), conv2d_1_bias, conv2d_1_bias)
+    np.add(np.multiply(_b23, d_conv2d_1_bias, _b25), conv2d_1_bias, conv2d_1_bias)
     # sgd: conv2d_2.weight[n0, n1, n2, n3] = -clip*lr*d_conv2d_2_weight[n0, n1, n2, n3] + conv2d_2.weight[n0, n1, n2, n3]
     # conv2d_2_weight = -clip*lr*d_conv2d_2_weight + conv2d_2_weight
-    np.add(np.multiply(_b25, d_conv2d_2_weight, _b28), conv2d_2_weight, conv2d_2_weight)
+    np.add(np.multiply(_b23, d_conv2d_2_weight, _b26), conv2d_2_weight, conv2d_2_weight)
     # sgd: conv2d_2.bias[n0] = -clip*lr*d_conv2d_2_bias[n0] + conv2d_2.bias[n0]
     # conv2d_2_bias = -clip*lr*d_conv2d_2_bias + conv2d_2_bias
-    np.add(np.multiply(_b25, d_conv2d_2_bias, _b29), conv2d_2_bias, conv2d_2_bias)
+    np.add(np.multiply(_b23, d_conv2d_2_bias, _b27), conv2d_2_bias, conv2d_2_bias)
     # sgd: dense_1.weight[n0, n1] = -clip*lr*d_dense_1_weight[n0, n1] + dense_1.weight[n0, n1]
     # dense_1_weight = -clip*lr*d_dense_1_weight + dense_1_weight
-    np.add(np.multiply(_b25, d_dense_1_weight, _b30), dense_1_weight, dense_1_weight)
+    np.add(np.multiply(_b23, d_dense_1_weight, _b28), dense_1_weight, dense_1_weight)
     # sgd: dense_1.bias[n0] = -clip*lr*d_dense_1_bias[n0] + dense_1.bias[n0]
     # dense_1_bias = -clip*lr*d_dense_1_bias + dense_1_bias
-    np.add(np.multiply(_b25, d_dense_1_bias, _b31), dense_1_bias, dense_1_bias)
+    np.add(np.multiply(_b23, d_dense_1_bias, _b29), dense_1_bias, dense_1_bias)
     state["step"] = step
     _KEPT[4, batch, dtype] = _w
     return value

@@ -126,6 +126,25 @@ def test_max_over_and_first_argmax_read_a_tiled_array_as_it_lies():
     assert hot.transpose(1, 4, 5, 0, 2, 3).flags.c_contiguous  # in the operand's memory order
 
 
+@pytest.mark.parametrize("nan", [False, True])
+def test_route_max_is_the_gradient_times_first_argmax_and_with_positive_the_relus_mask(nan):
+    # [c, p, q, b, i, j]: tiled (each window offset a block), ties and zeros everywhere
+    for trial in range(20):
+        pre = RNG.integers(-2, 3, (3, 2, 2, 4, 5, 5)).astype(np.float32)
+        if nan:
+            pre[1, 0, 1, 2, 3, 4] = np.nan
+        a = np.maximum(pre, 0)
+        g = RNG.standard_normal((3, 1, 1, 4, 5, 5)).astype(np.float32)
+        want = h._first_argmax(a, (1, 2)) * g
+        assert np.array_equal(h._route_max(a, (1, 2), g), want, equal_nan=True)
+        out = np.empty_like(a)
+        got = h._route_max(a, (1, 2), g.transpose(3, 0, 1, 2, 4, 5).copy().transpose(1, 2, 3, 0, 4, 5), out, positive=True)
+        assert got is out and np.array_equal(got, want * (pre > 0), equal_nan=True)
+        strided = a.transpose(3, 0, 4, 5, 1, 2)  # not tiled: the one-hot path
+        assert np.array_equal(h._route_max(strided, (4, 5), g.transpose(3, 0, 4, 5, 1, 2), positive=True),
+                              (want * (pre > 0)).transpose(3, 0, 4, 5, 1, 2), equal_nan=True)
+
+
 def test_first_argmax_takes_the_last_nan_as_pytorch_does():
     a = np.array([[1.0, np.nan, 3.0, np.nan]])
     assert list(h._first_argmax(a, (1,))[0]) == [0, 0, 0, 1]

@@ -629,7 +629,7 @@ def _attach_code(step: Step, line, statement, matrix, code_lines):
     if line.anchors[-1] != step.anchor:
         step.fused_into = line.anchors[-1]
         return
-    step.code = f"{line.target} = {line.code}"
+    step.code = line.written or f"{line.target} = {line.code}"  # as derived, where a pass rewrote it
     step.temporaries = _temporaries(line, code_lines)
     if statement is not None and statement.variables is None:
         form = matrix.render(statement.expr, statement.indices)  # what the code computes

@@ -44,11 +44,11 @@ _BINARY_CALLS = {"maximum", "minimum", "logaddexp"}
 _REDUCE = {"sum": "add", "max": "maximum"}
 # calls whose result is a new array that nothing else holds (written in place by its reader)
 _FRESH_CALLS = {"where", "tensordot", "einsum", "zeros_like", "_sigmoid", "_erf", "_clamped_log",
-                "_logsumexp", "_unpatches", "_max_over", "_first_argmax", "_window"}
+                "_logsumexp", "_unpatches", "_max_over", "_first_argmax", "_route_max", "_window"}
 
 
 # helpers that take out= a buffer of the shape the Program gives their line
-_OUT_HELPERS = {"_im2col"}
+_OUT_HELPERS = {"_im2col", "_route_max"}
 
 
 # the numbers a generated function binds before the lines that read them; an operation
@@ -194,8 +194,8 @@ def _plan_lines(lines: list, shapes: dict, returned: set, kept: set) -> tuple:
                 ws.release(buf)
         for t in rewriter.temps_done:
             ws.release(t)
-        if code != (line.written or line.code):  # the plain expression stays readable above the calls
-            note = f"{line.target} = {line.written or line.code}"
+        if code != line.code or line.written:  # the plain expression stays readable above the calls
+            note = line.written or f"{line.target} = {line.code}"
             line = dataclasses.replace(line, comment=f"{line.comment}\n{note}" if line.comment else note)
         out.append(dataclasses.replace(line, code=code))
         setters[k] = [c for c in ws.scalars if c not in known]

@@ -22,7 +22,7 @@ import dataclasses
 _PURE = {"exp", "log", "tanh", "abs", "sign", "sqrt", "negative", "square", "maximum", "minimum",
          "logaddexp", "where", "reciprocal"}
 # the runtime helpers (backends/numpy/runtime.py) of the same kind; each makes a new array
-_PURE_HELPERS = {"_sigmoid", "_erf", "_logsumexp", "_clamped_log", "_max_over", "_first_argmax"}
+_PURE_HELPERS = {"_sigmoid", "_erf", "_logsumexp", "_clamped_log", "_max_over", "_first_argmax", "_route_max"}
 _OPERATIONS = (ast.BinOp, ast.UnaryOp, ast.Compare, ast.Call)
 # what else a pure operation may hold (no conditional evaluation: IfExp, BoolOp)
 _PLAIN = _OPERATIONS + (ast.Name, ast.Constant, ast.Attribute, ast.Subscript, ast.Slice, ast.Tuple,
@@ -43,6 +43,72 @@ def total_line(loss_var: str, target: str, lines: list) -> tuple:
         return lines + [plain], ""
     scale, terms = terms
     return lines[:-1] + [dataclasses.replace(last, target=target, code=f"np.vdot({terms}, {terms})")], scale
+
+
+def routed(lines: list, shapes: dict, forward: list) -> tuple:
+    """(lines, whether any changed): a line `g * _first_argmax(a, axes)` (the max-pool's
+    backward), with g constant over each window, made `_route_max(a, axes, g)`: g routed
+    to each window's first maximum without the one-hot array.  Where a = np.maximum(y, 0)
+    (a line of `forward`) and the only reader of the result is `d_y = result*(y > 0)` (the
+    relu's backward), that line goes into this one as positive=True: at a window's first
+    maximum, y > 0 exactly where the maximum is, which is a quarter of the comparisons."""
+    from .buffers import infer_shape
+    relu = {}  # a -> y, of each line a = np.maximum(y, 0)
+    for line in forward:
+        tree = ast.parse(line.code, mode="eval").body
+        if isinstance(tree, ast.Call) and ast.unparse(tree.func) == "np.maximum" and len(tree.args) == 2 and \
+                isinstance(tree.args[1], ast.Constant) and tree.args[1].value == 0 and isinstance(tree.args[0], ast.Name):
+            relu[line.target] = tree.args[0].id
+    out, changed, folded = [], False, set()
+    for k, line in enumerate(lines):
+        if k in folded:
+            continue
+        tree = ast.parse(line.code, mode="eval").body
+        if isinstance(tree, ast.BinOp) and isinstance(tree.op, ast.Mult):
+            for mask, g in ((tree.right, tree.left), (tree.left, tree.right)):
+                if isinstance(mask, ast.Call) and isinstance(mask.func, ast.Name) and \
+                        mask.func.id == "_first_argmax" and len(mask.args) == 2 and not mask.keywords:
+                    axes = ast.literal_eval(mask.args[1])
+                    a, shape = infer_shape(mask.args[0], shapes), infer_shape(g, shapes)
+                    if a is not None and shape is not None and len(shape) == len(a) and \
+                            all(shape[n] == 1 for n in axes):
+                        arg = ast.unparse(mask.args[0])
+                        written = line.written or f"{line.target} = {line.code}"
+                        code = f"_route_max({arg}, {axes}, {ast.unparse(g)})"
+                        j = _relu_reader(lines, k, relu.get(arg))
+                        if j is not None:
+                            folded.add(j)
+                            code = code[:-1] + ", positive=True)"
+                            written += "\n" + (lines[j].written or f"{lines[j].target} = {lines[j].code}")
+                            comment = "\n".join(c for c in (line.comment, lines[j].comment) if c)
+                            line = dataclasses.replace(line, target=lines[j].target, comment=comment,
+                                                       anchors=line.anchors + lines[j].anchors)
+                        line = dataclasses.replace(line, code=code, written=written)
+                        changed = True
+                    break
+        out.append(line)
+    return out, changed
+
+
+def _relu_reader(lines: list, k: int, y: str | None):
+    """The index of the line `d_y = t*(y > 0)` (or `(y > 0)*t`), t line k's target, when it is
+    the only line reading t; else None."""
+    if y is None:
+        return None
+    t = lines[k].target
+    readers = [j for j, line in enumerate(lines) if j != k and _reads(line, t)]
+    if len(readers) != 1:
+        return None
+    tree = ast.parse(lines[readers[0]].code, mode="eval").body
+    if not (isinstance(tree, ast.BinOp) and isinstance(tree.op, ast.Mult)):
+        return None
+    for value, test in ((tree.left, tree.right), (tree.right, tree.left)):
+        if isinstance(value, ast.Name) and value.id == t and isinstance(test, ast.Compare) and \
+                len(test.ops) == 1 and isinstance(test.ops[0], ast.Gt) and \
+                isinstance(test.left, ast.Name) and test.left.id == y and \
+                isinstance(test.comparators[0], ast.Constant) and test.comparators[0].value == 0:
+            return readers[0]
+    return None
 
 
 def hoist(parts: list, shapes: dict) -> tuple:
@@ -111,7 +177,7 @@ def hoist(parts: list, shapes: dict) -> tuple:
         for line in part:
             new.extend(before.get(k, ()))
             code = ast.unparse(trees[k])
-            new.append(dataclasses.replace(line, code=code, written=line.written or line.code)
+            new.append(dataclasses.replace(line, code=code, written=line.written or f"{line.target} = {line.code}")
                        if code != line.code else line)
             k += 1
         out.append(new)

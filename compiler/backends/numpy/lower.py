@@ -50,7 +50,7 @@ class Line:
     anchors: tuple = ()  # the derivation steps this line computes
     reads: tuple = ()  # the temporaries (lines of their own) its code reads
     into: bool = False  # the value is written into the array `target` names (an optimizer's update)
-    written: str = ""  # the code as lowered, where a later pass changed it (for the comment)
+    written: str = ""  # `target = code` as lowered, where a later pass changed it (for the comment)
 
 
 @dataclass
@@ -1000,6 +1000,9 @@ def plan(program: Program) -> Plan:
     (loss_forward, backward), shapes_ = lower(program.loss, program.backward)
     for p in program.zero_grads:
         backward.append(Line(grad_name(p), f"np.zeros_like({names[p]})", f"{p} does not affect the loss"))
+    backward, routed = common.routed(backward, shapes_, loss_forward)
+    if routed:
+        helpers.add("route_max")
     loss_var = names[g.loss]
     loss_forward, scale = common.total_line(loss_var, TOTAL, loss_forward)
     # in double precision from the total on (the total, a sum in the dtype, is what rounds)
@@ -1026,6 +1029,9 @@ def plan(program: Program) -> Plan:
     input_grads = ()
     if program.input_backward is not None:
         (loss_i, back_i), shapes_i = lower(program.loss, program.input_backward)
+        back_i, routed = common.routed(back_i, shapes_i, loss_i)
+        if routed:
+            helpers.add("route_max")
         loss_i, _ = common.total_line(loss_var, TOTAL, loss_i)
         input_grads = tuple((t.name, grad_name(t.name)) for t in g.inputs)
         bodies["input_grad"] = body([loss_i, back_i], shapes_i, [v for _, v in input_grads], {TOTAL})

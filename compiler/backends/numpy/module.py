@@ -13,7 +13,8 @@ from ...templating import environment
 
 # a runtime helper, and the helpers it calls
 _CALLS = {"patches": ("reach",), "unpatches": ("reach",), "im2col": ("patches", "reach", "IM2COL_INDEX"),
-          "max_over": ("window_slices", "tiles"), "first_argmax": ("window_slices", "tiles")}
+          "max_over": ("window_slices", "tiles"), "first_argmax": ("window_slices", "tiles"),
+          "route_max": ("first_argmax", "window_slices", "tiles")}
 
 
 _FUNCTIONS = ("forward", "loss", "loss_and_grad", "sgd_step", "train_step")

@@ -228,6 +228,36 @@ def _first_argmax(a, axes, out=None):
     return hot
 
 
+def _route_max(a, axes, g, out=None, positive=False):
+    # g (extent 1 at the window axes) where a holds the first maximum of its window over
+    # `axes`, else 0: _first_argmax(a, axes) * g, the max-pool's backward; with positive,
+    # only where that maximum is above 0 (times a > 0: the relu's backward before it).  In
+    # a tiled array (each window offset one block) g is routed offset by offset, each
+    # taking it where it holds the maximum and no offset before it did
+    hot = np.empty_like(a) if out is None else out
+    tiles = _tiles(a, axes)
+    if tiles is not None and hot.flags.c_contiguous:
+        w = axes[0]
+        top = np.maximum.reduce(tiles, axis=w)
+        if not np.isnan(np.vdot(top, top)):  # a NaN anywhere makes the sum of squares one
+            g = np.squeeze(g, axes)
+            if positive:
+                g = np.multiply(g, np.greater(top, 0))
+            hots = hot.reshape(tiles.shape)
+            seen = np.empty(top.shape, bool)
+            hit = np.empty(top.shape, bool)
+            for k in range(tiles.shape[w]):
+                at = (slice(None),) * w + (k,)
+                np.equal(tiles[at], top, out=hit if k else seen)
+                if k:
+                    np.greater(hit, seen, out=hit)  # a maximum, and none before
+                    np.logical_or(seen, hit, out=seen)
+                np.multiply(hit if k else seen, g, out=hots[at])
+            return hot
+    hot = np.multiply(_first_argmax(a, axes, hot), g, out=hot)
+    return np.multiply(hot, np.greater(a, 0), out=hot) if positive else hot
+
+
 def _window(a, axis, start, size, stride=1):
     # a[start + stride*i] for i < size along axis (stride of either sign), reading zeros
     # outside a's extent: i runs from lo to hi - 1 inside it
