@@ -57,8 +57,8 @@ _CONSTANTS = (
     ((0, (8, 2, 2, None, 4, 4,)), (0, (None, 16, 4, 4,)), ),
     ((0, (8, 2, 2, None, 4, 4,)), (0, (None, 16, 4, 4,)), (1, (10,)), ),
     ((0, (8, 2, 2, None, 4, 4,)), (0, (None, 16, 4, 4,)), (1, (10,)), 0, ),
-    ((0, (8, 2, 2, None, 4, 4,)), (0, (None, 16, 4, 4,)), (1, (10,)), (1, (None,)), 0, ),
-    ((0, (8, 2, 2, None, 4, 4,)), (0, (None, 16, 4, 4,)), (1, (10,)), (1, (None,)), 0, ),
+    ((0, (8, 2, 2, None, 4, 4,)), (0, (None, 16, 4, 4,)), (1, (10,)), (1, (None,)), 0, (1, (2, 2, None, 4, 4,)), ),
+    ((0, (8, 2, 2, None, 4, 4,)), (0, (None, 16, 4, 4,)), (1, (10,)), (1, (None,)), 0, (1, (2, 2, None, 4, 4,)), ),
 )
 # a workspace by (function, batch size, dtype), while no call holds it: a call takes it out
 # (one atomic dict.pop) and puts it back when done, so that two threads calling at once
@@ -831,7 +831,7 @@ def sgd_step(params, x, y, lr):
         dense_1_weight = params["dense_1.weight"]
         dense_1_bias = params["dense_1.bias"]
     _w = _KEPT.pop((3, batch, dtype), None) or _workspace(3, batch, dtype)
-    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _b16, _b17, _b18, _b19, _b20, _b21, _b22, _k0, _k1, _k2, _k3, _k4 = _w
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _b16, _b17, _b18, _b19, _b20, _b21, _b22, _k0, _k1, _k2, _k3, _k4, _k5 = _w
 
     # t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 6, 7, 3, 5, 0, 2, 4), ((2, 2), (3, 2)))
     t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 6, 7, 3, 5, 0, 2, 4), ((2, 2), (3, 2)), out=_b0)
@@ -904,7 +904,7 @@ def sgd_step(params, x, y, lr):
     d_conv2d_1_weight = np.dot(t0.reshape(9, -1), d_conv2d_1.reshape(8, -1).T, out=_b21.reshape(9, 8)).reshape(1, 3, 3, 8).transpose((3, 0, 1, 2))
     # d_conv2d_1_bias[o] = Σ_b,i,j d_conv2d_1[b, o, i, j]  [#bwd-conv2d_1-bias]
     # d_conv2d_1_bias = d_conv2d_1.sum(axis=(3, 4, 1, 5, 2))
-    d_conv2d_1_bias = np.add.reduce(d_conv2d_1, axis=(3, 4, 1, 5, 2), out=_b22)
+    d_conv2d_1_bias = np.dot(d_conv2d_1.reshape(8, -1), _k5.reshape(-1), _b22)
     conv2d_1_weight += d_conv2d_1_weight
     conv2d_1_bias += d_conv2d_1_bias
     conv2d_2_weight += d_conv2d_2_weight
@@ -969,7 +969,7 @@ def train_step(params, state, x, y, lr=0.01, max_norm=None):
     step += 1
     lr = float(lr)
     _w = _KEPT.pop((4, batch, dtype), None) or _workspace(4, batch, dtype)
-    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _b16, _b17, _b18, _b19, _b20, _b21, _b22, _b23, _b24, _b25, _b26, _b27, _b28, _b29, _k0, _k1, _k2, _k3, _k4 = _w
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _b16, _b17, _b18, _b19, _b20, _b21, _b22, _b23, _b24, _b25, _b26, _b27, _b28, _b29, _k0, _k1, _k2, _k3, _k4, _k5 = _w
 
     # t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 6, 7, 3, 5, 0, 2, 4), ((2, 2), (3, 2)))
     t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 6, 7, 3, 5, 0, 2, 4), ((2, 2), (3, 2)), out=_b0)
@@ -1041,7 +1041,7 @@ def train_step(params, state, x, y, lr=0.01, max_norm=None):
     d_conv2d_1_weight = np.dot(t0.reshape(9, -1), d_conv2d_1.reshape(8, -1).T, out=_b21.reshape(9, 8)).reshape(1, 3, 3, 8).transpose((3, 0, 1, 2))
     # d_conv2d_1_bias[o] = Σ_b,i,j d_conv2d_1[b, o, i, j]  [#bwd-conv2d_1-bias]
     # d_conv2d_1_bias = d_conv2d_1.sum(axis=(3, 4, 1, 5, 2))
-    d_conv2d_1_bias = np.add.reduce(d_conv2d_1, axis=(3, 4, 1, 5, 2), out=_b22)
+    d_conv2d_1_bias = np.dot(d_conv2d_1.reshape(8, -1), _k5.reshape(-1), _b22)
     clip = 1.0
     if max_norm is not None:
         norm = float(np.sqrt(0.0

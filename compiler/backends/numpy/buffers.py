@@ -397,13 +397,21 @@ class _Rewriter:
                 self.temps_done.append(child.buffer)
         node.buffer = out if dest is None else None
         summed = operands[0].info.shape if info.op == "reduce" and node.func.attr == "sum" else None
-        if summed is not None and len(summed) == 2 and len(info.shape) == 1 and isinstance(out, int):
-            # a sum over one axis of a matrix as its product with a vector of ones: numpy's
-            # reduction costs twice BLAS's call on a small one (a bias's gradient)
-            (axis,) = _axis(node)
-            ones = self.ws.constant(1, (summed[axis],))
-            pair = (ones, codes[0]) if axis == 0 else (codes[0], ones)
-            return f"np.dot({pair[0]}, {pair[1]}, {name(out)})"
+        if summed is not None and len(info.shape) == 1 and isinstance(out, int):
+            # a sum over every axis but the first or the last as a product with ones: numpy's
+            # reduction costs twice BLAS's call on a small array (a bias's gradient)
+            axes = set(_axis(node))
+            kept = [d for d in range(len(summed)) if d not in axes]
+            if kept in ([0], [len(summed) - 1]):
+                extents = tuple(n for d, n in enumerate(summed) if d in axes)
+                ones = self.ws.constant(1, extents)
+                if len(summed) == 2:
+                    pair = (codes[0], ones) if kept == [0] else (ones, codes[0])
+                else:
+                    n = "batch" if info.shape[0] is BATCH else info.shape[0]
+                    pair = (f"{_paren(codes[0])}.reshape({n}, -1)", f"{ones}.reshape(-1)") if kept == [0] else \
+                        (f"{ones}.reshape(-1)", f"{_paren(codes[0])}.reshape(-1, {n})")
+                return f"np.dot({pair[0]}, {pair[1]}, {name(out)})"
         return _call(node, codes, out)
 
     def _constant(self, node, shape=None) -> str | None:
