@@ -27,7 +27,7 @@ from ...naming import grad_name, temp, var
 from ...ops.primitives import lookup
 from ...ops.optimizers import LR, T
 from ...schedule.program import CLIP, SEED, Program
-from . import buffers, common, layout
+from . import buffers, common, layout, rewrites
 from ...ops.symbolic import Where, ClampedLog, FirstArgmax, LogSumExp, MaxOver, index_symbols, join_signed, read_name, real_base, sum_terms
 
 
@@ -1000,11 +1000,11 @@ def plan(program: Program) -> Plan:
     (loss_forward, backward), shapes_ = lower(program.loss, program.backward)
     for p in program.zero_grads:
         backward.append(Line(grad_name(p), f"np.zeros_like({names[p]})", f"{p} does not affect the loss"))
-    backward, routed = common.routed(backward, shapes_, loss_forward)
+    backward, routed = rewrites.routed(backward, shapes_, loss_forward)
     if routed:
         helpers.add("route_max")
     loss_var = names[g.loss]
-    loss_forward, scale = common.total_line(loss_var, TOTAL, loss_forward)
+    loss_forward, scale = rewrites.total_line(loss_var, TOTAL, loss_forward)
     # in double precision from the total on (the total, a sum in the dtype, is what rounds)
     loss_value = f"float({TOTAL}){scale}" + (" / batch" if g.reduce == "mean" else "")
     grads = tuple((p.name, grad_name(p.name)) for p in g.params)
@@ -1029,10 +1029,10 @@ def plan(program: Program) -> Plan:
     input_grads = ()
     if program.input_backward is not None:
         (loss_i, back_i), shapes_i = lower(program.loss, program.input_backward)
-        back_i, routed = common.routed(back_i, shapes_i, loss_i)
+        back_i, routed = rewrites.routed(back_i, shapes_i, loss_i)
         if routed:
             helpers.add("route_max")
-        loss_i, _ = common.total_line(loss_var, TOTAL, loss_i)
+        loss_i, _ = rewrites.total_line(loss_var, TOTAL, loss_i)
         input_grads = tuple((t.name, grad_name(t.name)) for t in g.inputs)
         bodies["input_grad"] = body([loss_i, back_i], shapes_i, [v for _, v in input_grads], {TOTAL})
     return Plan(

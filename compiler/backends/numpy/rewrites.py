@@ -1,0 +1,136 @@
+"""Numpy lines -> the same values through fewer or cheaper operations, where a pattern of
+the lowered lines says more than each line alone.
+
+  the loss's total   the sum over the batch of the per-sample loss, a line of its own; when
+                     the loss is c times a sum of squares that nothing else reads, one dot
+                     product of the terms with themselves (two operations where the sum per
+                     sample, the scaling and the sum over the batch take four);
+  the max-pool's     `g * _first_argmax(a, axes)` with g constant over each window becomes
+  backward           `_route_max(a, axes, g)`: g routed to each window's first maximum
+                     without the one-hot array; and where a is a relu's output read by
+                     nothing but the relu's backward, that backward goes into it (at a
+                     window's first maximum the relu's input is above 0 exactly where the
+                     maximum is: a quarter of the comparisons).
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+
+from .common import new_line
+
+
+def total_line(loss_var: str, target: str, lines: list) -> tuple:
+    """(lines, scale): `lines` (the loss's) with a last line `target = ` the sum of `loss_var`
+    over the batch, and the number (code, or "") the total is to be multiplied by.  When the
+    line computing `loss_var` is c times a sum of squares that nothing else reads, that line
+    becomes the dot product of the terms with themselves, and c the scale."""
+    plain = new_line(lines[-1], target, f"np.add.reduce({loss_var}, axis=None)", lines[-1].quiet)
+    if lines[-1].target != loss_var or any(_reads(x, loss_var) for x in lines[:-1]):
+        return lines + [plain], ""
+    last = lines[-1]
+    terms = _scaled_squares(ast.parse(last.code, mode="eval").body)
+    if terms is None:
+        return lines + [plain], ""
+    scale, terms = terms
+    return lines[:-1] + [dataclasses.replace(last, target=target, code=f"np.vdot({terms}, {terms})")], scale
+
+
+def routed(lines: list, shapes: dict, forward: list) -> tuple:
+    """(lines, whether any changed): a line `g * _first_argmax(a, axes)` (the max-pool's
+    backward), with g constant over each window, made `_route_max(a, axes, g)`: g routed
+    to each window's first maximum without the one-hot array.  Where a = np.maximum(y, 0)
+    (a line of `forward`) and the only reader of the result is `d_y = result*(y > 0)` (the
+    relu's backward), that line goes into this one as positive=True: at a window's first
+    maximum, y > 0 exactly where the maximum is, which is a quarter of the comparisons."""
+    from .buffers import infer_shape
+    relu = {}  # a -> y, of each line a = np.maximum(y, 0)
+    for line in forward:
+        tree = ast.parse(line.code, mode="eval").body
+        if isinstance(tree, ast.Call) and ast.unparse(tree.func) == "np.maximum" and len(tree.args) == 2 and \
+                isinstance(tree.args[1], ast.Constant) and tree.args[1].value == 0 and isinstance(tree.args[0], ast.Name):
+            relu[line.target] = tree.args[0].id
+    out, changed, folded = [], False, set()
+    for k, line in enumerate(lines):
+        if k in folded:
+            continue
+        tree = ast.parse(line.code, mode="eval").body
+        if isinstance(tree, ast.BinOp) and isinstance(tree.op, ast.Mult):
+            for mask, g in ((tree.right, tree.left), (tree.left, tree.right)):
+                if isinstance(mask, ast.Call) and isinstance(mask.func, ast.Name) and \
+                        mask.func.id == "_first_argmax" and len(mask.args) == 2 and not mask.keywords:
+                    axes = ast.literal_eval(mask.args[1])
+                    a, shape = infer_shape(mask.args[0], shapes), infer_shape(g, shapes)
+                    if a is not None and shape is not None and len(shape) == len(a) and \
+                            all(shape[n] == 1 for n in axes):
+                        arg = ast.unparse(mask.args[0])
+                        written = line.written or f"{line.target} = {line.code}"
+                        code = f"_route_max({arg}, {axes}, {ast.unparse(g)})"
+                        j = _relu_reader(lines, k, relu.get(arg))
+                        if j is not None:
+                            folded.add(j)
+                            code = code[:-1] + ", positive=True)"
+                            written += "\n" + (lines[j].written or f"{lines[j].target} = {lines[j].code}")
+                            comment = "\n".join(c for c in (line.comment, lines[j].comment) if c)
+                            line = dataclasses.replace(line, target=lines[j].target, comment=comment,
+                                                       anchors=line.anchors + lines[j].anchors)
+                        line = dataclasses.replace(line, code=code, written=written)
+                        changed = True
+                    break
+        out.append(line)
+    return out, changed
+
+
+def _relu_reader(lines: list, k: int, y: str | None):
+    """The index of the line `d_y = t*(y > 0)` (or `(y > 0)*t`), t line k's target, when it is
+    the only line reading t; else None."""
+    if y is None:
+        return None
+    t = lines[k].target
+    readers = [j for j, line in enumerate(lines) if j != k and _reads(line, t)]
+    if len(readers) != 1:
+        return None
+    tree = ast.parse(lines[readers[0]].code, mode="eval").body
+    if not (isinstance(tree, ast.BinOp) and isinstance(tree.op, ast.Mult)):
+        return None
+    for value, test in ((tree.left, tree.right), (tree.right, tree.left)):
+        if isinstance(value, ast.Name) and value.id == t and isinstance(test, ast.Compare) and \
+                len(test.ops) == 1 and isinstance(test.ops[0], ast.Gt) and \
+                isinstance(test.left, ast.Name) and test.left.id == y and \
+                isinstance(test.comparators[0], ast.Constant) and test.comparators[0].value == 0:
+            return readers[0]
+    return None
+
+
+def _reads(line, name: str) -> bool:
+    return any(isinstance(x, ast.Name) and x.id == name for x in ast.walk(ast.parse(line.code, mode="eval")))
+
+
+def _scaled_squares(node):
+    """(" * c" or " / c" or "", code of E) when node is `[c *] (E ** 2).sum(axis=...)` or
+    `... / c` with c a number; None otherwise."""
+    scale = ""
+    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Mult, ast.Div)):
+        number = node.right if isinstance(node.op, ast.Div) or _number(node.right) else node.left
+        rest = node.left if number is node.right else node.right
+        if not _number(number):
+            return None
+        scale = f" * {ast.unparse(number)}" if isinstance(node.op, ast.Mult) else f" / {_paren(ast.unparse(number))}"
+        node = rest
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "sum"
+            and not node.args and [k.arg for k in node.keywords] == ["axis"]):
+        return None
+    squared = node.func.value
+    if isinstance(squared, ast.BinOp) and isinstance(squared.op, ast.Pow) and \
+            isinstance(squared.right, ast.Constant) and squared.right.value == 2:
+        return scale, ast.unparse(squared.left)
+    return None
+
+def _paren(code: str) -> str:
+    return code if code.replace(".", "").replace("_", "").isalnum() else f"({code})"
+
+
+def _number(node) -> bool:
+    return all(isinstance(x, (ast.Constant, ast.BinOp, ast.UnaryOp, ast.operator, ast.unaryop)) for x in ast.walk(node)) \
+        and all(isinstance(x.value, (int, float)) and not isinstance(x.value, bool)
+                for x in ast.walk(node) if isinstance(x, ast.Constant))
