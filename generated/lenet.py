@@ -523,17 +523,18 @@ def _first_argmax(a, axes, out=None):
     return hot
 
 
-def _route_max(a, axes, g, out=None, positive=False):
+def _route_max(a, axes, g, out=None, positive=False, top=None):
     # g (extent 1 at the window axes) where a holds the first maximum of its window over
     # `axes`, else 0: _first_argmax(a, axes) * g, the max-pool's backward; with positive,
     # only where that maximum is above 0 (times a > 0: the relu's backward before it).  In
     # a tiled array (each window offset one block) g is routed offset by offset, each
-    # taking it where it holds the maximum and no offset before it did
+    # taking it where it holds the maximum and no offset before it did; top, if given, is
+    # _max_over(a, axes) as the forward pass computed it
     hot = np.empty_like(a) if out is None else out
     tiles = _tiles(a, axes)
     if tiles is not None and hot.flags.c_contiguous:
         w = axes[0]
-        top = np.maximum.reduce(tiles, axis=w)
+        top = np.maximum.reduce(tiles, axis=w) if top is None else top
         if not np.isnan(np.vdot(top, top)):  # a NaN anywhere makes the sum of squares one
             g = np.squeeze(g, axes)
             if positive:
@@ -725,8 +726,10 @@ def loss_and_grad(params, x, y):
     # relu_1: relu_1[b, i, j, k] = where(conv2d_1[b, i, j, k] <= 0, 0, conv2d_1[b, i, j, k])  [#fwd-relu_1]
     # relu_1 = np.maximum(conv2d_1, 0)
     relu_1 = np.maximum(conv2d_1, _k0, out=_b2)
+    _c0 = _max_over(relu_1, (1, 2))
     # maxpool2d_1: h[b, ch, i, j] = max_p,q(relu_1[b, ch, p + 2*i, q + 2*j])  [#fwd-maxpool2d_1]
-    h = _max_over(relu_1, (1, 2)).transpose((1, 0, 2, 3))
+    # h = _max_over(relu_1, (1, 2)).transpose((1, 0, 2, 3))
+    h = _c0.transpose((1, 0, 2, 3))
     # t3 = _im2col(h, ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3)), (1, 4, 5, 0, 2, 3))
     t3 = _im2col(h, ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3)), (1, 4, 5, 0, 2, 3), out=_b3)
     # conv2d_2: conv2d_2[b, o, i, j] = conv2d_2.bias[o] + Σ_ci,p,q (conv2d_2.weight[o, ci, p, q]*h[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_2]
@@ -743,11 +746,11 @@ def loss_and_grad(params, x, y):
     t6 = np.maximum.reduce(z, axis=1, out=_b8)
     # t7 = np.log(np.exp(-t6[:, None] + z).sum(axis=1))
     t7 = np.log(np.dot(np.exp(np.add(np.negative(t6[:, None], _b10), z, _b11), _b11), _k2, _b12), _b9)
-    # _c0 = z - t6[:, None] - t7[:, None]
-    _c0 = np.subtract(np.subtract(z, t6[:, None], _b11), t7[:, None], _b11)
+    # _c1 = z - t6[:, None] - t7[:, None]
+    _c1 = np.subtract(np.subtract(z, t6[:, None], _b11), t7[:, None], _b11)
     # softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1]
     # softmax_cross_entropy_1 = -((z - t6[:, None] - t7[:, None])*y).sum(axis=1)
-    softmax_cross_entropy_1 = np.negative(np.dot(np.multiply(_c0, y, _b7), _k2, _b8), _b12)
+    softmax_cross_entropy_1 = np.negative(np.dot(np.multiply(_c1, y, _b7), _k2, _b8), _b12)
     _total = np.add.reduce(softmax_cross_entropy_1, axis=None)
     value = float(_total) / batch
     seed = 1 / batch
@@ -755,7 +758,7 @@ def loss_and_grad(params, x, y):
     _b13[()] = seed
     # d_z[b, k] = (-y[b, k] + Σ_i y[b, i]*exp(-logsumexp_j(z[b, j]) + z[b, k]))*d_softmax_cross_entropy_1[b]  [#bwd-softmax_cross_entropy_1-z]
     # d_z = seed*(-y + np.exp(z - t6[:, None] - t7[:, None])*y.sum(axis=1)[:, None])
-    d_z = np.multiply(_b13, np.add(np.negative(y, _b7), np.multiply(np.exp(_c0, _b14), np.dot(y, _k2, _b9)[:, None], _b14), _b7), _b7)
+    d_z = np.multiply(_b13, np.add(np.negative(y, _b7), np.multiply(np.exp(_c1, _b14), np.dot(y, _k2, _b9)[:, None], _b14), _b7), _b7)
     # d_flatten_1[b, j] = Σ_i (d_z[b, i]*dense_1.weight[i, j])  [#bwd-dense_1-flatten_1]
     # d_flatten_1 = d_z @ dense_1_weight
     d_flatten_1 = np.dot(d_z, dense_1_weight, _b15)
@@ -779,7 +782,7 @@ def loss_and_grad(params, x, y):
     # d_conv2d_1[b, i, j, k] = where(conv2d_1[b, i, j, k] > 0, d_relu_1[b, i, j, k], 0)  [#bwd-relu_1-conv2d_1]
     # d_relu_1 = d_h.transpose((1, 0, 2, 3))[:, None, None, :, :, :]*_first_argmax(relu_1, (1, 2))
     # d_conv2d_1 = d_relu_1*(conv2d_1 > 0)
-    d_conv2d_1 = _route_max(relu_1, (1, 2), d_h.transpose((1, 0, 2, 3))[:, None, None, :, :, :], positive=True, out=_b1)
+    d_conv2d_1 = _route_max(relu_1, (1, 2), d_h.transpose((1, 0, 2, 3))[:, None, None, :, :, :], positive=True, top=_c0, out=_b1)
     # d_conv2d_1_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_1[b, o, i, j]*x[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_1-weight]
     # d_conv2d_1_weight = np.tensordot(t0, d_conv2d_1, axes=([3, 4, 5, 6, 7], [1, 2, 3, 4, 5])).transpose((3, 0, 1, 2))
     d_conv2d_1_weight = np.dot(t0.reshape(9, -1), d_conv2d_1.reshape(8, -1).T, out=_b18.reshape(9, 8)).reshape(1, 3, 3, 8).transpose((3, 0, 1, 2)).copy()
@@ -841,8 +844,10 @@ def sgd_step(params, x, y, lr):
     # relu_1: relu_1[b, i, j, k] = where(conv2d_1[b, i, j, k] <= 0, 0, conv2d_1[b, i, j, k])  [#fwd-relu_1]
     # relu_1 = np.maximum(conv2d_1, 0)
     relu_1 = np.maximum(conv2d_1, _k0, out=_b2)
+    _c0 = _max_over(relu_1, (1, 2))
     # maxpool2d_1: h[b, ch, i, j] = max_p,q(relu_1[b, ch, p + 2*i, q + 2*j])  [#fwd-maxpool2d_1]
-    h = _max_over(relu_1, (1, 2)).transpose((1, 0, 2, 3))
+    # h = _max_over(relu_1, (1, 2)).transpose((1, 0, 2, 3))
+    h = _c0.transpose((1, 0, 2, 3))
     # t3 = _im2col(h, ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3)), (1, 4, 5, 0, 2, 3))
     t3 = _im2col(h, ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3)), (1, 4, 5, 0, 2, 3), out=_b3)
     # conv2d_2: conv2d_2[b, o, i, j] = conv2d_2.bias[o] + Σ_ci,p,q (conv2d_2.weight[o, ci, p, q]*h[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_2]
@@ -859,11 +864,11 @@ def sgd_step(params, x, y, lr):
     t6 = np.maximum.reduce(z, axis=1, out=_b8)
     # t7 = np.log(np.exp(-t6[:, None] + z).sum(axis=1))
     t7 = np.log(np.dot(np.exp(np.add(np.negative(t6[:, None], _b10), z, _b11), _b11), _k2, _b12), _b9)
-    # _c0 = z - t6[:, None] - t7[:, None]
-    _c0 = np.subtract(np.subtract(z, t6[:, None], _b11), t7[:, None], _b11)
+    # _c1 = z - t6[:, None] - t7[:, None]
+    _c1 = np.subtract(np.subtract(z, t6[:, None], _b11), t7[:, None], _b11)
     # softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1]
     # softmax_cross_entropy_1 = -((z - t6[:, None] - t7[:, None])*y).sum(axis=1)
-    softmax_cross_entropy_1 = np.negative(np.dot(np.multiply(_c0, y, _b7), _k2, _b8), _b12)
+    softmax_cross_entropy_1 = np.negative(np.dot(np.multiply(_c1, y, _b7), _k2, _b8), _b12)
     _total = np.add.reduce(softmax_cross_entropy_1, axis=None)
     value = float(_total) / batch
     # the backward pass seeded with -lr times the loss's seed: each gradient is the update
@@ -872,7 +877,7 @@ def sgd_step(params, x, y, lr):
     _b13[()] = seed
     # d_z[b, k] = (-y[b, k] + Σ_i y[b, i]*exp(-logsumexp_j(z[b, j]) + z[b, k]))*d_softmax_cross_entropy_1[b]  [#bwd-softmax_cross_entropy_1-z]
     # d_z = seed*(-y + np.exp(z - t6[:, None] - t7[:, None])*y.sum(axis=1)[:, None])
-    d_z = np.multiply(_b13, np.add(np.negative(y, _b7), np.multiply(np.exp(_c0, _b14), np.dot(y, _k2, _b9)[:, None], _b14), _b7), _b7)
+    d_z = np.multiply(_b13, np.add(np.negative(y, _b7), np.multiply(np.exp(_c1, _b14), np.dot(y, _k2, _b9)[:, None], _b14), _b7), _b7)
     # d_flatten_1[b, j] = Σ_i (d_z[b, i]*dense_1.weight[i, j])  [#bwd-dense_1-flatten_1]
     # d_flatten_1 = d_z @ dense_1_weight
     d_flatten_1 = np.dot(d_z, dense_1_weight, _b15)
@@ -898,7 +903,7 @@ def sgd_step(params, x, y, lr):
     # d_conv2d_1[b, i, j, k] = where(conv2d_1[b, i, j, k] > 0, d_relu_1[b, i, j, k], 0)  [#bwd-relu_1-conv2d_1]
     # d_relu_1 = d_h.transpose((1, 0, 2, 3))[:, None, None, :, :, :]*_first_argmax(relu_1, (1, 2))
     # d_conv2d_1 = d_relu_1*(conv2d_1 > 0)
-    d_conv2d_1 = _route_max(relu_1, (1, 2), d_h.transpose((1, 0, 2, 3))[:, None, None, :, :, :], positive=True, out=_b1)
+    d_conv2d_1 = _route_max(relu_1, (1, 2), d_h.transpose((1, 0, 2, 3))[:, None, None, :, :, :], positive=True, top=_c0, out=_b1)
     # d_conv2d_1_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_1[b, o, i, j]*x[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_1-weight]
     # d_conv2d_1_weight = np.tensordot(t0, d_conv2d_1, axes=([3, 4, 5, 6, 7], [1, 2, 3, 4, 5])).transpose((3, 0, 1, 2))
     d_conv2d_1_weight = np.dot(t0.reshape(9, -1), d_conv2d_1.reshape(8, -1).T, out=_b21.reshape(9, 8)).reshape(1, 3, 3, 8).transpose((3, 0, 1, 2))
@@ -979,8 +984,10 @@ def train_step(params, state, x, y, lr=0.01, max_norm=None):
     # relu_1: relu_1[b, i, j, k] = where(conv2d_1[b, i, j, k] <= 0, 0, conv2d_1[b, i, j, k])  [#fwd-relu_1]
     # relu_1 = np.maximum(conv2d_1, 0)
     relu_1 = np.maximum(conv2d_1, _k0, out=_b2)
+    _c0 = _max_over(relu_1, (1, 2))
     # maxpool2d_1: h[b, ch, i, j] = max_p,q(relu_1[b, ch, p + 2*i, q + 2*j])  [#fwd-maxpool2d_1]
-    h = _max_over(relu_1, (1, 2)).transpose((1, 0, 2, 3))
+    # h = _max_over(relu_1, (1, 2)).transpose((1, 0, 2, 3))
+    h = _c0.transpose((1, 0, 2, 3))
     # t3 = _im2col(h, ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3)), (1, 4, 5, 0, 2, 3))
     t3 = _im2col(h, ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3)), (1, 4, 5, 0, 2, 3), out=_b3)
     # conv2d_2: conv2d_2[b, o, i, j] = conv2d_2.bias[o] + Σ_ci,p,q (conv2d_2.weight[o, ci, p, q]*h[b, ci, -1 + i + p, -1 + j + q])  [#fwd-conv2d_2]
@@ -997,11 +1004,11 @@ def train_step(params, state, x, y, lr=0.01, max_norm=None):
     t6 = np.maximum.reduce(z, axis=1, out=_b8)
     # t7 = np.log(np.exp(-t6[:, None] + z).sum(axis=1))
     t7 = np.log(np.dot(np.exp(np.add(np.negative(t6[:, None], _b10), z, _b11), _b11), _k2, _b12), _b9)
-    # _c0 = z - t6[:, None] - t7[:, None]
-    _c0 = np.subtract(np.subtract(z, t6[:, None], _b11), t7[:, None], _b11)
+    # _c1 = z - t6[:, None] - t7[:, None]
+    _c1 = np.subtract(np.subtract(z, t6[:, None], _b11), t7[:, None], _b11)
     # softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1]
     # softmax_cross_entropy_1 = -((z - t6[:, None] - t7[:, None])*y).sum(axis=1)
-    softmax_cross_entropy_1 = np.negative(np.dot(np.multiply(_c0, y, _b7), _k2, _b8), _b12)
+    softmax_cross_entropy_1 = np.negative(np.dot(np.multiply(_c1, y, _b7), _k2, _b8), _b12)
     _total = np.add.reduce(softmax_cross_entropy_1, axis=None)
     value = float(_total) / batch
     seed = 1 / batch
@@ -1009,7 +1016,7 @@ def train_step(params, state, x, y, lr=0.01, max_norm=None):
     _b13[()] = seed
     # d_z[b, k] = (-y[b, k] + Σ_i y[b, i]*exp(-logsumexp_j(z[b, j]) + z[b, k]))*d_softmax_cross_entropy_1[b]  [#bwd-softmax_cross_entropy_1-z]
     # d_z = seed*(-y + np.exp(z - t6[:, None] - t7[:, None])*y.sum(axis=1)[:, None])
-    d_z = np.multiply(_b13, np.add(np.negative(y, _b7), np.multiply(np.exp(_c0, _b14), np.dot(y, _k2, _b9)[:, None], _b14), _b7), _b7)
+    d_z = np.multiply(_b13, np.add(np.negative(y, _b7), np.multiply(np.exp(_c1, _b14), np.dot(y, _k2, _b9)[:, None], _b14), _b7), _b7)
     # d_flatten_1[b, j] = Σ_i (d_z[b, i]*dense_1.weight[i, j])  [#bwd-dense_1-flatten_1]
     # d_flatten_1 = d_z @ dense_1_weight
     d_flatten_1 = np.dot(d_z, dense_1_weight, _b15)
@@ -1035,7 +1042,7 @@ def train_step(params, state, x, y, lr=0.01, max_norm=None):
     # d_conv2d_1[b, i, j, k] = where(conv2d_1[b, i, j, k] > 0, d_relu_1[b, i, j, k], 0)  [#bwd-relu_1-conv2d_1]
     # d_relu_1 = d_h.transpose((1, 0, 2, 3))[:, None, None, :, :, :]*_first_argmax(relu_1, (1, 2))
     # d_conv2d_1 = d_relu_1*(conv2d_1 > 0)
-    d_conv2d_1 = _route_max(relu_1, (1, 2), d_h.transpose((1, 0, 2, 3))[:, None, None, :, :, :], positive=True, out=_b1)
+    d_conv2d_1 = _route_max(relu_1, (1, 2), d_h.transpose((1, 0, 2, 3))[:, None, None, :, :, :], positive=True, top=_c0, out=_b1)
     # d_conv2d_1_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_1[b, o, i, j]*x[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_1-weight]
     # d_conv2d_1_weight = np.tensordot(t0, d_conv2d_1, axes=([3, 4, 5, 6, 7], [1, 2, 3, 4, 5])).transpose((3, 0, 1, 2))
     d_conv2d_1_weight = np.dot(t0.reshape(9, -1), d_conv2d_1.reshape(8, -1).T, out=_b21.reshape(9, 8)).reshape(1, 3, 3, 8).transpose((3, 0, 1, 2))

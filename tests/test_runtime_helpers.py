@@ -140,6 +140,8 @@ def test_route_max_is_the_gradient_times_first_argmax_and_with_positive_the_relu
         out = np.empty_like(a)
         got = h._route_max(a, (1, 2), g.transpose(3, 0, 1, 2, 4, 5).copy().transpose(1, 2, 3, 0, 4, 5), out, positive=True)
         assert got is out and np.array_equal(got, want * (pre > 0), equal_nan=True)
+        top = h._max_over(a, (1, 2))  # the forward pass's maximum, handed in
+        assert np.array_equal(h._route_max(a, (1, 2), g, top=top, positive=True), want * (pre > 0), equal_nan=True)
         strided = a.transpose(3, 0, 4, 5, 1, 2)  # not tiled: the one-hot path
         assert np.array_equal(h._route_max(strided, (4, 5), g.transpose(3, 0, 4, 5, 1, 2), positive=True),
                               (want * (pre > 0)).transpose(3, 0, 4, 5, 1, 2), equal_nan=True)

@@ -339,6 +339,10 @@ class _Rewriter:
             return _Info(_extents(node.args[1].elts), args[0].kind if args[0].kind in ("f", "b") else None)
         if called == "_sigmoid" and len(args) == 1 and args[0].kind == "f":  # a helper taking out
             return _Info(args[0].shape, "f", True, "elementwise")
+        if called == "_max_over" and len(args) == 2 and args[0].kind == "f" and args[0].shape is not None:
+            axes = _ints(node.args[1])  # a new array: the operand's shape less the window axes
+            if axes is not None:
+                return _Info(tuple(n for d, n in enumerate(args[0].shape) if d not in axes), "f", True)
         if called == "_first_argmax" and len(args) == 2 and args[0].kind == "f":  # ... of its operand's shape
             return _Info(args[0].shape, "f", True, "elementwise")
         return _Info(None, None, fresh)

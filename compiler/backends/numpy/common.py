@@ -81,6 +81,9 @@ def hoist(parts: list, shapes: dict) -> tuple:
                 if isinstance(value, ast.expr):
                     setattr(node, field, replace(value))
                 elif isinstance(value, list):
+                    for v in value:
+                        if isinstance(v, ast.keyword):
+                            v.value = replace(v.value)
                     setattr(node, field, [replace(v) if isinstance(v, ast.expr) else v for v in value])
             return node
         trees[k] = replace(tree) if not isinstance(tree, ast.Name) else tree
@@ -120,6 +123,8 @@ def _occurrences(node, versions: dict, around: tuple, found: list):
         found.append((key, around))
         around = around + (key,)
     for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.keyword):
+            child = child.value
         if isinstance(child, ast.expr):
             _occurrences(child, versions, around, found)
 

@@ -10,7 +10,8 @@ the lowered lines says more than each line alone.
                      without the one-hot array; and where a is a relu's output read by
                      nothing but the relu's backward, that backward goes into it (at a
                      window's first maximum the relu's input is above 0 exactly where the
-                     maximum is: a quarter of the comparisons).
+                     maximum is: a quarter of the comparisons); the maximum the forward
+                     pass took is passed in (common.py then computes it once).
 """
 from __future__ import annotations
 
@@ -74,6 +75,9 @@ def routed(lines: list, shapes: dict, forward: list) -> tuple:
                             comment = "\n".join(c for c in (line.comment, lines[j].comment) if c)
                             line = dataclasses.replace(line, target=lines[j].target, comment=comment,
                                                        anchors=line.anchors + lines[j].anchors)
+                        pooled = f"_max_over({arg}, {axes})"
+                        if any(pooled in x.code for x in forward):  # the forward's maximum, computed once
+                            code = code[:-1] + f", top={pooled})"
                         line = dataclasses.replace(line, code=code, written=written)
                         changed = True
                     break

@@ -228,17 +228,18 @@ def _first_argmax(a, axes, out=None):
     return hot
 
 
-def _route_max(a, axes, g, out=None, positive=False):
+def _route_max(a, axes, g, out=None, positive=False, top=None):
     # g (extent 1 at the window axes) where a holds the first maximum of its window over
     # `axes`, else 0: _first_argmax(a, axes) * g, the max-pool's backward; with positive,
     # only where that maximum is above 0 (times a > 0: the relu's backward before it).  In
     # a tiled array (each window offset one block) g is routed offset by offset, each
-    # taking it where it holds the maximum and no offset before it did
+    # taking it where it holds the maximum and no offset before it did; top, if given, is
+    # _max_over(a, axes) as the forward pass computed it
     hot = np.empty_like(a) if out is None else out
     tiles = _tiles(a, axes)
     if tiles is not None and hot.flags.c_contiguous:
         w = axes[0]
-        top = np.maximum.reduce(tiles, axis=w)
+        top = np.maximum.reduce(tiles, axis=w) if top is None else top
         if not np.isnan(np.vdot(top, top)):  # a NaN anywhere makes the sum of squares one
             g = np.squeeze(g, axes)
             if positive:
