@@ -129,12 +129,13 @@ def test_max_over_and_first_argmax_read_a_tiled_array_as_it_lies():
 @pytest.mark.parametrize("nan", [False, True])
 def test_route_max_is_the_gradient_times_first_argmax_and_with_positive_the_relus_mask(nan):
     # [c, p, q, b, i, j]: tiled (each window offset a block), ties and zeros everywhere
-    for trial in range(20):
-        pre = RNG.integers(-2, 3, (3, 2, 2, 4, 5, 5)).astype(np.float32)
+    # windows per channel 100, 27, 64: the first-maximum bookkeeping packs 4, 1, 8 bools a word
+    for trial, (b, n) in enumerate([(4, 5), (3, 3), (4, 4)] * 7):
+        pre = RNG.integers(-2, 3, (3, 2, 2, b, n, n)).astype(np.float32)
         if nan:
-            pre[1, 0, 1, 2, 3, 4] = np.nan
+            pre[1, 0, 1, 2, 1, trial % n] = np.nan
         a = np.maximum(pre, 0)
-        g = RNG.standard_normal((3, 1, 1, 4, 5, 5)).astype(np.float32)
+        g = RNG.standard_normal((3, 1, 1, b, n, n)).astype(np.float32)
         want = h._first_argmax(a, (1, 2)) * g
         assert np.array_equal(h._route_max(a, (1, 2), g), want, equal_nan=True)
         out = np.empty_like(a)
@@ -145,6 +146,25 @@ def test_route_max_is_the_gradient_times_first_argmax_and_with_positive_the_relu
         strided = a.transpose(3, 0, 4, 5, 1, 2)  # not tiled: the one-hot path
         assert np.array_equal(h._route_max(strided, (4, 5), g.transpose(3, 0, 4, 5, 1, 2), positive=True),
                               (want * (pre > 0)).transpose(3, 0, 4, 5, 1, 2), equal_nan=True)
+
+
+@pytest.mark.parametrize("positive", [False, True])
+def test_first_only_keeps_each_windows_first_hit_and_reports_a_window_with_none(positive):
+    # [channel, offset, window]: the maxima of 4-entry windows, ties rare or everywhere
+    for trial in range(40):
+        a = RNG.integers(0, 2 + trial % 5 * 20, (3, 4, 50)).astype(np.float32)
+        top = a.max(axis=1)
+        pos = top > 0 if positive else None
+        hit = a == top[:, None]
+        first = hit & (hit.cumsum(axis=1) == 1)
+        got = hit.copy()
+        assert h._first_only(got, 1, top, pos)
+        keep = pos[:, None] if positive else True  # all-zero windows: any hits will do
+        assert np.array_equal(got & keep, first & keep)
+        a[1, :, trial] = np.nan  # a window whose maximum is NaN holds no hit
+        top = np.maximum.reduce(a, axis=1)
+        hit = a == top[:, None]
+        assert h._first_only(hit, 1, top, top > 0) if positive else not h._first_only(hit, 1, top)
 
 
 def test_first_argmax_takes_the_last_nan_as_pytorch_does():

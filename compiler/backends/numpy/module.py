@@ -11,12 +11,6 @@ from .lower import Plan
 from ..pymodule import module_values, shape_text
 from ...templating import environment
 
-# a runtime helper, and the helpers it calls
-_CALLS = {"patches": ("reach",), "unpatches": ("reach",), "im2col": ("patches", "reach", "IM2COL_INDEX"),
-          "max_over": ("window_slices", "tiles"), "first_argmax": ("window_slices", "tiles"),
-          "route_max": ("first_argmax", "window_slices", "tiles")}
-
-
 _FUNCTIONS = ("forward", "loss", "loss_and_grad", "sgd_step", "train_step")
 
 
@@ -64,17 +58,23 @@ def _quiet(parts) -> str:
 def helper_source(used) -> str:
     """The source of the runtime helpers `used` and of those they call, in the order of
     backends/numpy/runtime.py, copied verbatim."""
-    needed = set(used) | {c for u in used for c in _CALLS.get(u, ())}
-    helpers = _helpers()
-    unknown = needed - set(helpers)
+    helpers, calls = _helpers()
+    unknown = set(used) - set(helpers)
     assert not unknown, f"no runtime helper for {sorted(unknown)}"
+    needed, todo = set(), list(used)
+    while todo:
+        name = todo.pop()
+        if name not in needed:
+            needed.add(name)
+            todo.extend(calls[name])
     return "".join("\n\n\n" + text for name, text in helpers.items() if name in needed)
 
 
 @lru_cache(maxsize=None)
-def _helpers() -> dict:
-    """{name without its underscore: source} of the helpers, read as text: importing the
-    file would import numpy into the compiler, which does not need it."""
+def _helpers() -> tuple:
+    """{name without its underscore: source} of the helpers, and {name: the helpers it
+    reads}, read as text: importing the file would import numpy into the compiler, which
+    does not need it."""
     text = resources.files("nncc.backends.numpy").joinpath("runtime.py").read_text(encoding="utf-8")
     helpers = {}
     for node in ast.parse(text).body:
@@ -82,4 +82,7 @@ def _helpers() -> dict:
             helpers[node.name[1:]] = ast.get_source_segment(text, node)
         elif isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):  # a helper's cache
             helpers[node.targets[0].id[1:]] = ast.get_source_segment(text, node)
-    return helpers
+    calls = {name: {n.id[1:] for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Name)
+                    and n.id.startswith("_") and n.id[1:] in helpers and n.id[1:] != name}
+             for name, source in helpers.items()}
+    return helpers, calls

@@ -232,31 +232,45 @@ def _route_max(a, axes, g, out=None, positive=False, top=None):
     # g (extent 1 at the window axes) where a holds the first maximum of its window over
     # `axes`, else 0: _first_argmax(a, axes) * g, the max-pool's backward; with positive,
     # only where that maximum is above 0 (times a > 0: the relu's backward before it).  In
-    # a tiled array (each window offset one block) g is routed offset by offset, each
-    # taking it where it holds the maximum and no offset before it did; top, if given, is
-    # _max_over(a, axes) as the forward pass computed it
+    # a tiled array (each window offset one block) the maxima of all offsets are found in
+    # one comparison; top, if given, is _max_over(a, axes) as the forward pass computed it
     hot = np.empty_like(a) if out is None else out
     tiles = _tiles(a, axes)
     if tiles is not None and hot.flags.c_contiguous:
         w = axes[0]
         top = np.maximum.reduce(tiles, axis=w) if top is None else top
-        if not np.isnan(np.vdot(top, top)):  # a NaN anywhere makes the sum of squares one
-            g = np.squeeze(g, axes)
-            if positive:
-                g = np.multiply(g, np.greater(top, 0))
-            hots = hot.reshape(tiles.shape)
-            seen = np.empty(top.shape, bool)
-            hit = np.empty(top.shape, bool)
-            for k in range(tiles.shape[w]):
-                at = (slice(None),) * w + (k,)
-                np.equal(tiles[at], top, out=hit if k else seen)
-                if k:
-                    np.greater(hit, seen, out=hit)  # a maximum, and none before
-                    np.logical_or(seen, hit, out=seen)
-                np.multiply(hit if k else seen, g, out=hots[at])
+        hit = np.equal(tiles, np.expand_dims(top, w))
+        pos = np.greater(top, 0) if positive else None
+        if _first_only(hit, w, top, pos):
+            each = np.squeeze(g, axes) if pos is None else np.multiply(np.squeeze(g, axes), pos)
+            np.multiply(hit, np.expand_dims(each, w), out=hot.reshape(tiles.shape))
             return hot
     hot = np.multiply(_first_argmax(a, axes, hot), g, out=hot)
     return np.multiply(hot, np.greater(a, 0), out=hot) if positive else hot
+
+
+def _first_only(hit, w, top, pos=None):
+    # hit (axis w: the window offsets) kept only at each window's first offset holding its
+    # maximum top; with pos, only in the windows pos marks (a relu's output: the others are
+    # all zero, get no gradient, and hold their maximum at every offset).  False when some
+    # window has no hit (a NaN in it): the caller's slow path takes NaN's rule.  Windows
+    # with a tie are found by counting, and only those are rewritten
+    k = hit.shape[w]
+    found = np.count_nonzero(hit)
+    if pos is None:
+        if found == top.size and not np.isnan(np.vdot(top, top)):
+            return True
+    elif found == k * (top.size - np.count_nonzero(top)) + np.count_nonzero(pos):
+        return True
+    counts = np.add.reduce(hit, axis=w, dtype=np.uint8 if k < 256 else np.intp)
+    if pos is None and not counts.all():
+        return False
+    tied = np.unravel_index(np.flatnonzero(counts > 1 if pos is None else (counts > 1) & pos), top.shape)
+    by_window = np.moveaxis(hit, w, -1)
+    first = by_window[tied].argmax(axis=1)
+    by_window[tied] = False
+    by_window[tied + (first,)] = True
+    return True
 
 
 def _window(a, axis, start, size, stride=1):
