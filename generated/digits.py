@@ -43,10 +43,10 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 # each function's buffers, kept between calls: (shape with None for the batch axis, boolean?)
 _BUFFERS = (
     (((None, 64,), False), ((None, 64,), False), ((None, 10,), False), ),
-    (((None, 64,), False), ((None, 64,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ((None,), False), ),
-    (((None, 64,), False), ((None, 64,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ((), False), ((None, 10,), False), ((None, 64,), True), ),
-    (((None, 64,), False), ((None, 64,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ((), False), ((None, 10,), False), ((10, 64,), False), ((10,), False), ((None, 64,), True), ((64, 64,), False), ((64,), False), ),
-    (((None, 64,), False), ((None, 64,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ((), False), ((None, 10,), False), ((10, 64,), False), ((10,), False), ((None, 64,), True), ((64, 64,), False), ((64,), False), ((), False), ((64, 64,), False), ((64,), False), ((10, 64,), False), ((10,), False), ),
+    (((None, 64,), False), ((None, 64,), False), ((None, 10,), False), ((None,), False), ((None, 10,), False), ((None,), False), ),
+    (((None, 64,), False), ((None, 64,), False), ((None, 10,), False), ((None,), False), ((None, 10,), False), ((None,), False), ((), False), ((None, 64,), True), ),
+    (((None, 64,), False), ((None, 64,), False), ((None, 10,), False), ((None,), False), ((None, 10,), False), ((None,), False), ((), False), ((10, 64,), False), ((10,), False), ((None, 64,), True), ((64, 64,), False), ((64,), False), ),
+    (((None, 64,), False), ((None, 64,), False), ((None, 10,), False), ((None,), False), ((None, 10,), False), ((None,), False), ((), False), ((10, 64,), False), ((10,), False), ((None, 64,), True), ((64, 64,), False), ((64,), False), ((), False), ((64, 64,), False), ((64,), False), ((10, 64,), False), ((10,), False), ),
 )
 # ... and the numbers it reads as arrays of the dtype: 0-d, or (number, shape) filling one
 _CONSTANTS = (
@@ -411,7 +411,7 @@ def loss(params, x, y):
         dense_2_weight = params["dense_2.weight"]
         dense_2_bias = params["dense_2.bias"]
     _w = _KEPT.pop((1, batch, dtype), None) or _workspace(1, batch, dtype)
-    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _k0, _k1 = _w
+    _b0, _b1, _b2, _b3, _b4, _b5, _k0, _k1 = _w
 
     # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
     # dense_1 = dense_1_bias + (x @ dense_1_weight.T)
@@ -424,13 +424,14 @@ def loss(params, x, y):
     z = np.add(dense_2_bias, np.dot(h, dense_2_weight.T, _b2), _b2)
     # t2 = z.max(axis=1)
     t2 = np.maximum.reduce(z, axis=1, out=_b3)
-    # t3 = np.log(np.exp(-t2[:, None] + z).sum(axis=1))
-    t3 = np.log(np.dot(np.exp(np.add(np.negative(t2[:, None], _b5), z, _b6), _b6), _k1, _b7), _b4)
+    # _c0 = z - t2[:, None]
+    _c0 = np.subtract(z, t2[:, None], _b4)
+    # t3 = np.log(np.exp(z - t2[:, None]).sum(axis=1))
+    t3 = np.log(np.dot(np.exp(_c0, _b2), _k1, _b5), _b3)
     # softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1]
     # softmax_cross_entropy_1 = -((z - t2[:, None] - t3[:, None])*y).sum(axis=1)
-    softmax_cross_entropy_1 = np.negative(np.dot(np.multiply(np.subtract(np.subtract(z, t2[:, None], _b6), t3[:, None], _b6), y, _b6), _k1, _b8), _b7)
-    _total = np.add.reduce(softmax_cross_entropy_1, axis=None)
-    value = float(_total) / batch
+    _total = np.vdot(np.subtract(_c0, t3[:, None], _b2), y)
+    value = -float(_total) / batch
     _KEPT[1, batch, dtype] = _w
     return value
 
@@ -463,7 +464,7 @@ def loss_and_grad(params, x, y):
         dense_2_weight = params["dense_2.weight"]
         dense_2_bias = params["dense_2.bias"]
     _w = _KEPT.pop((2, batch, dtype), None) or _workspace(2, batch, dtype)
-    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _k0, _k1, _k2 = _w
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _k0, _k1, _k2 = _w
 
     # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
     # dense_1 = dense_1_bias + (x @ dense_1_weight.T)
@@ -476,21 +477,22 @@ def loss_and_grad(params, x, y):
     z = np.add(dense_2_bias, np.dot(h, dense_2_weight.T, _b2), _b2)
     # t2 = z.max(axis=1)
     t2 = np.maximum.reduce(z, axis=1, out=_b3)
-    # t3 = np.log(np.exp(-t2[:, None] + z).sum(axis=1))
-    t3 = np.log(np.dot(np.exp(np.add(np.negative(t2[:, None], _b5), z, _b6), _b6), _k1, _b7), _b4)
+    # _c1 = z - t2[:, None]
+    _c1 = np.subtract(z, t2[:, None], _b4)
+    # t3 = np.log(np.exp(z - t2[:, None]).sum(axis=1))
+    t3 = np.log(np.dot(np.exp(_c1, _b2), _k1, _b5), _b3)
     # _c0 = z - t2[:, None] - t3[:, None]
-    _c0 = np.subtract(np.subtract(z, t2[:, None], _b6), t3[:, None], _b6)
+    _c0 = np.subtract(_c1, t3[:, None], _b2)
     # softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1]
     # softmax_cross_entropy_1 = -((z - t2[:, None] - t3[:, None])*y).sum(axis=1)
-    softmax_cross_entropy_1 = np.negative(np.dot(np.multiply(_c0, y, _b2), _k1, _b3), _b7)
-    _total = np.add.reduce(softmax_cross_entropy_1, axis=None)
-    value = float(_total) / batch
+    _total = np.vdot(_c0, y)
+    value = -float(_total) / batch
     seed = 1 / batch
 
-    _b8[()] = seed
+    _b6[()] = seed
     # d_z[b, k] = (-y[b, k] + Σ_i y[b, i]*exp(-logsumexp_j(z[b, j]) + z[b, k]))*d_softmax_cross_entropy_1[b]  [#bwd-softmax_cross_entropy_1-z]
-    # d_z = seed*(-y + np.exp(z - t2[:, None] - t3[:, None])*y.sum(axis=1)[:, None])
-    d_z = np.multiply(_b8, np.add(np.negative(y, _b2), np.multiply(np.exp(_c0, _b9), np.dot(y, _k1, _b4)[:, None], _b9), _b2), _b2)
+    # d_z = seed*(np.exp(z - t2[:, None] - t3[:, None])*y.sum(axis=1)[:, None] - y)
+    d_z = np.multiply(_b6, np.subtract(np.multiply(np.exp(_c0, _b4), np.dot(y, _k1, _b5)[:, None], _b4), y, _b4), _b4)
     # d_dense_2_weight[i, j] = Σ_b (d_z[b, i]*h[b, j])  [#bwd-dense_2-weight]
     d_dense_2_weight = d_z.T @ h
     # d_dense_2_bias[i] = Σ_b d_z[b, i]  [#bwd-dense_2-bias]
@@ -498,7 +500,7 @@ def loss_and_grad(params, x, y):
     # d_h[b, j] = Σ_i (d_z[b, i]*dense_2.weight[i, j])  [#bwd-dense_2-h]
     # d_dense_1[b, i] = where(dense_1[b, i] > 0, d_h[b, i], 0)  [#bwd-relu_1-dense_1]
     # d_dense_1 = (d_z @ dense_2_weight)*(dense_1 > 0)
-    d_dense_1 = np.multiply(np.dot(d_z, dense_2_weight, _b1), np.greater(dense_1, _k2, _b10), _b1)
+    d_dense_1 = np.multiply(np.dot(d_z, dense_2_weight, _b1), np.greater(dense_1, _k2, _b7), _b1)
     # d_dense_1_weight[i, j] = Σ_b (d_dense_1[b, i]*x[b, j])  [#bwd-dense_1-weight]
     d_dense_1_weight = d_dense_1.T @ x
     # d_dense_1_bias[i] = Σ_b d_dense_1[b, i]  [#bwd-dense_1-bias]
@@ -541,7 +543,7 @@ def sgd_step(params, x, y, lr):
         dense_2_weight = params["dense_2.weight"]
         dense_2_bias = params["dense_2.bias"]
     _w = _KEPT.pop((3, batch, dtype), None) or _workspace(3, batch, dtype)
-    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _k0, _k1, _k2, _k3 = _w
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _k0, _k1, _k2, _k3 = _w
 
     # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
     # dense_1 = dense_1_bias + (x @ dense_1_weight.T)
@@ -554,38 +556,39 @@ def sgd_step(params, x, y, lr):
     z = np.add(dense_2_bias, np.dot(h, dense_2_weight.T, _b2), _b2)
     # t2 = z.max(axis=1)
     t2 = np.maximum.reduce(z, axis=1, out=_b3)
-    # t3 = np.log(np.exp(-t2[:, None] + z).sum(axis=1))
-    t3 = np.log(np.dot(np.exp(np.add(np.negative(t2[:, None], _b5), z, _b6), _b6), _k1, _b7), _b4)
+    # _c1 = z - t2[:, None]
+    _c1 = np.subtract(z, t2[:, None], _b4)
+    # t3 = np.log(np.exp(z - t2[:, None]).sum(axis=1))
+    t3 = np.log(np.dot(np.exp(_c1, _b2), _k1, _b5), _b3)
     # _c0 = z - t2[:, None] - t3[:, None]
-    _c0 = np.subtract(np.subtract(z, t2[:, None], _b6), t3[:, None], _b6)
+    _c0 = np.subtract(_c1, t3[:, None], _b2)
     # softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1]
     # softmax_cross_entropy_1 = -((z - t2[:, None] - t3[:, None])*y).sum(axis=1)
-    softmax_cross_entropy_1 = np.negative(np.dot(np.multiply(_c0, y, _b2), _k1, _b3), _b7)
-    _total = np.add.reduce(softmax_cross_entropy_1, axis=None)
-    value = float(_total) / batch
+    _total = np.vdot(_c0, y)
+    value = -float(_total) / batch
     # the backward pass seeded with -lr times the loss's seed: each gradient is the update
     seed = -float(lr) / batch
 
-    _b8[()] = seed
+    _b6[()] = seed
     # d_z[b, k] = (-y[b, k] + Σ_i y[b, i]*exp(-logsumexp_j(z[b, j]) + z[b, k]))*d_softmax_cross_entropy_1[b]  [#bwd-softmax_cross_entropy_1-z]
-    # d_z = seed*(-y + np.exp(z - t2[:, None] - t3[:, None])*y.sum(axis=1)[:, None])
-    d_z = np.multiply(_b8, np.add(np.negative(y, _b2), np.multiply(np.exp(_c0, _b9), np.dot(y, _k1, _b4)[:, None], _b9), _b2), _b2)
+    # d_z = seed*(np.exp(z - t2[:, None] - t3[:, None])*y.sum(axis=1)[:, None] - y)
+    d_z = np.multiply(_b6, np.subtract(np.multiply(np.exp(_c0, _b4), np.dot(y, _k1, _b5)[:, None], _b4), y, _b4), _b4)
     # d_dense_2_weight[i, j] = Σ_b (d_z[b, i]*h[b, j])  [#bwd-dense_2-weight]
     # d_dense_2_weight = d_z.T @ h
-    d_dense_2_weight = np.dot(d_z.T, h, _b10)
+    d_dense_2_weight = np.dot(d_z.T, h, _b7)
     # d_dense_2_bias[i] = Σ_b d_z[b, i]  [#bwd-dense_2-bias]
     # d_dense_2_bias = d_z.sum(axis=0)
-    d_dense_2_bias = np.dot(_k2, d_z, _b11)
+    d_dense_2_bias = np.dot(_k2, d_z, _b8)
     # d_h[b, j] = Σ_i (d_z[b, i]*dense_2.weight[i, j])  [#bwd-dense_2-h]
     # d_dense_1[b, i] = where(dense_1[b, i] > 0, d_h[b, i], 0)  [#bwd-relu_1-dense_1]
     # d_dense_1 = (d_z @ dense_2_weight)*(dense_1 > 0)
-    d_dense_1 = np.multiply(np.dot(d_z, dense_2_weight, _b1), np.greater(dense_1, _k3, _b12), _b1)
+    d_dense_1 = np.multiply(np.dot(d_z, dense_2_weight, _b1), np.greater(dense_1, _k3, _b9), _b1)
     # d_dense_1_weight[i, j] = Σ_b (d_dense_1[b, i]*x[b, j])  [#bwd-dense_1-weight]
     # d_dense_1_weight = d_dense_1.T @ x
-    d_dense_1_weight = np.dot(d_dense_1.T, x, _b13)
+    d_dense_1_weight = np.dot(d_dense_1.T, x, _b10)
     # d_dense_1_bias[i] = Σ_b d_dense_1[b, i]  [#bwd-dense_1-bias]
     # d_dense_1_bias = d_dense_1.sum(axis=0)
-    d_dense_1_bias = np.dot(_k2, d_dense_1, _b14)
+    d_dense_1_bias = np.dot(_k2, d_dense_1, _b11)
     dense_1_weight += d_dense_1_weight
     dense_1_bias += d_dense_1_bias
     dense_2_weight += d_dense_2_weight
@@ -642,7 +645,7 @@ def train_step(params, state, x, y, lr=0.01, max_norm=None):
     step += 1
     lr = float(lr)
     _w = _KEPT.pop((4, batch, dtype), None) or _workspace(4, batch, dtype)
-    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _b16, _b17, _b18, _b19, _k0, _k1, _k2, _k3 = _w
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _b16, _k0, _k1, _k2, _k3 = _w
 
     # dense_1: dense_1[b, i] = dense_1.bias[i] + Σ_j (dense_1.weight[i, j]*x[b, j])  [#fwd-dense_1]
     # dense_1 = dense_1_bias + (x @ dense_1_weight.T)
@@ -655,37 +658,38 @@ def train_step(params, state, x, y, lr=0.01, max_norm=None):
     z = np.add(dense_2_bias, np.dot(h, dense_2_weight.T, _b2), _b2)
     # t2 = z.max(axis=1)
     t2 = np.maximum.reduce(z, axis=1, out=_b3)
-    # t3 = np.log(np.exp(-t2[:, None] + z).sum(axis=1))
-    t3 = np.log(np.dot(np.exp(np.add(np.negative(t2[:, None], _b5), z, _b6), _b6), _k1, _b7), _b4)
+    # _c1 = z - t2[:, None]
+    _c1 = np.subtract(z, t2[:, None], _b4)
+    # t3 = np.log(np.exp(z - t2[:, None]).sum(axis=1))
+    t3 = np.log(np.dot(np.exp(_c1, _b2), _k1, _b5), _b3)
     # _c0 = z - t2[:, None] - t3[:, None]
-    _c0 = np.subtract(np.subtract(z, t2[:, None], _b6), t3[:, None], _b6)
+    _c0 = np.subtract(_c1, t3[:, None], _b2)
     # softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1]
     # softmax_cross_entropy_1 = -((z - t2[:, None] - t3[:, None])*y).sum(axis=1)
-    softmax_cross_entropy_1 = np.negative(np.dot(np.multiply(_c0, y, _b2), _k1, _b3), _b7)
-    _total = np.add.reduce(softmax_cross_entropy_1, axis=None)
-    value = float(_total) / batch
+    _total = np.vdot(_c0, y)
+    value = -float(_total) / batch
     seed = 1 / batch
 
-    _b8[()] = seed
+    _b6[()] = seed
     # d_z[b, k] = (-y[b, k] + Σ_i y[b, i]*exp(-logsumexp_j(z[b, j]) + z[b, k]))*d_softmax_cross_entropy_1[b]  [#bwd-softmax_cross_entropy_1-z]
-    # d_z = seed*(-y + np.exp(z - t2[:, None] - t3[:, None])*y.sum(axis=1)[:, None])
-    d_z = np.multiply(_b8, np.add(np.negative(y, _b2), np.multiply(np.exp(_c0, _b9), np.dot(y, _k1, _b4)[:, None], _b9), _b2), _b2)
+    # d_z = seed*(np.exp(z - t2[:, None] - t3[:, None])*y.sum(axis=1)[:, None] - y)
+    d_z = np.multiply(_b6, np.subtract(np.multiply(np.exp(_c0, _b4), np.dot(y, _k1, _b5)[:, None], _b4), y, _b4), _b4)
     # d_dense_2_weight[i, j] = Σ_b (d_z[b, i]*h[b, j])  [#bwd-dense_2-weight]
     # d_dense_2_weight = d_z.T @ h
-    d_dense_2_weight = np.dot(d_z.T, h, _b10)
+    d_dense_2_weight = np.dot(d_z.T, h, _b7)
     # d_dense_2_bias[i] = Σ_b d_z[b, i]  [#bwd-dense_2-bias]
     # d_dense_2_bias = d_z.sum(axis=0)
-    d_dense_2_bias = np.dot(_k2, d_z, _b11)
+    d_dense_2_bias = np.dot(_k2, d_z, _b8)
     # d_h[b, j] = Σ_i (d_z[b, i]*dense_2.weight[i, j])  [#bwd-dense_2-h]
     # d_dense_1[b, i] = where(dense_1[b, i] > 0, d_h[b, i], 0)  [#bwd-relu_1-dense_1]
     # d_dense_1 = (d_z @ dense_2_weight)*(dense_1 > 0)
-    d_dense_1 = np.multiply(np.dot(d_z, dense_2_weight, _b1), np.greater(dense_1, _k3, _b12), _b1)
+    d_dense_1 = np.multiply(np.dot(d_z, dense_2_weight, _b1), np.greater(dense_1, _k3, _b9), _b1)
     # d_dense_1_weight[i, j] = Σ_b (d_dense_1[b, i]*x[b, j])  [#bwd-dense_1-weight]
     # d_dense_1_weight = d_dense_1.T @ x
-    d_dense_1_weight = np.dot(d_dense_1.T, x, _b13)
+    d_dense_1_weight = np.dot(d_dense_1.T, x, _b10)
     # d_dense_1_bias[i] = Σ_b d_dense_1[b, i]  [#bwd-dense_1-bias]
     # d_dense_1_bias = d_dense_1.sum(axis=0)
-    d_dense_1_bias = np.dot(_k2, d_dense_1, _b14)
+    d_dense_1_bias = np.dot(_k2, d_dense_1, _b11)
     clip = 1.0
     if max_norm is not None:
         norm = float(np.sqrt(0.0
@@ -696,19 +700,19 @@ def train_step(params, state, x, y, lr=0.01, max_norm=None):
         ))
         clip = min(1.0, float(max_norm) / (norm + 1e-6))
 
-    _b15[()] = -clip * lr
+    _b12[()] = clip * lr
     # sgd: dense_1.weight[n0, n1] = -clip*lr*d_dense_1_weight[n0, n1] + dense_1.weight[n0, n1]
-    # dense_1_weight = -clip*lr*d_dense_1_weight + dense_1_weight
-    np.add(np.multiply(_b15, d_dense_1_weight, _b16), dense_1_weight, dense_1_weight)
+    # dense_1_weight = dense_1_weight - clip*lr*d_dense_1_weight
+    np.subtract(dense_1_weight, np.multiply(_b12, d_dense_1_weight, _b13), dense_1_weight)
     # sgd: dense_1.bias[n0] = -clip*lr*d_dense_1_bias[n0] + dense_1.bias[n0]
-    # dense_1_bias = -clip*lr*d_dense_1_bias + dense_1_bias
-    np.add(np.multiply(_b15, d_dense_1_bias, _b17), dense_1_bias, dense_1_bias)
+    # dense_1_bias = dense_1_bias - clip*lr*d_dense_1_bias
+    np.subtract(dense_1_bias, np.multiply(_b12, d_dense_1_bias, _b14), dense_1_bias)
     # sgd: dense_2.weight[n0, n1] = -clip*lr*d_dense_2_weight[n0, n1] + dense_2.weight[n0, n1]
-    # dense_2_weight = -clip*lr*d_dense_2_weight + dense_2_weight
-    np.add(np.multiply(_b15, d_dense_2_weight, _b18), dense_2_weight, dense_2_weight)
+    # dense_2_weight = dense_2_weight - clip*lr*d_dense_2_weight
+    np.subtract(dense_2_weight, np.multiply(_b12, d_dense_2_weight, _b15), dense_2_weight)
     # sgd: dense_2.bias[n0] = -clip*lr*d_dense_2_bias[n0] + dense_2.bias[n0]
-    # dense_2_bias = -clip*lr*d_dense_2_bias + dense_2_bias
-    np.add(np.multiply(_b15, d_dense_2_bias, _b19), dense_2_bias, dense_2_bias)
+    # dense_2_bias = dense_2_bias - clip*lr*d_dense_2_bias
+    np.subtract(dense_2_bias, np.multiply(_b12, d_dense_2_bias, _b16), dense_2_bias)
     state["step"] = step
     _KEPT[4, batch, dtype] = _w
     return value

@@ -47,10 +47,10 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 # each function's buffers, kept between calls: (shape with None for the batch axis, boolean?)
 _BUFFERS = (
     (((8, 2, 2, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((None, 10,), False), ),
-    (((1, 3, 3, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 3, 3, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((16, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ((None,), False), ),
-    (((1, 3, 3, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 3, 3, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((16, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ((), False), ((None, 10,), False), ((None, 256,), False), ((None, 16, 4, 4,), True), ((3, 3, 8, 4, 4, None,), False), ((1, 3, 3, 8,), False), ),
-    (((1, 3, 3, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 3, 3, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((16, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ((), False), ((None, 10,), False), ((None, 256,), False), ((10, 256,), False), ((10,), False), ((None, 16, 4, 4,), True), ((3, 3, 8, 4, 4, None,), False), ((16,), False), ((1, 3, 3, 8,), False), ((8,), False), ),
-    (((1, 3, 3, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 3, 3, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((16, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ((), False), ((None, 10,), False), ((None, 256,), False), ((10, 256,), False), ((10,), False), ((None, 16, 4, 4,), True), ((3, 3, 8, 4, 4, None,), False), ((16,), False), ((1, 3, 3, 8,), False), ((8,), False), ((), False), ((8, 1, 3, 3,), False), ((8,), False), ((16, 8, 3, 3,), False), ((16,), False), ((10, 256,), False), ((10,), False), ),
+    (((1, 3, 3, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 3, 3, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((16, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((None, 10,), False), ((None,), False), ((None, 10,), False), ((None,), False), ),
+    (((1, 3, 3, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 3, 3, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((16, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((None, 10,), False), ((None,), False), ((None, 10,), False), ((None,), False), ((), False), ((None, 256,), False), ((None, 16, 4, 4,), True), ((3, 3, 8, 4, 4, None,), False), ((1, 3, 3, 8,), False), ),
+    (((1, 3, 3, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 3, 3, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((16, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((None, 10,), False), ((None,), False), ((None, 10,), False), ((None,), False), ((), False), ((None, 256,), False), ((10, 256,), False), ((10,), False), ((None, 16, 4, 4,), True), ((3, 3, 8, 4, 4, None,), False), ((16,), False), ((1, 3, 3, 8,), False), ((8,), False), ),
+    (((1, 3, 3, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 2, 2, None, 4, 4,), False), ((8, 3, 3, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((16, None, 4, 4,), False), ((None, 16, 4, 4,), False), ((None, 10,), False), ((None,), False), ((None, 10,), False), ((None,), False), ((), False), ((None, 256,), False), ((10, 256,), False), ((10,), False), ((None, 16, 4, 4,), True), ((3, 3, 8, 4, 4, None,), False), ((16,), False), ((1, 3, 3, 8,), False), ((8,), False), ((), False), ((8, 1, 3, 3,), False), ((8,), False), ((16, 8, 3, 3,), False), ((16,), False), ((10, 256,), False), ((10,), False), ),
 )
 # ... and the numbers it reads as arrays of the dtype: 0-d, or (number, shape) filling one
 _CONSTANTS = (
@@ -527,31 +527,45 @@ def _route_max(a, axes, g, out=None, positive=False, top=None):
     # g (extent 1 at the window axes) where a holds the first maximum of its window over
     # `axes`, else 0: _first_argmax(a, axes) * g, the max-pool's backward; with positive,
     # only where that maximum is above 0 (times a > 0: the relu's backward before it).  In
-    # a tiled array (each window offset one block) g is routed offset by offset, each
-    # taking it where it holds the maximum and no offset before it did; top, if given, is
-    # _max_over(a, axes) as the forward pass computed it
+    # a tiled array (each window offset one block) the maxima of all offsets are found in
+    # one comparison; top, if given, is _max_over(a, axes) as the forward pass computed it
     hot = np.empty_like(a) if out is None else out
     tiles = _tiles(a, axes)
     if tiles is not None and hot.flags.c_contiguous:
         w = axes[0]
         top = np.maximum.reduce(tiles, axis=w) if top is None else top
-        if not np.isnan(np.vdot(top, top)):  # a NaN anywhere makes the sum of squares one
-            g = np.squeeze(g, axes)
-            if positive:
-                g = np.multiply(g, np.greater(top, 0))
-            hots = hot.reshape(tiles.shape)
-            seen = np.empty(top.shape, bool)
-            hit = np.empty(top.shape, bool)
-            for k in range(tiles.shape[w]):
-                at = (slice(None),) * w + (k,)
-                np.equal(tiles[at], top, out=hit if k else seen)
-                if k:
-                    np.greater(hit, seen, out=hit)  # a maximum, and none before
-                    np.logical_or(seen, hit, out=seen)
-                np.multiply(hit if k else seen, g, out=hots[at])
+        hit = np.equal(tiles, np.expand_dims(top, w))
+        pos = np.greater(top, 0) if positive else None
+        if _first_only(hit, w, top, pos):
+            each = np.squeeze(g, axes) if pos is None else np.multiply(np.squeeze(g, axes), pos)
+            np.multiply(hit, np.expand_dims(each, w), out=hot.reshape(tiles.shape))
             return hot
     hot = np.multiply(_first_argmax(a, axes, hot), g, out=hot)
     return np.multiply(hot, np.greater(a, 0), out=hot) if positive else hot
+
+
+def _first_only(hit, w, top, pos=None):
+    # hit (axis w: the window offsets) kept only at each window's first offset holding its
+    # maximum top; with pos, only in the windows pos marks (a relu's output: the others are
+    # all zero, get no gradient, and hold their maximum at every offset).  False when some
+    # window has no hit (a NaN in it): the caller's slow path takes NaN's rule.  Windows
+    # with a tie are found by counting, and only those are rewritten
+    k = hit.shape[w]
+    found = np.count_nonzero(hit)
+    if pos is None:
+        if found == top.size and not np.isnan(np.vdot(top, top)):
+            return True
+    elif found == k * (top.size - np.count_nonzero(top)) + np.count_nonzero(pos):
+        return True
+    counts = np.add.reduce(hit, axis=w, dtype=np.uint8 if k < 256 else np.intp)
+    if pos is None and not counts.all():
+        return False
+    tied = np.unravel_index(np.flatnonzero(counts > 1 if pos is None else (counts > 1) & pos), top.shape)
+    by_window = np.moveaxis(hit, w, -1)
+    first = by_window[tied].argmax(axis=1)
+    by_window[tied] = False
+    by_window[tied + (first,)] = True
+    return True
 
 
 
@@ -645,7 +659,7 @@ def loss(params, x, y):
         dense_1_weight = params["dense_1.weight"]
         dense_1_bias = params["dense_1.bias"]
     _w = _KEPT.pop((1, batch, dtype), None) or _workspace(1, batch, dtype)
-    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _k0, _k1, _k2 = _w
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _k0, _k1, _k2 = _w
 
     # t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 6, 7, 3, 5, 0, 2, 4), ((2, 2), (3, 2)))
     t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 6, 7, 3, 5, 0, 2, 4), ((2, 2), (3, 2)), out=_b0)
@@ -671,13 +685,14 @@ def loss(params, x, y):
     z = np.add(dense_1_bias, np.dot(flatten_1, dense_1_weight.T, _b7), _b7)
     # t6 = z.max(axis=1)
     t6 = np.maximum.reduce(z, axis=1, out=_b8)
-    # t7 = np.log(np.exp(-t6[:, None] + z).sum(axis=1))
-    t7 = np.log(np.dot(np.exp(np.add(np.negative(t6[:, None], _b10), z, _b11), _b11), _k2, _b12), _b9)
+    # _c0 = z - t6[:, None]
+    _c0 = np.subtract(z, t6[:, None], _b9)
+    # t7 = np.log(np.exp(z - t6[:, None]).sum(axis=1))
+    t7 = np.log(np.dot(np.exp(_c0, _b7), _k2, _b10), _b8)
     # softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1]
     # softmax_cross_entropy_1 = -((z - t6[:, None] - t7[:, None])*y).sum(axis=1)
-    softmax_cross_entropy_1 = np.negative(np.dot(np.multiply(np.subtract(np.subtract(z, t6[:, None], _b11), t7[:, None], _b11), y, _b11), _k2, _b13), _b12)
-    _total = np.add.reduce(softmax_cross_entropy_1, axis=None)
-    value = float(_total) / batch
+    _total = np.vdot(np.subtract(_c0, t7[:, None], _b7), y)
+    value = -float(_total) / batch
     _KEPT[1, batch, dtype] = _w
     return value
 
@@ -716,7 +731,7 @@ def loss_and_grad(params, x, y):
         dense_1_weight = params["dense_1.weight"]
         dense_1_bias = params["dense_1.bias"]
     _w = _KEPT.pop((2, batch, dtype), None) or _workspace(2, batch, dtype)
-    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _b16, _b17, _b18, _k0, _k1, _k2, _k3 = _w
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _k0, _k1, _k2, _k3 = _w
 
     # t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 6, 7, 3, 5, 0, 2, 4), ((2, 2), (3, 2)))
     t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 6, 7, 3, 5, 0, 2, 4), ((2, 2), (3, 2)), out=_b0)
@@ -744,24 +759,25 @@ def loss_and_grad(params, x, y):
     z = np.add(dense_1_bias, np.dot(flatten_1, dense_1_weight.T, _b7), _b7)
     # t6 = z.max(axis=1)
     t6 = np.maximum.reduce(z, axis=1, out=_b8)
-    # t7 = np.log(np.exp(-t6[:, None] + z).sum(axis=1))
-    t7 = np.log(np.dot(np.exp(np.add(np.negative(t6[:, None], _b10), z, _b11), _b11), _k2, _b12), _b9)
+    # _c2 = z - t6[:, None]
+    _c2 = np.subtract(z, t6[:, None], _b9)
+    # t7 = np.log(np.exp(z - t6[:, None]).sum(axis=1))
+    t7 = np.log(np.dot(np.exp(_c2, _b7), _k2, _b10), _b8)
     # _c1 = z - t6[:, None] - t7[:, None]
-    _c1 = np.subtract(np.subtract(z, t6[:, None], _b11), t7[:, None], _b11)
+    _c1 = np.subtract(_c2, t7[:, None], _b7)
     # softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1]
     # softmax_cross_entropy_1 = -((z - t6[:, None] - t7[:, None])*y).sum(axis=1)
-    softmax_cross_entropy_1 = np.negative(np.dot(np.multiply(_c1, y, _b7), _k2, _b8), _b12)
-    _total = np.add.reduce(softmax_cross_entropy_1, axis=None)
-    value = float(_total) / batch
+    _total = np.vdot(_c1, y)
+    value = -float(_total) / batch
     seed = 1 / batch
 
-    _b13[()] = seed
+    _b11[()] = seed
     # d_z[b, k] = (-y[b, k] + Σ_i y[b, i]*exp(-logsumexp_j(z[b, j]) + z[b, k]))*d_softmax_cross_entropy_1[b]  [#bwd-softmax_cross_entropy_1-z]
-    # d_z = seed*(-y + np.exp(z - t6[:, None] - t7[:, None])*y.sum(axis=1)[:, None])
-    d_z = np.multiply(_b13, np.add(np.negative(y, _b7), np.multiply(np.exp(_c1, _b14), np.dot(y, _k2, _b9)[:, None], _b14), _b7), _b7)
+    # d_z = seed*(np.exp(z - t6[:, None] - t7[:, None])*y.sum(axis=1)[:, None] - y)
+    d_z = np.multiply(_b11, np.subtract(np.multiply(np.exp(_c1, _b9), np.dot(y, _k2, _b10)[:, None], _b9), y, _b9), _b9)
     # d_flatten_1[b, j] = Σ_i (d_z[b, i]*dense_1.weight[i, j])  [#bwd-dense_1-flatten_1]
     # d_flatten_1 = d_z @ dense_1_weight
-    d_flatten_1 = np.dot(d_z, dense_1_weight, _b15)
+    d_flatten_1 = np.dot(d_z, dense_1_weight, _b12)
     # d_dense_1_weight[i, j] = Σ_b (d_z[b, i]*flatten_1[b, j])  [#bwd-dense_1-weight]
     d_dense_1_weight = d_z.T @ flatten_1
     # d_dense_1_bias[i] = Σ_b d_z[b, i]  [#bwd-dense_1-bias]
@@ -769,10 +785,10 @@ def loss_and_grad(params, x, y):
     # d_g[b, ch, i, j] = d_flatten_1[b, j + 4*i + 16*ch]  [#bwd-flatten_1-g]
     # d_conv2d_2[b, i, j, k] = where(conv2d_2[b, i, j, k] > 0, d_g[b, i, j, k], 0)  [#bwd-relu_2-conv2d_2]
     # d_conv2d_2 = d_flatten_1.reshape(batch, 16, 4, 4)*(conv2d_2 > 0)
-    d_conv2d_2 = np.multiply(d_flatten_1.reshape(batch, 16, 4, 4), np.greater(conv2d_2, _k3, _b16), _b6)
+    d_conv2d_2 = np.multiply(d_flatten_1.reshape(batch, 16, 4, 4), np.greater(conv2d_2, _k3, _b13), _b6)
     # d_h[b, ci, k, l] = Σ_o,i,j,p,q (conv2d_2.weight[o, ci, p, q]*d_conv2d_2[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_2-h]
     # d_h = _unpatches(np.tensordot(conv2d_2_weight.transpose((2, 3, 1, 0)), d_conv2d_2.transpose((1, 2, 3, 0)), axes=([3], [0])).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 4, 4,), ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3)))
-    d_h = _unpatches(np.dot(conv2d_2_weight.transpose((2, 3, 1, 0)).reshape(72, 16), d_conv2d_2.transpose((1, 2, 3, 0)).reshape(16, -1), out=_b17.reshape(72, -1)).reshape(3, 3, 8, 4, 4, batch).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 4, 4), ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3)))
+    d_h = _unpatches(np.dot(conv2d_2_weight.transpose((2, 3, 1, 0)).reshape(72, 16), d_conv2d_2.transpose((1, 2, 3, 0)).reshape(16, -1), out=_b14.reshape(72, -1)).reshape(3, 3, 8, 4, 4, batch).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 4, 4), ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3)))
     # d_conv2d_2_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_2[b, o, i, j]*h[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_2-weight]
     # d_conv2d_2_weight = np.tensordot(t3, d_conv2d_2, axes=([3, 4, 5], [0, 2, 3])).transpose((3, 0, 1, 2))
     d_conv2d_2_weight = np.tensordot(t3, d_conv2d_2, axes=([3, 4, 5], [0, 2, 3])).transpose((3, 0, 1, 2)).copy()
@@ -785,7 +801,7 @@ def loss_and_grad(params, x, y):
     d_conv2d_1 = _route_max(relu_1, (1, 2), d_h.transpose((1, 0, 2, 3))[:, None, None, :, :, :], positive=True, top=_c0, out=_b1)
     # d_conv2d_1_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_1[b, o, i, j]*x[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_1-weight]
     # d_conv2d_1_weight = np.tensordot(t0, d_conv2d_1, axes=([3, 4, 5, 6, 7], [1, 2, 3, 4, 5])).transpose((3, 0, 1, 2))
-    d_conv2d_1_weight = np.dot(t0.reshape(9, -1), d_conv2d_1.reshape(8, -1).T, out=_b18.reshape(9, 8)).reshape(1, 3, 3, 8).transpose((3, 0, 1, 2)).copy()
+    d_conv2d_1_weight = np.dot(t0.reshape(9, -1), d_conv2d_1.reshape(8, -1).T, out=_b15.reshape(9, 8)).reshape(1, 3, 3, 8).transpose((3, 0, 1, 2)).copy()
     # d_conv2d_1_bias[o] = Σ_b,i,j d_conv2d_1[b, o, i, j]  [#bwd-conv2d_1-bias]
     d_conv2d_1_bias = d_conv2d_1.sum(axis=(3, 4, 1, 5, 2))
     _KEPT[2, batch, dtype] = _w
@@ -834,7 +850,7 @@ def sgd_step(params, x, y, lr):
         dense_1_weight = params["dense_1.weight"]
         dense_1_bias = params["dense_1.bias"]
     _w = _KEPT.pop((3, batch, dtype), None) or _workspace(3, batch, dtype)
-    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _b16, _b17, _b18, _b19, _b20, _b21, _b22, _k0, _k1, _k2, _k3, _k4, _k5 = _w
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _b16, _b17, _b18, _b19, _k0, _k1, _k2, _k3, _k4, _k5 = _w
 
     # t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 6, 7, 3, 5, 0, 2, 4), ((2, 2), (3, 2)))
     t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 6, 7, 3, 5, 0, 2, 4), ((2, 2), (3, 2)), out=_b0)
@@ -862,43 +878,44 @@ def sgd_step(params, x, y, lr):
     z = np.add(dense_1_bias, np.dot(flatten_1, dense_1_weight.T, _b7), _b7)
     # t6 = z.max(axis=1)
     t6 = np.maximum.reduce(z, axis=1, out=_b8)
-    # t7 = np.log(np.exp(-t6[:, None] + z).sum(axis=1))
-    t7 = np.log(np.dot(np.exp(np.add(np.negative(t6[:, None], _b10), z, _b11), _b11), _k2, _b12), _b9)
+    # _c2 = z - t6[:, None]
+    _c2 = np.subtract(z, t6[:, None], _b9)
+    # t7 = np.log(np.exp(z - t6[:, None]).sum(axis=1))
+    t7 = np.log(np.dot(np.exp(_c2, _b7), _k2, _b10), _b8)
     # _c1 = z - t6[:, None] - t7[:, None]
-    _c1 = np.subtract(np.subtract(z, t6[:, None], _b11), t7[:, None], _b11)
+    _c1 = np.subtract(_c2, t7[:, None], _b7)
     # softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1]
     # softmax_cross_entropy_1 = -((z - t6[:, None] - t7[:, None])*y).sum(axis=1)
-    softmax_cross_entropy_1 = np.negative(np.dot(np.multiply(_c1, y, _b7), _k2, _b8), _b12)
-    _total = np.add.reduce(softmax_cross_entropy_1, axis=None)
-    value = float(_total) / batch
+    _total = np.vdot(_c1, y)
+    value = -float(_total) / batch
     # the backward pass seeded with -lr times the loss's seed: each gradient is the update
     seed = -float(lr) / batch
 
-    _b13[()] = seed
+    _b11[()] = seed
     # d_z[b, k] = (-y[b, k] + Σ_i y[b, i]*exp(-logsumexp_j(z[b, j]) + z[b, k]))*d_softmax_cross_entropy_1[b]  [#bwd-softmax_cross_entropy_1-z]
-    # d_z = seed*(-y + np.exp(z - t6[:, None] - t7[:, None])*y.sum(axis=1)[:, None])
-    d_z = np.multiply(_b13, np.add(np.negative(y, _b7), np.multiply(np.exp(_c1, _b14), np.dot(y, _k2, _b9)[:, None], _b14), _b7), _b7)
+    # d_z = seed*(np.exp(z - t6[:, None] - t7[:, None])*y.sum(axis=1)[:, None] - y)
+    d_z = np.multiply(_b11, np.subtract(np.multiply(np.exp(_c1, _b9), np.dot(y, _k2, _b10)[:, None], _b9), y, _b9), _b9)
     # d_flatten_1[b, j] = Σ_i (d_z[b, i]*dense_1.weight[i, j])  [#bwd-dense_1-flatten_1]
     # d_flatten_1 = d_z @ dense_1_weight
-    d_flatten_1 = np.dot(d_z, dense_1_weight, _b15)
+    d_flatten_1 = np.dot(d_z, dense_1_weight, _b12)
     # d_dense_1_weight[i, j] = Σ_b (d_z[b, i]*flatten_1[b, j])  [#bwd-dense_1-weight]
     # d_dense_1_weight = d_z.T @ flatten_1
-    d_dense_1_weight = np.dot(d_z.T, flatten_1, _b16)
+    d_dense_1_weight = np.dot(d_z.T, flatten_1, _b13)
     # d_dense_1_bias[i] = Σ_b d_z[b, i]  [#bwd-dense_1-bias]
     # d_dense_1_bias = d_z.sum(axis=0)
-    d_dense_1_bias = np.dot(_k3, d_z, _b17)
+    d_dense_1_bias = np.dot(_k3, d_z, _b14)
     # d_g[b, ch, i, j] = d_flatten_1[b, j + 4*i + 16*ch]  [#bwd-flatten_1-g]
     # d_conv2d_2[b, i, j, k] = where(conv2d_2[b, i, j, k] > 0, d_g[b, i, j, k], 0)  [#bwd-relu_2-conv2d_2]
     # d_conv2d_2 = d_flatten_1.reshape(batch, 16, 4, 4)*(conv2d_2 > 0)
-    d_conv2d_2 = np.multiply(d_flatten_1.reshape(batch, 16, 4, 4), np.greater(conv2d_2, _k4, _b18), _b6)
+    d_conv2d_2 = np.multiply(d_flatten_1.reshape(batch, 16, 4, 4), np.greater(conv2d_2, _k4, _b15), _b6)
     # d_h[b, ci, k, l] = Σ_o,i,j,p,q (conv2d_2.weight[o, ci, p, q]*d_conv2d_2[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_2-h]
     # d_h = _unpatches(np.tensordot(conv2d_2_weight.transpose((2, 3, 1, 0)), d_conv2d_2.transpose((1, 2, 3, 0)), axes=([3], [0])).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 4, 4,), ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3)))
-    d_h = _unpatches(np.dot(conv2d_2_weight.transpose((2, 3, 1, 0)).reshape(72, 16), d_conv2d_2.transpose((1, 2, 3, 0)).reshape(16, -1), out=_b19.reshape(72, -1)).reshape(3, 3, 8, 4, 4, batch).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 4, 4), ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3)))
+    d_h = _unpatches(np.dot(conv2d_2_weight.transpose((2, 3, 1, 0)).reshape(72, 16), d_conv2d_2.transpose((1, 2, 3, 0)).reshape(16, -1), out=_b16.reshape(72, -1)).reshape(3, 3, 8, 4, 4, batch).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 4, 4), ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3)))
     # d_conv2d_2_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_2[b, o, i, j]*h[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_2-weight]
     d_conv2d_2_weight = np.tensordot(t3, d_conv2d_2, axes=([3, 4, 5], [0, 2, 3])).transpose((3, 0, 1, 2))
     # d_conv2d_2_bias[o] = Σ_b,i,j d_conv2d_2[b, o, i, j]  [#bwd-conv2d_2-bias]
     # d_conv2d_2_bias = d_conv2d_2.sum(axis=(0, 2, 3))
-    d_conv2d_2_bias = np.add.reduce(d_conv2d_2, axis=(0, 2, 3), out=_b20)
+    d_conv2d_2_bias = np.add.reduce(d_conv2d_2, axis=(0, 2, 3), out=_b17)
     # d_relu_1[b, ch, k, l] = Σ_i,j,p1,q1 (FirstArgmax(relu_1[b, ch, p1 + 2*i, q1 + 2*j], (p1, 0, 1), (q1, 0, 1))*d_h[b, ch, i, j]*δ(k,p1 + 2*i)*δ(l,q1 + 2*j))  [#bwd-maxpool2d_1-relu_1]
     # d_conv2d_1[b, i, j, k] = where(conv2d_1[b, i, j, k] > 0, d_relu_1[b, i, j, k], 0)  [#bwd-relu_1-conv2d_1]
     # d_relu_1 = d_h.transpose((1, 0, 2, 3))[:, None, None, :, :, :]*_first_argmax(relu_1, (1, 2))
@@ -906,10 +923,10 @@ def sgd_step(params, x, y, lr):
     d_conv2d_1 = _route_max(relu_1, (1, 2), d_h.transpose((1, 0, 2, 3))[:, None, None, :, :, :], positive=True, top=_c0, out=_b1)
     # d_conv2d_1_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_1[b, o, i, j]*x[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_1-weight]
     # d_conv2d_1_weight = np.tensordot(t0, d_conv2d_1, axes=([3, 4, 5, 6, 7], [1, 2, 3, 4, 5])).transpose((3, 0, 1, 2))
-    d_conv2d_1_weight = np.dot(t0.reshape(9, -1), d_conv2d_1.reshape(8, -1).T, out=_b21.reshape(9, 8)).reshape(1, 3, 3, 8).transpose((3, 0, 1, 2))
+    d_conv2d_1_weight = np.dot(t0.reshape(9, -1), d_conv2d_1.reshape(8, -1).T, out=_b18.reshape(9, 8)).reshape(1, 3, 3, 8).transpose((3, 0, 1, 2))
     # d_conv2d_1_bias[o] = Σ_b,i,j d_conv2d_1[b, o, i, j]  [#bwd-conv2d_1-bias]
     # d_conv2d_1_bias = d_conv2d_1.sum(axis=(3, 4, 1, 5, 2))
-    d_conv2d_1_bias = np.dot(d_conv2d_1.reshape(8, -1), _k5.reshape(-1), _b22)
+    d_conv2d_1_bias = np.dot(d_conv2d_1.reshape(8, -1), _k5.reshape(-1), _b19)
     conv2d_1_weight += d_conv2d_1_weight
     conv2d_1_bias += d_conv2d_1_bias
     conv2d_2_weight += d_conv2d_2_weight
@@ -974,7 +991,7 @@ def train_step(params, state, x, y, lr=0.01, max_norm=None):
     step += 1
     lr = float(lr)
     _w = _KEPT.pop((4, batch, dtype), None) or _workspace(4, batch, dtype)
-    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _b16, _b17, _b18, _b19, _b20, _b21, _b22, _b23, _b24, _b25, _b26, _b27, _b28, _b29, _k0, _k1, _k2, _k3, _k4, _k5 = _w
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _b16, _b17, _b18, _b19, _b20, _b21, _b22, _b23, _b24, _b25, _b26, _k0, _k1, _k2, _k3, _k4, _k5 = _w
 
     # t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 6, 7, 3, 5, 0, 2, 4), ((2, 2), (3, 2)))
     t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 6, 7, 3, 5, 0, 2, 4), ((2, 2), (3, 2)), out=_b0)
@@ -1002,42 +1019,43 @@ def train_step(params, state, x, y, lr=0.01, max_norm=None):
     z = np.add(dense_1_bias, np.dot(flatten_1, dense_1_weight.T, _b7), _b7)
     # t6 = z.max(axis=1)
     t6 = np.maximum.reduce(z, axis=1, out=_b8)
-    # t7 = np.log(np.exp(-t6[:, None] + z).sum(axis=1))
-    t7 = np.log(np.dot(np.exp(np.add(np.negative(t6[:, None], _b10), z, _b11), _b11), _k2, _b12), _b9)
+    # _c2 = z - t6[:, None]
+    _c2 = np.subtract(z, t6[:, None], _b9)
+    # t7 = np.log(np.exp(z - t6[:, None]).sum(axis=1))
+    t7 = np.log(np.dot(np.exp(_c2, _b7), _k2, _b10), _b8)
     # _c1 = z - t6[:, None] - t7[:, None]
-    _c1 = np.subtract(np.subtract(z, t6[:, None], _b11), t7[:, None], _b11)
+    _c1 = np.subtract(_c2, t7[:, None], _b7)
     # softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1]
     # softmax_cross_entropy_1 = -((z - t6[:, None] - t7[:, None])*y).sum(axis=1)
-    softmax_cross_entropy_1 = np.negative(np.dot(np.multiply(_c1, y, _b7), _k2, _b8), _b12)
-    _total = np.add.reduce(softmax_cross_entropy_1, axis=None)
-    value = float(_total) / batch
+    _total = np.vdot(_c1, y)
+    value = -float(_total) / batch
     seed = 1 / batch
 
-    _b13[()] = seed
+    _b11[()] = seed
     # d_z[b, k] = (-y[b, k] + Σ_i y[b, i]*exp(-logsumexp_j(z[b, j]) + z[b, k]))*d_softmax_cross_entropy_1[b]  [#bwd-softmax_cross_entropy_1-z]
-    # d_z = seed*(-y + np.exp(z - t6[:, None] - t7[:, None])*y.sum(axis=1)[:, None])
-    d_z = np.multiply(_b13, np.add(np.negative(y, _b7), np.multiply(np.exp(_c1, _b14), np.dot(y, _k2, _b9)[:, None], _b14), _b7), _b7)
+    # d_z = seed*(np.exp(z - t6[:, None] - t7[:, None])*y.sum(axis=1)[:, None] - y)
+    d_z = np.multiply(_b11, np.subtract(np.multiply(np.exp(_c1, _b9), np.dot(y, _k2, _b10)[:, None], _b9), y, _b9), _b9)
     # d_flatten_1[b, j] = Σ_i (d_z[b, i]*dense_1.weight[i, j])  [#bwd-dense_1-flatten_1]
     # d_flatten_1 = d_z @ dense_1_weight
-    d_flatten_1 = np.dot(d_z, dense_1_weight, _b15)
+    d_flatten_1 = np.dot(d_z, dense_1_weight, _b12)
     # d_dense_1_weight[i, j] = Σ_b (d_z[b, i]*flatten_1[b, j])  [#bwd-dense_1-weight]
     # d_dense_1_weight = d_z.T @ flatten_1
-    d_dense_1_weight = np.dot(d_z.T, flatten_1, _b16)
+    d_dense_1_weight = np.dot(d_z.T, flatten_1, _b13)
     # d_dense_1_bias[i] = Σ_b d_z[b, i]  [#bwd-dense_1-bias]
     # d_dense_1_bias = d_z.sum(axis=0)
-    d_dense_1_bias = np.dot(_k3, d_z, _b17)
+    d_dense_1_bias = np.dot(_k3, d_z, _b14)
     # d_g[b, ch, i, j] = d_flatten_1[b, j + 4*i + 16*ch]  [#bwd-flatten_1-g]
     # d_conv2d_2[b, i, j, k] = where(conv2d_2[b, i, j, k] > 0, d_g[b, i, j, k], 0)  [#bwd-relu_2-conv2d_2]
     # d_conv2d_2 = d_flatten_1.reshape(batch, 16, 4, 4)*(conv2d_2 > 0)
-    d_conv2d_2 = np.multiply(d_flatten_1.reshape(batch, 16, 4, 4), np.greater(conv2d_2, _k4, _b18), _b6)
+    d_conv2d_2 = np.multiply(d_flatten_1.reshape(batch, 16, 4, 4), np.greater(conv2d_2, _k4, _b15), _b6)
     # d_h[b, ci, k, l] = Σ_o,i,j,p,q (conv2d_2.weight[o, ci, p, q]*d_conv2d_2[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_2-h]
     # d_h = _unpatches(np.tensordot(conv2d_2_weight.transpose((2, 3, 1, 0)), d_conv2d_2.transpose((1, 2, 3, 0)), axes=([3], [0])).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 4, 4,), ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3)))
-    d_h = _unpatches(np.dot(conv2d_2_weight.transpose((2, 3, 1, 0)).reshape(72, 16), d_conv2d_2.transpose((1, 2, 3, 0)).reshape(16, -1), out=_b19.reshape(72, -1)).reshape(3, 3, 8, 4, 4, batch).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 4, 4), ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3)))
+    d_h = _unpatches(np.dot(conv2d_2_weight.transpose((2, 3, 1, 0)).reshape(72, 16), d_conv2d_2.transpose((1, 2, 3, 0)).reshape(16, -1), out=_b16.reshape(72, -1)).reshape(3, 3, 8, 4, 4, batch).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 4, 4), ((2, -1, 1, 4, 3), (3, -1, 1, 4, 3)))
     # d_conv2d_2_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_2[b, o, i, j]*h[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_2-weight]
     d_conv2d_2_weight = np.tensordot(t3, d_conv2d_2, axes=([3, 4, 5], [0, 2, 3])).transpose((3, 0, 1, 2))
     # d_conv2d_2_bias[o] = Σ_b,i,j d_conv2d_2[b, o, i, j]  [#bwd-conv2d_2-bias]
     # d_conv2d_2_bias = d_conv2d_2.sum(axis=(0, 2, 3))
-    d_conv2d_2_bias = np.add.reduce(d_conv2d_2, axis=(0, 2, 3), out=_b20)
+    d_conv2d_2_bias = np.add.reduce(d_conv2d_2, axis=(0, 2, 3), out=_b17)
     # d_relu_1[b, ch, k, l] = Σ_i,j,p1,q1 (FirstArgmax(relu_1[b, ch, p1 + 2*i, q1 + 2*j], (p1, 0, 1), (q1, 0, 1))*d_h[b, ch, i, j]*δ(k,p1 + 2*i)*δ(l,q1 + 2*j))  [#bwd-maxpool2d_1-relu_1]
     # d_conv2d_1[b, i, j, k] = where(conv2d_1[b, i, j, k] > 0, d_relu_1[b, i, j, k], 0)  [#bwd-relu_1-conv2d_1]
     # d_relu_1 = d_h.transpose((1, 0, 2, 3))[:, None, None, :, :, :]*_first_argmax(relu_1, (1, 2))
@@ -1045,10 +1063,10 @@ def train_step(params, state, x, y, lr=0.01, max_norm=None):
     d_conv2d_1 = _route_max(relu_1, (1, 2), d_h.transpose((1, 0, 2, 3))[:, None, None, :, :, :], positive=True, top=_c0, out=_b1)
     # d_conv2d_1_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_1[b, o, i, j]*x[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_1-weight]
     # d_conv2d_1_weight = np.tensordot(t0, d_conv2d_1, axes=([3, 4, 5, 6, 7], [1, 2, 3, 4, 5])).transpose((3, 0, 1, 2))
-    d_conv2d_1_weight = np.dot(t0.reshape(9, -1), d_conv2d_1.reshape(8, -1).T, out=_b21.reshape(9, 8)).reshape(1, 3, 3, 8).transpose((3, 0, 1, 2))
+    d_conv2d_1_weight = np.dot(t0.reshape(9, -1), d_conv2d_1.reshape(8, -1).T, out=_b18.reshape(9, 8)).reshape(1, 3, 3, 8).transpose((3, 0, 1, 2))
     # d_conv2d_1_bias[o] = Σ_b,i,j d_conv2d_1[b, o, i, j]  [#bwd-conv2d_1-bias]
     # d_conv2d_1_bias = d_conv2d_1.sum(axis=(3, 4, 1, 5, 2))
-    d_conv2d_1_bias = np.dot(d_conv2d_1.reshape(8, -1), _k5.reshape(-1), _b22)
+    d_conv2d_1_bias = np.dot(d_conv2d_1.reshape(8, -1), _k5.reshape(-1), _b19)
     clip = 1.0
     if max_norm is not None:
         norm = float(np.sqrt(0.0
@@ -1061,25 +1079,25 @@ def train_step(params, state, x, y, lr=0.01, max_norm=None):
         ))
         clip = min(1.0, float(max_norm) / (norm + 1e-6))
 
-    _b23[()] = -clip * lr
+    _b20[()] = clip * lr
     # sgd: conv2d_1.weight[n0, n1, n2, n3] = -clip*lr*d_conv2d_1_weight[n0, n1, n2, n3] + conv2d_1.weight[n0, n1, n2, n3]
-    # conv2d_1_weight = -clip*lr*d_conv2d_1_weight + conv2d_1_weight
-    np.add(np.multiply(_b23, d_conv2d_1_weight, _b24), conv2d_1_weight, conv2d_1_weight)
+    # conv2d_1_weight = conv2d_1_weight - clip*lr*d_conv2d_1_weight
+    np.subtract(conv2d_1_weight, np.multiply(_b20, d_conv2d_1_weight, _b21), conv2d_1_weight)
     # sgd: conv2d_1.bias[n0] = -clip*lr*d_conv2d_1_bias[n0] + conv2d_1.bias[n0]
-    # conv2d_1_bias = -clip*lr*d_conv2d_1_bias + conv2d_1_bias
-    np.add(np.multiply(_b23, d_conv2d_1_bias, _b25), conv2d_1_bias, conv2d_1_bias)
+    # conv2d_1_bias = conv2d_1_bias - clip*lr*d_conv2d_1_bias
+    np.subtract(conv2d_1_bias, np.multiply(_b20, d_conv2d_1_bias, _b22), conv2d_1_bias)
     # sgd: conv2d_2.weight[n0, n1, n2, n3] = -clip*lr*d_conv2d_2_weight[n0, n1, n2, n3] + conv2d_2.weight[n0, n1, n2, n3]
-    # conv2d_2_weight = -clip*lr*d_conv2d_2_weight + conv2d_2_weight
-    np.add(np.multiply(_b23, d_conv2d_2_weight, _b26), conv2d_2_weight, conv2d_2_weight)
+    # conv2d_2_weight = conv2d_2_weight - clip*lr*d_conv2d_2_weight
+    np.subtract(conv2d_2_weight, np.multiply(_b20, d_conv2d_2_weight, _b23), conv2d_2_weight)
     # sgd: conv2d_2.bias[n0] = -clip*lr*d_conv2d_2_bias[n0] + conv2d_2.bias[n0]
-    # conv2d_2_bias = -clip*lr*d_conv2d_2_bias + conv2d_2_bias
-    np.add(np.multiply(_b23, d_conv2d_2_bias, _b27), conv2d_2_bias, conv2d_2_bias)
+    # conv2d_2_bias = conv2d_2_bias - clip*lr*d_conv2d_2_bias
+    np.subtract(conv2d_2_bias, np.multiply(_b20, d_conv2d_2_bias, _b24), conv2d_2_bias)
     # sgd: dense_1.weight[n0, n1] = -clip*lr*d_dense_1_weight[n0, n1] + dense_1.weight[n0, n1]
-    # dense_1_weight = -clip*lr*d_dense_1_weight + dense_1_weight
-    np.add(np.multiply(_b23, d_dense_1_weight, _b28), dense_1_weight, dense_1_weight)
+    # dense_1_weight = dense_1_weight - clip*lr*d_dense_1_weight
+    np.subtract(dense_1_weight, np.multiply(_b20, d_dense_1_weight, _b25), dense_1_weight)
     # sgd: dense_1.bias[n0] = -clip*lr*d_dense_1_bias[n0] + dense_1.bias[n0]
-    # dense_1_bias = -clip*lr*d_dense_1_bias + dense_1_bias
-    np.add(np.multiply(_b23, d_dense_1_bias, _b29), dense_1_bias, dense_1_bias)
+    # dense_1_bias = dense_1_bias - clip*lr*d_dense_1_bias
+    np.subtract(dense_1_bias, np.multiply(_b20, d_dense_1_bias, _b26), dense_1_bias)
     state["step"] = step
     _KEPT[4, batch, dtype] = _w
     return value

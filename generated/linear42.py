@@ -393,6 +393,7 @@ def loss(params, x):
     # y = dense_1_bias + (x @ dense_1_weight.T)
     y = np.add(dense_1_bias, np.dot(x, dense_1_weight.T, _b0), _b0)
     # squares_1: squares_1[b] = Σ_i y[b, i]**2  [#fwd-squares_1]
+    # squares_1 = (y**2).sum(axis=1)
     _total = np.vdot(y, y)
     value = float(_total)
     _KEPT[1, batch, dtype] = _w
@@ -426,6 +427,7 @@ def loss_and_grad(params, x):
     # y = dense_1_bias + (x @ dense_1_weight.T)
     y = np.add(dense_1_bias, np.dot(x, dense_1_weight.T, _b0), _b0)
     # squares_1: squares_1[b] = Σ_i y[b, i]**2  [#fwd-squares_1]
+    # squares_1 = (y**2).sum(axis=1)
     _total = np.vdot(y, y)
     value = float(_total)
     seed = 1
@@ -473,6 +475,7 @@ def sgd_step(params, x, lr):
     # y = dense_1_bias + (x @ dense_1_weight.T)
     y = np.add(dense_1_bias, np.dot(x, dense_1_weight.T, _b0), _b0)
     # squares_1: squares_1[b] = Σ_i y[b, i]**2  [#fwd-squares_1]
+    # squares_1 = (y**2).sum(axis=1)
     _total = np.vdot(y, y)
     value = float(_total)
     # the backward pass seeded with -lr times the loss's seed: each gradient is the update
@@ -541,6 +544,7 @@ def train_step(params, state, x, lr=0.01, max_norm=None):
     # y = dense_1_bias + (x @ dense_1_weight.T)
     y = np.add(dense_1_bias, np.dot(x, dense_1_weight.T, _b0), _b0)
     # squares_1: squares_1[b] = Σ_i y[b, i]**2  [#fwd-squares_1]
+    # squares_1 = (y**2).sum(axis=1)
     _total = np.vdot(y, y)
     value = float(_total)
     seed = 1
@@ -563,13 +567,13 @@ def train_step(params, state, x, lr=0.01, max_norm=None):
         ))
         clip = min(1.0, float(max_norm) / (norm + 1e-6))
 
-    _b5[()] = -clip * lr
+    _b5[()] = clip * lr
     # sgd: dense_1.weight[n0, n1] = -clip*lr*d_dense_1_weight[n0, n1] + dense_1.weight[n0, n1]
-    # dense_1_weight = -clip*lr*d_dense_1_weight + dense_1_weight
-    np.add(np.multiply(_b5, d_dense_1_weight, _b6), dense_1_weight, dense_1_weight)
+    # dense_1_weight = dense_1_weight - clip*lr*d_dense_1_weight
+    np.subtract(dense_1_weight, np.multiply(_b5, d_dense_1_weight, _b6), dense_1_weight)
     # sgd: dense_1.bias[n0] = -clip*lr*d_dense_1_bias[n0] + dense_1.bias[n0]
-    # dense_1_bias = -clip*lr*d_dense_1_bias + dense_1_bias
-    np.add(np.multiply(_b5, d_dense_1_bias, _b7), dense_1_bias, dense_1_bias)
+    # dense_1_bias = dense_1_bias - clip*lr*d_dense_1_bias
+    np.subtract(dense_1_bias, np.multiply(_b5, d_dense_1_bias, _b7), dense_1_bias)
     state["step"] = step
     _KEPT[4, batch, dtype] = _w
     return value

@@ -440,7 +440,7 @@ def loss(params, x, y):
     # _c0 = a - y
     _c0 = np.subtract(a, y, _b2)
     # quadratic_1: quadratic_1[b] = Σ_i (-y[b, i] + a[b, i])**2/2  [#fwd-quadratic_1]
-    # _total = np.vdot(a - y, a - y)
+    # quadratic_1 = 0.5*((a - y)**2).sum(axis=1)
     _total = np.vdot(_c0, _c0)
     value = float(_total) * 0.5 / batch
     _KEPT[1, batch, dtype] = _w
@@ -491,7 +491,7 @@ def loss_and_grad(params, x, y):
     # _c0 = a - y
     _c0 = np.subtract(a, y, _b2)
     # quadratic_1: quadratic_1[b] = Σ_i (-y[b, i] + a[b, i])**2/2  [#fwd-quadratic_1]
-    # _total = np.vdot(a - y, a - y)
+    # quadratic_1 = 0.5*((a - y)**2).sum(axis=1)
     _total = np.vdot(_c0, _c0)
     value = float(_total) * 0.5 / batch
     seed = 1 / batch
@@ -567,7 +567,7 @@ def sgd_step(params, x, y, lr):
     # _c0 = a - y
     _c0 = np.subtract(a, y, _b2)
     # quadratic_1: quadratic_1[b] = Σ_i (-y[b, i] + a[b, i])**2/2  [#fwd-quadratic_1]
-    # _total = np.vdot(a - y, a - y)
+    # quadratic_1 = 0.5*((a - y)**2).sum(axis=1)
     _total = np.vdot(_c0, _c0)
     value = float(_total) * 0.5 / batch
     # the backward pass seeded with -lr times the loss's seed: each gradient is the update
@@ -666,7 +666,7 @@ def train_step(params, state, x, y, lr=0.01, max_norm=None):
     # _c0 = a - y
     _c0 = np.subtract(a, y, _b2)
     # quadratic_1: quadratic_1[b] = Σ_i (-y[b, i] + a[b, i])**2/2  [#fwd-quadratic_1]
-    # _total = np.vdot(a - y, a - y)
+    # quadratic_1 = 0.5*((a - y)**2).sum(axis=1)
     _total = np.vdot(_c0, _c0)
     value = float(_total) * 0.5 / batch
     seed = 1 / batch
@@ -702,19 +702,19 @@ def train_step(params, state, x, y, lr=0.01, max_norm=None):
         ))
         clip = min(1.0, float(max_norm) / (norm + 1e-6))
 
-    _b11[()] = -clip * lr
+    _b11[()] = clip * lr
     # sgd: dense_1.weight[n0, n1] = -clip*lr*d_dense_1_weight[n0, n1] + dense_1.weight[n0, n1]
-    # dense_1_weight = -clip*lr*d_dense_1_weight + dense_1_weight
-    np.add(np.multiply(_b11, d_dense_1_weight, _b12), dense_1_weight, dense_1_weight)
+    # dense_1_weight = dense_1_weight - clip*lr*d_dense_1_weight
+    np.subtract(dense_1_weight, np.multiply(_b11, d_dense_1_weight, _b12), dense_1_weight)
     # sgd: dense_1.bias[n0] = -clip*lr*d_dense_1_bias[n0] + dense_1.bias[n0]
-    # dense_1_bias = -clip*lr*d_dense_1_bias + dense_1_bias
-    np.add(np.multiply(_b11, d_dense_1_bias, _b13), dense_1_bias, dense_1_bias)
+    # dense_1_bias = dense_1_bias - clip*lr*d_dense_1_bias
+    np.subtract(dense_1_bias, np.multiply(_b11, d_dense_1_bias, _b13), dense_1_bias)
     # sgd: dense_2.weight[n0, n1] = -clip*lr*d_dense_2_weight[n0, n1] + dense_2.weight[n0, n1]
-    # dense_2_weight = -clip*lr*d_dense_2_weight + dense_2_weight
-    np.add(np.multiply(_b11, d_dense_2_weight, _b14), dense_2_weight, dense_2_weight)
+    # dense_2_weight = dense_2_weight - clip*lr*d_dense_2_weight
+    np.subtract(dense_2_weight, np.multiply(_b11, d_dense_2_weight, _b14), dense_2_weight)
     # sgd: dense_2.bias[n0] = -clip*lr*d_dense_2_bias[n0] + dense_2.bias[n0]
-    # dense_2_bias = -clip*lr*d_dense_2_bias + dense_2_bias
-    np.add(np.multiply(_b11, d_dense_2_bias, _b15), dense_2_bias, dense_2_bias)
+    # dense_2_bias = dense_2_bias - clip*lr*d_dense_2_bias
+    np.subtract(dense_2_bias, np.multiply(_b11, d_dense_2_bias, _b15), dense_2_bias)
     state["step"] = step
     _KEPT[4, batch, dtype] = _w
     return value

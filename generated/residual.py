@@ -51,10 +51,10 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 # each function's buffers, kept between calls: (shape with None for the batch axis, boolean?)
 _BUFFERS = (
     (((None, 8, 8, 8,), False), ((None, 8, 8, 8,), False), ((None, 8, 8, 8,), False), ((None, 8, 8, 8,), False), ((None, 8, 4, 4,), False), ((None, 10,), False), ),
-    (((1, 3, 3, None, 8, 8,), False), ((None, 8, 8, 8,), False), ((8, None, 8, 8,), False), ((None, 8, 8, 8,), False), ((8, 3, 3, None, 8, 8,), False), ((None, 8, 8, 8,), False), ((None, 8, 4, 4,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ((None,), False), ),
-    (((1, 3, 3, None, 8, 8,), False), ((None, 8, 8, 8,), False), ((8, None, 8, 8,), False), ((None, 8, 8, 8,), False), ((8, 3, 3, None, 8, 8,), False), ((None, 8, 8, 8,), False), ((None, 8, 8, 8,), False), ((8, 3, 3, None, 8, 8,), False), ((None, 8, 4, 4,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ((), False), ((None, 10,), False), ((None, 128,), False), ((None, 8, 4, 1, 4, 1,), False), ((None, 8, 8, 8,), True), ((3, 3, 8, 8, 8, None,), False), ),
-    (((1, 3, 3, None, 8, 8,), False), ((None, 8, 8, 8,), False), ((8, None, 8, 8,), False), ((None, 8, 8, 8,), False), ((8, 3, 3, None, 8, 8,), False), ((None, 8, 8, 8,), False), ((None, 8, 8, 8,), False), ((8, 3, 3, None, 8, 8,), False), ((None, 8, 4, 4,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ((), False), ((None, 10,), False), ((None, 128,), False), ((10, 128,), False), ((10,), False), ((None, 8, 4, 1, 4, 1,), False), ((None, 8, 8, 8,), True), ((3, 3, 8, 8, 8, None,), False), ((8,), False), ((8,), False), ((8,), False), ),
-    (((1, 3, 3, None, 8, 8,), False), ((None, 8, 8, 8,), False), ((8, None, 8, 8,), False), ((None, 8, 8, 8,), False), ((8, 3, 3, None, 8, 8,), False), ((None, 8, 8, 8,), False), ((None, 8, 8, 8,), False), ((8, 3, 3, None, 8, 8,), False), ((None, 8, 4, 4,), False), ((None, 10,), False), ((None,), False), ((None,), False), ((None, 1,), False), ((None, 10,), False), ((None,), False), ((), False), ((None, 10,), False), ((None, 128,), False), ((10, 128,), False), ((10,), False), ((None, 8, 4, 1, 4, 1,), False), ((None, 8, 8, 8,), True), ((3, 3, 8, 8, 8, None,), False), ((8,), False), ((8,), False), ((8,), False), ((), False), ((8, 1, 3, 3,), False), ((8,), False), ((8, 8, 3, 3,), False), ((10, 128,), False), ((10,), False), ),
+    (((1, 3, 3, None, 8, 8,), False), ((None, 8, 8, 8,), False), ((8, None, 8, 8,), False), ((None, 8, 8, 8,), False), ((8, 3, 3, None, 8, 8,), False), ((None, 8, 8, 8,), False), ((None, 8, 4, 4,), False), ((None, 10,), False), ((None,), False), ((None, 10,), False), ((None,), False), ),
+    (((1, 3, 3, None, 8, 8,), False), ((None, 8, 8, 8,), False), ((8, None, 8, 8,), False), ((None, 8, 8, 8,), False), ((8, 3, 3, None, 8, 8,), False), ((None, 8, 8, 8,), False), ((None, 8, 8, 8,), False), ((8, 3, 3, None, 8, 8,), False), ((None, 8, 4, 4,), False), ((None, 10,), False), ((None,), False), ((None, 10,), False), ((None,), False), ((), False), ((None, 128,), False), ((None, 8, 4, 1, 4, 1,), False), ((None, 8, 8, 8,), True), ((3, 3, 8, 8, 8, None,), False), ),
+    (((1, 3, 3, None, 8, 8,), False), ((None, 8, 8, 8,), False), ((8, None, 8, 8,), False), ((None, 8, 8, 8,), False), ((8, 3, 3, None, 8, 8,), False), ((None, 8, 8, 8,), False), ((None, 8, 8, 8,), False), ((8, 3, 3, None, 8, 8,), False), ((None, 8, 4, 4,), False), ((None, 10,), False), ((None,), False), ((None, 10,), False), ((None,), False), ((), False), ((None, 128,), False), ((10, 128,), False), ((10,), False), ((None, 8, 4, 1, 4, 1,), False), ((None, 8, 8, 8,), True), ((3, 3, 8, 8, 8, None,), False), ((8,), False), ((8,), False), ((8,), False), ),
+    (((1, 3, 3, None, 8, 8,), False), ((None, 8, 8, 8,), False), ((8, None, 8, 8,), False), ((None, 8, 8, 8,), False), ((8, 3, 3, None, 8, 8,), False), ((None, 8, 8, 8,), False), ((None, 8, 8, 8,), False), ((8, 3, 3, None, 8, 8,), False), ((None, 8, 4, 4,), False), ((None, 10,), False), ((None,), False), ((None, 10,), False), ((None,), False), ((), False), ((None, 128,), False), ((10, 128,), False), ((10,), False), ((None, 8, 4, 1, 4, 1,), False), ((None, 8, 8, 8,), True), ((3, 3, 8, 8, 8, None,), False), ((8,), False), ((8,), False), ((8,), False), ((), False), ((8, 1, 3, 3,), False), ((8,), False), ((8, 8, 3, 3,), False), ((10, 128,), False), ((10,), False), ),
 )
 # ... and the numbers it reads as arrays of the dtype: 0-d, or (number, shape) filling one
 _CONSTANTS = (
@@ -539,7 +539,7 @@ def loss(params, x, y):
         dense_1_weight = params["dense_1.weight"]
         dense_1_bias = params["dense_1.bias"]
     _w = _KEPT.pop((1, batch, dtype), None) or _workspace(1, batch, dtype)
-    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _k0, _k1, _k2 = _w
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _k0, _k1, _k2 = _w
 
     # t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3))
     t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3), out=_b0)
@@ -575,13 +575,14 @@ def loss(params, x, y):
     z = np.add(dense_1_bias, np.dot(flatten_1, dense_1_weight.T, _b7), _b7)
     # t8 = z.max(axis=1)
     t8 = np.maximum.reduce(z, axis=1, out=_b8)
-    # t9 = np.log(np.exp(-t8[:, None] + z).sum(axis=1))
-    t9 = np.log(np.dot(np.exp(np.add(np.negative(t8[:, None], _b10), z, _b11), _b11), _k2, _b12), _b9)
+    # _c0 = z - t8[:, None]
+    _c0 = np.subtract(z, t8[:, None], _b9)
+    # t9 = np.log(np.exp(z - t8[:, None]).sum(axis=1))
+    t9 = np.log(np.dot(np.exp(_c0, _b7), _k2, _b10), _b8)
     # softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1]
     # softmax_cross_entropy_1 = -((z - t8[:, None] - t9[:, None])*y).sum(axis=1)
-    softmax_cross_entropy_1 = np.negative(np.dot(np.multiply(np.subtract(np.subtract(z, t8[:, None], _b11), t9[:, None], _b11), y, _b11), _k2, _b13), _b12)
-    _total = np.add.reduce(softmax_cross_entropy_1, axis=None)
-    value = float(_total) / batch
+    _total = np.vdot(np.subtract(_c0, t9[:, None], _b7), y)
+    value = -float(_total) / batch
     _KEPT[1, batch, dtype] = _w
     return value
 
@@ -626,7 +627,7 @@ def loss_and_grad(params, x, y):
         dense_1_weight = params["dense_1.weight"]
         dense_1_bias = params["dense_1.bias"]
     _w = _KEPT.pop((2, batch, dtype), None) or _workspace(2, batch, dtype)
-    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _b16, _b17, _b18, _b19, _b20, _k0, _k1, _k2, _k3 = _w
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _b16, _b17, _k0, _k1, _k2, _k3 = _w
 
     # t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3))
     t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3), out=_b0)
@@ -662,24 +663,25 @@ def loss_and_grad(params, x, y):
     z = np.add(dense_1_bias, np.dot(flatten_1, dense_1_weight.T, _b9), _b9)
     # t8 = z.max(axis=1)
     t8 = np.maximum.reduce(z, axis=1, out=_b10)
-    # t9 = np.log(np.exp(-t8[:, None] + z).sum(axis=1))
-    t9 = np.log(np.dot(np.exp(np.add(np.negative(t8[:, None], _b12), z, _b13), _b13), _k2, _b14), _b11)
+    # _c1 = z - t8[:, None]
+    _c1 = np.subtract(z, t8[:, None], _b11)
+    # t9 = np.log(np.exp(z - t8[:, None]).sum(axis=1))
+    t9 = np.log(np.dot(np.exp(_c1, _b9), _k2, _b12), _b10)
     # _c0 = z - t8[:, None] - t9[:, None]
-    _c0 = np.subtract(np.subtract(z, t8[:, None], _b13), t9[:, None], _b13)
+    _c0 = np.subtract(_c1, t9[:, None], _b9)
     # softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1]
     # softmax_cross_entropy_1 = -((z - t8[:, None] - t9[:, None])*y).sum(axis=1)
-    softmax_cross_entropy_1 = np.negative(np.dot(np.multiply(_c0, y, _b9), _k2, _b10), _b14)
-    _total = np.add.reduce(softmax_cross_entropy_1, axis=None)
-    value = float(_total) / batch
+    _total = np.vdot(_c0, y)
+    value = -float(_total) / batch
     seed = 1 / batch
 
-    _b15[()] = seed
+    _b13[()] = seed
     # d_z[b, k] = (-y[b, k] + Σ_i y[b, i]*exp(-logsumexp_j(z[b, j]) + z[b, k]))*d_softmax_cross_entropy_1[b]  [#bwd-softmax_cross_entropy_1-z]
-    # d_z = seed*(-y + np.exp(z - t8[:, None] - t9[:, None])*y.sum(axis=1)[:, None])
-    d_z = np.multiply(_b15, np.add(np.negative(y, _b9), np.multiply(np.exp(_c0, _b16), np.dot(y, _k2, _b11)[:, None], _b16), _b9), _b9)
+    # d_z = seed*(np.exp(z - t8[:, None] - t9[:, None])*y.sum(axis=1)[:, None] - y)
+    d_z = np.multiply(_b13, np.subtract(np.multiply(np.exp(_c0, _b11), np.dot(y, _k2, _b12)[:, None], _b11), y, _b11), _b11)
     # d_flatten_1[b, j] = Σ_i (d_z[b, i]*dense_1.weight[i, j])  [#bwd-dense_1-flatten_1]
     # d_flatten_1 = d_z @ dense_1_weight
-    d_flatten_1 = np.dot(d_z, dense_1_weight, _b17)
+    d_flatten_1 = np.dot(d_z, dense_1_weight, _b14)
     # d_dense_1_weight[i, j] = Σ_b (d_z[b, i]*flatten_1[b, j])  [#bwd-dense_1-weight]
     d_dense_1_weight = d_z.T @ flatten_1
     # d_dense_1_bias[i] = Σ_b d_z[b, i]  [#bwd-dense_1-bias]
@@ -688,17 +690,17 @@ def loss_and_grad(params, x, y):
     d_avgpool2d_1 = d_flatten_1.reshape(batch, 8, 4, 4)
     # d_block[b, ch, k, l] = Σ_i,j,p,q (d_avgpool2d_1[b, ch, i, j]*δ(k,p + 2*i)*δ(l,q + 2*j))/4  [#bwd-avgpool2d_1-block]
     # d_block = np.broadcast_to(0.25*d_avgpool2d_1[:, :, :, None, :, None], (batch, 8, 4, 2, 4, 2,)).reshape(batch, 8, 8, 8)
-    d_block = np.broadcast_to(np.multiply(_k1, d_avgpool2d_1[:, :, :, None, :, None], _b18), (batch, 8, 4, 2, 4, 2)).reshape(batch, 8, 8, 8)
+    d_block = np.broadcast_to(np.multiply(_k1, d_avgpool2d_1[:, :, :, None, :, None], _b15), (batch, 8, 4, 2, 4, 2)).reshape(batch, 8, 8, 8)
     # d_add_1[b, i, j, k] = where(add_1[b, i, j, k] > 0, d_block[b, i, j, k], 0)  [#bwd-relu_3-add_1]
     # d_add_1 = d_block*(add_1 > 0)
-    d_add_1 = np.multiply(d_block, np.greater(add_1, _k3, _b19), _b3)
+    d_add_1 = np.multiply(d_block, np.greater(add_1, _k3, _b16), _b3)
     # d_body[b, i, j, k] = d_add_1[b, i, j, k]  [#bwd-add_1-body]
     d_body = d_add_1
     # d_stem[b, i, j, k] = d_add_1[b, i, j, k]  [#bwd-add_1-stem]
     d_stem = d_add_1
     # d_relu_2[b, ci, k, l] = Σ_o,i,j,p,q (conv2d_3.weight[o, ci, p, q]*d_body[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_3-relu_2]
     # d_relu_2 = _unpatches(np.tensordot(conv2d_3_weight.transpose((2, 3, 1, 0)), d_body.transpose((1, 2, 3, 0)), axes=([3], [0])).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 8, 8,), ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)))
-    d_relu_2 = _unpatches(np.dot(conv2d_3_weight.transpose((2, 3, 1, 0)).reshape(72, 8), d_body.transpose((1, 2, 3, 0)).reshape(8, -1), out=_b20.reshape(72, -1)).reshape(3, 3, 8, 8, 8, batch).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 8, 8), ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)))
+    d_relu_2 = _unpatches(np.dot(conv2d_3_weight.transpose((2, 3, 1, 0)).reshape(72, 8), d_body.transpose((1, 2, 3, 0)).reshape(8, -1), out=_b17.reshape(72, -1)).reshape(3, 3, 8, 8, 8, batch).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 8, 8), ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)))
     # d_conv2d_3_weight[o, ci, p, q] = Σ_b,i,j (d_body[b, o, i, j]*relu_2[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_3-weight]
     # d_conv2d_3_weight = np.tensordot(t4, d_body, axes=([3, 4, 5], [0, 2, 3])).transpose((3, 0, 1, 2))
     d_conv2d_3_weight = np.tensordot(t4, d_body, axes=([3, 4, 5], [0, 2, 3])).transpose((3, 0, 1, 2)).copy()
@@ -706,10 +708,10 @@ def loss_and_grad(params, x, y):
     d_conv2d_3_bias = d_body.sum(axis=(0, 2, 3))
     # d_conv2d_2[b, i, j, k] = where(conv2d_2[b, i, j, k] > 0, d_relu_2[b, i, j, k], 0)  [#bwd-relu_2-conv2d_2]
     # d_conv2d_2 = d_relu_2*(conv2d_2 > 0)
-    d_conv2d_2 = np.multiply(d_relu_2, np.greater(conv2d_2, _k3, _b19), _b6)
+    d_conv2d_2 = np.multiply(d_relu_2, np.greater(conv2d_2, _k3, _b16), _b6)
     # d_stem[b, ci, k, l] += Σ_o,i,j,p,q (conv2d_2.weight[o, ci, p, q]*d_conv2d_2[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_2-stem]
     # d_stem = d_stem + _unpatches(np.tensordot(conv2d_2_weight.transpose((2, 3, 1, 0)), d_conv2d_2.transpose((1, 2, 3, 0)), axes=([3], [0])).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 8, 8,), ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)))
-    d_stem = d_stem + _unpatches(np.dot(conv2d_2_weight.transpose((2, 3, 1, 0)).reshape(72, 8), d_conv2d_2.transpose((1, 2, 3, 0)).reshape(8, -1), out=_b20.reshape(72, -1)).reshape(3, 3, 8, 8, 8, batch).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 8, 8), ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)))
+    d_stem = d_stem + _unpatches(np.dot(conv2d_2_weight.transpose((2, 3, 1, 0)).reshape(72, 8), d_conv2d_2.transpose((1, 2, 3, 0)).reshape(8, -1), out=_b17.reshape(72, -1)).reshape(3, 3, 8, 8, 8, batch).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 8, 8), ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)))
     # d_conv2d_2_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_2[b, o, i, j]*stem[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_2-weight]
     # d_conv2d_2_weight = np.tensordot(t2, d_conv2d_2, axes=([3, 4, 5], [0, 2, 3])).transpose((3, 0, 1, 2))
     d_conv2d_2_weight = np.tensordot(t2, d_conv2d_2, axes=([3, 4, 5], [0, 2, 3])).transpose((3, 0, 1, 2)).copy()
@@ -717,7 +719,7 @@ def loss_and_grad(params, x, y):
     d_conv2d_2_bias = d_conv2d_2.sum(axis=(0, 2, 3))
     # d_conv2d_1[b, i, j, k] = where(conv2d_1[b, i, j, k] > 0, d_stem[b, i, j, k], 0)  [#bwd-relu_1-conv2d_1]
     # d_conv2d_1 = d_stem*(conv2d_1 > 0)
-    d_conv2d_1 = np.multiply(d_stem, np.greater(conv2d_1, _k3, _b19), _b5)
+    d_conv2d_1 = np.multiply(d_stem, np.greater(conv2d_1, _k3, _b16), _b5)
     # d_conv2d_1_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_1[b, o, i, j]*x[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_1-weight]
     # d_conv2d_1_weight = np.tensordot(t0, d_conv2d_1, axes=([3, 4, 5], [0, 2, 3])).transpose((3, 0, 1, 2))
     d_conv2d_1_weight = np.tensordot(t0, d_conv2d_1, axes=([3, 4, 5], [0, 2, 3])).transpose((3, 0, 1, 2)).copy()
@@ -777,7 +779,7 @@ def sgd_step(params, x, y, lr):
         dense_1_weight = params["dense_1.weight"]
         dense_1_bias = params["dense_1.bias"]
     _w = _KEPT.pop((3, batch, dtype), None) or _workspace(3, batch, dtype)
-    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _b16, _b17, _b18, _b19, _b20, _b21, _b22, _b23, _b24, _b25, _k0, _k1, _k2, _k3, _k4 = _w
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _b16, _b17, _b18, _b19, _b20, _b21, _b22, _k0, _k1, _k2, _k3, _k4 = _w
 
     # t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3))
     t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3), out=_b0)
@@ -813,70 +815,71 @@ def sgd_step(params, x, y, lr):
     z = np.add(dense_1_bias, np.dot(flatten_1, dense_1_weight.T, _b9), _b9)
     # t8 = z.max(axis=1)
     t8 = np.maximum.reduce(z, axis=1, out=_b10)
-    # t9 = np.log(np.exp(-t8[:, None] + z).sum(axis=1))
-    t9 = np.log(np.dot(np.exp(np.add(np.negative(t8[:, None], _b12), z, _b13), _b13), _k2, _b14), _b11)
+    # _c1 = z - t8[:, None]
+    _c1 = np.subtract(z, t8[:, None], _b11)
+    # t9 = np.log(np.exp(z - t8[:, None]).sum(axis=1))
+    t9 = np.log(np.dot(np.exp(_c1, _b9), _k2, _b12), _b10)
     # _c0 = z - t8[:, None] - t9[:, None]
-    _c0 = np.subtract(np.subtract(z, t8[:, None], _b13), t9[:, None], _b13)
+    _c0 = np.subtract(_c1, t9[:, None], _b9)
     # softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1]
     # softmax_cross_entropy_1 = -((z - t8[:, None] - t9[:, None])*y).sum(axis=1)
-    softmax_cross_entropy_1 = np.negative(np.dot(np.multiply(_c0, y, _b9), _k2, _b10), _b14)
-    _total = np.add.reduce(softmax_cross_entropy_1, axis=None)
-    value = float(_total) / batch
+    _total = np.vdot(_c0, y)
+    value = -float(_total) / batch
     # the backward pass seeded with -lr times the loss's seed: each gradient is the update
     seed = -float(lr) / batch
 
-    _b15[()] = seed
+    _b13[()] = seed
     # d_z[b, k] = (-y[b, k] + Σ_i y[b, i]*exp(-logsumexp_j(z[b, j]) + z[b, k]))*d_softmax_cross_entropy_1[b]  [#bwd-softmax_cross_entropy_1-z]
-    # d_z = seed*(-y + np.exp(z - t8[:, None] - t9[:, None])*y.sum(axis=1)[:, None])
-    d_z = np.multiply(_b15, np.add(np.negative(y, _b9), np.multiply(np.exp(_c0, _b16), np.dot(y, _k2, _b11)[:, None], _b16), _b9), _b9)
+    # d_z = seed*(np.exp(z - t8[:, None] - t9[:, None])*y.sum(axis=1)[:, None] - y)
+    d_z = np.multiply(_b13, np.subtract(np.multiply(np.exp(_c0, _b11), np.dot(y, _k2, _b12)[:, None], _b11), y, _b11), _b11)
     # d_flatten_1[b, j] = Σ_i (d_z[b, i]*dense_1.weight[i, j])  [#bwd-dense_1-flatten_1]
     # d_flatten_1 = d_z @ dense_1_weight
-    d_flatten_1 = np.dot(d_z, dense_1_weight, _b17)
+    d_flatten_1 = np.dot(d_z, dense_1_weight, _b14)
     # d_dense_1_weight[i, j] = Σ_b (d_z[b, i]*flatten_1[b, j])  [#bwd-dense_1-weight]
     # d_dense_1_weight = d_z.T @ flatten_1
-    d_dense_1_weight = np.dot(d_z.T, flatten_1, _b18)
+    d_dense_1_weight = np.dot(d_z.T, flatten_1, _b15)
     # d_dense_1_bias[i] = Σ_b d_z[b, i]  [#bwd-dense_1-bias]
     # d_dense_1_bias = d_z.sum(axis=0)
-    d_dense_1_bias = np.dot(_k3, d_z, _b19)
+    d_dense_1_bias = np.dot(_k3, d_z, _b16)
     # d_avgpool2d_1[b, ch, i, j] = d_flatten_1[b, j + 4*i + 16*ch]  [#bwd-flatten_1-avgpool2d_1]
     d_avgpool2d_1 = d_flatten_1.reshape(batch, 8, 4, 4)
     # d_block[b, ch, k, l] = Σ_i,j,p,q (d_avgpool2d_1[b, ch, i, j]*δ(k,p + 2*i)*δ(l,q + 2*j))/4  [#bwd-avgpool2d_1-block]
     # d_block = np.broadcast_to(0.25*d_avgpool2d_1[:, :, :, None, :, None], (batch, 8, 4, 2, 4, 2,)).reshape(batch, 8, 8, 8)
-    d_block = np.broadcast_to(np.multiply(_k1, d_avgpool2d_1[:, :, :, None, :, None], _b20), (batch, 8, 4, 2, 4, 2)).reshape(batch, 8, 8, 8)
+    d_block = np.broadcast_to(np.multiply(_k1, d_avgpool2d_1[:, :, :, None, :, None], _b17), (batch, 8, 4, 2, 4, 2)).reshape(batch, 8, 8, 8)
     # d_add_1[b, i, j, k] = where(add_1[b, i, j, k] > 0, d_block[b, i, j, k], 0)  [#bwd-relu_3-add_1]
     # d_add_1 = d_block*(add_1 > 0)
-    d_add_1 = np.multiply(d_block, np.greater(add_1, _k4, _b21), _b3)
+    d_add_1 = np.multiply(d_block, np.greater(add_1, _k4, _b18), _b3)
     # d_body[b, i, j, k] = d_add_1[b, i, j, k]  [#bwd-add_1-body]
     d_body = d_add_1
     # d_stem[b, i, j, k] = d_add_1[b, i, j, k]  [#bwd-add_1-stem]
     d_stem = d_add_1
     # d_relu_2[b, ci, k, l] = Σ_o,i,j,p,q (conv2d_3.weight[o, ci, p, q]*d_body[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_3-relu_2]
     # d_relu_2 = _unpatches(np.tensordot(conv2d_3_weight.transpose((2, 3, 1, 0)), d_body.transpose((1, 2, 3, 0)), axes=([3], [0])).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 8, 8,), ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)))
-    d_relu_2 = _unpatches(np.dot(conv2d_3_weight.transpose((2, 3, 1, 0)).reshape(72, 8), d_body.transpose((1, 2, 3, 0)).reshape(8, -1), out=_b22.reshape(72, -1)).reshape(3, 3, 8, 8, 8, batch).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 8, 8), ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)))
+    d_relu_2 = _unpatches(np.dot(conv2d_3_weight.transpose((2, 3, 1, 0)).reshape(72, 8), d_body.transpose((1, 2, 3, 0)).reshape(8, -1), out=_b19.reshape(72, -1)).reshape(3, 3, 8, 8, 8, batch).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 8, 8), ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)))
     # d_conv2d_3_weight[o, ci, p, q] = Σ_b,i,j (d_body[b, o, i, j]*relu_2[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_3-weight]
     d_conv2d_3_weight = np.tensordot(t4, d_body, axes=([3, 4, 5], [0, 2, 3])).transpose((3, 0, 1, 2))
     # d_conv2d_3_bias[o] = Σ_b,i,j d_body[b, o, i, j]  [#bwd-conv2d_3-bias]
     # d_conv2d_3_bias = d_body.sum(axis=(0, 2, 3))
-    d_conv2d_3_bias = np.add.reduce(d_body, axis=(0, 2, 3), out=_b23)
+    d_conv2d_3_bias = np.add.reduce(d_body, axis=(0, 2, 3), out=_b20)
     # d_conv2d_2[b, i, j, k] = where(conv2d_2[b, i, j, k] > 0, d_relu_2[b, i, j, k], 0)  [#bwd-relu_2-conv2d_2]
     # d_conv2d_2 = d_relu_2*(conv2d_2 > 0)
-    d_conv2d_2 = np.multiply(d_relu_2, np.greater(conv2d_2, _k4, _b21), _b6)
+    d_conv2d_2 = np.multiply(d_relu_2, np.greater(conv2d_2, _k4, _b18), _b6)
     # d_stem[b, ci, k, l] += Σ_o,i,j,p,q (conv2d_2.weight[o, ci, p, q]*d_conv2d_2[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_2-stem]
     # d_stem = d_stem + _unpatches(np.tensordot(conv2d_2_weight.transpose((2, 3, 1, 0)), d_conv2d_2.transpose((1, 2, 3, 0)), axes=([3], [0])).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 8, 8,), ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)))
-    d_stem = d_stem + _unpatches(np.dot(conv2d_2_weight.transpose((2, 3, 1, 0)).reshape(72, 8), d_conv2d_2.transpose((1, 2, 3, 0)).reshape(8, -1), out=_b22.reshape(72, -1)).reshape(3, 3, 8, 8, 8, batch).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 8, 8), ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)))
+    d_stem = d_stem + _unpatches(np.dot(conv2d_2_weight.transpose((2, 3, 1, 0)).reshape(72, 8), d_conv2d_2.transpose((1, 2, 3, 0)).reshape(8, -1), out=_b19.reshape(72, -1)).reshape(3, 3, 8, 8, 8, batch).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 8, 8), ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)))
     # d_conv2d_2_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_2[b, o, i, j]*stem[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_2-weight]
     d_conv2d_2_weight = np.tensordot(t2, d_conv2d_2, axes=([3, 4, 5], [0, 2, 3])).transpose((3, 0, 1, 2))
     # d_conv2d_2_bias[o] = Σ_b,i,j d_conv2d_2[b, o, i, j]  [#bwd-conv2d_2-bias]
     # d_conv2d_2_bias = d_conv2d_2.sum(axis=(0, 2, 3))
-    d_conv2d_2_bias = np.add.reduce(d_conv2d_2, axis=(0, 2, 3), out=_b24)
+    d_conv2d_2_bias = np.add.reduce(d_conv2d_2, axis=(0, 2, 3), out=_b21)
     # d_conv2d_1[b, i, j, k] = where(conv2d_1[b, i, j, k] > 0, d_stem[b, i, j, k], 0)  [#bwd-relu_1-conv2d_1]
     # d_conv2d_1 = d_stem*(conv2d_1 > 0)
-    d_conv2d_1 = np.multiply(d_stem, np.greater(conv2d_1, _k4, _b21), _b5)
+    d_conv2d_1 = np.multiply(d_stem, np.greater(conv2d_1, _k4, _b18), _b5)
     # d_conv2d_1_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_1[b, o, i, j]*x[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_1-weight]
     d_conv2d_1_weight = np.tensordot(t0, d_conv2d_1, axes=([3, 4, 5], [0, 2, 3])).transpose((3, 0, 1, 2))
     # d_conv2d_1_bias[o] = Σ_b,i,j d_conv2d_1[b, o, i, j]  [#bwd-conv2d_1-bias]
     # d_conv2d_1_bias = d_conv2d_1.sum(axis=(0, 2, 3))
-    d_conv2d_1_bias = np.add.reduce(d_conv2d_1, axis=(0, 2, 3), out=_b25)
+    d_conv2d_1_bias = np.add.reduce(d_conv2d_1, axis=(0, 2, 3), out=_b22)
     conv2d_1_weight += d_conv2d_1_weight
     conv2d_1_bias += d_conv2d_1_bias
     conv2d_2_weight += d_conv2d_2_weight
@@ -949,7 +952,7 @@ def train_step(params, state, x, y, lr=0.01, max_norm=None):
     step += 1
     lr = float(lr)
     _w = _KEPT.pop((4, batch, dtype), None) or _workspace(4, batch, dtype)
-    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _b16, _b17, _b18, _b19, _b20, _b21, _b22, _b23, _b24, _b25, _b26, _b27, _b28, _b29, _b30, _b31, _k0, _k1, _k2, _k3, _k4 = _w
+    _b0, _b1, _b2, _b3, _b4, _b5, _b6, _b7, _b8, _b9, _b10, _b11, _b12, _b13, _b14, _b15, _b16, _b17, _b18, _b19, _b20, _b21, _b22, _b23, _b24, _b25, _b26, _b27, _b28, _k0, _k1, _k2, _k3, _k4 = _w
 
     # t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3))
     t0 = _im2col(x, ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)), (1, 4, 5, 0, 2, 3), out=_b0)
@@ -985,69 +988,70 @@ def train_step(params, state, x, y, lr=0.01, max_norm=None):
     z = np.add(dense_1_bias, np.dot(flatten_1, dense_1_weight.T, _b9), _b9)
     # t8 = z.max(axis=1)
     t8 = np.maximum.reduce(z, axis=1, out=_b10)
-    # t9 = np.log(np.exp(-t8[:, None] + z).sum(axis=1))
-    t9 = np.log(np.dot(np.exp(np.add(np.negative(t8[:, None], _b12), z, _b13), _b13), _k2, _b14), _b11)
+    # _c1 = z - t8[:, None]
+    _c1 = np.subtract(z, t8[:, None], _b11)
+    # t9 = np.log(np.exp(z - t8[:, None]).sum(axis=1))
+    t9 = np.log(np.dot(np.exp(_c1, _b9), _k2, _b12), _b10)
     # _c0 = z - t8[:, None] - t9[:, None]
-    _c0 = np.subtract(np.subtract(z, t8[:, None], _b13), t9[:, None], _b13)
+    _c0 = np.subtract(_c1, t9[:, None], _b9)
     # softmax_cross_entropy_1: softmax_cross_entropy_1[b] = -Σ_i ((-logsumexp_j(z[b, j]) + z[b, i])*y[b, i])  [#fwd-softmax_cross_entropy_1]
     # softmax_cross_entropy_1 = -((z - t8[:, None] - t9[:, None])*y).sum(axis=1)
-    softmax_cross_entropy_1 = np.negative(np.dot(np.multiply(_c0, y, _b9), _k2, _b10), _b14)
-    _total = np.add.reduce(softmax_cross_entropy_1, axis=None)
-    value = float(_total) / batch
+    _total = np.vdot(_c0, y)
+    value = -float(_total) / batch
     seed = 1 / batch
 
-    _b15[()] = seed
+    _b13[()] = seed
     # d_z[b, k] = (-y[b, k] + Σ_i y[b, i]*exp(-logsumexp_j(z[b, j]) + z[b, k]))*d_softmax_cross_entropy_1[b]  [#bwd-softmax_cross_entropy_1-z]
-    # d_z = seed*(-y + np.exp(z - t8[:, None] - t9[:, None])*y.sum(axis=1)[:, None])
-    d_z = np.multiply(_b15, np.add(np.negative(y, _b9), np.multiply(np.exp(_c0, _b16), np.dot(y, _k2, _b11)[:, None], _b16), _b9), _b9)
+    # d_z = seed*(np.exp(z - t8[:, None] - t9[:, None])*y.sum(axis=1)[:, None] - y)
+    d_z = np.multiply(_b13, np.subtract(np.multiply(np.exp(_c0, _b11), np.dot(y, _k2, _b12)[:, None], _b11), y, _b11), _b11)
     # d_flatten_1[b, j] = Σ_i (d_z[b, i]*dense_1.weight[i, j])  [#bwd-dense_1-flatten_1]
     # d_flatten_1 = d_z @ dense_1_weight
-    d_flatten_1 = np.dot(d_z, dense_1_weight, _b17)
+    d_flatten_1 = np.dot(d_z, dense_1_weight, _b14)
     # d_dense_1_weight[i, j] = Σ_b (d_z[b, i]*flatten_1[b, j])  [#bwd-dense_1-weight]
     # d_dense_1_weight = d_z.T @ flatten_1
-    d_dense_1_weight = np.dot(d_z.T, flatten_1, _b18)
+    d_dense_1_weight = np.dot(d_z.T, flatten_1, _b15)
     # d_dense_1_bias[i] = Σ_b d_z[b, i]  [#bwd-dense_1-bias]
     # d_dense_1_bias = d_z.sum(axis=0)
-    d_dense_1_bias = np.dot(_k3, d_z, _b19)
+    d_dense_1_bias = np.dot(_k3, d_z, _b16)
     # d_avgpool2d_1[b, ch, i, j] = d_flatten_1[b, j + 4*i + 16*ch]  [#bwd-flatten_1-avgpool2d_1]
     d_avgpool2d_1 = d_flatten_1.reshape(batch, 8, 4, 4)
     # d_block[b, ch, k, l] = Σ_i,j,p,q (d_avgpool2d_1[b, ch, i, j]*δ(k,p + 2*i)*δ(l,q + 2*j))/4  [#bwd-avgpool2d_1-block]
     # d_block = np.broadcast_to(0.25*d_avgpool2d_1[:, :, :, None, :, None], (batch, 8, 4, 2, 4, 2,)).reshape(batch, 8, 8, 8)
-    d_block = np.broadcast_to(np.multiply(_k1, d_avgpool2d_1[:, :, :, None, :, None], _b20), (batch, 8, 4, 2, 4, 2)).reshape(batch, 8, 8, 8)
+    d_block = np.broadcast_to(np.multiply(_k1, d_avgpool2d_1[:, :, :, None, :, None], _b17), (batch, 8, 4, 2, 4, 2)).reshape(batch, 8, 8, 8)
     # d_add_1[b, i, j, k] = where(add_1[b, i, j, k] > 0, d_block[b, i, j, k], 0)  [#bwd-relu_3-add_1]
     # d_add_1 = d_block*(add_1 > 0)
-    d_add_1 = np.multiply(d_block, np.greater(add_1, _k4, _b21), _b3)
+    d_add_1 = np.multiply(d_block, np.greater(add_1, _k4, _b18), _b3)
     # d_body[b, i, j, k] = d_add_1[b, i, j, k]  [#bwd-add_1-body]
     d_body = d_add_1
     # d_stem[b, i, j, k] = d_add_1[b, i, j, k]  [#bwd-add_1-stem]
     d_stem = d_add_1
     # d_relu_2[b, ci, k, l] = Σ_o,i,j,p,q (conv2d_3.weight[o, ci, p, q]*d_body[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_3-relu_2]
     # d_relu_2 = _unpatches(np.tensordot(conv2d_3_weight.transpose((2, 3, 1, 0)), d_body.transpose((1, 2, 3, 0)), axes=([3], [0])).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 8, 8,), ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)))
-    d_relu_2 = _unpatches(np.dot(conv2d_3_weight.transpose((2, 3, 1, 0)).reshape(72, 8), d_body.transpose((1, 2, 3, 0)).reshape(8, -1), out=_b22.reshape(72, -1)).reshape(3, 3, 8, 8, 8, batch).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 8, 8), ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)))
+    d_relu_2 = _unpatches(np.dot(conv2d_3_weight.transpose((2, 3, 1, 0)).reshape(72, 8), d_body.transpose((1, 2, 3, 0)).reshape(8, -1), out=_b19.reshape(72, -1)).reshape(3, 3, 8, 8, 8, batch).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 8, 8), ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)))
     # d_conv2d_3_weight[o, ci, p, q] = Σ_b,i,j (d_body[b, o, i, j]*relu_2[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_3-weight]
     d_conv2d_3_weight = np.tensordot(t4, d_body, axes=([3, 4, 5], [0, 2, 3])).transpose((3, 0, 1, 2))
     # d_conv2d_3_bias[o] = Σ_b,i,j d_body[b, o, i, j]  [#bwd-conv2d_3-bias]
     # d_conv2d_3_bias = d_body.sum(axis=(0, 2, 3))
-    d_conv2d_3_bias = np.add.reduce(d_body, axis=(0, 2, 3), out=_b23)
+    d_conv2d_3_bias = np.add.reduce(d_body, axis=(0, 2, 3), out=_b20)
     # d_conv2d_2[b, i, j, k] = where(conv2d_2[b, i, j, k] > 0, d_relu_2[b, i, j, k], 0)  [#bwd-relu_2-conv2d_2]
     # d_conv2d_2 = d_relu_2*(conv2d_2 > 0)
-    d_conv2d_2 = np.multiply(d_relu_2, np.greater(conv2d_2, _k4, _b21), _b6)
+    d_conv2d_2 = np.multiply(d_relu_2, np.greater(conv2d_2, _k4, _b18), _b6)
     # d_stem[b, ci, k, l] += Σ_o,i,j,p,q (conv2d_2.weight[o, ci, p, q]*d_conv2d_2[b, o, i, j]*δ(k,-1 + i + p)*δ(l,-1 + j + q))  [#bwd-conv2d_2-stem]
     # d_stem = d_stem + _unpatches(np.tensordot(conv2d_2_weight.transpose((2, 3, 1, 0)), d_conv2d_2.transpose((1, 2, 3, 0)), axes=([3], [0])).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 8, 8,), ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)))
-    d_stem = d_stem + _unpatches(np.dot(conv2d_2_weight.transpose((2, 3, 1, 0)).reshape(72, 8), d_conv2d_2.transpose((1, 2, 3, 0)).reshape(8, -1), out=_b22.reshape(72, -1)).reshape(3, 3, 8, 8, 8, batch).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 8, 8), ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)))
+    d_stem = d_stem + _unpatches(np.dot(conv2d_2_weight.transpose((2, 3, 1, 0)).reshape(72, 8), d_conv2d_2.transpose((1, 2, 3, 0)).reshape(8, -1), out=_b19.reshape(72, -1)).reshape(3, 3, 8, 8, 8, batch).transpose((5, 2, 3, 4, 0, 1)), (batch, 8, 8, 8), ((2, -1, 1, 8, 3), (3, -1, 1, 8, 3)))
     # d_conv2d_2_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_2[b, o, i, j]*stem[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_2-weight]
     d_conv2d_2_weight = np.tensordot(t2, d_conv2d_2, axes=([3, 4, 5], [0, 2, 3])).transpose((3, 0, 1, 2))
     # d_conv2d_2_bias[o] = Σ_b,i,j d_conv2d_2[b, o, i, j]  [#bwd-conv2d_2-bias]
     # d_conv2d_2_bias = d_conv2d_2.sum(axis=(0, 2, 3))
-    d_conv2d_2_bias = np.add.reduce(d_conv2d_2, axis=(0, 2, 3), out=_b24)
+    d_conv2d_2_bias = np.add.reduce(d_conv2d_2, axis=(0, 2, 3), out=_b21)
     # d_conv2d_1[b, i, j, k] = where(conv2d_1[b, i, j, k] > 0, d_stem[b, i, j, k], 0)  [#bwd-relu_1-conv2d_1]
     # d_conv2d_1 = d_stem*(conv2d_1 > 0)
-    d_conv2d_1 = np.multiply(d_stem, np.greater(conv2d_1, _k4, _b21), _b5)
+    d_conv2d_1 = np.multiply(d_stem, np.greater(conv2d_1, _k4, _b18), _b5)
     # d_conv2d_1_weight[o, ci, p, q] = Σ_b,i,j (d_conv2d_1[b, o, i, j]*x[b, ci, -1 + i + p, -1 + j + q])  [#bwd-conv2d_1-weight]
     d_conv2d_1_weight = np.tensordot(t0, d_conv2d_1, axes=([3, 4, 5], [0, 2, 3])).transpose((3, 0, 1, 2))
     # d_conv2d_1_bias[o] = Σ_b,i,j d_conv2d_1[b, o, i, j]  [#bwd-conv2d_1-bias]
     # d_conv2d_1_bias = d_conv2d_1.sum(axis=(0, 2, 3))
-    d_conv2d_1_bias = np.add.reduce(d_conv2d_1, axis=(0, 2, 3), out=_b25)
+    d_conv2d_1_bias = np.add.reduce(d_conv2d_1, axis=(0, 2, 3), out=_b22)
     clip = 1.0
     if max_norm is not None:
         norm = float(np.sqrt(0.0
@@ -1062,31 +1066,31 @@ def train_step(params, state, x, y, lr=0.01, max_norm=None):
         ))
         clip = min(1.0, float(max_norm) / (norm + 1e-6))
 
-    _b26[()] = -clip * lr
+    _b23[()] = clip * lr
     # sgd: conv2d_1.weight[n0, n1, n2, n3] = -clip*lr*d_conv2d_1_weight[n0, n1, n2, n3] + conv2d_1.weight[n0, n1, n2, n3]
-    # conv2d_1_weight = -clip*lr*d_conv2d_1_weight + conv2d_1_weight
-    np.add(np.multiply(_b26, d_conv2d_1_weight, _b27), conv2d_1_weight, conv2d_1_weight)
+    # conv2d_1_weight = conv2d_1_weight - clip*lr*d_conv2d_1_weight
+    np.subtract(conv2d_1_weight, np.multiply(_b23, d_conv2d_1_weight, _b24), conv2d_1_weight)
     # sgd: conv2d_1.bias[n0] = -clip*lr*d_conv2d_1_bias[n0] + conv2d_1.bias[n0]
-    # conv2d_1_bias = -clip*lr*d_conv2d_1_bias + conv2d_1_bias
-    np.add(np.multiply(_b26, d_conv2d_1_bias, _b28), conv2d_1_bias, conv2d_1_bias)
+    # conv2d_1_bias = conv2d_1_bias - clip*lr*d_conv2d_1_bias
+    np.subtract(conv2d_1_bias, np.multiply(_b23, d_conv2d_1_bias, _b25), conv2d_1_bias)
     # sgd: conv2d_2.weight[n0, n1, n2, n3] = -clip*lr*d_conv2d_2_weight[n0, n1, n2, n3] + conv2d_2.weight[n0, n1, n2, n3]
-    # conv2d_2_weight = -clip*lr*d_conv2d_2_weight + conv2d_2_weight
-    np.add(np.multiply(_b26, d_conv2d_2_weight, _b29), conv2d_2_weight, conv2d_2_weight)
+    # conv2d_2_weight = conv2d_2_weight - clip*lr*d_conv2d_2_weight
+    np.subtract(conv2d_2_weight, np.multiply(_b23, d_conv2d_2_weight, _b26), conv2d_2_weight)
     # sgd: conv2d_2.bias[n0] = -clip*lr*d_conv2d_2_bias[n0] + conv2d_2.bias[n0]
-    # conv2d_2_bias = -clip*lr*d_conv2d_2_bias + conv2d_2_bias
-    np.add(np.multiply(_b26, d_conv2d_2_bias, _b25), conv2d_2_bias, conv2d_2_bias)
+    # conv2d_2_bias = conv2d_2_bias - clip*lr*d_conv2d_2_bias
+    np.subtract(conv2d_2_bias, np.multiply(_b23, d_conv2d_2_bias, _b22), conv2d_2_bias)
     # sgd: conv2d_3.weight[n0, n1, n2, n3] = -clip*lr*d_conv2d_3_weight[n0, n1, n2, n3] + conv2d_3.weight[n0, n1, n2, n3]
-    # conv2d_3_weight = -clip*lr*d_conv2d_3_weight + conv2d_3_weight
-    np.add(np.multiply(_b26, d_conv2d_3_weight, _b29), conv2d_3_weight, conv2d_3_weight)
+    # conv2d_3_weight = conv2d_3_weight - clip*lr*d_conv2d_3_weight
+    np.subtract(conv2d_3_weight, np.multiply(_b23, d_conv2d_3_weight, _b26), conv2d_3_weight)
     # sgd: conv2d_3.bias[n0] = -clip*lr*d_conv2d_3_bias[n0] + conv2d_3.bias[n0]
-    # conv2d_3_bias = -clip*lr*d_conv2d_3_bias + conv2d_3_bias
-    np.add(np.multiply(_b26, d_conv2d_3_bias, _b28), conv2d_3_bias, conv2d_3_bias)
+    # conv2d_3_bias = conv2d_3_bias - clip*lr*d_conv2d_3_bias
+    np.subtract(conv2d_3_bias, np.multiply(_b23, d_conv2d_3_bias, _b25), conv2d_3_bias)
     # sgd: dense_1.weight[n0, n1] = -clip*lr*d_dense_1_weight[n0, n1] + dense_1.weight[n0, n1]
-    # dense_1_weight = -clip*lr*d_dense_1_weight + dense_1_weight
-    np.add(np.multiply(_b26, d_dense_1_weight, _b30), dense_1_weight, dense_1_weight)
+    # dense_1_weight = dense_1_weight - clip*lr*d_dense_1_weight
+    np.subtract(dense_1_weight, np.multiply(_b23, d_dense_1_weight, _b27), dense_1_weight)
     # sgd: dense_1.bias[n0] = -clip*lr*d_dense_1_bias[n0] + dense_1.bias[n0]
-    # dense_1_bias = -clip*lr*d_dense_1_bias + dense_1_bias
-    np.add(np.multiply(_b26, d_dense_1_bias, _b31), dense_1_bias, dense_1_bias)
+    # dense_1_bias = dense_1_bias - clip*lr*d_dense_1_bias
+    np.subtract(dense_1_bias, np.multiply(_b23, d_dense_1_bias, _b28), dense_1_bias)
     state["step"] = step
     _KEPT[4, batch, dtype] = _w
     return value

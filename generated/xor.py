@@ -44,9 +44,9 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _BUFFERS = (
     (((None, 4,), False), ((None, 1,), False), ((None, 1,), False), ),
     (((None, 4,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), False), ((None,), False), ((None, 1,), True), ((None, 1,), True), ((None, 1,), False), ((None, 1,), False), ((None, 1,), False), ((None,), False), ),
-    (((None, 4,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), False), ((None,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), False), ((None, 1,), False), ((None,), False), ((), False), ((), False), ((None, 4,), False), ((None, 4,), False), ),
-    (((None, 4,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), False), ((None,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), False), ((None, 1,), False), ((None,), False), ((), False), ((), False), ((1, 4,), False), ((1,), False), ((None, 4,), False), ((None, 4,), False), ((4, 2,), False), ((4,), False), ),
-    (((None, 4,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), False), ((None,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), False), ((None, 1,), False), ((None,), False), ((), False), ((), False), ((1, 4,), False), ((1,), False), ((None, 4,), False), ((None, 4,), False), ((4, 2,), False), ((4,), False), ((), False), ((4, 2,), False), ((4, 2,), False), ((), False), ((), False), ((), False), ((4,), False), ((4,), False), ((1, 4,), False), ((1, 4,), False), ((1,), False), ((1,), False), ((1,), False), ((1,), False), ((1,), False), ),
+    (((None, 4,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), False), ((None,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), False), ((None, 1,), False), ((None,), False), ((), False), ((), False), ((None, 4,), False), ((None, 4,), False), ),
+    (((None, 4,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), False), ((None,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), False), ((None, 1,), False), ((None,), False), ((), False), ((), False), ((1, 4,), False), ((1,), False), ((None, 4,), False), ((None, 4,), False), ((4, 2,), False), ((4,), False), ),
+    (((None, 4,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), False), ((None, 1,), False), ((None,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), False), ((None, 1,), True), ((None, 1,), False), ((None, 1,), False), ((None, 1,), False), ((None,), False), ((), False), ((), False), ((1, 4,), False), ((1,), False), ((None, 4,), False), ((None, 4,), False), ((4, 2,), False), ((4,), False), ((), False), ((4, 2,), False), ((4, 2,), False), ((), False), ((), False), ((), False), ((4,), False), ((4,), False), ((1, 4,), False), ((1, 4,), False), ((1,), False), ((1,), False), ((1,), False), ((1,), False), ((1,), False), ),
 )
 # ... and the numbers it reads as arrays of the dtype: 0-d, or (number, shape) filling one
 _CONSTANTS = (
@@ -499,23 +499,25 @@ def loss_and_grad(params, x, y):
     _c0 = np.subtract(_k0, y, _b3)
     # _c1 = np.logaddexp(0, dense_2)
     _c1 = np.logaddexp(_k1, dense_2, _b4)
+    # _c4 = -dense_2
+    _c4 = np.negative(dense_2, _b5)
     # _c2 = np.logaddexp(0, -dense_2)
-    _c2 = np.logaddexp(_k1, np.negative(dense_2, _b6), _b5)
+    _c2 = np.logaddexp(_k1, _c4, _b1)
     # binary_cross_entropy_1: binary_cross_entropy_1[b] = -Σ_i ((1 - y[b, i])*where(log(1 - p[b, i]) > -100, log(1 - p[b, i]), -100) + y[b, i]*where(log(p[b, i]) > -100, log(p[b, i]), -100))  [#fwd-binary_cross_entropy_1]
     # binary_cross_entropy_1 = -((1 - y)*np.where((np.logaddexp(0, dense_2) > 100), -100, -np.logaddexp(0, dense_2)) + np.where((np.logaddexp(0, -dense_2) > 100), -100, -np.logaddexp(0, -dense_2))*y).sum(axis=1)
-    binary_cross_entropy_1 = np.negative(np.dot(np.add(np.multiply(_c0, np.where(np.greater(_c1, _k2, _b8), -100, np.negative(_c1, _b6)), _b9), np.multiply(np.where(np.greater(_c2, _k2, _b10), -100, np.negative(_c2, _b11)), y, _b12), _b13), _k3, _b14), _b7)
+    binary_cross_entropy_1 = np.negative(np.dot(np.add(np.multiply(_c0, np.where(np.greater(_c1, _k2, _b7), -100, np.negative(_c1, _b8)), _b9), np.multiply(np.where(np.greater(_c2, _k2, _b10), -100, np.negative(_c2, _b11)), y, _b12), _b13), _k3, _b14), _b6)
     _total = np.add.reduce(binary_cross_entropy_1, axis=None)
     value = float(_total) / batch
     seed = 1 / batch
 
     # _c3 = _sigmoid(-dense_2)
-    _c3 = np.reciprocal(np.add(np.exp(np.negative(np.negative(dense_2, _b5), _b6), _b11), _k0, _b9), _b4)
+    _c3 = np.reciprocal(np.add(np.exp(np.negative(_c4, _b1), _b8), _k0, _b11), _b4)
     _b15[()] = seed
     _b16[()] = -seed
     # d_p[b, i] = where(log(1 - p[b, i]) > -100, (1 - y[b, i])*d_binary_cross_entropy_1[b]/(1 - p[b, i]), 0) + where(log(p[b, i]) > -100, -d_binary_cross_entropy_1[b]*y[b, i]/p[b, i], 0)  [#bwd-binary_cross_entropy_1-p]
     # d_dense_2[b, i] = -(-1 + p[b, i])*d_p[b, i]*p[b, i]  [#bwd-sigmoid_1-dense_2]
     # d_dense_2 = _sigmoid(-dense_2)*p*(np.where((_sigmoid(-dense_2) > 3.720075976020836e-44), seed*(1 - y)/_sigmoid(-dense_2), 0) + np.where((p > 3.720075976020836e-44), -seed*y/p, 0))
-    d_dense_2 = np.multiply(np.multiply(_c3, p, _b13), np.add(np.where(np.greater(_c3, _k4, _b8), np.true_divide(np.multiply(_b15, _c0, _b1), _c3, _b5), 0), np.where(np.greater(p, _k4, _b10), np.true_divide(np.multiply(_b16, y, _b6), p, _b11), 0), _b9), _b12)
+    d_dense_2 = np.multiply(np.multiply(_c3, p, _b12), np.add(np.where(np.greater(_c3, _k4, _b7), np.true_divide(np.multiply(_b15, _c0, _b13), _c3, _b5), 0), np.where(np.greater(p, _k4, _b10), np.true_divide(np.multiply(_b16, y, _b1), p, _b8), 0), _b11), _b9)
     # d_dense_2_weight[i, j] = Σ_b (d_dense_2[b, i]*h[b, j])  [#bwd-dense_2-weight]
     d_dense_2_weight = d_dense_2.T @ h
     # d_dense_2_bias[i] = Σ_b d_dense_2[b, i]  [#bwd-dense_2-bias]
@@ -585,24 +587,26 @@ def sgd_step(params, x, y, lr):
     _c0 = np.subtract(_k0, y, _b3)
     # _c1 = np.logaddexp(0, dense_2)
     _c1 = np.logaddexp(_k1, dense_2, _b4)
+    # _c4 = -dense_2
+    _c4 = np.negative(dense_2, _b5)
     # _c2 = np.logaddexp(0, -dense_2)
-    _c2 = np.logaddexp(_k1, np.negative(dense_2, _b6), _b5)
+    _c2 = np.logaddexp(_k1, _c4, _b1)
     # binary_cross_entropy_1: binary_cross_entropy_1[b] = -Σ_i ((1 - y[b, i])*where(log(1 - p[b, i]) > -100, log(1 - p[b, i]), -100) + y[b, i]*where(log(p[b, i]) > -100, log(p[b, i]), -100))  [#fwd-binary_cross_entropy_1]
     # binary_cross_entropy_1 = -((1 - y)*np.where((np.logaddexp(0, dense_2) > 100), -100, -np.logaddexp(0, dense_2)) + np.where((np.logaddexp(0, -dense_2) > 100), -100, -np.logaddexp(0, -dense_2))*y).sum(axis=1)
-    binary_cross_entropy_1 = np.negative(np.dot(np.add(np.multiply(_c0, np.where(np.greater(_c1, _k2, _b8), -100, np.negative(_c1, _b6)), _b9), np.multiply(np.where(np.greater(_c2, _k2, _b10), -100, np.negative(_c2, _b11)), y, _b12), _b13), _k3, _b14), _b7)
+    binary_cross_entropy_1 = np.negative(np.dot(np.add(np.multiply(_c0, np.where(np.greater(_c1, _k2, _b7), -100, np.negative(_c1, _b8)), _b9), np.multiply(np.where(np.greater(_c2, _k2, _b10), -100, np.negative(_c2, _b11)), y, _b12), _b13), _k3, _b14), _b6)
     _total = np.add.reduce(binary_cross_entropy_1, axis=None)
     value = float(_total) / batch
     # the backward pass seeded with -lr times the loss's seed: each gradient is the update
     seed = -float(lr) / batch
 
     # _c3 = _sigmoid(-dense_2)
-    _c3 = np.reciprocal(np.add(np.exp(np.negative(np.negative(dense_2, _b5), _b6), _b11), _k0, _b9), _b4)
+    _c3 = np.reciprocal(np.add(np.exp(np.negative(_c4, _b1), _b8), _k0, _b11), _b4)
     _b15[()] = seed
     _b16[()] = -seed
     # d_p[b, i] = where(log(1 - p[b, i]) > -100, (1 - y[b, i])*d_binary_cross_entropy_1[b]/(1 - p[b, i]), 0) + where(log(p[b, i]) > -100, -d_binary_cross_entropy_1[b]*y[b, i]/p[b, i], 0)  [#bwd-binary_cross_entropy_1-p]
     # d_dense_2[b, i] = -(-1 + p[b, i])*d_p[b, i]*p[b, i]  [#bwd-sigmoid_1-dense_2]
     # d_dense_2 = _sigmoid(-dense_2)*p*(np.where((_sigmoid(-dense_2) > 3.720075976020836e-44), seed*(1 - y)/_sigmoid(-dense_2), 0) + np.where((p > 3.720075976020836e-44), -seed*y/p, 0))
-    d_dense_2 = np.multiply(np.multiply(_c3, p, _b13), np.add(np.where(np.greater(_c3, _k4, _b8), np.true_divide(np.multiply(_b15, _c0, _b1), _c3, _b5), 0), np.where(np.greater(p, _k4, _b10), np.true_divide(np.multiply(_b16, y, _b6), p, _b11), 0), _b9), _b12)
+    d_dense_2 = np.multiply(np.multiply(_c3, p, _b12), np.add(np.where(np.greater(_c3, _k4, _b7), np.true_divide(np.multiply(_b15, _c0, _b13), _c3, _b5), 0), np.where(np.greater(p, _k4, _b10), np.true_divide(np.multiply(_b16, y, _b1), p, _b8), 0), _b11), _b9)
     # d_dense_2_weight[i, j] = Σ_b (d_dense_2[b, i]*h[b, j])  [#bwd-dense_2-weight]
     # d_dense_2_weight = d_dense_2.T @ h
     d_dense_2_weight = np.dot(d_dense_2.T, h, _b17)
@@ -718,23 +722,25 @@ def train_step(params, state, x, y, lr=0.05, max_norm=None):
     _c0 = np.subtract(_k0, y, _b3)
     # _c1 = np.logaddexp(0, dense_2)
     _c1 = np.logaddexp(_k1, dense_2, _b4)
+    # _c4 = -dense_2
+    _c4 = np.negative(dense_2, _b5)
     # _c2 = np.logaddexp(0, -dense_2)
-    _c2 = np.logaddexp(_k1, np.negative(dense_2, _b6), _b5)
+    _c2 = np.logaddexp(_k1, _c4, _b1)
     # binary_cross_entropy_1: binary_cross_entropy_1[b] = -Σ_i ((1 - y[b, i])*where(log(1 - p[b, i]) > -100, log(1 - p[b, i]), -100) + y[b, i]*where(log(p[b, i]) > -100, log(p[b, i]), -100))  [#fwd-binary_cross_entropy_1]
     # binary_cross_entropy_1 = -((1 - y)*np.where((np.logaddexp(0, dense_2) > 100), -100, -np.logaddexp(0, dense_2)) + np.where((np.logaddexp(0, -dense_2) > 100), -100, -np.logaddexp(0, -dense_2))*y).sum(axis=1)
-    binary_cross_entropy_1 = np.negative(np.dot(np.add(np.multiply(_c0, np.where(np.greater(_c1, _k2, _b8), -100, np.negative(_c1, _b6)), _b9), np.multiply(np.where(np.greater(_c2, _k2, _b10), -100, np.negative(_c2, _b11)), y, _b12), _b13), _k3, _b14), _b7)
+    binary_cross_entropy_1 = np.negative(np.dot(np.add(np.multiply(_c0, np.where(np.greater(_c1, _k2, _b7), -100, np.negative(_c1, _b8)), _b9), np.multiply(np.where(np.greater(_c2, _k2, _b10), -100, np.negative(_c2, _b11)), y, _b12), _b13), _k3, _b14), _b6)
     _total = np.add.reduce(binary_cross_entropy_1, axis=None)
     value = float(_total) / batch
     seed = 1 / batch
 
     # _c3 = _sigmoid(-dense_2)
-    _c3 = np.reciprocal(np.add(np.exp(np.negative(np.negative(dense_2, _b5), _b6), _b11), _k0, _b9), _b4)
+    _c3 = np.reciprocal(np.add(np.exp(np.negative(_c4, _b1), _b8), _k0, _b11), _b4)
     _b15[()] = seed
     _b16[()] = -seed
     # d_p[b, i] = where(log(1 - p[b, i]) > -100, (1 - y[b, i])*d_binary_cross_entropy_1[b]/(1 - p[b, i]), 0) + where(log(p[b, i]) > -100, -d_binary_cross_entropy_1[b]*y[b, i]/p[b, i], 0)  [#bwd-binary_cross_entropy_1-p]
     # d_dense_2[b, i] = -(-1 + p[b, i])*d_p[b, i]*p[b, i]  [#bwd-sigmoid_1-dense_2]
     # d_dense_2 = _sigmoid(-dense_2)*p*(np.where((_sigmoid(-dense_2) > 3.720075976020836e-44), seed*(1 - y)/_sigmoid(-dense_2), 0) + np.where((p > 3.720075976020836e-44), -seed*y/p, 0))
-    d_dense_2 = np.multiply(np.multiply(_c3, p, _b13), np.add(np.where(np.greater(_c3, _k4, _b8), np.true_divide(np.multiply(_b15, _c0, _b1), _c3, _b5), 0), np.where(np.greater(p, _k4, _b10), np.true_divide(np.multiply(_b16, y, _b6), p, _b11), 0), _b9), _b12)
+    d_dense_2 = np.multiply(np.multiply(_c3, p, _b12), np.add(np.where(np.greater(_c3, _k4, _b7), np.true_divide(np.multiply(_b15, _c0, _b13), _c3, _b5), 0), np.where(np.greater(p, _k4, _b10), np.true_divide(np.multiply(_b16, y, _b1), p, _b8), 0), _b11), _b9)
     # d_dense_2_weight[i, j] = Σ_b (d_dense_2[b, i]*h[b, j])  [#bwd-dense_2-weight]
     # d_dense_2_weight = d_dense_2.T @ h
     d_dense_2_weight = np.dot(d_dense_2.T, h, _b17)
@@ -769,11 +775,11 @@ def train_step(params, state, x, y, lr=0.05, max_norm=None):
     # adam: dense_1_weight_exp_avg_sq[n0, n1] = 999*dense_1_weight_exp_avg_sq[n0, n1]/1000 + clip**2*d_dense_1_weight[n0, n1]**2/1000
     # dense_1_weight_exp_avg_sq = 0.001*(clip**2*d_dense_1_weight**2) + 0.999*dense_1_weight_exp_avg_sq
     np.add(np.multiply(_k8, np.multiply(_b26, np.square(d_dense_1_weight, _b24), _b24), _b24), np.multiply(_k9, dense_1_weight_exp_avg_sq, _b25), dense_1_weight_exp_avg_sq)
-    _b27[()] = -lr
+    _b27[()] = lr
     _b28[()] = 1 - 0.9 ** step
     # adam: dense_1.weight[n0, n1] = -lr*dense_1_weight_exp_avg[n0, n1]/((1 - (9/10)**t)*(1/100000000 + sqrt(dense_1_weight_exp_avg_sq[n0, n1])/sqrt(1 - (999/1000)**t))) + dense_1.weight[n0, n1]
-    # dense_1_weight = -lr*dense_1_weight_exp_avg/((1e-08 + np.sqrt(dense_1_weight_exp_avg_sq)/float(np.sqrt(1 - (0.999)**step)))*(1 - (0.9)**step)) + dense_1_weight
-    np.add(np.true_divide(np.multiply(_b27, dense_1_weight_exp_avg, _b21), np.multiply(np.add(_k10, np.true_divide(np.sqrt(dense_1_weight_exp_avg_sq, _b24), float(np.sqrt(1 - 0.999 ** step)), _b24), _b24), _b28, _b24), _b21), dense_1_weight, dense_1_weight)
+    # dense_1_weight = dense_1_weight - lr*dense_1_weight_exp_avg/((1e-08 + np.sqrt(dense_1_weight_exp_avg_sq)/float(np.sqrt(1 - (0.999)**step)))*(1 - (0.9)**step))
+    np.subtract(dense_1_weight, np.true_divide(np.multiply(_b27, dense_1_weight_exp_avg, _b21), np.multiply(np.add(_k10, np.true_divide(np.sqrt(dense_1_weight_exp_avg_sq, _b24), float(np.sqrt(1 - 0.999 ** step)), _b24), _b24), _b28, _b24), _b21), dense_1_weight)
     # adam: dense_1_bias_exp_avg[n0] = 9*dense_1_bias_exp_avg[n0]/10 + clip*d_dense_1_bias[n0]/10
     # dense_1_bias_exp_avg = 0.1*(clip*d_dense_1_bias) + 0.9*dense_1_bias_exp_avg
     np.add(np.multiply(_k6, np.multiply(_b23, d_dense_1_bias, _b29), _b29), np.multiply(_k7, dense_1_bias_exp_avg, _b30), dense_1_bias_exp_avg)
@@ -781,8 +787,8 @@ def train_step(params, state, x, y, lr=0.05, max_norm=None):
     # dense_1_bias_exp_avg_sq = 0.001*(clip**2*d_dense_1_bias**2) + 0.999*dense_1_bias_exp_avg_sq
     np.add(np.multiply(_k8, np.multiply(_b26, np.square(d_dense_1_bias, _b29), _b29), _b29), np.multiply(_k9, dense_1_bias_exp_avg_sq, _b30), dense_1_bias_exp_avg_sq)
     # adam: dense_1.bias[n0] = -lr*dense_1_bias_exp_avg[n0]/((1 - (9/10)**t)*(1/100000000 + sqrt(dense_1_bias_exp_avg_sq[n0])/sqrt(1 - (999/1000)**t))) + dense_1.bias[n0]
-    # dense_1_bias = -lr*dense_1_bias_exp_avg/((1e-08 + np.sqrt(dense_1_bias_exp_avg_sq)/float(np.sqrt(1 - (0.999)**step)))*(1 - (0.9)**step)) + dense_1_bias
-    np.add(np.true_divide(np.multiply(_b27, dense_1_bias_exp_avg, _b22), np.multiply(np.add(_k10, np.true_divide(np.sqrt(dense_1_bias_exp_avg_sq, _b29), float(np.sqrt(1 - 0.999 ** step)), _b29), _b29), _b28, _b29), _b22), dense_1_bias, dense_1_bias)
+    # dense_1_bias = dense_1_bias - lr*dense_1_bias_exp_avg/((1e-08 + np.sqrt(dense_1_bias_exp_avg_sq)/float(np.sqrt(1 - (0.999)**step)))*(1 - (0.9)**step))
+    np.subtract(dense_1_bias, np.true_divide(np.multiply(_b27, dense_1_bias_exp_avg, _b22), np.multiply(np.add(_k10, np.true_divide(np.sqrt(dense_1_bias_exp_avg_sq, _b29), float(np.sqrt(1 - 0.999 ** step)), _b29), _b29), _b28, _b29), _b22), dense_1_bias)
     # adam: dense_2_weight_exp_avg[n0, n1] = 9*dense_2_weight_exp_avg[n0, n1]/10 + clip*d_dense_2_weight[n0, n1]/10
     # dense_2_weight_exp_avg = 0.1*(clip*d_dense_2_weight) + 0.9*dense_2_weight_exp_avg
     np.add(np.multiply(_k6, np.multiply(_b23, d_dense_2_weight, _b31), _b31), np.multiply(_k7, dense_2_weight_exp_avg, _b32), dense_2_weight_exp_avg)
@@ -790,8 +796,8 @@ def train_step(params, state, x, y, lr=0.05, max_norm=None):
     # dense_2_weight_exp_avg_sq = 0.001*(clip**2*d_dense_2_weight**2) + 0.999*dense_2_weight_exp_avg_sq
     np.add(np.multiply(_k8, np.multiply(_b26, np.square(d_dense_2_weight, _b31), _b31), _b31), np.multiply(_k9, dense_2_weight_exp_avg_sq, _b32), dense_2_weight_exp_avg_sq)
     # adam: dense_2.weight[n0, n1] = -lr*dense_2_weight_exp_avg[n0, n1]/((1 - (9/10)**t)*(1/100000000 + sqrt(dense_2_weight_exp_avg_sq[n0, n1])/sqrt(1 - (999/1000)**t))) + dense_2.weight[n0, n1]
-    # dense_2_weight = -lr*dense_2_weight_exp_avg/((1e-08 + np.sqrt(dense_2_weight_exp_avg_sq)/float(np.sqrt(1 - (0.999)**step)))*(1 - (0.9)**step)) + dense_2_weight
-    np.add(np.true_divide(np.multiply(_b27, dense_2_weight_exp_avg, _b17), np.multiply(np.add(_k10, np.true_divide(np.sqrt(dense_2_weight_exp_avg_sq, _b31), float(np.sqrt(1 - 0.999 ** step)), _b31), _b31), _b28, _b31), _b17), dense_2_weight, dense_2_weight)
+    # dense_2_weight = dense_2_weight - lr*dense_2_weight_exp_avg/((1e-08 + np.sqrt(dense_2_weight_exp_avg_sq)/float(np.sqrt(1 - (0.999)**step)))*(1 - (0.9)**step))
+    np.subtract(dense_2_weight, np.true_divide(np.multiply(_b27, dense_2_weight_exp_avg, _b17), np.multiply(np.add(_k10, np.true_divide(np.sqrt(dense_2_weight_exp_avg_sq, _b31), float(np.sqrt(1 - 0.999 ** step)), _b31), _b31), _b28, _b31), _b17), dense_2_weight)
     # adam: dense_2_bias_exp_avg[n0] = 9*dense_2_bias_exp_avg[n0]/10 + clip*d_dense_2_bias[n0]/10
     # dense_2_bias_exp_avg = 0.1*(clip*d_dense_2_bias) + 0.9*dense_2_bias_exp_avg
     np.add(np.multiply(_k6, np.multiply(_b23, d_dense_2_bias, _b33), _b34), np.multiply(_k7, dense_2_bias_exp_avg, _b35), dense_2_bias_exp_avg)
@@ -799,8 +805,8 @@ def train_step(params, state, x, y, lr=0.05, max_norm=None):
     # dense_2_bias_exp_avg_sq = 0.001*(clip**2*d_dense_2_bias**2) + 0.999*dense_2_bias_exp_avg_sq
     np.add(np.multiply(_k8, np.multiply(_b26, np.square(d_dense_2_bias, _b33), _b34), _b35), np.multiply(_k9, dense_2_bias_exp_avg_sq, _b36), dense_2_bias_exp_avg_sq)
     # adam: dense_2.bias[n0] = -lr*dense_2_bias_exp_avg[n0]/((1 - (9/10)**t)*(1/100000000 + sqrt(dense_2_bias_exp_avg_sq[n0])/sqrt(1 - (999/1000)**t))) + dense_2.bias[n0]
-    # dense_2_bias = -lr*dense_2_bias_exp_avg/((1e-08 + np.sqrt(dense_2_bias_exp_avg_sq)/float(np.sqrt(1 - (0.999)**step)))*(1 - (0.9)**step)) + dense_2_bias
-    np.add(np.true_divide(np.multiply(_b27, dense_2_bias_exp_avg, _b18), np.multiply(np.add(_k10, np.true_divide(np.sqrt(dense_2_bias_exp_avg_sq, _b33), float(np.sqrt(1 - 0.999 ** step)), _b34), _b35), _b28, _b36), _b37), dense_2_bias, dense_2_bias)
+    # dense_2_bias = dense_2_bias - lr*dense_2_bias_exp_avg/((1e-08 + np.sqrt(dense_2_bias_exp_avg_sq)/float(np.sqrt(1 - (0.999)**step)))*(1 - (0.9)**step))
+    np.subtract(dense_2_bias, np.true_divide(np.multiply(_b27, dense_2_bias_exp_avg, _b18), np.multiply(np.add(_k10, np.true_divide(np.sqrt(dense_2_bias_exp_avg_sq, _b33), float(np.sqrt(1 - 0.999 ** step)), _b34), _b35), _b28, _b36), _b37), dense_2_bias)
     state["step"] = step
     _KEPT[4, batch, dtype] = _w
     return value

@@ -437,10 +437,10 @@ def loss(params, x, y):
     # sigmoid_2: yhat[s, i] = 1/(1 + exp(-out[s, i]))  [#fwd-sigmoid_2]
     # yhat = _sigmoid(out_bias + (b @ out_weight.T))
     yhat = np.reciprocal(np.add(np.exp(np.negative(np.add(out_bias, np.dot(b, out_weight.T, _b1), _b1), _b1), _b1), _k0, _b1), _b1)
-    # _c0 = -y + yhat
-    _c0 = np.add(np.negative(y, _b2), yhat, _b2)
+    # _c0 = yhat - y
+    _c0 = np.subtract(yhat, y, _b2)
     # quadratic_1: quadratic_1[s] = Σ_i (-y[s, i] + yhat[s, i])**2/2  [#fwd-quadratic_1]
-    # _total = np.vdot(-y + yhat, -y + yhat)
+    # quadratic_1 = 0.5*((yhat - y)**2).sum(axis=1)
     _total = np.vdot(_c0, _c0)
     value = float(_total) * 0.5 / batch
     _KEPT[1, batch, dtype] = _w
@@ -488,10 +488,10 @@ def loss_and_grad(params, x, y):
     # sigmoid_2: yhat[s, i] = 1/(1 + exp(-out[s, i]))  [#fwd-sigmoid_2]
     # yhat = _sigmoid(out_bias + (b @ out_weight.T))
     yhat = np.reciprocal(np.add(np.exp(np.negative(np.add(out_bias, np.dot(b, out_weight.T, _b1), _b1), _b1), _b1), _k0, _b1), _b1)
-    # _c0 = -y + yhat
-    _c0 = np.add(np.negative(y, _b2), yhat, _b2)
+    # _c0 = yhat - y
+    _c0 = np.subtract(yhat, y, _b2)
     # quadratic_1: quadratic_1[s] = Σ_i (-y[s, i] + yhat[s, i])**2/2  [#fwd-quadratic_1]
-    # _total = np.vdot(-y + yhat, -y + yhat)
+    # quadratic_1 = 0.5*((yhat - y)**2).sum(axis=1)
     _total = np.vdot(_c0, _c0)
     value = float(_total) * 0.5 / batch
     seed = 1 / batch
@@ -499,7 +499,7 @@ def loss_and_grad(params, x, y):
     _b4[()] = seed
     # d_yhat[s, i] = (-y[s, i] + yhat[s, i])*d_quadratic_1[s]  [#bwd-quadratic_1-yhat]
     # d_out[s, i] = -(-1 + yhat[s, i])*d_yhat[s, i]*yhat[s, i]  [#bwd-sigmoid_2-out]
-    # d_out = seed*(1 - yhat)*(-y + yhat)*yhat
+    # d_out = seed*(1 - yhat)*(yhat - y)*yhat
     d_out = np.multiply(np.multiply(np.multiply(_b4, np.subtract(_k0, yhat, _b3), _b3), _c0, _b3), yhat, _b3)
     # d_out_weight[i, j] = Σ_s (b[s, j]*d_out[s, i])  [#bwd-out-weight]
     d_out_weight = d_out.T @ b
@@ -564,10 +564,10 @@ def sgd_step(params, x, y, lr):
     # sigmoid_2: yhat[s, i] = 1/(1 + exp(-out[s, i]))  [#fwd-sigmoid_2]
     # yhat = _sigmoid(out_bias + (b @ out_weight.T))
     yhat = np.reciprocal(np.add(np.exp(np.negative(np.add(out_bias, np.dot(b, out_weight.T, _b1), _b1), _b1), _b1), _k0, _b1), _b1)
-    # _c0 = -y + yhat
-    _c0 = np.add(np.negative(y, _b2), yhat, _b2)
+    # _c0 = yhat - y
+    _c0 = np.subtract(yhat, y, _b2)
     # quadratic_1: quadratic_1[s] = Σ_i (-y[s, i] + yhat[s, i])**2/2  [#fwd-quadratic_1]
-    # _total = np.vdot(-y + yhat, -y + yhat)
+    # quadratic_1 = 0.5*((yhat - y)**2).sum(axis=1)
     _total = np.vdot(_c0, _c0)
     value = float(_total) * 0.5 / batch
     # the backward pass seeded with -lr times the loss's seed: each gradient is the update
@@ -576,7 +576,7 @@ def sgd_step(params, x, y, lr):
     _b4[()] = seed
     # d_yhat[s, i] = (-y[s, i] + yhat[s, i])*d_quadratic_1[s]  [#bwd-quadratic_1-yhat]
     # d_out[s, i] = -(-1 + yhat[s, i])*d_yhat[s, i]*yhat[s, i]  [#bwd-sigmoid_2-out]
-    # d_out = seed*(1 - yhat)*(-y + yhat)*yhat
+    # d_out = seed*(1 - yhat)*(yhat - y)*yhat
     d_out = np.multiply(np.multiply(np.multiply(_b4, np.subtract(_k0, yhat, _b3), _b3), _c0, _b3), yhat, _b3)
     # d_out_weight[i, j] = Σ_s (b[s, j]*d_out[s, i])  [#bwd-out-weight]
     # d_out_weight = d_out.T @ b
@@ -663,10 +663,10 @@ def train_step(params, state, x, y, lr=0.01, max_norm=None):
     # sigmoid_2: yhat[s, i] = 1/(1 + exp(-out[s, i]))  [#fwd-sigmoid_2]
     # yhat = _sigmoid(out_bias + (b @ out_weight.T))
     yhat = np.reciprocal(np.add(np.exp(np.negative(np.add(out_bias, np.dot(b, out_weight.T, _b1), _b1), _b1), _b1), _k0, _b1), _b1)
-    # _c0 = -y + yhat
-    _c0 = np.add(np.negative(y, _b2), yhat, _b2)
+    # _c0 = yhat - y
+    _c0 = np.subtract(yhat, y, _b2)
     # quadratic_1: quadratic_1[s] = Σ_i (-y[s, i] + yhat[s, i])**2/2  [#fwd-quadratic_1]
-    # _total = np.vdot(-y + yhat, -y + yhat)
+    # quadratic_1 = 0.5*((yhat - y)**2).sum(axis=1)
     _total = np.vdot(_c0, _c0)
     value = float(_total) * 0.5 / batch
     seed = 1 / batch
@@ -674,7 +674,7 @@ def train_step(params, state, x, y, lr=0.01, max_norm=None):
     _b4[()] = seed
     # d_yhat[s, i] = (-y[s, i] + yhat[s, i])*d_quadratic_1[s]  [#bwd-quadratic_1-yhat]
     # d_out[s, i] = -(-1 + yhat[s, i])*d_yhat[s, i]*yhat[s, i]  [#bwd-sigmoid_2-out]
-    # d_out = seed*(1 - yhat)*(-y + yhat)*yhat
+    # d_out = seed*(1 - yhat)*(yhat - y)*yhat
     d_out = np.multiply(np.multiply(np.multiply(_b4, np.subtract(_k0, yhat, _b3), _b3), _c0, _b3), yhat, _b3)
     # d_out_weight[i, j] = Σ_s (b[s, j]*d_out[s, i])  [#bwd-out-weight]
     # d_out_weight = d_out.T @ b
@@ -702,19 +702,19 @@ def train_step(params, state, x, y, lr=0.01, max_norm=None):
         ))
         clip = min(1.0, float(max_norm) / (norm + 1e-6))
 
-    _b11[()] = -clip * lr
+    _b11[()] = clip * lr
     # sgd: hidden.weight[n0, n1] = -clip*lr*d_hidden_weight[n0, n1] + hidden.weight[n0, n1]
-    # hidden_weight = -clip*lr*d_hidden_weight + hidden_weight
-    np.add(np.multiply(_b11, d_hidden_weight, _b12), hidden_weight, hidden_weight)
+    # hidden_weight = hidden_weight - clip*lr*d_hidden_weight
+    np.subtract(hidden_weight, np.multiply(_b11, d_hidden_weight, _b12), hidden_weight)
     # sgd: hidden.bias[n0] = -clip*lr*d_hidden_bias[n0] + hidden.bias[n0]
-    # hidden_bias = -clip*lr*d_hidden_bias + hidden_bias
-    np.add(np.multiply(_b11, d_hidden_bias, _b13), hidden_bias, hidden_bias)
+    # hidden_bias = hidden_bias - clip*lr*d_hidden_bias
+    np.subtract(hidden_bias, np.multiply(_b11, d_hidden_bias, _b13), hidden_bias)
     # sgd: out.weight[n0, n1] = -clip*lr*d_out_weight[n0, n1] + out.weight[n0, n1]
-    # out_weight = -clip*lr*d_out_weight + out_weight
-    np.add(np.multiply(_b11, d_out_weight, _b14), out_weight, out_weight)
+    # out_weight = out_weight - clip*lr*d_out_weight
+    np.subtract(out_weight, np.multiply(_b11, d_out_weight, _b14), out_weight)
     # sgd: out.bias[n0] = -clip*lr*d_out_bias[n0] + out.bias[n0]
-    # out_bias = -clip*lr*d_out_bias + out_bias
-    np.add(np.multiply(_b11, d_out_bias, _b15), out_bias, out_bias)
+    # out_bias = out_bias - clip*lr*d_out_bias
+    np.subtract(out_bias, np.multiply(_b11, d_out_bias, _b15), out_bias)
     state["step"] = step
     _KEPT[4, batch, dtype] = _w
     return value

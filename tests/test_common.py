@@ -34,11 +34,19 @@ def test_the_shared_line_goes_into_the_part_of_its_first_reader():
 
 def test_the_quadratic_losss_total_is_one_dot_product_of_its_terms():
     lines = [Line("q", "0.5*((a - y)**2).sum(axis=1)")]
-    out, scale = total_line("q", "_total", lines)
-    assert [x.code for x in out] == ["np.vdot(a - y, a - y)"] and scale == " * 0.5"
+    out, value = total_line("q", "_total", lines, SHAPES)
+    assert [x.code for x in out] == ["np.vdot(a - y, a - y)"] and value == "float(_total) * 0.5"
     # read by another line too: the per-sample loss stays, summed after
-    out, scale = total_line("q", "_total", lines + [Line("r", "q + 1")])
-    assert out[-1].code == "np.add.reduce(q, axis=None)" and scale == ""
+    out, value = total_line("q", "_total", lines + [Line("r", "q + 1")], SHAPES)
+    assert out[-1].code == "np.add.reduce(q, axis=None)" and value == "float(_total)"
+
+
+def test_cross_entropys_total_is_one_dot_product_when_both_factors_have_one_shape():
+    out, value = total_line("q", "_total", [Line("q", "-(np.log(a)*y).sum(axis=1)")], SHAPES)
+    assert [x.code for x in out] == ["np.vdot(np.log(a), y)"] and value == "-float(_total)"
+    # a factor broadcast over the batch: the dot product would pair the wrong entries
+    out, value = total_line("q", "_total", [Line("q", "-(w*y).sum(axis=1)")], {**SHAPES, "w": (3,)})
+    assert out[-1].code == "np.add.reduce(q, axis=None)" and value == "float(_total)"
 
 
 def test_sgd_step_computes_a_minus_y_once_and_agrees_with_the_plain_loss():

@@ -27,7 +27,16 @@ _PLAIN = _OPERATIONS + (ast.Name, ast.Constant, ast.Attribute, ast.Subscript, as
 def hoist(parts: list, shapes: dict) -> tuple:
     """(parts, shapes): consecutive parts of one body (lists of Line) with each operation
     computed in two places or more from the same values made a line of its own; `shapes`
-    gains the shapes of the new lines (None for the batch axis) where they are known."""
+    gains the shapes of the new lines (None for the batch axis) where they are known.
+    Repeated until nothing changes: an operation inside a shared one and once elsewhere
+    is computed twice until the shared one is a line of its own."""
+    while True:
+        parts, shapes, changed = _hoist_once(parts, shapes)
+        if not changed:
+            return parts, shapes
+
+
+def _hoist_once(parts: list, shapes: dict) -> tuple:
     from .buffers import infer_shape  # the rewriter's own inference of shapes
     lines = [line for part in parts for line in part]
     trees = [ast.parse(line.code, mode="eval").body for line in lines]
@@ -49,7 +58,7 @@ def hoist(parts: list, shapes: dict) -> tuple:
     shared = {key for key in shared if sum(1 for k2, around in found
                                           if k2 == key and not repeated.intersection(around)) > 1}
     if not shared:
-        return parts, shapes
+        return parts, shapes, False
     shapes = dict(shapes)
     made = {}  # key -> the variable holding its value
     taken = {line.target for line in lines}
@@ -97,7 +106,7 @@ def hoist(parts: list, shapes: dict) -> tuple:
                        if code != line.code else line)
             k += 1
         out.append(new)
-    return out, shapes
+    return out, shapes, bool(made)
 
 
 def new_line(like, target: str, code: str, quiet):

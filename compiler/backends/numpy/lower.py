@@ -92,9 +92,14 @@ class _Printer(NumPyPrinter):
         low = self.lowerer
         terms = sum_terms(e, lambda t: {read_name(x) for x in t.atoms(sp.Indexed, sp.Symbol)}, low.lse_max, low.lse_log)
         if not isinstance(terms, list):
-            # 1.5*t1 + 1.5*t2 is the product 1.5*(t1 + t2), not a sum
-            return super()._print_Add(terms, order) if terms.is_Add else self._print(terms)
-        return join_signed(self._print(t) for t in terms)
+            if not terms.is_Add:  # 1.5*t1 + 1.5*t2 is the product 1.5*(t1 + t2), not a sum
+                return self._print(terms)
+            terms = self._as_ordered_terms(terms, order=order)
+        texts = [self._print(t) for t in terms]
+        if texts[0].startswith("-") and not texts[1].startswith("-"):
+            # a - b, not -b + a: one operation fewer, and the same value (x + y is y + x)
+            texts[0], texts[1] = texts[1], texts[0]
+        return join_signed(texts)
 
     def _print(self, e, **kwargs):
         # a constant such as sqrt(5) or log(2) as a Python float: numpy's np.sqrt(5) is a
@@ -406,9 +411,9 @@ class Lowerer:
             if kind is LogSumExp:
                 # kept as max + log(sum exp(f - max)), the two parts apart, so x - logsumexp
                 # is evaluated as (x - max) - log(...): no rounding to the spacing of max
+                self.lse_max.add(read_name(ref))  # first: f - max printed as x - max - log(...) begins
                 shifted = self._elementwise(body - ref, labels)
                 log_sum = self._temp(f"np.log(np.exp({shifted}).sum(axis={axes}))", out)
-                self.lse_max.add(read_name(ref))
                 self.lse_log.add(read_name(log_sum))
                 ref = ref + log_sum
         self.cse[key] = ref
@@ -1004,9 +1009,9 @@ def plan(program: Program) -> Plan:
     if routed:
         helpers.add("route_max")
     loss_var = names[g.loss]
-    loss_forward, scale = rewrites.total_line(loss_var, TOTAL, loss_forward)
+    loss_forward, total = rewrites.total_line(loss_var, TOTAL, loss_forward, shapes_)
     # in double precision from the total on (the total, a sum in the dtype, is what rounds)
-    loss_value = f"float({TOTAL}){scale}" + (" / batch" if g.reduce == "mean" else "")
+    loss_value = total + (" / batch" if g.reduce == "mean" else "")
     grads = tuple((p.name, grad_name(p.name)) for p in g.params)
     updates = tuple((names[p.name], grad_name(p.name)) for p in g.params if p.name not in program.zero_grads)
     (update,), update_shapes = lower(program.update)
@@ -1032,7 +1037,7 @@ def plan(program: Program) -> Plan:
         back_i, routed = rewrites.routed(back_i, shapes_i, loss_i)
         if routed:
             helpers.add("route_max")
-        loss_i, _ = rewrites.total_line(loss_var, TOTAL, loss_i)
+        loss_i, _ = rewrites.total_line(loss_var, TOTAL, loss_i, shapes_i)
         input_grads = tuple((t.name, grad_name(t.name)) for t in g.inputs)
         bodies["input_grad"] = body([loss_i, back_i], shapes_i, [v for _, v in input_grads], {TOTAL})
     return Plan(

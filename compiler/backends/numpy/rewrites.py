@@ -2,9 +2,10 @@
 the lowered lines says more than each line alone.
 
   the loss's total   the sum over the batch of the per-sample loss, a line of its own; when
-                     the loss is c times a sum of squares that nothing else reads, one dot
-                     product of the terms with themselves (two operations where the sum per
-                     sample, the scaling and the sum over the batch take four);
+                     the loss is c times a sum of a product of two arrays (a sum of squares;
+                     cross-entropy's -Σ log(p)·y) that nothing else reads, one dot product
+                     of the two (where the product, the sum per sample, the scaling and the
+                     sum over the batch take four operations);
   the max-pool's     `g * _first_argmax(a, axes)` with g constant over each window becomes
   backward           `_route_max(a, axes, g)`: g routed to each window's first maximum
                      without the one-hot array; and where a is a relu's output read by
@@ -21,20 +22,24 @@ import dataclasses
 from .common import new_line
 
 
-def total_line(loss_var: str, target: str, lines: list) -> tuple:
-    """(lines, scale): `lines` (the loss's) with a last line `target = ` the sum of `loss_var`
-    over the batch, and the number (code, or "") the total is to be multiplied by.  When the
-    line computing `loss_var` is c times a sum of squares that nothing else reads, that line
-    becomes the dot product of the terms with themselves, and c the scale."""
+def total_line(loss_var: str, target: str, lines: list, shapes: dict) -> tuple:
+    """(lines, value): `lines` (the loss's) with a last line `target = ` the sum of `loss_var`
+    over the batch, and the code of the loss's sum in double precision from it.  When the
+    line computing `loss_var` is c times a sum over each sample of a product of two arrays
+    of one shape (a square, c·Σ E², or -Σ log(p)·y) that nothing else reads, that line
+    becomes their dot product, and c is applied to the total."""
+    total = f"float({target})"
     plain = new_line(lines[-1], target, f"np.add.reduce({loss_var}, axis=None)", lines[-1].quiet)
     if lines[-1].target != loss_var or any(_reads(x, loss_var) for x in lines[:-1]):
-        return lines + [plain], ""
+        return lines + [plain], total
     last = lines[-1]
-    terms = _scaled_squares(ast.parse(last.code, mode="eval").body)
-    if terms is None:
-        return lines + [plain], ""
-    scale, terms = terms
-    return lines[:-1] + [dataclasses.replace(last, target=target, code=f"np.vdot({terms}, {terms})")], scale
+    found = _scaled_product(ast.parse(last.code, mode="eval").body, shapes)
+    if found is None:
+        return lines + [plain], total
+    sign, scale, left, right = found
+    as_derived = last.written or f"{last.target} = {last.code}"
+    return lines[:-1] + [dataclasses.replace(last, target=target, code=f"np.vdot({left}, {right})",
+                                             written=as_derived)], f"{sign}{total}{scale}"
 
 
 def routed(lines: list, shapes: dict, forward: list) -> tuple:
@@ -110,10 +115,14 @@ def _reads(line, name: str) -> bool:
     return any(isinstance(x, ast.Name) and x.id == name for x in ast.walk(ast.parse(line.code, mode="eval")))
 
 
-def _scaled_squares(node):
-    """(" * c" or " / c" or "", code of E) when node is `[c *] (E ** 2).sum(axis=...)` or
-    `... / c` with c a number; None otherwise."""
-    scale = ""
+def _scaled_product(node, shapes: dict):
+    """(sign, scale, code of A, code of B) when node is `[-][c *] (A * B).sum(axis=...)` (or
+    `... / c`, or `(E ** 2)...`: A and B both E) with c a number and A, B of one known shape;
+    sign "-" or "", scale " * c", " / c" or ""; None otherwise."""
+    from .buffers import infer_shape
+    sign = scale = ""
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        sign, node = "-", node.operand
     if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Mult, ast.Div)):
         number = node.right if isinstance(node.op, ast.Div) or _number(node.right) else node.left
         rest = node.left if number is node.right else node.right
@@ -124,11 +133,16 @@ def _scaled_squares(node):
     if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "sum"
             and not node.args and [k.arg for k in node.keywords] == ["axis"]):
         return None
-    squared = node.func.value
-    if isinstance(squared, ast.BinOp) and isinstance(squared.op, ast.Pow) and \
-            isinstance(squared.right, ast.Constant) and squared.right.value == 2:
-        return scale, ast.unparse(squared.left)
+    product = node.func.value
+    if isinstance(product, ast.BinOp) and isinstance(product.op, ast.Pow) and \
+            isinstance(product.right, ast.Constant) and product.right.value == 2:
+        return sign, scale, ast.unparse(product.left), ast.unparse(product.left)
+    if isinstance(product, ast.BinOp) and isinstance(product.op, ast.Mult):
+        left, right = infer_shape(product.left, shapes), infer_shape(product.right, shapes)
+        if left is not None and left == right:
+            return sign, scale, ast.unparse(product.left), ast.unparse(product.right)
     return None
+
 
 def _paren(code: str) -> str:
     return code if code.replace(".", "").replace("_", "").isalnum() else f"({code})"
